@@ -1,0 +1,52 @@
+# The two commands a newcomer needs: `make run` and `make test`.
+# Both install what they need (Debian packages and a venv) on a fresh Debian machine as root.
+
+VENV    := .venv
+PY      := $(VENV)/bin/python
+STAMP   := $(VENV)/.installed
+APT_PKGS := glusterfs-server glusterfs-client libgfapi0 tcpdump tshark python3-bpfcc \
+            linux-headers-amd64 samba samba-vfs-modules smbclient qemu-utils qemu-block-extra \
+            iptables systemtap iproute2 procps python3-venv wireshark-common
+PYTEST_ARGS ?=
+
+.PHONY: deps venv test run bench lab-up lab-down clean
+
+# Debian packages for the lab, the probes and the cross-checks. Skipped when all are present
+# or when not root (the tests then skip what the machine lacks, saying why).
+deps:
+	@missing=$$(for p in $(APT_PKGS); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    echo "installing: $$missing"; \
+	    DEBIAN_FRONTEND=noninteractive apt-get update -q && \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $$missing; \
+	  else echo "not root: cannot install $$missing (lab tests will skip)"; fi; \
+	fi
+	@if [ "$$(id -u)" = 0 ]; then bash tests/lab/host-setup.sh; fi
+
+# The venv sees the system site packages so that Debian's bcc (python3-bpfcc) imports.
+$(STAMP): pyproject.toml
+	test -x $(PY) || /usr/bin/python3 -m venv --system-site-packages $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test]'
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+test: deps venv
+	$(PY) -m pytest -ra $(PYTEST_ARGS)
+
+run: deps venv
+	$(PY) -m correlate.demo
+
+bench: deps venv
+	$(PY) bench/run.py
+
+lab-up: deps venv
+	$(PY) -m tests.lab.lab up
+
+lab-down:
+	$(PY) -m tests.lab.lab down
+
+clean:
+	rm -rf $(VENV) build *.egg-info

@@ -1,0 +1,58 @@
+"""The `correlate` command. Subcommands load lazily so `correlate decode` never imports bcc."""
+from __future__ import annotations
+
+import importlib
+import sys
+
+import click
+
+from . import __version__
+from .errors import CorrelateError
+
+# command name -> "module:attribute"; each area of the code owns its commands.
+COMMANDS = {
+    "decode": "correlate.wire.cli:decode",
+    "probe": "correlate.probe.cli:probe",
+    "probes": "correlate.probe.cli:probes",
+    "run": "correlate.engine_cli:run",
+    "analyze": "correlate.engine_cli:analyze",
+    "plugins": "correlate.engine_cli:plugins_cmd",
+    "timeline": "correlate.timeline_cli:timeline",
+}
+
+
+class LazyGroup(click.Group):
+    def list_commands(self, ctx):
+        return sorted(COMMANDS)
+
+    def get_command(self, ctx, name):
+        target = COMMANDS.get(name)
+        if target is None:
+            return None
+        module, attr = target.split(":")
+        return getattr(importlib.import_module(module), attr)
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except CorrelateError as exc:
+            click.echo(f"correlate: {exc}", err=True)
+            ctx.exit(2)
+        except BrokenPipeError:
+            # Output piped into `head` and closed: not an error of ours.
+            sys.stderr.close()
+            ctx.exit(0)
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="correlate")
+def main():
+    """Put GlusterFS wire traffic and process probes on one timeline and diagnose problems.
+
+    \b
+    Examples:
+      correlate decode capture.pcap
+      tcpdump -i any -s 0 -U -w - 'tcp and portrange 24007-24100' | correlate decode -
+      tcpdump -i any -s 0 -U -w - 'tcp and portrange 24007-24100' | correlate run --probe gfapi --pcap -
+      correlate analyze capture.pcapng timeline.jsonl
+    """

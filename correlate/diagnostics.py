@@ -1,0 +1,31 @@
+"""Counting what a decoder skipped, so damage is reported instead of hidden."""
+from __future__ import annotations
+
+from collections import Counter
+
+
+class Diagnostics:
+    """Per-input tally of skipped or damaged data, with the first place each reason occurred."""
+
+    def __init__(self, source: str):
+        self.source = source
+        self.counts: Counter[str] = Counter()
+        self.first_where: dict[str, str] = {}
+        self.fatal: str | None = None   # set when the input ended early on damage
+
+    def skip(self, reason: str, where: str = "") -> None:
+        self.counts[reason] += 1
+        self.first_where.setdefault(reason, where)
+
+    def stop(self, message: str) -> None:
+        """The input cannot be read further; everything before is kept."""
+        self.fatal = message
+
+    def summary_lines(self) -> list[str]:
+        lines = []
+        for reason, n in self.counts.most_common():
+            where = self.first_where.get(reason)
+            lines.append(f"{self.source}: skipped {n} x {reason}" + (f" (first at {where})" if where else ""))
+        if self.fatal:
+            lines.append(f"{self.source}: {self.fatal}")
+        return lines

@@ -1,0 +1,37 @@
+"""The event contract (docs/events.md): plain dicts, JSON-serializable, one per line.
+
+Every event has `time_ns` (int, ns since the Unix epoch, UTC), `layer`
+(wire|probe|log|finding), `kind` and `source`. Dicts keep third-party detectors free of
+our classes and make the JSON Lines timeline the same thing as the in-memory stream.
+"""
+from __future__ import annotations
+
+import json
+from typing import Any
+
+SCHEMA = "correlate/1"
+LAYERS = ("wire", "probe", "log", "finding")
+
+
+def make_event(time_ns: int, layer: str, kind: str, source: str, **fields: Any) -> dict:
+    ev = {"time_ns": int(time_ns), "layer": layer, "kind": kind, "source": source}
+    ev.update(fields)
+    return ev
+
+
+def _default(obj: Any):
+    if isinstance(obj, (bytes, bytearray, memoryview)):
+        return bytes(obj).hex()
+    if isinstance(obj, (set, frozenset, tuple)):
+        return list(obj)
+    return str(obj)
+
+
+def to_json(ev: dict) -> str:
+    """One JSON line. Non-ASCII and control characters are escaped by json itself."""
+    return json.dumps(ev, default=_default, separators=(",", ":"), ensure_ascii=True)
+
+
+def header_line(**info: Any) -> str:
+    """The first line of a saved timeline: says which schema the lines follow."""
+    return to_json({"schema": SCHEMA, "kind": "timeline.header", **info})

@@ -1,0 +1,1 @@
+"""GlusterFS RPC programs: procedure tables and argument/result layouts, one module each."""

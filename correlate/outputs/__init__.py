@@ -1,0 +1,1 @@
+"""Renderings of a timeline: terminal, HTML, Perfetto, annotated pcapng."""

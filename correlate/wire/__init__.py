@@ -1,0 +1,1 @@
+"""Wire layer: captures -> packets -> TCP streams -> ONC RPC -> Gluster events."""

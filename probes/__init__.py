@@ -1,0 +1,1 @@
+"""Probe catalog and programs: BPF C for bcc, SystemTap scripts."""
