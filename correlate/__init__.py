@@ -1,3 +1,8 @@
 """correlate: GlusterFS wire traffic and process probes on one timeline, with detectors."""
 
 __version__ = "0.1.0"
+
+from pluggy import HookimplMarker as _HookimplMarker
+
+# Plugins decorate their hook implementations with `@correlate.hookimpl`.
+hookimpl = _HookimplMarker("correlate")

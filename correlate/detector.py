@@ -1,0 +1,138 @@
+"""Detectors and the runtime that feeds them events and folds their findings.
+
+A detector is any object with an `id`, `observe(event) -> iterable of findings` and
+`finish() -> iterable of findings`. Subclass `Detector` for the helpers. Findings are event
+dicts (layer "finding"); make them with `Detector.finding(...)`.
+"""
+from __future__ import annotations
+
+import traceback
+from collections.abc import Iterable
+
+from .events import make_event
+
+SEVERITIES = ("info", "warning", "error", "critical")
+
+# Keys copied into a finding's evidence: enough to show and to cross-reference the event,
+# not the whole payload (a GETSPEC reply holds a volfile).
+_EVIDENCE_DROP = {"cred"}
+
+
+def evidence_of(ev: dict) -> dict:
+    return {k: v for k, v in ev.items() if k not in _EVIDENCE_DROP}
+
+
+class Detector:
+    """Convenience base: subclasses set `id` and implement `observe` (and maybe `finish`)."""
+
+    id = "unnamed"
+
+    def observe(self, event: dict) -> Iterable[dict]:
+        return ()
+
+    def finish(self) -> Iterable[dict]:
+        return ()
+
+    def finding(self, time_ns: int, *, severity: str, title: str, explanation: str,
+                remedy: str, evidence: list[dict], key: str = "", **extra) -> dict:
+        """A finding dict. `key` names the cause: findings with equal (detector, key) fold."""
+        assert severity in SEVERITIES, severity
+        return make_event(time_ns, "finding", "finding", f"detector:{self.id}",
+                          detector=self.id, severity=severity, title=title,
+                          explanation=explanation, remedy=remedy,
+                          evidence=[evidence_of(e) for e in evidence], key=key or title,
+                          count=1, **extra)
+
+
+class DetectorRunner:
+    """Feeds each event to every detector; folds repeated findings; isolates failures.
+
+    A finding whose (detector, key) was already reported is counted, not re-emitted;
+    `finish()` emits a `finding.update` with the final count for each folded finding. A
+    detector that raises is disabled and reported as a `detector.error` event, by name."""
+
+    def __init__(self, detectors: list, on_new_finding=None):
+        self.detectors = list(detectors)
+        self.disabled: dict[str, str] = {}
+        self._seen: dict[tuple[str, str], dict] = {}
+        self._on_new = on_new_finding
+        self.findings: list[dict] = []
+
+    def _run(self, det, method: str, arg=None) -> list[dict]:
+        name = getattr(det, "id", type(det).__name__)
+        if name in self.disabled:
+            return []
+        try:
+            fn = getattr(det, method)
+            result = fn(arg) if method == "observe" else fn()
+            return list(result or ())
+        except Exception as exc:   # a plugin's bug must not end the run
+            self.disabled[name] = f"{type(exc).__name__}: {exc}"
+            where = traceback.extract_tb(exc.__traceback__)[-1]
+            t = arg["time_ns"] if isinstance(arg, dict) else 0
+            return [make_event(t, "finding", "detector.error", f"detector:{name}",
+                               detector=name, severity="error",
+                               title=f"detector {name} failed and was disabled",
+                               explanation=f"{type(exc).__name__}: {exc} "
+                                           f"({where.filename}:{where.lineno})",
+                               remedy="report it to the plugin's authors; the run went on "
+                                      "without this detector")]
+
+    def _fold(self, found: list[dict]) -> list[dict]:
+        out = []
+        for f in found:
+            if f.get("kind") != "finding":
+                out.append(f)
+                continue
+            key = (f.get("detector", ""), f.get("key", ""))
+            first = self._seen.get(key)
+            if first is None:
+                f.setdefault("id", f"{key[0]}#{len(self._seen) + 1}")
+                self._seen[key] = f
+                self.findings.append(f)
+                out.append(f)
+                if self._on_new:
+                    self._on_new(f)
+            else:
+                first["count"] = first.get("count", 1) + f.get("count", 1)
+                first["last_time_ns"] = f["time_ns"]
+        return out
+
+    def observe(self, event: dict) -> list[dict]:
+        found = []
+        for det in self.detectors:
+            found.extend(self._run(det, "observe", event))
+        return self._fold(found)
+
+    def finish(self) -> list[dict]:
+        found = []
+        for det in self.detectors:
+            found.extend(self._run(det, "finish"))
+        out = self._fold(found)
+        end = max((f["time_ns"] for f in self.findings), default=0)
+        for f in self.findings:
+            if f.get("count", 1) > 1:
+                out.append(make_event(f.get("last_time_ns", end), "finding", "finding.update",
+                                      f["source"], detector=f["detector"], id=f["id"],
+                                      count=f["count"], title=f["title"]))
+        return out
+
+
+def load_detectors(pm, config: dict | None = None) -> tuple[list, list[dict]]:
+    """Every detector from every plugin (built-ins included), through the hook.
+
+    Each plugin's hook is called on its own, so one that raises is reported by name (as a
+    `detector.error` event in the second list) and the others still load."""
+    detectors, errors = [], []
+    for impl in pm.hook.correlate_detectors.get_hookimpls():
+        name = impl.plugin_name
+        try:
+            kwargs = {"config": config or {}} if "config" in impl.argnames else {}
+            detectors.extend(impl.function(**kwargs) or [])
+        except Exception as exc:
+            errors.append(make_event(0, "finding", "detector.error", f"plugin:{name}",
+                                     detector=name, severity="error",
+                                     title=f"plugin {name} failed to load its detectors",
+                                     explanation=f"{type(exc).__name__}: {exc}",
+                                     remedy="report it to the plugin's authors"))
+    return detectors, errors

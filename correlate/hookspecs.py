@@ -1,0 +1,47 @@
+"""The whole plugin API of correlate.
+
+A plugin is a module or object with functions named like the hooks below, decorated with
+`correlate.hookimpl`, and registered through the `correlate` entry-point group:
+
+    [project.entry-points.correlate]
+    my_detectors = "my_package.detectors"
+
+pluggy passes arguments by name, so an implementation may accept only the arguments it uses;
+hooks gain arguments without breaking older plugins. The built-in detectors in
+`correlate.plugins` use exactly these hooks. See docs/plugins.md for one example per hook.
+"""
+import pluggy
+
+hookspec = pluggy.HookspecMarker("correlate")
+
+
+@hookspec
+def correlate_detectors(config):
+    """Return a list of detector objects (see `correlate.detector.Detector`).
+
+    `config` is a dict of run options (e.g. `unanswered_after_ns`). Each detector sees every
+    event in time order through `observe(event)` and returns findings; `finish()` is called at
+    the end of input. A detector that raises is reported by name and disabled."""
+
+
+@hookspec
+def correlate_probe_specs():
+    """Return a list of `correlate.probe.catalog.ProbeSpec` to add probe points.
+
+    Each spec names a library, a function, the argument layout to read and whether to probe
+    its return; it joins the catalog under its `group` (usable as `--probe GROUP`)."""
+
+
+@hookspec
+def correlate_outputs():
+    """Return a dict mapping an output format name to a writer `write(events, path)`.
+
+    `events` is the merged iterable of event dicts (findings included); the format becomes
+    available as `correlate analyze --output NAME=PATH`."""
+
+
+@hookspec
+def correlate_finding(finding):
+    """Called once for every new finding (after folding repeats); return value ignored.
+
+    Use it to forward findings elsewhere (a ticket, a chat message, a metric)."""

@@ -1,0 +1,108 @@
+"""auth-rejected: the server refuses the client.
+
+Two forms. SETVOLUME (the handshake that attaches a client to a brick) answered with
+op_ret -1 / EACCES and an ERROR text such as "Authentication failed": auth.allow or
+auth.reject excludes the client; libgfapi callers like qemu-img then hang in glfs_init.
+And RPC-level AUTH_ERROR denials: the client's source port is unprivileged (> 1023) while
+server.allow-insecure is off.
+"""
+from __future__ import annotations
+
+from collections import deque
+
+from correlate import hookimpl
+from correlate.detector import Detector
+
+from .gluster_facts import find_key, host_of, port_of
+
+LOG_WINDOW_NS = 5_000_000_000
+
+
+class AuthRejected(Detector):
+    id = "auth-rejected"
+
+    def __init__(self):
+        self.setvolume_calls: dict[tuple, dict] = {}
+        self.context: deque[dict] = deque(maxlen=256)   # glfs_init calls, client log lines
+        self.init_returned: set[tuple] = set()
+
+    def observe(self, ev):
+        kind = ev.get("kind")
+        if kind == "probe.call" and ev.get("function") == "glfs_init":
+            self.context.append(ev)
+        elif kind == "probe.return" and ev.get("function") == "glfs_init":
+            self.init_returned.add((ev.get("pid"), ev.get("tid")))
+        elif ev.get("layer") == "log" and "SETVOLUME" in str(ev.get("message", "")):
+            self.context.append(ev)
+        elif kind == "rpc.call" and ev.get("procedure") == "SETVOLUME":
+            self.setvolume_calls[(ev.get("conn"), ev.get("xid"))] = ev
+            if len(self.setvolume_calls) > 4096:
+                self.setvolume_calls.pop(next(iter(self.setvolume_calls)))
+        elif kind == "rpc.reply" and ev.get("procedure") == "SETVOLUME" and ev.get("op_ret") == -1:
+            return [self._setvolume_failed(ev)]
+        elif kind == "rpc.reply" and ev.get("reply_status") == "denied":
+            return [self._denied(ev)]
+        return ()
+
+    def _nearby(self, t: int) -> list[dict]:
+        out = []
+        for e in self.context:
+            if abs(t - e["time_ns"]) <= LOG_WINDOW_NS:
+                out.append(e)
+        return out
+
+    def _setvolume_failed(self, reply: dict) -> dict:
+        call = self.setvolume_calls.pop((reply.get("conn"), reply.get("xid")), None)
+        error = find_key(reply.get("result") or {}, "ERROR") or reply.get("errno_name") or "?"
+        volume = find_key((call or {}).get("args") or {}, "remote-subvolume") or "?"
+        client = reply.get("dst")
+        nearby = self._nearby(reply["time_ns"])
+        hanging = [e for e in nearby if e.get("kind") == "probe.call"
+                   and (e.get("pid"), e.get("tid")) not in self.init_returned]
+        hang = ""
+        if hanging:
+            p = hanging[0]
+            hang = (f" {p.get('comm')} (pid {p.get('pid')}) is in glfs_init, which does not "
+                    "return: the hang users see (qemu-img over gluster:// waits forever).")
+        explanation = (f"The brick at {reply.get('src')} refused SETVOLUME for {volume} from "
+                       f"{client}: op_ret -1, op_errno {reply.get('op_errno')} "
+                       f"({reply.get('errno_name')}), ERROR \"{error}\".{hang}")
+        remedy = ("Check the volume's access lists: `gluster volume get VOLUME auth.allow` and "
+                  "`gluster volume get VOLUME auth.reject`; the address the brick sees is "
+                  f"{host_of(client)}. Fix with `gluster volume set VOLUME auth.allow <clients>` "
+                  "(or reset auth.reject), then stop and start the volume so the bricks reload "
+                  "it. The client log says 'SETVOLUME on remote-host failed'.")
+        evidence = [e for e in (call, reply) if e] + nearby
+        return self.finding(reply["time_ns"], severity="critical",
+                            title=f"SETVOLUME rejected: {error}", explanation=explanation,
+                            remedy=remedy, evidence=evidence, key=f"setvolume:{reply.get('src')}",
+                            error_text=error)
+
+    def _denied(self, reply: dict) -> dict:
+        client_port = port_of(reply.get("dst"))
+        status = reply.get("auth_status") or reply.get("reject_status")
+        unprivileged = client_port is not None and client_port > 1023
+        explanation = (f"{reply.get('src')} denied {reply.get('program')} "
+                       f"{reply.get('procedure')} from {reply.get('dst')}: MSG_DENIED "
+                       f"{reply.get('reject_status')} {status or ''}".rstrip() + ".")
+        if unprivileged and reply.get("reject_status") == "AUTH_ERROR":
+            explanation += (f" The client's source port {client_port} is unprivileged (> 1023) "
+                            "and the server accepts only privileged ports "
+                            "(server.allow-insecure off).")
+            remedy = ("Either let the client bind a privileged port (run it as root), or allow "
+                      "insecure ports: `gluster volume set VOLUME server.allow-insecure on` and "
+                      "stop/start the volume (a server reboot alone does not apply it); for "
+                      "glusterd itself add `option rpc-auth-allow-insecure on` to "
+                      "/etc/glusterfs/glusterd.vol and restart glusterd.")
+        else:
+            remedy = ("Check the RPC versions and credentials the client sends against what the "
+                      "server supports (reject_status and auth_status say which).")
+        return self.finding(reply["time_ns"], severity="error",
+                            title=f"RPC denied by {reply.get('src')}: {status or reply.get('reject_status')}",
+                            explanation=explanation, remedy=remedy, evidence=[reply],
+                            key=f"denied:{reply.get('src')}:{status}")
+
+
+@hookimpl
+def correlate_detectors(config):
+    return [AuthRejected()]

@@ -1,0 +1,99 @@
+"""brick-unreachable: the client got its volfile (GETSPEC) and learned a brick's port
+(PORTBYBRICK) from glusterd, but the TCP connection to the brick fails.
+
+A firewall that REJECTs answers the SYN at once (RST, or ICMP port unreachable): the mount
+fails fast. One that DROPs leaves the SYN unanswered: the client retransmits and the mount
+hangs. Which of the two it is tells the admin which rule to look for.
+"""
+from __future__ import annotations
+
+from correlate import hookimpl
+from correlate.detector import Detector
+
+from .gluster_facts import BRICK_PORTS, GLUSTERD_PORTS, find_key, host_of, port_of
+
+
+class BrickUnreachable(Detector):
+    id = "brick-unreachable"
+
+    def __init__(self):
+        self.volfiles: dict[str, dict] = {}               # glusterd host -> GETSPEC reply
+        self.bricks: dict[tuple[str, int], tuple] = {}   # (host, port) -> (reply, brick, call)
+        self.portmap_calls: dict[tuple, dict] = {}
+
+    def observe(self, ev):
+        kind = ev.get("kind")
+        if kind == "rpc.reply" and ev.get("procedure") == "GETSPEC" and ev.get("op_ret", 0) != -1:
+            self.volfiles[host_of(ev.get("src"))] = ev
+        elif kind == "rpc.call" and ev.get("procedure") == "PORTBYBRICK":
+            self.portmap_calls[(ev.get("conn"), ev.get("xid"))] = ev
+            if len(self.portmap_calls) > 4096:
+                self.portmap_calls.pop(next(iter(self.portmap_calls)))
+        elif kind == "rpc.reply" and ev.get("procedure") == "PORTBYBRICK":
+            call = self.portmap_calls.pop((ev.get("conn"), ev.get("xid")), None)
+            port = find_key(ev.get("result") or {}, "port")
+            brick = find_key((call or {}).get("args") or {}, "brick") or "?"
+            if isinstance(port, int) and port > 0:
+                self.bricks[(host_of(ev.get("src")), port)] = (ev, str(brick), call)
+        elif kind in ("tcp.refused", "tcp.timeout"):
+            return self._connection_failed(ev)
+        return ()
+
+    def _connection_failed(self, ev):
+        host, port = host_of(ev.get("dst")), port_of(ev.get("dst"))
+        learned = self.bricks.get((host, port))
+        if learned is None and port not in BRICK_PORTS and port not in GLUSTERD_PORTS:
+            return ()
+        if ev["kind"] == "tcp.timeout":
+            action = "DROP"
+            how = (f"the SYN to {ev.get('dst')} was sent {ev.get('attempts', '?')} times in "
+                   f"{ev.get('waited_ns', 0) / 1e9:.1f} s and never answered: a firewall silently "
+                   "drops it, so the client hangs until its timeout")
+        elif ev.get("reason") == "icmp":
+            action = "REJECT"
+            how = (f"the SYN to {ev.get('dst')} was answered by ICMP unreachable (type "
+                   f"{ev.get('icmp_type')}, code {ev.get('icmp_code')}) from {ev.get('icmp_from')}: "
+                   "a firewall REJECT rule (icmp-port-unreachable)")
+        else:
+            action = "REJECT"
+            how = (f"the SYN to {ev.get('dst')} was answered by RST: a firewall REJECT rule with "
+                   "tcp-reset, or no brick process listening on that port")
+        evidence = []
+        volfile = self.volfiles.get(host)
+        if volfile:
+            evidence.append(volfile)
+        if port in GLUSTERD_PORTS:
+            target = f"glusterd on {host} (management port {port})"
+            title = f"glusterd unreachable at {ev.get('dst')} ({action})"
+            ports_hint = f"{port}/tcp"
+        else:
+            if learned:
+                reply, brick, call = learned
+                evidence.extend(e for e in (call, reply) if e)
+                target = f"brick {brick} on {host}, port {port} (learned from PORTBYBRICK)"
+            else:
+                target = f"a brick port {port} on {host} (PORTBYBRICK not captured)"
+            title = f"brick unreachable at {ev.get('dst')} ({action})"
+            ports_hint = "24007/tcp and the brick ports (49152 and up, one per brick)"
+        evidence.append(ev)
+        fetched = "The client fetched the volfile (GETSPEC) but " if volfile else ""
+        explanation = f"{fetched}{how}. Target: {target}."
+        if action == "DROP":
+            remedy = (f"Look for a DROP rule (or a firewall default policy of DROP) on {host} or "
+                      f"on the path: `iptables -S | grep -E 'DROP'`, `nft list ruleset`, "
+                      f"`firewall-cmd --list-all`. Allow {ports_hint} from the clients, e.g. "
+                      "`firewall-cmd --permanent --add-service=glusterfs && firewall-cmd --reload`.")
+        else:
+            remedy = (f"Look for a REJECT rule on {host}: `iptables -S | grep REJECT`, "
+                      f"`nft list ruleset`, `firewall-cmd --list-all`; allow {ports_hint} from the "
+                      "clients. If no rule matches, check that the brick process runs "
+                      "(`gluster volume status`).")
+        return [self.finding(ev["time_ns"], severity="error", title=title,
+                             explanation=explanation, remedy=remedy, evidence=evidence,
+                             key=f"{action}:{ev.get('dst')}", action=action,
+                             target=ev.get("dst"))]
+
+
+@hookimpl
+def correlate_detectors(config):
+    return [BrickUnreachable()]

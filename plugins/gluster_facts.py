@@ -1,0 +1,49 @@
+"""Facts about Gluster traffic that the built-in detectors share."""
+
+GLUSTERFS_PROGRAM = 1298437
+UTIME_NOW = (1 << 30) - 1        # tv_nsec: "set to now", tv_sec ignored
+UTIME_OMIT = (1 << 30) - 2       # tv_nsec: "leave unchanged", tv_sec ignored
+GF_SET_ATTR_ATIME = 0x10         # `valid` bit of SETATTR/FSETATTR (glusterfs xlator.h)
+GLUSTERD_PORTS = (24007, 24008)
+BRICK_PORTS = range(49152, 61000)   # glusterd's default base-port..max-port
+
+# Functions whose arguments carry the times a process asked for, outermost layer first.
+SAMBA_TIME_FUNCTIONS = ("vfs_gluster_fntimes", "vfs_gluster_ntimes")
+GFAPI_TIME_FUNCTIONS = ("glfs_utimens", "glfs_futimens", "glfs_lutimens",
+                        "glfs_setattr", "glfs_fsetattr")
+
+
+def time_is_minus_one(sec, nsec) -> bool:
+    """A tv_sec of -1 that is meant as a time (not masked by UTIME_OMIT / UTIME_NOW)."""
+    return sec == -1 and nsec not in (UTIME_OMIT, UTIME_NOW)
+
+
+def is_rpc(ev: dict, kind: str, *procedures: str) -> bool:
+    return ev.get("kind") == kind and (not procedures or ev.get("procedure") in procedures)
+
+
+def port_of(endpoint: str | None) -> int | None:
+    if not endpoint or ":" not in endpoint:
+        return None
+    try:
+        return int(endpoint.rsplit(":", 1)[1])
+    except ValueError:
+        return None
+
+
+def host_of(endpoint: str | None) -> str:
+    return (endpoint or "").rsplit(":", 1)[0].strip("[]")
+
+
+def find_key(obj, key: str):
+    """First value stored under `key` anywhere in nested dicts/lists (reply dicts vary)."""
+    if isinstance(obj, dict):
+        if key in obj:
+            return obj[key]
+        obj = list(obj.values())
+    if isinstance(obj, list):
+        for item in obj:
+            found = find_key(item, key)
+            if found is not None:
+                return found
+    return None

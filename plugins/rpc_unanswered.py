@@ -1,0 +1,94 @@
+"""rpc-unanswered: calls that get no reply (the hang), and a summary of error replies.
+
+Timing follows the events' own clock (capture time), so offline analysis and live runs
+agree. Calls still in flight when the input ends younger than the threshold are not hangs.
+"""
+from __future__ import annotations
+
+from collections import Counter
+
+from correlate import hookimpl
+from correlate.detector import Detector
+
+DEFAULT_AFTER_NS = 10_000_000_000
+MAX_PENDING = 100_000
+
+# Error replies that are part of normal operation, not worth a finding.
+BENIGN = {
+    ("LOOKUP", "ENOENT"), ("STAT", "ENOENT"), ("GETXATTR", "ENODATA"),
+    ("FGETXATTR", "ENODATA"), ("INODELK", "EAGAIN"), ("ENTRYLK", "EAGAIN"),
+    ("OPENDIR", "ENOENT"), ("ACCESS", "ENOENT"), ("MKDIR", "EEXIST"),
+}
+# Explained by other built-in detectors with their own remedy.
+EXPLAINED = {"SETVOLUME"}
+
+
+class RpcUnanswered(Detector):
+    id = "rpc-unanswered"
+
+    def __init__(self, after_ns: int = DEFAULT_AFTER_NS):
+        self.after_ns = after_ns
+        self.pending: dict[tuple, dict] = {}     # insertion order = call time order
+        self.errors: Counter = Counter()
+        self.error_examples: dict[tuple, dict] = {}
+        self.dropped = 0
+
+    def observe(self, ev):
+        kind = ev.get("kind")
+        if kind == "rpc.call":
+            self.pending[(ev.get("conn"), ev.get("src"), ev.get("xid"))] = ev
+            if len(self.pending) > MAX_PENDING:
+                self.pending.pop(next(iter(self.pending)))
+                self.dropped += 1
+        elif kind == "rpc.reply":
+            self.pending.pop((ev.get("conn"), ev.get("dst"), ev.get("xid")), None)
+            if ev.get("op_ret") == -1 and ev.get("procedure") not in EXPLAINED:
+                key = (ev.get("procedure"), ev.get("errno_name"))
+                if key not in BENIGN:
+                    self.errors[key] += 1
+                    self.error_examples.setdefault(key, ev)
+        return self._overdue(ev["time_ns"])
+
+    def _overdue(self, now: int) -> list[dict]:
+        found = []
+        while self.pending:
+            key, call = next(iter(self.pending.items()))
+            if now - call["time_ns"] <= self.after_ns:
+                break
+            del self.pending[key]
+            found.append(self._unanswered(call, now))
+        return found
+
+    def _unanswered(self, call: dict, now: int) -> dict:
+        waited = (now - call["time_ns"]) / 1e9
+        what = f"{call.get('program')} {call.get('procedure')}"
+        return self.finding(
+            now, severity="warning", title=f"{what} unanswered after {waited:.0f} s",
+            explanation=(f"{call.get('src')} called {what} (xid {call.get('xid')}) on "
+                         f"{call.get('dst')} and got no reply within {waited:.1f} s: the caller "
+                         "is blocked (a hung mount or operation)."),
+            remedy=(f"Check the server process at {call.get('dst')} (`gluster volume status`, "
+                    "its brick log) and the network between; the other findings of this run "
+                    "may name the cause."),
+            evidence=[call], key=f"unanswered:{what}:{call.get('dst')}")
+
+    def finish(self):
+        found = []
+        if self.pending:
+            last = max(c["time_ns"] for c in self.pending.values())
+            found = self._overdue(last)
+        if self.errors:
+            parts = [f"{proc} {err or '?'} x{n}" for (proc, err), n in self.errors.most_common(10)]
+            first = min(e["time_ns"] for e in self.error_examples.values())
+            found.append(self.finding(
+                first, severity="info", title=f"{sum(self.errors.values())} error replies",
+                explanation="Replies with op_ret -1 (normal ones like LOOKUP ENOENT left out): "
+                            + ", ".join(parts) + ".",
+                remedy="Look at the brick logs around these times for the matching errors.",
+                evidence=list(self.error_examples.values())[:10], key="error-summary"))
+        return found
+
+
+@hookimpl
+def correlate_detectors(config):
+    return [RpcUnanswered(after_ns=int(config.get("unanswered_after_ns", DEFAULT_AFTER_NS)))]
