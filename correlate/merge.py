@@ -78,18 +78,23 @@ class LiveMerger:
         self._sources: list[str] = []
         self._threads: list[threading.Thread] = []
         self._stopping = threading.Event()
+        self._finite: set[int] = set()
         self.errors: list[tuple[str, BaseException]] = []
 
-    def add(self, name: str, produce: Callable[[], Iterable[dict]]) -> None:
+    def add(self, name: str, produce: Callable[[], Iterable[dict]], *, finite: bool = True) -> None:
+        """Run `produce` in a thread. The merge ends when every finite source has ended (or,
+        with none, on `stop()`); endless sources (live probes) should watch `stopping`."""
         index = len(self._sources)
         self._sources.append(name)
+        if finite:
+            self._finite.add(index)
 
         def pump():
             try:
                 for ev in produce():
                     self._queue.put((index, ev))
-                    if self._stopping.is_set():
-                        break
+                    if finite and self._stopping.is_set():
+                        break   # endless sources end themselves, after draining
             except BaseException as exc:   # reported by the caller, never lost silently
                 self.errors.append((name, exc))
             finally:
@@ -100,13 +105,17 @@ class LiveMerger:
     def stop(self) -> None:
         self._stopping.set()
 
+    @property
+    def stopping(self) -> threading.Event:
+        return self._stopping
+
     def events(self) -> Iterator[dict]:
         for t in self._threads:
             t.start()
         live = set(range(len(self._sources)))
         heap: list[tuple[int, int, int, dict]] = []
         seq = itertools.count()
-        while live and not self._stopping.is_set():
+        while live and not self._stopping.is_set() and (live & self._finite or not self._finite):
             deadline = time.monotonic() + self.tick_s
             while True:   # drain what has arrived within this tick
                 try:
@@ -120,7 +129,12 @@ class LiveMerger:
             watermark = self.clock() - self.window_ns
             while heap and heap[0][0] <= watermark:
                 yield heapq.heappop(heap)[3]
-        # Stopped or all sources ended: whatever arrived is complete; flush in order.
+        # Stopped or all finite sources ended: let the others finish their last events (live
+        # probes drain their buffers on stop), then flush everything in order.
+        self._stopping.set()
+        deadline = time.monotonic() + 3.0
+        for t in self._threads:
+            t.join(max(0.0, deadline - time.monotonic()))
         while True:
             try:
                 index, ev = self._queue.get_nowait()

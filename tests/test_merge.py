@@ -91,3 +91,20 @@ def test_live_merger_reports_source_errors():
     m.add("bad", bad)
     assert [e["time_ns"] for e in m.events()] == [1]
     assert m.errors and m.errors[0][0] == "bad"
+
+
+def test_live_merger_ends_with_finite_sources_and_drains_endless_ones():
+    m = LiveMerger(window_ns=50_000_000, tick_s=0.01)
+
+    def capture():
+        yield ev(time.time_ns(), "pcap")
+
+    def probes():
+        while not m.stopping.is_set():
+            time.sleep(0.01)
+        yield ev(time.time_ns(), "probe-final")   # emitted while stopping: still delivered
+
+    m.add("pcap", capture)
+    m.add("probes", probes, finite=False)
+    out = [e["source"] for e in m.events()]
+    assert out == ["pcap", "probe-final"]

@@ -1,0 +1,120 @@
+"""Any input -> an event iterator: captures, saved timelines (JSON Lines), Gluster logs.
+
+The kind of an input is recognised from its first bytes, so users just name files (or `-`).
+"""
+from __future__ import annotations
+
+import gzip
+import json
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import BinaryIO
+
+from .diagnostics import Diagnostics
+from .errors import InputError
+
+PCAP_MAGICS = (b"\xd4\xc3\xb2\xa1", b"\xa1\xb2\xc3\xd4", b"\x4d\x3c\xb2\xa1",
+               b"\xa1\xb2\x3c\x4d", b"\x0a\x0d\x0d\x0a")
+GZIP_MAGIC = b"\x1f\x8b"
+MAX_LINE = 16 * 1024 * 1024   # a timeline line longer than this is damage, not an event
+REQUIRED = ("time_ns", "layer", "kind", "source")
+
+
+@dataclass
+class Input:
+    """One opened input: its name, kind, events and what was skipped reading it."""
+    name: str
+    kind: str                      # "capture" | "timeline" | "log"
+    events: Iterator[dict]
+    diag: Diagnostics = field(repr=False, default=None)
+
+
+def _open_binary(path: str) -> BinaryIO:
+    if path == "-":
+        return sys.stdin.buffer
+    try:
+        return open(path, "rb")
+    except OSError as exc:
+        raise InputError(path, exc.strerror or str(exc)) from None
+
+
+def _peek(f: BinaryIO, n: int = 64) -> bytes:
+    if hasattr(f, "peek"):
+        return f.peek(n)[:n]
+    raise InputError(getattr(f, "name", "input"), "cannot peek at this input")
+
+
+def sniff(head: bytes) -> str:
+    if head[:4] in PCAP_MAGICS:
+        return "capture"
+    stripped = head.lstrip()
+    if stripped.startswith(b"{"):
+        return "timeline"
+    from .logs import looks_like_gluster_log
+    if looks_like_gluster_log(head):
+        return "log"
+    return "unknown"
+
+
+def open_input(path: str, *, host: str | None = None, name: str | None = None) -> Input:
+    """Open a capture, timeline or Gluster log (plain or gzip'd; `-` is stdin)."""
+    name = name or ("stdin" if path == "-" else path.rsplit("/", 1)[-1])
+    f = _open_binary(path)
+    head = _peek(f)
+    if head[:2] == GZIP_MAGIC:
+        gz = gzip.GzipFile(fileobj=f)
+        try:
+            inner = gz.peek(64)[:64]
+        except (OSError, EOFError) as exc:
+            raise InputError(name, f"damaged gzip data: {exc}") from None
+        kind, f = sniff(inner), gz
+    else:
+        kind = sniff(head)
+    diag = Diagnostics(name)
+    if kind == "capture":
+        from .wire.decode import decode_capture
+        return Input(name, kind, decode_capture(path, name, host=host, diag=diag, fileobj=f), diag)
+    if kind == "timeline":
+        return Input(name, kind, read_timeline(f, name, diag, host), diag)
+    if kind == "log":
+        from .logs import read_gluster_log
+        return Input(name, kind, read_gluster_log(f, name, host=host, diag=diag), diag)
+    shown = head[:16].hex(" ")
+    raise InputError(name, f"not a capture, a correlate timeline or a Gluster log (starts with {shown})")
+
+
+def read_timeline(f: BinaryIO, source: str, diag: Diagnostics, host: str | None = None) -> Iterator[dict]:
+    """Events of a saved JSON Lines timeline; bad lines are counted and skipped."""
+    for number, raw in enumerate(_bounded_lines(f, diag), 1):
+        if not raw.strip():
+            continue
+        try:
+            ev = json.loads(raw)
+        except (ValueError, UnicodeDecodeError):
+            diag.skip("line that is not JSON", f"line {number}")
+            continue
+        if not isinstance(ev, dict):
+            diag.skip("line that is not a JSON object", f"line {number}")
+            continue
+        if ev.get("kind") == "timeline.header":
+            continue
+        if not all(k in ev for k in REQUIRED) or not isinstance(ev["time_ns"], int):
+            diag.skip("event without time_ns/layer/kind/source", f"line {number}")
+            continue
+        if host and "host" not in ev:
+            ev["host"] = host
+        yield ev
+
+
+def _bounded_lines(f: BinaryIO, diag: Diagnostics) -> Iterator[bytes]:
+    while True:
+        line = f.readline(MAX_LINE + 1)
+        if not line:
+            return
+        if len(line) > MAX_LINE and not line.endswith(b"\n"):
+            diag.skip("line longer than 16 MiB")
+            while line and not line.endswith(b"\n"):   # skip the rest of it
+                line = f.readline(MAX_LINE)
+            continue
+        yield line

@@ -1,0 +1,38 @@
+"""A capture (file or stream) -> wire events: frames -> TCP tracker -> RPC sink."""
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from typing import BinaryIO
+
+from ..diagnostics import Diagnostics
+from .capture import open_capture, open_capture_stream
+from .rpc import RpcSink
+from .tcp import TcpTracker
+
+
+def source_name(path: str) -> str:
+    return "stdin" if path == "-" else os.path.basename(path)
+
+
+def decode_capture(path: str, source: str | None = None, *, host: str | None = None,
+                   diag: Diagnostics | None = None, fileobj: BinaryIO | None = None) -> Iterator[dict]:
+    """Yield the wire events of one capture, in capture order, as packets are read.
+
+    Every event carries `frame` (the packet that completed it) so renderings can point back
+    into the capture. Damage is counted in `diag`, never raised past the header check."""
+    source = source or source_name(path)
+    diag = diag or Diagnostics(source)
+    frames = open_capture_stream(fileobj, source, diag) if fileobj is not None else open_capture(path, diag)
+    tracker = TcpTracker(source, RpcSink(source, diag), diag)
+    for frame in frames:
+        events = tracker.feed(frame)
+        for ev in events:
+            ev.setdefault("frame", frame.number)
+            if host:
+                ev["host"] = host
+            yield ev
+    for ev in tracker.finish():
+        if host:
+            ev["host"] = host
+        yield ev
