@@ -1,0 +1,68 @@
+"""tcpdump around a piece of lab traffic: start, wait until it really captures, stop cleanly."""
+from __future__ import annotations
+
+import os
+import re
+import select
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+
+class CaptureError(RuntimeError):
+    pass
+
+
+class Tcpdump:
+    """`with Tcpdump(out, bpf_filter): ...` captures on all interfaces (`-i any`, full
+    snaplen, packet-buffered) into `out`; `packets` holds tcpdump's own count afterwards."""
+
+    def __init__(self, out: Path, bpf_filter: str, interface: str = "any",
+                 start_timeout: float = 15):
+        self.out = Path(out)
+        self.cmd = ["tcpdump", "-i", interface, "-n", "-s", "0", "-U", "-w", str(self.out),
+                    bpf_filter]
+        self.start_timeout = start_timeout
+        self.proc: subprocess.Popen | None = None
+        self.stderr = ""
+        self.packets: int | None = None
+
+    def start(self) -> None:
+        self.out.parent.mkdir(parents=True, exist_ok=True)
+        self.proc = subprocess.Popen(self.cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                     text=True)
+        # tcpdump prints "listening on any, ..." once the socket is bound and the filter set.
+        deadline = time.monotonic() + self.start_timeout
+        while "listening on" not in self.stderr:
+            left = deadline - time.monotonic()
+            if left <= 0 or self.proc.poll() is not None:
+                self.stop()
+                raise CaptureError(f"tcpdump did not start: {self.stderr.strip()!r}")
+            ready, _, _ = select.select([self.proc.stderr], [], [], left)
+            if ready:
+                self.stderr += self.proc.stderr.readline()
+
+    def stop(self) -> None:
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            # Let the last packets of the scenario reach the ring before asking it to finish.
+            time.sleep(0.5)
+            self.proc.send_signal(signal.SIGINT)
+        try:
+            _, rest = self.proc.communicate(timeout=15)
+        except subprocess.TimeoutExpired:
+            os.kill(self.proc.pid, signal.SIGKILL)
+            _, rest = self.proc.communicate()
+        self.stderr += rest or ""
+        match = re.search(r"(\d+) packets? captured", self.stderr)
+        self.packets = int(match.group(1)) if match else None
+        self.proc = None
+
+    def __enter__(self) -> "Tcpdump":
+        self.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()

@@ -1,0 +1,261 @@
+"""The lab's Gluster server side: glusterd, the two-brick volume, and its options.
+
+Every call has a timeout; every step first looks at the current state, so it works from a
+fresh machine, a running lab, or whatever an interrupted scenario left behind.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import time
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass, field
+from pathlib import Path
+
+VOLUME = "labvol"
+HOST = "127.0.0.2"  # glusterd refuses bricks on 127.0.0.1 / localhost
+BRICK_ROOT = Path("/srv/correlate-lab")
+BRICK_DIRS = [BRICK_ROOT / "b1", BRICK_ROOT / "b2"]
+GLUSTERD_PIDFILE = Path("/run/correlate-lab-glusterd.pid")
+# Brick ports stay inside the range the capture filter covers (glusterd's default reaches 60999).
+BRICK_PORT_MIN, BRICK_PORT_MAX = 49152, 49251
+GLUSTERD_ARGS = ["--xlator-option", f"management.base-port={BRICK_PORT_MIN}",
+                 "--xlator-option", f"management.max-port={BRICK_PORT_MAX}"]
+# What `volume create` sets by itself; anything else is a leftover of a scenario.
+DEFAULT_OPTIONS = {"nfs.disable": "on", "transport.address-family": "inet",
+                   "storage.fips-mode-rchecksum": "on"}
+
+
+class LabError(RuntimeError):
+    """The lab could not be brought to the wanted state; the message says which step."""
+
+
+@dataclass
+class Brick:
+    path: str
+    port: int | None
+    pid: int | None
+    online: bool
+
+
+@dataclass
+class VolumeState:
+    exists: bool
+    started: bool = False
+    options: dict[str, str] = field(default_factory=dict)
+    bricks: list[Brick] = field(default_factory=list)
+
+
+def gluster(*args: str, timeout: float = 120, check: bool = True) -> str:
+    """Run the gluster CLI non-interactively; returns stdout, raises LabError on failure."""
+    cmd = ["gluster", "--mode=script", *args]
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        raise LabError(f"`{' '.join(cmd)}` did not answer within {timeout:.0f} s") from None
+    if check and proc.returncode != 0:
+        raise LabError(f"`{' '.join(cmd)}` failed: {(proc.stderr or proc.stdout).strip()}")
+    return proc.stdout
+
+
+# processes ----------------------------------------------------------------------------------
+
+def _alive(pid: int) -> bool:
+    """True for a live (not zombie) process."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state not in ("Z", "X")
+
+
+def _cmdline(pid: int) -> list[str]:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
+    except OSError:
+        return []
+
+
+def pids_of(program: str, marker: str | None = None) -> list[int]:
+    """Live processes whose executable name is `program` (and whose argv holds `marker`)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        argv = _cmdline(int(entry.name))
+        if argv and os.path.basename(argv[0]) == program and _alive(int(entry.name)):
+            if marker is None or any(marker in a for a in argv):
+                found.append(int(entry.name))
+    return found
+
+
+def glusterd_pid() -> int | None:
+    pids = pids_of("glusterd")
+    return pids[0] if pids else None
+
+
+def brick_pids() -> list[int]:
+    return pids_of("glusterfsd", f"{VOLUME}.{HOST}.")
+
+
+def stop_pids(pids: list[int], timeout: float = 15) -> None:
+    """SIGTERM, then SIGKILL whatever is still alive after `timeout` seconds."""
+    pids = sorted(set(pids))
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+    deadline = time.monotonic() + timeout
+    while any(_alive(p) for p in pids) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    for pid in pids:
+        if _alive(pid):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+
+def ensure_loopback_address() -> None:
+    out = subprocess.run(["ip", "-o", "addr", "show", "dev", "lo"], capture_output=True,
+                         text=True, timeout=10).stdout
+    if f"inet {HOST}/" not in out:
+        subprocess.run(["ip", "addr", "add", f"{HOST}/8", "dev", "lo"], check=True, timeout=10)
+
+
+def wait_for_glusterd(timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            gluster("volume", "list", timeout=10)
+            return
+        except LabError as exc:
+            if time.monotonic() > deadline:
+                raise LabError(f"glusterd does not answer after {timeout:.0f} s: {exc}") from None
+        time.sleep(0.3)
+
+
+def ensure_glusterd() -> int:
+    """Start glusterd with the lab's brick port range, unless it already runs that way."""
+    pid = glusterd_pid()
+    if pid is not None and all(a in _cmdline(pid) for a in GLUSTERD_ARGS):
+        wait_for_glusterd()
+        return pid
+    if pid is not None:
+        # Started by someone else without our port range: bricks could land outside the
+        # capture filter. Restart it our way (its state in /var/lib/glusterd is kept).
+        stop_pids([pid])
+    subprocess.run(["glusterd", "-p", str(GLUSTERD_PIDFILE), *GLUSTERD_ARGS],
+                   check=True, timeout=60)
+    wait_for_glusterd()
+    pid = glusterd_pid()
+    if pid is None:
+        raise LabError("glusterd exited right after starting; see /var/log/glusterfs/glusterd.log")
+    return pid
+
+
+# the volume ---------------------------------------------------------------------------------
+
+def volume_state() -> VolumeState:
+    out = gluster("volume", "info", VOLUME, "--xml", check=False, timeout=60)
+    try:
+        root = ET.fromstring(out)
+    except ET.ParseError:
+        return VolumeState(exists=False)
+    vol = root.find("./volInfo/volumes/volume")
+    if root.findtext("opRet") != "0" or vol is None:
+        return VolumeState(exists=False)
+    options = {o.findtext("name"): o.findtext("value") for o in vol.findall("./options/option")}
+    state = VolumeState(exists=True, started=vol.findtext("statusStr") == "Started",
+                        options=options)
+    if state.started:
+        state.bricks = brick_status()
+    return state
+
+
+def brick_status() -> list[Brick]:
+    out = gluster("volume", "status", VOLUME, "--xml", check=False, timeout=60)
+    bricks = []
+    try:
+        nodes = ET.fromstring(out).findall(".//volStatus/volumes/volume/node")
+    except ET.ParseError:
+        return bricks
+    for node in nodes:
+        path = node.findtext("path") or ""
+        if not path.startswith(str(BRICK_ROOT)):
+            continue
+        port = node.findtext("port")
+        pid = node.findtext("pid")
+        bricks.append(Brick(path=path, port=int(port) if port and port.isdigit() else None,
+                            pid=int(pid) if pid and pid.isdigit() and pid != "-1" else None,
+                            online=node.findtext("status") == "1"))
+    return bricks
+
+
+def create_volume() -> None:
+    for brick in BRICK_DIRS:
+        # A brick directory left from an earlier volume carries its volume-id xattr and
+        # .glusterfs tree; glusterd refuses it. It is ours, so start it afresh.
+        if brick.exists():
+            shutil.rmtree(brick)
+        brick.mkdir(parents=True)
+    gluster("volume", "create", VOLUME, *[f"{HOST}:{b}" for b in BRICK_DIRS], "force")
+
+
+def delete_volume() -> None:
+    gluster("volume", "stop", VOLUME, "force", check=False)
+    gluster("volume", "delete", VOLUME)
+
+
+def leftover_options(state: VolumeState) -> dict[str, str]:
+    return {k: v for k, v in state.options.items() if DEFAULT_OPTIONS.get(k) != v}
+
+
+def restart_volume() -> None:
+    """Stop and start the volume: auth.* and server.allow-insecure only apply then."""
+    gluster("volume", "stop", VOLUME, "force")
+    gluster("volume", "start", VOLUME)
+
+
+def wait_bricks_online(timeout: float = 60) -> list[Brick]:
+    deadline = time.monotonic() + timeout
+    while True:
+        bricks = brick_status()
+        if len(bricks) == len(BRICK_DIRS) and all(b.online and b.port for b in bricks):
+            return bricks
+        if time.monotonic() > deadline:
+            raise LabError(f"bricks not online after {timeout:.0f} s: {bricks}")
+        time.sleep(0.3)
+
+
+def ensure_volume() -> list[Brick]:
+    """The volume exists, has only default options, is started, both bricks online."""
+    state = volume_state()
+    if state.exists and not all(b.is_dir() for b in BRICK_DIRS):
+        delete_volume()  # someone removed the brick directories: rebuild from scratch
+        state = volume_state()
+    if not state.exists:
+        create_volume()
+        state = volume_state()
+    if leftover_options(state):
+        gluster("volume", "reset", VOLUME, "force")
+        if state.started:
+            restart_volume()
+        state = volume_state()
+    if not state.started:
+        gluster("volume", "start", VOLUME, "force")
+    elif not all(b.online for b in state.bricks) or len(state.bricks) != len(BRICK_DIRS):
+        gluster("volume", "start", VOLUME, "force")  # restarts dead bricks
+    bricks = wait_bricks_online()
+    if any(not BRICK_PORT_MIN <= b.port <= BRICK_PORT_MAX for b in bricks):
+        # Ports from a glusterd that ran without our range: a restart picks new ones.
+        restart_volume()
+        bricks = wait_bricks_online()
+    return bricks
+
+
+def set_option(name: str, value: str) -> None:
+    gluster("volume", "set", VOLUME, name, value)

@@ -1,0 +1,229 @@
+"""The lab's scenarios: each breaks one thing, drives a real client into it, checks the
+symptom really showed, and leaves the lab healthy again.
+
+A scenario has three phases so a capture holds only what matters:
+  prepare()  set volume options or firewall rules (not captured)
+  trigger()  the client traffic (captured by lab.record) -> Result
+  lab.up()   afterwards, always: resets options, restarts the volume, removes our rules
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from . import firewall, gfapi, gluster, lab
+from .capture import Tcpdump
+
+
+@dataclass
+class Result:
+    scenario: str
+    reproduced: bool  # the expected behaviour (the problem, or success for `healthy`) showed
+    summary: str
+    details: dict = field(default_factory=dict)
+    capture: str | None = None
+    packets: int | None = None
+
+
+def client_log(name: str) -> Path:
+    """A fresh gfapi log file for this scenario run."""
+    path = lab.LOG_DIR / f"{name}-client.log"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("")
+    return path
+
+
+def client_address() -> str:
+    """The source address the kernel picks toward the brick host: what auth.* rules match."""
+    out = subprocess.run(["ip", "-o", "route", "get", lab.HOST], capture_output=True, text=True,
+                         timeout=10).stdout.split()
+    return out[out.index("src") + 1] if "src" in out else "127.0.0.1"
+
+
+def restart_and_wait() -> None:
+    gluster.restart_volume()
+    gluster.wait_bricks_online()
+
+
+class Scenario:
+    name = ""
+    timeout = 12.0  # seconds a client may take before it counts as hung
+
+    def __init__(self, **params):
+        self.params = params
+
+    def prepare(self, info: "lab.LabInfo") -> None:
+        self.info = info
+
+    def trigger(self) -> Result:
+        raise NotImplementedError
+
+    def gfapi(self, *args: str, timeout: float | None = None) -> tuple[dict, Path]:
+        log = client_log(self.name)
+        result = gfapi.run([*args, "--log", str(log)], timeout=timeout or self.timeout)
+        return result, log
+
+
+class Healthy(Scenario):
+    name = "healthy"
+
+    def trigger(self) -> Result:
+        now = int(time.time())
+        result, log = self.gfapi("utimens", "--path", "/healthy", "--atime", f"{now - 60}.25",
+                                 "--mtime", f"{now}.5", "--unlink")
+        stat = result.get("stat", {})
+        ok = (result["status"] == "ok" and stat.get("atime") == now - 60
+              and stat.get("atime_nsec") == 250_000_000 and stat.get("mtime") == now)
+        return Result(self.name, ok, "create, utimens, stat and unlink through libgfapi "
+                      + ("succeeded" if ok else f"failed: {result}"),
+                      {"client": result, "client_log": str(log)})
+
+
+class AtimeMinusOne(Scenario):
+    """glfs_utimens with atime.tv_sec = -1 (what old Samba passed for "leave unchanged")."""
+    name = "atime-minus-one"
+    path = "/atime-minus-one"
+
+    def trigger(self) -> Result:
+        mtime = int(self.params.get("mtime", 1700000000))
+        result, log = self.gfapi("utimens", "--path", self.path, "--atime", "-1",
+                                 "--mtime", str(mtime))
+        brick = lab.brick_file(self.path)
+        details = {"client": result, "client_log": str(log), "brick_file": str(brick)}
+        if brick is None:
+            return Result(self.name, False, f"{self.path} is on no brick: {result}", details)
+        st = os.stat(brick)
+        details.update(brick_atime_ns=st.st_atime_ns, brick_mtime_ns=st.st_mtime_ns)
+        ok = result["status"] == "ok" and st.st_atime_ns == -1_000_000_000 \
+            and st.st_mtime_ns == mtime * 1_000_000_000
+        summary = (f"brick file {brick} has atime {time.strftime('%Y-%m-%d %H:%M:%S', time.gmtime(st.st_atime))}"
+                   f" (st_atime {st.st_atime_ns / 1e9:.0f})")
+        return Result(self.name, ok, summary, details)
+
+    def cleanup(self) -> None:
+        gfapi.run(["unlink", "--path", self.path, "--log", str(client_log(self.name + "-cleanup"))],
+                  timeout=self.timeout)
+
+
+class AuthRejected(Scenario):
+    """auth.reject of the client's address: SETVOLUME fails with errno 13, qemu-img hangs."""
+    name = "auth-rejected"
+    timeout = 10.0
+
+    def prepare(self, info) -> None:
+        super().prepare(info)
+        self.address = client_address()
+        gluster.set_option("auth.reject", self.address)
+        restart_and_wait()
+
+    def trigger(self) -> Result:
+        cmd = ["qemu-img", "create", "-f", "qcow2", f"gluster://{lab.HOST}/{lab.VOLUME}/vm.img",
+               "16M"]
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                start_new_session=True)
+        try:
+            out, _ = proc.communicate(timeout=self.timeout)
+            hung = False
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, 9)
+            out, _ = proc.communicate()
+            hung = True
+        failed = "Authentication failed" in out
+        return Result(self.name, failed,
+                      f"qemu-img {'hung' if hung else f'exited {proc.returncode}'}; its output "
+                      + ("says Authentication failed" if failed else "lacks Authentication failed"),
+                      {"command": " ".join(cmd), "hung": hung, "output": out[-4000:],
+                       "rejected_address": self.address})
+
+
+class InsecurePort(Scenario):
+    """server.allow-insecure off and a client bound to a port above 1023: DUMP is denied."""
+    name = "insecure-port"
+    timeout = 10.0
+
+    def prepare(self, info) -> None:
+        super().prepare(info)
+        gluster.set_option("server.allow-insecure", "off")
+        restart_and_wait()
+
+    def trigger(self) -> Result:
+        # libgfapi binds a port below 1024 when root; this client option makes it bind above.
+        result, log = self.gfapi("init", "--xlator-option", "*-client-*:client-bind-insecure=on")
+        text = log.read_text(errors="replace")
+        denied = "AUTH_ERROR" in text or "auth_error" in text.lower() or "MSG_DENIED" in text
+        return Result(self.name, denied and result["status"] != "ok",
+                      f"client {result['status']}; log "
+                      + ("shows the denied DUMP" if denied else "shows no denial"),
+                      {"client": result, "client_log": str(log)})
+
+
+class FirewallBlock(Scenario):
+    action = "REJECT"
+
+    def prepare(self, info) -> None:
+        super().prepare(info)
+        firewall.block_ports(lab.HOST, info.brick_ports, self.action)
+
+    def trigger(self) -> Result:
+        result, log = self.gfapi("utimens", "--path", f"/{self.name}", "--mtime", "1700000000")
+        failed = result["status"] != "ok"
+        return Result(self.name, failed,
+                      f"client {result['status']} with brick ports {self.info.brick_ports} "
+                      f"blocked ({self.action})",
+                      {"client": result, "client_log": str(log),
+                       "rules": [" ".join(r) for r in firewall.our_rules()]})
+
+
+class FirewallReject(FirewallBlock):
+    name = "firewall-reject"
+    action = "REJECT"
+
+
+class FirewallDrop(FirewallBlock):
+    name = "firewall-drop"
+    action = "DROP"
+
+
+class Workload(Scenario):
+    """Small files through every common fop; `files` sets the size (5000 files give
+    well over 100k packets)."""
+    name = "workload"
+
+    def trigger(self) -> Result:
+        files = int(self.params.get("files", 5000))
+        size = int(self.params.get("size", 4096))
+        self.timeout = float(self.params.get("timeout", 60 + files * 0.05))
+        started = time.monotonic()
+        result, log = self.gfapi("workload", "--files", str(files), "--size", str(size))
+        return Result(self.name, result["status"] == "ok",
+                      f"{files} files of {size} bytes: {result['status']} in "
+                      f"{time.monotonic() - started:.1f} s",
+                      {"client": result, "client_log": str(log)})
+
+
+REGISTRY = {cls.name: cls for cls in (Healthy, AtimeMinusOne, AuthRejected, InsecurePort,
+                                      FirewallReject, FirewallDrop, Workload)}
+
+
+def run(name: str, capture_to: Path | None = None, capture_filter: str | None = None,
+        **params) -> Result:
+    if name not in REGISTRY:
+        raise gluster.LabError(f"unknown scenario {name!r}; known: {', '.join(sorted(REGISTRY))}")
+    scenario = REGISTRY[name](**params)
+    info = lab.up()
+    try:
+        scenario.prepare(info)
+        if capture_to is None:
+            return scenario.trigger()
+        with Tcpdump(capture_to, capture_filter or lab.DEFAULT_FILTER) as dump:
+            result = scenario.trigger()
+        result.capture, result.packets = str(capture_to), dump.packets
+        return result
+    finally:
+        lab.up()
+        cleanup = getattr(scenario, "cleanup", None)
+        if cleanup:
+            cleanup()
