@@ -1,6 +1,7 @@
 """Counting what a decoder skipped, so damage is reported instead of hidden."""
 from __future__ import annotations
 
+import sys
 from collections import Counter
 
 
@@ -29,3 +30,11 @@ class Diagnostics:
         if self.fatal:
             lines.append(f"{self.source}: {self.fatal}")
         return lines
+
+
+def report_diagnostics(diags) -> bool:
+    """Print every input's skips on stderr; True when some input ended early on damage."""
+    for d in diags:
+        for line in d.summary_lines():
+            print(f"correlate: {line}", file=sys.stderr)
+    return any(d.fatal for d in diags)

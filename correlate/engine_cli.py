@@ -1,0 +1,215 @@
+"""`correlate run` (live), `correlate analyze` (offline) and `correlate plugins`."""
+from __future__ import annotations
+
+import json
+import signal
+import sys
+import threading
+import time
+
+import click
+
+from .detector import DetectorRunner, load_detectors
+from .diagnostics import Diagnostics, report_diagnostics
+from .errors import CorrelateError
+from .merge import DEFAULT_WINDOW_NS, LiveMerger, merge
+from .pipeline import Reporter, TimelineWriter, run_pipeline
+from .plugin_manager import get_plugin_manager, plugin_info
+from .sources import open_input
+
+PROBE_GROUPS = ("gfapi", "samba", "all")
+
+
+def _detectors(unanswered_after: float) -> tuple[DetectorRunner, list[dict]]:
+    pm = get_plugin_manager()
+    detectors, errors = load_detectors(pm, {"unanswered_after_ns": int(unanswered_after * 1e9)})
+
+    def notify(finding):
+        try:
+            pm.hook.correlate_finding(finding=finding)
+        except Exception as exc:   # a notifier's bug is reported, the run goes on
+            click.echo(f"correlate: a correlate_finding hook failed: {exc}", err=True)
+
+    return DetectorRunner(detectors, on_new_finding=notify), errors
+
+
+def _reporter(json_out: bool, events: bool, timeline: str | None, command: str) -> Reporter:
+    writer = TimelineWriter(timeline, command=command, started_ns=time.time_ns()) if timeline else None
+    if not sys.stdout.isatty():
+        sys.stdout.reconfigure(line_buffering=True)
+    return Reporter(json_out=json_out, show_events=events, timeline=writer)
+
+
+def _summary(reporter: Reporter, runner: DetectorRunner, timeline: str | None) -> None:
+    n = reporter.counts
+    msg = f"correlate: {n['events']} events, {n['findings']} findings"
+    if runner.disabled:
+        msg += "; disabled detectors: " + ", ".join(f"{k} ({v})" for k, v in runner.disabled.items())
+    if timeline:
+        msg += f"; timeline written to {timeline}"
+    click.echo(msg, err=True)
+
+
+common_options = [
+    click.option("--json", "json_out", is_flag=True,
+                 help="JSON lines on stdout (events with --events, and findings)."),
+    click.option("--events", "-e", is_flag=True, help="Print every event, not only findings."),
+    click.option("--timeline", type=click.Path(dir_okay=False, writable=True),
+                 help="Write the merged timeline (events and findings) as JSON Lines."),
+    click.option("--unanswered-after", type=float, default=10.0, show_default=True,
+                 help="Seconds without a reply before a call counts as unanswered."),
+]
+
+
+def with_common(f):
+    for opt in reversed(common_options):
+        f = opt(f)
+    return f
+
+
+@click.command()
+@click.option("--pcap", "pcaps", multiple=True, metavar="FILE|-",
+              help="Capture to read; `-` is stdin (tcpdump -U -w -). Repeatable.")
+@click.option("--probe", "probe_groups", multiple=True, type=click.Choice(PROBE_GROUPS),
+              help="Attach process probes (libgfapi, Samba vfs_glusterfs, or all). Repeatable.")
+@click.option("--pid", type=int, help="Probe only this process.")
+@click.option("--backend", type=click.Choice(["auto", "bcc", "stap"]), default="auto",
+              show_default=True, help="Probe backend.")
+@click.option("--probe-offset", "probe_offsets", multiple=True, metavar="FUNC=0xOFF",
+              help="Probe a function at this file offset (stripped binaries).")
+@click.option("--log", "logs", multiple=True, type=click.Path(exists=True, dir_okay=False),
+              help="Gluster log file to merge in. Repeatable.")
+@click.option("--duration", type=float, help="Stop after this many seconds.")
+@click.option("--window-ms", type=int, default=DEFAULT_WINDOW_NS // 1_000_000, show_default=True,
+              help="Reorder window: events are held this long so they leave in time order.")
+@with_common
+def run(pcaps, probe_groups, pid, backend, probe_offsets, logs, duration, window_ms,
+        json_out, events, timeline, unanswered_after):
+    """Live: merge probes and captures on one timeline and print findings as they happen.
+
+    Stops at the end of the captures, after --duration, or on Ctrl-C / SIGTERM, with every
+    event collected so far written.
+
+    \b
+    Examples:
+      tcpdump -i any -s 0 -U -w - 'tcp and portrange 24007-24100 or portrange 49152-49251 or icmp' \\
+          | correlate run --probe gfapi --pcap -
+      correlate run --probe all --timeline /tmp/incident.jsonl --duration 60
+      correlate run --probe samba --pid 4242 --json
+      correlate run --pcap old.pcap --pcap other-host.pcapng
+    """
+    if not pcaps and not probe_groups and not logs:
+        raise click.UsageError("nothing to run: give --pcap and/or --probe (see --help)")
+    runner, load_errors = _detectors(unanswered_after)
+    merger = LiveMerger(window_ns=window_ms * 1_000_000)
+    diags: list[Diagnostics] = []
+    for path in pcaps:
+        inp = open_input(path)   # header errors are reported here, before anything starts
+        diags.append(inp.diag)
+        merger.add(inp.name, lambda it=inp.events: it)
+    for path in logs:
+        inp = open_input(path)
+        diags.append(inp.diag)
+        merger.add(inp.name, lambda it=inp.events: it)
+    probe_stats = {}
+    if probe_groups:
+        from .probe.live import probe_events
+        session = _start_probes(probe_groups, pid, backend, probe_offsets)
+        merger.add(f"probes:{session.backend_name}",
+                   lambda: probe_events(session, merger.stopping, probe_stats), finite=False)
+
+    def stop(signum=None, frame=None):
+        merger.stop()
+
+    signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGTERM, stop)
+    if duration:
+        timer = threading.Timer(duration, stop)
+        timer.daemon = True
+        timer.start()
+    reporter = _reporter(json_out, events, timeline, "run")
+    for e in load_errors:
+        reporter.finding(e)
+    try:
+        run_pipeline(merger.events(), runner, reporter)
+    finally:
+        reporter.close()
+    for name, exc in merger.errors:
+        click.echo(f"correlate: source {name} failed: {exc}", err=True)
+    if probe_stats.get("lost"):
+        click.echo(f"correlate: probes lost {probe_stats['lost']} events (perf buffer full)", err=True)
+    fatal = report_diagnostics(diags)
+    _summary(reporter, runner, timeline)
+    if fatal or merger.errors:
+        sys.exit(1)
+
+
+def _start_probes(groups, pid, backend, offsets):
+    from .probe.live import open_probe_session
+    return open_probe_session(groups, pid=pid, backend=backend, offsets=offsets)
+
+
+@click.command()
+@click.argument("inputs", nargs=-1, required=True, metavar="INPUT...")
+@click.option("--host", "hosts", multiple=True, metavar="NAME=INPUT",
+              help="Name the host an input was recorded on.")
+@with_common
+def analyze(inputs, hosts, json_out, events, timeline, unanswered_after):
+    """Offline: run the detectors over captures, saved timelines and Gluster logs.
+
+    Inputs are recognised by content (pcap, pcapng, gzip'd, JSON Lines timeline, Gluster
+    log); `-` is stdin. With --json, findings are printed as JSON lines (layer "finding").
+
+    \b
+    Examples:
+      correlate analyze tests/captures/firewall-drop.pcap
+      correlate analyze client.pcapng /var/log/glusterfs/mnt.log --timeline merged.jsonl
+      correlate analyze --json saved-timeline.jsonl | jq .title
+    """
+    host_of = dict(h.split("=", 1) for h in hosts if "=" in h)
+    opened = [open_input(path, host=host_of.get(path)) for path in inputs]
+    runner, load_errors = _detectors(unanswered_after)
+    reporter = _reporter(json_out, events, timeline, "analyze")
+    for e in load_errors:
+        reporter.finding(e)
+    try:
+        run_pipeline(merge([i.events for i in opened]), runner, reporter)
+    finally:
+        reporter.close()
+    fatal = report_diagnostics([i.diag for i in opened])
+    _summary(reporter, runner, timeline)
+    if fatal:
+        sys.exit(1)
+
+
+@click.command("plugins")
+@click.option("--json", "json_out", is_flag=True, help="Print as JSON.")
+def plugins_cmd(json_out):
+    """List loaded plugins (built-in detectors included), their versions and hooks.
+
+    Set CORRELATE_TRACE_HOOKS=1 to see every hook call of a run on stderr.
+
+    \b
+    Examples:
+      correlate plugins
+      CORRELATE_TRACE_HOOKS=1 correlate analyze capture.pcap
+    """
+    pm = get_plugin_manager()
+    rows = plugin_info(pm)
+    detectors, errors = load_detectors(pm, {})
+    ids = {}
+    for d in detectors:
+        ids.setdefault(type(d).__module__, []).append(getattr(d, "id", type(d).__name__))
+    for r in rows:
+        r["detectors"] = ids.get(r["module"], [])
+    if json_out:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    for r in rows:
+        dist = f"{r['distribution']} {r['version']}" if r["distribution"] else "(not from a package)"
+        click.echo(f"{r['name']:<20} {dist:<20} hooks: {', '.join(r['hooks'])}"
+                   + (f"  detectors: {', '.join(r['detectors'])}" if r["detectors"] else ""))
+    for e in errors:
+        click.echo(f"correlate: {e['title']}: {e['explanation']}", err=True)
+    if not rows:
+        raise CorrelateError("no plugins loaded: is correlate installed (pip install -e .)?")

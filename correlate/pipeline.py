@@ -1,0 +1,85 @@
+"""Events -> detectors -> outputs: the stage shared by `run`, `analyze` and `decode`."""
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterable
+from typing import TextIO
+
+from .detector import DetectorRunner
+from .events import header_line, to_json
+from .outputs.terminal import colorize, format_event, format_finding
+
+
+class TimelineWriter:
+    """The merged timeline as JSON Lines: a header line, then every event and finding."""
+
+    def __init__(self, path: str, **info):
+        self.path = path
+        self._f = open(path, "w", encoding="ascii")
+        self._f.write(header_line(**info) + "\n")
+
+    def write(self, ev: dict) -> None:
+        self._f.write(to_json(ev) + "\n")
+
+    def close(self) -> None:
+        self._f.close()
+
+
+class Reporter:
+    """Writes events and findings where the user asked: terminal text or JSON lines on
+    stdout, and the timeline file. Output is flushed per finding so a live run shows it at
+    once."""
+
+    def __init__(self, *, json_out: bool = False, show_events: bool = False,
+                 show_findings: bool = True, timeline: TimelineWriter | None = None,
+                 out: TextIO | None = None, color: bool | None = None):
+        self.out = out or sys.stdout
+        self.json_out = json_out
+        self.show_events = show_events
+        self.show_findings = show_findings
+        self.timeline = timeline
+        self.color = self.out.isatty() if color is None else color
+        self.counts = {"events": 0, "findings": 0}
+
+    def event(self, ev: dict) -> None:
+        self.counts["events"] += 1
+        if self.timeline:
+            self.timeline.write(ev)
+        if self.show_events:
+            self._print(ev, format_event(ev))
+
+    def finding(self, f: dict) -> None:
+        if f.get("kind") == "finding":
+            self.counts["findings"] += 1
+        if self.timeline:
+            self.timeline.write(f)
+        if self.show_findings:
+            self._print(f, format_finding(f) if f.get("kind") == "finding" else format_event(f))
+            self.out.flush()
+
+    def _print(self, ev: dict, text: str) -> None:
+        if self.json_out:
+            self.out.write(to_json(ev) + "\n")
+        else:
+            self.out.write(colorize(text, ev, self.color) + "\n")
+
+    def close(self) -> None:
+        self.out.flush()
+        if self.timeline:
+            self.timeline.close()
+
+
+def run_pipeline(events: Iterable[dict], runner: DetectorRunner | None, reporter: Reporter) -> None:
+    """Every event to the reporter, then through the detectors; findings right after the event
+    that completed them."""
+    for ev in events:
+        if runner is not None and ev.get("layer") == "finding":
+            continue    # a saved timeline's findings: the detectors derive them again
+        reporter.event(ev)
+        if runner is None:
+            continue
+        for f in runner.observe(ev):
+            reporter.finding(f)
+    if runner is not None:
+        for f in runner.finish():
+            reporter.finding(f)
