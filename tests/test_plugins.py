@@ -1,0 +1,59 @@
+"""Third-party plugins, installed with pip, are discovered through the entry point."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+HERE = Path(__file__).parent
+CORRELATE = [sys.executable, "-m", "correlate"]
+PACKAGES = {"correlate-example-plugin": HERE / "fixtures" / "example_plugin",
+            "correlate-raising-plugin": HERE / "fixtures" / "raising_plugin"}
+
+
+def pip(*args):
+    subprocess.run([sys.executable, "-m", "pip", "-q", *args], check=True, timeout=300)
+
+
+@pytest.fixture(scope="module")
+def third_party_plugins(tmp_path_factory):
+    # Copies: building in place would leave build/ and egg-info in the source tree.
+    for name, src in PACKAGES.items():
+        dst = tmp_path_factory.mktemp(name)
+        subprocess.run(["cp", "-r", f"{src}/.", str(dst)], check=True)
+        pip("install", "--no-deps", "--no-build-isolation", str(dst))
+    yield
+    pip("uninstall", "-y", *PACKAGES)
+
+
+def test_builtin_detectors_are_listed_as_plugins():
+    out = subprocess.run(CORRELATE + ["plugins", "--json"], capture_output=True, text=True,
+                         check=True).stdout
+    rows = {r["name"]: r for r in json.loads(out)}
+    for name, det in [("atime_minus_one", "atime-minus-one"), ("brick_unreachable", "brick-unreachable"),
+                      ("auth_rejected", "auth-rejected"), ("rpc_unanswered", "rpc-unanswered")]:
+        assert rows[name]["hooks"] == ["correlate_detectors"]
+        assert rows[name]["distribution"] == "correlate"
+        assert rows[name]["detectors"] == [det]
+
+
+def test_third_party_plugin_found_and_raising_plugin_does_not_stop_the_run(third_party_plugins):
+    out = subprocess.run(CORRELATE + ["plugins", "--json"], capture_output=True, text=True,
+                         check=True).stdout
+    rows = {r["name"]: r for r in json.loads(out)}
+    assert rows["slow_replies"]["version"] == "1.2.0"
+    assert rows["slow_replies"]["detectors"] == ["example-slow-replies"]
+    assert "raising" in rows
+
+    capture = HERE / "captures" / "healthy.pcap"
+    res = subprocess.run(CORRELATE + ["analyze", "--json", str(capture)], capture_output=True,
+                         text=True, timeout=120, env={**os.environ, "CORRELATE_TRACE_HOOKS": "1"})
+    assert res.returncode == 0, res.stderr
+    lines = [json.loads(line) for line in res.stdout.splitlines()]
+    example = [f for f in lines if f.get("detector") == "example-slow-replies"]
+    errors = [f for f in lines if f.get("kind") == "detector.error"]
+    assert example and example[0]["layer"] == "finding" and example[0]["evidence"][0]["kind"] == "rpc.reply"
+    assert len(errors) == 1 and errors[0]["detector"] == "raising"
+    assert "correlate_detectors" in res.stderr   # the hook trace for plugin authors
