@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import sys
+import tempfile
 import threading
 import time
 
@@ -40,14 +42,22 @@ def _reporter(json_out: bool, events: bool, timeline: str | None, command: str) 
     return Reporter(json_out=json_out, show_events=events, timeline=writer)
 
 
-def _summary(reporter: Reporter, runner: DetectorRunner, timeline: str | None) -> None:
+def _finish(reporter, runner, diags, timeline, temporary, writers, failed=False) -> None:
+    """After a run: plugin outputs, what was skipped, a summary line; exit 1 on damage."""
+    if writers:
+        _write_outputs(writers, timeline)
+    if temporary:
+        os.unlink(temporary)
+    fatal = report_diagnostics(diags)
     n = reporter.counts
     msg = f"correlate: {n['events']} events, {n['findings']} findings"
     if runner.disabled:
         msg += "; disabled detectors: " + ", ".join(f"{k} ({v})" for k, v in runner.disabled.items())
-    if timeline:
+    if timeline and not temporary:
         msg += f"; timeline written to {timeline}"
     click.echo(msg, err=True)
+    if fatal or failed:
+        sys.exit(1)
 
 
 common_options = [
@@ -58,7 +68,50 @@ common_options = [
                  help="Write the merged timeline (events and findings) as JSON Lines."),
     click.option("--unanswered-after", type=float, default=10.0, show_default=True,
                  help="Seconds without a reply before a call counts as unanswered."),
+    click.option("--output", "outputs", multiple=True, metavar="FORMAT=PATH",
+                 help="Also write the merged events in a format a plugin adds "
+                      "(correlate_outputs hook). Repeatable."),
 ]
+
+
+def _output_writers(outputs) -> list[tuple[str, callable, str]]:
+    """Resolve FORMAT=PATH against the formats plugins provide, before the run starts."""
+    if not outputs:
+        return []
+    formats = {}
+    for provided in get_plugin_manager().hook.correlate_outputs():
+        formats.update(provided or {})
+    writers = []
+    for spec in outputs:
+        name, sep, path = spec.partition("=")
+        if not sep or name not in formats:
+            known = ", ".join(sorted(formats)) or "none (no plugin provides one)"
+            raise click.BadParameter(f"{spec!r}: expected FORMAT=PATH with FORMAT one of: {known}",
+                                     param_hint="--output")
+        writers.append((name, formats[name], path))
+    return writers
+
+
+def _write_outputs(writers, timeline_path: str) -> None:
+    """Plugin writers read the merged timeline back, so the run itself stays streaming."""
+    from .sources import read_timeline
+    for name, write, path in writers:
+        with open(timeline_path, "rb") as f:
+            try:
+                write(read_timeline(f, timeline_path, Diagnostics(timeline_path)), path)
+            except Exception as exc:
+                click.echo(f"correlate: output format {name} failed: {exc}", err=True)
+                continue
+        click.echo(f"correlate: {name} output written to {path}", err=True)
+
+
+def _timeline_path(timeline: str | None, writers) -> tuple[str | None, str | None]:
+    """The timeline to write: the user's, or a temporary one when only outputs need it."""
+    if timeline or not writers:
+        return timeline, None
+    fd, tmp = tempfile.mkstemp(prefix="correlate-", suffix=".jsonl")
+    os.close(fd)
+    return tmp, tmp
 
 
 def with_common(f):
@@ -84,7 +137,7 @@ def with_common(f):
               help="Reorder window: events are held this long so they leave in time order.")
 @with_common
 def run(pcaps, probe_groups, pid, backend, probe_offsets, logs, duration, window_ms,
-        json_out, events, timeline, unanswered_after):
+        json_out, events, timeline, unanswered_after, outputs):
     """Live: merge probes and captures on one timeline and print findings as they happen.
 
     Stops at the end of the captures, after --duration, or on Ctrl-C / SIGTERM, with every
@@ -100,6 +153,8 @@ def run(pcaps, probe_groups, pid, backend, probe_offsets, logs, duration, window
     """
     if not pcaps and not probe_groups and not logs:
         raise click.UsageError("nothing to run: give --pcap and/or --probe (see --help)")
+    writers = _output_writers(outputs)
+    timeline, temporary = _timeline_path(timeline, writers)
     runner, load_errors = _detectors(unanswered_after)
     merger = LiveMerger(window_ns=window_ms * 1_000_000)
     diags: list[Diagnostics] = []
@@ -138,10 +193,7 @@ def run(pcaps, probe_groups, pid, backend, probe_offsets, logs, duration, window
         click.echo(f"correlate: source {name} failed: {exc}", err=True)
     if probe_stats.get("lost"):
         click.echo(f"correlate: probes lost {probe_stats['lost']} events (perf buffer full)", err=True)
-    fatal = report_diagnostics(diags)
-    _summary(reporter, runner, timeline)
-    if fatal or merger.errors:
-        sys.exit(1)
+    _finish(reporter, runner, diags, timeline, temporary, writers, failed=bool(merger.errors))
 
 
 def _start_probes(groups, pid, backend, offsets):
@@ -154,7 +206,7 @@ def _start_probes(groups, pid, backend, offsets):
 @click.option("--host", "hosts", multiple=True, metavar="NAME=INPUT",
               help="Name the host an input was recorded on.")
 @with_common
-def analyze(inputs, hosts, json_out, events, timeline, unanswered_after):
+def analyze(inputs, hosts, json_out, events, timeline, unanswered_after, outputs):
     """Offline: run the detectors over captures, saved timelines and Gluster logs.
 
     Inputs are recognised by content (pcap, pcapng, gzip'd, JSON Lines timeline, Gluster
@@ -169,6 +221,8 @@ def analyze(inputs, hosts, json_out, events, timeline, unanswered_after):
     host_of = dict(h.split("=", 1) for h in hosts if "=" in h)
     opened = [open_input(path, host=host_of.get(path)) for path in inputs]
     runner, load_errors = _detectors(unanswered_after)
+    writers = _output_writers(outputs)
+    timeline, temporary = _timeline_path(timeline, writers)
     reporter = _reporter(json_out, events, timeline, "analyze")
     for e in load_errors:
         reporter.finding(e)
@@ -176,10 +230,7 @@ def analyze(inputs, hosts, json_out, events, timeline, unanswered_after):
         run_pipeline(merge([i.events for i in opened]), runner, reporter)
     finally:
         reporter.close()
-    fatal = report_diagnostics([i.diag for i in opened])
-    _summary(reporter, runner, timeline)
-    if fatal:
-        sys.exit(1)
+    _finish(reporter, runner, [i.diag for i in opened], timeline, temporary, writers)
 
 
 @click.command("plugins")
