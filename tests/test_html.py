@@ -1,0 +1,114 @@
+"""HTML report: rendered in headless Chromium, findings linked to evidence, hostile text inert."""
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+
+import pytest
+
+from correlate.outputs.html import script_json, write_html
+
+T0 = 1_700_000_000_000_000_000
+HOSTILE = "<script>alert(1)</script>"
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+# Flags from the machine notes: no sandbox as root, no background network traffic.
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                  "--window-size=1280,1000"]
+needs_chromium = pytest.mark.skipif(CHROMIUM is None, reason="chromium not installed (apt-get install chromium)")
+
+
+def scenario() -> list[dict]:
+    """An auth failure as the three layers show it, with a hostile volume name in each."""
+    vol = f"vol{HOSTILE}"
+    call = {"time_ns": T0, "layer": "wire", "kind": "rpc.call", "source": "client.pcap", "host": "client1",
+            "conn": 1, "xid": 2, "frame": 14, "program": "GF-HNDSK", "version": 2, "procedure": "SETVOLUME",
+            "src": "127.0.0.1:1021", "dst": "127.0.0.2:49152", "args": {"remote-subvolume": vol}}
+    reply = {"time_ns": T0 + 800_000, "layer": "wire", "kind": "rpc.reply", "source": "client.pcap",
+             "host": "client1", "conn": 1, "xid": 2, "frame": 15, "program": "GF-HNDSK", "version": 2,
+             "procedure": "SETVOLUME", "src": "127.0.0.2:49152", "dst": "127.0.0.1:1021", "op_ret": -1,
+             "op_errno": 13, "errno_name": "EACCES", "call_time_ns": T0, "latency_ns": 800_000}
+    log = {"time_ns": T0 + 900_000, "layer": "log", "kind": "log.message", "source": "client.log",
+           "host": "client1", "level": "E", "msgid": 114044, "domain": f"0-{vol}-client-0",
+           "message": "SETVOLUME on remote-host failed\u2028", "fields": {"remote-error": "Authentication failed"}}
+    other = [{"time_ns": T0 + 1_000 * i, "layer": "probe", "kind": "probe.call", "source": "bcc", "host": "client1",
+              "function": "glfs_init", "pid": 77, "tid": 77, "comm": "qemu-img", "args": {}} for i in range(3)]
+    finding = {"time_ns": T0 + 1_000_000, "layer": "finding", "kind": "finding", "source": "detector:auth-rejected",
+               "detector": "auth-rejected", "severity": "error", "id": "auth-rejected#1",
+               "title": f"Brick refused the client for volume {vol}",
+               "explanation": f"SETVOLUME answered op_errno 13 (EACCES) for {vol}.\nSecond line.",
+               "remedy": "Check auth.allow / auth.reject on the volume.", "evidence": [call, reply, log],
+               "count": 1}
+    return sorted(other + [call, reply, log], key=lambda e: e["time_ns"]) + [finding]
+
+
+def chromium(args: list[str], tmp_path) -> subprocess.CompletedProcess:
+    return subprocess.run([CHROMIUM, *CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'profile'}", *args],
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_script_json_cannot_break_out():
+    value = {"a": "</script><script>alert(1)</script>", "b": "x\u2028y\u2029z", "c": "<!-- &amp;"}
+    text = script_json(value)
+    assert "</" not in text and "<" not in text and ">" not in text and "&" not in text
+    assert "\u2028" not in text and "\u2029" not in text
+    assert json.loads(text) == value
+
+
+def test_page_is_self_contained_and_escaped(tmp_path):
+    out = tmp_path / "r.html"
+    counts = write_html(scenario(), str(out), title=f"report {HOSTILE}")
+    page = out.read_text()
+    assert counts == {"events": 7, "left_out": 0, "findings": 1}
+    # No script element but our two; nothing loaded from anywhere.
+    assert len(re.findall(r"<script\b", page)) == 2
+    assert HOSTILE not in page
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page
+    assert not re.search(r"""(src|href)\s*=\s*["']?(https?:|//)""", page)
+    assert "\u2028" not in page
+
+
+def test_event_cap_says_what_was_left_out(tmp_path):
+    events = [{"time_ns": T0 + i, "layer": "wire", "kind": "tcp.connect", "source": "c.pcap", "conn": i}
+              for i in range(20)]
+    out = tmp_path / "r.html"
+    counts = write_html(events, str(out), max_events=5)
+    assert counts["events"] == 5 and counts["left_out"] == 15
+    assert "15 events were left out" in out.read_text()
+
+
+@needs_chromium
+def test_rendered_in_chromium(tmp_path):
+    out = tmp_path / "report.html"
+    write_html(scenario(), str(out), title=f"auth failure {HOSTILE}")
+    result = chromium(["--dump-dom", out.as_uri()], tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    dom = result.stdout
+    # The page's script ran and rendered every timeline row (7 events).
+    rows = re.findall(r'<tr id="(e\d+)" class="(\w+)"', dom)
+    assert len(rows) == 7, rows
+    assert "7 of 7 events shown" in dom
+    # The finding is at the top, before the timeline, and links to each evidence row.
+    assert dom.index("Brick refused the client") < dom.index('id="timeline"')
+    finding = dom[dom.index('class="finding sev-error"'):dom.index('id="timeline"')]
+    targets = re.findall(r'href="#(e\d+)"', finding)
+    assert len(targets) == 3
+    row_html = {rid: m for rid, m in re.findall(r'<tr id="(e\d+)"[^>]*>(.*?)</tr>', dom)}
+    assert "SETVOLUME" in row_html[targets[0]] and "rpc.call" in row_html[targets[0]]
+    assert "EACCES" in row_html[targets[1]]
+    assert "SETVOLUME on remote-host failed" in row_html[targets[2]] and "log.message" in row_html[targets[2]]
+    # Hostile text is text: escaped in the DOM, never an element.
+    assert "<script>alert(1)" not in dom
+    assert dom.count("&lt;script&gt;alert(1)&lt;/script&gt;") >= 5
+    assert len(re.findall(r"<script\b", dom)) == 2
+    assert "\\u2028" in dom        # the line separator from the log is shown as an escape
+
+    shot = tmp_path / "report.png"
+    result = chromium([f"--screenshot={shot}", out.as_uri()], tmp_path)
+    assert result.returncode == 0 and shot.stat().st_size > 10_000
+    keep = os.environ.get("CORRELATE_SCREENSHOT_DIR")
+    if keep:   # for looking at the page: CORRELATE_SCREENSHOT_DIR=/tmp pytest tests/test_html.py
+        shutil.copy(shot, os.path.join(keep, "correlate-report.png"))
