@@ -1,0 +1,16 @@
+"""`make bench`: every benchmark, each reporting ratios against its anchor in the same run."""
+import subprocess
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).parent
+BENCHES = ["decode_vs_tshark.py", "probe_overhead.py"]
+
+status = 0
+for name in BENCHES:
+    script = HERE / name
+    if not script.exists():
+        continue
+    print(f"\n== {name}", flush=True)
+    status |= subprocess.call([sys.executable, str(script)])
+sys.exit(status)
