@@ -19,9 +19,6 @@ from .pipeline import Reporter, TimelineWriter, run_pipeline
 from .plugin_manager import get_plugin_manager, plugin_info
 from .sources import open_input
 
-PROBE_GROUPS = ("gfapi", "samba", "all")
-
-
 def _detectors(unanswered_after: float) -> tuple[DetectorRunner, list[dict]]:
     pm = get_plugin_manager()
     detectors, errors = load_detectors(pm, {"unanswered_after_ns": int(unanswered_after * 1e9)})
@@ -123,8 +120,8 @@ def with_common(f):
 @click.command()
 @click.option("--pcap", "pcaps", multiple=True, metavar="FILE|-",
               help="Capture to read; `-` is stdin (tcpdump -U -w -). Repeatable.")
-@click.option("--probe", "probe_groups", multiple=True, type=click.Choice(PROBE_GROUPS),
-              help="Attach process probes (libgfapi, Samba vfs_glusterfs, or all). Repeatable.")
+@click.option("--probe", "probe_groups", multiple=True, metavar="GROUP",
+              help="Attach process probes: gfapi, samba, all, or a plugin's group. Repeatable.")
 @click.option("--pid", type=int, help="Probe only this process.")
 @click.option("--backend", type=click.Choice(["auto", "bcc", "stap"]), default="auto",
               show_default=True, help="Probe backend.")
@@ -168,8 +165,10 @@ def run(pcaps, probe_groups, pid, backend, probe_offsets, logs, duration, window
         merger.add(inp.name, lambda it=inp.events: it)
     probe_stats = {}
     if probe_groups:
-        from .probe.live import probe_events
-        session = _start_probes(probe_groups, pid, backend, probe_offsets)
+        from .probe_source import open_probe_session, probe_events
+        session = open_probe_session(probe_groups, pid=pid, backend=backend, offsets=probe_offsets)
+        click.echo(f"correlate: probes attached ({session.backend_name}: "
+                   f"{len(session.resolved)} points)", err=True)
         merger.add(f"probes:{session.backend_name}",
                    lambda: probe_events(session, merger.stopping, probe_stats), finite=False)
 
@@ -194,11 +193,6 @@ def run(pcaps, probe_groups, pid, backend, probe_offsets, logs, duration, window
     if probe_stats.get("lost"):
         click.echo(f"correlate: probes lost {probe_stats['lost']} events (perf buffer full)", err=True)
     _finish(reporter, runner, diags, timeline, temporary, writers, failed=bool(merger.errors))
-
-
-def _start_probes(groups, pid, backend, offsets):
-    from .probe.live import open_probe_session
-    return open_probe_session(groups, pid=pid, backend=backend, offsets=offsets)
 
 
 @click.command()
