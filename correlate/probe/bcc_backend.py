@@ -1,0 +1,225 @@
+"""The bcc collector: uprobes/uretprobes from the catalog, events as contract dicts.
+
+bcc is imported only inside BccCollector.start(), so importing this module is cheap and works
+on machines without bcc.
+"""
+from __future__ import annotations
+
+import ctypes
+import os
+import socket
+import time
+from importlib import resources
+
+from ..events import make_event
+from .catalog import MAX_STR, STRUCT_KINDS
+from .clock import ClockMap
+from .errors import BccMissing, KernelHeadersMissing, NotRoot, ProbeError, kernel_headers_dir
+from .resolve import ResolvedProbe
+
+KIND_CALL, KIND_RETURN = 0, 1
+F_STR, F_STR_FAULT, F_STRUCT, F_STRUCT_FAULT, F_NO_ENTRY = 1, 2, 4, 8, 16
+PERF_PAGES = 64      # per CPU; a record is 424 bytes, so ~600 events of slack per CPU
+
+
+class EventRecord(ctypes.Structure):
+    """Mirror of struct event_t in probes/uprobe_events.c."""
+    _fields_ = [("ts", ctypes.c_uint64), ("duration_ns", ctypes.c_uint64),
+                ("retval", ctypes.c_int64), ("ints", ctypes.c_uint64 * 2),
+                ("words", ctypes.c_int64 * 11), ("pid", ctypes.c_uint32),
+                ("tid", ctypes.c_uint32), ("probe_id", ctypes.c_uint32),
+                ("kind", ctypes.c_uint32), ("flags", ctypes.c_uint32), ("pad", ctypes.c_uint32),
+                ("comm", ctypes.c_char * 16), ("str", ctypes.c_char * MAX_STR)]
+
+
+def check_bcc_prerequisites() -> None:
+    """Raise the ProbeError that says what is missing for bcc, or return."""
+    if os.geteuid() != 0:
+        raise NotRoot()
+    try:
+        import bcc  # noqa: F401  (Debian's python3-bpfcc)
+    except ImportError as exc:
+        raise BccMissing(str(exc)) from None
+    if not hasattr(bcc, "BPF"):
+        raise BccMissing(f"the module at {getattr(bcc, '__file__', '?')} is not iovisor bcc")
+    headers = kernel_headers_dir()
+    if not os.path.isdir(headers):
+        raise KernelHeadersMissing(headers)
+
+
+def program_text(probes: list[ResolvedProbe]) -> str:
+    """The common BPF C plus one entry (and return) function per probe."""
+    text = resources.files("correlate.probes").joinpath("uprobe_events.c").read_text()
+    parts = [text]
+    for i, rp in enumerate(probes):
+        reads, slot = [], 0
+        for arg in rp.spec.args:
+            reg = f"PT_REGS_PARM{arg.index}(ctx)"
+            if arg.kind == "str":
+                reads.append(f"read_str(ev, (const void *){reg});")
+            elif arg.kind in ("int", "ptr"):
+                reads.append(f"ev->ints[{slot}] = {reg};")
+                slot += 1
+            elif arg.kind in STRUCT_KINDS:
+                reads.append(f"read_{arg.kind}(ev, (const void *){reg});")
+        if rp.spec.retprobe:
+            reads.append("remember_entry(ev);")
+        body = "\n    ".join(reads)
+        parts.append(f"""
+// {rp.spec.name}: {rp.function} in {rp.path} ({rp.method})
+int call_{i}(struct pt_regs *ctx) {{
+    struct event_t *ev = begin({i}, KIND_CALL);
+    if (!ev)
+        return 0;
+    {body}
+    events.perf_submit(ctx, ev, sizeof(*ev));
+    return 0;
+}}
+""")
+        if rp.spec.retprobe:
+            parts.append(f"int ret_{i}(struct pt_regs *ctx) {{ return finish_return(ctx, {i}); }}\n")
+    return "".join(parts)
+
+
+def _text(raw: bytes) -> str:
+    return raw.split(b"\0", 1)[0].decode("utf-8", "backslashreplace")
+
+
+def decode_args(rp: ResolvedProbe, rec: EventRecord) -> tuple[dict, list[str]]:
+    """The `args` of a call event and the names of arguments that could not be read."""
+    args: dict = {}
+    faults: list[str] = []
+    w = list(rec.words)
+    slot = 0
+    for arg in rp.spec.args:
+        if arg.kind == "str":
+            if rec.flags & F_STR:
+                args[arg.name] = _text(bytes(rec.str))
+                if len(args[arg.name].encode()) >= MAX_STR - 1:
+                    args[arg.name + "_truncated"] = True
+            else:
+                args[arg.name] = None
+                if rec.flags & F_STR_FAULT:
+                    faults.append(arg.name)
+        elif arg.kind in ("int", "ptr"):
+            raw = rec.ints[slot]
+            slot += 1
+            if arg.kind == "ptr":
+                args[arg.name] = f"{raw:#x}"
+            else:
+                args[arg.name] = ctypes.c_int64(raw).value
+        elif arg.kind in STRUCT_KINDS:
+            if not rec.flags & F_STRUCT:
+                if rec.flags & F_STRUCT_FAULT:
+                    faults.append(arg.name)
+                continue
+            if arg.kind == "timespec2":
+                names = ("atime", "atime_nsec", "mtime", "mtime_nsec")
+            elif arg.kind == "smb_file_time":
+                names = ("mtime", "mtime_nsec", "atime", "atime_nsec", "ctime", "ctime_nsec",
+                         "create_time", "create_time_nsec")
+            else:  # glfs_stat
+                names = ("mask", "atime", "atime_nsec", "mtime", "mtime_nsec")
+            args.update(zip(names, w))
+    return args, faults
+
+
+def record_to_event(rp: ResolvedProbe, rec: EventRecord, clock: ClockMap, source: str, host: str) -> dict:
+    common = dict(function=rp.function, library=rp.path, probe=rp.spec.name, pid=rec.pid,
+                  tid=rec.tid, comm=_text(bytes(rec.comm)), host=host)
+    time_ns = clock.to_realtime(rec.ts)
+    if rec.kind == KIND_RETURN:
+        ev = make_event(time_ns, "probe", "probe.return", source, **common, retval=rec.retval,
+                        duration_ns=None if rec.flags & F_NO_ENTRY else rec.duration_ns)
+        return ev
+    args, faults = decode_args(rp, rec)
+    ev = make_event(time_ns, "probe", "probe.call", source, **common, args=args)
+    if faults:
+        ev["unreadable"] = faults
+    return ev
+
+
+class BccCollector:
+    """Attach, poll, stop. One instance per run; poll() from one thread at a time."""
+
+    name = "bcc"
+
+    def __init__(self, probes: list[ResolvedProbe], pid: int | None = None, source: str = "bcc"):
+        self.probes = probes
+        self.pid = pid
+        self.source = source
+        self.host = socket.gethostname()
+        self.lost = 0
+        self.bpf = None
+        self.clock: ClockMap | None = None
+        self._pending: list[dict] = []
+
+    def start(self) -> None:
+        check_bcc_prerequisites()
+        from bcc import BPF
+        try:
+            self.bpf = BPF(text=program_text(self.probes))
+        except Exception as exc:  # bcc raises plain Exception on compile errors
+            raise ProbeError(f"bcc could not compile the probe program: {str(exc).splitlines()[0]} "
+                             f"(kernel headers at {kernel_headers_dir()})") from None
+        pid = -1 if self.pid is None else self.pid
+        try:
+            for i, rp in enumerate(self.probes):
+                self.bpf.attach_uprobe(name=rp.path, addr=rp.address, fn_name=f"call_{i}", pid=pid)
+                if rp.spec.retprobe:
+                    self.bpf.attach_uretprobe(name=rp.path, addr=rp.address, fn_name=f"ret_{i}", pid=pid)
+        except Exception as exc:
+            self.stop()
+            raise ProbeError(f"attaching {rp.function} at {rp.address:#x} in {rp.path} failed: {exc}") from None
+        # Measure the clock offset after the (slow) compile, right before events flow.
+        self.clock = ClockMap()
+        self.bpf["events"].open_perf_buffer(self._on_event, page_cnt=PERF_PAGES, lost_cb=self._on_lost)
+
+    def _on_event(self, _cpu, data, _size) -> None:
+        rec = ctypes.cast(data, ctypes.POINTER(EventRecord)).contents
+        if rec.probe_id >= len(self.probes):
+            return
+        self._pending.append(record_to_event(self.probes[rec.probe_id], rec, self.clock,
+                                             self.source, self.host))
+
+    def _on_lost(self, count) -> None:
+        self.lost += count
+        self._pending.append(make_event(time.time_ns(), "probe", "probe.lost", self.source, count=int(count),
+                                        total=self.lost, host=self.host))
+
+    def poll(self, timeout_ms: int = 100) -> list[dict]:
+        if self.bpf is None:
+            return []
+        self.clock.maybe_remeasure()
+        self.bpf.perf_buffer_poll(timeout=timeout_ms)
+        out, self._pending = self._pending, []
+        return out
+
+    def stop(self) -> list[dict]:
+        """Detach; returns the events still buffered."""
+        out: list[dict] = []
+        if self.bpf is not None:
+            try:
+                self.bpf.perf_buffer_poll(timeout=0)   # drain what the kernel already wrote
+            except Exception:
+                pass
+            out, self._pending = self._pending, []
+            _detach_uprobes(self.bpf)
+            self.bpf.cleanup()
+            self.bpf = None
+        return out
+
+
+def _detach_uprobes(bpf) -> None:
+    """Close the uprobe perf events ourselves.
+
+    bcc attaches through the uprobe PMU (perf_event_open) when tracefs has no uprobe_events
+    file, as on this kernel, but its cleanup() then also writes to uprobe_events and raises.
+    Closing the perf event fd is what detaches a PMU uprobe."""
+    from bcc import lib
+    for ev_name, fd in list(bpf.uprobe_fds.items()):
+        lib.bpf_close_perf_event_fd(fd)
+        if os.path.exists("/sys/kernel/tracing/uprobe_events") or \
+                os.path.exists("/sys/kernel/debug/tracing/uprobe_events"):
+            lib.bpf_detach_uprobe(ev_name)
+        bpf._del_uprobe_fd(ev_name)

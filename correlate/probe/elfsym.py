@@ -1,0 +1,534 @@
+"""Find where a function lives inside an ELF shared object, with only the standard library.
+
+Resolution order (the first that answers wins; each answer names its method):
+
+1. ``dynsym``      the dynamic symbol table (exported functions such as glfs_utimens);
+2. ``symtab``      the full symbol table, when the file is not stripped;
+3. ``debuginfo``   the symbol table of a separate debug file found by build-id or
+                   .gnu_debuglink under /usr/lib/debug;
+4. ``eh_frame+plt`` for a static function in a stripped file: the one function, bounded by
+                   an .eh_frame FDE, whose code calls every PLT stub named in ``calls``
+                   (Samba's static vfs_gluster_fntimes is the function that calls both
+                   glfs_futimens@plt and glfs_utimens@plt).
+
+The file is untrusted bytes: every table read is bounded by the file size and by fixed
+limits, and a damaged file gives ElfError, never an exception from struct or an endless loop.
+"""
+from __future__ import annotations
+
+import os
+import struct
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..errors import CorrelateError
+
+MAX_FILE_BYTES = 512 * 1024 * 1024   # larger than any library we would probe
+MAX_SECTIONS = 4096
+MAX_SYMBOLS = 2_000_000
+MAX_FDES = 1_000_000
+MAX_FUNCTION_BYTES = 1024 * 1024     # a single function larger than this is not scanned
+
+SHT_SYMTAB, SHT_STRTAB, SHT_RELA, SHT_NOTE, SHT_DYNSYM, SHT_NOBITS = 2, 3, 4, 7, 11, 8
+STT_FUNC, STT_GNU_IFUNC = 2, 10
+PT_LOAD = 1
+R_X86_64_JUMP_SLOT, R_X86_64_GLOB_DAT = 7, 6
+EM_X86_64 = 62
+DEBUG_ROOT = Path("/usr/lib/debug")
+
+
+class ElfError(CorrelateError):
+    """The file is not an ELF object we can read (names the file and what is wrong)."""
+
+
+@dataclass(frozen=True)
+class Section:
+    name: str
+    type: int
+    addr: int
+    offset: int
+    size: int
+    link: int
+    entsize: int
+
+
+@dataclass(frozen=True)
+class Symbol:
+    name: str
+    value: int
+    size: int
+    type: int
+
+
+@dataclass(frozen=True)
+class Resolution:
+    """Where a function is: `address` is the ELF virtual address (what bcc's addr= takes)."""
+    path: str
+    function: str
+    address: int
+    file_offset: int
+    method: str            # dynsym | symtab | debuginfo | eh_frame+plt | offset
+    detail: str = ""
+
+
+@dataclass
+class ElfFile:
+    path: str
+    data: bytes
+    is64: bool
+    little: bool
+    machine: int
+    sections: list[Section] = field(default_factory=list)
+    segments: list[tuple[int, int, int, int]] = field(default_factory=list)  # (type, off, vaddr, filesz)
+
+    # ---- reading primitives (bounded) -----------------------------------------------------
+    def _fmt(self, code: str) -> str:
+        return ("<" if self.little else ">") + code
+
+    def unpack(self, code: str, offset: int) -> tuple:
+        fmt = self._fmt(code)
+        size = struct.calcsize(fmt)
+        if offset < 0 or offset + size > len(self.data):
+            raise ElfError(f"{self.path}: truncated (need {size} bytes at offset {offset:#x})")
+        return struct.unpack_from(fmt, self.data, offset)
+
+    def section_bytes(self, sec: Section) -> bytes:
+        if sec.type == SHT_NOBITS:
+            return b""
+        end = sec.offset + sec.size
+        if sec.offset < 0 or end > len(self.data):
+            raise ElfError(f"{self.path}: section {sec.name or sec.type} runs past the end of the file")
+        return self.data[sec.offset:end]
+
+    def section(self, name: str) -> Section | None:
+        for sec in self.sections:
+            if sec.name == name:
+                return sec
+        return None
+
+    def vaddr_to_offset(self, vaddr: int) -> int | None:
+        for ptype, off, va, filesz in self.segments:
+            if ptype == PT_LOAD and va <= vaddr < va + filesz:
+                return vaddr - va + off
+        for sec in self.sections:  # objects without program headers
+            if sec.addr and sec.type != SHT_NOBITS and sec.addr <= vaddr < sec.addr + sec.size:
+                return vaddr - sec.addr + sec.offset
+        return None
+
+    def read_vaddr(self, vaddr: int, size: int) -> bytes:
+        off = self.vaddr_to_offset(vaddr)
+        if off is None:
+            return b""
+        return self.data[off:off + max(0, min(size, MAX_FUNCTION_BYTES))]
+
+    # ---- tables ---------------------------------------------------------------------------
+    def strtab_string(self, strtab: bytes, index: int, limit: int = 4096) -> str:
+        if not 0 <= index < len(strtab):
+            return ""
+        end = strtab.find(b"\0", index, index + limit)
+        if end < 0:
+            end = min(len(strtab), index + limit)
+        return strtab[index:end].decode("utf-8", "replace")
+
+    def symbols(self, sh_type: int) -> list[Symbol]:
+        out: list[Symbol] = []
+        for sec in self.sections:
+            if sec.type != sh_type:
+                continue
+            if not 0 <= sec.link < len(self.sections):
+                raise ElfError(f"{self.path}: symbol table links to section {sec.link}, which does not exist")
+            strtab = self.section_bytes(self.sections[sec.link])
+            raw = self.section_bytes(sec)
+            entsize = sec.entsize or (24 if self.is64 else 16)
+            if entsize < (24 if self.is64 else 16):
+                raise ElfError(f"{self.path}: symbol entry size {entsize} is too small")
+            count = min(len(raw) // entsize, MAX_SYMBOLS)
+            fmt = self._fmt("IBBHQQ" if self.is64 else "IIIBBH")
+            for i in range(count):
+                fields = struct.unpack_from(fmt, raw, i * entsize)
+                if self.is64:
+                    name_i, info, _other, _shndx, value, size = fields
+                else:
+                    name_i, value, size, info, _other, _shndx = fields
+                name = self.strtab_string(strtab, name_i)
+                out.append(Symbol(name.split("@", 1)[0], value, size, info & 0xF))
+        return out
+
+    def plt_relocations(self) -> dict[int, str]:
+        """GOT slot address -> imported function name, from .rela.plt (and .rela.dyn GLOB_DAT)."""
+        dynsym_sec = next((s for s in self.sections if s.type == SHT_DYNSYM), None)
+        if dynsym_sec is None or not self.is64:
+            return {}
+        dynsyms = self.symbols(SHT_DYNSYM)
+        slots: dict[int, str] = {}
+        for sec in self.sections:
+            if sec.type != SHT_RELA:
+                continue
+            raw = self.section_bytes(sec)
+            entsize = sec.entsize or 24
+            if entsize < 24:
+                continue
+            for i in range(min(len(raw) // entsize, MAX_SYMBOLS)):
+                r_offset, r_info, _addend = struct.unpack_from(self._fmt("QQq"), raw, i * entsize)
+                rtype, symi = r_info & 0xFFFFFFFF, r_info >> 32
+                if rtype in (R_X86_64_JUMP_SLOT, R_X86_64_GLOB_DAT) and 0 < symi < len(dynsyms):
+                    slots[r_offset] = dynsyms[symi].name
+        return slots
+
+    def plt_stubs(self) -> dict[str, int]:
+        """Imported function name -> address of the PLT stub code calls it through.
+
+        Scans .plt, .plt.sec (IBT layout: endbr64; bnd jmp *slot) and .plt.got for the
+        RIP-relative `jmp *slot(%rip)` (ff 25 rel32) of each stub, so neither the entry size
+        nor the order of .rela.plt has to be trusted."""
+        if self.machine != EM_X86_64:
+            return {}
+        slots = self.plt_relocations()
+        stubs: dict[str, int] = {}
+        # .plt.sec stubs are what calls target when it exists; scan it first and keep the first.
+        for name, stride in ((".plt.sec", 16), (".plt.got", 8), (".plt", 16)):
+            sec = self.section(name)
+            if sec is None:
+                continue
+            code = self.section_bytes(sec)
+            for start in range(0, len(code), stride):
+                stub = code[start:start + stride]
+                pos = stub.find(b"\xff\x25")
+                if pos < 0 or pos + 6 > len(stub):
+                    continue
+                rel = struct.unpack_from("<i", stub, pos + 2)[0]
+                slot = sec.addr + start + pos + 6 + rel
+                target = slots.get(slot)
+                if target and target not in stubs:
+                    stubs[target] = sec.addr + start
+        return stubs
+
+    def build_id(self) -> str | None:
+        for sec in self.sections:
+            if sec.type != SHT_NOTE:
+                continue
+            raw = self.section_bytes(sec)
+            pos = 0
+            while pos + 12 <= len(raw):
+                namesz, descsz, ntype = struct.unpack_from(self._fmt("III"), raw, pos)
+                name_end = pos + 12 + ((namesz + 3) & ~3)
+                desc_end = name_end + ((descsz + 3) & ~3)
+                if desc_end > len(raw):
+                    break
+                if ntype == 3 and raw[pos + 12:pos + 12 + namesz].rstrip(b"\0") == b"GNU":
+                    return raw[name_end:name_end + descsz].hex()
+                pos = desc_end
+        return None
+
+    def debuglink(self) -> str | None:
+        sec = self.section(".gnu_debuglink")
+        if sec is None:
+            return None
+        raw = self.section_bytes(sec)
+        name = raw.split(b"\0", 1)[0]
+        return os.fsdecode(name) if name and b"/" not in name else None
+
+    # ---- .eh_frame ------------------------------------------------------------------------
+    def fde_ranges(self) -> list[tuple[int, int]]:
+        """(start, end) virtual address of every function an .eh_frame FDE describes."""
+        sec = self.section(".eh_frame")
+        if sec is None or sec.type == SHT_NOBITS:
+            return []
+        return parse_eh_frame(self.section_bytes(sec), sec.addr, self.little, self.is64)
+
+
+def _uleb(buf: bytes, pos: int) -> tuple[int, int]:
+    result = shift = 0
+    while pos < len(buf) and shift < 70:
+        b = buf[pos]
+        pos += 1
+        result |= (b & 0x7F) << shift
+        shift += 7
+        if b < 0x80:
+            return result, pos
+    raise ValueError("bad ULEB128")
+
+
+def _sleb(buf: bytes, pos: int) -> tuple[int, int]:
+    result = shift = 0
+    while pos < len(buf) and shift < 70:
+        b = buf[pos]
+        pos += 1
+        result |= (b & 0x7F) << shift
+        shift += 7
+        if b < 0x80:
+            if b & 0x40:
+                result -= 1 << shift
+            return result, pos
+    raise ValueError("bad SLEB128")
+
+
+def _read_encoded(buf: bytes, pos: int, enc: int, base_addr: int, little: bool, is64: bool) -> tuple[int, int]:
+    """A DW_EH_PE_* encoded pointer at buf[pos]; returns (value, next position)."""
+    e = "<" if little else ">"
+    fmt = enc & 0x0F
+    start = pos
+    if fmt == 0x00:
+        code = "Q" if is64 else "I"
+    elif fmt == 0x01:
+        value, pos = _uleb(buf, pos)
+        code = None
+    elif fmt == 0x09:
+        value, pos = _sleb(buf, pos)
+        code = None
+    else:
+        code = {0x02: "H", 0x03: "I", 0x04: "Q", 0x0A: "h", 0x0B: "i", 0x0C: "q"}.get(fmt)
+        if code is None:
+            raise ValueError(f"pointer encoding {enc:#x}")
+    if code is not None:
+        size = struct.calcsize(code)
+        if pos + size > len(buf):
+            raise ValueError("pointer past end")
+        value = struct.unpack_from(e + code, buf, pos)[0]
+        pos += size
+    if (enc & 0x70) == 0x10:   # DW_EH_PE_pcrel: relative to the field's own address
+        value += base_addr + start
+    return value & 0xFFFFFFFFFFFFFFFF, pos
+
+
+def parse_eh_frame(buf: bytes, section_addr: int, little: bool = True, is64: bool = True) -> list[tuple[int, int]]:
+    """FDE address ranges from an .eh_frame section; stops quietly at the first damage."""
+    e = "<" if little else ">"
+    cie_encoding: dict[int, int] = {}
+    ranges: list[tuple[int, int]] = []
+    pos = 0
+    while pos + 8 <= len(buf) and len(ranges) < MAX_FDES:
+        length = struct.unpack_from(e + "I", buf, pos)[0]
+        if length == 0:             # terminator
+            break
+        hdr = 4
+        if length == 0xFFFFFFFF:
+            if pos + 12 > len(buf):
+                break
+            length = struct.unpack_from(e + "Q", buf, pos + 4)[0]
+            hdr = 12
+        body = pos + hdr
+        end = body + length
+        if end > len(buf) or length < 4:
+            break
+        try:
+            cie_id = struct.unpack_from(e + "I", buf, body)[0]
+            if cie_id == 0:
+                cie_encoding[pos] = _cie_fde_encoding(buf[:end], body + 4)
+            else:
+                cie_pos = body - cie_id
+                enc = cie_encoding.get(cie_pos)
+                if enc is not None:
+                    start, p = _read_encoded(buf[:end], body + 4, enc, section_addr, little, is64)
+                    size, _ = _read_encoded(buf[:end], p, enc & 0x0F, 0, little, is64)
+                    if 0 < size <= MAX_FUNCTION_BYTES:
+                        ranges.append((start, start + size))
+        except (ValueError, struct.error):
+            pass    # one damaged record: skip it, keep the rest
+        pos = end
+    return ranges
+
+
+def _cie_fde_encoding(buf: bytes, pos: int) -> int:
+    """The FDE pointer encoding a CIE declares ('R' augmentation), default absolute."""
+    version = buf[pos]
+    pos += 1
+    aug_end = buf.find(b"\0", pos, pos + 64)
+    if aug_end < 0:
+        raise ValueError("CIE augmentation string unterminated")
+    aug = buf[pos:aug_end].decode("ascii", "replace")
+    pos = aug_end + 1
+    if "eh" in aug:
+        pos += 8
+    _, pos = _uleb(buf, pos)            # code alignment
+    _, pos = _sleb(buf, pos)            # data alignment
+    if version == 1:
+        pos += 1                        # return address register
+    else:
+        _, pos = _uleb(buf, pos)
+    encoding = 0x00
+    if aug.startswith("z"):
+        _, pos = _uleb(buf, pos)        # augmentation data length
+        for ch in aug[1:]:
+            if pos >= len(buf):
+                raise ValueError("CIE augmentation past end")
+            if ch == "R":
+                encoding = buf[pos]
+                pos += 1
+            elif ch == "P":
+                penc = buf[pos]
+                _, pos = _read_encoded(buf, pos + 1, penc & 0x7F, 0, True, True)
+            elif ch == "L":
+                pos += 1
+            elif ch in "SB":
+                pass
+            else:
+                break
+    return encoding
+
+
+# ---- loading --------------------------------------------------------------------------------
+
+def load_elf(path: str | os.PathLike) -> ElfFile:
+    path = os.fspath(path)
+    try:
+        size = os.path.getsize(path)
+        if size > MAX_FILE_BYTES:
+            raise ElfError(f"{path}: {size} bytes is larger than the {MAX_FILE_BYTES} this reader accepts")
+        with open(path, "rb") as fh:
+            data = fh.read(MAX_FILE_BYTES + 1)
+    except OSError as exc:
+        raise ElfError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    return parse_elf(data, path)
+
+
+def parse_elf(data: bytes, path: str = "<bytes>") -> ElfFile:
+    if len(data) < 16 or data[:4] != b"\x7fELF":
+        raise ElfError(f"{path}: not an ELF file")
+    ei_class, ei_data = data[4], data[5]
+    if ei_class not in (1, 2) or ei_data not in (1, 2):
+        raise ElfError(f"{path}: unknown ELF class {ei_class} or data encoding {ei_data}")
+    elf = ElfFile(path, data, is64=ei_class == 2, little=ei_data == 1, machine=0)
+    if elf.is64:
+        (_t, machine, _v, _entry, phoff, shoff, _flags, _ehsize, phentsize, phnum,
+         shentsize, shnum, shstrndx) = elf.unpack("HHIQQQIHHHHHH", 16)
+    else:
+        (_t, machine, _v, _entry, phoff, shoff, _flags, _ehsize, phentsize, phnum,
+         shentsize, shnum, shstrndx) = elf.unpack("HHIIIIIHHHHHH", 16)
+    elf.machine = machine
+    if shnum > MAX_SECTIONS or phnum > MAX_SECTIONS:
+        raise ElfError(f"{path}: {max(shnum, phnum)} headers is more than this reader accepts")
+    # program headers (for address -> file offset)
+    ph_min = 56 if elf.is64 else 32
+    if phnum and phentsize >= ph_min:
+        for i in range(phnum):
+            off = phoff + i * phentsize
+            if elf.is64:
+                ptype, _fl, p_off, p_vaddr, _pa, p_filesz = elf.unpack("IIQQQQ", off)
+            else:
+                ptype, p_off, p_vaddr, _pa, p_filesz = elf.unpack("IIIII", off)
+            elf.segments.append((ptype, p_off, p_vaddr, p_filesz))
+    # section headers
+    sh_min = 64 if elf.is64 else 40
+    if shnum and shentsize < sh_min:
+        raise ElfError(f"{path}: section header size {shentsize} is too small")
+    raw_sections = []
+    for i in range(shnum):
+        off = shoff + i * shentsize
+        if elf.is64:
+            name_i, stype, _fl, addr, offset, size, link, _info, _al, entsize = elf.unpack("IIQQQQIIQQ", off)
+        else:
+            name_i, stype, _fl, addr, offset, size, link, _info, _al, entsize = elf.unpack("IIIIIIIIII", off)
+        raw_sections.append((name_i, stype, addr, offset, size, link, entsize))
+    names = b""
+    if 0 <= shstrndx < len(raw_sections):
+        _n, _t, _a, offset, size, _l, _e = raw_sections[shstrndx]
+        if offset + size <= len(data):
+            names = data[offset:offset + size]
+    for name_i, stype, addr, offset, size, link, entsize in raw_sections:
+        elf.sections.append(Section(elf.strtab_string(names, name_i), stype, addr, offset, size, link, entsize))
+    return elf
+
+
+# ---- resolution -----------------------------------------------------------------------------
+
+def _find_symbol(symbols: list[Symbol], name: str) -> Symbol | None:
+    for sym in symbols:
+        if sym.name == name and sym.type in (STT_FUNC, STT_GNU_IFUNC) and sym.value:
+            return sym
+    return None
+
+
+def debug_files(elf: ElfFile) -> list[str]:
+    """Candidate separate debug files, by build-id first, then .gnu_debuglink."""
+    out = []
+    bid = elf.build_id()
+    if bid and len(bid) > 2:
+        out.append(str(DEBUG_ROOT / ".build-id" / bid[:2] / (bid[2:] + ".debug")))
+    link = elf.debuglink()
+    if link:
+        real = os.path.realpath(elf.path)
+        d = os.path.dirname(real)
+        out += [os.path.join(d, link), os.path.join(d, ".debug", link),
+                str(DEBUG_ROOT) + os.path.join(d, link)]
+    return [p for p in out if os.path.isfile(p) and os.path.realpath(p) != os.path.realpath(elf.path)]
+
+
+def functions_calling(elf: ElfFile, callees: tuple[str, ...]) -> list[tuple[int, int]]:
+    """FDE-bounded functions whose code calls or jumps to the PLT stub of every name in callees.
+
+    Looks for `call rel32` (e8), `jmp rel32` (e9, tail calls) to the stub and, for code
+    built with -fno-plt, `call/jmp *slot(%rip)` (ff 15 / ff 25) to the GOT slot."""
+    stubs = elf.plt_stubs()
+    slots = {addr: name for addr, name in elf.plt_relocations().items()}
+    wanted_stub = {stubs[c]: c for c in callees if c in stubs}
+    wanted_slot = {a: n for a, n in slots.items() if n in callees}
+    if not wanted_stub and not wanted_slot:
+        return []
+    # The PLT itself has an FDE and "calls" every stub: never a candidate.
+    plt = [(s.addr, s.addr + s.size) for s in elf.sections if s.name.startswith(".plt")]
+    found = []
+    for start, end in elf.fde_ranges():
+        if any(lo < end and start < hi for lo, hi in plt):
+            continue
+        code = elf.read_vaddr(start, end - start)
+        seen: set[str] = set()
+        for i in range(len(code) - 4):
+            op = code[i]
+            if op in (0xE8, 0xE9) and i + 5 <= len(code):
+                target = start + i + 5 + struct.unpack_from("<i", code, i + 1)[0]
+                name = wanted_stub.get(target)
+            elif op == 0xFF and i + 6 <= len(code) and code[i + 1] in (0x15, 0x25):
+                target = start + i + 6 + struct.unpack_from("<i", code, i + 2)[0]
+                name = wanted_slot.get(target)
+            else:
+                continue
+            if name:
+                seen.add(name)
+        if seen >= set(callees):
+            found.append((start, end))
+    return found
+
+
+def resolve_in_file(path: str, function: str, calls: tuple[tuple[str, ...], ...] = ()) -> Resolution:
+    """Resolve `function` in the ELF file at `path` (see the module doc for the order).
+
+    `calls` lists alternative sets of imported functions that identify the function in a
+    stripped file; the first set that matches exactly one function wins."""
+    elf = load_elf(path)
+
+    def done(addr: int, method: str, detail: str = "") -> Resolution:
+        off = elf.vaddr_to_offset(addr)
+        return Resolution(path, function, addr, addr if off is None else off, method, detail)
+
+    sym = _find_symbol(elf.symbols(SHT_DYNSYM), function)
+    if sym:
+        return done(sym.value, "dynsym")
+    sym = _find_symbol(elf.symbols(SHT_SYMTAB), function)
+    if sym:
+        return done(sym.value, "symtab")
+    tried_debug = debug_files(elf)
+    for dbg in tried_debug:
+        try:
+            sym = _find_symbol(load_elf(dbg).symbols(SHT_SYMTAB), function)
+        except ElfError:
+            continue
+        if sym:
+            return done(sym.value, "debuginfo", dbg)
+    problems = []
+    for callees in calls:
+        hits = functions_calling(elf, callees)
+        plts = "+".join(f"{c}@plt" for c in callees)
+        if len(hits) == 1:
+            start, end = hits[0]
+            return done(start, "eh_frame+plt", f"FDE {start:#x}-{end:#x} calls {plts}")
+        problems.append(f"{len(hits)} functions call {plts}")
+    where = "not in .dynsym or .symtab"
+    where += ", no debug file" if not tried_debug else f", not in {', '.join(tried_debug)}"
+    if problems:
+        where += "; " + "; ".join(problems)
+    raise SymbolNotFound(f"{function} in {path}: {where}")
+
+
+class SymbolNotFound(CorrelateError):
+    """The function could not be located; the message says what was tried."""
