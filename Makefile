@@ -37,7 +37,7 @@ test: deps venv
 	$(PY) -m pytest -ra $(PYTEST_ARGS)
 
 run: deps venv
-	$(PY) -m correlate.demo
+	$(PY) -m tests.lab.demo
 
 bench: deps venv
 	$(PY) bench/run.py
