@@ -1,0 +1,408 @@
+"""TCP connection tracking: handshake outcomes as events, and per-direction reassembly that
+hands each byte of a stream to a StreamSink exactly once, in order.
+
+Positions in a stream are kept as unbounded ints (the 32-bit sequence number unwrapped around
+the next expected byte), so wraparound needs no special case anywhere else.
+
+What becomes an event (all with src = client, dst = server, conn, frame):
+  tcp.connect  SYN/ACK answering a SYN (handshake_ns from the first SYN, attempts)
+  tcp.refused  SYN answered by RST (reason "rst") or by an ICMP unreachable quoting it
+               (reason "icmp", icmp_type, icmp_code, icmp_from)
+  tcp.timeout  SYN unanswered for syn_timeout_ns of capture time, or retransmitted and still
+               unanswered at the end of the input (attempts, waited_ns)
+  tcp.close    FIN from both sides or RST on an open connection (by, reason)
+Capture loss is handed to the sink as on_gap() once it is certain: the receiver acknowledged
+bytes the capture never showed, the out-of-order buffer is full, or the connection ends.
+"""
+from __future__ import annotations
+
+import heapq
+from collections import OrderedDict
+
+from ..diagnostics import Diagnostics
+from ..events import make_event
+from .model import Conn, Frame, StreamSink, endpoint
+from .packet import ACK, FIN, RST, SYN, IcmpUnreachable, Segment, parse_frame
+
+MASK = 0xFFFFFFFF
+HALF = 0x80000000
+MAX_BUFFERED_PER_DIRECTION = 4 * 1024 * 1024
+MAX_BUFFERED_TOTAL = 64 * 1024 * 1024
+MAX_CONNECTIONS = 10_000
+MAX_RECENTLY_CLOSED = 4096
+
+SYN_SENT, OPEN = 0, 1
+
+
+def _is_gluster_port(port: int) -> bool:
+    """glusterd, the NFS/portmap helpers and the brick port range are servers."""
+    return 24007 <= port <= 24008 or 38465 <= port <= 38469 or 49152 <= port <= 60999
+
+
+def sender_is_server(sport: int, dport: int) -> bool:
+    """For a connection first seen mid-stream: is the sender of this segment the server?"""
+    s_known, d_known = _is_gluster_port(sport), _is_gluster_port(dport)
+    if s_known != d_known:
+        return s_known
+    return sport < dport
+
+
+class _Direction:
+    """One direction of a stream: the next byte to deliver and what arrived ahead of it."""
+    __slots__ = ("nxt", "ahead", "starts", "ahead_bytes", "fin")
+
+    def __init__(self, nxt: int | None = None):
+        self.nxt = nxt                      # stream position of the next byte to deliver
+        self.ahead: dict[int, bytes] = {}   # position -> bytes that arrived out of order
+        self.starts: list[int] = []         # heap of the keys of `ahead`
+        self.ahead_bytes = 0
+        self.fin: int | None = None         # position of this direction's FIN, once seen
+
+    def position(self, seq: int) -> int:
+        """Unwrap a 32-bit sequence number to the stream position nearest to `nxt`."""
+        return self.nxt + (((seq - self.nxt) + HALF) & MASK) - HALF
+
+
+class _State:
+    __slots__ = ("conn", "keys", "phase", "dirs", "client_isn", "syn_first_ns", "syn_frame",
+                 "attempts", "timed_out", "fin_by", "opened")
+
+    def __init__(self, conn: Conn, keys: tuple[tuple, tuple], phase: int):
+        self.conn = conn
+        self.keys = keys                    # (client -> server key, server -> client key)
+        self.phase = phase
+        self.dirs = (_Direction(), _Direction())    # [0] client -> server, [1] server -> client
+        self.client_isn = 0
+        self.syn_first_ns = 0
+        self.syn_frame = 0
+        self.attempts = 0
+        self.timed_out = False
+        self.fin_by: str | None = None
+        self.opened = phase == OPEN         # the sink may hold state for it: tell it on close
+
+
+class TcpTracker:
+    """Feed frames in capture order; get events (the sink's included) in time order."""
+
+    def __init__(self, source: str, sink: StreamSink, diag: Diagnostics, *,
+                 syn_timeout_ns: int = 3_000_000_000, max_connections: int = MAX_CONNECTIONS,
+                 max_buffered: int = MAX_BUFFERED_PER_DIRECTION):
+        self.source = source
+        self.sink = sink
+        self.diag = diag
+        self.syn_timeout_ns = syn_timeout_ns
+        self.max_connections = max_connections
+        self.max_buffered = max_buffered
+        self._conns: dict[tuple, tuple[_State, bool]] = {}   # 4-tuple -> (state, from client)
+        self._lru: OrderedDict[_State, None] = OrderedDict()  # least recently active first
+        self._pending: OrderedDict[_State, None] = OrderedDict()  # SYNs waiting, oldest first
+        self._recently_closed: OrderedDict[tuple, None] = OrderedDict()
+        self._buffered_total = 0
+        self._numbers = 0
+        self._now = 0                       # the capture's clock: latest time seen
+
+    # ---- input ---------------------------------------------------------------------------
+
+    def feed(self, frame: Frame) -> list[dict]:
+        events: list[dict] = []
+        if frame.time_ns > self._now:
+            self._now = frame.time_ns
+        if self._pending:
+            self._expire_syns(events)
+        pkt = parse_frame(frame, self.diag)
+        if pkt is None:
+            return events
+        if type(pkt) is Segment:
+            self._segment(pkt, events)
+        else:
+            self._icmp(pkt, events)
+        return events
+
+    def finish(self) -> list[dict]:
+        """End of input: unanswered SYNs that were retried time out, open streams are flushed
+        (a missing tail becomes a gap) and the sink hears on_close for each."""
+        events: list[dict] = []
+        now = self._now
+        for st in list(self._pending):
+            if st.attempts >= 2 or now - st.syn_first_ns >= self.syn_timeout_ns:
+                self._timeout(st, events)
+        for st in list(self._lru):
+            self._end(st, now, events)
+        return events
+
+    # ---- segments ------------------------------------------------------------------------
+
+    def _segment(self, seg: Segment, events: list[dict]) -> None:
+        key = (seg.src, seg.sport, seg.dst, seg.dport)
+        entry = self._conns.get(key)
+        flags = seg.flags
+        if flags & SYN:
+            if flags & RST:
+                self.diag.skip("TCP segments with both SYN and RST", f"packet {seg.number}")
+                return
+            st = self._syn_ack(seg, key, entry, events) if flags & ACK else self._syn(seg, key, entry, events)
+            if st is not None and (seg.payload or seg.truncated):
+                self._data(st, seg.src == st.keys[0][0] and seg.sport == st.keys[0][1], seg, events,
+                           seg.seq + 1)
+            return
+        if entry is None:
+            if not seg.payload or flags & RST:
+                return          # a bare ACK, FIN or RST tells nothing about an unknown connection
+            if key in self._recently_closed or (seg.dst, seg.dport, seg.src, seg.sport) in self._recently_closed:
+                self.diag.skip("TCP segments after their connection closed", f"packet {seg.number}")
+                return
+            entry = self._open_midstream(seg, events)
+        st, from_client = entry
+        self._lru.move_to_end(st)
+        if flags & RST:
+            self._rst(st, from_client, seg, events)
+            return
+        if st.phase == SYN_SENT:
+            # Only a peer that saw the SYN/ACK sends anything else: the capture missed it.
+            self._pending.pop(st, None)
+            st.phase = OPEN
+            st.opened = True
+        if flags & ACK:
+            # First what this segment acknowledges: a reply follows the call it answers.
+            other = st.dirs[from_client]
+            if other.nxt is not None and 0 < ((seg.ack - other.nxt) & MASK) < HALF:
+                self._acked(st, not from_client, other, seg, events)
+        if seg.payload or seg.truncated:
+            self._data(st, from_client, seg, events, seg.seq)
+        if flags & FIN:
+            self._fin(st, from_client, seg, events)
+
+    def _syn(self, seg: Segment, key: tuple, entry, events: list[dict]) -> _State | None:
+        if entry is not None:
+            st, from_client = entry
+            if st.phase == SYN_SENT and from_client and seg.seq == st.client_isn:
+                st.attempts += 1                    # a retransmitted SYN
+                return None
+            self._end(st, seg.time_ns, events)      # the 4-tuple is reused by a new connection
+        self._recently_closed.pop(key, None)
+        self._recently_closed.pop((seg.dst, seg.dport, seg.src, seg.sport), None)
+        st = self._new_state(seg.src, seg.sport, seg.dst, seg.dport, SYN_SENT, events)
+        st.client_isn = seg.seq
+        st.syn_first_ns = seg.time_ns
+        st.syn_frame = seg.number
+        st.attempts = 1
+        st.dirs[0].nxt = seg.seq + 1
+        self._pending[st] = None
+        return st
+
+    def _syn_ack(self, seg: Segment, key: tuple, entry, events: list[dict]) -> _State | None:
+        if entry is None:
+            # The SYN was not captured: the SYN/ACK's sender is the server, no connect event.
+            self._recently_closed.pop(key, None)
+            self._recently_closed.pop((seg.dst, seg.dport, seg.src, seg.sport), None)
+            st = self._new_state(seg.dst, seg.dport, seg.src, seg.sport, OPEN, events)
+            st.dirs[0].nxt = seg.ack
+            st.dirs[1].nxt = seg.seq + 1
+            return st
+        st, from_client = entry
+        if from_client or st.phase != SYN_SENT:
+            return None                             # a retransmitted SYN/ACK
+        self._pending.pop(st, None)
+        st.phase = OPEN
+        st.opened = True
+        st.dirs[1].nxt = seg.seq + 1
+        if seg.ack != (st.client_isn + 1) & MASK:
+            self.diag.skip("SYN/ACKs not acknowledging their SYN", f"packet {seg.number}")
+        events.append(self._event("tcp.connect", st, seg.time_ns, seg.number,
+                                  handshake_ns=seg.time_ns - st.syn_first_ns, attempts=st.attempts))
+        return st
+
+    def _rst(self, st: _State, from_client: bool, seg: Segment, events: list[dict]) -> None:
+        if st.phase == SYN_SENT:
+            if not from_client:
+                events.append(self._event("tcp.refused", st, seg.time_ns, seg.number,
+                                          reason="rst", attempts=st.attempts))
+            self._forget(st)
+            return
+        self._flush(st, seg.time_ns, events)
+        events.append(self._event("tcp.close", st, seg.time_ns, seg.number,
+                                  by="client" if from_client else "server", reason="rst"))
+        self._end(st, seg.time_ns, events)
+
+    def _fin(self, st: _State, from_client: bool, seg: Segment, events: list[dict]) -> None:
+        d = st.dirs[not from_client]
+        if d.fin is None:
+            d.fin = (d.position(seg.seq) if d.nxt is not None else seg.seq) + len(seg.payload) + seg.truncated
+        if st.fin_by is None:
+            st.fin_by = "client" if from_client else "server"
+        if st.dirs[0].fin is not None and st.dirs[1].fin is not None:
+            self._flush(st, seg.time_ns, events)
+            events.append(self._event("tcp.close", st, seg.time_ns, seg.number,
+                                      by=st.fin_by, reason="fin"))
+            self._end(st, seg.time_ns, events)
+
+    # ---- reassembly ----------------------------------------------------------------------
+
+    def _data(self, st: _State, from_client: bool, seg: Segment, events: list[dict], seq: int) -> None:
+        d = st.dirs[not from_client]
+        payload = seg.payload
+        if d.nxt is None:
+            d.nxt = seq                          # first bytes seen in this direction
+        pos = d.nxt + (((seq - d.nxt) + HALF) & MASK) - HALF
+        nxt = d.nxt
+        if pos <= nxt:
+            end = pos + len(payload)
+            if end > nxt:                        # new bytes, maybe after a retransmitted part
+                self._deliver(st, from_client, seg.time_ns, payload[nxt - pos:] if pos < nxt else payload, events)
+                d.nxt = end
+            if seg.truncated and end + seg.truncated > d.nxt:
+                self._skip_to(st, from_client, d, end + seg.truncated, seg.time_ns, events)
+            elif d.ahead:
+                self._drain(st, from_client, d, seg.time_ns, events)
+            return
+        # Ahead of a hole: keep it until the hole fills or is known to be lost.
+        if not payload:
+            return
+        old = d.ahead.get(pos)
+        if old is None:
+            heapq.heappush(d.starts, pos)
+        elif len(old) >= len(payload):
+            return
+        else:
+            d.ahead_bytes -= len(old)
+            self._buffered_total -= len(old)
+        d.ahead[pos] = payload
+        d.ahead_bytes += len(payload)
+        self._buffered_total += len(payload)
+        if d.ahead_bytes > self.max_buffered or self._buffered_total > MAX_BUFFERED_TOTAL:
+            self._skip_to(st, from_client, d, d.starts[0], seg.time_ns, events)
+
+    def _drain(self, st: _State, from_client: bool, d: _Direction, time_ns: int, events: list[dict]) -> None:
+        """Deliver buffered bytes that the stream has reached."""
+        starts, ahead = d.starts, d.ahead
+        while starts and starts[0] <= d.nxt:
+            start = heapq.heappop(starts)
+            data = ahead.pop(start)
+            d.ahead_bytes -= len(data)
+            self._buffered_total -= len(data)
+            end = start + len(data)
+            if end > d.nxt:
+                self._deliver(st, from_client, time_ns, data[d.nxt - start:], events)
+                d.nxt = end
+
+    def _skip_to(self, st: _State, from_client: bool, d: _Direction, upto: int, time_ns: int,
+                 events: list[dict]) -> None:
+        """Declare every hole before `upto` lost and deliver what was buffered between them."""
+        while True:
+            self._drain(st, from_client, d, time_ns, events)
+            if d.nxt >= upto:
+                return
+            hole_end = min(upto, d.starts[0]) if d.starts else upto
+            missing = hole_end - d.nxt
+            st.opened = True
+            self.diag.skip("TCP gaps (bytes missing from the capture)", f"conn {st.conn.number}")
+            out = self.sink.on_gap(st.conn, from_client, time_ns, missing)
+            if out:
+                events.extend(out)
+            d.nxt = hole_end
+
+    def _acked(self, st: _State, from_client: bool, d: _Direction, seg: Segment, events: list[dict]) -> None:
+        """The receiver acknowledged past what the capture delivered: what lies before is lost."""
+        upto = d.position(seg.ack)
+        if d.fin is not None and upto == d.fin + 1:
+            upto = d.fin                           # the FIN's sequence slot is not a byte
+        if upto > d.nxt:
+            self._skip_to(st, from_client, d, upto, seg.time_ns, events)
+
+    def _flush(self, st: _State, time_ns: int, events: list[dict]) -> None:
+        """The connection ends: buffered bytes go out, holes before them (and before a FIN)
+        become gaps."""
+        for from_client, d in ((True, st.dirs[0]), (False, st.dirs[1])):
+            if d.nxt is None:
+                continue
+            upto = max((start + len(data) for start, data in d.ahead.items()), default=d.nxt)
+            if d.fin is not None:
+                upto = max(upto, d.fin)
+            if upto > d.nxt:
+                self._skip_to(st, from_client, d, upto, time_ns, events)
+
+    def _deliver(self, st: _State, from_client: bool, time_ns: int, data: bytes, events: list[dict]) -> None:
+        st.opened = True
+        out = self.sink.on_data(st.conn, from_client, time_ns, data)
+        if out:
+            events.extend(out)
+
+    # ---- handshake timing, ICMP ----------------------------------------------------------
+
+    def _expire_syns(self, events: list[dict]) -> None:
+        limit = self._now - self.syn_timeout_ns
+        pending = self._pending
+        while pending:
+            st = next(iter(pending))
+            if st.syn_first_ns > limit:
+                return
+            self._timeout(st, events)
+
+    def _timeout(self, st: _State, events: list[dict]) -> None:
+        """Report once; the state stays so a late SYN/ACK still becomes tcp.connect."""
+        self._pending.pop(st, None)
+        st.timed_out = True
+        events.append(self._event("tcp.timeout", st, self._now, st.syn_frame,
+                                  attempts=st.attempts, waited_ns=self._now - st.syn_first_ns))
+
+    def _icmp(self, msg: IcmpUnreachable, events: list[dict]) -> None:
+        if msg.proto != 6:
+            return
+        entry = self._conns.get((msg.src, msg.sport, msg.dst, msg.dport))
+        if entry is None or not entry[1] or entry[0].phase != SYN_SENT:
+            return
+        st = entry[0]
+        events.append(self._event("tcp.refused", st, msg.time_ns, msg.number, reason="icmp",
+                                  icmp_type=msg.icmp_type, icmp_code=msg.icmp_code,
+                                  icmp_from=msg.icmp_from, attempts=st.attempts))
+        self._forget(st)
+
+    # ---- connection table ----------------------------------------------------------------
+
+    def _new_state(self, cip: str, cport: int, sip: str, sport: int, phase: int,
+                   events: list[dict]) -> _State:
+        self._numbers += 1
+        fwd, rev = (cip, cport, sip, sport), (sip, sport, cip, cport)
+        st = _State(Conn(endpoint(cip, cport), endpoint(sip, sport), self._numbers), (fwd, rev), phase)
+        self._conns[fwd] = (st, True)
+        self._conns[rev] = (st, False)
+        self._lru[st] = None
+        if len(self._lru) > self.max_connections:
+            oldest = next(iter(self._lru))
+            self.diag.skip("connections evicted (too many at once)", f"conn {oldest.conn.number}")
+            self._end(oldest, self._now, events)
+        return st
+
+    def _open_midstream(self, seg: Segment, events: list[dict]) -> tuple[_State, bool]:
+        if sender_is_server(seg.sport, seg.dport):
+            return self._new_state(seg.dst, seg.dport, seg.src, seg.sport, OPEN, events), False
+        return self._new_state(seg.src, seg.sport, seg.dst, seg.dport, OPEN, events), True
+
+    def _end(self, st: _State, time_ns: int, events: list[dict]) -> None:
+        """Drop a connection; the sink hears on_close if it may have seen it."""
+        if st.opened:
+            self._flush(st, time_ns, events)
+            out = self.sink.on_close(st.conn, time_ns)
+            if out:
+                events.extend(out)
+        self._forget(st)
+        recent = self._recently_closed
+        recent[st.keys[0]] = None
+        if len(recent) > MAX_RECENTLY_CLOSED:
+            recent.popitem(last=False)
+
+    def _forget(self, st: _State) -> None:
+        for key in st.keys:
+            if self._conns.get(key, (None,))[0] is st:
+                del self._conns[key]
+        self._lru.pop(st, None)
+        self._pending.pop(st, None)
+        for d in st.dirs:
+            self._buffered_total -= d.ahead_bytes
+            d.ahead_bytes = 0
+            d.ahead.clear()
+            d.starts.clear()
+
+    def _event(self, kind: str, st: _State, time_ns: int, frame: int, **fields) -> dict:
+        return make_event(time_ns, "wire", kind, self.source, src=st.conn.client,
+                          dst=st.conn.server, conn=st.conn.number, frame=frame, **fields)

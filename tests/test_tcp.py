@@ -1,0 +1,336 @@
+"""TCP tracking on synthetic conversations: handshake outcomes, reassembly, gaps, close."""
+from __future__ import annotations
+
+from correlate.diagnostics import Diagnostics
+from correlate.events import make_event
+from correlate.wire.model import Frame
+from correlate.wire.packet import ACK, FIN, PSH, RST, SYN
+from correlate.wire.tcp import TcpTracker, sender_is_server
+
+from .test_packet import icmp_unreachable, link, tcp_ip
+
+T0 = 1_763_900_000 * 10**9
+MS = 1_000_000
+
+
+class RecordingSink:
+    """Keeps every call; answers each with one event so the tracker's merging can be checked."""
+
+    def __init__(self):
+        self.calls: list[tuple] = []
+        self.streams: dict[tuple[int, bool], bytearray] = {}
+
+    def on_data(self, conn, from_client, time_ns, data):
+        assert data, "empty deliveries are noise"
+        self.calls.append(("data", conn.number, from_client, bytes(data)))
+        self.streams.setdefault((conn.number, from_client), bytearray()).extend(data)
+        return [make_event(time_ns, "wire", "sink.data", "t", conn=conn.number, n=len(data))]
+
+    def on_gap(self, conn, from_client, time_ns, missing):
+        self.calls.append(("gap", conn.number, from_client, missing))
+        self.streams.setdefault((conn.number, from_client), bytearray()).extend(b"?" * missing)
+        return [make_event(time_ns, "wire", "sink.gap", "t", conn=conn.number, missing=missing)]
+
+    def on_close(self, conn, time_ns):
+        self.calls.append(("close", conn.number))
+        return [make_event(time_ns, "wire", "sink.close", "t", conn=conn.number)]
+
+    def stream(self, number, from_client=True) -> bytes:
+        return bytes(self.streams.get((number, from_client), b""))
+
+
+class Talk:
+    """Builds the frames of one conversation with running time and frame numbers."""
+
+    def __init__(self, client=("10.0.0.1", 40000), server=("10.0.0.2", 24007), cisn=1000,
+                 sisn=5000, linktype=101, numbers=None):
+        self.client, self.server = client, server
+        self.cisn, self.sisn = cisn, sisn
+        self.linktype = linktype
+        self.t = T0
+        self.numbers = numbers if numbers is not None else [0]
+
+    def frame(self, from_client: bool, flags: int, seq: int, ack: int = 0, payload: bytes = b"",
+              dt: int = MS, cut: int = 0) -> Frame:
+        self.t += dt
+        self.numbers[0] += 1
+        (sip, sport), (dip, dport) = (self.client, self.server) if from_client else (self.server, self.client)
+        pkt = tcp_ip(sip, sport, dip, dport, flags=flags, seq=seq & 0xFFFFFFFF, ack=ack & 0xFFFFFFFF,
+                     payload=payload)
+        data = link(pkt, self.linktype)
+        return Frame(self.t, self.linktype, data[:len(data) - cut], self.numbers[0])
+
+    def handshake(self) -> list[Frame]:
+        return [self.frame(True, SYN, self.cisn),
+                self.frame(False, SYN | ACK, self.sisn, self.cisn + 1),
+                self.frame(True, ACK, self.cisn + 1, self.sisn + 1)]
+
+    def c(self, offset: int, payload: bytes, flags: int = ACK | PSH, ack: int = 0, **kw) -> Frame:
+        """Client data at byte `offset` of its stream."""
+        return self.frame(True, flags, self.cisn + 1 + offset, self.sisn + 1 + ack, payload, **kw)
+
+    def s(self, offset: int, payload: bytes, flags: int = ACK | PSH, ack: int = 0, **kw) -> Frame:
+        return self.frame(False, flags, self.sisn + 1 + offset, self.cisn + 1 + ack, payload, **kw)
+
+
+def run(frames, *, finish=True, **kw):
+    sink, diag = RecordingSink(), Diagnostics("t")
+    tracker = TcpTracker("cap.pcap", sink, diag, **kw)
+    events = []
+    for f in frames:
+        events.extend(tracker.feed(f))
+    if finish:
+        events.extend(tracker.finish())
+    return events, sink, diag
+
+
+def kinds(events):
+    return [e["kind"] for e in events if e["kind"].startswith("tcp.")]
+
+
+# ---- handshake outcomes --------------------------------------------------------------------
+
+def test_connect_data_and_fin_close():
+    t = Talk()
+    frames = t.handshake() + [
+        t.c(0, b"hello "), t.c(6, b"world"), t.s(0, b"reply", ack=11),
+        t.c(11, b"", flags=FIN | ACK, ack=5), t.s(5, b"", flags=FIN | ACK, ack=12),
+        t.c(12, b"", flags=ACK, ack=6)]
+    events, sink, diag = run(frames)
+    assert kinds(events) == ["tcp.connect", "tcp.close"]
+    connect, close = (e for e in events if e["kind"].startswith("tcp."))
+    assert connect["src"] == "10.0.0.1:40000" and connect["dst"] == "10.0.0.2:24007"
+    assert connect["handshake_ns"] == MS and connect["frame"] == 2 and connect["conn"] == 1
+    assert connect["layer"] == "wire" and connect["source"] == "cap.pcap" and connect["attempts"] == 1
+    assert close["by"] == "client" and close["reason"] == "fin" and close["frame"] == 8
+    assert sink.stream(1) == b"hello world" and sink.stream(1, False) == b"reply"
+    assert sink.calls[-1] == ("close", 1)
+    assert [e["kind"] for e in events][-2:] == ["tcp.close", "sink.close"]
+    assert not diag.counts
+
+
+def test_events_are_in_time_order_and_include_the_sinks():
+    t = Talk()
+    events, _, _ = run(t.handshake() + [t.c(0, b"a"), t.s(0, b"b", ack=1)])
+    assert [e["kind"] for e in events] == ["tcp.connect", "sink.data", "sink.data", "sink.close"]
+    times = [e["time_ns"] for e in events]
+    assert times == sorted(times)
+
+
+def test_refused_by_rst():
+    t = Talk(server=("10.0.0.2", 24009))
+    events, sink, _ = run([t.frame(True, SYN, 1000), t.frame(False, RST | ACK, 0, 1001)])
+    assert kinds(events) == ["tcp.refused"]
+    ev = events[0]
+    assert (ev["reason"], ev["src"], ev["dst"], ev["frame"]) == ("rst", "10.0.0.1:40000", "10.0.0.2:24009", 2)
+    assert sink.calls == []
+
+
+def test_refused_by_icmp_unreachable():
+    t = Talk(client=("127.0.0.1", 41000), server=("127.0.0.2", 49152))
+    syn = t.frame(True, SYN, 77)
+    icmp = Frame(syn.time_ns + MS, 101, icmp_unreachable("127.0.0.2", syn.data, code=3), 2)
+    events, _, _ = run([syn, icmp])
+    assert kinds(events) == ["tcp.refused"]
+    ev = events[0]
+    assert ev["reason"] == "icmp" and ev["icmp_type"] == 3 and ev["icmp_code"] == 3
+    assert ev["icmp_from"] == "127.0.0.2" and ev["dst"] == "127.0.0.2:49152" and ev["frame"] == 2
+
+
+def test_icmp_for_another_connection_is_not_a_refusal():
+    t = Talk(client=("127.0.0.1", 41000), server=("127.0.0.2", 49152))
+    syn = t.frame(True, SYN, 77)
+    other = tcp_ip("127.0.0.1", 41001, "127.0.0.2", 49152, flags=SYN, seq=77)
+    icmp = Frame(syn.time_ns + MS, 101, icmp_unreachable("127.0.0.2", other), 2)
+    events, _, _ = run([syn, icmp], finish=False)
+    assert kinds(events) == []
+
+
+def test_syn_timeout_by_the_capture_clock():
+    t = Talk(server=("10.0.0.2", 49153))
+    syn1 = t.frame(True, SYN, 1000, dt=0)
+    syn2 = t.frame(True, SYN, 1000, dt=1000 * MS)
+    other = Talk(client=("10.0.0.3", 5000), numbers=t.numbers)
+    other.t = t.t
+    early = other.frame(True, SYN, 1, dt=1500 * MS)           # 2.5 s after the first SYN
+    late = other.frame(True, ACK | PSH, 2, payload=b"x", dt=1000 * MS)   # 3.5 s
+    sink, diag = RecordingSink(), Diagnostics("t")
+    tracker = TcpTracker("cap", sink, diag, syn_timeout_ns=3000 * MS)
+    assert tracker.feed(syn1) == [] and tracker.feed(syn2) == [] and tracker.feed(early) == []
+    events = tracker.feed(late)
+    timeout = [e for e in events if e["kind"] == "tcp.timeout"]
+    assert len(timeout) == 1
+    assert timeout[0]["attempts"] == 2 and timeout[0]["waited_ns"] == 3500 * MS
+    assert timeout[0]["dst"] == "10.0.0.2:49153" and timeout[0]["frame"] == 1
+    assert timeout[0]["time_ns"] == late.time_ns
+    # reported once, even when the SYN keeps being retried
+    assert [e for e in tracker.feed(t.frame(True, SYN, 1000, dt=0)) if e["kind"] == "tcp.timeout"] == []
+    assert kinds(tracker.finish()) == []
+
+
+def test_retried_syn_unanswered_at_end_of_input_times_out():
+    t = Talk()
+    events, _, _ = run([t.frame(True, SYN, 5, dt=0), t.frame(True, SYN, 5, dt=1000 * MS)])
+    assert kinds(events) == ["tcp.timeout"]
+    assert events[0]["attempts"] == 2 and events[0]["waited_ns"] == 1000 * MS
+
+
+def test_single_syn_at_end_of_input_is_not_a_timeout():
+    t = Talk()
+    events, _, _ = run([t.frame(True, SYN, 5)])
+    assert kinds(events) == []
+
+
+def test_late_syn_ack_still_connects():
+    t = Talk()
+    frames = [t.frame(True, SYN, 1, dt=0), t.frame(True, SYN, 1, dt=4000 * MS),
+              t.frame(False, SYN | ACK, 9, 2, dt=100 * MS)]
+    events, _, _ = run(frames, syn_timeout_ns=3000 * MS)
+    assert kinds(events) == ["tcp.timeout", "tcp.connect"]
+    assert events[1]["handshake_ns"] == 4100 * MS and events[1]["attempts"] == 2
+
+
+def test_rst_on_established_connection_closes_it():
+    t = Talk()
+    frames = t.handshake() + [t.c(0, b"req"), t.s(0, b"", flags=RST | ACK, ack=3)]
+    events, sink, _ = run(frames)
+    close = [e for e in events if e["kind"] == "tcp.close"]
+    assert close[0]["by"] == "server" and close[0]["reason"] == "rst"
+    assert sink.calls == [("data", 1, True, b"req"), ("close", 1)]
+
+
+def test_ipv6_endpoints_are_bracketed():
+    t = Talk(client=("fd00::1", 40000), server=("fd00::2", 24007), linktype=1)
+    events, _, _ = run(t.handshake())
+    assert events[0]["src"] == "[fd00::1]:40000" and events[0]["dst"] == "[fd00::2]:24007"
+
+
+# ---- reassembly ----------------------------------------------------------------------------
+
+def test_out_of_order_segments_are_delivered_in_order():
+    t = Talk()
+    frames = t.handshake() + [t.c(5, b"56789"), t.c(10, b"abc"), t.c(0, b"01234")]
+    events, sink, _ = run(frames)
+    assert sink.stream(1) == b"0123456789abc"
+    assert [c for c in sink.calls if c[0] == "gap"] == []
+
+
+def test_retransmissions_and_overlaps_are_delivered_once():
+    t = Talk()
+    frames = t.handshake() + [t.c(0, b"0123"), t.c(0, b"0123"), t.c(2, b"23456"),
+                              t.c(8, b"89"), t.c(6, b"6789X"), t.c(1, b"1")]
+    _, sink, _ = run(frames)
+    assert sink.stream(1) == b"0123456789X"
+
+
+def test_sequence_wraparound():
+    t = Talk(cisn=2**32 - 3, sisn=2**32 - 1)
+    frames = t.handshake() + [t.c(0, b"abcd"), t.c(8, b"ijkl"), t.c(4, b"efgh"),
+                              t.s(0, b"xyz", ack=12)]
+    _, sink, _ = run(frames)
+    assert sink.stream(1) == b"abcdefghijkl" and sink.stream(1, False) == b"xyz"
+
+
+def test_gap_is_declared_once_the_peer_acknowledges_past_it():
+    t = Talk()
+    # client bytes 0..4 never captured; the server's ACK of 10 makes the loss certain
+    frames = t.handshake() + [t.c(5, b"56789")]
+    sink, diag = RecordingSink(), Diagnostics("t")
+    tracker = TcpTracker("cap", sink, diag)
+    for f in frames:
+        tracker.feed(f)
+    assert sink.calls == []                     # could still be reordering
+    events = tracker.feed(t.s(0, b"ok", ack=10))
+    assert sink.calls[:2] == [("gap", 1, True, 5), ("data", 1, True, b"56789")]
+    assert [e["kind"] for e in events][:2] == ["sink.gap", "sink.data"]
+    assert diag.counts["TCP gaps (bytes missing from the capture)"] == 1
+    tracker.feed(t.c(0, b"01234"))             # the lost bytes show up late: not delivered twice
+    assert sink.stream(1) == b"?????56789"
+
+
+def test_gap_when_the_buffer_limit_is_hit():
+    t = Talk()
+    frames = t.handshake() + [t.c(100 + 10 * i, b"x" * 10) for i in range(5)]
+    _, sink, _ = run(frames, finish=False, max_buffered=35)
+    assert sink.calls[0] == ("gap", 1, True, 100)
+    assert sink.stream(1) == b"?" * 100 + b"x" * 50
+
+
+def test_tail_gap_at_fin_and_at_end_of_input():
+    t = Talk()
+    frames = t.handshake() + [t.c(0, b"ab"), t.c(6, b"gh"), t.c(10, b"", flags=FIN | ACK),
+                              t.s(0, b"", flags=FIN | ACK, ack=11)]
+    events, sink, _ = run(frames, finish=False)
+    assert sink.stream(1) == b"ab????gh??"
+    assert kinds(events) == ["tcp.connect", "tcp.close"]
+    t2 = Talk()
+    _, sink2, _ = run(t2.handshake() + [t2.c(0, b"ab"), t2.c(4, b"ef")])
+    assert sink2.calls == [("data", 1, True, b"ab"), ("gap", 1, True, 2), ("data", 1, True, b"ef"),
+                           ("close", 1)]
+
+
+def test_snaplen_cut_payload_is_a_gap_right_away():
+    t = Talk()
+    frames = t.handshake() + [t.c(0, b"0123456789", cut=4), t.c(10, b"next")]
+    _, sink, _ = run(frames, finish=False)
+    assert sink.calls == [("data", 1, True, b"012345"), ("gap", 1, True, 4), ("data", 1, True, b"next")]
+
+
+def test_fin_ack_is_not_mistaken_for_a_gap():
+    t = Talk()
+    frames = t.handshake() + [t.c(0, b"abc", flags=FIN | ACK | PSH), t.s(0, b"late", ack=4),
+                              t.s(4, b"more", ack=4)]
+    _, sink, _ = run(frames, finish=False)
+    assert [c[0] for c in sink.calls] == ["data", "data", "data"]
+
+
+# ---- mid-stream, bookkeeping ---------------------------------------------------------------
+
+def test_midstream_start_guesses_the_server_by_port():
+    assert sender_is_server(24007, 1023) and not sender_is_server(1023, 24007)
+    assert sender_is_server(49152, 50000)            # both in the brick range: the lower
+    assert not sender_is_server(40000, 49152)
+    assert sender_is_server(22, 40000)               # neither: the lower port
+    t = Talk(client=("10.0.0.1", 1023), server=("10.0.0.2", 49152))
+    # the server speaks first in the capture
+    events, sink, _ = run([t.s(0, b"reply"), t.c(0, b"call", ack=5), t.c(4, b"", flags=ACK, ack=5)])
+    assert sink.stream(1, False) == b"reply" and sink.stream(1, True) == b"call"
+    assert kinds(events) == []
+    close = [e for e in events if e["kind"] == "sink.close"]
+    assert len(close) == 1
+
+
+def test_bare_acks_after_close_make_no_new_connection():
+    t = Talk()
+    frames = t.handshake() + [t.c(0, b"x"), t.c(1, b"", flags=FIN | ACK), t.s(0, b"", flags=FIN | ACK, ack=2),
+                              t.c(2, b"", flags=ACK, ack=1), t.c(0, b"x")]
+    events, sink, diag = run(frames)
+    assert kinds(events) == ["tcp.connect", "tcp.close"]
+    assert sink.calls == [("data", 1, True, b"x"), ("close", 1)]
+    assert diag.counts["TCP segments after their connection closed"] == 1
+
+
+def test_connection_table_is_bounded():
+    numbers = [0]
+    frames = []
+    for i in range(50):
+        t = Talk(client=("10.0.1.1", 30000 + i), numbers=numbers)
+        t.t = T0 + i * MS
+        frames.append(t.c(0, b"call"))
+    sink, diag = RecordingSink(), Diagnostics("t")
+    tracker = TcpTracker("cap", sink, diag, max_connections=8)
+    for f in frames:
+        tracker.feed(f)
+        assert len(tracker._lru) <= 8 and len(tracker._conns) <= 16
+    assert diag.counts["connections evicted (too many at once)"] == 42
+    assert [c for c in sink.calls if c[0] == "close"][:2] == [("close", 1), ("close", 2)]
+
+
+def test_new_syn_on_a_reused_tuple_starts_a_new_connection():
+    t = Talk()
+    first = t.handshake() + [t.c(0, b"old")]
+    t.cisn = 90000
+    second = t.handshake() + [t.c(0, b"new")]
+    events, sink, _ = run(first + second)
+    assert [e["conn"] for e in events if e["kind"] == "tcp.connect"] == [1, 2]
+    assert sink.stream(1) == b"old" and sink.stream(2) == b"new"
