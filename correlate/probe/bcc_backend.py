@@ -124,12 +124,22 @@ def decode_args(rp: ResolvedProbe, rec: EventRecord) -> tuple[dict, list[str]]:
     return args, faults
 
 
+def convert_retval(ctype: str, raw: int):
+    """rax holds the return value; an int function leaves the upper 32 bits undefined."""
+    if ctype == "int":
+        return ctypes.c_int32(raw & 0xFFFFFFFF).value
+    if ctype == "ptr":
+        return f"{raw & 0xFFFFFFFFFFFFFFFF:#x}"
+    return raw
+
+
 def record_to_event(rp: ResolvedProbe, rec: EventRecord, clock: ClockMap, source: str, host: str) -> dict:
     common = dict(function=rp.function, library=rp.path, probe=rp.spec.name, pid=rec.pid,
                   tid=rec.tid, comm=_text(bytes(rec.comm)), host=host)
     time_ns = clock.to_realtime(rec.ts)
     if rec.kind == KIND_RETURN:
-        ev = make_event(time_ns, "probe", "probe.return", source, **common, retval=rec.retval,
+        ev = make_event(time_ns, "probe", "probe.return", source, **common,
+                        retval=convert_retval(rp.spec.retval, rec.retval),
                         duration_ns=None if rec.flags & F_NO_ENTRY else rec.duration_ns)
         return ev
     args, faults = decode_args(rp, rec)

@@ -52,11 +52,14 @@ class ProbeSpec:
     function: str
     args: tuple[Arg, ...] = ()
     retprobe: bool = False      # also attach a uretprobe: retval and duration_ns
+    retval: str = "int"         # C return type: int (32-bit, sign-extended), long, ptr
     aliases: tuple[str, ...] = ()           # the same function's name in other versions
     calls: tuple[tuple[str, ...], ...] = ()  # stripped static function: imports it calls
     description: str = ""
 
     def __post_init__(self):
+        if self.retval not in ("int", "long", "ptr"):
+            raise ValueError(f"{self.name}: retval must be int, long or ptr")
         kinds = [a.kind for a in self.args]
         if kinds.count("str") > 1 or sum(k in ("int", "ptr") for k in kinds) > 2 \
                 or sum(k in STRUCT_KINDS for k in kinds) > 1:

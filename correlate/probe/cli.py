@@ -1,0 +1,187 @@
+"""`correlate probe` (stream probe events) and `correlate probes` (the catalog, resolved here).
+
+bcc is imported only when probes start, so `correlate --help` stays fast without it.
+"""
+from __future__ import annotations
+
+import json
+import signal
+import threading
+import time
+from datetime import datetime, timezone
+
+import click
+
+from ..errors import CorrelateError
+from ..events import to_json
+from . import catalog
+from .resolve import parse_offsets, resolve
+
+GROUP_HELP = "gfapi, samba, all, or a plugin's group (repeatable)"
+
+
+def _specs(groups: tuple[str, ...]) -> list:
+    """Catalog specs for the groups, plugin probe points included when plugins load."""
+    try:
+        from ..probe_source import select_specs
+    except ImportError:
+        select_specs = None
+    if select_specs is not None:
+        return select_specs(groups)
+    chosen, seen = [], set()
+    for group in groups:
+        try:
+            specs = catalog.select(group)
+        except ValueError as exc:
+            raise CorrelateError(str(exc)) from None
+        for spec in specs:
+            if spec.name not in seen:
+                seen.add(spec.name)
+                chosen.append(spec)
+    return chosen
+
+
+def printable(value) -> str:
+    """Text from probed processes never reaches the terminal unescaped."""
+    s = str(value)
+    if s.isprintable():
+        return s
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in s)
+
+
+def format_time(time_ns: int) -> str:
+    sec, ns = divmod(time_ns, 1_000_000_000)
+    return datetime.fromtimestamp(sec, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S") + f".{ns:09d}Z"
+
+
+def _note_nsec(key: str, value) -> str:
+    if key.endswith("_nsec") and value == catalog.UTIME_OMIT:
+        return "UTIME_OMIT"
+    if key.endswith("_nsec") and value == catalog.UTIME_NOW:
+        return "UTIME_NOW"
+    return str(value)
+
+
+def format_event(ev: dict) -> str:
+    """One readable line per event."""
+    kind = ev.get("kind", "")
+    head = f"{format_time(ev['time_ns'])} {kind.removeprefix('probe.'):<6}"
+    if kind == "probe.lost":
+        return f"{head} {ev.get('count')} events lost (perf buffer full; total {ev.get('total')})"
+    parts = [head, printable(ev.get("function", "?")),
+             f"pid={ev.get('pid')}", f"tid={ev.get('tid')}", f"comm={printable(ev.get('comm', ''))}"]
+    if kind == "probe.return":
+        if "retval" in ev:
+            parts.append(f"retval={ev['retval']}")
+        if ev.get("duration_ns") is not None:
+            parts.append(f"duration={ev['duration_ns'] / 1e6:.3f}ms")
+    for key, value in (ev.get("args") or {}).items():
+        if isinstance(value, str):
+            parts.append(f"{key}={json.dumps(value, ensure_ascii=True)}")
+        else:
+            parts.append(f"{key}={_note_nsec(key, value)}")
+    if ev.get("unreadable"):
+        parts.append("unreadable=" + ",".join(ev["unreadable"]))
+    return " ".join(parts)
+
+
+@click.command()
+@click.option("--probe", "groups", multiple=True, default=("gfapi",), show_default=True,
+              metavar="GROUP", help=GROUP_HELP)
+@click.option("--pid", type=int, help="Only this process (default: every process using the library, "
+                                      "including ones started later).")
+@click.option("--json", "as_json", is_flag=True, help="JSON Lines output (the event contract).")
+@click.option("--backend", type=click.Choice(["auto", "bcc", "stap"]), default="auto", show_default=True,
+              help="auto takes bcc, then stap.")
+@click.option("--probe-offset", "offsets", multiple=True, metavar="FUNC=0xADDR",
+              help="Where FUNC is when it cannot be found (ELF virtual address). Repeatable.")
+@click.option("--duration", type=float, help="Stop after this many seconds (default: Ctrl-C/SIGTERM).")
+def probe(groups, pid, as_json, backend, offsets, duration):
+    """Stream libgfapi / Samba vfs_glusterfs calls as they happen (needs root).
+
+    Every call is printed with its arguments (paths, signed atime/mtime seconds and
+    nanoseconds); functions with a return probe also print the return value and duration. A
+    glfs_init call without a return is a mount that hangs.
+
+    \b
+    Examples:
+      correlate probe --probe gfapi
+      correlate probe --probe samba --json --duration 30
+      correlate probe --probe all --pid 4242
+      correlate probe --probe samba --probe-offset vfs_gluster_fntimes=0x80e0
+      correlate probe --backend stap --probe gfapi
+    """
+    from .session import ProbeSession
+
+    session = ProbeSession(_specs(groups), pid=pid, backend=backend, offsets=parse_offsets(offsets))
+    stop = threading.Event()
+    previous = signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    session.start()
+    for spec, why in session.unresolved:
+        click.echo(f"correlate: skipping {spec.name}: {why}", err=True)
+    for rp in getattr(session.collector, "skipped", []):
+        click.echo(f"correlate: {session.backend_name} leaves out {rp[0].spec.name}: {rp[1]}", err=True)
+    click.echo(f"correlate: {len(session.resolved)} probes attached with {session.backend_name}; "
+               "Ctrl-C to stop", err=True)
+
+    def emit(events):
+        for ev in events:
+            click.echo(to_json(ev) if as_json else format_event(ev))
+
+    deadline = None if duration is None else time.monotonic() + duration
+    try:
+        while not stop.is_set() and (deadline is None or time.monotonic() < deadline):
+            emit(session.poll(100))
+    except KeyboardInterrupt:
+        pass
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        tail = session.stop()
+    emit(tail)
+    summary = session.summary()
+    clock = summary.get("clock")
+    clock_note = f", clock offset error <= {clock['error_ns']} ns" if clock else ""
+    click.echo(f"correlate: {summary['events']} events, {summary['lost']} lost{clock_note}", err=True)
+
+
+@click.command()
+@click.option("--probe", "groups", multiple=True, default=("all",), show_default=True,
+              metavar="GROUP", help=GROUP_HELP)
+@click.option("--pid", type=int, help="Resolve the libraries this process has mapped.")
+@click.option("--probe-offset", "offsets", multiple=True, metavar="FUNC=0xADDR")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per probe.")
+def probes(groups, pid, offsets, as_json):
+    """List the probe catalog and how each probe resolves on this machine (no root needed).
+
+    Methods: dynsym, symtab, debuginfo (a separate debug file), eh_frame+plt (a static
+    function in a stripped file, found as the function that calls the listed imports),
+    offset (--probe-offset).
+
+    \b
+    Examples:
+      correlate probes
+      correlate probes --probe samba --json
+      correlate probes --pid $(pgrep -o smbd)
+    """
+    offsets_map = parse_offsets(offsets)
+    for spec in _specs(groups):
+        row = {"probe": spec.name, "group": spec.group, "function": spec.function,
+               "args": [f"{a.name}:{a.kind}@{a.index}" for a in spec.args],
+               "retprobe": spec.retprobe}
+        try:
+            rp = resolve(spec, pid, offsets_map)
+            row.update(library=rp.path, resolved_as=rp.function, method=rp.method,
+                       address=f"{rp.address:#x}", detail=rp.detail)
+        except CorrelateError as exc:
+            row.update(library=spec.library, error=str(exc))
+        if as_json:
+            click.echo(json.dumps(row))
+            continue
+        ret = " +return" if spec.retprobe else ""
+        if "error" in row:
+            click.echo(f"{spec.name:<28} UNRESOLVED  {row['error']}")
+        else:
+            extra = f" ({row['detail']})" if row["detail"] else ""
+            alias = f" as {row['resolved_as']}" if row["resolved_as"] != spec.function else ""
+            click.echo(f"{spec.name:<28} {row['method']:<13} {row['address']:>9}  {row['library']}"
+                       f"{alias}{ret}{extra}")
