@@ -157,27 +157,31 @@ def _closing(frames: Iterator[Frame], fileobj: BinaryIO) -> Iterator[Frame]:
 def open_capture_stream(fileobj: BinaryIO, source: str, diag: Diagnostics) -> Iterator[Frame]:
     """Frames from an open binary file object (a file, a pipe, stdin). Reads the magic now,
     so a non-capture raises InputError before the first frame is asked for."""
-    inp: _Input = _RawInput(_puller(fileobj))
     try:
-        head = inp.peek(4)
-        if head[:2] == b"\x1f\x8b":
-            inp = _Input(_gunzip_puller(inp))
-            head = inp.peek(4)
+        inp, frames = _start(_RawInput(_puller(fileobj)), source, diag)
     except zlib.error as exc:
         raise InputError(source, f"corrupt gzip data ({exc})") from None
     except OSError as exc:
         raise InputError(source, f"cannot read: {exc}") from None
+    return _guarded(frames, inp, diag)
+
+
+def _start(inp: _Input, source: str, diag: Diagnostics) -> tuple[_Input, Iterator[Frame]]:
+    """Identify the format (through gzip if need be) and read the file header."""
+    head = inp.peek(4)
+    if head[:2] == b"\x1f\x8b":
+        inp = _Input(_gunzip_puller(inp))
+        head = inp.peek(4)
     if len(head) < 4:
         what = "empty input" if not head else f"only {len(head)} bytes"
         raise InputError(source, f"not a pcap or pcapng capture ({what})")
     (magic,) = struct.unpack("<I", head)
     if magic in _PCAP_MAGICS:
-        frames = _read_pcap(inp, source, diag)
-    elif magic == _PCAPNG_SHB:
-        frames = _read_pcapng(inp, source, diag)
-    else:
-        raise InputError(source, f"not a pcap or pcapng capture (magic {head.hex()})")
-    return _guarded(frames, inp, diag)
+        return inp, _read_pcap(inp, _pcap_header(inp, source), diag)
+    if magic == _PCAPNG_SHB:
+        _check_pcapng_start(inp, source)
+        return inp, _read_pcapng(inp, diag)
+    raise InputError(source, f"not a pcap or pcapng capture (magic {head.hex()})")
 
 
 def _guarded(frames: Iterator[Frame], inp: _Input, diag: Diagnostics) -> Iterator[Frame]:
@@ -190,10 +194,14 @@ def _guarded(frames: Iterator[Frame], inp: _Input, diag: Diagnostics) -> Iterato
         diag.stop(f"read error near byte offset {inp.consumed} ({exc})")
 
 
-def _read_pcap(inp: _Input, source: str, diag: Diagnostics) -> Iterator[Frame]:
+def _pcap_header(inp: _Input, source: str) -> bytes:
     header = inp.read(24)
     if len(header) < 24:
-        raise InputError(source, "truncated pcap file header")
+        raise InputError(source, f"truncated pcap file header ({len(header)} of 24 bytes)")
+    return header
+
+
+def _read_pcap(inp: _Input, header: bytes, diag: Diagnostics) -> Iterator[Frame]:
     order, frac_ns, rec_len = _PCAP_MAGICS[struct.unpack_from("<I", header)[0]]
     # The top bits of the link type field carry FCS information; the type is the low 16.
     linktype = struct.unpack_from(order + "I", header, 20)[0] & 0xFFFF
@@ -263,12 +271,24 @@ def _parse_idb(body: bytes, order: str) -> _Interface:
     return _Interface(linktype, snaplen, to_ns, offset_ns)
 
 
-def _read_pcapng(inp: _Input, source: str, diag: Diagnostics) -> Iterator[Frame]:
+def _check_pcapng_start(inp: _Input, source: str) -> None:
+    """The first section header must be sound, or this is no pcapng at all."""
+    head = inp.peek(12)
+    if len(head) < 12:
+        raise InputError(source, f"truncated pcapng section header ({len(head)} bytes)")
+    order = {b"\x4d\x3c\x2b\x1a": "<", b"\x1a\x2b\x3c\x4d": ">"}.get(head[8:12])
+    if order is None:
+        raise InputError(source, f"not a pcapng capture (byte-order magic {head[8:12].hex()})")
+    (blen,) = struct.unpack_from(order + "I", head, 4)
+    if blen < 28 or blen % 4 or blen > MAX_BLOCK_LEN:
+        raise InputError(source, f"corrupt pcapng section header (block length {blen})")
+
+
+def _read_pcapng(inp: _Input, diag: Diagnostics) -> Iterator[Frame]:
     order = "<"
     interfaces: list[_Interface] = []
     number = 0
     last_ns = 0                  # Simple Packet Blocks carry no time: they get the previous one
-    first = True
     while True:
         offset = inp.consumed
         head = inp.read(8)
@@ -287,16 +307,12 @@ def _read_pcapng(inp: _Input, source: str, diag: Diagnostics) -> Iterator[Frame]
             elif bom == b"\x1a\x2b\x3c\x4d":
                 order = ">"
             else:
-                if first:
-                    raise InputError(source, "not a pcapng capture (bad byte-order magic)")
                 diag.stop(f"corrupt section header at byte offset {offset}")
                 return
             head += bom
             interfaces = []
         (blen,) = struct.unpack_from(order + "I", head, 4)
         if blen < 12 or blen % 4 or blen > MAX_BLOCK_LEN:
-            if first:
-                raise InputError(source, f"corrupt pcapng section header (block length {blen})")
             diag.stop(f"corrupt block length {blen} after packet {number} at byte offset {offset}")
             return
         rest = inp.read(blen - len(head))
@@ -309,7 +325,6 @@ def _read_pcapng(inp: _Input, source: str, diag: Diagnostics) -> Iterator[Frame]
             diag.stop(f"corrupt block (trailing length differs) after packet {number} "
                       f"at byte offset {offset}")
             return
-        first = False
         body = block[8:blen - 4]
         if btype == _EPB or btype == _PB:
             number += 1
