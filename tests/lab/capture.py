@@ -21,7 +21,10 @@ class Tcpdump:
     def __init__(self, out: Path, bpf_filter: str, interface: str = "any",
                  start_timeout: float = 15):
         self.out = Path(out)
-        self.cmd = ["tcpdump", "-i", interface, "-n", "-s", "0", "-U", "-w", str(self.out),
+        self.cmd = ["tcpdump", "-i", interface, "-n", "-s", "0", "-U", "--immediate-mode",
+                    "-B", "32768",  # KiB: the workload must not overrun the ring
+                    "-Z", "root",  # keep the output owned by root like the rest of the tree
+                    "-w", str(self.out),
                     bpf_filter]
         self.start_timeout = start_timeout
         self.proc: subprocess.Popen | None = None

@@ -15,8 +15,11 @@ See tests/lab/README.md for the scenarios and what each leaves behind.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import fcntl
 import json
 import sys
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -28,6 +31,8 @@ from .gluster import BRICK_DIRS, HOST, VOLUME, LabError
 DEFAULT_FILTER = (f"tcp and portrange 24007-24100 or portrange "
                   f"{gluster.BRICK_PORT_MIN}-{gluster.BRICK_PORT_MAX} or icmp")
 LOG_DIR = Path("/var/log/correlate-lab")
+LOCK_FILE = Path("/run/correlate-lab.lock")
+_lock_depth = 0
 
 __all__ = ["up", "down", "status", "scenario", "record", "brick_file", "LabInfo", "LabError",
            "SCENARIOS", "DEFAULT_FILTER", "VOLUME", "HOST", "LOG_DIR"]
@@ -45,23 +50,55 @@ class LabInfo:
         return [b.port for b in self.bricks]
 
 
+@contextlib.contextmanager
+def exclusive(timeout: float = 600):
+    """Hold the lab for one user at a time across processes (tests, demo, benchmarks may
+    run together); re-entrant within a process."""
+    global _lock_depth
+    if _lock_depth:
+        _lock_depth += 1
+        try:
+            yield
+        finally:
+            _lock_depth -= 1
+        return
+    with open(LOCK_FILE, "a") as handle:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise LabError(f"the lab stayed busy for {timeout:.0f} s ({LOCK_FILE})")
+                time.sleep(0.2)
+        _lock_depth = 1
+        try:
+            yield
+        finally:
+            _lock_depth = 0
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 def up() -> LabInfo:
     """Make the lab healthy from any state: glusterd running, volume started with default
     options, both bricks online, none of our firewall rules left."""
-    firewall.remove_ours()
-    gluster.ensure_loopback_address()
-    pid = gluster.ensure_glusterd()
-    bricks = gluster.ensure_volume()
-    return LabInfo(volume=VOLUME, host=HOST, glusterd_pid=pid, bricks=bricks)
+    with exclusive():
+        firewall.remove_ours()
+        gluster.ensure_loopback_address()
+        pid = gluster.ensure_glusterd()
+        bricks = gluster.ensure_volume()
+        return LabInfo(volume=VOLUME, host=HOST, glusterd_pid=pid, bricks=bricks)
 
 
 def down() -> None:
     """Stop the bricks and glusterd (by pid); the volume definition stays for the next up()."""
-    firewall.remove_ours()
-    gluster.stop_pids(gluster.brick_pids())
-    pid = gluster.glusterd_pid()
-    if pid is not None:
-        gluster.stop_pids([pid])
+    with exclusive():
+        firewall.remove_ours()
+        gluster.stop_pids(gluster.brick_pids())
+        pid = gluster.glusterd_pid()
+        if pid is not None:
+            gluster.stop_pids([pid])
 
 
 def status() -> dict:

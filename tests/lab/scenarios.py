@@ -48,6 +48,22 @@ def restart_and_wait() -> None:
     gluster.wait_bricks_online()
 
 
+class BrickLogs:
+    """What the brick logs gain from now on."""
+
+    def __init__(self):
+        self.paths = sorted(Path("/var/log/glusterfs/bricks").glob("srv-correlate-lab-*.log"))
+        self.sizes = {p: p.stat().st_size for p in self.paths}
+
+    def new_lines(self) -> list[str]:
+        lines = []
+        for path in self.paths:
+            with open(path, "rb") as f:
+                f.seek(self.sizes[path])
+                lines += f.read().decode(errors="replace").splitlines()
+        return lines
+
+
 class Scenario:
     name = ""
     timeout = 12.0  # seconds a client may take before it counts as hung
@@ -148,16 +164,22 @@ class InsecurePort(Scenario):
         super().prepare(info)
         gluster.set_option("server.allow-insecure", "off")
         restart_and_wait()
+        self.brick_logs = BrickLogs()
 
     def trigger(self) -> Result:
         # libgfapi binds a port below 1024 when root; this client option makes it bind above.
         result, log = self.gfapi("init", "--xlator-option", "*-client-*:client-bind-insecure=on")
-        text = log.read_text(errors="replace")
-        denied = "AUTH_ERROR" in text or "auth_error" in text.lower() or "MSG_DENIED" in text
+        client_lines = [line for line in log.read_text(errors="replace").splitlines()
+                        if "client_dump_version_cbk" in line]
+        brick_lines = [line for line in self.brick_logs.new_lines()
+                       if "non-privileged port" in line]
+        denied = bool(client_lines) and bool(brick_lines)
         return Result(self.name, denied and result["status"] != "ok",
-                      f"client {result['status']}; log "
-                      + ("shows the denied DUMP" if denied else "shows no denial"),
-                      {"client": result, "client_log": str(log)})
+                      f"client {result['status']}; "
+                      + ("bricks refused its non-privileged port and the DUMP failed" if denied
+                         else "no refusal seen in the client and brick logs"),
+                      {"client": result, "client_log": str(log),
+                       "client_lines": client_lines[:4], "brick_lines": brick_lines[:4]})
 
 
 class FirewallBlock(Scenario):
@@ -212,7 +234,11 @@ def run(name: str, capture_to: Path | None = None, capture_filter: str | None = 
         **params) -> Result:
     if name not in REGISTRY:
         raise gluster.LabError(f"unknown scenario {name!r}; known: {', '.join(sorted(REGISTRY))}")
-    scenario = REGISTRY[name](**params)
+    with lab.exclusive():
+        return _run(REGISTRY[name](**params), capture_to, capture_filter)
+
+
+def _run(scenario: Scenario, capture_to: Path | None, capture_filter: str | None) -> Result:
     info = lab.up()
     try:
         scenario.prepare(info)
