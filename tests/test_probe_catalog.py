@@ -1,0 +1,284 @@
+"""Catalog, resolution, clock, program/script generation and output formatting (no root needed)."""
+from __future__ import annotations
+
+import ctypes
+import json
+import os
+import time
+
+import pytest
+from click.testing import CliRunner
+
+from correlate.probe import bcc_backend, catalog, clock, errors, resolve, stap_backend
+from correlate.probe.catalog import Arg, ProbeSpec
+from correlate.probe.cli import format_event, printable, probe, probes
+from correlate.probe.resolve import ResolvedProbe
+
+GFAPI_PRESENT = os.path.exists("/usr/lib/x86_64-linux-gnu/libgfapi.so.0")
+needs_gfapi = pytest.mark.skipif(not GFAPI_PRESENT, reason="libgfapi0 not installed")
+
+
+def _fake(spec: ProbeSpec, method="dynsym") -> ResolvedProbe:
+    return ResolvedProbe(spec, "/lib/x/" + spec.library, spec.function, 0x1234, 0x1234, method)
+
+
+# ---- catalog ------------------------------------------------------------------------------
+
+def test_groups_select_the_builtin_probes():
+    gfapi = {s.function for s in catalog.select("gfapi")}
+    assert {"glfs_utimens", "glfs_futimens", "glfs_init", "glfs_setattr", "glfs_fsetattr"} <= gfapi
+    assert [s.function for s in catalog.select("samba")] == ["vfs_gluster_fntimes"]
+    assert len(catalog.select("all")) == len(catalog.BUILTIN)
+    with pytest.raises(ValueError, match="known: all, gfapi, samba"):
+        catalog.select("nope")
+
+
+def test_plugin_specs_join_the_catalog():
+    extra = ProbeSpec("myplug.glfs_open", "myplug", "libgfapi.so.0", "glfs_open",
+                      (Arg("path", 2, "str"), Arg("flags", 3, "int")), retprobe=True, retval="ptr")
+    assert catalog.select("myplug", [extra]) == [extra]
+    assert extra in catalog.select("all", [extra])
+    with pytest.raises(ValueError, match="twice"):
+        catalog.select("all", [catalog.BUILTIN[0]])
+
+
+def test_spec_validation():
+    with pytest.raises(ValueError):
+        Arg("x", 7, "int")
+    with pytest.raises(ValueError):
+        Arg("x", 1, "float")
+    with pytest.raises(ValueError, match="at most one"):
+        ProbeSpec("a", "g", "l", "f", (Arg("a", 1, "str"), Arg("b", 2, "str")))
+    with pytest.raises(ValueError, match="retval"):
+        ProbeSpec("a", "g", "l", "f", retval="double")
+
+
+@needs_gfapi
+def test_resolve_and_offsets():
+    spec = catalog.select("gfapi")[0]
+    rp = resolve.resolve(spec)
+    assert rp.method == "dynsym" and rp.address > 0
+    rp2 = resolve.resolve(spec, offsets={"glfs_utimens": 0x4242})
+    assert rp2.method == "offset" and rp2.address == 0x4242
+    assert resolve.parse_offsets(["vfs_gluster_fntimes=0x80e0", "f=17"]) == {"vfs_gluster_fntimes": 0x80e0, "f": 17}
+    with pytest.raises(errors.SymbolNotResolvable, match="--probe-offset"):
+        resolve.parse_offsets(["nonsense"])
+
+
+def test_missing_library_and_symbol_errors_are_one_line():
+    spec = ProbeSpec("t.x", "t", "libdoes-not-exist.so.9", "f")
+    with pytest.raises(errors.LibraryNotFound) as exc:
+        resolve.resolve(spec)
+    assert "\n" not in str(exc.value) and "libdoes-not-exist.so.9" in str(exc.value)
+    if GFAPI_PRESENT:
+        spec = ProbeSpec("t.y", "t", "libgfapi.so.0", "glfs_not_here")
+        with pytest.raises(errors.SymbolNotResolvable, match="pass --probe-offset glfs_not_here=0x"):
+            resolve.resolve(spec)
+
+
+@needs_gfapi
+def test_library_found_through_a_process_maps(tmp_path):
+    """--pid: the copy of the library that process has mapped."""
+    import subprocess
+    import sys
+    proc = subprocess.Popen([sys.executable, "-c", "import ctypes,sys; ctypes.CDLL('libgfapi.so.0'); "
+                             "print('ok', flush=True); sys.stdin.read()"],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "ok"
+        path = resolve.find_library("libgfapi.so.0", proc.pid)
+        assert os.path.realpath(path) == os.path.realpath(resolve.find_library("libgfapi.so.0"))
+    finally:
+        proc.stdin.close()
+        proc.wait(5)
+
+
+# ---- clock --------------------------------------------------------------------------------
+
+def test_clock_offset_brackets_realtime():
+    c = clock.measure(100)
+    assert 0 <= c.error_ns < 1_000_000
+    mono = time.clock_gettime_ns(time.CLOCK_MONOTONIC)
+    real = time.clock_gettime_ns(time.CLOCK_REALTIME)
+    assert abs(mono + c.offset_ns - real) < 1_000_000
+
+
+def test_clock_map_remeasures_after_interval():
+    cm = clock.ClockMap(samples=10, interval_ns=0)
+    assert cm.maybe_remeasure() and len(cm.history) == 2
+    assert cm.drift_ns >= 0 and cm.error_ns >= 0
+    cm2 = clock.ClockMap(samples=10)
+    assert not cm2.maybe_remeasure()
+
+
+# ---- bcc program and record decoding ------------------------------------------------------
+
+def test_program_text_has_one_function_pair_per_probe():
+    rps = [_fake(s) for s in catalog.select("all")]
+    text = bcc_backend.program_text(rps)
+    for i, rp in enumerate(rps):
+        assert f"int call_{i}(struct pt_regs *ctx)" in text
+        assert (f"int ret_{i}(" in text) == rp.spec.retprobe
+    assert "read_smb_file_time(ev, (const void *)PT_REGS_PARM3(ctx));" in text
+    assert "read_str(ev, (const void *)PT_REGS_PARM2(ctx));" in text
+
+
+def test_event_record_matches_the_c_layout():
+    # 3 u64 + 2 u64 + 11 s64 + 6 u32 + 16 + 256 (see probes/uprobe_events.c)
+    assert ctypes.sizeof(bcc_backend.EventRecord) == 3 * 8 + 16 + 88 + 24 + 16 + 256
+
+
+def _record(**kw):
+    rec = bcc_backend.EventRecord()
+    for k, v in kw.items():
+        if k == "words":
+            for i, w in enumerate(v):
+                rec.words[i] = w
+        elif k == "ints":
+            for i, w in enumerate(v):
+                rec.ints[i] = w
+        else:
+            setattr(rec, k, v)
+    return rec
+
+
+def test_decode_utimens_call_with_negative_atime():
+    spec = catalog.select("gfapi")[0]
+    rec = _record(ts=1000, pid=5, tid=6, probe_id=0, kind=0, flags=bcc_backend.F_STR | bcc_backend.F_STRUCT,
+                  comm=b"python", str=b"/f\x1b[31m", words=[-1, 0, 1700000000, 0])
+    cm = clock.ClockMap(samples=5)
+    ev = bcc_backend.record_to_event(_fake(spec), rec, cm, "bcc", "h")
+    assert ev["kind"] == "probe.call" and ev["time_ns"] == 1000 + cm.current.offset_ns
+    assert ev["args"] == {"path": "/f\x1b[31m", "atime": -1, "atime_nsec": 0,
+                          "mtime": 1700000000, "mtime_nsec": 0}
+    line = format_event(ev)
+    assert "\x1b" not in line and "atime=-1" in line
+
+
+def test_decode_samba_file_time_order_and_faults():
+    spec = catalog.select("samba")[0]
+    rec = _record(kind=0, flags=bcc_backend.F_STRUCT, ints=[0xABC],
+                  words=[11, 12, 21, catalog.UTIME_OMIT, 31, 32, 41, 42])
+    args, faults = bcc_backend.decode_args(_fake(spec), rec)
+    assert args["fsp"] == "0xabc"
+    assert (args["mtime"], args["mtime_nsec"], args["atime"], args["atime_nsec"]) == (11, 12, 21, catalog.UTIME_OMIT)
+    assert (args["create_time"], args["create_time_nsec"]) == (41, 42) and not faults
+    rec = _record(kind=0, flags=bcc_backend.F_STRUCT_FAULT)
+    args, faults = bcc_backend.decode_args(_fake(spec), rec)
+    assert faults == ["ft"] and "atime" not in args
+
+
+def test_return_values_by_c_type():
+    assert bcc_backend.convert_retval("int", 0xFFFFFFFF) == -1
+    assert bcc_backend.convert_retval("int", 0x12345678_00000000) == 0
+    assert bcc_backend.convert_retval("long", -5) == -5
+    assert bcc_backend.convert_retval("ptr", 4096) == "0x1000"
+
+
+# ---- stap ---------------------------------------------------------------------------------
+
+def test_stap_script_dwarf_and_plain_forms():
+    rps = [_fake(s) for s in catalog.select("gfapi")]
+    path = rps[0].path
+    dwarf, _ = stap_backend.script_text(rps, dwarf={path: True})
+    assert "$times[0]->tv_sec" in dwarf and "user_string_n($path, 255)" in dwarf and "$return" in dwarf
+    plain, _ = stap_backend.script_text(rps, dwarf={path: False})
+    assert "$times" not in plain and "$return" not in plain
+    assert f'process("{path}").function("glfs_utimens")' in plain
+    assert 'function("glfs_utimens").return' in plain
+    nort, _ = stap_backend.script_text(rps, dwarf={path: False}, returns=False, filter_pid=True)
+    assert ".return" not in nort and "if (pid() != target()) next" in nort
+
+
+def test_stap_leaves_out_address_only_probes():
+    rp = _fake(catalog.select("samba")[0], method="eh_frame+plt")
+    text, skipped = stap_backend.script_text([rp], dwarf={})
+    assert skipped and "stap needs a name" in skipped[0][1] and "vfs_gluster" not in text.split("ready")[1]
+
+
+def test_stap_lines_become_the_same_events():
+    rps = [_fake(s) for s in catalog.select("gfapi")]
+    entries = {}
+    call = stap_backend.parse_line("CORR\tcall\t0\t1700000000000000001\t7\t8\tpath=/a b\tatime=-1\t"
+                                   "atime_nsec=0\tmtime=5\tmtime_nsec=0\tcomm=smbd", rps, "stap", "h", entries)
+    assert call["kind"] == "probe.call" and call["function"] == "glfs_utimens"
+    assert call["args"] == {"path": "/a b", "atime": -1, "atime_nsec": 0, "mtime": 5, "mtime_nsec": 0}
+    assert call["comm"] == "smbd" and call["pid"] == 7 and call["tid"] == 8
+    ret = stap_backend.parse_line("CORR\treturn\t0\t1700000000000000501\t7\t8\tretval=-1\tcomm=smbd",
+                                  rps, "stap", "h", entries)
+    assert ret["retval"] == -1 and ret["duration_ns"] == 500
+    for junk in ("", "CORR\tcall\t99\t1\t1\t1", "CORR\tcall\tx", "hello"):
+        assert stap_backend.parse_line(junk, rps, "stap", "h", entries) is None
+
+
+# ---- CLI ----------------------------------------------------------------------------------
+
+def test_printable_escapes_control_characters():
+    assert printable("a\nb\x1b") == "a\\nb\\x1b"
+    assert printable("ok") == "ok"
+
+
+def test_format_marks_utime_omit():
+    ev = {"time_ns": 1_700_000_000_123_456_789, "kind": "probe.call", "function": "vfs_gluster_fntimes",
+          "pid": 1, "tid": 1, "comm": "smbd", "args": {"atime": 0, "atime_nsec": catalog.UTIME_OMIT}}
+    line = format_event(ev)
+    assert line.startswith("2023-11-14T22:13:20.123456789Z call") and "atime_nsec=UTIME_OMIT" in line
+
+
+@needs_gfapi
+def test_probes_command_lists_resolution():
+    result = CliRunner().invoke(probes, ["--json"])
+    assert result.exit_code == 0, result.output
+    rows = [json.loads(line) for line in result.output.splitlines()]
+    by = {r["probe"]: r for r in rows}
+    assert by["gfapi.glfs_utimens"]["method"] == "dynsym"
+    if os.path.exists("/usr/lib/x86_64-linux-gnu/samba/vfs/glusterfs.so"):
+        assert by["samba.vfs_gluster_fntimes"]["method"] == "eh_frame+plt"
+
+
+def test_probe_command_not_root_is_one_clear_error(monkeypatch):
+    from correlate.cli import main
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
+    monkeypatch.setattr(stap_backend.shutil, "which", lambda name: None)
+    result = CliRunner().invoke(main, ["probe", "--probe", "gfapi", "--backend", "bcc", "--duration", "0"])
+    if not GFAPI_PRESENT:
+        pytest.skip("libgfapi0 not installed")
+    assert result.exit_code == 2
+    assert result.output.strip().splitlines()[-1] == "correlate: probes need root (running as uid 1000): run as root"
+
+
+def test_bcc_missing_names_the_package(monkeypatch):
+    import builtins
+    real_import = builtins.__import__
+
+    def fake(name, *a, **k):
+        if name == "bcc":
+            raise ImportError("No module named 'bcc'")
+        return real_import(name, *a, **k)
+
+    monkeypatch.setattr(os, "geteuid", lambda: 0)
+    monkeypatch.setattr(builtins, "__import__", fake)
+    with pytest.raises(errors.BccMissing, match="apt-get install python3-bpfcc.*--system-site-packages"):
+        bcc_backend.check_bcc_prerequisites()
+
+
+def test_kernel_headers_missing_names_the_path(monkeypatch):
+    monkeypatch.setattr(os, "geteuid", lambda: 0)
+    monkeypatch.setattr(errors, "kernel_headers_dir", lambda: "/nonexistent/build")
+    monkeypatch.setattr(bcc_backend, "kernel_headers_dir", lambda: "/nonexistent/build")
+    try:
+        import bcc  # noqa: F401
+    except ImportError:
+        pytest.skip("bcc not installed: the headers check comes after the import")
+    with pytest.raises(errors.KernelHeadersMissing, match="/nonexistent/build"):
+        bcc_backend.check_bcc_prerequisites()
+
+
+def test_auto_backend_failure_names_both(monkeypatch):
+    from correlate.probe.session import ProbeSession
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
+    if not GFAPI_PRESENT:
+        pytest.skip("libgfapi0 not installed")
+    s = ProbeSession(catalog.select("gfapi"), backend="auto")
+    with pytest.raises(errors.BackendUnavailable, match=r"bcc: probes need root.*stap: "):
+        s.start()
