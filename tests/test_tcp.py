@@ -334,3 +334,121 @@ def test_new_syn_on_a_reused_tuple_starts_a_new_connection():
     events, sink, _ = run(first + second)
     assert [e["conn"] for e in events if e["kind"] == "tcp.connect"] == [1, 2]
     assert sink.stream(1) == b"old" and sink.stream(2) == b"new"
+
+
+# ---- real traffic recorded with tcpdump on loopback ----------------------------------------
+
+import os  # noqa: E402
+import shutil  # noqa: E402
+import signal  # noqa: E402
+import socket  # noqa: E402
+import subprocess  # noqa: E402
+import threading  # noqa: E402
+import time  # noqa: E402
+
+import pytest  # noqa: E402
+
+from correlate.wire.capture import open_capture  # noqa: E402
+
+
+def _capture_real_traffic(tmp_path, interface: str):
+    """Record a served connection with data both ways and a refused one; return what was sent."""
+    if os.geteuid() != 0:
+        pytest.skip("recording with tcpdump needs root")
+    if shutil.which("tcpdump") is None:
+        pytest.skip("tcpdump is not installed")
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(1)
+    port = listener.getsockname()[1]
+    probe = socket.socket()
+    probe.bind(("127.0.0.1", 0))
+    closed_port = probe.getsockname()[1]          # bound, never listening: SYN gets RST
+    path = tmp_path / f"real-{interface}.pcap"
+    dump = subprocess.Popen(
+        # --immediate-mode and a big buffer: otherwise packets still in the kernel ring when
+        # tcpdump is stopped are lost, and `-i any` drops bursts of 64 KiB loopback segments.
+        ["tcpdump", "-i", interface, "-U", "--immediate-mode", "-B", "65536", "-s", "0", "-w", str(path),
+         f"tcp and host 127.0.0.1 and (port {port} or port {closed_port})"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        lines = []
+        while not lines or "listening" not in lines[-1]:   # "listening on lo, ..." once ready
+            lines.append(dump.stderr.readline())
+            if not lines[-1]:
+                pytest.skip(f"tcpdump did not start: {' '.join(lines).strip()}")
+        request = os.urandom(300_000)
+        reply = b"reply:" + bytes(range(256)) * 40
+        received = bytearray()
+
+        def serve():
+            conn, _ = listener.accept()
+            with conn:
+                while len(received) < len(request):
+                    chunk = conn.recv(65536)
+                    if not chunk:
+                        break
+                    received.extend(chunk)
+                conn.sendall(reply)
+
+        server = threading.Thread(target=serve)
+        server.start()
+        client = socket.create_connection(("127.0.0.1", port))
+        client_port = client.getsockname()[1]
+        client.sendall(request)
+        got = bytearray()
+        while chunk := client.recv(65536):    # to the end: the server closes first
+            got.extend(chunk)
+        client.close()
+        server.join(10)
+        with pytest.raises(ConnectionRefusedError):
+            socket.create_connection(("127.0.0.1", closed_port), timeout=5)
+        assert bytes(received) == request and bytes(got) == reply
+        time.sleep(0.5)                           # let the last packets reach the capture
+    finally:
+        dump.send_signal(signal.SIGINT)
+        dump.wait(10)
+        listener.close()
+        probe.close()
+    return path, port, closed_port, client_port, request, reply
+
+
+def _decode(path):
+    sink, diag = RecordingSink(), Diagnostics(str(path))
+    tracker = TcpTracker(str(path), sink, diag)
+    events, linktypes = [], set()
+    for frame in open_capture(str(path), diag):
+        linktypes.add(frame.linktype)
+        events.extend(tracker.feed(frame))
+    events.extend(tracker.finish())
+    return events, sink, diag, linktypes
+
+
+def _check_real(events, sink, diag, port, closed_port, client_port, request, reply):
+    tcp = [e for e in events if e["kind"].startswith("tcp.")]
+    assert [e["kind"] for e in tcp] == ["tcp.connect", "tcp.close", "tcp.refused"], tcp
+    connect, close, refused = tcp
+    assert connect["src"] == f"127.0.0.1:{client_port}" and connect["dst"] == f"127.0.0.1:{port}"
+    assert connect["handshake_ns"] >= 0 and connect["attempts"] == 1
+    assert close["reason"] == "fin" and close["by"] == "server" and close["conn"] == connect["conn"]
+    assert refused["reason"] == "rst" and refused["dst"] == f"127.0.0.1:{closed_port}"
+    assert sink.stream(connect["conn"], True) == request
+    assert sink.stream(connect["conn"], False) == reply
+    assert [c for c in sink.calls if c[0] == "gap"] == []
+    assert diag.fatal is None
+
+
+@pytest.mark.parametrize("interface, linktype", [("lo", 1), ("any", 276)])
+def test_real_loopback_capture(tmp_path, interface, linktype):
+    path, port, closed_port, client_port, request, reply = _capture_real_traffic(tmp_path, interface)
+    events, sink, diag, linktypes = _decode(path)
+    assert linktypes == {linktype}
+    _check_real(events, sink, diag, port, closed_port, client_port, request, reply)
+    if shutil.which("editcap"):
+        # The same packets as pcapng and as nanosecond pcap decode to the same events.
+        for fmt in ("pcapng", "nsecpcap"):
+            other = tmp_path / f"real-{interface}.{fmt}"
+            subprocess.run(["editcap", "-F", fmt, str(path), str(other)], check=True)
+            again, sink2, diag2, _ = _decode(other)
+            _check_real(again, sink2, diag2, port, closed_port, client_port, request, reply)
+            assert [(e["kind"], e["time_ns"]) for e in again] == [(e["kind"], e["time_ns"]) for e in events]
