@@ -1,0 +1,167 @@
+"""Argument and result layouts declared as data, and the small decoder that reads them.
+
+A layout is a list of (name, reader) pairs, in wire order, as in the Gluster .x files. A
+reader takes an Unpacker and returns a value; a reader that returns a dict whose name starts
+with "*" is merged into the parent (used to flatten e.g. the SETATTR stbuf). Names starting
+with "_" are read but left out of the result.
+"""
+from __future__ import annotations
+
+import uuid
+from typing import Any, Callable
+
+from ..wire.xdr import Unpacker
+
+Reader = Callable[[Unpacker], Any]
+Layout = list[tuple[str, Reader]]
+
+MAX_NAME = 4096           # longest path component / key we accept
+MAX_STRING = 1 << 20      # generic strings (a volfile is a string too: see handshake)
+
+
+def decode(u: Unpacker, layout: Layout) -> dict:
+    out: dict[str, Any] = {}
+    for name, reader in layout:
+        value = reader(u)
+        if name.startswith("_"):
+            continue
+        if name.startswith("*"):
+            out.update(value)
+        else:
+            out[name] = value
+    return out
+
+
+def struct(layout: Layout) -> Reader:
+    """A reader for a nested struct."""
+    return lambda u: decode(u, layout)
+
+
+# -- primitive readers ------------------------------------------------------------------
+def u32(u: Unpacker) -> int:
+    return u.uint32()
+
+
+def i32(u: Unpacker) -> int:
+    return u.int32()
+
+
+def u64(u: Unpacker) -> int:
+    return u.uint64()
+
+
+def i64(u: Unpacker) -> int:
+    return u.int64()
+
+
+def gfid(u: Unpacker) -> str:
+    """opaque gfid[16], shown as the UUID Gluster prints."""
+    return str(uuid.UUID(bytes=u.fopaque(16, "gfid")))
+
+
+def string(u: Unpacker) -> str:
+    return u.string("string", MAX_STRING)
+
+
+def name(u: Unpacker) -> str:
+    return u.string("name", MAX_NAME)
+
+
+def opaque_size(u: Unpacker) -> int:
+    """Variable opaque we do not show (payloads, checksums): only its length."""
+    return u.skip_opaque("opaque")
+
+
+def opaque_hex(u: Unpacker) -> str:
+    return u.opaque("opaque", 1024).hex()
+
+
+def flags(table: dict[int, str]) -> Callable[[int], list[str]]:
+    """Names of the bits set in a value (unknown bits as hex)."""
+    def names(value: int) -> list[str]:
+        out = [n for bit, n in table.items() if value & bit]
+        unknown = value & ~sum(table)
+        if unknown:
+            out.append(hex(unknown))
+        return out
+    return names
+
+
+# -- common Gluster structures --------------------------------------------------------
+IA_TYPES = {0o140000: "IA_IFSOCK", 0o120000: "IA_IFLNK", 0o100000: "IA_IFREG",
+            0o060000: "IA_IFBLK", 0o040000: "IA_IFDIR", 0o020000: "IA_IFCHR",
+            0o010000: "IA_IFIFO"}
+
+
+def _with_type(d: dict) -> dict:
+    d["ia_type"] = IA_TYPES.get(d["mode"] & 0o170000, "IA_INVAL")
+    return d
+
+
+# glusterfs3-xdr.x gf_iatt: times are unsigned 32-bit seconds on this wire version.
+GF_IATT: Layout = [
+    ("ia_gfid", gfid), ("ia_ino", u64), ("ia_dev", u64), ("mode", u32), ("ia_nlink", u32),
+    ("ia_uid", u32), ("ia_gid", u32), ("ia_rdev", u64), ("ia_size", u64),
+    ("ia_blksize", u32), ("ia_blocks", u64),
+    ("ia_atime", u32), ("ia_atime_nsec", u32), ("ia_mtime", u32), ("ia_mtime_nsec", u32),
+    ("ia_ctime", u32), ("ia_ctime_nsec", u32),
+]
+
+# glusterfs4-xdr.x gfx_iattx: seconds are signed 64-bit (`hyper`), so -1 stays -1.
+GFX_IATTX: Layout = [
+    ("ia_gfid", gfid), ("ia_flags", u64), ("ia_ino", u64), ("ia_dev", u64), ("ia_rdev", u64),
+    ("ia_size", u64), ("ia_blocks", u64), ("ia_attributes", u64), ("ia_attributes_mask", u64),
+    ("ia_atime", i64), ("ia_mtime", i64), ("ia_ctime", i64), ("ia_btime", i64),
+    ("ia_atime_nsec", u32), ("ia_mtime_nsec", u32), ("ia_ctime_nsec", u32), ("ia_btime_nsec", u32),
+    ("ia_nlink", u32), ("ia_uid", u32), ("ia_gid", u32), ("ia_blksize", u32), ("mode", u32),
+]
+
+GFX_MDATA_IATT: Layout = [
+    ("ia_atime", i64), ("ia_mtime", i64), ("ia_ctime", i64),
+    ("ia_atime_nsec", u32), ("ia_mtime_nsec", u32), ("ia_ctime_nsec", u32),
+]
+
+
+def iatt(u: Unpacker) -> dict:
+    return _with_type(decode(u, GF_IATT))
+
+
+def iattx(u: Unpacker) -> dict:
+    return _with_type(decode(u, GFX_IATTX))
+
+
+GF_STATFS: Layout = [(n, u64) for n in ("bsize", "frsize", "blocks", "bfree", "bavail", "files",
+                                        "ffree", "favail", "fsid", "flag", "namemax")]
+
+GF_PROTO_FLOCK: Layout = [
+    ("type", u32), ("whence", u32), ("start", u64), ("len", u64), ("pid", u32),
+    ("lk_owner", opaque_hex),
+]
+
+GF_PROTO_LEASE: Layout = [
+    ("cmd", u32), ("lease_type", u32), ("lease_id", lambda u: u.fopaque(16, "lease_id").hex()),
+    ("lease_flags", u32),
+]
+
+# xlator.h GF_SET_ATTR_* / GF_ATTR_*_NOW: the `valid` mask of SETATTR and FSETATTR.
+SETATTR_VALID = {
+    0x1: "GF_SET_ATTR_MODE", 0x2: "GF_SET_ATTR_UID", 0x4: "GF_SET_ATTR_GID",
+    0x8: "GF_SET_ATTR_SIZE", 0x10: "GF_SET_ATTR_ATIME", 0x20: "GF_SET_ATTR_MTIME",
+    0x40: "GF_SET_ATTR_CTIME", 0x80: "GF_ATTR_ATIME_NOW", 0x100: "GF_ATTR_MTIME_NOW",
+}
+valid_flags = flags(SETATTR_VALID)
+
+
+def stbuf_for_setattr(iatt_reader: Reader) -> Reader:
+    """The stbuf of (F)SETATTR flattened to what `valid` selects from it."""
+    def read(u: Unpacker) -> dict:
+        st = iatt_reader(u)
+        return {"mode": st["mode"], "uid": st["ia_uid"], "gid": st["ia_gid"], "size": st["ia_size"],
+                "atime": st["ia_atime"], "atime_nsec": st["ia_atime_nsec"],
+                "mtime": st["ia_mtime"], "mtime_nsec": st["ia_mtime_nsec"]}
+    return read
+
+
+def valid(u: Unpacker) -> dict:
+    v = u.int32("valid")
+    return {"valid": v, "valid_flags": valid_flags(v & 0xFFFFFFFF)}

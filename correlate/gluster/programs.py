@@ -1,0 +1,39 @@
+"""Registry of the Gluster RPC programs: number -> name, and per version the procedures.
+
+`lookup(prog, vers, proc)` is what the RPC layer calls for every message.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .cbk import CBK_PROGRAM
+from .dump import DUMP_PROGRAM
+from .fops import FOP_PROGRAM
+from .glusterd import GLUSTERD_PROGRAMS
+from .handshake import HANDSHAKE_PROGRAM
+from .portmap import PORTMAP_PROGRAM
+from .programs_base import Procedure, Program
+
+REGISTRY: dict[int, Program] = {
+    p.number: p for p in [FOP_PROGRAM, HANDSHAKE_PROGRAM, PORTMAP_PROGRAM, DUMP_PROGRAM,
+                          CBK_PROGRAM, *GLUSTERD_PROGRAMS]
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Lookup:
+    program: str | None          # program name, None when the number is unknown
+    procedure: str | None        # procedure name, None when version or number is unknown
+    decoders: Procedure | None
+
+
+def lookup(prog: int, vers: int, proc: int) -> Lookup:
+    program = REGISTRY.get(prog)
+    if program is None:
+        return Lookup(None, None, None)
+    procedure = program.versions.get(vers, {}).get(proc)
+    return Lookup(program.name, procedure.name if procedure else None, procedure)
+
+
+def is_known_program(prog: int) -> bool:
+    return prog in REGISTRY

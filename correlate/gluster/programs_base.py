@@ -1,0 +1,28 @@
+"""The shapes every program module declares: a Program with per-version procedure tables."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from ..wire.xdr import Unpacker
+
+Decoder = Callable[[Unpacker], dict[str, Any]]
+
+
+@dataclass(frozen=True, slots=True)
+class Procedure:
+    name: str
+    args: Decoder | None = None       # reads the call body; None: not decoded
+    result: Decoder | None = None     # reads an accepted SUCCESS reply body
+
+
+@dataclass(frozen=True, slots=True)
+class Program:
+    number: int
+    name: str
+    versions: dict[int, dict[int, Procedure]] = field(default_factory=dict)
+
+
+def names_only(names: list[str | None]) -> dict[int, Procedure]:
+    """A procedure table with names but no layouts (programs we only label)."""
+    return {num: Procedure(n) for num, n in enumerate(names) if n}
