@@ -256,12 +256,30 @@ apply();
 """
 
 
+class HtmlReport:
+    """Push-style writer: `add(event)` for each event, `close()` writes the page."""
+
+    def __init__(self, out_path: str, title: str = "correlate report", max_events: int = MAX_EVENTS):
+        self.out_path, self.title, self.max_events = out_path, title, max_events
+        self._c = _Collector(max_events)
+
+    def add(self, ev: dict) -> None:
+        self._c.add(ev)
+
+    def close(self) -> dict:
+        return _write_page(self._c, self.out_path, self.title, self.max_events)
+
+
 def write_html(events: Iterable[dict], out_path: str, title: str = "correlate report",
                max_events: int = MAX_EVENTS) -> dict:
     """Write the report; returns counts (events kept, left out, findings)."""
-    c = _Collector(max_events)
+    report = HtmlReport(out_path, title, max_events)
     for ev in events:
-        c.add(ev)
+        report.add(ev)
+    return report.close()
+
+
+def _write_page(c: _Collector, out_path: str, title: str, max_events: int) -> dict:
     esc = html.escape
     t0 = c.first or 0
     t1 = c.last or t0
