@@ -289,6 +289,7 @@ def _read_pcapng(inp: _Input, diag: Diagnostics) -> Iterator[Frame]:
     interfaces: list[_Interface] = []
     number = 0
     last_ns = 0                  # Simple Packet Blocks carry no time: they get the previous one
+    unpack_epb = struct.Struct(order + "IIII").unpack_from
     while True:
         offset = inp.consumed
         head = inp.read(8)
@@ -311,8 +312,10 @@ def _read_pcapng(inp: _Input, diag: Diagnostics) -> Iterator[Frame]:
                 return
             head += bom
             interfaces = []
+            unpack_epb = struct.Struct(order + "IIII").unpack_from
         (blen,) = struct.unpack_from(order + "I", head, 4)
-        if blen < 12 or blen % 4 or blen > MAX_BLOCK_LEN:
+        min_len = 28 if btype == _PCAPNG_SHB else 12
+        if blen < min_len or blen % 4 or blen > MAX_BLOCK_LEN:
             diag.stop(f"corrupt block length {blen} after packet {number} at byte offset {offset}")
             return
         rest = inp.read(blen - len(head))
@@ -320,22 +323,23 @@ def _read_pcapng(inp: _Input, diag: Diagnostics) -> Iterator[Frame]:
             what = f"in packet {number + 1}" if btype in (_EPB, _SPB, _PB) else f"after packet {number}"
             diag.stop(f"truncated {what} at byte offset {offset}")
             return
-        block = head + rest
-        if struct.unpack_from(order + "I", block, blen - 4)[0] != blen:
+        # `rest` is the block after its 8-byte header (after the BOM for a section header);
+        # for packet blocks it starts with the body, which saves copying the block.
+        body_len = len(rest) - 4
+        if struct.unpack_from(order + "I", rest, body_len)[0] != blen:
             diag.stop(f"corrupt block (trailing length differs) after packet {number} "
                       f"at byte offset {offset}")
             return
-        body = block[8:blen - 4]
         if btype == _EPB or btype == _PB:
             number += 1
-            if len(body) < 20:
+            if body_len < 20:
                 diag.skip("pcapng packet blocks too short", f"packet {number}")
                 continue
             if btype == _EPB:
-                ifid, ts_high, ts_low, caplen = struct.unpack_from(order + "IIII", body)
+                ifid, ts_high, ts_low, caplen = unpack_epb(rest)
             else:       # obsolete Packet Block: 16-bit interface id and drops count
-                ifid, _drops, ts_high, ts_low, caplen = struct.unpack_from(order + "HHIII", body)
-            if caplen > len(body) - 20 or caplen > MAX_CAPLEN:
+                ifid, _drops, ts_high, ts_low, caplen = struct.unpack_from(order + "HHIII", rest)
+            if caplen > body_len - 20 or caplen > MAX_CAPLEN:
                 diag.skip("pcapng packet blocks with a bad captured length", f"packet {number}")
                 continue
             if ifid >= len(interfaces):
@@ -343,8 +347,10 @@ def _read_pcapng(inp: _Input, diag: Diagnostics) -> Iterator[Frame]:
                 continue
             iface = interfaces[ifid]
             last_ns = iface.to_ns((ts_high << 32) | ts_low) + iface.offset_ns
-            yield Frame(last_ns, iface.linktype, body[20:20 + caplen], number)
-        elif btype == _SPB:
+            yield Frame(last_ns, iface.linktype, rest[20:20 + caplen], number)
+            continue
+        body = rest[:body_len]
+        if btype == _SPB:
             number += 1
             if not interfaces or len(body) < 4:
                 diag.skip("pcapng simple packet blocks without an interface", f"packet {number}")

@@ -100,6 +100,7 @@ class TcpTracker:
         self._buffered_total = 0
         self._numbers = 0
         self._now = 0                       # the capture's clock: latest time seen
+        self._expiry_at = 0                 # no pending SYN can time out before this
 
     # ---- input ---------------------------------------------------------------------------
 
@@ -107,7 +108,7 @@ class TcpTracker:
         events: list[dict] = []
         if frame.time_ns > self._now:
             self._now = frame.time_ns
-        if self._pending:
+        if self._now >= self._expiry_at and self._pending:
             self._expire_syns(events)
         pkt = parse_frame(frame, self.diag)
         if pkt is None:
@@ -187,6 +188,8 @@ class TcpTracker:
         st.syn_frame = seg.number
         st.attempts = 1
         st.dirs[0].nxt = seg.seq + 1
+        if not self._pending:
+            self._expiry_at = seg.time_ns + self.syn_timeout_ns
         self._pending[st] = None
         return st
 
@@ -335,6 +338,7 @@ class TcpTracker:
         while pending:
             st = next(iter(pending))
             if st.syn_first_ns > limit:
+                self._expiry_at = st.syn_first_ns + self.syn_timeout_ns
                 return
             self._timeout(st, events)
 
