@@ -168,6 +168,8 @@ table{border-collapse:collapse;width:100%;font:12px ui-monospace,monospace;backg
 th{position:sticky;top:0;background:#eee;text-align:left;padding:3px 6px;z-index:1}
 td{padding:2px 6px;border-bottom:1px solid #f0f0f0;vertical-align:top}
 td.text{word-break:break-all;white-space:pre-wrap}
+td:nth-child(-n+4){white-space:nowrap}
+td:nth-child(5){max-width:14em;overflow:hidden;text-overflow:ellipsis;white-space:nowrap}
 tr.wire td:first-child{border-left:4px solid var(--wire)}tr.probe td:first-child{border-left:4px solid var(--probe)}
 tr.log td:first-child{border-left:4px solid var(--log)}tr.finding td:first-child{border-left:4px solid var(--finding)}
 tr.finding{background:#fff3f3;font-weight:600}

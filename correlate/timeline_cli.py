@@ -1,0 +1,365 @@
+"""`correlate timeline`: merge inputs from one or more hosts, filter, and render.
+
+Inputs are whatever `correlate.sources.open_input` recognises (captures, saved timelines,
+Gluster logs). Renderings: terminal lines (default) or a ladder, JSON Lines, an HTML
+report, a Perfetto trace and an annotated pcapng; several at once from one pass.
+"""
+from __future__ import annotations
+
+import calendar
+import datetime as _dt
+import os
+import re
+import sys
+import time
+from collections.abc import Iterable, Iterator
+
+import click
+
+from .diagnostics import report_diagnostics
+from .events import header_line, to_json
+from .merge import DEFAULT_WINDOW_NS, merge, shift_clock
+
+_DURATION = re.compile(r"^([+-]?\d+(?:\.\d+)?)(ns|us|ms|s|m|h)?$")
+_UNITS = {"ns": 1, "us": 1_000, "ms": 1_000_000, "s": 1_000_000_000, None: 1_000_000_000,
+          "m": 60_000_000_000, "h": 3_600_000_000_000}
+
+
+def parse_time(text: str) -> tuple[str, int]:
+    """`--since/--until` values: ("abs", ns) or ("rel", ns after the first event).
+
+    Accepted: ISO 8601 (`2024-01-01T10:00:00.5Z`, `2024-01-01 10:00:00+02:00`; no offset
+    means UTC), Unix seconds (`1700000000.25`), or `+N[ns|us|ms|s|m|h]` from the first event."""
+    t = text.strip()
+    if t.startswith("+"):
+        m = _DURATION.match(t)
+        if not m:
+            raise click.BadParameter(f"{text!r}: expected +N with unit ns, us, ms, s, m or h")
+        return "rel", int(float(m.group(1)) * _UNITS[m.group(2)])
+    if re.fullmatch(r"\d+(\.\d+)?", t):
+        sec, _, frac = t.partition(".")
+        return "abs", int(sec) * 1_000_000_000 + int((frac or "0").ljust(9, "0")[:9])
+    m = re.fullmatch(r"(\d{4}-\d\d-\d\d)[T ](\d\d:\d\d:\d\d)(?:\.(\d{1,9}))?\s*(Z|[+-]\d\d:?\d\d)?", t)
+    if not m:
+        raise click.BadParameter(f"{text!r}: expected an ISO 8601 time, Unix seconds or +DURATION")
+    try:
+        base = _dt.datetime.strptime(f"{m.group(1)} {m.group(2)}", "%Y-%m-%d %H:%M:%S")
+    except ValueError as exc:
+        raise click.BadParameter(f"{text!r}: {exc}") from None
+    secs = calendar.timegm(base.timetuple())
+    tz = m.group(4)
+    if tz and tz != "Z":
+        sign = 1 if tz[0] == "+" else -1
+        digits = tz[1:].replace(":", "")
+        secs -= sign * (int(digits[:2]) * 3600 + int(digits[2:]) * 60)
+    return "abs", secs * 1_000_000_000 + int((m.group(3) or "0").ljust(9, "0"))
+
+
+def _norm_gfid(value) -> str:
+    return str(value).replace("-", "").lower()
+
+
+class EventFilter:
+    """The filters of `correlate timeline`. Findings pass when one of their evidence events
+    passes the content filters (conn, host, gfid, path, pid)."""
+
+    def __init__(self, *, since=None, until=None, conn=None, host=None, gfid=None, path=None,
+                 pid=None, layers=()):
+        self.since, self.until = since, until
+        self.first_ns: int | None = None
+        self.conn = conn
+        self.host = host
+        self.gfid = _norm_gfid(gfid) if gfid else None
+        self.path = path
+        self.pid = pid
+        self.layers = set(layers)
+
+    def _bound(self, spec) -> int | None:
+        if spec is None:
+            return None
+        kind, ns = spec
+        return ns if kind == "abs" else (self.first_ns or 0) + ns
+
+    def _content(self, ev: dict) -> bool:
+        if self.host is not None and ev.get("host") != self.host:
+            return False
+        if self.conn is not None:
+            if self.conn.isdigit():
+                if str(ev.get("conn")) != self.conn:
+                    return False
+            elif self.conn not in (ev.get("src"), ev.get("dst"), ev.get("client"), ev.get("server")):
+                return False
+        args = ev.get("args") if isinstance(ev.get("args"), dict) else {}
+        if self.gfid is not None:
+            values = [args.get("gfid"), args.get("pargfid"), ev.get("gfid")]
+            text = _norm_gfid(ev.get("message", "")) if ev.get("layer") == "log" else ""
+            if not any(v and _norm_gfid(v).startswith(self.gfid) for v in values) and self.gfid not in text:
+                return False
+        if self.path is not None:
+            values = [args.get("path"), args.get("bname"), args.get("name"), ev.get("path"), ev.get("message")]
+            if not any(isinstance(v, str) and self.path in v for v in values):
+                return False
+        if self.pid is not None:
+            cred = ev.get("cred") if isinstance(ev.get("cred"), dict) else {}
+            if self.pid not in (ev.get("pid"), cred.get("pid")):
+                return False
+        return True
+
+    def __call__(self, ev: dict) -> bool:
+        t = ev.get("time_ns", 0)
+        if self.first_ns is None:
+            self.first_ns = t
+        since, until = self._bound(self.since), self._bound(self.until)
+        if since is not None and t < since:
+            return False
+        if until is not None and t > until:
+            return False
+        if self.layers and ev.get("layer") not in self.layers:
+            return False
+        if ev.get("layer") == "finding":
+            evidence = [e for e in ev.get("evidence") or [] if isinstance(e, dict)]
+            has_content_filter = any(x is not None for x in (self.conn, self.host, self.gfid, self.path, self.pid))
+            return not has_content_filter or any(self._content(e) for e in evidence)
+        return self._content(ev)
+
+
+# -- clock synchronisation between hosts ----------------------------------------------------
+
+def estimate_host_offsets(host_inputs: dict[str, list[str]], reference: str, echo) -> dict[str, int]:
+    """Offset to add to each host's times to put it on the reference host's clock."""
+    from .clocksync import estimate_offset
+    from .sources import open_input
+
+    def wire_events(paths: list[str], host: str) -> Iterator[dict]:
+        for path in paths:
+            inp = open_input(path, host=host)
+            if inp.kind in ("capture", "timeline"):
+                yield from (e for e in inp.events if e.get("kind") in ("rpc.call", "rpc.reply"))
+
+    ref_events = list(wire_events(host_inputs[reference], reference))
+    offsets = {reference: 0}
+    for host, paths in host_inputs.items():
+        if host == reference:
+            continue
+        est = estimate_offset(ref_events, wire_events(paths, host))
+        if est is None:
+            echo(f"correlate: no RPC seen both on {reference} and on {host}: clock of {host} not adjusted")
+            offsets[host] = 0
+            continue
+        echo(f"correlate: {est.describe(reference, host)}; shifting {host} by {-est.offset_ns / 1e9:+.6f} s")
+        offsets[host] = -est.offset_ns
+    return offsets
+
+
+# -- outputs --------------------------------------------------------------------------------
+
+class _PcapngSink:
+    """Collects findings; at the end annotates each capture input with them."""
+
+    def __init__(self, out_path: str, captures: list[tuple[str, str]]):
+        self.out_path, self.captures = out_path, captures
+        self.findings: list[dict] = []
+
+    def add(self, ev: dict) -> None:
+        if ev.get("layer") == "finding" and ev.get("kind") == "finding":
+            self.findings.append(ev)
+
+    def close(self, echo) -> None:
+        from .outputs.pcapng_annotate import annotate_pcapng
+        for path, source in self.captures:
+            out = self.out_path
+            if len(self.captures) > 1:
+                stem, ext = os.path.splitext(self.out_path)
+                out = f"{stem}-{os.path.splitext(source)[0]}{ext or '.pcapng'}"
+            stats = annotate_pcapng(path, self.findings, out, source=source)
+            echo(f"correlate: {out}: {stats['packets']} packets, {stats['annotated']} annotated")
+
+
+class _HtmlSink:
+    def __init__(self, out_path: str, title: str):
+        from .outputs.html import HtmlReport
+        self.out_path, self.report = out_path, HtmlReport(out_path, title=title)
+        self.add = self.report.add
+
+    def close(self, echo) -> None:
+        counts = self.report.close()
+        left = f", {counts['left_out']} left out" if counts["left_out"] else ""
+        echo(f"correlate: HTML report written to {self.out_path} "
+             f"({counts['events']} events, {counts['findings']} findings{left})")
+
+
+class _PerfettoSink:
+    def __init__(self, out_path: str):
+        from .outputs.perfetto import PerfettoWriter
+        self.out_path = out_path
+        self.file = open(out_path, "w", encoding="utf-8")
+        self.writer = PerfettoWriter(self.file)
+        self.add = self.writer.add
+
+    def close(self, echo) -> None:
+        self.writer.close()
+        self.file.close()
+        echo(f"correlate: Perfetto trace written to {self.out_path} ({self.writer.count} trace events)")
+
+
+class _Progress:
+    """A one-line counter on stderr, only when stderr is a terminal."""
+
+    def __init__(self):
+        self.enabled = sys.stderr.isatty()
+        self.count = 0
+        self.next_at = time.monotonic() + 1.0
+
+    def tick(self, ev: dict) -> None:
+        self.count += 1
+        if self.enabled and self.count % 1000 == 0 and time.monotonic() >= self.next_at:
+            from .outputs.terminal import format_time
+            sys.stderr.write(f"\r{self.count} events, at {format_time(ev.get('time_ns', 0))} ")
+            sys.stderr.flush()
+            self.next_at = time.monotonic() + 1.0
+
+    def done(self) -> None:
+        if self.enabled and self.count >= 1000:
+            sys.stderr.write("\r" + " " * 40 + "\r")
+
+
+def _with_findings(events: Iterable[dict], detect: bool) -> Iterator[dict]:
+    """Run the detectors (plugins included) and put each finding after the event completing it."""
+    if not detect:
+        yield from events
+        return
+    from .detector import DetectorRunner, load_detectors
+    from .plugin_manager import get_plugin_manager
+    detectors, errors = load_detectors(get_plugin_manager())
+    runner = DetectorRunner(detectors)
+    yield from errors
+    for ev in events:
+        if ev.get("layer") == "finding":
+            continue        # a saved timeline's findings: the detectors derive them again
+        yield ev
+        yield from runner.observe(ev)
+    yield from runner.finish()
+
+
+@click.command()
+@click.argument("inputs", nargs=-1, metavar="INPUT...")
+@click.option("--host", "hosts", multiple=True, metavar="NAME=INPUT",
+              help="An input recorded on host NAME (repeatable; also counts as an INPUT).")
+@click.option("--since", metavar="TIME", help="Only events at or after TIME (ISO 8601, Unix s, or +DURATION).")
+@click.option("--until", metavar="TIME", help="Only events at or before TIME.")
+@click.option("--conn", metavar="N|IP:PORT", help="Only connection N, or traffic of endpoint IP:PORT.")
+@click.option("--host-filter", metavar="NAME", help="Only events of host NAME.")
+@click.option("--gfid", metavar="GFID", help="Only events about this GFID (a prefix is enough).")
+@click.option("--path", metavar="PATH", help="Only events naming PATH (substring).")
+@click.option("--pid", type=int, help="Only events of process PID (probes, RPC credentials).")
+@click.option("--layer", "layers", multiple=True, type=click.Choice(["wire", "probe", "log", "finding"]),
+              help="Only these layers (repeatable).")
+@click.option("--ladder", is_flag=True, help="Draw a ladder diagram instead of one line per event.")
+@click.option("--html", "html_path", type=click.Path(dir_okay=False), help="Write an HTML report.")
+@click.option("--perfetto", "perfetto_path", type=click.Path(dir_okay=False),
+              help="Write a Perfetto / Chrome trace (open in ui.perfetto.dev).")
+@click.option("--pcapng", "pcapng_path", type=click.Path(dir_okay=False),
+              help="Write the capture input(s) as pcapng with findings as packet comments.")
+@click.option("--json", "json_out", is_flag=True, help="JSON Lines on stdout (a header line, then events).")
+@click.option("--sync-clocks", is_flag=True,
+              help="Estimate each host's clock offset from RPCs captured at both ends and apply it.")
+@click.option("--detect/--no-detect", default=None,
+              help="Run the detectors [default: on, unless an input is a saved timeline].")
+@click.option("--window-ms", type=int, default=DEFAULT_WINDOW_NS // 1_000_000, show_default=True,
+              help="Reorder window of the merge.")
+def timeline(inputs, hosts, since, until, conn, host_filter, gfid, path, pid, layers, ladder,
+             html_path, perfetto_path, pcapng_path, json_out, sync_clocks, detect, window_ms):
+    """Merge captures, saved timelines and Gluster logs into one timeline; filter; render.
+
+    \b
+    Examples:
+      correlate timeline tests/captures/auth-rejected.pcap --ladder
+      correlate timeline client.pcap /var/log/glusterfs/bricks/b1.log --html report.html
+      correlate timeline --host client=c.pcap --host server=s.pcap --sync-clocks --ladder
+      correlate timeline saved.jsonl --layer finding --layer probe --since +2s --until +5s
+      correlate timeline atime.pcap --pcapng annotated.pcapng --perfetto trace.json
+      correlate timeline capture.pcap --conn 127.0.0.2:49152 --json | jq .procedure
+    """
+    from .sources import open_input
+
+    specs: list[tuple[str, str | None]] = [(p, None) for p in inputs]
+    for h in hosts:
+        name, sep, p = h.partition("=")
+        if not sep or not name or not p:
+            raise click.BadParameter(f"{h!r}: expected NAME=INPUT", param_hint="--host")
+        specs.append((p, name))
+    if not specs:
+        raise click.UsageError("no INPUT given")
+    since_t = parse_time(since) if since else None
+    until_t = parse_time(until) if until else None
+
+    def echo(msg: str) -> None:
+        click.echo(msg, err=True)
+
+    offsets: dict[str, int] = {}
+    if sync_clocks:
+        host_inputs: dict[str, list[str]] = {}
+        for p, h in specs:
+            if h is not None:
+                if p == "-":
+                    raise click.UsageError("--sync-clocks reads inputs twice: stdin cannot be one")
+                host_inputs.setdefault(h, []).append(p)
+        if len(host_inputs) < 2:
+            raise click.UsageError("--sync-clocks needs inputs from two hosts or more (--host NAME=INPUT)")
+        offsets = estimate_host_offsets(host_inputs, next(iter(host_inputs)), echo)
+
+    opened = [open_input(p, host=h) for p, h in specs]
+    if detect is None:
+        detect = not any(i.kind == "timeline" for i in opened)
+    streams = [shift_clock(i.events, offsets.get(h, 0)) if h else i.events
+               for i, (_p, h) in zip(opened, specs)]
+    events = _with_findings(merge(streams, window_ms * 1_000_000), detect)
+    keep = EventFilter(since=since_t, until=until_t, conn=conn, host=host_filter, gfid=gfid, path=path,
+                       pid=pid, layers=layers)
+
+    sinks = []
+    if pcapng_path:
+        captures = [(p, i.name) for i, (p, _h) in zip(opened, specs) if i.kind == "capture" and p != "-"]
+        if not captures:
+            raise click.UsageError("--pcapng needs a capture file among the inputs")
+        sinks.append(_PcapngSink(pcapng_path, captures))
+    if html_path:
+        sinks.append(_HtmlSink(html_path, "correlate timeline: " + ", ".join(i.name for i in opened)))
+    if perfetto_path:
+        sinks.append(_PerfettoSink(perfetto_path))
+
+    out = sys.stdout
+    to_terminal = not json_out and not (html_path or perfetto_path or pcapng_path) or ladder
+    if json_out:
+        out.write(header_line(command="timeline", inputs=[i.name for i in opened]) + "\n")
+    ladder_view = None
+    if ladder and not json_out:
+        from .outputs.ladder import Ladder
+        ladder_view = Ladder()
+    from .outputs.terminal import format_event, format_finding
+    progress = _Progress()
+    shown = 0
+    try:
+        for ev in events:
+            progress.tick(ev)
+            if not keep(ev):
+                continue
+            shown += 1
+            for sink in sinks:
+                sink.add(ev)
+            if json_out:
+                out.write(to_json(ev) + "\n")
+            elif ladder_view is not None:
+                for line in ladder_view.add(ev):
+                    out.write(line + "\n")
+            elif to_terminal:
+                out.write((format_finding(ev) if ev.get("kind") == "finding" else format_event(ev)) + "\n")
+    finally:
+        progress.done()
+        out.flush()
+    for sink in sinks:
+        sink.close(echo)
+    fatal = report_diagnostics([i.diag for i in opened if i.diag is not None])
+    echo(f"correlate: {shown} events shown")
+    if fatal:
+        sys.exit(1)
