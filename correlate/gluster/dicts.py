@@ -73,6 +73,9 @@ def parse_serialized(buf: bytes, base: int = 0) -> dict:
         pos += keylen + 1
         out[key] = render(buf[pos:pos + vallen])
         pos += vallen
+    if pos != len(buf):
+        # dict_serialize() fills its buffer exactly: slack means this is not such a buffer
+        raise DecodeError(f"dict: {len(buf) - pos} bytes after the last pair at offset {base + pos}")
     return out
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import uuid
 from typing import Any, Callable
 
+from ..errors import DecodeError
 from ..wire.xdr import Unpacker
 
 Reader = Callable[[Unpacker], Any]
@@ -22,7 +23,10 @@ MAX_STRING = 1 << 20      # generic strings (a volfile is a string too: see hand
 def decode(u: Unpacker, layout: Layout) -> dict:
     out: dict[str, Any] = {}
     for name, reader in layout:
-        value = reader(u)
+        try:
+            value = reader(u)
+        except DecodeError as exc:       # say which field: "poststat: ia_size: needs 8 bytes ..."
+            raise DecodeError(f"{name.lstrip('*_')}: {exc}") from None
         if name.startswith("_"):
             continue
         if name.startswith("*"):
