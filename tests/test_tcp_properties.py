@@ -160,3 +160,40 @@ def test_arbitrary_frames_decode_or_are_counted(linktype, data):
     before = sum(diag.counts.values())
     result = parse_frame(Frame(1, linktype, data, 1), diag)
     assert result is not None or sum(diag.counts.values()) == before + 1
+
+
+class Dribble(io.RawIOBase):
+    """A pipe that hands out the bytes in arbitrary small pieces, as a live writer does."""
+
+    def __init__(self, data: bytes, sizes: list[int]):
+        self.data, self.pos, self.sizes = data, 0, sizes or [1]
+
+    def readable(self):
+        return True
+
+    def read1(self, n=-1):
+        size = self.sizes[self.pos % len(self.sizes)]
+        chunk = self.data[self.pos:self.pos + min(size, n if n > 0 else size)]
+        self.pos += len(chunk)
+        return chunk
+
+    read = read1
+
+
+def _capture_bytes(n_packets: int, payload: bytes) -> bytes:
+    from .test_capture import PKT, T0, epb, idb, pcap_bytes, shb
+    if n_packets % 2:
+        return pcap_bytes([(T0, i, PKT + payload) for i in range(n_packets)], nano=True)
+    return shb() + idb(1, tsresol=9) + b"".join(epb(0, i, PKT + payload) for i in range(n_packets))
+
+
+@SETTINGS
+@given(st.integers(1, 30), st.binary(max_size=300), st.lists(st.integers(1, 700), min_size=1, max_size=20),
+       st.booleans())
+def test_frames_do_not_depend_on_how_the_bytes_arrive(n_packets, payload, sizes, compress):
+    data = _capture_bytes(n_packets, payload)
+    if compress:
+        data = gzip.compress(data)
+    whole = [(f.time_ns, f.data) for f in open_capture_stream(io.BytesIO(data), "w", Diagnostics("w"))]
+    dribbled = [(f.time_ns, f.data) for f in open_capture_stream(Dribble(data, sizes), "d", Diagnostics("d"))]
+    assert len(whole) == n_packets and dribbled == whole
