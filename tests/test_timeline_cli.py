@@ -15,7 +15,7 @@ from click.testing import CliRunner
 from correlate.cli import main
 from correlate.timeline_cli import EventFilter, parse_time
 
-from .test_clocksync import (ADDR_A, ADDR_B, NEEDS_NETNS, PORT, namespaces, rpc_exchange,  # noqa: F401
+from .test_clocksync import (ADDR_B, NEEDS_NETNS, PORT, namespaces, rpc_exchange,  # noqa: F401
                              start_tcpdump, stop_tcpdump)
 from .test_perfetto import check_trace_event_format
 
