@@ -251,9 +251,20 @@ def test_gap_is_declared_once_the_peer_acknowledges_past_it():
 def test_gap_when_the_buffer_limit_is_hit():
     t = Talk()
     frames = t.handshake() + [t.c(100 + 10 * i, b"x" * 10) for i in range(5)]
-    _, sink, _ = run(frames, finish=False, max_buffered=35)
+    _, sink, _ = run(frames, finish=False, max_buffered=35 + 4 * 256)   # 4 segments fit, not 5
     assert sink.calls[0] == ("gap", 1, True, 100)
     assert sink.stream(1) == b"?" * 100 + b"x" * 50
+
+
+def test_a_flood_of_tiny_out_of_order_segments_is_bounded():
+    t = Talk()
+    frames = t.handshake() + [t.c(10 + 2 * i, b"x") for i in range(20_000)]
+    sink, diag = RecordingSink(), Diagnostics("t")
+    tracker = TcpTracker("cap", sink, diag)
+    for f in frames:
+        tracker.feed(f)
+        assert tracker._buffered_total <= 4 * 1024 * 1024 + 300
+    assert diag.counts["TCP gaps (bytes missing from the capture)"] > 0
 
 
 def test_tail_gap_at_fin_and_at_end_of_input():

@@ -28,6 +28,7 @@ MASK = 0xFFFFFFFF
 HALF = 0x80000000
 MAX_BUFFERED_PER_DIRECTION = 4 * 1024 * 1024
 MAX_BUFFERED_TOTAL = 64 * 1024 * 1024
+SEGMENT_COST = 256      # bookkeeping charged per buffered segment: floods of tiny ones are bounded too
 MAX_CONNECTIONS = 10_000
 MAX_RECENTLY_CLOSED = 4096
 
@@ -55,7 +56,7 @@ class _Direction:
         self.nxt = nxt                      # stream position of the next byte to deliver
         self.ahead: dict[int, bytes] = {}   # position -> bytes that arrived out of order
         self.starts: list[int] = []         # heap of the keys of `ahead`
-        self.ahead_bytes = 0
+        self.ahead_bytes = 0                # buffered bytes plus SEGMENT_COST per segment
         self.fin: int | None = None         # position of this direction's FIN, once seen
 
     def position(self, seq: int) -> int:
@@ -267,11 +268,11 @@ class TcpTracker:
         elif len(old) >= len(payload):
             return
         else:
-            d.ahead_bytes -= len(old)
-            self._buffered_total -= len(old)
+            d.ahead_bytes -= len(old) + SEGMENT_COST
+            self._buffered_total -= len(old) + SEGMENT_COST
         d.ahead[pos] = payload
-        d.ahead_bytes += len(payload)
-        self._buffered_total += len(payload)
+        d.ahead_bytes += len(payload) + SEGMENT_COST
+        self._buffered_total += len(payload) + SEGMENT_COST
         if d.ahead_bytes > self.max_buffered or self._buffered_total > MAX_BUFFERED_TOTAL:
             self._skip_to(st, from_client, d, d.starts[0], seg.time_ns, events)
 
@@ -281,8 +282,8 @@ class TcpTracker:
         while starts and starts[0] <= d.nxt:
             start = heapq.heappop(starts)
             data = ahead.pop(start)
-            d.ahead_bytes -= len(data)
-            self._buffered_total -= len(data)
+            d.ahead_bytes -= len(data) + SEGMENT_COST
+            self._buffered_total -= len(data) + SEGMENT_COST
             end = start + len(data)
             if end > d.nxt:
                 self._deliver(st, from_client, time_ns, data[d.nxt - start:], events)
