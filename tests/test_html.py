@@ -112,3 +112,35 @@ def test_rendered_in_chromium(tmp_path):
     keep = os.environ.get("CORRELATE_SCREENSHOT_DIR")
     if keep:   # for looking at the page: CORRELATE_SCREENSHOT_DIR=/tmp pytest tests/test_html.py
         shutil.copy(shot, os.path.join(keep, "correlate-report.png"))
+
+
+def visible_rows(dom: str) -> list[str]:
+    """Ids of timeline rows the page's filters left visible."""
+    return [rid for rid, style in re.findall(r'<tr id="(e\d+)" class="[\w ]+"( style="display: none;")?', dom)
+            if not style]
+
+
+@needs_chromium
+def test_filters_and_zoom_from_the_address(tmp_path):
+    """The page's own filtering code, driven through the address (#q=..., #layers=..., #from/to)."""
+    out = tmp_path / "report.html"
+    events = scenario()
+    write_html(events, str(out))
+    rows = [e for e in events]
+
+    def dom(fragment: str) -> str:
+        result = chromium(["--dump-dom", out.as_uri() + "#" + fragment], tmp_path)
+        assert result.returncode == 0, result.stderr[-2000:]
+        return result.stdout
+
+    by_text = dom("q=eacces")
+    assert visible_rows(by_text) == ["e5"] and "1 of 7 events shown" in by_text
+    assert rows[4]["kind"] == "rpc.reply"
+    by_layer = dom("layers=log,finding")
+    assert visible_rows(by_layer) == ["e6", "e7"]
+    # Zoom: 1 us .. 900 us after the first event holds two probe calls, the reply and the log.
+    zoomed = dom("from=1000&to=900000")
+    assert visible_rows(zoomed) == ["e3", "e4", "e5", "e6"]
+    assert "zoomed" in zoomed
+    # An evidence link target is highlighted.
+    assert re.search(r'<tr id="e5" class="wire hl"', dom("e5"))

@@ -251,9 +251,21 @@ function reveal(id){var r=byId[id];if(!r)return;if(r.tr.style.display==="none"){
   document.querySelectorAll("input.layer").forEach(function(c){c.checked=true;});apply();}
   document.querySelectorAll("tr.hl").forEach(function(t){t.classList.remove("hl");});r.tr.classList.add("hl");}
 document.querySelectorAll("a.ev").forEach(function(a){a.addEventListener("click",function(){reveal(a.getAttribute("data-target"));});});
-if(location.hash)reveal(location.hash.slice(1));
+// The view can be given in the address: #e12 shows event 12; #q=TEXT&layers=wire,log&host=H&from=NS&to=NS
+// (ns since the first event) opens a filtered view that can be shared.
+function fromHash(){
+  var h=decodeURIComponent(location.hash.slice(1));
+  if(/^e\d+$/.test(h)){apply();reveal(h);return;}
+  var p={};h.split("&").forEach(function(kv){var i=kv.indexOf("=");if(i>0)p[kv.slice(0,i)]=kv.slice(i+1);});
+  if(p.q!==undefined)q.value=p.q;
+  if(p.host!==undefined)hostSel.value=p.host;
+  if(p.layers!==undefined){var on=p.layers.split(",");document.querySelectorAll("input.layer").forEach(function(c){c.checked=on.indexOf(c.value)>=0;});}
+  if(p.from!==undefined||p.to!==undefined){var a=Number(p.from||data.t0),b=Number(p.to||data.t1);if(!isNaN(a)&&!isNaN(b)&&b>=a)zoom=[a,b];}
+  apply();
+}
+window.addEventListener("hashchange",fromHash);
 window.addEventListener("resize",draw);
-apply();
+fromHash();
 })();
 """
 
