@@ -41,6 +41,11 @@ class OffsetEstimate:
     def high_ns(self) -> int:
         return self.offset_ns + self.uncertainty_ns
 
+    def inverted(self) -> "OffsetEstimate":
+        """The same estimate seen from the other capture (A's clock minus B's)."""
+        return OffsetEstimate(-self.offset_ns, self.uncertainty_ns, self.pairs, self.min_delay_ns,
+                              self.consistent)
+
     def describe(self, a: str = "A", b: str = "B") -> str:
         ahead = "ahead of" if self.offset_ns >= 0 else "behind"
         note = "" if self.consistent else " (bounds disagree: clock drift? estimate from the fastest pairs)"
@@ -81,9 +86,17 @@ def _call_reply_times(events: Iterable[dict], limit: int = MAX_INDEXED,
     return times
 
 
-def pair_intervals(events_a: Iterable[dict], events_b: Iterable[dict]) -> list[tuple[int, int]]:
+class RpcTimes:
+    """The call and reply times of one capture's RPCs, indexed once to be compared with
+    several other captures (only this side is held in memory; the other side streams)."""
+
+    def __init__(self, events: Iterable[dict], limit: int = MAX_INDEXED):
+        self.times = _call_reply_times(events, limit)
+
+
+def pair_intervals(events_a: Iterable[dict], events_b: Iterable[dict] | RpcTimes) -> list[tuple[int, int]]:
     """The [low, high] bound on (clock B - clock A) from each RPC complete in both captures."""
-    b_times = _call_reply_times(events_b)
+    b_times = events_b.times if isinstance(events_b, RpcTimes) else _call_reply_times(events_b)
     a_times = _call_reply_times(events_a, only=b_times)
     out = []
     for key, (a_call, a_reply) in a_times.items():
@@ -112,6 +125,9 @@ def combine(intervals: list[tuple[int, int]]) -> OffsetEstimate | None:
     return OffsetEstimate((lo + hi) // 2, (hi - lo + 1) // 2, len(fastest), min_delay, consistent=False)
 
 
-def estimate_offset(events_a: Iterable[dict], events_b: Iterable[dict]) -> OffsetEstimate | None:
-    """Offset of B's clock from A's, from RPCs seen in both; None when no RPC pairs up."""
+def estimate_offset(events_a: Iterable[dict], events_b: Iterable[dict] | RpcTimes) -> OffsetEstimate | None:
+    """Offset of B's clock from A's, from RPCs seen in both; None when no RPC pairs up.
+
+    B's RPCs are indexed (at most MAX_INDEXED), A's stream past; pass `RpcTimes(events)` as
+    B to compare one capture with several."""
     return combine(pair_intervals(events_a, events_b))

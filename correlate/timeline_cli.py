@@ -127,7 +127,7 @@ class EventFilter:
 
 def estimate_host_offsets(host_inputs: dict[str, list[str]], reference: str, echo) -> dict[str, int]:
     """Offset to add to each host's times to put it on the reference host's clock."""
-    from .clocksync import estimate_offset
+    from .clocksync import RpcTimes, estimate_offset
     from .sources import open_input
 
     def wire_events(paths: list[str], host: str) -> Iterator[dict]:
@@ -136,16 +136,18 @@ def estimate_host_offsets(host_inputs: dict[str, list[str]], reference: str, ech
             if inp.kind in ("capture", "timeline"):
                 yield from (e for e in inp.events if e.get("kind") in ("rpc.call", "rpc.reply"))
 
-    ref_events = list(wire_events(host_inputs[reference], reference))
+    # The reference is indexed once; each other host's captures stream past it.
+    reference_times = RpcTimes(wire_events(host_inputs[reference], reference))
     offsets = {reference: 0}
     for host, paths in host_inputs.items():
         if host == reference:
             continue
-        est = estimate_offset(ref_events, wire_events(paths, host))
+        est = estimate_offset(wire_events(paths, host), reference_times)
         if est is None:
             echo(f"correlate: no RPC seen both on {reference} and on {host}: clock of {host} not adjusted")
             offsets[host] = 0
             continue
+        est = est.inverted()        # host's clock minus the reference's
         echo(f"correlate: {est.describe(reference, host)}; shifting {host} by {-est.offset_ns / 1e9:+.6f} s")
         offsets[host] = -est.offset_ns
     return offsets

@@ -317,3 +317,13 @@ def test_shift_between_two_real_captures_is_recovered(namespaces, tmp_path, deco
     # Unshifted, the same captures agree on the clock (same kernel): offset 0 in the bound.
     same = estimate_offset(events_a, decoder(cap_b, "server.pcap"))
     assert same.low_ns <= 0 <= same.high_ns
+
+
+def test_one_index_against_several_captures():
+    from correlate.clocksync import RpcTimes
+    a, b = two_ends(42_000_000, TRIPS)
+    index = RpcTimes(b)
+    first, second = estimate_offset(a, index), estimate_offset(iter(a), index)
+    assert first == second and first.low_ns <= 42_000_000 <= first.high_ns
+    back = estimate_offset(b, RpcTimes(a)).inverted()
+    assert back.low_ns <= 42_000_000 <= back.high_ns
