@@ -98,6 +98,8 @@ def split_fields(message: str) -> tuple[str, dict[str, str], str | None]:
         strerror = m.group("err")
         message = message[:m.start()]
     fields: dict[str, str] = {}
+    if message.endswith(" []"):          # a structured message with no fields
+        return message[:-3].rstrip(), fields, strerror
     m = _FIELDS_RE.search(message)
     if m:
         for item in m.group("body").split("}, {"):

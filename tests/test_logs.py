@@ -95,6 +95,14 @@ def test_call_stack_and_repetition_and_continuation():
     assert not diag.counts
 
 
+def test_structured_message_without_fields():
+    text = ("[2026-11-23 22:31:35.045010 +0000] E [MSGID: 114058] [client-handshake.c:1193:"
+            "client_query_portmap_cbk] 0-labvol-client-0: failed to get the port number for remote "
+            "subvolume. Please run gluster volume status on server to see if brick process is running [] \n")
+    (ev,), _ = parse(text)
+    assert ev["message"].endswith("to see if brick process is running") and ev["fields"] == {}
+
+
 def test_cmd_history_lines():
     text = "[2026-11-23 22:22:44.856166 +0000]  : volume start labvol : SUCCESS\n"
     (ev,), _ = parse(text)
@@ -139,7 +147,9 @@ def test_sniffing():
     assert not looks_like_gluster_log(b"[2024-01-01] something else\n")
 
 
-REAL_LOGS = sorted(glob.glob("/var/log/glusterfs/*.log") + glob.glob("/var/log/glusterfs/bricks/*.log"))
+# glusterd, cli, brick logs, and the lab's libgfapi client logs (tests/lab/gfapi.py).
+REAL_LOGS = sorted(glob.glob("/var/log/glusterfs/*.log") + glob.glob("/var/log/glusterfs/bricks/*.log")
+                   + glob.glob("/var/log/correlate-lab/*.log"))
 
 
 @pytest.mark.skipif(not REAL_LOGS or os.geteuid() != 0, reason="no Gluster logs on this machine (run the lab)")
@@ -157,3 +167,5 @@ def test_real_gluster_logs_parse_cleanly(path):
     for ev in events:
         assert isinstance(ev["time_ns"], int) and ev["time_ns"] > 1_500_000_000 * 10**9
         assert ev["level"] in (None, " ", "M", "A", "C", "E", "W", "N", "I", "D", "T")
+        # Structured fields were all taken out of the message text.
+        assert "[{" not in ev["message"] and not ev["message"].endswith("[]"), ev
