@@ -147,3 +147,23 @@ def test_healthy_mount_flow():
     unmatched = [e for e in events if e["kind"] == "rpc.reply" and e["program"] is None]
     assert not unmatched
     assert all("decode_error" not in e for e in events)
+
+
+@needs_tshark
+@pytest.mark.skipif(shutil.which("editcap") is None, reason="editcap is not installed")
+def test_capture_started_mid_connection(tmp_path):
+    """Drop the start of the healthy capture (SYNs, handshakes, the first calls): what is left
+    begins with replies whose calls were never seen, inside established connections."""
+    cut = tmp_path / "mid.pcap"
+    subprocess.run(["editcap", "-r", str(capture("healthy")), str(cut), "66-1000000"],
+                   check=True, capture_output=True, timeout=60)
+    rows = tshark_rows(cut, "rpc.msgtyp == 0 && !_ws.malformed", ["rpc.xid", "rpc.program", "rpc.procedure"])
+    theirs = Counter((s, d, int(x, 16), int(prog), int(proc)) for s, d, x, prog, proc in rows)
+    events, diag = ours(cut)
+    mine = Counter((port(e["src"]), port(e["dst"]), e["xid"], e["program_num"], e["procedure_num"])
+                   for e in events if e["kind"] == "rpc.call")
+    assert theirs and not theirs - mine
+    # the first packet is a STATFS reply to a call cut away: reported, without a program
+    first = events[0]
+    assert first["kind"] == "rpc.reply" and first["program"] is None and first["xid"] == 8
+    assert any(e["procedure"] == "SETATTR" for e in events if e["kind"] == "rpc.call")
