@@ -284,12 +284,18 @@ def _check_pcapng_start(inp: _Input, source: str) -> None:
         raise InputError(source, f"corrupt pcapng section header (block length {blen})")
 
 
+def _pcapng_unpackers(order: str):
+    """Block header (type, length), one 32-bit word, and the start of a packet block."""
+    return (struct.Struct(order + "II").unpack_from, struct.Struct(order + "I").unpack_from,
+            struct.Struct(order + "IIII").unpack_from)
+
+
 def _read_pcapng(inp: _Input, diag: Diagnostics) -> Iterator[Frame]:
     order = "<"
     interfaces: list[_Interface] = []
     number = 0
     last_ns = 0                  # Simple Packet Blocks carry no time: they get the previous one
-    unpack_epb = struct.Struct(order + "IIII").unpack_from
+    unpack_head, unpack_u32, unpack_epb = _pcapng_unpackers(order)
     while True:
         offset = inp.consumed
         head = inp.read(8)
@@ -297,7 +303,7 @@ def _read_pcapng(inp: _Input, diag: Diagnostics) -> Iterator[Frame]:
             if head:
                 diag.stop(f"truncated block header after packet {number} at byte offset {offset}")
             return
-        (btype,) = struct.unpack_from(order + "I", head)
+        btype, blen = unpack_head(head)
         if btype == _PCAPNG_SHB:     # the same in both byte orders; the BOM tells which
             bom = inp.read(4)
             if len(bom) < 4:
@@ -312,10 +318,12 @@ def _read_pcapng(inp: _Input, diag: Diagnostics) -> Iterator[Frame]:
                 return
             head += bom
             interfaces = []
-            unpack_epb = struct.Struct(order + "IIII").unpack_from
-        (blen,) = struct.unpack_from(order + "I", head, 4)
-        min_len = 28 if btype == _PCAPNG_SHB else 12
-        if blen < min_len or blen % 4 or blen > MAX_BLOCK_LEN:
+            unpack_head, unpack_u32, unpack_epb = _pcapng_unpackers(order)
+            blen = unpack_head(head)[1]
+            if blen < 28:
+                diag.stop(f"corrupt block length {blen} after packet {number} at byte offset {offset}")
+                return
+        if blen < 12 or blen % 4 or blen > MAX_BLOCK_LEN:
             diag.stop(f"corrupt block length {blen} after packet {number} at byte offset {offset}")
             return
         rest = inp.read(blen - len(head))
@@ -326,7 +334,7 @@ def _read_pcapng(inp: _Input, diag: Diagnostics) -> Iterator[Frame]:
         # `rest` is the block after its 8-byte header (after the BOM for a section header);
         # for packet blocks it starts with the body, which saves copying the block.
         body_len = len(rest) - 4
-        if struct.unpack_from(order + "I", rest, body_len)[0] != blen:
+        if unpack_u32(rest, body_len)[0] != blen:
             diag.stop(f"corrupt block (trailing length differs) after packet {number} "
                       f"at byte offset {offset}")
             return

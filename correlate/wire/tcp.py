@@ -169,8 +169,19 @@ class TcpTracker:
             other = st.dirs[from_client]
             if other.nxt is not None and 0 < ((seg.ack - other.nxt) & MASK) < HALF:
                 self._acked(st, not from_client, other, seg, events)
-        if seg.payload or seg.truncated:
-            self._data(st, from_client, seg, events, seg.seq)
+        payload = seg.payload
+        if payload or seg.truncated:
+            d = st.dirs[not from_client]
+            nxt = d.nxt
+            if nxt is not None and not d.ahead and not seg.truncated and not (seg.seq - nxt) & MASK:
+                # The common case, in order with nothing waiting, without the general path.
+                d.nxt = nxt + len(payload)
+                st.opened = True
+                out = self.sink.on_data(st.conn, from_client, seg.time_ns, payload)
+                if out:
+                    events.extend(out)
+            else:
+                self._data(st, from_client, seg, events, seg.seq)
         if flags & FIN:
             self._fin(st, from_client, seg, events)
 
