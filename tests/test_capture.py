@@ -256,6 +256,14 @@ def test_truncated_gzip_keeps_what_came_before():
     assert 0 < len(frames) < 50 and diag.fatal
 
 
+def test_gzip_without_its_end_is_reported_even_at_a_record_boundary():
+    comp = zlib.compressobj(wbits=31)
+    data = comp.compress(pcap_bytes([(T0, 1, PKT), (T0, 2, PKT)])) + comp.flush(zlib.Z_SYNC_FLUSH)
+    frames, diag = read_all(data)
+    assert len(frames) == 2
+    assert diag.fatal.startswith("corrupt gzip data near byte offset")
+
+
 def test_absurd_caplen_is_corruption_not_an_allocation():
     data = pcap_bytes([(T0, 1, PKT)]) + struct.pack("<IIII", T0, 2, 0xFFFFFFF0, 0xFFFFFFF0) + b"x" * 64
     frames, diag = read_all(data)

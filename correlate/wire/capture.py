@@ -88,30 +88,35 @@ def _puller(fileobj: BinaryIO) -> Callable[[int], bytes]:
     return getattr(fileobj, "read1", None) or fileobj.read
 
 
-def _gunzip_puller(raw: _Input) -> Callable[[int], bytes]:
-    """A pull function yielding decompressed bytes; handles concatenated gzip members."""
-    state = {"d": zlib.decompressobj(16 + zlib.MAX_WBITS), "tail": b""}
+class _Gunzip:
+    """A pull function yielding decompressed bytes, for gzip input (concatenated members too).
+    Offsets in messages about a gzip input count decompressed bytes."""
 
-    def pull(_n: int) -> bytes:
+    def __init__(self, raw: "_RawInput"):
+        self._raw = raw
+        self._member = zlib.decompressobj(16 + zlib.MAX_WBITS)
+        self._fed = False          # the current member has started
+        self._tail = b""           # bytes after a member's end: the next member
+
+    def __call__(self, _n: int) -> bytes:
         while True:
-            d = state["d"]
-            if d.unconsumed_tail:
-                data = d.unconsumed_tail
-            else:
-                data = state["tail"] or raw.read1_for_gzip()
-                state["tail"] = b""
-                if not data:
-                    return b""
-            out = d.decompress(data, GZIP_OUT_CHUNK)
-            if d.eof:
-                rest = d.unused_data
-                state["d"] = zlib.decompressobj(16 + zlib.MAX_WBITS)
-                # padding zeros after the last member are tolerated, like gzip(1) does
-                state["tail"] = rest if rest.strip(b"\0") else b""
+            member = self._member
+            data = member.unconsumed_tail or self._tail or self._raw.read1_for_gzip()
+            self._tail = b""
+            if not data:
+                if self._fed:
+                    raise zlib.error("compressed data ends before the end of its gzip member")
+                return b""
+            self._fed = True
+            out = member.decompress(data, GZIP_OUT_CHUNK)
+            if member.eof:
+                self._member = zlib.decompressobj(16 + zlib.MAX_WBITS)
+                self._fed = False
+                # zero padding after the last member is tolerated, as gzip(1) does
+                rest = member.unused_data
+                self._tail = rest if rest.strip(b"\0") else b""
             if out:
                 return out
-
-    return pull
 
 
 class _RawInput(_Input):
@@ -170,7 +175,7 @@ def _start(inp: _Input, source: str, diag: Diagnostics) -> tuple[_Input, Iterato
     """Identify the format (through gzip if need be) and read the file header."""
     head = inp.peek(4)
     if head[:2] == b"\x1f\x8b":
-        inp = _Input(_gunzip_puller(inp))
+        inp = _Input(_Gunzip(inp))
         head = inp.peek(4)
     if len(head) < 4:
         what = "empty input" if not head else f"only {len(head)} bytes"
