@@ -203,3 +203,44 @@ def test_sync_clocks_between_two_hosts(namespaces, tmp_path):  # noqa: F811
     assert check_causal(events)
     server = [e for e in events if e["host"] == "server"]
     assert server and all(3_499_000_000 < e["clock_offset_ns"] < 3_501_000_000 for e in server)
+
+
+# -- the ladder on its own -----------------------------------------------------------------
+
+def _wire(kind, t, src, dst, xid=None, **kw):
+    ev = {"time_ns": t, "layer": "wire", "kind": kind, "source": kw.pop("source", "c.pcap"), "src": src,
+          "dst": dst, "conn": 1}
+    if xid is not None:
+        ev["xid"] = xid
+    ev.update(kw)
+    return ev
+
+
+def test_ladder_columns_arrows_and_escaping():
+    from correlate.outputs.ladder import Ladder, render_ladder
+    hostile = "vol\x1b[2J\u202e"
+    events = [
+        _wire("rpc.call", 1, "127.0.0.1:1021", "127.0.0.2:49152", 7, procedure="SETVOLUME"),
+        _wire("rpc.call", 1, "127.0.0.1:1021", "127.0.0.2:49152", 7, procedure="SETVOLUME", source="s.pcap"),
+        {"time_ns": 2, "layer": "log", "kind": "log.message", "source": "l", "level": "E",
+         "domain": f"0-{hostile}-client-0", "message": "SETVOLUME on remote-host failed"},
+        _wire("rpc.reply", 3, "127.0.0.2:49152", "127.0.0.1:1021", 7, procedure="SETVOLUME", op_ret=-1,
+              errno_name="EACCES"),
+    ]
+    lines = list(render_ladder(events, width=100))
+    assert lines[0].split() == ["time", "(UTC)", "client", "127.0.0.1", "brick", "127.0.0.2:49152"]
+    arrows = [line for line in lines if "SETVOLUME" in line and "|" in line]
+    assert len(arrows) == 1                     # the copy from the server's capture is drawn once
+    call, reply = arrows[0], next(line for line in lines if "EACCES" in line)
+    # The call points right into the brick's column, the reply left into the client's.
+    brick_col = lines[0].index("brick")
+    assert call.index(">") == brick_col - 1 and reply.index("<") == lines[0].index("client") + 1
+    note = next(line for line in lines if "log E" in line)
+    assert "\x1b" not in note and "\u202e" not in note and "\\x1b" in note and "\\u202e" in note
+
+    narrow = Ladder(width=60)                    # room for 3 columns; the 4th endpoint shares "(other)"
+    out = []
+    for port in (49152, 49153, 49154):
+        out += narrow.add(_wire("rpc.call", port, "127.0.0.1:1", f"127.0.0.2:{port}", port, procedure="STAT"))
+    assert narrow.columns[-1] == "(other)" and len(narrow.columns) == 3
+    assert out[-2].startswith("time (UTC)") and "(other)" in out[-2]
