@@ -47,6 +47,11 @@ def test_string_drops_one_trailing_nul_and_escapes_bad_utf8():
     assert u.string() == "\\xff\\xfeok"
 
 
+def test_string_escapes_terminal_control_characters():
+    u = Unpacker(Packer().string("evil\x1b[2J\nname\u202e").bytes())
+    assert u.string() == "evil\\x1b[2J\\x0aname\\u202e"
+
+
 def test_truncated_integer_names_what_and_where():
     u = Unpacker(b"\0\0\0\1\0\0")
     u.uint32()

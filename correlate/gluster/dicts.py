@@ -15,7 +15,7 @@ import struct
 import uuid
 
 from ..errors import DecodeError
-from ..wire.xdr import Unpacker
+from ..wire.xdr import Unpacker, safe_text
 from . import layout
 
 MAX_PAIRS = 1024
@@ -47,7 +47,7 @@ def render(raw: bytes) -> str:
 def _key(raw: bytes) -> str:
     if raw.endswith(b"\0"):
         raw = raw[:-1]
-    return raw.decode("utf-8", "backslashreplace")[:layout.MAX_NAME]
+    return safe_text(raw.decode("utf-8", "backslashreplace")[:layout.MAX_NAME])
 
 
 def parse_serialized(buf: bytes, base: int = 0) -> dict:

@@ -27,6 +27,15 @@ def _pad(n: int) -> int:
     return (4 - n % 4) % 4
 
 
+def safe_text(s: str) -> str:
+    """Wire text made safe for a terminal: control and other unprintable characters (newline
+    and tab included) become backslash escapes, as `ls -b` shows odd file names."""
+    if s.isprintable():
+        return s
+    return "".join(c if c.isprintable() else
+                   (f"\\x{ord(c):02x}" if ord(c) < 0x100 else f"\\u{ord(c):04x}") for c in s)
+
+
 class Unpacker:
     """Reads XDR items from `data` (bytes, bytearray or memoryview) starting at `offset`.
 
@@ -139,12 +148,13 @@ class Unpacker:
         return n
 
     def string(self, what: str = "string", max_len: int | None = None) -> str:
-        """An XDR string, decoded as UTF-8 with undecodable bytes escaped (never raises on
-        content). A trailing NUL, which Gluster often sends, is dropped."""
+        """An XDR string, decoded as UTF-8 with undecodable bytes and control characters
+        escaped (never raises on content). A trailing NUL, which Gluster often sends, is
+        dropped."""
         raw = self.opaque(what, max_len)
         if raw.endswith(b"\0"):
             raw = raw[:-1]
-        return raw.decode("utf-8", "backslashreplace")
+        return safe_text(raw.decode("utf-8", "backslashreplace"))
 
     # -- composites -------------------------------------------------------------------------
     def array(self, item: Callable[["Unpacker"], T], what: str = "array",
