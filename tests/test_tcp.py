@@ -360,27 +360,29 @@ import time  # noqa: E402
 import pytest  # noqa: E402
 
 from correlate.wire.capture import open_capture  # noqa: E402
+from correlate.wire.model import endpoint  # noqa: E402
 
 
-def _capture_real_traffic(tmp_path, interface: str):
+def _capture_real_traffic(tmp_path, interface: str, host: str = "127.0.0.1"):
     """Record a served connection with data both ways and a refused one; return what was sent."""
     if os.geteuid() != 0:
         pytest.skip("recording with tcpdump needs root")
     if shutil.which("tcpdump") is None:
         pytest.skip("tcpdump is not installed")
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    listener = socket.socket(family)
+    listener.bind((host, 0))
     listener.listen(1)
     port = listener.getsockname()[1]
-    probe = socket.socket()
-    probe.bind(("127.0.0.1", 0))
+    probe = socket.socket(family)
+    probe.bind((host, 0))
     closed_port = probe.getsockname()[1]          # bound, never listening: SYN gets RST
     path = tmp_path / f"real-{interface}.pcap"
     dump = subprocess.Popen(
         # --immediate-mode and a big buffer: otherwise packets still in the kernel ring when
         # tcpdump is stopped are lost, and `-i any` drops bursts of 64 KiB loopback segments.
         ["tcpdump", "-i", interface, "-U", "--immediate-mode", "-B", "65536", "-s", "0", "-w", str(path),
-         f"tcp and host 127.0.0.1 and (port {port} or port {closed_port})"],
+         f"tcp and host {host} and (port {port} or port {closed_port})"],
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
         lines = []
@@ -404,7 +406,7 @@ def _capture_real_traffic(tmp_path, interface: str):
 
         server = threading.Thread(target=serve)
         server.start()
-        client = socket.create_connection(("127.0.0.1", port))
+        client = socket.create_connection((host, port))
         client_port = client.getsockname()[1]
         client.sendall(request)
         got = bytearray()
@@ -413,7 +415,7 @@ def _capture_real_traffic(tmp_path, interface: str):
         client.close()
         server.join(10)
         with pytest.raises(ConnectionRefusedError):
-            socket.create_connection(("127.0.0.1", closed_port), timeout=5)
+            socket.create_connection((host, closed_port), timeout=5)
         assert bytes(received) == request and bytes(got) == reply
         time.sleep(0.5)                           # let the last packets reach the capture
     finally:
@@ -435,14 +437,14 @@ def _decode(path):
     return events, sink, diag, linktypes
 
 
-def _check_real(events, sink, diag, port, closed_port, client_port, request, reply):
+def _check_real(events, sink, diag, port, closed_port, client_port, request, reply, host="127.0.0.1"):
     tcp = [e for e in events if e["kind"].startswith("tcp.")]
     assert [e["kind"] for e in tcp] == ["tcp.connect", "tcp.close", "tcp.refused"], tcp
     connect, close, refused = tcp
-    assert connect["src"] == f"127.0.0.1:{client_port}" and connect["dst"] == f"127.0.0.1:{port}"
+    assert connect["src"] == endpoint(host, client_port) and connect["dst"] == endpoint(host, port)
     assert connect["handshake_ns"] >= 0 and connect["attempts"] == 1
     assert close["reason"] == "fin" and close["by"] == "server" and close["conn"] == connect["conn"]
-    assert refused["reason"] == "rst" and refused["dst"] == f"127.0.0.1:{closed_port}"
+    assert refused["reason"] == "rst" and refused["dst"] == endpoint(host, closed_port)
     assert sink.stream(connect["conn"], True) == request
     assert sink.stream(connect["conn"], False) == reply
     assert [c for c in sink.calls if c[0] == "gap"] == []
@@ -463,3 +465,55 @@ def test_real_loopback_capture(tmp_path, interface, linktype):
             again, sink2, diag2, _ = _decode(other)
             _check_real(again, sink2, diag2, port, closed_port, client_port, request, reply)
             assert [(e["kind"], e["time_ns"]) for e in again] == [(e["kind"], e["time_ns"]) for e in events]
+
+
+def test_real_loopback_capture_ipv6(tmp_path):
+    if not socket.has_ipv6:
+        pytest.skip("no IPv6")
+    path, port, closed_port, client_port, request, reply = _capture_real_traffic(tmp_path, "lo", "::1")
+    events, sink, diag, _ = _decode(path)
+    _check_real(events, sink, diag, port, closed_port, client_port, request, reply, host="::1")
+
+
+# ---- the lab's Gluster captures (tests/captures/README.md says what each one shows) --------
+
+CAPTURES = os.path.join(os.path.dirname(__file__), "captures")
+
+
+def _lab_capture(name):
+    path = os.path.join(CAPTURES, name)
+    if not os.path.exists(path):
+        pytest.skip(f"{path} is not recorded")
+    events, sink, diag, linktypes = _decode(path)
+    assert diag.fatal is None and linktypes == {276}
+    return [e for e in events if e["kind"].startswith("tcp.")], sink
+
+
+def _is_brick(ep):
+    return ep.startswith("127.0.0.2:") and int(ep.rsplit(":", 1)[1]) >= 49152
+
+
+def test_lab_healthy_connections_open_and_close_cleanly():
+    tcp, sink = _lab_capture("healthy.pcap")
+    connects = {e["conn"] for e in tcp if e["kind"] == "tcp.connect"}
+    closes = {e["conn"] for e in tcp if e["kind"] == "tcp.close"}
+    assert connects and closes == connects
+    assert any(_is_brick(e["dst"]) for e in tcp if e["kind"] == "tcp.connect")
+    assert not [e for e in tcp if e["kind"] in ("tcp.refused", "tcp.timeout")]
+    assert [c for c in sink.calls if c[0] == "gap"] == []
+
+
+def test_lab_firewall_reject_is_an_icmp_refusal_of_the_brick_ports():
+    tcp, _ = _lab_capture("firewall-reject.pcap")
+    refused = [e for e in tcp if e["kind"] == "tcp.refused"]
+    assert refused and all(e["reason"] == "icmp" and e["icmp_type"] == 3 and e["icmp_code"] == 3
+                           and e["icmp_from"] == "127.0.0.2" and _is_brick(e["dst"]) for e in refused)
+    assert not [e for e in tcp if e["kind"] == "tcp.timeout"]
+
+
+def test_lab_firewall_drop_is_a_syn_timeout_on_the_brick_ports():
+    tcp, _ = _lab_capture("firewall-drop.pcap")
+    timeouts = [e for e in tcp if e["kind"] == "tcp.timeout"]
+    assert timeouts and all(_is_brick(e["dst"]) and e["attempts"] >= 2
+                            and e["waited_ns"] >= 3_000_000_000 for e in timeouts)
+    assert not [e for e in tcp if e["kind"] == "tcp.refused"]
