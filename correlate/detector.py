@@ -16,6 +16,12 @@ SEVERITIES = ("info", "warning", "error", "critical")
 # Keys copied into a finding's evidence: enough to show and to cross-reference the event,
 # not the whole payload (a GETSPEC reply holds a volfile).
 _EVIDENCE_DROP = {"cred"}
+MAX_ADDED_EVIDENCE = 50   # evidence a folded finding gathers from its repeats
+
+
+def _event_identity(ev: dict) -> tuple:
+    return (ev.get("time_ns"), ev.get("kind"), ev.get("source"), ev.get("src"), ev.get("xid"),
+            ev.get("pid"), ev.get("tid"))
 
 
 def evidence_of(ev: dict) -> dict:
@@ -96,7 +102,20 @@ class DetectorRunner:
             else:
                 first["count"] = first.get("count", 1) + f.get("count", 1)
                 first["last_time_ns"] = f["time_ns"]
+                self._merge_evidence(first, f.get("evidence") or [])
         return out
+
+    @staticmethod
+    def _merge_evidence(first: dict, evidence: list[dict]) -> None:
+        """A repeat may add evidence the first lacked (another brick, another client)."""
+        added = first.setdefault("_added_evidence", [])
+        have = {_event_identity(e) for e in first.get("evidence", []) + added}
+        for e in evidence:
+            if len(added) >= MAX_ADDED_EVIDENCE:
+                break
+            if _event_identity(e) not in have:
+                have.add(_event_identity(e))
+                added.append(e)
 
     def observe(self, event: dict) -> list[dict]:
         found = []
@@ -109,13 +128,14 @@ class DetectorRunner:
         for det in self.detectors:
             found.extend(self._run(det, "finish"))
         out = self._fold(found)
-        end = max((f["time_ns"] for f in self.findings), default=0)
+        updates = []
         for f in self.findings:
             if f.get("count", 1) > 1:
-                out.append(make_event(f.get("last_time_ns", end), "finding", "finding.update",
-                                      f["source"], detector=f["detector"], id=f["id"],
-                                      count=f["count"], title=f["title"]))
-        return out
+                updates.append(make_event(f["last_time_ns"], "finding", "finding.update",
+                                          f["source"], detector=f["detector"], id=f["id"],
+                                          count=f["count"], title=f["title"],
+                                          evidence=f.pop("_added_evidence", [])))
+        return out + sorted(updates, key=lambda u: u["time_ns"])
 
 
 def load_detectors(pm, config: dict | None = None) -> tuple[list, list[dict]]:

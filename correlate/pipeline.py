@@ -54,7 +54,8 @@ class Reporter:
         if self.timeline:
             self.timeline.write(f)
         if self.show_findings:
-            self._print(f, format_finding(f) if f.get("kind") == "finding" else format_event(f))
+            self._print(f, format_finding(f) if f.get("kind", "").startswith("finding")
+                        else format_event(f))
             self.out.flush()
 
     def _print(self, ev: dict, text: str) -> None:

@@ -75,7 +75,8 @@ class AuthRejected(Detector):
         evidence = [e for e in (call, reply) if e] + nearby
         return self.finding(reply["time_ns"], severity="critical",
                             title=f"SETVOLUME rejected: {error}", explanation=explanation,
-                            remedy=remedy, evidence=evidence, key=f"setvolume:{reply.get('src')}",
+                            remedy=remedy, evidence=evidence,
+                            key=f"setvolume:{host_of(reply.get('src'))}:{error}",
                             error_text=error)
 
     def _denied(self, reply: dict) -> dict:
@@ -98,9 +99,9 @@ class AuthRejected(Detector):
             remedy = ("Check the RPC versions and credentials the client sends against what the "
                       "server supports (reject_status and auth_status say which).")
         return self.finding(reply["time_ns"], severity="error",
-                            title=f"RPC denied by {reply.get('src')}: {status or reply.get('reject_status')}",
+                            title=f"RPC denied by {host_of(reply.get('src'))}: {status or reply.get('reject_status')}",
                             explanation=explanation, remedy=remedy, evidence=[reply],
-                            key=f"denied:{reply.get('src')}:{status}")
+                            key=f"denied:{host_of(reply.get('src'))}:{status}")
 
 
 @hookimpl

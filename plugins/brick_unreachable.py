@@ -73,7 +73,7 @@ class BrickUnreachable(Detector):
                 target = f"brick {brick} on {host}, port {port} (learned from PORTBYBRICK)"
             else:
                 target = f"a brick port {port} on {host} (PORTBYBRICK not captured)"
-            title = f"brick unreachable at {ev.get('dst')} ({action})"
+            title = f"brick unreachable on {host} ({action})"
             ports_hint = "24007/tcp and the brick ports (49152 and up, one per brick)"
         evidence.append(ev)
         fetched = "The client fetched the volfile (GETSPEC) but " if volfile else ""
@@ -90,7 +90,8 @@ class BrickUnreachable(Detector):
                       "(`gluster volume status`).")
         return [self.finding(ev["time_ns"], severity="error", title=title,
                              explanation=explanation, remedy=remedy, evidence=evidence,
-                             key=f"{action}:{ev.get('dst')}", action=action,
+                             key=f"{action}:{host}:{'glusterd' if port in GLUSTERD_PORTS else 'brick'}",
+                             action=action,
                              target=ev.get("dst"))]
 
 

@@ -91,7 +91,14 @@ def format_event(ev: dict) -> str:
 
 
 def format_finding(f: dict) -> str:
-    """A finding as a block: title, explanation, evidence lines, remedy."""
+    """A finding as a block: title, explanation, evidence lines, remedy. A `finding.update`
+    (the final count of a folded finding) shows the evidence its repeats added."""
+    if f.get("kind") == "finding.update":
+        lines = [f"== {f.get('detector')}: {safe_text(f.get('title'))}: seen {f.get('count')} times "
+                 f"(last at {format_time(f['time_ns'])})"]
+        lines.extend("     " + format_event(e) for e in f.get("evidence") or []
+                     if isinstance(e, dict) and "time_ns" in e)
+        return "\n".join(lines)
     lines = [f"== [{f.get('severity', '?').upper()}] {f.get('detector')}: {safe_text(f.get('title'))}"
              f" (at {format_time(f['time_ns'])}{', seen %d times' % f['count'] if f.get('count', 1) > 1 else ''})",
              "   " + safe_text(f.get("explanation", ""), 2000)]

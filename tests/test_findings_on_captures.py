@@ -1,0 +1,79 @@
+"""Each real lab capture gives its own finding and no other scenario's (`correlate analyze`)."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+CAPTURES = Path(__file__).parent / "captures"
+
+EXPECTED = {
+    "healthy.pcap": {},
+    "atime-minus-one.pcap": {"atime-minus-one": 1},
+    "auth-rejected.pcap": {"auth-rejected": 1},
+    "insecure-port.pcap": {"auth-rejected": 1},
+    "firewall-reject.pcap": {"brick-unreachable": 1},
+    "firewall-drop.pcap": {"brick-unreachable": 1},
+}
+
+
+def analyze(*paths):
+    res = subprocess.run([sys.executable, "-m", "correlate", "analyze", "--json", *map(str, paths)],
+                         capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    return [json.loads(line) for line in res.stdout.splitlines()]
+
+
+@pytest.mark.parametrize("capture", sorted(EXPECTED))
+def test_capture_gives_its_finding_only(capture):
+    out = analyze(CAPTURES / capture)
+    findings = [f for f in out if f["kind"] == "finding"]
+    by_detector = {}
+    for f in findings:
+        assert f["layer"] == "finding" and f["remedy"] and f["evidence"]
+        by_detector[f["detector"]] = by_detector.get(f["detector"], 0) + 1
+    assert by_detector == EXPECTED[capture]
+
+
+def test_atime_finding_holds_the_wire_setattr_with_minus_one():
+    (f,) = [f for f in analyze(CAPTURES / "atime-minus-one.pcap") if f["kind"] == "finding"]
+    call = next(e for e in f["evidence"] if e["kind"] == "rpc.call")
+    assert call["procedure"] == "SETATTR" and call["args"]["atime"] == -1
+    assert "GF_SET_ATTR_ATIME" in call["args"]["valid_flags"]
+    assert f["introduced_by"] == "unknown" and "not observed" in f["explanation"]
+    reply = next(e for e in f["evidence"] if e["kind"] == "rpc.reply")
+    assert reply["op_ret"] == 0
+
+
+def test_firewall_findings_name_the_action_and_the_learned_brick_port():
+    for capture, action, kind in (("firewall-reject.pcap", "REJECT", "tcp.refused"),
+                                  ("firewall-drop.pcap", "DROP", "tcp.timeout")):
+        out = analyze(CAPTURES / capture)
+        (f,) = [f for f in out if f["kind"] == "finding"]
+        assert f["action"] == action
+        kinds = [e["kind"] for e in f["evidence"]]
+        assert kinds[-1] == kind and "rpc.reply" in kinds   # GETSPEC / PORTBYBRICK replies
+        port = next(e["result"]["port"] for e in f["evidence"] if e.get("procedure") == "PORTBYBRICK"
+                    and e["kind"] == "rpc.reply")
+        assert f["evidence"][-1]["dst"].endswith(f":{port}")
+        (update,) = [u for u in out if u["kind"] == "finding.update"]
+        assert update["count"] == 2   # both bricks: one cause, folded
+
+
+def test_auth_rejected_carries_the_server_error_text():
+    (f,) = [f for f in analyze(CAPTURES / "auth-rejected.pcap") if f["kind"] == "finding"]
+    assert f["error_text"] == "Authentication failed"
+    reply = next(e for e in f["evidence"] if e["kind"] == "rpc.reply")
+    assert reply["procedure"] == "SETVOLUME" and reply["op_errno"] == 13
+
+
+def test_saved_timeline_reopens_with_the_same_findings(tmp_path):
+    timeline = tmp_path / "t.jsonl"
+    subprocess.run([sys.executable, "-m", "correlate", "analyze", "--timeline", str(timeline),
+                    str(CAPTURES / "firewall-drop.pcap")], check=True, capture_output=True, timeout=120)
+    header = json.loads(timeline.read_text().splitlines()[0])
+    assert header["schema"] == "correlate/1"
+    again = [f for f in analyze(timeline) if f["kind"] == "finding"]
+    direct = [f for f in analyze(CAPTURES / "firewall-drop.pcap") if f["kind"] == "finding"]
+    assert [(f["detector"], f["title"]) for f in again] == [(f["detector"], f["title"]) for f in direct]
