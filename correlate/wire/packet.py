@@ -223,7 +223,8 @@ def _icmp4(frame: Frame, data: bytes, start: int, icmp_from: str, diag: Diagnost
         diag.skip("ICMP messages other than destination unreachable", f"packet {frame.number}")
         return None
     inner = start + 8
-    vihl, proto, src, dst = data[inner], data[inner + 9], data[inner + 12:inner + 16], data[inner + 16:inner + 20]
+    vihl, proto = data[inner], data[inner + 9]
+    src, dst = data[inner + 12:inner + 16], data[inner + 16:inner + 20]
     if vihl >> 4 != 4 or len(dst) < 4:
         diag.skip("ICMP errors with a damaged quoted packet", f"packet {frame.number}")
         return None

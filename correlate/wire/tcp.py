@@ -142,7 +142,10 @@ class TcpTracker:
             if flags & RST:
                 self.diag.skip("TCP segments with both SYN and RST", f"packet {seg.number}")
                 return
-            st = self._syn_ack(seg, key, entry, events) if flags & ACK else self._syn(seg, key, entry, events)
+            if flags & ACK:
+                st = self._syn_ack(seg, key, entry, events)
+            else:
+                st = self._syn(seg, key, entry, events)
             if st is not None and (seg.payload or seg.truncated):
                 self._data(st, seg.src == st.keys[0][0] and seg.sport == st.keys[0][1], seg, events,
                            seg.seq + 1)
@@ -150,7 +153,8 @@ class TcpTracker:
         if entry is None:
             if not seg.payload or flags & RST:
                 return          # a bare ACK, FIN or RST tells nothing about an unknown connection
-            if key in self._recently_closed or (seg.dst, seg.dport, seg.src, seg.sport) in self._recently_closed:
+            recent = self._recently_closed
+            if key in recent or (seg.dst, seg.dport, seg.src, seg.sport) in recent:
                 self.diag.skip("TCP segments after their connection closed", f"packet {seg.number}")
                 return
             entry = self._open_midstream(seg, events)
@@ -242,7 +246,8 @@ class TcpTracker:
     def _fin(self, st: _State, from_client: bool, seg: Segment, events: list[dict]) -> None:
         d = st.dirs[not from_client]
         if d.fin is None:
-            d.fin = (d.position(seg.seq) if d.nxt is not None else seg.seq) + len(seg.payload) + seg.truncated
+            start = d.position(seg.seq) if d.nxt is not None else seg.seq
+            d.fin = start + len(seg.payload) + seg.truncated
         if st.fin_by is None:
             st.fin_by = "client" if from_client else "server"
         if st.dirs[0].fin is not None and st.dirs[1].fin is not None:
@@ -263,7 +268,8 @@ class TcpTracker:
         if pos <= nxt:
             end = pos + len(payload)
             if end > nxt:                        # new bytes, maybe after a retransmitted part
-                self._deliver(st, from_client, seg.time_ns, payload[nxt - pos:] if pos < nxt else payload, events)
+                fresh = payload[nxt - pos:] if pos < nxt else payload
+                self._deliver(st, from_client, seg.time_ns, fresh, events)
                 d.nxt = end
             if seg.truncated and end + seg.truncated > d.nxt:
                 self._skip_to(st, from_client, d, end + seg.truncated, seg.time_ns, events)
@@ -287,7 +293,8 @@ class TcpTracker:
         if d.ahead_bytes > self.max_buffered or self._buffered_total > MAX_BUFFERED_TOTAL:
             self._skip_to(st, from_client, d, d.starts[0], seg.time_ns, events)
 
-    def _drain(self, st: _State, from_client: bool, d: _Direction, time_ns: int, events: list[dict]) -> None:
+    def _drain(self, st: _State, from_client: bool, d: _Direction, time_ns: int,
+               events: list[dict]) -> None:
         """Deliver buffered bytes that the stream has reached."""
         starts, ahead = d.starts, d.ahead
         while starts and starts[0] <= d.nxt:
@@ -316,7 +323,8 @@ class TcpTracker:
                 events.extend(out)
             d.nxt = hole_end
 
-    def _acked(self, st: _State, from_client: bool, d: _Direction, seg: Segment, events: list[dict]) -> None:
+    def _acked(self, st: _State, from_client: bool, d: _Direction, seg: Segment,
+               events: list[dict]) -> None:
         """The receiver acknowledged past what the capture delivered: what lies before is lost."""
         upto = d.position(seg.ack)
         if d.fin is not None and upto == d.fin + 1:
@@ -336,7 +344,8 @@ class TcpTracker:
             if upto > d.nxt:
                 self._skip_to(st, from_client, d, upto, time_ns, events)
 
-    def _deliver(self, st: _State, from_client: bool, time_ns: int, data: bytes, events: list[dict]) -> None:
+    def _deliver(self, st: _State, from_client: bool, time_ns: int, data: bytes,
+                 events: list[dict]) -> None:
         st.opened = True
         out = self.sink.on_data(st.conn, from_client, time_ns, data)
         if out:
