@@ -198,6 +198,7 @@ def test_callback_call_from_server_side():
     [ev] = sink.on_data(conn, False, 1, record(call_msg(3, 52743234, 1, 1)))
     assert ev["program"] == "GlusterFS Callback" and ev["procedure"] == "FETCHSPEC"
     assert (ev["src"], ev["dst"]) == (SERVER, CLIENT)
+    assert not sink._conns[conn].pending        # callbacks are never answered: not kept
     # the same xid from the client side is a different call
     [mine] = sink.on_data(conn, True, 2, ping_call(3))
     [reply] = sink.on_data(conn, False, 5, ping_reply(3))

@@ -37,4 +37,4 @@ ARGS = {
 VERSION_1 = {num: Procedure(n, _layout(ARGS[n]) if n in ARGS else None)
              for num, n in enumerate(NAMES)}
 
-CBK_PROGRAM = Program(PROGRAM, "GlusterFS Callback", {1: VERSION_1})
+CBK_PROGRAM = Program(PROGRAM, "GlusterFS Callback", {1: VERSION_1}, expects_reply=False)

@@ -25,6 +25,7 @@ class Lookup:
     program: str | None          # program name, None when the number is unknown
     procedure: str | None        # procedure name, None when version or number is unknown
     decoders: Procedure | None
+    expects_reply: bool = True
 
 
 def lookup(prog: int, vers: int, proc: int) -> Lookup:
@@ -32,7 +33,8 @@ def lookup(prog: int, vers: int, proc: int) -> Lookup:
     if program is None:
         return Lookup(None, None, None)
     procedure = program.versions.get(vers, {}).get(proc)
-    return Lookup(program.name, procedure.name if procedure else None, procedure)
+    return Lookup(program.name, procedure.name if procedure else None, procedure,
+                  program.expects_reply)
 
 
 def is_known_program(prog: int) -> bool:

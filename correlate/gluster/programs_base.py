@@ -21,6 +21,7 @@ class Program:
     number: int
     name: str
     versions: dict[int, dict[int, Procedure]] = field(default_factory=dict)
+    expects_reply: bool = True        # False for callbacks, which are never answered
 
 
 def names_only(names: list[str | None]) -> dict[int, Procedure]:

@@ -473,6 +473,8 @@ class RpcSink:
             ev["args"] = {}
         if rec.length > len(rec.data) and not rec.lost:
             ev["payload_bytes"] = rec.length - len(rec.data)
+        if not info.expects_reply:
+            return ev
         pending = st.pending
         key = (from_client, hdr.xid)
         pending.pop(key, None)
@@ -518,7 +520,9 @@ class RpcSink:
     # -- bookkeeping ------------------------------------------------------------------------
     def _state(self, conn: Conn) -> "_ConnState":
         st = self._conns.get(conn)
-        if st is None:
+        if st is not None:
+            self._conns.move_to_end(conn)      # least recently active first
+        else:
             st = self._conns[conn] = _ConnState()
             if len(self._conns) > MAX_CONNS:
                 self._conns.popitem(last=False)
