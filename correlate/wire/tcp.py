@@ -9,7 +9,8 @@ What becomes an event (all with src = client, dst = server, conn, frame):
   tcp.refused  SYN answered by RST (reason "rst") or by an ICMP unreachable quoting it
                (reason "icmp", icmp_type, icmp_code, icmp_from)
   tcp.timeout  SYN unanswered for syn_timeout_ns of capture time, or retransmitted and still
-               unanswered at the end of the input (attempts, waited_ns)
+               unanswered at the end of the input (attempts, waited_ns; frame = first SYN;
+               reported once, and a late SYN/ACK still gives tcp.connect)
   tcp.close    FIN from both sides or RST on an open connection (by, reason)
 Capture loss is handed to the sink as on_gap() once it is certain: the receiver acknowledged
 bytes the capture never showed, the out-of-order buffer is full, or the connection ends.
