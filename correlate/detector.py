@@ -141,18 +141,17 @@ class DetectorRunner:
 def load_detectors(pm, config: dict | None = None) -> tuple[list, list[dict]]:
     """Every detector from every plugin (built-ins included), through the hook.
 
-    Each plugin's hook is called on its own, so one that raises is reported by name (as a
-    `detector.error` event in the second list) and the others still load."""
+    A plugin whose hook raises is reported by name (a `detector.error` event in the second
+    list) and the others still load."""
+    from .plugin_manager import call_each
     detectors, errors = [], []
-    for impl in pm.hook.correlate_detectors.get_hookimpls():
-        name = impl.plugin_name
-        try:
-            kwargs = {"config": config or {}} if "config" in impl.argnames else {}
-            detectors.extend(impl.function(**kwargs) or [])
-        except Exception as exc:
-            errors.append(make_event(0, "finding", "detector.error", f"plugin:{name}",
-                                     detector=name, severity="error",
-                                     title=f"plugin {name} failed to load its detectors",
-                                     explanation=f"{type(exc).__name__}: {exc}",
-                                     remedy="report it to the plugin's authors"))
+    for name, result, exc in call_each(pm, "correlate_detectors", config=config or {}):
+        if exc is None:
+            detectors.extend(result or [])
+            continue
+        errors.append(make_event(0, "finding", "detector.error", f"plugin:{name}",
+                                 detector=name, severity="error",
+                                 title=f"plugin {name} failed to load its detectors",
+                                 explanation=f"{type(exc).__name__}: {exc}",
+                                 remedy="report it to the plugin's authors"))
     return detectors, errors

@@ -16,7 +16,7 @@ from .diagnostics import Diagnostics, report_diagnostics
 from .errors import CorrelateError
 from .merge import DEFAULT_WINDOW_NS, LiveMerger, merge
 from .pipeline import Reporter, TimelineWriter, run_pipeline
-from .plugin_manager import get_plugin_manager, plugin_info
+from .plugin_manager import call_each, get_plugin_manager, plugin_info
 from .sources import open_input
 
 def _detectors(unanswered_after: float) -> tuple[DetectorRunner, list[dict]]:
@@ -24,10 +24,9 @@ def _detectors(unanswered_after: float) -> tuple[DetectorRunner, list[dict]]:
     detectors, errors = load_detectors(pm, {"unanswered_after_ns": int(unanswered_after * 1e9)})
 
     def notify(finding):
-        try:
-            pm.hook.correlate_finding(finding=finding)
-        except Exception as exc:   # a notifier's bug is reported, the run goes on
-            click.echo(f"correlate: a correlate_finding hook failed: {exc}", err=True)
+        for name, _result, exc in call_each(pm, "correlate_finding", finding=finding):
+            if exc is not None:   # a notifier's bug is reported, the run goes on
+                click.echo(f"correlate: plugin {name}: correlate_finding failed: {exc}", err=True)
 
     return DetectorRunner(detectors, on_new_finding=notify), errors
 
@@ -76,7 +75,9 @@ def _output_writers(outputs) -> list[tuple[str, callable, str]]:
     if not outputs:
         return []
     formats = {}
-    for provided in get_plugin_manager().hook.correlate_outputs():
+    for name, provided, exc in call_each(get_plugin_manager(), "correlate_outputs"):
+        if exc is not None:
+            click.echo(f"correlate: plugin {name}: correlate_outputs failed: {exc}", err=True)
         formats.update(provided or {})
     writers = []
     for spec in outputs:

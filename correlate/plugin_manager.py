@@ -19,16 +19,34 @@ def get_plugin_manager() -> pluggy.PluginManager:
     pm.add_hookspecs(hookspecs)
     # Built-in detectors are registered by the same entry-point group as third-party ones.
     pm.load_setuptools_entrypoints(ENTRY_POINT_GROUP)
-    if os.environ.get(TRACE_ENV):
-        def before(hook_name, hook_impls, kwargs):
-            names = ", ".join(pm.get_name(i.plugin) or "?" for i in hook_impls)
-            print(f"[hook] {hook_name}({', '.join(kwargs)}) -> {names}", file=sys.stderr)
-
-        def after(outcome, hook_name, hook_impls, kwargs):
-            pass
-
-        pm.add_hookcall_monitoring(before, after)
     return pm
+
+
+def call_each(pm: pluggy.PluginManager, hook_name: str, **kwargs):
+    """Call one hook plugin by plugin: yields (plugin name, result, exception or None).
+
+    Isolating each implementation means one broken plugin is named and skipped while the
+    others still answer. With CORRELATE_TRACE_HOOKS=1 every call is printed on stderr."""
+    trace = bool(os.environ.get(TRACE_ENV))
+    for impl in reversed(getattr(pm.hook, hook_name).get_hookimpls()):
+        args = {k: v for k, v in kwargs.items() if k in impl.argnames}
+        try:
+            result = impl.function(**args)
+        except Exception as exc:
+            if trace:
+                print(f"[hook] {hook_name}({', '.join(args)}) in {impl.plugin_name}: raised {exc!r}",
+                      file=sys.stderr)
+            yield impl.plugin_name, None, exc
+            continue
+        if trace:
+            print(f"[hook] {hook_name}({', '.join(args)}) in {impl.plugin_name} -> "
+                  f"{_short(result)}", file=sys.stderr)
+        yield impl.plugin_name, result, None
+
+
+def _short(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 120 else text[:117] + "..."
 
 
 def plugin_info(pm: pluggy.PluginManager) -> list[dict]:

@@ -6,12 +6,14 @@ import threading
 from collections.abc import Iterator
 
 from .errors import CorrelateError
-from .plugin_manager import get_plugin_manager
+from .plugin_manager import call_each, get_plugin_manager
 
 
 def plugin_probe_specs() -> list:
     specs = []
-    for provided in get_plugin_manager().hook.correlate_probe_specs():
+    for name, provided, exc in call_each(get_plugin_manager(), "correlate_probe_specs"):
+        if exc is not None:
+            raise CorrelateError(f"plugin {name}: correlate_probe_specs failed: {exc}")
         specs.extend(provided or [])
     return specs
 
