@@ -182,46 +182,54 @@ tr.hl td{background:#fff59d!important}tr.detail td{background:#f7f7fa;white-spac
 _JS = r"""
 (function(){
 "use strict";
+// Rows are built when first shown and at most `limit` matching rows are in the page at once
+// ("Show more" adds a page), so a 50,000-event report stays responsive.
 var data=JSON.parse(document.getElementById("timeline-data").textContent);
-var rows=data.rows, t0=data.t0, span=Math.max(1,data.t1-data.t0);
+var rows=data.rows, t0=data.t0, PAGE=2000, limit=PAGE, matching=[];
 var tbody=document.getElementById("rows"), canvas=document.getElementById("overview");
-var q=document.getElementById("q"), hostSel=document.getElementById("host");
-var zoom=null, byId={};
+var q=document.getElementById("q"), hostSel=document.getElementById("host"), more=document.getElementById("more");
+var zoom=null, byId={}, drag=null;
 var COLORS={wire:"#1f77b4",probe:"#9467bd",log:"#b8860b",finding:"#d62728"};
 var LANES=["finding","wire","probe","log"];
+rows.forEach(function(r){r.hay=(r.kind+" "+r.host+" "+r.source+" "+r.text).toLowerCase();byId[r.id]=r;});
 function fmtRel(ns){return "+"+(ns/1e9).toFixed(6)+"s";}
-function cell(tr,text,cls){var td=document.createElement("td");td.textContent=text;if(cls)td.className=cls;tr.appendChild(td);return td;}
-var frag=document.createDocumentFragment();
-rows.forEach(function(r){
+function cell(tr,text,cls){var td=document.createElement("td");td.textContent=text;if(cls)td.className=cls;tr.appendChild(td);}
+function rowOf(r){
+  if(r.tr)return r.tr;
   var tr=document.createElement("tr");tr.id=r.id;tr.className=r.layer;
   cell(tr,r.time);cell(tr,fmtRel(r.t-t0));
-  var td=document.createElement("td");var b=document.createElement("span");b.className="badge "+r.layer;
+  var td=document.createElement("td"),b=document.createElement("span");b.className="badge "+r.layer;
   b.textContent=r.layer;td.appendChild(b);tr.appendChild(td);
   cell(tr,r.kind);cell(tr,r.host||r.source);cell(tr,r.text,"text");
-  tr.addEventListener("click",function(){toggleDetail(tr,r);});
-  r.tr=tr;r.hay=(r.kind+" "+r.host+" "+r.source+" "+r.text).toLowerCase();byId[r.id]=r;
-  frag.appendChild(tr);
-});
-tbody.appendChild(frag);
-function toggleDetail(tr,r){
-  var next=tr.nextSibling;
-  if(next&&next.classList&&next.classList.contains("detail")){next.remove();return;}
-  var d=document.createElement("tr");d.className="detail";var td=document.createElement("td");
-  td.colSpan=6;td.textContent=r.detail;d.appendChild(td);tr.parentNode.insertBefore(d,tr.nextSibling);
+  tr.addEventListener("click",function(){r.open=!r.open;render();});
+  return r.tr=tr;
+}
+function detailOf(r){
+  if(r.dt)return r.dt;
+  var d=document.createElement("tr"),td=document.createElement("td");d.className="detail";
+  td.colSpan=6;td.textContent=r.detail;d.appendChild(td);return r.dt=d;
 }
 function layersOn(){var on={};document.querySelectorAll("input.layer").forEach(function(c){on[c.value]=c.checked;});return on;}
 function visible(r,on,text,host){
-  if(!on[r.layer]&&on[r.layer]!==undefined)return false;
+  if(on[r.layer]===false)return false;
   if(host&&r.host!==host)return false;
   if(zoom&&(r.t<zoom[0]||r.t>zoom[1]))return false;
   if(text&&r.hay.indexOf(text)<0)return false;
   return true;
 }
+function render(){
+  var frag=document.createDocumentFragment(),n=Math.min(limit,matching.length);
+  for(var i=0;i<n;i++){var r=matching[i];frag.appendChild(rowOf(r));if(r.open)frag.appendChild(detailOf(r));}
+  tbody.textContent="";tbody.appendChild(frag);
+  more.style.display=matching.length>n?"":"none";
+  more.textContent="Show "+Math.min(PAGE,matching.length-n)+" more of "+(matching.length-n)+" not shown";
+  document.getElementById("shown").textContent=matching.length+" of "+rows.length+" events shown"+
+    (matching.length>n?" (first "+n+" in the table)":"");
+}
 function apply(){
-  var on=layersOn(),text=q.value.trim().toLowerCase(),host=hostSel.value,n=0;
-  rows.forEach(function(r){var v=visible(r,on,text,host);r.tr.style.display=v?"":"none";
-    var nx=r.tr.nextSibling;if(nx&&nx.classList&&nx.classList.contains("detail"))nx.style.display=v?"":"none";if(v)n++;});
-  document.getElementById("shown").textContent=n+" of "+rows.length+" events shown";
+  var on=layersOn(),text=q.value.trim().toLowerCase(),host=hostSel.value;
+  matching=rows.filter(function(r){return visible(r,on,text,host);});
+  limit=PAGE;render();
   var lo=zoom?zoom[0]:data.t0,hi=zoom?zoom[1]:data.t1;
   document.getElementById("range").textContent="Range: "+fmtRel(lo-t0)+" .. "+fmtRel(hi-t0)+(zoom?" (zoomed: drag again or Reset)":" (drag over the strip to zoom)");
   draw();
@@ -236,21 +244,28 @@ function draw(){
     ctx.fillStyle=COLORS[r.layer]||"#555";ctx.fillRect(x,i*lh+2,r.layer==="finding"?3:1.5,lh-4);});
   if(drag){ctx.fillStyle="rgba(0,0,0,.15)";ctx.fillRect(Math.min(drag[0],drag[1]),0,Math.abs(drag[1]-drag[0]),h);}
 }
-var drag=null;
 function xToT(x){var lo=zoom?zoom[0]:data.t0,hi=zoom?zoom[1]:data.t1,w=canvas.clientWidth||800;
   return lo+Math.max(0,Math.min(1,(x-48)/(w-50)))*(hi-lo);}
 canvas.addEventListener("mousedown",function(e){drag=[e.offsetX,e.offsetX];});
 canvas.addEventListener("mousemove",function(e){if(drag){drag[1]=e.offsetX;draw();}});
 window.addEventListener("mouseup",function(){if(!drag)return;var a=Math.min(drag[0],drag[1]),b=Math.max(drag[0],drag[1]);
   drag=null;if(b-a>3)zoom=[xToT(a),xToT(b)];apply();});
-document.getElementById("reset").addEventListener("click",function(){zoom=null;q.value="";hostSel.value="";
-  document.querySelectorAll("input.layer").forEach(function(c){c.checked=true;});apply();});
+function resetFilters(){zoom=null;q.value="";hostSel.value="";
+  document.querySelectorAll("input.layer").forEach(function(c){c.checked=true;});}
+document.getElementById("reset").addEventListener("click",function(){resetFilters();apply();});
 document.querySelectorAll("input.layer").forEach(function(c){c.addEventListener("change",apply);});
 q.addEventListener("input",apply);hostSel.addEventListener("change",apply);
-function reveal(id){var r=byId[id];if(!r)return;if(r.tr.style.display==="none"){zoom=null;q.value="";hostSel.value="";
-  document.querySelectorAll("input.layer").forEach(function(c){c.checked=true;});apply();}
-  document.querySelectorAll("tr.hl").forEach(function(t){t.classList.remove("hl");});r.tr.classList.add("hl");}
-document.querySelectorAll("a.ev").forEach(function(a){a.addEventListener("click",function(){reveal(a.getAttribute("data-target"));});});
+more.addEventListener("click",function(){limit+=PAGE;render();});
+function reveal(id){
+  var r=byId[id];if(!r)return;
+  var i=matching.indexOf(r);
+  if(i<0){resetFilters();apply();i=matching.indexOf(r);}
+  if(i>=limit){limit=i+PAGE;render();}
+  document.querySelectorAll("tr.hl").forEach(function(t){t.classList.remove("hl");});
+  rowOf(r).classList.add("hl");r.tr.scrollIntoView({block:"center"});
+}
+document.querySelectorAll("a.ev").forEach(function(a){a.addEventListener("click",function(e){
+  e.preventDefault();history.replaceState(null,"","#"+a.getAttribute("data-target"));reveal(a.getAttribute("data-target"));});});
 // The view can be given in the address: #e12 shows event 12; #q=TEXT&layers=wire,log&host=H&from=NS&to=NS
 // (ns since the first event) opens a filtered view that can be shared.
 function fromHash(){
@@ -331,7 +346,8 @@ def _write_page(c: _Collector, out_path: str, title: str, max_events: int) -> di
         '<button id="reset" type="button">Reset</button> <span id="shown"></span></div>',
         '<canvas id="overview" title="drag to zoom"></canvas><div id="range"></div>',
         '<table><thead><tr><th>time (UTC)</th><th>since start</th><th>layer</th><th>kind</th>'
-        '<th>host / input</th><th>event</th></tr></thead><tbody id="rows"></tbody></table>',
+        '<th>host / input</th><th>event</th></tr></thead><tbody id="rows"></tbody></table>'
+        '<button id="more" type="button" style="display:none"></button>',
         '<noscript><p class="note">The timeline needs JavaScript; findings above do not.</p></noscript>',
         f'</main><script type="application/json" id="timeline-data">{script_json(data)}</script>',
         f"<script>{_JS}</script></body></html>\n",
