@@ -175,15 +175,15 @@ class BccCollector:
         pid = -1 if self.pid is None else self.pid
         try:
             for i, rp in enumerate(self.probes):
-                self.bpf.attach_uprobe(name=rp.path, addr=rp.address, fn_name=f"call_{i}", pid=pid)
+                self.bpf.attach_uprobe(name=rp.path.encode(), addr=rp.address, fn_name=f"call_{i}".encode(), pid=pid)
                 if rp.spec.retprobe:
-                    self.bpf.attach_uretprobe(name=rp.path, addr=rp.address, fn_name=f"ret_{i}", pid=pid)
+                    self.bpf.attach_uretprobe(name=rp.path.encode(), addr=rp.address, fn_name=f"ret_{i}".encode(), pid=pid)
         except Exception as exc:
             self.stop()
             raise ProbeError(f"attaching {rp.function} at {rp.address:#x} in {rp.path} failed: {exc}") from None
         # Measure the clock offset after the (slow) compile, right before events flow.
         self.clock = ClockMap()
-        self.bpf["events"].open_perf_buffer(self._on_event, page_cnt=PERF_PAGES, lost_cb=self._on_lost)
+        self.bpf[b"events"].open_perf_buffer(self._on_event, page_cnt=PERF_PAGES, lost_cb=self._on_lost)
 
     def _on_event(self, _cpu, data, _size) -> None:
         rec = ctypes.cast(data, ctypes.POINTER(EventRecord)).contents

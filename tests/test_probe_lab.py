@@ -1,0 +1,168 @@
+"""Probes on the real lab: libgfapi through ctypes, Samba's vfs_glusterfs in a loopback smbd,
+and the probe clock against tcpdump's. Needs root, bcc and the lab; skips saying why."""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import time
+
+import pytest
+
+from correlate.probe import catalog
+from correlate.probe.errors import ProbeError
+
+pytestmark = [pytest.mark.bpf, pytest.mark.lab]
+
+
+def _bcc_missing() -> str | None:
+    if os.geteuid() != 0:
+        return "bcc probes need root"
+    from correlate.probe.bcc_backend import check_bcc_prerequisites
+    try:
+        check_bcc_prerequisites()
+    except ProbeError as exc:
+        return str(exc)
+    return None
+
+
+@pytest.fixture
+def probe_lab(lab):
+    """The lab, held exclusively for the test (other lab users wait), plus a probe session
+    factory; sessions are stopped afterwards."""
+    reason = _bcc_missing()
+    if reason:
+        print(f"\nskipping probe lab test: {reason}")
+        pytest.skip(reason)
+    from correlate.probe.session import ProbeSession
+    from tests.lab import lab as lab_module
+    sessions = []
+
+    def open_session(group: str, **kw) -> ProbeSession:
+        s = ProbeSession(catalog.select(group), backend="bcc", **kw).start()
+        sessions.append(s)
+        return s
+
+    with lab_module.exclusive():
+        lab_module.up()
+        yield open_session
+        for s in sessions:
+            s.stop()
+
+
+def _collect(session, until, timeout=20.0) -> list[dict]:
+    """Poll until `until(events)` is true or the timeout passes."""
+    events: list[dict] = []
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        events += session.poll(100)
+        if until(events):
+            break
+    return events
+
+
+def _gfapi(*args: str) -> dict:
+    from tests.lab import gfapi
+    result = gfapi.run(list(args), timeout=60)
+    assert result["status"] == "ok", result
+    return result
+
+
+def _calls(events, function, pid=None):
+    return [e for e in events if e["kind"] == "probe.call" and e["function"] == function
+            and (pid is None or e["pid"] == pid)]
+
+
+def test_atime_minus_one_and_healthy_utimens(probe_lab):
+    session = probe_lab("gfapi")
+    bad = _gfapi("utimens", "--path", "/probe-atime-minus-one", "--atime", "-1", "--mtime", "1700000000")
+    good_atime = int(time.time()) - 3600
+    good = _gfapi("utimens", "--path", "/probe-atime-healthy", "--atime", f"{good_atime}.25",
+                  "--mtime", "1700000000")
+    events = _collect(session, lambda ev: _calls(ev, "glfs_utimens", good["pid"]))
+    events += session.poll(200)
+
+    bad_call, = _calls(events, "glfs_utimens", bad["pid"])
+    assert bad_call["args"]["path"] == "/probe-atime-minus-one"
+    assert bad_call["args"]["atime"] == -1 and bad_call["args"]["atime_nsec"] == 0
+    assert bad_call["args"]["mtime"] == 1700000000
+    assert bad_call["library"].endswith("libgfapi.so.0") and bad_call["tid"] and bad_call["comm"]
+
+    good_call, = _calls(events, "glfs_utimens", good["pid"])
+    assert good_call["args"]["path"] == "/probe-atime-healthy"
+    assert good_call["args"]["atime"] == good_atime and good_call["args"]["atime_nsec"] == 250_000_000
+
+    rets = [e for e in events if e["kind"] == "probe.return" and e["function"] == "glfs_utimens"
+            and e["pid"] == good["pid"]]
+    assert rets and rets[0]["retval"] == 0 and 0 < rets[0]["duration_ns"] < 10_000_000_000
+    assert rets[0]["time_ns"] > good_call["time_ns"]
+    # glfs_init was probed with its return: a mount that completed has both.
+    inits = [e for e in events if e["function"] == "glfs_init" and e["pid"] == good["pid"]]
+    assert [e["kind"] for e in inits] == ["probe.call", "probe.return"] and inits[1]["retval"] == 0
+    assert session.lost == 0
+
+
+def test_samba_fntimes_resolved_in_stripped_module(probe_lab):
+    if shutil.which("smbd") is None or shutil.which("smbclient") is None:
+        pytest.skip("needs smbd and smbclient (apt-get install samba smbclient)")
+    from tests.lab import samba
+    session = probe_lab("all")
+    fnt = next(r for r in session.resolved if r.spec.name == "samba.vfs_gluster_fntimes")
+    assert fnt.method == "eh_frame+plt"
+    with samba.Smbd() as smbd:
+        put = smbd.client("put /etc/hostname probe-smb.txt")
+        assert put.returncode == 0, put.stdout + put.stderr
+        # A new access time each run: vfs_glusterfs skips the call when nothing changes.
+        want = int(time.time()) - 86400 * 400
+        stamp = time.strftime("%Y:%m:%d-%H:%M:%S", time.gmtime(want))
+        res = smbd.utimes("probe-smb.txt", access=stamp)
+        assert res.returncode == 0, res.stdout + res.stderr
+        events = _collect(session, lambda ev: _calls(ev, "vfs_gluster_fntimes")
+                          and any(e["kind"] == "probe.return" and e["function"] == "vfs_gluster_fntimes"
+                                  for e in ev))
+        events += session.poll(300)
+    calls = [e for e in _calls(events, "vfs_gluster_fntimes") if e["args"].get("atime") == want]
+    assert calls, [e for e in events if e["layer"] == "probe"]
+    call = calls[0]
+    # smbclient left the other times at -1, which current Samba passes on as UTIME_OMIT.
+    assert call["args"]["mtime_nsec"] == catalog.UTIME_OMIT
+    assert call["comm"].startswith("smbd")
+    ret = next(e for e in events if e["kind"] == "probe.return" and e["function"] == "vfs_gluster_fntimes"
+               and e["tid"] == call["tid"] and e["time_ns"] > call["time_ns"])
+    assert ret["retval"] == 0
+    # Beneath it, in the same smbd process and thread: the libgfapi call with the same atime.
+    below = [e for e in events if e["kind"] == "probe.call" and e["function"] in ("glfs_futimens", "glfs_utimens")
+             and e["pid"] == call["pid"] and e["tid"] == call["tid"]
+             and call["time_ns"] < e["time_ns"] < ret["time_ns"]]
+    assert below and below[0]["args"]["atime"] == want
+    # Samba 4.17 fills the omitted times from the file's current stat before calling gfapi.
+    assert below[0]["args"]["mtime"] > 0 and below[0]["args"]["mtime_nsec"] != catalog.UTIME_OMIT
+
+
+def test_probe_time_precedes_the_setattr_packet(probe_lab, tmp_path):
+    if shutil.which("tshark") is None:
+        pytest.skip("needs tshark to find the SETATTR frame")
+    from tests.lab import lab as lab_module
+    from tests.lab.capture import Tcpdump
+    session = probe_lab("gfapi")
+    pcap = tmp_path / "setattr.pcap"
+    with Tcpdump(pcap, lab_module.DEFAULT_FILTER, interface="lo"):
+        result = _gfapi("utimens", "--path", "/probe-clock", "--atime", "1600000000", "--mtime", "1700000000")
+        events = _collect(session, lambda ev: _calls(ev, "glfs_utimens", result["pid"]))
+    call, = _calls(events, "glfs_utimens", result["pid"])
+    # GlusterFS program 1298437, procedure 38 (SETATTR), calls only.
+    out = subprocess.run(["tshark", "-r", str(pcap), "-Y",
+                          "rpc.program == 1298437 && rpc.procedure == 38 && rpc.msgtyp == 0",
+                          "-T", "fields", "-e", "frame.time_epoch"],
+                         capture_output=True, text=True, timeout=120)
+    stamps = []
+    for line in out.stdout.split():
+        sec, _, frac = line.partition(".")
+        stamps.append(int(sec) * 1_000_000_000 + int((frac + "000000000")[:9]))
+    assert stamps, f"no SETATTR call in the capture: {out.stderr[-500:]}"
+    after = [t for t in stamps if t >= call["time_ns"]]
+    assert after, f"probe at {call['time_ns']} is after every SETATTR packet {stamps}"
+    gap = after[0] - call["time_ns"]
+    print(f"\nprobe -> SETATTR packet: {gap / 1000:.1f} us; clock error bound "
+          f"{session.summary()['clock']['error_ns']} ns")
+    assert 0 <= gap <= 1_000_000
