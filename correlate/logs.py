@@ -42,8 +42,8 @@ _TS_RE = re.compile(_TS)
 # What follows the level letter, shared by plain lines and "repeated" lines.
 _HEAD = (r"(?:\[MSGID: (?P<msgid>\d+)\] )?"
          r"\[(?P<file>[^\]:]*):(?P<line>\d+):(?P<function>[^\]]*)\] "
-         r"(?:\((?P<callstack>-->.*?)\) )?"
-         r"(?P<graph>-?\d+)-(?P<xlator>.*?): ")
+         r"(?:\((?P<callstack>-->.{0,4096}?)\) )?"           # logging.c: GF_LOG_BACKTRACE_SIZE
+         r"(?P<graph>-?\d{1,9})-(?P<xlator>.{0,512}?): ")
 _ENTRY_RE = re.compile(r"\[(?P<ts>" + _TS_PLAIN + r")\] (?P<level>[ MACEWNIDT]) " + _HEAD
                        + r"(?P<message>.*)\Z", re.S)
 _BARE_ENTRY_RE = re.compile(r"\[(?P<ts>" + _TS_PLAIN + r")\] (?P<rest>.*)\Z", re.S)

@@ -169,3 +169,33 @@ def test_real_gluster_logs_parse_cleanly(path):
         assert ev["level"] in (None, " ", "M", "A", "C", "E", "W", "N", "I", "D", "T")
         # Structured fields were all taken out of the message text.
         assert "[{" not in ev["message"] and not ev["message"].endswith("[]"), ev
+
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+_PIECES = st.sampled_from([
+    "[2024-01-01 10:00:00.123456 +0000] ", "[2024-01-01 10:00:00.1] ", "E ", "W ", "[MSGID: 1] ",
+    "[a.c:12:fn] ", "0-vol-client-0: ", "(-->x ) ", "[{k=v}, {k2=v2}]", "[]", " [Err]", "The message \"",
+    "\" repeated 3 times between [2024-01-01 10:00:00.1] and [2024-01-01 10:00:01.1]", "\n", "\r\n",
+    "\x00", "\xff", "{", "}", "=", ", ", "[", "]", ":", "Final graph:\n"])
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.one_of(_PIECES, st.text(max_size=20)), max_size=40), st.binary(max_size=200))
+def test_any_input_is_read_without_raising(pieces, noise):
+    data = "".join(pieces).encode("utf-8", "surrogatepass") + noise
+    diag = Diagnostics("fuzz")
+    events = list(read_gluster_log(io.BytesIO(data), "fuzz", diag=diag))
+    for ev in events:
+        assert isinstance(ev["time_ns"], int) and ev["layer"] == "log" and isinstance(ev["fields"], dict)
+    looks_like_gluster_log(data)
+
+
+def test_pathological_lines_still_parse_as_entries():
+    """Lines built to make a backtracking parser crawl: each still becomes one entry."""
+    head = "[2024-01-01 10:00:00.1 +0000] E [a.c:1:f] "
+    lines = [head + "(-->" + ") 0-" * 16000, head + "0-" + "x" * 60000, head + "0-x: m" + " [a" * 20000]
+    events, diag = parse("\n".join(lines) + "\n")
+    assert len(events) == 3 and not diag.counts
+    assert events[1]["domain"] is None and events[1]["message"].startswith("E [a.c:1:f] 0-xxx")
