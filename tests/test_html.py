@@ -162,3 +162,24 @@ def test_large_report_pages_its_rows(tmp_path):
     assert target == "e2400"
     result = chromium(["--dump-dom", out.as_uri() + "#" + target], tmp_path)
     assert re.search(r'<tr id="e2400" class="wire hl"', result.stdout)
+
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.text(max_size=60), st.text(max_size=60))
+def test_any_text_stays_inert(tmp_path_factory, message, title):
+    out = tmp_path_factory.mktemp("h") / "r.html"
+    log = {"time_ns": T0, "layer": "log", "kind": "log.message", "source": "l", "level": "E",
+           "domain": "0-x", "message": message, "fields": {}}
+    finding = {"time_ns": T0 + 1, "layer": "finding", "kind": "finding", "source": "d", "detector": "x",
+               "severity": "error", "title": title, "explanation": message, "remedy": "", "evidence": [log]}
+    write_html([log, finding], str(out), title=title)
+    page = out.read_text()
+    assert len(re.findall(r"<script\b", page, re.I)) == 2
+    assert len(re.findall(r"</script", page, re.I)) == 2
+    data = re.search(r'<script type="application/json" id="timeline-data">(.*?)</script>', page, re.S).group(1)
+    rows = json.loads(data)["rows"]
+    assert [r["kind"] for r in rows] == ["log.message", "finding"]

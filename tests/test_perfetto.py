@@ -147,3 +147,19 @@ def test_events_without_a_time_are_ignored(tmp_path, bad):
     out = tmp_path / "t.json"
     write_perfetto([bad], str(out))
     assert check_trace_event_format(json.loads(out.read_text())) == []
+
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.text(max_size=50), st.dictionaries(st.text(max_size=10), st.one_of(st.text(max_size=20), st.integers(),
+                                                                                 st.binary(max_size=10)), max_size=5))
+def test_any_values_give_a_valid_trace(tmp_path_factory, text, args):
+    out = tmp_path_factory.mktemp("p") / "t.json"
+    events = [rpc("rpc.call", T0, 1, 1, text, args=args), rpc("rpc.reply", T0 + 5, 1, 1, text, call_time_ns=T0),
+              {"time_ns": T0 + 6, "layer": "log", "kind": "log.message", "source": text, "domain": text,
+               "message": text}]
+    write_perfetto(events, str(out))
+    check_trace_event_format(json.loads(out.read_text(encoding="utf-8")))
