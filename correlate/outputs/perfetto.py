@@ -148,7 +148,10 @@ class PerfettoWriter:
         elif layer == "finding":
             pid = self.tracks.pid(("finding",), "findings", 0)
             tid = self.tracks.tid(pid, (ev.get("detector"),), ev.get("detector") or "findings")
-            name = f"[{ev.get('severity', '?')}] {ev.get('title', kind)}"
+            if kind == "finding.update":    # a folded finding's final count
+                name = f"{ev.get('title', kind)} (seen {ev.get('count')} times)"
+            else:
+                name = f"[{ev.get('severity', '?')}] {ev.get('title', kind)}"
             self._instant(ev, pid, tid, name[:200], "finding", scope="p")
 
     def _unanswered(self, call: dict) -> None:
