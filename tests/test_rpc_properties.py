@@ -17,7 +17,7 @@ from correlate.errors import DecodeError
 from correlate.gluster import programs
 from correlate.wire.model import Conn
 from correlate.wire.rpc import KEEP_RECORD, RpcSink
-from correlate.wire.xdr import Packer, Unpacker
+from correlate.wire.xdr import Unpacker
 from tests.test_rpc import DUMP, FOP, call_msg, cred_v3, record, reply_msg
 
 SETTINGS = settings(max_examples=300, deadline=2000, suppress_health_check=[HealthCheck.too_slow])

@@ -52,7 +52,13 @@ G, PG, FD = ("gfid", gfid), ("pargfid", gfid), ("fd", i64)
 RET = [("op_ret", i32), ("op_errno", i32)]
 
 V3_COMMON_RSP = RET + [X3]
-V3_2IATT = lambda a, b: RET + [(a, iatt), (b, iatt), X3]   # noqa: E731 (table helper)
+
+
+def V3_2IATT(first: str, second: str) -> Layout:
+    """The many v3 replies made of two gf_iatt (pre/post stat or parent) and xdata."""
+    return RET + [(first, iatt), (second, iatt), X3]
+
+
 V3_ENTRY_RSP = RET + [("stat", iatt), ("preparent", iatt), ("postparent", iatt), X3]
 V3_LOCKLIST = [FLOCK, ("client_uid", string), ("lk_flags", u32)]
 
