@@ -1,0 +1,102 @@
+"""What attaching the gfapi probes costs a libgfapi client: the lab's small-file workload
+(create+write, stat, utimens, open+read, unlink per file) timed without and with the bcc
+uprobes in the same run, alternating rounds so drift hits both sides alike.
+
+    python bench/probe_overhead.py [--files 500] [--rounds 5]
+
+The client runs in a child process (as a real client would), so the collector polling the
+perf buffer here does not compete with it for the interpreter; the uprobes are attached by
+library path and so fire in the child.
+
+Prints each round, then the slowdown ratio (median with probes / median without); the target
+is <= 1.05. Needs root, bcc and the lab; otherwise it says why and exits 0.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from correlate.probe import catalog  # noqa: E402
+from correlate.probe.errors import ProbeError  # noqa: E402
+
+
+def child(files: int) -> int:
+    """The measured client: mount, warm up, time the workload, print the seconds."""
+    from tests.lab import gfapi
+    fs = gfapi.Client(log_file="/var/log/correlate-lab/bench-probe-overhead.log").init()
+    gfapi.workload(fs, max(10, files // 10), 4096, "/bench-probe-overhead")
+    t0 = time.perf_counter()
+    gfapi.workload(fs, files, 4096, "/bench-probe-overhead")
+    print(f"{time.perf_counter() - t0:.6f}", flush=True)
+    os._exit(0)   # skip glfs_fini's long wait
+
+
+def run_child(files: int, session=None) -> float:
+    """Run the client in its own process (so the collector never competes with it for the
+    interpreter) while this process drains the probes."""
+    proc = subprocess.Popen([sys.executable, __file__, "--child", "--files", str(files)],
+                            stdout=subprocess.PIPE, text=True, cwd=ROOT)
+    while proc.poll() is None:
+        if session is not None:
+            session.poll(50)
+        else:
+            time.sleep(0.05)
+    out = proc.stdout.read().strip()
+    if proc.returncode != 0 or not out:
+        raise SystemExit(f"probe_overhead: workload child failed (exit {proc.returncode})")
+    return float(out.splitlines()[-1])
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--files", type=int, default=500)
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    opts = ap.parse_args(argv)
+    if opts.child:
+        return child(opts.files)
+    if os.geteuid() != 0:
+        print("probe_overhead: skipped (needs root for uprobes)")
+        return 0
+    from correlate.probe.bcc_backend import check_bcc_prerequisites
+    try:
+        check_bcc_prerequisites()
+    except ProbeError as exc:
+        print(f"probe_overhead: skipped ({exc})")
+        return 0
+    from correlate.probe.session import ProbeSession
+    from tests.lab import lab
+
+    plain, probed = [], []
+    with lab.exclusive():
+        lab.up()
+        for r in range(opts.rounds):
+            plain.append(run_child(opts.files))
+            session = ProbeSession(catalog.select("gfapi"), backend="bcc").start()
+            probed.append(run_child(opts.files, session))
+            session.stop()
+            summary = session.summary()
+            print(f"round {r + 1}: without probes {plain[-1]:.3f} s, with probes {probed[-1]:.3f} s "
+                  f"({summary['events']} events, {summary['lost']} lost)", flush=True)
+            # per file: glfs_utimens + glfs_setattr, call and return each
+            expected = 4 * (opts.files + max(10, opts.files // 10))
+            if summary["events"] < expected:
+                print(f"probe_overhead: expected at least {expected} events, saw {summary['events']}")
+                return 1
+    ratio = statistics.median(probed) / statistics.median(plain)
+    per_file_us = (statistics.median(probed) - statistics.median(plain)) / opts.files * 1e6
+    print(f"probe overhead: {ratio:.3f}x ({(ratio - 1) * 100:+.1f}%, {per_file_us:+.1f} us per file "
+          f"of 5 fops) over {opts.rounds} rounds of {opts.files} files; target <= 1.05x")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
