@@ -170,3 +170,54 @@ def test_capture_started_mid_connection(tmp_path):
     assert first["kind"] == "rpc.reply" and first["program"] is None
     assert (first["xid"], first["src"]) == (first_reply["xid"], first_reply["src"])
     assert any(e["procedure"] == "SETATTR" for e in events if e["kind"] == "rpc.call")
+
+
+def _start_mid_record(src: Path, dst: Path, frame: int, drop: int) -> int:
+    """Write `src` from `frame` on, that frame losing the first `drop` bytes of its TCP
+    payload (sequence number, lengths and checksums adjusted): a capture that begins in
+    the middle of an RPC record. Returns the frame's original payload length."""
+    dpkt = pytest.importorskip("dpkt")
+    with open(src, "rb") as f_in, open(dst, "wb") as f_out:
+        reader = dpkt.pcap.Reader(f_in)
+        assert reader.datalink() == 276, "the lab records LINUX_SLL2"
+        writer = dpkt.pcap.Writer(f_out, linktype=276)
+        for number, (ts, buf) in enumerate(reader, 1):
+            if number < frame:
+                continue
+            if number == frame:
+                sll = dpkt.sll2.SLL2(buf)
+                ip, tcp = sll.data, sll.data.data
+                payload = len(tcp.data)
+                assert payload > drop
+                tcp.data = tcp.data[drop:]
+                tcp.seq = (tcp.seq + drop) & 0xFFFFFFFF
+                ip.len -= drop
+                ip.sum = tcp.sum = 0            # recomputed when packed
+                buf = bytes(sll)
+            writer.writepkt(buf, ts)
+    return payload
+
+
+@needs_tshark
+def test_capture_started_mid_record(tmp_path):
+    full, _ = ours(capture("healthy"))
+    lookup = next(e for e in full if e["kind"] == "rpc.call" and e["procedure"] == "LOOKUP")
+    cut = tmp_path / "mid-record.pcap"
+    payload = _start_mid_record(capture("healthy"), cut, lookup["frame"], 100)
+    events, diag = ours(cut)
+    # the torn LOOKUP is gone, its reply is reported without a program, and every later
+    # call on every connection is there (checked against tshark on the same file)
+    assert not [e for e in events if e["kind"] == "rpc.call" and e["xid"] == lookup["xid"]
+                and e["src"] == lookup["src"]]
+    [orphan] = [e for e in events if e["kind"] == "rpc.reply" and e["xid"] == lookup["xid"]
+                and e["dst"] == lookup["src"]]
+    assert orphan["program"] is None and orphan["accept_status"] == "SUCCESS"
+    rows = tshark_rows(cut, "rpc.msgtyp == 0 && !_ws.malformed", ["rpc.xid", "rpc.program", "rpc.procedure"])
+    theirs = Counter((s, d, int(x, 16), int(prog), int(proc)) for s, d, x, prog, proc in rows)
+    mine = Counter((port(e["src"]), port(e["dst"]), e["xid"], e["program_num"], e["procedure_num"])
+                   for e in events if e["kind"] == "rpc.call")
+    assert not theirs - mine
+    later = [e for e in full if e["kind"] == "rpc.call" and e["frame"] > lookup["frame"]]
+    assert len([e for e in events if e["kind"] == "rpc.call"]) == len(later)
+    skipped = sum(v for k, v in diag.counts.items() if k.startswith("bytes outside RPC records"))
+    assert skipped == payload - 100          # the rest of the torn record, nothing more
