@@ -21,8 +21,11 @@ class Tcpdump:
     def __init__(self, out: Path, bpf_filter: str, interface: str = "any",
                  start_timeout: float = 15):
         self.out = Path(out)
-        self.cmd = ["tcpdump", "-i", interface, "-n", "-s", "0", "-U", "--immediate-mode",
-                    "-B", "32768",  # KiB: the workload must not overrun the ring
+        # No --immediate-mode: per-packet wakeups made tcpdump drop packets under the
+        # workload. The kernel hands packets over in blocks instead, at the latest after
+        # tcpdump's 1 s buffer timeout, so stop() waits that long before SIGINT.
+        self.cmd = ["tcpdump", "-i", interface, "-n", "-s", "0", "-U",
+                    "-B", "65536",  # KiB: the workload must not overrun the ring
                     "-Z", "root",  # keep the output owned by root like the rest of the tree
                     "-w", str(self.out),
                     bpf_filter]
@@ -50,8 +53,8 @@ class Tcpdump:
         if self.proc is None:
             return
         if self.proc.poll() is None:
-            # Let the last packets of the scenario reach the ring before asking it to finish.
-            time.sleep(0.5)
+            # Let the kernel retire the last partly filled block (1 s timeout) to tcpdump.
+            time.sleep(1.5)
             self.proc.send_signal(signal.SIGINT)
         try:
             _, rest = self.proc.communicate(timeout=15)

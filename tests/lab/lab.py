@@ -34,7 +34,7 @@ LOG_DIR = Path("/var/log/correlate-lab")
 LOCK_FILE = Path("/run/correlate-lab.lock")
 _lock_depth = 0
 
-__all__ = ["up", "down", "status", "scenario", "record", "brick_file", "LabInfo", "LabError",
+__all__ = ["up", "down", "status", "scenario", "staged", "record", "exclusive", "brick_file", "LabInfo", "LabError",
            "SCENARIOS", "DEFAULT_FILTER", "VOLUME", "HOST", "LOG_DIR"]
 
 
@@ -138,6 +138,12 @@ def __getattr__(name):
 def scenario(name: str, **params):
     """Run one scenario from a healthy lab and leave it healthy; returns a scenarios.Result."""
     return _scenarios().run(name, **params)
+
+
+def staged(name: str, **params):
+    """Context manager: the lab held with scenario `name` prepared; call `.trigger()` on what
+    it yields (after starting your own capture or probes). Healthy again on exit."""
+    return _scenarios().staged(name, **params)
 
 
 def record(name: str, out_path: str | Path, filter: str = DEFAULT_FILTER, **params):

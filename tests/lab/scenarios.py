@@ -8,11 +8,13 @@ A scenario has three phases so a capture holds only what matters:
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterator
 
 from . import firewall, gfapi, gluster, lab
 from .capture import Tcpdump
@@ -230,26 +232,35 @@ REGISTRY = {cls.name: cls for cls in (Healthy, AtimeMinusOne, AuthRejected, Inse
                                       FirewallReject, FirewallDrop, Workload)}
 
 
-def run(name: str, capture_to: Path | None = None, capture_filter: str | None = None,
-        **params) -> Result:
+def get(name: str, **params) -> Scenario:
     if name not in REGISTRY:
         raise gluster.LabError(f"unknown scenario {name!r}; known: {', '.join(sorted(REGISTRY))}")
+    return REGISTRY[name](**params)
+
+
+@contextlib.contextmanager
+def staged(name: str, **params) -> Iterator[Scenario]:
+    """Hold the lab with the scenario prepared (options set, rules in place); the caller
+    starts its own capture or probes, calls `.trigger()`, and on leaving the lab is healthy."""
+    scenario = get(name, **params)
     with lab.exclusive():
-        return _run(REGISTRY[name](**params), capture_to, capture_filter)
+        info = lab.up()
+        try:
+            scenario.prepare(info)
+            yield scenario
+        finally:
+            lab.up()
+            cleanup = getattr(scenario, "cleanup", None)
+            if cleanup:
+                cleanup()
 
 
-def _run(scenario: Scenario, capture_to: Path | None, capture_filter: str | None) -> Result:
-    info = lab.up()
-    try:
-        scenario.prepare(info)
+def run(name: str, capture_to: Path | None = None, capture_filter: str | None = None,
+        **params) -> Result:
+    with staged(name, **params) as scenario:
         if capture_to is None:
             return scenario.trigger()
         with Tcpdump(capture_to, capture_filter or lab.DEFAULT_FILTER) as dump:
             result = scenario.trigger()
         result.capture, result.packets = str(capture_to), dump.packets
         return result
-    finally:
-        lab.up()
-        cleanup = getattr(scenario, "cleanup", None)
-        if cleanup:
-            cleanup()
