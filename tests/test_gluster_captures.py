@@ -147,6 +147,8 @@ def test_healthy_mount_flow():
     unmatched = [e for e in events if e["kind"] == "rpc.reply" and e["program"] is None]
     assert not unmatched
     assert all("decode_error" not in e for e in events)
+    setvolume = [e for e in events if e["kind"] == "rpc.reply" and e["procedure"] == "SETVOLUME"]
+    assert setvolume and all(e["op_ret"] == 0 and e["errno_name"] is None for e in setvolume)
 
 
 @needs_tshark

@@ -511,7 +511,10 @@ class RpcSink:
                     ev["op_ret"] = result.pop("op_ret")
                 if "op_errno" in result:
                     ev["op_errno"] = result.pop("op_errno")
-                    ev["errno_name"] = errno_name(ev["op_errno"])
+                    # Gluster sets op_errno only on failure; a successful reply may carry a
+                    # stale one (SETVOLUME answers op_ret 0 with op_errno 22): not named then.
+                    failed = ev.get("op_ret", -1) < 0
+                    ev["errno_name"] = errno_name(ev["op_errno"]) if failed else None
                 ev["result"] = result
                 if error:
                     ev["decode_error"] = error
