@@ -3,6 +3,7 @@ veth pair for --sync-clocks)."""
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -244,3 +245,40 @@ def test_ladder_columns_arrows_and_escaping():
         out += narrow.add(_wire("rpc.call", port, "127.0.0.1:1", f"127.0.0.2:{port}", port, procedure="STAT"))
     assert narrow.columns[-1] == "(other)" and len(narrow.columns) == 3
     assert out[-2].startswith("time (UTC)") and "(other)" in out[-2]
+
+
+# -- three layers of real data: capture, client log, brick log from one lab run ------------------
+
+@pytest.mark.lab
+@pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("tcpdump") or not shutil.which("glusterd"),
+                    reason="needs root, tcpdump and glusterd (the loopback lab)")
+def test_capture_client_log_and_brick_log_on_one_timeline(tmp_path):
+    """insecure-port: the brick logs the refusal, replies MSG_DENIED, the client logs the error;
+    merged, the three appear in that order for the same client port."""
+    from tests.lab import lab
+    capture = tmp_path / "insecure-port.pcap"
+    result = lab.record("insecure-port", capture)
+    assert result.reproduced, result.summary
+    client_log = result.details["client_log"]
+    brick_logs = sorted(Path("/var/log/glusterfs/bricks").glob("*.log"))
+    start = subprocess.run(["tshark", "-r", str(capture), "-c", "1", "-T", "fields", "-e", "frame.time_epoch"],
+                           capture_output=True, text=True, check=True).stdout.strip()
+    args = [capture, "--host", f"client={client_log}"] + [a for b in brick_logs for a in ("--host", f"server={b}")]
+    events = json_events(run(*args, "--since", start, "--json"))
+
+    denied = next(e for e in events if e.get("reply_status") == "denied")
+    client_port = denied["dst"]
+    refusal = [e for e in events if e["layer"] == "log" and e.get("host") == "server"
+               and "non-privileged port" in e["message"] and client_port in e["message"]]
+    assert refusal, "the brick's log line about this client port is on the timeline"
+    client_side = [e for e in events if e["layer"] == "log" and e.get("host") == "client" and e["level"] == "W"
+                   and e["time_ns"] >= denied["time_ns"]]
+    assert refusal[0]["time_ns"] <= denied["time_ns"]
+    assert client_side and "RPC status error" in client_side[0]["message"]
+    finding = next(e for e in events if e["kind"] == "finding" and "AUTH_REJECTEDCRED" in e["title"])
+    assert finding["time_ns"] >= denied["time_ns"]
+
+    html = tmp_path / "r.html"
+    run(*args, "--since", start, "--html", html)
+    page = html.read_text()
+    assert "non-privileged port" in page and "AUTH_REJECTEDCRED" in page
