@@ -151,7 +151,7 @@ def test_log_merged_with_capture_and_escaped(tmp_path):
     merged = json_events(run(AUTH, "--host", f"client={log}", "--json"))
     logs = [i for i, e in enumerate(merged) if e["layer"] == "log"]
     assert len(logs) == 1 and merged[logs[0]]["host"] == "client"
-    times = [e["time_ns"] for e in merged if e["kind"] != "finding"]
+    times = [e["time_ns"] for e in merged if e["layer"] != "finding"]
     assert times == sorted(times)
     text = run(AUTH, log, "--layer", "log").stdout
     assert "SETVOLUME on remote-host failed" in text and "\x1b" not in text and "\\x1b" in text
