@@ -166,3 +166,17 @@ def test_probe_time_precedes_the_setattr_packet(probe_lab, tmp_path):
     print(f"\nprobe -> SETATTR packet: {gap / 1000:.1f} us; clock error bound "
           f"{session.summary()['clock']['error_ns']} ns")
     assert 0 <= gap <= 1_000_000
+
+
+def test_hanging_mount_is_a_glfs_init_call_without_return(probe_lab):
+    """auth.reject of the client: qemu-img's glfs_init never returns (the scenario kills it)."""
+    if shutil.which("qemu-img") is None:
+        pytest.skip("needs qemu-img (apt-get install qemu-utils qemu-block-extra)")
+    from tests.lab import lab as lab_module
+    with lab_module.staged("auth-rejected") as scenario:
+        session = probe_lab("gfapi")
+        result = scenario.trigger()
+        events = _collect(session, lambda ev: False, timeout=1.0)
+    assert result.details.get("hung"), result.summary
+    inits = [e for e in events if e["function"] == "glfs_init" and e["comm"].startswith("qemu-img")]
+    assert [e["kind"] for e in inits] == ["probe.call"], inits
