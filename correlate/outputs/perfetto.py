@@ -103,9 +103,10 @@ class PerfettoWriter:
         who = ev.get("host") or ev.get("source", "?")
         pid = self.tracks.pid(("wire", who), f"wire {who}", 1)
         conn = ev.get("conn", 0)
-        tid = self.tracks.tid(pid, (ev.get("source"), conn),
-                              f"conn {conn} {ev.get('client') or ev.get('src', '')}"
-                              f" <-> {ev.get('server') or ev.get('dst', '')}")
+        client, server = ev.get("src", ""), ev.get("dst", "")
+        if ev.get("kind") == "rpc.reply":   # the track is named client <-> server either way
+            client, server = server, client
+        tid = self.tracks.tid(pid, (ev.get("source"), conn), f"conn {conn} {client} <-> {server}")
         return pid, tid
 
     def add(self, ev: dict) -> None:
