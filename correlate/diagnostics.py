@@ -14,8 +14,9 @@ class Diagnostics:
         self.first_where: dict[str, str] = {}
         self.fatal: str | None = None   # set when the input ended early on damage
 
-    def skip(self, reason: str, where: str = "") -> None:
-        self.counts[reason] += 1
+    def skip(self, reason: str, where: str = "", n: int = 1) -> None:
+        """Count `n` of something skipped (packets, bytes: the reason says which)."""
+        self.counts[reason] += n
         self.first_where.setdefault(reason, where)
 
     def stop(self, message: str) -> None:

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 CAPTURES = Path(__file__).parent / "captures"
+BUILTIN = {"atime-minus-one", "brick-unreachable", "auth-rejected", "rpc-unanswered"}
 
 EXPECTED = {
     "healthy.pcap": {},
@@ -22,7 +23,8 @@ def analyze(*paths):
     res = subprocess.run([sys.executable, "-m", "correlate", "analyze", "--json", *map(str, paths)],
                          capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stderr
-    return [json.loads(line) for line in res.stdout.splitlines()]
+    # Only the built-in detectors: a third-party plugin installed in this venv adds its own.
+    return [e for e in map(json.loads, res.stdout.splitlines()) if e.get("detector") in BUILTIN]
 
 
 @pytest.mark.parametrize("capture", sorted(EXPECTED))
