@@ -146,7 +146,7 @@ class AtimeMinusOne(Detector):
         else:
             layer, remedy = "unknown", REMEDY_WIRE_ONLY
             pid = (call.get("cred") or {}).get("pid") if call else None
-            origin = ("the process layer was not observed (no probes ran or none matched); "
+            origin = ("The process layer was not observed (no probes ran or none matched); "
                       f"the RPC came from {call.get('src') if call else '?'}"
                       + (f", credentials pid {pid}" if pid is not None else ""))
         if call is None:
@@ -158,8 +158,7 @@ class AtimeMinusOne(Detector):
             explanation = (f"{origin}. A tv_sec of -1 is not 'leave unchanged' (that is "
                            "tv_nsec = UTIME_OMIT): the bricks store it as the access time.")
         evidence = list(probes) + [e for e in (call, reply) if e is not None]
-        return self.finding(now, severity="error", title=title,
-                            explanation=explanation + " Chain: " + "; ".join(chain) + ".",
+        return self.finding(now, severity="error", title=title, explanation=explanation,
                             remedy=remedy, evidence=evidence,
                             key=f"{layer}:{(probes[0].get('function') if probes else call.get('procedure'))}",
                             introduced_by=layer, chain=chain)

@@ -57,3 +57,18 @@ def test_third_party_plugin_found_and_raising_plugin_does_not_stop_the_run(third
     assert example and example[0]["layer"] == "finding" and example[0]["evidence"][0]["kind"] == "rpc.reply"
     assert len(errors) == 1 and errors[0]["detector"] == "raising"
     assert "correlate_detectors" in res.stderr   # the hook trace for plugin authors
+
+
+def test_output_formats_from_the_outputs_hook(tmp_path):
+    capture = HERE / "captures" / "atime-minus-one.pcap"
+    html, trace = tmp_path / "r.html", tmp_path / "t.json"
+    res = subprocess.run(CORRELATE + ["analyze", str(capture), "--output", f"html={html}",
+                                      "--output", f"perfetto={trace}"],
+                         capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    assert "atime-minus-one" in html.read_text()
+    events = json.loads(trace.read_text())["traceEvents"]
+    assert any(e.get("ph") == "X" for e in events)
+    bad = subprocess.run(CORRELATE + ["analyze", str(capture), "--output", "nosuch=x"],
+                         capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2 and "html" in bad.stderr and "Traceback" not in bad.stderr

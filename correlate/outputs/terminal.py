@@ -102,6 +102,9 @@ def format_finding(f: dict) -> str:
     lines = [f"== [{f.get('severity', '?').upper()}] {f.get('detector')}: {safe_text(f.get('title'))}"
              f" (at {format_time(f['time_ns'])}{', seen %d times' % f['count'] if f.get('count', 1) > 1 else ''})",
              "   " + safe_text(f.get("explanation", ""), 2000)]
+    if f.get("chain"):
+        lines.append("   chain:")
+        lines.extend(f"     {i}. {safe_text(step, 400)}" for i, step in enumerate(f["chain"], 1))
     evidence = f.get("evidence") or []
     if evidence:
         lines.append("   evidence:")
