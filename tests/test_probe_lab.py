@@ -180,3 +180,31 @@ def test_hanging_mount_is_a_glfs_init_call_without_return(probe_lab):
     assert result.details.get("hung"), result.summary
     inits = [e for e in events if e["function"] == "glfs_init" and e["comm"].startswith("qemu-img")]
     assert [e["kind"] for e in inits] == ["probe.call"], inits
+
+
+def test_probe_command_streams_json_until_sigterm(probe_lab):
+    """`correlate probe --json` as a user runs it: events as JSON lines, a clean exit on
+    SIGTERM with the events collected so far and the lost-event count."""
+    import json
+    import signal
+    import sys
+    proc = subprocess.Popen([sys.executable, "-m", "correlate", "probe", "--probe", "gfapi", "--json"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        line = ""
+        while "attached" not in line and time.monotonic() < deadline:
+            line = proc.stderr.readline()
+            assert line or proc.poll() is None, "correlate probe exited early"
+        result = _gfapi("utimens", "--path", "/probe-cli", "--atime", "-1", "--mtime", "1700000000")
+        time.sleep(0.5)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+    events = [json.loads(l) for l in out.splitlines()]
+    calls = [e for e in events if e["function"] == "glfs_utimens" and e["pid"] == result["pid"]
+             and e["kind"] == "probe.call"]
+    assert calls and calls[0]["args"]["atime"] == -1 and calls[0]["args"]["path"] == "/probe-cli"
+    assert all(e["layer"] == "probe" and isinstance(e["time_ns"], int) for e in events)
+    assert ", 0 lost" in err.strip().splitlines()[-1]

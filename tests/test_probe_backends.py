@@ -1,0 +1,128 @@
+"""Both backends on a real libgfapi without the lab: a ctypes child calls glfs_new (which
+needs no server), so the uprobe fires in an ordinary process."""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+
+import pytest
+
+from correlate.probe.catalog import Arg, ProbeSpec
+from correlate.probe.errors import ProbeError
+from correlate.probe.resolve import resolve
+
+pytestmark = pytest.mark.bpf
+
+GLFS_NEW = ProbeSpec("test.glfs_new", "test", "libgfapi.so.0", "glfs_new", (Arg("volname", 1, "str"),),
+                     retprobe=True, retval="ptr")
+
+CHILD = """
+import ctypes, sys
+lib = ctypes.CDLL("libgfapi.so.0")
+lib.glfs_new.restype = ctypes.c_void_p
+print("ready", flush=True)
+for line in sys.stdin:
+    lib.glfs_new(line.strip().encode())
+    print("done", flush=True)
+"""
+
+
+def _skip_unless_root_and_gfapi():
+    if os.geteuid() != 0:
+        pytest.skip("probes need root")
+    try:
+        return resolve(GLFS_NEW)
+    except ProbeError as exc:
+        pytest.skip(str(exc))
+
+
+class Child:
+    """A process that has libgfapi loaded and calls glfs_new(name) on request."""
+
+    def __init__(self):
+        self.proc = subprocess.Popen([sys.executable, "-c", CHILD], stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, text=True)
+        assert self.proc.stdout.readline().strip() == "ready"
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def call(self, name: str) -> None:
+        self.proc.stdin.write(name + "\n")
+        self.proc.stdin.flush()
+        assert self.proc.stdout.readline().strip() == "done"
+
+    def close(self) -> None:
+        self.proc.stdin.close()
+        self.proc.wait(10)
+
+
+def _poll_for(session, pred, timeout=10.0):
+    events = []
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and not any(pred(e) for e in events):
+        events += session.poll(100)
+    return events
+
+
+def test_bcc_pid_filter_and_string_argument():
+    _skip_unless_root_and_gfapi()
+    from correlate.probe.bcc_backend import check_bcc_prerequisites
+    try:
+        check_bcc_prerequisites()
+    except ProbeError as exc:
+        print(f"\nskipping: {exc}")
+        pytest.skip(str(exc))
+    from correlate.probe.session import ProbeSession
+    watched, other = Child(), Child()
+    try:
+        session = ProbeSession([GLFS_NEW], pid=watched.pid, backend="bcc").start()
+        try:
+            other.call("vol-other")
+            watched.call("volwatched")
+            watched.call("vol-watched\x1b]0;x")
+            events = _poll_for(session, lambda e: e["kind"] == "probe.return"
+                               and e["retval"] == "0x0")
+            events += session.stop()
+        finally:
+            session.stop()
+    finally:
+        watched.close()
+        other.close()
+    assert {e["pid"] for e in events} == {watched.pid}
+    calls = [e for e in events if e["kind"] == "probe.call"]
+    rets = [e for e in events if e["kind"] == "probe.return"]
+    assert [c["args"]["volname"] for c in calls] == ["volwatched", "vol-watched\x1b]0;x"]
+    # glfs_new returns a glfs_t * for a valid name and NULL for one with control characters.
+    assert int(rets[0]["retval"], 16) != 0 and rets[1]["retval"] == "0x0"
+    assert rets[0]["time_ns"] - calls[0]["time_ns"] == rets[0]["duration_ns"]
+    assert session.summary()["clock"]["error_ns"] < 1_000_000
+
+
+def test_stap_runs_or_says_why():
+    rp = _skip_unless_root_and_gfapi()
+    if shutil.which("stap") is None:
+        pytest.skip("stap not installed (apt-get install systemtap)")
+    from correlate.probe.stap_backend import StapCollector
+    collector = StapCollector([rp])
+    try:
+        collector.start()
+    except ProbeError as exc:
+        # This is what stap itself said (e.g. stapbpf cannot raise RLIMIT_MEMLOCK here).
+        print(f"\nstap cannot run here: {exc}")
+        pytest.skip(f"stap cannot run here: {exc}")
+    child = Child()
+    try:
+        child.call("vol-stap")
+        events = _poll_for(collector, lambda e: e["kind"] == "probe.call" and e["pid"] == child.pid, 20)
+    finally:
+        events_tail = collector.stop()
+        child.close()
+    events += events_tail
+    calls = [e for e in events if e["kind"] == "probe.call" and e["pid"] == child.pid]
+    assert calls and calls[0]["function"] == "glfs_new"
+    assert abs(calls[0]["time_ns"] - time.time_ns()) < 120 * 1_000_000_000
