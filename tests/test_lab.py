@@ -45,6 +45,11 @@ def test_up_is_idempotent(lab):
 
 
 def test_up_repairs_leftovers_and_keeps_foreign_rules(lab):
+    with labmod.exclusive():
+        up_repairs_leftovers_and_keeps_foreign_rules()
+
+
+def up_repairs_leftovers_and_keeps_foreign_rules():
     gluster.set_option("auth.reject", "127.0.0.1")
     firewall.block_ports(labmod.HOST, [49999], "DROP")
     foreign = ["INPUT", "-d", "127.0.0.2/32", "-p", "tcp", "--dport", "49998", "-m", "comment",
@@ -61,19 +66,29 @@ def test_up_repairs_leftovers_and_keeps_foreign_rules(lab):
 
 
 def test_up_starts_a_stopped_volume(lab):
-    gluster.gluster("volume", "stop", labmod.VOLUME, "force")
-    assert not gluster.volume_state().started
-    labmod.up()
-    assert_healthy()
+    with labmod.exclusive():
+        gluster.gluster("volume", "stop", labmod.VOLUME, "force")
+        assert not gluster.volume_state().started
+        labmod.up()
+        assert_healthy()
 
 
 def test_down_then_up(lab):
-    labmod.down()
-    assert gluster.glusterd_pid() is None
-    assert gluster.brick_pids() == []
-    info = labmod.up()
-    assert gluster.glusterd_pid() == info.glusterd_pid
-    assert_healthy()
+    with labmod.exclusive():
+        labmod.down()
+        assert gluster.glusterd_pid() is None
+        assert gluster.brick_pids() == []
+        info = labmod.up()
+        assert gluster.glusterd_pid() == info.glusterd_pid
+        assert_healthy()
+
+
+def test_up_recreates_a_deleted_volume_over_stale_bricks(lab):
+    with labmod.exclusive():
+        gluster.delete_volume()  # the brick directories stay, with the old volume-id xattr
+        assert not gluster.volume_state().exists
+        labmod.up()
+        assert_healthy()
 
 
 # the libgfapi client ------------------------------------------------------------------------
