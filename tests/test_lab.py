@@ -133,6 +133,7 @@ def test_auth_rejected(lab):
     assert result.details["hung"]
     assert "SETVOLUME on remote-host failed" in result.details["output"]
     assert "{errno=13}" in result.details["output"]
+    assert any("Cannot authenticate client" in line for line in result.details["brick_lines"])
     assert_healthy()
 
 

@@ -164,9 +164,13 @@ def volume_state() -> VolumeState:
     try:
         root = ET.fromstring(out)
     except ET.ParseError:
-        return VolumeState(exists=False)
+        raise LabError(f"`gluster volume info {VOLUME}` gave no answer: {out.strip()[:200]!r}")
     vol = root.find("./volInfo/volumes/volume")
     if root.findtext("opRet") != "0" or vol is None:
+        # Only a clear "does not exist" may lead to (re)creating the volume and its bricks.
+        error = root.findtext("opErrstr") or ""
+        if "does not exist" not in error:
+            raise LabError(f"`gluster volume info {VOLUME}` failed: {error!r}")
         return VolumeState(exists=False)
     options = {o.findtext("name"): o.findtext("value") for o in vol.findall("./options/option")}
     state = VolumeState(exists=True, started=vol.findtext("statusStr") == "Started",

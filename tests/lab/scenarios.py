@@ -136,6 +136,7 @@ class AuthRejected(Scenario):
         self.address = client_address()
         gluster.set_option("auth.reject", self.address)
         restart_and_wait()
+        self.brick_logs = BrickLogs()
 
     def trigger(self) -> Result:
         cmd = ["qemu-img", "create", "-f", "qcow2", f"gluster://{lab.HOST}/{lab.VOLUME}/vm.img",
@@ -150,11 +151,13 @@ class AuthRejected(Scenario):
             out, _ = proc.communicate()
             hung = True
         failed = "Authentication failed" in out
+        brick_lines = [line for line in self.brick_logs.new_lines()
+                       if "Cannot authenticate client" in line or "rejected =" in line]
         return Result(self.name, failed,
                       f"qemu-img {'hung' if hung else f'exited {proc.returncode}'}; its output "
                       + ("says Authentication failed" if failed else "lacks Authentication failed"),
                       {"command": " ".join(cmd), "hung": hung, "output": out[-4000:],
-                       "rejected_address": self.address})
+                       "rejected_address": self.address, "brick_lines": brick_lines[:4]})
 
 
 class InsecurePort(Scenario):
