@@ -223,3 +223,22 @@ def test_committed_firewall_captures(captures_dir):
     assert len(retransmitted) >= 4 and all(int(p) >= 49152 for p in retransmitted)
     assert tshark(captures_dir / "firewall-drop.pcap",
                   "tcp.flags.syn == 1 && tcp.flags.ack == 1 && tcp.srcport >= 49152") == []
+
+
+def test_insecure_port_is_about_the_port(lab, tmp_path):
+    """Same refusal setting, but a client bound below 1024 (root, client-bind-insecure off)
+    mounts: the source port is the cause."""
+    with labmod.staged("insecure-port"):
+        result = gfapi.run(["init", "--xlator-option", "*-client-*:client-bind-insecure=off",
+                            "--log", str(tmp_path / "c.log")], timeout=20)
+    assert result["status"] == "ok", result
+
+
+def test_default_workload_capture_is_big_enough(lab, tmp_path):
+    """The benchmarks rely on the default workload giving a capture of at least 100k packets."""
+    out = tmp_path / "workload.pcap"
+    result = labmod.record("workload", out)
+    assert result.reproduced, result
+    with open(out, "rb") as f:
+        count = sum(1 for _ in dpkt.pcap.Reader(f))
+    assert count == result.packets and count >= 100_000
