@@ -6,6 +6,12 @@ ProbeSpec are then the C parameter names. Without DWARF it uses the plain
 `process("lib").function("f")` form and prints what it can: time, pid, tid, process name.
 Probes found only by address (eh_frame+plt or --probe-offset) cannot be named to stap and are
 left out, with the reason in `skipped`.
+
+With `--runtime=bpf` (the default here) two things this kind of host lacks are worked around
+without changing the host: tracefs, which stapbpf creates its uprobes through, is mounted in
+a private mount namespace (`unshare --mount`), and when RLIMIT_MEMLOCK may not be raised
+(no CAP_SYS_RESOURCE) probes/memlock_shim.c is built and preloaded so stapbpf's request for an
+unlimited limit does not abort it. Both are listed in `adaptations`.
 """
 from __future__ import annotations
 
@@ -27,8 +33,42 @@ from .elfsym import ElfError, debug_files, load_elf
 from .errors import NotRoot, ProbeError
 from .resolve import ResolvedProbe
 
+UPROBE_EVENTS = ("/sys/kernel/debug/tracing/uprobe_events", "/sys/kernel/tracing/uprobe_events")
 START_TIMEOUT_S = 180.0       # stap compiles (passes 1-4) before it prints "ready"
 LINE_RE = re.compile(r"^CORR\t(call|return)\t(\d+)\t(-?\d+)\t(\d+)\t(\d+)\t?(.*)$")
+
+
+def memlock_raise_refused() -> bool:
+    """stapbpf insists on an unlimited RLIMIT_MEMLOCK; True when this process may not set it."""
+    import resource
+    soft, hard = resource.getrlimit(resource.RLIMIT_MEMLOCK)
+    if hard == resource.RLIM_INFINITY:
+        return False
+    try:
+        resource.setrlimit(resource.RLIMIT_MEMLOCK, (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
+    except (ValueError, OSError):
+        return True
+    resource.setrlimit(resource.RLIMIT_MEMLOCK, (soft, hard))  # it could; leave it as it was
+    return False
+
+
+def memlock_shim() -> str | None:
+    """Build (once, with gcc) probes/memlock_shim.c when stapbpf's raise would be refused."""
+    if not memlock_raise_refused() or shutil.which("gcc") is None:
+        return None
+    src = resources.files("correlate.probes").joinpath("memlock_shim.c").read_text()
+    cache = os.path.join(tempfile.gettempdir(), f"correlate-memlock-shim-{os.geteuid()}")
+    os.makedirs(cache, mode=0o700, exist_ok=True)
+    lib = os.path.join(cache, "memlock_shim.so")
+    c_file = os.path.join(cache, "memlock_shim.c")
+    if not os.path.exists(lib) or not os.path.exists(c_file) or open(c_file).read() != src:
+        with open(c_file, "w") as fh:
+            fh.write(src)
+        done = subprocess.run(["gcc", "-shared", "-fPIC", "-O2", "-o", lib, c_file, "-ldl"],
+                              capture_output=True, text=True)
+        if done.returncode != 0:
+            return None
+    return lib
 
 
 def has_dwarf(path: str) -> bool:
@@ -57,23 +97,20 @@ def _dwarf_reads(rp: ResolvedProbe) -> tuple[list[str], list[str]]:
         if arg.kind == "str":
             fmts.append(f"{arg.name}=%s")
             exprs.append(f"({v} ? user_string_n({v}, {MAX_STR - 1}) : \"\")")
-        elif arg.kind == "int":
-            fmts.append(f"{arg.name}=%d")
-            exprs.append(v)
-        elif arg.kind == "ptr":
-            fmts.append(f"{arg.name}=%p")
+        elif arg.kind in ("int", "ptr"):     # pointers print as numbers, shown as hex later
+            fmts.append(f"{arg.name}=%ld")
             exprs.append(v)
         elif arg.kind == "timespec2":
             for name, expr in (("atime", f"{v}[0]->tv_sec"), ("atime_nsec", f"{v}[0]->tv_nsec"),
                                ("mtime", f"{v}[1]->tv_sec"), ("mtime_nsec", f"{v}[1]->tv_nsec")):
-                fmts.append(f"{name}=%d")
+                fmts.append(f"{name}=%ld")
                 exprs.append(expr)
         elif arg.kind == "smb_file_time":
             for field in ("mtime", "atime", "ctime", "create_time"):
-                fmts += [f"{field}=%d", f"{field}_nsec=%d"]
+                fmts += [f"{field}=%ld", f"{field}_nsec=%ld"]
                 exprs += [f"{v}->{field}->tv_sec", f"{v}->{field}->tv_nsec"]
         elif arg.kind == "glfs_stat":
-            fmts += ["mask=%d", "atime=%d", "atime_nsec=%d", "mtime=%d", "mtime_nsec=%d"]
+            fmts += ["mask=%ld", "atime=%ld", "atime_nsec=%ld", "mtime=%ld", "mtime_nsec=%ld"]
             exprs += [f"{v}->glfs_st_mask", f"{v}->glfs_st_atime->tv_sec",
                       f"{v}->glfs_st_atime->tv_nsec", f"{v}->glfs_st_mtime->tv_sec",
                       f"{v}->glfs_st_mtime->tv_nsec"]
@@ -97,7 +134,8 @@ def script_text(probes: list[ResolvedProbe], dwarf: dict[str, bool] | None = Non
         if rp.path not in dwarf:
             dwarf[rp.path] = has_dwarf(rp.path)
         point = f"process({_stap_string(rp.path)}).function({_stap_string(rp.function)})"
-        common = "CORR\\t{kind}\\t" + str(i) + "\\t%d\\t%d\\t%d"
+        # %ld: stapbpf's %d prints only 32 bits
+        common = "CORR\\t{kind}\\t" + str(i) + "\\t%ld\\t%d\\t%d"
         fixed = "gettimeofday_ns(), pid(), tid()"
         if dwarf[rp.path]:
             fmts, exprs = _dwarf_reads(rp)
@@ -109,7 +147,7 @@ def script_text(probes: list[ResolvedProbe], dwarf: dict[str, bool] | None = Non
                      f"probe {point} {{\n{guard}  printf(\"{fmt}\", {args})\n}}\n")
         if rp.spec.retprobe and returns:
             if dwarf[rp.path]:
-                rfmt = "\\t".join([common.format(kind="return"), "retval=%d", "comm=%s"]) + "\\n"
+                rfmt = "\\t".join([common.format(kind="return"), "retval=%ld", "comm=%s"]) + "\\n"
                 rargs = f"{fixed}, $return, execname()"
             else:
                 rfmt = "\\t".join([common.format(kind="return"), "comm=%s"]) + "\\n"
@@ -153,13 +191,16 @@ def parse_line(line: str, probes: list[ResolvedProbe], source: str, host: str,
     if rp.spec.retprobe:
         entries[(pid, tid, idx)] = t
     args = {}
+    kinds = {a.name: a.kind for a in rp.spec.args}
     for key, value in fields.items():
-        args[key] = value if _is_text_arg(rp, key) else _int(value)
+        if kinds.get(key) == "str":
+            args[key] = value
+        elif kinds.get(key) == "ptr":
+            n = _int(value)
+            args[key] = f"{n & 0xFFFFFFFFFFFFFFFF:#x}" if isinstance(n, int) else value
+        else:
+            args[key] = _int(value)
     return make_event(t, "probe", "probe.call", source, **common, args=args)
-
-
-def _is_text_arg(rp: ResolvedProbe, key: str) -> bool:
-    return any(a.name == key and a.kind in ("str", "ptr") for a in rp.spec.args)
 
 
 def _int(value: str):
@@ -188,14 +229,33 @@ class StapCollector:
         self._entries: dict = {}
         self._tmpdir: str | None = None
         self.damaged_lines = 0
+        self.adaptations: list[str] = []
 
-    def command(self, script_path: str) -> list[str]:
+    def command(self, script_path: str) -> tuple[list[str], dict]:
+        """The stap command line and environment, adapted to what this host lacks."""
         cmd = [shutil.which("stap") or "stap"]
+        env = dict(os.environ)
+        self.adaptations = []
         if self.runtime and self.runtime != "kernel":
             cmd.append(f"--runtime={self.runtime}")
         if self.pid is not None:
             cmd += ["-x", str(self.pid)]
-        return cmd + [script_path]
+        cmd.append(script_path)
+        if self.runtime == "bpf":
+            shim = memlock_shim()
+            if shim:
+                env["LD_PRELOAD"] = shim + (" " + env["LD_PRELOAD"] if env.get("LD_PRELOAD") else "")
+                self.adaptations.append("RLIMIT_MEMLOCK cannot be raised: preloading " + shim)
+            if not any(os.path.exists(p) for p in UPROBE_EVENTS) and shutil.which("unshare"):
+                # stapbpf creates uprobes through tracefs; mount it in a private mount
+                # namespace so the host's mounts stay as they are.
+                cmd = ["unshare", "--mount", "--propagation", "private", "sh", "-c",
+                       "mount -t debugfs nodev /sys/kernel/debug 2>/dev/null; "
+                       "mount -t tracefs nodev /sys/kernel/tracing 2>/dev/null; exec \"$@\"",
+                       "stap", *cmd]
+                self.adaptations.append("tracefs not mounted: running stap in a private mount "
+                                        "namespace with tracefs mounted")
+        return cmd, env
 
     def start(self) -> None:
         if shutil.which("stap") is None:
@@ -209,8 +269,10 @@ class StapCollector:
             if "return probes not available" not in str(exc):
                 raise
             self._run(returns=False)
-            self.skipped += [(rp, "stap: process return probes not available on this kernel")
-                             for rp in self.all_probes if rp.spec.retprobe]
+            left_out = {id(rp) for rp, _ in self.skipped}
+            self.skipped += [(rp, "return not probed: stap says process return probes are not "
+                                  "available on this kernel")
+                             for rp in self.all_probes if rp.spec.retprobe and id(rp) not in left_out]
 
     def _run(self, returns: bool) -> None:
         text, self.skipped = script_text(self.all_probes, filter_pid=self.pid is not None,
@@ -223,7 +285,8 @@ class StapCollector:
         with open(script, "w") as fh:
             fh.write(text)
         self._lines, self._stderr = queue.Queue(), []
-        self.proc = subprocess.Popen(self.command(script), stdout=subprocess.PIPE,
+        cmd, env = self.command(script)
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, env=env,
                                      stderr=subprocess.PIPE, text=True, errors="backslashreplace",
                                      start_new_session=True)
         threading.Thread(target=self._pump, args=(self.proc.stdout, self._lines), daemon=True).start()
