@@ -126,3 +126,45 @@ def test_stap_runs_or_says_why():
     calls = [e for e in events if e["kind"] == "probe.call" and e["pid"] == child.pid]
     assert calls and calls[0]["function"] == "glfs_new"
     assert abs(calls[0]["time_ns"] - time.time_ns()) < 120 * 1_000_000_000
+
+
+def test_bcc_counts_lost_events_when_the_buffer_overflows():
+    """A burst far larger than a one-page perf buffer, polled only afterwards: the kernel
+    drops records and the collector reports them as probe.lost events and in `lost`.
+
+    The kernel writes its "lost N" record with the next record that fits, so the child makes
+    one more call after the buffer was drained; it stays on one CPU so both land in the same
+    per-CPU buffer."""
+    _skip_unless_root_and_gfapi()
+    from correlate.probe.bcc_backend import BccCollector, check_bcc_prerequisites
+    try:
+        check_bcc_prerequisites()
+    except ProbeError as exc:
+        pytest.skip(str(exc))
+    spec = ProbeSpec("test.glfs_setfsuid", "test", "libgfapi.so.0", "glfs_setfsuid",
+                     (Arg("uid", 1, "int"),))
+    code = ("import ctypes, os, sys\n"
+            "os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]})\n"
+            "f = ctypes.CDLL('libgfapi.so.0').glfs_setfsuid\n"
+            "sys.stdin.readline()\n[f(0) for _ in range(20000)]\nprint('burst', flush=True)\n"
+            "sys.stdin.readline()\nf(0)\nprint('one', flush=True)\n")
+    child = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE,
+                             stdout=subprocess.PIPE, text=True)
+    collector = BccCollector([resolve(spec, child.pid)], pid=child.pid, perf_pages=1)
+    collector.start()
+    events = []
+    try:
+        for expect in ("burst", "one"):
+            child.stdin.write("go\n")
+            child.stdin.flush()
+            assert child.stdout.readline().strip() == expect
+            for _ in range(10):
+                events += collector.poll(50)
+        child.wait(30)
+    finally:
+        events += collector.stop()
+    calls = [e for e in events if e["kind"] == "probe.call"]
+    lost = [e for e in events if e["kind"] == "probe.lost"]
+    assert collector.lost > 0 and lost and sum(e["count"] for e in lost) == collector.lost
+    assert len(calls) + collector.lost == 20001
+    assert all(e["args"]["uid"] == 0 for e in calls)

@@ -154,8 +154,10 @@ class BccCollector:
 
     name = "bcc"
 
-    def __init__(self, probes: list[ResolvedProbe], pid: int | None = None, source: str = "bcc"):
+    def __init__(self, probes: list[ResolvedProbe], pid: int | None = None, source: str = "bcc",
+                 perf_pages: int = PERF_PAGES):
         self.probes = probes
+        self.perf_pages = perf_pages
         self.pid = pid
         self.source = source
         self.host = socket.gethostname()
@@ -183,7 +185,8 @@ class BccCollector:
             raise ProbeError(f"attaching {rp.function} at {rp.address:#x} in {rp.path} failed: {exc}") from None
         # Measure the clock offset after the (slow) compile, right before events flow.
         self.clock = ClockMap()
-        self.bpf[b"events"].open_perf_buffer(self._on_event, page_cnt=PERF_PAGES, lost_cb=self._on_lost)
+        self.bpf[b"events"].open_perf_buffer(self._on_event, page_cnt=self.perf_pages,
+                                                 lost_cb=self._on_lost)
 
     def _on_event(self, _cpu, data, _size) -> None:
         rec = ctypes.cast(data, ctypes.POINTER(EventRecord)).contents
