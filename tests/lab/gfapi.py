@@ -376,13 +376,13 @@ def main(argv: list[str] | None = None) -> int:
             result = {"status": "error", "op": opts.op, "errno": exc.errno, "error": str(exc)}
         result["pid"] = os.getpid()
     print(json.dumps(result), flush=True)
-    code = 0 if result["status"] == "ok" else 1
-    if opts.timeout <= 0:
-        # Without --fini the volume is still mounted; leave without glfs_fini's long wait.
-        sys.stderr.flush()
-        os._exit(code)
-    return code
+    return 0 if result["status"] == "ok" else 1
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_code = main()
+    # Without --fini the volume is still mounted and libgfapi's threads run: leave at once,
+    # without glfs_fini's long wait or interpreter shutdown racing those threads.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(exit_code)
