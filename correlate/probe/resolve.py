@@ -51,9 +51,12 @@ def find_library(library: str, pid: int | None = None) -> str:
     """The file `library` names; with a pid, the copy that process has mapped."""
     if pid is not None:
         for path in _mapped_paths(pid):
-            if path.endswith("/" + library) or os.path.basename(path) == os.path.basename(library) \
+            if path.endswith("/" + library) \
+                    or ("/" not in library and os.path.basename(path) == library) \
                     or (library.startswith("/") and os.path.realpath(path) == os.path.realpath(library)):
                 return path
+        # Not mapped (yet): fall back to the file on disk; a pid-filtered uprobe on it still
+        # fires once that process loads it (smbd loads vfs modules at tree connect).
     looked = []
     if os.path.isabs(library):
         if os.path.isfile(library):
