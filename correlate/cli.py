@@ -52,7 +52,7 @@ def main():
     \b
     Examples:
       correlate decode capture.pcap
-      tcpdump -i any -s 0 -U --immediate-mode -B 32768 -w - 'tcp portrange 24007-24100 or tcp portrange 49152-49251 or icmp' | correlate decode -
-      tcpdump -i any -s 0 -U --immediate-mode -B 32768 -w - 'tcp portrange 24007-24100 or tcp portrange 49152-49251 or icmp' | correlate run --probe gfapi --pcap -
+      tcpdump -i any -s 0 -U --immediate-mode -B 262144 -w - 'tcp portrange 24007-24100 or tcp portrange 49152-49251 or icmp' | correlate decode -
+      tcpdump -i any -s 0 -U --immediate-mode -B 262144 -w - 'tcp portrange 24007-24100 or tcp portrange 49152-49251 or icmp' | correlate run --probe gfapi --pcap -
       correlate analyze capture.pcapng timeline.jsonl
     """

@@ -143,7 +143,7 @@ def run(pcaps, probe_groups, pid, backend, probe_offsets, logs, duration, window
 
     \b
     Examples:
-      tcpdump -i any -s 0 -U --immediate-mode -B 32768 -w - 'tcp portrange 24007-24100 or tcp portrange 49152-49251 or icmp' \\
+      tcpdump -i any -s 0 -U --immediate-mode -B 262144 -w - 'tcp portrange 24007-24100 or tcp portrange 49152-49251 or icmp' \\
           | correlate run --probe gfapi --pcap -
       correlate run --probe all --timeline /tmp/incident.jsonl --duration 60
       correlate run --probe samba --pid 4242 --json

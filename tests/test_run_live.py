@@ -27,7 +27,7 @@ class LivePipeline:
 
     def __init__(self, args, timeline):
         self.tcpdump = subprocess.Popen(
-            ["tcpdump", "-i", "any", "-s", "0", "-U", "--immediate-mode", "-B", "32768", "-w", "-",
+            ["tcpdump", "-i", "any", "-s", "0", "-U", "--immediate-mode", "-B", "262144", "-w", "-",
              lab_module.DEFAULT_FILTER], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         self.run = subprocess.Popen(CORRELATE + ["run", "--pcap", "-", "--json", "--timeline",
                                                  str(timeline), *args],

@@ -22,7 +22,7 @@ def decode(capture, json_out):
     Examples:
       correlate decode tests/captures/atime-minus-one.pcap
       correlate decode --json capture.pcapng.gz | jq 'select(.procedure=="SETATTR")'
-      tcpdump -i any -s 0 -U --immediate-mode -B 32768 -w - 'tcp portrange 24007-24100 or tcp portrange 49152-49251 or icmp' | correlate decode -
+      tcpdump -i any -s 0 -U --immediate-mode -B 262144 -w - 'tcp portrange 24007-24100 or tcp portrange 49152-49251 or icmp' | correlate decode -
     """
     diag = Diagnostics(source_name(capture))
     reporter = Reporter(json_out=json_out, show_events=True, show_findings=False,

@@ -68,7 +68,7 @@ def live() -> int:
     out.mkdir(parents=True, exist_ok=True)
     timeline = out / "timeline.jsonl"
     tcpdump = subprocess.Popen(["tcpdump", "-i", "any", "-s", "0", "-U", "--immediate-mode",
-                                "-B", "32768", "-w", "-", lab.DEFAULT_FILTER],
+                                "-B", "262144", "-w", "-", lab.DEFAULT_FILTER],
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     run = subprocess.Popen(CORRELATE + ["run", "--probe", "gfapi", "--pcap", "-",
                                         "--timeline", str(timeline)],
