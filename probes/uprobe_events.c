@@ -71,6 +71,14 @@ static __always_inline void read_str(struct event_t *ev, const void *p) {
         ev->flags |= F_STR_FAULT;
 }
 
+// One pointer hop: *(p + off), or 0 when p is 0 or unreadable.
+static __always_inline const void *deref(const void *p, long off) {
+    const void *out = 0;
+    if (!p || bpf_probe_read_user(&out, sizeof(out), (const char *)p + off) != 0)
+        return 0;
+    return out;
+}
+
 // Read `nwords` 8-byte words at `p + off` into words[at..].
 static __always_inline int read_words(struct event_t *ev, const void *p, int off, int at, int nwords) {
     if (at < 0 || at + nwords > 11)

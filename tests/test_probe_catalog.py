@@ -123,6 +123,16 @@ def test_program_text_has_one_function_pair_per_probe():
     assert "read_str(ev, (const void *)PT_REGS_PARM2(ctx));" in text
 
 
+def test_program_text_follows_pointer_hops_for_strings():
+    from dataclasses import replace
+    spec = catalog.select("samba")[0]
+    unresolved = _fake(spec, method="eh_frame+plt")
+    assert "path" not in [a.name for a in unresolved.arguments]   # layout name not yet known
+    rp = replace(unresolved, args=tuple(replace(a, deref=(0xD0, 0)) if a.deref else a for a in spec.args))
+    text = bcc_backend.program_text([rp])
+    assert "p = deref(p, 208);\n        p = deref(p, 0);\n        read_str(ev, p);" in text
+
+
 def test_event_record_matches_the_c_layout():
     # 3 u64 + 2 u64 + 11 s64 + 6 u32 + 16 + 256 (see probes/uprobe_events.c)
     assert ctypes.sizeof(bcc_backend.EventRecord) == 3 * 8 + 16 + 88 + 24 + 16 + 256

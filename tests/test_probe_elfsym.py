@@ -184,3 +184,39 @@ def test_eh_frame_garbage_and_loops():
     rng = random.Random(7)
     for _ in range(200):
         elfsym.parse_eh_frame(bytes(rng.randrange(256) for _ in range(rng.randrange(1, 300))), 0x1000)
+
+
+# ---- struct offsets from code (correlate/probe/layout.py) ------------------------------------
+
+@needs_samba
+@needs_binutils
+def test_fsp_name_offset_read_from_the_code_matches_objdump():
+    from correlate.probe import layout
+    res = resolve_in_file(SAMBA_GLUSTER, "vfs_gluster_fntimes", CALLS)
+    off = layout.fsp_name_offset(load_elf(SAMBA_GLUSTER), res.address)
+    start, end = (int(x, 16) for x in re.search(r"FDE (0x[0-9a-f]+)-(0x[0-9a-f]+)", res.detail).groups())
+    dis = subprocess.run(["objdump", "-d", f"--start-address={start:#x}", f"--stop-address={end:#x}",
+                          SAMBA_GLUSTER], capture_output=True, text=True, check=True).stdout.splitlines()
+    call = next(i for i, line in enumerate(dis) if "<glfs_utimens@plt>" in line)
+    window = "\n".join(dis[max(0, call - 6):call])
+    assert re.search(r"mov\s+\(%(\w+)\),%rsi", window)
+    assert off is not None and f"mov    {off:#x}(%rbx)" in window
+
+
+@needs_gfapi
+def test_layout_not_found_leaves_the_argument_out():
+    """In a function without the pattern the offset is None, and resolve() drops the path
+    with a note instead of reading a guessed address."""
+    from correlate.probe import layout
+    from correlate.probe.catalog import Arg, ProbeSpec
+    from correlate.probe.resolve import resolve
+    elf = load_elf(GFAPI)
+    assert layout.fsp_name_offset(elf, resolve_in_file(GFAPI, "glfs_utimens").address) is None
+    spec = ProbeSpec("t.layout", "t", "libgfapi.so.0", "glfs_utimens",
+                     (Arg("path", 2, "str", deref=("files_struct.fsp_name", 0)), Arg("fs", 1, "ptr")))
+    rp = resolve(spec)
+    assert [a.name for a in rp.arguments] == ["fs"]
+    assert rp.notes and "files_struct.fsp_name not found" in rp.notes[0]
+    spec2 = ProbeSpec("t.layout2", "t", "libgfapi.so.0", "glfs_utimens",
+                      (Arg("path", 2, "str", deref=("no.such.layout",)),))
+    assert resolve(spec2).arguments == ()

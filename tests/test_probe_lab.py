@@ -127,6 +127,8 @@ def test_samba_fntimes_resolved_in_stripped_module(probe_lab):
     # smbclient left the other times at -1, which current Samba passes on as UTIME_OMIT.
     assert call["args"]["mtime_nsec"] == catalog.UTIME_OMIT
     assert call["comm"].startswith("smbd")
+    # fsp->fsp_name->base_name, through the offset read from the module's own code.
+    assert call["args"]["path"] == "probe-smb.txt", call
     ret = next(e for e in events if e["kind"] == "probe.return" and e["function"] == "vfs_gluster_fntimes"
                and e["tid"] == call["tid"] and e["time_ns"] > call["time_ns"])
     assert ret["retval"] == 0

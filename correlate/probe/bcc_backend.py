@@ -53,9 +53,13 @@ def program_text(probes: list[ResolvedProbe]) -> str:
     parts = [text]
     for i, rp in enumerate(probes):
         reads, slot = [], 0
-        for arg in rp.spec.args:
+        for arg in rp.arguments:
             reg = f"PT_REGS_PARM{arg.index}(ctx)"
-            if arg.kind == "str":
+            if arg.kind == "str" and arg.deref:
+                hops = "".join(f"\n        p = deref(p, {int(off)});" for off in arg.deref)
+                reads.append(f"{{\n        const void *p = (const void *){reg};{hops}\n"
+                             f"        read_str(ev, p);\n    }}")
+            elif arg.kind == "str":
                 reads.append(f"read_str(ev, (const void *){reg});")
             elif arg.kind in ("int", "ptr"):
                 reads.append(f"ev->ints[{slot}] = {reg};")
@@ -91,7 +95,7 @@ def decode_args(rp: ResolvedProbe, rec: EventRecord) -> tuple[dict, list[str]]:
     faults: list[str] = []
     w = list(rec.words)
     slot = 0
-    for arg in rp.spec.args:
+    for arg in rp.arguments:
         if arg.kind == "str":
             if rec.flags & F_STR:
                 args[arg.name] = _text(bytes(rec.str))

@@ -16,7 +16,8 @@ Argument kinds (the vocabulary the backends implement; `index` is the 1-based C 
   glfs_stat      struct glfs_stat * (gfapi 6.0+): mask at 0, atime at 0x18, mtime at 0x48
                  (offsets read from glfs_iatt_from_statx in libgfapi 10.3) -> mask, atime,
                                                                            atime_nsec, mtime, mtime_nsec
-A spec reads at most one `str`, two `int`/`ptr` and one struct kind.
+A spec reads at most one `str`, two `int`/`ptr` and one struct kind. A `str` may be reached
+through pointers (`deref`), e.g. Samba's fsp->fsp_name->base_name.
 """
 from __future__ import annotations
 
@@ -34,8 +35,16 @@ class Arg:
     name: str
     index: int          # 1-based position of the C argument (1..6 on x86-64 registers)
     kind: str
+    # For `str`: pointer hops before the string, p = *(p + off) for each. An entry may be a
+    # layout name (see correlate/probe/layout.py) that is read from the probed binary's code;
+    # when it cannot be, the argument is left out rather than guessed.
+    deref: tuple[int | str, ...] = ()
 
     def __post_init__(self):
+        if self.deref and self.kind != "str":
+            raise ValueError(f"argument {self.name}: deref is only for str arguments")
+        if len(self.deref) > 4:
+            raise ValueError(f"argument {self.name}: at most 4 pointer hops")
         if self.kind not in ARG_KINDS:
             raise ValueError(f"argument {self.name}: unknown kind {self.kind!r} (one of {', '.join(ARG_KINDS)})")
         if not 1 <= self.index <= 6:
@@ -93,7 +102,9 @@ BUILTIN: tuple[ProbeSpec, ...] = (
               retprobe=True,
               description="glfs_init(fs): a call without a return is a mount that hangs"),
     ProbeSpec("samba.vfs_gluster_fntimes", "samba", SAMBA_GLUSTER, "vfs_gluster_fntimes",
-              (Arg("fsp", 2, "ptr"), Arg("ft", 3, "smb_file_time")), retprobe=True,
+              (Arg("fsp", 2, "ptr"), Arg("ft", 3, "smb_file_time"),
+               # fsp->fsp_name->base_name; base_name is the first member of smb_filename
+               Arg("path", 2, "str", deref=("files_struct.fsp_name", 0))), retprobe=True,
               aliases=("vfs_gluster_ntimes",),
               calls=(("glfs_futimens", "glfs_utimens"), ("glfs_utimens",)),
               description="Samba's vfs_glusterfs time setter (vfs_gluster_ntimes before 4.15): "

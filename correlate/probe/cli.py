@@ -85,6 +85,12 @@ def format_event(ev: dict) -> str:
     return " ".join(parts)
 
 
+def describe_arg(arg) -> str:
+    """name:kind@index, plus the pointer hops for strings reached through structs."""
+    hops = "".join(f"->[{d:#x}]" if isinstance(d, int) else f"->[{d}]" for d in arg.deref)
+    return f"{arg.name}:{arg.kind}@{arg.index}{hops}"
+
+
 @click.command()
 @click.option("--probe", "groups", multiple=True, default=("gfapi",), show_default=True,
               metavar="GROUP", help=GROUP_HELP)
@@ -119,6 +125,9 @@ def probe(groups, pid, as_json, backend, offsets, duration):
     session.start()
     for spec, why in session.unresolved:
         click.echo(f"correlate: skipping {spec.name}: {why}", err=True)
+    for rp in session.resolved:
+        for note in rp.notes:
+            click.echo(f"correlate: {rp.spec.name}: {note}", err=True)
     for rp in getattr(session.collector, "skipped", []):
         click.echo(f"correlate: {session.backend_name} leaves out {rp[0].spec.name}: {rp[1]}", err=True)
     click.echo(f"correlate: {len(session.resolved)} probes attached with {session.backend_name}; "
@@ -166,12 +175,12 @@ def probes(groups, pid, offsets, as_json):
     offsets_map = parse_offsets(offsets)
     for spec in _specs(groups):
         row = {"probe": spec.name, "group": spec.group, "function": spec.function,
-               "args": [f"{a.name}:{a.kind}@{a.index}" for a in spec.args],
-               "retprobe": spec.retprobe}
+               "args": [describe_arg(a) for a in spec.args], "retprobe": spec.retprobe}
         try:
             rp = resolve(spec, pid, offsets_map)
             row.update(library=rp.path, resolved_as=rp.function, method=rp.method,
-                       address=f"{rp.address:#x}", detail=rp.detail)
+                       address=f"{rp.address:#x}", detail=rp.detail,
+                       args=[describe_arg(a) for a in rp.arguments], notes=list(rp.notes))
         except CorrelateError as exc:
             row.update(library=spec.library, error=str(exc))
         if as_json:
@@ -185,3 +194,6 @@ def probes(groups, pid, offsets, as_json):
             alias = f" as {row['resolved_as']}" if row["resolved_as"] != spec.function else ""
             click.echo(f"{spec.name:<28} {row['method']:<13} {row['address']:>9}  {row['library']}"
                        f"{alias}{ret}{extra}")
+            click.echo(f"{'':<28} args: {', '.join(row['args']) or '-'}")
+            for note in row["notes"]:
+                click.echo(f"{'':<28} note: {note}")

@@ -6,8 +6,11 @@ import re
 import subprocess
 from dataclasses import dataclass
 
-from .catalog import ProbeSpec
+from dataclasses import replace
+
+from .catalog import Arg, ProbeSpec
 from .elfsym import ElfError, Resolution, SymbolNotFound, load_elf, resolve_in_file
+from .layout import resolve_offsets
 from .errors import LibraryNotFound, SymbolNotResolvable
 
 LIB_DIRS = ("/lib/x86_64-linux-gnu", "/usr/lib/x86_64-linux-gnu", "/lib64", "/usr/lib64",
@@ -23,6 +26,15 @@ class ResolvedProbe:
     file_offset: int
     method: str          # dynsym | symtab | debuginfo | eh_frame+plt | offset
     detail: str = ""
+    args: tuple[Arg, ...] | None = None   # the spec's arguments, layout names replaced by offsets
+    notes: tuple[str, ...] = ()           # arguments left out, and why
+
+    @property
+    def arguments(self) -> tuple[Arg, ...]:
+        """What the backends read: the fixed-up args, or the spec's own without layout names."""
+        if self.args is not None:
+            return self.args
+        return tuple(a for a in self.spec.args if not any(isinstance(d, str) for d in a.deref))
 
 
 def _ldconfig_paths(soname: str) -> list[str]:
@@ -91,6 +103,30 @@ def parse_offsets(items: list[str] | tuple[str, ...]) -> dict[str, int]:
 
 
 def resolve(spec: ProbeSpec, pid: int | None = None, offsets: dict[str, int] | None = None) -> ResolvedProbe:
+    """Locate the function, then fix up argument layouts that depend on the binary."""
+    return with_layouts(_locate(spec, pid, offsets))
+
+
+def with_layouts(rp: ResolvedProbe) -> ResolvedProbe:
+    names = {d for a in rp.spec.args for d in a.deref if isinstance(d, str)}
+    found: dict[str, int | None] = {}
+    if names:
+        try:
+            found = resolve_offsets(load_elf(rp.path), rp.address, names)
+        except ElfError:
+            found = {n: None for n in names}
+    args, notes = [], []
+    for arg in rp.spec.args:
+        missing = [d for d in arg.deref if isinstance(d, str) and found.get(d) is None]
+        if missing:
+            notes.append(f"{arg.name} left out: {', '.join(missing)} not found in the code of "
+                         f"{rp.function}")
+            continue
+        args.append(replace(arg, deref=tuple(found[d] if isinstance(d, str) else d for d in arg.deref)))
+    return replace(rp, args=tuple(args), notes=tuple(notes))
+
+
+def _locate(spec: ProbeSpec, pid: int | None, offsets: dict[str, int] | None) -> ResolvedProbe:
     path = find_library(spec.library, pid)
     offsets = offsets or {}
     for name in (spec.name, *spec.names):

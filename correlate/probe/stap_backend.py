@@ -92,8 +92,10 @@ def _stap_string(s: str) -> str:
 def _dwarf_reads(rp: ResolvedProbe) -> tuple[list[str], list[str]]:
     """printf formats and expressions for the spec's arguments, DWARF style."""
     fmts, exprs = [], []
-    for arg in rp.spec.args:
+    for arg in rp.arguments:
         v = "$" + arg.name
+        if arg.deref:
+            continue    # pointer hops by offset are a bcc feature; DWARF names the members
         if arg.kind == "str":
             fmts.append(f"{arg.name}=%s")
             exprs.append(f"({v} ? user_string_n({v}, {MAX_STR - 1}) : \"\")")
