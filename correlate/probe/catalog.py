@@ -107,7 +107,7 @@ BUILTIN: tuple[ProbeSpec, ...] = (
                Arg("path", 2, "str", deref=("files_struct.fsp_name", 0))), retprobe=True,
               aliases=("vfs_gluster_ntimes",),
               calls=(("glfs_futimens", "glfs_utimens"), ("glfs_utimens",)),
-              description="Samba's vfs_glusterfs time setter (vfs_gluster_ntimes before 4.15): "
+              description="Samba's vfs_glusterfs time setter (vfs_gluster_ntimes in older Samba): "
                           "struct smb_file_time is the third argument in both"),
 )
 
