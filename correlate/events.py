@@ -27,9 +27,15 @@ def _default(obj: Any):
     return str(obj)
 
 
+# Built once: json.dumps would build an encoder per call. Events are trees of plain values, so
+# the circular-reference bookkeeping is skipped; `default` only runs for the odd non-JSON type.
+_encode = json.JSONEncoder(default=_default, separators=(",", ":"), ensure_ascii=True,
+                           check_circular=False).encode
+
+
 def to_json(ev: dict) -> str:
     """One JSON line. Non-ASCII and control characters are escaped by json itself."""
-    return json.dumps(ev, default=_default, separators=(",", ":"), ensure_ascii=True)
+    return _encode(ev)
 
 
 def header_line(**info: Any) -> str:

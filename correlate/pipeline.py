@@ -46,7 +46,10 @@ class Reporter:
         if self.timeline:
             self.timeline.write(ev)
         if self.show_events:
-            self._print(ev, format_event(ev))
+            if self.json_out:       # the text line is only built when it is printed
+                self.out.write(to_json(ev) + "\n")
+            else:
+                self.out.write(colorize(format_event(ev), ev, self.color) + "\n")
 
     def finding(self, f: dict) -> None:
         if f.get("kind") == "finding":

@@ -27,8 +27,8 @@ def decode(capture, json_out):
     diag = Diagnostics(source_name(capture))
     reporter = Reporter(json_out=json_out, show_events=True, show_findings=False,
                         out=sys.stdout)
-    if not sys.stdout.isatty():
-        sys.stdout.reconfigure(line_buffering=True)   # live pipes: a line as soon as it is decoded
+    if capture == "-" and not sys.stdout.isatty():
+        sys.stdout.reconfigure(line_buffering=True)   # live input: a line as soon as it is decoded
     try:
         run_pipeline(decode_capture(capture, diag=diag), None, reporter)
     finally:
