@@ -220,3 +220,23 @@ def test_layout_not_found_leaves_the_argument_out():
     spec2 = ProbeSpec("t.layout2", "t", "libgfapi.so.0", "glfs_utimens",
                       (Arg("path", 2, "str", deref=("no.such.layout",)),))
     assert resolve(spec2).arguments == ()
+
+
+def test_arbitrary_bytes_after_the_magic_never_escape_as_other_errors():
+    from hypothesis import given, settings, strategies as st
+
+    @settings(max_examples=300, deadline=None)
+    @given(st.binary(min_size=0, max_size=600), st.sampled_from([b"\x7fELF\x02\x01", b"\x7fELF\x01\x02"]))
+    def check(tail, magic):
+        try:
+            elf = parse_elf(magic + tail, "h")
+            elf.symbols(elfsym.SHT_DYNSYM)
+            elf.symbols(elfsym.SHT_SYMTAB)
+            elf.plt_stubs()
+            elf.build_id()
+            elf.debuglink()
+            elf.fde_ranges()
+        except ElfError:
+            pass
+
+    check()
