@@ -189,3 +189,42 @@ def test_procedure_numbers(proc, name):
 def test_reply_of_a_procedure_without_layout_still_gives_op_ret():
     call, reply, _ = exchange(49, b"", Packer().int32(-1).int32(95).bytes())   # COMPOUND
     assert reply["procedure"] == "COMPOUND" and reply["errno_name"] == "ENOTSUP"
+
+
+def _read_both(lay, data):
+    """(result or error text, bytes consumed) of the field-by-field and the compiled reader."""
+    from correlate.errors import DecodeError
+    from correlate.gluster.layout import decode, struct
+    from correlate.wire.xdr import Unpacker
+    out = []
+    for read in (lambda u: decode(u, lay), struct(lay)):
+        u = Unpacker(data, 0, base=40)
+        try:
+            out.append((read(u), u.pos))
+        except DecodeError as exc:
+            out.append((f"DecodeError: {exc}", None))
+    return out
+
+
+def _all_layouts():
+    from correlate.gluster import fops
+    for vers, table in (("v3", fops.V3), ("v4", fops.V4)):
+        for pname, (req, rsp) in table.items():
+            for side, lay in (("args", req), ("result", rsp)):
+                if lay:
+                    yield pytest.param(lay, id=f"{vers}-{pname}-{side}")
+
+
+@pytest.mark.parametrize("lay", list(_all_layouts()))
+def test_compiled_layout_reads_like_field_by_field(lay):
+    """Same dict, same bytes consumed, and on every truncation the same error message."""
+    import random
+    rng = random.Random(len(lay))
+    filled = bytes(rng.choice((0, 0, 0, 1, 0xFF)) for _ in range(600))
+    for data in (bytes(600), filled):
+        whole = _read_both(lay, data)
+        assert whole[0] == whole[1]
+        end = whole[0][1] or 600
+        for cut in range(0, end, 3):
+            slow, fast = _read_both(lay, data[:cut])
+            assert slow == fast, cut

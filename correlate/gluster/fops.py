@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from ..wire.xdr import Unpacker
 from . import dicts
-from .layout import (GF_PROTO_FLOCK, GF_PROTO_LEASE, GF_STATFS, Layout, decode, gfid, i32, i64,
+from .layout import (GF_PROTO_FLOCK, GF_PROTO_LEASE, GF_STATFS, Layout, gfid, i32, i64,
                      iatt, iattx, name, opaque_size, stbuf_for_setattr, string, struct, u32, u64,
                      valid)
 from .programs_base import Procedure, Program
@@ -218,7 +218,7 @@ V4: dict[str, tuple[Layout | None, Layout | None]] = {
 
 
 def _reader(lay: Layout | None):
-    return None if lay is None else (lambda u: decode(u, lay))
+    return None if lay is None else struct(lay)
 
 
 def _table(layouts: dict[str, tuple[Layout | None, Layout | None]]) -> dict[int, Procedure]:

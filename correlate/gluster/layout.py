@@ -4,10 +4,15 @@ A layout is a list of (name, reader) pairs, in wire order, as in the Gluster .x 
 reader takes an Unpacker and returns a value; a reader that returns a dict whose name starts
 with "*" is merged into the parent (used to flatten e.g. the SETATTR stbuf). Names starting
 with "_" are read but left out of the result.
+
+`decode` interprets a layout field by field; `struct` compiles it once into a reader that
+unpacks each run of fixed-size fields with one precompiled Struct. Both give the same dict;
+when the compiled reader meets anything wrong it re-reads with `decode`, so errors (and their
+messages) are exactly those of the field-by-field reading.
 """
 from __future__ import annotations
 
-import uuid
+from struct import Struct
 from typing import Any, Callable
 
 from ..errors import DecodeError
@@ -36,11 +41,6 @@ def decode(u: Unpacker, layout: Layout) -> dict:
     return out
 
 
-def struct(layout: Layout) -> Reader:
-    """A reader for a nested struct."""
-    return lambda u: decode(u, layout)
-
-
 # -- primitive readers ------------------------------------------------------------------
 def u32(u: Unpacker) -> int:
     return u.uint32()
@@ -58,9 +58,72 @@ def i64(u: Unpacker) -> int:
     return u.int64()
 
 
+def uuid_text(raw: bytes) -> str:
+    """16 bytes as the UUID text Gluster prints (what str(uuid.UUID(bytes=raw)) gives)."""
+    h = raw.hex()
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
+
 def gfid(u: Unpacker) -> str:
     """opaque gfid[16], shown as the UUID Gluster prints."""
-    return str(uuid.UUID(bytes=u.fopaque(16, "gfid")))
+    return uuid_text(u.fopaque(16, "gfid"))
+
+
+# Readers of fixed-size items: their struct format and the conversion of the unpacked value.
+FIXED: dict[Reader, tuple[str, Callable | None]] = {
+    u32: ("I", None), i32: ("i", None), u64: ("Q", None), i64: ("q", None),
+    gfid: ("16s", uuid_text),
+}
+
+
+def struct(layout: Layout) -> Reader:
+    """A reader for a struct, compiled from its layout: one Struct per run of fixed-size
+    fields, the other readers called in between, the result built as one dict display."""
+    env: dict[str, Any] = {"DecodeError": DecodeError, "Unpacker": Unpacker,
+                           "slow": lambda u: decode(u, layout)}
+    body: list[str] = []
+    items: list[str] = []           # the entries of the result's dict display, in wire order
+    run: list[tuple[str, str, Callable | None]] = []
+
+    def flush_run() -> None:
+        if not run:
+            return
+        n = len(env)
+        env[f"S{n}"] = Struct(">" + "".join(fmt for _, fmt, _ in run))
+        names = [f"v{n}_{j}" for j in range(len(run))]
+        body.append(f"{', '.join(names)}, = unpack_run(u, S{n})")
+        for var, (fname, _, conv) in zip(names, run):
+            if fname.startswith("_"):
+                continue
+            if conv is not None:
+                env[f"C{n}"] = conv
+                var = f"C{n}({var})"
+            items.append(f"{fname!r}: {var}")
+        run.clear()
+
+    for fname, reader in layout:
+        fixed = FIXED.get(reader)
+        if fixed is not None and not fname.startswith("*"):
+            run.append((fname, *fixed))
+            continue
+        flush_run()
+        n = len(env)
+        env[f"R{n}"] = reader
+        body.append(f"r{n} = R{n}(u)")
+        if fname.startswith("*"):
+            items.append(f"**r{n}")
+        elif not fname.startswith("_"):
+            items.append(f"{fname!r}: r{n}")
+    flush_run()
+    env["unpack_run"] = Unpacker.unpack_run
+    src = "\n".join(["def read(u):", "    start = u.pos", "    try:",
+                      *(f"        {line}" for line in body or ["pass"]),
+                      "    except DecodeError:",
+                      "        u.pos = start",
+                      "        return slow(u)      # again field by field, for the exact error",
+                      f"    return {{{', '.join(items)}}}"])
+    exec(compile(src, f"<layout {', '.join(n for n, _ in layout[:3])}...>", "exec"), env)
+    return env["read"]
 
 
 def string(u: Unpacker) -> str:
@@ -126,12 +189,16 @@ GFX_MDATA_IATT: Layout = [
 ]
 
 
+_gf_iatt = struct(GF_IATT)
+_gfx_iattx = struct(GFX_IATTX)
+
+
 def iatt(u: Unpacker) -> dict:
-    return _with_type(decode(u, GF_IATT))
+    return _with_type(_gf_iatt(u))
 
 
 def iattx(u: Unpacker) -> dict:
-    return _with_type(decode(u, GFX_IATTX))
+    return _with_type(_gfx_iattx(u))
 
 
 GF_STATFS: Layout = [(n, u64) for n in ("bsize", "frsize", "blocks", "bfree", "bavail", "files",

@@ -64,6 +64,16 @@ class Unpacker:
             raise DecodeError(f"{what}: needs {n} bytes, {max(0, len(self._buf) - self.pos)} left "
                               f"at {self.where()}")
 
+    def unpack_run(self, s: struct.Struct) -> tuple:
+        """A run of fixed-size items read with one precompiled Struct."""
+        try:
+            v = s.unpack_from(self._buf, self.pos)
+        except struct.error:
+            raise DecodeError(f"fixed-size fields: needs {s.size} bytes, "
+                              f"{max(0, len(self._buf) - self.pos)} left at {self.where()}") from None
+        self.pos += s.size
+        return v
+
     def rest(self) -> bytes:
         """All bytes not read yet (for payloads that follow the XDR part)."""
         out = bytes(self._buf[self.pos:])
