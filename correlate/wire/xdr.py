@@ -81,33 +81,49 @@ class Unpacker:
         return out
 
     # -- integers -----------------------------------------------------------------------
+    # unpack_from itself finds a short buffer; _need then raises the DecodeError that says so.
     def uint32(self, what: str = "uint32") -> int:
-        self._need(4, what)
-        v = _U32.unpack_from(self._buf, self.pos)[0]
+        try:
+            v = _U32.unpack_from(self._buf, self.pos)[0]
+        except struct.error:
+            self._need(4, what)
+            raise
         self.pos += 4
         return v
 
     def int32(self, what: str = "int32") -> int:
-        self._need(4, what)
-        v = _I32.unpack_from(self._buf, self.pos)[0]
+        try:
+            v = _I32.unpack_from(self._buf, self.pos)[0]
+        except struct.error:
+            self._need(4, what)
+            raise
         self.pos += 4
         return v
 
     def uint64(self, what: str = "uint64") -> int:
-        self._need(8, what)
-        v = _U64.unpack_from(self._buf, self.pos)[0]
+        try:
+            v = _U64.unpack_from(self._buf, self.pos)[0]
+        except struct.error:
+            self._need(8, what)
+            raise
         self.pos += 8
         return v
 
     def int64(self, what: str = "int64") -> int:
-        self._need(8, what)
-        v = _I64.unpack_from(self._buf, self.pos)[0]
+        try:
+            v = _I64.unpack_from(self._buf, self.pos)[0]
+        except struct.error:
+            self._need(8, what)
+            raise
         self.pos += 8
         return v
 
     def double(self, what: str = "double") -> float:
-        self._need(8, what)
-        v = _F64.unpack_from(self._buf, self.pos)[0]
+        try:
+            v = _F64.unpack_from(self._buf, self.pos)[0]
+        except struct.error:
+            self._need(8, what)
+            raise
         self.pos += 8
         return v
 
@@ -136,26 +152,38 @@ class Unpacker:
     def opaque(self, what: str = "opaque", max_len: int | None = None) -> bytes:
         """Variable-length opaque: the length is checked against what is left (and max_len)
         before any byte is copied."""
-        start = self.pos
-        n = self.uint32(f"{what} length")
-        if max_len is not None and n > max_len:
-            raise DecodeError(f"{what}: length {n} exceeds the limit {max_len} at offset {self.base + start}")
-        if n + _pad(n) > len(self._buf) - self.pos:
-            raise DecodeError(f"{what}: length {n} but only {len(self._buf) - self.pos} bytes left "
-                              f"at offset {self.base + start}")
-        v = bytes(self._buf[self.pos:self.pos + n])
-        self.pos += n + _pad(n)
-        return v
+        start, buf = self.pos, self._buf
+        try:
+            n = _U32.unpack_from(buf, start)[0]
+        except struct.error:
+            self._need(4, f"{what} length")
+            raise
+        end = start + 4 + n
+        padded = end + (-n & 3)
+        if padded > len(buf) or (max_len is not None and n > max_len):
+            self._bad_length(what, n, max_len, start)
+        self.pos = padded
+        return bytes(buf[start + 4:end])
 
     def skip_opaque(self, what: str = "opaque") -> int:
         """Skip a variable-length opaque; returns its length."""
-        start = self.pos
-        n = self.uint32(f"{what} length")
-        if n + _pad(n) > len(self._buf) - self.pos:
-            raise DecodeError(f"{what}: length {n} but only {len(self._buf) - self.pos} bytes left "
-                              f"at offset {self.base + start}")
-        self.pos += n + _pad(n)
+        start, buf = self.pos, self._buf
+        try:
+            n = _U32.unpack_from(buf, start)[0]
+        except struct.error:
+            self._need(4, f"{what} length")
+            raise
+        padded = start + 4 + n + (-n & 3)
+        if padded > len(buf):
+            self._bad_length(what, n, None, start)
+        self.pos = padded
         return n
+
+    def _bad_length(self, what: str, n: int, max_len: int | None, start: int):
+        if max_len is not None and n > max_len:
+            raise DecodeError(f"{what}: length {n} exceeds the limit {max_len} at offset {self.base + start}")
+        raise DecodeError(f"{what}: length {n} but only {len(self._buf) - start - 4} bytes left "
+                          f"at offset {self.base + start}")
 
     def string(self, what: str = "string", max_len: int | None = None) -> str:
         """An XDR string, decoded as UTF-8 with undecodable bytes and control characters
@@ -172,7 +200,12 @@ class Unpacker:
         """A counted array. The count is checked against the cap and against the bytes left
         (each XDR item takes at least `min_item_size` bytes) before the list grows."""
         start = self.pos
-        n = self.uint32(f"{what} count")
+        try:
+            n = _U32.unpack_from(self._buf, start)[0]
+        except struct.error:
+            self._need(4, f"{what} count")
+            raise
+        self.pos = start + 4
         if n > max_count:
             raise DecodeError(f"{what}: {n} elements exceed the limit {max_count} at offset {self.base + start}")
         if n * min_item_size > len(self._buf) - self.pos:
