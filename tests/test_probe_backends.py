@@ -116,13 +116,13 @@ def test_stap_runs_or_says_why():
         print(f"\nstap cannot run here: {exc}")
         pytest.skip(f"stap cannot run here: {exc}")
     child = Child()
+    events = []
     try:
         child.call("vol-stap")
-        events = _poll_for(collector, lambda e: e["kind"] == "probe.call" and e["pid"] == child.pid, 20)
+        events += _poll_for(collector, lambda e: e["kind"] == "probe.call" and e["pid"] == child.pid, 20)
     finally:
-        events_tail = collector.stop()
+        events += collector.stop()
         child.close()
-    events += events_tail
     calls = [e for e in events if e["kind"] == "probe.call" and e["pid"] == child.pid]
     assert calls and calls[0]["function"] == "glfs_new"
     assert abs(calls[0]["time_ns"] - time.time_ns()) < 120 * 1_000_000_000
@@ -168,3 +168,63 @@ def test_bcc_counts_lost_events_when_the_buffer_overflows():
     assert collector.lost > 0 and lost and sum(e["count"] for e in lost) == collector.lost
     assert len(calls) + collector.lost == 20001
     assert all(e["args"]["uid"] == 0 for e in calls)
+
+
+DWARF_LIB = """
+#include <time.h>
+int glfs_utimens(void *fs, const char *path, const struct timespec times[2])
+{
+    return (int)(times[0].tv_sec & 1);
+}
+"""
+
+DWARF_CHILD = """
+import ctypes, sys
+class TS(ctypes.Structure):
+    _fields_ = [("s", ctypes.c_long), ("n", ctypes.c_long)]
+lib = ctypes.CDLL(sys.argv[1])
+print("ready", flush=True)
+sys.stdin.readline()
+lib.glfs_utimens(None, b"/dwarf/path", (TS * 2)(TS(-1, 0), TS(1700000000, 5)))
+print("done", flush=True)
+"""
+
+
+def test_stap_reads_arguments_the_dwarf_way(tmp_path):
+    """A library with debug info (built here with gcc -g) that has glfs_utimens's signature:
+    the stap backend reads path and the signed times through DWARF ($path, $times[0]->tv_sec)."""
+    if os.geteuid() != 0:
+        pytest.skip("probes need root")
+    if shutil.which("stap") is None or shutil.which("gcc") is None:
+        pytest.skip("needs stap and gcc")
+    from correlate.probe.stap_backend import StapCollector, has_dwarf
+    src = tmp_path / "dw.c"
+    src.write_text(DWARF_LIB)
+    lib = tmp_path / "libdw.so"
+    subprocess.run(["gcc", "-g", "-O0", "-shared", "-fPIC", "-o", str(lib), str(src)], check=True)
+    assert has_dwarf(str(lib))
+    spec = ProbeSpec("t.dwarf", "t", str(lib), "glfs_utimens",
+                     (Arg("path", 2, "str"), Arg("times", 3, "timespec2")), retprobe=True)
+    collector = StapCollector([resolve(spec)])
+    try:
+        collector.start()
+    except ProbeError as exc:
+        print(f"\nstap cannot run here: {exc}")
+        pytest.skip(f"stap cannot run here: {exc}")
+    child = subprocess.Popen([sys.executable, "-c", DWARF_CHILD, str(lib)], stdin=subprocess.PIPE,
+                             stdout=subprocess.PIPE, text=True)
+    events = []
+    try:
+        assert child.stdout.readline().strip() == "ready"
+        child.stdin.write("go\n")
+        child.stdin.flush()
+        assert child.stdout.readline().strip() == "done"
+        events += _poll_for(collector, lambda e: e["kind"] == "probe.call" and e["pid"] == child.pid, 20)
+    finally:
+        events += collector.stop()
+        child.stdin.close()
+        child.wait(10)
+    call = next(e for e in events if e["kind"] == "probe.call" and e["pid"] == child.pid)
+    assert call["args"] == {"path": "/dwarf/path", "atime": -1, "atime_nsec": 0,
+                            "mtime": 1700000000, "mtime_nsec": 5}
+    assert call["source"] == "stap" and call["function"] == "glfs_utimens"

@@ -35,6 +35,7 @@ from .resolve import ResolvedProbe
 
 UPROBE_EVENTS = ("/sys/kernel/debug/tracing/uprobe_events", "/sys/kernel/tracing/uprobe_events")
 START_TIMEOUT_S = 180.0       # stap compiles (passes 1-4) before it prints "ready"
+COMM_RE = re.compile(r"^CORR\tcomm\t(\d+)\t(.*)$")
 LINE_RE = re.compile(r"^CORR\t(call|return)\t(\d+)\t(-?\d+)\t(\d+)\t(\d+)\t?(.*)$")
 
 
@@ -98,7 +99,7 @@ def _dwarf_reads(rp: ResolvedProbe) -> tuple[list[str], list[str]]:
             continue    # pointer hops by offset are a bcc feature; DWARF names the members
         if arg.kind == "str":
             fmts.append(f"{arg.name}=%s")
-            exprs.append(f"({v} ? user_string_n({v}, {MAX_STR - 1}) : \"\")")
+            exprs.append(f"user_string_n({v}, {MAX_STR - 1})")
         elif arg.kind in ("int", "ptr"):     # pointers print as numbers, shown as hex later
             fmts.append(f"{arg.name}=%ld")
             exprs.append(v)
@@ -143,10 +144,19 @@ def script_text(probes: list[ResolvedProbe], dwarf: dict[str, bool] | None = Non
             fmts, exprs = _dwarf_reads(rp)
         else:
             fmts, exprs = [], []
-        fmt = "\\t".join([common.format(kind="call"), *fmts, "comm=%s"]) + "\\n"
-        args = ", ".join([fixed, *exprs, "execname()"])
+        # stapbpf keeps strings and formats on the 512-byte BPF stack, and a second printf
+        # in the same handler overflows it; the process name therefore comes from a handler of
+        # its own on the same point (printed first), keyed by thread in the parser.
+        if any(f.endswith("=%s") for f in fmts):
+            fmt = "\\t".join([common.format(kind="call"), *fmts]) + "\\n"
+            args = ", ".join([fixed, *exprs])
+            parts.append(f"probe {point} {{\n{guard}  printf(\"CORR\\tcomm\\t%d\\t%s\\n\", tid(), execname())\n}}")
+        else:
+            fmt = "\\t".join([common.format(kind="call"), *fmts, "comm=%s"]) + "\\n"
+            args = ", ".join([fixed, *exprs, "execname()"])
+        body = f"{guard}  printf(\"{fmt}\", {args})\n"
         parts.append(f"// {rp.spec.name}{'' if dwarf[rp.path] else ' (no DWARF: arguments not readable)'}\n"
-                     f"probe {point} {{\n{guard}  printf(\"{fmt}\", {args})\n}}\n")
+                     f"probe {point} {{\n{body}}}\n")
         if rp.spec.retprobe and returns:
             if dwarf[rp.path]:
                 rfmt = "\\t".join([common.format(kind="return"), "retval=%ld", "comm=%s"]) + "\\n"
@@ -162,7 +172,12 @@ def parse_line(line: str, probes: list[ResolvedProbe], source: str, host: str,
                entries: dict) -> dict | None:
     """One stap output line -> an event (None for lines that are not ours or are damaged).
 
-    `entries` maps (pid, tid, probe#) -> call time, to give returns their duration."""
+    `entries` maps (pid, tid, probe#) -> call time, to give returns their duration, and
+    ("comm", tid) -> the process name its comm line gave."""
+    m = COMM_RE.match(line.rstrip("\n"))
+    if m:   # the process name, printed by its own handler just before the call line
+        entries[("comm", int(m.group(1)))] = m.group(2)
+        return None
     m = LINE_RE.match(line.rstrip("\n"))
     if not m:
         return None
@@ -172,7 +187,7 @@ def parse_line(line: str, probes: list[ResolvedProbe], source: str, host: str,
         return None
     rp = probes[idx]
     fields: dict[str, str] = {}
-    comm = ""
+    comm = entries.get(("comm", tid)) or _proc_comm(pid, tid)
     for item in rest.split("\t") if rest else []:
         key, sep, value = item.partition("=")
         if not sep:
@@ -203,6 +218,14 @@ def parse_line(line: str, probes: list[ResolvedProbe], source: str, host: str,
         else:
             args[key] = _int(value)
     return make_event(t, "probe", "probe.call", source, **common, args=args)
+
+
+def _proc_comm(pid: int, tid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/task/{tid}/comm") as fh:
+            return fh.read().strip()
+    except OSError:
+        return ""
 
 
 def _int(value: str):
@@ -304,7 +327,7 @@ class StapCollector:
                     self.proc = None
                     raise ProbeError(f"stap failed: {reason}")
                 continue
-            if line is not None and line.startswith("CORR\tready"):
+            if line is not None and "CORR\tready" in line:
                 return
         self.stop()
         raise ProbeError(f"stap did not start within {START_TIMEOUT_S:.0f} s")
@@ -338,6 +361,7 @@ class StapCollector:
 
     def _drain(self, timeout_ms: int) -> list[dict]:
         out = []
+        waiting: dict[int, dict] = {}
         wait = timeout_ms / 1000.0
         while True:
             try:
@@ -347,13 +371,22 @@ class StapCollector:
             wait = 0
             if line is None:
                 break
-            if not line.startswith("CORR"):
+            # stapbpf may print its own text without a newline ahead of ours
+            start = line.find("CORR\t")
+            if start < 0:
                 continue
+            line = line[start:]
+            comm = COMM_RE.match(line.rstrip("\n"))
+            if comm and int(comm.group(1)) in waiting:
+                # the name's own handler may print after the call line: fill it in
+                waiting.pop(int(comm.group(1)))["comm"] = comm.group(2)
             ev = parse_line(line, self.all_probes, self.source, self.host, self._entries)
-            if ev is None:
-                self.damaged_lines += 1
-            else:
+            if ev is not None:
                 out.append(ev)
+                if not ev["comm"]:
+                    waiting[ev["tid"]] = ev
+            elif not comm:
+                self.damaged_lines += 1
         return out
 
     def poll(self, timeout_ms: int = 100) -> list[dict]:
