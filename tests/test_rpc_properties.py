@@ -18,7 +18,7 @@ from correlate.gluster import programs
 from correlate.wire.model import Conn
 from correlate.wire.rpc import KEEP_RECORD, RpcSink
 from correlate.wire.xdr import Unpacker
-from tests.test_rpc import DUMP, FOP, call_msg, cred_v3, record, reply_msg
+from tests.test_rpc import DUMP, FOP, call_msg, cred_v2, cred_v3, record, reply_msg
 
 SETTINGS = settings(max_examples=300, deadline=2000, suppress_health_check=[HealthCheck.too_slow])
 EVENT_KEYS = {"time_ns", "layer", "kind", "source", "xid", "program", "program_num", "version",
@@ -159,3 +159,45 @@ def test_decoders_on_word_streams(words):
             decoder(Unpacker(data))
         except DecodeError:
             pass
+
+
+def _outcome(fn, *args):
+    try:
+        return fn(*args)
+    except DecodeError as exc:
+        return f"DecodeError: {exc}"
+
+
+def _mutate(data: bytes, edits: list[tuple[int, int]], cut: int) -> bytes:
+    b = bytearray(data)
+    for at, value in edits:
+        if b:
+            b[at % len(b)] = value
+    return bytes(b[:cut % (len(b) + 1)]) if cut >= 0 else bytes(b)
+
+
+EDITS = st.lists(st.tuples(st.integers(0, 200), st.sampled_from([0, 1, 2, 3, 0x80, 0xFF])),
+                 max_size=3)
+
+
+@SETTINGS
+@given(st.sampled_from([
+    call_msg(7, FOP, 400, 27, b"\0" * 40, cred_v3(groups=(1, 2))),
+    call_msg(8, DUMP, 1, 1),
+    reply_msg(7, b"\0" * 16),
+    reply_msg(9, b"", accept_stat=2, mismatch=(1, 3)),
+]), EDITS, st.integers(-1, 120))
+def test_header_fast_path_reads_like_field_by_field(msg, edits, cut):
+    from correlate.wire.rpc import _parse_header_slowly, parse_header
+    data = _mutate(msg, edits, cut)
+    assert _outcome(parse_header, data) == _outcome(_parse_header_slowly, data)
+
+
+@SETTINGS
+@given(st.sampled_from([cred_v3(groups=(5, 6, 7), lk_owner=b"\1\2\3"), cred_v3(), cred_v2(),
+                        cred_v2(groups=(), lk_owner=b"")]), EDITS, st.integers(-1, 80))
+def test_credential_fast_path_reads_like_field_by_field(cred, edits, cut):
+    from correlate.wire.rpc import _decode_cred_slowly, decode_cred
+    flavor, body = cred
+    data = _mutate(body, edits, cut)
+    assert decode_cred(flavor, data) == _decode_cred_slowly(flavor, data)

@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 
 from .cbk import CBK_PROGRAM
 from .dump import DUMP_PROGRAM
@@ -28,6 +29,7 @@ class Lookup:
     expects_reply: bool = True
 
 
+@lru_cache(maxsize=4096)          # asked for every message; bounded against hostile numbers
 def lookup(prog: int, vers: int, proc: int) -> Lookup:
     program = REGISTRY.get(prog)
     if program is None:

@@ -20,7 +20,6 @@ from typing import Any
 
 from ..diagnostics import Diagnostics
 from ..errors import DecodeError
-from ..events import make_event
 from ..gluster import programs
 from ..gluster.errnos import errno_name
 from .model import Conn
@@ -88,8 +87,34 @@ def _opaque_auth(u: Unpacker, what: str) -> tuple[int, bytes]:
     return flavor, body
 
 
+# xid, msg_type, then for a call: rpcvers prog vers proc cred.flavor cred.length; for a reply:
+# reply_stat verf.flavor verf.length accept_stat (when the verifier is empty) and two more.
+_HEADER = struct.Struct(">IIIIIIII")
+_AUTH = struct.Struct(">II")          # the verifier's flavor and length, after the credential
+_MARK = struct.Struct(">I")           # a record mark; also any lone 32-bit word
+
+
 def parse_header(rec: bytes) -> CallHeader | ReplyHeader:
-    """The RPC header of one record. Raises DecodeError when it is not an RPC message."""
+    """The RPC header of one record. Raises DecodeError when it is not an RPC message.
+
+    The common shapes (a call, an accepted SUCCESS reply with an empty verifier) are read
+    with two Structs; everything else, and every error, goes through the field-by-field
+    reader."""
+    if len(rec) >= 32:
+        xid, mtype, w2, w3, w4, w5, w6, w7 = _HEADER.unpack_from(rec)
+        if mtype == CALL and w2 == 2 and w7 <= MAX_AUTH_BYTES:
+            verf_at = 32 + w7 + (-w7 & 3)
+            if verf_at + 8 <= len(rec):
+                verf_flavor, verf_len = _AUTH.unpack_from(rec, verf_at)
+                body = verf_at + 8 + verf_len + (-verf_len & 3)
+                if verf_len <= MAX_AUTH_BYTES and body <= len(rec):
+                    return CallHeader(xid, 2, w3, w4, w5, w6, rec[32:32 + w7], verf_flavor, body)
+        elif mtype == REPLY and w2 == MSG_ACCEPTED and w4 == 0 and w5 == 0:
+            return ReplyHeader(xid, "accepted", accept_status="SUCCESS", body_offset=24)
+    return _parse_header_slowly(rec)
+
+
+def _parse_header_slowly(rec: bytes) -> CallHeader | ReplyHeader:
     u = Unpacker(rec)
     xid = u.uint32("xid")
     mtype = u.uint32("msg_type")
@@ -137,9 +162,47 @@ def _groups(u: Unpacker, cap: int = 65536) -> list[int]:
     return u.array(lambda x: x.uint32("gid"), "groups", cap)
 
 
+_CRED_V3 = struct.Struct(">iIIIIQI")    # pid uid gid flags ctime_nsec ctime_sec, groups count
+_CRED_V2 = struct.Struct(">iIII")       # pid uid gid, groups count
+
+
 def decode_cred(flavor: int, body: bytes) -> dict:
     """The credential as a dict: `flavor` (name) and, for the known flavors, its fields.
     A body that does not decode keeps the raw bytes (hex) and says why."""
+    if flavor == AUTH_GLUSTERFS_V3 or flavor == AUTH_GLUSTERFS_V2:
+        cred = _gluster_cred(flavor, body)
+        if cred is not None:
+            return cred
+    return _decode_cred_slowly(flavor, body)
+
+
+def _gluster_cred(flavor: int, body: bytes) -> dict | None:
+    """A well-formed v2/v3 Gluster credential with a few Structs; None for anything else."""
+    v3 = flavor == AUTH_GLUSTERFS_V3
+    head = _CRED_V3 if v3 else _CRED_V2
+    if len(body) < head.size:
+        return None
+    fields = head.unpack_from(body)
+    ngroups = fields[-1]
+    at = head.size + 4 * ngroups
+    if ngroups > 65536 or at + 4 > len(body):
+        return None
+    groups = list(struct.unpack_from(f">{ngroups}I", body, head.size)) if ngroups else []
+    owner_len = _MARK.unpack_from(body, at)[0]
+    if owner_len > 1024 or at + 4 + owner_len + (-owner_len & 3) > len(body):
+        return None
+    lk_owner = body[at + 4:at + 4 + owner_len].hex()
+    if v3:
+        pid, uid, gid, flags, ctime_nsec, ctime_sec, _ = fields
+        return {"flavor": "AUTH_GLUSTERFS_v3", "pid": pid, "uid": uid, "gid": gid, "flags": flags,
+                "ctime_nsec": ctime_nsec, "ctime_sec": ctime_sec, "groups": groups,
+                "lk_owner": lk_owner}
+    pid, uid, gid, _ = fields
+    return {"flavor": "AUTH_GLUSTERFS_v2", "pid": pid, "uid": uid, "gid": gid, "groups": groups,
+            "lk_owner": lk_owner}
+
+
+def _decode_cred_slowly(flavor: int, body: bytes) -> dict:
     cred: dict[str, Any] = {"flavor": FLAVORS.get(flavor, flavor)}
     u = Unpacker(body)
     try:
@@ -172,7 +235,6 @@ def decode_cred(flavor: int, body: bytes) -> dict:
 
 
 # -- record marking -------------------------------------------------------------------------
-_MARK = struct.Struct(">I")
 _CALL_TAG = b"\0\0\0\0\0\0\0\x02"         # msg_type CALL, rpcvers 2 (8 bytes after the mark)
 _REPLY_TAG = b"\0\0\0\x01\0\0\0"          # msg_type REPLY, reply_stat 0 or 1 follows
 HUNT, MARK, BODY = "hunt", "mark", "body"
@@ -245,8 +307,39 @@ class RpcSink:
         return []
 
     # -- framing --------------------------------------------------------------------------
+    def _whole_records(self, st: "_ConnState", from_client: bool, d: _Direction, time_ns: int,
+                       data: bytes) -> list[Record] | None:
+        """The common case: the stream is between records and `data` is one or more whole
+        single-fragment records. Then they are cut out of `data` without buffering; None
+        (and no state touched) when anything else is there, for the general path."""
+        if d.state != MARK or d.buf or d.record_len:
+            return None
+        out = []
+        pos, end = 0, len(data)
+        while pos < end:
+            if end - pos < 4:
+                return None
+            word = _MARK.unpack_from(data, pos)[0]
+            length = word & 0x7FFFFFFF
+            start = pos + 4
+            pos = start + length
+            if not word & 0x80000000 or length < MIN_RECORD or length > KEEP_RECORD \
+                    or length > self.max_record or pos > end \
+                    or not self._plausible(st, from_client, data[start:start + min(HEADER_PEEK, length)],
+                                           strict=False):
+                return None
+            out.append(Record(data[start:pos], length, time_ns))
+        # the state the general path leaves after whole records
+        d.record_time = d.buf_time = time_ns
+        d.frag_left, d.last_frag = 0, True
+        d.consumed += end
+        return out
+
     def _feed(self, conn: Conn, st: "_ConnState", from_client: bool, d: _Direction,
               time_ns: int, data: bytes) -> list[Record]:
+        records = self._whole_records(st, from_client, d, time_ns, data)
+        if records is not None:
+            return records
         out: list[Record] = []
         old = len(d.buf)              # bytes held from earlier calls arrived at d.buf_time
         if not old:
@@ -460,10 +553,12 @@ class RpcSink:
 
     def _call_event(self, conn, st, from_client, rec, hdr: CallHeader, src, dst) -> dict:
         info = programs.lookup(hdr.prog, hdr.vers, hdr.proc)
-        ev = make_event(rec.time_ns, "wire", "rpc.call", self.source, xid=hdr.xid,
-                        program=info.program, program_num=hdr.prog, version=hdr.vers,
-                        procedure=info.procedure, procedure_num=hdr.proc, src=src, dst=dst,
-                        conn=conn.number, cred=decode_cred(hdr.cred_flavor, hdr.cred_body))
+        # a dict display in the event contract's key order (what make_event gives)
+        ev = {"time_ns": rec.time_ns, "layer": "wire", "kind": "rpc.call", "source": self.source,
+              "xid": hdr.xid, "program": info.program, "program_num": hdr.prog,
+              "version": hdr.vers, "procedure": info.procedure, "procedure_num": hdr.proc,
+              "src": src, "dst": dst, "conn": conn.number,
+              "cred": decode_cred(hdr.cred_flavor, hdr.cred_body)}
         if info.decoders is not None and info.decoders.args is not None:
             args, error = _decode_body(info.decoders.args, rec, hdr.body_offset)
             ev["args"] = args
@@ -486,13 +581,17 @@ class RpcSink:
 
     def _reply_event(self, conn, st, from_client, rec, hdr: ReplyHeader, src, dst) -> dict:
         call = st.pending.pop((not from_client, hdr.xid), None)
-        ev = make_event(rec.time_ns, "wire", "rpc.reply", self.source, xid=hdr.xid,
-                        program=call.info.program if call else None,
-                        program_num=call.prog if call else None,
-                        version=call.vers if call else None,
-                        procedure=call.info.procedure if call else None,
-                        procedure_num=call.proc if call else None,
-                        src=src, dst=dst, conn=conn.number, reply_status=hdr.reply_status)
+        if call is not None:
+            ev = {"time_ns": rec.time_ns, "layer": "wire", "kind": "rpc.reply",
+                  "source": self.source, "xid": hdr.xid, "program": call.info.program,
+                  "program_num": call.prog, "version": call.vers,
+                  "procedure": call.info.procedure, "procedure_num": call.proc,
+                  "src": src, "dst": dst, "conn": conn.number, "reply_status": hdr.reply_status}
+        else:
+            ev = {"time_ns": rec.time_ns, "layer": "wire", "kind": "rpc.reply",
+                  "source": self.source, "xid": hdr.xid, "program": None, "program_num": None,
+                  "version": None, "procedure": None, "procedure_num": None,
+                  "src": src, "dst": dst, "conn": conn.number, "reply_status": hdr.reply_status}
         if hdr.reply_status == "accepted":
             ev["accept_status"] = hdr.accept_status
         else:
