@@ -128,9 +128,9 @@ def probe(groups, pid, as_json, backend, offsets, duration):
     for rp in session.resolved:
         for note in rp.notes:
             click.echo(f"correlate: {rp.spec.name}: {note}", err=True)
-    for rp in getattr(session.collector, "skipped", []):
-        click.echo(f"correlate: {session.backend_name} leaves out {rp[0].spec.name}: {rp[1]}", err=True)
-    click.echo(f"correlate: {len(session.resolved)} probes attached with {session.backend_name}; "
+    for rp, why in getattr(session.collector, "skipped", []):
+        click.echo(f"correlate: {session.backend_name}: {rp.spec.name}: {why}", err=True)
+    click.echo(f"correlate: {session.attached} probes attached with {session.backend_name}; "
                "Ctrl-C to stop", err=True)
 
     def emit(events):

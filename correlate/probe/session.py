@@ -104,6 +104,11 @@ class ProbeSession:
         return getattr(self.collector, "name", None)
 
     @property
+    def attached(self) -> int:
+        """Probe points the backend really attached (stap cannot name address-only ones)."""
+        return getattr(self.collector, "attached", len(self.resolved))
+
+    @property
     def lost(self) -> int:
         return getattr(self.collector, "lost", 0)
 

@@ -255,6 +255,7 @@ class StapCollector:
         self._tmpdir: str | None = None
         self.damaged_lines = 0
         self.adaptations: list[str] = []
+        self.attached = 0
 
     def command(self, script_path: str) -> tuple[list[str], dict]:
         """The stap command line and environment, adapted to what this host lacks."""
@@ -302,6 +303,8 @@ class StapCollector:
     def _run(self, returns: bool) -> None:
         text, self.skipped = script_text(self.all_probes, filter_pid=self.pid is not None,
                                          returns=returns)
+        self.attached = len(self.all_probes) - sum(1 for _, why in self.skipped
+                                                   if "stap needs a name" in why)
         if len(self.skipped) == len(self.all_probes):
             raise ProbeError("stap: no probe can be named to stap (" +
                              "; ".join(why for _, why in self.skipped) + ")")
