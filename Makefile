@@ -6,7 +6,7 @@ PY      := $(VENV)/bin/python
 STAMP   := $(VENV)/.installed
 APT_PKGS := glusterfs-server glusterfs-client libgfapi0 tcpdump tshark python3-bpfcc \
             linux-headers-amd64 samba samba-vfs-modules smbclient qemu-utils qemu-block-extra \
-            iptables systemtap iproute2 procps python3-venv wireshark-common chromium
+            iptables systemtap gcc iproute2 procps python3-venv wireshark-common chromium
 PYTEST_ARGS ?=
 
 .PHONY: deps venv test run bench lab-up lab-down clean

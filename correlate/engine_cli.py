@@ -166,10 +166,10 @@ def run(pcaps, probe_groups, pid, backend, probe_offsets, logs, duration, window
         merger.add(inp.name, lambda it=inp.events: it)
     probe_stats = {}
     if probe_groups:
-        from .probe_source import open_probe_session, probe_events
+        from .probe_source import describe_session, open_probe_session, probe_events
         session = open_probe_session(probe_groups, pid=pid, backend=backend, offsets=probe_offsets)
-        click.echo(f"correlate: probes attached ({session.backend_name}: "
-                   f"{len(session.resolved)} points)", err=True)
+        for line in describe_session(session):
+            click.echo(f"correlate: {line}", err=True)
         merger.add(f"probes:{session.backend_name}",
                    lambda: probe_events(session, merger.stopping, probe_stats), finite=False)
 

@@ -18,19 +18,6 @@ def plugin_probe_specs() -> list:
     return specs
 
 
-def parse_offsets(items) -> dict[str, int]:
-    offsets = {}
-    for item in items:
-        func, sep, value = item.partition("=")
-        try:
-            offsets[func] = int(value, 0)
-        except ValueError:
-            sep = ""
-        if not sep or not func:
-            raise CorrelateError(f"--probe-offset {item!r}: expected FUNC=0xOFFSET")
-    return offsets
-
-
 def select_specs(groups) -> list:
     from .probe import catalog
     extra = plugin_probe_specs()
@@ -49,10 +36,26 @@ def select_specs(groups) -> list:
 
 def open_probe_session(groups, *, pid=None, backend="auto", offsets=()):
     """Resolve and attach; raises CorrelateError subclasses with one clear line."""
+    from .probe.resolve import parse_offsets
     from .probe.session import ProbeSession
     session = ProbeSession(select_specs(groups), pid=pid, backend=backend,
-                           offsets=parse_offsets(offsets))
+                           offsets=parse_offsets(list(offsets)))
     return session.start()
+
+
+def describe_session(session) -> list[str]:
+    """What a user should know once probes run: what attached, what did not, clock error."""
+    summary = session.summary()
+    lines = [f"probes attached ({summary['backend']}: {session.attached} of "
+             f"{len(session.specs)} points)"]
+    clock = summary.get("clock")
+    if clock:
+        lines.append(f"probe clock: CLOCK_MONOTONIC -> CLOCK_REALTIME offset measured to "
+                     f"+-{clock['error_ns']} ns")
+    for rp in session.resolved:
+        lines.extend(f"probe {rp.spec.name}: {note}" for note in getattr(rp, "notes", ()))
+    lines.extend(f"probe {u['probe']} not attached: {u['reason']}" for u in summary["unresolved"])
+    return lines
 
 
 def probe_events(session, stopping: threading.Event, stats: dict) -> Iterator[dict]:

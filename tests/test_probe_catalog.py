@@ -61,7 +61,7 @@ def test_resolve_and_offsets():
     rp2 = resolve.resolve(spec, offsets={"glfs_utimens": 0x4242})
     assert rp2.method == "offset" and rp2.address == 0x4242
     assert resolve.parse_offsets(["vfs_gluster_fntimes=0x80e0", "f=17"]) == {"vfs_gluster_fntimes": 0x80e0, "f": 17}
-    with pytest.raises(errors.SymbolNotResolvable, match="--probe-offset"):
+    with pytest.raises(errors.ProbeError, match="expected FUNC=0xADDRESS"):
         resolve.parse_offsets(["nonsense"])
 
 

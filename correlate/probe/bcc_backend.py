@@ -174,7 +174,7 @@ class BccCollector:
         check_bcc_prerequisites()
         from bcc import BPF
         try:
-            self.bpf = BPF(text=program_text(self.probes))
+            self.bpf = BPF(text=program_text(self.probes).encode())   # bcc wants bytes
         except Exception as exc:  # bcc raises plain Exception on compile errors
             raise ProbeError(f"bcc could not compile the probe program: {str(exc).splitlines()[0]} "
                              f"(kernel headers at {kernel_headers_dir()})") from None

@@ -11,7 +11,7 @@ from dataclasses import replace
 from .catalog import Arg, ProbeSpec
 from .elfsym import ElfError, Resolution, SymbolNotFound, load_elf, resolve_in_file
 from .layout import resolve_offsets
-from .errors import LibraryNotFound, SymbolNotResolvable
+from .errors import LibraryNotFound, ProbeError, SymbolNotResolvable
 
 LIB_DIRS = ("/lib/x86_64-linux-gnu", "/usr/lib/x86_64-linux-gnu", "/lib64", "/usr/lib64",
             "/lib", "/usr/lib", "/usr/local/lib")
@@ -96,8 +96,8 @@ def parse_offsets(items: list[str] | tuple[str, ...]) -> dict[str, int]:
     for item in items:
         m = re.fullmatch(r"\s*([A-Za-z_][\w.]*)\s*=\s*(0[xX][0-9a-fA-F]+|\d+)\s*", item)
         if not m:
-            raise SymbolNotResolvable(item, "--probe-offset wants FUNC=0xADDRESS (for example "
-                                            "vfs_gluster_fntimes=0x80e0)")
+            raise ProbeError(f"--probe-offset {item!r}: expected FUNC=0xADDRESS (for example "
+                             "vfs_gluster_fntimes=0x80e0)")
         out[m.group(1)] = int(m.group(2), 0)
     return out
 
