@@ -3,6 +3,8 @@ import struct
 import uuid
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from correlate.errors import DecodeError
 from correlate.gluster import dicts
@@ -102,3 +104,33 @@ def test_values_are_capped_and_control_characters_become_hex():
     assert dicts.render(b"\x1b[31mred") == "0x" + b"\x1b[31mred".hex()   # no escape codes as text
     big = dicts.render(bytes(range(256)))
     assert big.endswith("...(256 bytes)") and len(big) < 200
+
+
+_VALUES = st.one_of(
+    st.tuples(st.just(dicts.GF_DATA_TYPE_INT), st.integers(-2**63, 2**63 - 1)),
+    st.tuples(st.just(dicts.GF_DATA_TYPE_UINT), st.integers(0, 2**64 - 1)),
+    st.tuples(st.sampled_from([dicts.GF_DATA_TYPE_STR, dicts.GF_DATA_TYPE_PTR]),
+              st.binary(max_size=40) | st.text(max_size=20).map(str.encode)),
+    st.tuples(st.just(dicts.GF_DATA_TYPE_GFUUID), st.binary(min_size=16, max_size=16)),
+    st.tuples(st.just(dicts.GF_DATA_TYPE_DOUBLE), st.floats(allow_nan=False)),
+)
+
+
+@settings(max_examples=300, deadline=2000)
+@given(st.lists(st.tuples(st.text(max_size=12), _VALUES), max_size=5),
+       st.lists(st.tuples(st.integers(0, 400), st.sampled_from([0, 3, 0x80, 0xFF])), max_size=2),
+       st.integers(-1, 300))
+def test_gfx_dict_fast_path_reads_like_field_by_field(pairs, edits, cut):
+    """Same pairs, same end position, same error, whatever the bytes."""
+    data = bytearray(gfx_dict([(k, kind, v) for k, (kind, v) in pairs]) + b"tail")
+    for at, value in edits:
+        data[at % len(data)] = value
+    data = bytes(data[:cut]) if cut >= 0 else bytes(data)
+    outcomes = []
+    for read in (dicts.dict4, dicts._dict4_slowly):
+        u = Unpacker(data, 0, base=100)
+        try:
+            outcomes.append((read(u), u.pos))
+        except DecodeError as exc:
+            outcomes.append(str(exc))
+    assert outcomes[0] == outcomes[1]

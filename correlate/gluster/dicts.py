@@ -12,7 +12,6 @@ Values become str when they are printable text, otherwise hex; both are capped.
 from __future__ import annotations
 
 import struct
-import uuid
 
 from ..errors import DecodeError
 from ..wire.xdr import Unpacker, safe_text
@@ -35,7 +34,7 @@ def render(raw: bytes) -> str:
         s = text.decode("utf-8")
     except UnicodeDecodeError:
         s = None
-    if s is not None and all(c.isprintable() or c in "\t\n" for c in s):
+    if s is not None and (s.isprintable() or all(c.isprintable() or c in "\t\n" for c in s)):
         if len(s) > MAX_SHOWN_TEXT:
             return s[:MAX_SHOWN_TEXT] + f"...({len(raw)} bytes)"
         return s
@@ -48,6 +47,18 @@ def _key(raw: bytes) -> str:
     if raw.endswith(b"\0"):
         raw = raw[:-1]
     return safe_text(raw.decode("utf-8", "backslashreplace")[:layout.MAX_NAME])
+
+
+_known_keys: dict[bytes, str] = {}     # the same few keys come in every message
+
+
+def _cached_key(raw: bytes) -> str:
+    key = _known_keys.get(raw)
+    if key is None:
+        if len(_known_keys) >= 1024:    # bounded, whatever the capture holds
+            _known_keys.clear()
+        key = _known_keys[raw] = _key(raw)
+    return key
 
 
 def parse_serialized(buf: bytes, base: int = 0) -> dict:
@@ -97,7 +108,7 @@ def _gfx_value(u: Unpacker):
     if kind in (GF_DATA_TYPE_STR, GF_DATA_TYPE_PTR, GF_DATA_TYPE_STR_OLD):
         return render(u.opaque("dict value"))
     if kind == GF_DATA_TYPE_GFUUID:
-        return str(uuid.UUID(bytes=u.fopaque(16, "uuid")))
+        return layout.uuid_text(u.fopaque(16, "uuid"))
     if kind == GF_DATA_TYPE_IATT:
         return layout.iattx(u)
     if kind == GF_DATA_TYPE_MDATA:
@@ -110,8 +121,68 @@ def _gfx_pair(u: Unpacker) -> tuple[str, object]:
     return key, _gfx_value(u)
 
 
+_GFX_HEAD = struct.Struct(">IiI")       # xdr_size, count, pairs<> length
+_WORD = struct.Struct(">I")
+_INT64 = struct.Struct(">q")
+_UINT64 = struct.Struct(">Q")
+_TEXT_TYPES = (GF_DATA_TYPE_STR, GF_DATA_TYPE_PTR, GF_DATA_TYPE_STR_OLD)
+
+
+def _gfx_pairs(buf, pos: int) -> tuple[dict, int] | None:
+    """The pairs of a gfx_dict whose values are integers, text or uuids, read straight from
+    the buffer: (pairs, end). None for anything else (other value types, bad lengths), which
+    the field-by-field reader then handles and reports."""
+    try:
+        _, _, n = _GFX_HEAD.unpack_from(buf, pos)
+        pos += 12
+        if n > MAX_PAIRS or n * 8 > len(buf) - pos:
+            return None
+        out = {}
+        for _ in range(n):
+            klen = _WORD.unpack_from(buf, pos)[0]
+            kend = pos + 4 + klen
+            if klen > layout.MAX_NAME or kend + (-klen & 3) + 4 > len(buf):
+                return None
+            key = _cached_key(bytes(buf[pos + 4:kend]))
+            pos = kend + (-klen & 3)
+            kind = _WORD.unpack_from(buf, pos)[0]
+            pos += 4
+            if kind == GF_DATA_TYPE_INT:
+                value = _INT64.unpack_from(buf, pos)[0]
+                pos += 8
+            elif kind == GF_DATA_TYPE_UINT:
+                value = _UINT64.unpack_from(buf, pos)[0]
+                pos += 8
+            elif kind in _TEXT_TYPES:
+                vlen = _WORD.unpack_from(buf, pos)[0]
+                vend = pos + 4 + vlen
+                if vend + (-vlen & 3) > len(buf):
+                    return None
+                value = render(bytes(buf[pos + 4:vend]))
+                pos = vend + (-vlen & 3)
+            elif kind == GF_DATA_TYPE_GFUUID:
+                if pos + 16 > len(buf):
+                    return None
+                value = layout.uuid_text(bytes(buf[pos:pos + 16]))
+                pos += 16
+            else:
+                return None
+            out[key] = value
+        return out, pos
+    except struct.error:            # a short buffer
+        return None
+
+
 def dict4(u: Unpacker) -> dict:
     """v4: gfx_dict {xdr_size, count, pairs<>}."""
+    fast = _gfx_pairs(u.buffer, u.pos)
+    if fast is not None:
+        u.pos = fast[1]
+        return fast[0]
+    return _dict4_slowly(u)
+
+
+def _dict4_slowly(u: Unpacker) -> dict:
     u.uint32("gfx_dict xdr_size")
     u.int32("gfx_dict count")
     pairs = u.array(_gfx_pair, "gfx_dict pairs", MAX_PAIRS, min_item_size=8)

@@ -50,6 +50,12 @@ class Unpacker:
         self.base = base
 
     # -- bookkeeping ------------------------------------------------------------------
+    @property
+    def buffer(self):
+        """The bytes being read, for decoders that read a whole structure in one step (they
+        must check every length against it themselves)."""
+        return self._buf
+
     def remaining(self) -> int:
         return len(self._buf) - self.pos
 
