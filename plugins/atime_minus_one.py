@@ -104,9 +104,15 @@ class AtimeMinusOne(Detector):
                     del self.pending[key]
                     found.append(self._report(now, call, probes, None))
         # -1 seen in a process, no SETATTR followed (no capture, or it never reached a brick).
+        # The calls of one process in the window are one chain (smbd -> libgfapi): one report.
         while self.unmatched_probes and (now is None or now - self.unmatched_probes[0]["time_ns"] > PROBE_WINDOW_NS):
-            probe = self.unmatched_probes.popleft()
-            found.append(self._report(probe["time_ns"], None, [probe], None))
+            first = self.unmatched_probes.popleft()
+            chain = [first] + [p for p in self.unmatched_probes if p.get("pid") == first.get("pid")
+                               and p["time_ns"] - first["time_ns"] <= PROBE_WINDOW_NS]
+            taken = set(map(id, chain))
+            self.unmatched_probes = deque((p for p in self.unmatched_probes if id(p) not in taken),
+                                          maxlen=self.unmatched_probes.maxlen)
+            found.append(self._report(chain[-1]["time_ns"], None, chain, None))
         return found
 
     def _report(self, now: int, call: dict | None, probes: list[dict], reply: dict | None) -> dict:

@@ -151,3 +151,12 @@ def test_raising_detector_is_disabled_and_reported_by_name():
     out += runner.observe(make_event(2 * S, "wire", "tcp.close", "x"))
     assert [e["kind"] for e in out] == ["detector.error"]
     assert out[0]["detector"] == "boom" and "boom" in runner.disabled
+
+
+def test_atime_probe_only_chain_of_one_process_is_one_finding():
+    events = [probe(S, "vfs_gluster_fntimes", -1), probe(S + 10, "glfs_utimens", -1),
+              probe(S + 20, "glfs_setattr", -1)]
+    found = run(builtin("atime-minus-one"), events)
+    assert len(found) == 1 and found[0]["introduced_by"] == "samba"
+    assert [e["function"] for e in found[0]["evidence"]] == ["vfs_gluster_fntimes", "glfs_utimens",
+                                                            "glfs_setattr"]

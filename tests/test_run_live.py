@@ -113,3 +113,41 @@ def test_live_atime_finding_holds_probe_and_wire_evidence(lab, tmp_path):
     assert saved[0]["kind"] == "timeline.header"
     assert any(e.get("kind") == "probe.call" for e in saved) and any(e.get("kind") == "rpc.call" for e in saved)
     assert any(e.get("detector") == "atime-minus-one" for e in saved)
+
+
+def test_live_samba_chain_names_samba_as_the_layer_that_introduced_minus_one(lab, tmp_path):
+    """A real smbd with vfs_glusterfs: an SMB client sets the access time to 1969-12-31
+    23:59:59 (tv_sec -1); the finding follows it from Samba's vfs through libgfapi to the
+    SETATTR on the wire and the brick's answer."""
+    need_probes()
+    import shutil
+    if shutil.which("smbd") is None or shutil.which("smbclient") is None:
+        pytest.skip("needs smbd and smbclient (apt-get install samba smbclient)")
+    from tests.lab import samba
+    timeline = tmp_path / "timeline.jsonl"
+    with lab_module.exclusive(), samba.Smbd() as smbd:
+        put = smbd.client("put /etc/hostname samba-atime.txt")
+        assert put.returncode == 0, put.stdout + put.stderr
+        pipe = LivePipeline(["--probe", "all"], timeline)
+        try:
+            pipe.wait_ready()
+            res = smbd.utimes("samba-atime.txt", access="1969:12:31-23:59:59")
+            assert res.returncode == 0, res.stdout + res.stderr
+            hit = pipe.wait_for(lambda ev: ev.get("detector") == "atime-minus-one", timeout=20)
+        finally:
+            code = pipe.stop()
+        smbd.client("del samba-atime.txt")
+    assert hit, "no atime-minus-one finding; stderr:\n" + "".join(pipe.stderr)
+    finding = hit[1]
+    assert finding["introduced_by"] == "samba", finding["explanation"]
+    functions = [e.get("function") for e in finding["evidence"] if e["layer"] == "probe"]
+    assert functions[0] == "vfs_gluster_fntimes" and "glfs_utimens" in functions
+    samba_call = finding["evidence"][0]
+    assert samba_call["args"]["atime"] == -1 and samba_call["args"]["path"] == "samba-atime.txt"
+    call = next(e for e in finding["evidence"] if e["kind"] == "rpc.call")
+    assert call["procedure"] == "SETATTR" and call["args"]["atime"] == -1
+    reply = next(e for e in finding["evidence"] if e["kind"] == "rpc.reply")
+    assert reply["op_ret"] == 0
+    chain = finding["chain"]
+    assert chain[0].startswith("Samba vfs_glusterfs") and chain[-1].startswith("brick: accepted")
+    assert code == 0, "".join(pipe.stderr)
