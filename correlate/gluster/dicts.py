@@ -135,6 +135,8 @@ def _gfx_pairs(buf, pos: int) -> tuple[dict, int] | None:
     try:
         _, _, n = _GFX_HEAD.unpack_from(buf, pos)
         pos += 12
+        if not n:
+            return {}, pos
         if n > MAX_PAIRS or n * 8 > len(buf) - pos:
             return None
         out = {}

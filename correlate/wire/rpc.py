@@ -92,6 +92,8 @@ def _opaque_auth(u: Unpacker, what: str) -> tuple[int, bytes]:
 _HEADER = struct.Struct(">IIIIIIII")
 _AUTH = struct.Struct(">II")          # the verifier's flavor and length, after the credential
 _MARK = struct.Struct(">I")           # a record mark; also any lone 32-bit word
+_THREE_WORDS = struct.Struct(">III")
+_FIVE_WORDS = struct.Struct(">IIIII")
 
 
 def parse_header(rec: bytes) -> CallHeader | ReplyHeader:
@@ -325,7 +327,7 @@ class RpcSink:
             pos = start + length
             if not word & 0x80000000 or length < MIN_RECORD or length > KEEP_RECORD \
                     or length > self.max_record or pos > end \
-                    or not self._plausible(st, from_client, data[start:start + min(HEADER_PEEK, length)],
+                    or not self._plausible(st, from_client, data, start, min(HEADER_PEEK, length),
                                            strict=False):
                 return None
             out.append(Record(data[start:pos], length, time_ns))
@@ -383,7 +385,7 @@ class RpcSink:
                     need = min(HEADER_PEEK, length)
                     if len(buf) - i - 4 < need:
                         break                          # wait until the header can be judged
-                    if not self._plausible(st, from_client, bytes(buf[i + 4:i + 4 + need]), strict=False):
+                    if not self._plausible(st, from_client, buf, i + 4, need, strict=False):
                         self._desync(conn, from_client, d, "record does not start with an RPC header")
                         self._skipped(conn, from_client, 1, "bytes outside RPC records")
                         i += 1
@@ -475,26 +477,28 @@ class RpcSink:
         need = min(HEADER_PEEK, length)
         if len(buf) - p - 4 < need:
             return False
-        return self._plausible(st, from_client, bytes(buf[p + 4:p + 4 + need]), strict)
+        return self._plausible(st, from_client, buf, p + 4, need, strict)
 
-    def _plausible(self, st: "_ConnState", from_client: bool, hdr: bytes, strict: bool) -> bool:
-        """Does `hdr` (the first bytes of a record) look like an RPC message?
+    def _plausible(self, st: "_ConnState", from_client: bool, buf, at: int, n: int,
+                   strict: bool) -> bool:
+        """Do the n bytes of `buf` at `at` (the first bytes of a record, n <= HEADER_PEEK and
+        all present) look like an RPC message?
 
         strict (when hunting): a reply must answer a pending call of this connection, a call
         must name a known program (or a small version and procedure) and a sane credential."""
-        if len(hdr) < 12:
+        if n < 12:
             # a first fragment too short to show the header: only judged when not hunting
-            return not strict and len(hdr) > 0
-        xid, mtype, third = struct.unpack_from(">III", hdr, 0)
+            return not strict and n > 0
+        xid, mtype, third = _THREE_WORDS.unpack_from(buf, at)
         if mtype == REPLY:
             if third not in (MSG_ACCEPTED, MSG_DENIED):
                 return False
             return not strict or (not from_client, xid) in st.pending
         if mtype != CALL or third != 2:
             return False
-        if len(hdr) < 36:
+        if n < 36:
             return not strict
-        prog, vers, proc, flavor, cred_len = struct.unpack_from(">IIIII", hdr, 12)
+        prog, vers, proc, flavor, cred_len = _FIVE_WORDS.unpack_from(buf, at + 12)
         if cred_len > MAX_AUTH_BYTES:
             return False
         if not strict:
