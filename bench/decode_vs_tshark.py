@@ -18,19 +18,23 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "out" / "bench"
+MIN_PACKETS = 100_000
+TARGET_RATIO = 5
+MAX_RSS_MIB = 100
 
 
-def measure(cmd: list[str]) -> tuple[float, int]:
-    """Wall seconds and peak RSS (KiB) of one child, output discarded."""
+def measure(cmd: list[str]) -> tuple[float, float, int]:
+    """Wall seconds, CPU seconds (user + system) and peak RSS (KiB) of one child, output
+    discarded. CPU time is less disturbed than wall time by other work on the machine."""
     start = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    err = proc.stderr.read().decode(errors="replace")
     _, status, usage = os.wait4(proc.pid, 0)
     elapsed = time.perf_counter() - start
-    err = proc.stderr.read().decode(errors="replace")
     proc.returncode = os.waitstatus_to_exitcode(status)
     if proc.returncode not in (0,):
         raise SystemExit(f"{cmd[0]} failed ({proc.returncode}): {err.strip()[:500]}")
-    return elapsed, usage.ru_maxrss
+    return elapsed, usage.ru_utime + usage.ru_stime, usage.ru_maxrss
 
 
 def packet_count(path: Path) -> int:
@@ -49,7 +53,9 @@ def workload_capture(files: int) -> Path:
     sys.path.insert(0, str(ROOT))
     from tests.lab import lab
     lab.up()
-    lab.record("workload", path, files=files)
+    partial = path.with_suffix(".recording.pcap")     # renamed only once complete
+    lab.record("workload", partial, files=files)
+    partial.rename(path)
     return path
 
 
@@ -65,23 +71,35 @@ def main() -> int:
     full = opts.capture or workload_capture(opts.files)
     n = packet_count(full)
     half = OUT / (full.stem + "-half.pcap")
-    subprocess.run(["editcap", "-r", str(full), str(half), f"1-{n // 2}"], check=True)
+    subprocess.run(["editcap", "-F", "pcap", "-r", str(full), str(half), f"1-{n // 2}"], check=True)
     correlate = [sys.executable, "-m", "correlate", "decode", "--json"]
     tshark = ["tshark", "-n", "-r", None, "-Y", "rpc", "-T", "fields", "-e", "frame.time_epoch",
               "-e", "rpc.xid", "-e", "rpc.program", "-e", "rpc.procedure"]
-    print(f"{'capture':<28}{'packets':>9}{'tshark s':>10}{'correlate s':>13}{'ratio':>8}"
-          f"{'correlate RSS MiB':>19}{'tshark RSS MiB':>16}")
+    if n < MIN_PACKETS:
+        print(f"bench: {full} has only {n} packets (want {MIN_PACKETS}+; use a larger --files)",
+              file=sys.stderr)
+    print(f"{'capture':<30}{'packets':>9}{'tshark s':>10}{'correlate s':>13}{'ratio':>8}"
+          f"{'CPU ratio':>11}{'correlate RSS MiB':>19}{'tshark RSS MiB':>16}")
+    ratios, rss = [], []
     for path in (half, full):
         count = packet_count(path)
-        t_best = c_best = float("inf")
+        t_best = c_best = t_cpu = c_cpu = float("inf")
         c_rss = t_rss = 0
         for _ in range(opts.repeat):
-            t, rss = measure([a if a is not None else str(path) for a in tshark])
-            t_best, t_rss = min(t_best, t), max(t_rss, rss)
-            c, rss = measure(correlate + [str(path)])
-            c_best, c_rss = min(c_best, c), max(c_rss, rss)
-        print(f"{path.name:<28}{count:>9}{t_best:>10.2f}{c_best:>13.2f}{t_best / c_best:>7.2f}x"
-              f"{c_rss / 1024:>19.1f}{t_rss / 1024:>16.1f}")
+            t, cpu, r = measure([a if a is not None else str(path) for a in tshark])
+            t_best, t_cpu, t_rss = min(t_best, t), min(t_cpu, cpu), max(t_rss, r)
+            c, cpu, r = measure(correlate + [str(path)])
+            c_best, c_cpu, c_rss = min(c_best, c), min(c_cpu, cpu), max(c_rss, r)
+        ratios.append(t_best / c_best)
+        rss.append(c_rss / 1024)
+        print(f"{path.name:<30}{count:>9}{t_best:>10.2f}{c_best:>13.2f}{t_best / c_best:>7.2f}x"
+              f"{t_cpu / c_cpu:>10.2f}x{c_rss / 1024:>19.1f}{t_rss / 1024:>16.1f}", flush=True)
+    print(f"throughput vs tshark: {ratios[-1]:.2f}x (target {TARGET_RATIO:.0f}x: "
+          f"{'met' if ratios[-1] >= TARGET_RATIO else 'not met'})")
+    grows = rss[-1] > rss[0] * 1.1
+    print(f"correlate peak RSS: {rss[0]:.1f} MiB at half, {rss[-1]:.1f} MiB at full size "
+          f"(limit {MAX_RSS_MIB} MiB: {'ok' if rss[-1] < MAX_RSS_MIB else 'over'}; "
+          f"{'grows with the capture' if grows else 'flat'})")
     return 0
 
 
