@@ -76,9 +76,22 @@ FIXED: dict[Reader, tuple[str, Callable | None]] = {
 }
 
 
+_compiled: dict[int, tuple[Layout, Reader]] = {}     # id -> (layout kept alive, its reader)
+
+
 def struct(layout: Layout) -> Reader:
     """A reader for a struct, compiled from its layout: one Struct per run of fixed-size
-    fields, the other readers called in between, the result built as one dict display."""
+    fields, the other readers called in between, the result built as one dict display.
+    A layout shared by several procedures is compiled once."""
+    known = _compiled.get(id(layout))
+    if known is not None and known[0] is layout:
+        return known[1]
+    reader = _compile(layout)
+    _compiled[id(layout)] = (layout, reader)
+    return reader
+
+
+def _compile(layout: Layout) -> Reader:
     env: dict[str, Any] = {"DecodeError": DecodeError, "Unpacker": Unpacker,
                            "slow": lambda u: decode(u, layout)}
     body: list[str] = []
