@@ -9,6 +9,9 @@ from collections import Counter
 
 from correlate import hookimpl
 from correlate.detector import Detector
+from correlate.gluster.programs import lookup
+
+from .gluster_facts import host_of
 
 DEFAULT_AFTER_NS = 10_000_000_000
 MAX_PENDING = 100_000
@@ -35,7 +38,7 @@ class RpcUnanswered(Detector):
 
     def observe(self, ev):
         kind = ev.get("kind")
-        if kind == "rpc.call":
+        if kind == "rpc.call" and self._expects_reply(ev):
             self.pending[(ev.get("conn"), ev.get("src"), ev.get("xid"))] = ev
             if len(self.pending) > MAX_PENDING:
                 self.pending.pop(next(iter(self.pending)))
@@ -48,6 +51,14 @@ class RpcUnanswered(Detector):
                     self.errors[key] += 1
                     self.error_examples.setdefault(key, ev)
         return self._overdue(ev["time_ns"])
+
+    @staticmethod
+    def _expects_reply(call: dict) -> bool:
+        """Callbacks (glusterd -> client, e.g. FETCHSPEC) are one-way: no reply is due."""
+        if not isinstance(call.get("program_num"), int):
+            return True
+        return lookup(call["program_num"], call.get("version") or 0,
+                      call.get("procedure_num") or 0).expects_reply
 
     def _overdue(self, now: int) -> list[dict]:
         found = []
@@ -70,7 +81,7 @@ class RpcUnanswered(Detector):
             remedy=(f"Check the server process at {call.get('dst')} (`gluster volume status`, "
                     "its brick log) and the network between; the other findings of this run "
                     "may name the cause."),
-            evidence=[call], key=f"unanswered:{what}:{call.get('dst')}")
+            evidence=[call], key=f"unanswered:{what}:{host_of(call.get('dst'))}")
 
     def finish(self):
         found = []

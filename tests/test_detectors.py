@@ -160,3 +160,11 @@ def test_atime_probe_only_chain_of_one_process_is_one_finding():
     assert len(found) == 1 and found[0]["introduced_by"] == "samba"
     assert [e["function"] for e in found[0]["evidence"]] == ["vfs_gluster_fntimes", "glfs_utimens",
                                                             "glfs_setattr"]
+
+
+def test_rpc_unanswered_ignores_one_way_callbacks():
+    callback = make_event(S, "wire", "rpc.call", "x", conn=1, xid=1, program="GlusterFS Callback",
+                          program_num=52743234, version=1, procedure="FETCHSPEC", procedure_num=1,
+                          src="127.0.0.2:24007", dst="127.0.0.1:49151")
+    late = make_event(60 * S, "wire", "tcp.close", "x", conn=9, src="c:1", dst="d:2")
+    assert run(builtin("rpc-unanswered"), [callback, late]) == []

@@ -1,9 +1,10 @@
 """`make run`: the three user problems of the talk, diagnosed live.
 
-Brings up the loopback lab, starts `tcpdump ... -w - | correlate run --probe gfapi --pcap -`,
-triggers the atime -1, the SETVOLUME authentication failure (qemu-img over gluster://) and
-the firewall REJECT / DROP mount failures, then stops the capture; correlate prints the
-findings as they happen and says where the merged timeline went.
+Brings up the loopback lab, starts `tcpdump ... -w - | correlate run --probe all --pcap -`,
+triggers the atime -1 (from a libgfapi application, then through a real smbd with
+vfs_glusterfs), the SETVOLUME authentication failure (qemu-img over gluster://) and the
+firewall REJECT / DROP mount failures, then stops the capture; correlate prints the findings
+as they happen and says where the merged timeline went.
 
 Without root, glusterd, tcpdump or bcc, it says what is missing and analyzes the real
 captures shipped in tests/captures/ instead.
@@ -70,7 +71,7 @@ def live() -> int:
     tcpdump = subprocess.Popen(["tcpdump", "-i", "any", "-s", "0", "-U", "--immediate-mode",
                                 "-B", "262144", "-w", "-", lab.DEFAULT_FILTER],
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    run = subprocess.Popen(CORRELATE + ["run", "--probe", "gfapi", "--pcap", "-",
+    run = subprocess.Popen(CORRELATE + ["run", "--probe", "all", "--pcap", "-",
                                         "--timeline", str(timeline)],
                            stdin=tcpdump.stdout, stderr=subprocess.PIPE)
     tcpdump.stdout.close()   # the pipe now belongs to correlate
@@ -90,6 +91,7 @@ def live() -> int:
             print(f"\ndemo: -> scenario {name}", flush=True)
             result = lab.scenario(name)
             print(f"demo:    {getattr(result, 'summary', result)}", flush=True)
+        samba_atime()
     finally:
         time.sleep(1.0)   # let the last packets reach correlate
         tcpdump.send_signal(signal.SIGINT)
@@ -99,6 +101,22 @@ def live() -> int:
     print(f"\ndemo: merged timeline (events and findings): {timeline}")
     print(f"demo: reopen it with: correlate analyze {timeline}   or   correlate timeline {timeline} --html {out}/report.html")
     return status
+
+
+def samba_atime() -> None:
+    """The talk's case: an access time of -1 through Samba's vfs_glusterfs to the bricks."""
+    if not (shutil.which("smbd") and shutil.which("smbclient")):
+        print("\ndemo: (no smbd/smbclient: skipping the Samba case; apt-get install samba smbclient)")
+        return
+    from tests.lab import samba
+    print("\ndemo: -> Samba: smbclient sets an access time of 1969-12-31 23:59:59 over a "
+          "vfs_glusterfs share", flush=True)
+    with samba.Smbd() as smbd:
+        smbd.client("put /etc/hostname samba-demo.txt")
+        result = smbd.utimes("samba-demo.txt", access="1969:12:31-23:59:59")
+        print(f"demo:    smbclient utimes exit {result.returncode}", flush=True)
+        time.sleep(1.0)
+        smbd.client("del samba-demo.txt")
 
 
 def main() -> int:
