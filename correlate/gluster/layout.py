@@ -92,7 +92,7 @@ def struct(layout: Layout) -> Reader:
 
 
 def _compile(layout: Layout) -> Reader:
-    env: dict[str, Any] = {"DecodeError": DecodeError, "Unpacker": Unpacker,
+    env: dict[str, Any] = {"DecodeError": DecodeError, "unpack_run": Unpacker.unpack_run,
                            "slow": lambda u: decode(u, layout)}
     body: list[str] = []
     items: list[str] = []           # the entries of the result's dict display, in wire order
@@ -109,8 +109,8 @@ def _compile(layout: Layout) -> Reader:
             if fname.startswith("_"):
                 continue
             if conv is not None:
-                env[f"C{n}"] = conv
-                var = f"C{n}({var})"
+                env[f"C{var}"] = conv
+                var = f"C{var}({var})"
             items.append(f"{fname!r}: {var}")
         run.clear()
 
@@ -128,7 +128,6 @@ def _compile(layout: Layout) -> Reader:
         elif not fname.startswith("_"):
             items.append(f"{fname!r}: r{n}")
     flush_run()
-    env["unpack_run"] = Unpacker.unpack_run
     src = "\n".join(["def read(u):", "    start = u.pos", "    try:",
                       *(f"        {line}" for line in body or ["pass"]),
                       "    except DecodeError:",
