@@ -19,10 +19,11 @@ PROBE_WINDOW_NS = 5_000_000_000   # a process call and the SETATTR it causes: sa
 REPLY_WAIT_NS = 2_000_000_000     # how long a wire call waits for its reply before reporting
 
 REMEDY_SAMBA = (
-    "Upgrade Samba: current vfs_glusterfs marks a time it leaves unchanged with "
-    "tv_nsec = UTIME_OMIT instead of tv_sec = -1. Until then, avoid clients that set only "
-    "the modification time over SMB. Repair affected files' access time with `touch -a` "
-    "(the brick copy shows the damage: `stat` on the brick path).")
+    "Old Samba's vfs_glusterfs passes tv_sec = -1 for a time it should leave unchanged: "
+    "upgrade Samba (current vfs_glusterfs uses tv_nsec = UTIME_OMIT). With a current Samba, "
+    "the SMB client itself asked for 1969-12-31 23:59:59: look at the client that set the "
+    "times. Repair affected files' access time with `touch -a` (the brick copy shows the "
+    "damage: `stat` on the brick path).")
 REMEDY_APP = (
     "Fix the application calling libgfapi: to leave a time unchanged pass tv_nsec = "
     "UTIME_OMIT, never tv_sec = -1. Repair affected files' access time with `touch -a`.")
