@@ -21,7 +21,7 @@ through pointers (`deref`), e.g. Samba's fsp->fsp_name->base_name.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 MAX_STR = 256
 ARG_KINDS = ("str", "int", "ptr", "timespec2", "smb_file_time", "glfs_stat")

@@ -14,6 +14,7 @@ import click
 
 from ..errors import CorrelateError
 from ..events import to_json
+from ..outputs.terminal import safe_text
 from . import catalog
 from .resolve import parse_offsets, resolve
 
@@ -21,32 +22,9 @@ GROUP_HELP = "gfapi, samba, all, or a plugin's group (repeatable)"
 
 
 def _specs(groups: tuple[str, ...]) -> list:
-    """Catalog specs for the groups, plugin probe points included when plugins load."""
-    try:
-        from ..probe_source import select_specs
-    except ImportError:
-        select_specs = None
-    if select_specs is not None:
-        return select_specs(groups)
-    chosen, seen = [], set()
-    for group in groups:
-        try:
-            specs = catalog.select(group)
-        except ValueError as exc:
-            raise CorrelateError(str(exc)) from None
-        for spec in specs:
-            if spec.name not in seen:
-                seen.add(spec.name)
-                chosen.append(spec)
-    return chosen
-
-
-def printable(value) -> str:
-    """Text from probed processes never reaches the terminal unescaped."""
-    s = str(value)
-    if s.isprintable():
-        return s
-    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in s)
+    """Catalog specs for the groups, plugin probe points included."""
+    from ..probe_source import select_specs
+    return select_specs(groups)
 
 
 def format_time(time_ns: int) -> str:
@@ -68,8 +46,8 @@ def format_event(ev: dict) -> str:
     head = f"{format_time(ev['time_ns'])} {kind.removeprefix('probe.'):<6}"
     if kind == "probe.lost":
         return f"{head} {ev.get('count')} events lost (perf buffer full; total {ev.get('total')})"
-    parts = [head, printable(ev.get("function", "?")),
-             f"pid={ev.get('pid')}", f"tid={ev.get('tid')}", f"comm={printable(ev.get('comm', ''))}"]
+    parts = [head, safe_text(ev.get("function", "?")),
+             f"pid={ev.get('pid')}", f"tid={ev.get('tid')}", f"comm={safe_text(ev.get('comm', ''))}"]
     if kind == "probe.return":
         if "retval" in ev:
             parts.append(f"retval={ev['retval']}")
