@@ -11,7 +11,8 @@ from click.testing import CliRunner
 
 from correlate.probe import bcc_backend, catalog, clock, errors, resolve, stap_backend
 from correlate.probe.catalog import Arg, ProbeSpec
-from correlate.probe.cli import format_event, printable, probe, probes
+from correlate.outputs.terminal import safe_text
+from correlate.probe.cli import format_event, probes
 from correlate.probe.resolve import ResolvedProbe
 
 GFAPI_PRESENT = os.path.exists("/usr/lib/x86_64-linux-gnu/libgfapi.so.0")
@@ -223,9 +224,9 @@ def test_stap_lines_become_the_same_events():
 
 # ---- CLI ----------------------------------------------------------------------------------
 
-def test_printable_escapes_control_characters():
-    assert printable("a\nb\x1b") == "a\\nb\\x1b"
-    assert printable("ok") == "ok"
+def test_probe_text_is_escaped_for_the_terminal():
+    assert safe_text("a\nb\x1b") == "a\\nb\\x1b"
+    assert safe_text("ok") == "ok"
 
 
 def test_format_marks_utime_omit():
