@@ -302,3 +302,14 @@ def test_not_a_capture_names_the_magic():
 def test_missing_file_is_an_input_error(tmp_path):
     with pytest.raises(InputError, match="cannot open"):
         open_capture(str(tmp_path / "nope.pcap"), Diagnostics("nope"))
+
+
+def test_original_length_is_kept_when_the_snaplen_cut_the_packet():
+    cut = struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 64, 1) + \
+        struct.pack("<IIII", 1, 0, 4, 1500) + b"abcd"
+    (frame,), _ = read_all(cut)
+    assert frame.data == b"abcd" and frame.orig_len == 1500
+    block = bytes(dpkt.pcapng.EnhancedPacketBlockLE(iface_id=0, ts_high=0, ts_low=1, caplen=4,
+                                                    pkt_len=9000, pkt_data=b"wxyz"))
+    (frame,), _ = read_all(shb() + idb(1) + block)
+    assert frame.data == b"wxyz" and frame.orig_len == 9000

@@ -221,7 +221,7 @@ def _read_pcap(inp: _Input, header: bytes, diag: Diagnostics) -> Iterator[Frame]
                 diag.stop(f"truncated in packet {number + 1} at byte offset {offset}")
             return
         number += 1
-        sec, frac, caplen, _wirelen = unpack_rec(rec)
+        sec, frac, caplen, wirelen = unpack_rec(rec)
         if caplen > MAX_CAPLEN:
             diag.stop(f"corrupt record header in packet {number} at byte offset {offset} "
                       f"(captured length {caplen})")
@@ -230,7 +230,7 @@ def _read_pcap(inp: _Input, header: bytes, diag: Diagnostics) -> Iterator[Frame]
         if len(data) < caplen:
             diag.stop(f"truncated in packet {number} at byte offset {offset}")
             return
-        yield Frame(sec * 1_000_000_000 + frac * frac_ns, linktype, data, number)
+        yield Frame(sec * 1_000_000_000 + frac * frac_ns, linktype, data, number, wirelen)
 
 
 class _Interface:
@@ -292,7 +292,7 @@ def _check_pcapng_start(inp: _Input, source: str) -> None:
 def _pcapng_unpackers(order: str):
     """Block header (type, length), one 32-bit word, and the start of a packet block."""
     return (struct.Struct(order + "II").unpack_from, struct.Struct(order + "I").unpack_from,
-            struct.Struct(order + "IIII").unpack_from)
+            struct.Struct(order + "IIIII").unpack_from)
 
 
 def _read_pcapng(inp: _Input, diag: Diagnostics) -> Iterator[Frame]:
@@ -349,9 +349,9 @@ def _read_pcapng(inp: _Input, diag: Diagnostics) -> Iterator[Frame]:
                 diag.skip("pcapng packet blocks too short", f"packet {number}")
                 continue
             if btype == _EPB:
-                ifid, ts_high, ts_low, caplen = unpack_epb(rest)
+                ifid, ts_high, ts_low, caplen, wirelen = unpack_epb(rest)
             else:       # obsolete Packet Block: 16-bit interface id and drops count
-                ifid, _drops, ts_high, ts_low, caplen = struct.unpack_from(order + "HHIII", rest)
+                ifid, _drops, ts_high, ts_low, caplen, wirelen = struct.unpack_from(order + "HHIIII", rest)
             if caplen > body_len - 20 or caplen > MAX_CAPLEN:
                 diag.skip("pcapng packet blocks with a bad captured length", f"packet {number}")
                 continue
@@ -360,7 +360,7 @@ def _read_pcapng(inp: _Input, diag: Diagnostics) -> Iterator[Frame]:
                 continue
             iface = interfaces[ifid]
             last_ns = iface.to_ns((ts_high << 32) | ts_low) + iface.offset_ns
-            yield Frame(last_ns, iface.linktype, rest[20:20 + caplen], number)
+            yield Frame(last_ns, iface.linktype, rest[20:20 + caplen], number, wirelen)
             continue
         body = rest[:body_len]
         if btype == _SPB:
@@ -373,7 +373,7 @@ def _read_pcapng(inp: _Input, diag: Diagnostics) -> Iterator[Frame]:
             caplen = min(wirelen, len(body) - 4, MAX_CAPLEN)
             if iface.snaplen:
                 caplen = min(caplen, iface.snaplen)
-            yield Frame(last_ns, iface.linktype, body[4:4 + caplen], number)
+            yield Frame(last_ns, iface.linktype, body[4:4 + caplen], number, wirelen)
         elif btype == _IDB:
             if len(body) < 8:
                 diag.stop(f"corrupt interface block at byte offset {offset}")

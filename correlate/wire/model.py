@@ -16,6 +16,7 @@ class Frame:
     linktype: int       # DLT/LINKTYPE number of its interface
     data: bytes
     number: int         # 1-based packet number in its input (for messages)
+    orig_len: int = 0   # length on the wire (more than len(data) when the snaplen cut it)
 
 
 def endpoint(ip: str, port: int) -> str:
