@@ -309,7 +309,7 @@ def test_original_length_is_kept_when_the_snaplen_cut_the_packet():
         struct.pack("<IIII", 1, 0, 4, 1500) + b"abcd"
     (frame,), _ = read_all(cut)
     assert frame.data == b"abcd" and frame.orig_len == 1500
-    block = bytes(dpkt.pcapng.EnhancedPacketBlockLE(iface_id=0, ts_high=0, ts_low=1, caplen=4,
-                                                    pkt_len=9000, pkt_data=b"wxyz"))
+    body = struct.pack("<IIIII", 0, 0, 1, 4, 9000) + b"wxyz"   # dpkt would rewrite pkt_len
+    block = struct.pack("<II", 6, 12 + len(body)) + body + struct.pack("<I", 12 + len(body))
     (frame,), _ = read_all(shb() + idb(1) + block)
     assert frame.data == b"wxyz" and frame.orig_len == 9000
