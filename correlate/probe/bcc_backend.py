@@ -20,6 +20,7 @@ from .resolve import ResolvedProbe
 KIND_CALL, KIND_RETURN = 0, 1
 F_STR, F_STR_FAULT, F_STRUCT, F_STRUCT_FAULT, F_NO_ENTRY = 1, 2, 4, 8, 16
 PERF_PAGES = 64      # per CPU; a record is 424 bytes, so ~600 events of slack per CPU
+WAKEUP_EVENTS = 16   # events per reader wakeup; poll() consumes the remainder each tick
 
 
 class EventRecord(ctypes.Structure):
@@ -189,8 +190,11 @@ class BccCollector:
             raise ProbeError(f"attaching {rp.function} at {rp.address:#x} in {rp.path} failed: {exc}") from None
         # Measure the clock offset after the (slow) compile, right before events flow.
         self.clock = ClockMap()
+        # The kernel wakes the reader only every WAKEUP_EVENTS events: a wakeup per event
+        # preempts the probed process on a busy machine. poll() consumes the rest itself.
         self.bpf[b"events"].open_perf_buffer(self._on_event, page_cnt=self.perf_pages,
-                                                 lost_cb=self._on_lost)
+                                                 lost_cb=self._on_lost,
+                                                 wakeup_events=WAKEUP_EVENTS)
 
     def _on_event(self, _cpu, data, _size) -> None:
         rec = ctypes.cast(data, ctypes.POINTER(EventRecord)).contents
@@ -209,6 +213,7 @@ class BccCollector:
             return []
         self.clock.maybe_remeasure()
         self.bpf.perf_buffer_poll(timeout=timeout_ms)
+        self.bpf.perf_buffer_consume()   # events below the wakeup threshold: at most one tick late
         out, self._pending = self._pending, []
         return out
 
@@ -217,7 +222,7 @@ class BccCollector:
         out: list[dict] = []
         if self.bpf is not None:
             try:
-                self.bpf.perf_buffer_poll(timeout=0)   # drain what the kernel already wrote
+                self.bpf.perf_buffer_consume()   # drain what the kernel already wrote
             except Exception:
                 pass
             out, self._pending = self._pending, []
