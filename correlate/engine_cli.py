@@ -156,14 +156,20 @@ def run(pcaps, probe_groups, pid, backend, probe_offsets, logs, duration, window
     runner, load_errors = _detectors(unanswered_after)
     merger = LiveMerger(window_ns=window_ms * 1_000_000)
     diags: list[Diagnostics] = []
-    for path in pcaps:
-        inp = open_input(path)   # header errors are reported here, before anything starts
-        diags.append(inp.diag)
-        merger.add(inp.name, lambda it=inp.events: it)
-    for path in logs:
-        inp = open_input(path)
-        diags.append(inp.diag)
-        merger.add(inp.name, lambda it=inp.events: it)
+
+    def stop(signum=None, frame=None):
+        merger.stop()
+
+    # Before anything can block (stdin may stay silent): a signal ends the run cleanly.
+    signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGTERM, stop)
+    for path in (*pcaps, *logs):
+        if path == "-":   # stdin is opened in its source thread: reading its header may block
+            merger.add("stdin", _opened_later(path, diags))
+        else:             # files: header errors are reported now, before anything starts
+            inp = open_input(path)
+            diags.append(inp.diag)
+            merger.add(inp.name, lambda it=inp.events: it)
     probe_stats = {}
     if probe_groups:
         from .probe_source import describe_session, open_probe_session, probe_events
@@ -173,11 +179,6 @@ def run(pcaps, probe_groups, pid, backend, probe_offsets, logs, duration, window
         merger.add(f"probes:{session.backend_name}",
                    lambda: probe_events(session, merger.stopping, probe_stats), finite=False)
 
-    def stop(signum=None, frame=None):
-        merger.stop()
-
-    signal.signal(signal.SIGINT, stop)
-    signal.signal(signal.SIGTERM, stop)
     if duration:
         timer = threading.Timer(duration, stop)
         timer.daemon = True
@@ -193,7 +194,27 @@ def run(pcaps, probe_groups, pid, backend, probe_offsets, logs, duration, window
         click.echo(f"correlate: source {name} failed: {exc}", err=True)
     if probe_stats.get("lost"):
         click.echo(f"correlate: probes lost {probe_stats['lost']} events (perf buffer full)", err=True)
-    _finish(reporter, runner, diags, timeline, temporary, writers, failed=bool(merger.errors))
+    try:
+        _finish(reporter, runner, diags, timeline, temporary, writers, failed=bool(merger.errors))
+    except SystemExit as done:
+        code = done.code or 0
+    else:
+        code = 0
+    if merger.blocked_sources():
+        # A source thread still blocks in a read (stdin from a tcpdump that runs on): the
+        # interpreter cannot finalize with it holding stdin's lock. All output is written.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)
+
+
+def _opened_later(path: str, diags: list[Diagnostics]):
+    def produce():
+        inp = open_input(path)
+        diags.append(inp.diag)
+        yield from inp.events
+    return produce
 
 
 @click.command()

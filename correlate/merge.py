@@ -131,10 +131,12 @@ class LiveMerger:
                 yield heapq.heappop(heap)[3]
         # Stopped or all finite sources ended: let the others finish their last events (live
         # probes drain their buffers on stop), then flush everything in order.
+        # A finite source still running is blocked in a read (a quiet stdin): not waited for.
         self._stopping.set()
         deadline = time.monotonic() + 3.0
-        for t in self._threads:
-            t.join(max(0.0, deadline - time.monotonic()))
+        for index, t in enumerate(self._threads):
+            if index not in self._finite:
+                t.join(max(0.0, deadline - time.monotonic()))
         while True:
             try:
                 index, ev = self._queue.get_nowait()
@@ -144,6 +146,10 @@ class LiveMerger:
                 heapq.heappush(heap, (ev["time_ns"], index, next(seq), ev))
         while heap:
             yield heapq.heappop(heap)[3]
+
+    def blocked_sources(self) -> list[str]:
+        """Sources whose thread has not ended (blocked in a read) after the merge finished."""
+        return [t.name for t in self._threads if t.is_alive()]
 
     @property
     def source_names(self) -> list[str]:

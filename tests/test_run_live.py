@@ -151,3 +151,21 @@ def test_live_samba_chain_names_samba_as_the_layer_that_introduced_minus_one(lab
     chain = finding["chain"]
     assert chain[0].startswith("Samba vfs_glusterfs") and chain[-1].startswith("brick: accepted")
     assert code == 0, "".join(pipe.stderr)
+
+
+def test_sigterm_on_a_quiet_stdin_ends_the_run_cleanly(tmp_path):
+    """A run reading a pipe that says nothing (tcpdump waiting for traffic) still stops at
+    once on SIGTERM, writes its timeline and exits 0, without a crash at shutdown."""
+    timeline = tmp_path / "t.jsonl"
+    writer = subprocess.Popen(["sleep", "60"], stdout=subprocess.PIPE)
+    run = subprocess.Popen(CORRELATE + ["run", "--pcap", "-", "--timeline", str(timeline)],
+                           stdin=writer.stdout, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    writer.stdout.close()
+    time.sleep(2)
+    run.send_signal(signal.SIGTERM)
+    out, err = run.communicate(timeout=20)
+    writer.kill()
+    assert run.returncode == 0, err.decode()
+    assert b"Fatal" not in err and b"Traceback" not in err
+    assert b"0 events, 0 findings" in err
+    assert timeline.read_text().startswith('{"schema"')
