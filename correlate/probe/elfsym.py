@@ -237,7 +237,8 @@ class ElfFile:
         return parse_eh_frame(self.section_bytes(sec), sec.addr, self.little, self.is64)
 
 
-def _uleb(buf: bytes, pos: int) -> tuple[int, int]:
+def _leb128(buf: bytes, pos: int, signed: bool) -> tuple[int, int]:
+    """A DWARF LEB128 number at buf[pos], bounded to 10 bytes; returns (value, next position)."""
     result = shift = 0
     while pos < len(buf) and shift < 70:
         b = buf[pos]
@@ -245,22 +246,18 @@ def _uleb(buf: bytes, pos: int) -> tuple[int, int]:
         result |= (b & 0x7F) << shift
         shift += 7
         if b < 0x80:
+            if signed and b & 0x40:
+                result -= 1 << shift
             return result, pos
-    raise ValueError("bad ULEB128")
+    raise ValueError("bad LEB128")
+
+
+def _uleb(buf: bytes, pos: int) -> tuple[int, int]:
+    return _leb128(buf, pos, False)
 
 
 def _sleb(buf: bytes, pos: int) -> tuple[int, int]:
-    result = shift = 0
-    while pos < len(buf) and shift < 70:
-        b = buf[pos]
-        pos += 1
-        result |= (b & 0x7F) << shift
-        shift += 7
-        if b < 0x80:
-            if b & 0x40:
-                result -= 1 << shift
-            return result, pos
-    raise ValueError("bad SLEB128")
+    return _leb128(buf, pos, True)
 
 
 def _read_encoded(buf: bytes, pos: int, enc: int, base_addr: int, little: bool, is64: bool) -> tuple[int, int]:
