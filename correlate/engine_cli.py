@@ -17,7 +17,8 @@ from .errors import CorrelateError
 from .merge import DEFAULT_WINDOW_NS, LiveMerger, merge
 from .pipeline import Reporter, TimelineWriter, run_pipeline
 from .plugin_manager import call_each, get_plugin_manager, plugin_info
-from .sources import open_input
+from .sources import open_input, read_timeline
+
 
 def _detectors(unanswered_after: float) -> tuple[DetectorRunner, list[dict]]:
     pm = get_plugin_manager()
@@ -38,8 +39,9 @@ def _reporter(json_out: bool, events: bool, timeline: str | None, command: str) 
     return Reporter(json_out=json_out, show_events=events, timeline=writer)
 
 
-def _finish(reporter, runner, diags, timeline, temporary, writers, failed=False) -> None:
-    """After a run: plugin outputs, what was skipped, a summary line; exit 1 on damage."""
+def _finish(reporter, runner, diags, timeline, temporary, writers, failed=False) -> int:
+    """After a run: plugin outputs, what was skipped, a summary line; the exit code (1 when
+    an input was damaged or a source failed)."""
     if writers:
         _write_outputs(writers, timeline)
     if temporary:
@@ -52,8 +54,7 @@ def _finish(reporter, runner, diags, timeline, temporary, writers, failed=False)
     if timeline and not temporary:
         msg += f"; timeline written to {timeline}"
     click.echo(msg, err=True)
-    if fatal or failed:
-        sys.exit(1)
+    return 1 if fatal or failed else 0
 
 
 common_options = [
@@ -92,7 +93,6 @@ def _output_writers(outputs) -> list[tuple[str, callable, str]]:
 
 def _write_outputs(writers, timeline_path: str) -> None:
     """Plugin writers read the merged timeline back, so the run itself stays streaming."""
-    from .sources import read_timeline
     for name, write, path in writers:
         with open(timeline_path, "rb") as f:
             try:
@@ -194,12 +194,7 @@ def run(pcaps, probe_groups, pid, backend, probe_offsets, logs, duration, window
         click.echo(f"correlate: source {name} failed: {exc}", err=True)
     if probe_stats.get("lost"):
         click.echo(f"correlate: probes lost {probe_stats['lost']} events (perf buffer full)", err=True)
-    try:
-        _finish(reporter, runner, diags, timeline, temporary, writers, failed=bool(merger.errors))
-    except SystemExit as done:
-        code = done.code or 0
-    else:
-        code = 0
+    code = _finish(reporter, runner, diags, timeline, temporary, writers, failed=bool(merger.errors))
     if merger.blocked_sources():
         # A source thread still blocks in a read (stdin from a tcpdump that runs on): the
         # interpreter cannot finalize with it holding stdin's lock. All output is written.
@@ -246,7 +241,7 @@ def analyze(inputs, hosts, json_out, events, timeline, unanswered_after, outputs
         run_pipeline(merge([i.events for i in opened]), runner, reporter)
     finally:
         reporter.close()
-    _finish(reporter, runner, [i.diag for i in opened], timeline, temporary, writers)
+    sys.exit(_finish(reporter, runner, [i.diag for i in opened], timeline, temporary, writers))
 
 
 @click.command("plugins")
