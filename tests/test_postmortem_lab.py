@@ -2,6 +2,7 @@
 `correlate timeline`, rendered as an annotated pcapng (read back by tshark) and an HTML report
 (rendered by headless Chromium)."""
 import importlib.util
+import json
 import os
 import signal
 import subprocess
@@ -39,13 +40,18 @@ def atime_run(lab, tmp_path_factory):
     return capture, probes, out
 
 
+def render(atime_run, *rendering):
+    """`correlate timeline CAPTURE PROBES --detect <rendering>` must succeed."""
+    capture, probes, _out = atime_run
+    res = subprocess.run(CORRELATE + ["timeline", str(capture), str(probes), "--detect", *rendering],
+                         capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+
+
 def test_annotated_pcapng_names_the_finding_and_the_probe_event(atime_run):
     capture, probes, out = atime_run
     annotated = out / "annotated.pcapng"
-    res = subprocess.run(CORRELATE + ["timeline", str(capture), str(probes), "--detect",
-                                      "--pcapng", str(annotated)],
-                         capture_output=True, text=True, timeout=120)
-    assert res.returncode == 0, res.stderr
+    render(atime_run, "--pcapng", str(annotated))
     fields = subprocess.run(["tshark", "-n", "-r", str(annotated), "-Y", "frame.comment",
                              "-T", "fields", "-e", "frame.number", "-e", "frame.comment"],
                             capture_output=True, text=True, timeout=60, check=True).stdout
@@ -53,7 +59,6 @@ def test_annotated_pcapng_names_the_finding_and_the_probe_event(atime_run):
     # Which frame is the SETATTR call? Our decoder names it; tshark 4.0 calls it malformed.
     decoded = subprocess.run(CORRELATE + ["decode", "--json", str(capture)], capture_output=True,
                              text=True, timeout=60, check=True).stdout
-    import json
     setattr_frames = [str(e["frame"]) for e in map(json.loads, decoded.splitlines())
                       if e.get("procedure") == "SETATTR" and e["kind"] == "rpc.call"
                       and e["args"].get("atime") == -1]
@@ -64,12 +69,9 @@ def test_annotated_pcapng_names_the_finding_and_the_probe_event(atime_run):
 
 @pytest.mark.skipif(CHROMIUM is None, reason="chromium not installed (apt-get install chromium)")
 def test_html_report_shows_the_finding_and_its_evidence(atime_run):
-    capture, probes, out = atime_run
+    out = atime_run[2]
     report = out / "report.html"
-    res = subprocess.run(CORRELATE + ["timeline", str(capture), str(probes), "--detect",
-                                      "--html", str(report)],
-                         capture_output=True, text=True, timeout=120)
-    assert res.returncode == 0, res.stderr
+    render(atime_run, "--html", str(report))
     page = chromium(["--dump-dom", report.as_uri()], out)
     assert page.returncode == 0, page.stderr[-2000:]
     dom = page.stdout
