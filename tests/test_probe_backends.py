@@ -228,3 +228,40 @@ def test_stap_reads_arguments_the_dwarf_way(tmp_path):
     assert call["args"] == {"path": "/dwarf/path", "atime": -1, "atime_nsec": 0,
                             "mtime": 1700000000, "mtime_nsec": 5}
     assert call["source"] == "stap" and call["function"] == "glfs_utimens"
+
+
+def test_bcc_orders_a_batch_read_from_several_cpu_buffers_by_time():
+    """Each CPU has its own perf buffer and they are read in CPU order. The child calls first on
+    the highest CPU, then on the lowest: read naively, the later call comes out first."""
+    _skip_unless_root_and_gfapi()
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) < 2:
+        pytest.skip("needs two CPUs to put events in two perf buffers")
+    from correlate.probe.bcc_backend import BccCollector, check_bcc_prerequisites
+    try:
+        check_bcc_prerequisites()
+    except ProbeError as exc:
+        pytest.skip(str(exc))
+    spec = ProbeSpec("test.glfs_setfsuid", "test", "libgfapi.so.0", "glfs_setfsuid",
+                     (Arg("uid", 1, "int"),))
+    code = ("import ctypes, os, sys\n"
+            "f = ctypes.CDLL('libgfapi.so.0').glfs_setfsuid\n"
+            "sys.stdin.readline()\n"
+            f"os.sched_setaffinity(0, {{{cpus[-1]}}}); f(1)\n"
+            f"os.sched_setaffinity(0, {{{cpus[0]}}}); f(2)\n"
+            "print('done', flush=True)\n")
+    child = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE,
+                             stdout=subprocess.PIPE, text=True)
+    collector = BccCollector([resolve(spec, child.pid)], pid=child.pid)
+    collector.start()
+    try:
+        child.stdin.write("go\n")
+        child.stdin.flush()
+        assert child.stdout.readline().strip() == "done"
+        child.wait(30)
+        batch = collector.poll(100)   # one batch: both buffers read in one go
+    finally:
+        batch += collector.stop()
+    uids = [e["args"]["uid"] for e in batch if e["kind"] == "probe.call"]
+    assert uids == [1, 2]
+    assert [e["time_ns"] for e in batch] == sorted(e["time_ns"] for e in batch)

@@ -214,7 +214,13 @@ class BccCollector:
         self.clock.maybe_remeasure()
         self.bpf.perf_buffer_poll(timeout=timeout_ms)
         self.bpf.perf_buffer_consume()   # events below the wakeup threshold: at most one tick late
+        return self._take_pending()
+
+    def _take_pending(self) -> list[dict]:
+        # Each CPU has its own perf buffer and they are read one after another, so a return on
+        # CPU 1 can be read before its call on CPU 0: order the batch by time.
         out, self._pending = self._pending, []
+        out.sort(key=_time_of)
         return out
 
     def stop(self) -> list[dict]:
@@ -225,11 +231,15 @@ class BccCollector:
                 self.bpf.perf_buffer_consume()   # drain what the kernel already wrote
             except Exception:
                 pass
-            out, self._pending = self._pending, []
+            out = self._take_pending()
             _detach_uprobes(self.bpf)
             self.bpf.cleanup()
             self.bpf = None
         return out
+
+
+def _time_of(event: dict) -> int:
+    return event["time_ns"]
 
 
 def _detach_uprobes(bpf) -> None:
