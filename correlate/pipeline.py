@@ -7,6 +7,7 @@ from typing import TextIO
 
 from .detector import DetectorRunner
 from .events import header_line, to_json
+from .outputs.fields import format_fields
 from .outputs.terminal import colorize, format_event, format_finding
 
 
@@ -32,9 +33,11 @@ class Reporter:
 
     def __init__(self, *, json_out: bool = False, show_events: bool = False,
                  show_findings: bool = True, timeline: TimelineWriter | None = None,
-                 out: TextIO | None = None, color: bool | None = None):
+                 out: TextIO | None = None, color: bool | None = None,
+                 fields: list[tuple[str, ...]] | None = None):
         self.out = out or sys.stdout
         self.json_out = json_out
+        self.fields = fields          # events as these tab-separated fields (outputs.fields)
         self.show_events = show_events
         self.show_findings = show_findings
         self.timeline = timeline
@@ -46,7 +49,9 @@ class Reporter:
         if self.timeline:
             self.timeline.write(ev)
         if self.show_events:
-            if self.json_out:       # the text line is only built when it is printed
+            if self.fields is not None:
+                self.out.write(format_fields(ev, self.fields) + "\n")
+            elif self.json_out:       # the text line is only built when it is printed
                 self.out.write(to_json(ev) + "\n")
             else:
                 self.out.write(colorize(format_event(ev), ev, self.color) + "\n")

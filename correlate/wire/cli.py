@@ -6,6 +6,7 @@ import sys
 import click
 
 from ..diagnostics import Diagnostics, report_diagnostics
+from ..outputs.fields import needs_details, parse_fields
 from ..pipeline import Reporter, run_pipeline
 from .decode import decode_capture, source_name
 
@@ -13,7 +14,11 @@ from .decode import decode_capture, source_name
 @click.command()
 @click.argument("capture", metavar="FILE|-")
 @click.option("--json", "json_out", is_flag=True, help="Print the event stream as JSON lines.")
-def decode(capture, json_out):
+@click.option("--fields", "fields_spec", metavar="F1,F2,...",
+              help="Print these event fields, tab-separated, one line per event (like tshark "
+                   "-T fields). Dotted names reach into args/result/cred. Credentials, args "
+                   "and results are only decoded when a field needs them: the fastest output.")
+def decode(capture, json_out, fields_spec):
     """Decode GlusterFS RPC and TCP events from a pcap/pcapng file or stdin (`-`).
 
     Gzip'd captures are read directly. From a pipe, events are printed as packets arrive.
@@ -22,15 +27,26 @@ def decode(capture, json_out):
     Examples:
       correlate decode tests/captures/atime-minus-one.pcap
       correlate decode --json capture.pcapng.gz | jq 'select(.procedure=="SETATTR")'
+      correlate decode --fields time_ns,conn,xid,procedure,latency_ns capture.pcap
+      correlate decode --fields kind,procedure,args.path,args.atime,op_errno capture.pcap
       tcpdump -i any -s 0 -U --immediate-mode -B 262144 -w - 'tcp portrange 24007-24100 or tcp portrange 49152-49251 or icmp' | correlate decode -
     """
+    fields = None
+    if fields_spec is not None:
+        if json_out:
+            raise click.UsageError("--fields and --json are two output formats: choose one")
+        try:
+            fields = parse_fields(fields_spec)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint="--fields")
     diag = Diagnostics(source_name(capture))
     reporter = Reporter(json_out=json_out, show_events=True, show_findings=False,
-                        out=sys.stdout)
+                        out=sys.stdout, fields=fields)
     if capture == "-" and not sys.stdout.isatty():
         sys.stdout.reconfigure(line_buffering=True)   # live input: a line as soon as it is decoded
     try:
-        run_pipeline(decode_capture(capture, diag=diag), None, reporter)
+        events = decode_capture(capture, diag=diag, details=fields is None or needs_details(fields))
+        run_pipeline(events, None, reporter)
     finally:
         reporter.close()
         report_diagnostics([diag])

@@ -16,15 +16,17 @@ def source_name(path: str) -> str:
 
 
 def decode_capture(path: str, source: str | None = None, *, host: str | None = None,
-                   diag: Diagnostics | None = None, fileobj: BinaryIO | None = None) -> Iterator[dict]:
+                   diag: Diagnostics | None = None, fileobj: BinaryIO | None = None,
+                   details: bool = True) -> Iterator[dict]:
     """Yield the wire events of one capture, in capture order, as packets are read.
+    details=False leaves out RPC credentials, args and results (and the time to decode them).
 
     Every event carries `frame` (the packet that completed it) so renderings can point back
     into the capture. Damage is counted in `diag`, never raised past the header check."""
     source = source or source_name(path)
     diag = diag or Diagnostics(source)
     frames = open_capture_stream(fileobj, source, diag) if fileobj is not None else open_capture(path, diag)
-    tracker = TcpTracker(source, RpcSink(source, diag), diag)
+    tracker = TcpTracker(source, RpcSink(source, diag, details=details), diag)
     for frame in frames:
         events = tracker.feed(frame)
         for ev in events:

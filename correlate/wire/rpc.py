@@ -270,9 +270,11 @@ class RpcSink:
     """StreamSink for ONC RPC over TCP. Never raises: damage goes to `diag`."""
 
     def __init__(self, source: str, diag: Diagnostics, *, max_pending: int = MAX_PENDING,
-                 max_record: int = MAX_RECORD):
+                 max_record: int = MAX_RECORD, details: bool = True):
         self.source = source
         self.diag = diag
+        # False: events leave out credentials, args and results, and the time to decode them
+        self.details = details
         self.max_pending = max_pending
         self.max_record = max_record
         self._conns: OrderedDict[Conn, _ConnState] = OrderedDict()
@@ -561,15 +563,16 @@ class RpcSink:
         ev = {"time_ns": rec.time_ns, "layer": "wire", "kind": "rpc.call", "source": self.source,
               "xid": hdr.xid, "program": info.program, "program_num": hdr.prog,
               "version": hdr.vers, "procedure": info.procedure, "procedure_num": hdr.proc,
-              "src": src, "dst": dst, "conn": conn.number,
-              "cred": decode_cred(hdr.cred_flavor, hdr.cred_body)}
-        if info.decoders is not None and info.decoders.args is not None:
-            args, error = _decode_body(info.decoders.args, rec, hdr.body_offset)
-            ev["args"] = args
-            if error:
-                ev["decode_error"] = error
-        else:
-            ev["args"] = {}
+              "src": src, "dst": dst, "conn": conn.number}
+        if self.details:
+            ev["cred"] = decode_cred(hdr.cred_flavor, hdr.cred_body)
+            if info.decoders is not None and info.decoders.args is not None:
+                args, error = _decode_body(info.decoders.args, rec, hdr.body_offset)
+                ev["args"] = args
+                if error:
+                    ev["decode_error"] = error
+            else:
+                ev["args"] = {}
         if rec.length > len(rec.data) and not rec.lost:
             ev["payload_bytes"] = rec.length - len(rec.data)
         if not info.expects_reply:
@@ -608,7 +611,8 @@ class RpcSink:
             ev["call_time_ns"] = call.time_ns
             ev["latency_ns"] = rec.time_ns - call.time_ns
             decoders = call.info.decoders
-            if hdr.body_offset is not None and decoders is not None and decoders.result is not None:
+            if self.details and hdr.body_offset is not None and decoders is not None \
+                    and decoders.result is not None:
                 result, error = _decode_body(decoders.result, rec, hdr.body_offset)
                 if "op_ret" in result:
                     ev["op_ret"] = result.pop("op_ret")

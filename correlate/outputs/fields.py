@@ -1,0 +1,56 @@
+"""Chosen event fields as tab-separated lines, like `tshark -T fields -e ...`.
+
+A field is an event key (`xid`, `procedure`, `time_ns`) or a dotted path into a nested one
+(`args.path`, `result.op_ret`, `cred.uid`). A missing field prints as an empty column; text
+is passed through `safe_text` and tabs are escaped, so a line always has one column per field.
+"""
+from __future__ import annotations
+
+from .terminal import safe_text
+from ..events import to_json
+
+# Event keys that need the RPC credential or body decoded (the decoder can skip that work).
+DETAIL_KEYS = frozenset({"cred", "args", "result", "op_ret", "op_errno", "errno_name", "decode_error"})
+MAX_VALUE = 4096
+
+
+def parse_fields(spec: str) -> list[tuple[str, ...]]:
+    """"xid,args.path" -> [("xid",), ("args", "path")]; ValueError on an empty name."""
+    fields = []
+    for name in spec.split(","):
+        name = name.strip()
+        parts = tuple(name.split("."))
+        if not name or not all(parts):
+            raise ValueError(f"bad field name {name!r} in {spec!r}")
+        fields.append(parts)
+    if not fields:
+        raise ValueError("no fields given")
+    return fields
+
+
+def needs_details(fields: list[tuple[str, ...]]) -> bool:
+    return any(path[0] in DETAIL_KEYS for path in fields)
+
+
+def _value(ev: dict, path: tuple[str, ...]):
+    value = ev
+    for key in path:
+        if type(value) is not dict:
+            return None
+        value = value.get(key)
+    return value
+
+
+def _text(value) -> str:
+    if value is None:
+        return ""
+    if type(value) is int:
+        return str(value)
+    if isinstance(value, (dict, list)):
+        value = to_json(value)       # ASCII, escaped: safe as it is
+    return safe_text(value, MAX_VALUE).replace("\t", "\\t")
+
+
+def format_fields(ev: dict, fields: list[tuple[str, ...]]) -> str:
+    return "\t".join([_text(ev.get(path[0]) if len(path) == 1 else _value(ev, path))
+                      for path in fields])
