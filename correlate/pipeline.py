@@ -26,10 +26,14 @@ class TimelineWriter:
         self._f.close()
 
 
+HELD_LINES = 256
+
+
 class Reporter:
     """Writes events and findings where the user asked: terminal text or JSON lines on
     stdout, and the timeline file. Output is flushed per finding so a live run shows it at
-    once."""
+    once. Event lines for an output that is not line-buffered (a file, a pipe from a capture
+    file) are written HELD_LINES at a time: one write per line is a tenth of decode's time."""
 
     def __init__(self, *, json_out: bool = False, show_events: bool = False,
                  show_findings: bool = True, timeline: TimelineWriter | None = None,
@@ -43,6 +47,7 @@ class Reporter:
         self.timeline = timeline
         self.color = self.out.isatty() if color is None else color
         self.counts = {"events": 0, "findings": 0}
+        self._held: list[str] | None = None if getattr(self.out, "line_buffering", True) else []
 
     def event(self, ev: dict) -> None:
         self.counts["events"] += 1
@@ -50,11 +55,24 @@ class Reporter:
             self.timeline.write(ev)
         if self.show_events:
             if self.fields is not None:
-                self.out.write(format_fields(ev, self.fields) + "\n")
+                line = format_fields(ev, self.fields)
             elif self.json_out:       # the text line is only built when it is printed
-                self.out.write(to_json(ev) + "\n")
+                line = to_json(ev)
             else:
-                self.out.write(colorize(format_event(ev), ev, self.color) + "\n")
+                line = colorize(format_event(ev), ev, self.color)
+            held = self._held
+            if held is None:
+                self.out.write(line + "\n")
+            else:
+                held.append(line)
+                if len(held) >= HELD_LINES:
+                    self._write_held()
+
+    def _write_held(self) -> None:
+        if self._held:
+            self._held.append("")
+            self.out.write("\n".join(self._held))
+            self._held.clear()
 
     def finding(self, f: dict) -> None:
         if f.get("kind") == "finding":
@@ -62,6 +80,7 @@ class Reporter:
         if self.timeline:
             self.timeline.write(f)
         if self.show_findings:
+            self._write_held()
             self._print(f, format_finding(f) if f.get("kind", "").startswith("finding")
                         else format_event(f))
             self.out.flush()
@@ -73,6 +92,7 @@ class Reporter:
             self.out.write(colorize(text, ev, self.color) + "\n")
 
     def close(self) -> None:
+        self._write_held()
         self.out.flush()
         if self.timeline:
             self.timeline.close()

@@ -270,11 +270,14 @@ def test_capture_client_log_and_brick_log_on_one_timeline(tmp_path):
     client_port = denied["dst"]
     refusal = [e for e in events if e["layer"] == "log" and e.get("host") == "server"
                and "non-privileged port" in e["message"] and client_port in e["message"]]
-    assert refusal, "the brick's log line about this client port is on the timeline"
+    logs = [(e["time_ns"], e["host"], e["level"], e["message"][:120]) for e in events
+            if e["layer"] == "log"]
+    why = f"denied reply {denied['time_ns']} to {client_port}; log lines: {logs}"
+    assert refusal, "the brick's log line about this client port is on the timeline: " + why
     client_side = [e for e in events if e["layer"] == "log" and e.get("host") == "client" and e["level"] == "W"
                    and e["time_ns"] >= denied["time_ns"]]
-    assert refusal[0]["time_ns"] <= denied["time_ns"]
-    assert client_side and "RPC status error" in client_side[0]["message"]
+    assert refusal[0]["time_ns"] <= denied["time_ns"], why
+    assert client_side and "RPC status error" in client_side[0]["message"], why
     finding = next(e for e in events if e["kind"] == "finding" and "AUTH_REJECTEDCRED" in e["title"])
     assert finding["time_ns"] >= denied["time_ns"]
 
