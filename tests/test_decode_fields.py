@@ -9,7 +9,7 @@ import pytest
 
 from correlate.outputs.fields import format_fields, needs_details, parse_fields
 from correlate.wire.decode import decode_capture
-from tests.test_gluster_captures import CAPTURES, needs_captures, needs_tshark, tshark_rows
+from tests.test_gluster_captures import CAPTURES, needs_captures, needs_tshark, tshark_calls
 
 DETAIL_KEYS = {"cred", "args", "result", "op_ret", "op_errno", "errno_name", "decode_error"}
 
@@ -67,9 +67,7 @@ def test_fields_output_is_the_json_output_projected(path):
 @pytest.mark.parametrize("path", CAPTURES, ids=[p.name for p in CAPTURES])
 def test_fields_hold_every_call_tshark_decodes(path):
     """The same question `make bench` asks both tools, answered alike."""
-    rows = tshark_rows(path, "rpc.msgtyp == 0 && !_ws.malformed",
-                       ["rpc.xid", "rpc.program", "rpc.procedure"])
-    theirs = Counter((s, d, int(x, 16), int(prog), int(proc)) for s, d, x, prog, proc in rows)
+    theirs = tshark_calls(path)
     out = decode_cli("--fields", "kind,src,dst,xid,program_num,procedure_num", str(path))
     mine = Counter()
     for line in out.stdout.splitlines():

@@ -48,13 +48,18 @@ def tshark_rows(path: Path, display_filter: str, fields: list[str]) -> list[tupl
     return rows
 
 
+def tshark_calls(path: Path) -> Counter:
+    """(src port, dst port, xid, program, procedure) of each call tshark decodes cleanly."""
+    rows = tshark_rows(path, "rpc.msgtyp == 0 && !_ws.malformed",
+                       ["rpc.xid", "rpc.program", "rpc.procedure"])
+    return Counter((s, d, int(x, 16), int(prog), int(proc)) for s, d, x, prog, proc in rows)
+
+
 @needs_captures
 @needs_tshark
 @pytest.mark.parametrize("path", CAPTURES, ids=[p.name for p in CAPTURES])
 def test_every_call_tshark_decodes_is_ours(path):
-    rows = tshark_rows(path, "rpc.msgtyp == 0 && !_ws.malformed",
-                       ["rpc.xid", "rpc.program", "rpc.procedure"])
-    theirs = Counter((s, d, int(x, 16), int(prog), int(proc)) for s, d, x, prog, proc in rows)
+    theirs = tshark_calls(path)
     events, diag = ours(path)
     mine = Counter((port(e["src"]), port(e["dst"]), e["xid"], e["program_num"], e["procedure_num"])
                    for e in events if e["kind"] == "rpc.call")

@@ -128,6 +128,18 @@ def test_stap_runs_or_says_why():
     assert abs(calls[0]["time_ns"] - time.time_ns()) < 120 * 1_000_000_000
 
 
+def _setfsuid_spec_for_bcc() -> ProbeSpec:
+    """A probe on glfs_setfsuid (cheap to call in a burst from ctypes); skips without bcc."""
+    _skip_unless_root_and_gfapi()
+    from correlate.probe.bcc_backend import check_bcc_prerequisites
+    try:
+        check_bcc_prerequisites()
+    except ProbeError as exc:
+        pytest.skip(str(exc))
+    return ProbeSpec("test.glfs_setfsuid", "test", "libgfapi.so.0", "glfs_setfsuid",
+                     (Arg("uid", 1, "int"),))
+
+
 def test_bcc_counts_lost_events_when_the_buffer_overflows():
     """A burst far larger than a one-page perf buffer, polled only afterwards: the kernel
     drops records and the collector reports them as probe.lost events and in `lost`.
@@ -135,14 +147,8 @@ def test_bcc_counts_lost_events_when_the_buffer_overflows():
     The kernel writes its "lost N" record with the next record that fits, so the child makes
     one more call after the buffer was drained; it stays on one CPU so both land in the same
     per-CPU buffer."""
-    _skip_unless_root_and_gfapi()
-    from correlate.probe.bcc_backend import BccCollector, check_bcc_prerequisites
-    try:
-        check_bcc_prerequisites()
-    except ProbeError as exc:
-        pytest.skip(str(exc))
-    spec = ProbeSpec("test.glfs_setfsuid", "test", "libgfapi.so.0", "glfs_setfsuid",
-                     (Arg("uid", 1, "int"),))
+    spec = _setfsuid_spec_for_bcc()
+    from correlate.probe.bcc_backend import BccCollector
     code = ("import ctypes, os, sys\n"
             "os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]})\n"
             "f = ctypes.CDLL('libgfapi.so.0').glfs_setfsuid\n"
@@ -233,17 +239,11 @@ def test_stap_reads_arguments_the_dwarf_way(tmp_path):
 def test_bcc_orders_a_batch_read_from_several_cpu_buffers_by_time():
     """Each CPU has its own perf buffer and they are read in CPU order. The child calls first on
     the highest CPU, then on the lowest: read naively, the later call comes out first."""
-    _skip_unless_root_and_gfapi()
     cpus = sorted(os.sched_getaffinity(0))
     if len(cpus) < 2:
         pytest.skip("needs two CPUs to put events in two perf buffers")
-    from correlate.probe.bcc_backend import BccCollector, check_bcc_prerequisites
-    try:
-        check_bcc_prerequisites()
-    except ProbeError as exc:
-        pytest.skip(str(exc))
-    spec = ProbeSpec("test.glfs_setfsuid", "test", "libgfapi.so.0", "glfs_setfsuid",
-                     (Arg("uid", 1, "int"),))
+    spec = _setfsuid_spec_for_bcc()
+    from correlate.probe.bcc_backend import BccCollector
     code = ("import ctypes, os, sys\n"
             "f = ctypes.CDLL('libgfapi.so.0').glfs_setfsuid\n"
             "sys.stdin.readline()\n"
