@@ -84,3 +84,21 @@ def test_fields_and_json_together_is_a_usage_error(tmp_path):
     assert both.returncode == 2 and "choose one" in both.stderr and "Traceback" not in both.stderr
     empty = decode_cli("--fields", "xid,,kind", str(path))
     assert empty.returncode == 2 and "bad field name" in empty.stderr
+
+
+@needs_captures
+def test_from_a_pipe_each_line_comes_while_the_input_stays_open():
+    """A few events on a pipe that stays open (tcpdump still running) are printed at once,
+    not held back for a batch."""
+    import select
+    proc = subprocess.Popen([sys.executable, "-m", "correlate", "decode", "--fields", "kind,xid", "-"],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        proc.stdin.write(CAPTURES[0].read_bytes())
+        proc.stdin.flush()
+        ready, _, _ = select.select([proc.stdout], [], [], 15)
+        assert ready, "no line while stdin is still open"
+        assert proc.stdout.readline().decode().startswith(("rpc.", "tcp."))
+    finally:
+        proc.kill()
+        proc.wait()

@@ -40,10 +40,11 @@ def decode(capture, json_out, fields_spec):
         except ValueError as exc:
             raise click.BadParameter(str(exc), param_hint="--fields")
     diag = Diagnostics(source_name(capture))
+    if capture == "-" and not sys.stdout.isatty():
+        # live input: a line as soon as it is decoded (the Reporter then holds none back)
+        sys.stdout.reconfigure(line_buffering=True)
     reporter = Reporter(json_out=json_out, show_events=True, show_findings=False,
                         out=sys.stdout, fields=fields)
-    if capture == "-" and not sys.stdout.isatty():
-        sys.stdout.reconfigure(line_buffering=True)   # live input: a line as soon as it is decoded
     try:
         events = decode_capture(capture, diag=diag, details=fields is None or needs_details(fields))
         run_pipeline(events, None, reporter)
