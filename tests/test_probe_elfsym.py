@@ -160,20 +160,22 @@ def test_random_corruption_is_bounded():
             pass
 
 
-def test_huge_section_count_rejected():
+def _elf64_header(shoff: int, shnum: int) -> bytes:
+    """A bare ELF64 x86-64 header whose section headers are at shoff, shnum of them."""
     hdr = bytearray(64)
     hdr[:6] = b"\x7fELF\x02\x01"
-    struct.pack_into("<HHIQQQIHHHHHH", hdr, 16, 3, 62, 1, 0, 0, 64, 0, 64, 56, 0, 64, 60000, 0)
+    struct.pack_into("<HHIQQQIHHHHHH", hdr, 16, 3, 62, 1, 0, 0, shoff, 0, 64, 56, 0, 64, shnum, 0)
+    return bytes(hdr)
+
+
+def test_huge_section_count_rejected():
     with pytest.raises(ElfError, match="headers"):
-        parse_elf(bytes(hdr), "many")
+        parse_elf(_elf64_header(64, 60000), "many")
 
 
 def test_section_header_past_end_is_an_error_not_a_crash():
-    hdr = bytearray(64)
-    hdr[:6] = b"\x7fELF\x02\x01"
-    struct.pack_into("<HHIQQQIHHHHHH", hdr, 16, 3, 62, 1, 0, 0, 10_000, 0, 64, 56, 0, 64, 3, 0)
     with pytest.raises(ElfError, match="truncated"):
-        parse_elf(bytes(hdr), "short")
+        parse_elf(_elf64_header(10_000, 3), "short")
 
 
 def test_eh_frame_garbage_and_loops():
