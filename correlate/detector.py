@@ -141,10 +141,17 @@ class DetectorRunner:
 def load_detectors(pm, config: dict | None = None) -> tuple[list, list[dict]]:
     """Every detector from every plugin (built-ins included), through the hook.
 
-    A plugin whose hook raises is reported by name (a `detector.error` event in the second
-    list) and the others still load."""
-    from .plugin_manager import call_each
+    A plugin that failed to import, or whose hook raises, is reported by name (a
+    `detector.error` event in the second list) and the others still load."""
+    from .plugin_manager import call_each, failed_plugins
     detectors, errors = [], []
+    for f in failed_plugins(pm):
+        errors.append(make_event(0, "finding", "detector.error", f"plugin:{f['name']}",
+                                 detector=f["name"], severity="error",
+                                 title=f"plugin {f['name']} failed to load",
+                                 explanation=f["error"],
+                                 remedy=f"install what {f['distribution']} needs, or report it "
+                                        "to the plugin's authors"))
     for name, result, exc in call_each(pm, "correlate_detectors", config=config or {}):
         if exc is None:
             detectors.extend(result or [])

@@ -269,9 +269,14 @@ def plugins_cmd(json_out):
         return
     for r in rows:
         dist = f"{r['distribution']} {r['version']}" if r["distribution"] else "(not from a package)"
+        if r["status"] == "failed":
+            click.echo(f"{r['name']:<20} {dist:<20} FAILED: {r['error']}")
+            continue
         click.echo(f"{r['name']:<20} {dist:<20} hooks: {', '.join(r['hooks'])}"
                    + (f"  detectors: {', '.join(r['detectors'])}" if r["detectors"] else ""))
+    failed = {r["name"] for r in rows if r["status"] == "failed"}
     for e in errors:
-        click.echo(f"correlate: {e['title']}: {e['explanation']}", err=True)
+        if e["detector"] not in failed:    # a failed import is already in its row
+            click.echo(f"correlate: {e['title']}: {e['explanation']}", err=True)
     if not rows:
         raise CorrelateError("no plugins loaded: is correlate installed (pip install -e .)?")
