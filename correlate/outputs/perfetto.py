@@ -81,6 +81,7 @@ class PerfettoWriter:
         self.tracks = _Tracks()
         self.base_ns: int | None = None
         self.pending: OrderedDict[tuple, dict] = OrderedDict()
+        self.untimed: list[dict] = []   # time_ns 0: not from an input; shown at the start
         self.count = 0
         out.write('{"displayTimeUnit":"ns","traceEvents":[\n')
 
@@ -112,6 +113,10 @@ class PerfettoWriter:
     def add(self, ev: dict) -> None:
         layer, kind = ev.get("layer"), ev.get("kind", "")
         if not isinstance(ev.get("time_ns"), int):
+            return
+        if ev["time_ns"] <= 0:     # must not stretch the trace back to 1970
+            if len(self.untimed) < 1000:
+                self.untimed.append(ev)
             return
         self._us(min(ev["time_ns"], ev.get("call_time_ns") or ev["time_ns"]))  # fix the base early
         if layer == "wire":
@@ -163,6 +168,10 @@ class PerfettoWriter:
         for call in self.pending.values():
             self._unanswered(call)
         self.pending.clear()
+        start = self.base_ns if self.base_ns is not None else 0
+        for ev in self.untimed:
+            self.add({**ev, "time_ns": max(start, 1)})
+        self.untimed.clear()
         for meta in self.tracks.meta:
             self._emit(meta)
         other = {"start_time_ns": self.base_ns, "generator": "correlate"}
