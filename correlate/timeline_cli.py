@@ -163,7 +163,7 @@ class _PcapngSink:
         self.findings: list[dict] = []
 
     def add(self, ev: dict) -> None:
-        if ev.get("layer") == "finding" and ev.get("kind") == "finding":
+        if ev.get("layer") == "finding" and ev.get("kind") in ("finding", "finding.update"):
             self.findings.append(ev)
 
     def close(self, echo) -> None:

@@ -88,12 +88,25 @@ def comment_for(ev: dict, finding: dict | None = None) -> str:
 
 
 def comments_by_frame(events: Iterable[dict], source: str) -> dict[int, list[str]]:
-    """frame number -> comments, from the findings among `events` (for packets of `source`)."""
-    out: dict[int, list[str]] = defaultdict(list)
+    """frame number -> comments, from the findings among `events` (for packets of `source`).
+
+    A folded finding's `finding.update` adds the evidence of its repeats (the second brick of
+    a firewall problem) and its final count."""
+    findings, updates = [], {}
     for ev in events:
-        if ev.get("layer") != "finding" or ev.get("kind") != "finding":
+        if ev.get("layer") != "finding":
             continue
-        evidence = [e for e in ev.get("evidence") or [] if isinstance(e, dict)]
+        if ev.get("kind") == "finding":
+            findings.append(ev)
+        elif ev.get("kind") == "finding.update" and ev.get("id"):
+            updates[str(ev["id"])] = ev
+    out: dict[int, list[str]] = defaultdict(list)
+    for ev in findings:
+        update = updates.get(str(ev.get("id"))) or {}
+        if update.get("count"):
+            ev = {**ev, "count": update["count"]}
+        evidence = [e for e in list(ev.get("evidence") or []) + list(update.get("evidence") or [])
+                    if isinstance(e, dict)]
         frames = sorted({e["frame"] for e in evidence
                          if e.get("layer") == "wire" and e.get("source") == source
                          and isinstance(e.get("frame"), int)})
