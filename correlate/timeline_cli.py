@@ -17,6 +17,7 @@ from collections.abc import Iterable, Iterator
 import click
 
 from .diagnostics import report_diagnostics
+from .errors import CorrelateError
 from .events import header_line, to_json
 from .merge import DEFAULT_WINDOW_NS, merge, shift_clock
 
@@ -153,18 +154,72 @@ def estimate_host_offsets(host_inputs: dict[str, list[str]], reference: str, ech
     return offsets
 
 
+# -- a saved timeline together with the capture it was made from ----------------------------
+
+_WIRE_IDENTITY = ("time_ns", "kind", "conn", "xid", "frame", "src", "dst")
+
+
+class CaptureDeduplicator:
+    """Drops the second copy of each wire event when a saved timeline is merged with the
+    capture it was made from (`correlate timeline incident.jsonl incident.pcap`).
+
+    The timeline's copy is kept: its findings point at it. Copies have the same time, so
+    only events of one timestamp are held at a time. `aliases` maps each capture's name to
+    the source names its events had in the timeline (`stdin` for `run --pcap -`), so the
+    annotated pcapng finds the packets the timeline's findings point at."""
+
+    def __init__(self, capture_names: set[str]):
+        self.capture_names = capture_names
+        self.aliases: dict[str, set[str]] = {}
+        self.dropped = 0
+
+    def __call__(self, events: Iterable[dict]) -> Iterator[dict]:
+        group: list[dict] = []
+        for ev in events:
+            if group and ev.get("time_ns") != group[0].get("time_ns"):
+                yield from self._unique(group)
+                group = []
+            group.append(ev)
+        yield from self._unique(group)
+
+    def _unique(self, group: list[dict]) -> list[dict]:
+        if len(group) == 1:
+            return group
+        timeline_copies = {tuple(ev.get(k) for k in _WIRE_IDENTITY): ev.get("source") for ev in group
+                           if ev.get("layer") == "wire" and ev.get("source") not in self.capture_names}
+        out, seen = [], set()
+        for ev in group:
+            if ev.get("layer") != "wire":
+                out.append(ev)
+                continue
+            key = tuple(ev.get(k) for k in _WIRE_IDENTITY)
+            original = timeline_copies.get(key)
+            if (key, ev.get("source")) in seen or (ev.get("source") in self.capture_names
+                                                   and original is not None):
+                self.dropped += 1
+                if original is not None:
+                    self.aliases.setdefault(ev.get("source"), set()).add(original)
+                continue
+            seen.add((key, ev.get("source")))
+            out.append(ev)
+        return out
+
+
 # -- outputs --------------------------------------------------------------------------------
 
 class _PcapngSink:
     """Collects findings; at the end annotates each capture input with them."""
 
-    def __init__(self, out_path: str, captures: list[tuple[str, str]]):
-        self.out_path, self.captures = out_path, captures
+    def __init__(self, out_path: str, captures: list[tuple[str, str]], aliases: dict[str, set[str]]):
+        self.out_path, self.captures, self.aliases = out_path, captures, aliases
         self.findings: list[dict] = []
 
     def add(self, ev: dict) -> None:
         if ev.get("layer") == "finding" and ev.get("kind") in ("finding", "finding.update"):
             self.findings.append(ev)
+
+    def describe(self) -> str:
+        return f"annotated pcapng {self.out_path}"
 
     def close(self, echo) -> None:
         from .outputs.pcapng_annotate import annotate_pcapng
@@ -173,7 +228,8 @@ class _PcapngSink:
             if len(self.captures) > 1:
                 stem, ext = os.path.splitext(self.out_path)
                 out = f"{stem}-{os.path.splitext(source)[0]}{ext or '.pcapng'}"
-            stats = annotate_pcapng(path, self.findings, out, source=source)
+            stats = annotate_pcapng(path, self.findings, out, source=source,
+                                    also=self.aliases.get(source, ()))
             echo(f"correlate: {out}: {stats['packets']} packets, {stats['annotated']} annotated")
 
 
@@ -182,6 +238,9 @@ class _HtmlSink:
         from .outputs.html import HtmlReport
         self.out_path, self.report = out_path, HtmlReport(out_path, title=title)
         self.add = self.report.add
+
+    def describe(self) -> str:
+        return f"HTML report {self.out_path}"
 
     def close(self, echo) -> None:
         counts = self.report.close()
@@ -197,6 +256,9 @@ class _PerfettoSink:
         self.file = open(out_path, "w", encoding="utf-8")
         self.writer = PerfettoWriter(self.file)
         self.add = self.writer.add
+
+    def describe(self) -> str:
+        return f"Perfetto trace {self.out_path}"
 
     def close(self, echo) -> None:
         self.writer.close()
@@ -279,6 +341,7 @@ def timeline(inputs, hosts, since, until, conn, host_filter, gfid, path, pid, la
       correlate timeline --host client=c.pcap --host server=s.pcap --sync-clocks --ladder
       correlate timeline saved.jsonl --layer finding --layer probe --since +2s --until +5s
       correlate timeline atime.pcap --pcapng annotated.pcapng --perfetto trace.json
+      correlate timeline incident.jsonl incident.pcap --html report.html --pcapng annotated.pcapng
       correlate timeline capture.pcap --conn 127.0.0.2:49152 --json | jq .procedure
     """
     from .sources import open_input
@@ -314,20 +377,34 @@ def timeline(inputs, hosts, since, until, conn, host_filter, gfid, path, pid, la
         detect = not any(i.kind == "timeline" for i in opened)
     streams = [shift_clock(i.events, offsets.get(h, 0)) if h else i.events
                for i, (_p, h) in zip(opened, specs)]
-    events = _with_findings(merge(streams, window_ms * 1_000_000), detect)
+    merged = merge(streams, window_ms * 1_000_000)
+    dedup = None
+    if any(i.kind == "timeline" for i in opened) and any(i.kind == "capture" for i in opened):
+        dedup = CaptureDeduplicator({i.name for i in opened if i.kind == "capture"})
+        merged = dedup(merged)
+    events = _with_findings(merged, detect)
     keep = EventFilter(since=since_t, until=until_t, conn=conn, host=host_filter, gfid=gfid, path=path,
                        pid=pid, layers=layers)
 
+    failed = False
     sinks = []
     if pcapng_path:
         captures = [(p, i.name) for i, (p, _h) in zip(opened, specs) if i.kind == "capture" and p != "-"]
-        if not captures:
-            raise click.UsageError("--pcapng needs a capture file among the inputs")
-        sinks.append(_PcapngSink(pcapng_path, captures))
+        if captures:
+            sinks.append(_PcapngSink(pcapng_path, captures, dedup.aliases if dedup else {}))
+        else:    # the other outputs are still written
+            echo("correlate: --pcapng: no capture file among the inputs (a timeline holds events, "
+                 "not packets); name the capture as well: correlate timeline incident.jsonl "
+                 "incident.pcap --pcapng annotated.pcapng")
+            failed = True
     if html_path:
         sinks.append(_HtmlSink(html_path, "correlate timeline: " + ", ".join(i.name for i in opened)))
     if perfetto_path:
-        sinks.append(_PerfettoSink(perfetto_path))
+        try:
+            sinks.append(_PerfettoSink(perfetto_path))
+        except OSError as exc:
+            echo(f"correlate: Perfetto trace {perfetto_path} failed: {exc}")
+            failed = True
 
     out = sys.stdout
     to_terminal = not json_out and not (html_path or perfetto_path or pcapng_path) or ladder
@@ -346,8 +423,13 @@ def timeline(inputs, hosts, since, until, conn, host_filter, gfid, path, pid, la
             if not keep(ev):
                 continue
             shown += 1
-            for sink in sinks:
-                sink.add(ev)
+            for sink in list(sinks):
+                try:
+                    sink.add(ev)
+                except OSError as exc:       # a full disk ends this output, not the others
+                    echo(f"correlate: {sink.describe()} failed: {exc}")
+                    sinks.remove(sink)
+                    failed = True
             if json_out:
                 out.write(to_json(ev) + "\n")
             elif ladder_view is not None:
@@ -359,8 +441,15 @@ def timeline(inputs, hosts, since, until, conn, host_filter, gfid, path, pid, la
         progress.done()
         out.flush()
     for sink in sinks:
-        sink.close(echo)
+        try:
+            sink.close(echo)
+        except (OSError, CorrelateError) as exc:     # one failing output does not cancel the others
+            echo(f"correlate: {sink.describe()} failed: {exc}")
+            failed = True
     fatal = report_diagnostics([i.diag for i in opened if i.diag is not None])
+    if dedup is not None and dedup.dropped:
+        echo(f"correlate: {dedup.dropped} wire events were both in a saved timeline and in a "
+             "capture: kept once")
     echo(f"correlate: {shown} events shown")
-    if fatal:
+    if fatal or failed:
         sys.exit(1)
