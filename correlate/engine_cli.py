@@ -15,6 +15,7 @@ from .detector import DetectorRunner, load_detectors
 from .diagnostics import Diagnostics, report_diagnostics
 from .errors import CorrelateError
 from .merge import DEFAULT_WINDOW_NS, LiveMerger, merge
+from .outputs.terminal import Progress, color_option, use_color
 from .pipeline import Reporter, TimelineWriter, run_pipeline
 from .plugin_manager import call_each, get_plugin_manager, plugin_info
 from .sources import open_input, read_timeline
@@ -32,11 +33,13 @@ def _detectors(unanswered_after: float) -> DetectorRunner:
     return DetectorRunner(detectors, on_new_finding=notify, load_errors=errors)
 
 
-def _reporter(json_out: bool, events: bool, timeline: str | None, command: str) -> Reporter:
+def _reporter(json_out: bool, events: bool, timeline: str | None, command: str, color: str,
+              progress=None) -> Reporter:
     writer = TimelineWriter(timeline, command=command, started_ns=time.time_ns()) if timeline else None
     if not sys.stdout.isatty():
         sys.stdout.reconfigure(line_buffering=True)
-    return Reporter(json_out=json_out, show_events=events, timeline=writer)
+    return Reporter(json_out=json_out, show_events=events, timeline=writer,
+                    color=use_color(color, sys.stdout), progress=progress)
 
 
 def _finish(reporter, runner, diags, timeline, temporary, writers, failed=False) -> int:
@@ -115,7 +118,7 @@ def _timeline_path(timeline: str | None, writers) -> tuple[str | None, str | Non
 def with_common(f):
     for opt in reversed(common_options):
         f = opt(f)
-    return f
+    return color_option(f)
 
 
 @click.command()
@@ -126,8 +129,9 @@ def with_common(f):
 @click.option("--pid", type=int, help="Probe only this process.")
 @click.option("--backend", type=click.Choice(["auto", "bcc", "stap"]), default="auto",
               show_default=True, help="Probe backend.")
-@click.option("--probe-offset", "probe_offsets", multiple=True, metavar="FUNC=0xOFF",
-              help="Probe a function at this file offset (stripped binaries).")
+@click.option("--probe-offset", "probe_offsets", multiple=True, metavar="FUNC=0xADDR",
+              help="Where FUNC is when it cannot be found (ELF virtual address, as objdump -d "
+                   "shows it). Repeatable.")
 @click.option("--log", "logs", multiple=True, type=click.Path(exists=True, dir_okay=False),
               help="Gluster log file to merge in. Repeatable.")
 @click.option("--duration", type=float, help="Stop after this many seconds.")
@@ -135,7 +139,7 @@ def with_common(f):
               help="Reorder window: events are held this long so they leave in time order.")
 @with_common
 def run(pcaps, probe_groups, pid, backend, probe_offsets, logs, duration, window_ms,
-        json_out, events, timeline, unanswered_after, outputs):
+        json_out, events, timeline, unanswered_after, outputs, color):
     """Live: merge probes and captures on one timeline and print findings as they happen.
 
     Stops at the end of the captures, after --duration, or on Ctrl-C / SIGTERM, with every
@@ -183,7 +187,7 @@ def run(pcaps, probe_groups, pid, backend, probe_offsets, logs, duration, window
         timer = threading.Timer(duration, stop)
         timer.daemon = True
         timer.start()
-    reporter = _reporter(json_out, events, timeline, "run")
+    reporter = _reporter(json_out, events, timeline, "run", color)
     try:
         run_pipeline(merger.events(), runner, reporter)
     finally:
@@ -215,7 +219,7 @@ def _opened_later(path: str, diags: list[Diagnostics]):
 @click.option("--host", "hosts", multiple=True, metavar="NAME=INPUT",
               help="Name the host an input was recorded on.")
 @with_common
-def analyze(inputs, hosts, json_out, events, timeline, unanswered_after, outputs):
+def analyze(inputs, hosts, json_out, events, timeline, unanswered_after, outputs, color):
     """Offline: run the detectors over captures, saved timelines and Gluster logs.
 
     Inputs are recognised by content (pcap, pcapng, gzip'd, JSON Lines timeline, Gluster
@@ -225,17 +229,20 @@ def analyze(inputs, hosts, json_out, events, timeline, unanswered_after, outputs
     Examples:
       correlate analyze tests/captures/firewall-drop.pcap
       correlate analyze client.pcapng /var/log/glusterfs/mnt.log --timeline merged.jsonl
-      correlate analyze --json saved-timeline.jsonl | jq .title
+      correlate analyze --json saved-timeline.jsonl | jq -r 'select(.kind == "finding") | .title'
+      NO_COLOR=1 correlate analyze capture.pcap      # or --color never
     """
     host_of = dict(h.split("=", 1) for h in hosts if "=" in h)
     opened = [open_input(path, host=host_of.get(path)) for path in inputs]
     runner = _detectors(unanswered_after)
     writers = _output_writers(outputs)
     timeline, temporary = _timeline_path(timeline, writers)
-    reporter = _reporter(json_out, events, timeline, "analyze")
+    progress = Progress()
+    reporter = _reporter(json_out, events, timeline, "analyze", color, progress)
     try:
-        run_pipeline(merge([i.events for i in opened]), runner, reporter)
+        run_pipeline(progress.wrap(merge([i.events for i in opened])), runner, reporter)
     finally:
+        progress.done()
         reporter.close()
     sys.exit(_finish(reporter, runner, [i.diag for i in opened], timeline, temporary, writers))
 

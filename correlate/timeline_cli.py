@@ -11,7 +11,6 @@ import datetime as _dt
 import os
 import re
 import sys
-import time
 from collections.abc import Iterable, Iterator
 
 import click
@@ -20,6 +19,7 @@ from .diagnostics import report_diagnostics
 from .errors import CorrelateError
 from .events import header_line, to_json
 from .merge import DEFAULT_WINDOW_NS, merge, shift_clock
+from .outputs.terminal import color_option
 
 _DURATION = re.compile(r"^([+-]?\d+(?:\.\d+)?)(ns|us|ms|s|m|h)?$")
 _UNITS = {"ns": 1, "us": 1_000, "ms": 1_000_000, "s": 1_000_000_000, None: 1_000_000_000,
@@ -266,27 +266,6 @@ class _PerfettoSink:
         echo(f"correlate: Perfetto trace written to {self.out_path} ({self.writer.count} trace events)")
 
 
-class _Progress:
-    """A one-line counter on stderr, only when stderr is a terminal."""
-
-    def __init__(self):
-        self.enabled = sys.stderr.isatty()
-        self.count = 0
-        self.next_at = time.monotonic() + 1.0
-
-    def tick(self, ev: dict) -> None:
-        self.count += 1
-        if self.enabled and self.count % 1000 == 0 and time.monotonic() >= self.next_at:
-            from .outputs.terminal import format_time
-            sys.stderr.write(f"\r{self.count} events, at {format_time(ev.get('time_ns', 0))} ")
-            sys.stderr.flush()
-            self.next_at = time.monotonic() + 1.0
-
-    def done(self) -> None:
-        if self.enabled and self.count >= 1000:
-            sys.stderr.write("\r" + " " * 40 + "\r")
-
-
 def _with_findings(events: Iterable[dict], detect: bool) -> Iterator[dict]:
     """Run the detectors (plugins included) and put each finding after the event completing it."""
     if not detect:
@@ -330,8 +309,9 @@ def _with_findings(events: Iterable[dict], detect: bool) -> Iterator[dict]:
               help="Run the detectors [default: on, unless an input is a saved timeline].")
 @click.option("--window-ms", type=int, default=DEFAULT_WINDOW_NS // 1_000_000, show_default=True,
               help="Reorder window of the merge.")
+@color_option
 def timeline(inputs, hosts, since, until, conn, host_filter, gfid, path, pid, layers, ladder,
-             html_path, perfetto_path, pcapng_path, json_out, sync_clocks, detect, window_ms):
+             html_path, perfetto_path, pcapng_path, json_out, sync_clocks, detect, window_ms, color):
     """Merge captures, saved timelines and Gluster logs into one timeline; filter; render.
 
     \b
@@ -415,7 +395,9 @@ def timeline(inputs, hosts, since, until, conn, host_filter, gfid, path, pid, la
         from .outputs.ladder import Ladder
         ladder_view = Ladder()
     from .outputs.terminal import format_event, format_finding
-    progress = _Progress()
+    from .outputs.terminal import Progress, colorize, use_color
+    progress = Progress()
+    color = use_color(color, out)
     shown = 0
     try:
         for ev in events:
@@ -433,10 +415,13 @@ def timeline(inputs, hosts, since, until, conn, host_filter, gfid, path, pid, la
             if json_out:
                 out.write(to_json(ev) + "\n")
             elif ladder_view is not None:
+                progress.clear()
                 for line in ladder_view.add(ev):
                     out.write(line + "\n")
             elif to_terminal:
-                out.write((format_finding(ev) if ev.get("kind") == "finding" else format_event(ev)) + "\n")
+                progress.clear()
+                text = format_finding(ev) if ev.get("kind") == "finding" else format_event(ev)
+                out.write(colorize(text, ev, color) + "\n")
     finally:
         progress.done()
         out.flush()
@@ -450,6 +435,9 @@ def timeline(inputs, hosts, since, until, conn, host_filter, gfid, path, pid, la
     if dedup is not None and dedup.dropped:
         echo(f"correlate: {dedup.dropped} wire events were both in a saved timeline and in a "
              "capture: kept once")
-    echo(f"correlate: {shown} events shown")
+    if to_terminal or json_out:
+        echo(f"correlate: {shown} events shown")
+    else:
+        echo(f"correlate: {shown} events passed the filters into the outputs")
     if fatal or failed:
         sys.exit(1)

@@ -6,7 +6,10 @@ control characters (escape sequences included) are shown as \\xNN, never interpr
 from __future__ import annotations
 
 import datetime as _dt
+import os
 import re
+import sys
+import time
 
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
 
@@ -121,3 +124,61 @@ def colorize(line: str, ev: dict, enabled: bool) -> str:
     code = (SEVERITY_COLORS.get(ev.get("severity", ""), "31") if ev.get("layer") == "finding"
             else COLORS.get(ev.get("layer", ""), "0"))
     return f"\x1b[{code}m{line}\x1b[0m"
+
+
+COLOR_CHOICES = ("auto", "always", "never")
+
+
+def use_color(choice: str, stream) -> bool:
+    """--color: `always`, `never`, or `auto`: when the stream is a terminal, NO_COLOR is unset
+    or empty (no-color.org) and TERM is not `dumb`."""
+    if choice == "always":
+        return True
+    if choice == "never":
+        return False
+    if os.environ.get("NO_COLOR") or os.environ.get("TERM") == "dumb":
+        return False
+    return bool(getattr(stream, "isatty", lambda: False)())
+
+
+def color_option(f):
+    """The --color option, the same on every command that prints to a terminal."""
+    import click
+    return click.option("--color", "color", type=click.Choice(COLOR_CHOICES), default="auto",
+                        show_default=True,
+                        help="Colour the output: auto = when stdout is a terminal, NO_COLOR is "
+                             "unset and TERM is not dumb.")(f)
+
+
+class Progress:
+    """A one-line counter on stderr, only when stderr is a terminal (and not TERM=dumb)."""
+
+    def __init__(self, stream=None):
+        self.stream = stream or sys.stderr
+        self.enabled = self.stream.isatty() and os.environ.get("TERM") != "dumb"
+        self.count = 0
+        self.shown = False
+        self.next_at = time.monotonic() + 1.0
+
+    def tick(self, ev: dict) -> None:
+        self.count += 1
+        if self.enabled and self.count % 1000 == 0 and time.monotonic() >= self.next_at:
+            self.stream.write(f"\r{self.count} events, at {format_time(ev.get('time_ns', 0))} ")
+            self.stream.flush()
+            self.shown = True
+            self.next_at = time.monotonic() + 1.0
+
+    def wrap(self, events):
+        for ev in events:
+            self.tick(ev)
+            yield ev
+
+    def clear(self) -> None:
+        """Before other output on the terminal: the counter line is wiped, not run into."""
+        if self.shown:
+            self.stream.write("\r" + " " * 40 + "\r")
+            self.stream.flush()
+            self.shown = False
+
+    def done(self) -> None:
+        self.clear()

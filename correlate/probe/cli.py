@@ -78,7 +78,8 @@ def describe_arg(arg) -> str:
 @click.option("--backend", type=click.Choice(["auto", "bcc", "stap"]), default="auto", show_default=True,
               help="auto takes bcc, then stap.")
 @click.option("--probe-offset", "offsets", multiple=True, metavar="FUNC=0xADDR",
-              help="Where FUNC is when it cannot be found (ELF virtual address). Repeatable.")
+              help="Where FUNC is when it cannot be found (ELF virtual address, as objdump -d "
+                   "shows it). Repeatable.")
 @click.option("--duration", type=float, help="Stop after this many seconds (default: Ctrl-C/SIGTERM).")
 def probe(groups, pid, as_json, backend, offsets, duration):
     """Stream libgfapi / Samba vfs_glusterfs calls as they happen (needs root).
@@ -135,7 +136,9 @@ def probe(groups, pid, as_json, backend, offsets, duration):
 @click.option("--probe", "groups", multiple=True, default=("all",), show_default=True,
               metavar="GROUP", help=GROUP_HELP)
 @click.option("--pid", type=int, help="Resolve the libraries this process has mapped.")
-@click.option("--probe-offset", "offsets", multiple=True, metavar="FUNC=0xADDR")
+@click.option("--probe-offset", "offsets", multiple=True, metavar="FUNC=0xADDR",
+              help="Where FUNC is when it cannot be found (ELF virtual address, as objdump -d "
+                   "shows it). Repeatable.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per probe.")
 def probes(groups, pid, offsets, as_json):
     """List the probe catalog and how each probe resolves on this machine (no root needed).
