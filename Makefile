@@ -28,6 +28,8 @@ deps:
 $(STAMP): pyproject.toml
 	test -x $(PY) || /usr/bin/python3 -m venv --system-site-packages $(VENV)
 	$(PY) -m pip install -q --upgrade pip
+	@# the distribution was called "correlate" before it became gluster-correlate
+	$(PY) -m pip uninstall -q -y correlate 2>/dev/null || true
 	$(PY) -m pip install -q -e '.[test]'
 	touch $(STAMP)
 

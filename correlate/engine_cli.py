@@ -282,4 +282,4 @@ def plugins_cmd(json_out):
         if e["detector"] not in failed:    # a failed import is already in its row
             click.echo(f"correlate: {e['title']}: {e['explanation']}", err=True)
     if not rows:
-        raise CorrelateError("no plugins loaded: is correlate installed (pip install -e .)?")
+        raise CorrelateError("no plugins loaded: is gluster-correlate installed (pip install -e .)?")

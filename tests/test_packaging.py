@@ -1,5 +1,7 @@
 """A wheel built from a fresh clone installs plugins/ and probes/ under the correlate
 namespace only, with the probe programs, and its entry points load the built-in detectors."""
+import json
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -18,9 +20,9 @@ def test_wheel_from_a_fresh_clone(tmp_path):
     wheels = tmp_path / "wheels"
     subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", str(clone), "-w",
                     str(wheels)], check=True, timeout=300, capture_output=True)
-    (wheel,) = wheels.glob("correlate-*.whl")
+    (wheel,) = wheels.glob("gluster_correlate-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
-    top = {n.split("/")[0] for n in names if not n.startswith("correlate-")}
+    top = {n.split("/")[0] for n in names if not n.startswith("gluster_correlate-")}
     assert top == {"correlate"}            # no top-level plugins or probes package
     assert "correlate/plugins/atime_minus_one.py" in names
     assert "correlate/probes/uprobe_events.c" in names
@@ -45,3 +47,36 @@ print(importlib.resources.files("correlate.probes").joinpath("uprobe_events.c").
     assert all(d in ids for d in ("atime-minus-one", "brick-unreachable", "auth-rejected",
                                   "rpc-unanswered"))
     assert has_probe == "True"
+
+
+def test_third_party_plugin_in_a_clean_environment(tmp_path):
+    """A plugin package that depends on "gluster-correlate", installed with pip into a fresh
+    virtual environment next to correlate's own wheel, gets correlate (not the unrelated
+    "correlate" of the package index) and is found by `correlate plugins`."""
+    if not (ROOT / ".git").exists():
+        pytest.skip("not a git checkout: cannot make a fresh clone")
+    clone, plugin, wheels, venv = (tmp_path / n for n in ("clone", "plugin", "wheels", "venv"))
+    subprocess.run(["git", "clone", "-q", str(ROOT), str(clone)], check=True, timeout=120)
+    shutil.copytree(ROOT / "tests" / "fixtures" / "example_plugin", plugin)
+    for src in (clone, plugin):
+        subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", str(src), "-w",
+                        str(wheels)], check=True, timeout=300, capture_output=True)
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
+    pip = subprocess.run([str(venv / "bin" / "python"), "-m", "pip", "install", "-q",
+                          "--find-links", str(wheels), "correlate-example-plugin"],
+                         capture_output=True, text=True, timeout=600)
+    if pip.returncode != 0 and ("No matching distribution" in pip.stderr
+                                and "gluster-correlate" not in pip.stderr):
+        pytest.skip(f"the package index is not reachable for correlate's dependencies: {pip.stderr[-300:]}")
+    assert pip.returncode == 0, pip.stderr
+    listed = subprocess.run([str(venv / "bin" / "pip"), "list", "--format=json"], capture_output=True,
+                            text=True, check=True, timeout=120).stdout
+    dists = {d["name"].lower(): d["version"] for d in json.loads(listed)}
+    assert dists.get("gluster-correlate") == "0.1.0" and "correlate" not in dists
+    out = subprocess.run([str(venv / "bin" / "correlate"), "plugins", "--json"], capture_output=True,
+                         text=True, timeout=120, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    rows = {r["name"]: r for r in json.loads(out.stdout)}
+    assert rows["slow_replies"]["distribution"] == "correlate-example-plugin"
+    assert rows["slow_replies"]["detectors"] == ["example-slow-replies"]
+    assert rows["atime_minus_one"]["distribution"] == "gluster-correlate"

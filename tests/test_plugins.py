@@ -36,7 +36,7 @@ def test_builtin_detectors_are_listed_as_plugins():
     for name, det in [("atime_minus_one", "atime-minus-one"), ("brick_unreachable", "brick-unreachable"),
                       ("auth_rejected", "auth-rejected"), ("rpc_unanswered", "rpc-unanswered")]:
         assert rows[name]["hooks"] == ["correlate_detectors"]
-        assert rows[name]["distribution"] == "correlate"
+        assert rows[name]["distribution"] == "gluster-correlate"
         assert rows[name]["detectors"] == [det]
 
 
