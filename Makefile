@@ -30,6 +30,7 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q --upgrade pip
 	@# the distribution was called "correlate" before it became gluster-correlate
 	$(PY) -m pip uninstall -q -y correlate 2>/dev/null || true
+	rm -rf correlate.egg-info
 	$(PY) -m pip install -q -e '.[test]'
 	touch $(STAMP)
 

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import traceback
 from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
 
 from .events import make_event
 
@@ -28,10 +30,26 @@ def evidence_of(ev: dict) -> dict:
     return {k: v for k, v in ev.items() if k not in _EVIDENCE_DROP}
 
 
+@dataclass(frozen=True)
+class Option:
+    """A setting a detector declares: users set it with `-o DETECTOR.NAME=VALUE` or in a
+    `--config` file; its type is the default's (int, float, bool or str)."""
+    default: Any
+    help: str
+
+
 class Detector:
-    """Convenience base: subclasses set `id` and implement `observe` (and maybe `finish`)."""
+    """Convenience base: subclasses set `id` and implement `observe` (and maybe `finish`).
+
+    `options` declares the detector's settings ({name: Option}); `self.option(name)` reads
+    one: the user's value, else the default."""
 
     id = "unnamed"
+    options: dict[str, Option] = {}
+    settings: dict[str, Any] = {}
+
+    def option(self, name: str):
+        return self.settings[name] if name in self.settings else self.options[name].default
 
     def observe(self, event: dict) -> Iterable[dict]:
         return ()
@@ -172,3 +190,41 @@ def load_detectors(pm, config: dict | None = None) -> tuple[list, list[dict]]:
                                  explanation=f"{type(exc).__name__}: {exc}",
                                  remedy="report it to the plugin's authors"))
     return detectors, errors
+
+
+def _coerce(text, default, where: str):
+    """A user's value (text from -o, or a TOML value) as the type of the option's default."""
+    kind = type(default)
+    if not isinstance(text, str):
+        if kind is float and isinstance(text, int) and not isinstance(text, bool):
+            return float(text)
+        if isinstance(text, kind):
+            return text
+        raise ValueError(f"{where}: expected {kind.__name__}, got {text!r}")
+    try:
+        if kind is bool:
+            value = {"true": True, "yes": True, "1": True, "on": True,
+                     "false": False, "no": False, "0": False, "off": False}[text.strip().lower()]
+            return value
+        return kind(text) if kind in (int, float) else text
+    except (KeyError, ValueError):
+        raise ValueError(f"{where}: expected {kind.__name__}, got {text!r}") from None
+
+
+def configure_detectors(detectors: list, values: dict[str, dict[str, Any]]) -> None:
+    """Give each detector the settings the user chose ({detector id: {name: value}}).
+
+    ValueError names an unknown detector or option, with the ones that exist."""
+    by_id = {getattr(d, "id", None): d for d in detectors}
+    for det_id, chosen in values.items():
+        det = by_id.get(det_id)
+        if det is None:
+            raise ValueError(f"no detector {det_id!r}; detectors: {', '.join(sorted(filter(None, by_id)))}")
+        declared = getattr(det, "options", {}) or {}
+        settings = {}
+        for name, value in chosen.items():
+            if name not in declared:
+                known = ", ".join(sorted(declared)) or "none"
+                raise ValueError(f"detector {det_id} has no option {name!r}; its options: {known}")
+            settings[name] = _coerce(value, declared[name].default, f"{det_id}.{name}")
+        det.settings = {**getattr(det, "settings", {}), **settings}

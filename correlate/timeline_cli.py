@@ -20,6 +20,7 @@ from .errors import CorrelateError
 from .events import header_line, to_json
 from .merge import DEFAULT_WINDOW_NS, merge, shift_clock
 from .outputs.terminal import color_option
+from .run_setup import detector_options, output_writers, parse_detector_options
 
 _DURATION = re.compile(r"^([+-]?\d+(?:\.\d+)?)(ns|us|ms|s|m|h)?$")
 _UNITS = {"ns": 1, "us": 1_000, "ms": 1_000_000, "s": 1_000_000_000, None: 1_000_000_000,
@@ -266,15 +267,39 @@ class _PerfettoSink:
         echo(f"correlate: Perfetto trace written to {self.out_path} ({self.writer.count} trace events)")
 
 
-def _with_findings(events: Iterable[dict], detect: bool) -> Iterator[dict]:
-    """Run the detectors (plugins included) and put each finding after the event completing it."""
+class _PluginOutputsSink:
+    """--output FORMAT=PATH: the shown events go to a temporary timeline that each plugin
+    writer then reads (as for run and analyze)."""
+
+    def __init__(self, writers):
+        from .pipeline import TimelineWriter
+        from .run_setup import timeline_path
+        self.writers = writers
+        _path, self.tmp = timeline_path(None, writers)
+        self.timeline = TimelineWriter(self.tmp, command="timeline")
+        self.add = self.timeline.write
+
+    def describe(self) -> str:
+        return "--output " + ", ".join(name for name, _w, _p in self.writers)
+
+    def close(self, echo) -> None:
+        from .run_setup import write_outputs
+        self.timeline.close()
+        try:
+            if not write_outputs(self.writers, self.tmp):
+                raise CorrelateError("see above")
+        finally:
+            os.unlink(self.tmp)
+
+
+def _with_findings(events: Iterable[dict], detect: bool, options: dict) -> Iterator[dict]:
+    """Run the detectors (plugins included, each new finding passed to correlate_finding) and
+    put each finding after the event completing it."""
     if not detect:
         yield from events
         return
-    from .detector import DetectorRunner, load_detectors
-    from .plugin_manager import get_plugin_manager
-    detectors, errors = load_detectors(get_plugin_manager())
-    runner = DetectorRunner(detectors, load_errors=errors)
+    from .run_setup import make_runner
+    runner = make_runner({}, options)
     for ev in events:
         if ev.get("layer") == "finding":
             continue        # a saved timeline's findings: the detectors derive them again
@@ -309,9 +334,14 @@ def _with_findings(events: Iterable[dict], detect: bool) -> Iterator[dict]:
               help="Run the detectors [default: on, unless an input is a saved timeline].")
 @click.option("--window-ms", type=int, default=DEFAULT_WINDOW_NS // 1_000_000, show_default=True,
               help="Reorder window of the merge.")
+@click.option("--output", "outputs", multiple=True, metavar="FORMAT=PATH",
+              help="Also write the shown events in a format a plugin adds (correlate_outputs "
+                   "hook; see `correlate plugins`). Repeatable.")
 @color_option
+@detector_options
 def timeline(inputs, hosts, since, until, conn, host_filter, gfid, path, pid, layers, ladder,
-             html_path, perfetto_path, pcapng_path, json_out, sync_clocks, detect, window_ms, color):
+             html_path, perfetto_path, pcapng_path, json_out, sync_clocks, detect, window_ms, outputs,
+             color, option_specs, config_path):
     """Merge captures, saved timelines and Gluster logs into one timeline; filter; render.
 
     \b
@@ -323,6 +353,7 @@ def timeline(inputs, hosts, since, until, conn, host_filter, gfid, path, pid, la
       correlate timeline atime.pcap --pcapng annotated.pcapng --perfetto trace.json
       correlate timeline incident.jsonl incident.pcap --html report.html --pcapng annotated.pcapng
       correlate timeline capture.pcap --conn 127.0.0.2:49152 --json | jq .procedure
+      correlate timeline capture.pcap --output perfetto=trace.json -o rpc-unanswered.after_s=2
     """
     from .sources import open_input
 
@@ -334,6 +365,8 @@ def timeline(inputs, hosts, since, until, conn, host_filter, gfid, path, pid, la
         specs.append((p, name))
     if not specs:
         raise click.UsageError("no INPUT given")
+    options = parse_detector_options(option_specs, config_path)
+    writers = output_writers(outputs)
     since_t = parse_time(since) if since else None
     until_t = parse_time(until) if until else None
 
@@ -362,7 +395,7 @@ def timeline(inputs, hosts, since, until, conn, host_filter, gfid, path, pid, la
     if any(i.kind == "timeline" for i in opened) and any(i.kind == "capture" for i in opened):
         dedup = CaptureDeduplicator({i.name for i in opened if i.kind == "capture"})
         merged = dedup(merged)
-    events = _with_findings(merged, detect)
+    events = _with_findings(merged, detect, options)
     keep = EventFilter(since=since_t, until=until_t, conn=conn, host=host_filter, gfid=gfid, path=path,
                        pid=pid, layers=layers)
 
@@ -385,9 +418,11 @@ def timeline(inputs, hosts, since, until, conn, host_filter, gfid, path, pid, la
         except OSError as exc:
             echo(f"correlate: Perfetto trace {perfetto_path} failed: {exc}")
             failed = True
+    if writers:
+        sinks.append(_PluginOutputsSink(writers))
 
     out = sys.stdout
-    to_terminal = not json_out and not (html_path or perfetto_path or pcapng_path) or ladder
+    to_terminal = not json_out and not (html_path or perfetto_path or pcapng_path or writers) or ladder
     if json_out:
         out.write(header_line(command="timeline", inputs=[i.name for i in opened]) + "\n")
     ladder_view = None
