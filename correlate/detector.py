@@ -58,14 +58,19 @@ class Detector:
         return ()
 
     def finding(self, time_ns: int, *, severity: str, title: str, explanation: str,
-                remedy: str, evidence: list[dict], key: str = "", **extra) -> dict:
-        """A finding dict. `key` names the cause: findings with equal (detector, key) fold."""
+                remedy: str, evidence: list[dict], key: str = "", refines: bool = False,
+                **extra) -> dict:
+        """A finding dict. `key` names the cause: findings with equal (detector, key) fold.
+
+        `refines=True` says more about a finding already reported (same key) without counting
+        a new occurrence: its evidence is added and its explanation replaces the first one in
+        the `finding.update` at the end (a count that grew since, say)."""
         assert severity in SEVERITIES, severity
         return make_event(time_ns, "finding", "finding", f"detector:{self.id}",
                           detector=self.id, severity=severity, title=title,
                           explanation=explanation, remedy=remedy,
                           evidence=[evidence_of(e) for e in evidence], key=key or title,
-                          count=1, **extra)
+                          count=0 if refines else 1, **extra)
 
 
 class DetectorRunner:
@@ -117,6 +122,7 @@ class DetectorRunner:
             key = (f.get("detector", ""), f.get("key", ""))
             first = self._seen.get(key)
             if first is None:
+                f["count"] = max(1, f.get("count", 1))
                 f.setdefault("id", f"{key[0]}#{len(self._seen) + 1}")
                 self._seen[key] = f
                 self.findings.append(f)
@@ -126,6 +132,8 @@ class DetectorRunner:
             else:
                 first["count"] = first.get("count", 1) + f.get("count", 1)
                 first["last_time_ns"] = f["time_ns"]
+                if f.get("count") == 0:      # a refinement: its explanation is the latest word
+                    first["_explanation"] = f.get("explanation")
                 self._merge_evidence(first, f.get("evidence") or [])
         return out
 
@@ -158,11 +166,12 @@ class DetectorRunner:
         out = self._fold(found)
         updates = []
         for f in self.findings:
-            if f.get("count", 1) > 1:
+            if f.get("count", 1) > 1 or "_explanation" in f:
+                extra = {"explanation": f.pop("_explanation")} if "_explanation" in f else {}
                 updates.append(make_event(f["last_time_ns"], "finding", "finding.update",
                                           f["source"], detector=f["detector"], id=f["id"],
                                           count=f["count"], title=f["title"],
-                                          evidence=f.pop("_added_evidence", [])))
+                                          evidence=f.pop("_added_evidence", []), **extra))
         return out + sorted(updates, key=lambda u: u["time_ns"])
 
 

@@ -179,6 +179,11 @@ class _Collector:
             self.index.setdefault(row["key"], row["id"])
         self.rows = rows
 
+    def explanation(self, finding: dict):
+        """The latest word: a folded finding's update may explain it better (a final count)."""
+        update = self.updates.get(str(finding.get("id"))) or {}
+        return update.get("explanation") or finding.get("explanation")
+
     def evidence(self, finding: dict) -> list:
         """A folded finding's evidence: its first occurrence's, then what its repeats added."""
         update = self.updates.get(str(finding.get("id"))) or {}
@@ -225,7 +230,7 @@ def _finding_html(n: int, f: dict, c: _Collector) -> str:
             f'<h3><span class="sev">{esc(sev.upper())}</span> {esc(_cut(f.get("title"), 500))}</h3>'
             f'<div class="meta">{esc(str(f.get("detector", "")))} &middot; '
             f'{esc(_utc(f["time_ns"], True))}{seen}</div>'
-            f'<p class="explanation">{esc(_cut(f.get("explanation")))}</p>'
+            f'<p class="explanation">{esc(_cut(c.explanation(f)))}</p>'
             f'<p class="remedy"><b>Remedy:</b> {_with_code(_cut(f.get("remedy")))}</p>'
             f'<details open><summary>Evidence ({len(evidence)})</summary>'
             f'<ul class="evidence">{"".join(items)}</ul></details></section>')

@@ -101,6 +101,8 @@ def format_finding(f: dict) -> str:
     if f.get("kind") == "finding.update":
         lines = [f"== {f.get('detector')}: {safe_text(f.get('title'))}: seen {f.get('count')} times "
                  f"(last at {format_time(f['time_ns'])})"]
+        if f.get("explanation"):     # what the detector knows now (a count that grew since)
+            lines.append("   " + safe_text(f["explanation"], 2000))
         lines.extend("     " + format_event(e) for e in f.get("evidence") or []
                      if isinstance(e, dict) and "time_ns" in e)
         return "\n".join(lines)
