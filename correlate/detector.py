@@ -132,8 +132,10 @@ class DetectorRunner:
             else:
                 first["count"] = first.get("count", 1) + f.get("count", 1)
                 first["last_time_ns"] = f["time_ns"]
-                if f.get("count") == 0:      # a refinement: its explanation is the latest word
-                    first["_explanation"] = f.get("explanation")
+                if f.get("count") == 0:      # a refinement: evidence, and maybe a better word
+                    first["_refined"] = True
+                    if f.get("explanation") and f["explanation"] != first.get("explanation"):
+                        first["_explanation"] = f["explanation"]
                 self._merge_evidence(first, f.get("evidence") or [])
         return out
 
@@ -166,7 +168,7 @@ class DetectorRunner:
         out = self._fold(found)
         updates = []
         for f in self.findings:
-            if f.get("count", 1) > 1 or "_explanation" in f:
+            if f.get("count", 1) > 1 or f.pop("_refined", False):
                 extra = {"explanation": f.pop("_explanation")} if "_explanation" in f else {}
                 updates.append(make_event(f["last_time_ns"], "finding", "finding.update",
                                           f["source"], detector=f["detector"], id=f["id"],
