@@ -6,7 +6,7 @@ PY      := $(VENV)/bin/python
 STAMP   := $(VENV)/.installed
 APT_PKGS := glusterfs-server glusterfs-client libgfapi0 tcpdump tshark python3-bpfcc \
             linux-headers-amd64 samba samba-vfs-modules smbclient qemu-utils qemu-block-extra \
-            iptables systemtap gcc iproute2 procps python3-venv wireshark-common chromium
+            iptables systemtap gcc python3-dev iproute2 procps python3-venv wireshark-common chromium
 PYTEST_ARGS ?=
 
 .PHONY: deps venv test run bench lab-up lab-down clean
@@ -25,7 +25,9 @@ deps:
 	@if [ "$$(id -u)" = 0 ]; then bash tests/lab/host-setup.sh; fi
 
 # The venv sees the system site packages so that Debian's bcc (python3-bpfcc) imports.
-$(STAMP): pyproject.toml
+# The editable install compiles the hot path (gcc, python3-dev); it is rebuilt when setup.py
+# or a .pxd changes (a changed .py runs from source until then: see correlate/hotpath.py).
+$(STAMP): pyproject.toml setup.py $(wildcard correlate/*.pxd correlate/*/*.pxd)
 	test -x $(PY) || /usr/bin/python3 -m venv --system-site-packages $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[test]'
