@@ -55,11 +55,17 @@ class DetectorRunner:
 
     A finding whose (detector, key) was already reported is counted, not re-emitted;
     `finish()` emits a `finding.update` with the final count for each folded finding. A
-    detector that raises is disabled and reported as a `detector.error` event, by name."""
+    detector that raises is disabled and reported as a `detector.error` event, by name.
 
-    def __init__(self, detectors: list, on_new_finding=None):
+    `load_errors` (plugins that failed before any event, from `load_detectors`) leave with the
+    first event, stamped with its time: an event that no input timed must not stretch the
+    timeline back to 1970."""
+
+    def __init__(self, detectors: list, on_new_finding=None, load_errors: Iterable[dict] = ()):
         self.detectors = list(detectors)
-        self.disabled: dict[str, str] = {}
+        self._load_errors = list(load_errors)
+        self.disabled: dict[str, str] = {e.get("detector", "?"): e.get("explanation", "")
+                                         for e in self._load_errors}
         self._seen: dict[tuple[str, str], dict] = {}
         self._on_new = on_new_finding
         self.findings: list[dict] = []
@@ -117,14 +123,18 @@ class DetectorRunner:
                 have.add(_event_identity(e))
                 added.append(e)
 
+    def _take_load_errors(self, time_ns: int) -> list[dict]:
+        errors, self._load_errors = self._load_errors, []
+        return [{**e, "time_ns": time_ns} for e in errors]
+
     def observe(self, event: dict) -> list[dict]:
-        found = []
+        found = self._take_load_errors(event["time_ns"]) if self._load_errors else []
         for det in self.detectors:
             found.extend(self._run(det, "observe", event))
         return self._fold(found)
 
     def finish(self) -> list[dict]:
-        found = []
+        found = self._take_load_errors(0)    # no event came at all
         for det in self.detectors:
             found.extend(self._run(det, "finish"))
         out = self._fold(found)
@@ -141,10 +151,17 @@ class DetectorRunner:
 def load_detectors(pm, config: dict | None = None) -> tuple[list, list[dict]]:
     """Every detector from every plugin (built-ins included), through the hook.
 
-    A plugin whose hook raises is reported by name (a `detector.error` event in the second
-    list) and the others still load."""
-    from .plugin_manager import call_each
+    A plugin that failed to import, or whose hook raises, is reported by name (a
+    `detector.error` event in the second list) and the others still load."""
+    from .plugin_manager import call_each, failed_plugins
     detectors, errors = [], []
+    for f in failed_plugins(pm):
+        errors.append(make_event(0, "finding", "detector.error", f"plugin:{f['name']}",
+                                 detector=f["name"], severity="error",
+                                 title=f"plugin {f['name']} failed to load",
+                                 explanation=f["error"],
+                                 remedy=f"install what {f['distribution']} needs, or report it "
+                                        "to the plugin's authors"))
     for name, result, exc in call_each(pm, "correlate_detectors", config=config or {}):
         if exc is None:
             detectors.extend(result or [])

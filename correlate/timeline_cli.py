@@ -233,8 +233,7 @@ def _with_findings(events: Iterable[dict], detect: bool) -> Iterator[dict]:
     from .detector import DetectorRunner, load_detectors
     from .plugin_manager import get_plugin_manager
     detectors, errors = load_detectors(get_plugin_manager())
-    runner = DetectorRunner(detectors)
-    yield from errors
+    runner = DetectorRunner(detectors, load_errors=errors)
     for ev in events:
         if ev.get("layer") == "finding":
             continue        # a saved timeline's findings: the detectors derive them again

@@ -78,6 +78,7 @@ class _Collector:
         self.rows: list[dict] = []
         self.index: dict[tuple, str] = {}
         self.findings: list[dict] = []
+        self.errors: list[dict] = []      # detectors that failed: a report must not look healthy
         self.updates: dict[str, int] = {}
         self.left_out = 0
         self.findings_left_out = 0
@@ -92,8 +93,9 @@ class _Collector:
         if not isinstance(t, int):
             self.left_out += 1
             return
-        self.first = t if self.first is None else min(self.first, t)
-        self.last = t if self.last is None else max(self.last, t)
+        if t > 0:   # time 0: an event no input timed, which must not stretch the range to 1970
+            self.first = t if self.first is None else min(self.first, t)
+            self.last = t if self.last is None else max(self.last, t)
         layer = str(ev.get("layer", "?"))
         self.layers[layer] += 1
         self.sources.add(str(ev.get("source", "?")))
@@ -106,6 +108,8 @@ class _Collector:
                 self.findings.append(ev)
             else:
                 self.findings_left_out += 1
+        if ev.get("kind") == "detector.error" and len(self.errors) < MAX_FINDINGS:
+            self.errors.append(ev)
         if len(self.rows) >= self.max_events:
             self.left_out += 1
             return
@@ -143,6 +147,16 @@ def _finding_html(n: int, f: dict, c: _Collector) -> str:
             f'<p class="remedy"><b>Remedy:</b> {esc(_cut(f.get("remedy")))}</p>'
             f'<details open><summary>Evidence ({len(f.get("evidence") or [])})</summary>'
             f'<ul class="evidence">{"".join(items)}</ul></details></section>')
+
+
+def _error_html(e: dict) -> str:
+    esc = html.escape
+    return (f'<section class="finding sev-error detector-error">'
+            f'<h3><span class="sev">DETECTOR DID NOT RUN</span> {esc(_cut(e.get("title"), 500))}</h3>'
+            f'<p class="explanation">{esc(_cut(e.get("explanation")))}</p>'
+            f'<p class="remedy"><b>Remedy:</b> {esc(_cut(e.get("remedy")))}</p>'
+            f'<p class="note">What this detector looks for was not checked: the absence of '
+            f'its findings says nothing.</p></section>')
 
 
 _CSS = """
@@ -336,8 +350,9 @@ def _write_page(c: _Collector, out_path: str, title: str, max_events: int) -> di
         f" &middot; inputs: {esc(', '.join(sorted(c.sources)) or 'none')}</div></header><main>",
         left_out,
         f"<h2 id=\"findings\">Findings ({len(findings)})</h2>",
+        "".join(_error_html(e) for e in c.errors),
         "".join(_finding_html(i + 1, f, c) for i, f in enumerate(findings)) or
-        "<p class=\"note\">No findings.</p>",
+        f"<p class=\"note\">No findings{' from the detectors that ran' if c.errors else ''}.</p>",
         "<h2 id=\"timeline\">Timeline</h2><div id=\"controls\">",
         "".join(f'<label><input type="checkbox" class="layer" value="{l}" checked> {l}</label>'
                 for l in ("wire", "probe", "log", "finding")),

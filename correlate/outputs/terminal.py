@@ -85,6 +85,8 @@ def format_event(ev: dict) -> str:
         body = f"[{ev.get('severity')}] {ev.get('detector')}: {safe_text(ev.get('title'))}"
         if kind == "finding.update":
             body = f"{ev.get('detector')}: {safe_text(ev.get('title'))} (seen {ev.get('count')} times)"
+        elif kind == "detector.error":     # the reason, not only the fact
+            body += f": {safe_text(ev.get('explanation'), 500)}"
     else:
         body = safe_text({k: v for k, v in ev.items() if k not in ("time_ns", "layer", "kind")})
     return f"{format_time(ev['time_ns'])} {layer:<7} {kind:<13} {body}"
