@@ -110,7 +110,7 @@ class PerfettoWriter:
         return pid, tid
 
     def add(self, ev: dict) -> None:
-        layer, kind = ev.get("layer"), ev.get("kind", "")
+        layer, kind = ev.get("layer"), str(ev.get("kind", ""))
         if not isinstance(ev.get("time_ns"), int):
             return
         self._us(min(ev["time_ns"], ev.get("call_time_ns") or ev["time_ns"]))  # fix the base early
