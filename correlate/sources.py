@@ -72,7 +72,7 @@ def open_input(path: str, *, host: str | None = None, name: str | None = None) -
         gz = gzip.GzipFile(fileobj=f)
         try:
             inner = gz.peek(64)[:64]
-        except (OSError, EOFError) as exc:
+        except (OSError, EOFError, zlib.error) as exc:
             raise InputError(name, f"damaged gzip data: {exc}") from None
         kind, f = sniff(inner), gz
     else:
