@@ -198,6 +198,11 @@ class _PerfettoSink:
         self.writer = PerfettoWriter(self.file)
         self.add = self.writer.add
 
+    def abort(self) -> None:
+        """The run ended on an error: no half-written trace is left behind."""
+        self.file.close()
+        os.unlink(self.out_path)
+
     def close(self, echo) -> None:
         self.writer.close()
         self.file.close()
@@ -355,6 +360,10 @@ def timeline(inputs, hosts, since, until, conn, host_filter, gfid, path, pid, la
                     out.write(line + "\n")
             elif to_terminal:
                 out.write((format_finding(ev) if ev.get("kind") == "finding" else format_event(ev)) + "\n")
+    except BaseException:
+        for sink in sinks:
+            getattr(sink, "abort", lambda: None)()
+        raise
     finally:
         progress.done()
         out.flush()
