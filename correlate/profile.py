@@ -114,8 +114,8 @@ class Profile:
         kind = ev.get("kind")
         t = ev.get("time_ns")
         if isinstance(t, int) and ev.get("layer") == "wire":
-            self.first_ns = t if self.first_ns is None else self.first_ns
-            self.last_ns = t
+            self.first_ns = t if self.first_ns is None else min(self.first_ns, t)
+            self.last_ns = t if self.last_ns is None else max(self.last_ns, t)
         if kind == "rpc.call":
             self.topology.observe(ev)
             if not _expects_reply(ev):

@@ -113,3 +113,9 @@ def test_in_flight_counts_overlapping_calls_and_forgets_closed_connections():
                   "src": "c:1", "dst": "s:49152"})
     row = prof.stats[("s:49152", "", "WRITE")]
     assert row.max_in_flight == 3 and row.in_flight == 0 and row.bytes_written == 3
+
+
+def test_run_prints_the_profile_periodically_and_at_the_end():
+    out = run("run", "--pcap", CAPTURES / "healthy.pcap", "--profile-every", "0.000001")
+    assert out.count("Profile from the wire:") >= 2
+    assert "Brick: 127.0.0.2:24007 glusterd" in out.split("Profile from the wire:")[-1]
