@@ -16,6 +16,8 @@ import re
 from collections import Counter
 from collections.abc import Iterable
 
+from ..profile import Profile
+from .profile_html import CSS as PROFILE_CSS, profile_section
 from .terminal import format_event
 
 MAX_EVENTS = 50_000          # timeline rows in one page (a browser stays responsive)
@@ -91,8 +93,10 @@ class _Collector:
         self.sources: set[str] = set()
         self.first: int | None = None
         self.last: int | None = None
+        self.profile = Profile()      # bounded: sketches, not the latencies
 
     def add(self, ev: dict) -> None:
+        self.profile.observe(ev)
         t = ev.get("time_ns")
         if not isinstance(t, int):
             self.left_out += 1
@@ -350,7 +354,7 @@ def _write_page(c: _Collector, out_path: str, title: str, max_events: int) -> di
         "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">",
         "<meta http-equiv=\"Content-Security-Policy\" content=\"default-src 'none'; "
         "style-src 'unsafe-inline'; script-src 'unsafe-inline'; img-src data:\">",
-        f"<title>{esc(title)}</title><style>{_CSS}</style></head><body>",
+        f"<title>{esc(title)}</title><style>{_CSS}{PROFILE_CSS}</style></head><body>",
         f"<header><h1>{esc(title)}</h1><div class=\"meta\">{when} &middot; {counts or 'empty'}"
         f" &middot; inputs: {esc(', '.join(sorted(c.sources)) or 'none')}</div></header><main>",
         left_out,
@@ -358,6 +362,7 @@ def _write_page(c: _Collector, out_path: str, title: str, max_events: int) -> di
         "".join(_error_html(e) for e in c.errors),
         "".join(_finding_html(i + 1, f, c) for i, f in enumerate(findings)) or
         f"<p class=\"note\">No findings{' from the detectors that ran' if c.errors else ''}.</p>",
+        profile_section(c.profile.snapshot()),
         "<h2 id=\"timeline\">Timeline</h2><div id=\"controls\">",
         "".join(f'<label><input type="checkbox" class="layer" value="{l}" checked> {l}</label>'
                 for l in ("wire", "probe", "log", "finding")),
