@@ -187,17 +187,12 @@ def run(pcaps, probe_groups, pid, backend, probe_offsets, logs, duration, window
         timer.daemon = True
         timer.start()
     reporter = _reporter(json_out, events, timeline, "run")
-<<<<<<< HEAD
-=======
-    for e in load_errors:
-        reporter.finding(e)
     stream = merger.events()
     periodic = None
     if profile_every:
         from .profile_cli import PeriodicProfile
         periodic = PeriodicProfile(profile_every, json_out)
         stream = periodic.events(stream)
->>>>>>> issue-11
     try:
         run_pipeline(stream, runner, reporter)
         if periodic:

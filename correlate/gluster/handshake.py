@@ -6,13 +6,8 @@ gf_getspec_req/rsp and friends in glusterfs3-xdr.x; this program still carries v
 """
 from __future__ import annotations
 
-<<<<<<< HEAD
 from ..xdr import Unpacker
-from . import dicts
-=======
-from ..wire.xdr import Unpacker
 from . import dicts, volfile
->>>>>>> issue-11
 from .layout import decode, i32, string, u32
 from .programs_base import Procedure, Program
 
