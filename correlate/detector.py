@@ -21,9 +21,23 @@ _EVIDENCE_DROP = {"cred"}
 MAX_ADDED_EVIDENCE = 50   # evidence a folded finding gathers from its repeats
 
 
-def _event_identity(ev: dict) -> tuple:
-    return (ev.get("time_ns"), ev.get("kind"), ev.get("source"), ev.get("src"), ev.get("xid"),
-            ev.get("pid"), ev.get("tid"))
+_IDENTITY_KEYS = ("time_ns", "kind", "source", "src", "xid", "pid", "tid")
+
+
+def _event_identity(ev) -> tuple:
+    """Hashable whatever a plugin put in the fields (an object there is compared as text)."""
+    if not isinstance(ev, dict):
+        return ("not an event", repr(ev)[:200])
+    return tuple(map(_hashable, map(ev.get, _IDENTITY_KEYS)))
+
+
+def _count(finding: dict) -> int:
+    n = finding.get("count", 1)
+    return n if type(n) is int and n > 0 else 1
+
+
+def _hashable(v):
+    return v if v is None or type(v) in (int, str, float, bool) else repr(v)[:200]
 
 
 def evidence_of(ev: dict) -> dict:
@@ -116,13 +130,15 @@ class DetectorRunner:
     def _fold(self, found: list[dict]) -> list[dict]:
         out = []
         for f in found:
+            if not isinstance(f, dict):
+                continue      # not a finding at all: nothing to show or fold
             if f.get("kind") != "finding":
                 out.append(f)
                 continue
-            key = (f.get("detector", ""), f.get("key", ""))
+            key = (_hashable(f.get("detector", "")), _hashable(f.get("key", "")))
             first = self._seen.get(key)
             if first is None:
-                f["count"] = max(1, f.get("count", 1))
+                f["count"] = _count(f)
                 f.setdefault("id", f"{key[0]}#{len(self._seen) + 1}")
                 self._seen[key] = f
                 self.findings.append(f)
@@ -130,20 +146,23 @@ class DetectorRunner:
                 if self._on_new:
                     self._on_new(f)
             else:
-                first["count"] = first.get("count", 1) + f.get("count", 1)
-                first["last_time_ns"] = f["time_ns"]
-                if f.get("count") == 0:      # a refinement: evidence, and maybe a better word
+                refines = f.get("count") == 0     # more about it, not another occurrence
+                first["count"] = _count(first) + (0 if refines else _count(f))
+                first["last_time_ns"] = f.get("time_ns")
+                if refines:
                     first["_refined"] = True
                     if f.get("explanation") and f["explanation"] != first.get("explanation"):
                         first["_explanation"] = f["explanation"]
-                self._merge_evidence(first, f.get("evidence") or [])
+                evidence = f.get("evidence")
+                self._merge_evidence(first, evidence if isinstance(evidence, list) else [])
         return out
 
     @staticmethod
     def _merge_evidence(first: dict, evidence: list[dict]) -> None:
         """A repeat may add evidence the first lacked (another brick, another client)."""
         added = first.setdefault("_added_evidence", [])
-        have = {_event_identity(e) for e in first.get("evidence", []) + added}
+        own = first.get("evidence")
+        have = {_event_identity(e) for e in (own if isinstance(own, list) else []) + added}
         for e in evidence:
             if len(added) >= MAX_ADDED_EVIDENCE:
                 break
@@ -168,11 +187,12 @@ class DetectorRunner:
         out = self._fold(found)
         updates = []
         for f in self.findings:
-            if f.get("count", 1) > 1 or f.pop("_refined", False):
+            if _count(f) > 1 or f.pop("_refined", False):
+                last = f.get("last_time_ns")
                 extra = {"explanation": f.pop("_explanation")} if "_explanation" in f else {}
-                updates.append(make_event(f["last_time_ns"], "finding", "finding.update",
-                                          f["source"], detector=f["detector"], id=f["id"],
-                                          count=f["count"], title=f["title"],
+                updates.append(make_event(last if type(last) is int else 0, "finding", "finding.update",
+                                          f.get("source", ""), detector=f.get("detector"), id=f["id"],
+                                          count=f["count"], title=f.get("title"),
                                           evidence=f.pop("_added_evidence", []), **extra))
         return out + sorted(updates, key=lambda u: u["time_ns"])
 

@@ -90,8 +90,10 @@ def with_common(f):
 @click.option("--duration", type=float, help="Stop after this many seconds.")
 @click.option("--window-ms", type=int, default=DEFAULT_WINDOW_NS // 1_000_000, show_default=True,
               help="Reorder window: events are held this long so they leave in time order.")
+@click.option("--profile-every", type=float, metavar="SECONDS",
+              help="Print the volume profile (as `correlate profile`) this often, and at the end.")
 @with_common
-def run(pcaps, probe_groups, pid, backend, probe_offsets, logs, duration, window_ms,
+def run(pcaps, probe_groups, pid, backend, probe_offsets, logs, duration, window_ms, profile_every,
         json_out, events, timeline, unanswered_after, outputs, color, option_specs, config_path):
     """Live: merge probes and captures on one timeline and print findings as they happen.
 
@@ -106,6 +108,7 @@ def run(pcaps, probe_groups, pid, backend, probe_offsets, logs, duration, window
       correlate run --probe samba --pid 4242 --json
       correlate run --pcap old.pcap --pcap other-host.pcapng
       correlate run --pcap - -o rpc-unanswered.after_s=30 --config detectors.toml
+      tcpdump -i any -s 0 -U -w - 'tcp portrange 49152-49251' | correlate run --pcap - --profile-every 10
     """
     if not pcaps and not probe_groups and not logs:
         raise click.UsageError("nothing to run: give --pcap and/or --probe (see --help)")
@@ -142,8 +145,16 @@ def run(pcaps, probe_groups, pid, backend, probe_offsets, logs, duration, window
         timer.daemon = True
         timer.start()
     reporter = _reporter(json_out, events, timeline, "run", color)
+    stream = merger.events()
+    periodic = None
+    if profile_every:
+        from .profile_cli import PeriodicProfile
+        periodic = PeriodicProfile(profile_every, json_out)
+        stream = periodic.events(stream)
     try:
-        run_pipeline(merger.events(), runner, reporter)
+        run_pipeline(stream, runner, reporter)
+        if periodic:
+            periodic.print()
     finally:
         reporter.close()
     for name, exc in merger.errors:

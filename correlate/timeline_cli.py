@@ -261,6 +261,11 @@ class _PerfettoSink:
     def describe(self) -> str:
         return f"Perfetto trace {self.out_path}"
 
+    def abort(self) -> None:
+        """The run ended on an error: no half-written trace is left behind."""
+        self.file.close()
+        os.unlink(self.out_path)
+
     def close(self, echo) -> None:
         self.writer.close()
         self.file.close()
@@ -281,6 +286,10 @@ class _PluginOutputsSink:
 
     def describe(self) -> str:
         return "--output " + ", ".join(name for name, _w, _p in self.writers)
+
+    def abort(self) -> None:
+        self.timeline.close()
+        os.unlink(self.tmp)
 
     def close(self, echo) -> None:
         from .run_setup import write_outputs
@@ -457,6 +466,10 @@ def timeline(inputs, hosts, since, until, conn, host_filter, gfid, path, pid, la
                 progress.clear()
                 text = format_finding(ev) if ev.get("kind") == "finding" else format_event(ev)
                 out.write(colorize(text, ev, color) + "\n")
+    except BaseException:
+        for sink in sinks:
+            getattr(sink, "abort", lambda: None)()
+        raise
     finally:
         progress.done()
         out.flush()

@@ -17,6 +17,8 @@ import re
 from collections import Counter, deque
 from collections.abc import Iterable
 
+from ..profile import Profile
+from .profile_html import CSS as PROFILE_CSS, profile_section
 from .terminal import format_event
 
 MAX_EVENTS = 50_000          # timeline rows in one page (a browser stays responsive)
@@ -40,7 +42,10 @@ def script_json(obj) -> str:
 
 
 def _utc(time_ns: int, with_date: bool = False) -> str:
-    t = _dt.datetime.fromtimestamp(time_ns // 1_000_000_000, _dt.timezone.utc)
+    try:
+        t = _dt.datetime.fromtimestamp(time_ns // 1_000_000_000, _dt.timezone.utc)
+    except (TypeError, ValueError, OverflowError, OSError):   # no date can hold it
+        return f"@{_cut(time_ns, 40)}ns"
     frac = f"{time_ns % 1_000_000_000:09d}"
     return (f"{t:%Y-%m-%d %H:%M:%S}.{frac} UTC" if with_date else f"{t:%H:%M:%S}.{frac[:6]}")
 
@@ -60,7 +65,8 @@ def _detail(ev: dict) -> str:
     return text if len(text) <= MAX_DETAIL_CHARS else text[:MAX_DETAIL_CHARS] + "\n..."
 
 
-_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+# Control and bidi characters, and lone surrogates (which cannot be written as UTF-8).
+_CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069\ud800-\udfff]")
 
 
 def _cut(text, limit: int = MAX_TEXT_CHARS) -> str:
@@ -103,8 +109,10 @@ class _Collector:
     def left_out(self) -> int:
         kept = len(self.head) + len(self.pinned) + len(self.tail)
         return max(0, self.seen - kept) + self.bad
+        self.profile = Profile()      # bounded: sketches, not the latencies
 
     def add(self, ev: dict) -> None:
+        self.profile.observe(ev)
         t = ev.get("time_ns")
         if not isinstance(t, int):
             self.bad += 1
@@ -113,13 +121,13 @@ class _Collector:
         if t > 0:   # time 0: an event no input timed, which must not stretch the range to 1970
             self.first = t if self.first is None else min(self.first, t)
             self.last = t if self.last is None else max(self.last, t)
-        layer = str(ev.get("layer", "?"))
+        layer = _cut(ev.get("layer", "?"), 40)
         kind = ev.get("kind")
         if layer != "finding":
             self.layers[layer] += 1
-            self.sources.add(str(ev.get("source", "?")))    # the inputs (detectors are not)
+            self.sources.add(_cut(ev.get("source", "?"), 200))    # the inputs (detectors are not)
         if ev.get("host"):
-            self.hosts.add(str(ev["host"]))
+            self.hosts.add(_cut(ev["host"], 200))
         if kind == "finding.update" and ev.get("id"):
             self.updates[str(ev["id"])] = ev
             self._pin_evidence(ev)
@@ -168,7 +176,7 @@ class _Collector:
         for ev in evidence:
             key = event_key(ev)
             if key not in self.keys:
-                self.pinned.append(_row(ev, ev["time_ns"], str(ev.get("layer", "?"))))
+                self.pinned.append(_row(ev, ev["time_ns"], _cut(ev.get("layer", "?"), 40)))
                 self.keys.add(key)
 
     def finish(self) -> None:
@@ -194,9 +202,9 @@ MAX_ADDED_ROWS = 200    # evidence rows one finding may bring back past the cap
 
 
 def _row(ev: dict, t: int, layer: str) -> dict:
-    return {"key": event_key(ev), "t": t, "layer": layer, "kind": str(ev.get("kind", "?")),
-            "host": str(ev.get("host") or ""), "source": str(ev.get("source", "")),
-            "sev": str(ev.get("severity") or ""), "text": _summary(ev), "detail": _detail(ev)}
+    return {"key": event_key(ev), "t": t, "layer": layer, "kind": _cut(ev.get("kind", "?"), 200),
+            "host": _cut(ev.get("host") or "", 200), "source": _cut(ev.get("source", ""), 200),
+            "sev": _cut(ev.get("severity") or "", 40), "text": _summary(ev), "detail": _detail(ev)}
 
 
 def _with_code(text: str) -> str:
@@ -209,7 +217,7 @@ def _with_code(text: str) -> str:
 
 def _finding_html(n: int, f: dict, c: _Collector) -> str:
     esc = html.escape
-    sev = str(f.get("severity", "info"))
+    sev = _cut(f.get("severity") or "info", 40)
     count = (c.updates.get(str(f.get("id"))) or {}).get("count", f.get("count", 1))
     evidence = c.evidence(f)
     items = []
@@ -218,8 +226,8 @@ def _finding_html(n: int, f: dict, c: _Collector) -> str:
             items.append(f"<li>{esc(_cut(ev, 300))}</li>")
             continue
         target = c.index.get(event_key(ev))
-        label = (f"{_utc(ev['time_ns']) if isinstance(ev.get('time_ns'), int) else '?'} "
-                 f"{ev.get('layer', '?')} {ev.get('kind', '?')} {_summary(ev)}")
+        label = _cut(f"{_utc(ev['time_ns']) if isinstance(ev.get('time_ns'), int) else '?'} "
+                     f"{ev.get('layer', '?')} {ev.get('kind', '?')} {_summary(ev)}", 1000)
         if target:
             items.append(f'<li><a class="ev" href="#{target}" data-target="{target}">{esc(label)}</a></li>')
         else:
@@ -228,7 +236,7 @@ def _finding_html(n: int, f: dict, c: _Collector) -> str:
     seen = f" &middot; seen {int(count)} times" if isinstance(count, int) and count > 1 else ""
     return (f'<section class="finding sev-{esc(sev)}" id="finding-{n}">'
             f'<h3><span class="sev">{esc(sev.upper())}</span> {esc(_cut(f.get("title"), 500))}</h3>'
-            f'<div class="meta">{esc(str(f.get("detector", "")))} &middot; '
+            f'<div class="meta">{esc(_cut(f.get("detector", ""), 200))} &middot; '
             f'{esc(_utc(f["time_ns"], True))}{seen}</div>'
             f'<p class="explanation">{esc(_cut(c.explanation(f)))}</p>'
             f'<p class="remedy"><b>Remedy:</b> {_with_code(_cut(f.get("remedy")))}</p>'
@@ -411,6 +419,7 @@ def write_html(events: Iterable[dict], out_path: str, title: str = "correlate re
 
 def _write_page(c: _Collector, out_path: str, title: str, max_events: int) -> dict:
     esc = html.escape
+    title = _cut(title, 1000)
     c.finish()
     t0 = c.first or 0
     t1 = c.last or t0
@@ -419,7 +428,7 @@ def _write_page(c: _Collector, out_path: str, title: str, max_events: int) -> di
             for r in c.rows]
     # Relative times keep JS numbers exact (absolute ns exceed 2**53).
     data = {"t0": 0, "t1": t1 - t0, "rows": rows}
-    findings = sorted(c.findings, key=lambda f: ({"critical": 0, "error": 1, "warning": 2}.get(f.get("severity"), 3),
+    findings = sorted(c.findings, key=lambda f: ({"critical": 0, "error": 1, "warning": 2}.get(str(f.get("severity")), 3),
                                                   f["time_ns"]))
     counts = " &middot; ".join([f"{esc(k)} events: {v}" for k, v in sorted(c.layers.items())]
                                + [f"findings: {len(findings)}"]
@@ -438,7 +447,7 @@ def _write_page(c: _Collector, out_path: str, title: str, max_events: int) -> di
         "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">",
         "<meta http-equiv=\"Content-Security-Policy\" content=\"default-src 'none'; "
         "style-src 'unsafe-inline'; script-src 'unsafe-inline'; img-src data:\">",
-        f"<title>{esc(title)}</title><style>{_CSS}</style></head><body>",
+        f"<title>{esc(title)}</title><style>{_CSS}{PROFILE_CSS}</style></head><body>",
         f"<header><h1>{esc(title)}</h1><div class=\"meta\">{when} &middot; {counts or 'empty'}"
         f" &middot; inputs: {esc(', '.join(sorted(c.sources)) or 'none')}</div></header><main>",
         left_out,
@@ -446,6 +455,7 @@ def _write_page(c: _Collector, out_path: str, title: str, max_events: int) -> di
         "".join(_error_html(e) for e in c.errors),
         "".join(_finding_html(i + 1, f, c) for i, f in enumerate(findings)) or
         f"<p class=\"note\">No findings{' from the detectors that ran' if c.errors else ''}.</p>",
+        profile_section(c.profile.snapshot()),
         "<h2 id=\"timeline\">Timeline</h2><div id=\"controls\">",
         "".join(f'<label><input type="checkbox" class="layer" value="{l}" checked> {l}</label>'
                 for l in ("wire", "probe", "log", "finding")),

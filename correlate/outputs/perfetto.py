@@ -133,7 +133,7 @@ class PerfettoWriter:
         return lane
 
     def add(self, ev: dict) -> None:
-        layer, kind = ev.get("layer"), ev.get("kind", "")
+        layer, kind = ev.get("layer"), str(ev.get("kind", ""))
         if not isinstance(ev.get("time_ns"), int):
             return
         if ev["time_ns"] <= 0:     # must not stretch the trace back to 1970
