@@ -104,12 +104,12 @@ class _Collector:
         self.last: int | None = None
         self.rows: list[dict] = []
         self.index: dict[tuple, str] = {}
+        self.profile = Profile()      # bounded: sketches, not the latencies
 
     @property
     def left_out(self) -> int:
         kept = len(self.head) + len(self.pinned) + len(self.tail)
         return max(0, self.seen - kept) + self.bad
-        self.profile = Profile()      # bounded: sketches, not the latencies
 
     def add(self, ev: dict) -> None:
         self.profile.observe(ev)
