@@ -15,9 +15,9 @@ from .events import make_event
 
 SEVERITIES = ("info", "warning", "error", "critical")
 
-# Keys copied into a finding's evidence: enough to show and to cross-reference the event,
-# not the whole payload (a GETSPEC reply holds a volfile).
-_EVIDENCE_DROP = {"cred"}
+# Keys left out of a finding's evidence. The credential stays: `timeline --pid` finds a
+# finding by the process its calls came from.
+_EVIDENCE_DROP: frozenset[str] = frozenset()
 MAX_ADDED_EVIDENCE = 50   # evidence a folded finding gathers from its repeats
 
 
