@@ -108,7 +108,7 @@ def run(pcaps, probe_groups, pid, backend, probe_offsets, logs, duration, window
       correlate run --probe samba --pid 4242 --json
       correlate run --pcap old.pcap --pcap other-host.pcapng
       correlate run --pcap - -o rpc-unanswered.after_s=30 --config detectors.toml
-      tcpdump -i any -s 0 -U -w - 'tcp portrange 49152-49251' | correlate run --pcap - --profile-every 10
+      tcpdump -i any -s 0 -U -w - 'tcp portrange 24007-24100 or tcp portrange 49152-49251 or icmp' | correlate run --pcap - --profile-every 10
     """
     if not pcaps and not probe_groups and not logs:
         raise click.UsageError("nothing to run: give --pcap and/or --probe (see --help)")
