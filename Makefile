@@ -9,7 +9,8 @@ APT_PKGS := glusterfs-server glusterfs-client libgfapi0 tcpdump tshark python3-b
             iptables systemtap gcc python3-dev iproute2 procps python3-venv wireshark-common chromium
 PYTEST_ARGS ?=
 
-.PHONY: deps venv test run bench lab-up lab-down clean
+.PHONY: deps venv test fuzz run bench lab-up lab-down clean
+FUZZ_SECONDS ?= 300
 
 # Debian packages for the lab, the probes and the cross-checks. Skipped when all are present
 # or when not root (the tests then skip what the machine lacks, saying why).
@@ -44,6 +45,12 @@ PLAIN_TESTS := tests/test_xdr.py tests/test_packet.py tests/test_capture.py test
 test: deps venv
 	$(PY) -m pytest -ra $(PYTEST_ARGS)
 	CORRELATE_NO_EXTENSIONS=1 $(PY) -m pytest -q $(PLAIN_TESTS)
+
+# Mutates the real captures, logs and saved timelines (tests/fuzz) through every command and
+# renderer for FUZZ_SECONDS; a failing input is shrunk and saved in tests/fuzz/regressions/,
+# which `make test` replays. `make test` runs a short pass of the same harness.
+fuzz: venv
+	$(PY) -m tests.fuzz.campaign --seconds $(FUZZ_SECONDS)
 
 run: deps venv
 	$(PY) -m tests.lab.demo

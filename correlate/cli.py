@@ -18,6 +18,7 @@ COMMANDS = {
     "analyze": "correlate.engine_cli:analyze",
     "plugins": "correlate.engine_cli:plugins_cmd",
     "timeline": "correlate.timeline_cli:timeline",
+    "profile": "correlate.profile_cli:profile",
 }
 
 
@@ -64,4 +65,5 @@ def main():
       tcpdump -i any -s 0 -U --immediate-mode -B 262144 -w - 'tcp portrange 24007-24100 or tcp portrange 49152-49251 or icmp' | correlate decode -
       tcpdump -i any -s 0 -U --immediate-mode -B 262144 -w - 'tcp portrange 24007-24100 or tcp portrange 49152-49251 or icmp' | correlate run --probe gfapi --pcap -
       correlate analyze capture.pcapng timeline.jsonl
+      correlate profile capture.pcap
     """
