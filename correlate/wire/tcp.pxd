@@ -1,4 +1,6 @@
 # C types for tcp.py (Cython reads this beside the .py; the .py stays the reference).
+# An attribute added to one of these classes in the .py is declared here too
+# (tests/test_hotpath.py checks).
 # Stream positions stay Python ints (unbounded by design); the per-connection state becomes
 # C structs, and the per-segment calls C calls.
 from .packet cimport Segment
@@ -9,6 +11,7 @@ cdef class _Direction:
     cdef public list starts
     cdef public object ahead_bytes
     cdef public object fin
+    cdef public object acked
 
 cdef class _State:
     cdef public object conn
