@@ -179,3 +179,20 @@ def test_repeats_fold_into_one_finding_per_brick_and_errno():
     events = [statfs(0, bfree=0, bavail=0)] + [enospc(S + i) for i in range(5)]
     found = run(runner, events)
     assert len(found) == 1 and runner.findings[0]["count"] == 5
+
+
+def test_application_calls_that_stalled_or_failed_meanwhile_join_the_recovery():
+    """With probes: what the application saw while the brick hung (a call blocked for
+    seconds, or ENOTCONN) is named when the brick answers again."""
+    def ret(t, function, **fields):
+        return make_event(t, "probe", "probe.return", "bcc", function=function, pid=77, tid=77,
+                          comm="python3", **fields)
+    events = [setvolume(0), call(S, 9, "WRITE"), call(2 * S, 10, "PING"), close(7 * S),
+              ret(8 * S, "glfs_fsync", retval=0, duration_ns=7 * S),
+              ret(8 * S + 1, "glfs_pwrite", retval=-1, errno=107),
+              ret(8 * S + 2, "glfs_stat", retval=0, duration_ns=1000),       # quick: not shown
+              reply(9 * S, 10, "PING")]
+    hung, back = run(builtin("brick-not-responding"), events)
+    assert back["application"] == ["glfs_fsync", "glfs_pwrite"]
+    assert "glfs_fsync in pid 77 blocked 7.0 s" in back["explanation"]
+    assert "glfs_pwrite in pid 77 failed with ENOTCONN" in back["explanation"]
