@@ -135,8 +135,8 @@ def test_program_text_follows_pointer_hops_for_strings():
 
 
 def test_event_record_matches_the_c_layout():
-    # 3 u64 + 2 u64 + 11 s64 + 6 u32 + 16 + 256 (see probes/uprobe_events.c)
-    assert ctypes.sizeof(bcc_backend.EventRecord) == 3 * 8 + 16 + 88 + 24 + 16 + 256
+    # 4 u64 + 4 u64 + 11 s64 + 6 u32 + 16 + 256 (see probes/uprobe_events.c)
+    assert ctypes.sizeof(bcc_backend.EventRecord) == 4 * 8 + 32 + 88 + 24 + 16 + 256
 
 
 def _record(**kw):

@@ -12,24 +12,28 @@ import time
 from importlib import resources
 
 from ..events import make_event
-from .catalog import MAX_STR, STRUCT_KINDS
+from ..gluster.errnos import errno_name
+from .catalog import MAX_STR, STRUCT_KINDS, WORD_KINDS
 from .clock import ClockMap
 from .errors import BccMissing, KernelHeadersMissing, NotRoot, ProbeError, kernel_headers_dir
 from .resolve import ResolvedProbe
 
 KIND_CALL, KIND_RETURN = 0, 1
 F_STR, F_STR_FAULT, F_STRUCT, F_STRUCT_FAULT, F_NO_ENTRY = 1, 2, 4, 8, 16
-PERF_PAGES = 64      # per CPU; a record is 424 bytes, so ~600 events of slack per CPU
+F_ERRNO, F_TALLY, F_FD_PATH = 32, 64, 128
+FD_OPENED_UNSEEN = 1
+PERF_PAGES = 64      # per CPU; a record is 448 bytes, so ~600 events of slack per CPU
 WAKEUP_EVENTS = 16   # events per reader wakeup; poll() consumes the remainder each tick
 
 
 class EventRecord(ctypes.Structure):
     """Mirror of struct event_t in probes/uprobe_events.c."""
     _fields_ = [("ts", ctypes.c_uint64), ("duration_ns", ctypes.c_uint64),
-                ("retval", ctypes.c_int64), ("ints", ctypes.c_uint64 * 2),
+                ("retval", ctypes.c_int64), ("base", ctypes.c_uint64),
+                ("ints", ctypes.c_uint64 * 4),
                 ("words", ctypes.c_int64 * 11), ("pid", ctypes.c_uint32),
                 ("tid", ctypes.c_uint32), ("probe_id", ctypes.c_uint32),
-                ("kind", ctypes.c_uint32), ("flags", ctypes.c_uint32), ("pad", ctypes.c_uint32),
+                ("kind", ctypes.c_uint32), ("flags", ctypes.c_uint32), ("err", ctypes.c_int32),
                 ("comm", ctypes.c_char * 16), ("str", ctypes.c_char * MAX_STR)]
 
 
@@ -48,12 +52,76 @@ def check_bcc_prerequisites() -> None:
         raise KernelHeadersMissing(headers)
 
 
+def errno_defines(probes: list[ResolvedProbe]) -> tuple[str, str]:
+    """The #defines read_errno() needs, or ("", why errno cannot be read here)."""
+    from .errno_tls import LIBC, libc_errno
+    from .resolve import find_library
+    try:
+        libc, why = libc_errno(find_library(LIBC))
+    except ProbeError as exc:
+        return "", str(exc)
+    if libc is None:
+        return "", why
+    return (f"#define FSBASE_OFF {libc.fsbase_off}\n#define ERRNO_FN_VADDR {libc.fn_vaddr:#x}ULL\n"
+            f"#define ERRNO_FN_CODE {libc.fn_code:#x}ULL\n"
+            f"#define ERRNO_TPOFF_VADDR {libc.tpoff_vaddr:#x}ULL\n"), ""
+
+
+def _failed(retval: str) -> str:
+    """C test of the return register for a failed call."""
+    return {"int": "(s32)ev->retval < 0", "long": "ev->retval < 0", "ptr": "ev->retval == 0"}[retval]
+
+
+def _return_function(i: int, rp: ResolvedProbe, slot_of: dict[str, int], with_errno: bool) -> str:
+    from .errno_tls import errno_slot
+    spec = rp.spec
+    lines = [f"int failed = {_failed(spec.retval)};"]
+    got = errno_slot(rp.path) if with_errno else None
+    if got is not None:
+        lines.append(f"if (failed && entry)\n        read_errno(ev, entry->base, {got:#x}ULL);")
+    fd = f"entry->ints[{slot_of['fd']}]" if "fd" in slot_of else None
+    if spec.fd_role == "opens":
+        lines.append("if (!failed && entry)\n        fd_opened(entry, ev->retval);")
+    elif spec.fd_role == "writes":
+        off = f"(s64)entry->ints[{slot_of['offset']}]" if "offset" in slot_of else "-1"
+        lines.append(f"if (!failed && entry)\n        fd_wrote(ev->pid, {fd}, ev->retval, {off}, ev->ts);")
+    elif spec.fd_role in ("syncs", "closes"):
+        closing = int(spec.fd_role == "closes")
+        lines.append(f"if (entry)\n        fd_synced(ev, {fd}, failed, {closing});")
+    if spec.emit == "failures":
+        # the call's record goes out first, at its own time, only when the call failed
+        lines.append("if (failed) {\n        if (entry)\n"
+                     "            events.perf_submit(ctx, entry, sizeof(*entry));\n"
+                     "        events.perf_submit(ctx, ev, sizeof(*ev));\n    }")
+    else:
+        lines.append("events.perf_submit(ctx, ev, sizeof(*ev));")
+    body = "\n    ".join(lines)
+    return f"""int ret_{i}(struct pt_regs *ctx) {{
+    struct event_t *ev = begin({i}, KIND_RETURN);
+    if (!ev)
+        return 0;
+    ev->retval = PT_REGS_RC(ctx);
+    u64 key = ((u64)ev->tid << 32) | {i};
+    struct event_t *entry = entries.lookup(&key);
+    if (entry)
+        ev->duration_ns = ev->ts - entry->ts;
+    else
+        ev->flags |= F_NO_ENTRY;   // attached while the call was already running
+    {body}
+    if (entry)
+        entries.delete(&key);
+    return 0;
+}}
+"""
+
+
 def program_text(probes: list[ResolvedProbe]) -> str:
     """The common BPF C plus one entry (and return) function per probe."""
     text = resources.files("correlate.probes").joinpath("uprobe_events.c").read_text()
-    parts = [text]
+    defines, _why = errno_defines(probes)
+    parts = [defines + text]
     for i, rp in enumerate(probes):
-        reads, slot = [], 0
+        reads, slot, slot_of = [], 0, {}
         for arg in rp.arguments:
             reg = f"PT_REGS_PARM{arg.index}(ctx)"
             if arg.kind == "str" and arg.deref:
@@ -62,13 +130,21 @@ def program_text(probes: list[ResolvedProbe]) -> str:
                              f"        read_str(ev, p);\n    }}")
             elif arg.kind == "str":
                 reads.append(f"read_str(ev, (const void *){reg});")
-            elif arg.kind in ("int", "ptr"):
+            elif arg.kind in WORD_KINDS:
                 reads.append(f"ev->ints[{slot}] = {reg};")
+                if arg.kind == "fd":
+                    reads.append(f"fd_path(ev, ev->ints[{slot}]);")
+                    slot_of["fd"] = slot
+                slot_of.setdefault(arg.name, slot)
                 slot += 1
             elif arg.kind in STRUCT_KINDS:
                 reads.append(f"read_{arg.kind}(ev, (const void *){reg});")
         if rp.spec.retprobe:
+            # the library's load address: the probe's address minus its ELF address
+            reads.append(f"ev->base = (PT_REGS_IP(ctx) - {rp.address:#x}ULL) & ~0xfffULL;")
             reads.append("remember_entry(ev);")
+        if rp.spec.emit == "all":
+            reads.append("events.perf_submit(ctx, ev, sizeof(*ev));")
         body = "\n    ".join(reads)
         parts.append(f"""
 // {rp.spec.name}: {rp.function} in {rp.path} ({rp.method})
@@ -77,12 +153,11 @@ int call_{i}(struct pt_regs *ctx) {{
     if (!ev)
         return 0;
     {body}
-    events.perf_submit(ctx, ev, sizeof(*ev));
     return 0;
 }}
 """)
         if rp.spec.retprobe:
-            parts.append(f"int ret_{i}(struct pt_regs *ctx) {{ return finish_return(ctx, {i}); }}\n")
+            parts.append(_return_function(i, rp, slot_of, bool(defines)))
     return "".join(parts)
 
 
@@ -106,13 +181,17 @@ def decode_args(rp: ResolvedProbe, rec: EventRecord) -> tuple[dict, list[str]]:
                 args[arg.name] = None
                 if rec.flags & F_STR_FAULT:
                     faults.append(arg.name)
-        elif arg.kind in ("int", "ptr"):
+        elif arg.kind in WORD_KINDS:
             raw = rec.ints[slot]
             slot += 1
-            if arg.kind == "ptr":
+            if arg.kind in ("ptr", "fd"):
                 args[arg.name] = f"{raw:#x}"
+            elif arg.kind == "int":   # the register's upper half is undefined for a C int
+                args[arg.name] = ctypes.c_int32(raw & 0xFFFFFFFF).value
             else:
                 args[arg.name] = ctypes.c_int64(raw).value
+            if arg.kind == "fd" and rec.flags & F_FD_PATH:
+                args["path"] = _text(bytes(rec.str))
         elif arg.kind in STRUCT_KINDS:
             if not rec.flags & F_STRUCT:
                 if rec.flags & F_STRUCT_FAULT:
@@ -129,6 +208,19 @@ def decode_args(rp: ResolvedProbe, rec: EventRecord) -> tuple[dict, list[str]]:
     return args, faults
 
 
+def tally(rec: EventRecord, clock: ClockMap) -> dict:
+    """The fd's writes glfs acknowledged since the last successful fsync (fsync/close return)."""
+    w = list(rec.words)
+    out = {"count": w[0], "bytes": w[1]}
+    if w[0]:
+        out.update(first_time_ns=clock.to_realtime(w[2]), last_time_ns=clock.to_realtime(w[3]))
+        if w[4] >= 0:
+            out.update(offset_lo=w[4], offset_hi=w[5])
+    if w[7] & FD_OPENED_UNSEEN:
+        out["opened_before_probes"] = True
+    return out
+
+
 def convert_retval(ctype: str, raw: int):
     """rax holds the return value; an int function leaves the upper 32 bits undefined."""
     if ctype == "int":
@@ -139,13 +231,21 @@ def convert_retval(ctype: str, raw: int):
 
 
 def record_to_event(rp: ResolvedProbe, rec: EventRecord, clock: ClockMap, source: str, host: str) -> dict:
-    common = dict(function=rp.function, library=rp.path, probe=rp.spec.name, pid=rec.pid,
+    function, _, version = rp.function.partition("@")
+    common = dict(function=function, library=rp.path, probe=rp.spec.name, pid=rec.pid,
                   tid=rec.tid, comm=_text(bytes(rec.comm)), host=host)
+    if version:
+        common["symbol_version"] = version
     time_ns = clock.to_realtime(rec.ts)
     if rec.kind == KIND_RETURN:
         ev = make_event(time_ns, "probe", "probe.return", source, **common,
                         retval=convert_retval(rp.spec.retval, rec.retval),
                         duration_ns=None if rec.flags & F_NO_ENTRY else rec.duration_ns)
+        if rec.flags & F_ERRNO:
+            ev["errno"] = rec.err
+            ev["errno_name"] = errno_name(rec.err)
+        if rec.flags & F_TALLY:
+            ev["unsynced_writes"] = tally(rec, clock)
         return ev
     args, faults = decode_args(rp, rec)
     ev = make_event(time_ns, "probe", "probe.call", source, **common, args=args)
