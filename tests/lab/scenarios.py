@@ -253,6 +253,9 @@ def staged(name: str, **params) -> Iterator[Scenario]:
             yield scenario
         finally:
             lab.up()
+            restore = getattr(scenario, "restore", None)
+            if restore:
+                restore()
             cleanup = getattr(scenario, "cleanup", None)
             if cleanup:
                 cleanup()
@@ -267,3 +270,9 @@ def run(name: str, capture_to: Path | None = None, capture_filter: str | None = 
             result = scenario.trigger()
         result.capture, result.packets = str(capture_to), dump.packets
         return result
+
+
+# Scenarios where data goes wrong, on their own volumes (they build on the classes above).
+from .data_scenarios import DATA_SCENARIOS  # noqa: E402
+
+REGISTRY.update({cls.name: cls for cls in DATA_SCENARIOS})
