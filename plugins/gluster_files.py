@@ -78,9 +78,14 @@ class Files:
         self.entries: Bounded = Bounded()   # (parent gfid, basename) -> gfid
         self.calls: Bounded = Bounded()     # (conn, xid) -> call
         self.keep = set(keep_calls) | NAMING | {"SETVOLUME"}
+        self._answered: tuple = (None, None)
 
     def observe(self, ev: dict) -> None:
         kind = ev.get("kind")
+        if kind == "rpc.reply":
+            # a call is kept only until its reply: the reply being handled can still ask for it
+            key = (ev.get("conn"), ev.get("xid"))
+            self._answered = (key, self.calls.pop(key, None))
         if kind == "rpc.call" and ev.get("procedure") in self.keep:
             self.calls[(ev.get("conn"), ev.get("xid"))] = ev
             if ev.get("procedure") == "SETVOLUME":
@@ -98,7 +103,10 @@ class Files:
                 self.entries[(args["pargfid"], args["bname"])] = gfid
 
     def call_of(self, reply: dict) -> dict | None:
-        return self.calls.get((reply.get("conn"), reply.get("xid")))
+        key = (reply.get("conn"), reply.get("xid"))
+        if self._answered[0] == key:
+            return self._answered[1]
+        return self.calls.get(key)
 
     def client(self, conn) -> Client | None:
         return self.clients.get(conn)

@@ -23,7 +23,7 @@ PENDING_KEY = re.compile(r"^trusted\.afr\.(?P<vol>.+)-client-(?P<index>\d+)$")
 WAIT_FOR_EIO_NS = 2_000_000_000    # how long a finding waits for the application's EIO
 EIO = 5
 READ_FUNCTIONS = {"glfs_pread", "glfs_read", "glfs_preadv", "glfs_readv", "glfs_open"}
-MAX_FILES = 10_000
+MAX_FILES = 4096
 
 
 def parse_pending(value) -> tuple[int, int, int] | None:
@@ -50,6 +50,20 @@ def pending_of(xdata: dict) -> tuple[str, dict[int, tuple[int, int, int]]]:
             volume = m.group("vol")
             out[int(m.group("index"))] = counters
     return volume, out
+
+
+def slim(reply: dict) -> dict:
+    """The parts of a LOOKUP reply a finding shows: kept per replica of every file seen, so
+    the iatt and the other xattrs are left out."""
+    out = {k: reply[k] for k in ("time_ns", "layer", "kind", "source", "xid", "program", "version",
+                                 "procedure", "src", "dst", "conn", "op_ret", "op_errno",
+                                 "errno_name", "latency_ns") if k in reply}
+    xdata = (reply.get("result") or {}).get("xdata") or {}
+    st = stat_of(reply)
+    out["result"] = {"xdata": {k: v for k, v in xdata.items() if str(k).startswith("trusted.afr.")},
+                     "prestat": {k: st.get(k) for k in ("ia_gfid", "ia_size", "ia_mtime",
+                                                        "ia_mtime_nsec", "ia_type")}}
+    return out
 
 
 def split_kinds(copies: dict[int, dict]) -> list[str]:
@@ -80,6 +94,7 @@ class SplitBrain(Detector):
         self.files = Files()
         self.copies: dict[str, dict[int, dict]] = {}     # gfid -> replica index -> copy
         self.volume: dict[str, str] = {}
+        self.unplaced: dict[str, dict] = {}              # gfid -> brick address -> reply
         self.waiting: dict[str, dict] = {}               # gfid -> pending finding parts
         self.reported: set[str] = set()
         self.last_call: dict[tuple, dict] = {}           # (pid, tid) -> probe.call
@@ -105,22 +120,37 @@ class SplitBrain(Detector):
             return
         copies = self.copies.setdefault(gfid, {})
         if len(self.copies) > MAX_FILES:
-            self.copies.pop(next(iter(self.copies)))
+            oldest = next(iter(self.copies))
+            del self.copies[oldest]
+            self.unplaced.pop(oldest, None)
+        ev = slim(ev)
         client = self.files.client(ev.get("conn"))
         index = client.index if client else None
+        # Without the SETVOLUME, replies wait (one per brick address) until the keys seen
+        # for this file tell which replica each one is.
+        unknown = self.unplaced.setdefault(gfid, {})
         if index is None:
-            known = set(pending) | set(copies) | {i for c in copies.values() for i in c["pending"]}
-            index = infer_index(pending, known)
-        if index is None:
-            return
-        st = stat_of(ev)
-        copies[index] = {"pending": pending, "reply": ev, "client": client,
-                         "brick": client.brick if client else ev.get("src"),
-                         "size": st.get("ia_size"), "mtime": (st.get("ia_mtime"), st.get("ia_mtime_nsec"))}
+            unknown[ev.get("src")] = (pending, ev)
+        else:
+            self._place(copies, index, pending, ev, client)
+        known = set(copies) | {i for c in copies.values() for i in c["pending"]} \
+            | {i for p, _ in unknown.values() for i in p}
+        for src, (p, reply) in list(unknown.items()):
+            guess = infer_index(p, known)
+            if guess is not None and guess not in copies:
+                self._place(copies, guess, p, reply, None)
+                del unknown[src]
         self.volume[gfid] = volume
         kinds = split_kinds(copies)
         if kinds and gfid not in self.reported and gfid not in self.waiting:
             self.waiting[gfid] = {"since": ev["time_ns"], "kinds": kinds, "eio": None}
+
+    @staticmethod
+    def _place(copies: dict, index: int, pending: dict, ev: dict, client) -> None:
+        st = stat_of(ev)
+        copies[index] = {"pending": pending, "reply": ev, "client": client,
+                         "brick": client.brick if client else ev.get("src"),
+                         "size": st.get("ia_size"), "mtime": (st.get("ia_mtime"), st.get("ia_mtime_nsec"))}
 
     def _application_eio(self, ret: dict) -> list[dict]:
         call = self.last_call.get((ret.get("pid"), ret.get("tid")))
