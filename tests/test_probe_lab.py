@@ -245,11 +245,13 @@ out["acknowledged"] = [pwrite6(fd, b"c" * 512, 512, 8192, 0, None, None),
                        pwrite34(fd, b"d" * 256, 256, 100, 0)]
 out["close"] = lib.glfs_close(fd)
 out["close_errno"] = c.get_errno()
-# failing: a read on a write-only fd, an open and a stat of a missing file
-fd = fs.open(path, os.O_WRONLY)
+# failing: a read of a directory, an open and a stat of a missing file
+fs.mkdir(path + ".dir", exist_ok=True)
+fd = fs.open(path + ".dir")
 out["pread"] = pread6(fd, buf, 16, 0, 0, None)
 out["pread_errno"] = c.get_errno()
 fs.close(fd)
+fs.rmdir(path + ".dir")
 for call in (lambda: fs.open(path + ".missing"), lambda: fs.stat(path + ".missing")):
     try:
         call()
@@ -295,8 +297,9 @@ def test_fop_failures_with_errno_and_the_lost_acknowledged_writes(probe_lab):
     assert (close_ret["unsynced_writes"]["offset_lo"], close_ret["unsynced_writes"]["offset_hi"]) == (100, 8704)
     assert close_ret["unsynced_writes"]["first_time_ns"] <= close_ret["unsynced_writes"]["last_time_ns"] \
         < close_call["time_ns"]
-    assert pread_call["args"] == {"fd": pread_call["args"]["fd"], "count": 16, "offset": 0, "path": path}
-    assert pread_ret["retval"] == -1 and pread_ret["errno"] == out["pread_errno"] == errno.EBADF
+    assert pread_call["args"] == {"fd": pread_call["args"]["fd"], "count": 16, "offset": 0,
+                                  "path": path + ".dir"}
+    assert pread_ret["retval"] == -1 and pread_ret["errno"] == out["pread_errno"] == errno.EISDIR
     assert open_call["args"]["path"] == path + ".missing" and open_ret["retval"] == "0x0"
     assert open_ret["errno"] == stat_ret["errno"] == errno.ENOENT == out["missing_errnos"][0]
     assert stat_call["args"]["path"] == path + ".missing" and stat_ret["retval"] == -1
