@@ -6,7 +6,7 @@ A client holds files by gfid. While the brick keeps its own fd open, writes stil
 the unlinked inode; once the brick restarts, the client re-opens by gfid and gets ESTALE,
 and every later fd operation fails (ENOENT on anonymous-fd WRITEs, EBADFD in glfs_fstat).
 ENOENT alone is common (a LOOKUP of a new name), so it counts here only on fd or handle
-operations of a gfid some other client removed, or after a reconnect.
+operations of a gfid some other client removed; ESTALE on them always does.
 """
 from __future__ import annotations
 
@@ -78,7 +78,9 @@ class StaleHandle(Detector):
         owner_pid = self.files.pid_of(call)
         by_other = removed is not None and remover_pid != owner_pid
         restarted = self.reconnected.get(client.translator) if client else None
-        if reply.get("errno_name") == "ENOENT" and not by_other and not restarted:
+        # ENOENT is the brick's everyday answer for a gfid it does not have; it tells of a
+        # stale handle only when another client removed that gfid.
+        if reply.get("errno_name") == "ENOENT" and not by_other:
             return []
         path = self.files.path(gfid)
         if path.startswith("gfid:") and removed:
