@@ -15,20 +15,16 @@ import time
 
 from . import gluster, volumes
 from .gfapi_session import Session
-from .scenarios import Result, Scenario, client_log
+from .fault_scenarios import VolumeScenario
+from .scenarios import Result, client_log
 
 NO_HEAL = {"cluster.quorum-type": "none", "cluster.self-heal-daemon": "off",
            "cluster.entry-self-heal": "off", "cluster.data-self-heal": "off",
            "cluster.metadata-self-heal": "off"}
 
 
-class OwnVolume(Scenario):
-    spec: volumes.VolumeSpec
-    options: dict[str, str] = {}
-
-    def prepare(self, info) -> None:
-        super().prepare(info)
-        self.bricks = volumes.ensure(self.spec, self.options)
+class OwnVolume(VolumeScenario):
+    """A volume scenario whose clients stay mounted between calls (gfapi_session)."""
 
     def session(self, role: str) -> Session:
         return Session(self.spec.name, str(client_log(f"{self.name}-{role}")))
@@ -36,9 +32,6 @@ class OwnVolume(Scenario):
     def restart_brick(self, index: int) -> None:
         old = volumes.kill_brick(self.spec.name, index)
         volumes.start_force(self.spec.name, count=self.spec.count, gone=[old.pid])
-
-    def restore(self) -> None:
-        volumes.ensure(self.spec, self.options)
 
 
 class SplitBrain(OwnVolume):

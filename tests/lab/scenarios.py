@@ -235,6 +235,7 @@ REGISTRY = {cls.name: cls for cls in (Healthy, AtimeMinusOne, AuthRejected, Inse
                                       FirewallReject, FirewallDrop, Workload)}
 
 
+
 def get(name: str, **params) -> Scenario:
     if name not in REGISTRY:
         raise gluster.LabError(f"unknown scenario {name!r}; known: {', '.join(sorted(REGISTRY))}")
@@ -274,6 +275,11 @@ def run(name: str, capture_to: Path | None = None, capture_filter: str | None = 
         result.capture, result.packets = str(capture_to), dump.packets
         return result
 
+
+# The fault scenarios on their own volumes (imported last: they build on the classes above).
+from .fault_scenarios import FAULT_SCENARIOS  # noqa: E402
+
+REGISTRY.update({cls.name: cls for cls in FAULT_SCENARIOS})
 
 # Scenarios where data goes wrong, on their own volumes (they build on the classes above).
 from .data_scenarios import DATA_SCENARIOS  # noqa: E402
