@@ -412,3 +412,11 @@ def test_errno_constants_for_this_machine():
         pytest.skip(f"errno cannot be read here: {why}")
     assert libc.tpoff_vaddr > libc.fn_vaddr and libc.fsbase_off > 0
     assert errno_slot("/usr/lib/x86_64-linux-gnu/libgfapi.so.0") is not None
+
+
+def test_format_shows_errno_and_unsynced_writes():
+    ev = {"time_ns": 0, "kind": "probe.return", "function": "glfs_fsync", "pid": 1, "tid": 1,
+          "comm": "app", "retval": -1, "errno": 2, "errno_name": "ENOENT",
+          "unsynced_writes": {"count": 2, "bytes": 100}}
+    line = format_event(ev)
+    assert "retval=-1 errno=ENOENT unsynced_writes=2 (100 bytes)" in line

@@ -51,6 +51,11 @@ def format_event(ev: dict) -> str:
     if kind == "probe.return":
         if "retval" in ev:
             parts.append(f"retval={ev['retval']}")
+        if ev.get("errno_name"):
+            parts.append(f"errno={safe_text(ev['errno_name'], 20)}")
+        tally = ev.get("unsynced_writes") or {}
+        if tally.get("count"):
+            parts.append(f"unsynced_writes={tally['count']} ({tally.get('bytes')} bytes)")
         if ev.get("duration_ns") is not None:
             parts.append(f"duration={ev['duration_ns'] / 1e6:.3f}ms")
     for key, value in (ev.get("args") or {}).items():
