@@ -112,8 +112,9 @@ class StaleHandle(Detector):
             title=f"stale handle: {path} was removed under {owner}'s open file",
             explanation=(f"{owner} still used {path} (gfid {gfid}) through an open fd or handle: "
                          f"{call.get('procedure')} to {reply.get('src')} failed with "
-                         f"{reply.get('errno_name')}. Why: " + ("; ".join(causes) or "unknown")
-                         + "." + app),
+                         f"{reply.get('errno_name')}. Why: " + ("; ".join(causes) or
+                         "not in this capture (the file was removed, or the brick restarted, "
+                         "before it began)") + "." + app),
             remedy=("The fd refers to a file that no longer exists under that name: the "
                     "application must close it and open the path again (and re-write what it "
                     "wrote since its last successful fsync). Coordinate the clients that "

@@ -231,3 +231,15 @@ def test_file_paths_walk_up_to_the_root_and_stay_bounded():
     assert files.path("f") == "/dir/file" and files.path(root) == "/"
     assert files.path("unknown") == "gfid:unknown"
     assert files.path("loop1").startswith("<gfid:")        # a cycle ends, never hangs
+
+
+def test_stale_capture_starting_after_the_unlink_and_the_restart():
+    """Only what followed the reconnect: the ESTALE re-open still tells, by gfid."""
+    events = events_of("stale-handle.pcap")
+    reopen = next(e for e in events if e.get("procedure") == "OPEN" and e["kind"] == "rpc.call")
+    late = [e for e in events if e["time_ns"] >= reopen["time_ns"]]
+    found = run(StaleHandle(), late)
+    assert found and found[0]["path"] == f"gfid:{reopen['args']['gfid']}"
+    assert "not in this capture" in found[0]["explanation"]
+    # the WRITEs' ENOENT alone, without the remover, are not called stale
+    assert all("ESTALE" in f["explanation"] for f in found)
