@@ -12,6 +12,7 @@ goes out). `trusted.afr.dirty` marks an operation in flight on that brick, not a
 from __future__ import annotations
 
 import re
+import shlex
 
 from correlate import hookimpl
 from correlate.detector import Detector
@@ -204,7 +205,8 @@ class SplitBrain(Detector):
 
     @staticmethod
     def _remedy(volume: str, path: str, gfid: str, kinds: list[str], copies: dict) -> str:
-        target = path if path.startswith("/") else f"gfid:{gfid}"
+        # quoted for a shell: a file name comes from the wire and may hold anything
+        target = shlex.quote(path if path.startswith("/") else f"gfid:{gfid}")
         lines = [f"Decide which copy is right (`gluster volume heal {volume} info split-brain` "
                  "lists the files), then heal from it."]
         if "entry" in kinds:

@@ -243,3 +243,12 @@ def test_stale_capture_starting_after_the_unlink_and_the_restart():
     assert "not in this capture" in found[0]["explanation"]
     # the WRITEs' ENOENT alone, without the remover, are not called stale
     assert all("ESTALE" in f["explanation"] for f in found)
+
+
+def test_remedy_quotes_a_hostile_file_name():
+    events = events_of("split-brain.pcap")
+    for e in events:
+        if (e.get("args") or {}).get("bname") == "split-brain-file":
+            e["args"]["bname"] = "x; rm -rf / #"
+    (f,) = run(SplitBrain(), events)
+    assert "split-brain bigger-file '/x; rm -rf / #'" in f["remedy"]
