@@ -169,7 +169,7 @@ def probes(groups, pid, offsets, as_json):
         if as_json:
             click.echo(json.dumps(row))
             continue
-        ret = " +return" if spec.retprobe else ""
+        ret = (" +return" + (" (failures only)" if spec.emit == "failures" else "")) if spec.retprobe else ""
         if "error" in row:
             click.echo(f"{spec.name:<28} UNRESOLVED  {row['error']}")
         else:
