@@ -34,7 +34,8 @@ def test_builtin_detectors_are_listed_as_plugins():
                          check=True).stdout
     rows = {r["name"]: r for r in json.loads(out)}
     for name, det in [("atime_minus_one", "atime-minus-one"), ("brick_unreachable", "brick-unreachable"),
-                      ("auth_rejected", "auth-rejected"), ("rpc_unanswered", "rpc-unanswered")]:
+                      ("auth_rejected", "auth-rejected"), ("rpc_unanswered", "rpc-unanswered"),
+                      ("brick_not_responding", "brick-not-responding"), ("no_space", "no-space")]:
         assert rows[name]["hooks"] == ["correlate_detectors"]
         assert rows[name]["distribution"] == "gluster-correlate"
         assert rows[name]["detectors"] == [det]

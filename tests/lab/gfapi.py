@@ -249,8 +249,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--size", type=int, default=4096)
     p.add_argument("--interval", type=float, default=0.2)
     p.add_argument("--stop-after-errors", type=int, default=0)
+    p.add_argument("--existing", action="store_true", help="open PATH as it is (no create)")
+    sub.add_parser("statvfs", parents=[common], help="glfs_statvfs of / (a STATFS per brick)")
     for name, text in (("create", "create (truncate) a file"), ("stat", "stat a file"),
-                       ("unlink", "remove a file")):
+                       ("unlink", "remove a file"), ("mkdir", "make a directory")):
         sub.add_parser(name, parents=[common], help=text).add_argument("--path", required=True)
     return parser
 
@@ -277,6 +279,11 @@ def _operation(fs: Client, opts) -> dict:
     if opts.op == "unlink":
         fs.unlink(opts.path)
         return {}
+    if opts.op == "mkdir":
+        fs.mkdir(opts.path)
+        return {}
+    if opts.op == "statvfs":
+        return {"statvfs": fs.statvfs("/")}
     if opts.op == "stat":
         return {"stat": asdict(fs.stat(opts.path))}
     if opts.op == "workload":
@@ -286,7 +293,7 @@ def _operation(fs: Client, opts) -> dict:
         if opts.op == "fops":
             return workloads.every_fop(fs, opts.dir)
         return workloads.write_loop(fs, opts.path, opts.seconds, opts.size, opts.interval,
-                                    opts.stop_after_errors)
+                                    opts.stop_after_errors, opts.existing)
     atime = (opts.atime[0], opts.atime[1] if opts.atime_nsec is None else opts.atime_nsec)
     mtime = (opts.mtime[0], opts.mtime[1] if opts.mtime_nsec is None else opts.mtime_nsec)
     fd = fs.creat(opts.path)

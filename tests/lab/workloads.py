@@ -87,10 +87,12 @@ def every_fop(fs: Client, directory: str = "/busy", size: int = 65536) -> dict:
 
 
 def write_loop(fs: Client, path: str, seconds: float, size: int = 4096,
-               interval: float = 0.2, stop_after_errors: int = 0) -> dict:
+               interval: float = 0.2, stop_after_errors: int = 0, existing: bool = False) -> dict:
     """pwrite `size` bytes every `interval` s (fsync every 5th) for `seconds`, going on after
-    failures; report each failure and each call slower than a second."""
-    fd = fs.creat(path, flags=os.O_RDWR | os.O_CREAT | os.O_TRUNC)
+    failures; report each failure and each call slower than a second. `existing`: open the
+    file as it is (no create, no truncate)."""
+    fd = (fs.open(path, os.O_RDWR) if existing
+          else fs.creat(path, flags=os.O_RDWR | os.O_CREAT | os.O_TRUNC))
     data = b"w" * size
     errors, stalls, calls = [], [], 0
     end = time.monotonic() + seconds
