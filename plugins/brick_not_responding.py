@@ -17,6 +17,7 @@ A brick whose connection the server side closes (brick killed) is not hung: it i
 from __future__ import annotations
 
 import re
+import time
 from collections import OrderedDict
 
 from correlate import hookimpl
@@ -288,8 +289,7 @@ class BrickNotResponding(Detector):
 
 
 def _clock(time_ns: int) -> str:
-    import time as _time
-    return _time.strftime("%H:%M:%S", _time.gmtime(time_ns / 1e9)) + f".{time_ns % 10**9 // 10**6:03d}"
+    return time.strftime("%H:%M:%S", time.gmtime(time_ns / 1e9)) + f".{time_ns % 10**9 // 10**6:03d}"
 
 
 @hookimpl

@@ -1,8 +1,9 @@
 """No false alarms: every built-in detector over busy but healthy traffic gives no warning,
 error or critical finding, except what the deliberate brick kill of `busy-healthy` explains.
 
-Allowed, and only these: a finding whose evidence all concerns the killed brick's port and
-whose time is from 1 s before to KILL_WINDOW_NS after the kill as the wire shows it (the brick's side
+Allowed, and only these: a finding whose wire evidence concerns the killed brick's port (and
+glusterd's, which names that port) and whose time is from 1 s before to KILL_WINDOW_NS after
+the kill as the wire shows it (the brick's side
 closing its client connections: `tcp.close` by the server). A client that reconnects before
 the brick is back may find the port closed (brick-unreachable) or calls cut off. Anything
 else, on any brick or at any other time, fails the test.
@@ -42,12 +43,19 @@ def brick_kills(events: list[dict]) -> list[tuple[str, int]]:
             and e.get("by") == "server" and not e["dst"].endswith(":24007")]
 
 
+def _ports(ev: dict) -> set[str]:
+    return {(ev.get(k) or "").rsplit(":", 1)[-1] for k in ("src", "dst")}
+
+
 def explained_by_kill(finding: dict, kills: list[tuple[str, int]]) -> bool:
+    """The finding is about the killed brick (some wire evidence on its port, the rest on
+    it or on glusterd's 24007, e.g. the PORTBYBRICK that named it) and comes at the kill."""
+    wire = [e for e in finding.get("evidence", []) if e.get("layer") == "wire"]
     for brick, t in kills:
         port = brick.rsplit(":", 1)[1]
-        wire = [e for e in finding.get("evidence", []) if e.get("layer") == "wire"]
-        if wire and all(port in (e.get("src", "").rsplit(":", 1)[-1], e.get("dst", "").rsplit(":", 1)[-1])
-                        for e in wire) and -1e9 <= finding["time_ns"] - t <= KILL_WINDOW_NS:
+        on_brick = [port in _ports(e) for e in wire]
+        if (any(on_brick) and all(hit or "24007" in _ports(e) for hit, e in zip(on_brick, wire))
+                and -1e9 <= finding["time_ns"] - t <= KILL_WINDOW_NS):
             return True
     return False
 
@@ -77,3 +85,19 @@ def test_busy_healthy_capture_holds_the_workload():
     volumes = {(e.get("args") or {}).get("key") for e in events if e.get("procedure") == "GETSPEC"
                and e.get("kind") == "rpc.call"}
     assert {"busyrep3", "busydisp"} <= volumes
+
+
+def test_the_kill_allowance_is_narrow():
+    """Only findings on the killed brick (with glusterd naming it), at the kill, pass."""
+    s = 1_000_000_000
+    kills = [("127.0.0.2:49212", 100 * s)]
+
+    def finding(t, *pairs):
+        return {"time_ns": t, "evidence": [{"layer": "wire", "src": a, "dst": b} for a, b in pairs]}
+    killed, other, glusterd = "127.0.0.2:49212", "127.0.0.2:49213", "127.0.0.2:24007"
+    assert explained_by_kill(finding(101 * s, (glusterd, "127.0.0.1:5"), ("127.0.0.1:6", killed)), kills)
+    assert not explained_by_kill(finding(101 * s, ("127.0.0.1:6", other)), kills)
+    assert not explained_by_kill(finding(90 * s, ("127.0.0.1:6", killed)), kills)       # before it
+    assert not explained_by_kill(finding(140 * s, ("127.0.0.1:6", killed)), kills)      # long after
+    assert not explained_by_kill(finding(101 * s, (glusterd, "127.0.0.1:5")), kills)
+    assert not explained_by_kill(finding(101 * s, ("127.0.0.1:6", killed), ("127.0.0.1:6", other)), kills)

@@ -72,3 +72,31 @@ def test_live_no_space_names_storage_reserve(lab, tmp_path):
                {e.get("errno_name") for e in f["evidence"] if e.get("procedure") == "WRITE"
                 and e.get("kind") == "rpc.reply"} == {"ENOSPC"} for f in others), others
     assert code == 0, "".join(pipe.stderr)
+
+
+def test_live_busy_healthy_raises_nothing_but_what_the_brick_kill_explains(lab, tmp_path):
+    """The no-false-alarm acceptance, live: every built-in detector, probes on, over the
+    busy-healthy workload (see tests/test_busy_healthy.py for what is allowed and why)."""
+    import json
+
+    from tests.test_busy_healthy import SERIOUS, brick_kills, builtin_detector_ids, explained_by_kill
+    need_probes()
+    timeline = tmp_path / "t.jsonl"
+    with lab_module.staged("busy-healthy") as scenario:
+        pipe = LivePipeline(["--probe", "all"], timeline)
+        try:
+            pipe.wait_ready()
+            result = scenario.trigger()
+        finally:
+            code = pipe.stop()
+    assert result.reproduced, result.summary
+    assert code == 0, "".join(pipe.stderr)
+    events = [json.loads(line) for line in timeline.read_text().splitlines()]
+    kills = brick_kills([e for e in events if e.get("kind") == "tcp.close"])
+    assert any(dst.endswith(f":{result.details['killed_port']}") for dst, _ in kills)
+    ours = builtin_detector_ids()
+    serious = [ev for _, ev in pipe.lines if ev.get("kind") == "finding"
+               and ev.get("detector") in ours and ev.get("severity") in SERIOUS]
+    unexplained = [f for f in serious if not explained_by_kill(f, kills)]
+    assert not unexplained, "\n".join(f"{f['detector']}: {f['title']}" for f in unexplained)
+    assert any(e.get("layer") == "probe" for e in events)     # probes were really on
