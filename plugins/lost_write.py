@@ -79,9 +79,18 @@ class LostWrite(Detector):
                     "again. For data that must not be lost, fsync after each write (or open "
                     "with O_SYNC), or turn write-behind off for the volume "
                     "(`gluster volume set VOL performance.write-behind off`). Fix why the "
-                    "WRITE failed (see the other findings, e.g. stale-handle)."),
+                    "WRITE failed: " + _cause(wire)),
             evidence=evidence, key=f"lost-write:{pid}:{path}", path=path, pid=pid,
             lost_bytes=tally["bytes"])
+
+
+def _cause(wire: list[tuple[dict, dict]]) -> str:
+    errnos = {r.get("errno_name") for _, r in wire}
+    if errnos & {"ENOSPC", "EDQUOT"}:
+        return "the brick refused it for space or quota (see the no-space finding)."
+    if errnos & {"ENOENT", "ESTALE"}:
+        return "the file was gone on the brick (see the stale-handle finding)."
+    return "see the other findings of this run and the brick log."
 
 
 @hookimpl
