@@ -267,3 +267,11 @@ def run(name: str, capture_to: Path | None = None, capture_filter: str | None = 
             result = scenario.trigger()
         result.capture, result.packets = str(capture_to), dump.packets
         return result
+
+
+def _register_more() -> None:
+    from .latency_scenarios import LockWait   # it imports this module's Scenario and Result
+    REGISTRY.update({cls.name: cls for cls in (LockWait,)})
+
+
+_register_more()

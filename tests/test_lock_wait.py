@@ -1,0 +1,71 @@
+"""lock-wait on real lock waits: the committed capture (tests/captures/lock-wait.pcap) and a
+fresh one from the lab; silence on healthy traffic."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from correlate.wire.decode import decode_capture
+
+CAPTURES = Path(__file__).parent / "captures"
+
+
+def findings(path, detector="lock-wait"):
+    res = subprocess.run([sys.executable, "-m", "correlate", "analyze", "--json", str(path)],
+                         capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    return [e for e in map(json.loads, res.stdout.splitlines())
+            if e.get("kind") == "finding" and e.get("detector") == detector]
+
+
+def lk_exchanges(path):
+    """LK calls with their replies, from decode's events: (call, reply or None)."""
+    calls, out = {}, []
+    for ev in decode_capture(str(path)):
+        if ev.get("procedure") != "LK":
+            continue
+        key = (ev["conn"], ev["xid"])
+        if ev["kind"] == "rpc.call":
+            calls[key] = ev
+        elif key in calls:
+            out.append((calls.pop(key), ev))
+    return out
+
+
+def check_wait(path, holder_pid=None, waiter_pid=None):
+    exchanges = lk_exchanges(path)
+    blocked = [(c, r) for c, r in exchanges if r["time_ns"] - c["time_ns"] > 1_000_000_000]
+    assert len(blocked) == 1
+    call, reply = blocked[0]
+    granted_first = [c for c, r in exchanges if c["conn"] != call["conn"]
+                     and c["args"]["flock"]["type"] == 1 and r["time_ns"] < call["time_ns"]]
+    [f] = findings(path)
+    assert f["severity"] == "warning" and not f["still_waiting"]
+    assert abs(f["wait_ns"] - (reply["time_ns"] - call["time_ns"])) < 1_000_000
+    assert f["brick"].startswith(call["dst"]) and "/srv/correlate-lab/" in f["brick"]
+    assert f"pid {call['cred']['pid']}" in f["waiter"]
+    assert f"pid {granted_first[0]['cred']['pid']}" in f["holder"]
+    if waiter_pid:
+        assert f"pid {waiter_pid}" in f["waiter"] and f"pid {holder_pid}" in f["holder"]
+    return f
+
+
+def test_committed_capture_names_waiter_holder_brick_and_wait():
+    f = check_wait(CAPTURES / "lock-wait.pcap")
+    assert "not on a hung brick" in f["explanation"]
+
+
+@pytest.mark.parametrize("capture", ["healthy.pcap", "atime-minus-one.pcap", "auth-rejected.pcap",
+                                     "firewall-drop.pcap"])
+def test_no_lock_wait_on_other_captures(capture):
+    assert findings(CAPTURES / capture) == []
+
+
+def test_lab_lock_wait(lab, tmp_path):
+    from tests.lab import lab as labmod
+    out = tmp_path / "lock-wait.pcap"
+    result = labmod.record("lock-wait", out, hold=3)
+    assert result.reproduced, result.summary
+    check_wait(out, result.details["holder_pid"], result.details["waiter_pid"])
