@@ -47,7 +47,10 @@ class Tcpdump:
                 raise CaptureError(f"tcpdump did not start: {self.stderr.strip()!r}")
             ready, _, _ = select.select([self.proc.stderr], [], [], left)
             if ready:
-                self.stderr += self.proc.stderr.readline()
+                # Raw reads: a buffered readline can swallow both of tcpdump's first lines
+                # ("data link type ...", "listening on ...") and leave select waiting.
+                chunk = os.read(self.proc.stderr.fileno(), 4096)
+                self.stderr += chunk.decode(errors="replace")
 
     def stop(self) -> None:
         if self.proc is None:

@@ -69,3 +69,5 @@ class LockWait(Scenario):
     def cleanup(self) -> None:
         gfapi.run(["unlink", "--path", self.path, "--log", str(client_log(self.name + "-cleanup"))],
                   timeout=self.timeout)
+
+LATENCY_SCENARIOS = (LockWait,)

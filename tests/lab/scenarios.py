@@ -235,6 +235,7 @@ REGISTRY = {cls.name: cls for cls in (Healthy, AtimeMinusOne, AuthRejected, Inse
                                       FirewallReject, FirewallDrop, Workload)}
 
 
+
 def get(name: str, **params) -> Scenario:
     if name not in REGISTRY:
         raise gluster.LabError(f"unknown scenario {name!r}; known: {', '.join(sorted(REGISTRY))}")
@@ -253,6 +254,9 @@ def staged(name: str, **params) -> Iterator[Scenario]:
             yield scenario
         finally:
             lab.up()
+            restore = getattr(scenario, "restore", None)
+            if restore:
+                restore()
             cleanup = getattr(scenario, "cleanup", None)
             if cleanup:
                 cleanup()
@@ -269,9 +273,10 @@ def run(name: str, capture_to: Path | None = None, capture_filter: str | None = 
         return result
 
 
-def _register_more() -> None:
-    from .latency_scenarios import LockWait   # it imports this module's Scenario and Result
-    REGISTRY.update({cls.name: cls for cls in (LockWait,)})
+# The fault scenarios on their own volumes (imported last: they build on the classes above).
+from .fault_scenarios import FAULT_SCENARIOS  # noqa: E402
 
+REGISTRY.update({cls.name: cls for cls in FAULT_SCENARIOS})
+from .latency_scenarios import LATENCY_SCENARIOS  # noqa: E402
 
-_register_more()
+REGISTRY.update({cls.name: cls for cls in LATENCY_SCENARIOS})
