@@ -18,6 +18,8 @@ from correlate import hookimpl
 from correlate.detector import Detector
 from correlate.gluster.topology import Topology
 
+from .gluster_facts import is_blocking_lock
+
 DEFAULT_AFTER_NS = 1_000_000_000
 STORM_MIN = 50               # contention callbacks or EAGAIN replies on one file to report
 MAX_TRACKED = 50_000         # pending calls, held locks, files counted: oldest dropped first
@@ -25,7 +27,7 @@ MAX_TRACKED = 50_000         # pending calls, held locks, files counted: oldest 
 # glusterfs_lk_cmds_t / glusterfs_lk_types_t (glusterfs.h); entrylk_cmd / entrylk_type
 GF_LK_SETLK, GF_LK_SETLKW, GF_LK_RESLK_LCKW = 1, 2, 4
 GF_LK_F_RDLCK, GF_LK_F_WRLCK, GF_LK_F_UNLCK = 0, 1, 2
-ENTRYLK_LOCK, ENTRYLK_UNLOCK, ENTRYLK_LOCK_NB = 0, 1, 2
+ENTRYLK_LOCK, ENTRYLK_UNLOCK, ENTRYLK_LOCK_NB = 0, 1, 2   # blocking: gluster_facts.is_blocking_lock
 ENTRYLK_RDLCK = 0
 
 POSIX = {"LK"}
@@ -33,17 +35,6 @@ INODE = {"INODELK", "FINODELK"}
 ENTRY = {"ENTRYLK", "FENTRYLK"}
 LOCK_PROCEDURES = POSIX | INODE | ENTRY
 CONTENTION = {"INODELK_CONTENTION", "ENTRYLK_CONTENTION"}
-
-
-def is_blocking(call: dict) -> bool:
-    """A lock request the brick answers only once granted (the caller waits)."""
-    args = call.get("args") or {}
-    proc, cmd = call.get("procedure"), args.get("cmd")
-    if proc in POSIX or proc in INODE:
-        return cmd in (GF_LK_SETLKW, GF_LK_RESLK_LCKW) and args.get("type") != GF_LK_F_UNLCK
-    if proc in ENTRY:
-        return cmd == ENTRYLK_LOCK
-    return False
 
 
 def _is_unlock(call: dict) -> bool:
@@ -133,7 +124,7 @@ class LockWait(Detector):
         _put(self.calls, key, call)
         if _is_unlock(call):
             self._release(call)
-        elif is_blocking(call):
+        elif is_blocking_lock(call):
             _put(self.waiting, key, {"call": call, "holders": self._conflicting(call)})
 
     def _reply(self, reply: dict):

@@ -3,13 +3,17 @@ and (with a replicated volume) one slow brick among its peers."""
 from __future__ import annotations
 
 import json
+import re
 import selectors
 import subprocess
 import sys
 import time
+from pathlib import Path
 
-from . import gfapi, lab
+from . import gfapi, gluster, volumes
 from .scenarios import Result, Scenario, client_log
+
+VOLFILE_DIR = Path("/var/lib/glusterd/vols")
 
 
 def _locker(path: str, hold: float, log) -> subprocess.Popen:
@@ -70,4 +74,62 @@ class LockWait(Scenario):
         gfapi.run(["unlink", "--path", self.path, "--log", str(client_log(self.name + "-cleanup"))],
                   timeout=self.timeout)
 
-LATENCY_SCENARIOS = (LockWait,)
+
+class SlowBrick(Scenario):
+    """One brick of a replica 3 volume slowed by debug/delay-gen: every WRITE on brick
+    `brick` (1-based, default 2) waits `delay_us` (default 200000) more. `volume set` puts the
+    delay into every brick's volfile; the peers' copies get `delay-percentage 0` before the
+    volume's first start (a later `volume set` would regenerate them). A client then writes
+    1 KiB blocks for `seconds` (default 6), write-behind off."""
+    name = "slow-brick"
+    spec = volumes.VolumeSpec("slowvol", "replica", 3)
+
+    def prepare(self, info) -> None:
+        super().prepare(info)
+        self.delay_us = int(self.params.get("delay_us", 200_000))
+        self.slow = int(self.params.get("brick", 2))
+        gluster.ensure_glusterd()
+        if volumes.state(self.spec.name).exists:
+            volumes.delete(self.spec.name)
+        volumes.create(self.spec)
+        volumes.set_options(self.spec.name, {
+            "debug.delay-gen": "posix", "delay-gen.delay-duration": str(self.delay_us),
+            "delay-gen.enable": "WRITE", "delay-gen.delay-percentage": "100",
+            # one WRITE per pwrite, one at a time: each WRITE shows the brick's own delay
+            "performance.write-behind": "off"})
+        for i, brick_dir in enumerate(self.spec.brick_dirs, start=1):
+            if i != self.slow:
+                self._no_delay(brick_dir)
+        gluster.gluster("volume", "start", self.spec.name)
+        self.bricks = gluster.wait_bricks_online(90, volume=self.spec.name, count=self.spec.count)
+
+    def _no_delay(self, brick_dir: Path) -> None:
+        name = f"{self.spec.name}.{gluster.HOST}.{str(brick_dir).strip('/').replace('/', '-')}.vol"
+        path = VOLFILE_DIR / self.spec.name / name
+        text = path.read_text()
+        edited = re.sub(r"option delay-percentage \d+", "option delay-percentage 0", text)
+        if edited == text:
+            raise gluster.LabError(f"slow-brick: no delay-gen in {path}")
+        path.write_text(edited)
+
+    def trigger(self) -> Result:
+        seconds = float(self.params.get("seconds", 6))
+        log = client_log(self.name)
+        result = gfapi.run(["write-loop", "--volume", self.spec.name, "--path", "/slow-writes",
+                            "--seconds", str(seconds), "--size", "1024", "--interval", "0.02",
+                            "--log", str(log)], timeout=seconds + 60)
+        slow = volumes.brick(self.spec.name, self.slow - 1)
+        ok = result.get("status") == "ok" and not result.get("errors")
+        return Result(self.name, ok,
+                      f"brick {slow.path} (port {slow.port}) delays each WRITE by "
+                      f"{self.delay_us / 1000:g} ms; client: {result.get('status')}, "
+                      f"{result.get('calls')} calls",
+                      {"client": result, "client_log": str(log), "slow_brick": slow.path,
+                       "slow_port": slow.port, "delay_us": self.delay_us,
+                       "ports": {b.path: b.port for b in self.bricks}})
+
+    def restore(self) -> None:
+        volumes.delete(self.spec.name)   # its volfiles were edited by hand: never reuse it
+
+
+LATENCY_SCENARIOS = (LockWait, SlowBrick)
