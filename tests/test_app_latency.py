@@ -1,0 +1,49 @@
+"""app-latency on a real run: the slow-brick scenario with the `io` probes (bcc uprobes on
+libgfapi) and tcpdump at once; each slow glfs_pwrite is split across the layers."""
+import importlib.util
+import json
+import os
+import signal
+import subprocess
+import sys
+
+import pytest
+
+from tests.lab import lab as lab_module
+from tests.lab.capture import Tcpdump
+
+CORRELATE = [sys.executable, "-m", "correlate"]
+
+
+def test_slow_pwrite_is_split_across_layers(lab, tmp_path):
+    if os.geteuid() != 0 or importlib.util.find_spec("bcc") is None:
+        pytest.skip("needs root and bcc for the probes")
+    capture, probes = tmp_path / "slow.pcap", tmp_path / "probes.jsonl"
+    with lab_module.staged("slow-brick", seconds=3) as scenario:
+        with open(probes, "w") as sink:
+            probe = subprocess.Popen(CORRELATE + ["probe", "--probe", "io", "--json"],
+                                     stdout=sink, stderr=subprocess.PIPE, text=True)
+            try:
+                for line in probe.stderr:   # the probe command says when it is attached
+                    if "attached" in line:
+                        break
+                with Tcpdump(capture, lab_module.DEFAULT_FILTER):
+                    result = scenario.trigger()
+            finally:
+                probe.send_signal(signal.SIGINT)
+                probe.wait(60)
+    assert result.reproduced, result.summary
+    res = subprocess.run(CORRELATE + ["analyze", "--json", str(capture), str(probes)],
+                         capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    found = [e for e in map(json.loads, res.stdout.splitlines())
+             if e.get("kind") == "finding" and e.get("detector") == "app-latency"]
+    writes = [f for f in found if f["function"] == "glfs_pwrite"]
+    assert writes, [f["title"] for f in found]
+    f = writes[0]
+    # The brick's 200 ms delay is most of what the application waited.
+    assert f["brick_ns"] >= 195_000_000 and f["brick_ns"] <= f["total_ns"]
+    assert f["total_ns"] - f["brick_ns"] < 20_000_000, f["explanation"]
+    assert "WRITE on 127.0.0.2:" in f["explanation"] and "slowvol/b2" in f["explanation"]
+    pid = result.details["client"]["pid"]
+    assert f"pid {pid}" in f["title"]
