@@ -24,6 +24,7 @@ EXPECTED = {
     # a 12 s wait for a held lock: lock-wait, not rpc-unanswered's hang
     "lock-wait.pcap": {"lock-wait": 1},
     "slow-brick.pcap": {"slow-brick": 1},
+    "slow-pwrite.pcap": {"slow-brick": 1},
 }
 
 

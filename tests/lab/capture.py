@@ -75,3 +75,45 @@ class Tcpdump:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+class ProbeRecorder:
+    """`with ProbeRecorder(out, "io"): ...` runs `correlate probe --probe GROUP --json` into
+    `out` (JSON Lines, a timeline `correlate analyze` reads) from the moment its probes are
+    attached until the block ends."""
+
+    def __init__(self, out: Path, group: str, start_timeout: float = 60):
+        self.out, self.group, self.start_timeout = Path(out), group, start_timeout
+        self.proc: subprocess.Popen | None = None
+        self._sink = None
+
+    def __enter__(self) -> "ProbeRecorder":
+        import sys
+        self._sink = open(self.out, "w")
+        self.proc = subprocess.Popen([sys.executable, "-m", "correlate", "probe", "--probe",
+                                      self.group, "--json"], stdout=self._sink,
+                                     stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + self.start_timeout
+        said = ""
+        while "attached" not in said:
+            left = deadline - time.monotonic()
+            if left <= 0 or self.proc.poll() is not None:
+                self.__exit__()
+                raise CaptureError(f"probes did not attach: {said.strip()[-500:]!r}")
+            ready, _, _ = select.select([self.proc.stderr], [], [], left)
+            if ready:
+                said += os.read(self.proc.stderr.fileno(), 4096).decode(errors="replace")
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+            try:
+                self.proc.wait(60)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc = None
+        if self._sink:
+            self._sink.close()
+            self._sink = None

@@ -8,7 +8,7 @@
 
     python -m tests.lab.lab up | down | status
     python -m tests.lab.lab scenario NAME [--param key=value ...]
-    python -m tests.lab.lab record NAME OUT.pcap [--filter BPF] [--param key=value ...]
+    python -m tests.lab.lab record NAME OUT.pcap [--filter BPF] [--probes GROUP=OUT.jsonl] [--param key=value ...]
 
 See tests/lab/README.md for the scenarios and what each leaves behind.
 """
@@ -146,9 +146,12 @@ def staged(name: str, **params):
     return _scenarios().staged(name, **params)
 
 
-def record(name: str, out_path: str | Path, filter: str = DEFAULT_FILTER, **params):
-    """Run a scenario while tcpdump writes its traffic (only the trigger phase) to out_path."""
-    return _scenarios().run(name, capture_to=Path(out_path), capture_filter=filter, **params)
+def record(name: str, out_path: str | Path, filter: str = DEFAULT_FILTER,
+           probes: tuple[str, str | Path] | None = None, **params):
+    """Run a scenario while tcpdump writes its traffic (only the trigger phase) to out_path;
+    `probes` (GROUP, OUT.jsonl) records `correlate probe --probe GROUP` around it too."""
+    return _scenarios().run(name, capture_to=Path(out_path), capture_filter=filter,
+                            probes=(probes[0], Path(probes[1])) if probes else None, **params)
 
 
 # command line -------------------------------------------------------------------------------
@@ -181,6 +184,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("name", choices=sorted(_scenarios().REGISTRY))
     p.add_argument("out")
     p.add_argument("--filter", default=DEFAULT_FILTER)
+    p.add_argument("--probes", metavar="GROUP=OUT.jsonl",
+                   help="also record these process probes (correlate probe --json)")
     p.add_argument("--param", action="append", default=[], metavar="KEY=VALUE")
     opts = parser.parse_args(argv)
     try:
@@ -199,7 +204,9 @@ def main(argv: list[str] | None = None) -> int:
         if opts.cmd == "scenario":
             result = scenario(opts.name, **_params(opts.param))
         else:
-            result = record(opts.name, opts.out, filter=opts.filter, **_params(opts.param))
+            probes = tuple(opts.probes.split("=", 1)) if opts.probes else None
+            result = record(opts.name, opts.out, filter=opts.filter, probes=probes,
+                            **_params(opts.param))
     except LabError as exc:
         print(f"lab: {exc}", file=sys.stderr)
         return 2

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Iterator
 
 from . import firewall, gfapi, gluster, lab
-from .capture import Tcpdump
+from .capture import ProbeRecorder, Tcpdump
 
 
 @dataclass
@@ -263,11 +263,15 @@ def staged(name: str, **params) -> Iterator[Scenario]:
 
 
 def run(name: str, capture_to: Path | None = None, capture_filter: str | None = None,
-        **params) -> Result:
+        probes: tuple[str, Path] | None = None, **params) -> Result:
+    """`probes` (GROUP, OUT.jsonl): also record those process probes around the trigger."""
     with staged(name, **params) as scenario:
         if capture_to is None:
             return scenario.trigger()
-        with Tcpdump(capture_to, capture_filter or lab.DEFAULT_FILTER) as dump:
+        with contextlib.ExitStack() as around:
+            if probes:
+                around.enter_context(ProbeRecorder(probes[1], probes[0]))
+            dump = around.enter_context(Tcpdump(capture_to, capture_filter or lab.DEFAULT_FILTER))
             result = scenario.trigger()
         result.capture, result.packets = str(capture_to), dump.packets
         return result
