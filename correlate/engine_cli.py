@@ -20,7 +20,7 @@ from .plugin_manager import call_each, get_plugin_manager, plugin_info
 from .sources import open_input, read_timeline
 
 
-def _detectors(unanswered_after: float) -> tuple[DetectorRunner, list[dict]]:
+def _detectors(unanswered_after: float) -> DetectorRunner:
     pm = get_plugin_manager()
     detectors, errors = load_detectors(pm, {"unanswered_after_ns": int(unanswered_after * 1e9)})
 
@@ -29,7 +29,7 @@ def _detectors(unanswered_after: float) -> tuple[DetectorRunner, list[dict]]:
             if exc is not None:   # a notifier's bug is reported, the run goes on
                 click.echo(f"correlate: plugin {name}: correlate_finding failed: {exc}", err=True)
 
-    return DetectorRunner(detectors, on_new_finding=notify), errors
+    return DetectorRunner(detectors, on_new_finding=notify, load_errors=errors)
 
 
 def _reporter(json_out: bool, events: bool, timeline: str | None, command: str) -> Reporter:
@@ -156,7 +156,7 @@ def run(pcaps, probe_groups, pid, backend, probe_offsets, logs, duration, window
         raise click.UsageError("nothing to run: give --pcap and/or --probe (see --help)")
     writers = _output_writers(outputs)
     timeline, temporary = _timeline_path(timeline, writers)
-    runner, load_errors = _detectors(unanswered_after)
+    runner = _detectors(unanswered_after)
     merger = LiveMerger(window_ns=window_ms * 1_000_000)
     diags: list[Diagnostics] = []
 
@@ -187,8 +187,6 @@ def run(pcaps, probe_groups, pid, backend, probe_offsets, logs, duration, window
         timer.daemon = True
         timer.start()
     reporter = _reporter(json_out, events, timeline, "run")
-    for e in load_errors:
-        reporter.finding(e)
     stream = merger.events()
     periodic = None
     if profile_every:
@@ -242,12 +240,10 @@ def analyze(inputs, hosts, json_out, events, timeline, unanswered_after, outputs
     """
     host_of = dict(h.split("=", 1) for h in hosts if "=" in h)
     opened = [open_input(path, host=host_of.get(path)) for path in inputs]
-    runner, load_errors = _detectors(unanswered_after)
+    runner = _detectors(unanswered_after)
     writers = _output_writers(outputs)
     timeline, temporary = _timeline_path(timeline, writers)
     reporter = _reporter(json_out, events, timeline, "analyze")
-    for e in load_errors:
-        reporter.finding(e)
     try:
         run_pipeline(merge([i.events for i in opened]), runner, reporter)
     finally:
@@ -280,9 +276,14 @@ def plugins_cmd(json_out):
         return
     for r in rows:
         dist = f"{r['distribution']} {r['version']}" if r["distribution"] else "(not from a package)"
+        if r["status"] == "failed":
+            click.echo(f"{r['name']:<20} {dist:<20} FAILED: {r['error']}")
+            continue
         click.echo(f"{r['name']:<20} {dist:<20} hooks: {', '.join(r['hooks'])}"
                    + (f"  detectors: {', '.join(r['detectors'])}" if r["detectors"] else ""))
+    failed = {r["name"] for r in rows if r["status"] == "failed"}
     for e in errors:
-        click.echo(f"correlate: {e['title']}: {e['explanation']}", err=True)
+        if e["detector"] not in failed:    # a failed import is already in its row
+            click.echo(f"correlate: {e['title']}: {e['explanation']}", err=True)
     if not rows:
         raise CorrelateError("no plugins loaded: is correlate installed (pip install -e .)?")

@@ -17,6 +17,7 @@ A brick whose connection the server side closes (brick killed) is not hung: it i
 from __future__ import annotations
 
 import re
+import time
 from collections import OrderedDict
 
 from correlate import hookimpl
@@ -30,12 +31,14 @@ MAX_CONNS = 4096
 MAX_PENDING_PER_CONN = 256
 MAX_BRICKS = 4096
 MAX_SHOWN = 8
+ENOTCONN = 107
+STALL_NS = 1_000_000_000
 CLIENT_PID = re.compile(r"PID:(\d+)")
 
 
 class _Conn:
     __slots__ = ("client", "server", "pending", "ping", "last_reply", "setvolume", "reported",
-                 "gave_up", "late", "dropped")
+                 "gave_up", "late", "dropped", "app")
 
     def __init__(self, client: str, server: str):
         self.client, self.server = client, server
@@ -47,6 +50,7 @@ class _Conn:
         self.gave_up: dict | None = None      # the client's close
         self.late: dict | None = None         # a reply after the close
         self.dropped = 0
+        self.app: list[dict] = []             # application calls that stalled or failed meanwhile
 
 
 class BrickNotResponding(Detector):
@@ -112,6 +116,8 @@ class BrickNotResponding(Detector):
                 found += self._close(st, ev)
         elif kind == "tcp.connect":
             found += self._reconnect(ev)
+        elif kind == "probe.return" and self.hung:
+            self._application(ev)
         found += self._overdue_pings(ev["time_ns"])
         return found
 
@@ -169,6 +175,16 @@ class BrickNotResponding(Detector):
                 self.pinged.pop(conn, None)
                 found.append(self._report(st, now, None))
         return found
+
+    def _application(self, ev: dict) -> None:
+        """With probes: a libgfapi call that failed with ENOTCONN or took over a second while
+        a brick hung is what the application saw of it."""
+        failed = ev.get("errno_name") == "ENOTCONN" or ev.get("errno") == ENOTCONN
+        if not failed and (ev.get("duration_ns") or 0) < STALL_NS:
+            return
+        for st in self.hung.values():
+            if len(st.app) < MAX_SHOWN:
+                st.app.append(ev)
 
     def _reconnect(self, ev: dict) -> list[dict]:
         st = self.hung.get((host_of(ev.get("dst")), port_of(ev.get("dst"))))
@@ -254,19 +270,26 @@ class BrickNotResponding(Detector):
         since = st.reported["since_ns"]
         self.hung.pop((host_of(st.server), port_of(st.server)), None)
         brick = self._brick_name(st)
+        seen = ""
+        if st.app:
+            seen = " Meanwhile the application saw: " + "; ".join(
+                f"{a.get('function')} in pid {a.get('pid')} "
+                + ("failed with ENOTCONN" if a.get("errno_name") == "ENOTCONN" or a.get("errno") == ENOTCONN
+                   else f"blocked {(a.get('duration_ns') or 0) / 1e9:.1f} s")
+                for a in st.app) + "."
         return [self.finding(
             ev["time_ns"], severity="info", title=f"brick answering again: {brick}",
             explanation=(f"{brick} {how} at {_clock(ev['time_ns'])}, "
                          f"{(ev['time_ns'] - since) / 1e9:.1f} s after the first unanswered call; "
-                         "the client reconnects (PORTBYBRICK, SETVOLUME) and I/O to it resumes."),
+                         f"the client reconnects (PORTBYBRICK, SETVOLUME) and I/O to it resumes.{seen}"),
             remedy="Nothing to do if it stays healthy; the statedump and disk checks of the "
                    "not-responding finding still tell why it stopped.",
-            evidence=[e for e in (st.gave_up, ev) if e], key=f"recovered:{st.server}")]
+            evidence=[e for e in (st.gave_up, *st.app, ev) if e], key=f"recovered:{st.server}",
+            application=[a.get("function") for a in st.app])]
 
 
 def _clock(time_ns: int) -> str:
-    import time as _time
-    return _time.strftime("%H:%M:%S", _time.gmtime(time_ns / 1e9)) + f".{time_ns % 10**9 // 10**6:03d}"
+    return time.strftime("%H:%M:%S", time.gmtime(time_ns / 1e9)) + f".{time_ns % 10**9 // 10**6:03d}"
 
 
 @hookimpl

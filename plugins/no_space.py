@@ -12,6 +12,7 @@ up to WAIT_FOR_STATFS_NS of the events' clock, so live runs speak soon after the
 """
 from __future__ import annotations
 
+import time
 from collections import OrderedDict
 
 from correlate import hookimpl
@@ -180,8 +181,7 @@ def _diagnose(errno_name: str, statfs: dict | None, brick: str, volume: str,
 
 
 def _clock(time_ns: int) -> str:
-    import time as _time
-    return _time.strftime("%H:%M:%S", _time.gmtime(time_ns / 1e9))
+    return time.strftime("%H:%M:%S", time.gmtime(time_ns / 1e9))
 
 
 @hookimpl

@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 
 from correlate.errors import DecodeError
 from correlate.gluster import dicts
-from correlate.wire.xdr import Packer, Unpacker
+from correlate.xdr import Packer, Unpacker
 
 
 # -- builders (shared with the other Gluster tests) -------------------------------------------

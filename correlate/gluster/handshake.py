@@ -6,7 +6,7 @@ gf_getspec_req/rsp and friends in glusterfs3-xdr.x; this program still carries v
 """
 from __future__ import annotations
 
-from ..wire.xdr import Unpacker
+from ..xdr import Unpacker
 from . import dicts, volfile
 from .layout import decode, i32, string, u32
 from .programs_base import Procedure, Program

@@ -112,4 +112,81 @@ class ReserveFull(VolumeScenario):
         self.gfapi("unlink", "--path", self.path)
 
 
-FAULT_SCENARIOS = (BrickHang, ReserveFull)
+class BusyHealthy(Scenario):
+    """A busy but healthy day on replica 3 and disperse 3 (redundancy 1): every gfapi call,
+    heal info, profile, quota, qemu-img over gluster://, and one brick of the replica killed
+    and restarted while a client writes. Nothing here is a fault but the kill."""
+    name = "busy-healthy"
+    replica = volumes.VolumeSpec("busyrep3", "replica", 3)
+    disperse = volumes.VolumeSpec("busydisp", "disperse", 3, redundancy=1)
+    timeout = 60.0
+
+    def prepare(self, info) -> None:
+        super().prepare(info)
+        for spec in (self.replica, self.disperse):
+            volumes.ensure(spec)
+        # quota enable crawls and starts quotad: done before the capture
+        gluster.gluster("volume", "quota", self.replica.name, "enable", check=False)
+
+    def _run(self, *args: str, timeout: float = 60) -> dict:
+        import subprocess
+        proc = subprocess.run(args, capture_output=True, text=True, timeout=timeout)
+        return {"command": " ".join(args), "exit_code": proc.returncode,
+                "output": (proc.stdout + proc.stderr)[-600:]}
+
+    def trigger(self) -> Result:
+        rep, disp = self.replica.name, self.disperse.name
+        steps: dict[str, dict] = {}
+        for spec in (self.replica, self.disperse):
+            steps[f"fops {spec.name}"], log = self.gfapi("fops", "--volume", spec.name,
+                                                         "--dir", "/busy")
+        steps["heal info"] = self._run("gluster", "volume", "heal", rep, "info")
+        steps["profile start"] = self._run("gluster", "volume", "profile", rep, "start")
+        steps["fops while profiling"], _ = self.gfapi("fops", "--volume", rep, "--dir", "/prof")
+        steps["profile info"] = self._run("gluster", "volume", "profile", rep, "info")
+        steps["profile stop"] = self._run("gluster", "volume", "profile", rep, "stop")
+        self.gfapi("mkdir", "--volume", rep, "--path", "/quota")
+        steps["quota limit"] = self._run("gluster", "volume", "quota", rep, "limit-usage",
+                                         "/quota", "10MB")
+        steps["write under quota"], _ = self.gfapi("write-loop", "--volume", rep, "--path",
+                                                   "/quota/f", "--seconds", "1")
+        steps["quota list"] = self._run("gluster", "volume", "quota", rep, "list")
+        image = f"gluster://{gluster.HOST}/{rep}/vm.img"
+        steps["qemu-img create"] = self._run("qemu-img", "create", "-f", "qcow2", image, "16M")
+        steps["qemu-img info"] = self._run("qemu-img", "info", image)
+        # One brick killed (SIGKILL) and restarted while a client writes.
+        box: dict = {}
+        writer = threading.Thread(target=lambda: box.update(gfapi.run(
+            ["write-loop", "--volume", rep, "--path", "/during-kill", "--seconds", "10",
+             "--size", "1024", "--interval", "0.25", "--log", str(client_log(self.name + "-kill"))],
+            timeout=60)))
+        writer.start()
+        time.sleep(2)
+        killed = volumes.kill_brick(rep, 2)
+        killed_at = time.time()
+        time.sleep(2)
+        volumes.start_force(rep, count=3, gone=[killed.pid])
+        restarted_at = time.time()
+        writer.join()
+        steps["writes during the kill"] = box
+        steps["cleanup"], _ = self.gfapi("unlink", "--volume", rep, "--path", "/vm.img")
+        failed = {k: v for k, v in steps.items()
+                  if k != "cleanup" and (v.get("status", "ok") != "ok" or v.get("exit_code"))}
+        return Result(self.name, not failed,
+                      f"{len(steps) - 1} steps on {rep} and {disp}; brick {killed.path} (port "
+                      f"{killed.port}) killed and restarted" + (f"; failed: {sorted(failed)}"
+                                                                if failed else ""),
+                      {"steps": steps, "client_log": str(log), "killed_brick": killed.path,
+                       "killed_port": killed.port, "killed_at": killed_at,
+                       "restarted_at": restarted_at})
+
+    def restore(self) -> None:
+        gluster.gluster("volume", "quota", self.replica.name, "disable", check=False)
+        for spec in (self.replica, self.disperse):
+            volumes.ensure(spec)
+        for d in ("/busy", "/prof"):
+            for spec in (self.replica, self.disperse):
+                self.gfapi("unlink", "--volume", spec.name, "--path", f"{d}/file")
+
+
+FAULT_SCENARIOS = (BrickHang, ReserveFull, BusyHealthy)
