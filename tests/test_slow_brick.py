@@ -48,7 +48,7 @@ def test_committed_slow_brick_capture():
     check_slow_brick(CAPTURES / "slow-brick.pcap")
 
 
-@pytest.mark.parametrize("capture", sorted(p.name for p in CAPTURES.glob("*.pcap")
+@pytest.mark.parametrize("capture", sorted(p.name for p in CAPTURES.glob("*.pcap*")
                                            if p.name not in ("slow-brick.pcap", "slow-pwrite.pcap",
                                                              "lock-wait.pcap")))
 def test_no_slow_brick_or_lock_wait_warning_elsewhere(capture):
