@@ -100,10 +100,12 @@ class LockWait(Detector):
         self.released: dict[tuple, dict] = {}     # resource -> last release {lock, time_ns}
         self.storms: dict[str, Counter] = {}      # gfid -> Counter(what)
         self.storm_example: dict[str, dict] = {}
+        self.last_ns = 0                          # the input's last event: its "now" at the end
 
     # -- events ------------------------------------------------------------------------
     def observe(self, ev):
         kind = ev.get("kind")
+        self.last_ns = max(self.last_ns, ev.get("time_ns") or 0)
         if kind == "rpc.call":
             self.topology.observe(ev)
             proc = ev.get("procedure")
@@ -217,11 +219,14 @@ class LockWait(Detector):
             lock = wait["holders"][0]
             holder = self._who(lock["call"])
             released = lock.get("released_ns")
-            holder_text = (f" It waited for {holder}, which was granted that lock at "
-                           f"{_clock(lock['granted_ns'])}"
-                           + (f" and released it at {_clock(released)}, "
-                              f"{(end - released) / 1e6:.3f} ms before the grant."
-                              if released and reply else " and still held it."))
+            holder_text = f" It waited for {holder}, which was granted that lock at {_clock(lock['granted_ns'])}"
+            if not released:
+                holder_text += " and still held it."
+            elif reply:
+                holder_text += (f" and released it at {_clock(released)}, "
+                                f"{(end - released) / 1e6:.3f} ms before the grant.")
+            else:
+                holder_text += f" and asked to release it at {_clock(released)}."
             evidence.append(lock["call"])
         else:
             last = self.released.get(res)
@@ -252,11 +257,9 @@ class LockWait(Detector):
 
     def finish(self):
         found = []
-        if self.waiting:
-            now = max(w["call"]["time_ns"] for w in self.waiting.values())
-            for w in self.waiting.values():
-                if now - w["call"]["time_ns"] >= self.after_ns:
-                    found.append(self._waited(w, None, now))
+        for w in self.waiting.values():
+            if self.last_ns - w["call"]["time_ns"] >= self.after_ns:
+                found.append(self._waited(w, None, self.last_ns))
         for gfid, counts in self.storms.items():
             total = sum(counts.values())
             if total < self.storm_min:

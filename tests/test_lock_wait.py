@@ -101,3 +101,19 @@ def test_contention_summarized_per_file_on_busy_replicated_traffic():
             got[(f["gfid"], what)] += int(n)
     assert got == want
     assert [f for f in found if f["severity"] != "info"] == []
+
+
+def test_a_wait_still_going_at_the_end_of_the_capture(tmp_path):
+    """The committed capture cut right after the holder's unlock call (before any reply):
+    the waiter is still waiting at the end, 11.44 s after its call, the holder named."""
+    exchanges = lk_exchanges(CAPTURES / "lock-wait.pcap")
+    unlock = next(c for c, _r in exchanges if c["args"]["type"] == 2)
+    waiter = next(c for c, r in exchanges if r["time_ns"] - c["time_ns"] > 1_000_000_000)
+    cut = tmp_path / "cut.pcap"
+    subprocess.run(["editcap", "-r", str(CAPTURES / "lock-wait.pcap"), str(cut),
+                    f"1-{unlock['frame']}"], check=True, capture_output=True)
+    [f] = findings(cut)
+    assert f["still_waiting"] and "asked to release it" in f["explanation"]
+    assert f"pid {unlock['cred']['pid']}" in f["holder"]
+    assert abs(f["wait_ns"] - (unlock["time_ns"] - waiter["time_ns"])) < 1_000_000
+    assert findings(cut, "rpc-unanswered") == []
