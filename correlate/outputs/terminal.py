@@ -98,6 +98,10 @@ def format_event(ev: dict) -> str:
     elif layer == "probe":
         args = _kv(ev.get("args") or {}, ("path", "fd", "atime", "atime_nsec", "mtime", "mtime_nsec"))
         ret = f" ret={ev['retval']}" if "retval" in ev else ""
+        if ev.get("errno_name"):
+            ret += f" {safe_text(ev['errno_name'], 20)}"
+        if (ev.get("unsynced_writes") or {}).get("count"):
+            ret += f" unsynced_writes={ev['unsynced_writes']['count']}/{ev['unsynced_writes'].get('bytes')}B"
         body = (f"{safe_text(ev.get('comm'))}[{ev.get('pid')}/{ev.get('tid')}] "
                 f"{safe_text(ev.get('function'))} {args}{ret}").rstrip()
     elif layer == "log":

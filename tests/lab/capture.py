@@ -77,43 +77,40 @@ class Tcpdump:
         self.stop()
 
 
-class ProbeRecorder:
-    """`with ProbeRecorder(out, "io"): ...` runs `correlate probe --probe GROUP --json` into
-    `out` (JSON Lines, a timeline `correlate analyze` reads) from the moment its probes are
-    attached until the block ends."""
+class Probes:
+    """`with Probes(out): ...` runs `correlate probe --probe GROUP --json` (bcc uprobes on
+    libgfapi) into `out` (JSON Lines, which `correlate analyze` reads beside the capture),
+    from the moment the probes are attached until the block ends."""
 
-    def __init__(self, out: Path, group: str, start_timeout: float = 60):
-        self.out, self.group, self.start_timeout = Path(out), group, start_timeout
-        self.proc: subprocess.Popen | None = None
-        self._sink = None
-
-    def __enter__(self) -> "ProbeRecorder":
+    def __init__(self, out: Path, group: str = "gfapi", start_timeout: float = 120):
         import sys
-        self._sink = open(self.out, "w")
-        self.proc = subprocess.Popen([sys.executable, "-m", "correlate", "probe", "--probe",
-                                      self.group, "--json"], stdout=self._sink,
-                                     stderr=subprocess.PIPE, text=True)
+        self.out = Path(out)
+        self.cmd = [sys.executable, "-m", "correlate", "probe", "--probe", group, "--json"]
+        self.start_timeout = start_timeout
+        self.proc: subprocess.Popen | None = None
+
+    def __enter__(self) -> "Probes":
+        root = Path(__file__).resolve().parents[2]
+        self._fh = open(self.out, "w")
+        self.proc = subprocess.Popen(self.cmd, cwd=root, stdout=self._fh, stderr=subprocess.PIPE, text=True)
         deadline = time.monotonic() + self.start_timeout
-        said = ""
-        while "attached" not in said:
-            left = deadline - time.monotonic()
-            if left <= 0 or self.proc.poll() is not None:
-                self.__exit__()
-                raise CaptureError(f"probes did not attach: {said.strip()[-500:]!r}")
-            ready, _, _ = select.select([self.proc.stderr], [], [], left)
-            if ready:
-                said += os.read(self.proc.stderr.fileno(), 4096).decode(errors="replace")
-        return self
+        seen = []
+        while time.monotonic() < deadline:
+            line = self.proc.stderr.readline()
+            seen.append(line)
+            if "attached" in line:
+                return self
+            if not line and self.proc.poll() is not None:
+                break
+        self.proc.kill()
+        raise CaptureError(f"probes did not attach: {''.join(seen)[-500:]}")
 
     def __exit__(self, *exc) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGINT)
-            try:
-                self.proc.wait(60)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self.proc = None
-        if self._sink:
-            self._sink.close()
-            self._sink = None
+        time.sleep(0.5)   # the last returns are read on the next poll
+        self.proc.send_signal(signal.SIGINT)
+        try:
+            self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        self._fh.close()

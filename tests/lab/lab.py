@@ -8,7 +8,7 @@
 
     python -m tests.lab.lab up | down | status
     python -m tests.lab.lab scenario NAME [--param key=value ...]
-    python -m tests.lab.lab record NAME OUT.pcap [--filter BPF] [--probes GROUP=OUT.jsonl] [--param key=value ...]
+    python -m tests.lab.lab record NAME OUT.pcap [--filter BPF] [--param key=value ...]
 
 See tests/lab/README.md for the scenarios and what each leaves behind.
 """
@@ -147,11 +147,12 @@ def staged(name: str, **params):
 
 
 def record(name: str, out_path: str | Path, filter: str = DEFAULT_FILTER,
-           probes: tuple[str, str | Path] | None = None, **params):
+           probes: str | Path | None = None, probe_group: str = "gfapi", **params):
     """Run a scenario while tcpdump writes its traffic (only the trigger phase) to out_path;
-    `probes` (GROUP, OUT.jsonl) records `correlate probe --probe GROUP` around it too."""
+    with `probes`, the probe events (of `probe_group`) of that phase go there as JSON Lines."""
     return _scenarios().run(name, capture_to=Path(out_path), capture_filter=filter,
-                            probes=(probes[0], Path(probes[1])) if probes else None, **params)
+                            probes_to=Path(probes) if probes else None, probe_group=probe_group,
+                            **params)
 
 
 # command line -------------------------------------------------------------------------------
@@ -171,6 +172,7 @@ def main(argv: list[str] | None = None) -> int:
                "  python -m tests.lab.lab up\n"
                "  python -m tests.lab.lab scenario atime-minus-one\n"
                "  python -m tests.lab.lab record firewall-reject /tmp/reject.pcap\n"
+               "  python -m tests.lab.lab record split-brain /tmp/sb.pcap --probes /tmp/sb.probes.jsonl\n"
                "  python -m tests.lab.lab scenario workload --param files=6000",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="cmd", required=True)
@@ -184,8 +186,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("name", choices=sorted(_scenarios().REGISTRY))
     p.add_argument("out")
     p.add_argument("--filter", default=DEFAULT_FILTER)
-    p.add_argument("--probes", metavar="GROUP=OUT.jsonl",
-                   help="also record these process probes (correlate probe --json)")
+    p.add_argument("--probes", metavar="FILE", help="also record the gfapi probe events (JSON Lines)")
+    p.add_argument("--probe-group", default="gfapi", metavar="GROUP",
+                   help="the probes --probes records (a `correlate probes` group, e.g. io)")
     p.add_argument("--param", action="append", default=[], metavar="KEY=VALUE")
     opts = parser.parse_args(argv)
     try:
@@ -204,8 +207,8 @@ def main(argv: list[str] | None = None) -> int:
         if opts.cmd == "scenario":
             result = scenario(opts.name, **_params(opts.param))
         else:
-            probes = tuple(opts.probes.split("=", 1)) if opts.probes else None
-            result = record(opts.name, opts.out, filter=opts.filter, probes=probes,
+            result = record(opts.name, opts.out, filter=opts.filter, probes=opts.probes,
+                            probe_group=opts.probe_group,
                             **_params(opts.param))
     except LabError as exc:
         print(f"lab: {exc}", file=sys.stderr)
