@@ -103,6 +103,8 @@ class AppLatency(Detector):
             return
         rec = {"call": ev, "call_ns": ev["time_ns"], "reply_ns": None}
         self.rpcs[(ev.get("source"), ev.get("conn"), ev.get("xid"))] = rec
+        if len(self.rpcs) > MAX_OPEN * 4:        # calls never answered: forget the oldest
+            self.rpcs.pop(next(iter(self.rpcs)))
         for c in calls:
             if len(c["rpcs"]) < MAX_RPCS:
                 c["rpcs"].append(rec)
