@@ -35,10 +35,14 @@ def test_builtin_detectors_are_listed_as_plugins():
     rows = {r["name"]: r for r in json.loads(out)}
     for name, det in [("atime_minus_one", "atime-minus-one"), ("brick_unreachable", "brick-unreachable"),
                       ("auth_rejected", "auth-rejected"), ("rpc_unanswered", "rpc-unanswered"),
-                      ("brick_not_responding", "brick-not-responding"), ("no_space", "no-space")]:
+                      ("brick_not_responding", "brick-not-responding"), ("no_space", "no-space"),
+                      ("slow_brick", "slow-brick"), ("lock_wait", "lock-wait")]:
         assert rows[name]["hooks"] == ["correlate_detectors"]
         assert rows[name]["distribution"] == "gluster-correlate"
         assert rows[name]["detectors"] == [det]
+    app = rows["app_latency"]      # a detector and the probe group it needs
+    assert sorted(app["hooks"]) == ["correlate_detectors", "correlate_probe_specs"]
+    assert app["detectors"] == ["app-latency"]
 
 
 def test_third_party_plugin_found_and_raising_plugin_does_not_stop_the_run(third_party_plugins):

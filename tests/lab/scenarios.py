@@ -263,13 +263,13 @@ def staged(name: str, **params) -> Iterator[Scenario]:
 
 
 def run(name: str, capture_to: Path | None = None, capture_filter: str | None = None,
-        probes_to: Path | None = None, **params) -> Result:
+        probes_to: Path | None = None, probe_group: str = "gfapi", **params) -> Result:
     with staged(name, **params) as scenario:
         if capture_to is None:
             return scenario.trigger()
         with contextlib.ExitStack() as stack:
             if probes_to is not None:
-                stack.enter_context(Probes(probes_to))
+                stack.enter_context(Probes(probes_to, probe_group))
             dump = stack.enter_context(Tcpdump(capture_to, capture_filter or lab.DEFAULT_FILTER))
             result = scenario.trigger()
         result.capture, result.packets = str(capture_to), dump.packets
@@ -285,3 +285,7 @@ REGISTRY.update({cls.name: cls for cls in FAULT_SCENARIOS})
 from .data_scenarios import DATA_SCENARIOS  # noqa: E402
 
 REGISTRY.update({cls.name: cls for cls in DATA_SCENARIOS})
+
+from .latency_scenarios import LATENCY_SCENARIOS  # noqa: E402
+
+REGISTRY.update({cls.name: cls for cls in LATENCY_SCENARIOS})
