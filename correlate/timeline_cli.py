@@ -246,6 +246,9 @@ def _with_findings(events: Iterable[dict], detect: bool) -> Iterator[dict]:
         yield ev
         yield from runner.observe(ev)
     yield from runner.finish()
+    from .outputs.terminal import safe_text
+    for line in runner.drop_lines():
+        click.echo(f"correlate: {safe_text(line, 500)}", err=True)
 
 
 @click.command()

@@ -51,6 +51,7 @@ MAX_RECORD = 32 << 20           # a record larger than this is taken as corrupti
 KEEP_RECORD = 4 << 20           # bytes of a record kept for decoding (the rest is payload)
 MIN_RECORD = 12                 # xid + msg_type + one word: nothing smaller is RPC
 MAX_PENDING = 4096              # unanswered calls remembered per connection
+MAX_PENDING_TOTAL = 65536       # ... and over all connections (about 250 bytes each)
 MAX_CONNS = 65536               # connections with state at once
 HEADER_PEEK = 36                # bytes after the mark needed to judge a call header
 MAX_PLAUSIBLE_VERS = 1000       # version / procedure of an unknown program, when resyncing
@@ -278,6 +279,7 @@ class RpcSink:
         self.max_pending = max_pending
         self.max_record = max_record
         self._conns: OrderedDict[Conn, _ConnState] = OrderedDict()
+        self._pending_total = 0        # calls waiting in all connections' tables
 
     # -- StreamSink -------------------------------------------------------------------------
     def on_data(self, conn: Conn, from_client: bool, time_ns: int, data: bytes) -> list[dict]:
@@ -304,6 +306,7 @@ class RpcSink:
         st = self._conns.pop(conn, None)
         if st is None:
             return []
+        self._pending_total -= len(st.pending)
         for from_client, d in st.dirs.items():
             left = len(d.buf) + (d.record_len if d.state == BODY else 0)
             if left:
@@ -579,16 +582,19 @@ class RpcSink:
             return ev
         pending = st.pending
         key = (from_client, hdr.xid)
-        pending.pop(key, None)
+        if pending.pop(key, None) is None:
+            self._pending_total += 1
         pending[key] = _Pending(hdr.prog, hdr.vers, hdr.proc, info, rec.time_ns)
-        if len(pending) > self.max_pending:
-            pending.popitem(last=False)
+        if len(pending) > self.max_pending or self._pending_total > MAX_PENDING_TOTAL:
+            pending.popitem(last=False)    # the connection adding calls gives up its oldest
+            self._pending_total -= 1
             self.diag.skip("rpc: unanswered call forgotten (pending table full)", f"conn {conn.number}")
         return ev
 
     def _reply_event(self, conn, st, from_client, rec, hdr: ReplyHeader, src, dst) -> dict:
         call = st.pending.pop((not from_client, hdr.xid), None)
         if call is not None:
+            self._pending_total -= 1
             ev = {"time_ns": rec.time_ns, "layer": "wire", "kind": "rpc.reply",
                   "source": self.source, "xid": hdr.xid, "program": call.info.program,
                   "program_num": call.prog, "version": call.vers,
@@ -635,7 +641,7 @@ class RpcSink:
         else:
             st = self._conns[conn] = _ConnState()
             if len(self._conns) > MAX_CONNS:
-                self._conns.popitem(last=False)
+                self._pending_total -= len(self._conns.popitem(last=False)[1].pending)
                 self.diag.skip("rpc: connection state dropped (too many connections)")
         return st
 
