@@ -89,6 +89,9 @@ def run_command(args: list[str]) -> tuple[int, bytes, bytes]:
     except CorrelateError as exc:          # what the real command prints as one line
         sys.stderr.write(f"correlate: {exc}\n")
         code = 2
+    except click.ClickException as exc:    # a usage error (--pcapng on what is not a capture)
+        exc.show(sys.stderr)
+        code = exc.exit_code
     except click.exceptions.Abort as exc:
         raise Failure(f"correlate {' '.join(args)}: Aborted! ({exc.__context__!r})") from exc
     finally:
@@ -130,6 +133,10 @@ def _commands(kind: str, path: str, tmp: Path) -> list[list[str]]:
         ["analyze", path, "--timeline", jsonl, "--output", f"perfetto={tmp / 'o.json'}"],
         ["timeline", path], ["timeline", "--ladder", path], ["timeline", "--json", path],
         ["timeline", "--detect", path, "--html", html, "--perfetto", trace],
+        # with real inputs of other kinds: the merge, and clock sync against a real capture
+        ["analyze", path, str(LOGS / "glusterd.log"), str(CAPTURES / "healthy.pcap")],
+        ["timeline", "--host", f"a={path}", "--host", f"b={CAPTURES / 'healthy.pcap'}", "--sync-clocks",
+         "--ladder"],
     ]
     if kind == "capture":
         cmds += [["decode", path], ["decode", "--json", path],
