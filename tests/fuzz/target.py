@@ -133,6 +133,9 @@ def _commands(kind: str, path: str, tmp: Path) -> list[list[str]]:
         ["analyze", path, "--timeline", jsonl, "--output", f"perfetto={tmp / 'o.json'}"],
         ["timeline", path], ["timeline", "--ladder", path], ["timeline", "--json", path],
         ["timeline", "--detect", path, "--html", html, "--perfetto", trace],
+        ["timeline", path, "--since", "+0s", "--until", "+1h", "--conn", "1", "--layer", "wire",
+         "--layer", "finding", "--layer", "log"],
+        ["timeline", path, "--gfid", "0", "--path", "/", "--pid", "1", "--host-filter", "a"],
         # with real inputs of other kinds: the merge, and clock sync against a real capture
         ["analyze", path, str(LOGS / "glusterd.log"), str(CAPTURES / "healthy.pcap")],
         ["timeline", "--host", f"a={path}", "--host", f"b={CAPTURES / 'healthy.pcap'}", "--sync-clocks",
