@@ -132,6 +132,8 @@ class DetectorRunner:
     def _merge_evidence(first: dict, evidence: list[dict]) -> None:
         """A repeat may add evidence the first lacked (another brick, another client)."""
         added = first.setdefault("_added_evidence", [])
+        if len(added) >= MAX_ADDED_EVIDENCE:
+            return      # full: a million repeats must not each rebuild the set below
         own = first.get("evidence")
         have = {_event_identity(e) for e in (own if isinstance(own, list) else []) + added}
         for e in evidence:
