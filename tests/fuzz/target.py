@@ -122,7 +122,8 @@ def _check(args: list[str], code: int, out: bytes, err: bytes) -> None:
         raise Failure(f"{where}: traceback: {err[-2000:]!r}")
     if b"disabled detectors" in err or b"failed and was disabled" in out:
         raise Failure(f"{where}: a detector failed on this input: {err[-2000:]!r}")
-    if code == 2 and len(err.splitlines()) > 1 and b"correlate: " not in err.splitlines()[-1]:
+    if code == 2 and b"Usage:" not in err and len(err.splitlines()) > 1 \
+            and b"correlate: " not in err.splitlines()[-1]:
         raise Failure(f"{where}: an input error must be one clear line: {err[-2000:]!r}")
 
 
