@@ -37,7 +37,8 @@ class LazyGroup(click.Group):
         try:
             return super().invoke(ctx)
         except CorrelateError as exc:
-            click.echo(f"correlate: {exc}", err=True)
+            from .outputs.terminal import safe_text   # file names and quoted input: escaped
+            click.echo(f"correlate: {safe_text(str(exc), 2000)}", err=True)
             ctx.exit(2)
         except BrokenPipeError:
             # Output piped into `head` and closed: not an error of ours.

@@ -71,6 +71,11 @@ class Detector:
     def finish(self) -> Iterable[dict]:
         return ()
 
+    def drops(self) -> dict[str, int]:
+        """What this detector left unexamined to keep its state bounded: reason -> count.
+        The runtime reports the non-zero ones after `finish`, as readers report skips."""
+        return {}
+
     def finding(self, time_ns: int, *, severity: str, title: str, explanation: str,
                 remedy: str, evidence: list[dict], key: str = "", refines: bool = False,
                 **extra) -> dict:
@@ -106,6 +111,7 @@ class DetectorRunner:
         self._seen: dict[tuple[str, str], dict] = {}
         self._on_new = on_new_finding
         self.findings: list[dict] = []
+        self.drops: dict[str, dict[str, int]] = {}    # detector -> reason -> count, after finish
 
     def _run(self, det, method: str, arg=None) -> list[dict]:
         name = getattr(det, "id", type(det).__name__)
@@ -161,6 +167,8 @@ class DetectorRunner:
     def _merge_evidence(first: dict, evidence: list[dict]) -> None:
         """A repeat may add evidence the first lacked (another brick, another client)."""
         added = first.setdefault("_added_evidence", [])
+        if len(added) >= MAX_ADDED_EVIDENCE:
+            return      # full: a million repeats must not each rebuild the set below
         own = first.get("evidence")
         have = {_event_identity(e) for e in (own if isinstance(own, list) else []) + added}
         for e in evidence:
@@ -174,6 +182,21 @@ class DetectorRunner:
         errors, self._load_errors = self._load_errors, []
         return [{**e, "time_ns": time_ns} for e in errors]
 
+    def _collect_drops(self, det) -> None:
+        name = getattr(det, "id", type(det).__name__)
+        try:
+            drops = {str(k): n for k, n in (getattr(det, "drops", dict)() or {}).items()
+                     if type(n) is int and n > 0}
+        except Exception as exc:   # a plugin's bug must not end the run
+            drops = {f"(drops() failed: {type(exc).__name__})": 1}
+        if drops:
+            self.drops[name] = drops
+
+    def drop_lines(self) -> list[str]:
+        """One line per kind of thing a detector dropped, for stderr."""
+        return [f"detector {name}: dropped {n} x {reason}"
+                for name, drops in self.drops.items() for reason, n in drops.items()]
+
     def observe(self, event: dict) -> list[dict]:
         found = self._take_load_errors(event["time_ns"]) if self._load_errors else []
         for det in self.detectors:
@@ -184,6 +207,7 @@ class DetectorRunner:
         found = self._take_load_errors(0)    # no event came at all
         for det in self.detectors:
             found.extend(self._run(det, "finish"))
+            self._collect_drops(det)
         out = self._fold(found)
         updates = []
         for f in self.findings:

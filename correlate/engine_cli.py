@@ -14,7 +14,7 @@ from .detector import DetectorRunner
 from .diagnostics import Diagnostics, report_diagnostics
 from .errors import CorrelateError
 from .merge import DEFAULT_WINDOW_NS, LiveMerger, merge
-from .outputs.terminal import Progress, color_option, use_color
+from .outputs.terminal import Progress, color_option, safe_text, use_color
 from .pipeline import Reporter, TimelineWriter, run_pipeline
 from .plugin_manager import get_plugin_manager, plugin_info
 from .run_setup import (detector_options, make_runner, output_writers, parse_detector_options,
@@ -44,10 +44,13 @@ def _finish(reporter, runner, diags, timeline, temporary, writers, failed=False)
     if temporary:
         os.unlink(temporary)
     fatal = report_diagnostics(diags)
+    for line in runner.drop_lines():
+        click.echo(f"correlate: {safe_text(line, 500)}", err=True)
     n = reporter.counts
     msg = f"correlate: {n['events']} events, {n['findings']} findings"
-    if runner.disabled:
-        msg += "; disabled detectors: " + ", ".join(f"{k} ({v})" for k, v in runner.disabled.items())
+    if runner.disabled:   # plugin names and exception text: escaped like any input text
+        msg += "; disabled detectors: " + ", ".join(f"{safe_text(k, 100)} ({safe_text(v, 500)})"
+                                                    for k, v in runner.disabled.items())
     if timeline and not temporary:
         msg += f"; timeline written to {timeline}"
     click.echo(msg, err=True)

@@ -19,6 +19,9 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 
 DEFAULT_WINDOW_NS = 500_000_000   # 0.5 s: covers perf-buffer and pipe batching on loopback
+# Events one stream's reorder buffer holds at most, however dense the stream: a burst of
+# 200,000 connections in half a second must not be held whole (memory stays bounded).
+MAX_HELD = 10_000
 
 
 def shift_clock(events: Iterable[dict], offset_ns: int) -> Iterator[dict]:
@@ -32,8 +35,10 @@ def shift_clock(events: Iterable[dict], offset_ns: int) -> Iterator[dict]:
         yield ev
 
 
-def reorder(events: Iterable[dict], window_ns: int = DEFAULT_WINDOW_NS) -> Iterator[dict]:
-    """Sort a nearly sorted stream, holding at most `window_ns` worth of events.
+def reorder(events: Iterable[dict], window_ns: int = DEFAULT_WINDOW_NS,
+            max_held: int = MAX_HELD) -> Iterator[dict]:
+    """Sort a nearly sorted stream, holding at most `window_ns` worth of events, and never
+    more than `max_held` of them (the oldest leaves first).
 
     An event later than the window behind the newest one is emitted as soon as possible
     (never dropped), so the output is sorted whenever the input disorder fits the window."""
@@ -45,6 +50,8 @@ def reorder(events: Iterable[dict], window_ns: int = DEFAULT_WINDOW_NS) -> Itera
         if newest is None or t > newest:
             newest = t
         while heap and heap[0][0] <= newest - window_ns:
+            yield heapq.heappop(heap)[2]
+        if len(heap) > max_held:
             yield heapq.heappop(heap)[2]
     while heap:
         yield heapq.heappop(heap)[2]

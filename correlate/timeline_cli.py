@@ -315,6 +315,9 @@ def _with_findings(events: Iterable[dict], detect: bool, options: dict) -> Itera
         yield ev
         yield from runner.observe(ev)
     yield from runner.finish()
+    from .outputs.terminal import safe_text
+    for line in runner.drop_lines():
+        click.echo(f"correlate: {safe_text(line, 500)}", err=True)
 
 
 @click.command()

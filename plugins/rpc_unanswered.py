@@ -10,7 +10,7 @@ detector judges them.
 """
 from __future__ import annotations
 
-from collections import Counter
+from collections import Counter, OrderedDict
 
 from correlate import hookimpl
 from correlate.detector import Detector, Option
@@ -19,7 +19,10 @@ from correlate.gluster.programs import lookup
 from .gluster_facts import host_of, is_blocking_lock
 
 DEFAULT_AFTER_NS = 10_000_000_000
-MAX_PENDING = 100_000
+MAX_PENDING = 20_000          # calls waiting at once (about 1 KB each); more are counted, not kept
+# What a waiting call keeps of its event: what the finding shows (not cred, result, ...).
+KEPT = ("time_ns", "layer", "kind", "source", "host", "src", "dst", "conn", "xid", "frame",
+        "program", "program_num", "version", "procedure", "procedure_num", "args")
 
 # Error replies that are part of normal operation, not worth a finding.
 BENIGN = {
@@ -38,10 +41,12 @@ class RpcUnanswered(Detector):
 
     def __init__(self, after_ns: int = DEFAULT_AFTER_NS):
         self.settings = {"after_s": after_ns / 1e9}
-        self.pending: dict[tuple, dict] = {}     # insertion order = call time order
+        # Call time order; an OrderedDict pops its oldest in O(1) (a dict rescans the holes
+        # its deletions left at the front: quadratic over a million calls).
+        self.pending: OrderedDict[tuple, dict] = OrderedDict()
         self.errors: Counter = Counter()
         self.error_examples: dict[tuple, dict] = {}
-        self.dropped = 0
+        self.dropped = 0        # calls not tracked: MAX_PENDING were waiting already
 
     @property
     def after_ns(self) -> int:
@@ -50,9 +55,10 @@ class RpcUnanswered(Detector):
     def observe(self, ev):
         kind = ev.get("kind")
         if kind == "rpc.call" and self._expects_reply(ev) and not is_blocking_lock(ev):
-            self.pending[(ev.get("conn"), ev.get("src"), ev.get("xid"))] = ev
-            if len(self.pending) > MAX_PENDING:
-                self.pending.pop(next(iter(self.pending)))
+            if len(self.pending) < MAX_PENDING:
+                self.pending[(ev.get("conn"), ev.get("src"), ev.get("xid"))] = {
+                    k: ev[k] for k in KEPT if k in ev}
+            else:   # the oldest are kept: they are the ones that show a hang first
                 self.dropped += 1
         elif kind == "rpc.reply":
             self.pending.pop((ev.get("conn"), ev.get("dst"), ev.get("xid")), None)
@@ -82,11 +88,13 @@ class RpcUnanswered(Detector):
 
     def _overdue(self, now: int) -> list[dict]:
         found = []
-        while self.pending:
-            key, call = next(iter(self.pending.items()))
+        pending = self.pending
+        while pending:
+            key = next(iter(pending))
+            call = pending[key]
             if now - call["time_ns"] <= self.after_ns:
                 break
-            del self.pending[key]
+            del pending[key]
             found.append(self._unanswered(call, now))
         return found
 
@@ -102,6 +110,9 @@ class RpcUnanswered(Detector):
                     "its brick log) and the network between; the other findings of this run "
                     "may name the cause."),
             evidence=[call], key=f"unanswered:{what}:{host_of(call.get('dst'))}")
+
+    def drops(self) -> dict[str, int]:
+        return {f"calls not checked for a reply ({MAX_PENDING:,} were waiting already)": self.dropped}
 
     def finish(self):
         found = []

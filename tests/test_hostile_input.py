@@ -262,3 +262,14 @@ def test_kuznetzov_pcap_is_a_capture_everywhere(tmp_path):
     res = correlate("analyze", "--events", kuz)
     assert_clean(res)
     assert len(res.stdout.splitlines()) == len(plain.splitlines())
+
+
+def test_hostile_file_name_is_escaped(tmp_path):
+    name = tmp_path / "evil\x1b]0;owned\x07.jsonl"
+    name.write_bytes(b'{"time_ns": 1, "layer": "wire"}\n' + b"not json\n")
+    res = correlate("analyze", name)
+    assert_clean(res)
+    assert b"\\x1b]0;owned\\x07.jsonl: skipped" in res.stderr
+    bad = tmp_path / "evil\x1b[2J.bin"
+    bad.write_bytes(b"\x00\x01 neither capture nor log")
+    assert_clean(correlate("decode", bad), code=2)

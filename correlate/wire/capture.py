@@ -167,7 +167,7 @@ def open_capture_stream(fileobj: BinaryIO, source: str, diag: Diagnostics) -> It
     so a non-capture raises InputError before the first frame is asked for."""
     try:
         inp, frames = _start(_RawInput(_puller(fileobj)), source, diag)
-    except zlib.error as exc:
+    except (zlib.error, EOFError) as exc:
         raise InputError(source, f"corrupt gzip data ({exc})") from None
     except OSError as exc:
         raise InputError(source, f"cannot read: {exc}") from None

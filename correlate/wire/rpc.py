@@ -21,6 +21,7 @@ from .rpc_cred import decode_cred
 from .rpc_header import CallHeader, ReplyHeader, parse_header
 
 MAX_PENDING = 4096              # unanswered calls remembered per connection
+MAX_PENDING_TOTAL = 65536       # ... and over all connections (about 250 bytes each)
 MAX_CONNS = 65536               # connections with state at once
 
 
@@ -36,6 +37,7 @@ class RpcSink:
         self.max_pending = max_pending
         self.framer = RecordFramer(diag, max_record)
         self._conns: OrderedDict[Conn, _ConnState] = OrderedDict()
+        self._pending_total = 0        # calls waiting in all connections' tables
 
     # -- StreamSink -------------------------------------------------------------------------
     def on_data(self, conn: Conn, from_client: bool, time_ns: int, data: bytes) -> list[dict]:
@@ -61,6 +63,7 @@ class RpcSink:
     def on_close(self, conn: Conn, time_ns: int) -> list[dict]:
         st = self._conns.pop(conn, None)
         if st is not None:
+            self._pending_total -= len(st.pending)
             self.framer.close(conn, st.dirs)
         return []
 
@@ -112,16 +115,19 @@ class RpcSink:
             return ev
         pending = st.pending
         key = (from_client, hdr.xid)
-        pending.pop(key, None)
+        if pending.pop(key, None) is None:
+            self._pending_total += 1
         pending[key] = _Pending(hdr.prog, hdr.vers, hdr.proc, info, rec.time_ns, _context(ev))
-        if len(pending) > self.max_pending:
-            pending.popitem(last=False)
+        if len(pending) > self.max_pending or self._pending_total > MAX_PENDING_TOTAL:
+            pending.popitem(last=False)    # the connection adding calls gives up its oldest
+            self._pending_total -= 1
             self.diag.skip("rpc: unanswered call forgotten (pending table full)", f"conn {conn.number}")
         return ev
 
     def _reply_event(self, conn, st, from_client, rec, hdr: ReplyHeader, src, dst) -> dict:
         call = st.pending.pop((not from_client, hdr.xid), None)
         if call is not None:
+            self._pending_total -= 1
             ev = {"time_ns": rec.time_ns, "layer": "wire", "kind": "rpc.reply",
                   "source": self.source, "xid": hdr.xid, "program": call.info.program,
                   "program_num": call.prog, "version": call.vers,
@@ -170,7 +176,7 @@ class RpcSink:
         else:
             st = self._conns[conn] = _ConnState()
             if len(self._conns) > MAX_CONNS:
-                self._conns.popitem(last=False)
+                self._pending_total -= len(self._conns.popitem(last=False)[1].pending)
                 self.diag.skip("rpc: connection state dropped (too many connections)")
         return st
 

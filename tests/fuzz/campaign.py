@@ -1,6 +1,6 @@
 """`make fuzz`: mutate the real captures, logs and timelines for a bounded time, driving every
-command and renderer (tests/fuzz/target.py); stop at the first failure, shrink it, save it
-under tests/fuzz/regressions/ and exit 1.
+command and renderer (tests/fuzz/target.py); each failure is shrunk and saved under
+tests/fuzz/regressions/, the campaign goes on, and it exits 1 if there was any.
 
 Hypothesis draws the mutations (see test_fuzz.py for why hypothesis and not atheris); each
 round is a fresh random run of `ROUND` inputs per kind, until the time is up.
@@ -63,27 +63,25 @@ def main() -> int:
     others = [s for group in seeds.values() for s in group]
     counts: Counter = Counter()
     start = time.monotonic()
-    found: list = []
-    rounds = 0
-    try:
-        while time.monotonic() - start < args.seconds:
-            for kind in ("capture", "timeline", "log"):
+    failures = 0
+    while time.monotonic() - start < args.seconds:
+        for kind in ("capture", "timeline", "log"):
+            found: list = []
+            try:
                 fuzz_round(kind, seeds[kind], others, counts, found)
-            rounds += 1
-            elapsed = time.monotonic() - start
-            print(f"fuzz: {elapsed:.0f} s: {counts['capture']} captures, {counts['timeline']} timelines, "
-                  f"{counts['log']} logs, {counts['commands']} command runs", flush=True)
-    except Exception as exc:
-        if not found:
-            raise
-        kind, data, failure = found
-        path = target.save_regression(kind, data, failure)
-        print(f"fuzz: FAILURE on a {kind} input, saved to {path}:\n{failure}", file=sys.stderr)
-        return 1
-    print(f"fuzz: done after {time.monotonic() - start:.0f} s, no failure: {counts['capture']} captures, "
-          f"{counts['timeline']} timelines, {counts['log']} logs mutated; {counts['commands']} command "
-          f"and renderer runs", flush=True)
-    return 0
+            except Exception:
+                if not found:
+                    raise
+                failures += 1       # saved, and the campaign goes on to find the next one
+                path = target.save_regression(*found)
+                print(f"fuzz: FAILURE on a {kind} input, saved to {path}:\n{found[2]}", file=sys.stderr)
+        elapsed = time.monotonic() - start
+        print(f"fuzz: {elapsed:.0f} s: {counts['capture']} captures, {counts['timeline']} timelines, "
+              f"{counts['log']} logs, {counts['commands']} command runs", flush=True)
+    print(f"fuzz: done after {time.monotonic() - start:.0f} s, {failures} failures: {counts['capture']} "
+          f"captures, {counts['timeline']} timelines, {counts['log']} logs mutated; {counts['commands']} "
+          f"command and renderer runs", flush=True)
+    return 1 if failures else 0
 
 
 if __name__ == "__main__":

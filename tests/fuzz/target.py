@@ -89,6 +89,9 @@ def run_command(args: list[str]) -> tuple[int, bytes, bytes]:
     except CorrelateError as exc:          # what the real command prints as one line
         sys.stderr.write(f"correlate: {exc}\n")
         code = 2
+    except click.ClickException as exc:    # a usage error (--pcapng on what is not a capture)
+        exc.show(sys.stderr)
+        code = exc.exit_code
     except click.exceptions.Abort as exc:
         raise Failure(f"correlate {' '.join(args)}: Aborted! ({exc.__context__!r})") from exc
     finally:
@@ -119,7 +122,8 @@ def _check(args: list[str], code: int, out: bytes, err: bytes) -> None:
         raise Failure(f"{where}: traceback: {err[-2000:]!r}")
     if b"disabled detectors" in err or b"failed and was disabled" in out:
         raise Failure(f"{where}: a detector failed on this input: {err[-2000:]!r}")
-    if code == 2 and len(err.splitlines()) > 1 and b"correlate: " not in err.splitlines()[-1]:
+    if code == 2 and b"Usage:" not in err and len(err.splitlines()) > 1 \
+            and b"correlate: " not in err.splitlines()[-1]:
         raise Failure(f"{where}: an input error must be one clear line: {err[-2000:]!r}")
 
 
@@ -130,6 +134,13 @@ def _commands(kind: str, path: str, tmp: Path) -> list[list[str]]:
         ["analyze", path, "--timeline", jsonl, "--output", f"perfetto={tmp / 'o.json'}"],
         ["timeline", path], ["timeline", "--ladder", path], ["timeline", "--json", path],
         ["timeline", "--detect", path, "--html", html, "--perfetto", trace],
+        ["timeline", path, "--since", "+0s", "--until", "+1h", "--conn", "1", "--layer", "wire",
+         "--layer", "finding", "--layer", "log"],
+        ["timeline", path, "--gfid", "0", "--path", "/", "--pid", "1", "--host-filter", "a"],
+        # with real inputs of other kinds: the merge, and clock sync against a real capture
+        ["analyze", path, str(LOGS / "glusterd.log"), str(CAPTURES / "healthy.pcap")],
+        ["timeline", "--host", f"a={path}", "--host", f"b={CAPTURES / 'healthy.pcap'}", "--sync-clocks",
+         "--ladder"],
     ]
     if kind == "capture":
         cmds += [["decode", path], ["decode", "--json", path],

@@ -1,0 +1,158 @@
+"""Detector state under two load shapes: `decode` against `analyze`, time and peak RSS.
+
+The shapes (made here: they are load shapes, not protocol corners):
+  - open:       200,000 TCP connections to a brick that open and never close;
+  - unanswered: 1,000,000 RPC calls (GF-DUMP DUMP, over 100 connections) never answered.
+
+Targets: `analyze` under 100 MB peak RSS and within 2x of `decode`'s time (CPU seconds, less
+disturbed than wall time by other work on a shared machine), and what its detectors dropped
+to stay bounded is said on stderr.
+
+    python bench/detector_state.py [--keep DIR] [--scale 1.0]
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+MAX_RSS_MIB = 100
+MAX_RATIO = 2.0
+BRICK = (bytes([127, 0, 0, 2]), 49152)
+BASE_S = 1_764_000_000                  # 2025-11-24: a plausible capture date
+
+
+def _sum16(data: bytes) -> int:
+    if len(data) % 2:
+        data += b"\0"
+    s = sum(struct.unpack(f"!{len(data) // 2}H", data))
+    while s >> 16:
+        s = (s & 0xFFFF) + (s >> 16)
+    return ~s & 0xFFFF
+
+
+def _packet(src: bytes, sport: int, dst: bytes, dport: int, seq: int, ack: int, flags: int,
+            payload: bytes = b"") -> bytes:
+    """An IPv4 + TCP packet (link type 228: raw IPv4). Checksums are left zero: the decoder
+    does not check them, as tcpdump on loopback records them unset."""
+    tcp = struct.pack("!HHIIBBHHH", sport, dport, seq, ack, 5 << 4, flags, 65535, 0, 0) + payload
+    ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(tcp), 0, 0x4000, 64, 6, 0, src, dst)
+    return ip[:10] + struct.pack("!H", _sum16(ip)) + ip[12:] + tcp
+
+
+class PcapWriter:
+    def __init__(self, path: Path):
+        self.f = open(path, "wb", buffering=1 << 20)
+        self.f.write(struct.pack("<IHHiIII", 0xA1B23C4D, 2, 4, 0, 0, 262144, 228))   # ns stamps
+
+    def write(self, time_ns: int, data: bytes) -> None:
+        sec, ns = divmod(time_ns, 1_000_000_000)
+        self.f.write(struct.pack("<IIII", sec, ns, len(data), len(data)) + data)
+
+    def close(self) -> None:
+        self.f.close()
+
+
+SYN, ACK, PSH = 0x02, 0x10, 0x08
+
+
+def _client(i: int) -> tuple[bytes, int]:
+    """Client address and port of connection i (127.1.x.y, ports 1024-60999)."""
+    host, port = divmod(i, 60_000)
+    return bytes([127, 1, (host >> 8) & 0xFF, host & 0xFF]), 1024 + port
+
+
+def _handshake(w: PcapWriter, t: int, i: int) -> tuple[bytes, int]:
+    src, sport = _client(i)
+    dst, dport = BRICK
+    w.write(t, _packet(src, sport, dst, dport, 1000, 0, SYN))
+    w.write(t + 20_000, _packet(dst, dport, src, sport, 5000, 1001, SYN | ACK))
+    w.write(t + 40_000, _packet(src, sport, dst, dport, 1001, 5001, ACK))
+    return src, sport
+
+
+def open_connections(path: Path, n: int = 200_000, gap_ns: int = 2_000) -> None:
+    """A burst: 200,000 connections in 0.4 s (a reconnect storm, a SYN flood)."""
+    w = PcapWriter(path)
+    t = BASE_S * 1_000_000_000
+    for i in range(n):
+        _handshake(w, t + i * gap_ns, i)
+    w.close()
+
+
+def _dump_call(xid: int) -> bytes:
+    """GF-DUMP v1 DUMP with AUTH_NULL and its u64 argument, in one record."""
+    body = struct.pack("!IIIIIIIIIIQ", xid, 0, 2, 123451501, 1, 1, 0, 0, 0, 0, 0)
+    return struct.pack("!I", 0x80000000 | len(body)) + body
+
+
+def unanswered_calls(path: Path, n: int = 1_000_000, conns: int = 100, gap_ns: int = 20_000) -> None:
+    w = PcapWriter(path)
+    t = BASE_S * 1_000_000_000
+    seqs = []
+    for c in range(conns):
+        src, sport = _handshake(w, t + c * 100_000, c)
+        seqs.append([src, sport, 1001])
+    t += conns * 100_000 + 1_000_000
+    dst, dport = BRICK
+    for i in range(n):
+        state = seqs[i % conns]
+        call = _dump_call(i + 1)
+        w.write(t + i * gap_ns, _packet(state[0], state[1], dst, dport, state[2], 5001, PSH | ACK, call))
+        state[2] += len(call)
+    w.close()
+
+
+def measure(cmd: list[str], cwd: Path) -> tuple[float, float, int, str]:
+    """Wall seconds, CPU seconds, peak RSS (KiB) and stderr of one child, stdout discarded.
+    It runs in `cwd` (not the source tree), so PYTHONPATH can name another tree to compare."""
+    start = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=cwd)
+    err = proc.stderr.read().decode(errors="replace")
+    _, status, usage = os.wait4(proc.pid, 0)
+    code = os.waitstatus_to_exitcode(status)
+    if code != 0:
+        raise SystemExit(f"{' '.join(cmd)} exited {code}: {err[-2000:]}")
+    return time.perf_counter() - start, usage.ru_utime + usage.ru_stime, usage.ru_maxrss, err
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--keep", type=Path, help="write the captures here and keep them")
+    ap.add_argument("--scale", type=float, default=1.0, help="fraction of the full shapes")
+    args = ap.parse_args()
+    d = args.keep or Path(tempfile.mkdtemp(prefix="correlate-bench-"))
+    d.mkdir(parents=True, exist_ok=True)
+    shapes = {"open": (open_connections, int(200_000 * args.scale)),
+              "unanswered": (unanswered_calls, int(1_000_000 * args.scale))}
+    correlate = [sys.executable, "-m", "correlate"]
+    ok = True
+    for name, (make, n) in shapes.items():
+        cap = d / f"{name}-{n}.pcap"
+        if not cap.exists():
+            make(cap, n)
+        dw, dc, drss, _ = measure(correlate + ["decode", str(cap)], d)
+        aw, ac, arss, err = measure(correlate + ["analyze", str(cap)], d)
+        ratio = ac / dc
+        good = arss / 1024 < MAX_RSS_MIB and ratio <= MAX_RATIO
+        ok &= good
+        print(f"{name:<11} {n:>9,} | decode {dc:6.1f} s CPU ({dw:6.1f} wall) {drss / 1024:6.1f} MiB | "
+              f"analyze {ac:6.1f} s CPU ({aw:6.1f} wall) {arss / 1024:6.1f} MiB | "
+              f"analyze/decode {ratio:.2f}x | {'ok' if good else 'OVER TARGET'}")
+        for line in err.splitlines():
+            if "dropped" in line or "skipped" in line or "findings" in line:
+                print(f"    {line}")
+    if not args.keep:
+        for p in d.iterdir():
+            p.unlink()
+        d.rmdir()
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

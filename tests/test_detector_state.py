@@ -1,0 +1,90 @@
+"""State bounds past the decoder: the reorder buffer, the decoder's waiting calls over all
+connections, and rpc-unanswered, which keeps the oldest waiting calls and says what it left
+unchecked. The load shapes come from bench/detector_state.py (synthetic: they are loads, not
+protocol corners); bench/detector_state.py measures time and memory at full size."""
+from __future__ import annotations
+
+import importlib.util
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from correlate import merge
+from correlate.detector import DetectorRunner
+from correlate.diagnostics import Diagnostics
+from correlate.wire import rpc
+from correlate.wire.decode import decode_capture
+from plugins import rpc_unanswered
+
+ROOT = Path(__file__).resolve().parents[1]
+_spec = importlib.util.spec_from_file_location("detector_state", ROOT / "bench" / "detector_state.py")
+shapes = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(shapes)
+
+
+def test_reorder_holds_a_dense_burst_only_up_to_its_bound():
+    held = []
+
+    def burst():
+        for i in range(50_000):        # all within one window: nothing is late enough to leave
+            held.append(i)
+            yield {"time_ns": 1_000 + i}
+
+    out = merge.reorder(burst(), window_ns=10**9, max_held=1000)
+    first = next(out)
+    assert first["time_ns"] == 1_000 and len(held) == 1001
+    rest = [e["time_ns"] for e in out]
+    assert rest == sorted(rest) and len(rest) == 49_999
+
+
+def test_decoder_waiting_calls_are_bounded_over_all_connections(tmp_path, monkeypatch):
+    cap = tmp_path / "calls.pcap"
+    shapes.unanswered_calls(cap, n=6_000, conns=60)       # 100 calls waiting per connection
+    monkeypatch.setattr(rpc, "MAX_PENDING_TOTAL", 1_000)
+    diag = Diagnostics("calls.pcap")
+    sinks = []
+    real_sink = rpc.RpcSink
+
+    def keep(*a, **kw):
+        sinks.append(real_sink(*a, **kw))
+        return sinks[-1]
+
+    monkeypatch.setattr("correlate.wire.decode.RpcSink", keep)
+    calls = sum(1 for e in decode_capture(str(cap), diag=diag) if e["kind"] == "rpc.call")
+    assert calls == 6_000
+    (sink,) = sinks
+    waiting = sum(len(st.pending) for st in sink._conns.values())
+    assert waiting == sink._pending_total <= 1_000
+    assert diag.counts["rpc: unanswered call forgotten (pending table full)"] == 5_000
+
+
+def test_rpc_unanswered_keeps_the_oldest_and_reports_the_rest(tmp_path, monkeypatch):
+    cap = tmp_path / "calls.pcap"
+    shapes.unanswered_calls(cap, n=3_000, conns=10, gap_ns=10_000_000)    # 30 s of calls
+    monkeypatch.setattr(rpc_unanswered, "MAX_PENDING", 500)
+    det = rpc_unanswered.RpcUnanswered()
+    runner = DetectorRunner([det])
+    found = []
+    for ev in decode_capture(str(cap)):
+        found += runner.observe(ev)
+    found += runner.finish()
+    # The first calls are kept, so the hang shows 10 s after the first of them.
+    (first,) = [f for f in found if f["kind"] == "finding"]
+    assert first["evidence"][0]["xid"] == 1
+    assert "cred" not in first["evidence"][0]
+    assert runner.drops == {"rpc-unanswered": {
+        "calls not checked for a reply (500 were waiting already)": det.dropped}}
+    assert det.dropped > 0
+
+
+def test_analyze_says_what_detectors_dropped(tmp_path):
+    cap = tmp_path / "calls.pcap"
+    n = rpc_unanswered.MAX_PENDING + 5_000
+    shapes.unanswered_calls(cap, n=n, conns=100, gap_ns=1_000)
+    res = subprocess.run([sys.executable, "-m", "correlate", "analyze", str(cap)],
+                         capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr
+    assert (f"correlate: detector rpc-unanswered: dropped 5000 x calls not checked for a reply "
+            f"({rpc_unanswered.MAX_PENDING:,} were waiting already)") in res.stderr
