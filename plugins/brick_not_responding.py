@@ -199,7 +199,6 @@ class BrickNotResponding(Detector):
                 "another replica holds them (the capture shows no replica or disperse set with "
                 "this brick: a distribute volume, or a mount older than the capture).")
 
-
     def _report(self, st: _Conn, now: int, close: dict | None) -> dict:
         brick = self._brick_name(st)
         first = next(iter(st.pending.values()), st.ping)
