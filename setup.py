@@ -47,6 +47,11 @@ class OptionalBuildExt(build_ext):
     """build_ext that treats a failed compile as "stay plain Python" rather than an error,
     and writes the manifest the runtime checks a compiled module against its source with."""
 
+    def finalize_options(self):
+        super().finalize_options()
+        if self.parallel is None:
+            self.parallel = os.cpu_count() or 1
+
     def run(self):
         self.built = []
         try:
@@ -81,7 +86,7 @@ def extensions():
     except ImportError:
         print("correlate: Cython is not installed; the hot path stays plain Python", file=sys.stderr)
         return []
-    return cythonize(
+    modules = cythonize(
         HOT_MODULES,
         build_dir="build/cython",          # the generated C stays out of the source tree
         quiet=True,
@@ -95,6 +100,9 @@ def extensions():
             "wraparound": True,
         },
     )
+    for module in modules:
+        module.extra_compile_args.append("-g0")     # no debug info: quicker to compile, smaller
+    return modules
 
 
 setup(ext_modules=extensions(), cmdclass={"build_ext": OptionalBuildExt})

@@ -157,7 +157,7 @@ class Profile:
         return self.topology.client_of(ev) if self.per_client else ""
 
     def snapshot(self) -> dict:
-        """The profile as JSON-able data: bricks (servers) in address order, each with its
+        """The profile as JSON-able data: glusterd, then bricks by path, each with its
         procedures (and clients when per_client), slowest total latency first."""
         servers: dict[str, dict] = {}
         for (server, client, proc), row in self.stats.items():
@@ -167,7 +167,10 @@ class Profile:
             target = s["clients"].setdefault(client, {}) if self.per_client else s["procedures"]
             target[proc] = row.summary()
         out = []
-        for server in sorted(servers, key=_endpoint_order):
+        # glusterd first, then bricks by path (b1, b2, b3 as the volume lists them)
+        for server in sorted(servers, key=lambda e: (servers[e]["brick"] != "glusterd",
+                                                     servers[e]["brick"] or "\uffff",
+                                                     _endpoint_order(e))):
             s = servers[server]
             if self.per_client:
                 s["clients"] = [{"client": c, "procedures": _ordered(p)}

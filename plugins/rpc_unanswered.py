@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections import Counter
 
 from correlate import hookimpl
-from correlate.detector import Detector
+from correlate.detector import Detector, Option
 from correlate.gluster.programs import lookup
 
 from .gluster_facts import host_of, is_blocking_lock
@@ -33,13 +33,19 @@ EXPLAINED = {"SETVOLUME"}
 
 class RpcUnanswered(Detector):
     id = "rpc-unanswered"
+    options = {"after_s": Option(DEFAULT_AFTER_NS / 1e9, "seconds without a reply before a call "
+                                                         "counts as unanswered (--unanswered-after)")}
 
     def __init__(self, after_ns: int = DEFAULT_AFTER_NS):
-        self.after_ns = after_ns
+        self.settings = {"after_s": after_ns / 1e9}
         self.pending: dict[tuple, dict] = {}     # insertion order = call time order
         self.errors: Counter = Counter()
         self.error_examples: dict[tuple, dict] = {}
         self.dropped = 0
+
+    @property
+    def after_ns(self) -> int:
+        return int(self.option("after_s") * 1e9)
 
     def observe(self, ev):
         kind = ev.get("kind")

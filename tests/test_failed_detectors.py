@@ -77,3 +77,30 @@ def test_saved_timeline_with_an_untimed_error_keeps_its_range(tmp_path):
     assert "RuntimeError: boom" in html.read_text()
     stamps = [e["ts"] for e in json.loads(trace.read_text())["traceEvents"] if "ts" in e]
     assert min(stamps) >= 0 and max(stamps) < 60e6
+
+
+class _Collecting:
+    def __init__(self):
+        self.findings = []
+
+    @hookimpl
+    def correlate_finding(self, finding):
+        self.findings.append(finding)
+
+
+def test_timeline_calls_correlate_finding_and_writes_plugin_outputs(tmp_path):
+    """Like run and analyze: every new finding goes to the correlate_finding hook, and
+    --output FORMAT=PATH writes a plugin's format (the built-in perfetto one here)."""
+    collector = _Collecting()
+    pm = get_plugin_manager()
+    pm.register(collector, name="collecting")
+    try:
+        trace = tmp_path / "t.json"
+        res = invoke("timeline", AUTH, "--output", f"perfetto={trace}", "-o", "rpc-unanswered.after_s=30")
+    finally:
+        pm.unregister(name="collecting")
+    assert [f["detector"] for f in collector.findings].count("auth-rejected") >= 1
+    assert "perfetto output written" in res.stderr
+    assert any(e.get("ph") == "X" for e in json.loads(trace.read_text())["traceEvents"])
+    bad = CliRunner().invoke(main, ["timeline", str(AUTH), "-o", "rpc-unanswered.nope=1"])
+    assert bad.exit_code == 2 and "its options: after_s" in bad.stderr

@@ -78,3 +78,14 @@ def test_registry_numbers():
     assert programs.lookup(34123456, 1, 4).procedure == "SIGNIN"
     assert programs.lookup(52743234, 1, 5).procedure == "CACHE_INVALIDATION"
     assert programs.lookup(1, 1, 1).program is None
+
+
+def test_getspec_keeps_the_replica_sets():
+    volfile = ("volume v-client-0\n type protocol/client\n option remote-host h\n"
+               " option remote-subvolume /b1\nend-volume\n"
+               "volume v-replicate-0\n type cluster/replicate\n subvolumes v-client-0\nend-volume\n").encode()
+    args = Packer().uint32(0).string("v").raw(dict3({})).bytes()
+    result = Packer().int32(len(volfile)).int32(0).opaque(volfile).raw(dict3({})).bytes()
+    _call, reply = exchange(HNDSK, 2, 2, args, result)
+    assert reply["result"]["brick_sets"] == [{"name": "v-replicate-0", "type": "replicate",
+                                              "bricks": [["h", "/b1"]]}]

@@ -150,3 +150,42 @@ def test_version_says_which_hot_path_runs(plain):
         assert path == f"hot path: pure Python ({hotpath.ENV_VAR} is set)"
     else:
         assert path == f"hot path: compiled (Cython, {len(hotpath._MANIFEST)} modules)"
+
+
+def _pxd_attributes(pxd: Path) -> dict[str, set[str]]:
+    """cdef class name -> the attributes its .pxd declares."""
+    classes, current = {}, None
+    for line in pxd.read_text().splitlines():
+        words = line.split("#")[0].replace(",", " ").split()
+        if words[:2] == ["cdef", "class"]:
+            current = classes.setdefault(words[2].split("(")[0].rstrip(":"), set())
+        elif current is not None and line.startswith("    cdef ") and "(" not in line:
+            names = words[1:]
+            names = names[1:] if names[0] in ("public", "readonly") else names
+            current.update(names[1:])                   # after the type
+    return classes
+
+
+def _assigned_attributes(source: Path) -> dict[str, set[str]]:
+    """class name -> every `self.x = ...` (and augmented or tuple) target in its methods."""
+    import ast
+    out = {}
+    for node in ast.walk(ast.parse(source.read_text())):
+        if isinstance(node, ast.ClassDef):
+            names = out.setdefault(node.name, set())
+            for sub in ast.walk(node):
+                if isinstance(sub, ast.Attribute) and isinstance(sub.ctx, ast.Store) \
+                        and isinstance(sub.value, ast.Name) and sub.value.id == "self":
+                    names.add(sub.attr)
+    return out
+
+
+@pytest.mark.parametrize("pxd", sorted(Path(hotpath.__file__).parent.rglob("*.pxd")),
+                         ids=lambda p: p.name)
+def test_pxd_declares_every_attribute_its_classes_set(pxd):
+    """A compiled class has only the attributes its .pxd declares: one added to the .py alone
+    would fail only in the compiled build, so say it here, in every build."""
+    assigned = _assigned_attributes(pxd.with_suffix(".py"))
+    for cls, declared in _pxd_attributes(pxd).items():
+        missing = assigned.get(cls, set()) - declared
+        assert not missing, f"{pxd.name}: declare {sorted(missing)} in cdef class {cls}"

@@ -35,10 +35,14 @@ def test_builtin_detectors_are_listed_as_plugins():
     rows = {r["name"]: r for r in json.loads(out)}
     for name, det in [("atime_minus_one", "atime-minus-one"), ("brick_unreachable", "brick-unreachable"),
                       ("auth_rejected", "auth-rejected"), ("rpc_unanswered", "rpc-unanswered"),
-                      ("brick_not_responding", "brick-not-responding"), ("no_space", "no-space")]:
+                      ("brick_not_responding", "brick-not-responding"), ("no_space", "no-space"),
+                      ("slow_brick", "slow-brick"), ("lock_wait", "lock-wait")]:
         assert rows[name]["hooks"] == ["correlate_detectors"]
-        assert rows[name]["distribution"] == "correlate"
+        assert rows[name]["distribution"] == "gluster-correlate"
         assert rows[name]["detectors"] == [det]
+    app = rows["app_latency"]      # a detector and the probe group it needs
+    assert sorted(app["hooks"]) == ["correlate_detectors", "correlate_probe_specs"]
+    assert app["detectors"] == ["app-latency"]
 
 
 def test_third_party_plugin_found_and_raising_plugin_does_not_stop_the_run(third_party_plugins):
@@ -94,11 +98,43 @@ def test_plugin_that_fails_to_import_is_named_and_skipped(third_party_plugins, t
         res = subprocess.run(CORRELATE + args, capture_output=True, text=True, timeout=120)
         assert res.returncode == 0, (args, res.stderr)
         assert "Traceback" not in res.stderr
-        named = [line for line in res.stderr.splitlines() if "broken_import" in line]
-        assert len(named) == 1 and "skipped" in named[0], res.stderr
+        named = [line for line in res.stderr.splitlines() if "broken_import" in line and "skipped" in line]
+        assert len(named) == 1, res.stderr
     # The other detectors still ran, and the report says one plugin did not.
     out = [json.loads(line) for line in
            subprocess.run(CORRELATE + ["analyze", "--json", str(capture)], capture_output=True,
                           text=True, timeout=120).stdout.splitlines()]
     assert any(f.get("detector") == "atime-minus-one" for f in out)
     assert any(f.get("kind") == "detector.error" and f["detector"] == "broken_import" for f in out)
+
+
+def test_detector_options_are_listed_and_set(third_party_plugins, tmp_path):
+    """The installed example plugin declares an option and a probe group; `plugins` lists them
+    (with the built-in output formats); -o and --config change what it finds on a real capture."""
+    rows = {r["name"]: r for r in json.loads(subprocess.run(
+        CORRELATE + ["plugins", "--json"], capture_output=True, text=True, check=True).stdout)}
+    assert rows["slow_replies"]["options"]["example-slow-replies.threshold_ms"]["default"] == 0.0
+    assert rows["slow_replies"]["probe_groups"] == ["example-mkdir"]
+    assert rows["outputs"]["outputs"] == ["html", "perfetto"]
+    assert "rpc-unanswered.after_s" in rows["rpc_unanswered"]["options"]
+    text = subprocess.run(CORRELATE + ["plugins"], capture_output=True, text=True, check=True).stdout
+    assert "-o example-slow-replies.threshold_ms=0.0" in text and "probe groups: example-mkdir" in text
+
+    capture = HERE / "captures" / "healthy.pcap"
+
+    def slow_findings(*args):
+        res = subprocess.run(CORRELATE + ["analyze", "--json", str(capture), *args],
+                             capture_output=True, text=True, timeout=120)
+        assert res.returncode == 0, res.stderr
+        return [f for f in map(json.loads, res.stdout.splitlines())
+                if f.get("detector") == "example-slow-replies" and f["kind"] == "finding"]
+
+    assert slow_findings()                                           # threshold 0: every reply
+    assert not slow_findings("-o", "example-slow-replies.threshold_ms=1000")
+    config = tmp_path / "detectors.toml"
+    config.write_text("[example-slow-replies]\nthreshold_ms = 1000\n")
+    assert not slow_findings("--config", str(config))
+    assert slow_findings("--config", str(config), "-o", "example-slow-replies.threshold_ms=0")
+    bad = subprocess.run(CORRELATE + ["analyze", str(capture), "-o", "example-slow-replies.limit=3"],
+                         capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2 and "its options: threshold_ms" in bad.stderr

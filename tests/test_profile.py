@@ -119,3 +119,15 @@ def test_run_prints_the_profile_periodically_and_at_the_end():
     out = run("run", "--pcap", CAPTURES / "healthy.pcap", "--profile-every", "0.000001")
     assert out.count("Profile from the wire:") >= 2
     assert "Brick: 127.0.0.2:24007 glusterd" in out.split("Profile from the wire:")[-1]
+
+
+def test_html_report_has_a_latency_chart_per_brick(tmp_path):
+    out = tmp_path / "report.html"
+    run("timeline", CAPTURES / "slow-brick.pcap", "--html", out)
+    page = out.read_text()
+    assert 'id="profile"' in page and page.index('id="profile"') < page.index('id="timeline"')
+    assert page.count('<svg class="latency"') == 4          # glusterd and three bricks
+    assert "/srv/correlate-lab/slowvol/b2" in page and "p50 207.49 ms" in page
+    alone = tmp_path / "profile.html"
+    run("profile", CAPTURES / "slow-brick.pcap", "--html", alone)
+    assert alone.read_text().count('<svg class="latency"') == 4

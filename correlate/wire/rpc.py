@@ -113,7 +113,7 @@ class RpcSink:
         pending = st.pending
         key = (from_client, hdr.xid)
         pending.pop(key, None)
-        pending[key] = _Pending(hdr.prog, hdr.vers, hdr.proc, info, rec.time_ns)
+        pending[key] = _Pending(hdr.prog, hdr.vers, hdr.proc, info, rec.time_ns, _context(ev))
         if len(pending) > self.max_pending:
             pending.popitem(last=False)
             self.diag.skip("rpc: unanswered call forgotten (pending table full)", f"conn {conn.number}")
@@ -143,6 +143,8 @@ class RpcSink:
         if call is not None:
             ev["call_time_ns"] = call.time_ns
             ev["latency_ns"] = rec.time_ns - call.time_ns
+            if call.context is not None:
+                ev["cred"], ev["args"] = call.context["cred"], call.context["args"]
             decoders = call.info.decoders
             if self.details and hdr.body_offset is not None and decoders is not None \
                     and decoders.result is not None:
@@ -179,6 +181,21 @@ class _Pending:
     proc: int
     info: programs.Lookup
     time_ns: int
+    context: dict | None = None      # what the reply carries of its call (cred, identifying args)
+
+
+# Arguments that say what a call is about: a reply carries them, so filters (--pid, --gfid,
+# --path) and detectors find both halves. Not the rest (a WRITE's data, a SETATTR's times).
+IDENTIFYING_ARGS = ("gfid", "pargfid", "oldgfid", "newgfid", "path", "bname", "name",
+                    "oldbname", "newbname", "fd", "brick", "key", "volfile-key",
+                    "remote-subvolume")
+
+
+def _context(ev: dict) -> dict | None:
+    if "cred" not in ev:
+        return None
+    args = ev.get("args") or {}
+    return {"cred": ev["cred"], "args": {k: args[k] for k in IDENTIFYING_ARGS if k in args}}
 
 
 class _ConnState:

@@ -10,7 +10,10 @@ What becomes an event (all with src = client, dst = server, conn, frame):
                (reason "icmp", icmp_type, icmp_code, icmp_from)
   tcp.timeout  SYN unanswered for syn_timeout_ns of capture time, or retransmitted and still
                unanswered at the end of the input (attempts, waited_ns; frame = first SYN;
-               reported once, and a late SYN/ACK still gives tcp.connect)
+               reported at once, and a late SYN/ACK still gives tcp.connect). SYNs retransmitted
+               after that are counted: when the connection is given up (end of input, port
+               reused) a second tcp.timeout with final=true has them all (attempts, syn_span_ns
+               from the first SYN to the last, frame = the last SYN)
   tcp.close    the first FIN (reason "fin", half: the other side may still send;
                unacked_bytes: what the closing side sent that the peer had not yet ACKed)
                or an RST on an open connection (reason "rst"), by client or server
@@ -70,7 +73,8 @@ class _Direction:
 
 class _State:
     __slots__ = ("conn", "keys", "phase", "dirs", "client_isn", "syn_first_ns", "syn_frame",
-                 "attempts", "timed_out", "fin_by", "opened")
+                 "attempts", "timed_out", "fin_by", "opened", "syn_last_ns", "syn_last_frame",
+                 "reported_attempts")
 
     def __init__(self, conn: Conn, keys: tuple[tuple, tuple], phase: int):
         self.conn = conn
@@ -81,6 +85,9 @@ class _State:
         self.syn_first_ns = 0
         self.syn_frame = 0
         self.attempts = 0
+        self.syn_last_ns = 0
+        self.syn_last_frame = 0
+        self.reported_attempts = 0          # SYNs counted in the tcp.timeout already reported
         self.timed_out = False
         self.fin_by: str | None = None
         self.opened = phase == OPEN         # the sink may hold state for it: tell it on close
@@ -199,6 +206,7 @@ class TcpTracker:
             st, from_client = entry
             if st.phase == SYN_SENT and from_client and seg.seq == st.client_isn:
                 st.attempts += 1                    # a retransmitted SYN
+                st.syn_last_ns, st.syn_last_frame = seg.time_ns, seg.number
                 return None
             self._end(st, seg.time_ns, events)      # the 4-tuple is reused by a new connection
         self._recently_closed.pop(key, None)
@@ -207,6 +215,7 @@ class TcpTracker:
         st.client_isn = seg.seq
         st.syn_first_ns = seg.time_ns
         st.syn_frame = seg.number
+        st.syn_last_ns, st.syn_last_frame = seg.time_ns, seg.number
         st.attempts = 1
         st.dirs[0].nxt = seg.seq + 1
         if not self._pending:
@@ -378,6 +387,7 @@ class TcpTracker:
         """Report once; the state stays so a late SYN/ACK still becomes tcp.connect."""
         self._pending.pop(st, None)
         st.timed_out = True
+        st.reported_attempts = st.attempts
         events.append(self._event("tcp.timeout", st, self._now, st.syn_frame,
                                   attempts=st.attempts, waited_ns=self._now - st.syn_first_ns))
 
@@ -416,6 +426,10 @@ class TcpTracker:
 
     def _end(self, st: _State, time_ns: int, events: list[dict]) -> None:
         """Drop a connection; the sink hears on_close if it may have seen it."""
+        if st.timed_out and st.phase == SYN_SENT and st.attempts > st.reported_attempts:
+            events.append(self._event("tcp.timeout", st, time_ns, st.syn_last_frame, final=True,
+                                      attempts=st.attempts, waited_ns=time_ns - st.syn_first_ns,
+                                      syn_span_ns=st.syn_last_ns - st.syn_first_ns))
         if st.opened:
             self._flush(st, time_ns, events)
             out = self.sink.on_close(st.conn, time_ns)
