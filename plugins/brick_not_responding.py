@@ -16,12 +16,12 @@ A brick whose connection the server side closes (brick killed) is not hung: it i
 """
 from __future__ import annotations
 
-import re
 import time
 from collections import OrderedDict
 
 from correlate import hookimpl
 from correlate.detector import Detector
+from correlate.gluster.topology import Topology
 
 from .gluster_facts import BRICK_PORTS, find_key, host_of, is_blocking_lock, port_of
 
@@ -29,11 +29,9 @@ DEFAULT_PING_TIMEOUT_S = 42      # Gluster's network.ping-timeout default
 GIVE_UP_MIN_NS = 1_000_000_000   # a PING pending this long at the client's close: it gave up
 MAX_CONNS = 4096
 MAX_PENDING_PER_CONN = 256
-MAX_BRICKS = 4096
 MAX_SHOWN = 8
 ENOTCONN = 107
 STALL_NS = 1_000_000_000
-CLIENT_PID = re.compile(r"PID:(\d+)")
 
 
 class _Conn:
@@ -58,8 +56,7 @@ class BrickNotResponding(Detector):
 
     def __init__(self):
         self.conns: OrderedDict[int, _Conn] = OrderedDict()
-        self.bricks: OrderedDict[tuple[str, int], str] = OrderedDict()   # (host, port) -> path
-        self.portmap_calls: OrderedDict[tuple, dict] = OrderedDict()
+        self.topology = Topology()      # brick paths, volumes, client pids, replica sets
         self.hung: OrderedDict[tuple[str, int], _Conn] = OrderedDict()  # reported, not recovered
         self.pinged: OrderedDict[int, _Conn] = OrderedDict()   # conns with a PING pending
 
@@ -78,31 +75,19 @@ class BrickNotResponding(Detector):
             return None
         st = self.conns.get(conn)
         if st is None or (st.client, st.server) != (client, server):
-            port = port_of(server)
-            if port not in BRICK_PORTS and (host_of(server), port) not in self.bricks:
+            if port_of(server) not in BRICK_PORTS and self.topology.brick(server) is None:
                 return None
             st = _Conn(client, server)
             self._bounded_put(self.conns, conn, st, MAX_CONNS)
         return st
-
-    def _learn_portmap(self, ev: dict) -> None:
-        if ev["kind"] == "rpc.call":
-            self._bounded_put(self.portmap_calls, (ev.get("conn"), ev.get("xid")), ev, 1024)
-            return
-        call = self.portmap_calls.pop((ev.get("conn"), ev.get("xid")), None)
-        port = find_key(ev.get("result") or {}, "port")
-        brick = find_key((call or {}).get("args") or {}, "brick")
-        if isinstance(port, int) and port > 0 and brick:
-            self._bounded_put(self.bricks, (host_of(ev.get("src")), port), str(brick), MAX_BRICKS)
 
     # ---- events --------------------------------------------------------------------------
 
     def observe(self, ev):
         kind = ev.get("kind")
         found = []
-        if kind in ("rpc.call", "rpc.reply") and ev.get("procedure") == "PORTBYBRICK":
-            self._learn_portmap(ev)
-        elif kind == "rpc.call":
+        self.topology.observe(ev)
+        if kind == "rpc.call":
             st = self._conn(ev, ev.get("src"), ev.get("dst"))
             if st is not None:
                 self._call(st, ev)
@@ -123,11 +108,7 @@ class BrickNotResponding(Detector):
 
     def _call(self, st: _Conn, ev: dict) -> None:
         if ev.get("procedure") == "SETVOLUME":
-            st.setvolume = ev
-            name = find_key(ev.get("args") or {}, "remote-subvolume")
-            if name:
-                self._bounded_put(self.bricks, (host_of(st.server), port_of(st.server)),
-                                  str(name), MAX_BRICKS)
+            st.setvolume = ev           # its ping-timeout
         if is_blocking_lock(ev):
             return              # may wait for another client's lock: no sign of a hang
         if len(st.pending) >= MAX_PENDING_PER_CONN:
@@ -204,8 +185,19 @@ class BrickNotResponding(Detector):
 
     def _brick_name(self, st: _Conn) -> str:
         host, port = host_of(st.server), port_of(st.server)
-        path = self.bricks.get((host, port))
+        path = self.topology.brick(st.server)
         return f"{host}:{path} (port {port})" if path else f"the brick at {st.server}"
+
+    def _copies(self, st: _Conn) -> str:
+        """What the hang means for the files on that brick, from its replica/disperse set."""
+        peers, how = self.topology.peers(st.server)
+        if how.startswith("volfile") and peers:
+            return (f" It is one of {len(peers) + 1} bricks of {how[len('volfile '):]}: the "
+                    f"others keep serving, so I/O stalled for the ping timeout and then went on "
+                    "without it (files to heal once it is back).")
+        return (" Files on it stall for the ping timeout, then fail with ENOTCONN unless "
+                "another replica holds them (the capture shows no replica or disperse set with "
+                "this brick: a distribute volume, or a mount older than the capture).")
 
     def _report(self, st: _Conn, now: int, close: dict | None) -> dict:
         brick = self._brick_name(st)
@@ -215,10 +207,8 @@ class BrickNotResponding(Detector):
         names = ", ".join(f"{c.get('procedure')} (xid {c.get('xid')})" for c in pending[:MAX_SHOWN])
         more = f" and {len(pending) - MAX_SHOWN} more" if len(pending) > MAX_SHOWN else ""
         timeout = self._ping_timeout(st)
-        args = (st.setvolume or {}).get("args") or {}
-        uuid = str(find_key(args, "process-uuid") or "")
-        pid = CLIENT_PID.search(uuid)
-        client = f"the client {st.client}" + (f" (pid {pid.group(1)})" if pid else "")
+        label = self.topology.client_of(first or st.setvolume or {"kind": "rpc.call", "src": st.client})
+        client = f"the client {st.client}" + (f" ({label})" if label.startswith("pid") else "")
         tcp = ""
         if close is not None:
             unacked = close.get("unacked_bytes")
@@ -230,7 +220,7 @@ class BrickNotResponding(Detector):
                 tcp = (f" {unacked} bytes of the calls were never acknowledged by the brick "
                        "host's TCP: the host or the network to it is down.")
             gave_up = (f" After {(close['time_ns'] - st.ping['time_ns']) / 1e9:.1f} s without an "
-                       f"answer to its PING (ping-timeout {timeout:g} s) {client} gave up and "
+                       f"answer to its PING (ping-timeout {timeout:g} s) the client gave up and "
                        f"closed the connection ({close.get('reason', 'fin').upper()}).")
         else:
             gave_up = (f" The PING has waited {(now - st.ping['time_ns']) / 1e9:.1f} s, longer "
@@ -239,9 +229,8 @@ class BrickNotResponding(Detector):
         heard = (f" The last reply from it came at {_clock(last['time_ns'])}." if last else "")
         explanation = (f"{brick} stopped answering {client}: since {_clock(since)} "
                        f"{len(pending)} call(s) got no reply: {names}{more}.{heard}{gave_up}{tcp}"
-                       " Until it answers again, the files on that brick see stalls "
-                       "(replicated volumes) or ENOTCONN (no other copy).")
-        volume = find_key(args, "volfile-key") or "VOLNAME"
+                       + self._copies(st))
+        volume = self.topology.volume_of.get(st.server, "VOLNAME")
         remedy = (f"Find the brick process (`gluster volume status {volume}`) and look at what "
                   f"it waits for: `gluster volume statedump {volume}` (or `kill -USR1` the "
                   "brick pid; dumps land in /var/run/gluster), its state and kernel stack "
@@ -258,7 +247,7 @@ class BrickNotResponding(Detector):
         finding = self.finding(
             now, severity="error", title=f"brick not responding: {brick}",
             explanation=explanation, remedy=remedy, evidence=evidence,
-            key=f"hung:{st.server}", brick=self.bricks.get((host_of(st.server), port_of(st.server))),
+            key=f"hung:{st.server}", brick=self.topology.brick(st.server),
             server=st.server, client=st.client, since_ns=since,
             tcp_acked=None if close is None or close.get("unacked_bytes") is None
             else close.get("unacked_bytes") == 0)

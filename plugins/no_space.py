@@ -17,6 +17,7 @@ from collections import OrderedDict
 
 from correlate import hookimpl
 from correlate.detector import Detector
+from correlate.gluster.topology import Topology
 
 from .gluster_facts import find_key, host_of, port_of
 
@@ -45,8 +46,7 @@ class NoSpace(Detector):
     def __init__(self):
         self.bricks: OrderedDict[tuple[str, str], _Brick] = OrderedDict()  # (server, errno) -> state
         self.statfs: OrderedDict[str, dict] = OrderedDict()   # server -> latest STATFS reply
-        self.names: OrderedDict[str, str] = OrderedDict()     # server -> brick path
-        self.volumes: OrderedDict[str, str] = OrderedDict()   # server -> volume
+        self.topology = Topology()                            # brick paths and volumes
         self.waiting: OrderedDict[tuple[str, str], _Brick] = OrderedDict()
 
     @staticmethod
@@ -59,14 +59,8 @@ class NoSpace(Detector):
     def observe(self, ev):
         kind = ev.get("kind")
         found = []
-        if kind == "rpc.call" and ev.get("procedure") == "SETVOLUME":
-            args = ev.get("args") or {}
-            name, volume = find_key(args, "remote-subvolume"), find_key(args, "volfile-key")
-            if name:
-                self._put(self.names, ev.get("dst"), str(name))
-            if volume:
-                self._put(self.volumes, ev.get("dst"), str(volume))
-        elif kind == "rpc.reply":
+        self.topology.observe(ev)
+        if kind == "rpc.reply":
             server = ev.get("src")
             if ev.get("procedure") == "STATFS" and ev.get("op_ret") == 0:
                 self._put(self.statfs, server, ev)
@@ -117,9 +111,9 @@ class NoSpace(Detector):
         st.reported = True
         errno_name = st.errors[0]["errno_name"]
         server = st.server
-        path = self.names.get(server)
+        path = self.topology.brick(server)
         brick = f"{host_of(server)}:{path} (port {port_of(server)})" if path else f"the brick at {server}"
-        volume = self.volumes.get(server, "VOLNAME")
+        volume = self.topology.volume_of.get(server, "VOLNAME")
         statfs = self.statfs.get(server) if errno_name == "ENOSPC" else None
         cause, why, remedy = _diagnose(errno_name, statfs, brick, volume, path)
         procs = ", ".join(f"{p} x{n}" for p, n in sorted(st.procedures.items(), key=lambda i: -i[1]))

@@ -196,3 +196,28 @@ def test_application_calls_that_stalled_or_failed_meanwhile_join_the_recovery():
     assert back["application"] == ["glfs_fsync", "glfs_pwrite"]
     assert "glfs_fsync in pid 77 blocked 7.0 s" in back["explanation"]
     assert "glfs_pwrite in pid 77 failed with ENOTCONN" in back["explanation"]
+
+
+def getspec(t, sets):
+    return reply(t, 2, "GETSPEC", conn=1, src="127.0.0.2:24007", dst="127.0.0.1:1000",
+                 result={"brick_sets": sets})
+
+
+def test_replica_count_decides_stall_or_enotconn():
+    """A brick of a replica 3 set stalls I/O and the others go on; a brick in no set seen (a
+    distribute volume, or no volfile in the capture) leaves its files failing with ENOTCONN."""
+    replica = [{"name": "vol-replicate-0", "type": "replicate",
+                "bricks": [["127.0.0.2", "/bricks/b1"], ["127.0.0.2", "/bricks/b2"],
+                           ["127.0.0.2", "/bricks/b3"]]}]
+    peers = [setvolume(0, conn=c) for c in (7, 8)]
+    for c, port, path in ((7, "49227", "/bricks/b1"), (8, "49228", "/bricks/b3")):
+        peers[c - 7]["dst"] = f"127.0.0.2:{port}"
+        peers[c - 7]["args"]["dict"]["remote-subvolume"] = path
+    hang = [setvolume(S), call(2 * S, 9, "PING"), close(8 * S)]
+    (f,) = run(builtin("brick-not-responding"), [getspec(0, replica), *peers, *hang])
+    assert "one of 3 bricks of vol-replicate-0" in f["explanation"]
+    (f,) = run(builtin("brick-not-responding"), [getspec(0, [{"name": "other-replicate-0",
+               "type": "replicate", "bricks": [["10.0.0.9", "/x"], ["10.0.0.8", "/y"]]}]), *hang])
+    assert "no replica or disperse set with this brick" in f["explanation"]
+    (f,) = run(builtin("brick-not-responding"), hang)
+    assert "no replica or disperse set with this brick" in f["explanation"]

@@ -1,6 +1,5 @@
 """Live, on the lab: `tcpdump | correlate run --probe all --pcap -` while a fault scenario
 runs, for brick-not-responding and no-space."""
-import pytest
 
 from tests.lab import lab as lab_module
 from tests.test_run_live import LivePipeline, need_probes

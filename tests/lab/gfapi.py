@@ -27,7 +27,7 @@ import os
 import signal
 import subprocess
 import sys
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 from .gfapi_fops import MoreFops, Stat, stat_of

@@ -172,6 +172,7 @@ def main(argv: list[str] | None = None) -> int:
                "  python -m tests.lab.lab up\n"
                "  python -m tests.lab.lab scenario atime-minus-one\n"
                "  python -m tests.lab.lab record firewall-reject /tmp/reject.pcap\n"
+               "  python -m tests.lab.lab record brick-hang /tmp/hang.pcap --param hang=12\n"
                "  python -m tests.lab.lab record split-brain /tmp/sb.pcap --probes /tmp/sb.probes.jsonl\n"
                "  python -m tests.lab.lab scenario workload --param files=6000",
         formatter_class=argparse.RawDescriptionHelpFormatter)
