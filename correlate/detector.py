@@ -8,14 +8,16 @@ from __future__ import annotations
 
 import traceback
 from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
 
 from .events import make_event
 
 SEVERITIES = ("info", "warning", "error", "critical")
 
-# Keys copied into a finding's evidence: enough to show and to cross-reference the event,
-# not the whole payload (a GETSPEC reply holds a volfile).
-_EVIDENCE_DROP = {"cred"}
+# Keys left out of a finding's evidence. The credential stays: `timeline --pid` finds a
+# finding by the process its calls came from.
+_EVIDENCE_DROP: frozenset[str] = frozenset()
 MAX_ADDED_EVIDENCE = 50   # evidence a folded finding gathers from its repeats
 
 
@@ -42,10 +44,26 @@ def evidence_of(ev: dict) -> dict:
     return {k: v for k, v in ev.items() if k not in _EVIDENCE_DROP}
 
 
+@dataclass(frozen=True)
+class Option:
+    """A setting a detector declares: users set it with `-o DETECTOR.NAME=VALUE` or in a
+    `--config` file; its type is the default's (int, float, bool or str)."""
+    default: Any
+    help: str
+
+
 class Detector:
-    """Convenience base: subclasses set `id` and implement `observe` (and maybe `finish`)."""
+    """Convenience base: subclasses set `id` and implement `observe` (and maybe `finish`).
+
+    `options` declares the detector's settings ({name: Option}); `self.option(name)` reads
+    one: the user's value, else the default."""
 
     id = "unnamed"
+    options: dict[str, Option] = {}
+    settings: dict[str, Any] = {}
+
+    def option(self, name: str):
+        return self.settings[name] if name in self.settings else self.options[name].default
 
     def observe(self, event: dict) -> Iterable[dict]:
         return ()
@@ -59,14 +77,19 @@ class Detector:
         return {}
 
     def finding(self, time_ns: int, *, severity: str, title: str, explanation: str,
-                remedy: str, evidence: list[dict], key: str = "", **extra) -> dict:
-        """A finding dict. `key` names the cause: findings with equal (detector, key) fold."""
+                remedy: str, evidence: list[dict], key: str = "", refines: bool = False,
+                **extra) -> dict:
+        """A finding dict. `key` names the cause: findings with equal (detector, key) fold.
+
+        `refines=True` says more about a finding already reported (same key) without counting
+        a new occurrence: its evidence is added and its explanation replaces the first one in
+        the `finding.update` at the end (a count that grew since, say)."""
         assert severity in SEVERITIES, severity
         return make_event(time_ns, "finding", "finding", f"detector:{self.id}",
                           detector=self.id, severity=severity, title=title,
                           explanation=explanation, remedy=remedy,
                           evidence=[evidence_of(e) for e in evidence], key=key or title,
-                          count=1, **extra)
+                          count=0 if refines else 1, **extra)
 
 
 class DetectorRunner:
@@ -74,11 +97,17 @@ class DetectorRunner:
 
     A finding whose (detector, key) was already reported is counted, not re-emitted;
     `finish()` emits a `finding.update` with the final count for each folded finding. A
-    detector that raises is disabled and reported as a `detector.error` event, by name."""
+    detector that raises is disabled and reported as a `detector.error` event, by name.
 
-    def __init__(self, detectors: list, on_new_finding=None):
+    `load_errors` (plugins that failed before any event, from `load_detectors`) leave with the
+    first event, stamped with its time: an event that no input timed must not stretch the
+    timeline back to 1970."""
+
+    def __init__(self, detectors: list, on_new_finding=None, load_errors: Iterable[dict] = ()):
         self.detectors = list(detectors)
-        self.disabled: dict[str, str] = {}
+        self._load_errors = list(load_errors)
+        self.disabled: dict[str, str] = {e.get("detector", "?"): e.get("explanation", "")
+                                         for e in self._load_errors}
         self._seen: dict[tuple[str, str], dict] = {}
         self._on_new = on_new_finding
         self.findings: list[dict] = []
@@ -115,6 +144,7 @@ class DetectorRunner:
             key = (_hashable(f.get("detector", "")), _hashable(f.get("key", "")))
             first = self._seen.get(key)
             if first is None:
+                f["count"] = _count(f)
                 f.setdefault("id", f"{key[0]}#{len(self._seen) + 1}")
                 self._seen[key] = f
                 self.findings.append(f)
@@ -122,8 +152,13 @@ class DetectorRunner:
                 if self._on_new:
                     self._on_new(f)
             else:
-                first["count"] = _count(first) + _count(f)
+                refines = f.get("count") == 0     # more about it, not another occurrence
+                first["count"] = _count(first) + (0 if refines else _count(f))
                 first["last_time_ns"] = f.get("time_ns")
+                if refines:
+                    first["_refined"] = True
+                    if f.get("explanation") and f["explanation"] != first.get("explanation"):
+                        first["_explanation"] = f["explanation"]
                 evidence = f.get("evidence")
                 self._merge_evidence(first, evidence if isinstance(evidence, list) else [])
         return out
@@ -158,36 +193,48 @@ class DetectorRunner:
         return [f"detector {name}: dropped {n} x {reason}"
                 for name, drops in self.drops.items() for reason, n in drops.items()]
 
+    def _take_load_errors(self, time_ns: int) -> list[dict]:
+        errors, self._load_errors = self._load_errors, []
+        return [{**e, "time_ns": time_ns} for e in errors]
+
     def observe(self, event: dict) -> list[dict]:
-        found = []
+        found = self._take_load_errors(event["time_ns"]) if self._load_errors else []
         for det in self.detectors:
             found.extend(self._run(det, "observe", event))
         return self._fold(found)
 
     def finish(self) -> list[dict]:
-        found = []
+        found = self._take_load_errors(0)    # no event came at all
         for det in self.detectors:
             found.extend(self._run(det, "finish"))
             self._collect_drops(det)
         out = self._fold(found)
         updates = []
         for f in self.findings:
-            if _count(f) > 1:
+            if _count(f) > 1 or f.pop("_refined", False):
                 last = f.get("last_time_ns")
+                extra = {"explanation": f.pop("_explanation")} if "_explanation" in f else {}
                 updates.append(make_event(last if type(last) is int else 0, "finding", "finding.update",
                                           f.get("source", ""), detector=f.get("detector"), id=f["id"],
                                           count=f["count"], title=f.get("title"),
-                                          evidence=f.pop("_added_evidence", [])))
+                                          evidence=f.pop("_added_evidence", []), **extra))
         return out + sorted(updates, key=lambda u: u["time_ns"])
 
 
 def load_detectors(pm, config: dict | None = None) -> tuple[list, list[dict]]:
     """Every detector from every plugin (built-ins included), through the hook.
 
-    A plugin whose hook raises is reported by name (a `detector.error` event in the second
-    list) and the others still load."""
-    from .plugin_manager import call_each
+    A plugin that failed to import, or whose hook raises, is reported by name (a
+    `detector.error` event in the second list) and the others still load."""
+    from .plugin_manager import call_each, failed_plugins
     detectors, errors = [], []
+    for f in failed_plugins(pm):
+        errors.append(make_event(0, "finding", "detector.error", f"plugin:{f['name']}",
+                                 detector=f["name"], severity="error",
+                                 title=f"plugin {f['name']} failed to load",
+                                 explanation=f["error"],
+                                 remedy=f"install what {f['distribution']} needs, or report it "
+                                        "to the plugin's authors"))
     for name, result, exc in call_each(pm, "correlate_detectors", config=config or {}):
         if exc is None:
             detectors.extend(result or [])
@@ -198,3 +245,41 @@ def load_detectors(pm, config: dict | None = None) -> tuple[list, list[dict]]:
                                  explanation=f"{type(exc).__name__}: {exc}",
                                  remedy="report it to the plugin's authors"))
     return detectors, errors
+
+
+def _coerce(text, default, where: str):
+    """A user's value (text from -o, or a TOML value) as the type of the option's default."""
+    kind = type(default)
+    if not isinstance(text, str):
+        if kind is float and isinstance(text, int) and not isinstance(text, bool):
+            return float(text)
+        if isinstance(text, kind):
+            return text
+        raise ValueError(f"{where}: expected {kind.__name__}, got {text!r}")
+    try:
+        if kind is bool:
+            value = {"true": True, "yes": True, "1": True, "on": True,
+                     "false": False, "no": False, "0": False, "off": False}[text.strip().lower()]
+            return value
+        return kind(text) if kind in (int, float) else text
+    except (KeyError, ValueError):
+        raise ValueError(f"{where}: expected {kind.__name__}, got {text!r}") from None
+
+
+def configure_detectors(detectors: list, values: dict[str, dict[str, Any]]) -> None:
+    """Give each detector the settings the user chose ({detector id: {name: value}}).
+
+    ValueError names an unknown detector or option, with the ones that exist."""
+    by_id = {getattr(d, "id", None): d for d in detectors}
+    for det_id, chosen in values.items():
+        det = by_id.get(det_id)
+        if det is None:
+            raise ValueError(f"no detector {det_id!r}; detectors: {', '.join(sorted(filter(None, by_id)))}")
+        declared = getattr(det, "options", {}) or {}
+        settings = {}
+        for name, value in chosen.items():
+            if name not in declared:
+                known = ", ".join(sorted(declared)) or "none"
+                raise ValueError(f"detector {det_id} has no option {name!r}; its options: {known}")
+            settings[name] = _coerce(value, declared[name].default, f"{det_id}.{name}")
+        det.settings = {**getattr(det, "settings", {}), **settings}

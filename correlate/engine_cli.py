@@ -5,46 +5,42 @@ import json
 import os
 import signal
 import sys
-import tempfile
 import threading
 import time
 
 import click
 
-from .detector import DetectorRunner, load_detectors
+from .detector import DetectorRunner
 from .diagnostics import Diagnostics, report_diagnostics
 from .errors import CorrelateError
 from .merge import DEFAULT_WINDOW_NS, LiveMerger, merge
-from .outputs.terminal import safe_text
+from .outputs.terminal import Progress, color_option, safe_text, use_color
 from .pipeline import Reporter, TimelineWriter, run_pipeline
-from .plugin_manager import call_each, get_plugin_manager, plugin_info
-from .sources import open_input, read_timeline
+from .plugin_manager import get_plugin_manager, plugin_info
+from .run_setup import (detector_options, make_runner, output_writers, parse_detector_options,
+                        timeline_path, write_outputs)
+from .sources import open_input
 
 
-def _detectors(unanswered_after: float) -> tuple[DetectorRunner, list[dict]]:
-    pm = get_plugin_manager()
-    detectors, errors = load_detectors(pm, {"unanswered_after_ns": int(unanswered_after * 1e9)})
-
-    def notify(finding):
-        for name, _result, exc in call_each(pm, "correlate_finding", finding=finding):
-            if exc is not None:   # a notifier's bug is reported, the run goes on
-                click.echo(f"correlate: plugin {name}: correlate_finding failed: {exc}", err=True)
-
-    return DetectorRunner(detectors, on_new_finding=notify), errors
+def _detectors(unanswered_after: float, option_specs, config_path) -> DetectorRunner:
+    options = parse_detector_options(option_specs, config_path)
+    return make_runner({"unanswered_after_ns": int(unanswered_after * 1e9)}, options)
 
 
-def _reporter(json_out: bool, events: bool, timeline: str | None, command: str) -> Reporter:
+def _reporter(json_out: bool, events: bool, timeline: str | None, command: str, color: str,
+              progress=None) -> Reporter:
     writer = TimelineWriter(timeline, command=command, started_ns=time.time_ns()) if timeline else None
     if not sys.stdout.isatty():
         sys.stdout.reconfigure(line_buffering=True)
-    return Reporter(json_out=json_out, show_events=events, timeline=writer)
+    return Reporter(json_out=json_out, show_events=events, timeline=writer,
+                    color=use_color(color, sys.stdout), progress=progress)
 
 
 def _finish(reporter, runner, diags, timeline, temporary, writers, failed=False) -> int:
     """After a run: plugin outputs, what was skipped, a summary line; the exit code (1 when
     an input was damaged or a source failed)."""
-    if writers:
-        _write_outputs(writers, timeline)
+    if writers and not write_outputs(writers, timeline):
+        failed = True
     if temporary:
         os.unlink(temporary)
     fatal = report_diagnostics(diags)
@@ -75,51 +71,10 @@ common_options = [
 ]
 
 
-def _output_writers(outputs) -> list[tuple[str, callable, str]]:
-    """Resolve FORMAT=PATH against the formats plugins provide, before the run starts."""
-    if not outputs:
-        return []
-    formats = {}
-    for name, provided, exc in call_each(get_plugin_manager(), "correlate_outputs"):
-        if exc is not None:
-            click.echo(f"correlate: plugin {name}: correlate_outputs failed: {exc}", err=True)
-        formats.update(provided or {})
-    writers = []
-    for spec in outputs:
-        name, sep, path = spec.partition("=")
-        if not sep or name not in formats:
-            known = ", ".join(sorted(formats)) or "none (no plugin provides one)"
-            raise click.BadParameter(f"{spec!r}: expected FORMAT=PATH with FORMAT one of: {known}",
-                                     param_hint="--output")
-        writers.append((name, formats[name], path))
-    return writers
-
-
-def _write_outputs(writers, timeline_path: str) -> None:
-    """Plugin writers read the merged timeline back, so the run itself stays streaming."""
-    for name, write, path in writers:
-        with open(timeline_path, "rb") as f:
-            try:
-                write(read_timeline(f, timeline_path, Diagnostics(timeline_path)), path)
-            except Exception as exc:
-                click.echo(f"correlate: output format {name} failed: {exc}", err=True)
-                continue
-        click.echo(f"correlate: {name} output written to {path}", err=True)
-
-
-def _timeline_path(timeline: str | None, writers) -> tuple[str | None, str | None]:
-    """The timeline to write: the user's, or a temporary one when only outputs need it."""
-    if timeline or not writers:
-        return timeline, None
-    fd, tmp = tempfile.mkstemp(prefix="correlate-", suffix=".jsonl")
-    os.close(fd)
-    return tmp, tmp
-
-
 def with_common(f):
     for opt in reversed(common_options):
         f = opt(f)
-    return f
+    return detector_options(color_option(f))
 
 
 @click.command()
@@ -130,16 +85,19 @@ def with_common(f):
 @click.option("--pid", type=int, help="Probe only this process.")
 @click.option("--backend", type=click.Choice(["auto", "bcc", "stap"]), default="auto",
               show_default=True, help="Probe backend.")
-@click.option("--probe-offset", "probe_offsets", multiple=True, metavar="FUNC=0xOFF",
-              help="Probe a function at this file offset (stripped binaries).")
+@click.option("--probe-offset", "probe_offsets", multiple=True, metavar="FUNC=0xADDR",
+              help="Where FUNC is when it cannot be found (ELF virtual address, as objdump -d "
+                   "shows it). Repeatable.")
 @click.option("--log", "logs", multiple=True, type=click.Path(exists=True, dir_okay=False),
               help="Gluster log file to merge in. Repeatable.")
 @click.option("--duration", type=float, help="Stop after this many seconds.")
 @click.option("--window-ms", type=int, default=DEFAULT_WINDOW_NS // 1_000_000, show_default=True,
               help="Reorder window: events are held this long so they leave in time order.")
+@click.option("--profile-every", type=float, metavar="SECONDS",
+              help="Print the volume profile (as `correlate profile`) this often, and at the end.")
 @with_common
-def run(pcaps, probe_groups, pid, backend, probe_offsets, logs, duration, window_ms,
-        json_out, events, timeline, unanswered_after, outputs):
+def run(pcaps, probe_groups, pid, backend, probe_offsets, logs, duration, window_ms, profile_every,
+        json_out, events, timeline, unanswered_after, outputs, color, option_specs, config_path):
     """Live: merge probes and captures on one timeline and print findings as they happen.
 
     Stops at the end of the captures, after --duration, or on Ctrl-C / SIGTERM, with every
@@ -152,12 +110,14 @@ def run(pcaps, probe_groups, pid, backend, probe_offsets, logs, duration, window
       correlate run --probe all --timeline /tmp/incident.jsonl --duration 60
       correlate run --probe samba --pid 4242 --json
       correlate run --pcap old.pcap --pcap other-host.pcapng
+      correlate run --pcap - -o rpc-unanswered.after_s=30 --config detectors.toml
+      tcpdump -i any -s 0 -U -w - 'tcp portrange 24007-24100 or tcp portrange 49152-49251 or icmp' | correlate run --pcap - --profile-every 10
     """
     if not pcaps and not probe_groups and not logs:
         raise click.UsageError("nothing to run: give --pcap and/or --probe (see --help)")
-    writers = _output_writers(outputs)
-    timeline, temporary = _timeline_path(timeline, writers)
-    runner, load_errors = _detectors(unanswered_after)
+    writers = output_writers(outputs)
+    timeline, temporary = timeline_path(timeline, writers)
+    runner = _detectors(unanswered_after, option_specs, config_path)
     merger = LiveMerger(window_ns=window_ms * 1_000_000)
     diags: list[Diagnostics] = []
 
@@ -187,11 +147,17 @@ def run(pcaps, probe_groups, pid, backend, probe_offsets, logs, duration, window
         timer = threading.Timer(duration, stop)
         timer.daemon = True
         timer.start()
-    reporter = _reporter(json_out, events, timeline, "run")
-    for e in load_errors:
-        reporter.finding(e)
+    reporter = _reporter(json_out, events, timeline, "run", color)
+    stream = merger.events()
+    periodic = None
+    if profile_every:
+        from .profile_cli import PeriodicProfile
+        periodic = PeriodicProfile(profile_every, json_out)
+        stream = periodic.events(stream)
     try:
-        run_pipeline(merger.events(), runner, reporter)
+        run_pipeline(stream, runner, reporter)
+        if periodic:
+            periodic.print()
     finally:
         reporter.close()
     for name, exc in merger.errors:
@@ -221,7 +187,8 @@ def _opened_later(path: str, diags: list[Diagnostics]):
 @click.option("--host", "hosts", multiple=True, metavar="NAME=INPUT",
               help="Name the host an input was recorded on.")
 @with_common
-def analyze(inputs, hosts, json_out, events, timeline, unanswered_after, outputs):
+def analyze(inputs, hosts, json_out, events, timeline, unanswered_after, outputs, color,
+            option_specs, config_path):
     """Offline: run the detectors over captures, saved timelines and Gluster logs.
 
     Inputs are recognised by content (pcap, pcapng, gzip'd, JSON Lines timeline, Gluster
@@ -231,19 +198,21 @@ def analyze(inputs, hosts, json_out, events, timeline, unanswered_after, outputs
     Examples:
       correlate analyze tests/captures/firewall-drop.pcap
       correlate analyze client.pcapng /var/log/glusterfs/mnt.log --timeline merged.jsonl
-      correlate analyze --json saved-timeline.jsonl | jq .title
+      correlate analyze --json saved-timeline.jsonl | jq -r 'select(.kind == "finding") | .title'
+      NO_COLOR=1 correlate analyze capture.pcap      # or --color never
+      correlate analyze capture.pcap -o rpc-unanswered.after_s=2
     """
     host_of = dict(h.split("=", 1) for h in hosts if "=" in h)
     opened = [open_input(path, host=host_of.get(path)) for path in inputs]
-    runner, load_errors = _detectors(unanswered_after)
-    writers = _output_writers(outputs)
-    timeline, temporary = _timeline_path(timeline, writers)
-    reporter = _reporter(json_out, events, timeline, "analyze")
-    for e in load_errors:
-        reporter.finding(e)
+    runner = _detectors(unanswered_after, option_specs, config_path)
+    writers = output_writers(outputs)
+    timeline, temporary = timeline_path(timeline, writers)
+    progress = Progress()
+    reporter = _reporter(json_out, events, timeline, "analyze", color, progress)
     try:
-        run_pipeline(merge([i.events for i in opened]), runner, reporter)
+        run_pipeline(progress.wrap(merge([i.events for i in opened])), runner, reporter)
     finally:
+        progress.done()
         reporter.close()
     sys.exit(_finish(reporter, runner, [i.diag for i in opened], timeline, temporary, writers))
 
@@ -251,31 +220,56 @@ def analyze(inputs, hosts, json_out, events, timeline, unanswered_after, outputs
 @click.command("plugins")
 @click.option("--json", "json_out", is_flag=True, help="Print as JSON.")
 def plugins_cmd(json_out):
-    """List loaded plugins (built-in detectors included), their versions and hooks.
+    """List loaded plugins (built-in detectors included): version, hooks, detectors with their
+    options, output formats and probe groups; plugins that failed to load, with the reason.
 
     Set CORRELATE_TRACE_HOOKS=1 to see every hook call of a run on stderr.
 
     \b
     Examples:
       correlate plugins
+      correlate plugins --json | jq '.[] | {name, options}'
       CORRELATE_TRACE_HOOKS=1 correlate analyze capture.pcap
     """
+    from .plugin_manager import call_each
     pm = get_plugin_manager()
     rows = plugin_info(pm)
-    detectors, errors = load_detectors(pm, {})
-    ids = {}
-    for d in detectors:
-        ids.setdefault(type(d).__module__, []).append(getattr(d, "id", type(d).__name__))
+    by_name = {r["name"]: r for r in rows}
     for r in rows:
-        r["detectors"] = ids.get(r["module"], [])
+        r.setdefault("detectors", [])
+        r["options"], r["outputs"], r["probe_groups"] = {}, [], []
+    errors = []
+    for name, result, exc in call_each(pm, "correlate_detectors", config={}):
+        if exc is not None:
+            errors.append(f"plugin {name} failed to load its detectors: {type(exc).__name__}: {exc}")
+            continue
+        for d in result or []:
+            det_id = getattr(d, "id", type(d).__name__)
+            by_name[name]["detectors"].append(det_id)
+            for opt, spec in (getattr(d, "options", None) or {}).items():
+                by_name[name]["options"][f"{det_id}.{opt}"] = {"default": spec.default, "help": spec.help}
+    for name, result, exc in call_each(pm, "correlate_outputs"):
+        if exc is None:
+            by_name[name]["outputs"] = sorted(result or {})
+    for name, result, exc in call_each(pm, "correlate_probe_specs"):
+        if exc is None:
+            by_name[name]["probe_groups"] = sorted({getattr(s, "group", "?") for s in result or []})
     if json_out:
-        click.echo(json.dumps(rows, indent=2))
-        return
-    for r in rows:
-        dist = f"{r['distribution']} {r['version']}" if r["distribution"] else "(not from a package)"
-        click.echo(f"{r['name']:<20} {dist:<20} hooks: {', '.join(r['hooks'])}"
-                   + (f"  detectors: {', '.join(r['detectors'])}" if r["detectors"] else ""))
+        click.echo(json.dumps(rows, indent=2, default=str))
+    else:
+        for r in rows:
+            dist = f"{r['distribution']} {r['version']}" if r["distribution"] else "(not from a package)"
+            if r["status"] == "failed":
+                click.echo(f"{r['name']:<20} {dist:<26} FAILED: {r['error']}")
+                continue
+            click.echo(f"{r['name']:<20} {dist:<26} hooks: {', '.join(r['hooks'])}")
+            for label, key in (("detectors", "detectors"), ("output formats", "outputs"),
+                               ("probe groups", "probe_groups")):
+                if r[key]:
+                    click.echo(f"    {label}: {', '.join(r[key])}")
+            for opt, spec in r["options"].items():
+                click.echo(f"    -o {opt}={spec['default']!r}  {spec['help']}")
     for e in errors:
-        click.echo(f"correlate: {e['title']}: {e['explanation']}", err=True)
+        click.echo(f"correlate: {e}", err=True)
     if not rows:
-        raise CorrelateError("no plugins loaded: is correlate installed (pip install -e .)?")
+        raise CorrelateError("no plugins loaded: is gluster-correlate installed (pip install -e .)?")

@@ -19,7 +19,9 @@ hookspec = pluggy.HookspecMarker("correlate")
 def correlate_detectors(config):
     """Return a list of detector objects (see `correlate.detector.Detector`).
 
-    `config` is a dict of run options (e.g. `unanswered_after_ns`). Each detector sees every
+    `config` is a dict of run options (e.g. `unanswered_after_ns`); a detector's own settings
+    are its `options` (see `correlate.detector.Option`), set by users with -o / --config and
+    read with `self.option(name)`. Each detector sees every
     event in time order through `observe(event)` and returns findings; `finish()` is called at
     the end of input. A detector that raises is reported by name and disabled."""
 
@@ -37,7 +39,7 @@ def correlate_outputs():
     """Return a dict mapping an output format name to a writer `write(events, path)`.
 
     `events` is the merged iterable of event dicts (findings included); the format becomes
-    available as `correlate analyze --output NAME=PATH`."""
+    available as `--output NAME=PATH` on `correlate run`, `analyze` and `timeline`."""
 
 
 @hookspec

@@ -8,7 +8,7 @@ from typing import TextIO
 from .detector import DetectorRunner
 from .events import header_line, to_json
 from .outputs.fields import format_fields
-from .outputs.terminal import colorize, format_event, format_finding
+from .outputs.terminal import colorize, format_event, format_finding, use_color
 
 
 class TimelineWriter:
@@ -38,14 +38,15 @@ class Reporter:
     def __init__(self, *, json_out: bool = False, show_events: bool = False,
                  show_findings: bool = True, timeline: TimelineWriter | None = None,
                  out: TextIO | None = None, color: bool | None = None,
-                 fields: list[tuple[str, ...]] | None = None):
+                 fields: list[tuple[str, ...]] | None = None, progress=None):
         self.out = out or sys.stdout
         self.json_out = json_out
         self.fields = fields          # events as these tab-separated fields (outputs.fields)
         self.show_events = show_events
         self.show_findings = show_findings
         self.timeline = timeline
-        self.color = self.out.isatty() if color is None else color
+        self.color = use_color("auto", self.out) if color is None else color
+        self.progress = progress      # a terminal counter to wipe before a line is printed
         self.counts = {"events": 0, "findings": 0}
         self._held: list[str] | None = None if getattr(self.out, "line_buffering", True) else []
 
@@ -80,6 +81,8 @@ class Reporter:
         if self.timeline:
             self.timeline.write(f)
         if self.show_findings:
+            if self.progress is not None:
+                self.progress.clear()
             self._write_held()
             self._print(f, format_finding(f) if f.get("kind", "").startswith("finding")
                         else format_event(f))

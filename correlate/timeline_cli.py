@@ -11,14 +11,16 @@ import datetime as _dt
 import os
 import re
 import sys
-import time
 from collections.abc import Iterable, Iterator
 
 import click
 
 from .diagnostics import report_diagnostics
+from .errors import CorrelateError
 from .events import header_line, to_json
 from .merge import DEFAULT_WINDOW_NS, merge, shift_clock
+from .outputs.terminal import color_option
+from .run_setup import detector_options, output_writers, parse_detector_options
 
 _DURATION = re.compile(r"^([+-]?\d+(?:\.\d+)?)(ns|us|ms|s|m|h)?$")
 _UNITS = {"ns": 1, "us": 1_000, "ms": 1_000_000, "s": 1_000_000_000, None: 1_000_000_000,
@@ -153,18 +155,72 @@ def estimate_host_offsets(host_inputs: dict[str, list[str]], reference: str, ech
     return offsets
 
 
+# -- a saved timeline together with the capture it was made from ----------------------------
+
+_WIRE_IDENTITY = ("time_ns", "kind", "conn", "xid", "frame", "src", "dst")
+
+
+class CaptureDeduplicator:
+    """Drops the second copy of each wire event when a saved timeline is merged with the
+    capture it was made from (`correlate timeline incident.jsonl incident.pcap`).
+
+    The timeline's copy is kept: its findings point at it. Copies have the same time, so
+    only events of one timestamp are held at a time. `aliases` maps each capture's name to
+    the source names its events had in the timeline (`stdin` for `run --pcap -`), so the
+    annotated pcapng finds the packets the timeline's findings point at."""
+
+    def __init__(self, capture_names: set[str]):
+        self.capture_names = capture_names
+        self.aliases: dict[str, set[str]] = {}
+        self.dropped = 0
+
+    def __call__(self, events: Iterable[dict]) -> Iterator[dict]:
+        group: list[dict] = []
+        for ev in events:
+            if group and ev.get("time_ns") != group[0].get("time_ns"):
+                yield from self._unique(group)
+                group = []
+            group.append(ev)
+        yield from self._unique(group)
+
+    def _unique(self, group: list[dict]) -> list[dict]:
+        if len(group) == 1:
+            return group
+        timeline_copies = {tuple(ev.get(k) for k in _WIRE_IDENTITY): ev.get("source") for ev in group
+                           if ev.get("layer") == "wire" and ev.get("source") not in self.capture_names}
+        out, seen = [], set()
+        for ev in group:
+            if ev.get("layer") != "wire":
+                out.append(ev)
+                continue
+            key = tuple(ev.get(k) for k in _WIRE_IDENTITY)
+            original = timeline_copies.get(key)
+            if (key, ev.get("source")) in seen or (ev.get("source") in self.capture_names
+                                                   and original is not None):
+                self.dropped += 1
+                if original is not None:
+                    self.aliases.setdefault(ev.get("source"), set()).add(original)
+                continue
+            seen.add((key, ev.get("source")))
+            out.append(ev)
+        return out
+
+
 # -- outputs --------------------------------------------------------------------------------
 
 class _PcapngSink:
     """Collects findings; at the end annotates each capture input with them."""
 
-    def __init__(self, out_path: str, captures: list[tuple[str, str]]):
-        self.out_path, self.captures = out_path, captures
+    def __init__(self, out_path: str, captures: list[tuple[str, str]], aliases: dict[str, set[str]]):
+        self.out_path, self.captures, self.aliases = out_path, captures, aliases
         self.findings: list[dict] = []
 
     def add(self, ev: dict) -> None:
-        if ev.get("layer") == "finding" and ev.get("kind") == "finding":
+        if ev.get("layer") == "finding" and ev.get("kind") in ("finding", "finding.update"):
             self.findings.append(ev)
+
+    def describe(self) -> str:
+        return f"annotated pcapng {self.out_path}"
 
     def close(self, echo) -> None:
         from .outputs.pcapng_annotate import annotate_pcapng
@@ -173,7 +229,8 @@ class _PcapngSink:
             if len(self.captures) > 1:
                 stem, ext = os.path.splitext(self.out_path)
                 out = f"{stem}-{os.path.splitext(source)[0]}{ext or '.pcapng'}"
-            stats = annotate_pcapng(path, self.findings, out, source=source)
+            stats = annotate_pcapng(path, self.findings, out, source=source,
+                                    also=self.aliases.get(source, ()))
             echo(f"correlate: {out}: {stats['packets']} packets, {stats['annotated']} annotated")
 
 
@@ -182,6 +239,9 @@ class _HtmlSink:
         from .outputs.html import HtmlReport
         self.out_path, self.report = out_path, HtmlReport(out_path, title=title)
         self.add = self.report.add
+
+    def describe(self) -> str:
+        return f"HTML report {self.out_path}"
 
     def close(self, echo) -> None:
         counts = self.report.close()
@@ -198,6 +258,9 @@ class _PerfettoSink:
         self.writer = PerfettoWriter(self.file)
         self.add = self.writer.add
 
+    def describe(self) -> str:
+        return f"Perfetto trace {self.out_path}"
+
     def abort(self) -> None:
         """The run ended on an error: no half-written trace is left behind."""
         self.file.close()
@@ -209,37 +272,43 @@ class _PerfettoSink:
         echo(f"correlate: Perfetto trace written to {self.out_path} ({self.writer.count} trace events)")
 
 
-class _Progress:
-    """A one-line counter on stderr, only when stderr is a terminal."""
+class _PluginOutputsSink:
+    """--output FORMAT=PATH: the shown events go to a temporary timeline that each plugin
+    writer then reads (as for run and analyze)."""
 
-    def __init__(self):
-        self.enabled = sys.stderr.isatty()
-        self.count = 0
-        self.next_at = time.monotonic() + 1.0
+    def __init__(self, writers):
+        from .pipeline import TimelineWriter
+        from .run_setup import timeline_path
+        self.writers = writers
+        _path, self.tmp = timeline_path(None, writers)
+        self.timeline = TimelineWriter(self.tmp, command="timeline")
+        self.add = self.timeline.write
 
-    def tick(self, ev: dict) -> None:
-        self.count += 1
-        if self.enabled and self.count % 1000 == 0 and time.monotonic() >= self.next_at:
-            from .outputs.terminal import format_time
-            sys.stderr.write(f"\r{self.count} events, at {format_time(ev.get('time_ns', 0))} ")
-            sys.stderr.flush()
-            self.next_at = time.monotonic() + 1.0
+    def describe(self) -> str:
+        return "--output " + ", ".join(name for name, _w, _p in self.writers)
 
-    def done(self) -> None:
-        if self.enabled and self.count >= 1000:
-            sys.stderr.write("\r" + " " * 40 + "\r")
+    def abort(self) -> None:
+        self.timeline.close()
+        os.unlink(self.tmp)
+
+    def close(self, echo) -> None:
+        from .run_setup import write_outputs
+        self.timeline.close()
+        try:
+            if not write_outputs(self.writers, self.tmp):
+                raise CorrelateError("see above")
+        finally:
+            os.unlink(self.tmp)
 
 
-def _with_findings(events: Iterable[dict], detect: bool) -> Iterator[dict]:
-    """Run the detectors (plugins included) and put each finding after the event completing it."""
+def _with_findings(events: Iterable[dict], detect: bool, options: dict) -> Iterator[dict]:
+    """Run the detectors (plugins included, each new finding passed to correlate_finding) and
+    put each finding after the event completing it."""
     if not detect:
         yield from events
         return
-    from .detector import DetectorRunner, load_detectors
-    from .plugin_manager import get_plugin_manager
-    detectors, errors = load_detectors(get_plugin_manager())
-    runner = DetectorRunner(detectors)
-    yield from errors
+    from .run_setup import make_runner
+    runner = make_runner({}, options)
     for ev in events:
         if ev.get("layer") == "finding":
             continue        # a saved timeline's findings: the detectors derive them again
@@ -277,8 +346,14 @@ def _with_findings(events: Iterable[dict], detect: bool) -> Iterator[dict]:
               help="Run the detectors [default: on, unless an input is a saved timeline].")
 @click.option("--window-ms", type=int, default=DEFAULT_WINDOW_NS // 1_000_000, show_default=True,
               help="Reorder window of the merge.")
+@click.option("--output", "outputs", multiple=True, metavar="FORMAT=PATH",
+              help="Also write the shown events in a format a plugin adds (correlate_outputs "
+                   "hook; see `correlate plugins`). Repeatable.")
+@color_option
+@detector_options
 def timeline(inputs, hosts, since, until, conn, host_filter, gfid, path, pid, layers, ladder,
-             html_path, perfetto_path, pcapng_path, json_out, sync_clocks, detect, window_ms):
+             html_path, perfetto_path, pcapng_path, json_out, sync_clocks, detect, window_ms, outputs,
+             color, option_specs, config_path):
     """Merge captures, saved timelines and Gluster logs into one timeline; filter; render.
 
     \b
@@ -288,7 +363,9 @@ def timeline(inputs, hosts, since, until, conn, host_filter, gfid, path, pid, la
       correlate timeline --host client=c.pcap --host server=s.pcap --sync-clocks --ladder
       correlate timeline saved.jsonl --layer finding --layer probe --since +2s --until +5s
       correlate timeline atime.pcap --pcapng annotated.pcapng --perfetto trace.json
+      correlate timeline incident.jsonl incident.pcap --html report.html --pcapng annotated.pcapng
       correlate timeline capture.pcap --conn 127.0.0.2:49152 --json | jq .procedure
+      correlate timeline capture.pcap --output perfetto=trace.json -o rpc-unanswered.after_s=2
     """
     from .sources import open_input
 
@@ -300,6 +377,8 @@ def timeline(inputs, hosts, since, until, conn, host_filter, gfid, path, pid, la
         specs.append((p, name))
     if not specs:
         raise click.UsageError("no INPUT given")
+    options = parse_detector_options(option_specs, config_path)
+    writers = output_writers(outputs)
     since_t = parse_time(since) if since else None
     until_t = parse_time(until) if until else None
 
@@ -323,23 +402,39 @@ def timeline(inputs, hosts, since, until, conn, host_filter, gfid, path, pid, la
         detect = not any(i.kind == "timeline" for i in opened)
     streams = [shift_clock(i.events, offsets.get(h, 0)) if h else i.events
                for i, (_p, h) in zip(opened, specs)]
-    events = _with_findings(merge(streams, window_ms * 1_000_000), detect)
+    merged = merge(streams, window_ms * 1_000_000)
+    dedup = None
+    if any(i.kind == "timeline" for i in opened) and any(i.kind == "capture" for i in opened):
+        dedup = CaptureDeduplicator({i.name for i in opened if i.kind == "capture"})
+        merged = dedup(merged)
+    events = _with_findings(merged, detect, options)
     keep = EventFilter(since=since_t, until=until_t, conn=conn, host=host_filter, gfid=gfid, path=path,
                        pid=pid, layers=layers)
 
+    failed = False
     sinks = []
     if pcapng_path:
         captures = [(p, i.name) for i, (p, _h) in zip(opened, specs) if i.kind == "capture" and p != "-"]
-        if not captures:
-            raise click.UsageError("--pcapng needs a capture file among the inputs")
-        sinks.append(_PcapngSink(pcapng_path, captures))
+        if captures:
+            sinks.append(_PcapngSink(pcapng_path, captures, dedup.aliases if dedup else {}))
+        else:    # the other outputs are still written
+            echo("correlate: --pcapng: no capture file among the inputs (a timeline holds events, "
+                 "not packets); name the capture as well: correlate timeline incident.jsonl "
+                 "incident.pcap --pcapng annotated.pcapng")
+            failed = True
     if html_path:
         sinks.append(_HtmlSink(html_path, "correlate timeline: " + ", ".join(i.name for i in opened)))
     if perfetto_path:
-        sinks.append(_PerfettoSink(perfetto_path))
+        try:
+            sinks.append(_PerfettoSink(perfetto_path))
+        except OSError as exc:
+            echo(f"correlate: Perfetto trace {perfetto_path} failed: {exc}")
+            failed = True
+    if writers:
+        sinks.append(_PluginOutputsSink(writers))
 
     out = sys.stdout
-    to_terminal = not json_out and not (html_path or perfetto_path or pcapng_path) or ladder
+    to_terminal = not json_out and not (html_path or perfetto_path or pcapng_path or writers) or ladder
     if json_out:
         out.write(header_line(command="timeline", inputs=[i.name for i in opened]) + "\n")
     ladder_view = None
@@ -347,7 +442,9 @@ def timeline(inputs, hosts, since, until, conn, host_filter, gfid, path, pid, la
         from .outputs.ladder import Ladder
         ladder_view = Ladder()
     from .outputs.terminal import format_event, format_finding
-    progress = _Progress()
+    from .outputs.terminal import Progress, colorize, use_color
+    progress = Progress()
+    color = use_color(color, out)
     shown = 0
     try:
         for ev in events:
@@ -355,15 +452,23 @@ def timeline(inputs, hosts, since, until, conn, host_filter, gfid, path, pid, la
             if not keep(ev):
                 continue
             shown += 1
-            for sink in sinks:
-                sink.add(ev)
+            for sink in list(sinks):
+                try:
+                    sink.add(ev)
+                except OSError as exc:       # a full disk ends this output, not the others
+                    echo(f"correlate: {sink.describe()} failed: {exc}")
+                    sinks.remove(sink)
+                    failed = True
             if json_out:
                 out.write(to_json(ev) + "\n")
             elif ladder_view is not None:
+                progress.clear()
                 for line in ladder_view.add(ev):
                     out.write(line + "\n")
             elif to_terminal:
-                out.write((format_finding(ev) if ev.get("kind") == "finding" else format_event(ev)) + "\n")
+                progress.clear()
+                text = format_finding(ev) if ev.get("kind") == "finding" else format_event(ev)
+                out.write(colorize(text, ev, color) + "\n")
     except BaseException:
         for sink in sinks:
             getattr(sink, "abort", lambda: None)()
@@ -372,8 +477,18 @@ def timeline(inputs, hosts, since, until, conn, host_filter, gfid, path, pid, la
         progress.done()
         out.flush()
     for sink in sinks:
-        sink.close(echo)
+        try:
+            sink.close(echo)
+        except (OSError, CorrelateError) as exc:     # one failing output does not cancel the others
+            echo(f"correlate: {sink.describe()} failed: {exc}")
+            failed = True
     fatal = report_diagnostics([i.diag for i in opened if i.diag is not None])
-    echo(f"correlate: {shown} events shown")
-    if fatal:
+    if dedup is not None and dedup.dropped:
+        echo(f"correlate: {dedup.dropped} wire events were both in a saved timeline and in a "
+             "capture: kept once")
+    if to_terminal or json_out:
+        echo(f"correlate: {shown} events shown")
+    else:
+        echo(f"correlate: {shown} events passed the filters into the outputs")
+    if fatal or failed:
         sys.exit(1)

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections import deque
 
 from correlate import hookimpl
-from correlate.detector import Detector
+from correlate.detector import Detector, Option
 
 from .gluster_facts import find_key, host_of, port_of
 
@@ -20,11 +20,15 @@ LOG_WINDOW_NS = 5_000_000_000
 
 class AuthRejected(Detector):
     id = "auth-rejected"
+    options = {"log_window_s": Option(LOG_WINDOW_NS / 1e9, "seconds around a SETVOLUME failure "
+                                                           "in which client log lines and glfs_init "
+                                                           "calls join its evidence")}
 
     def __init__(self):
         self.setvolume_calls: dict[tuple, dict] = {}
         self.context: deque[dict] = deque(maxlen=256)   # glfs_init calls, client log lines
         self.init_returned: set[tuple] = set()
+        self.reported: deque[dict] = deque(maxlen=64)     # SETVOLUME findings, for log lines after
 
     def observe(self, ev):
         kind = ev.get("kind")
@@ -34,6 +38,7 @@ class AuthRejected(Detector):
             self.init_returned.add((ev.get("pid"), ev.get("tid")))
         elif ev.get("layer") == "log" and "SETVOLUME" in str(ev.get("message", "")):
             self.context.append(ev)
+            return self._log_after_reply(ev)
         elif kind == "rpc.call" and ev.get("procedure") == "SETVOLUME":
             self.setvolume_calls[(ev.get("conn"), ev.get("xid"))] = ev
             if len(self.setvolume_calls) > 4096:
@@ -44,10 +49,20 @@ class AuthRejected(Detector):
             return [self._denied(ev)]
         return ()
 
+    def _log_after_reply(self, line: dict) -> list[dict]:
+        """The client logs a SETVOLUME failure in its reply callback, so after the reply: the
+        line joins the finding already reported (the latest within the window before it)."""
+        for f in reversed(self.reported):
+            if 0 <= line["time_ns"] - f["time_ns"] <= self.option("log_window_s") * 1e9:
+                return [self.finding(line["time_ns"], severity=f["severity"], title=f["title"],
+                                     explanation=f["explanation"], remedy=f["remedy"],
+                                     evidence=[line], key=f["key"], refines=True)]
+        return []
+
     def _nearby(self, t: int) -> list[dict]:
         out = []
         for e in self.context:
-            if abs(t - e["time_ns"]) <= LOG_WINDOW_NS:
+            if abs(t - e["time_ns"]) <= self.option("log_window_s") * 1e9:
                 out.append(e)
         return out
 
@@ -73,11 +88,13 @@ class AuthRejected(Detector):
                   "(or reset auth.reject), then stop and start the volume so the bricks reload "
                   "it. The client log says 'SETVOLUME on remote-host failed'.")
         evidence = [e for e in (call, reply) if e] + nearby
-        return self.finding(reply["time_ns"], severity="critical",
-                            title=f"SETVOLUME rejected: {error}", explanation=explanation,
-                            remedy=remedy, evidence=evidence,
-                            key=f"setvolume:{host_of(reply.get('src'))}:{error}",
-                            error_text=error)
+        finding = self.finding(reply["time_ns"], severity="critical",
+                               title=f"SETVOLUME rejected: {error}", explanation=explanation,
+                               remedy=remedy, evidence=evidence,
+                               key=f"setvolume:{host_of(reply.get('src'))}:{error}",
+                               error_text=error)
+        self.reported.append(finding)
+        return finding
 
     def _denied(self, reply: dict) -> dict:
         client_port = port_of(reply.get("dst"))

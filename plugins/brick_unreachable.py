@@ -20,6 +20,7 @@ class BrickUnreachable(Detector):
         self.volfiles: dict[str, dict] = {}               # glusterd host -> GETSPEC reply
         self.bricks: dict[tuple[str, int], tuple] = {}   # (host, port) -> (reply, brick, call)
         self.portmap_calls: dict[tuple, dict] = {}
+        self.final_syns: dict[str, dict[str, tuple]] = {}   # key -> dst -> (attempts, span s)
 
     def observe(self, ev):
         kind = ev.get("kind")
@@ -46,8 +47,9 @@ class BrickUnreachable(Detector):
             return ()
         if ev["kind"] == "tcp.timeout":
             action = "DROP"
+            span = ev.get("syn_span_ns", ev.get("waited_ns", 0)) / 1e9
             how = (f"the SYN to {ev.get('dst')} was sent {ev.get('attempts', '?')} times in "
-                   f"{ev.get('waited_ns', 0) / 1e9:.1f} s and never answered: a firewall silently "
+                   f"{span:.1f} s and never answered: a firewall silently "
                    "drops it, so the client hangs until its timeout")
         elif ev.get("reason") == "icmp":
             action = "REJECT"
@@ -78,6 +80,19 @@ class BrickUnreachable(Detector):
         evidence.append(ev)
         fetched = "The client fetched the volfile (GETSPEC) but " if volfile else ""
         explanation = f"{fetched}{how}. Target: {target}."
+        key = f"{action}:{host}:{'glusterd' if port in GLUSTERD_PORTS else 'brick'}"
+        if ev.get("final"):
+            # The client gave up (or the input ended): every SYN is counted now, the last one
+            # is the evidence. Said for every connection of this finding.
+            finals = self.final_syns.setdefault(key, {})
+            finals[ev.get("dst")] = (ev.get("attempts"), span)
+            if len(finals) > 1:
+                listed = "; ".join(f"to {dst}: {n} SYNs in {s:.1f} s" for dst, (n, s) in finals.items())
+                explanation = (f"{fetched}the SYNs were never answered ({listed}): a firewall "
+                               f"silently drops them, so the client hangs until its timeout.")
+            return [self.finding(ev["time_ns"], severity="error", title=title, refines=True,
+                                 explanation=explanation, remedy="", evidence=[ev], key=key,
+                                 action=action, target=ev.get("dst"))]
         if action == "DROP":
             remedy = (f"Look for a DROP rule (or a firewall default policy of DROP) on {host} or "
                       f"on the path: `iptables -S | grep -E 'DROP'`, `nft list ruleset`, "
@@ -90,8 +105,7 @@ class BrickUnreachable(Detector):
                       "(`gluster volume status`).")
         return [self.finding(ev["time_ns"], severity="error", title=title,
                              explanation=explanation, remedy=remedy, evidence=evidence,
-                             key=f"{action}:{host}:{'glusterd' if port in GLUSTERD_PORTS else 'brick'}",
-                             action=action,
+                             key=key, action=action,
                              target=ev.get("dst"))]
 
 

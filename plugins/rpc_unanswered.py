@@ -1,17 +1,22 @@
-"""rpc-unanswered: calls that get no reply (the hang), and a summary of error replies.
+"""rpc-unanswered: calls that get no reply while their connection lives (the hang), and a
+summary of error replies.
 
 Timing follows the events' own clock (capture time), so offline analysis and live runs
 agree. Calls still in flight when the input ends younger than the threshold are not hangs.
+Calls pending when their connection closes (client exit, brick killed, a client giving up
+on a hung brick: brick-not-responding tells that story) can never be answered: they are
+lost, not hung. Blocking lock requests wait by design until the lock is free; the lock-wait
+detector judges them.
 """
 from __future__ import annotations
 
 from collections import Counter, OrderedDict
 
 from correlate import hookimpl
-from correlate.detector import Detector
+from correlate.detector import Detector, Option
 from correlate.gluster.programs import lookup
 
-from .gluster_facts import host_of
+from .gluster_facts import host_of, is_blocking_lock
 
 DEFAULT_AFTER_NS = 10_000_000_000
 MAX_PENDING = 20_000          # calls waiting at once (about 1 KB each); more are counted, not kept
@@ -31,9 +36,11 @@ EXPLAINED = {"SETVOLUME"}
 
 class RpcUnanswered(Detector):
     id = "rpc-unanswered"
+    options = {"after_s": Option(DEFAULT_AFTER_NS / 1e9, "seconds without a reply before a call "
+                                                         "counts as unanswered (--unanswered-after)")}
 
     def __init__(self, after_ns: int = DEFAULT_AFTER_NS):
-        self.after_ns = after_ns
+        self.settings = {"after_s": after_ns / 1e9}
         # Call time order; an OrderedDict pops its oldest in O(1) (a dict rescans the holes
         # its deletions left at the front: quadratic over a million calls).
         self.pending: OrderedDict[tuple, dict] = OrderedDict()
@@ -41,9 +48,13 @@ class RpcUnanswered(Detector):
         self.error_examples: dict[tuple, dict] = {}
         self.dropped = 0        # calls not tracked: MAX_PENDING were waiting already
 
+    @property
+    def after_ns(self) -> int:
+        return int(self.option("after_s") * 1e9)
+
     def observe(self, ev):
         kind = ev.get("kind")
-        if kind == "rpc.call" and self._expects_reply(ev):
+        if kind == "rpc.call" and self._expects_reply(ev) and not is_blocking_lock(ev):
             if len(self.pending) < MAX_PENDING:
                 self.pending[(ev.get("conn"), ev.get("src"), ev.get("xid"))] = {
                     k: ev[k] for k in KEPT if k in ev}
@@ -56,7 +67,16 @@ class RpcUnanswered(Detector):
                 if key not in BENIGN:
                     self.errors[key] += 1
                     self.error_examples.setdefault(key, ev)
-        return self._overdue(ev["time_ns"])
+        found = self._overdue(ev["time_ns"])
+        if kind == "tcp.close":
+            self._lost_at_close(ev.get("conn"))
+        return found
+
+    def _lost_at_close(self, conn) -> None:
+        """A reply can no longer come: the calls still pending were lost with the connection
+        (overdue ones were reported above, while the connection lived)."""
+        for key in [k for k in self.pending if k[0] == conn]:
+            del self.pending[key]
 
     @staticmethod
     def _expects_reply(call: dict) -> bool:

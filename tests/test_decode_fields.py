@@ -32,7 +32,7 @@ def test_one_column_per_field_whatever_the_values():
     ev = {"xid": 7, "procedure": "LOOKUP", "args": {"bname": "a\tb\nc\x1b[31m", "flags": ["X", "Y"]},
           "result": {"xdata": {"k": "v"}}, "op_ret": -1}
     line = format_fields(ev, parse_fields("xid,procedure,args.bname,args.flags,result.xdata,"
-                                          "missing,args.bname.deeper,op_ret"))
+                                          "decode_error,args.bname.deeper,op_ret"))
     cols = line.split("\t")
     assert cols == ["7", "LOOKUP", "a\\tb\\nc\\x1b[31m", '["X","Y"]', '{"k":"v"}', "", "", "-1"]
     assert "\x1b" not in line and "\n" not in line

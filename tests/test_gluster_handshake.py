@@ -1,6 +1,6 @@
 """Handshake (SETVOLUME, GETSPEC), Portmap (PORTBYBRICK) and DUMP through RpcSink."""
 from correlate.gluster import dicts, programs
-from correlate.wire.xdr import Packer
+from correlate.xdr import Packer
 from tests.test_gluster_dicts import dict3, gfx_dict
 from tests.test_rpc import DUMP, HNDSK, PMAP, call_msg, cred_v3, new_sink, record, reply_msg
 
@@ -78,3 +78,14 @@ def test_registry_numbers():
     assert programs.lookup(34123456, 1, 4).procedure == "SIGNIN"
     assert programs.lookup(52743234, 1, 5).procedure == "CACHE_INVALIDATION"
     assert programs.lookup(1, 1, 1).program is None
+
+
+def test_getspec_keeps_the_replica_sets():
+    volfile = ("volume v-client-0\n type protocol/client\n option remote-host h\n"
+               " option remote-subvolume /b1\nend-volume\n"
+               "volume v-replicate-0\n type cluster/replicate\n subvolumes v-client-0\nend-volume\n").encode()
+    args = Packer().uint32(0).string("v").raw(dict3({})).bytes()
+    result = Packer().int32(len(volfile)).int32(0).opaque(volfile).raw(dict3({})).bytes()
+    _call, reply = exchange(HNDSK, 2, 2, args, result)
+    assert reply["result"]["brick_sets"] == [{"name": "v-replicate-0", "type": "replicate",
+                                              "bricks": [["h", "/b1"]]}]

@@ -242,3 +242,21 @@ def test_default_workload_capture_is_big_enough(lab, tmp_path):
     with open(out, "rb") as f:
         count = sum(1 for _ in dpkt.pcap.Reader(f))
     assert count == result.packets and count >= 100_000
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("smbd"), reason="needs root and smbd")
+def test_smbd_takes_a_free_port_when_its_own_is_taken():
+    """Another smbd (or anything) on 127.0.0.1:4450 must not end `make run` with a traceback."""
+    import socket
+    from tests.lab import samba
+    with socket.socket() as holder:
+        holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            holder.bind((samba.ADDRESS, samba.PORT))
+            holder.listen()
+        except OSError:
+            pass                       # something else holds it already: the same situation
+        with samba.Smbd() as smbd:
+            assert smbd.port != samba.PORT
+            with socket.create_connection((samba.ADDRESS, smbd.port), timeout=5):
+                pass                   # the new smbd answers on the port it took

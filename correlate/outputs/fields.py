@@ -9,6 +9,21 @@ from __future__ import annotations
 from .terminal import safe_text
 from ..events import to_json
 
+# The keys of the events decode prints (docs/events.md): a field must start with one of them.
+EVENT_KEYS = frozenset({
+    "time_ns", "layer", "kind", "source", "host", "src", "dst", "conn", "frame",
+    "handshake_ns", "reason", "icmp_type", "icmp_code", "icmp_from", "attempts", "waited_ns", "by",
+    "xid", "program", "program_num", "version", "procedure", "procedure_num", "cred", "args",
+    "reply_status", "accept_status", "reject_status", "auth_status", "op_ret", "op_errno",
+    "errno_name", "result", "call_time_ns", "latency_ns", "mismatch", "payload_bytes",
+    "decode_error",
+})
+NESTED = ("args", "result", "cred", "mismatch")
+# Common names inside args/result, offered when one is given without its prefix.
+COMMON_NESTED = ("path", "bname", "name", "gfid", "pargfid", "atime", "atime_nsec", "mtime",
+                 "mtime_nsec", "valid_flags", "fd", "offset", "size", "flags", "mode", "brick",
+                 "port", "dict", "key")
+
 # Event keys that need the RPC credential or body decoded (the decoder can skip that work).
 DETAIL_KEYS = frozenset({"cred", "args", "result", "op_ret", "op_errno", "errno_name", "decode_error"})
 MAX_VALUE = 4096
@@ -22,6 +37,15 @@ def parse_fields(spec: str) -> list[tuple[str, ...]]:
         parts = tuple(name.split("."))
         if not name or not all(parts):
             raise ValueError(f"bad field name {name!r} in {spec!r}")
+        if parts[0] not in EVENT_KEYS:
+            hint = ""
+            if parts[0] in COMMON_NESTED:
+                hint = f" (did you mean args.{name} or result.{name}?)"
+            raise ValueError(f"unknown field {name!r}{hint}. Valid fields: "
+                             f"{', '.join(sorted(EVENT_KEYS - set(NESTED)))}; and inside "
+                             f"{', '.join(NESTED)} by a dotted name, such as "
+                             f"{', '.join('args.' + n for n in COMMON_NESTED[:8])}, "
+                             f"result.op_ret, cred.pid (docs/events.md)")
         fields.append(parts)
     if not fields:
         raise ValueError("no fields given")

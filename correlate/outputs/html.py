@@ -5,7 +5,8 @@ timeline below. The timeline can be filtered by layer, host and text, and zoomed
 over the overview strip. Findings are rendered in HTML (escaped with html.escape); timeline
 rows are rendered by the page's script from JSON embedded with `<`, `>`, `&`, U+2028 and
 U+2029 escaped, and inserted as text (never as markup). At most `max_events` events are kept
-for the page; the report says how many were left out.
+for the page (the first half, the last half, and every event a finding points at); the report
+says how many were left out, and from when to when.
 """
 from __future__ import annotations
 
@@ -13,9 +14,11 @@ import datetime as _dt
 import html
 import json
 import re
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Iterable
 
+from ..profile import Profile
+from .profile_html import CSS as PROFILE_CSS, profile_section
 from .terminal import format_event
 
 MAX_EVENTS = 50_000          # timeline rows in one page (a browser stays responsive)
@@ -75,58 +78,150 @@ def _cut(text, limit: int = MAX_TEXT_CHARS) -> str:
 
 
 class _Collector:
-    """Keeps what the page needs from a stream: capped rows, findings, tallies."""
+    """Keeps what the page needs from a stream: capped rows, findings, tallies.
+
+    Past `max_events`, the page keeps the first half and the last half of the events (the
+    end of an incident matters as much as its start), and every event a finding points at
+    (from the finding's own copy of its evidence); the events in between are counted."""
 
     def __init__(self, max_events: int):
         self.max_events = max_events
-        self.rows: list[dict] = []
-        self.index: dict[tuple, str] = {}
+        self.head: list[dict] = []
+        self.tail: deque[dict] = deque(maxlen=max_events // 2)
+        self.pinned: list[dict] = []      # evidence rows kept past the cap
+        self.keys: set[tuple] = set()
         self.findings: list[dict] = []
-        self.updates: dict[str, int] = {}
-        self.left_out = 0
+        self.errors: list[dict] = []      # detectors that failed: a report must not look healthy
+        self.updates: dict[str, dict] = {}
+        self.seen = 0
+        self.dropped_span: list[int] = []  # first and last time of the events left out
+        self.bad = 0                       # events without a time
         self.findings_left_out = 0
         self.layers: Counter[str] = Counter()
         self.hosts: set[str] = set()
         self.sources: set[str] = set()
         self.first: int | None = None
         self.last: int | None = None
+        self.rows: list[dict] = []
+        self.index: dict[tuple, str] = {}
+        self.profile = Profile()      # bounded: sketches, not the latencies
+
+    @property
+    def left_out(self) -> int:
+        kept = len(self.head) + len(self.pinned) + len(self.tail)
+        return max(0, self.seen - kept) + self.bad
 
     def add(self, ev: dict) -> None:
+        self.profile.observe(ev)
         t = ev.get("time_ns")
         if not isinstance(t, int):
-            self.left_out += 1
+            self.bad += 1
             return
-        self.first = t if self.first is None else min(self.first, t)
-        self.last = t if self.last is None else max(self.last, t)
+        self.seen += 1
+        if t > 0:   # time 0: an event no input timed, which must not stretch the range to 1970
+            self.first = t if self.first is None else min(self.first, t)
+            self.last = t if self.last is None else max(self.last, t)
         layer = _cut(ev.get("layer", "?"), 40)
-        self.layers[layer] += 1
-        self.sources.add(_cut(ev.get("source", "?"), 200))
+        kind = ev.get("kind")
+        if layer != "finding":
+            self.layers[layer] += 1
+            self.sources.add(_cut(ev.get("source", "?"), 200))    # the inputs (detectors are not)
         if ev.get("host"):
             self.hosts.add(_cut(ev["host"], 200))
-        if ev.get("kind") == "finding.update" and ev.get("id"):
-            self.updates[str(ev["id"])] = ev.get("count", 1)
-        if layer == "finding" and ev.get("kind") == "finding":
+        if kind == "finding.update" and ev.get("id"):
+            self.updates[str(ev["id"])] = ev
+            self._pin_evidence(ev)
+        if layer == "finding" and kind == "finding":
             if len(self.findings) < MAX_FINDINGS:
                 self.findings.append(ev)
+                self._pin_evidence(ev)
             else:
                 self.findings_left_out += 1
-        if len(self.rows) >= self.max_events:
-            self.left_out += 1
+        if kind == "detector.error" and len(self.errors) < MAX_FINDINGS:
+            self.errors.append(ev)
+        self._keep(_row(ev, t, layer), pinned=layer == "finding")
+
+    def _keep(self, row: dict, pinned: bool = False) -> None:
+        if len(self.head) < self.max_events - self.tail.maxlen:
+            self.head.append(row)
+            self.keys.add(row["key"])
+        elif pinned:
+            self.pinned.append(row)
+            self.keys.add(row["key"])
+        elif self.tail.maxlen:
+            if len(self.tail) == self.tail.maxlen:
+                self._dropped_at(self.tail[0]["t"])
+            self.tail.append(row)
+        else:
+            self._dropped_at(row["t"])
+
+    def _dropped_at(self, t: int) -> None:
+        span = self.dropped_span
+        self.dropped_span = [min(span[0], t), max(span[1], t)] if span else [t, t]
+
+    def _pin_evidence(self, finding: dict) -> None:
+        """Evidence no longer in the page (or bound to leave the tail) is kept as a row, from
+        the finding's own copy of it."""
+        evidence = [e for e in (finding.get("evidence") or [])[:MAX_ADDED_ROWS]
+                    if isinstance(e, dict) and isinstance(e.get("time_ns"), int)]
+        wanted = {event_key(e) for e in evidence} - self.keys
+        if not wanted:
             return
-        row_id = f"e{len(self.rows) + 1}"
-        self.index.setdefault(event_key(ev), row_id)
-        self.rows.append({"id": row_id, "t": t, "layer": layer, "kind": _cut(ev.get("kind", "?"), 200),
-                          "host": _cut(ev.get("host") or "", 200), "source": _cut(ev.get("source", ""), 200),
-                          "sev": _cut(ev.get("severity") or "", 40), "text": _summary(ev),
-                          "detail": _detail(ev)})
+        in_tail = [r for r in self.tail if r["key"] in wanted]
+        if in_tail:
+            self.tail = deque((r for r in self.tail if r["key"] not in wanted), maxlen=self.tail.maxlen)
+        for row in in_tail:
+            self.pinned.append(row)
+            self.keys.add(row["key"])
+        for ev in evidence:
+            key = event_key(ev)
+            if key not in self.keys:
+                self.pinned.append(_row(ev, ev["time_ns"], _cut(ev.get("layer", "?"), 40)))
+                self.keys.add(key)
+
+    def finish(self) -> None:
+        """Rows in time order, with the ids that evidence links point at."""
+        rows = sorted([*self.head, *self.pinned, *self.tail], key=lambda r: r["t"])
+        for i, row in enumerate(rows, 1):
+            row["id"] = f"e{i}"
+            self.index.setdefault(row["key"], row["id"])
+        self.rows = rows
+
+    def explanation(self, finding: dict):
+        """The latest word: a folded finding's update may explain it better (a final count)."""
+        update = self.updates.get(str(finding.get("id"))) or {}
+        return update.get("explanation") or finding.get("explanation")
+
+    def evidence(self, finding: dict) -> list:
+        """A folded finding's evidence: its first occurrence's, then what its repeats added."""
+        update = self.updates.get(str(finding.get("id"))) or {}
+        return list(finding.get("evidence") or []) + list(update.get("evidence") or [])
+
+
+MAX_ADDED_ROWS = 200    # evidence rows one finding may bring back past the cap
+
+
+def _row(ev: dict, t: int, layer: str) -> dict:
+    return {"key": event_key(ev), "t": t, "layer": layer, "kind": _cut(ev.get("kind", "?"), 200),
+            "host": _cut(ev.get("host") or "", 200), "source": _cut(ev.get("source", ""), 200),
+            "sev": _cut(ev.get("severity") or "", 40), "text": _summary(ev), "detail": _detail(ev)}
+
+
+def _with_code(text: str) -> str:
+    """Escaped text with `backtick spans` (commands in remedies) shown as code."""
+    parts = html.escape(text).split("`")
+    if len(parts) % 2 == 0:      # an unpaired backtick: keep it literal
+        return html.escape(text)
+    return "".join(f"<code>{p}</code>" if i % 2 else p for i, p in enumerate(parts))
 
 
 def _finding_html(n: int, f: dict, c: _Collector) -> str:
     esc = html.escape
     sev = _cut(f.get("severity") or "info", 40)
-    count = c.updates.get(str(f.get("id")), f.get("count", 1))
+    count = (c.updates.get(str(f.get("id"))) or {}).get("count", f.get("count", 1))
+    evidence = c.evidence(f)
     items = []
-    for ev in f.get("evidence") or []:
+    for ev in evidence:
         if not isinstance(ev, dict):
             items.append(f"<li>{esc(_cut(ev, 300))}</li>")
             continue
@@ -143,10 +238,20 @@ def _finding_html(n: int, f: dict, c: _Collector) -> str:
             f'<h3><span class="sev">{esc(sev.upper())}</span> {esc(_cut(f.get("title"), 500))}</h3>'
             f'<div class="meta">{esc(_cut(f.get("detector", ""), 200))} &middot; '
             f'{esc(_utc(f["time_ns"], True))}{seen}</div>'
-            f'<p class="explanation">{esc(_cut(f.get("explanation")))}</p>'
-            f'<p class="remedy"><b>Remedy:</b> {esc(_cut(f.get("remedy")))}</p>'
-            f'<details open><summary>Evidence ({len(f.get("evidence") or [])})</summary>'
+            f'<p class="explanation">{esc(_cut(c.explanation(f)))}</p>'
+            f'<p class="remedy"><b>Remedy:</b> {_with_code(_cut(f.get("remedy")))}</p>'
+            f'<details open><summary>Evidence ({len(evidence)})</summary>'
             f'<ul class="evidence">{"".join(items)}</ul></details></section>')
+
+
+def _error_html(e: dict) -> str:
+    esc = html.escape
+    return (f'<section class="finding sev-error detector-error">'
+            f'<h3><span class="sev">DETECTOR DID NOT RUN</span> {esc(_cut(e.get("title"), 500))}</h3>'
+            f'<p class="explanation">{esc(_cut(e.get("explanation")))}</p>'
+            f'<p class="remedy"><b>Remedy:</b> {esc(_cut(e.get("remedy")))}</p>'
+            f'<p class="note">What this detector looks for was not checked: the absence of '
+            f'its findings says nothing.</p></section>')
 
 
 _CSS = """
@@ -315,6 +420,7 @@ def write_html(events: Iterable[dict], out_path: str, title: str = "correlate re
 def _write_page(c: _Collector, out_path: str, title: str, max_events: int) -> dict:
     esc = html.escape
     title = _cut(title, 1000)
+    c.finish()
     t0 = c.first or 0
     t1 = c.last or t0
     rows = [{"id": r["id"], "t": r["t"] - t0, "layer": r["layer"], "kind": r["kind"], "host": r["host"],
@@ -324,25 +430,32 @@ def _write_page(c: _Collector, out_path: str, title: str, max_events: int) -> di
     data = {"t0": 0, "t1": t1 - t0, "rows": rows}
     findings = sorted(c.findings, key=lambda f: ({"critical": 0, "error": 1, "warning": 2}.get(str(f.get("severity")), 3),
                                                   f["time_ns"]))
-    counts = " &middot; ".join(f"{esc(k)}: {v}" for k, v in sorted(c.layers.items()))
+    counts = " &middot; ".join([f"{esc(k)} events: {v}" for k, v in sorted(c.layers.items())]
+                               + [f"findings: {len(findings)}"]
+                               + ([f"detectors that failed: {len(c.errors)}"] if c.errors else []))
     when = (f"{esc(_utc(t0, True))} &ndash; {esc(_utc(t1, True))}" if c.first is not None else "no events")
     hosts_opts = "".join(f'<option value="{esc(h, True)}">{esc(h)}</option>' for h in sorted(c.hosts))
     left_out = ""
     if c.left_out or c.findings_left_out:
-        left_out = (f'<div class="leftout">{c.left_out} events were left out of this page (it keeps the first '
-                    f'{max_events}); {c.findings_left_out} findings left out. Use <code>correlate timeline '
-                    f'--since/--until</code> or filters for a narrower report.</div>')
+        span = (f" between {esc(_utc(c.dropped_span[0], True))} and {esc(_utc(c.dropped_span[1], True))}"
+                if c.dropped_span else "")
+        left_out = (f'<div class="leftout">{c.left_out} events{span} were left out of this page (it keeps '
+                    f'the first {max_events - max_events // 2} and the last {max_events // 2} events, and '
+                    f'every event a finding points at); {c.findings_left_out} findings left out. Use '
+                    f'<code>correlate timeline --since/--until</code> or filters for a narrower report.</div>')
     parts = [
         "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">",
         "<meta http-equiv=\"Content-Security-Policy\" content=\"default-src 'none'; "
         "style-src 'unsafe-inline'; script-src 'unsafe-inline'; img-src data:\">",
-        f"<title>{esc(title)}</title><style>{_CSS}</style></head><body>",
+        f"<title>{esc(title)}</title><style>{_CSS}{PROFILE_CSS}</style></head><body>",
         f"<header><h1>{esc(title)}</h1><div class=\"meta\">{when} &middot; {counts or 'empty'}"
         f" &middot; inputs: {esc(', '.join(sorted(c.sources)) or 'none')}</div></header><main>",
         left_out,
         f"<h2 id=\"findings\">Findings ({len(findings)})</h2>",
+        "".join(_error_html(e) for e in c.errors),
         "".join(_finding_html(i + 1, f, c) for i, f in enumerate(findings)) or
-        "<p class=\"note\">No findings.</p>",
+        f"<p class=\"note\">No findings{' from the detectors that ran' if c.errors else ''}.</p>",
+        profile_section(c.profile.snapshot()),
         "<h2 id=\"timeline\">Timeline</h2><div id=\"controls\">",
         "".join(f'<label><input type="checkbox" class="layer" value="{l}" checked> {l}</label>'
                 for l in ("wire", "probe", "log", "finding")),

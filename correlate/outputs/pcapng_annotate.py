@@ -87,15 +87,30 @@ def comment_for(ev: dict, finding: dict | None = None) -> str:
     return safe_text(" ".join(text.split()), MAX_COMMENT_CHARS)
 
 
-def comments_by_frame(events: Iterable[dict], source: str) -> dict[int, list[str]]:
-    """frame number -> comments, from the findings among `events` (for packets of `source`)."""
-    out: dict[int, list[str]] = defaultdict(list)
+def comments_by_frame(events: Iterable[dict], source: str, also: Iterable[str] = ()) -> dict[int, list[str]]:
+    """frame number -> comments, from the findings among `events` (for packets of `source`, or
+    of the names in `also`: what a saved timeline called the same capture, `stdin` say).
+
+    A folded finding's `finding.update` adds the evidence of its repeats (the second brick of
+    a firewall problem) and its final count."""
+    findings, updates = [], {}
     for ev in events:
-        if ev.get("layer") != "finding" or ev.get("kind") != "finding":
+        if ev.get("layer") != "finding":
             continue
-        evidence = [e for e in ev.get("evidence") or [] if isinstance(e, dict)]
+        if ev.get("kind") == "finding":
+            findings.append(ev)
+        elif ev.get("kind") == "finding.update" and ev.get("id"):
+            updates[str(ev["id"])] = ev
+    sources = {source, *also}
+    out: dict[int, list[str]] = defaultdict(list)
+    for ev in findings:
+        update = updates.get(str(ev.get("id"))) or {}
+        if update.get("count"):
+            ev = {**ev, "count": update["count"]}
+        evidence = [e for e in list(ev.get("evidence") or []) + list(update.get("evidence") or [])
+                    if isinstance(e, dict)]
         frames = sorted({e["frame"] for e in evidence
-                         if e.get("layer") == "wire" and e.get("source") == source
+                         if e.get("layer") == "wire" and e.get("source") in sources
                          and isinstance(e.get("frame"), int)})
         if not frames:
             continue
@@ -109,14 +124,15 @@ def comments_by_frame(events: Iterable[dict], source: str) -> dict[int, list[str
 
 
 def annotate_pcapng(capture_path: str, events: Iterable[dict], out_path: str,
-                    source: str | None = None, diag: Diagnostics | None = None) -> dict:
+                    source: str | None = None, diag: Diagnostics | None = None,
+                    also: Iterable[str] = ()) -> dict:
     """Copy `capture_path` to `out_path` as pcapng, commenting the packets findings point at.
 
     `source` is the name the capture's events carry (default: the file's base name, as the
     decoder names it). Returns {"packets", "annotated", "comments", "placeholders"}."""
     source = source or os.path.basename(capture_path)
     diag = diag or Diagnostics(source)
-    comments = comments_by_frame(events, source)
+    comments = comments_by_frame(events, source, also)
     stats = {"packets": 0, "annotated": 0, "comments": 0, "placeholders": 0}
     tmp = out_path + ".part"
     try:

@@ -6,7 +6,10 @@ control characters (escape sequences included) are shown as \\xNN, never interpr
 from __future__ import annotations
 
 import datetime as _dt
+import os
 import re
+import sys
+import time
 
 # Control characters, line and bidi overrides, and lone surrogates (which no terminal encoding
 # can write).
@@ -98,6 +101,10 @@ def format_event(ev: dict) -> str:
     elif layer == "probe":
         args = _kv(ev.get("args") or {}, ("path", "fd", "atime", "atime_nsec", "mtime", "mtime_nsec"))
         ret = f" ret={ev['retval']}" if "retval" in ev else ""
+        if ev.get("errno_name"):
+            ret += f" {safe_text(ev['errno_name'], 20)}"
+        if (ev.get("unsynced_writes") or {}).get("count"):
+            ret += f" unsynced_writes={ev['unsynced_writes']['count']}/{ev['unsynced_writes'].get('bytes')}B"
         body = (f"{safe_text(ev.get('comm'))}[{ev.get('pid')}/{ev.get('tid')}] "
                 f"{safe_text(ev.get('function'))} {args}{ret}").rstrip()
     elif layer == "log":
@@ -106,6 +113,8 @@ def format_event(ev: dict) -> str:
         body = f"[{ev.get('severity')}] {ev.get('detector')}: {safe_text(ev.get('title'))}"
         if kind == "finding.update":
             body = f"{ev.get('detector')}: {safe_text(ev.get('title'))} (seen {ev.get('count')} times)"
+        elif kind == "detector.error":     # the reason, not only the fact
+            body += f": {safe_text(ev.get('explanation'), 500)}"
     else:
         body = safe_text({k: v for k, v in ev.items() if k not in ("time_ns", "layer", "kind")})
     return safe_line(f"{format_time(ev.get('time_ns'))} {layer:<7} {kind:<13} {body}")
@@ -118,6 +127,8 @@ def format_finding(f: dict) -> str:
     if f.get("kind") == "finding.update":
         lines = [f"== {safe_text(f.get('detector'))}: {safe_text(f.get('title'))}: seen "
                  f"{_num(f.get('count'), '?')} times (last at {format_time(f.get('time_ns'))})"]
+        if f.get("explanation"):     # what the detector knows now (a count that grew since)
+            lines.append("   " + safe_text(f["explanation"], 2000))
         lines.extend("     " + format_event(e) for e in evidence if isinstance(e, dict) and "time_ns" in e)
         return "\n".join(safe_line(line) for line in lines)
     count = _num(f.get("count"), 1)
@@ -141,3 +152,61 @@ def colorize(line: str, ev: dict, enabled: bool) -> str:
     code = (SEVERITY_COLORS.get(str(ev.get("severity", "")), "31") if ev.get("layer") == "finding"
             else COLORS.get(str(ev.get("layer", "")), "0"))
     return f"\x1b[{code}m{line}\x1b[0m"
+
+
+COLOR_CHOICES = ("auto", "always", "never")
+
+
+def use_color(choice: str, stream) -> bool:
+    """--color: `always`, `never`, or `auto`: when the stream is a terminal, NO_COLOR is unset
+    or empty (no-color.org) and TERM is not `dumb`."""
+    if choice == "always":
+        return True
+    if choice == "never":
+        return False
+    if os.environ.get("NO_COLOR") or os.environ.get("TERM") == "dumb":
+        return False
+    return bool(getattr(stream, "isatty", lambda: False)())
+
+
+def color_option(f):
+    """The --color option, the same on every command that prints to a terminal."""
+    import click
+    return click.option("--color", "color", type=click.Choice(COLOR_CHOICES), default="auto",
+                        show_default=True,
+                        help="Colour the output: auto = when stdout is a terminal, NO_COLOR is "
+                             "unset and TERM is not dumb.")(f)
+
+
+class Progress:
+    """A one-line counter on stderr, only when stderr is a terminal (and not TERM=dumb)."""
+
+    def __init__(self, stream=None):
+        self.stream = stream or sys.stderr
+        self.enabled = self.stream.isatty() and os.environ.get("TERM") != "dumb"
+        self.count = 0
+        self.shown = False
+        self.next_at = time.monotonic() + 1.0
+
+    def tick(self, ev: dict) -> None:
+        self.count += 1
+        if self.enabled and self.count % 1000 == 0 and time.monotonic() >= self.next_at:
+            self.stream.write(f"\r{self.count} events, at {format_time(ev.get('time_ns', 0))} ")
+            self.stream.flush()
+            self.shown = True
+            self.next_at = time.monotonic() + 1.0
+
+    def wrap(self, events):
+        for ev in events:
+            self.tick(ev)
+            yield ev
+
+    def clear(self) -> None:
+        """Before other output on the terminal: the counter line is wiped, not run into."""
+        if self.shown:
+            self.stream.write("\r" + " " * 40 + "\r")
+            self.stream.flush()
+            self.shown = False
+
+    def done(self) -> None:
+        self.clear()

@@ -51,6 +51,11 @@ def format_event(ev: dict) -> str:
     if kind == "probe.return":
         if "retval" in ev:
             parts.append(f"retval={ev['retval']}")
+        if ev.get("errno_name"):
+            parts.append(f"errno={safe_text(ev['errno_name'], 20)}")
+        tally = ev.get("unsynced_writes") or {}
+        if tally.get("count"):
+            parts.append(f"unsynced_writes={tally['count']} ({tally.get('bytes')} bytes)")
         if ev.get("duration_ns") is not None:
             parts.append(f"duration={ev['duration_ns'] / 1e6:.3f}ms")
     for key, value in (ev.get("args") or {}).items():
@@ -78,7 +83,8 @@ def describe_arg(arg) -> str:
 @click.option("--backend", type=click.Choice(["auto", "bcc", "stap"]), default="auto", show_default=True,
               help="auto takes bcc, then stap.")
 @click.option("--probe-offset", "offsets", multiple=True, metavar="FUNC=0xADDR",
-              help="Where FUNC is when it cannot be found (ELF virtual address). Repeatable.")
+              help="Where FUNC is when it cannot be found (ELF virtual address, as objdump -d "
+                   "shows it). Repeatable.")
 @click.option("--duration", type=float, help="Stop after this many seconds (default: Ctrl-C/SIGTERM).")
 def probe(groups, pid, as_json, backend, offsets, duration):
     """Stream libgfapi / Samba vfs_glusterfs calls as they happen (needs root).
@@ -135,7 +141,9 @@ def probe(groups, pid, as_json, backend, offsets, duration):
 @click.option("--probe", "groups", multiple=True, default=("all",), show_default=True,
               metavar="GROUP", help=GROUP_HELP)
 @click.option("--pid", type=int, help="Resolve the libraries this process has mapped.")
-@click.option("--probe-offset", "offsets", multiple=True, metavar="FUNC=0xADDR")
+@click.option("--probe-offset", "offsets", multiple=True, metavar="FUNC=0xADDR",
+              help="Where FUNC is when it cannot be found (ELF virtual address, as objdump -d "
+                   "shows it). Repeatable.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per probe.")
 def probes(groups, pid, offsets, as_json):
     """List the probe catalog and how each probe resolves on this machine (no root needed).
@@ -164,7 +172,7 @@ def probes(groups, pid, offsets, as_json):
         if as_json:
             click.echo(json.dumps(row))
             continue
-        ret = " +return" if spec.retprobe else ""
+        ret = (" +return" + (" (failures only)" if spec.emit == "failures" else "")) if spec.retprobe else ""
         if "error" in row:
             click.echo(f"{spec.name:<28} UNRESOLVED  {row['error']}")
         else:

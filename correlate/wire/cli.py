@@ -7,6 +7,7 @@ import click
 
 from ..diagnostics import Diagnostics, report_diagnostics
 from ..outputs.fields import needs_details, parse_fields
+from ..outputs.terminal import color_option, use_color
 from ..pipeline import Reporter, run_pipeline
 from .decode import decode_capture, source_name
 
@@ -17,8 +18,10 @@ from .decode import decode_capture, source_name
 @click.option("--fields", "fields_spec", metavar="F1,F2,...",
               help="Print these event fields, tab-separated, one line per event (like tshark "
                    "-T fields). Dotted names reach into args/result/cred. Credentials, args "
-                   "and results are only decoded when a field needs them: the fastest output.")
-def decode(capture, json_out, fields_spec):
+                   "and results are only decoded when a field needs them: the fastest output. "
+                   "An unknown name is refused, with the list of valid ones.")
+@color_option
+def decode(capture, json_out, fields_spec, color):
     """Decode GlusterFS RPC and TCP events from a pcap/pcapng file or stdin (`-`).
 
     Gzip'd captures are read directly. From a pipe, events are printed as packets arrive.
@@ -44,7 +47,7 @@ def decode(capture, json_out, fields_spec):
         # live input: a line as soon as it is decoded (the Reporter then holds none back)
         sys.stdout.reconfigure(line_buffering=True)
     reporter = Reporter(json_out=json_out, show_events=True, show_findings=False,
-                        out=sys.stdout, fields=fields)
+                        out=sys.stdout, fields=fields, color=use_color(color, sys.stdout))
     try:
         events = decode_capture(capture, diag=diag, details=fields is None or needs_details(fields))
         run_pipeline(events, None, reporter)

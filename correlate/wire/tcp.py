@@ -10,8 +10,13 @@ What becomes an event (all with src = client, dst = server, conn, frame):
                (reason "icmp", icmp_type, icmp_code, icmp_from)
   tcp.timeout  SYN unanswered for syn_timeout_ns of capture time, or retransmitted and still
                unanswered at the end of the input (attempts, waited_ns; frame = first SYN;
-               reported once, and a late SYN/ACK still gives tcp.connect)
-  tcp.close    FIN from both sides or RST on an open connection (by, reason)
+               reported at once, and a late SYN/ACK still gives tcp.connect). SYNs retransmitted
+               after that are counted: when the connection is given up (end of input, port
+               reused) a second tcp.timeout with final=true has them all (attempts, syn_span_ns
+               from the first SYN to the last, frame = the last SYN)
+  tcp.close    the first FIN (reason "fin", half: the other side may still send;
+               unacked_bytes: what the closing side sent that the peer had not yet ACKed)
+               or an RST on an open connection (reason "rst"), by client or server
 Capture loss is handed to the sink as on_gap() once it is certain: the receiver acknowledged
 bytes the capture never showed, the out-of-order buffer is full, or the connection ends.
 """
@@ -51,7 +56,7 @@ def sender_is_server(sport: int, dport: int) -> bool:
 
 class _Direction:
     """One direction of a stream: the next byte to deliver and what arrived ahead of it."""
-    __slots__ = ("nxt", "ahead", "starts", "ahead_bytes", "fin")
+    __slots__ = ("nxt", "ahead", "starts", "ahead_bytes", "fin", "acked")
 
     def __init__(self, nxt: int | None = None):
         self.nxt = nxt                      # stream position of the next byte to deliver
@@ -59,6 +64,7 @@ class _Direction:
         self.starts: list[int] = []         # heap of the keys of `ahead`
         self.ahead_bytes = 0                # buffered bytes plus SEGMENT_COST per segment
         self.fin: int | None = None         # position of this direction's FIN, once seen
+        self.acked: int | None = None       # the peer's latest ACK number (raw 32 bits)
 
     def position(self, seq: int) -> int:
         """Unwrap a 32-bit sequence number to the stream position nearest to `nxt`."""
@@ -67,7 +73,8 @@ class _Direction:
 
 class _State:
     __slots__ = ("conn", "keys", "phase", "dirs", "client_isn", "syn_first_ns", "syn_frame",
-                 "attempts", "timed_out", "fin_by", "opened")
+                 "attempts", "timed_out", "fin_by", "opened", "syn_last_ns", "syn_last_frame",
+                 "reported_attempts")
 
     def __init__(self, conn: Conn, keys: tuple[tuple, tuple], phase: int):
         self.conn = conn
@@ -78,6 +85,9 @@ class _State:
         self.syn_first_ns = 0
         self.syn_frame = 0
         self.attempts = 0
+        self.syn_last_ns = 0
+        self.syn_last_frame = 0
+        self.reported_attempts = 0          # SYNs counted in the tcp.timeout already reported
         self.timed_out = False
         self.fin_by: str | None = None
         self.opened = phase == OPEN         # the sink may hold state for it: tell it on close
@@ -172,6 +182,7 @@ class TcpTracker:
         if flags & ACK:
             # First what this segment acknowledges: a reply follows the call it answers.
             other = st.dirs[from_client]
+            other.acked = seg.ack
             if other.nxt is not None and 0 < ((seg.ack - other.nxt) & MASK) < HALF:
                 self._acked(st, not from_client, other, seg, events)
         payload = seg.payload
@@ -195,6 +206,7 @@ class TcpTracker:
             st, from_client = entry
             if st.phase == SYN_SENT and from_client and seg.seq == st.client_isn:
                 st.attempts += 1                    # a retransmitted SYN
+                st.syn_last_ns, st.syn_last_frame = seg.time_ns, seg.number
                 return None
             self._end(st, seg.time_ns, events)      # the 4-tuple is reused by a new connection
         self._recently_closed.pop(key, None)
@@ -203,6 +215,7 @@ class TcpTracker:
         st.client_isn = seg.seq
         st.syn_first_ns = seg.time_ns
         st.syn_frame = seg.number
+        st.syn_last_ns, st.syn_last_frame = seg.time_ns, seg.number
         st.attempts = 1
         st.dirs[0].nxt = seg.seq + 1
         if not self._pending:
@@ -226,6 +239,7 @@ class TcpTracker:
         st.phase = OPEN
         st.opened = True
         st.dirs[1].nxt = seg.seq + 1
+        st.dirs[0].acked = seg.ack
         if seg.ack != (st.client_isn + 1) & MASK:
             self.diag.skip("SYN/ACKs not acknowledging their SYN", f"packet {seg.number}")
         events.append(self._event("tcp.connect", st, seg.time_ns, seg.number,
@@ -250,11 +264,16 @@ class TcpTracker:
             start = d.position(seg.seq) if d.nxt is not None else seg.seq
             d.fin = start + len(seg.payload) + seg.truncated
         if st.fin_by is None:
+            # The first FIN is the close (a client that gives up on a hung brick sends it
+            # while the brick's kernel still ACKs); the peer may still send on its half.
             st.fin_by = "client" if from_client else "server"
-        if st.dirs[0].fin is not None and st.dirs[1].fin is not None:
-            self._flush(st, seg.time_ns, events)
+            unacked = None
+            if d.acked is not None and d.nxt is not None:
+                unacked = max(0, d.nxt - d.position(d.acked))
             events.append(self._event("tcp.close", st, seg.time_ns, seg.number,
-                                      by=st.fin_by, reason="fin"))
+                                      by=st.fin_by, reason="fin", half=True,
+                                      unacked_bytes=unacked))
+        if st.dirs[0].fin is not None and st.dirs[1].fin is not None:
             self._end(st, seg.time_ns, events)
 
     # ---- reassembly ----------------------------------------------------------------------
@@ -368,6 +387,7 @@ class TcpTracker:
         """Report once; the state stays so a late SYN/ACK still becomes tcp.connect."""
         self._pending.pop(st, None)
         st.timed_out = True
+        st.reported_attempts = st.attempts
         events.append(self._event("tcp.timeout", st, self._now, st.syn_frame,
                                   attempts=st.attempts, waited_ns=self._now - st.syn_first_ns))
 
@@ -406,6 +426,10 @@ class TcpTracker:
 
     def _end(self, st: _State, time_ns: int, events: list[dict]) -> None:
         """Drop a connection; the sink hears on_close if it may have seen it."""
+        if st.timed_out and st.phase == SYN_SENT and st.attempts > st.reported_attempts:
+            events.append(self._event("tcp.timeout", st, time_ns, st.syn_last_frame, final=True,
+                                      attempts=st.attempts, waited_ns=time_ns - st.syn_first_ns,
+                                      syn_span_ns=st.syn_last_ns - st.syn_first_ns))
         if st.opened:
             self._flush(st, time_ns, events)
             out = self.sink.on_close(st.conn, time_ns)

@@ -1,7 +1,7 @@
 """A loopback smbd exporting the lab volume through Samba's vfs_glusterfs module.
 
     from tests.lab import samba
-    with samba.Smbd() as smbd:                 # 127.0.0.1:4450, share "gv"
+    with samba.Smbd() as smbd:                 # 127.0.0.1:4450 (or a free port), share "gv"
         smbd.client("put /etc/hostname f.txt")
         smbd.utimes("f.txt", access="2001:02:03-04:05:06")
 
@@ -25,7 +25,7 @@ from pathlib import Path
 
 from .gfapi import SERVER, VOLUME
 
-PORT = 4450
+PORT = 4450        # preferred; when something else holds it, a free port is taken instead
 ADDRESS = "127.0.0.1"
 SHARE = "gv"
 
@@ -77,11 +77,12 @@ def config_text(root: Path, volume: str, volfile_server: str, port: int) -> str:
 
 
 class Smbd:
-    def __init__(self, volume: str = VOLUME, volfile_server: str = SERVER, port: int = PORT,
+    def __init__(self, volume: str = VOLUME, volfile_server: str = SERVER, port: int | None = None,
                  start_timeout: float = 30.0):
+        """`port` None: PORT if free, else any free port (another smbd may hold PORT)."""
         self.volume = volume
         self.volfile_server = volfile_server
-        self.port = port
+        self.port = port if port is not None else free_port()
         self.start_timeout = start_timeout
         self.root: Path | None = None
         self.proc: subprocess.Popen | None = None
@@ -166,6 +167,15 @@ class Smbd:
         return sorted(pids)
 
 
+def free_port(preferred: int = PORT) -> int:
+    """`preferred` when nothing listens on it, else a port the kernel says is free."""
+    if not _port_open(preferred):
+        return preferred
+    with socket.socket() as s:
+        s.bind((ADDRESS, 0))
+        return s.getsockname()[1]
+
+
 def _port_open(port: int) -> bool:
     with socket.socket() as s:
         s.settimeout(0.3)
@@ -175,7 +185,8 @@ def _port_open(port: int) -> bool:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] != ["up"]:
-        print("usage: python -m tests.lab.samba up   (serves //127.0.0.1/gv on port 4450 until Ctrl-C)")
+        print("usage: python -m tests.lab.samba up   (serves //127.0.0.1/gv on port 4450, or a free "
+              "port when 4450 is taken, until Ctrl-C)")
         return 2
     with Smbd() as smbd:
         print(f"smbd pid {smbd.pid} serving //{ADDRESS}/{SHARE} on port {smbd.port} ({smbd.root})", flush=True)

@@ -1,0 +1,135 @@
+"""Scenarios about where the time goes: a lock one client waits on while another holds it,
+and (with a replicated volume) one slow brick among its peers."""
+from __future__ import annotations
+
+import json
+import re
+import selectors
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from . import gfapi, gluster, volumes
+from .scenarios import Result, Scenario, client_log
+
+VOLFILE_DIR = Path("/var/lib/glusterd/vols")
+
+
+def _locker(path: str, hold: float, log) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "tests.lab.locker", "--path", path,
+                             "--hold", str(hold), "--log", str(log)],
+                            cwd=gfapi.REPO_ROOT, stdout=subprocess.PIPE, text=True,
+                            start_new_session=True)
+
+
+def _line(proc: subprocess.Popen, timeout: float) -> dict:
+    """The child's next JSON line, or {} when none comes in time."""
+    with selectors.DefaultSelector() as sel:
+        sel.register(proc.stdout, selectors.EVENT_READ)
+        if not sel.select(timeout):
+            return {}
+    line = proc.stdout.readline()
+    try:
+        return json.loads(line)
+    except json.JSONDecodeError:
+        return {}
+
+
+class LockWait(Scenario):
+    """Client A takes a POSIX write lock and holds it `hold` seconds (default 12, longer than
+    rpc-unanswered's 10 s); client B asks for the same lock with F_SETLKW and waits: its LK
+    call stays unanswered until A unlocks."""
+    name = "lock-wait"
+    path = "/lock-wait"
+
+    def trigger(self) -> Result:
+        hold = float(self.params.get("hold", 12))
+        holder = _locker(self.path, hold, client_log(self.name + "-holder"))
+        details: dict = {"hold_s": hold}
+        try:
+            locked = _line(holder, 30)
+            if locked.get("event") != "locked":
+                return Result(self.name, False, "the holder never got its lock", details)
+            time.sleep(0.2)     # the waiter's LK goes out while the lock is surely held
+            waiter = _locker(self.path, 0, client_log(self.name + "-waiter"))
+            w_locked = _line(waiter, hold + 30)
+            w_done = _line(waiter, 30)
+            h_done = _line(holder, 30)
+        finally:
+            for proc in [holder] + ([waiter] if "waiter" in locals() else []):
+                if proc.poll() is None:
+                    proc.kill()
+                proc.wait()
+        details.update(holder=h_done, waiter=w_done, holder_pid=holder.pid, waiter_pid=waiter.pid)
+        waited = w_done.get("waited_ns", 0)
+        # The waiter got the lock only once the holder let go, after waiting for it.
+        ok = (w_locked.get("event") == "locked" and w_done.get("status") == "ok"
+              and w_done.get("locked_ns", 0) >= h_done.get("unlocked_ns", 1 << 63)
+              and waited >= 500_000_000)
+        return Result(self.name, ok, f"waiter pid {waiter.pid} waited {waited / 1e9:.3f} s for "
+                      f"the lock holder pid {holder.pid} held {hold:g} s", details)
+
+    def cleanup(self) -> None:
+        gfapi.run(["unlink", "--path", self.path, "--log", str(client_log(self.name + "-cleanup"))],
+                  timeout=self.timeout)
+
+
+class SlowBrick(Scenario):
+    """One brick of a replica 3 volume slowed by debug/delay-gen: every WRITE on brick
+    `brick` (1-based, default 2) waits `delay_us` (default 200000) more. `volume set` puts the
+    delay into every brick's volfile; the peers' copies get `delay-percentage 0` before the
+    volume's first start (a later `volume set` would regenerate them). A client then writes
+    1 KiB blocks for `seconds` (default 6), write-behind off."""
+    name = "slow-brick"
+    spec = volumes.VolumeSpec("slowvol", "replica", 3)
+
+    def prepare(self, info) -> None:
+        super().prepare(info)
+        self.delay_us = int(self.params.get("delay_us", 200_000))
+        self.slow = int(self.params.get("brick", 2))
+        gluster.ensure_glusterd()
+        if volumes.state(self.spec.name).exists:
+            volumes.delete(self.spec.name)
+        volumes.create(self.spec)
+        volumes.set_options(self.spec.name, {
+            "debug.delay-gen": "posix", "delay-gen.delay-duration": str(self.delay_us),
+            "delay-gen.enable": "WRITE", "delay-gen.delay-percentage": "100",
+            # one WRITE per pwrite, one at a time: each WRITE shows the brick's own delay
+            "performance.write-behind": "off"})
+        for i, brick_dir in enumerate(self.spec.brick_dirs, start=1):
+            if i != self.slow:
+                self._no_delay(brick_dir)
+        gluster.gluster("volume", "start", self.spec.name)
+        self.bricks = gluster.wait_bricks_online(90, volume=self.spec.name, count=self.spec.count)
+
+    def _no_delay(self, brick_dir: Path) -> None:
+        name = f"{self.spec.name}.{gluster.HOST}.{str(brick_dir).strip('/').replace('/', '-')}.vol"
+        path = VOLFILE_DIR / self.spec.name / name
+        text = path.read_text()
+        edited = re.sub(r"option delay-percentage \d+", "option delay-percentage 0", text)
+        if edited == text:
+            raise gluster.LabError(f"slow-brick: no delay-gen in {path}")
+        path.write_text(edited)
+
+    def trigger(self) -> Result:
+        seconds = float(self.params.get("seconds", 6))
+        log = client_log(self.name)
+        result = gfapi.run(["write-loop", "--volume", self.spec.name, "--path", "/slow-writes",
+                            "--seconds", str(seconds), "--size", "1024", "--interval", "0.02",
+                            "--log", str(log)], timeout=seconds + 60)
+        slow = volumes.brick(self.spec.name, self.slow - 1)
+        ok = result.get("status") == "ok" and not result.get("errors")
+        return Result(self.name, ok,
+                      f"brick {slow.path} (port {slow.port}) delays each WRITE by "
+                      f"{self.delay_us / 1000:g} ms; client: {result.get('status')}, "
+                      f"{result.get('calls')} calls",
+                      {"client": result, "client_log": str(log), "slow_brick": slow.path,
+                       "slow_port": slow.port, "delay_us": self.delay_us,
+                       "ports": {b.path: b.port for b in self.bricks}})
+
+    def restore(self) -> None:
+        volumes.delete(self.spec.name)   # its volfiles were edited by hand: never reuse it
+
+
+LATENCY_SCENARIOS = (LockWait, SlowBrick)

@@ -1,0 +1,69 @@
+"""app-latency on a real run: the slow-brick scenario with the `io` probes (bcc uprobes on
+libgfapi) and tcpdump at once; each slow glfs_pwrite is split across the layers."""
+import importlib.util
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.lab import lab as lab_module
+from tests.lab.capture import Tcpdump
+
+CORRELATE = [sys.executable, "-m", "correlate"]
+CAPTURES = Path(__file__).parent / "captures"
+
+
+def app_findings(*inputs):
+    res = subprocess.run(CORRELATE + ["analyze", "--json", *map(str, inputs)],
+                         capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    return [e for e in map(json.loads, res.stdout.splitlines())
+            if e.get("kind") == "finding" and e.get("detector") == "app-latency"]
+
+
+def check_split(found, pid):
+    writes = [f for f in found if f["function"] == "glfs_pwrite"]
+    assert writes, [f["title"] for f in found]
+    f = writes[0]
+    # The brick's 200 ms delay is most of what the application waited.
+    assert 195_000_000 <= f["brick_ns"] <= f["total_ns"]
+    assert f["total_ns"] - f["brick_ns"] < 20_000_000, f["explanation"]
+    assert "WRITE on 127.0.0.2:" in f["explanation"] and "slowvol/b2" in f["explanation"]
+    assert f"pid {pid}" in f["title"]
+    assert {x["function"] for x in found} == {"glfs_pwrite"}   # fsync, creat: not slow
+
+
+def test_committed_capture_and_probes():
+    """tests/captures/slow-pwrite.pcap and .probes.jsonl: one real run, wire and probes."""
+    found = app_findings(CAPTURES / "slow-pwrite.pcap", CAPTURES / "slow-pwrite.probes.jsonl")
+    pid = json.loads((CAPTURES / "slow-pwrite.probes.jsonl").read_text().splitlines()[0])["pid"]
+    check_split(found, pid)
+
+
+def test_no_finding_without_probes():
+    assert app_findings(CAPTURES / "slow-pwrite.pcap") == []
+
+
+def test_slow_pwrite_is_split_across_layers(lab, tmp_path):
+    if os.geteuid() != 0 or importlib.util.find_spec("bcc") is None:
+        pytest.skip("needs root and bcc for the probes")
+    capture, probes = tmp_path / "slow.pcap", tmp_path / "probes.jsonl"
+    with lab_module.staged("slow-brick", seconds=3) as scenario:
+        with open(probes, "w") as sink:
+            probe = subprocess.Popen(CORRELATE + ["probe", "--probe", "io", "--json"],
+                                     stdout=sink, stderr=subprocess.PIPE, text=True)
+            try:
+                for line in probe.stderr:   # the probe command says when it is attached
+                    if "attached" in line:
+                        break
+                with Tcpdump(capture, lab_module.DEFAULT_FILTER):
+                    result = scenario.trigger()
+            finally:
+                probe.send_signal(signal.SIGINT)
+                probe.wait(60)
+    assert result.reproduced, result.summary
+    check_split(app_findings(capture, probes), result.details["client"]["pid"])
