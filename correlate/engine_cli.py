@@ -11,7 +11,7 @@ import time
 
 import click
 
-from .detector import DetectorRunner, load_detectors
+from .detector import DetectorRunner, details_needed, load_detectors
 from .diagnostics import Diagnostics, report_diagnostics
 from .errors import CorrelateError
 from .merge import DEFAULT_WINDOW_NS, LiveMerger, merge
@@ -30,6 +30,15 @@ def _detectors(unanswered_after: float) -> tuple[DetectorRunner, list[dict]]:
                 click.echo(f"correlate: plugin {name}: correlate_finding failed: {exc}", err=True)
 
     return DetectorRunner(detectors, on_new_finding=notify), errors
+
+
+def decoding_options(runner: DetectorRunner, every_event: bool) -> dict:
+    """What the capture decoders decode: everything when every event is printed or saved,
+    else the details some detector reads, the rest kept for evidence (open_input's options)."""
+    if every_event:
+        return {"details": True}
+    needed = details_needed(runner.detectors)
+    return {"details": True} if needed is None else {"details": needed, "details_later": True}
 
 
 def _reporter(json_out: bool, events: bool, timeline: str | None, command: str) -> Reporter:
@@ -154,6 +163,7 @@ def run(pcaps, probe_groups, pid, backend, probe_offsets, logs, duration, window
     writers = _output_writers(outputs)
     timeline, temporary = _timeline_path(timeline, writers)
     runner, load_errors = _detectors(unanswered_after)
+    decoding = decoding_options(runner, bool(json_out or events or timeline))
     merger = LiveMerger(window_ns=window_ms * 1_000_000)
     diags: list[Diagnostics] = []
 
@@ -165,9 +175,9 @@ def run(pcaps, probe_groups, pid, backend, probe_offsets, logs, duration, window
     signal.signal(signal.SIGTERM, stop)
     for path in (*pcaps, *logs):
         if path == "-":   # stdin is opened in its source thread: reading its header may block
-            merger.add("stdin", _opened_later(path, diags))
+            merger.add("stdin", _opened_later(path, diags, decoding))
         else:             # files: header errors are reported now, before anything starts
-            inp = open_input(path)
+            inp = open_input(path, **decoding)
             diags.append(inp.diag)
             merger.add(inp.name, lambda it=inp.events: it)
     probe_stats = {}
@@ -204,9 +214,9 @@ def run(pcaps, probe_groups, pid, backend, probe_offsets, logs, duration, window
     sys.exit(code)
 
 
-def _opened_later(path: str, diags: list[Diagnostics]):
+def _opened_later(path: str, diags: list[Diagnostics], decoding: dict):
     def produce():
-        inp = open_input(path)
+        inp = open_input(path, **decoding)
         diags.append(inp.diag)
         yield from inp.events
     return produce
@@ -230,9 +240,10 @@ def analyze(inputs, hosts, json_out, events, timeline, unanswered_after, outputs
       correlate analyze --json saved-timeline.jsonl | jq .title
     """
     host_of = dict(h.split("=", 1) for h in hosts if "=" in h)
-    opened = [open_input(path, host=host_of.get(path)) for path in inputs]
     runner, load_errors = _detectors(unanswered_after)
     writers = _output_writers(outputs)
+    decoding = decoding_options(runner, bool(json_out or events or timeline or writers))
+    opened = [open_input(path, host=host_of.get(path), **decoding) for path in inputs]
     timeline, temporary = _timeline_path(timeline, writers)
     reporter = _reporter(json_out, events, timeline, "analyze")
     for e in load_errors:

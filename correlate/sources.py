@@ -7,7 +7,7 @@ from __future__ import annotations
 import gzip
 import json
 import sys
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from dataclasses import dataclass, field
 from typing import BinaryIO
 
@@ -57,8 +57,10 @@ def sniff(head: bytes) -> str:
     return "unknown"
 
 
-def open_input(path: str, *, host: str | None = None, name: str | None = None) -> Input:
-    """Open a capture, timeline or Gluster log (plain or gzip'd; `-` is stdin)."""
+def open_input(path: str, *, host: str | None = None, name: str | None = None,
+               details: bool | Collection[str] = True, details_later: bool = False) -> Input:
+    """Open a capture, timeline or Gluster log (plain or gzip'd; `-` is stdin). `details`
+    and `details_later`: which RPC details a capture's decoder decodes (wire.decode)."""
     name = name or ("stdin" if path == "-" else path.rsplit("/", 1)[-1])
     f = _open_binary(path)
     head = _peek(f)
@@ -74,7 +76,8 @@ def open_input(path: str, *, host: str | None = None, name: str | None = None) -
     diag = Diagnostics(name)
     if kind == "capture":
         from .wire.decode import decode_capture
-        return Input(name, kind, decode_capture(path, name, host=host, diag=diag, fileobj=f), diag)
+        return Input(name, kind, decode_capture(path, name, host=host, diag=diag, fileobj=f,
+                                                   details=details, details_later=details_later), diag)
     if kind == "timeline":
         return Input(name, kind, read_timeline(f, name, diag, host), diag)
     if kind == "log":

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections import deque
 
 from correlate import hookimpl
-from correlate.detector import Detector
+from correlate.detector import Detector, Wants
 
 from .gluster_facts import find_key, host_of, port_of
 
@@ -20,6 +20,9 @@ LOG_WINDOW_NS = 5_000_000_000
 
 class AuthRejected(Detector):
     id = "auth-rejected"
+    # Every reply: a denial may answer any procedure (or a call that was not captured).
+    wants = Wants(kinds={"probe.call", "probe.return", "rpc.call", "rpc.reply"},
+                  layers={"log"}, details={"SETVOLUME"})
 
     def __init__(self):
         self.setvolume_calls: dict[tuple, dict] = {}

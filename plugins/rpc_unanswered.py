@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections import Counter
 
 from correlate import hookimpl
-from correlate.detector import Detector
+from correlate.detector import Detector, Wants
 from correlate.gluster.programs import lookup
 
 from .gluster_facts import host_of
@@ -28,6 +28,7 @@ EXPLAINED = {"SETVOLUME"}
 
 class RpcUnanswered(Detector):
     id = "rpc-unanswered"
+    wants = Wants(kinds={"rpc.call", "rpc.reply"}, details=())   # op_ret/errno_name suffice
 
     def __init__(self, after_ns: int = DEFAULT_AFTER_NS):
         self.after_ns = after_ns
@@ -51,6 +52,15 @@ class RpcUnanswered(Detector):
                     self.errors[key] += 1
                     self.error_examples.setdefault(key, ev)
         return self._overdue(ev["time_ns"])
+
+    def due(self) -> int | None:
+        """When the oldest call waiting for its reply becomes overdue."""
+        if not self.pending:
+            return None
+        return next(iter(self.pending.values()))["time_ns"] + self.after_ns + 1
+
+    def tick(self, now: int):
+        return self._overdue(now)
 
     @staticmethod
     def _expects_reply(call: dict) -> bool:

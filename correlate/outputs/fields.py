@@ -9,8 +9,9 @@ from __future__ import annotations
 from .terminal import safe_text
 from ..events import to_json
 
-# Event keys that need the RPC credential or body decoded (the decoder can skip that work).
-DETAIL_KEYS = frozenset({"cred", "args", "result", "op_ret", "op_errno", "errno_name", "decode_error"})
+# Event keys that need the RPC credential or body decoded (the decoder can skip that work;
+# a reply's op_ret, op_errno and errno_name are read either way).
+DETAIL_KEYS = frozenset({"cred", "args", "result", "decode_error"})
 MAX_VALUE = 4096
 
 

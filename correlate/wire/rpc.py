@@ -15,11 +15,14 @@ from __future__ import annotations
 
 import struct
 from collections import OrderedDict
+from collections.abc import Collection
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 from ..diagnostics import Diagnostics
 from ..errors import DecodeError
+from ..events import DETAILS_LATER
 from ..gluster import programs
 from ..gluster.errnos import errno_name
 from .model import Conn
@@ -53,6 +56,7 @@ MIN_RECORD = 12                 # xid + msg_type + one word: nothing smaller is 
 MAX_PENDING = 4096              # unanswered calls remembered per connection
 MAX_CONNS = 65536               # connections with state at once
 HEADER_PEEK = 36                # bytes after the mark needed to judge a call header
+LATER_MAX = 4096                # a record held to decode its details later is at most this
 MAX_PLAUSIBLE_VERS = 1000       # version / procedure of an unknown program, when resyncing
 
 
@@ -270,11 +274,19 @@ class RpcSink:
     """StreamSink for ONC RPC over TCP. Never raises: damage goes to `diag`."""
 
     def __init__(self, source: str, diag: Diagnostics, *, max_pending: int = MAX_PENDING,
-                 max_record: int = MAX_RECORD, details: bool = True):
+                 max_record: int = MAX_RECORD, details: bool | Collection[str] = True,
+                 details_later: bool = False):
+        """details: True decodes credentials, args and results of every RPC; False of none
+        (a reply still gets op_ret/op_errno); a collection names the procedures to decode.
+        details_later: an event left without them carries `DETAILS_LATER`, a function that
+        returns the event as full decoding would have made it (events.with_details); it holds
+        the record, so records longer than LATER_MAX are decoded at once instead."""
         self.source = source
         self.diag = diag
-        # False: events leave out credentials, args and results, and the time to decode them
         self.details = details
+        self._details_for = (frozenset(details) if not isinstance(details, bool)
+                             else None if details else frozenset())
+        self.details_later = details_later
         self.max_pending = max_pending
         self.max_record = max_record
         self._conns: OrderedDict[Conn, _ConnState] = OrderedDict()
@@ -557,24 +569,19 @@ class RpcSink:
             return self._call_event(conn, st, from_client, rec, hdr, src, dst)
         return self._reply_event(conn, st, from_client, rec, hdr, src, dst)
 
+    def _wants_details(self, procedure: str | None, rec: Record) -> bool:
+        return (self._details_for is None or procedure in self._details_for
+                or (self.details_later and len(rec.data) > LATER_MAX))
+
     def _call_event(self, conn, st, from_client, rec, hdr: CallHeader, src, dst) -> dict:
         info = programs.lookup(hdr.prog, hdr.vers, hdr.proc)
-        # a dict display in the event contract's key order (what make_event gives)
-        ev = {"time_ns": rec.time_ns, "layer": "wire", "kind": "rpc.call", "source": self.source,
-              "xid": hdr.xid, "program": info.program, "program_num": hdr.prog,
-              "version": hdr.vers, "procedure": info.procedure, "procedure_num": hdr.proc,
-              "src": src, "dst": dst, "conn": conn.number}
-        if self.details:
-            ev["cred"] = decode_cred(hdr.cred_flavor, hdr.cred_body)
-            if info.decoders is not None and info.decoders.args is not None:
-                args, error = _decode_body(info.decoders.args, rec, hdr.body_offset)
-                ev["args"] = args
-                if error:
-                    ev["decode_error"] = error
-            else:
-                ev["args"] = {}
-        if rec.length > len(rec.data) and not rec.lost:
-            ev["payload_bytes"] = rec.length - len(rec.data)
+        if self._wants_details(info.procedure, rec):
+            ev = self._call_dict(rec, hdr, info, src, dst, conn.number, True)
+        else:
+            ev = self._call_dict(rec, hdr, info, src, dst, conn.number, False)
+            if self.details_later:
+                ev[DETAILS_LATER] = partial(self._call_dict, rec, hdr, info, src, dst,
+                                            conn.number, True)
         if not info.expects_reply:
             return ev
         pending = st.pending
@@ -586,19 +593,49 @@ class RpcSink:
             self.diag.skip("rpc: unanswered call forgotten (pending table full)", f"conn {conn.number}")
         return ev
 
+    def _call_dict(self, rec: Record, hdr: CallHeader, info, src, dst, conn: int,
+                   details: bool) -> dict:
+        # a dict display in the event contract's key order (what make_event gives)
+        ev = {"time_ns": rec.time_ns, "layer": "wire", "kind": "rpc.call", "source": self.source,
+              "xid": hdr.xid, "program": info.program, "program_num": hdr.prog,
+              "version": hdr.vers, "procedure": info.procedure, "procedure_num": hdr.proc,
+              "src": src, "dst": dst, "conn": conn}
+        if details:
+            ev["cred"] = decode_cred(hdr.cred_flavor, hdr.cred_body)
+            if info.decoders is not None and info.decoders.args is not None:
+                args, error = _decode_body(info.decoders.args, rec, hdr.body_offset)
+                ev["args"] = args
+                if error:
+                    ev["decode_error"] = error
+            else:
+                ev["args"] = {}
+        if rec.length > len(rec.data) and not rec.lost:
+            ev["payload_bytes"] = rec.length - len(rec.data)
+        return ev
+
     def _reply_event(self, conn, st, from_client, rec, hdr: ReplyHeader, src, dst) -> dict:
         call = st.pending.pop((not from_client, hdr.xid), None)
+        if call is None or self._wants_details(call.info.procedure, rec):
+            return self._reply_dict(rec, hdr, call, src, dst, conn.number, True)
+        ev = self._reply_dict(rec, hdr, call, src, dst, conn.number, False)
+        if self.details_later:
+            ev[DETAILS_LATER] = partial(self._reply_dict, rec, hdr, call, src, dst,
+                                        conn.number, True)
+        return ev
+
+    def _reply_dict(self, rec: Record, hdr: ReplyHeader, call: "_Pending | None", src, dst,
+                    conn: int, details: bool) -> dict:
         if call is not None:
             ev = {"time_ns": rec.time_ns, "layer": "wire", "kind": "rpc.reply",
                   "source": self.source, "xid": hdr.xid, "program": call.info.program,
                   "program_num": call.prog, "version": call.vers,
                   "procedure": call.info.procedure, "procedure_num": call.proc,
-                  "src": src, "dst": dst, "conn": conn.number, "reply_status": hdr.reply_status}
+                  "src": src, "dst": dst, "conn": conn, "reply_status": hdr.reply_status}
         else:
             ev = {"time_ns": rec.time_ns, "layer": "wire", "kind": "rpc.reply",
                   "source": self.source, "xid": hdr.xid, "program": None, "program_num": None,
                   "version": None, "procedure": None, "procedure_num": None,
-                  "src": src, "dst": dst, "conn": conn.number, "reply_status": hdr.reply_status}
+                  "src": src, "dst": dst, "conn": conn, "reply_status": hdr.reply_status}
         if hdr.reply_status == "accepted":
             ev["accept_status"] = hdr.accept_status
         else:
@@ -607,24 +644,25 @@ class RpcSink:
                 ev["auth_status"] = hdr.auth_status
         if hdr.mismatch is not None:
             ev["mismatch"] = hdr.mismatch
-        if call is not None:
-            ev["call_time_ns"] = call.time_ns
-            ev["latency_ns"] = rec.time_ns - call.time_ns
-            decoders = call.info.decoders
-            if self.details and hdr.body_offset is not None and decoders is not None \
-                    and decoders.result is not None:
-                result, error = _decode_body(decoders.result, rec, hdr.body_offset)
-                if "op_ret" in result:
-                    ev["op_ret"] = result.pop("op_ret")
-                if "op_errno" in result:
-                    ev["op_errno"] = result.pop("op_errno")
-                    # Gluster sets op_errno only on failure; a successful reply may carry a
-                    # stale one (SETVOLUME answers op_ret 0 with op_errno 22): not named then.
-                    failed = ev.get("op_ret", -1) < 0
-                    ev["errno_name"] = errno_name(ev["op_errno"]) if failed else None
-                ev["result"] = result
-                if error:
-                    ev["decode_error"] = error
+        if call is None:
+            return ev
+        ev["call_time_ns"] = call.time_ns
+        ev["latency_ns"] = rec.time_ns - call.time_ns
+        decoders = call.info.decoders
+        if hdr.body_offset is None or decoders is None:
+            return ev
+        if not details or decoders.result is None:
+            status = _status(decoders, rec, hdr.body_offset)
+            if status:
+                _set_status(ev, status)
+            return ev
+        result, error = _decode_body(decoders.result, rec, hdr.body_offset)
+        if error:   # what can still be read: op_ret/op_errno come first
+            result = _status(decoders, rec, hdr.body_offset) or result
+        _set_status(ev, result)
+        ev["result"] = result
+        if error:
+            ev["decode_error"] = error
         return ev
 
     # -- bookkeeping ------------------------------------------------------------------------
@@ -674,6 +712,27 @@ class _ConnState:
         self.dirs = {True: _Direction(), False: _Direction()}
         # (sent by client?, xid) -> the call, oldest first
         self.pending: OrderedDict[tuple[bool, int], _Pending] = OrderedDict()
+
+
+def _status(decoders, rec: Record, offset: int) -> dict | None:
+    """op_ret/op_errno alone, read without the rest of the result; None when unreadable."""
+    if decoders.status is None:
+        return None
+    try:
+        return decoders.status(Unpacker(rec.data, offset))
+    except DecodeError:
+        return None
+
+
+def _set_status(ev: dict, result: dict) -> None:
+    if "op_ret" in result:
+        ev["op_ret"] = result.pop("op_ret")
+    if "op_errno" in result:
+        ev["op_errno"] = result.pop("op_errno")
+        # Gluster sets op_errno only on failure; a successful reply may carry a stale one
+        # (SETVOLUME answers op_ret 0 with op_errno 22): not named then.
+        failed = ev.get("op_ret", -1) < 0
+        ev["errno_name"] = errno_name(ev["op_errno"]) if failed else None
 
 
 def _decode_body(decoder, rec: Record, offset: int) -> tuple[dict, str | None]:
