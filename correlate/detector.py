@@ -75,6 +75,7 @@ class Wants:
 
 
 EVERYTHING = Wants()
+NOTHING = Wants(kinds=(), layers=(), details=())
 MAX_ROUTES = 4096     # (layer, kind, program, procedure) combinations remembered
 
 
@@ -157,16 +158,26 @@ class DetectorRunner:
             result = fn() if method == "finish" else fn(arg)
             return list(result or ())
         except Exception as exc:   # a plugin's bug must not end the run
-            self.disabled[name] = f"{type(exc).__name__}: {exc}"
-            where = traceback.extract_tb(exc.__traceback__)[-1]
-            t = arg["time_ns"] if isinstance(arg, dict) else arg if isinstance(arg, int) else 0
-            return [make_event(t, "finding", "detector.error", f"detector:{name}",
-                               detector=name, severity="error",
-                               title=f"detector {name} failed and was disabled",
-                               explanation=f"{type(exc).__name__}: {exc} "
-                                           f"({where.filename}:{where.lineno})",
-                               remedy="report it to the plugin's authors; the run went on "
-                                      "without this detector")]
+            return self._failed(self.detectors.index(det), exc, arg)
+
+    def _failed(self, i: int, exc: Exception, arg) -> list[dict]:
+        """Disable detector i after it raised: it gets no more events; report it by name."""
+        det = self.detectors[i]
+        name = getattr(det, "id", type(det).__name__)
+        self.disabled[name] = f"{type(exc).__name__}: {exc}"
+        self._wants[i] = NOTHING
+        self._routes.clear()
+        self._timed[i] = False
+        self._due.pop(i, None)
+        where = traceback.extract_tb(exc.__traceback__)[-1]
+        t = arg["time_ns"] if isinstance(arg, dict) else arg if isinstance(arg, int) else 0
+        return [make_event(t, "finding", "detector.error", f"detector:{name}",
+                           detector=name, severity="error",
+                           title=f"detector {name} failed and was disabled",
+                           explanation=f"{type(exc).__name__}: {exc} "
+                                       f"({where.filename}:{where.lineno})",
+                           remedy="report it to the plugin's authors; the run went on "
+                                  "without this detector")]
 
     def _route(self, ev: dict) -> tuple[int, ...]:
         key = (ev.get("layer"), ev.get("kind"), ev.get("program"), ev.get("procedure"))
@@ -181,36 +192,46 @@ class DetectorRunner:
             self._routes[key] = route
         return route
 
-    def _call(self, i: int, method: str, arg) -> list[dict]:
-        det = self.detectors[i]
-        found = self._run(det, method, arg)
+    def _refresh_due(self, i: int) -> None:
+        try:
+            due = self.detectors[i].due()
+        except Exception:          # a broken due() only loses the wake-up
+            due = None
+        if due is None:
+            self._due.pop(i, None)
+        else:
+            self._due[i] = due
+            if self._next_due is None or due < self._next_due:
+                self._next_due = due
+
+    def _call(self, i: int, method: str, arg, found: list[dict]) -> None:
+        """Detector i's observe(event) or tick(now); its findings appended to `found`."""
+        before = len(found)
+        try:
+            result = getattr(self.detectors[i], method)(arg)
+            if result:
+                found.extend(result)
+        except Exception as exc:   # a plugin's bug must not end the run
+            del found[before:]
+            found.extend(self._failed(i, exc, arg))
+            return
         if self._timed[i]:
-            try:
-                due = det.due() if getattr(det, "id", None) not in self.disabled else None
-            except Exception:      # a broken due() only loses the wake-up
-                due = None
-            if due is None:
-                self._due.pop(i, None)
-            else:
-                self._due[i] = due
-                if self._next_due is None or due < self._next_due:
-                    self._next_due = due
-        return found
+            self._refresh_due(i)
 
     def observe(self, event: dict) -> list[dict]:
-        found = []
+        found: list[dict] = []
         route = self._route(event)
         now = event.get("time_ns")
         if self._next_due is not None and type(now) is int and now >= self._next_due:
             for i in range(len(self.detectors)):   # in detector order, as without filtering
                 if i in route:
-                    found.extend(self._call(i, "observe", event))
+                    self._call(i, "observe", event, found)
                 elif i in self._due and now >= self._due[i]:
-                    found.extend(self._call(i, "tick", now))
+                    self._call(i, "tick", now, found)
             self._next_due = min(self._due.values(), default=None)
         else:
             for i in route:
-                found.extend(self._call(i, "observe", event))
+                self._call(i, "observe", event, found)
         return self._fold(found) if found else found
 
     def _fold(self, found: list[dict]) -> list[dict]:
