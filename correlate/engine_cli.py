@@ -15,6 +15,7 @@ from .detector import DetectorRunner, details_needed, load_detectors
 from .diagnostics import Diagnostics, report_diagnostics
 from .errors import CorrelateError
 from .merge import DEFAULT_WINDOW_NS, LiveMerger, merge
+from .parallel_cli import parallel_for, parallel_options
 from .pipeline import Reporter, TimelineWriter, run_pipeline
 from .plugin_manager import call_each, get_plugin_manager, plugin_info
 from .sources import open_input, read_timeline
@@ -227,7 +228,8 @@ def _opened_later(path: str, diags: list[Diagnostics], decoding: dict):
 @click.option("--host", "hosts", multiple=True, metavar="NAME=INPUT",
               help="Name the host an input was recorded on.")
 @with_common
-def analyze(inputs, hosts, json_out, events, timeline, unanswered_after, outputs):
+@parallel_options
+def analyze(inputs, hosts, json_out, events, timeline, unanswered_after, outputs, jobs, scheduler):
     """Offline: run the detectors over captures, saved timelines and Gluster logs.
 
     Inputs are recognised by content (pcap, pcapng, gzip'd, JSON Lines timeline, Gluster
@@ -238,20 +240,24 @@ def analyze(inputs, hosts, json_out, events, timeline, unanswered_after, outputs
       correlate analyze tests/captures/firewall-drop.pcap
       correlate analyze client.pcapng /var/log/glusterfs/mnt.log --timeline merged.jsonl
       correlate analyze --json saved-timeline.jsonl | jq .title
+      correlate analyze --jobs 2 big-capture.pcap other-host.pcap
+      correlate analyze --scheduler tcp://10.0.0.5:8786 /shared/captures/*.pcap
     """
     host_of = dict(h.split("=", 1) for h in hosts if "=" in h)
     runner, load_errors = _detectors(unanswered_after)
     writers = _output_writers(outputs)
     decoding = decoding_options(runner, bool(json_out or events or timeline or writers))
-    opened = [open_input(path, host=host_of.get(path), **decoding) for path in inputs]
-    timeline, temporary = _timeline_path(timeline, writers)
-    reporter = _reporter(json_out, events, timeline, "analyze")
-    for e in load_errors:
-        reporter.finding(e)
-    try:
-        run_pipeline(merge([i.events for i in opened]), runner, reporter)
-    finally:
-        reporter.close()
+    with parallel_for(inputs, jobs, scheduler) as parallel:
+        opened = [open_input(path, host=host_of.get(path), parallel=parallel, **decoding)
+                  for path in inputs]
+        timeline, temporary = _timeline_path(timeline, writers)
+        reporter = _reporter(json_out, events, timeline, "analyze")
+        for e in load_errors:
+            reporter.finding(e)
+        try:
+            run_pipeline(merge([i.events for i in opened]), runner, reporter)
+        finally:
+            reporter.close()
     sys.exit(_finish(reporter, runner, [i.diag for i in opened], timeline, temporary, writers))
 
 

@@ -58,9 +58,11 @@ def sniff(head: bytes) -> str:
 
 
 def open_input(path: str, *, host: str | None = None, name: str | None = None,
-               details: bool | Collection[str] = True, details_later: bool = False) -> Input:
+               details: bool | Collection[str] = True, details_later: bool = False,
+               parallel=None) -> Input:
     """Open a capture, timeline or Gluster log (plain or gzip'd; `-` is stdin). `details`
-    and `details_later`: which RPC details a capture's decoder decodes (wire.decode)."""
+    and `details_later`: which RPC details a capture's decoder decodes (wire.decode);
+    `parallel` (a wire.parallel.Parallel): decode a capture file in several processes."""
     name = name or ("stdin" if path == "-" else path.rsplit("/", 1)[-1])
     f = _open_binary(path)
     head = _peek(f)
@@ -74,6 +76,10 @@ def open_input(path: str, *, host: str | None = None, name: str | None = None,
     else:
         kind = sniff(head)
     diag = Diagnostics(name)
+    if kind == "capture" and parallel is not None and path != "-":
+        f.close()
+        return Input(name, kind, parallel.decode(path, name, diag, host=host, details=details,
+                                                 details_later=details_later), diag)
     if kind == "capture":
         from .wire.decode import decode_capture
         return Input(name, kind, decode_capture(path, name, host=host, diag=diag, fileobj=f,

@@ -19,6 +19,7 @@ import click
 from .diagnostics import report_diagnostics
 from .events import header_line, to_json
 from .merge import DEFAULT_WINDOW_NS, merge, shift_clock
+from .parallel_cli import parallel_for, parallel_options
 
 _DURATION = re.compile(r"^([+-]?\d+(?:\.\d+)?)(ns|us|ms|s|m|h)?$")
 _UNITS = {"ns": 1, "us": 1_000, "ms": 1_000_000, "s": 1_000_000_000, None: 1_000_000_000,
@@ -269,8 +270,10 @@ def _with_findings(events: Iterable[dict], detect: bool) -> Iterator[dict]:
               help="Run the detectors [default: on, unless an input is a saved timeline].")
 @click.option("--window-ms", type=int, default=DEFAULT_WINDOW_NS // 1_000_000, show_default=True,
               help="Reorder window of the merge.")
+@parallel_options
 def timeline(inputs, hosts, since, until, conn, host_filter, gfid, path, pid, layers, ladder,
-             html_path, perfetto_path, pcapng_path, json_out, sync_clocks, detect, window_ms):
+             html_path, perfetto_path, pcapng_path, json_out, sync_clocks, detect, window_ms,
+             jobs, scheduler):
     """Merge captures, saved timelines and Gluster logs into one timeline; filter; render.
 
     \b
@@ -281,6 +284,7 @@ def timeline(inputs, hosts, since, until, conn, host_filter, gfid, path, pid, la
       correlate timeline saved.jsonl --layer finding --layer probe --since +2s --until +5s
       correlate timeline atime.pcap --pcapng annotated.pcapng --perfetto trace.json
       correlate timeline capture.pcap --conn 127.0.0.2:49152 --json | jq .procedure
+      correlate timeline --jobs 2 --json client.pcap server.pcap > merged.jsonl
     """
     from .sources import open_input
 
@@ -310,58 +314,59 @@ def timeline(inputs, hosts, since, until, conn, host_filter, gfid, path, pid, la
             raise click.UsageError("--sync-clocks needs inputs from two hosts or more (--host NAME=INPUT)")
         offsets = estimate_host_offsets(host_inputs, next(iter(host_inputs)), echo)
 
-    opened = [open_input(p, host=h) for p, h in specs]
-    if detect is None:
-        detect = not any(i.kind == "timeline" for i in opened)
-    streams = [shift_clock(i.events, offsets.get(h, 0)) if h else i.events
-               for i, (_p, h) in zip(opened, specs)]
-    events = _with_findings(merge(streams, window_ms * 1_000_000), detect)
-    keep = EventFilter(since=since_t, until=until_t, conn=conn, host=host_filter, gfid=gfid, path=path,
-                       pid=pid, layers=layers)
+    with parallel_for([p for p, _h in specs], jobs, scheduler) as parallel:
+        opened = [open_input(p, host=h, parallel=parallel) for p, h in specs]
+        if detect is None:
+            detect = not any(i.kind == "timeline" for i in opened)
+        streams = [shift_clock(i.events, offsets.get(h, 0)) if h else i.events
+                   for i, (_p, h) in zip(opened, specs)]
+        events = _with_findings(merge(streams, window_ms * 1_000_000), detect)
+        keep = EventFilter(since=since_t, until=until_t, conn=conn, host=host_filter, gfid=gfid, path=path,
+                           pid=pid, layers=layers)
 
-    sinks = []
-    if pcapng_path:
-        captures = [(p, i.name) for i, (p, _h) in zip(opened, specs) if i.kind == "capture" and p != "-"]
-        if not captures:
-            raise click.UsageError("--pcapng needs a capture file among the inputs")
-        sinks.append(_PcapngSink(pcapng_path, captures))
-    if html_path:
-        sinks.append(_HtmlSink(html_path, "correlate timeline: " + ", ".join(i.name for i in opened)))
-    if perfetto_path:
-        sinks.append(_PerfettoSink(perfetto_path))
+        sinks = []
+        if pcapng_path:
+            captures = [(p, i.name) for i, (p, _h) in zip(opened, specs) if i.kind == "capture" and p != "-"]
+            if not captures:
+                raise click.UsageError("--pcapng needs a capture file among the inputs")
+            sinks.append(_PcapngSink(pcapng_path, captures))
+        if html_path:
+            sinks.append(_HtmlSink(html_path, "correlate timeline: " + ", ".join(i.name for i in opened)))
+        if perfetto_path:
+            sinks.append(_PerfettoSink(perfetto_path))
 
-    out = sys.stdout
-    to_terminal = not json_out and not (html_path or perfetto_path or pcapng_path) or ladder
-    if json_out:
-        out.write(header_line(command="timeline", inputs=[i.name for i in opened]) + "\n")
-    ladder_view = None
-    if ladder and not json_out:
-        from .outputs.ladder import Ladder
-        ladder_view = Ladder()
-    from .outputs.terminal import format_event, format_finding
-    progress = _Progress()
-    shown = 0
-    try:
-        for ev in events:
-            progress.tick(ev)
-            if not keep(ev):
-                continue
-            shown += 1
-            for sink in sinks:
-                sink.add(ev)
-            if json_out:
-                out.write(to_json(ev) + "\n")
-            elif ladder_view is not None:
-                for line in ladder_view.add(ev):
-                    out.write(line + "\n")
-            elif to_terminal:
-                out.write((format_finding(ev) if ev.get("kind") == "finding" else format_event(ev)) + "\n")
-    finally:
-        progress.done()
-        out.flush()
-    for sink in sinks:
-        sink.close(echo)
-    fatal = report_diagnostics([i.diag for i in opened if i.diag is not None])
-    echo(f"correlate: {shown} events shown")
-    if fatal:
-        sys.exit(1)
+        out = sys.stdout
+        to_terminal = not json_out and not (html_path or perfetto_path or pcapng_path) or ladder
+        if json_out:
+            out.write(header_line(command="timeline", inputs=[i.name for i in opened]) + "\n")
+        ladder_view = None
+        if ladder and not json_out:
+            from .outputs.ladder import Ladder
+            ladder_view = Ladder()
+        from .outputs.terminal import format_event, format_finding
+        progress = _Progress()
+        shown = 0
+        try:
+            for ev in events:
+                progress.tick(ev)
+                if not keep(ev):
+                    continue
+                shown += 1
+                for sink in sinks:
+                    sink.add(ev)
+                if json_out:
+                    out.write(to_json(ev) + "\n")
+                elif ladder_view is not None:
+                    for line in ladder_view.add(ev):
+                        out.write(line + "\n")
+                elif to_terminal:
+                    out.write((format_finding(ev) if ev.get("kind") == "finding" else format_event(ev)) + "\n")
+        finally:
+            progress.done()
+            out.flush()
+        for sink in sinks:
+            sink.close(echo)
+        fatal = report_diagnostics([i.diag for i in opened if i.diag is not None])
+        echo(f"correlate: {shown} events shown")
+        if fatal:
+            sys.exit(1)

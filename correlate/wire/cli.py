@@ -7,6 +7,7 @@ import click
 
 from ..diagnostics import Diagnostics, report_diagnostics
 from ..outputs.fields import needs_details, parse_fields
+from ..parallel_cli import parallel_for, parallel_options
 from ..pipeline import Reporter, run_pipeline
 from .decode import decode_capture, source_name
 
@@ -18,7 +19,8 @@ from .decode import decode_capture, source_name
               help="Print these event fields, tab-separated, one line per event (like tshark "
                    "-T fields). Dotted names reach into args/result/cred. Credentials, args "
                    "and results are only decoded when a field needs them: the fastest output.")
-def decode(capture, json_out, fields_spec):
+@parallel_options
+def decode(capture, json_out, fields_spec, jobs, scheduler):
     """Decode GlusterFS RPC and TCP events from a pcap/pcapng file or stdin (`-`).
 
     Gzip'd captures are read directly. From a pipe, events are printed as packets arrive.
@@ -29,6 +31,8 @@ def decode(capture, json_out, fields_spec):
       correlate decode --json capture.pcapng.gz | jq 'select(.procedure=="SETATTR")'
       correlate decode --fields time_ns,conn,xid,procedure,latency_ns capture.pcap
       correlate decode --fields kind,procedure,args.path,args.atime,op_errno capture.pcap
+      correlate decode --jobs 2 --json big-capture.pcap > events.jsonl
+      correlate decode --scheduler tcp://10.0.0.5:8786 /shared/captures/big.pcap
       tcpdump -i any -s 0 -U --immediate-mode -B 262144 -w - 'tcp portrange 24007-24100 or tcp portrange 49152-49251 or icmp' | correlate decode -
     """
     fields = None
@@ -45,9 +49,14 @@ def decode(capture, json_out, fields_spec):
         sys.stdout.reconfigure(line_buffering=True)
     reporter = Reporter(json_out=json_out, show_events=True, show_findings=False,
                         out=sys.stdout, fields=fields)
+    details = fields is None or needs_details(fields)
     try:
-        events = decode_capture(capture, diag=diag, details=fields is None or needs_details(fields))
-        run_pipeline(events, None, reporter)
+        with parallel_for([capture], jobs, scheduler) as parallel:
+            if parallel is None or capture == "-":
+                events = decode_capture(capture, diag=diag, details=details)
+            else:
+                events = parallel.decode(capture, diag.source, diag, details=details)
+            run_pipeline(events, None, reporter)
     finally:
         reporter.close()
         report_diagnostics([diag])

@@ -61,6 +61,12 @@ MAX_PLAUSIBLE_VERS = 1000       # version / procedure of an unknown program, whe
 
 
 # -- messages -------------------------------------------------------------------------------
+def _by_fields(self):
+    """Pickled as its class and its fields: an event whose details are decoded later carries
+    these to the process that merges (wire.parallel), and this is the fast way."""
+    return type(self), tuple([getattr(self, name) for name in self.__slots__])
+
+
 @dataclass(slots=True)
 class CallHeader:
     xid: int
@@ -73,6 +79,8 @@ class CallHeader:
     verf_flavor: int
     body_offset: int
 
+    __reduce__ = _by_fields
+
 
 @dataclass(slots=True)
 class ReplyHeader:
@@ -83,6 +91,8 @@ class ReplyHeader:
     auth_status: str | None = None
     mismatch: dict | None = None         # {"low", "high"} for PROG_MISMATCH / RPC_MISMATCH
     body_offset: int | None = None       # where the results start (SUCCESS only)
+
+    __reduce__ = _by_fields
 
 
 def _opaque_auth(u: Unpacker, what: str) -> tuple[int, bytes]:
@@ -252,6 +262,8 @@ class Record:
     length: int             # its length on the wire
     time_ns: int            # when its first byte arrived
     lost: int = 0           # bytes of it missing from the capture (gap inside)
+
+    __reduce__ = _by_fields
 
 
 @dataclass
@@ -576,11 +588,11 @@ class RpcSink:
     def _call_event(self, conn, st, from_client, rec, hdr: CallHeader, src, dst) -> dict:
         info = programs.lookup(hdr.prog, hdr.vers, hdr.proc)
         if self._wants_details(info.procedure, rec):
-            ev = self._call_dict(rec, hdr, info, src, dst, conn.number, True)
+            ev = _call_dict(self.source, rec, hdr, info, src, dst, conn.number, True)
         else:
-            ev = self._call_dict(rec, hdr, info, src, dst, conn.number, False)
+            ev = _call_dict(self.source, rec, hdr, info, src, dst, conn.number, False)
             if self.details_later:
-                ev[DETAILS_LATER] = partial(self._call_dict, rec, hdr, info, src, dst,
+                ev[DETAILS_LATER] = partial(_call_dict, self.source, rec, hdr, info, src, dst,
                                             conn.number, True)
         if not info.expects_reply:
             return ev
@@ -593,76 +605,16 @@ class RpcSink:
             self.diag.skip("rpc: unanswered call forgotten (pending table full)", f"conn {conn.number}")
         return ev
 
-    def _call_dict(self, rec: Record, hdr: CallHeader, info, src, dst, conn: int,
-                   details: bool) -> dict:
-        # a dict display in the event contract's key order (what make_event gives)
-        ev = {"time_ns": rec.time_ns, "layer": "wire", "kind": "rpc.call", "source": self.source,
-              "xid": hdr.xid, "program": info.program, "program_num": hdr.prog,
-              "version": hdr.vers, "procedure": info.procedure, "procedure_num": hdr.proc,
-              "src": src, "dst": dst, "conn": conn}
-        if details:
-            ev["cred"] = decode_cred(hdr.cred_flavor, hdr.cred_body)
-            if info.decoders is not None and info.decoders.args is not None:
-                args, error = _decode_body(info.decoders.args, rec, hdr.body_offset)
-                ev["args"] = args
-                if error:
-                    ev["decode_error"] = error
-            else:
-                ev["args"] = {}
-        if rec.length > len(rec.data) and not rec.lost:
-            ev["payload_bytes"] = rec.length - len(rec.data)
-        return ev
-
     def _reply_event(self, conn, st, from_client, rec, hdr: ReplyHeader, src, dst) -> dict:
         call = st.pending.pop((not from_client, hdr.xid), None)
         if call is None or self._wants_details(call.info.procedure, rec):
-            return self._reply_dict(rec, hdr, call, src, dst, conn.number, True)
-        ev = self._reply_dict(rec, hdr, call, src, dst, conn.number, False)
-        if self.details_later:
-            ev[DETAILS_LATER] = partial(self._reply_dict, rec, hdr, call, src, dst,
-                                        conn.number, True)
-        return ev
-
-    def _reply_dict(self, rec: Record, hdr: ReplyHeader, call: "_Pending | None", src, dst,
-                    conn: int, details: bool) -> dict:
-        if call is not None:
-            ev = {"time_ns": rec.time_ns, "layer": "wire", "kind": "rpc.reply",
-                  "source": self.source, "xid": hdr.xid, "program": call.info.program,
-                  "program_num": call.prog, "version": call.vers,
-                  "procedure": call.info.procedure, "procedure_num": call.proc,
-                  "src": src, "dst": dst, "conn": conn, "reply_status": hdr.reply_status}
-        else:
-            ev = {"time_ns": rec.time_ns, "layer": "wire", "kind": "rpc.reply",
-                  "source": self.source, "xid": hdr.xid, "program": None, "program_num": None,
-                  "version": None, "procedure": None, "procedure_num": None,
-                  "src": src, "dst": dst, "conn": conn, "reply_status": hdr.reply_status}
-        if hdr.reply_status == "accepted":
-            ev["accept_status"] = hdr.accept_status
-        else:
-            ev["reject_status"] = hdr.reject_status
-            if hdr.auth_status is not None:
-                ev["auth_status"] = hdr.auth_status
-        if hdr.mismatch is not None:
-            ev["mismatch"] = hdr.mismatch
-        if call is None:
-            return ev
-        ev["call_time_ns"] = call.time_ns
-        ev["latency_ns"] = rec.time_ns - call.time_ns
+            return _reply_dict(self.source, rec, hdr, call, src, dst, conn.number, True)
+        ev = _reply_dict(self.source, rec, hdr, call, src, dst, conn.number, False)
         decoders = call.info.decoders
-        if hdr.body_offset is None or decoders is None:
-            return ev
-        if not details or decoders.result is None:
-            status = _status(decoders, rec, hdr.body_offset)
-            if status:
-                _set_status(ev, status)
-            return ev
-        result, error = _decode_body(decoders.result, rec, hdr.body_offset)
-        if error:   # what can still be read: op_ret/op_errno come first
-            result = _status(decoders, rec, hdr.body_offset) or result
-        _set_status(ev, result)
-        ev["result"] = result
-        if error:
-            ev["decode_error"] = error
+        if self.details_later and hdr.body_offset is not None and decoders is not None \
+                and decoders.result is not None:     # else there is no result to add
+            ev[DETAILS_LATER] = partial(_reply_dict, self.source, rec, hdr, call, src, dst,
+                                        conn.number, True)
         return ev
 
     # -- bookkeeping ------------------------------------------------------------------------
@@ -704,6 +656,8 @@ class _Pending:
     info: programs.Lookup
     time_ns: int
 
+    __reduce__ = _by_fields
+
 
 class _ConnState:
     __slots__ = ("dirs", "pending")
@@ -712,6 +666,108 @@ class _ConnState:
         self.dirs = {True: _Direction(), False: _Direction()}
         # (sent by client?, xid) -> the call, oldest first
         self.pending: OrderedDict[tuple[bool, int], _Pending] = OrderedDict()
+
+
+def _call_dict(source: str, rec: Record, hdr: CallHeader, info, src, dst, conn: int,
+               details: bool) -> dict:
+    # a dict display in the event contract's key order (what make_event gives)
+    ev = {"time_ns": rec.time_ns, "layer": "wire", "kind": "rpc.call", "source": source,
+          "xid": hdr.xid, "program": info.program, "program_num": hdr.prog,
+          "version": hdr.vers, "procedure": info.procedure, "procedure_num": hdr.proc,
+          "src": src, "dst": dst, "conn": conn}
+    if details:
+        ev["cred"] = decode_cred(hdr.cred_flavor, hdr.cred_body)
+        if info.decoders is not None and info.decoders.args is not None:
+            args, error = _decode_body(info.decoders.args, rec, hdr.body_offset)
+            ev["args"] = args
+            if error:
+                ev["decode_error"] = error
+        else:
+            ev["args"] = {}
+    if rec.length > len(rec.data) and not rec.lost:
+        ev["payload_bytes"] = rec.length - len(rec.data)
+    return ev
+
+
+def _reply_dict(source: str, rec: Record, hdr: ReplyHeader, call: "_Pending | None", src, dst,
+                conn: int, details: bool) -> dict:
+    if call is not None:
+        ev = {"time_ns": rec.time_ns, "layer": "wire", "kind": "rpc.reply",
+              "source": source, "xid": hdr.xid, "program": call.info.program,
+              "program_num": call.prog, "version": call.vers,
+              "procedure": call.info.procedure, "procedure_num": call.proc,
+              "src": src, "dst": dst, "conn": conn, "reply_status": hdr.reply_status}
+    else:
+        ev = {"time_ns": rec.time_ns, "layer": "wire", "kind": "rpc.reply",
+              "source": source, "xid": hdr.xid, "program": None, "program_num": None,
+              "version": None, "procedure": None, "procedure_num": None,
+              "src": src, "dst": dst, "conn": conn, "reply_status": hdr.reply_status}
+    if hdr.reply_status == "accepted":
+        ev["accept_status"] = hdr.accept_status
+    else:
+        ev["reject_status"] = hdr.reject_status
+        if hdr.auth_status is not None:
+            ev["auth_status"] = hdr.auth_status
+    if hdr.mismatch is not None:
+        ev["mismatch"] = hdr.mismatch
+    if call is None:
+        return ev
+    ev["call_time_ns"] = call.time_ns
+    ev["latency_ns"] = rec.time_ns - call.time_ns
+    decoders = call.info.decoders
+    if hdr.body_offset is None or decoders is None:
+        return ev
+    if not details or decoders.result is None:
+        status = _status(decoders, rec, hdr.body_offset)
+        if status:
+            _set_status(ev, status)
+        return ev
+    result, error = _decode_body(decoders.result, rec, hdr.body_offset)
+    if error:   # what can still be read: op_ret/op_errno come first
+        result = _status(decoders, rec, hdr.body_offset) or result
+    _set_status(ev, result)
+    ev["result"] = result
+    if error:
+        ev["decode_error"] = error
+    return ev
+
+
+_CALL_LATER = struct.Struct(">qQQIIIIIIII")
+_REPLY_LATER = struct.Struct(">qQQIIIIIq")
+
+
+def portable_later(later: partial) -> tuple:
+    """An event's DETAILS_LATER as (function, plain values...), one bytes blob holding the
+    record: what another process unpickles fast (see events.with_details)."""
+    if later.func is _call_dict:
+        source, rec, hdr, info, src, dst, conn, _ = later.args
+        blob = _CALL_LATER.pack(rec.time_ns, rec.length, rec.lost, hdr.xid, hdr.prog, hdr.vers,
+                                hdr.proc, hdr.cred_flavor, hdr.verf_flavor, hdr.body_offset,
+                                len(hdr.cred_body)) + hdr.cred_body + rec.data
+        return _call_from_blob, source, src, dst, conn, blob
+    source, rec, hdr, call, src, dst, conn, _ = later.args        # _reply_dict, SUCCESS
+    blob = _REPLY_LATER.pack(rec.time_ns, rec.length, rec.lost, hdr.xid, hdr.body_offset,
+                             call.prog, call.vers, call.proc, call.time_ns) + rec.data
+    return _reply_from_blob, source, src, dst, conn, blob
+
+
+def _call_from_blob(source: str, src: str, dst: str, conn: int, blob: bytes) -> dict:
+    (time_ns, length, lost, xid, prog, vers, proc, flavor, verf_flavor, body_offset,
+     cred_len) = _CALL_LATER.unpack_from(blob)
+    at = _CALL_LATER.size
+    hdr = CallHeader(xid, 2, prog, vers, proc, flavor, blob[at:at + cred_len], verf_flavor,
+                     body_offset)
+    rec = Record(blob[at + cred_len:], length, time_ns, lost)
+    return _call_dict(source, rec, hdr, programs.lookup(prog, vers, proc), src, dst, conn, True)
+
+
+def _reply_from_blob(source: str, src: str, dst: str, conn: int, blob: bytes) -> dict:
+    time_ns, length, lost, xid, body_offset, prog, vers, proc, call_time = \
+        _REPLY_LATER.unpack_from(blob)
+    hdr = ReplyHeader(xid, "accepted", accept_status="SUCCESS", body_offset=body_offset)
+    call = _Pending(prog, vers, proc, programs.lookup(prog, vers, proc), call_time)
+    rec = Record(blob[_REPLY_LATER.size:], length, time_ns, lost)
+    return _reply_dict(source, rec, hdr, call, src, dst, conn, True)
 
 
 def _status(decoders, rec: Record, offset: int) -> dict | None:
