@@ -56,7 +56,7 @@ def _on_dask(scheduler: str, jobs: int | None, files: list[str]):
         raise click.UsageError("--scheduler needs Dask distributed: "
                                "pip install 'correlate[dask]'") from None
     try:
-        client = Client(scheduler, timeout=30)
+        client = Client(scheduler, timeout=10)
     except OSError as exc:
         raise click.UsageError(f"--scheduler {scheduler}: cannot connect ({exc})") from None
     try:
