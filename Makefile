@@ -6,10 +6,11 @@ PY      := $(VENV)/bin/python
 STAMP   := $(VENV)/.installed
 APT_PKGS := glusterfs-server glusterfs-client libgfapi0 tcpdump tshark python3-bpfcc \
             linux-headers-amd64 samba samba-vfs-modules smbclient qemu-utils qemu-block-extra \
-            iptables systemtap gcc iproute2 procps python3-venv wireshark-common chromium
+            iptables systemtap gcc python3-dev iproute2 procps python3-venv wireshark-common chromium
 PYTEST_ARGS ?=
 
-.PHONY: deps venv test run bench lab-up lab-down clean
+.PHONY: deps venv test fuzz run bench lab-up lab-down clean
+FUZZ_SECONDS ?= 300
 
 # Debian packages for the lab, the probes and the cross-checks. Skipped when all are present
 # or when not root (the tests then skip what the machine lacks, saying why).
@@ -25,7 +26,9 @@ deps:
 	@if [ "$$(id -u)" = 0 ]; then bash tests/lab/host-setup.sh; fi
 
 # The venv sees the system site packages so that Debian's bcc (python3-bpfcc) imports.
-$(STAMP): pyproject.toml
+# The editable install compiles the hot path (gcc, python3-dev); it is rebuilt when setup.py
+# or a .pxd changes (a changed .py runs from source until then: see correlate/hotpath.py).
+$(STAMP): pyproject.toml setup.py $(wildcard correlate/*.pxd correlate/*/*.pxd)
 	test -x $(PY) || /usr/bin/python3 -m venv --system-site-packages $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[test]'
@@ -33,8 +36,21 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
+# The suite runs on the compiled hot path (when built); the decoder tests then run again on
+# the plain Python modules (tests/test_hotpath.py compares the two on every capture).
+PLAIN_TESTS := tests/test_xdr.py tests/test_packet.py tests/test_capture.py tests/test_tcp.py \
+               tests/test_rpc.py tests/test_gluster_fops.py tests/test_gluster_dicts.py \
+               tests/test_gluster_handshake.py tests/test_gluster_captures.py
+
 test: deps venv
 	$(PY) -m pytest -ra $(PYTEST_ARGS)
+	CORRELATE_NO_EXTENSIONS=1 $(PY) -m pytest -q $(PLAIN_TESTS)
+
+# Mutates the real captures, logs and saved timelines (tests/fuzz) through every command and
+# renderer for FUZZ_SECONDS; a failing input is shrunk and saved in tests/fuzz/regressions/,
+# which `make test` replays. `make test` runs a short pass of the same harness.
+fuzz: venv
+	$(PY) -m tests.fuzz.campaign --seconds $(FUZZ_SECONDS)
 
 run: deps venv
 	$(PY) -m tests.lab.demo

@@ -4,7 +4,7 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).parent
-BENCHES = ["analyze_vs_tshark.py", "decode_vs_tshark.py", "probe_overhead.py"]
+BENCHES = ["analyze_vs_tshark.py", "decode_vs_tshark.py", "probe_overhead.py", "profile_memory.py"]
 
 status = 0
 for name in BENCHES:

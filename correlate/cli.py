@@ -18,6 +18,7 @@ COMMANDS = {
     "analyze": "correlate.engine_cli:analyze",
     "plugins": "correlate.engine_cli:plugins_cmd",
     "timeline": "correlate.timeline_cli:timeline",
+    "profile": "correlate.profile_cli:profile",
 }
 
 
@@ -44,8 +45,17 @@ class LazyGroup(click.Group):
             ctx.exit(0)
 
 
+def _print_version(ctx, _param, value):
+    if not value or ctx.resilient_parsing:
+        return
+    from .hotpath import describe
+    click.echo(f"correlate, version {__version__}\n{describe()}")
+    ctx.exit()
+
+
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(__version__, prog_name="correlate")
+@click.option("--version", is_flag=True, expose_value=False, is_eager=True, callback=_print_version,
+              help="Show the version and whether the hot path runs compiled or as pure Python.")
 def main():
     """Put GlusterFS wire traffic and process probes on one timeline and diagnose problems.
 
@@ -55,4 +65,5 @@ def main():
       tcpdump -i any -s 0 -U --immediate-mode -B 262144 -w - 'tcp portrange 24007-24100 or tcp portrange 49152-49251 or icmp' | correlate decode -
       tcpdump -i any -s 0 -U --immediate-mode -B 262144 -w - 'tcp portrange 24007-24100 or tcp portrange 49152-49251 or icmp' | correlate run --probe gfapi --pcap -
       correlate analyze capture.pcapng timeline.jsonl
+      correlate profile capture.pcap
     """

@@ -21,9 +21,23 @@ _EVIDENCE_DROP = {"cred"}
 MAX_ADDED_EVIDENCE = 50   # evidence a folded finding gathers from its repeats
 
 
-def _event_identity(ev: dict) -> tuple:
-    return (ev.get("time_ns"), ev.get("kind"), ev.get("source"), ev.get("src"), ev.get("xid"),
-            ev.get("pid"), ev.get("tid"))
+_IDENTITY_KEYS = ("time_ns", "kind", "source", "src", "xid", "pid", "tid")
+
+
+def _event_identity(ev) -> tuple:
+    """Hashable whatever a plugin put in the fields (an object there is compared as text)."""
+    if not isinstance(ev, dict):
+        return ("not an event", repr(ev)[:200])
+    return tuple(map(_hashable, map(ev.get, _IDENTITY_KEYS)))
+
+
+def _count(finding: dict) -> int:
+    n = finding.get("count", 1)
+    return n if type(n) is int and n > 0 else 1
+
+
+def _hashable(v):
+    return v if v is None or type(v) in (int, str, float, bool) else repr(v)[:200]
 
 
 def evidence_of(ev: dict) -> dict:
@@ -132,10 +146,16 @@ class DetectorRunner:
 
     A finding whose (detector, key) was already reported is counted, not re-emitted;
     `finish()` emits a `finding.update` with the final count for each folded finding. A
-    detector that raises is disabled and reported as a `detector.error` event, by name."""
+    detector that raises is disabled and reported as a `detector.error` event, by name.
 
-    def __init__(self, detectors: list, on_new_finding=None, subscriptions: bool = True):
+    `load_errors` (plugins that failed before any event, from `load_detectors`) leave with the
+    first event, stamped with its time: an event that no input timed must not stretch the
+    timeline back to 1970."""
+
+    def __init__(self, detectors: list, on_new_finding=None, load_errors: Iterable[dict] = (),
+                 subscriptions: bool = True):
         self.detectors = list(detectors)
+        self._load_errors = list(load_errors)
         self._wants = [wants_of(d) if subscriptions else EVERYTHING for d in self.detectors]
         self._routes: dict[tuple, tuple[int, ...]] = {}
         # Detectors that are woken by time: their index -> the time they asked for.
@@ -144,7 +164,8 @@ class DetectorRunner:
                        for d, w in zip(self.detectors, self._wants)]
         self._due: dict[int, int] = {}
         self._next_due: int | None = None
-        self.disabled: dict[str, str] = {}
+        self.disabled: dict[str, str] = {e.get("detector", "?"): e.get("explanation", "")
+                                         for e in self._load_errors}
         self._seen: dict[tuple[str, str], dict] = {}
         self._on_new = on_new_finding
         self.findings: list[dict] = []
@@ -219,7 +240,7 @@ class DetectorRunner:
             self._refresh_due(i)
 
     def observe(self, event: dict) -> list[dict]:
-        found: list[dict] = []
+        found = self._take_load_errors(event["time_ns"]) if self._load_errors else []
         route = self._route(event)
         now = event.get("time_ns")
         if self._next_due is not None and type(now) is int and now >= self._next_due:
@@ -237,6 +258,8 @@ class DetectorRunner:
     def _fold(self, found: list[dict]) -> list[dict]:
         out = []
         for f in found:
+            if not isinstance(f, dict):
+                continue      # not a finding at all: nothing to show or fold
             if f.get("kind") != "finding":
                 out.append(f)
                 continue
@@ -244,7 +267,7 @@ class DetectorRunner:
             if isinstance(evidence, list) and any(isinstance(e, dict) and DETAILS_LATER in e
                                                   for e in evidence):
                 f["evidence"] = [with_details(e) if isinstance(e, dict) else e for e in evidence]
-            key = (f.get("detector", ""), f.get("key", ""))
+            key = (_hashable(f.get("detector", "")), _hashable(f.get("key", "")))
             first = self._seen.get(key)
             if first is None:
                 f.setdefault("id", f"{key[0]}#{len(self._seen) + 1}")
@@ -254,16 +277,18 @@ class DetectorRunner:
                 if self._on_new:
                     self._on_new(f)
             else:
-                first["count"] = first.get("count", 1) + f.get("count", 1)
-                first["last_time_ns"] = f["time_ns"]
-                self._merge_evidence(first, f.get("evidence") or [])
+                first["count"] = _count(first) + _count(f)
+                first["last_time_ns"] = f.get("time_ns")
+                evidence = f.get("evidence")
+                self._merge_evidence(first, evidence if isinstance(evidence, list) else [])
         return out
 
     @staticmethod
     def _merge_evidence(first: dict, evidence: list[dict]) -> None:
         """A repeat may add evidence the first lacked (another brick, another client)."""
         added = first.setdefault("_added_evidence", [])
-        have = {_event_identity(e) for e in first.get("evidence", []) + added}
+        own = first.get("evidence")
+        have = {_event_identity(e) for e in (own if isinstance(own, list) else []) + added}
         for e in evidence:
             if len(added) >= MAX_ADDED_EVIDENCE:
                 break
@@ -271,17 +296,22 @@ class DetectorRunner:
                 have.add(_event_identity(e))
                 added.append(e)
 
+    def _take_load_errors(self, time_ns: int) -> list[dict]:
+        errors, self._load_errors = self._load_errors, []
+        return [{**e, "time_ns": time_ns} for e in errors]
+
     def finish(self) -> list[dict]:
-        found = []
+        found = self._take_load_errors(0)    # no event came at all
         for det in self.detectors:
             found.extend(self._run(det, "finish"))
         out = self._fold(found)
         updates = []
         for f in self.findings:
-            if f.get("count", 1) > 1:
-                updates.append(make_event(f["last_time_ns"], "finding", "finding.update",
-                                          f["source"], detector=f["detector"], id=f["id"],
-                                          count=f["count"], title=f["title"],
+            if _count(f) > 1:
+                last = f.get("last_time_ns")
+                updates.append(make_event(last if type(last) is int else 0, "finding", "finding.update",
+                                          f.get("source", ""), detector=f.get("detector"), id=f["id"],
+                                          count=f["count"], title=f.get("title"),
                                           evidence=f.pop("_added_evidence", [])))
         return out + sorted(updates, key=lambda u: u["time_ns"])
 
@@ -289,10 +319,17 @@ class DetectorRunner:
 def load_detectors(pm, config: dict | None = None) -> tuple[list, list[dict]]:
     """Every detector from every plugin (built-ins included), through the hook.
 
-    A plugin whose hook raises is reported by name (a `detector.error` event in the second
-    list) and the others still load."""
-    from .plugin_manager import call_each
+    A plugin that failed to import, or whose hook raises, is reported by name (a
+    `detector.error` event in the second list) and the others still load."""
+    from .plugin_manager import call_each, failed_plugins
     detectors, errors = [], []
+    for f in failed_plugins(pm):
+        errors.append(make_event(0, "finding", "detector.error", f"plugin:{f['name']}",
+                                 detector=f["name"], severity="error",
+                                 title=f"plugin {f['name']} failed to load",
+                                 explanation=f["error"],
+                                 remedy=f"install what {f['distribution']} needs, or report it "
+                                        "to the plugin's authors"))
     for name, result, exc in call_each(pm, "correlate_detectors", config=config or {}):
         if exc is None:
             detectors.extend(result or [])

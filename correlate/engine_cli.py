@@ -21,7 +21,7 @@ from .plugin_manager import call_each, get_plugin_manager, plugin_info
 from .sources import open_input, read_timeline
 
 
-def _detectors(unanswered_after: float) -> tuple[DetectorRunner, list[dict]]:
+def _detectors(unanswered_after: float) -> DetectorRunner:
     pm = get_plugin_manager()
     detectors, errors = load_detectors(pm, {"unanswered_after_ns": int(unanswered_after * 1e9)})
 
@@ -30,7 +30,7 @@ def _detectors(unanswered_after: float) -> tuple[DetectorRunner, list[dict]]:
             if exc is not None:   # a notifier's bug is reported, the run goes on
                 click.echo(f"correlate: plugin {name}: correlate_finding failed: {exc}", err=True)
 
-    return DetectorRunner(detectors, on_new_finding=notify), errors
+    return DetectorRunner(detectors, on_new_finding=notify, load_errors=errors)
 
 
 def decoding_options(runner: DetectorRunner, every_event: bool) -> dict:
@@ -143,8 +143,10 @@ def with_common(f):
 @click.option("--duration", type=float, help="Stop after this many seconds.")
 @click.option("--window-ms", type=int, default=DEFAULT_WINDOW_NS // 1_000_000, show_default=True,
               help="Reorder window: events are held this long so they leave in time order.")
+@click.option("--profile-every", type=float, metavar="SECONDS",
+              help="Print the volume profile (as `correlate profile`) this often, and at the end.")
 @with_common
-def run(pcaps, probe_groups, pid, backend, probe_offsets, logs, duration, window_ms,
+def run(pcaps, probe_groups, pid, backend, probe_offsets, logs, duration, window_ms, profile_every,
         json_out, events, timeline, unanswered_after, outputs):
     """Live: merge probes and captures on one timeline and print findings as they happen.
 
@@ -158,12 +160,13 @@ def run(pcaps, probe_groups, pid, backend, probe_offsets, logs, duration, window
       correlate run --probe all --timeline /tmp/incident.jsonl --duration 60
       correlate run --probe samba --pid 4242 --json
       correlate run --pcap old.pcap --pcap other-host.pcapng
+      tcpdump -i any -s 0 -U -w - 'tcp portrange 49152-49251' | correlate run --pcap - --profile-every 10
     """
     if not pcaps and not probe_groups and not logs:
         raise click.UsageError("nothing to run: give --pcap and/or --probe (see --help)")
     writers = _output_writers(outputs)
     timeline, temporary = _timeline_path(timeline, writers)
-    runner, load_errors = _detectors(unanswered_after)
+    runner = _detectors(unanswered_after)
     decoding = decoding_options(runner, bool(json_out or events or timeline))
     merger = LiveMerger(window_ns=window_ms * 1_000_000)
     diags: list[Diagnostics] = []
@@ -195,10 +198,16 @@ def run(pcaps, probe_groups, pid, backend, probe_offsets, logs, duration, window
         timer.daemon = True
         timer.start()
     reporter = _reporter(json_out, events, timeline, "run")
-    for e in load_errors:
-        reporter.finding(e)
+    stream = merger.events()
+    periodic = None
+    if profile_every:
+        from .profile_cli import PeriodicProfile
+        periodic = PeriodicProfile(profile_every, json_out)
+        stream = periodic.events(stream)
     try:
-        run_pipeline(merger.events(), runner, reporter)
+        run_pipeline(stream, runner, reporter)
+        if periodic:
+            periodic.print()
     finally:
         reporter.close()
     for name, exc in merger.errors:
@@ -244,7 +253,7 @@ def analyze(inputs, hosts, json_out, events, timeline, unanswered_after, outputs
       correlate analyze --scheduler tcp://10.0.0.5:8786 /shared/captures/*.pcap
     """
     host_of = dict(h.split("=", 1) for h in hosts if "=" in h)
-    runner, load_errors = _detectors(unanswered_after)
+    runner = _detectors(unanswered_after)
     writers = _output_writers(outputs)
     decoding = decoding_options(runner, bool(json_out or events or timeline or writers))
     with parallel_for(inputs, jobs, scheduler) as parallel:
@@ -252,8 +261,6 @@ def analyze(inputs, hosts, json_out, events, timeline, unanswered_after, outputs
                   for path in inputs]
         timeline, temporary = _timeline_path(timeline, writers)
         reporter = _reporter(json_out, events, timeline, "analyze")
-        for e in load_errors:
-            reporter.finding(e)
         try:
             run_pipeline(merge([i.events for i in opened]), runner, reporter)
         finally:
@@ -286,9 +293,14 @@ def plugins_cmd(json_out):
         return
     for r in rows:
         dist = f"{r['distribution']} {r['version']}" if r["distribution"] else "(not from a package)"
+        if r["status"] == "failed":
+            click.echo(f"{r['name']:<20} {dist:<20} FAILED: {r['error']}")
+            continue
         click.echo(f"{r['name']:<20} {dist:<20} hooks: {', '.join(r['hooks'])}"
                    + (f"  detectors: {', '.join(r['detectors'])}" if r["detectors"] else ""))
+    failed = {r["name"] for r in rows if r["status"] == "failed"}
     for e in errors:
-        click.echo(f"correlate: {e['title']}: {e['explanation']}", err=True)
+        if e["detector"] not in failed:    # a failed import is already in its row
+            click.echo(f"correlate: {e['title']}: {e['explanation']}", err=True)
     if not rows:
         raise CorrelateError("no plugins loaded: is correlate installed (pip install -e .)?")

@@ -26,6 +26,7 @@ from typing import BinaryIO
 
 from .diagnostics import Diagnostics
 from .events import make_event
+from .validate import MAX_TIME_NS, MIN_TIME_NS, clean_event
 
 MAX_LINE_BYTES = 64 * 1024            # a longer line is cut here (and counted)
 MAX_CONTINUATION_LINES = 400          # a volfile dump of a big volume fits; the rest is counted
@@ -40,15 +41,16 @@ _TS = r"(\d{4})-(\d\d)-(\d\d) (\d\d):(\d\d):(\d\d)(?:\.(\d{1,9}))?(?: ([+-])(\d\
 _TS_PLAIN = r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d(?:\.\d{1,9})?(?: [+-]\d{4})?"
 _TS_RE = re.compile(_TS)
 # What follows the level letter, shared by plain lines and "repeated" lines.
-_HEAD = (r"(?:\[MSGID: (?P<msgid>\d+)\] )?"
-         r"\[(?P<file>[^\]:]*):(?P<line>\d+):(?P<function>[^\]]*)\] "
+# Numbers are bounded: a line of thousands of digits is damage, not a line number.
+_HEAD = (r"(?:\[MSGID: (?P<msgid>\d{1,18})\] )?"
+         r"\[(?P<file>[^\]:]*):(?P<line>\d{1,18}):(?P<function>[^\]]*)\] "
          r"(?:\((?P<callstack>-->.{0,4096}?)\) )?"           # logging.c: GF_LOG_BACKTRACE_SIZE
          r"(?P<graph>-?\d{1,9})-(?P<xlator>.{0,512}?): ")
 _ENTRY_RE = re.compile(r"\[(?P<ts>" + _TS_PLAIN + r")\] (?P<level>[ MACEWNIDT]) " + _HEAD
                        + r"(?P<message>.*)\Z", re.S)
 _BARE_ENTRY_RE = re.compile(r"\[(?P<ts>" + _TS_PLAIN + r")\] (?P<rest>.*)\Z", re.S)
 _REPEAT_RE = re.compile(
-    r'The message "(?P<level>[ MACEWNIDT]) ' + _HEAD + r'(?P<message>.*)" repeated (?P<count>\d+) '
+    r'The message "(?P<level>[ MACEWNIDT]) ' + _HEAD + r'(?P<message>.*)" repeated (?P<count>\d{1,18}) '
     r"times between \[(?P<first>" + _TS_PLAIN + r")\] and \[(?P<last>" + _TS_PLAIN + r")\]\s*\Z",
     re.S)
 _LOOKS_LIKE_ENTRY_RE = re.compile(r"\[\d{4}-\d\d-\d\d[ T]|The message \"")
@@ -84,7 +86,8 @@ def parse_timestamp(text: str) -> int | None:
         offset = (int(oh) * 3600 + int(om) * 60) * (1 if sign == "+" else -1)
         secs -= offset
     nanos = int((frac or "0").ljust(9, "0")) if frac else 0
-    return secs * 1_000_000_000 + nanos
+    time_ns = secs * 1_000_000_000 + nanos
+    return time_ns if MIN_TIME_NS <= time_ns <= MAX_TIME_NS else None   # a date that can be shown
 
 
 def split_fields(message: str) -> tuple[str, dict[str, str], str | None]:
@@ -234,7 +237,7 @@ def read_gluster_log(fileobj_or_path, source: str, host: str | None = None,
             ev = _parse_entry(line, number, source, host)
             if ev is not None:
                 if current is not None:
-                    yield current.finish(diag)
+                    yield from _checked(current.finish(diag), diag)
                 current = _Entry(ev)
             elif _LOOKS_LIKE_ENTRY_RE.match(line):
                 diag.skip("unparseable log entry", f"line {number}")
@@ -243,7 +246,14 @@ def read_gluster_log(fileobj_or_path, source: str, host: str | None = None,
             elif line.strip():
                 diag.skip("log line outside any entry", f"line {number}")
         if current is not None:
-            yield current.finish(diag)
+            yield from _checked(current.finish(diag), diag)
     finally:
         if owned:
             f.close()
+
+
+def _checked(ev: dict, diag: Diagnostics) -> Iterator[dict]:
+    """The same check as a saved timeline's events pass (correlate.validate)."""
+    ev = clean_event(ev, diag, f"line {ev['log_line']}")
+    if ev is not None:
+        yield ev

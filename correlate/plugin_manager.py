@@ -1,6 +1,7 @@
 """The one PluginManager: hook specs, entry-point loading, tracing for plugin authors."""
 from __future__ import annotations
 
+import importlib.metadata
 import os
 import sys
 from functools import lru_cache
@@ -18,8 +19,37 @@ def get_plugin_manager() -> pluggy.PluginManager:
     pm = pluggy.PluginManager("correlate")
     pm.add_hookspecs(hookspecs)
     # Built-in detectors are registered by the same entry-point group as third-party ones.
-    pm.load_setuptools_entrypoints(ENTRY_POINT_GROUP)
+    pm.correlate_dists, pm.correlate_failed = _load_entry_points(pm, ENTRY_POINT_GROUP)
+    for f in pm.correlate_failed:
+        print(f"correlate: plugin {f['name']} failed to load and is skipped: {f['error']}",
+              file=sys.stderr)
     return pm
+
+
+def failed_plugins(pm: pluggy.PluginManager) -> list[dict]:
+    """Plugins whose module could not be imported or registered: name, distribution, error."""
+    return getattr(pm, "correlate_failed", [])
+
+
+def _load_entry_points(pm: pluggy.PluginManager, group: str) -> tuple[dict, list[dict]]:
+    """pluggy's load_setuptools_entrypoints, except that a plugin whose import fails (a missing
+    dependency, a syntax error) is skipped and returned instead of ending every command.
+    Returns ({plugin name: (distribution, version)}, [failed plugins])."""
+    dists, failed = {}, []
+    for dist in list(importlib.metadata.distributions()):
+        for ep in dist.entry_points:
+            if ep.group != group or pm.get_plugin(ep.name) or pm.is_blocked(ep.name):
+                continue
+            try:
+                plugin = ep.load()
+                pm.register(plugin, name=ep.name)
+            except Exception as exc:
+                failed.append({"name": ep.name, "module": ep.value,
+                               "distribution": dist.metadata["Name"], "version": dist.version,
+                               "error": f"{type(exc).__name__}: {exc}"})
+                continue
+            dists[ep.name] = (dist.metadata["Name"], dist.version)
+    return dists, failed
 
 
 def call_each(pm: pluggy.PluginManager, hook_name: str, **kwargs):
@@ -51,16 +81,21 @@ def _short(value) -> str:
 
 def plugin_info(pm: pluggy.PluginManager) -> list[dict]:
     """What `correlate plugins` prints: name, distribution and version, hooks implemented."""
-    dists = {id(plugin): dist for plugin, dist in pm.list_plugin_distinfo()}
+    dists = getattr(pm, "correlate_dists", {})
     rows = []
     for name, plugin in sorted(pm.list_name_plugin(), key=lambda p: p[0]):
-        dist = dists.get(id(plugin))
+        dist, version = dists.get(name, (None, None))
         hooks = sorted(h.name for h in pm.get_hookcallers(plugin) or [])
         rows.append({
             "name": name,
             "module": getattr(plugin, "__name__", type(plugin).__name__),
-            "distribution": dist.project_name if dist else None,
-            "version": dist.version if dist else None,
+            "distribution": dist,
+            "version": version,
             "hooks": hooks,
+            "status": "loaded",
         })
+    for f in failed_plugins(pm):
+        rows.append({"name": f["name"], "module": f["module"], "distribution": f["distribution"],
+                     "version": f["version"], "hooks": [], "status": "failed",
+                     "error": f["error"]})
     return rows

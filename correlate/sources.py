@@ -5,6 +5,7 @@ The kind of an input is recognised from its first bytes, so users just name file
 from __future__ import annotations
 
 import gzip
+import zlib
 import json
 import sys
 from collections.abc import Collection, Iterator
@@ -13,12 +14,15 @@ from typing import BinaryIO
 
 from .diagnostics import Diagnostics
 from .errors import InputError
+from .validate import clean_event
 
+# pcap (microsecond, nanosecond, Kuznetzov's modified pcap; both byte orders) and pcapng:
+# every format wire/capture.py reads.
 PCAP_MAGICS = (b"\xd4\xc3\xb2\xa1", b"\xa1\xb2\xc3\xd4", b"\x4d\x3c\xb2\xa1",
-               b"\xa1\xb2\x3c\x4d", b"\x0a\x0d\x0d\x0a")
+               b"\xa1\xb2\x3c\x4d", b"\x34\xcd\xb2\xa1", b"\xa1\xb2\xcd\x34",
+               b"\x0a\x0d\x0d\x0a")
 GZIP_MAGIC = b"\x1f\x8b"
 MAX_LINE = 16 * 1024 * 1024   # a timeline line longer than this is damage, not an event
-REQUIRED = ("time_ns", "layer", "kind", "source")
 
 
 @dataclass
@@ -32,6 +36,8 @@ class Input:
 
 def _open_binary(path: str) -> BinaryIO:
     if path == "-":
+        if sys.stdin is None:      # started with stdin closed (`<&-`)
+            raise InputError("stdin", "standard input is closed")
         return sys.stdin.buffer
     try:
         return open(path, "rb")
@@ -70,7 +76,7 @@ def open_input(path: str, *, host: str | None = None, name: str | None = None,
         gz = gzip.GzipFile(fileobj=f)
         try:
             inner = gz.peek(64)[:64]
-        except (OSError, EOFError) as exc:
+        except (OSError, EOFError, zlib.error) as exc:
             raise InputError(name, f"damaged gzip data: {exc}") from None
         kind, f = sniff(inner), gz
     else:
@@ -85,12 +91,21 @@ def open_input(path: str, *, host: str | None = None, name: str | None = None,
         return Input(name, kind, decode_capture(path, name, host=host, diag=diag, fileobj=f,
                                                    details=details, details_later=details_later), diag)
     if kind == "timeline":
-        return Input(name, kind, read_timeline(f, name, diag, host), diag)
+        return Input(name, kind, _until_damage(read_timeline(f, name, diag, host), diag), diag)
     if kind == "log":
         from .logs import read_gluster_log
-        return Input(name, kind, read_gluster_log(f, name, host=host, diag=diag), diag)
+        return Input(name, kind, _until_damage(read_gluster_log(f, name, host=host, diag=diag), diag), diag)
     shown = head[:16].hex(" ")
     raise InputError(name, f"not a capture, a correlate timeline or a Gluster log (starts with {shown})")
+
+
+def _until_damage(events: Iterator[dict], diag: Diagnostics) -> Iterator[dict]:
+    """A read failing midway (gzip data cut short, an I/O error) ends the input with a note;
+    the events before it are kept."""
+    try:
+        yield from events
+    except (EOFError, OSError, zlib.error) as exc:
+        diag.stop(f"input ends early on damage ({type(exc).__name__}: {exc})")
 
 
 def read_timeline(f: BinaryIO, source: str, diag: Diagnostics, host: str | None = None) -> Iterator[dict]:
@@ -103,13 +118,13 @@ def read_timeline(f: BinaryIO, source: str, diag: Diagnostics, host: str | None 
         except (ValueError, UnicodeDecodeError):
             diag.skip("line that is not JSON", f"line {number}")
             continue
-        if not isinstance(ev, dict):
-            diag.skip("line that is not a JSON object", f"line {number}")
+        except RecursionError:
+            diag.skip("line nested too deep to read", f"line {number}")
             continue
-        if ev.get("kind") == "timeline.header":
+        if isinstance(ev, dict) and ev.get("kind") == "timeline.header":
             continue
-        if not all(k in ev for k in REQUIRED) or not isinstance(ev["time_ns"], int):
-            diag.skip("event without time_ns/layer/kind/source", f"line {number}")
+        ev = clean_event(ev, diag, f"line {number}")
+        if ev is None:
             continue
         if host and "host" not in ev:
             ev["host"] = host

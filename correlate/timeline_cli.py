@@ -199,6 +199,11 @@ class _PerfettoSink:
         self.writer = PerfettoWriter(self.file)
         self.add = self.writer.add
 
+    def abort(self) -> None:
+        """The run ended on an error: no half-written trace is left behind."""
+        self.file.close()
+        os.unlink(self.out_path)
+
     def close(self, echo) -> None:
         self.writer.close()
         self.file.close()
@@ -234,8 +239,7 @@ def _with_findings(events: Iterable[dict], detect: bool) -> Iterator[dict]:
     from .detector import DetectorRunner, load_detectors
     from .plugin_manager import get_plugin_manager
     detectors, errors = load_detectors(get_plugin_manager())
-    runner = DetectorRunner(detectors)
-    yield from errors
+    runner = DetectorRunner(detectors, load_errors=errors)
     for ev in events:
         if ev.get("layer") == "finding":
             continue        # a saved timeline's findings: the detectors derive them again
@@ -361,6 +365,10 @@ def timeline(inputs, hosts, since, until, conn, host_filter, gfid, path, pid, la
                         out.write(line + "\n")
                 elif to_terminal:
                     out.write((format_finding(ev) if ev.get("kind") == "finding" else format_event(ev)) + "\n")
+        except BaseException:
+            for sink in sinks:
+                getattr(sink, "abort", lambda: None)()
+            raise
         finally:
             progress.done()
             out.flush()

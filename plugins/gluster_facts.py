@@ -47,3 +47,21 @@ def find_key(obj, key: str):
             if found is not None:
                 return found
     return None
+
+
+# Lock calls that wait by design until the lock is free (glusterfs.h glusterfs_lk_cmds_t:
+# GF_LK_SETLKW 2, GF_LK_RESLK_LCKW 4; entrylk_cmd: ENTRYLK_LOCK 0, ENTRYLK_LOCK_NB 2).
+GF_LK_BLOCKING_CMDS = (2, 4)
+ENTRYLK_LOCK = 0
+
+
+def is_blocking_lock(call: dict) -> bool:
+    """LK with F_SETLKW, or a blocking INODELK/FINODELK/ENTRYLK/FENTRYLK: it may stay
+    unanswered as long as another client holds the lock."""
+    procedure = call.get("procedure")
+    cmd = (call.get("args") or {}).get("cmd")
+    if procedure in ("LK", "INODELK", "FINODELK"):
+        return cmd in GF_LK_BLOCKING_CMDS
+    if procedure in ("ENTRYLK", "FENTRYLK"):
+        return cmd == ENTRYLK_LOCK
+    return False

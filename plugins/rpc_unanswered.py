@@ -1,7 +1,12 @@
-"""rpc-unanswered: calls that get no reply (the hang), and a summary of error replies.
+"""rpc-unanswered: calls that get no reply while their connection lives (the hang), and a
+summary of error replies.
 
 Timing follows the events' own clock (capture time), so offline analysis and live runs
 agree. Calls still in flight when the input ends younger than the threshold are not hangs.
+Calls pending when their connection closes (client exit, brick killed, a client giving up
+on a hung brick: brick-not-responding tells that story) can never be answered: they are
+lost, not hung. Blocking lock requests wait by design until the lock is free; the lock-wait
+detector judges them.
 """
 from __future__ import annotations
 
@@ -11,7 +16,7 @@ from correlate import hookimpl
 from correlate.detector import Detector, Wants
 from correlate.gluster.programs import lookup
 
-from .gluster_facts import host_of
+from .gluster_facts import host_of, is_blocking_lock
 
 DEFAULT_AFTER_NS = 10_000_000_000
 MAX_PENDING = 100_000
@@ -28,7 +33,9 @@ EXPLAINED = {"SETVOLUME"}
 
 class RpcUnanswered(Detector):
     id = "rpc-unanswered"
-    wants = Wants(kinds={"rpc.call", "rpc.reply"}, details=())   # op_ret/errno_name suffice
+    # op_ret/errno_name suffice, but a lock call's args say whether it may block (cmd)
+    wants = Wants(kinds={"rpc.call", "rpc.reply", "tcp.close"},
+                  details={"LK", "INODELK", "FINODELK", "ENTRYLK", "FENTRYLK"})
 
     def __init__(self, after_ns: int = DEFAULT_AFTER_NS):
         self.after_ns = after_ns
@@ -39,7 +46,7 @@ class RpcUnanswered(Detector):
 
     def observe(self, ev):
         kind = ev.get("kind")
-        if kind == "rpc.call" and self._expects_reply(ev):
+        if kind == "rpc.call" and self._expects_reply(ev) and not is_blocking_lock(ev):
             self.pending[(ev.get("conn"), ev.get("src"), ev.get("xid"))] = ev
             if len(self.pending) > MAX_PENDING:
                 self.pending.pop(next(iter(self.pending)))
@@ -51,7 +58,16 @@ class RpcUnanswered(Detector):
                 if key not in BENIGN:
                     self.errors[key] += 1
                     self.error_examples.setdefault(key, ev)
-        return self._overdue(ev["time_ns"])
+        found = self._overdue(ev["time_ns"])
+        if kind == "tcp.close":
+            self._lost_at_close(ev.get("conn"))
+        return found
+
+    def _lost_at_close(self, conn) -> None:
+        """A reply can no longer come: the calls still pending were lost with the connection
+        (overdue ones were reported above, while the connection lived)."""
+        for key in [k for k in self.pending if k[0] == conn]:
+            del self.pending[key]
 
     def due(self) -> int | None:
         """When the oldest call waiting for its reply becomes overdue."""

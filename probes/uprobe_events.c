@@ -17,26 +17,55 @@
 #define F_STRUCT 4
 #define F_STRUCT_FAULT 8
 #define F_NO_ENTRY 16
+#define F_ERRNO 32
+#define F_TALLY 64
+#define F_FD_PATH 128
+#define FD_OPENED_UNSEEN 1  // the fd was opened before the probes were attached
 
 struct event_t {
     u64 ts;             // bpf_ktime_get_ns(): CLOCK_MONOTONIC
     u64 duration_ns;    // returns: time since the matching entry on this thread
     s64 retval;
-    u64 ints[2];        // int / ptr arguments, in spec order
-    s64 words[11];      // struct argument, 8-byte words (timespecs are sec, nsec pairs)
+    u64 base;           // calls: load address of the probed library in this process
+    u64 ints[4];        // int / long / ptr / fd arguments, in spec order
+    s64 words[11];      // struct argument, 8-byte words (timespecs are sec, nsec pairs);
+                        // on fsync/close returns, the fd's unsynced-write tally (F_TALLY)
     u32 pid;            // tgid
     u32 tid;
     u32 probe_id;
     u32 kind;
     u32 flags;
-    u32 pad;
+    s32 err;            // returns: errno as the caller sees it (F_ERRNO)
     char comm[TASK_COMM_LEN];
     char str[MAX_STR];
 };
 
+// What the probes know about one open glfs_fd_t of one process: the path it was opened
+// with and the writes glfs acknowledged since the last successful fsync.
+struct fd_key_t {
+    u32 pid;
+    u32 pad;
+    u64 fd;
+};
+struct fd_info_t {
+    u64 open_ts;
+    u64 writes;         // acknowledged (returned >= 0) since the last successful fsync
+    u64 bytes;
+    u64 first_ts;
+    u64 last_ts;
+    s64 lo;             // lowest offset written, -1 when the call had no offset
+    s64 hi;             // end of the highest write
+    u32 flags;
+    u32 pad;
+    char path[MAX_STR];
+};
+
 BPF_PERF_OUTPUT(events);
 BPF_PERCPU_ARRAY(scratch, struct event_t, 1);
-BPF_HASH(entry_ts, u64, u64, 10240);   // (tid << 32 | probe_id) -> entry time
+BPF_PERCPU_ARRAY(fd_scratch, struct fd_info_t, 1);
+// (tid << 32 | probe_id) -> the call's record, until its return
+BPF_TABLE("lru_hash", u64, struct event_t, entries, 4096);
+BPF_TABLE("lru_hash", struct fd_key_t, struct fd_info_t, fds, 8192);
 
 static __always_inline struct event_t *begin(u32 probe_id, u32 kind) {
     int zero = 0;
@@ -47,8 +76,11 @@ static __always_inline struct event_t *begin(u32 probe_id, u32 kind) {
     ev->ts = bpf_ktime_get_ns();
     ev->duration_ns = 0;
     ev->retval = 0;
-    ev->ints[0] = 0;
-    ev->ints[1] = 0;
+    ev->base = 0;
+    #pragma unroll
+    for (int i = 0; i < 4; i++)
+        ev->ints[i] = 0;
+    ev->err = 0;
     #pragma unroll
     for (int i = 0; i < 11; i++)
         ev->words[i] = 0;
@@ -114,25 +146,127 @@ static __always_inline void read_glfs_stat(struct event_t *ev, const void *p) {
 
 static __always_inline void remember_entry(struct event_t *ev) {
     u64 key = ((u64)ev->tid << 32) | ev->probe_id;
-    u64 ts = ev->ts;
-    entry_ts.update(&key, &ts);
+    entries.update(&key, ev);
 }
 
-static __always_inline int finish_return(struct pt_regs *ctx, u32 probe_id) {
-    struct event_t *ev = begin(probe_id, KIND_RETURN);
-    if (!ev)
+// errno is thread-local in glibc: the caller's errno lives at fsbase + TPOFF, where TPOFF
+// is the value glibc's __errno_location loads from its GOT. The probed library imports
+// __errno_location: its GOT slot holds the function's address in this process; the code
+// there is checked against the libc file's bytes before TPOFF is read next to it.
+// ERRNO_* and FSBASE_OFF are defined by the collector (correlate/probe/errno_tls.py).
+#ifdef FSBASE_OFF
+static __always_inline void read_errno(struct event_t *ev, u64 base, u64 got_slot) {
+    u64 fn = 0, code = 0, fsbase = 0;
+    s64 tpoff = 0;
+    s32 err = 0;
+    if (!base || bpf_probe_read_user(&fn, sizeof(fn), (void *)(base + got_slot)) != 0)
+        return;
+    if (bpf_probe_read_user(&code, sizeof(code), (void *)fn) != 0 || code != ERRNO_FN_CODE)
+        return;
+    if (bpf_probe_read_user(&tpoff, sizeof(tpoff), (void *)(fn - ERRNO_FN_VADDR + ERRNO_TPOFF_VADDR)) != 0)
+        return;
+    struct task_struct *task = (struct task_struct *)bpf_get_current_task();
+    if (bpf_probe_read_kernel(&fsbase, sizeof(fsbase), (char *)task + FSBASE_OFF) != 0 || !fsbase)
+        return;
+    if (bpf_probe_read_user(&err, sizeof(err), (void *)(fsbase + tpoff)) != 0)
+        return;
+    ev->err = err;
+    ev->flags |= F_ERRNO;
+}
+#endif
+
+static __always_inline struct fd_info_t *fd_blank(void) {
+    int zero = 0;
+    struct fd_info_t *fi = fd_scratch.lookup(&zero);
+    if (!fi)
         return 0;
-    ev->retval = PT_REGS_RC(ctx);
-    u64 key = ((u64)ev->tid << 32) | probe_id;
-    u64 *start = entry_ts.lookup(&key);
-    if (start) {
-        ev->duration_ns = ev->ts - *start;
-        entry_ts.delete(&key);
-    } else {
-        ev->flags |= F_NO_ENTRY;   // attached while the call was already running
+    fi->open_ts = 0;
+    fi->writes = 0;
+    fi->bytes = 0;
+    fi->first_ts = 0;
+    fi->last_ts = 0;
+    fi->lo = -1;
+    fi->hi = -1;
+    fi->flags = 0;
+    fi->path[0] = 0;
+    return fi;
+}
+
+// An fd argument: the path it was opened with, when the open was seen.
+static __always_inline void fd_path(struct event_t *ev, u64 fd) {
+    struct fd_key_t key = {.pid = ev->pid, .fd = fd};
+    struct fd_info_t *fi = fds.lookup(&key);
+    if (fi && fi->path[0]) {
+        bpf_probe_read_kernel_str(ev->str, sizeof(ev->str), fi->path);
+        ev->flags |= F_STR | F_FD_PATH;
     }
-    events.perf_submit(ctx, ev, sizeof(*ev));
-    return 0;
+}
+
+// glfs_open / glfs_creat returned the fd `fd` for the path in the call's record.
+static __always_inline void fd_opened(struct event_t *entry, u64 fd) {
+    struct fd_info_t *fi = fd_blank();
+    if (!fi)
+        return;
+    fi->open_ts = entry->ts;
+    bpf_probe_read_kernel_str(fi->path, sizeof(fi->path), entry->str);
+    struct fd_key_t key = {.pid = entry->pid, .fd = fd};
+    fds.update(&key, fi);
+}
+
+// A write glfs acknowledged: add it to the fd's unsynced tally.
+static __always_inline void fd_wrote(u32 pid, u64 fd, s64 n, s64 off, u64 ts) {
+    struct fd_key_t key = {.pid = pid, .fd = fd};
+    struct fd_info_t *fi = fds.lookup(&key);
+    if (!fi) {
+        struct fd_info_t *blank = fd_blank();
+        if (!blank)
+            return;
+        blank->flags = FD_OPENED_UNSEEN;
+        fds.update(&key, blank);
+        fi = fds.lookup(&key);
+        if (!fi)
+            return;
+    }
+    if (fi->writes == 0) {
+        fi->first_ts = ts;
+        fi->lo = off;
+        fi->hi = off >= 0 ? off + n : -1;
+    } else if (off >= 0) {
+        if (fi->lo < 0 || off < fi->lo)
+            fi->lo = off;
+        if (off + n > fi->hi)
+            fi->hi = off + n;
+    }
+    fi->last_ts = ts;
+    __sync_fetch_and_add(&fi->writes, 1);
+    __sync_fetch_and_add(&fi->bytes, n);
+}
+
+// fsync or close returned: report the tally on the return record; a successful fsync
+// makes the writes durable, a close forgets the fd.
+static __always_inline void fd_synced(struct event_t *ev, u64 fd, int failed, int closing) {
+    struct fd_key_t key = {.pid = ev->pid, .fd = fd};
+    struct fd_info_t *fi = fds.lookup(&key);
+    if (!fi)
+        return;
+    ev->words[0] = fi->writes;
+    ev->words[1] = fi->bytes;
+    ev->words[2] = fi->first_ts;
+    ev->words[3] = fi->last_ts;
+    ev->words[4] = fi->lo;
+    ev->words[5] = fi->hi;
+    ev->words[6] = fi->open_ts;
+    ev->words[7] = fi->flags;
+    ev->flags |= F_TALLY;
+    if (closing) {
+        fds.delete(&key);
+    } else if (!failed) {
+        fi->writes = 0;
+        fi->bytes = 0;
+        fi->first_ts = 0;
+        fi->lo = -1;
+        fi->hi = -1;
+    }
 }
 
 // ---- per-probe functions generated from the catalog follow ----

@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 
 CAPTURES = Path(__file__).parent / "captures"
-BUILTIN = {"atime-minus-one", "brick-unreachable", "auth-rejected", "rpc-unanswered"}
+BUILTIN = {"atime-minus-one", "brick-unreachable", "auth-rejected", "rpc-unanswered",
+           "brick-not-responding", "no-space"}
 
 EXPECTED = {
     "healthy.pcap": {},
@@ -16,6 +17,10 @@ EXPECTED = {
     "insecure-port.pcap": {"auth-rejected": 1},
     "firewall-reject.pcap": {"brick-unreachable": 1},
     "firewall-drop.pcap": {"brick-unreachable": 1},
+    # the hang, then (info) the brick answering again
+    "brick-hang.pcap": {"brick-not-responding": 2},
+    # (rpc-unanswered's info summary of error replies lists the ENOSPC replies too)
+    "reserve-full.pcap": {"no-space": 1, "rpc-unanswered": 1},
 }
 
 

@@ -13,7 +13,7 @@ import pytest
 
 from correlate.diagnostics import Diagnostics
 from correlate.wire.decode import decode_capture
-from correlate.wire.rpc import ACCEPT_STATUS, AUTH_STATUS, REJECT_STATUS
+from correlate.wire.rpc_header import ACCEPT_STATUS, AUTH_STATUS, REJECT_STATUS
 
 CAPTURES = sorted(p for p in (Path(__file__).parent / "captures").glob("*.pcap*"))
 needs_captures = pytest.mark.skipif(not CAPTURES, reason="no captures in tests/captures yet")

@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 
 from correlate.errors import DecodeError
 from correlate.gluster import dicts
-from correlate.wire.xdr import Packer, Unpacker
+from correlate.xdr import Packer, Unpacker
 
 
 # -- builders (shared with the other Gluster tests) -------------------------------------------
@@ -133,4 +133,5 @@ def test_gfx_dict_fast_path_reads_like_field_by_field(pairs, edits, cut):
             outcomes.append((read(u), u.pos))
         except DecodeError as exc:
             outcomes.append(str(exc))
-    assert outcomes[0] == outcomes[1]
+    # as text: an edited double may read as NaN, which never equals itself
+    assert repr(outcomes[0]) == repr(outcomes[1])

@@ -3,7 +3,7 @@ import uuid
 
 import pytest
 
-from correlate.wire.xdr import Packer
+from correlate.xdr import Packer
 from tests.test_gluster_dicts import dict3, gfx_dict
 from tests.test_rpc import FOP, call_msg, cred_v3, new_sink, record, reply_msg
 
@@ -195,7 +195,7 @@ def _read_both(lay, data):
     """(result or error text, bytes consumed) of the field-by-field and the compiled reader."""
     from correlate.errors import DecodeError
     from correlate.gluster.layout import decode, struct
-    from correlate.wire.xdr import Unpacker
+    from correlate.xdr import Unpacker
     out = []
     for read in (lambda u: decode(u, lay), struct(lay)):
         u = Unpacker(data, 0, base=40)

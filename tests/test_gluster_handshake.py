@@ -1,6 +1,6 @@
 """Handshake (SETVOLUME, GETSPEC), Portmap (PORTBYBRICK) and DUMP through RpcSink."""
 from correlate.gluster import dicts, programs
-from correlate.wire.xdr import Packer
+from correlate.xdr import Packer
 from tests.test_gluster_dicts import dict3, gfx_dict
 from tests.test_rpc import DUMP, HNDSK, PMAP, call_msg, cred_v3, new_sink, record, reply_msg
 

@@ -135,8 +135,8 @@ def test_program_text_follows_pointer_hops_for_strings():
 
 
 def test_event_record_matches_the_c_layout():
-    # 3 u64 + 2 u64 + 11 s64 + 6 u32 + 16 + 256 (see probes/uprobe_events.c)
-    assert ctypes.sizeof(bcc_backend.EventRecord) == 3 * 8 + 16 + 88 + 24 + 16 + 256
+    # 4 u64 + 4 u64 + 11 s64 + 6 u32 + 16 + 256 (see probes/uprobe_events.c)
+    assert ctypes.sizeof(bcc_backend.EventRecord) == 4 * 8 + 32 + 88 + 24 + 16 + 256
 
 
 def _record(**kw):
@@ -293,3 +293,130 @@ def test_auto_backend_failure_names_both(monkeypatch):
     s = ProbeSession(catalog.select("gfapi"), backend="auto")
     with pytest.raises(errors.BackendUnavailable, match=r"bcc: probes need root.*stap: "):
         s.start()
+
+
+# ---- fops: failures only, fds followed in the kernel, errno ---------------------------------
+
+def test_fop_specs_cover_the_calls_the_findings_need():
+    by_function = {s.function: s for s in catalog.select("gfapi")}
+    for name in ("glfs_open", "glfs_creat", "glfs_read", "glfs_pread", "glfs_write", "glfs_pwrite",
+                 "glfs_fsync", "glfs_close", "glfs_stat", "glfs_fstat", "glfs_posix_lock",
+                 "glfs_pread@GFAPI_3.4.0", "glfs_pwrite@GFAPI_3.4.0", "glfs_fsync@GFAPI_3.4.0"):
+        spec = by_function[name]
+        assert spec.retprobe and spec.emit == "failures", name
+    assert by_function["glfs_open"].retval == by_function["glfs_creat"].retval == "ptr"
+    assert by_function["glfs_pwrite"].fd_role == by_function["glfs_write"].fd_role == "writes"
+    assert by_function["glfs_close"].fd_role == "closes"
+    assert by_function["glfs_init"].emit == "all"
+
+
+def test_fop_spec_validation():
+    fd = Arg("fd", 1, "fd")
+    with pytest.raises(ValueError, match="set retprobe"):
+        ProbeSpec("x.a", "x", "l", "f", (fd,), emit="failures")
+    with pytest.raises(ValueError, match="emit must be"):
+        ProbeSpec("x.a", "x", "l", "f", (fd,), retprobe=True, emit="sometimes")
+    with pytest.raises(ValueError, match="needs an fd argument"):
+        ProbeSpec("x.a", "x", "l", "f", (Arg("n", 1, "long"),), retprobe=True, fd_role="writes")
+    with pytest.raises(ValueError, match="returns a ptr"):
+        ProbeSpec("x.a", "x", "l", "f", (Arg("p", 2, "str"),), retprobe=True, fd_role="opens")
+    with pytest.raises(ValueError, match="at most one str or fd"):
+        ProbeSpec("x.a", "x", "l", "f", (fd, Arg("p", 2, "str")))
+    with pytest.raises(ValueError, match="four int"):
+        ProbeSpec("x.a", "x", "l", "f", tuple(Arg(f"a{i}", i, "long") for i in range(1, 6)))
+
+
+def test_program_sends_failed_calls_only_and_follows_fds():
+    specs = {s.function: s for s in catalog.select("gfapi")}
+    rps = [_fake(specs[f]) for f in ("glfs_open", "glfs_pwrite", "glfs_fsync", "glfs_close", "glfs_init")]
+    text = bcc_backend.program_text(rps)
+    call_open = text.split("int call_0(")[1].split("int ret_0(")[0]
+    assert "perf_submit" not in call_open and "remember_entry(ev);" in call_open
+    ret_open = text.split("int ret_0(")[1].split("int call_1(")[0]
+    assert "int failed = ev->retval == 0;" in ret_open
+    assert "fd_opened(entry, ev->retval);" in ret_open
+    assert "if (failed) {" in ret_open and "perf_submit(ctx, entry" in ret_open
+    call_pwrite = text.split("int call_1(")[1].split("int ret_1(")[0]
+    assert "ev->ints[0] = PT_REGS_PARM1(ctx);\n    fd_path(ev, ev->ints[0]);" in call_pwrite
+    ret_pwrite = text.split("int ret_1(")[1].split("int call_2(")[0]
+    assert "fd_wrote(ev->pid, entry->ints[0], ev->retval, (s64)entry->ints[2], ev->ts);" in ret_pwrite
+    assert "fd_synced(ev, entry->ints[0], failed, 0);" in text.split("int ret_2(")[1]
+    assert "fd_synced(ev, entry->ints[0], failed, 1);" in text.split("int ret_3(")[1]
+    ret_init = text.split("int ret_4(")[1]
+    assert "if (failed) {" not in ret_init and "events.perf_submit(ctx, ev, sizeof(*ev));" in ret_init
+
+
+def test_decode_failed_pread_with_fd_path_errno_and_tally():
+    specs = {s.function: s for s in catalog.select("gfapi")}
+    rp = _fake(specs["glfs_pread"])
+    rec = _record(kind=0, flags=bcc_backend.F_STR | bcc_backend.F_FD_PATH, ints=[0xF00, 4096, 8192],
+                  str=b"/dir/file")
+    args, _ = bcc_backend.decode_args(rp, rec)
+    assert args == {"fd": "0xf00", "count": 4096, "offset": 8192, "path": "/dir/file"}
+    rec = _record(kind=0, ints=[0xF00, 4096, 8192])        # opened before the probes: no path
+    assert "path" not in bcc_backend.decode_args(rp, rec)[0]
+    cm = clock.ClockMap(samples=5)
+    rec = _record(kind=1, retval=-1, flags=bcc_backend.F_ERRNO, err=5)
+    ev = bcc_backend.record_to_event(rp, rec, cm, "bcc", "h")
+    assert (ev["retval"], ev["errno"], ev["errno_name"]) == (-1, 5, "EIO")
+    rec = _record(kind=1, retval=-1)                        # errno not readable: left out
+    assert "errno" not in bcc_backend.record_to_event(rp, rec, cm, "bcc", "h")
+    close = _fake(specs["glfs_fsync"])
+    rec = _record(kind=1, retval=-1, flags=bcc_backend.F_TALLY, words=[3, 300, 10, 20, 0, 300, 5, 0])
+    ev = bcc_backend.record_to_event(close, rec, cm, "bcc", "h")
+    assert ev["unsynced_writes"] == {"count": 3, "bytes": 300, "first_time_ns": 10 + cm.current.offset_ns,
+                                     "last_time_ns": 20 + cm.current.offset_ns,
+                                     "offset_lo": 0, "offset_hi": 300}
+    rec = _record(kind=1, retval=-1, flags=bcc_backend.F_TALLY,
+                  words=[1, 1, 10, 10, -1, -1, 0, bcc_backend.FD_OPENED_UNSEEN])
+    ev = bcc_backend.record_to_event(close, rec, cm, "bcc", "h")
+    assert ev["unsynced_writes"]["opened_before_probes"] and "offset_lo" not in ev["unsynced_writes"]
+
+
+def test_versioned_symbol_keeps_the_plain_function_name():
+    spec = next(s for s in catalog.select("gfapi") if s.function == "glfs_pwrite@GFAPI_3.4.0")
+    ev = bcc_backend.record_to_event(_fake(spec), _record(kind=1, retval=-1), clock.ClockMap(samples=5),
+                                     "bcc", "h")
+    assert ev["function"] == "glfs_pwrite" and ev["symbol_version"] == "GFAPI_3.4.0"
+
+
+def test_int_arguments_drop_the_undefined_upper_half():
+    spec = next(s for s in catalog.select("gfapi") if s.function == "glfs_open")
+    args, _ = bcc_backend.decode_args(_fake(spec), _record(kind=0, ints=[0xDEAD_0000_0042]))
+    assert args["flags"] == 0x42
+
+
+def test_stap_leaves_out_failure_only_probes():
+    rps = [_fake(s) for s in catalog.select("gfapi")]
+    _text, skipped = stap_backend.script_text(rps, dwarf={rps[0].path: False})
+    left = {rp.spec.function for rp, why in skipped if "failed calls only" in why}
+    assert "glfs_pwrite" in left and "glfs_utimens" not in left
+
+
+def test_libc_errno_instruction_pattern():
+    from correlate.probe.errno_tls import libc_errno_code
+    body = b"\x48\x8b\x05" + (0x100).to_bytes(4, "little", signed=True) + \
+        b"\x64\x48\x03\x04\x25\x00\x00\x00\x00\xc3"
+    assert libc_errno_code(body, 0x1000) == 0x1000 + 7 + 0x100
+    assert libc_errno_code(b"\xf3\x0f\x1e\xfa" + body, 0x1000) == 0x1000 + 4 + 7 + 0x100
+    assert libc_errno_code(b"\x48\x8b\x05\x00\x01\x00\x00\x90\x90", 0x1000) is None   # no %fs add
+    assert libc_errno_code(b"\x55\x48\x89\xe5", 0x1000) is None
+    assert libc_errno_code(b"", 0x1000) is None
+
+
+@needs_gfapi
+def test_errno_constants_for_this_machine():
+    from correlate.probe.errno_tls import LIBC, errno_slot, libc_errno
+    libc, why = libc_errno(resolve.find_library(LIBC))
+    if libc is None:
+        pytest.skip(f"errno cannot be read here: {why}")
+    assert libc.tpoff_vaddr > libc.fn_vaddr and libc.fsbase_off > 0
+    assert errno_slot("/usr/lib/x86_64-linux-gnu/libgfapi.so.0") is not None
+
+
+def test_format_shows_errno_and_unsynced_writes():
+    ev = {"time_ns": 0, "kind": "probe.return", "function": "glfs_fsync", "pid": 1, "tid": 1,
+          "comm": "app", "retval": -1, "errno": 2, "errno_name": "ENOENT",
+          "unsynced_writes": {"count": 2, "bytes": 100}}
+    line = format_event(ev)
+    assert "retval=-1 errno=ENOENT unsynced_writes=2 (100 bytes)" in line

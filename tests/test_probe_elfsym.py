@@ -242,3 +242,27 @@ def test_arbitrary_bytes_after_the_magic_never_escape_as_other_errors():
             pass
 
     check()
+
+
+def _objdump_versions(path: str) -> dict[str, int]:
+    """name@VERSION (old) and name@@VERSION (default) -> address, from objdump -T."""
+    out = subprocess.run(["objdump", "-T", path], capture_output=True, text=True, check=True).stdout
+    found = {}
+    for line in out.splitlines():
+        m = re.match(r"([0-9a-f]+) g\s+DF \.text\s+\S+\s+(\(?)(\S+?)\)?\s+(\S+)$", line)
+        if m:
+            found[m.group(4) + ("@" if m.group(2) else "@@") + m.group(3)] = int(m.group(1), 16)
+    return found
+
+
+@needs_gfapi
+@needs_binutils
+@pytest.mark.parametrize("func", ["glfs_pread", "glfs_pwrite", "glfs_fsync"])
+def test_symbol_versions_match_objdump(func):
+    """gfapi 6.0 changed these signatures; the old versions stay for older programs. A bare
+    name is the default version (what a program linked today calls)."""
+    versions = _objdump_versions(GFAPI)
+    assert resolve_in_file(GFAPI, func).address == versions[f"{func}@@GFAPI_6.0"]
+    assert resolve_in_file(GFAPI, f"{func}@GFAPI_3.4.0").address == versions[f"{func}@GFAPI_3.4.0"]
+    with pytest.raises(SymbolNotFound):
+        resolve_in_file(GFAPI, f"{func}@GFAPI_99")

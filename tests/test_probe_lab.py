@@ -2,6 +2,7 @@
 and the probe clock against tcpdump's. Needs root, bcc and the lab; skips saying why."""
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import subprocess
@@ -210,3 +211,96 @@ def test_probe_command_streams_json_until_sigterm(probe_lab):
     assert calls and calls[0]["args"]["atime"] == -1 and calls[0]["args"]["path"] == "/probe-cli"
     assert all(e["layer"] == "probe" and isinstance(e["time_ns"], int) for e in events)
     assert ", 0 lost" in err.strip().splitlines()[-1]
+
+
+FOPS_CHILD = r'''
+import ctypes, json, os, sys
+from tests.lab import gfapi
+fs = gfapi.Client(log_file="/var/log/correlate-lab/probe-fops-client.log").init()
+lib, c = fs.lib, ctypes
+libc = c.CDLL("libc.so.6")
+libc.dlvsym.restype = c.c_void_p
+libc.dlvsym.argtypes = [c.c_void_p, c.c_char_p, c.c_char_p]
+def versioned(name, version, restype, argtypes):
+    return c.CFUNCTYPE(restype, *argtypes, use_errno=True)(libc.dlvsym(lib._handle, name, version))
+p, sz, off = c.c_void_p, c.c_size_t, c.c_long
+pwrite6 = versioned(b"glfs_pwrite", b"GFAPI_6.0", c.c_ssize_t, [p, c.c_char_p, sz, off, c.c_int, p, p])
+pwrite34 = versioned(b"glfs_pwrite", b"GFAPI_3.4.0", c.c_ssize_t, [p, c.c_char_p, sz, off, c.c_int])
+pread6 = versioned(b"glfs_pread", b"GFAPI_6.0", c.c_ssize_t, [p, c.c_char_p, sz, off, c.c_int, p])
+pread34 = versioned(b"glfs_pread", b"GFAPI_3.4.0", c.c_ssize_t, [p, c.c_char_p, sz, off, c.c_int])
+fsync6 = versioned(b"glfs_fsync", b"GFAPI_6.0", c.c_int, [p, p, p])
+out = {"pid": os.getpid()}
+path = sys.argv[1]
+# healthy: every call succeeds, so the probes send nothing
+fd = fs.creat(path)
+assert pwrite6(fd, b"a" * 4096, 4096, 0, 0, None, None) == 4096
+assert pwrite34(fd, b"b" * 100, 100, 4096, 0) == 100
+assert fsync6(fd, None, None) == 0
+fs.close(fd)
+fd = fs.open(path)
+buf = c.create_string_buffer(4096)
+assert pread6(fd, buf, 4096, 0, 0, None) == 4096 and pread34(fd, buf, 10, 0, 0) == 10
+# failing: a write on a read-only fd is acknowledged by write-behind, the close fails
+out["acknowledged"] = [pwrite6(fd, b"c" * 512, 512, 8192, 0, None, None),
+                       pwrite34(fd, b"d" * 256, 256, 100, 0)]
+out["close"] = lib.glfs_close(fd)
+out["close_errno"] = c.get_errno()
+# failing: a read of a directory, an open and a stat of a missing file
+fs.mkdir(path + ".dir", exist_ok=True)
+fd = fs.open(path + ".dir")
+out["pread"] = pread6(fd, buf, 16, 0, 0, None)
+out["pread_errno"] = c.get_errno()
+fs.close(fd)
+fs.rmdir(path + ".dir")
+for call in (lambda: fs.open(path + ".missing"), lambda: fs.stat(path + ".missing")):
+    try:
+        call()
+    except gfapi.GfapiError as exc:
+        out.setdefault("missing_errnos", []).append(exc.errno)
+fs.unlink(path)
+print(json.dumps(out), flush=True)
+os._exit(0)
+'''
+
+
+def test_fop_failures_with_errno_and_the_lost_acknowledged_writes(probe_lab):
+    """Real gfapi calls through both symbol versions: successful fops send nothing; each
+    failure comes as its call and return with errno as the caller read it; a close that fails
+    after write-behind acknowledged writes carries those writes (the lost data)."""
+    import json
+    import sys
+    from tests.lab.gfapi import REPO_ROOT
+    session = probe_lab("gfapi")
+    path = "/probe-fops"
+    child = subprocess.run([sys.executable, "-c", FOPS_CHILD, path], cwd=REPO_ROOT,
+                           capture_output=True, text=True, timeout=120)
+    assert child.returncode == 0, child.stderr[-2000:]
+    out = json.loads(child.stdout.strip().splitlines()[-1])
+    pid = out["pid"]
+    events = _collect(session, lambda ev: sum(e["kind"] == "probe.return" and e["pid"] == pid
+                                              and e["function"] == "glfs_stat" for e in ev))
+    events += session.poll(200)
+    mine = [e for e in events if e["pid"] == pid and e["function"] not in ("glfs_init",)]
+    assert session.lost == 0
+    # Exactly the failing calls, each as call + return: nothing from the healthy part.
+    assert [(e["function"], e["kind"]) for e in mine] == [
+        ("glfs_close", "probe.call"), ("glfs_close", "probe.return"),
+        ("glfs_pread", "probe.call"), ("glfs_pread", "probe.return"),
+        ("glfs_open", "probe.call"), ("glfs_open", "probe.return"),
+        ("glfs_stat", "probe.call"), ("glfs_stat", "probe.return")], mine
+    close_call, close_ret, pread_call, pread_ret, open_call, open_ret, stat_call, stat_ret = mine
+    assert out["acknowledged"] == [512, 256] and out["close"] == -1
+    assert close_call["args"]["path"] == path                   # from the open the probes saw
+    assert close_ret["retval"] == -1 and close_ret["errno"] == out["close_errno"] == errno.EBADF
+    assert close_ret["unsynced_writes"]["count"] == 2
+    assert close_ret["unsynced_writes"]["bytes"] == 512 + 256
+    assert (close_ret["unsynced_writes"]["offset_lo"], close_ret["unsynced_writes"]["offset_hi"]) == (100, 8704)
+    assert close_ret["unsynced_writes"]["first_time_ns"] <= close_ret["unsynced_writes"]["last_time_ns"] \
+        < close_call["time_ns"]
+    assert pread_call["args"] == {"fd": pread_call["args"]["fd"], "count": 16, "offset": 0,
+                                  "path": path + ".dir"}
+    assert pread_ret["retval"] == -1 and pread_ret["errno"] == out["pread_errno"] == errno.EISDIR
+    assert open_call["args"]["path"] == path + ".missing" and open_ret["retval"] == "0x0"
+    assert open_ret["errno"] == stat_ret["errno"] == errno.ENOENT == out["missing_errnos"][0]
+    assert stat_call["args"]["path"] == path + ".missing" and stat_ret["retval"] == -1
+    assert all(e["comm"].startswith("python") for e in mine)

@@ -8,9 +8,10 @@ import pytest
 
 from correlate.diagnostics import Diagnostics
 from correlate.wire.model import Conn
-from correlate.wire.rpc import (AUTH_GLUSTERFS_V2, AUTH_GLUSTERFS_V3, AUTH_UNIX, RpcSink,
-                                decode_cred, parse_header)
-from correlate.wire.xdr import Packer
+from correlate.wire.rpc import RpcSink
+from correlate.wire.rpc_cred import decode_cred
+from correlate.wire.rpc_header import AUTH_GLUSTERFS_V2, AUTH_GLUSTERFS_V3, AUTH_UNIX, parse_header
+from correlate.xdr import Packer
 
 FOP, HNDSK, PMAP, DUMP = 1298437, 14398633, 34123456, 123451501
 

@@ -16,8 +16,9 @@ from correlate.diagnostics import Diagnostics
 from correlate.errors import DecodeError
 from correlate.gluster import programs
 from correlate.wire.model import Conn
-from correlate.wire.rpc import KEEP_RECORD, RpcSink
-from correlate.wire.xdr import Unpacker
+from correlate.wire.record_marking import KEEP_RECORD
+from correlate.wire.rpc import RpcSink
+from correlate.xdr import Unpacker
 from tests.test_rpc import DUMP, FOP, call_msg, cred_v2, cred_v3, record, reply_msg
 
 SETTINGS = settings(max_examples=300, deadline=2000, suppress_health_check=[HealthCheck.too_slow])
@@ -188,7 +189,7 @@ EDITS = st.lists(st.tuples(st.integers(0, 200), st.sampled_from([0, 1, 2, 3, 0x8
     reply_msg(9, b"", accept_stat=2, mismatch=(1, 3)),
 ]), EDITS, st.integers(-1, 120))
 def test_header_fast_path_reads_like_field_by_field(msg, edits, cut):
-    from correlate.wire.rpc import _parse_header_slowly, parse_header
+    from correlate.wire.rpc_header import _parse_header_slowly, parse_header
     data = _mutate(msg, edits, cut)
     assert _outcome(parse_header, data) == _outcome(_parse_header_slowly, data)
 
@@ -197,7 +198,7 @@ def test_header_fast_path_reads_like_field_by_field(msg, edits, cut):
 @given(st.sampled_from([cred_v3(groups=(5, 6, 7), lk_owner=b"\1\2\3"), cred_v3(), cred_v2(),
                         cred_v2(groups=(), lk_owner=b"")]), EDITS, st.integers(-1, 80))
 def test_credential_fast_path_reads_like_field_by_field(cred, edits, cut):
-    from correlate.wire.rpc import _decode_cred_slowly, decode_cred
+    from correlate.wire.rpc_cred import _decode_cred_slowly, decode_cred
     flavor, body = cred
     data = _mutate(body, edits, cut)
     assert decode_cred(flavor, data) == _decode_cred_slowly(flavor, data)

@@ -7,6 +7,7 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
@@ -153,6 +154,19 @@ def test_live_samba_chain_names_samba_as_the_layer_that_introduced_minus_one(lab
     assert code == 0, "".join(pipe.stderr)
 
 
+def _wait_until_handled(pid: int, signum: int, timeout: float = 60) -> None:
+    """Wait until the process catches `signum` (SigCgt in /proc): on a loaded machine the
+    interpreter may still be importing when a fixed sleep ends, and the default action kills."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        status = Path(f"/proc/{pid}/status").read_text()
+        caught = int(next(l for l in status.splitlines() if l.startswith("SigCgt:")).split()[1], 16)
+        if caught & (1 << (signum - 1)):
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"process {pid} never installed a handler for signal {signum}")
+
+
 def test_sigterm_on_a_quiet_stdin_ends_the_run_cleanly(tmp_path):
     """A run reading a pipe that says nothing (tcpdump waiting for traffic) still stops at
     once on SIGTERM, writes its timeline and exits 0, without a crash at shutdown."""
@@ -161,7 +175,7 @@ def test_sigterm_on_a_quiet_stdin_ends_the_run_cleanly(tmp_path):
     run = subprocess.Popen(CORRELATE + ["run", "--pcap", "-", "--timeline", str(timeline)],
                            stdin=writer.stdout, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     writer.stdout.close()
-    time.sleep(2)
+    _wait_until_handled(run.pid, signal.SIGTERM)
     run.send_signal(signal.SIGTERM)
     out, err = run.communicate(timeout=20)
     writer.kill()

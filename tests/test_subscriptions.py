@@ -46,7 +46,8 @@ def test_same_findings_with_and_without_subscriptions(capture, after_ns):
 
 def test_builtin_detectors_declare_what_they_read():
     needed = details_needed(builtin_detectors(1))
-    assert needed == {"SETATTR", "FSETATTR", "SETVOLUME", "PORTBYBRICK"}
+    assert needed == {"SETATTR", "FSETATTR", "SETVOLUME", "PORTBYBRICK",
+                      "LK", "INODELK", "FINODELK", "ENTRYLK", "FENTRYLK"}
     runner = DetectorRunner(builtin_detectors(1))
     opts = decoding_options(runner, every_event=False)
     assert opts == {"details": needed, "details_later": True}

@@ -90,6 +90,31 @@ def kinds(events):
 
 # ---- handshake outcomes --------------------------------------------------------------------
 
+def test_half_close_is_reported_at_the_fin_and_the_later_rst_too():
+    """A client giving up on a hung brick: it FINs while the server's kernel ACKed its call
+    but the server process never answered; the late answer comes on the half-closed
+    connection and the client RSTs it."""
+    t = Talk()
+    frames = t.handshake() + [
+        t.c(0, b"ping", ack=0), t.s(0, b"", flags=ACK, ack=4),      # ACKed, unanswered
+        t.c(4, b"", flags=FIN | ACK, ack=0),
+        t.s(0, b"late", ack=5), t.c(5, b"", flags=RST)]
+    events, sink, diag = run(frames)
+    assert kinds(events) == ["tcp.connect", "tcp.close", "tcp.close"]
+    half, rst = (e for e in events if e["kind"] == "tcp.close")
+    assert (half["reason"], half["by"], half["half"], half["unacked_bytes"]) == ("fin", "client", True, 0)
+    assert half["frame"] == 6
+    assert (rst["reason"], rst["by"]) == ("rst", "client")
+    assert sink.stream(1, False) == b"late"     # the half-closed side still delivers
+
+
+def test_fin_with_unacknowledged_data_says_how_much():
+    t = Talk()
+    frames = t.handshake() + [t.c(0, b"call-bytes", ack=0), t.c(10, b"", flags=FIN | ACK, ack=0)]
+    events, _, _ = run(frames)
+    close = [e for e in events if e["kind"] == "tcp.close"]
+    assert len(close) == 1 and close[0]["unacked_bytes"] == 10
+
 def test_connect_data_and_fin_close():
     t = Talk()
     frames = t.handshake() + [
@@ -102,7 +127,9 @@ def test_connect_data_and_fin_close():
     assert connect["src"] == "10.0.0.1:40000" and connect["dst"] == "10.0.0.2:24007"
     assert connect["handshake_ns"] == MS and connect["frame"] == 2 and connect["conn"] == 1
     assert connect["layer"] == "wire" and connect["source"] == "cap.pcap" and connect["attempts"] == 1
-    assert close["by"] == "client" and close["reason"] == "fin" and close["frame"] == 8
+    # The close is the first FIN (frame 7), not the FIN that completes it.
+    assert close["by"] == "client" and close["reason"] == "fin" and close["frame"] == 7
+    assert close["half"] is True and close["unacked_bytes"] == 0
     assert sink.stream(1) == b"hello world" and sink.stream(1, False) == b"reply"
     assert sink.calls[-1] == ("close", 1)
     assert [e["kind"] for e in events][-2:] == ["tcp.close", "sink.close"]

@@ -2,7 +2,7 @@
 import pytest
 
 from correlate.errors import DecodeError
-from correlate.wire.xdr import Packer, Unpacker
+from correlate.xdr import Packer, Unpacker
 
 
 def test_integers_round_trip_with_sign():

@@ -14,7 +14,7 @@ from __future__ import annotations
 import struct
 
 from ..errors import DecodeError
-from ..wire.xdr import Unpacker, safe_text
+from ..xdr import Unpacker, safe_text
 from . import layout
 
 MAX_PAIRS = 1024

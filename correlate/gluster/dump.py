@@ -6,7 +6,7 @@ gf_common_rsp (op_ret, op_errno, xdata).
 """
 from __future__ import annotations
 
-from ..wire.xdr import Unpacker
+from ..xdr import Unpacker
 from . import dicts
 from .layout import decode, i32, status, string, u64
 from .programs_base import Procedure, Program

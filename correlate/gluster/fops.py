@@ -8,7 +8,7 @@ still has op_ret/op_errno read, since every fop reply starts with them.
 """
 from __future__ import annotations
 
-from ..wire.xdr import Unpacker
+from ..xdr import Unpacker
 from . import dicts
 from .layout import (GF_PROTO_FLOCK, GF_PROTO_LEASE, GF_STATFS, Layout, gfid, i32, i64,
                      iatt, iattx, name, opaque_size, status, stbuf_for_setattr, string, struct,

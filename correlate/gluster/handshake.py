@@ -6,8 +6,8 @@ gf_getspec_req/rsp and friends in glusterfs3-xdr.x; this program still carries v
 """
 from __future__ import annotations
 
-from ..wire.xdr import Unpacker
-from . import dicts
+from ..xdr import Unpacker
+from . import dicts, volfile
 from .layout import decode, i32, status, string, u32
 from .programs_base import Procedure, Program
 
@@ -19,11 +19,18 @@ RET = [("op_ret", i32), ("op_errno", i32)]
 
 
 def spec(u: Unpacker) -> dict:
-    """A volfile: its size and a short prefix, not the whole text."""
+    """A volfile: its size, a short prefix, and its replica/disperse sets (which bricks are
+    peers), not the whole text."""
     raw = u.opaque("spec", MAX_SPEC)
     if raw.endswith(b"\0"):
         raw = raw[:-1]
-    return {"spec_size": len(raw), "spec_prefix": dicts.render(raw[:SPEC_PREFIX])}
+    out = {"spec_size": len(raw), "spec_prefix": dicts.render(raw[:SPEC_PREFIX])}
+    sets = volfile.brick_sets(raw.decode("utf-8", "replace"))
+    if sets:
+        out["brick_sets"] = [{"name": s.name, "type": s.kind,
+                              "bricks": [[host, path] for host, path in s.bricks]}
+                             for s in sets]
+    return out
 
 
 def _layout(lay):

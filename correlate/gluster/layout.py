@@ -16,7 +16,7 @@ from struct import Struct
 from typing import Any, Callable
 
 from ..errors import DecodeError
-from ..wire.xdr import Unpacker
+from ..xdr import Unpacker
 
 Reader = Callable[[Unpacker], Any]
 Layout = list[tuple[str, Reader]]

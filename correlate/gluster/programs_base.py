@@ -4,7 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from ..wire.xdr import Unpacker
+from ..xdr import Unpacker
 
 Decoder = Callable[[Unpacker], dict[str, Any]]
 

@@ -16,6 +16,8 @@ import re
 from collections import Counter
 from collections.abc import Iterable
 
+from ..profile import Profile
+from .profile_html import CSS as PROFILE_CSS, profile_section
 from .terminal import format_event
 
 MAX_EVENTS = 50_000          # timeline rows in one page (a browser stays responsive)
@@ -39,7 +41,10 @@ def script_json(obj) -> str:
 
 
 def _utc(time_ns: int, with_date: bool = False) -> str:
-    t = _dt.datetime.fromtimestamp(time_ns // 1_000_000_000, _dt.timezone.utc)
+    try:
+        t = _dt.datetime.fromtimestamp(time_ns // 1_000_000_000, _dt.timezone.utc)
+    except (TypeError, ValueError, OverflowError, OSError):   # no date can hold it
+        return f"@{_cut(time_ns, 40)}ns"
     frac = f"{time_ns % 1_000_000_000:09d}"
     return (f"{t:%Y-%m-%d %H:%M:%S}.{frac} UTC" if with_date else f"{t:%H:%M:%S}.{frac[:6]}")
 
@@ -59,7 +64,8 @@ def _detail(ev: dict) -> str:
     return text if len(text) <= MAX_DETAIL_CHARS else text[:MAX_DETAIL_CHARS] + "\n..."
 
 
-_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+# Control and bidi characters, and lone surrogates (which cannot be written as UTF-8).
+_CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069\ud800-\udfff]")
 
 
 def _cut(text, limit: int = MAX_TEXT_CHARS) -> str:
@@ -78,6 +84,7 @@ class _Collector:
         self.rows: list[dict] = []
         self.index: dict[tuple, str] = {}
         self.findings: list[dict] = []
+        self.errors: list[dict] = []      # detectors that failed: a report must not look healthy
         self.updates: dict[str, int] = {}
         self.left_out = 0
         self.findings_left_out = 0
@@ -86,19 +93,22 @@ class _Collector:
         self.sources: set[str] = set()
         self.first: int | None = None
         self.last: int | None = None
+        self.profile = Profile()      # bounded: sketches, not the latencies
 
     def add(self, ev: dict) -> None:
+        self.profile.observe(ev)
         t = ev.get("time_ns")
         if not isinstance(t, int):
             self.left_out += 1
             return
-        self.first = t if self.first is None else min(self.first, t)
-        self.last = t if self.last is None else max(self.last, t)
-        layer = str(ev.get("layer", "?"))
+        if t > 0:   # time 0: an event no input timed, which must not stretch the range to 1970
+            self.first = t if self.first is None else min(self.first, t)
+            self.last = t if self.last is None else max(self.last, t)
+        layer = _cut(ev.get("layer", "?"), 40)
         self.layers[layer] += 1
-        self.sources.add(str(ev.get("source", "?")))
+        self.sources.add(_cut(ev.get("source", "?"), 200))
         if ev.get("host"):
-            self.hosts.add(str(ev["host"]))
+            self.hosts.add(_cut(ev["host"], 200))
         if ev.get("kind") == "finding.update" and ev.get("id"):
             self.updates[str(ev["id"])] = ev.get("count", 1)
         if layer == "finding" and ev.get("kind") == "finding":
@@ -106,20 +116,22 @@ class _Collector:
                 self.findings.append(ev)
             else:
                 self.findings_left_out += 1
+        if ev.get("kind") == "detector.error" and len(self.errors) < MAX_FINDINGS:
+            self.errors.append(ev)
         if len(self.rows) >= self.max_events:
             self.left_out += 1
             return
         row_id = f"e{len(self.rows) + 1}"
         self.index.setdefault(event_key(ev), row_id)
-        self.rows.append({"id": row_id, "t": t, "layer": layer, "kind": str(ev.get("kind", "?")),
-                          "host": str(ev.get("host") or ""), "source": str(ev.get("source", "")),
-                          "sev": str(ev.get("severity") or ""), "text": _summary(ev),
+        self.rows.append({"id": row_id, "t": t, "layer": layer, "kind": _cut(ev.get("kind", "?"), 200),
+                          "host": _cut(ev.get("host") or "", 200), "source": _cut(ev.get("source", ""), 200),
+                          "sev": _cut(ev.get("severity") or "", 40), "text": _summary(ev),
                           "detail": _detail(ev)})
 
 
 def _finding_html(n: int, f: dict, c: _Collector) -> str:
     esc = html.escape
-    sev = str(f.get("severity", "info"))
+    sev = _cut(f.get("severity") or "info", 40)
     count = c.updates.get(str(f.get("id")), f.get("count", 1))
     items = []
     for ev in f.get("evidence") or []:
@@ -127,8 +139,8 @@ def _finding_html(n: int, f: dict, c: _Collector) -> str:
             items.append(f"<li>{esc(_cut(ev, 300))}</li>")
             continue
         target = c.index.get(event_key(ev))
-        label = (f"{_utc(ev['time_ns']) if isinstance(ev.get('time_ns'), int) else '?'} "
-                 f"{ev.get('layer', '?')} {ev.get('kind', '?')} {_summary(ev)}")
+        label = _cut(f"{_utc(ev['time_ns']) if isinstance(ev.get('time_ns'), int) else '?'} "
+                     f"{ev.get('layer', '?')} {ev.get('kind', '?')} {_summary(ev)}", 1000)
         if target:
             items.append(f'<li><a class="ev" href="#{target}" data-target="{target}">{esc(label)}</a></li>')
         else:
@@ -137,12 +149,22 @@ def _finding_html(n: int, f: dict, c: _Collector) -> str:
     seen = f" &middot; seen {int(count)} times" if isinstance(count, int) and count > 1 else ""
     return (f'<section class="finding sev-{esc(sev)}" id="finding-{n}">'
             f'<h3><span class="sev">{esc(sev.upper())}</span> {esc(_cut(f.get("title"), 500))}</h3>'
-            f'<div class="meta">{esc(str(f.get("detector", "")))} &middot; '
+            f'<div class="meta">{esc(_cut(f.get("detector", ""), 200))} &middot; '
             f'{esc(_utc(f["time_ns"], True))}{seen}</div>'
             f'<p class="explanation">{esc(_cut(f.get("explanation")))}</p>'
             f'<p class="remedy"><b>Remedy:</b> {esc(_cut(f.get("remedy")))}</p>'
             f'<details open><summary>Evidence ({len(f.get("evidence") or [])})</summary>'
             f'<ul class="evidence">{"".join(items)}</ul></details></section>')
+
+
+def _error_html(e: dict) -> str:
+    esc = html.escape
+    return (f'<section class="finding sev-error detector-error">'
+            f'<h3><span class="sev">DETECTOR DID NOT RUN</span> {esc(_cut(e.get("title"), 500))}</h3>'
+            f'<p class="explanation">{esc(_cut(e.get("explanation")))}</p>'
+            f'<p class="remedy"><b>Remedy:</b> {esc(_cut(e.get("remedy")))}</p>'
+            f'<p class="note">What this detector looks for was not checked: the absence of '
+            f'its findings says nothing.</p></section>')
 
 
 _CSS = """
@@ -310,6 +332,7 @@ def write_html(events: Iterable[dict], out_path: str, title: str = "correlate re
 
 def _write_page(c: _Collector, out_path: str, title: str, max_events: int) -> dict:
     esc = html.escape
+    title = _cut(title, 1000)
     t0 = c.first or 0
     t1 = c.last or t0
     rows = [{"id": r["id"], "t": r["t"] - t0, "layer": r["layer"], "kind": r["kind"], "host": r["host"],
@@ -317,7 +340,7 @@ def _write_page(c: _Collector, out_path: str, title: str, max_events: int) -> di
             for r in c.rows]
     # Relative times keep JS numbers exact (absolute ns exceed 2**53).
     data = {"t0": 0, "t1": t1 - t0, "rows": rows}
-    findings = sorted(c.findings, key=lambda f: ({"critical": 0, "error": 1, "warning": 2}.get(f.get("severity"), 3),
+    findings = sorted(c.findings, key=lambda f: ({"critical": 0, "error": 1, "warning": 2}.get(str(f.get("severity")), 3),
                                                   f["time_ns"]))
     counts = " &middot; ".join(f"{esc(k)}: {v}" for k, v in sorted(c.layers.items()))
     when = (f"{esc(_utc(t0, True))} &ndash; {esc(_utc(t1, True))}" if c.first is not None else "no events")
@@ -331,13 +354,15 @@ def _write_page(c: _Collector, out_path: str, title: str, max_events: int) -> di
         "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">",
         "<meta http-equiv=\"Content-Security-Policy\" content=\"default-src 'none'; "
         "style-src 'unsafe-inline'; script-src 'unsafe-inline'; img-src data:\">",
-        f"<title>{esc(title)}</title><style>{_CSS}</style></head><body>",
+        f"<title>{esc(title)}</title><style>{_CSS}{PROFILE_CSS}</style></head><body>",
         f"<header><h1>{esc(title)}</h1><div class=\"meta\">{when} &middot; {counts or 'empty'}"
         f" &middot; inputs: {esc(', '.join(sorted(c.sources)) or 'none')}</div></header><main>",
         left_out,
         f"<h2 id=\"findings\">Findings ({len(findings)})</h2>",
+        "".join(_error_html(e) for e in c.errors),
         "".join(_finding_html(i + 1, f, c) for i, f in enumerate(findings)) or
-        "<p class=\"note\">No findings.</p>",
+        f"<p class=\"note\">No findings{' from the detectors that ran' if c.errors else ''}.</p>",
+        profile_section(c.profile.snapshot()),
         "<h2 id=\"timeline\">Timeline</h2><div id=\"controls\">",
         "".join(f'<label><input type="checkbox" class="layer" value="{l}" checked> {l}</label>'
                 for l in ("wire", "probe", "log", "finding")),

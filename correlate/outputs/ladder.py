@@ -37,7 +37,7 @@ def _result(ev: dict) -> str:
 
 
 def _label(ev: dict) -> str:
-    kind = ev.get("kind", "")
+    kind = str(ev.get("kind", ""))
     conn = f"c{ev['conn']} " if ev.get("conn") is not None else ""
     if kind == "rpc.call":
         return conn + str(ev.get("procedure") or ev.get("procedure_num") or "call")
@@ -140,7 +140,7 @@ class Ladder:
     def add(self, ev: dict) -> list[str]:
         """The lines this event adds to the diagram."""
         out: list[str] = []
-        layer, kind = ev.get("layer"), ev.get("kind", "")
+        layer, kind = ev.get("layer"), str(ev.get("kind", ""))
         t = ev.get("time_ns", 0)
         if layer == "wire" and ev.get("src") and ev.get("dst"):
             if self._duplicate(ev):

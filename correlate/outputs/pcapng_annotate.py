@@ -57,7 +57,7 @@ def interface_block(linktype: int, snaplen: int = SNAPLEN) -> bytes:
 
 
 def packet_block(iface: int, time_ns: int, data: bytes, orig_len: int, comments: list[str]) -> bytes:
-    t = max(0, time_ns)
+    t = max(0, min(time_ns, 2 ** 64 - 1))     # the block's two 32-bit halves hold no more
     body = struct.pack("<IIIII", iface, t >> 32, t & 0xFFFFFFFF, len(data), orig_len)
     body += data + b"\0" * ((-len(data)) % 4)
     if comments:

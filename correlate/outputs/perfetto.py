@@ -3,7 +3,10 @@
 Tracks:
   - one process per host (or input, when no host is known) for wire traffic, one thread per
     TCP connection; each RPC call with its reply is a complete slice ("X") from the call to
-    the reply, calls never answered are instants marked "no reply", TCP events are instants;
+    the reply, calls never answered are instants marked "no reply", TCP events are instants.
+    Complete slices on one thread must nest (Perfetto drops the others), so a call sent while
+    earlier ones are outstanding goes on the connection's next free lane: a thread
+    "conn N ... (lane K)" of its own;
   - one process per probed process (host, pid), one thread per tid; probe events are instants;
   - one process per log input, one thread per log domain; log entries are instants;
   - one "findings" process; each finding is an instant.
@@ -81,6 +84,9 @@ class PerfettoWriter:
         self.tracks = _Tracks()
         self.base_ns: int | None = None
         self.pending: OrderedDict[tuple, dict] = OrderedDict()
+        self.lanes: dict[tuple, set[int]] = {}    # connection -> lanes held by outstanding calls
+        self.lane_of: dict[tuple, int] = {}       # call key -> its lane
+        self.untimed: list[dict] = []   # time_ns 0: not from an input; shown at the start
         self.count = 0
         out.write('{"displayTimeUnit":"ns","traceEvents":[\n')
 
@@ -99,31 +105,57 @@ class PerfettoWriter:
         self._emit({"name": name, "cat": cat, "ph": "i", "s": scope, "ts": self._us(ev["time_ns"]),
                     "pid": pid, "tid": tid, "args": _args(ev)})
 
-    def _conn_track(self, ev: dict) -> tuple[int, int]:
+    def _conn_track(self, ev: dict, lane: int = 0) -> tuple[int, int]:
         who = ev.get("host") or ev.get("source", "?")
         pid = self.tracks.pid(("wire", who), f"wire {who}", 1)
         conn = ev.get("conn", 0)
         client, server = ev.get("src", ""), ev.get("dst", "")
         if ev.get("kind") == "rpc.reply":   # the track is named client <-> server either way
             client, server = server, client
-        tid = self.tracks.tid(pid, (ev.get("source"), conn), f"conn {conn} {client} <-> {server}")
+        name = f"conn {conn} {client} <-> {server}" + (f" (lane {lane + 1})" if lane else "")
+        tid = self.tracks.tid(pid, (ev.get("source"), conn, lane), name)
         return pid, tid
 
+    def _take_lane(self, key: tuple) -> int:
+        held = self.lanes.setdefault(key[:2], set())
+        lane = next(i for i in range(len(held) + 1) if i not in held)
+        held.add(lane)
+        self.lane_of[key] = lane
+        return lane
+
+    def _free_lane(self, key: tuple) -> int:
+        lane = self.lane_of.pop(key, 0)
+        held = self.lanes.get(key[:2])
+        if held is not None:
+            held.discard(lane)
+            if not held:
+                del self.lanes[key[:2]]
+        return lane
+
     def add(self, ev: dict) -> None:
-        layer, kind = ev.get("layer"), ev.get("kind", "")
+        layer, kind = ev.get("layer"), str(ev.get("kind", ""))
         if not isinstance(ev.get("time_ns"), int):
+            return
+        if ev["time_ns"] <= 0:     # must not stretch the trace back to 1970
+            if len(self.untimed) < 1000:
+                self.untimed.append(ev)
             return
         self._us(min(ev["time_ns"], ev.get("call_time_ns") or ev["time_ns"]))  # fix the base early
         if layer == "wire":
             pid, tid = self._conn_track(ev)
             key = (ev.get("source"), ev.get("conn"), ev.get("xid"))
             if kind == "rpc.call":
+                if key in self.pending:          # xid reused before its reply: the old one never got one
+                    self._unanswered(self.pending.pop(key), key)
                 self.pending[key] = ev
+                self._take_lane(key)
                 while len(self.pending) > MAX_PENDING_CALLS:
-                    _k, old = self.pending.popitem(last=False)
-                    self._unanswered(old)
+                    old_key, old = self.pending.popitem(last=False)
+                    self._unanswered(old, old_key)
             elif kind == "rpc.reply":
                 call = self.pending.pop(key, None)
+                if call is not None:
+                    pid, tid = self._conn_track(ev, self._free_lane(key))
                 start = ev.get("call_time_ns") or (call or {}).get("time_ns")
                 if start is None:
                     self._instant(ev, pid, tid, _rpc_name(ev) + " (reply only)", "rpc")
@@ -155,14 +187,18 @@ class PerfettoWriter:
                 name = f"[{ev.get('severity', '?')}] {ev.get('title', kind)}"
             self._instant(ev, pid, tid, name[:200], "finding", scope="p")
 
-    def _unanswered(self, call: dict) -> None:
-        pid, tid = self._conn_track(call)
+    def _unanswered(self, call: dict, key: tuple) -> None:
+        pid, tid = self._conn_track(call, self._free_lane(key))
         self._instant(call, pid, tid, _rpc_name(call) + " (no reply)", "rpc")
 
     def close(self) -> None:
-        for call in self.pending.values():
-            self._unanswered(call)
+        for key, call in list(self.pending.items()):
+            self._unanswered(call, key)
         self.pending.clear()
+        start = self.base_ns if self.base_ns is not None else 0
+        for ev in self.untimed:
+            self.add({**ev, "time_ns": max(start, 1)})
+        self.untimed.clear()
         for meta in self.tracks.meta:
             self._emit(meta)
         other = {"start_time_ns": self.base_ns, "generator": "correlate"}

@@ -8,7 +8,9 @@ from __future__ import annotations
 import datetime as _dt
 import re
 
-_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+# Control characters, line and bidi overrides, and lone surrogates (which no terminal encoding
+# can write).
+_CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069\ud800-\udfff]")
 
 COLORS = {"wire": "36", "probe": "35", "log": "33", "finding": "1;31"}
 SEVERITY_COLORS = {"info": "34", "warning": "33", "error": "31", "critical": "1;31"}
@@ -17,18 +19,36 @@ SHOWN_ARGS = ("path", "bname", "name", "gfid", "pargfid", "valid_flags", "atime"
               "volfile-key", "remote-subvolume", "process-uuid")
 
 
+def _escape(m: re.Match) -> str:
+    c = ord(m.group())
+    return f"\\x{c:02x}" if c < 256 else f"\\u{c:04x}"
+
+
 def safe_text(value, limit: int = 300) -> str:
     """Printable, single-line, bounded text from anything (wire bytes included)."""
     s = value if isinstance(value, str) else str(value)
     if len(s) > limit:
         s = s[:limit] + "..."
-    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}" if ord(m.group()) < 256
-                        else f"\\u{ord(m.group()):04x}", s).replace("\n", "\\n")
+    return _CONTROL.sub(_escape, s).replace("\n", "\\n")
 
 
-def format_time(time_ns: int) -> str:
-    t = _dt.datetime.fromtimestamp(time_ns // 1_000_000_000, _dt.timezone.utc)
-    return f"{t:%H:%M:%S}.{time_ns % 1_000_000_000 // 1000:06d}"
+def safe_line(line: str) -> str:
+    """A whole composed line made printable (a last guard: fields are escaped already)."""
+    return _CONTROL.sub(_escape, line).replace("\n", "\\n")
+
+
+def format_time(time_ns) -> str:
+    """HH:MM:SS.uuuuuu (UTC); a time no date can hold is shown as its number."""
+    try:
+        t = _dt.datetime.fromtimestamp(time_ns // 1_000_000_000, _dt.timezone.utc)
+        return f"{t:%H:%M:%S}.{time_ns % 1_000_000_000 // 1000:06d}"
+    except (TypeError, ValueError, OverflowError, OSError):
+        return f"@{safe_text(time_ns, 40)}ns"
+
+
+def _num(value, default: int = 0):
+    """An int from an event field that should hold one (anything else: the default)."""
+    return value if type(value) is int else default
 
 
 def _kv(d: dict, keys=SHOWN_ARGS) -> str:
@@ -60,23 +80,28 @@ def _rpc_line(ev: dict) -> str:
     else:
         result = "ok"
     extra = _kv(ev.get("result") or {}, ("port", "ERROR", "spec_size"))
-    latency = f" ({ev['latency_ns'] / 1e6:.3f} ms)" if ev.get("latency_ns") is not None else ""
+    latency = f" ({ev['latency_ns'] / 1e6:.3f} ms)" if type(ev.get("latency_ns")) is int else ""
     return f"{head} -> {result} {extra}".rstrip() + latency
 
 
 def format_event(ev: dict) -> str:
-    kind = ev.get("kind", "?")
-    layer = ev.get("layer", "?")
+    """One line; every field is escaped, so no input text can drive the terminal."""
+    kind = str(ev.get("kind", "?"))
+    layer = str(ev.get("layer", "?"))
     if kind.startswith("rpc."):
         body = _rpc_line(ev)
     elif kind.startswith("tcp."):
         detail = " ".join(f"{k}={safe_text(ev[k], 60)}" for k in
                           ("reason", "icmp_type", "icmp_code", "attempts", "by") if k in ev)
-        waited = f" waited={ev['waited_ns'] / 1e9:.1f}s" if "waited_ns" in ev else ""
+        waited = f" waited={ev['waited_ns'] / 1e9:.1f}s" if type(ev.get("waited_ns")) is int else ""
         body = f"c{ev.get('conn', '?')} {ev.get('src')} -> {ev.get('dst')} {detail}{waited}".rstrip()
     elif layer == "probe":
         args = _kv(ev.get("args") or {}, ("path", "fd", "atime", "atime_nsec", "mtime", "mtime_nsec"))
         ret = f" ret={ev['retval']}" if "retval" in ev else ""
+        if ev.get("errno_name"):
+            ret += f" {safe_text(ev['errno_name'], 20)}"
+        if (ev.get("unsynced_writes") or {}).get("count"):
+            ret += f" unsynced_writes={ev['unsynced_writes']['count']}/{ev['unsynced_writes'].get('bytes')}B"
         body = (f"{safe_text(ev.get('comm'))}[{ev.get('pid')}/{ev.get('tid')}] "
                 f"{safe_text(ev.get('function'))} {args}{ret}").rstrip()
     elif layer == "log":
@@ -85,37 +110,40 @@ def format_event(ev: dict) -> str:
         body = f"[{ev.get('severity')}] {ev.get('detector')}: {safe_text(ev.get('title'))}"
         if kind == "finding.update":
             body = f"{ev.get('detector')}: {safe_text(ev.get('title'))} (seen {ev.get('count')} times)"
+        elif kind == "detector.error":     # the reason, not only the fact
+            body += f": {safe_text(ev.get('explanation'), 500)}"
     else:
         body = safe_text({k: v for k, v in ev.items() if k not in ("time_ns", "layer", "kind")})
-    return f"{format_time(ev['time_ns'])} {layer:<7} {kind:<13} {body}"
+    return safe_line(f"{format_time(ev.get('time_ns'))} {layer:<7} {kind:<13} {body}")
 
 
 def format_finding(f: dict) -> str:
     """A finding as a block: title, explanation, evidence lines, remedy. A `finding.update`
     (the final count of a folded finding) shows the evidence its repeats added."""
+    evidence = f.get("evidence") if isinstance(f.get("evidence"), list) else []
     if f.get("kind") == "finding.update":
-        lines = [f"== {f.get('detector')}: {safe_text(f.get('title'))}: seen {f.get('count')} times "
-                 f"(last at {format_time(f['time_ns'])})"]
-        lines.extend("     " + format_event(e) for e in f.get("evidence") or []
-                     if isinstance(e, dict) and "time_ns" in e)
-        return "\n".join(lines)
-    lines = [f"== [{f.get('severity', '?').upper()}] {f.get('detector')}: {safe_text(f.get('title'))}"
-             f" (at {format_time(f['time_ns'])}{', seen %d times' % f['count'] if f.get('count', 1) > 1 else ''})",
+        lines = [f"== {safe_text(f.get('detector'))}: {safe_text(f.get('title'))}: seen "
+                 f"{_num(f.get('count'), '?')} times (last at {format_time(f.get('time_ns'))})"]
+        lines.extend("     " + format_event(e) for e in evidence if isinstance(e, dict) and "time_ns" in e)
+        return "\n".join(safe_line(line) for line in lines)
+    count = _num(f.get("count"), 1)
+    lines = [f"== [{safe_text(f.get('severity') or '?').upper()}] {safe_text(f.get('detector'))}: "
+             f"{safe_text(f.get('title'))}"
+             f" (at {format_time(f.get('time_ns'))}{', seen %d times' % count if count > 1 else ''})",
              "   " + safe_text(f.get("explanation", ""), 2000)]
-    if f.get("chain"):
+    if isinstance(f.get("chain"), list) and f["chain"]:
         lines.append("   chain:")
         lines.extend(f"     {i}. {safe_text(step, 400)}" for i, step in enumerate(f["chain"], 1))
-    evidence = f.get("evidence") or []
     if evidence:
         lines.append("   evidence:")
         lines.extend("     " + format_event(e) for e in evidence if isinstance(e, dict) and "time_ns" in e)
     lines.append("   remedy: " + safe_text(f.get("remedy", ""), 2000))
-    return "\n".join(lines)
+    return "\n".join(safe_line(line) for line in lines)
 
 
 def colorize(line: str, ev: dict, enabled: bool) -> str:
     if not enabled:
         return line
-    code = (SEVERITY_COLORS.get(ev.get("severity", ""), "31") if ev.get("layer") == "finding"
-            else COLORS.get(ev.get("layer", ""), "0"))
+    code = (SEVERITY_COLORS.get(str(ev.get("severity", "")), "31") if ev.get("layer") == "finding"
+            else COLORS.get(str(ev.get("layer", "")), "0"))
     return f"\x1b[{code}m{line}\x1b[0m"

@@ -9,27 +9,31 @@ import ctypes
 import os
 import socket
 import time
-from importlib import resources
 
 from ..events import make_event
-from .catalog import MAX_STR, STRUCT_KINDS
+from ..gluster.errnos import errno_name
+from .bcc_program import program_text
+from .catalog import MAX_STR, STRUCT_KINDS, WORD_KINDS
 from .clock import ClockMap
 from .errors import BccMissing, KernelHeadersMissing, NotRoot, ProbeError, kernel_headers_dir
 from .resolve import ResolvedProbe
 
 KIND_CALL, KIND_RETURN = 0, 1
 F_STR, F_STR_FAULT, F_STRUCT, F_STRUCT_FAULT, F_NO_ENTRY = 1, 2, 4, 8, 16
-PERF_PAGES = 64      # per CPU; a record is 424 bytes, so ~600 events of slack per CPU
+F_ERRNO, F_TALLY, F_FD_PATH = 32, 64, 128
+FD_OPENED_UNSEEN = 1
+PERF_PAGES = 64      # per CPU; a record is 448 bytes, so ~600 events of slack per CPU
 WAKEUP_EVENTS = 16   # events per reader wakeup; poll() consumes the remainder each tick
 
 
 class EventRecord(ctypes.Structure):
     """Mirror of struct event_t in probes/uprobe_events.c."""
     _fields_ = [("ts", ctypes.c_uint64), ("duration_ns", ctypes.c_uint64),
-                ("retval", ctypes.c_int64), ("ints", ctypes.c_uint64 * 2),
+                ("retval", ctypes.c_int64), ("base", ctypes.c_uint64),
+                ("ints", ctypes.c_uint64 * 4),
                 ("words", ctypes.c_int64 * 11), ("pid", ctypes.c_uint32),
                 ("tid", ctypes.c_uint32), ("probe_id", ctypes.c_uint32),
-                ("kind", ctypes.c_uint32), ("flags", ctypes.c_uint32), ("pad", ctypes.c_uint32),
+                ("kind", ctypes.c_uint32), ("flags", ctypes.c_uint32), ("err", ctypes.c_int32),
                 ("comm", ctypes.c_char * 16), ("str", ctypes.c_char * MAX_STR)]
 
 
@@ -46,44 +50,6 @@ def check_bcc_prerequisites() -> None:
     headers = kernel_headers_dir()
     if not os.path.isdir(headers):
         raise KernelHeadersMissing(headers)
-
-
-def program_text(probes: list[ResolvedProbe]) -> str:
-    """The common BPF C plus one entry (and return) function per probe."""
-    text = resources.files("correlate.probes").joinpath("uprobe_events.c").read_text()
-    parts = [text]
-    for i, rp in enumerate(probes):
-        reads, slot = [], 0
-        for arg in rp.arguments:
-            reg = f"PT_REGS_PARM{arg.index}(ctx)"
-            if arg.kind == "str" and arg.deref:
-                hops = "".join(f"\n        p = deref(p, {int(off)});" for off in arg.deref)
-                reads.append(f"{{\n        const void *p = (const void *){reg};{hops}\n"
-                             f"        read_str(ev, p);\n    }}")
-            elif arg.kind == "str":
-                reads.append(f"read_str(ev, (const void *){reg});")
-            elif arg.kind in ("int", "ptr"):
-                reads.append(f"ev->ints[{slot}] = {reg};")
-                slot += 1
-            elif arg.kind in STRUCT_KINDS:
-                reads.append(f"read_{arg.kind}(ev, (const void *){reg});")
-        if rp.spec.retprobe:
-            reads.append("remember_entry(ev);")
-        body = "\n    ".join(reads)
-        parts.append(f"""
-// {rp.spec.name}: {rp.function} in {rp.path} ({rp.method})
-int call_{i}(struct pt_regs *ctx) {{
-    struct event_t *ev = begin({i}, KIND_CALL);
-    if (!ev)
-        return 0;
-    {body}
-    events.perf_submit(ctx, ev, sizeof(*ev));
-    return 0;
-}}
-""")
-        if rp.spec.retprobe:
-            parts.append(f"int ret_{i}(struct pt_regs *ctx) {{ return finish_return(ctx, {i}); }}\n")
-    return "".join(parts)
 
 
 def _text(raw: bytes) -> str:
@@ -106,13 +72,17 @@ def decode_args(rp: ResolvedProbe, rec: EventRecord) -> tuple[dict, list[str]]:
                 args[arg.name] = None
                 if rec.flags & F_STR_FAULT:
                     faults.append(arg.name)
-        elif arg.kind in ("int", "ptr"):
+        elif arg.kind in WORD_KINDS:
             raw = rec.ints[slot]
             slot += 1
-            if arg.kind == "ptr":
+            if arg.kind in ("ptr", "fd"):
                 args[arg.name] = f"{raw:#x}"
+            elif arg.kind == "int":   # the register's upper half is undefined for a C int
+                args[arg.name] = ctypes.c_int32(raw & 0xFFFFFFFF).value
             else:
                 args[arg.name] = ctypes.c_int64(raw).value
+            if arg.kind == "fd" and rec.flags & F_FD_PATH:
+                args["path"] = _text(bytes(rec.str))
         elif arg.kind in STRUCT_KINDS:
             if not rec.flags & F_STRUCT:
                 if rec.flags & F_STRUCT_FAULT:
@@ -129,6 +99,19 @@ def decode_args(rp: ResolvedProbe, rec: EventRecord) -> tuple[dict, list[str]]:
     return args, faults
 
 
+def tally(rec: EventRecord, clock: ClockMap) -> dict:
+    """The fd's writes glfs acknowledged since the last successful fsync (fsync/close return)."""
+    w = list(rec.words)
+    out = {"count": w[0], "bytes": w[1]}
+    if w[0]:
+        out.update(first_time_ns=clock.to_realtime(w[2]), last_time_ns=clock.to_realtime(w[3]))
+        if w[4] >= 0:
+            out.update(offset_lo=w[4], offset_hi=w[5])
+    if w[7] & FD_OPENED_UNSEEN:
+        out["opened_before_probes"] = True
+    return out
+
+
 def convert_retval(ctype: str, raw: int):
     """rax holds the return value; an int function leaves the upper 32 bits undefined."""
     if ctype == "int":
@@ -139,13 +122,21 @@ def convert_retval(ctype: str, raw: int):
 
 
 def record_to_event(rp: ResolvedProbe, rec: EventRecord, clock: ClockMap, source: str, host: str) -> dict:
-    common = dict(function=rp.function, library=rp.path, probe=rp.spec.name, pid=rec.pid,
+    function, _, version = rp.function.partition("@")
+    common = dict(function=function, library=rp.path, probe=rp.spec.name, pid=rec.pid,
                   tid=rec.tid, comm=_text(bytes(rec.comm)), host=host)
+    if version:
+        common["symbol_version"] = version
     time_ns = clock.to_realtime(rec.ts)
     if rec.kind == KIND_RETURN:
         ev = make_event(time_ns, "probe", "probe.return", source, **common,
                         retval=convert_retval(rp.spec.retval, rec.retval),
                         duration_ns=None if rec.flags & F_NO_ENTRY else rec.duration_ns)
+        if rec.flags & F_ERRNO:
+            ev["errno"] = rec.err
+            ev["errno_name"] = errno_name(rec.err)
+        if rec.flags & F_TALLY:
+            ev["unsynced_writes"] = tally(rec, clock)
         return ev
     args, faults = decode_args(rp, rec)
     ev = make_event(time_ns, "probe", "probe.call", source, **common, args=args)

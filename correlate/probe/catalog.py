@@ -7,8 +7,11 @@ point by returning more ProbeSpecs; it never writes BPF C.
 Argument kinds (the vocabulary the backends implement; `index` is the 1-based C argument):
 
   str            char *, read as a bounded string (MAX_STR bytes)      -> args[name]
-  int            a signed integer argument                              -> args[name]
-  ptr            a pointer value, shown as hex (e.g. a glfs_fd_t *)     -> args[name]
+  int            a signed 32-bit integer argument (C int)               -> args[name]
+  long           a signed 64-bit integer argument (size_t, off_t)       -> args[name]
+  ptr            a pointer value, shown as hex                          -> args[name]
+  fd             a glfs_fd_t *, shown as hex; the path it was opened    -> args[name],
+                 with, when the probes saw that open                       args["path"]
   timespec2      const struct timespec times[2] (utimensat order)       -> atime, atime_nsec,
                                                                            mtime, mtime_nsec
   smb_file_time  struct smb_file_time * {mtime, atime, ctime, create_time} -> those four, each
@@ -16,16 +19,28 @@ Argument kinds (the vocabulary the backends implement; `index` is the 1-based C 
   glfs_stat      struct glfs_stat * (gfapi 6.0+): mask at 0, atime at 0x18, mtime at 0x48
                  (offsets read from glfs_iatt_from_statx in libgfapi 10.3) -> mask, atime,
                                                                            atime_nsec, mtime, mtime_nsec
-A spec reads at most one `str`, two `int`/`ptr` and one struct kind. A `str` may be reached
-through pointers (`deref`), e.g. Samba's fsp->fsp_name->base_name.
+A spec reads at most one `str` or `fd`, four `int`/`long`/`ptr`/`fd` and one struct kind. A
+`str` may be reached through pointers (`deref`), e.g. Samba's fsp->fsp_name->base_name.
+
+Hot functions (every read and write of every file) use `emit="failures"`: the probe program
+keeps the call's record until the return and sends call and return only when the call failed
+(int/long < 0, ptr NULL), with errno. `fd_role` lets the program follow glfs_fd_t pointers
+in the kernel without sending anything: "opens" (the return is a new fd for the call's
+path), "writes" (a successful return adds to the fd's acknowledged, not yet synced writes),
+"syncs" and "closes" (the return carries that tally; a successful fsync clears it).
+`function` may name a symbol version, "glfs_pread@GFAPI_3.4.0" (what older programs call);
+a bare name is the default version.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 MAX_STR = 256
-ARG_KINDS = ("str", "int", "ptr", "timespec2", "smb_file_time", "glfs_stat")
+ARG_KINDS = ("str", "int", "long", "ptr", "fd", "timespec2", "smb_file_time", "glfs_stat")
 STRUCT_KINDS = ("timespec2", "smb_file_time", "glfs_stat")
+WORD_KINDS = ("int", "long", "ptr", "fd")       # one 8-byte slot each
+EMITS = ("all", "failures")
+FD_ROLES = ("", "opens", "writes", "syncs", "closes")
 UTIME_NOW = (1 << 30) - 1
 UTIME_OMIT = (1 << 30) - 2
 
@@ -65,14 +80,27 @@ class ProbeSpec:
     aliases: tuple[str, ...] = ()           # the same function's name in other versions
     calls: tuple[tuple[str, ...], ...] = ()  # stripped static function: imports it calls
     description: str = ""
+    emit: str = "all"           # "failures": call and return only when the call failed
+    fd_role: str = ""           # "", "opens", "writes", "syncs", "closes" (see the module doc)
 
     def __post_init__(self):
         if self.retval not in ("int", "long", "ptr"):
             raise ValueError(f"{self.name}: retval must be int, long or ptr")
         kinds = [a.kind for a in self.args]
-        if kinds.count("str") > 1 or sum(k in ("int", "ptr") for k in kinds) > 2 \
+        if kinds.count("str") + kinds.count("fd") > 1 or sum(k in WORD_KINDS for k in kinds) > 4 \
                 or sum(k in STRUCT_KINDS for k in kinds) > 1:
-            raise ValueError(f"{self.name}: at most one str, two int/ptr and one struct argument")
+            raise ValueError(f"{self.name}: at most one str or fd, four int/long/ptr/fd and one "
+                             "struct argument")
+        if self.emit not in EMITS:
+            raise ValueError(f"{self.name}: emit must be one of {', '.join(EMITS)}")
+        if self.fd_role not in FD_ROLES:
+            raise ValueError(f"{self.name}: fd_role must be one of {', '.join(map(repr, FD_ROLES))}")
+        if (self.emit != "all" or self.fd_role) and not self.retprobe:
+            raise ValueError(f"{self.name}: emit and fd_role work on the return: set retprobe")
+        if self.fd_role == "opens" and (self.retval != "ptr" or "str" not in kinds):
+            raise ValueError(f"{self.name}: an opening function returns a ptr and reads a path str")
+        if self.fd_role in ("writes", "syncs", "closes") and "fd" not in kinds:
+            raise ValueError(f"{self.name}: fd_role {self.fd_role} needs an fd argument")
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -111,6 +139,49 @@ BUILTIN: tuple[ProbeSpec, ...] = (
                           "struct smb_file_time is the third argument in both"),
 )
 
+
+
+def _fops() -> tuple[ProbeSpec, ...]:
+    """The calls whose return values the stale-handle, split-brain and lost-write findings
+    need. Every file's open, read, write and close pass here, so each reports only failures
+    (and keeps per-fd state in the kernel). glfs_pread, glfs_pwrite and glfs_fsync gained
+    pre/post stat arguments in GFAPI_6.0; programs built before still call the 3.4.0 symbols,
+    probed as well (the leading arguments are the same)."""
+    def spec(function, args, retval="int", fd_role="", doc="", version=""):
+        symbol = f"{function}@{version}" if version else function
+        return ProbeSpec(f"gfapi.{symbol}", "gfapi", GFAPI, symbol, args, retprobe=True,
+                         retval=retval, emit="failures", fd_role=fd_role,
+                         description=doc + (f" (the {version} symbol)" if version else "")
+                         + "; reported when it fails")
+    fd = Arg("fd", 1, "fd")
+    count = Arg("count", 3, "long")
+    offset = Arg("offset", 4, "long")
+    out = [
+        spec("glfs_open", (Arg("path", 2, "str"), Arg("flags", 3, "int")), "ptr", "opens",
+             "glfs_open(fs, path, flags) -> glfs_fd_t *"),
+        spec("glfs_creat", (Arg("path", 2, "str"), Arg("flags", 3, "int"), Arg("mode", 4, "int")),
+             "ptr", "opens", "glfs_creat(fs, path, flags, mode) -> glfs_fd_t *"),
+        spec("glfs_read", (fd, count), "long", "", "glfs_read(glfd, buf, count, flags)"),
+        spec("glfs_write", (fd, count), "long", "writes", "glfs_write(glfd, buf, count, flags)"),
+        spec("glfs_close", (fd,), "int", "closes", "glfs_close(glfd)"),
+        spec("glfs_stat", (Arg("path", 2, "str"),), "int", "", "glfs_stat(fs, path, buf)"),
+        spec("glfs_fstat", (fd,), "int", "", "glfs_fstat(glfd, buf)"),
+        spec("glfs_posix_lock", (fd, Arg("cmd", 2, "int")), "int", "",
+             "glfs_posix_lock(glfd, cmd, flock)"),
+    ]
+    for version in ("", "GFAPI_3.4.0"):
+        out += [
+            spec("glfs_pread", (fd, count, offset), "long", "",
+                 "glfs_pread(glfd, buf, count, offset, flags, poststat)", version),
+            spec("glfs_pwrite", (fd, count, offset), "long", "writes",
+                 "glfs_pwrite(glfd, buf, count, offset, flags, prestat, poststat)", version),
+            spec("glfs_fsync", (fd,), "int", "syncs", "glfs_fsync(glfd, prestat, poststat)",
+                 version),
+        ]
+    return tuple(out)
+
+
+BUILTIN = BUILTIN + _fops()
 GROUPS = ("gfapi", "samba", "all")
 
 

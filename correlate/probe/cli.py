@@ -51,6 +51,11 @@ def format_event(ev: dict) -> str:
     if kind == "probe.return":
         if "retval" in ev:
             parts.append(f"retval={ev['retval']}")
+        if ev.get("errno_name"):
+            parts.append(f"errno={safe_text(ev['errno_name'], 20)}")
+        tally = ev.get("unsynced_writes") or {}
+        if tally.get("count"):
+            parts.append(f"unsynced_writes={tally['count']} ({tally.get('bytes')} bytes)")
         if ev.get("duration_ns") is not None:
             parts.append(f"duration={ev['duration_ns'] / 1e6:.3f}ms")
     for key, value in (ev.get("args") or {}).items():
@@ -164,7 +169,7 @@ def probes(groups, pid, offsets, as_json):
         if as_json:
             click.echo(json.dumps(row))
             continue
-        ret = " +return" if spec.retprobe else ""
+        ret = (" +return" + (" (failures only)" if spec.emit == "failures" else "")) if spec.retprobe else ""
         if "error" in row:
             click.echo(f"{spec.name:<28} UNRESOLVED  {row['error']}")
         else:

@@ -30,6 +30,9 @@ MAX_FDES = 1_000_000
 MAX_FUNCTION_BYTES = 1024 * 1024     # a single function larger than this is not scanned
 
 SHT_SYMTAB, SHT_STRTAB, SHT_RELA, SHT_NOTE, SHT_DYNSYM, SHT_NOBITS = 2, 3, 4, 7, 11, 8
+SHT_GNU_VERDEF, SHT_GNU_VERSYM = 0x6FFFFFFD, 0x6FFFFFFF
+VERSYM_HIDDEN = 0x8000               # the symbol is a non-default version (name@VER, not @@)
+MAX_VERDEFS = 4096
 STT_FUNC, STT_GNU_IFUNC = 2, 10
 PT_LOAD = 1
 R_X86_64_JUMP_SLOT, R_X86_64_GLOB_DAT = 7, 6
@@ -58,6 +61,8 @@ class Symbol:
     value: int
     size: int
     type: int
+    version: str = ""        # the symbol version (GFAPI_6.0), dynsym only
+    default: bool = True     # False for an old version kept for old binaries (name@VER)
 
 
 @dataclass(frozen=True)
@@ -144,15 +149,46 @@ class ElfFile:
                 raise ElfError(f"{self.path}: symbol entry size {entsize} is too small")
             count = min(len(raw) // entsize, MAX_SYMBOLS)
             fmt = self._fmt("IBBHQQ" if self.is64 else "IIIBBH")
+            versym, verdefs = self._versions() if sh_type == SHT_DYNSYM else (b"", {})
             for i in range(count):
                 fields = struct.unpack_from(fmt, raw, i * entsize)
                 if self.is64:
                     name_i, info, _other, _shndx, value, size = fields
                 else:
                     name_i, value, size, info, _other, _shndx = fields
-                name = self.strtab_string(strtab, name_i)
-                out.append(Symbol(name.split("@", 1)[0], value, size, info & 0xF))
+                name, _, version = self.strtab_string(strtab, name_i).partition("@")
+                default = not version.startswith("@") if version else True
+                version = version.lstrip("@")
+                if 2 * i + 2 <= len(versym):
+                    ndx = struct.unpack_from(self._fmt("H"), versym, 2 * i)[0]
+                    version = verdefs.get(ndx & ~VERSYM_HIDDEN, version)
+                    default = not ndx & VERSYM_HIDDEN
+                out.append(Symbol(name, value, size, info & 0xF, version, default))
         return out
+
+    def _versions(self) -> tuple[bytes, dict[int, str]]:
+        """.gnu.version (one half-word per dynsym entry) and the names .gnu.version_d gives
+        each version index. A library exports old versions of a function beside the default
+        one (glfs_pread@GFAPI_3.4.0 and glfs_pread@@GFAPI_6.0): the index tells them apart."""
+        versym_sec = next((s for s in self.sections if s.type == SHT_GNU_VERSYM), None)
+        verdef_sec = next((s for s in self.sections if s.type == SHT_GNU_VERDEF), None)
+        if versym_sec is None:
+            return b"", {}
+        names: dict[int, str] = {}
+        if verdef_sec is not None and 0 <= verdef_sec.link < len(self.sections):
+            strtab = self.section_bytes(self.sections[verdef_sec.link])
+            raw = self.section_bytes(verdef_sec)
+            pos = 0
+            for _ in range(MAX_VERDEFS):
+                if pos + 20 > len(raw):
+                    break
+                _ver, _flags, ndx, cnt, _hash, aux, nxt = struct.unpack_from(self._fmt("HHHHIII"), raw, pos)
+                if cnt and pos + aux + 8 <= len(raw):
+                    names[ndx] = self.strtab_string(strtab, struct.unpack_from(self._fmt("I"), raw, pos + aux)[0])
+                if nxt == 0:
+                    break
+                pos += nxt
+        return self.section_bytes(versym_sec), names
 
     def plt_relocations(self) -> dict[int, str]:
         """GOT slot address -> imported function name, from .rela.plt (and .rela.dyn GLOB_DAT)."""
@@ -430,10 +466,13 @@ def parse_elf(data: bytes, path: str = "<bytes>") -> ElfFile:
 # ---- resolution -----------------------------------------------------------------------------
 
 def _find_symbol(symbols: list[Symbol], name: str) -> Symbol | None:
-    for sym in symbols:
-        if sym.name == name and sym.type in (STT_FUNC, STT_GNU_IFUNC) and sym.value:
-            return sym
-    return None
+    """`name` is the default version (what a program linked today calls); `name@VERSION`
+    is that exact version (what older programs call)."""
+    name, _, version = name.partition("@")
+    found = [s for s in symbols if s.name == name and s.type in (STT_FUNC, STT_GNU_IFUNC) and s.value]
+    if version:
+        return next((s for s in found if s.version == version), None)
+    return next((s for s in found if s.default), found[0] if found else None)
 
 
 def debug_files(elf: ElfFile) -> list[str]:

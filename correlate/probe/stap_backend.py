@@ -100,7 +100,7 @@ def _dwarf_reads(rp: ResolvedProbe) -> tuple[list[str], list[str]]:
         if arg.kind == "str":
             fmts.append(f"{arg.name}=%s")
             exprs.append(f"user_string_n({v}, {MAX_STR - 1})")
-        elif arg.kind in ("int", "ptr"):     # pointers print as numbers, shown as hex later
+        elif arg.kind in ("int", "long", "ptr", "fd"):   # pointers print as numbers, shown as hex later
             fmts.append(f"{arg.name}=%ld")
             exprs.append(v)
         elif arg.kind == "timespec2":
@@ -133,6 +133,10 @@ def script_text(probes: list[ResolvedProbe], dwarf: dict[str, bool] | None = Non
     for i, rp in enumerate(probes):
         if rp.method in ("eh_frame+plt", "offset"):
             skipped.append((rp, f"{rp.function} is located by address ({rp.method}); stap needs a name"))
+            continue
+        if rp.spec.emit != "all" or rp.spec.fd_role:
+            skipped.append((rp, f"{rp.function} reports failed calls only, decided in the bcc "
+                                "program on the return value; stap would report every call"))
             continue
         if rp.path not in dwarf:
             dwarf[rp.path] = has_dwarf(rp.path)
@@ -304,7 +308,7 @@ class StapCollector:
         text, self.skipped = script_text(self.all_probes, filter_pid=self.pid is not None,
                                          returns=returns)
         self.attached = len(self.all_probes) - sum(1 for _, why in self.skipped
-                                                   if "stap needs a name" in why)
+                                                   if "stap needs a name" in why or "failed calls only" in why)
         if len(self.skipped) == len(self.all_probes):
             raise ProbeError("stap: no probe can be named to stap (" +
                              "; ".join(why for _, why in self.skipped) + ")")

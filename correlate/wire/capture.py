@@ -17,6 +17,7 @@ from typing import BinaryIO, Callable, Iterator
 
 from ..diagnostics import Diagnostics
 from ..errors import InputError
+from ..validate import MAX_TIME_NS
 from .model import Frame
 
 MAX_CAPLEN = 256 * 1024            # bytes of one packet; more is a corrupt length field
@@ -139,6 +140,8 @@ def open_capture(path: str, diag: Diagnostics) -> Iterator[Frame]:
 
     Raises InputError at once when the input cannot be opened or is not a capture."""
     if path == "-":
+        if sys.stdin is None:      # started with stdin closed (`<&-`)
+            raise InputError("stdin", "standard input is closed")
         return open_capture_stream(sys.stdin.buffer, "stdin", diag)
     try:
         fileobj = open(path, "rb")
@@ -193,7 +196,7 @@ def _guarded(frames: Iterator[Frame], inp: _Input, diag: Diagnostics) -> Iterato
     """Damage in compressed data or a failing read ends the input cleanly, with a note."""
     try:
         yield from frames
-    except zlib.error as exc:
+    except (zlib.error, EOFError) as exc:
         diag.stop(f"corrupt gzip data near byte offset {inp.consumed} ({exc})")
     except OSError as exc:
         diag.stop(f"read error near byte offset {inp.consumed} ({exc})")
@@ -360,6 +363,9 @@ def _read_pcapng(inp: _Input, diag: Diagnostics) -> Iterator[Frame]:
                 continue
             iface = interfaces[ifid]
             last_ns = iface.to_ns((ts_high << 32) | ts_low) + iface.offset_ns
+            if not 0 <= last_ns <= MAX_TIME_NS:    # a date no renderer could show: damage
+                diag.skip("packet times outside 1970..2262 (clamped)", f"packet {number}")
+                last_ns = max(0, min(MAX_TIME_NS, last_ns))
             yield Frame(last_ns, iface.linktype, rest[20:20 + caplen], number, wirelen)
             continue
         body = rest[:body_len]

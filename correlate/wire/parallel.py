@@ -2,13 +2,13 @@
 
 Each task reads the whole capture but decodes only its shard of the TCP connections
 (connections are dealt to shards in order of first appearance; an ICMP error goes with the
-connection whose packet it quotes), and hears of every other packet's time only, so SYN timeouts fire
-at the same packet. It writes its events, each with its place in the one-process order, to
-a spool file: (packet being fed, 0 for SYN timeouts then 1 for the packet's own events,
-first SYN's packet, n-th event of the task); at the end of input, timeouts by first SYN,
-then each connection's last events in the order it was last active. `decode_parallel`
-merges the spool files on that key (memory: one batch per task) and renumbers connections
-in the order they appear, as one tracker would.
+connection whose packet it quotes), and hears of every other packet's time only, so SYN
+timeouts fire at the same packet. It writes its events, each with its place in the
+one-process order, to a spool file: (packet being fed, 0 for SYN timeouts then 1 for the
+packet's own events, first SYN's packet, n-th event of the task); at the end of input,
+timeouts by first SYN, then each connection's last events in the order it was last active.
+`decode_parallel` merges the spool files on that key as the tasks write them (memory: one
+batch per task) and renumbers connections in the order they appear, as one tracker would.
 
 The tasks run in any concurrent.futures executor: local processes (`--jobs N`) or a Dask
 cluster (`--scheduler`), whose workers then need the captures and the spool directory on a

@@ -11,7 +11,9 @@ What becomes an event (all with src = client, dst = server, conn, frame):
   tcp.timeout  SYN unanswered for syn_timeout_ns of capture time, or retransmitted and still
                unanswered at the end of the input (attempts, waited_ns; frame = first SYN;
                reported once, and a late SYN/ACK still gives tcp.connect)
-  tcp.close    FIN from both sides or RST on an open connection (by, reason)
+  tcp.close    the first FIN (reason "fin", half: the other side may still send;
+               unacked_bytes: what the closing side sent that the peer had not yet ACKed)
+               or an RST on an open connection (reason "rst"), by client or server
 Capture loss is handed to the sink as on_gap() once it is certain: the receiver acknowledged
 bytes the capture never showed, the out-of-order buffer is full, or the connection ends.
 """
@@ -51,7 +53,7 @@ def sender_is_server(sport: int, dport: int) -> bool:
 
 class _Direction:
     """One direction of a stream: the next byte to deliver and what arrived ahead of it."""
-    __slots__ = ("nxt", "ahead", "starts", "ahead_bytes", "fin")
+    __slots__ = ("nxt", "ahead", "starts", "ahead_bytes", "fin", "acked")
 
     def __init__(self, nxt: int | None = None):
         self.nxt = nxt                      # stream position of the next byte to deliver
@@ -59,6 +61,7 @@ class _Direction:
         self.starts: list[int] = []         # heap of the keys of `ahead`
         self.ahead_bytes = 0                # buffered bytes plus SEGMENT_COST per segment
         self.fin: int | None = None         # position of this direction's FIN, once seen
+        self.acked: int | None = None       # the peer's latest ACK number (raw 32 bits)
 
     def position(self, seq: int) -> int:
         """Unwrap a 32-bit sequence number to the stream position nearest to `nxt`."""
@@ -193,6 +196,7 @@ class TcpTracker:
         if flags & ACK:
             # First what this segment acknowledges: a reply follows the call it answers.
             other = st.dirs[from_client]
+            other.acked = seg.ack
             if other.nxt is not None and 0 < ((seg.ack - other.nxt) & MASK) < HALF:
                 self._acked(st, not from_client, other, seg, events)
         payload = seg.payload
@@ -247,6 +251,7 @@ class TcpTracker:
         st.phase = OPEN
         st.opened = True
         st.dirs[1].nxt = seg.seq + 1
+        st.dirs[0].acked = seg.ack
         if seg.ack != (st.client_isn + 1) & MASK:
             self.diag.skip("SYN/ACKs not acknowledging their SYN", f"packet {seg.number}")
         events.append(self._event("tcp.connect", st, seg.time_ns, seg.number,
@@ -271,11 +276,16 @@ class TcpTracker:
             start = d.position(seg.seq) if d.nxt is not None else seg.seq
             d.fin = start + len(seg.payload) + seg.truncated
         if st.fin_by is None:
+            # The first FIN is the close (a client that gives up on a hung brick sends it
+            # while the brick's kernel still ACKs); the peer may still send on its half.
             st.fin_by = "client" if from_client else "server"
-        if st.dirs[0].fin is not None and st.dirs[1].fin is not None:
-            self._flush(st, seg.time_ns, events)
+            unacked = None
+            if d.acked is not None and d.nxt is not None:
+                unacked = max(0, d.nxt - d.position(d.acked))
             events.append(self._event("tcp.close", st, seg.time_ns, seg.number,
-                                      by=st.fin_by, reason="fin"))
+                                      by=st.fin_by, reason="fin", half=True,
+                                      unacked_bytes=unacked))
+        if st.dirs[0].fin is not None and st.dirs[1].fin is not None:
             self._end(st, seg.time_ns, events)
 
     # ---- reassembly ----------------------------------------------------------------------

@@ -47,7 +47,10 @@ class Tcpdump:
                 raise CaptureError(f"tcpdump did not start: {self.stderr.strip()!r}")
             ready, _, _ = select.select([self.proc.stderr], [], [], left)
             if ready:
-                self.stderr += self.proc.stderr.readline()
+                # Raw reads: a buffered readline can swallow both of tcpdump's first lines
+                # ("data link type ...", "listening on ...") and leave select waiting.
+                chunk = os.read(self.proc.stderr.fileno(), 4096)
+                self.stderr += chunk.decode(errors="replace")
 
     def stop(self) -> None:
         if self.proc is None:
@@ -72,3 +75,42 @@ class Tcpdump:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+class Probes:
+    """`with Probes(out): ...` runs `correlate probe --probe GROUP --json` (bcc uprobes on
+    libgfapi) into `out` (JSON Lines, which `correlate analyze` reads beside the capture),
+    from the moment the probes are attached until the block ends."""
+
+    def __init__(self, out: Path, group: str = "gfapi", start_timeout: float = 120):
+        import sys
+        self.out = Path(out)
+        self.cmd = [sys.executable, "-m", "correlate", "probe", "--probe", group, "--json"]
+        self.start_timeout = start_timeout
+        self.proc: subprocess.Popen | None = None
+
+    def __enter__(self) -> "Probes":
+        root = Path(__file__).resolve().parents[2]
+        self._fh = open(self.out, "w")
+        self.proc = subprocess.Popen(self.cmd, cwd=root, stdout=self._fh, stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + self.start_timeout
+        seen = []
+        while time.monotonic() < deadline:
+            line = self.proc.stderr.readline()
+            seen.append(line)
+            if "attached" in line:
+                return self
+            if not line and self.proc.poll() is not None:
+                break
+        self.proc.kill()
+        raise CaptureError(f"probes did not attach: {''.join(seen)[-500:]}")
+
+    def __exit__(self, *exc) -> None:
+        time.sleep(0.5)   # the last returns are read on the next poll
+        self.proc.send_signal(signal.SIGINT)
+        try:
+            self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        self._fh.close()

@@ -24,12 +24,14 @@ import ctypes.util
 import errno
 import json
 import os
-import platform
 import signal
 import subprocess
 import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
+
+from .gfapi_fops import MoreFops, Stat, stat_of
+from .gfapi_types import SIGNATURES, StatStruct, Timespec
 
 VOLUME = "labvol"
 SERVER = "127.0.0.2"
@@ -44,69 +46,10 @@ class GfapiError(OSError):
     """A libgfapi call failed; errno and the call's name are kept."""
 
 
-class Timespec(ctypes.Structure):
-    _fields_ = [("tv_sec", ctypes.c_long), ("tv_nsec", ctypes.c_long)]
-
-
-def _stat_struct():
-    """The kernel's `struct stat` for this architecture (glfs_stat fills the libc layout)."""
-    ts = Timespec
-    if platform.machine() == "x86_64":
-        fields = [("st_dev", ctypes.c_ulong), ("st_ino", ctypes.c_ulong),
-                  ("st_nlink", ctypes.c_ulong), ("st_mode", ctypes.c_uint),
-                  ("st_uid", ctypes.c_uint), ("st_gid", ctypes.c_uint), ("_pad0", ctypes.c_int),
-                  ("st_rdev", ctypes.c_ulong), ("st_size", ctypes.c_long),
-                  ("st_blksize", ctypes.c_long), ("st_blocks", ctypes.c_long),
-                  ("st_atim", ts), ("st_mtim", ts), ("st_ctim", ts),
-                  ("_unused", ctypes.c_long * 3)]
-    else:  # the generic layout (aarch64, riscv64)
-        fields = [("st_dev", ctypes.c_ulong), ("st_ino", ctypes.c_ulong),
-                  ("st_mode", ctypes.c_uint), ("st_nlink", ctypes.c_uint),
-                  ("st_uid", ctypes.c_uint), ("st_gid", ctypes.c_uint),
-                  ("st_rdev", ctypes.c_ulong), ("_pad1", ctypes.c_ulong),
-                  ("st_size", ctypes.c_long), ("st_blksize", ctypes.c_int),
-                  ("_pad2", ctypes.c_int), ("st_blocks", ctypes.c_long),
-                  ("st_atim", ts), ("st_mtim", ts), ("st_ctim", ts),
-                  ("_unused", ctypes.c_int * 2)]
-    return type("Stat", (ctypes.Structure,), {"_fields_": fields})
-
-
-StatStruct = _stat_struct()
-
-
-@dataclass
-class Stat:
-    size: int
-    mode: int
-    atime: int
-    atime_nsec: int
-    mtime: int
-    mtime_nsec: int
-
-
 def load_library() -> ctypes.CDLL:
     name = ctypes.util.find_library("gfapi") or "libgfapi.so.0"
     lib = ctypes.CDLL(name, use_errno=True)
-    p, c_int, c_char_p = ctypes.c_void_p, ctypes.c_int, ctypes.c_char_p
-    signatures = {
-        "glfs_new": ([c_char_p], p),
-        "glfs_set_volfile_server": ([p, c_char_p, c_char_p, c_int], c_int),
-        "glfs_set_logging": ([p, c_char_p, c_int], c_int),
-        "glfs_set_xlator_option": ([p, c_char_p, c_char_p, c_char_p], c_int),
-        "glfs_init": ([p], c_int),
-        "glfs_fini": ([p], c_int),
-        "glfs_creat": ([p, c_char_p, c_int, ctypes.c_uint], p),
-        "glfs_open": ([p, c_char_p, c_int], p),
-        "glfs_close": ([p], c_int),
-        "glfs_write": ([p, c_char_p, ctypes.c_size_t, c_int], ctypes.c_ssize_t),
-        "glfs_read": ([p, c_char_p, ctypes.c_size_t, c_int], ctypes.c_ssize_t),
-        "glfs_utimens": ([p, c_char_p, ctypes.POINTER(Timespec)], c_int),
-        "glfs_futimens": ([p, ctypes.POINTER(Timespec)], c_int),
-        "glfs_stat": ([p, c_char_p, ctypes.POINTER(StatStruct)], c_int),
-        "glfs_unlink": ([p, c_char_p], c_int),
-        "glfs_mkdir": ([p, c_char_p, ctypes.c_uint], c_int),
-    }
-    for fname, (argtypes, restype) in signatures.items():
+    for fname, (argtypes, restype) in SIGNATURES.items():
         func = getattr(lib, fname)
         func.argtypes, func.restype = argtypes, restype
     return lib
@@ -117,8 +60,9 @@ def _times(atime: tuple[int, int], mtime: tuple[int, int]):
     return (Timespec * 2)(Timespec(*atime), Timespec(*mtime))
 
 
-class Client:
-    """One mounted volume (a `glfs_t`). Paths are volume paths such as "/dir/file"."""
+class Client(MoreFops):
+    """One mounted volume (a `glfs_t`). Paths are volume paths such as "/dir/file";
+    the less common fops are in gfapi_fops.MoreFops."""
 
     def __init__(self, volume: str = VOLUME, server: str = SERVER, port: int = PORT,
                  log_file: str | None = DEFAULT_LOG, log_level: int = LOG_LEVEL_INFO,
@@ -209,9 +153,7 @@ class Client:
     def stat(self, path: str) -> Stat:
         st = StatStruct()
         self._check("glfs_stat", self.lib.glfs_stat(self.fs, path.encode(), ctypes.byref(st)))
-        return Stat(size=st.st_size, mode=st.st_mode,
-                    atime=st.st_atim.tv_sec, atime_nsec=st.st_atim.tv_nsec,
-                    mtime=st.st_mtim.tv_sec, mtime_nsec=st.st_mtim.tv_nsec)
+        return stat_of(st)
 
     def unlink(self, path: str) -> None:
         self._check("glfs_unlink", self.lib.glfs_unlink(self.fs, path.encode()))
@@ -278,7 +220,9 @@ def _parser() -> argparse.ArgumentParser:
         epilog="examples:\n"
                "  python -m tests.lab.gfapi utimens --path /f --atime -1 --mtime 1700000000\n"
                "  python -m tests.lab.gfapi futimens --path /f --atime 0.5 --mtime-nsec 1073741822\n"
-               "  python -m tests.lab.gfapi init --timeout 10",
+               "  python -m tests.lab.gfapi init --timeout 10\n"
+               "  python -m tests.lab.gfapi fops --volume busyrep3 --dir /busy\n"
+               "  python -m tests.lab.gfapi write-loop --volume hangvol --path /w --seconds 20",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="op", required=True)
     sub.add_parser("init", parents=[common], help="mount, then unmount")
@@ -296,8 +240,19 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--files", type=int, default=1000)
     p.add_argument("--size", type=int, default=4096, help="bytes written to each file")
     p.add_argument("--dir", default="/workload")
+    p = sub.add_parser("fops", parents=[common], help="every gfapi call once under --dir")
+    p.add_argument("--dir", default="/busy")
+    p = sub.add_parser("write-loop", parents=[common],
+                       help="pwrite (and fsync) PATH for --seconds, noting failures and stalls")
+    p.add_argument("--path", required=True)
+    p.add_argument("--seconds", type=float, default=10)
+    p.add_argument("--size", type=int, default=4096)
+    p.add_argument("--interval", type=float, default=0.2)
+    p.add_argument("--stop-after-errors", type=int, default=0)
+    p.add_argument("--existing", action="store_true", help="open PATH as it is (no create)")
+    sub.add_parser("statvfs", parents=[common], help="glfs_statvfs of / (a STATFS per brick)")
     for name, text in (("create", "create (truncate) a file"), ("stat", "stat a file"),
-                       ("unlink", "remove a file")):
+                       ("unlink", "remove a file"), ("mkdir", "make a directory")):
         sub.add_parser(name, parents=[common], help=text).add_argument("--path", required=True)
     return parser
 
@@ -324,10 +279,21 @@ def _operation(fs: Client, opts) -> dict:
     if opts.op == "unlink":
         fs.unlink(opts.path)
         return {}
+    if opts.op == "mkdir":
+        fs.mkdir(opts.path)
+        return {}
+    if opts.op == "statvfs":
+        return {"statvfs": fs.statvfs("/")}
     if opts.op == "stat":
         return {"stat": asdict(fs.stat(opts.path))}
     if opts.op == "workload":
         return workload(fs, opts.files, opts.size, opts.dir)
+    if opts.op in ("fops", "write-loop"):
+        from . import workloads  # it imports this module
+        if opts.op == "fops":
+            return workloads.every_fop(fs, opts.dir)
+        return workloads.write_loop(fs, opts.path, opts.seconds, opts.size, opts.interval,
+                                    opts.stop_after_errors, opts.existing)
     atime = (opts.atime[0], opts.atime[1] if opts.atime_nsec is None else opts.atime_nsec)
     mtime = (opts.mtime[0], opts.mtime[1] if opts.mtime_nsec is None else opts.mtime_nsec)
     fd = fs.creat(opts.path)

@@ -159,29 +159,29 @@ def ensure_glusterd() -> int:
 
 # the volume ---------------------------------------------------------------------------------
 
-def volume_state() -> VolumeState:
-    out = gluster("volume", "info", VOLUME, "--xml", check=False, timeout=60)
+def volume_state(volume: str = VOLUME) -> VolumeState:
+    out = gluster("volume", "info", volume, "--xml", check=False, timeout=60)
     try:
         root = ET.fromstring(out)
     except ET.ParseError:
-        raise LabError(f"`gluster volume info {VOLUME}` gave no answer: {out.strip()[:200]!r}")
+        raise LabError(f"`gluster volume info {volume}` gave no answer: {out.strip()[:200]!r}")
     vol = root.find("./volInfo/volumes/volume")
     if root.findtext("opRet") != "0" or vol is None:
         # Only a clear "does not exist" may lead to (re)creating the volume and its bricks.
         error = root.findtext("opErrstr") or ""
         if "does not exist" not in error:
-            raise LabError(f"`gluster volume info {VOLUME}` failed: {error!r}")
+            raise LabError(f"`gluster volume info {volume}` failed: {error!r}")
         return VolumeState(exists=False)
     options = {o.findtext("name"): o.findtext("value") for o in vol.findall("./options/option")}
     state = VolumeState(exists=True, started=vol.findtext("statusStr") == "Started",
                         options=options)
     if state.started:
-        state.bricks = brick_status()
+        state.bricks = brick_status(volume)
     return state
 
 
-def brick_status() -> list[Brick]:
-    out = gluster("volume", "status", VOLUME, "--xml", check=False, timeout=60)
+def brick_status(volume: str = VOLUME) -> list[Brick]:
+    out = gluster("volume", "status", volume, "--xml", check=False, timeout=60)
     bricks = []
     try:
         nodes = ET.fromstring(out).findall(".//volStatus/volumes/volume/node")
@@ -218,17 +218,18 @@ def leftover_options(state: VolumeState) -> dict[str, str]:
     return {k: v for k, v in state.options.items() if DEFAULT_OPTIONS.get(k) != v}
 
 
-def restart_volume() -> None:
+def restart_volume(volume: str = VOLUME) -> None:
     """Stop and start the volume: auth.* and server.allow-insecure only apply then."""
-    gluster("volume", "stop", VOLUME, "force")
-    gluster("volume", "start", VOLUME)
+    gluster("volume", "stop", volume, "force")
+    gluster("volume", "start", volume)
 
 
-def wait_bricks_online(timeout: float = 60) -> list[Brick]:
+def wait_bricks_online(timeout: float = 60, volume: str = VOLUME,
+                       count: int = len(BRICK_DIRS)) -> list[Brick]:
     deadline = time.monotonic() + timeout
     while True:
-        bricks = brick_status()
-        if len(bricks) == len(BRICK_DIRS) and all(b.online and b.port for b in bricks):
+        bricks = brick_status(volume)
+        if len(bricks) == count and all(b.online and b.port for b in bricks):
             return bricks
         if time.monotonic() > deadline:
             raise LabError(f"bricks not online after {timeout:.0f} s: {bricks}")
@@ -261,5 +262,5 @@ def ensure_volume() -> list[Brick]:
     return bricks
 
 
-def set_option(name: str, value: str) -> None:
-    gluster("volume", "set", VOLUME, name, value)
+def set_option(name: str, value: str, volume: str = VOLUME) -> None:
+    gluster("volume", "set", volume, name, value)

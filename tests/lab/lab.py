@@ -146,9 +146,12 @@ def staged(name: str, **params):
     return _scenarios().staged(name, **params)
 
 
-def record(name: str, out_path: str | Path, filter: str = DEFAULT_FILTER, **params):
-    """Run a scenario while tcpdump writes its traffic (only the trigger phase) to out_path."""
-    return _scenarios().run(name, capture_to=Path(out_path), capture_filter=filter, **params)
+def record(name: str, out_path: str | Path, filter: str = DEFAULT_FILTER,
+           probes: str | Path | None = None, **params):
+    """Run a scenario while tcpdump writes its traffic (only the trigger phase) to out_path;
+    with `probes`, the gfapi probe events of that phase go there as JSON Lines."""
+    return _scenarios().run(name, capture_to=Path(out_path), capture_filter=filter,
+                            probes_to=Path(probes) if probes else None, **params)
 
 
 # command line -------------------------------------------------------------------------------
@@ -168,6 +171,7 @@ def main(argv: list[str] | None = None) -> int:
                "  python -m tests.lab.lab up\n"
                "  python -m tests.lab.lab scenario atime-minus-one\n"
                "  python -m tests.lab.lab record firewall-reject /tmp/reject.pcap\n"
+               "  python -m tests.lab.lab record split-brain /tmp/sb.pcap --probes /tmp/sb.probes.jsonl\n"
                "  python -m tests.lab.lab scenario workload --param files=6000",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="cmd", required=True)
@@ -181,6 +185,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("name", choices=sorted(_scenarios().REGISTRY))
     p.add_argument("out")
     p.add_argument("--filter", default=DEFAULT_FILTER)
+    p.add_argument("--probes", metavar="FILE", help="also record the gfapi probe events (JSON Lines)")
     p.add_argument("--param", action="append", default=[], metavar="KEY=VALUE")
     opts = parser.parse_args(argv)
     try:
@@ -199,7 +204,8 @@ def main(argv: list[str] | None = None) -> int:
         if opts.cmd == "scenario":
             result = scenario(opts.name, **_params(opts.param))
         else:
-            result = record(opts.name, opts.out, filter=opts.filter, **_params(opts.param))
+            result = record(opts.name, opts.out, filter=opts.filter, probes=opts.probes,
+                            **_params(opts.param))
     except LabError as exc:
         print(f"lab: {exc}", file=sys.stderr)
         return 2

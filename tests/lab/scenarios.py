@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Iterator
 
 from . import firewall, gfapi, gluster, lab
-from .capture import Tcpdump
+from .capture import Probes, Tcpdump
 
 
 @dataclass
@@ -235,6 +235,7 @@ REGISTRY = {cls.name: cls for cls in (Healthy, AtimeMinusOne, AuthRejected, Inse
                                       FirewallReject, FirewallDrop, Workload)}
 
 
+
 def get(name: str, **params) -> Scenario:
     if name not in REGISTRY:
         raise gluster.LabError(f"unknown scenario {name!r}; known: {', '.join(sorted(REGISTRY))}")
@@ -253,17 +254,34 @@ def staged(name: str, **params) -> Iterator[Scenario]:
             yield scenario
         finally:
             lab.up()
+            restore = getattr(scenario, "restore", None)
+            if restore:
+                restore()
             cleanup = getattr(scenario, "cleanup", None)
             if cleanup:
                 cleanup()
 
 
 def run(name: str, capture_to: Path | None = None, capture_filter: str | None = None,
-        **params) -> Result:
+        probes_to: Path | None = None, **params) -> Result:
     with staged(name, **params) as scenario:
         if capture_to is None:
             return scenario.trigger()
-        with Tcpdump(capture_to, capture_filter or lab.DEFAULT_FILTER) as dump:
+        with contextlib.ExitStack() as stack:
+            if probes_to is not None:
+                stack.enter_context(Probes(probes_to))
+            dump = stack.enter_context(Tcpdump(capture_to, capture_filter or lab.DEFAULT_FILTER))
             result = scenario.trigger()
         result.capture, result.packets = str(capture_to), dump.packets
         return result
+
+
+# The fault scenarios on their own volumes (imported last: they build on the classes above).
+from .fault_scenarios import FAULT_SCENARIOS  # noqa: E402
+
+REGISTRY.update({cls.name: cls for cls in FAULT_SCENARIOS})
+
+# Scenarios where data goes wrong, on their own volumes (they build on the classes above).
+from .data_scenarios import DATA_SCENARIOS  # noqa: E402
+
+REGISTRY.update({cls.name: cls for cls in DATA_SCENARIOS})

@@ -9,7 +9,7 @@ from __future__ import annotations
 import struct
 from typing import Callable, TypeVar
 
-from ..errors import DecodeError
+from .errors import DecodeError
 
 T = TypeVar("T")
 

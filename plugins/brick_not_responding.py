@@ -1,0 +1,297 @@
+"""brick-not-responding: a brick connection whose calls, GF-DUMP PING included, go
+unanswered until the client gives up on it.
+
+Gluster's client PINGs each brick connection when it has not heard from it; when no reply
+came within `network.ping-timeout` (SETVOLUME carries it) it logs "has not responded in the
+last N seconds, disconnecting" and closes the connection with a FIN. That FIN (a half close:
+the brick may still answer later) is when this detector speaks, so live it speaks while the
+brick is still hung. Whether the brick host's kernel still ACKed the calls tells a stuck
+brick process (stopped, deadlocked, blocked on its disk) from a host or network that is gone.
+A late reply, the client's RST and its reconnect (PORTBYBRICK, SETVOLUME) follow as an info
+finding once the brick answers again.
+
+Without the FIN (a capture that ends first, or a client whose FIN was not captured), a PING
+unanswered for longer than the ping timeout is enough, judged by the events' own clock.
+A brick whose connection the server side closes (brick killed) is not hung: it is gone.
+"""
+from __future__ import annotations
+
+import re
+import time
+from collections import OrderedDict
+
+from correlate import hookimpl
+from correlate.detector import Detector
+
+from .gluster_facts import BRICK_PORTS, find_key, host_of, is_blocking_lock, port_of
+
+DEFAULT_PING_TIMEOUT_S = 42      # Gluster's network.ping-timeout default
+GIVE_UP_MIN_NS = 1_000_000_000   # a PING pending this long at the client's close: it gave up
+MAX_CONNS = 4096
+MAX_PENDING_PER_CONN = 256
+MAX_BRICKS = 4096
+MAX_SHOWN = 8
+ENOTCONN = 107
+STALL_NS = 1_000_000_000
+CLIENT_PID = re.compile(r"PID:(\d+)")
+
+
+class _Conn:
+    __slots__ = ("client", "server", "pending", "ping", "last_reply", "setvolume", "reported",
+                 "gave_up", "late", "dropped", "app")
+
+    def __init__(self, client: str, server: str):
+        self.client, self.server = client, server
+        self.pending: OrderedDict[int, dict] = OrderedDict()   # xid -> call, oldest first
+        self.ping: dict | None = None         # the oldest unanswered PING
+        self.last_reply: dict | None = None
+        self.setvolume: dict | None = None
+        self.reported: dict | None = None     # the finding, once made
+        self.gave_up: dict | None = None      # the client's close
+        self.late: dict | None = None         # a reply after the close
+        self.dropped = 0
+        self.app: list[dict] = []             # application calls that stalled or failed meanwhile
+
+
+class BrickNotResponding(Detector):
+    id = "brick-not-responding"
+
+    def __init__(self):
+        self.conns: OrderedDict[int, _Conn] = OrderedDict()
+        self.bricks: OrderedDict[tuple[str, int], str] = OrderedDict()   # (host, port) -> path
+        self.portmap_calls: OrderedDict[tuple, dict] = OrderedDict()
+        self.hung: OrderedDict[tuple[str, int], _Conn] = OrderedDict()  # reported, not recovered
+        self.pinged: OrderedDict[int, _Conn] = OrderedDict()   # conns with a PING pending
+
+    # ---- bookkeeping ---------------------------------------------------------------------
+
+    @staticmethod
+    def _bounded_put(table: OrderedDict, key, value, limit: int) -> None:
+        table[key] = value
+        table.move_to_end(key)
+        while len(table) > limit:
+            table.popitem(last=False)
+
+    def _conn(self, ev: dict, client: str, server: str) -> _Conn | None:
+        conn = ev.get("conn")
+        if conn is None:
+            return None
+        st = self.conns.get(conn)
+        if st is None or (st.client, st.server) != (client, server):
+            port = port_of(server)
+            if port not in BRICK_PORTS and (host_of(server), port) not in self.bricks:
+                return None
+            st = _Conn(client, server)
+            self._bounded_put(self.conns, conn, st, MAX_CONNS)
+        return st
+
+    def _learn_portmap(self, ev: dict) -> None:
+        if ev["kind"] == "rpc.call":
+            self._bounded_put(self.portmap_calls, (ev.get("conn"), ev.get("xid")), ev, 1024)
+            return
+        call = self.portmap_calls.pop((ev.get("conn"), ev.get("xid")), None)
+        port = find_key(ev.get("result") or {}, "port")
+        brick = find_key((call or {}).get("args") or {}, "brick")
+        if isinstance(port, int) and port > 0 and brick:
+            self._bounded_put(self.bricks, (host_of(ev.get("src")), port), str(brick), MAX_BRICKS)
+
+    # ---- events --------------------------------------------------------------------------
+
+    def observe(self, ev):
+        kind = ev.get("kind")
+        found = []
+        if kind in ("rpc.call", "rpc.reply") and ev.get("procedure") == "PORTBYBRICK":
+            self._learn_portmap(ev)
+        elif kind == "rpc.call":
+            st = self._conn(ev, ev.get("src"), ev.get("dst"))
+            if st is not None:
+                self._call(st, ev)
+        elif kind == "rpc.reply":
+            st = self._conn(ev, ev.get("dst"), ev.get("src"))
+            if st is not None:
+                found += self._reply(st, ev)
+        elif kind == "tcp.close":
+            st = self.conns.get(ev.get("conn"))
+            if st is not None:
+                found += self._close(st, ev)
+        elif kind == "tcp.connect":
+            found += self._reconnect(ev)
+        elif kind == "probe.return" and self.hung:
+            self._application(ev)
+        found += self._overdue_pings(ev["time_ns"])
+        return found
+
+    def _call(self, st: _Conn, ev: dict) -> None:
+        if ev.get("procedure") == "SETVOLUME":
+            st.setvolume = ev
+            name = find_key(ev.get("args") or {}, "remote-subvolume")
+            if name:
+                self._bounded_put(self.bricks, (host_of(st.server), port_of(st.server)),
+                                  str(name), MAX_BRICKS)
+        if is_blocking_lock(ev):
+            return              # may wait for another client's lock: no sign of a hang
+        if len(st.pending) >= MAX_PENDING_PER_CONN:
+            st.pending.popitem(last=False)
+            st.dropped += 1
+        st.pending[ev.get("xid")] = ev
+        if ev.get("procedure") == "PING" and st.ping is None:
+            st.ping = ev
+            self._bounded_put(self.pinged, ev.get("conn"), st, MAX_CONNS)
+
+    def _reply(self, st: _Conn, ev: dict) -> list[dict]:
+        call = st.pending.pop(ev.get("xid"), None)
+        st.last_reply = ev
+        if st.ping is not None and call is st.ping:
+            st.ping = None
+            self.pinged.pop(ev.get("conn"), None)
+        if st.reported is not None and st.late is None:
+            st.late = ev
+            return self._recovered(st, ev, "answered the old call late on the closed connection")
+        return []
+
+    def _close(self, st: _Conn, ev: dict) -> list[dict]:
+        conn = ev.get("conn")
+        if ev.get("by") != "client" or st.reported is not None:
+            if st.reported is None:
+                self.conns.pop(conn, None)
+                self.pinged.pop(conn, None)
+            return []
+        ping = st.ping
+        if ping is None or ev["time_ns"] - ping["time_ns"] < GIVE_UP_MIN_NS:
+            self.conns.pop(conn, None)      # a client leaving, not giving up on the brick
+            self.pinged.pop(conn, None)
+            return []
+        st.gave_up = ev
+        self.pinged.pop(conn, None)
+        return [self._report(st, ev["time_ns"], ev)]
+
+    def _overdue_pings(self, now: int) -> list[dict]:
+        found = []
+        for conn, st in list(self.pinged.items()):
+            if st.ping is None or st.reported is not None:
+                self.pinged.pop(conn, None)
+                continue
+            if now - st.ping["time_ns"] > (self._ping_timeout(st) + 1) * 1_000_000_000:
+                self.pinged.pop(conn, None)
+                found.append(self._report(st, now, None))
+        return found
+
+    def _application(self, ev: dict) -> None:
+        """With probes: a libgfapi call that failed with ENOTCONN or took over a second while
+        a brick hung is what the application saw of it."""
+        failed = ev.get("errno_name") == "ENOTCONN" or ev.get("errno") == ENOTCONN
+        if not failed and (ev.get("duration_ns") or 0) < STALL_NS:
+            return
+        for st in self.hung.values():
+            if len(st.app) < MAX_SHOWN:
+                st.app.append(ev)
+
+    def _reconnect(self, ev: dict) -> list[dict]:
+        st = self.hung.get((host_of(ev.get("dst")), port_of(ev.get("dst"))))
+        if st is None or st.late is not None:
+            return []
+        st.late = ev          # no late reply seen: the new connection is the first sign of life
+        return self._recovered(st, ev, "accepted a new connection from the client")
+
+    def _ping_timeout(self, st: _Conn) -> float:
+        value = find_key((st.setvolume or {}).get("args") or {}, "ping-timeout")
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            return DEFAULT_PING_TIMEOUT_S
+
+    # ---- findings ------------------------------------------------------------------------
+
+    def _brick_name(self, st: _Conn) -> str:
+        host, port = host_of(st.server), port_of(st.server)
+        path = self.bricks.get((host, port))
+        return f"{host}:{path} (port {port})" if path else f"the brick at {st.server}"
+
+    def _report(self, st: _Conn, now: int, close: dict | None) -> dict:
+        brick = self._brick_name(st)
+        first = next(iter(st.pending.values()), st.ping)
+        since = first["time_ns"] if first else now
+        pending = list(st.pending.values())
+        names = ", ".join(f"{c.get('procedure')} (xid {c.get('xid')})" for c in pending[:MAX_SHOWN])
+        more = f" and {len(pending) - MAX_SHOWN} more" if len(pending) > MAX_SHOWN else ""
+        timeout = self._ping_timeout(st)
+        args = (st.setvolume or {}).get("args") or {}
+        uuid = str(find_key(args, "process-uuid") or "")
+        pid = CLIENT_PID.search(uuid)
+        client = f"the client {st.client}" + (f" (pid {pid.group(1)})" if pid else "")
+        tcp = ""
+        if close is not None:
+            unacked = close.get("unacked_bytes")
+            if unacked == 0:
+                tcp = (" The brick host's kernel still acknowledged every byte of these calls: "
+                       "host and network are up, the brick process itself is stuck (stopped, "
+                       "deadlocked, or blocked on its disk).")
+            elif unacked:
+                tcp = (f" {unacked} bytes of the calls were never acknowledged by the brick "
+                       "host's TCP: the host or the network to it is down.")
+            gave_up = (f" After {(close['time_ns'] - st.ping['time_ns']) / 1e9:.1f} s without an "
+                       f"answer to its PING (ping-timeout {timeout:g} s) {client} gave up and "
+                       f"closed the connection ({close.get('reason', 'fin').upper()}).")
+        else:
+            gave_up = (f" The PING has waited {(now - st.ping['time_ns']) / 1e9:.1f} s, longer "
+                       f"than the ping-timeout of {timeout:g} s.")
+        last = st.last_reply
+        heard = (f" The last reply from it came at {_clock(last['time_ns'])}." if last else "")
+        explanation = (f"{brick} stopped answering {client}: since {_clock(since)} "
+                       f"{len(pending)} call(s) got no reply: {names}{more}.{heard}{gave_up}{tcp}"
+                       " Until it answers again, the files on that brick see stalls "
+                       "(replicated volumes) or ENOTCONN (no other copy).")
+        volume = find_key(args, "volfile-key") or "VOLNAME"
+        remedy = (f"Find the brick process (`gluster volume status {volume}`) and look at what "
+                  f"it waits for: `gluster volume statedump {volume}` (or `kill -USR1` the "
+                  "brick pid; dumps land in /var/run/gluster), its state and kernel stack "
+                  "(`ps -o stat,wchan`, /proc/PID/stack), its disk (`iostat -x 1`, dmesg for "
+                  "hung-task or I/O errors) and the brick log. network.ping-timeout "
+                  f"({timeout:g} s) only sets how long clients wait before giving up; it is not "
+                  "the cause.")
+        evidence = [e for e in (st.setvolume, st.last_reply) if e]
+        evidence += pending[:MAX_SHOWN]
+        if st.ping is not None and st.ping not in pending[:MAX_SHOWN]:
+            evidence.append(st.ping)
+        if close is not None:
+            evidence.append(close)
+        finding = self.finding(
+            now, severity="error", title=f"brick not responding: {brick}",
+            explanation=explanation, remedy=remedy, evidence=evidence,
+            key=f"hung:{st.server}", brick=self.bricks.get((host_of(st.server), port_of(st.server))),
+            server=st.server, client=st.client, since_ns=since,
+            tcp_acked=None if close is None or close.get("unacked_bytes") is None
+            else close.get("unacked_bytes") == 0)
+        st.reported = finding
+        self._bounded_put(self.hung, (host_of(st.server), port_of(st.server)), st, MAX_CONNS)
+        return finding
+
+    def _recovered(self, st: _Conn, ev: dict, how: str) -> list[dict]:
+        since = st.reported["since_ns"]
+        self.hung.pop((host_of(st.server), port_of(st.server)), None)
+        brick = self._brick_name(st)
+        seen = ""
+        if st.app:
+            seen = " Meanwhile the application saw: " + "; ".join(
+                f"{a.get('function')} in pid {a.get('pid')} "
+                + ("failed with ENOTCONN" if a.get("errno_name") == "ENOTCONN" or a.get("errno") == ENOTCONN
+                   else f"blocked {(a.get('duration_ns') or 0) / 1e9:.1f} s")
+                for a in st.app) + "."
+        return [self.finding(
+            ev["time_ns"], severity="info", title=f"brick answering again: {brick}",
+            explanation=(f"{brick} {how} at {_clock(ev['time_ns'])}, "
+                         f"{(ev['time_ns'] - since) / 1e9:.1f} s after the first unanswered call; "
+                         f"the client reconnects (PORTBYBRICK, SETVOLUME) and I/O to it resumes.{seen}"),
+            remedy="Nothing to do if it stays healthy; the statedump and disk checks of the "
+                   "not-responding finding still tell why it stopped.",
+            evidence=[e for e in (st.gave_up, *st.app, ev) if e], key=f"recovered:{st.server}",
+            application=[a.get("function") for a in st.app])]
+
+
+def _clock(time_ns: int) -> str:
+    return time.strftime("%H:%M:%S", time.gmtime(time_ns / 1e9)) + f".{time_ns % 10**9 // 10**6:03d}"
+
+
+@hookimpl
+def correlate_detectors(config):
+    return [BrickNotResponding()]

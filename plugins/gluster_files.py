@@ -1,0 +1,145 @@
+"""What the data-loss detectors share: who is on each brick connection and which file a gfid is.
+
+`Files.observe(ev)` is fed every event, then answers:
+- `client(conn)`: the client process on a brick connection, from its SETVOLUME call
+  (`process-uuid` holds `PID:` and `PC_NAME:`, the client translator `VOL-client-N`; the
+  `remote-host` and `remote-subvolume` name the brick);
+- `path(gfid)`: the file's path from the LOOKUP, CREATE, MKDIR, MKNOD or SYMLINK that named it
+  (parent gfid + basename, walked up to the root), or "gfid:<gfid>" when the capture never saw
+  its name (it started after the lookup);
+- `call_of(reply)`: the call a reply answers, for procedures whose call arguments matter.
+Every table is bounded: the oldest entries go first.
+"""
+from __future__ import annotations
+
+import re
+from collections import OrderedDict
+from dataclasses import dataclass
+
+ROOT_GFID = "00000000-0000-0000-0000-000000000001"
+MAX_ENTRIES = 50_000
+NAMING = {"LOOKUP", "CREATE", "MKDIR", "MKNOD", "SYMLINK", "LINK"}
+_UUID_FIELDS = re.compile(r"PID:(?P<pid>-?\d+)|HOST:(?P<host>.+?)(?=-PC_NAME)|PC_NAME:(?P<xl>.+?)-RECON_NO")
+
+
+@dataclass
+class Client:
+    pid: int | None
+    host: str
+    translator: str       # VOL-client-N, the client side of one brick
+    brick: str            # host:/brick/path
+    conn: object = None
+
+    @property
+    def index(self) -> int | None:
+        m = re.search(r"-client-(\d+)$", self.translator)
+        return int(m.group(1)) if m else None
+
+    def describe(self) -> str:
+        who = f"pid {self.pid}" if self.pid else "a client"
+        return f"{who} on {self.host}" if self.host else who
+
+
+class Bounded(OrderedDict):
+    def __setitem__(self, key, value):
+        super().__setitem__(key, value)
+        self.move_to_end(key)
+        if len(self) > MAX_ENTRIES:
+            self.popitem(last=False)
+
+
+def parse_process_uuid(text: str) -> tuple[int | None, str, str]:
+    """(pid, host, client translator) from a SETVOLUME process-uuid."""
+    pid, host, xl = None, "", ""
+    for m in _UUID_FIELDS.finditer(text or ""):
+        if m.group("pid"):
+            pid = int(m.group("pid"))
+        elif m.group("host"):
+            host = m.group("host")
+        elif m.group("xl"):
+            xl = m.group("xl")
+    return pid, host, xl
+
+
+def stat_of(reply: dict) -> dict:
+    """The iatt of the object a reply is about (LOOKUP: `prestat`, CREATE and friends: `stat`)."""
+    result = reply.get("result") or {}
+    for key in ("stat", "prestat"):
+        st = result.get(key)
+        if isinstance(st, dict) and st.get("ia_gfid") not in (None, "00000000-0000-0000-0000-000000000000"):
+            return st
+    return {}
+
+
+class Files:
+    def __init__(self, keep_calls: set[str] = frozenset()):
+        self.clients: Bounded = Bounded()   # conn -> Client
+        self.names: Bounded = Bounded()     # gfid -> (parent gfid, basename)
+        self.entries: Bounded = Bounded()   # (parent gfid, basename) -> gfid
+        self.calls: Bounded = Bounded()     # (conn, xid) -> call
+        self.keep = set(keep_calls) | NAMING | {"SETVOLUME"}
+        self._answered: tuple = (None, None)
+
+    def observe(self, ev: dict) -> None:
+        kind = ev.get("kind")
+        if kind == "rpc.reply":
+            # a call is kept only until its reply: the reply being handled can still ask for it
+            key = (ev.get("conn"), ev.get("xid"))
+            self._answered = (key, self.calls.pop(key, None))
+        if kind == "rpc.call" and ev.get("procedure") in self.keep:
+            self.calls[(ev.get("conn"), ev.get("xid"))] = ev
+            if ev.get("procedure") == "SETVOLUME":
+                opts = (ev.get("args") or {}).get("dict") or {}
+                pid, host, xl = parse_process_uuid(str(opts.get("process-uuid", "")))
+                if xl:
+                    brick = f"{opts.get('remote-host', '')}:{opts.get('remote-subvolume', '')}"
+                    self.clients[ev.get("conn")] = Client(pid, host, xl, brick, ev.get("conn"))
+        elif kind == "rpc.reply" and ev.get("procedure") in NAMING and ev.get("op_ret", -1) >= 0:
+            call = self.call_of(ev)
+            args = (call or {}).get("args") or {}
+            gfid = stat_of(ev).get("ia_gfid")
+            if gfid and args.get("bname") and args.get("pargfid"):
+                self.names[gfid] = (args["pargfid"], args["bname"])
+                self.entries[(args["pargfid"], args["bname"])] = gfid
+
+    def call_of(self, reply: dict) -> dict | None:
+        key = (reply.get("conn"), reply.get("xid"))
+        if self._answered[0] == key:
+            return self._answered[1]
+        return self.calls.get(key)
+
+    def client(self, conn) -> Client | None:
+        return self.clients.get(conn)
+
+    def pid_of(self, ev: dict) -> int | None:
+        """The client process behind a call: its credentials, else its connection's SETVOLUME
+        (calls the client makes by itself, such as re-opening fds, carry pid 0)."""
+        pid = (ev.get("cred") or {}).get("pid")
+        if pid:
+            return pid
+        c = self.client(ev.get("conn"))
+        return c.pid if c else None
+
+    def path(self, gfid: str | None) -> str:
+        if not gfid:
+            return "?"
+        if gfid == ROOT_GFID:
+            return "/"
+        parts, at = [], gfid
+        for _ in range(64):
+            if at == ROOT_GFID:
+                return "/" + "/".join(reversed(parts))
+            if at not in self.names:
+                break
+            at, name = self.names[at]
+            parts.append(name)
+        if not parts:
+            return f"gfid:{gfid}"
+        return f"<gfid:{at}>/" + "/".join(reversed(parts))
+
+    def name_path(self, pargfid: str | None, bname: str | None) -> str:
+        parent = self.path(pargfid)
+        return (parent.rstrip("/") + "/" + (bname or "")) if parent != "?" else (bname or "?")
+
+    def gfid_of(self, pargfid: str | None, bname: str | None) -> str | None:
+        return self.entries.get((pargfid, bname))

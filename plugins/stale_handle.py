@@ -1,0 +1,127 @@
+"""stale-handle: operations on an open file or a gfid handle failing with ESTALE or ENOENT
+because the file is gone: another client unlinked or renamed it, or the brick restarted and
+the client's re-open of its fds (OPEN by gfid) found nothing.
+
+A client holds files by gfid. While the brick keeps its own fd open, writes still land in
+the unlinked inode; once the brick restarts, the client re-opens by gfid and gets ESTALE,
+and every later fd operation fails (ENOENT on anonymous-fd WRITEs, EBADFD in glfs_fstat).
+ENOENT alone is common (a LOOKUP of a new name), so it counts here only on fd or handle
+operations of a gfid some other client removed; ESTALE on them always does.
+"""
+from __future__ import annotations
+
+from correlate import hookimpl
+from correlate.detector import Detector
+
+from .gluster_files import Files
+
+HANDLE_OPS = {"OPEN", "READ", "WRITE", "FSTAT", "FSYNC", "FLUSH", "FTRUNCATE", "FSETATTR",
+              "FGETXATTR", "FSETXATTR", "FXATTROP", "FINODELK", "FENTRYLK", "LK", "FALLOCATE",
+              "DISCARD", "ZEROFILL", "SEEK", "RCHECKSUM", "READDIR", "READDIRP", "STAT",
+              "SETATTR", "GETXATTR", "SETXATTR", "TRUNCATE", "ACCESS", "OPENDIR", "XATTROP",
+              "INODELK"}
+REMOVING = {"UNLINK", "RENAME", "RMDIR"}
+ESTALE, ENOENT, EBADFD = 116, 2, 77
+MAX_TRACKED = 50_000
+
+
+class StaleHandle(Detector):
+    id = "stale-handle"
+
+    def __init__(self):
+        self.files = Files(keep_calls=HANDLE_OPS | REMOVING)
+        self.removed: dict[str, tuple[dict, dict]] = {}   # gfid -> (call, reply) that removed it
+        self.reconnected: dict[str, dict] = {}            # client translator -> SETVOLUME reply
+        self.gone_conns: set = set()
+        self.app: dict[int, list[dict]] = {}              # pid -> failing probe events
+        self.last_call: dict[tuple, dict] = {}
+
+    def observe(self, ev):
+        self.files.observe(ev)
+        kind = ev.get("kind")
+        if kind == "tcp.close":
+            if self.files.client(ev.get("conn")):
+                self.gone_conns.add(ev.get("conn"))
+        elif kind == "rpc.reply" and ev.get("procedure") == "SETVOLUME" and ev.get("op_ret") == 0:
+            client = self.files.client(ev.get("conn"))
+            if client and any(self.files.client(c) and self.files.client(c).translator == client.translator
+                              for c in self.gone_conns):
+                self.reconnected[client.translator] = ev
+        elif kind == "rpc.reply" and ev.get("procedure") in REMOVING and ev.get("op_ret") == 0:
+            call = self.files.call_of(ev)
+            args = (call or {}).get("args") or {}
+            gfid = self.files.gfid_of(args.get("pargfid") or args.get("oldgfid"),
+                                      args.get("bname") or args.get("oldbname"))
+            if gfid:
+                self.removed[gfid] = (call, ev)
+                if len(self.removed) > MAX_TRACKED:
+                    self.removed.pop(next(iter(self.removed)))
+        elif kind == "probe.call":
+            self.last_call[(ev.get("pid"), ev.get("tid"))] = ev
+        elif kind == "probe.return" and ev.get("errno") in (ESTALE, ENOENT, EBADFD):
+            call = self.last_call.get((ev.get("pid"), ev.get("tid")))
+            self.app.setdefault(ev.get("pid"), []).extend(e for e in (call, ev) if e)
+            del self.app[ev.get("pid")][:-20]
+        elif kind == "rpc.reply" and ev.get("procedure") in HANDLE_OPS \
+                and ev.get("errno_name") in ("ESTALE", "ENOENT"):
+            return self._stale(ev)
+        return ()
+
+    def _stale(self, reply: dict) -> list[dict]:
+        call = self.files.call_of(reply) or {}
+        gfid = (call.get("args") or {}).get("gfid")
+        if not gfid:
+            return []
+        client = self.files.client(reply.get("conn"))
+        removed = self.removed.get(gfid)
+        remover_pid = self.files.pid_of(removed[0]) if removed else None
+        owner_pid = self.files.pid_of(call)
+        by_other = removed is not None and remover_pid != owner_pid
+        restarted = self.reconnected.get(client.translator) if client else None
+        # ENOENT is the brick's everyday answer for a gfid it does not have; it tells of a
+        # stale handle only when another client removed that gfid.
+        if reply.get("errno_name") == "ENOENT" and not by_other:
+            return []
+        path = self.files.path(gfid)
+        if path.startswith("gfid:") and removed:
+            args = removed[0].get("args") or {}
+            path = self.files.name_path(args.get("pargfid"), args.get("bname"))
+        owner = f"pid {owner_pid}" if owner_pid else "a client"
+        causes, evidence = [], []
+        if removed:
+            rcall, rreply = removed
+            remover = self.files.client(rcall.get("conn"))
+            who = f"pid {remover_pid}" if remover_pid else "another client"
+            causes.append(f"{who}{' on ' + remover.host if remover and remover.host else ''} "
+                          f"{rcall.get('procedure').lower()}ed {path} (a {rcall.get('procedure')} "
+                          f"from {rcall.get('src')})")
+            evidence += [rcall, rreply]
+        if restarted:
+            causes.append(f"the brick {client.brick} restarted and the client reconnected "
+                          f"(SETVOLUME from {restarted.get('dst')}), so its open fds had to be "
+                          "re-opened by gfid")
+            evidence.append(restarted)
+        evidence += [call, reply] + self.app.get(owner_pid, [])[-6:]
+        app_seen = [e for e in self.app.get(owner_pid, []) if e.get("kind") == "probe.return"]
+        app = ""
+        if app_seen:
+            app = " The application got " + ", ".join(
+                f"{e.get('errno_name')} from {e.get('function')}" for e in app_seen[-3:]) + "."
+        return [self.finding(
+            reply["time_ns"], severity="error",
+            title=f"stale handle: {path} was removed under {owner}'s open file",
+            explanation=(f"{owner} still used {path} (gfid {gfid}) through an open fd or handle: "
+                         f"{call.get('procedure')} to {reply.get('src')} failed with "
+                         f"{reply.get('errno_name')}. Why: " + ("; ".join(causes) or
+                         "not in this capture (the file was removed, or the brick restarted, "
+                         "before it began)") + "." + app),
+            remedy=("The fd refers to a file that no longer exists under that name: the "
+                    "application must close it and open the path again (and re-write what it "
+                    "wrote since its last successful fsync). Coordinate the clients that "
+                    "replace the file (a lock, or write a new file and rename it into place)."),
+            evidence=evidence, key=f"stale-handle:{gfid}", gfid=gfid, path=path)]
+
+
+@hookimpl
+def correlate_detectors(config):
+    return [StaleHandle()]

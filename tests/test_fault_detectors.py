@@ -1,0 +1,198 @@
+"""brick-not-responding, no-space and rpc-unanswered's classification: on the committed
+captures (`correlate analyze`) and on synthetic event sequences for the corners."""
+from pathlib import Path
+
+from correlate.events import make_event
+from tests.test_detectors import S, builtin, run
+from tests.test_findings_on_captures import analyze
+
+CAPTURES = Path(__file__).parent / "captures"
+CLIENT, BRICK = "127.0.0.1:49144", "127.0.0.2:49226"
+
+
+def call(t, xid, procedure, conn=6, src=CLIENT, dst=BRICK, **fields):
+    return make_event(t, "wire", "rpc.call", "x", conn=conn, xid=xid, procedure=procedure,
+                      program="GF-DUMP" if procedure == "PING" else "GlusterFS",
+                      src=src, dst=dst, **fields)
+
+
+def reply(t, xid, procedure, conn=6, src=BRICK, dst=CLIENT, op_ret=0, **fields):
+    return make_event(t, "wire", "rpc.reply", "x", conn=conn, xid=xid, procedure=procedure,
+                      program="GlusterFS", src=src, dst=dst, op_ret=op_ret, **fields)
+
+
+def close(t, by="client", conn=6, reason="fin", unacked=0):
+    return make_event(t, "wire", "tcp.close", "x", conn=conn, src=CLIENT, dst=BRICK, by=by,
+                      reason=reason, half=reason == "fin", unacked_bytes=unacked)
+
+
+def setvolume(t, ping_timeout="5", conn=6):
+    return call(t, 1, "SETVOLUME", conn=conn, args={"dict": {
+        "remote-subvolume": "/bricks/b2", "ping-timeout": ping_timeout, "volfile-key": "vol",
+        "process-uuid": "CTX_ID:x-GRAPH_ID:0-PID:4242-HOST:h-PC_NAME:vol-client-1-RECON_NO:-0"}})
+
+
+# ---- brick-not-responding on the real capture -----------------------------------------------
+
+def test_brick_hang_capture_names_brick_calls_tcp_and_recovery():
+    out = [f for f in analyze(CAPTURES / "brick-hang.pcap") if f["kind"] == "finding"]
+    hung, back = out
+    assert hung["severity"] == "error" and back["severity"] == "info"
+    assert hung["brick"] == "/srv/correlate-lab/hangvol/b2" and hung["tcp_acked"] is True
+    kinds = [(e["kind"], e.get("procedure")) for e in hung["evidence"]]
+    assert kinds[0] == ("rpc.call", "SETVOLUME") and ("rpc.call", "PING") in kinds
+    assert ("rpc.call", "WRITE") in kinds and kinds[-1] == ("tcp.close", None)
+    assert "ping-timeout 5 s" in hung["explanation"] and "pid " in hung["explanation"]
+    assert "statedump" in hung["remedy"]
+    late = back["evidence"][-1]
+    assert late["kind"] == "rpc.reply" and late["procedure"] == "PING"
+    assert late["time_ns"] - hung["time_ns"] > 1e9      # the late answer came after SIGCONT
+
+
+def test_brick_hang_capture_has_no_unanswered_warning():
+    """The WRITE and PING pending at the FIN were lost with the connection: rpc-unanswered
+    leaves them to brick-not-responding."""
+    out = analyze(CAPTURES / "brick-hang.pcap")
+    assert not [f for f in out if f.get("detector") == "rpc-unanswered"]
+
+
+# ---- brick-not-responding corners -------------------------------------------------------------
+
+def test_capture_starting_mid_incident_still_names_the_port():
+    """No SETVOLUME or PORTBYBRICK in the capture: only the PING and the client's FIN."""
+    found = run(builtin("brick-not-responding"), [call(S, 9, "PING"), close(6 * S)])
+    assert len(found) == 1 and found[0]["brick"] is None
+    assert "127.0.0.2:49226" in found[0]["title"] and "ping-timeout 42 s" in found[0]["explanation"]
+
+
+def test_client_exit_with_fresh_calls_is_not_a_hang():
+    events = [setvolume(0), call(S, 9, "PING"), reply(S + 1000, 9, "PING"),
+              call(2 * S, 10, "WRITE"), close(2 * S + 5_000_000)]
+    assert run(builtin("brick-not-responding"), events) == []
+
+
+def test_brick_side_close_is_not_a_hang():
+    events = [setvolume(0), call(S, 9, "PING"), close(7 * S, by="server", reason="rst")]
+    assert run(builtin("brick-not-responding"), events) == []
+
+
+def test_unacknowledged_calls_point_at_the_host_or_network():
+    events = [setvolume(0), call(S, 9, "WRITE"), call(2 * S, 10, "PING"), close(7 * S, unacked=240)]
+    (f,) = run(builtin("brick-not-responding"), events)
+    assert f["tcp_acked"] is False and "host or the network" in f["explanation"]
+    assert "pid 4242" in f["explanation"] and "/bricks/b2" in f["title"]
+
+
+def test_overdue_ping_without_fin_by_the_events_clock():
+    """A PING older than the ping timeout (from SETVOLUME) while other traffic goes on."""
+    other = [reply(t * S, 50 + t, "WRITE", conn=7, src="127.0.0.2:49300") for t in range(2, 10)]
+    events = [setvolume(0, ping_timeout="3"), call(S, 9, "PING"), *other]
+    (f,) = run(builtin("brick-not-responding"), events)
+    assert f["time_ns"] == 6 * S and f["tcp_acked"] is None   # ping + timeout 3 s + 1 s grace
+
+
+def test_blocking_lock_pending_is_no_sign_of_a_hang():
+    lk = call(S, 8, "LK", args={"cmd": 2, "type": 1})          # GF_LK_SETLKW
+    events = [setvolume(0), lk, call(2 * S, 9, "PING"), reply(2 * S + 1000, 9, "PING"),
+              close(30 * S)]
+    assert run(builtin("brick-not-responding"), events) == []
+
+
+# ---- rpc-unanswered classification ------------------------------------------------------------
+
+def test_calls_lost_at_close_are_not_unanswered():
+    events = [call(S, 9, "WRITE"), close(5 * S), reply(60 * S, 1, "LOOKUP", conn=7)]
+    assert run(builtin("rpc-unanswered"), events) == []
+
+
+def test_calls_unanswered_while_the_connection_lived_still_warn():
+    events = [call(S, 9, "WRITE"), reply(15 * S, 1, "LOOKUP", conn=7), close(16 * S)]
+    (f,) = run(builtin("rpc-unanswered"), events)
+    assert f["severity"] == "warning" and "WRITE" in f["title"]
+
+
+def test_blocking_locks_are_left_to_the_lock_wait_detector():
+    blocking = [call(S, 1, "LK", args={"cmd": 2}), call(S, 2, "INODELK", args={"cmd": 2}),
+                call(S, 3, "FINODELK", args={"cmd": 2}), call(S, 4, "ENTRYLK", args={"cmd": 0}),
+                call(S, 5, "FENTRYLK", args={"cmd": 0})]
+    late = reply(60 * S, 1, "LOOKUP", conn=7)
+    assert run(builtin("rpc-unanswered"), [*blocking, late]) == []
+    non_blocking = [call(S, 1, "LK", args={"cmd": 1}), call(S, 4, "ENTRYLK", args={"cmd": 2})]
+    assert len(run(builtin("rpc-unanswered"), [*non_blocking, late])) == 2
+
+
+# ---- no-space -----------------------------------------------------------------------------------
+
+def statfs(t, **fields):
+    values = {"blocks": 1000, "bfree": 500, "bavail": 450, "files": 100, "ffree": 50,
+              "bsize": 4096, "frsize": 4096, **fields}
+    return reply(t, 3, "STATFS", result={"statfs": values, "xdata": {}})
+
+
+def enospc(t, procedure="WRITE", errno_name="ENOSPC"):
+    return reply(t, 7, procedure, op_ret=-1, op_errno=28 if errno_name == "ENOSPC" else 122,
+                 errno_name=errno_name)
+
+
+def test_reserve_full_capture_tells_storage_reserve():
+    (f,) = [f for f in analyze(CAPTURES / "reserve-full.pcap")
+            if f["kind"] == "finding" and f["detector"] == "no-space"]
+    assert f["cause"] == "storage.reserve refusing writes" and f["severity"] == "error"
+    assert f["brick"] == "/srv/correlate-lab/reservevol/b1"
+    assert "storage.reserve" in f["remedy"] and "reservevol" in f["remedy"]
+    assert [e["procedure"] for e in f["evidence"]][-1] == "STATFS"
+
+
+def test_no_space_causes_from_statfs():
+    cases = [({"bfree": 0, "bavail": 0}, "storage.reserve refusing writes"),
+             ({"bfree": 50, "bavail": 2}, "brick full"),
+             ({"ffree": 0}, "out of inodes"),
+             ({}, "ENOSPC with space left")]
+    for values, cause in cases:
+        (f,) = run(builtin("no-space"), [statfs(S, **values), enospc(2 * S)])
+        assert f["cause"] == cause, values
+
+
+def test_quota_needs_no_statfs_and_names_the_limit():
+    (f,) = run(builtin("no-space"), [enospc(S, errno_name="EDQUOT")])
+    assert f["cause"] == "quota limit reached" and "quota" in f["remedy"]
+    assert f["time_ns"] == S
+
+
+def test_enospc_waits_for_a_later_statfs_then_speaks():
+    found = run(builtin("no-space"), [enospc(S), statfs(2 * S, bfree=0, bavail=0)])
+    assert len(found) == 1 and found[0]["cause"] == "storage.reserve refusing writes"
+    assert found[0]["time_ns"] == 2 * S
+
+
+def test_enospc_without_statfs_says_it_cannot_tell():
+    (f,) = run(builtin("no-space"), [enospc(S)])
+    assert f["cause"] == "no space" and "cannot tell" in f["explanation"]
+    # by the events' clock: other traffic 3 s later makes it speak without the end of input
+    runner = builtin("no-space")
+    assert runner.observe(enospc(S)) == []
+    assert runner.observe(reply(5 * S, 1, "LOOKUP", conn=7))[0]["cause"] == "no space"
+
+
+def test_repeats_fold_into_one_finding_per_brick_and_errno():
+    runner = builtin("no-space")
+    events = [statfs(0, bfree=0, bavail=0)] + [enospc(S + i) for i in range(5)]
+    found = run(runner, events)
+    assert len(found) == 1 and runner.findings[0]["count"] == 5
+
+
+def test_application_calls_that_stalled_or_failed_meanwhile_join_the_recovery():
+    """With probes: what the application saw while the brick hung (a call blocked for
+    seconds, or ENOTCONN) is named when the brick answers again."""
+    def ret(t, function, **fields):
+        return make_event(t, "probe", "probe.return", "bcc", function=function, pid=77, tid=77,
+                          comm="python3", **fields)
+    events = [setvolume(0), call(S, 9, "WRITE"), call(2 * S, 10, "PING"), close(7 * S),
+              ret(8 * S, "glfs_fsync", retval=0, duration_ns=7 * S),
+              ret(8 * S + 1, "glfs_pwrite", retval=-1, errno=107),
+              ret(8 * S + 2, "glfs_stat", retval=0, duration_ns=1000),       # quick: not shown
+              reply(9 * S, 10, "PING")]
+    hung, back = run(builtin("brick-not-responding"), events)
+    assert back["application"] == ["glfs_fsync", "glfs_pwrite"]
+    assert "glfs_fsync in pid 77 blocked 7.0 s" in back["explanation"]
+    assert "glfs_pwrite in pid 77 failed with ENOTCONN" in back["explanation"]

@@ -1,0 +1,50 @@
+"""The lab's named volumes (tests/lab/volumes.py) on the real glusterd."""
+import os
+
+from tests.lab import gfapi, lab as lab_module, volumes
+
+SPEC = volumes.VolumeSpec("volstest", "replica", 3)
+
+
+def test_ensure_is_idempotent_resets_options_and_restarts_a_killed_brick(lab):
+    with lab_module.exclusive():
+        first = volumes.ensure(SPEC, {"network.ping-timeout": "7"})
+        assert [b.path for b in first] == [str(d) for d in SPEC.brick_dirs]
+        assert volumes.state(SPEC.name).options["network.ping-timeout"] == "7"
+        # a later ensure without the option resets it: it was a scenario's leftover
+        again = volumes.ensure(SPEC)
+        assert "network.ping-timeout" not in volumes.state(SPEC.name).options
+        assert [b.pid for b in again] == [b.pid for b in first]     # nothing restarted
+        killed = volumes.kill_brick(SPEC.name, 1)
+        assert not os.path.exists(f"/proc/{killed.pid}")            # waited for it to vanish
+        assert not volumes.brick(SPEC.name, 1).online
+        restarted = volumes.ensure(SPEC)
+        assert restarted[1].online and restarted[1].pid != killed.pid
+        assert restarted[0].pid == first[0].pid
+        res = gfapi.run(["fops", "--volume", SPEC.name, "--dir", "/t",
+                         "--log", "/var/log/correlate-lab/volstest.log"], timeout=60)
+        assert res["status"] == "ok", res
+        assert {"pwrite", "posix_lock", "rename", "listdir", "statvfs"} <= set(res["calls"])
+
+
+def test_pause_and_resume_a_brick(lab):
+    with lab_module.exclusive():
+        volumes.ensure(SPEC)
+        pid = volumes.pause_brick(SPEC.name, 0)
+        try:
+            state = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0]
+            assert state == "T"
+        finally:
+            volumes.resume_brick(pid)
+        state = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0]
+        assert state != "T"
+
+
+def test_disperse_volume_and_delete(lab):
+    spec = volumes.VolumeSpec("volstestec", "disperse", 3, redundancy=1)
+    bricks = volumes.ensure(spec)
+    assert len(bricks) == 3 and all(b.online for b in bricks)
+    assert "Disperse" in volumes.gluster.gluster("volume", "info", spec.name)
+    volumes.delete(spec.name)
+    assert not volumes.state(spec.name).exists
+    assert not (volumes.BRICK_ROOT / spec.name).exists()

@@ -1,0 +1,121 @@
+"""`correlate profile` on real captures: every reply counted where decode sees it, percentiles
+within the sketch's stated error of the exact ones, bricks named from PORTBYBRICK/SETVOLUME,
+and hostile names escaped in the terminal and HTML renderings."""
+import json
+import subprocess
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+import pytest
+
+from correlate.outputs.profile_html import profile_section
+from correlate.outputs.profile_text import format_profile
+from correlate.profile import RELATIVE_ACCURACY, Profile
+from correlate.wire.decode import decode_capture
+
+CAPTURES = Path(__file__).parent / "captures"
+
+
+def run(*args):
+    res = subprocess.run([sys.executable, "-m", "correlate", *map(str, args)],
+                         capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    return res.stdout
+
+
+def exact_latencies(path):
+    """(server, procedure) -> sorted latencies, from decode's own events."""
+    out = defaultdict(list)
+    for ev in decode_capture(str(path)):
+        if ev["kind"] == "rpc.reply" and ev.get("latency_ns") is not None:
+            out[(ev["src"], ev["procedure"])].append(ev["latency_ns"])
+    return {k: sorted(v) for k, v in out.items()}
+
+
+def lower_quantile(values, q):
+    """The rank DDSketch estimates: the value at floor(q * (n - 1))."""
+    return values[int(q * (len(values) - 1))]
+
+
+@pytest.mark.parametrize("capture", ["healthy.pcap", "atime-minus-one.pcap", "auth-rejected.pcap"])
+def test_profile_matches_exact_latencies(capture):
+    snap = json.loads(run("profile", "--json", CAPTURES / capture))
+    exact = exact_latencies(CAPTURES / capture)
+    seen = set()
+    for brick in snap["bricks"]:
+        for p in brick["procedures"]:
+            values = exact.get((brick["server"], p["procedure"]))
+            if not values:
+                continue
+            seen.add((brick["server"], p["procedure"]))
+            assert p["replies"] == len(values)
+            assert p["max_ns"] == values[-1]
+            for name, q in (("p50", 0.5), ("p90", 0.9), ("p99", 0.99)):
+                want = lower_quantile(values, q)
+                assert abs(p[f"{name}_ns"] - want) <= RELATIVE_ACCURACY * want + 1, (p, name, want)
+    assert seen == set(exact)
+
+
+def test_bricks_named_from_portbybrick_and_setvolume():
+    snap = json.loads(run("profile", "--json", CAPTURES / "healthy.pcap"))
+    named = {b["server"].rsplit(":", 1)[1]: b["brick"] for b in snap["bricks"]}
+    assert named["24007"] == "glusterd"
+    assert sorted(v for k, v in named.items() if k != "24007") == ["/srv/correlate-lab/b1",
+                                                                   "/srv/correlate-lab/b2"]
+    assert all(b["volume"] == "labvol" for b in snap["bricks"] if b["brick"] != "glusterd")
+
+
+def test_errors_by_errno_and_per_client():
+    snap = json.loads(run("profile", "--json", "--per-client", CAPTURES / "auth-rejected.pcap"))
+    setvolume = [p for b in snap["bricks"] for c in b["clients"] for p in c["procedures"]
+                 if p["procedure"] == "SETVOLUME"]
+    assert len(setvolume) == 2 and all(p["errors"] == {"EACCES": 1} for p in setvolume)
+    clients = {c["client"] for b in snap["bricks"] for c in b["clients"]}
+    assert any(c.startswith("pid ") for c in clients), clients
+
+
+def test_terminal_table_shape():
+    text = run("profile", CAPTURES / "healthy.pcap")
+    assert "Brick: 127.0.0.2:24007 glusterd" in text
+    assert "%-latency" in text and "p99" in text and "Data written:" in text
+
+
+def hostile_reply(**over):
+    ev = {"time_ns": 10, "layer": "wire", "kind": "rpc.reply", "source": "x", "conn": 1,
+          "src": "127.0.0.2:49152", "dst": "127.0.0.1:1000", "procedure": "\x1b[31m<b>WRITE</b>",
+          "xid": 1, "latency_ns": 5000, "call_time_ns": 5, "op_ret": 3, "op_errno": 0}
+    ev.update(over)
+    return ev
+
+
+def test_hostile_names_are_escaped():
+    prof = Profile()
+    prof.observe({"time_ns": 1, "layer": "wire", "kind": "rpc.call", "source": "x", "conn": 1,
+                  "src": "127.0.0.1:1000", "dst": "127.0.0.2:49152", "xid": 1,
+                  "procedure": "SETVOLUME", "args": {"dict": {
+                      "remote-subvolume": "/b<script>\x1b]0;t\x07", "volfile-key": "v<i>"}}})
+    prof.observe(hostile_reply())
+    snap = prof.snapshot()
+    text = format_profile(snap)
+    assert "\x1b" not in text and "\x07" not in text
+    page = profile_section(snap)
+    assert "<script>" not in page and "<b>WRITE" not in page and "&lt;script&gt;" in page
+
+
+def test_in_flight_counts_overlapping_calls_and_forgets_closed_connections():
+    prof = Profile()
+    for xid in (1, 2, 3):
+        prof.observe({"time_ns": xid, "layer": "wire", "kind": "rpc.call", "source": "x", "conn": 1,
+                      "src": "c:1", "dst": "s:49152", "xid": xid, "procedure": "WRITE"})
+    prof.observe(hostile_reply(src="s:49152", dst="c:1", procedure="WRITE", time_ns=4))
+    prof.observe({"time_ns": 5, "layer": "wire", "kind": "tcp.close", "source": "x", "conn": 1,
+                  "src": "c:1", "dst": "s:49152"})
+    row = prof.stats[("s:49152", "", "WRITE")]
+    assert row.max_in_flight == 3 and row.in_flight == 0 and row.bytes_written == 3
+
+
+def test_run_prints_the_profile_periodically_and_at_the_end():
+    out = run("run", "--pcap", CAPTURES / "healthy.pcap", "--profile-every", "0.000001")
+    assert out.count("Profile from the wire:") >= 2
+    assert "Brick: 127.0.0.2:24007 glusterd" in out.split("Profile from the wire:")[-1]
