@@ -55,9 +55,11 @@ def builds() -> list[tuple[str, dict]]:
     return ([("compiled", dict(os.environ))] if compiled else []) + [("plain", plain)]
 
 
-def has_profile() -> bool:
-    return subprocess.run([sys.executable, "-m", "correlate", "profile", "--help"],
-                          capture_output=True).returncode == 0
+def help_of(command: str) -> str | None:
+    """`correlate COMMAND --help`, or None when the command does not exist."""
+    res = subprocess.run([sys.executable, "-m", "correlate", command, "--help"],
+                         capture_output=True, text=True)
+    return res.stdout if res.returncode == 0 else None
 
 
 def pipe_rate(path: Path, env: dict) -> float:
@@ -89,8 +91,10 @@ def main() -> int:
     commands = [("decode --fields", py + ["decode", "--fields", FIELDS]),
                 ("decode --json", py + ["decode", "--json"]),
                 ("analyze", py + ["analyze"])]
-    if has_profile():
+    profile_help = help_of("profile")
+    if profile_help is not None:
         commands.append(("profile", py + ["profile"]))
+    takes_jobs = {name: "--jobs" in (help_of(cmd[3]) or "") for name, cmd in commands}
     print(f"machine: {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f} at the start "
           "(other work on the machine slows every column alike; CPU s is less disturbed)")
     print(f"{'capture':<24}{'packets':>9}  {'command':<17}{'build':<10}{'jobs':>5}{'wall s':>8}"
@@ -105,8 +109,9 @@ def main() -> int:
               f"{t_cpu:>8.2f}{t_rss / 1024:>9.1f}", flush=True)
         for name, cmd in commands:
             for build, env in builds():
-                for jobs in (1, 2):
-                    wall, cpu, rss = best(cmd + ["--jobs", str(jobs), str(path)], env, opts.repeat)
+                for jobs in (1, 2) if takes_jobs[name] else (1,):
+                    jobs_args = ["--jobs", str(jobs)] if takes_jobs[name] else []
+                    wall, cpu, rss = best(cmd + jobs_args + [str(path)], env, opts.repeat)
                     results[(path, name, build, jobs)] = (t_wall / wall, rss / 1024)
                     print(f"{'':<24}{'':>9}  {name:<17}{build:<10}{jobs:>5}{wall:>8.2f}"
                           f"{t_wall / wall:>9.2f}x{cpu:>8.2f}{rss / 1024:>9.1f}", flush=True)
