@@ -4,7 +4,8 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).parent
-BENCHES = ["decode_vs_tshark.py", "probe_overhead.py", "profile_memory.py", "detector_state.py"]
+BENCHES = ["analyze_vs_tshark.py", "decode_vs_tshark.py", "probe_overhead.py", "profile_memory.py",
+           "detector_state.py"]
 
 status = 0
 for name in BENCHES:

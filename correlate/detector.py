@@ -1,8 +1,9 @@
 """Detectors and the runtime that feeds them events and folds their findings.
 
 A detector is any object with an `id`, `observe(event) -> iterable of findings` and
-`finish() -> iterable of findings`. Subclass `Detector` for the helpers. Findings are event
-dicts (layer "finding"); make them with `Detector.finding(...)`.
+`finish() -> iterable of findings`, and optionally `wants` (a `Wants`: the events it needs).
+Subclass `Detector` for the helpers. Findings are event dicts (layer "finding"); make them
+with `Detector.finding(...)`.
 """
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from .events import make_event
+from .events import DETAILS_LATER, make_event, with_details
 
 SEVERITIES = ("info", "warning", "error", "critical")
 
@@ -41,7 +42,72 @@ def _hashable(v):
 
 
 def evidence_of(ev: dict) -> dict:
-    return {k: v for k, v in ev.items() if k not in _EVIDENCE_DROP}
+    """An event as evidence: every detail decoded (even those no detector asked for), the
+    credential left out."""
+    return {k: v for k, v in with_details(ev).items() if k not in _EVIDENCE_DROP}
+
+
+def _names(value) -> frozenset[str] | None:
+    if value is None:
+        return None
+    if isinstance(value, str):      # Wants(kinds="rpc.call") would mean its characters
+        raise TypeError(f"expected a collection of names, not the string {value!r}")
+    return frozenset(value)
+
+
+@dataclass(frozen=True, slots=True)
+class Wants:
+    """What a detector needs, declared as its class attribute `wants`. None means all.
+
+    An event reaches the detector when its kind is in `kinds` or its layer in `layers`
+    (when both are None: every event), and, for RPC events (kinds `rpc.*`), its program is
+    in `programs` and its procedure in `procedures`. `details` names the procedures whose
+    decoded credentials (`cred`), arguments (`args`) and results (`result`) the detector
+    reads; for the others the decoder may leave those keys out (op_ret, op_errno and
+    errno_name are always there). A detector without `wants` sees every event, every detail.
+    """
+    kinds: frozenset[str] | None = None
+    layers: frozenset[str] | None = None
+    programs: frozenset[str] | None = None
+    procedures: frozenset[str] | None = None
+    details: frozenset[str] | None = None
+
+    def __post_init__(self):
+        for name in ("kinds", "layers", "programs", "procedures", "details"):
+            object.__setattr__(self, name, _names(getattr(self, name)))
+
+    def matches(self, layer, kind, program, procedure) -> bool:
+        if self.kinds is not None or self.layers is not None:
+            if not ((self.kinds is not None and kind in self.kinds)
+                    or (self.layers is not None and layer in self.layers)):
+                return False
+        if isinstance(kind, str) and kind.startswith("rpc."):
+            if self.programs is not None and program not in self.programs:
+                return False
+            if self.procedures is not None and procedure not in self.procedures:
+                return False
+        return True
+
+
+EVERYTHING = Wants()
+NOTHING = Wants(kinds=(), layers=(), details=())
+MAX_ROUTES = 4096     # (layer, kind, program, procedure) combinations remembered
+
+
+def wants_of(detector) -> Wants:
+    wants = getattr(detector, "wants", None)
+    return wants if isinstance(wants, Wants) else EVERYTHING
+
+
+def details_needed(detectors) -> frozenset[str] | None:
+    """The procedures whose details some detector reads; None: all of them."""
+    needed: set[str] = set()
+    for det in detectors:
+        details = wants_of(det).details
+        if details is None:
+            return None
+        needed |= details
+    return frozenset(needed)
 
 
 @dataclass(frozen=True)
@@ -53,12 +119,14 @@ class Option:
 
 
 class Detector:
-    """Convenience base: subclasses set `id` and implement `observe` (and maybe `finish`).
+    """Convenience base: subclasses set `id` (and `wants`) and implement `observe` (and
+    maybe `finish`).
 
     `options` declares the detector's settings ({name: Option}); `self.option(name)` reads
     one: the user's value, else the default."""
 
     id = "unnamed"
+    wants = EVERYTHING
     options: dict[str, Option] = {}
     settings: dict[str, Any] = {}
 
@@ -93,7 +161,15 @@ class Detector:
 
 
 class DetectorRunner:
-    """Feeds each event to every detector; folds repeated findings; isolates failures.
+    """Feeds each event to the detectors that want it; folds repeated findings; isolates
+    failures.
+
+    Which detectors want an event depends only on its (layer, kind, program, procedure):
+    the answer is computed once per combination and kept in a table, in detector order.
+    A detector that declares `wants` and acts on the passing of time (a reply overdue) says
+    when through `due()`; `tick(now)` is then called at the first event at or after that
+    time which it does not want, so it acts exactly when it would have seen every event.
+    subscriptions=False hands every event to every detector, whatever it declared.
 
     A finding whose (detector, key) was already reported is counted, not re-emitted;
     `finish()` emits a `finding.update` with the final count for each folded finding. A
@@ -103,9 +179,18 @@ class DetectorRunner:
     first event, stamped with its time: an event that no input timed must not stretch the
     timeline back to 1970."""
 
-    def __init__(self, detectors: list, on_new_finding=None, load_errors: Iterable[dict] = ()):
+    def __init__(self, detectors: list, on_new_finding=None, load_errors: Iterable[dict] = (),
+                 subscriptions: bool = True):
         self.detectors = list(detectors)
         self._load_errors = list(load_errors)
+        self._wants = [wants_of(d) if subscriptions else EVERYTHING for d in self.detectors]
+        self._routes: dict[tuple, tuple[int, ...]] = {}
+        # Detectors that are woken by time: their index -> the time they asked for.
+        self._timed = [w is not EVERYTHING and callable(getattr(d, "due", None))
+                       and callable(getattr(d, "tick", None))
+                       for d, w in zip(self.detectors, self._wants)]
+        self._due: dict[int, int] = {}
+        self._next_due: int | None = None
         self.disabled: dict[str, str] = {e.get("detector", "?"): e.get("explanation", "")
                                          for e in self._load_errors}
         self._seen: dict[tuple[str, str], dict] = {}
@@ -119,19 +204,84 @@ class DetectorRunner:
             return []
         try:
             fn = getattr(det, method)
-            result = fn(arg) if method == "observe" else fn()
+            result = fn() if method == "finish" else fn(arg)
             return list(result or ())
         except Exception as exc:   # a plugin's bug must not end the run
-            self.disabled[name] = f"{type(exc).__name__}: {exc}"
-            where = traceback.extract_tb(exc.__traceback__)[-1]
-            t = arg["time_ns"] if isinstance(arg, dict) else 0
-            return [make_event(t, "finding", "detector.error", f"detector:{name}",
-                               detector=name, severity="error",
-                               title=f"detector {name} failed and was disabled",
-                               explanation=f"{type(exc).__name__}: {exc} "
-                                           f"({where.filename}:{where.lineno})",
-                               remedy="report it to the plugin's authors; the run went on "
-                                      "without this detector")]
+            return self._failed(self.detectors.index(det), exc, arg)
+
+    def _failed(self, i: int, exc: Exception, arg) -> list[dict]:
+        """Disable detector i after it raised: it gets no more events; report it by name."""
+        det = self.detectors[i]
+        name = getattr(det, "id", type(det).__name__)
+        self.disabled[name] = f"{type(exc).__name__}: {exc}"
+        self._wants[i] = NOTHING
+        self._routes.clear()
+        self._timed[i] = False
+        self._due.pop(i, None)
+        where = traceback.extract_tb(exc.__traceback__)[-1]
+        t = arg["time_ns"] if isinstance(arg, dict) else arg if isinstance(arg, int) else 0
+        return [make_event(t, "finding", "detector.error", f"detector:{name}",
+                           detector=name, severity="error",
+                           title=f"detector {name} failed and was disabled",
+                           explanation=f"{type(exc).__name__}: {exc} "
+                                       f"({where.filename}:{where.lineno})",
+                           remedy="report it to the plugin's authors; the run went on "
+                                  "without this detector")]
+
+    def _route(self, ev: dict) -> tuple[int, ...]:
+        key = (ev.get("layer"), ev.get("kind"), ev.get("program"), ev.get("procedure"))
+        try:
+            return self._routes[key]
+        except KeyError:
+            pass
+        except TypeError:          # a saved timeline's odd values (a list as kind): no table
+            return tuple(i for i, w in enumerate(self._wants) if w.matches(*key))
+        route = tuple(i for i, w in enumerate(self._wants) if w.matches(*key))
+        if len(self._routes) < MAX_ROUTES:
+            self._routes[key] = route
+        return route
+
+    def _refresh_due(self, i: int) -> None:
+        try:
+            due = self.detectors[i].due()
+        except Exception:          # a broken due() only loses the wake-up
+            due = None
+        if due is None:
+            self._due.pop(i, None)
+        else:
+            self._due[i] = due
+            if self._next_due is None or due < self._next_due:
+                self._next_due = due
+
+    def _call(self, i: int, method: str, arg, found: list[dict]) -> None:
+        """Detector i's observe(event) or tick(now); its findings appended to `found`."""
+        before = len(found)
+        try:
+            result = getattr(self.detectors[i], method)(arg)
+            if result:
+                found.extend(result)
+        except Exception as exc:   # a plugin's bug must not end the run
+            del found[before:]
+            found.extend(self._failed(i, exc, arg))
+            return
+        if self._timed[i]:
+            self._refresh_due(i)
+
+    def observe(self, event: dict) -> list[dict]:
+        found = self._take_load_errors(event["time_ns"]) if self._load_errors else []
+        route = self._route(event)
+        now = event.get("time_ns")
+        if self._next_due is not None and type(now) is int and now >= self._next_due:
+            for i in range(len(self.detectors)):   # in detector order, as without filtering
+                if i in route:
+                    self._call(i, "observe", event, found)
+                elif i in self._due and now >= self._due[i]:
+                    self._call(i, "tick", now, found)
+            self._next_due = min(self._due.values(), default=None)
+        else:
+            for i in route:
+                self._call(i, "observe", event, found)
+        return self._fold(found) if found else found
 
     def _fold(self, found: list[dict]) -> list[dict]:
         out = []
@@ -141,6 +291,10 @@ class DetectorRunner:
             if f.get("kind") != "finding":
                 out.append(f)
                 continue
+            evidence = f.get("evidence")
+            if isinstance(evidence, list) and any(isinstance(e, dict) and DETAILS_LATER in e
+                                                  for e in evidence):
+                f["evidence"] = [with_details(e) if isinstance(e, dict) else e for e in evidence]
             key = (_hashable(f.get("detector", "")), _hashable(f.get("key", "")))
             first = self._seen.get(key)
             if first is None:
@@ -196,12 +350,6 @@ class DetectorRunner:
         """One line per kind of thing a detector dropped, for stderr."""
         return [f"detector {name}: dropped {n} x {reason}"
                 for name, drops in self.drops.items() for reason, n in drops.items()]
-
-    def observe(self, event: dict) -> list[dict]:
-        found = self._take_load_errors(event["time_ns"]) if self._load_errors else []
-        for det in self.detectors:
-            found.extend(self._run(det, "observe", event))
-        return self._fold(found)
 
     def finish(self) -> list[dict]:
         found = self._take_load_errors(0)    # no event came at all

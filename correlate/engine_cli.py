@@ -10,11 +10,12 @@ import time
 
 import click
 
-from .detector import DetectorRunner
+from .detector import DetectorRunner, details_needed
 from .diagnostics import Diagnostics, report_diagnostics
 from .errors import CorrelateError
 from .merge import DEFAULT_WINDOW_NS, LiveMerger, merge
 from .outputs.terminal import Progress, color_option, safe_text, use_color
+from .parallel_cli import parallel_for, parallel_options
 from .pipeline import Reporter, TimelineWriter, run_pipeline
 from .plugin_manager import get_plugin_manager, plugin_info
 from .run_setup import (detector_options, make_runner, output_writers, parse_detector_options,
@@ -25,6 +26,15 @@ from .sources import open_input
 def _detectors(unanswered_after: float, option_specs, config_path) -> DetectorRunner:
     options = parse_detector_options(option_specs, config_path)
     return make_runner({"unanswered_after_ns": int(unanswered_after * 1e9)}, options)
+
+
+def decoding_options(runner: DetectorRunner, every_event: bool) -> dict:
+    """What the capture decoders decode: everything when every event is printed or saved,
+    else the details some detector reads, the rest kept for evidence (open_input's options)."""
+    if every_event:
+        return {"details": True}
+    needed = details_needed(runner.detectors)
+    return {"details": True} if needed is None else {"details": needed, "details_later": True}
 
 
 def _reporter(json_out: bool, events: bool, timeline: str | None, command: str, color: str,
@@ -118,6 +128,7 @@ def run(pcaps, probe_groups, pid, backend, probe_offsets, logs, duration, window
     writers = output_writers(outputs)
     timeline, temporary = timeline_path(timeline, writers)
     runner = _detectors(unanswered_after, option_specs, config_path)
+    decoding = decoding_options(runner, bool(json_out or events or timeline))
     merger = LiveMerger(window_ns=window_ms * 1_000_000)
     diags: list[Diagnostics] = []
 
@@ -129,9 +140,9 @@ def run(pcaps, probe_groups, pid, backend, probe_offsets, logs, duration, window
     signal.signal(signal.SIGTERM, stop)
     for path in (*pcaps, *logs):
         if path == "-":   # stdin is opened in its source thread: reading its header may block
-            merger.add("stdin", _opened_later(path, diags))
+            merger.add("stdin", _opened_later(path, diags, decoding))
         else:             # files: header errors are reported now, before anything starts
-            inp = open_input(path)
+            inp = open_input(path, **decoding)
             diags.append(inp.diag)
             merger.add(inp.name, lambda it=inp.events: it)
     probe_stats = {}
@@ -174,9 +185,9 @@ def run(pcaps, probe_groups, pid, backend, probe_offsets, logs, duration, window
     sys.exit(code)
 
 
-def _opened_later(path: str, diags: list[Diagnostics]):
+def _opened_later(path: str, diags: list[Diagnostics], decoding: dict):
     def produce():
-        inp = open_input(path)
+        inp = open_input(path, **decoding)
         diags.append(inp.diag)
         yield from inp.events
     return produce
@@ -187,8 +198,9 @@ def _opened_later(path: str, diags: list[Diagnostics]):
 @click.option("--host", "hosts", multiple=True, metavar="NAME=INPUT",
               help="Name the host an input was recorded on.")
 @with_common
+@parallel_options
 def analyze(inputs, hosts, json_out, events, timeline, unanswered_after, outputs, color,
-            option_specs, config_path):
+            option_specs, config_path, jobs, scheduler):
     """Offline: run the detectors over captures, saved timelines and Gluster logs.
 
     Inputs are recognised by content (pcap, pcapng, gzip'd, JSON Lines timeline, Gluster
@@ -201,19 +213,24 @@ def analyze(inputs, hosts, json_out, events, timeline, unanswered_after, outputs
       correlate analyze --json saved-timeline.jsonl | jq -r 'select(.kind == "finding") | .title'
       NO_COLOR=1 correlate analyze capture.pcap      # or --color never
       correlate analyze capture.pcap -o rpc-unanswered.after_s=2
+      correlate analyze --jobs 2 big-capture.pcap other-host.pcap
+      correlate analyze --scheduler tcp://scheduler-host:8786 /shared/captures/*.pcap
     """
     host_of = dict(h.split("=", 1) for h in hosts if "=" in h)
-    opened = [open_input(path, host=host_of.get(path)) for path in inputs]
     runner = _detectors(unanswered_after, option_specs, config_path)
     writers = output_writers(outputs)
-    timeline, temporary = timeline_path(timeline, writers)
-    progress = Progress()
-    reporter = _reporter(json_out, events, timeline, "analyze", color, progress)
-    try:
-        run_pipeline(progress.wrap(merge([i.events for i in opened])), runner, reporter)
-    finally:
-        progress.done()
-        reporter.close()
+    decoding = decoding_options(runner, bool(json_out or events or timeline or writers))
+    with parallel_for(inputs, jobs, scheduler) as parallel:
+        opened = [open_input(path, host=host_of.get(path), parallel=parallel, **decoding)
+                  for path in inputs]
+        timeline, temporary = timeline_path(timeline, writers)
+        progress = Progress()
+        reporter = _reporter(json_out, events, timeline, "analyze", color, progress)
+        try:
+            run_pipeline(progress.wrap(merge([i.events for i in opened])), runner, reporter)
+        finally:
+            progress.done()
+            reporter.close()
     sys.exit(_finish(reporter, runner, [i.diag for i in opened], timeline, temporary, writers))
 
 

@@ -19,6 +19,27 @@ def make_event(time_ns: int, layer: str, kind: str, source: str, **fields: Any) 
     return ev
 
 
+# Key of an event decoded without its RPC details (credentials, args, results) because no
+# consumer asked for them: a function that returns the event complete, or a tuple (function,
+# arguments...) of plain values (what crosses processes). Never written out.
+DETAILS_LATER = "_details_later"
+
+
+def with_details(ev: dict) -> dict:
+    """The event as full decoding makes it (same keys in the same order; keys set after
+    decoding, like `frame`, or changed, like `conn` renumbered, as in `ev`); the event itself
+    when nothing was left out. For evidence: a finding shows what the user would have seen
+    with every detail decoded."""
+    complete = ev.get(DETAILS_LATER)
+    if complete is None:
+        return ev
+    full = complete[0](*complete[1:]) if type(complete) is tuple else complete()
+    for k, v in ev.items():
+        if k != DETAILS_LATER:
+            full[k] = v
+    return full
+
+
 def _default(obj: Any):
     if isinstance(obj, (bytes, bytearray, memoryview)):
         return bytes(obj).hex()

@@ -21,9 +21,20 @@ def correlate_detectors(config):
 
     `config` is a dict of run options (e.g. `unanswered_after_ns`); a detector's own settings
     are its `options` (see `correlate.detector.Option`), set by users with -o / --config and
-    read with `self.option(name)`. Each detector sees every
-    event in time order through `observe(event)` and returns findings; `finish()` is called at
-    the end of input. A detector that raises is reported by name and disabled."""
+    read with `self.option(name)`. Each detector sees the events it wants in time order
+    through `observe(event)` and returns findings; `finish()` is called at the end of input.
+    A detector that raises is reported by name and disabled.
+
+    A detector says what it needs with a class attribute, `correlate.detector.Wants`:
+
+        wants = Wants(kinds={"rpc.call", "rpc.reply"}, procedures={"SETATTR"},
+                      details={"SETATTR"})
+
+    `kinds`/`layers` choose events, `programs`/`procedures` narrow RPC events, `details` names
+    the procedures whose `cred`, `args` and `result` it reads (the decoder skips the others;
+    op_ret, op_errno and errno_name are always decoded). Omitted fields mean all; a detector
+    without `wants` sees every event with every detail. One that acts on time passing also
+    defines `due()` (the next time it must act, or None) and `tick(now)` (returns findings)."""
 
 
 @hookspec

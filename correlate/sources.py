@@ -8,7 +8,7 @@ import gzip
 import zlib
 import json
 import sys
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from dataclasses import dataclass, field
 from typing import BinaryIO
 
@@ -63,8 +63,12 @@ def sniff(head: bytes) -> str:
     return "unknown"
 
 
-def open_input(path: str, *, host: str | None = None, name: str | None = None) -> Input:
-    """Open a capture, timeline or Gluster log (plain or gzip'd; `-` is stdin)."""
+def open_input(path: str, *, host: str | None = None, name: str | None = None,
+               details: bool | Collection[str] = True, details_later: bool = False,
+               parallel=None) -> Input:
+    """Open a capture, timeline or Gluster log (plain or gzip'd; `-` is stdin). `details`
+    and `details_later`: which RPC details a capture's decoder decodes (wire.decode);
+    `parallel` (a wire.parallel.Parallel): decode a capture file in several processes."""
     name = name or ("stdin" if path == "-" else path.rsplit("/", 1)[-1])
     f = _open_binary(path)
     head = _peek(f)
@@ -78,9 +82,14 @@ def open_input(path: str, *, host: str | None = None, name: str | None = None) -
     else:
         kind = sniff(head)
     diag = Diagnostics(name)
+    if kind == "capture" and parallel is not None and path != "-":
+        f.close()
+        return Input(name, kind, parallel.decode(path, name, diag, host=host, details=details,
+                                                 details_later=details_later), diag)
     if kind == "capture":
         from .wire.decode import decode_capture
-        return Input(name, kind, decode_capture(path, name, host=host, diag=diag, fileobj=f), diag)
+        return Input(name, kind, decode_capture(path, name, host=host, diag=diag, fileobj=f,
+                                                   details=details, details_later=details_later), diag)
     if kind == "timeline":
         return Input(name, kind, _until_damage(read_timeline(f, name, diag, host), diag), diag)
     if kind == "log":

@@ -21,6 +21,7 @@ from .events import header_line, to_json
 from .merge import DEFAULT_WINDOW_NS, merge, shift_clock
 from .outputs.terminal import color_option
 from .run_setup import detector_options, output_writers, parse_detector_options
+from .parallel_cli import parallel_for, parallel_options
 
 _DURATION = re.compile(r"^([+-]?\d+(?:\.\d+)?)(ns|us|ms|s|m|h)?$")
 _UNITS = {"ns": 1, "us": 1_000, "ms": 1_000_000, "s": 1_000_000_000, None: 1_000_000_000,
@@ -351,9 +352,10 @@ def _with_findings(events: Iterable[dict], detect: bool, options: dict) -> Itera
                    "hook; see `correlate plugins`). Repeatable.")
 @color_option
 @detector_options
+@parallel_options
 def timeline(inputs, hosts, since, until, conn, host_filter, gfid, path, pid, layers, ladder,
              html_path, perfetto_path, pcapng_path, json_out, sync_clocks, detect, window_ms, outputs,
-             color, option_specs, config_path):
+             color, option_specs, config_path, jobs, scheduler):
     """Merge captures, saved timelines and Gluster logs into one timeline; filter; render.
 
     \b
@@ -366,6 +368,7 @@ def timeline(inputs, hosts, since, until, conn, host_filter, gfid, path, pid, la
       correlate timeline incident.jsonl incident.pcap --html report.html --pcapng annotated.pcapng
       correlate timeline capture.pcap --conn 127.0.0.2:49152 --json | jq .procedure
       correlate timeline capture.pcap --output perfetto=trace.json -o rpc-unanswered.after_s=2
+      correlate timeline --jobs 2 --json client.pcap server.pcap > merged.jsonl
     """
     from .sources import open_input
 
@@ -397,98 +400,99 @@ def timeline(inputs, hosts, since, until, conn, host_filter, gfid, path, pid, la
             raise click.UsageError("--sync-clocks needs inputs from two hosts or more (--host NAME=INPUT)")
         offsets = estimate_host_offsets(host_inputs, next(iter(host_inputs)), echo)
 
-    opened = [open_input(p, host=h) for p, h in specs]
-    if detect is None:
-        detect = not any(i.kind == "timeline" for i in opened)
-    streams = [shift_clock(i.events, offsets.get(h, 0)) if h else i.events
-               for i, (_p, h) in zip(opened, specs)]
-    merged = merge(streams, window_ms * 1_000_000)
-    dedup = None
-    if any(i.kind == "timeline" for i in opened) and any(i.kind == "capture" for i in opened):
-        dedup = CaptureDeduplicator({i.name for i in opened if i.kind == "capture"})
-        merged = dedup(merged)
-    events = _with_findings(merged, detect, options)
-    keep = EventFilter(since=since_t, until=until_t, conn=conn, host=host_filter, gfid=gfid, path=path,
-                       pid=pid, layers=layers)
+    with parallel_for([p for p, _h in specs], jobs, scheduler) as parallel:
+        opened = [open_input(p, host=h, parallel=parallel) for p, h in specs]
+        if detect is None:
+            detect = not any(i.kind == "timeline" for i in opened)
+        streams = [shift_clock(i.events, offsets.get(h, 0)) if h else i.events
+                   for i, (_p, h) in zip(opened, specs)]
+        merged = merge(streams, window_ms * 1_000_000)
+        dedup = None
+        if any(i.kind == "timeline" for i in opened) and any(i.kind == "capture" for i in opened):
+            dedup = CaptureDeduplicator({i.name for i in opened if i.kind == "capture"})
+            merged = dedup(merged)
+        events = _with_findings(merged, detect, options)
+        keep = EventFilter(since=since_t, until=until_t, conn=conn, host=host_filter, gfid=gfid, path=path,
+                           pid=pid, layers=layers)
 
-    failed = False
-    sinks = []
-    if pcapng_path:
-        captures = [(p, i.name) for i, (p, _h) in zip(opened, specs) if i.kind == "capture" and p != "-"]
-        if captures:
-            sinks.append(_PcapngSink(pcapng_path, captures, dedup.aliases if dedup else {}))
-        else:    # the other outputs are still written
-            echo("correlate: --pcapng: no capture file among the inputs (a timeline holds events, "
-                 "not packets); name the capture as well: correlate timeline incident.jsonl "
-                 "incident.pcap --pcapng annotated.pcapng")
-            failed = True
-    if html_path:
-        sinks.append(_HtmlSink(html_path, "correlate timeline: " + ", ".join(i.name for i in opened)))
-    if perfetto_path:
+        failed = False
+        sinks = []
+        if pcapng_path:
+            captures = [(p, i.name) for i, (p, _h) in zip(opened, specs) if i.kind == "capture" and p != "-"]
+            if captures:
+                sinks.append(_PcapngSink(pcapng_path, captures, dedup.aliases if dedup else {}))
+            else:    # the other outputs are still written
+                echo("correlate: --pcapng: no capture file among the inputs (a timeline holds events, "
+                     "not packets); name the capture as well: correlate timeline incident.jsonl "
+                     "incident.pcap --pcapng annotated.pcapng")
+                failed = True
+        if html_path:
+            sinks.append(_HtmlSink(html_path, "correlate timeline: " + ", ".join(i.name for i in opened)))
+        if perfetto_path:
+            try:
+                sinks.append(_PerfettoSink(perfetto_path))
+            except OSError as exc:
+                echo(f"correlate: Perfetto trace {perfetto_path} failed: {exc}")
+                failed = True
+        if writers:
+            sinks.append(_PluginOutputsSink(writers))
+
+        out = sys.stdout
+        to_terminal = not json_out and not (html_path or perfetto_path or pcapng_path or writers) or ladder
+        if json_out:
+            out.write(header_line(command="timeline", inputs=[i.name for i in opened]) + "\n")
+        ladder_view = None
+        if ladder and not json_out:
+            from .outputs.ladder import Ladder
+            ladder_view = Ladder()
+        from .outputs.terminal import format_event, format_finding
+        from .outputs.terminal import Progress, colorize, use_color
+        progress = Progress()
+        color = use_color(color, out)
+        shown = 0
         try:
-            sinks.append(_PerfettoSink(perfetto_path))
-        except OSError as exc:
-            echo(f"correlate: Perfetto trace {perfetto_path} failed: {exc}")
-            failed = True
-    if writers:
-        sinks.append(_PluginOutputsSink(writers))
-
-    out = sys.stdout
-    to_terminal = not json_out and not (html_path or perfetto_path or pcapng_path or writers) or ladder
-    if json_out:
-        out.write(header_line(command="timeline", inputs=[i.name for i in opened]) + "\n")
-    ladder_view = None
-    if ladder and not json_out:
-        from .outputs.ladder import Ladder
-        ladder_view = Ladder()
-    from .outputs.terminal import format_event, format_finding
-    from .outputs.terminal import Progress, colorize, use_color
-    progress = Progress()
-    color = use_color(color, out)
-    shown = 0
-    try:
-        for ev in events:
-            progress.tick(ev)
-            if not keep(ev):
-                continue
-            shown += 1
-            for sink in list(sinks):
-                try:
-                    sink.add(ev)
-                except OSError as exc:       # a full disk ends this output, not the others
-                    echo(f"correlate: {sink.describe()} failed: {exc}")
-                    sinks.remove(sink)
-                    failed = True
-            if json_out:
-                out.write(to_json(ev) + "\n")
-            elif ladder_view is not None:
-                progress.clear()
-                for line in ladder_view.add(ev):
-                    out.write(line + "\n")
-            elif to_terminal:
-                progress.clear()
-                text = format_finding(ev) if ev.get("kind") == "finding" else format_event(ev)
-                out.write(colorize(text, ev, color) + "\n")
-    except BaseException:
+            for ev in events:
+                progress.tick(ev)
+                if not keep(ev):
+                    continue
+                shown += 1
+                for sink in list(sinks):
+                    try:
+                        sink.add(ev)
+                    except OSError as exc:       # a full disk ends this output, not the others
+                        echo(f"correlate: {sink.describe()} failed: {exc}")
+                        sinks.remove(sink)
+                        failed = True
+                if json_out:
+                    out.write(to_json(ev) + "\n")
+                elif ladder_view is not None:
+                    progress.clear()
+                    for line in ladder_view.add(ev):
+                        out.write(line + "\n")
+                elif to_terminal:
+                    progress.clear()
+                    text = format_finding(ev) if ev.get("kind") == "finding" else format_event(ev)
+                    out.write(colorize(text, ev, color) + "\n")
+        except BaseException:
+            for sink in sinks:
+                getattr(sink, "abort", lambda: None)()
+            raise
+        finally:
+            progress.done()
+            out.flush()
         for sink in sinks:
-            getattr(sink, "abort", lambda: None)()
-        raise
-    finally:
-        progress.done()
-        out.flush()
-    for sink in sinks:
-        try:
-            sink.close(echo)
-        except (OSError, CorrelateError) as exc:     # one failing output does not cancel the others
-            echo(f"correlate: {sink.describe()} failed: {exc}")
-            failed = True
-    fatal = report_diagnostics([i.diag for i in opened if i.diag is not None])
-    if dedup is not None and dedup.dropped:
-        echo(f"correlate: {dedup.dropped} wire events were both in a saved timeline and in a "
-             "capture: kept once")
-    if to_terminal or json_out:
-        echo(f"correlate: {shown} events shown")
-    else:
-        echo(f"correlate: {shown} events passed the filters into the outputs")
-    if fatal or failed:
-        sys.exit(1)
+            try:
+                sink.close(echo)
+            except (OSError, CorrelateError) as exc:     # one failing output does not cancel the others
+                echo(f"correlate: {sink.describe()} failed: {exc}")
+                failed = True
+        fatal = report_diagnostics([i.diag for i in opened if i.diag is not None])
+        if dedup is not None and dedup.dropped:
+            echo(f"correlate: {dedup.dropped} wire events were both in a saved timeline and in a "
+                 "capture: kept once")
+        if to_terminal or json_out:
+            echo(f"correlate: {shown} events shown")
+        else:
+            echo(f"correlate: {shown} events passed the filters into the outputs")
+        if fatal or failed:
+            sys.exit(1)

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections import deque
 
 from correlate import hookimpl
-from correlate.detector import Detector
+from correlate.detector import Detector, Wants
 
 from .gluster_facts import (GF_SET_ATTR_ATIME, GFAPI_TIME_FUNCTIONS, SAMBA_TIME_FUNCTIONS,
                             time_is_minus_one)
@@ -43,6 +43,8 @@ def _is_time_call(ev: dict, names) -> bool:
 
 class AtimeMinusOne(Detector):
     id = "atime-minus-one"
+    wants = Wants(kinds={"probe.call", "rpc.call", "rpc.reply"},
+                  procedures={"SETATTR", "FSETATTR"}, details={"SETATTR", "FSETATTR"})
 
     def __init__(self):
         self.recent_probes: deque[dict] = deque(maxlen=1024)   # time-setting probe calls
@@ -76,6 +78,16 @@ class AtimeMinusOne(Detector):
         self.pending.clear()
         found.extend(self._expire(None))
         return found
+
+    def due(self) -> int | None:
+        """When `_expire` next has work: a call's reply wait or a probe's window runs out."""
+        times = [call["time_ns"] + REPLY_WAIT_NS + 1 for call, _ in self.pending.values()]
+        if self.unmatched_probes:
+            times.append(self.unmatched_probes[0]["time_ns"] + PROBE_WINDOW_NS + 1)
+        return min(times, default=None)
+
+    def tick(self, now: int):
+        return self._expire(now)
 
     # -- helpers --------------------------------------------------------------------------
 

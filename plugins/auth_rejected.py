@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections import deque
 
 from correlate import hookimpl
-from correlate.detector import Detector, Option
+from correlate.detector import Detector, Option, Wants
 
 from .gluster_facts import find_key, host_of, port_of
 
@@ -23,6 +23,9 @@ class AuthRejected(Detector):
     options = {"log_window_s": Option(LOG_WINDOW_NS / 1e9, "seconds around a SETVOLUME failure "
                                                            "in which client log lines and glfs_init "
                                                            "calls join its evidence")}
+    # Every reply: a denial may answer any procedure (or a call that was not captured).
+    wants = Wants(kinds={"probe.call", "probe.return", "rpc.call", "rpc.reply"},
+                  layers={"log"}, details={"SETVOLUME"})
 
     def __init__(self):
         self.setvolume_calls: dict[tuple, dict] = {}

@@ -8,13 +8,15 @@ hangs. Which of the two it is tells the admin which rule to look for.
 from __future__ import annotations
 
 from correlate import hookimpl
-from correlate.detector import Detector
+from correlate.detector import Detector, Wants
 
 from .gluster_facts import BRICK_PORTS, GLUSTERD_PORTS, find_key, host_of, port_of
 
 
 class BrickUnreachable(Detector):
     id = "brick-unreachable"
+    wants = Wants(kinds={"rpc.call", "rpc.reply", "tcp.refused", "tcp.timeout"},
+                  procedures={"GETSPEC", "PORTBYBRICK"}, details={"PORTBYBRICK"})
 
     def __init__(self):
         self.volfiles: dict[str, dict] = {}               # glusterd host -> GETSPEC reply

@@ -13,7 +13,8 @@ from __future__ import annotations
 from collections import Counter, OrderedDict
 
 from correlate import hookimpl
-from correlate.detector import Detector, Option
+from correlate.detector import Detector, Option, Wants
+from correlate.events import DETAILS_LATER
 from correlate.gluster.programs import lookup
 
 from .gluster_facts import host_of, is_blocking_lock
@@ -22,7 +23,8 @@ DEFAULT_AFTER_NS = 10_000_000_000
 MAX_PENDING = 20_000          # calls waiting at once (about 1 KB each); more are counted, not kept
 # What a waiting call keeps of its event: what the finding shows (not cred, result, ...).
 KEPT = ("time_ns", "layer", "kind", "source", "host", "src", "dst", "conn", "xid", "frame",
-        "program", "program_num", "version", "procedure", "procedure_num", "args")
+        "program", "program_num", "version", "procedure", "procedure_num", "args",
+        DETAILS_LATER)    # the rest of the call is decoded when it becomes evidence
 
 # Error replies that are part of normal operation, not worth a finding.
 BENIGN = {
@@ -38,6 +40,9 @@ class RpcUnanswered(Detector):
     id = "rpc-unanswered"
     options = {"after_s": Option(DEFAULT_AFTER_NS / 1e9, "seconds without a reply before a call "
                                                          "counts as unanswered (--unanswered-after)")}
+    # op_ret/errno_name suffice, but a lock call's args say whether it may block (cmd)
+    wants = Wants(kinds={"rpc.call", "rpc.reply", "tcp.close"},
+                  details={"LK", "INODELK", "FINODELK", "ENTRYLK", "FENTRYLK"})
 
     def __init__(self, after_ns: int = DEFAULT_AFTER_NS):
         self.settings = {"after_s": after_ns / 1e9}
@@ -77,6 +82,15 @@ class RpcUnanswered(Detector):
         (overdue ones were reported above, while the connection lived)."""
         for key in [k for k in self.pending if k[0] == conn]:
             del self.pending[key]
+
+    def due(self) -> int | None:
+        """When the oldest call waiting for its reply becomes overdue."""
+        if not self.pending:
+            return None
+        return next(iter(self.pending.values()))["time_ns"] + self.after_ns + 1
+
+    def tick(self, now: int):
+        return self._overdue(now)
 
     @staticmethod
     def _expects_reply(call: dict) -> bool:

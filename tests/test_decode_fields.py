@@ -11,7 +11,7 @@ from correlate.outputs.fields import format_fields, needs_details, parse_fields
 from correlate.wire.decode import decode_capture
 from tests.test_gluster_captures import CAPTURES, needs_captures, needs_tshark, tshark_calls
 
-DETAIL_KEYS = {"cred", "args", "result", "op_ret", "op_errno", "errno_name", "decode_error"}
+DETAIL_KEYS = {"cred", "args", "result", "decode_error"}   # op_ret/op_errno are always read
 
 
 def decode_cli(*args: str) -> subprocess.CompletedProcess:
@@ -25,7 +25,8 @@ def test_field_names_are_keys_or_dotted_paths():
         with pytest.raises(ValueError):
             parse_fields(bad)
     assert not needs_details(parse_fields("time_ns,xid,program,procedure,latency_ns"))
-    assert needs_details(parse_fields("xid,args.atime")) and needs_details(parse_fields("op_errno"))
+    assert needs_details(parse_fields("xid,args.atime")) and needs_details(parse_fields("cred.pid"))
+    assert not needs_details(parse_fields("op_ret,op_errno,errno_name"))
 
 
 def test_one_column_per_field_whatever_the_values():

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from ..xdr import Unpacker
 from . import dicts
-from .layout import decode, i32, string, u64
+from .layout import decode, i32, status, string, u64
 from .programs_base import Procedure, Program
 
 PROGRAM = 123451501
@@ -24,12 +24,16 @@ def _layout(lay):
     return lambda u: decode(u, lay)
 
 
+def _procedure(name: str, args, result) -> Procedure:
+    return Procedure(name, _layout(args), _layout(result), status(result))
+
+
 VERSION_1 = {
-    0: Procedure("NULL", _layout([]), _layout([])),
-    1: Procedure("DUMP", _layout([("gfs_id", u64)]),
-                 _layout([("gfs_id", u64), ("op_ret", i32), ("op_errno", i32), ("prog", programs)])),
-    2: Procedure("PING", _layout([]),
-                 _layout([("op_ret", i32), ("op_errno", i32), ("xdata", dicts.dict_any)])),
+    0: _procedure("NULL", [], []),
+    1: _procedure("DUMP", [("gfs_id", u64)],
+                  [("gfs_id", u64), ("op_ret", i32), ("op_errno", i32), ("prog", programs)]),
+    2: _procedure("PING", [],
+                  [("op_ret", i32), ("op_errno", i32), ("xdata", dicts.dict_any)]),
 }
 
 DUMP_PROGRAM = Program(PROGRAM, "GF-DUMP", {1: VERSION_1})

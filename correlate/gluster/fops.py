@@ -11,8 +11,8 @@ from __future__ import annotations
 from ..xdr import Unpacker
 from . import dicts
 from .layout import (GF_PROTO_FLOCK, GF_PROTO_LEASE, GF_STATFS, Layout, gfid, i32, i64,
-                     iatt, iattx, name, opaque_size, stbuf_for_setattr, string, struct, u32, u64,
-                     valid)
+                     iatt, iattx, name, opaque_size, status, stbuf_for_setattr, string, struct,
+                     u32, u64, valid)
 from .programs_base import Procedure, Program
 
 PROGRAM = 1298437
@@ -225,7 +225,7 @@ def _table(layouts: dict[str, tuple[Layout | None, Layout | None]]) -> dict[int,
     table = {}
     for num, pname in enumerate(PROCEDURE_NAMES):
         req, rsp = layouts.get(pname, (None, RET))
-        table[num] = Procedure(pname, _reader(req), _reader(rsp))
+        table[num] = Procedure(pname, _reader(req), _reader(rsp), status(rsp))
     return table
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from ..xdr import Unpacker
 from . import dicts, volfile
-from .layout import decode, i32, string, u32
+from .layout import decode, i32, status, string, u32
 from .programs_base import Procedure, Program
 
 PROGRAM = 14398633
@@ -37,24 +37,28 @@ def _layout(lay):
     return lambda u: decode(u, lay)
 
 
-SETVOLUME = Procedure("SETVOLUME", _layout([("dict", dicts.dict_any)]),
-                      _layout(RET + [("dict", dicts.dict_any)]))
-GETSPEC = Procedure("GETSPEC", _layout([("flags", u32), ("key", string), ("xdata", dicts.dict_any)]),
-                    _layout(RET + [("*spec", spec), ("xdata", dicts.dict_any)]))
+def _procedure(name: str, args, result) -> Procedure:
+    return Procedure(name, _layout(args), _layout(result), status(result))
+
+
+SETVOLUME = _procedure("SETVOLUME", [("dict", dicts.dict_any)],
+                       RET + [("dict", dicts.dict_any)])
+GETSPEC = _procedure("GETSPEC", [("flags", u32), ("key", string), ("xdata", dicts.dict_any)],
+                     RET + [("*spec", spec), ("xdata", dicts.dict_any)])
 
 VERSION_2 = {
-    0: Procedure("NULL", _layout([]), _layout([])),
+    0: _procedure("NULL", [], []),
     1: SETVOLUME,
     2: GETSPEC,
     3: Procedure("PING"),
-    4: Procedure("SET_LK_VER", _layout([("uid", string), ("lk_ver", i32)]),
-                 _layout(RET + [("lk_ver", i32)])),
-    5: Procedure("EVENT_NOTIFY", _layout([("op", i32), ("dict", dicts.dict_any)]),
-                 _layout(RET + [("dict", dicts.dict_any)])),
-    6: Procedure("GET_VOLUME_INFO", _layout([("dict", dicts.dict_any)]),
-                 _layout(RET + [("op_errstr", string), ("dict", dicts.dict_any)])),
-    7: Procedure("GET_SNAPSHOT_INFO", _layout([("dict", dicts.dict_any)]),
-                 _layout(RET + [("op_errstr", string), ("dict", dicts.dict_any)])),
+    4: _procedure("SET_LK_VER", [("uid", string), ("lk_ver", i32)],
+                  RET + [("lk_ver", i32)]),
+    5: _procedure("EVENT_NOTIFY", [("op", i32), ("dict", dicts.dict_any)],
+                  RET + [("dict", dicts.dict_any)]),
+    6: _procedure("GET_VOLUME_INFO", [("dict", dicts.dict_any)],
+                  RET + [("op_errstr", string), ("dict", dicts.dict_any)]),
+    7: _procedure("GET_SNAPSHOT_INFO", [("dict", dicts.dict_any)],
+                  RET + [("op_errstr", string), ("dict", dicts.dict_any)]),
 }
 
 HANDSHAKE_PROGRAM = Program(PROGRAM, "GlusterFS Handshake", {1: VERSION_2, 2: VERSION_2})

@@ -91,6 +91,18 @@ def struct(layout: Layout) -> Reader:
     return reader
 
 
+def status(layout: Layout | None) -> Reader | None:
+    """A reader of a reply's op_ret and op_errno only: the layout up to op_errno, when only
+    fixed-size fields come before it (so the rest of the reply is never touched)."""
+    names = [n for n, _ in layout or ()]
+    if "op_errno" not in names:
+        return None
+    head = layout[:names.index("op_errno") + 1]
+    if not all(reader in FIXED for _, reader in head):
+        return None
+    return struct(head)
+
+
 def _compile(layout: Layout) -> Reader:
     env: dict[str, Any] = {"DecodeError": DecodeError, "unpack_run": Unpacker.unpack_run,
                            "slow": lambda u: decode(u, layout)}

@@ -5,7 +5,7 @@ Procedures: enum gf_pmap_procnum (protocol-common.h); layouts: portmap-xdr.x.
 """
 from __future__ import annotations
 
-from .layout import decode, i32, string
+from .layout import decode, i32, status, string
 from .programs_base import Procedure, Program
 
 PROGRAM = 34123456
@@ -16,16 +16,20 @@ def _layout(lay):
     return lambda u: decode(u, lay)
 
 
+def _procedure(name: str, args, result) -> Procedure:
+    return Procedure(name, _layout(args), _layout(result), status(result))
+
+
 VERSION_1 = {
-    0: Procedure("NULL", _layout([]), _layout([])),
-    1: Procedure("PORTBYBRICK", _layout([("brick", string)]),
-                 _layout(RET + [("status", i32), ("port", i32)])),
-    2: Procedure("BRICKBYPORT", _layout([("port", i32)]),
-                 _layout(RET + [("status", i32), ("brick", string)])),
+    0: _procedure("NULL", [], []),
+    1: _procedure("PORTBYBRICK", [("brick", string)],
+                  RET + [("status", i32), ("port", i32)]),
+    2: _procedure("BRICKBYPORT", [("port", i32)],
+                  RET + [("status", i32), ("brick", string)]),
     3: Procedure("SIGNUP"),
-    4: Procedure("SIGNIN", _layout([("brick", string), ("port", i32), ("pid", i32)]), _layout(RET)),
-    5: Procedure("SIGNOUT", _layout([("brick", string), ("port", i32), ("rdma_port", i32)]),
-                 _layout(RET)),
+    4: _procedure("SIGNIN", [("brick", string), ("port", i32), ("pid", i32)], RET),
+    5: _procedure("SIGNOUT", [("brick", string), ("port", i32), ("rdma_port", i32)],
+                  RET),
 }
 
 PORTMAP_PROGRAM = Program(PROGRAM, "Gluster Portmap", {1: VERSION_1})

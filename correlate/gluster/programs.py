@@ -27,6 +27,14 @@ class Lookup:
     procedure: str | None        # procedure name, None when version or number is unknown
     decoders: Procedure | None
     expects_reply: bool = True
+    key: tuple[int, int, int] | None = None     # (prog, vers, proc) it was looked up by
+
+    def __reduce__(self):
+        # The decoders are compiled functions, not picklable: a copy is looked up again (an
+        # event decoded in another process carries its Lookup to complete its details).
+        if self.key is not None:
+            return lookup, self.key
+        return Lookup, (self.program, self.procedure, None, self.expects_reply)
 
 
 @lru_cache(maxsize=4096)          # asked for every message; bounded against hostile numbers
@@ -36,7 +44,7 @@ def lookup(prog: int, vers: int, proc: int) -> Lookup:
         return Lookup(None, None, None)
     procedure = program.versions.get(vers, {}).get(proc)
     return Lookup(program.name, procedure.name if procedure else None, procedure,
-                  program.expects_reply)
+                  program.expects_reply, (prog, vers, proc))
 
 
 def is_known_program(prog: int) -> bool:

@@ -14,6 +14,7 @@ class Procedure:
     name: str
     args: Decoder | None = None       # reads the call body; None: not decoded
     result: Decoder | None = None     # reads an accepted SUCCESS reply body
+    status: Decoder | None = None     # reads only its op_ret/op_errno (see layout.status)
 
 
 @dataclass(frozen=True, slots=True)

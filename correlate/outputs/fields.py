@@ -24,8 +24,9 @@ COMMON_NESTED = ("path", "bname", "name", "gfid", "pargfid", "atime", "atime_nse
                  "mtime_nsec", "valid_flags", "fd", "offset", "size", "flags", "mode", "brick",
                  "port", "dict", "key")
 
-# Event keys that need the RPC credential or body decoded (the decoder can skip that work).
-DETAIL_KEYS = frozenset({"cred", "args", "result", "op_ret", "op_errno", "errno_name", "decode_error"})
+# Event keys that need the RPC credential or body decoded (the decoder can skip that work;
+# a reply's op_ret, op_errno and errno_name are read either way).
+DETAIL_KEYS = frozenset({"cred", "args", "result", "decode_error"})
 MAX_VALUE = 4096
 
 

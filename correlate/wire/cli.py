@@ -8,6 +8,7 @@ import click
 from ..diagnostics import Diagnostics, report_diagnostics
 from ..outputs.fields import needs_details, parse_fields
 from ..outputs.terminal import color_option, use_color
+from ..parallel_cli import parallel_for, parallel_options
 from ..pipeline import Reporter, run_pipeline
 from .decode import decode_capture, source_name
 
@@ -21,7 +22,8 @@ from .decode import decode_capture, source_name
                    "and results are only decoded when a field needs them: the fastest output. "
                    "An unknown name is refused, with the list of valid ones.")
 @color_option
-def decode(capture, json_out, fields_spec, color):
+@parallel_options
+def decode(capture, json_out, fields_spec, color, jobs, scheduler):
     """Decode GlusterFS RPC and TCP events from a pcap/pcapng file or stdin (`-`).
 
     Gzip'd captures are read directly. From a pipe, events are printed as packets arrive.
@@ -32,6 +34,8 @@ def decode(capture, json_out, fields_spec, color):
       correlate decode --json capture.pcapng.gz | jq 'select(.procedure=="SETATTR")'
       correlate decode --fields time_ns,conn,xid,procedure,latency_ns capture.pcap
       correlate decode --fields kind,procedure,args.path,args.atime,op_errno capture.pcap
+      correlate decode --jobs 2 --json big-capture.pcap > events.jsonl
+      correlate decode --scheduler tcp://10.0.0.5:8786 /shared/captures/big.pcap
       tcpdump -i any -s 0 -U --immediate-mode -B 262144 -w - 'tcp portrange 24007-24100 or tcp portrange 49152-49251 or icmp' | correlate decode -
     """
     fields = None
@@ -48,9 +52,14 @@ def decode(capture, json_out, fields_spec, color):
         sys.stdout.reconfigure(line_buffering=True)
     reporter = Reporter(json_out=json_out, show_events=True, show_findings=False,
                         out=sys.stdout, fields=fields, color=use_color(color, sys.stdout))
+    details = fields is None or needs_details(fields)
     try:
-        events = decode_capture(capture, diag=diag, details=fields is None or needs_details(fields))
-        run_pipeline(events, None, reporter)
+        with parallel_for([capture], jobs, scheduler) as parallel:
+            if parallel is None or capture == "-":
+                events = decode_capture(capture, diag=diag, details=details)
+            else:
+                events = parallel.decode(capture, diag.source, diag, details=details)
+            run_pipeline(events, None, reporter)
     finally:
         reporter.close()
         report_diagnostics([diag])

@@ -7,11 +7,15 @@ rpc_cred.py their credentials.
 """
 from __future__ import annotations
 
+import struct
 from collections import OrderedDict
+from collections.abc import Collection
 from dataclasses import dataclass
+from functools import partial
 
 from ..diagnostics import Diagnostics
 from ..errors import DecodeError
+from ..events import DETAILS_LATER
 from ..gluster import programs
 from ..gluster.errnos import errno_name
 from ..xdr import Unpacker
@@ -23,17 +27,26 @@ from .rpc_header import CallHeader, ReplyHeader, parse_header
 MAX_PENDING = 4096              # unanswered calls remembered per connection
 MAX_PENDING_TOTAL = 65536       # ... and over all connections (about 250 bytes each)
 MAX_CONNS = 65536               # connections with state at once
+LATER_MAX = 4096                # a record held to decode its details later is at most this
 
 
 class RpcSink:
     """StreamSink for ONC RPC over TCP. Never raises: damage goes to `diag`."""
 
     def __init__(self, source: str, diag: Diagnostics, *, max_pending: int = MAX_PENDING,
-                 max_record: int = MAX_RECORD, details: bool = True):
+                 max_record: int = MAX_RECORD, details: bool | Collection[str] = True,
+                 details_later: bool = False):
+        """details: True decodes credentials, args and results of every RPC; False of none
+        (a reply still gets op_ret/op_errno); a collection names the procedures to decode.
+        details_later: an event left without them carries `DETAILS_LATER`, a function that
+        returns the event as full decoding would have made it (events.with_details); it holds
+        the record, so records longer than LATER_MAX are decoded at once instead."""
         self.source = source
         self.diag = diag
-        # False: events leave out credentials, args and results, and the time to decode them
         self.details = details
+        self._details_for = (frozenset(details) if not isinstance(details, bool)
+                             else None if details else frozenset())
+        self.details_later = details_later
         self.max_pending = max_pending
         self.framer = RecordFramer(diag, max_record)
         self._conns: OrderedDict[Conn, _ConnState] = OrderedDict()
@@ -93,31 +106,27 @@ class RpcSink:
             return self._call_event(conn, st, from_client, rec, hdr, src, dst)
         return self._reply_event(conn, st, from_client, rec, hdr, src, dst)
 
+    def _wants_details(self, procedure: str | None, rec: Record) -> bool:
+        return (self._details_for is None or procedure in self._details_for
+                or (self.details_later and len(rec.data) > LATER_MAX))
+
     def _call_event(self, conn, st, from_client, rec, hdr: CallHeader, src, dst) -> dict:
         info = programs.lookup(hdr.prog, hdr.vers, hdr.proc)
-        # a dict display in the event contract's key order (what make_event gives)
-        ev = {"time_ns": rec.time_ns, "layer": "wire", "kind": "rpc.call", "source": self.source,
-              "xid": hdr.xid, "program": info.program, "program_num": hdr.prog,
-              "version": hdr.vers, "procedure": info.procedure, "procedure_num": hdr.proc,
-              "src": src, "dst": dst, "conn": conn.number}
-        if self.details:
-            ev["cred"] = decode_cred(hdr.cred_flavor, hdr.cred_body)
-            if info.decoders is not None and info.decoders.args is not None:
-                args, error = _decode_body(info.decoders.args, rec, hdr.body_offset)
-                ev["args"] = args
-                if error:
-                    ev["decode_error"] = error
-            else:
-                ev["args"] = {}
-        if rec.length > len(rec.data) and not rec.lost:
-            ev["payload_bytes"] = rec.length - len(rec.data)
+        if self._wants_details(info.procedure, rec):
+            ev = _call_dict(self.source, rec, hdr, info, src, dst, conn.number, True)
+        else:
+            ev = _call_dict(self.source, rec, hdr, info, src, dst, conn.number, False)
+            if self.details_later:
+                ev[DETAILS_LATER] = partial(_call_dict, self.source, rec, hdr, info, src, dst,
+                                            conn.number, True)
         if not info.expects_reply:
             return ev
         pending = st.pending
         key = (from_client, hdr.xid)
         if pending.pop(key, None) is None:
             self._pending_total += 1
-        pending[key] = _Pending(hdr.prog, hdr.vers, hdr.proc, info, rec.time_ns, _context(ev))
+        pending[key] = _Pending(hdr.prog, hdr.vers, hdr.proc, info, rec.time_ns, _context(ev),
+                                ev.get(DETAILS_LATER))
         if len(pending) > self.max_pending or self._pending_total > MAX_PENDING_TOTAL:
             pending.popitem(last=False)    # the connection adding calls gives up its oldest
             self._pending_total -= 1
@@ -128,44 +137,14 @@ class RpcSink:
         call = st.pending.pop((not from_client, hdr.xid), None)
         if call is not None:
             self._pending_total -= 1
-            ev = {"time_ns": rec.time_ns, "layer": "wire", "kind": "rpc.reply",
-                  "source": self.source, "xid": hdr.xid, "program": call.info.program,
-                  "program_num": call.prog, "version": call.vers,
-                  "procedure": call.info.procedure, "procedure_num": call.proc,
-                  "src": src, "dst": dst, "conn": conn.number, "reply_status": hdr.reply_status}
-        else:
-            ev = {"time_ns": rec.time_ns, "layer": "wire", "kind": "rpc.reply",
-                  "source": self.source, "xid": hdr.xid, "program": None, "program_num": None,
-                  "version": None, "procedure": None, "procedure_num": None,
-                  "src": src, "dst": dst, "conn": conn.number, "reply_status": hdr.reply_status}
-        if hdr.reply_status == "accepted":
-            ev["accept_status"] = hdr.accept_status
-        else:
-            ev["reject_status"] = hdr.reject_status
-            if hdr.auth_status is not None:
-                ev["auth_status"] = hdr.auth_status
-        if hdr.mismatch is not None:
-            ev["mismatch"] = hdr.mismatch
-        if call is not None:
-            ev["call_time_ns"] = call.time_ns
-            ev["latency_ns"] = rec.time_ns - call.time_ns
-            if call.context is not None:
-                ev["cred"], ev["args"] = call.context["cred"], call.context["args"]
-            decoders = call.info.decoders
-            if self.details and hdr.body_offset is not None and decoders is not None \
-                    and decoders.result is not None:
-                result, error = _decode_body(decoders.result, rec, hdr.body_offset)
-                if "op_ret" in result:
-                    ev["op_ret"] = result.pop("op_ret")
-                if "op_errno" in result:
-                    ev["op_errno"] = result.pop("op_errno")
-                    # Gluster sets op_errno only on failure; a successful reply may carry a
-                    # stale one (SETVOLUME answers op_ret 0 with op_errno 22): not named then.
-                    failed = ev.get("op_ret", -1) < 0
-                    ev["errno_name"] = errno_name(ev["op_errno"]) if failed else None
-                ev["result"] = result
-                if error:
-                    ev["decode_error"] = error
+        if call is None or self._wants_details(call.info.procedure, rec):
+            return _reply_dict(self.source, rec, hdr, call, src, dst, conn.number, True)
+        ev = _reply_dict(self.source, rec, hdr, call, src, dst, conn.number, False)
+        decoders = call.info.decoders
+        if self.details_later and hdr.body_offset is not None and decoders is not None \
+                and decoders.result is not None:     # else there is no result to add
+            ev[DETAILS_LATER] = partial(_reply_dict, self.source, rec, hdr, call, src, dst,
+                                        conn.number, True)
         return ev
 
     # -- bookkeeping ------------------------------------------------------------------------
@@ -188,6 +167,13 @@ class _Pending:
     info: programs.Lookup
     time_ns: int
     context: dict | None = None      # what the reply carries of its call (cred, identifying args)
+    later: object = None             # a lean call's DETAILS_LATER: its context, when a reply needs it
+
+    def call_context(self) -> dict | None:
+        if self.context is None and self.later is not None:
+            self.context = _context(self.later())
+            self.later = None
+        return self.context
 
 
 # Arguments that say what a call is about: a reply carries them, so filters (--pid, --gfid,
@@ -211,6 +197,134 @@ class _ConnState:
         self.dirs = {True: Direction(), False: Direction()}
         # (sent by client?, xid) -> the call, oldest first
         self.pending: OrderedDict[tuple[bool, int], _Pending] = OrderedDict()
+
+
+def _call_dict(source: str, rec: Record, hdr: CallHeader, info, src, dst, conn: int,
+               details: bool) -> dict:
+    # a dict display in the event contract's key order (what make_event gives)
+    ev = {"time_ns": rec.time_ns, "layer": "wire", "kind": "rpc.call", "source": source,
+          "xid": hdr.xid, "program": info.program, "program_num": hdr.prog,
+          "version": hdr.vers, "procedure": info.procedure, "procedure_num": hdr.proc,
+          "src": src, "dst": dst, "conn": conn}
+    if details:
+        ev["cred"] = decode_cred(hdr.cred_flavor, hdr.cred_body)
+        if info.decoders is not None and info.decoders.args is not None:
+            args, error = _decode_body(info.decoders.args, rec, hdr.body_offset)
+            ev["args"] = args
+            if error:
+                ev["decode_error"] = error
+        else:
+            ev["args"] = {}
+    if rec.length > len(rec.data) and not rec.lost:
+        ev["payload_bytes"] = rec.length - len(rec.data)
+    return ev
+
+
+def _reply_dict(source: str, rec: Record, hdr: ReplyHeader, call: "_Pending | None", src, dst,
+                conn: int, details: bool) -> dict:
+    if call is not None:
+        ev = {"time_ns": rec.time_ns, "layer": "wire", "kind": "rpc.reply",
+              "source": source, "xid": hdr.xid, "program": call.info.program,
+              "program_num": call.prog, "version": call.vers,
+              "procedure": call.info.procedure, "procedure_num": call.proc,
+              "src": src, "dst": dst, "conn": conn, "reply_status": hdr.reply_status}
+    else:
+        ev = {"time_ns": rec.time_ns, "layer": "wire", "kind": "rpc.reply",
+              "source": source, "xid": hdr.xid, "program": None, "program_num": None,
+              "version": None, "procedure": None, "procedure_num": None,
+              "src": src, "dst": dst, "conn": conn, "reply_status": hdr.reply_status}
+    if hdr.reply_status == "accepted":
+        ev["accept_status"] = hdr.accept_status
+    else:
+        ev["reject_status"] = hdr.reject_status
+        if hdr.auth_status is not None:
+            ev["auth_status"] = hdr.auth_status
+    if hdr.mismatch is not None:
+        ev["mismatch"] = hdr.mismatch
+    if call is None:
+        return ev
+    ev["call_time_ns"] = call.time_ns
+    ev["latency_ns"] = rec.time_ns - call.time_ns
+    context = call.call_context() if details else None
+    if context is not None:
+        ev["cred"], ev["args"] = context["cred"], context["args"]
+    decoders = call.info.decoders
+    if hdr.body_offset is None or decoders is None:
+        return ev
+    if not details or decoders.result is None:
+        status = _status(decoders, rec, hdr.body_offset)
+        if status:
+            _set_status(ev, status)
+        return ev
+    result, error = _decode_body(decoders.result, rec, hdr.body_offset)
+    if error:   # what can still be read: op_ret/op_errno come first
+        result = _status(decoders, rec, hdr.body_offset) or result
+    _set_status(ev, result)
+    ev["result"] = result
+    if error:
+        ev["decode_error"] = error
+    return ev
+
+
+_CALL_LATER = struct.Struct(">qQQIIIIIIII")
+_REPLY_LATER = struct.Struct(">qQQIIIIIq")
+
+
+def portable_later(later: partial) -> tuple:
+    """An event's DETAILS_LATER as (function, plain values...), one bytes blob holding the
+    record: what another process unpickles fast (see events.with_details)."""
+    if later.func is _call_dict:
+        source, rec, hdr, info, src, dst, conn, _ = later.args
+        blob = _CALL_LATER.pack(rec.time_ns, rec.length, rec.lost, hdr.xid, hdr.prog, hdr.vers,
+                                hdr.proc, hdr.cred_flavor, hdr.verf_flavor, hdr.body_offset,
+                                len(hdr.cred_body)) + hdr.cred_body + rec.data
+        return _call_from_blob, source, src, dst, conn, blob
+    source, rec, hdr, call, src, dst, conn, _ = later.args        # _reply_dict, SUCCESS
+    if call.call_context() is not None:       # the call's context does not fit the blob
+        return dict, later()
+    blob = _REPLY_LATER.pack(rec.time_ns, rec.length, rec.lost, hdr.xid, hdr.body_offset,
+                             call.prog, call.vers, call.proc, call.time_ns) + rec.data
+    return _reply_from_blob, source, src, dst, conn, blob
+
+
+def _call_from_blob(source: str, src: str, dst: str, conn: int, blob: bytes) -> dict:
+    (time_ns, length, lost, xid, prog, vers, proc, flavor, verf_flavor, body_offset,
+     cred_len) = _CALL_LATER.unpack_from(blob)
+    at = _CALL_LATER.size
+    hdr = CallHeader(xid, 2, prog, vers, proc, flavor, blob[at:at + cred_len], verf_flavor,
+                     body_offset)
+    rec = Record(blob[at + cred_len:], length, time_ns, lost)
+    return _call_dict(source, rec, hdr, programs.lookup(prog, vers, proc), src, dst, conn, True)
+
+
+def _reply_from_blob(source: str, src: str, dst: str, conn: int, blob: bytes) -> dict:
+    time_ns, length, lost, xid, body_offset, prog, vers, proc, call_time = \
+        _REPLY_LATER.unpack_from(blob)
+    hdr = ReplyHeader(xid, "accepted", accept_status="SUCCESS", body_offset=body_offset)
+    call = _Pending(prog, vers, proc, programs.lookup(prog, vers, proc), call_time)
+    rec = Record(blob[_REPLY_LATER.size:], length, time_ns, lost)
+    return _reply_dict(source, rec, hdr, call, src, dst, conn, True)
+
+
+def _status(decoders, rec: Record, offset: int) -> dict | None:
+    """op_ret/op_errno alone, read without the rest of the result; None when unreadable."""
+    if decoders.status is None:
+        return None
+    try:
+        return decoders.status(Unpacker(rec.data, offset))
+    except DecodeError:
+        return None
+
+
+def _set_status(ev: dict, result: dict) -> None:
+    if "op_ret" in result:
+        ev["op_ret"] = result.pop("op_ret")
+    if "op_errno" in result:
+        ev["op_errno"] = result.pop("op_errno")
+        # Gluster sets op_errno only on failure; a successful reply may carry a stale one
+        # (SETVOLUME answers op_ret 0 with op_errno 22): not named then.
+        failed = ev.get("op_ret", -1) < 0
+        ev["errno_name"] = errno_name(ev["op_errno"]) if failed else None
 
 
 def _decode_body(decoder, rec: Record, offset: int) -> tuple[dict, str | None]:

@@ -22,12 +22,13 @@ cdef class _State:
     cdef public object syn_last_ns, syn_last_frame, reported_attempts
     cdef public bint timed_out, opened
     cdef public object fin_by
+    cdef public object last_frame
 
 cdef class TcpTracker:
     cdef public object source, sink, diag, syn_timeout_ns, max_connections, max_buffered
     cdef public dict _conns
     cdef public object _lru, _pending, _recently_closed
-    cdef public object _buffered_total, _numbers, _now, _expiry_at
+    cdef public object _buffered_total, _numbers, _now, _expiry_at, _frame
 
     cpdef list feed(self, frame)
     cpdef _segment(self, Segment seg, list events)

@@ -74,7 +74,7 @@ class _Direction:
 class _State:
     __slots__ = ("conn", "keys", "phase", "dirs", "client_isn", "syn_first_ns", "syn_frame",
                  "attempts", "timed_out", "fin_by", "opened", "syn_last_ns", "syn_last_frame",
-                 "reported_attempts")
+                 "reported_attempts", "last_frame")
 
     def __init__(self, conn: Conn, keys: tuple[tuple, tuple], phase: int):
         self.conn = conn
@@ -91,6 +91,7 @@ class _State:
         self.timed_out = False
         self.fin_by: str | None = None
         self.opened = phase == OPEN         # the sink may hold state for it: tell it on close
+        self.last_frame = 0                 # the packet that last moved it in the LRU order
 
 
 class TcpTracker:
@@ -111,36 +112,55 @@ class TcpTracker:
         self._recently_closed: OrderedDict[tuple, None] = OrderedDict()
         self._buffered_total = 0
         self._numbers = 0
+        self._frame = 0                     # the packet being fed
         self._now = 0                       # the capture's clock: latest time seen
         self._expiry_at = 0                 # no pending SYN can time out before this
 
     # ---- input ---------------------------------------------------------------------------
 
     def feed(self, frame: Frame) -> list[dict]:
-        events: list[dict] = []
-        if frame.time_ns > self._now:
-            self._now = frame.time_ns
-        if self._now >= self._expiry_at and self._pending:
-            self._expire_syns(events)
         pkt = parse_frame(frame, self.diag)
         if pkt is None:
-            return events
+            return self.tick(frame.time_ns)
+        return self.feed_parsed(frame, pkt)
+
+    def tick(self, time_ns: int) -> list[dict]:
+        """The capture's clock reached time_ns: SYNs unanswered for too long time out.
+        (feed does this for every frame; a tracker fed only some connections of a capture,
+        wire.parallel, hears of the other frames' times through it.)"""
+        events: list[dict] = []
+        if time_ns > self._now:
+            self._now = time_ns
+        if self._now >= self._expiry_at and self._pending:
+            self._expire_syns(events)
+        return events
+
+    def feed_parsed(self, frame: Frame, pkt: Segment | IcmpUnreachable) -> list[dict]:
+        """feed, for a frame the caller parsed already."""
+        events = self.tick(frame.time_ns)
+        self._frame = frame.number
         if type(pkt) is Segment:
             self._segment(pkt, events)
         else:
             self._icmp(pkt, events)
         return events
 
-    def finish(self) -> list[dict]:
+    def finish(self, order: list | None = None) -> list[dict]:
         """End of input: unanswered SYNs that were retried time out, open streams are flushed
-        (a missing tail becomes a gap) and the sink hears on_close for each."""
+        (a missing tail becomes a gap) and the sink hears on_close for each. `order` gets,
+        per event, why it comes where it does: (0, first SYN's packet) for timeouts, (1, the
+        packet that last touched the connection) for the rest (wire.parallel merges by it)."""
         events: list[dict] = []
         now = self._now
         for st in list(self._pending):
             if st.attempts >= 2 or now - st.syn_first_ns >= self.syn_timeout_ns:
                 self._timeout(st, events)
+                if order is not None:
+                    order.extend([(0, st.syn_frame)] * (len(events) - len(order)))
         for st in list(self._lru):
             self._end(st, now, events)
+            if order is not None:
+                order.extend([(1, st.last_frame)] * (len(events) - len(order)))
         return events
 
     # ---- segments ------------------------------------------------------------------------
@@ -171,6 +191,7 @@ class TcpTracker:
             entry = self._open_midstream(seg, events)
         st, from_client = entry
         self._lru.move_to_end(st)
+        st.last_frame = seg.number
         if flags & RST:
             self._rst(st, from_client, seg, events)
             return
@@ -413,6 +434,7 @@ class TcpTracker:
         self._conns[fwd] = (st, True)
         self._conns[rev] = (st, False)
         self._lru[st] = None
+        st.last_frame = self._frame
         if len(self._lru) > self.max_connections:
             oldest = next(iter(self._lru))
             self.diag.skip("connections evicted (too many at once)", f"conn {oldest.conn.number}")

@@ -1,0 +1,66 @@
+"""`--jobs N` and `--scheduler ADDRESS`: where the decoding of capture files runs.
+
+Local processes (concurrent.futures) or a Dask distributed cluster (its concurrent.futures
+executor); either way the events come back merged, byte for byte what one process gives,
+and the detectors run once, here, over the merged stream (wire/parallel.py).
+"""
+from __future__ import annotations
+
+import multiprocessing
+from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor
+from contextlib import contextmanager
+
+import click
+
+from .wire.parallel import Parallel, default_jobs
+
+
+def parallel_options(f):
+    f = click.option(
+        "--scheduler", metavar="ADDRESS",
+        help="Decode on this Dask distributed scheduler (tcp://host:8786); the captures "
+             "must be on a path its workers share. Needs the `dask` extra.")(f)
+    f = click.option(
+        "--jobs", "-j", type=click.IntRange(min=1), metavar="N",
+        help="Decode capture files in N processes (sharded by TCP connection; several "
+             "captures side by side). Default: the machine's cores when the captures are "
+             "large enough to gain, else 1. The output is the same for any N.")(f)
+    return f
+
+
+def _captures(paths) -> list[str]:
+    return [p for p in paths if p != "-"]
+
+
+@contextmanager
+def parallel_for(paths, jobs: int | None, scheduler: str | None) -> Iterator[Parallel | None]:
+    """The Parallel to hand open_input for these inputs, or None: decode here."""
+    files = _captures(paths)
+    if scheduler:
+        yield from _on_dask(scheduler, jobs, files)
+        return
+    n = jobs if jobs is not None else default_jobs(files)
+    if n <= 1 or not files:
+        yield None
+        return
+    # fork: the workers start at once with everything imported (plugins included)
+    with ProcessPoolExecutor(n, mp_context=multiprocessing.get_context("fork")) as executor:
+        yield Parallel(executor, max(1, n // len(files)))
+
+
+def _on_dask(scheduler: str, jobs: int | None, files: list[str]):
+    try:
+        from distributed import Client
+    except ImportError:
+        raise click.UsageError("--scheduler needs Dask distributed: "
+                               "pip install 'correlate[dask]'") from None
+    try:
+        client = Client(scheduler, timeout=10)
+    except OSError as exc:
+        raise click.UsageError(f"--scheduler {scheduler}: cannot connect ({exc})") from None
+    try:
+        n = jobs or max(1, sum(client.nthreads().values()))
+        yield Parallel(client.get_executor(), max(1, n // max(1, len(files))), spool_beside=True)
+    finally:
+        client.close()

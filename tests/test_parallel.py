@@ -1,0 +1,104 @@
+"""`--jobs N`: a capture's connections decoded in N processes give, byte for byte, what one
+process gives (events, findings, renderings), on every committed real capture."""
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from correlate.diagnostics import Diagnostics
+from correlate.wire import parallel
+
+CAPTURES = sorted((Path(__file__).parent / "captures").glob("*.pcap"))
+IDS = [p.name for p in CAPTURES]
+
+
+def correlate(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "correlate", *args], capture_output=True,
+                          timeout=300)
+
+
+@pytest.mark.parametrize("path", CAPTURES, ids=IDS)
+@pytest.mark.parametrize("form", [(), ("--json",), ("--fields", "time_ns,conn,xid,procedure,op_ret,args.bname")])
+def test_decode_output_is_the_same_for_any_number_of_jobs(path, form):
+    one = correlate("decode", "--jobs", "1", *form, str(path))
+    assert one.returncode == 0 and one.stdout
+    for jobs in ("2", "3"):
+        many = correlate("decode", "--jobs", jobs, *form, str(path))
+        assert (many.returncode, many.stdout, many.stderr) == (0, one.stdout, one.stderr)
+
+
+@pytest.mark.parametrize("form", [(), ("--json",), ("--json", "--events")])
+def test_analyze_findings_are_the_same_for_any_number_of_jobs(form):
+    paths = [str(p) for p in CAPTURES]
+    one = correlate("analyze", "--jobs", "1", *form, *paths)
+    assert one.returncode == 0 and b"brick-unreachable" in one.stdout
+    for jobs in ("2", "4"):   # fewer jobs than captures: one process per capture
+        many = correlate("analyze", "--jobs", jobs, *form, *paths)
+        assert (many.returncode, many.stdout, many.stderr) == (0, one.stdout, one.stderr)
+
+
+def test_timeline_is_the_same_for_any_number_of_jobs(tmp_path):
+    paths = [str(p) for p in CAPTURES]
+    one = correlate("timeline", "--jobs", "1", "--json", *paths)
+    many = correlate("timeline", "--jobs", "2", "--json", *paths)
+    header = lambda out: out.split(b"\n", 1)[1]     # noqa: E731 (the header has a start time)
+    assert one.returncode == many.returncode == 0
+    assert header(many.stdout) == header(one.stdout) and header(one.stdout)
+
+
+def test_a_damaged_capture_is_reported_the_same(tmp_path):
+    """A capture cut inside a packet: same events before the cut, same message, exit 1."""
+    data = CAPTURES[0].read_bytes()
+    cut = tmp_path / "cut.pcap"
+    cut.write_bytes(data[:len(data) * 2 // 3])
+    one = correlate("decode", "--jobs", "1", "--json", str(cut))
+    many = correlate("decode", "--jobs", "2", "--json", str(cut))
+    assert one.returncode == 1 and one.stdout
+    assert (many.returncode, many.stdout, many.stderr) == (one.returncode, one.stdout, one.stderr)
+
+
+@pytest.mark.parametrize("path", CAPTURES, ids=IDS)
+def test_shards_split_the_connections_and_icmp_follows_its_connection(path, tmp_path):
+    """Each connection is decoded by exactly one shard; together they are all of them."""
+    from correlate.sources import open_input
+    whole = [e for e in open_input(str(path)).events]
+    tasks = parallel.shard_tasks(str(path), path.name, 2, str(tmp_path))
+    per_shard = []
+    for t in tasks:
+        parallel.decode_shard(t)
+        items = list(parallel._follow(t.spool, _Done(), 0))
+        per_shard.append({(e["src"], e["dst"]) for _p, _s, kind, e in items if kind == 1})
+    assert per_shard[0] and per_shard[1] and not per_shard[0] & per_shard[1]
+    assert per_shard[0] | per_shard[1] == {(e["src"], e["dst"]) for e in whole}
+    refused = [e for e in whole if e.get("reason") == "icmp"]
+    for ev in refused:        # the ICMP error went to the shard that holds its connection
+        assert sum((ev["src"], ev["dst"]) in s for s in per_shard) == 1
+
+
+class _Done:
+    """A finished future, for reading a spool file written in this process."""
+
+    def done(self):
+        return True
+
+    def result(self):
+        return None
+
+
+def test_default_jobs_gain_only_on_large_inputs(tmp_path):
+    assert parallel.default_jobs([str(p) for p in CAPTURES]) == 1
+    big = tmp_path / "big.pcap"
+    with open(big, "wb") as f:
+        f.truncate(64 << 20)
+    assert parallel.default_jobs([str(big)]) >= 1
+    assert parallel.default_jobs([str(big)]) == min(len(__import__("os").sched_getaffinity(0)), 16)
+
+
+def test_diagnostics_add_up_over_shards():
+    diag = Diagnostics("x")
+    parallel.add_diagnostics([parallel.ShardResult("a", {"r": 2}, {"r": "conn 1"}, None),
+                              parallel.ShardResult("b", {"r": 3, "s": 1}, {"r": "conn 2", "s": "p 9"},
+                                                   "cut")], diag)
+    assert diag.counts == {"r": 5, "s": 1} and diag.first_where == {"r": "conn 1", "s": "p 9"}
+    assert diag.fatal == "cut"

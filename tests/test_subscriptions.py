@@ -1,0 +1,160 @@
+"""Detector subscriptions (`Wants`): the runner hands each detector only what it declared and
+the decoder skips the details nobody reads, yet every finding comes out as before."""
+from pathlib import Path
+
+import pytest
+
+from correlate.detector import Detector, DetectorRunner, Wants, details_needed
+from correlate.engine_cli import decoding_options
+from correlate.events import DETAILS_LATER, to_json
+from correlate.merge import merge
+from correlate.plugins import atime_minus_one, auth_rejected, brick_unreachable, rpc_unanswered
+from correlate.sources import open_input
+
+CAPTURES = sorted((Path(__file__).parent / "captures").glob("*.pcap"))
+
+
+def builtin_detectors(after_ns: int):
+    return [atime_minus_one.AtimeMinusOne(), auth_rejected.AuthRejected(),
+            brick_unreachable.BrickUnreachable(), rpc_unanswered.RpcUnanswered(after_ns)]
+
+
+def findings(paths, detectors, *, subscriptions: bool) -> list[str]:
+    """Every finding of a run over the captures, as JSON lines (evidence included)."""
+    runner = DetectorRunner(detectors, subscriptions=subscriptions)
+    decoding = decoding_options(runner, every_event=not subscriptions)
+    out = []
+    for ev in merge([open_input(str(p), **decoding).events for p in paths]):
+        out.extend(runner.observe(ev))
+    out.extend(runner.finish())
+    return [to_json(f) for f in out]
+
+
+# A threshold of 1 ms makes slow replies "unanswered": the detector's wake-ups by time
+# (due/tick) are exercised on every capture, not only on the hung one.
+@pytest.mark.parametrize("after_ns", [10_000_000_000, 1_000_000])
+@pytest.mark.parametrize("capture", [p.name for p in CAPTURES] + ["all"])
+def test_same_findings_with_and_without_subscriptions(capture, after_ns):
+    paths = CAPTURES if capture == "all" else [CAPTURES[[p.name for p in CAPTURES].index(capture)]]
+    filtered = findings(paths, builtin_detectors(after_ns), subscriptions=True)
+    everything = findings(paths, builtin_detectors(after_ns), subscriptions=False)
+    assert filtered == everything
+    assert DETAILS_LATER not in "".join(filtered)
+    if capture == "all":
+        assert len(filtered) >= 5          # the scenarios' findings are really there
+
+
+def test_builtin_detectors_declare_what_they_read():
+    needed = details_needed(builtin_detectors(1))
+    assert needed == {"SETATTR", "FSETATTR", "SETVOLUME", "PORTBYBRICK",
+                      "LK", "INODELK", "FINODELK", "ENTRYLK", "FENTRYLK"}
+    runner = DetectorRunner(builtin_detectors(1))
+    opts = decoding_options(runner, every_event=False)
+    assert opts == {"details": needed, "details_later": True}
+    assert decoding_options(runner, every_event=True) == {"details": True}
+
+
+class Recorder(Detector):
+    """Declares nothing: must see every event, with every detail."""
+    id = "recorder"
+
+    def __init__(self):
+        self.seen = []
+
+    def observe(self, event):
+        self.seen.append(event)
+        return ()
+
+
+class OnlyConnects(Detector):
+    id = "only-connects"
+    wants = Wants(kinds={"tcp.connect"}, details=())
+
+    def __init__(self):
+        self.seen = []
+
+    def observe(self, event):
+        self.seen.append(event)
+        return ()
+
+
+def test_detector_declaring_nothing_sees_everything_decoded():
+    capture = str(Path(__file__).parent / "captures" / "healthy.pcap")
+    recorder, connects = Recorder(), OnlyConnects()
+    detectors = [recorder, connects, *builtin_detectors(10_000_000_000)]
+    runner = DetectorRunner(detectors)
+    decoding = decoding_options(runner, every_event=False)
+    assert decoding == {"details": True}         # someone reads everything: all is decoded
+    for ev in open_input(capture, **decoding).events:
+        runner.observe(ev)
+    reference = list(open_input(capture).events)
+    assert [to_json(e) for e in recorder.seen] == [to_json(e) for e in reference]
+    assert connects.seen and all(e["kind"] == "tcp.connect" for e in connects.seen)
+    assert len(connects.seen) == sum(e["kind"] == "tcp.connect" for e in reference)
+
+
+def test_filtered_decoding_skips_details_and_restores_them_for_evidence():
+    """Without the filtering this test fails: calls outside `details` keep their args."""
+    from correlate.events import with_details
+    capture = str(Path(__file__).parent / "captures" / "healthy.pcap")
+    lean = list(open_input(capture, details={"SETATTR"}, details_later=True).events)
+    full = list(open_input(capture).events)
+    assert len(lean) == len(full)
+    calls = [e for e in lean if e["kind"] == "rpc.call"]
+    assert any(e["procedure"] == "SETATTR" and "args" in e for e in calls)
+    assert all("args" not in e for e in calls if e["procedure"] != "SETATTR"
+               and DETAILS_LATER in e)
+    assert sum(DETAILS_LATER in e for e in lean) > len(lean) // 2
+    # op_ret/op_errno/errno_name are there without the details
+    replies = [(e.get("op_ret"), e.get("errno_name")) for e in lean if e["kind"] == "rpc.reply"]
+    assert replies == [(e.get("op_ret"), e.get("errno_name")) for e in full if e["kind"] == "rpc.reply"]
+    assert [to_json(with_details(e)) for e in lean] == [to_json(e) for e in full]
+
+
+def test_wants_rejects_a_bare_string():
+    with pytest.raises(TypeError):
+        Wants(kinds="rpc.call")
+
+
+def _stream():
+    """A call, then only TCP and probe events while the reply is overdue, then the reply."""
+    call = {"time_ns": 1_000, "layer": "wire", "kind": "rpc.call", "source": "t", "xid": 7,
+            "program": "GlusterFS", "program_num": 1298437, "version": 400,
+            "procedure": "SETATTR", "procedure_num": 38, "src": "127.0.0.1:1000",
+            "dst": "127.0.0.2:49152", "conn": 1,
+            "args": {"valid": 0x10, "atime": -1, "atime_nsec": 0, "gfid": "x"}}
+    others = [{"time_ns": t, "layer": layer, "kind": kind, "source": "t", "conn": 2}
+              for t, layer, kind in ((500_000_000, "wire", "tcp.connect"),
+                                     (2_500_000_000, "probe", "probe.return"),
+                                     (11_000_000_000, "wire", "tcp.close"),
+                                     (12_000_000_000, "log", "log.line"))]
+    reply = {**call, "time_ns": 13_000_000_000, "kind": "rpc.reply", "src": call["dst"],
+             "dst": call["src"], "reply_status": "accepted", "op_ret": 0}
+    del reply["args"]
+    return [call, *others, reply]
+
+
+def test_detectors_woken_by_time_act_at_the_same_event():
+    """rpc-unanswered and atime-minus-one act on time passing: an overdue call is reported at
+    the first later event, even one they do not subscribe to (due/tick)."""
+    runs = []
+    for subscriptions in (True, False):
+        runner = DetectorRunner(builtin_detectors(10_000_000_000), subscriptions=subscriptions)
+        out = []
+        for ev in _stream():
+            out.extend((ev["kind"], f["detector"], f["time_ns"]) for f in runner.observe(ev))
+        out.extend((None, f.get("detector"), f["time_ns"]) for f in runner.finish())
+        runs.append(out)
+    assert runs[0] == runs[1]
+    assert ("probe.return", "atime-minus-one", 2_500_000_000) in runs[0]
+    assert ("tcp.close", "rpc-unanswered", 11_000_000_000) in runs[0]
+
+
+def test_route_table_is_per_kind_not_per_event():
+    runner = DetectorRunner(builtin_detectors(10_000_000_000))
+    for ev in _stream() * 100:
+        runner.observe(ev)
+    assert len(runner._routes) == 6
+    setattr_route = runner._routes[("wire", "rpc.call", "GlusterFS", "SETATTR")]
+    assert [runner.detectors[i].id for i in setattr_route] == ["atime-minus-one", "auth-rejected",
+                                                               "rpc-unanswered"]
