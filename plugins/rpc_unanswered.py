@@ -22,9 +22,9 @@ from .gluster_facts import host_of, is_blocking_lock
 DEFAULT_AFTER_NS = 10_000_000_000
 MAX_PENDING = 20_000          # calls waiting at once (about 1 KB each); more are counted, not kept
 # What a waiting call keeps of its event: what the finding shows (not cred, result, ...).
-KEPT = ("time_ns", "layer", "kind", "source", "host", "src", "dst", "conn", "xid", "frame",
-        "program", "program_num", "version", "procedure", "procedure_num", "args",
-        DETAILS_LATER)    # the rest of the call is decoded when it becomes evidence
+KEPT = frozenset(("time_ns", "layer", "kind", "source", "host", "src", "dst", "conn", "xid", "frame",
+        "program", "program_num", "version", "procedure", "procedure_num", "cred", "args",
+        DETAILS_LATER))   # the rest of the call is decoded when it becomes evidence
 
 # Error replies that are part of normal operation, not worth a finding.
 BENIGN = {
@@ -62,7 +62,7 @@ class RpcUnanswered(Detector):
         if kind == "rpc.call" and self._expects_reply(ev) and not is_blocking_lock(ev):
             if len(self.pending) < MAX_PENDING:
                 self.pending[(ev.get("conn"), ev.get("src"), ev.get("xid"))] = {
-                    k: ev[k] for k in KEPT if k in ev}
+                    k: v for k, v in ev.items() if k in KEPT}     # in the event's own order
             else:   # the oldest are kept: they are the ones that show a hang first
                 self.dropped += 1
         elif kind == "rpc.reply":

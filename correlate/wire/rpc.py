@@ -141,8 +141,10 @@ class RpcSink:
             return _reply_dict(self.source, rec, hdr, call, src, dst, conn.number, True)
         ev = _reply_dict(self.source, rec, hdr, call, src, dst, conn.number, False)
         decoders = call.info.decoders
-        if self.details_later and hdr.body_offset is not None and decoders is not None \
-                and decoders.result is not None:     # else there is no result to add
+        has_result = hdr.body_offset is not None and decoders is not None \
+            and decoders.result is not None
+        if self.details_later and (has_result or call.later is not None):
+            # a result to decode, or the call's context (cred, identifying args) to carry
             ev[DETAILS_LATER] = partial(_reply_dict, self.source, rec, hdr, call, src, dst,
                                         conn.number, True)
         return ev
