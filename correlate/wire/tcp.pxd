@@ -19,6 +19,7 @@ cdef class _State:
     cdef public object phase
     cdef public tuple dirs
     cdef public object client_isn, syn_first_ns, syn_frame, attempts
+    cdef public object syn_last_ns, syn_last_frame, reported_attempts
     cdef public bint timed_out, opened
     cdef public object fin_by
 
