@@ -16,7 +16,8 @@ while it ran.
 from __future__ import annotations
 
 from correlate import hookimpl
-from correlate.detector import Detector
+from correlate.detector import Detector, Wants
+from correlate.events import with_details
 from correlate.gluster.topology import Topology
 from correlate.outputs.profile_text import duration
 from correlate.probe.catalog import Arg, ProbeSpec
@@ -62,6 +63,11 @@ def _union(intervals: list[tuple[int, int]]) -> int:
 
 class AppLatency(Detector):
     id = "app-latency"
+    # The io probes, and the RPCs a process sends while one of its calls runs. A GlusterFS
+    # call's credentials (its pid) are read only while some glfs call is in progress:
+    # decoded then (with_details), so a run without probes decodes none of them.
+    wants = Wants(kinds={"probe.call", "probe.return", "rpc.call", "rpc.reply"},
+                  details=Topology.PROCEDURES)
 
     def __init__(self, after_ns: int = DEFAULT_AFTER_NS):
         self.after_ns = after_ns
@@ -95,7 +101,9 @@ class AppLatency(Detector):
         self.by_pid.setdefault((ev.get("host"), ev.get("pid")), []).append(call)
 
     def _rpc_call(self, ev: dict) -> None:
-        pid = (ev.get("cred") or {}).get("pid")
+        if not self.by_pid:
+            return
+        pid = (with_details(ev).get("cred") or {}).get("pid")
         if not pid:
             return
         calls = [c for (host, p), cs in self.by_pid.items() if p == pid for c in cs]

@@ -16,14 +16,15 @@ A brick whose connection the server side closes (brick killed) is not hung: it i
 """
 from __future__ import annotations
 
+import math
 import time
 from collections import OrderedDict
 
 from correlate import hookimpl
-from correlate.detector import Detector
+from correlate.detector import Detector, Wants
 from correlate.gluster.topology import Topology
 
-from .gluster_facts import BRICK_PORTS, find_key, host_of, is_blocking_lock, port_of
+from .gluster_facts import BRICK_PORTS, LOCK_PROCEDURES, find_key, host_of, is_blocking_lock, port_of
 
 DEFAULT_PING_TIMEOUT_S = 42      # Gluster's network.ping-timeout default
 GIVE_UP_MIN_NS = 1_000_000_000   # a PING pending this long at the client's close: it gave up
@@ -53,6 +54,11 @@ class _Conn:
 
 class BrickNotResponding(Detector):
     id = "brick-not-responding"
+    # Every call of a brick connection may be the one left pending. Details: the brick's
+    # name (Topology), SETVOLUME's ping-timeout, and a lock call's cmd (a blocking one may
+    # wait by design). An overdue PING is reported by time passing: due/tick.
+    wants = Wants(kinds={"rpc.call", "rpc.reply", "tcp.close", "tcp.connect", "probe.return"},
+                  details=Topology.PROCEDURES | LOCK_PROCEDURES)
 
     def __init__(self):
         self.conns: OrderedDict[int, _Conn] = OrderedDict()
@@ -146,13 +152,30 @@ class BrickNotResponding(Detector):
         self.pinged.pop(conn, None)
         return [self._report(st, ev["time_ns"], ev)]
 
+    def due(self) -> int | None:
+        """When the oldest pending PING outlives its connection's ping timeout."""
+        first = None
+        for st in self.pinged.values():
+            limit = self._overdue_after_ns(st)
+            if st.ping is not None and st.reported is None and math.isfinite(limit):
+                at = st.ping["time_ns"] + math.floor(limit) + 1     # the first ns past it
+                first = at if first is None else min(first, at)
+        return first
+
+    def tick(self, now: int):
+        return self._overdue_pings(now)
+
+    def _overdue_after_ns(self, st: _Conn) -> float:
+        """A PING is overdue once it waited longer than this."""
+        return (self._ping_timeout(st) + 1) * 1_000_000_000
+
     def _overdue_pings(self, now: int) -> list[dict]:
         found = []
         for conn, st in list(self.pinged.items()):
             if st.ping is None or st.reported is not None:
                 self.pinged.pop(conn, None)
                 continue
-            if now - st.ping["time_ns"] > (self._ping_timeout(st) + 1) * 1_000_000_000:
+            if now - st.ping["time_ns"] > self._overdue_after_ns(st):
                 self.pinged.pop(conn, None)
                 found.append(self._report(st, now, None))
         return found

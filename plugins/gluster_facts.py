@@ -55,6 +55,10 @@ GF_LK_BLOCKING_CMDS = (2, 4)
 ENTRYLK_LOCK = 0
 
 
+# The procedures is_blocking_lock reads the args of (their `cmd`).
+LOCK_PROCEDURES = frozenset({"LK", "INODELK", "FINODELK", "ENTRYLK", "FENTRYLK"})
+
+
 def is_blocking_lock(call: dict) -> bool:
     """LK with F_SETLKW, or a blocking INODELK/FINODELK/ENTRYLK/FENTRYLK: it may stay
     unanswered as long as another client holds the lock."""

@@ -19,6 +19,9 @@ from dataclasses import dataclass
 ROOT_GFID = "00000000-0000-0000-0000-000000000001"
 MAX_ENTRIES = 50_000
 NAMING = {"LOOKUP", "CREATE", "MKDIR", "MKNOD", "SYMLINK", "LINK"}
+# What Files.observe reads the args or results of: a detector using it routes these events
+# (calls and replies) and lists them in its `wants.details`.
+DETAILS = frozenset(NAMING | {"SETVOLUME"})
 _UUID_FIELDS = re.compile(r"PID:(?P<pid>-?\d+)|HOST:(?P<host>.+?)(?=-PC_NAME)|PC_NAME:(?P<xl>.+?)-RECON_NO")
 
 

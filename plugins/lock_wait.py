@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections import Counter
 
 from correlate import hookimpl
-from correlate.detector import Detector
+from correlate.detector import Detector, Wants
 from correlate.gluster.topology import Topology
 
 from .gluster_facts import is_blocking_lock
@@ -89,6 +89,12 @@ def _put(table: dict, key, value) -> None:
 
 class LockWait(Detector):
     id = "lock-wait"
+    # Lock calls' args and credentials (owner, pid), the contention callbacks' gfid, and the
+    # bricks' and clients' names (Topology). A request still waiting at the end is judged
+    # by the input's last event, of any kind: due/tick follow time while one waits.
+    wants = Wants(kinds={"rpc.call", "rpc.reply", "tcp.close"},
+                  procedures=LOCK_PROCEDURES | CONTENTION | Topology.PROCEDURES,
+                  details=LOCK_PROCEDURES | CONTENTION | Topology.PROCEDURES)
 
     def __init__(self, after_ns: int = DEFAULT_AFTER_NS, storm_min: int = STORM_MIN):
         self.after_ns = after_ns
@@ -101,6 +107,7 @@ class LockWait(Detector):
         self.storms: dict[str, Counter] = {}      # gfid -> Counter(what)
         self.storm_example: dict[str, dict] = {}
         self.last_ns = 0                          # the input's last event: its "now" at the end
+        self.waiting_since = 0                    # no waiting request is older than this
 
     # -- events ------------------------------------------------------------------------
     def observe(self, ev):
@@ -121,12 +128,26 @@ class LockWait(Detector):
             self._disconnected(ev)
         return ()
 
+    def due(self) -> int | None:
+        """While a request waits long enough to be reported at the end, every later event
+        moves the end: the next one after the last seen."""
+        if not self.waiting:
+            return None
+        return max(self.last_ns + 1, self.waiting_since + self.after_ns)
+
+    def tick(self, now: int):
+        self.last_ns = max(self.last_ns, now)
+        return ()
+
     def _call(self, call: dict) -> None:
         key = (call.get("source"), call.get("conn"), call.get("xid"))
         _put(self.calls, key, call)
         if _is_unlock(call):
             self._release(call)
         elif is_blocking_lock(call):
+            if not self.waiting:
+                self.waiting_since = call["time_ns"]
+            self.waiting_since = min(self.waiting_since, call["time_ns"])
             _put(self.waiting, key, {"call": call, "holders": self._conflicting(call)})
 
     def _reply(self, reply: dict):

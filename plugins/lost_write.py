@@ -10,9 +10,10 @@ was told its data was written, and it was not.
 from __future__ import annotations
 
 from correlate import hookimpl
-from correlate.detector import Detector
+from correlate.detector import Detector, Wants
+from correlate.events import with_details
 
-from .gluster_files import Files
+from .gluster_files import DETAILS as FILES_DETAILS, Files
 
 SYNC_FUNCTIONS = {"glfs_fsync", "glfs_fdatasync", "glfs_close"}
 MAX_FAILED_WRITES = 1000
@@ -21,6 +22,10 @@ MARGIN_NS = 1_000_000_000   # a WRITE can leave the client just before the probe
 
 class LostWrite(Detector):
     id = "lost-write"
+    # Details: what Files learns names and clients from. A WRITE's call (gfid, pid) is read
+    # only when its reply failed: decoded then (with_details), not for every WRITE.
+    wants = Wants(kinds={"rpc.call", "rpc.reply", "probe.call", "probe.return"},
+                  procedures=FILES_DETAILS | {"WRITE"}, details=FILES_DETAILS)
 
     def __init__(self):
         self.files = Files(keep_calls={"WRITE"})
@@ -31,7 +36,7 @@ class LostWrite(Detector):
         self.files.observe(ev)
         kind = ev.get("kind")
         if kind == "rpc.reply" and ev.get("procedure") == "WRITE" and ev.get("op_ret") == -1:
-            self.failed_writes.append((self.files.call_of(ev) or {}, ev))
+            self.failed_writes.append((with_details(self.files.call_of(ev) or {}), with_details(ev)))
             del self.failed_writes[:-MAX_FAILED_WRITES]
         elif kind == "probe.call":
             self.last_call[(ev.get("pid"), ev.get("tid"))] = ev

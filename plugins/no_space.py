@@ -16,7 +16,7 @@ import time
 from collections import OrderedDict
 
 from correlate import hookimpl
-from correlate.detector import Detector
+from correlate.detector import Detector, Wants
 from correlate.gluster.topology import Topology
 
 from .gluster_facts import find_key, host_of, port_of
@@ -42,6 +42,9 @@ class _Brick:
 
 class NoSpace(Detector):
     id = "no-space"
+    # An error reply of any procedure; details: STATFS's counts and the brick's name
+    # (Topology). A brick still without a STATFS is reported by time passing: due/tick.
+    wants = Wants(kinds={"rpc.call", "rpc.reply"}, details=Topology.PROCEDURES | {"STATFS"})
 
     def __init__(self):
         self.bricks: OrderedDict[tuple[str, str], _Brick] = OrderedDict()  # (server, errno) -> state
@@ -89,6 +92,15 @@ class NoSpace(Detector):
             return [self._report(st, ev["time_ns"])]
         self.waiting[key] = st
         return []
+
+    def due(self) -> int | None:
+        """When the first error still waiting for its brick's STATFS stops waiting."""
+        if not self.waiting:
+            return None
+        return next(iter(self.waiting.values())).first_ns + WAIT_FOR_STATFS_NS
+
+    def tick(self, now: int):
+        return self._timed_out(now)
 
     def _timed_out(self, now: int) -> list[dict]:
         found = []

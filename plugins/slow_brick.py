@@ -18,7 +18,7 @@ import statistics
 from collections import Counter
 
 from correlate import hookimpl
-from correlate.detector import Detector
+from correlate.detector import Detector, Wants
 from correlate.gluster.topology import Topology
 from correlate.outputs.profile_text import duration
 from correlate.profile import ProcedureStats
@@ -37,6 +37,9 @@ MAX_OUTSTANDING = 256           # calls remembered per connection for queueing
 
 class SlowBrick(Detector):
     id = "slow-brick"
+    # Latency, procedure and op_ret are there without details; the bricks' names and
+    # replica sets (Topology) need them.
+    wants = Wants(kinds={"rpc.call", "rpc.reply", "tcp.close"}, details=Topology.PROCEDURES)
 
     def __init__(self, factor: float = FACTOR, min_extra_ns: int = MIN_EXTRA_NS,
                  min_calls: int = MIN_CALLS):

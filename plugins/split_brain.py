@@ -15,9 +15,9 @@ import re
 import shlex
 
 from correlate import hookimpl
-from correlate.detector import Detector
+from correlate.detector import Detector, Wants
 
-from .gluster_files import Files, stat_of
+from .gluster_files import DETAILS as FILES_DETAILS, Files, stat_of
 
 KINDS = ("data", "metadata", "entry")
 PENDING_KEY = re.compile(r"^trusted\.afr\.(?P<vol>.+)-client-(?P<index>\d+)$")
@@ -90,6 +90,10 @@ def infer_index(pending: dict[int, tuple], known: set[int]) -> int | None:
 
 class SplitBrain(Detector):
     id = "split-brain"
+    # LOOKUP replies' AFR xattrs, what Files learns names and clients from, and the
+    # application's EIO (probes). A finding waits for that EIO until time passes: due/tick.
+    wants = Wants(kinds={"rpc.call", "rpc.reply", "probe.call", "probe.return"},
+                  procedures=FILES_DETAILS, details=FILES_DETAILS)
 
     def __init__(self):
         self.files = Files()
@@ -110,7 +114,7 @@ class SplitBrain(Detector):
             self.last_call[(ev.get("pid"), ev.get("tid"))] = ev
         elif kind == "probe.return" and ev.get("errno") == EIO and ev.get("function") in READ_FUNCTIONS:
             found += self._application_eio(ev)
-        found += self._due(ev["time_ns"])
+        found += self._waited_enough(ev["time_ns"])
         return found
 
     def _lookup_reply(self, ev: dict) -> None:
@@ -162,7 +166,16 @@ class SplitBrain(Detector):
                 return [self._finding(gfid, ret["time_ns"])]
         return []
 
-    def _due(self, now: int) -> list[dict]:
+    def due(self) -> int | None:
+        """When the oldest finding stops waiting for the application's EIO."""
+        if not self.waiting:
+            return None
+        return min(w["since"] for w in self.waiting.values()) + WAIT_FOR_EIO_NS
+
+    def tick(self, now: int):
+        return self._waited_enough(now)
+
+    def _waited_enough(self, now: int) -> list[dict]:
         due = [g for g, w in self.waiting.items() if now - w["since"] >= WAIT_FOR_EIO_NS]
         return [self._finding(g, now) for g in due]
 

@@ -11,9 +11,10 @@ operations of a gfid some other client removed; ESTALE on them always does.
 from __future__ import annotations
 
 from correlate import hookimpl
-from correlate.detector import Detector
+from correlate.detector import Detector, Wants
+from correlate.events import with_details
 
-from .gluster_files import Files
+from .gluster_files import DETAILS as FILES_DETAILS, Files
 
 HANDLE_OPS = {"OPEN", "READ", "WRITE", "FSTAT", "FSYNC", "FLUSH", "FTRUNCATE", "FSETATTR",
               "FGETXATTR", "FSETXATTR", "FXATTROP", "FINODELK", "FENTRYLK", "LK", "FALLOCATE",
@@ -27,6 +28,12 @@ MAX_TRACKED = 50_000
 
 class StaleHandle(Detector):
     id = "stale-handle"
+    # Details: the removing calls' names, what Files learns from. A handle operation's call
+    # (its gfid and pid) is read only when its reply failed: decoded then (with_details), so
+    # the everyday READs and WRITEs are not decoded for it.
+    wants = Wants(kinds={"rpc.call", "rpc.reply", "tcp.close", "probe.call", "probe.return"},
+                  procedures=HANDLE_OPS | REMOVING | FILES_DETAILS,
+                  details=REMOVING | FILES_DETAILS)
 
     def __init__(self):
         self.files = Files(keep_calls=HANDLE_OPS | REMOVING)
@@ -68,7 +75,7 @@ class StaleHandle(Detector):
         return ()
 
     def _stale(self, reply: dict) -> list[dict]:
-        call = self.files.call_of(reply) or {}
+        call = with_details(self.files.call_of(reply) or {})
         gfid = (call.get("args") or {}).get("gfid")
         if not gfid:
             return []

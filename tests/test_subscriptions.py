@@ -4,19 +4,28 @@ from pathlib import Path
 
 import pytest
 
-from correlate.detector import Detector, DetectorRunner, Wants, details_needed
+from correlate.detector import EVERYTHING, Detector, DetectorRunner, Wants, details_needed, \
+    load_detectors, wants_of
 from correlate.engine_cli import decoding_options
 from correlate.events import DETAILS_LATER, to_json
 from correlate.merge import merge
-from correlate.plugins import atime_minus_one, auth_rejected, brick_unreachable, rpc_unanswered
+from correlate.plugin_manager import get_plugin_manager
 from correlate.sources import open_input
 
-CAPTURES = sorted((Path(__file__).parent / "captures").glob("*.pcap"))
+CAPTURE_DIR = Path(__file__).parent / "captures"
+CAPTURES = sorted(CAPTURE_DIR.glob("*.pcap")) + sorted(CAPTURE_DIR.glob("*.pcap.gz"))
+# Probe events recorded beside a capture: each file runs merged with its capture.
+PROBED = sorted(CAPTURE_DIR.glob("*.probes.jsonl"))
 
 
 def builtin_detectors(after_ns: int):
-    return [atime_minus_one.AtimeMinusOne(), auth_rejected.AuthRejected(),
-            brick_unreachable.BrickUnreachable(), rpc_unanswered.RpcUnanswered(after_ns)]
+    """Every detector of the built-in plugins, as `analyze` loads them (through the hook): a
+    new one is covered without being named here."""
+    detectors, errors = load_detectors(get_plugin_manager(), {"unanswered_after_ns": after_ns})
+    assert not errors
+    builtin = [d for d in detectors if type(d).__module__.startswith("correlate.plugins.")]
+    assert len(builtin) >= 12
+    return builtin
 
 
 def findings(paths, detectors, *, subscriptions: bool) -> list[str]:
@@ -30,12 +39,21 @@ def findings(paths, detectors, *, subscriptions: bool) -> list[str]:
     return [to_json(f) for f in out]
 
 
+def _inputs(name: str) -> list[Path]:
+    if name == "all":
+        return CAPTURES
+    if name.endswith(".probes.jsonl"):
+        return [CAPTURE_DIR / name.replace(".probes.jsonl", ".pcap"), CAPTURE_DIR / name]
+    return [CAPTURE_DIR / name]
+
+
 # A threshold of 1 ms makes slow replies "unanswered": the detector's wake-ups by time
 # (due/tick) are exercised on every capture, not only on the hung one.
 @pytest.mark.parametrize("after_ns", [10_000_000_000, 1_000_000])
-@pytest.mark.parametrize("capture", [p.name for p in CAPTURES] + ["all"])
+@pytest.mark.parametrize("capture", [p.name for p in CAPTURES + PROBED] + ["all"])
 def test_same_findings_with_and_without_subscriptions(capture, after_ns):
-    paths = CAPTURES if capture == "all" else [CAPTURES[[p.name for p in CAPTURES].index(capture)]]
+    paths = _inputs(capture)
+    assert all(p.exists() for p in paths), paths
     filtered = findings(paths, builtin_detectors(after_ns), subscriptions=True)
     everything = findings(paths, builtin_detectors(after_ns), subscriptions=False)
     assert filtered == everything
@@ -44,10 +62,32 @@ def test_same_findings_with_and_without_subscriptions(capture, after_ns):
         assert len(filtered) >= 5          # the scenarios' findings are really there
 
 
+@pytest.mark.parametrize("probes", [p.name for p in PROBED])
+def test_probe_events_reach_the_detectors(probes):
+    """With subscriptions on, a capture's probe file still changes its findings (the
+    probe-reading detectors are handed the probe events)."""
+    capture, _ = _inputs(probes)
+    alone = findings([capture], builtin_detectors(10_000_000_000), subscriptions=True)
+    merged = findings(_inputs(probes), builtin_detectors(10_000_000_000), subscriptions=True)
+    assert merged != alone
+
+
+def test_every_builtin_detector_declares():
+    """No built-in detector falls back to every event, every detail."""
+    for det in builtin_detectors(10_000_000_000):
+        wants = wants_of(det)
+        assert wants is not EVERYTHING, det.id
+        assert wants.details is not None, det.id
+        assert wants.kinds is not None or wants.layers is not None, det.id
+
+
 def test_builtin_detectors_declare_what_they_read():
     needed = details_needed(builtin_detectors(1))
-    assert needed == {"SETATTR", "FSETATTR", "SETVOLUME", "PORTBYBRICK",
-                      "LK", "INODELK", "FINODELK", "ENTRYLK", "FENTRYLK"}
+    assert needed == {"SETATTR", "FSETATTR", "SETVOLUME", "PORTBYBRICK", "GETSPEC", "STATFS",
+                      "LK", "INODELK", "FINODELK", "ENTRYLK", "FENTRYLK",
+                      "INODELK_CONTENTION", "ENTRYLK_CONTENTION",
+                      "LOOKUP", "CREATE", "MKDIR", "MKNOD", "SYMLINK", "LINK",
+                      "UNLINK", "RENAME", "RMDIR"}
     runner = DetectorRunner(builtin_detectors(1))
     opts = decoding_options(runner, every_event=False)
     assert opts == {"details": needed, "details_later": True}
@@ -150,11 +190,64 @@ def test_detectors_woken_by_time_act_at_the_same_event():
     assert ("tcp.close", "rpc-unanswered", 11_000_000_000) in runs[0]
 
 
+def _rpc(time_ns, kind, procedure, program="GlusterFS", xid=1, **fields):
+    client, brick = "127.0.0.1:1000", "127.0.0.2:49152"
+    src, dst = (client, brick) if kind == "rpc.call" else (brick, client)
+    return {"time_ns": time_ns, "layer": "wire", "kind": kind, "source": "t", "xid": xid,
+            "program": program, "procedure": procedure, "src": src, "dst": dst, "conn": 1,
+            **fields}
+
+
+def _unwanted(*times):
+    """Events no detector here subscribes to but auth-rejected: log lines."""
+    return [{"time_ns": t, "layer": "log", "kind": "log.line", "source": "t", "message": "x"}
+            for t in times]
+
+
+S = 1_000_000_000
+TIMED_STREAMS = {
+    # a PING unanswered past the ping timeout (42 s + 1): reported at the next event
+    "brick-not-responding": ([_rpc(S, "rpc.call", "PING", program="GF-DUMP", cred={}, args={})]
+                             + _unwanted(20 * S, 44 * S + 1, 60 * S), 44 * S + 1),
+    # ENOSPC with no STATFS of that brick: reported once it waited 3 s for one
+    "no-space": ([_rpc(S, "rpc.reply", "WRITE", op_ret=-1, op_errno=28, errno_name="ENOSPC")]
+                 + _unwanted(2 * S, 4 * S + 7, 9 * S), 4 * S + 7),
+    # a blocking INODELK still waiting when the input ends: judged at its last event
+    "lock-wait": ([_rpc(S, "rpc.call", "INODELK", cred={"pid": 7, "lk_owner": "aa"},
+                        args={"gfid": "g", "volume": "vol", "cmd": 2, "type": 1,
+                              "flock": {"type": 1, "start": 0, "len": 0, "lk_owner": "aa"}})]
+                  + _unwanted(S + 10, 3 * S, 5 * S + 3), 5 * S + 3),
+}
+
+
+@pytest.mark.parametrize("detector", sorted(TIMED_STREAMS))
+def test_timed_detectors_act_at_the_same_event_when_filtered(detector):
+    """Without due/tick these findings came later (at the end) or never."""
+    stream, expected_ns = TIMED_STREAMS[detector]
+    runs = []
+    for subscriptions in (True, False):
+        runner = DetectorRunner(builtin_detectors(10_000_000_000), subscriptions=subscriptions)
+        out = [f for ev in stream for f in runner.observe(ev)] + runner.finish()
+        runs.append([(f.get("detector"), f["time_ns"], f.get("title")) for f in out])
+    assert runs[0] == runs[1]
+    assert any(d == detector and t == expected_ns for d, t, _title in runs[0]), runs[0]
+
+
 def test_route_table_is_per_kind_not_per_event():
     runner = DetectorRunner(builtin_detectors(10_000_000_000))
     for ev in _stream() * 100:
         runner.observe(ev)
     assert len(runner._routes) == 6
-    setattr_route = runner._routes[("wire", "rpc.call", "GlusterFS", "SETATTR")]
-    assert [runner.detectors[i].id for i in setattr_route] == ["atime-minus-one", "auth-rejected",
-                                                               "rpc-unanswered"]
+    ids = [d.id for d in runner.detectors]
+
+    def route(*key):
+        got = [ids[i] for i in runner._routes[key]]
+        assert got == sorted(got, key=ids.index)        # detector order kept
+        return set(got)
+
+    # lock-wait, split-brain, lost-write and brick-unreachable read no SETATTR
+    assert route("wire", "rpc.call", "GlusterFS", "SETATTR") == {
+        "stale-handle", "slow-brick", "rpc-unanswered", "no-space", "brick-not-responding",
+        "auth-rejected", "atime-minus-one", "app-latency"}
+    assert route("log", "log.line", None, None) == {"auth-rejected"}
+    assert route("wire", "tcp.connect", None, None) == {"brick-not-responding"}

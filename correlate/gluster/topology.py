@@ -40,6 +40,10 @@ def client_label(process_uuid: str) -> str | None:
 
 
 class Topology:
+    # The procedures it learns from, all through their decoded args or results: a detector
+    # that feeds it events routes these and lists them in its `wants.details`.
+    PROCEDURES = frozenset({"PORTBYBRICK", "SETVOLUME", "GETSPEC"})
+
     def __init__(self):
         self.brick_path: dict[str, str] = {}        # "host:port" -> brick path
         self.volume_of: dict[str, str] = {}         # "host:port" -> volume name
@@ -50,7 +54,7 @@ class Topology:
 
     def observe(self, ev: dict) -> None:
         proc = ev.get("procedure")
-        if proc not in ("PORTBYBRICK", "SETVOLUME", "GETSPEC"):
+        if proc not in self.PROCEDURES:
             return
         kind = ev.get("kind")
         if proc == "PORTBYBRICK":
