@@ -12,16 +12,14 @@ packets per second `correlate run --pcap -` sustains reading the capture from a 
 """
 from __future__ import annotations
 
-import argparse
 import os
-import shutil
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from decode_vs_tshark import OUT, packet_count, workload_capture  # noqa: E402
+from decode_vs_tshark import bench_inputs, packet_count  # noqa: E402
 
 TARGETS = {"analyze": (5, 3), "decode --fields": (10, None)}   # (with --jobs 2, in one process)
 MAX_RSS_MIB = 100
@@ -74,19 +72,10 @@ def pipe_rate(path: Path, env: dict) -> float:
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--capture", type=Path, help="capture to use (default: record the lab workload)")
-    ap.add_argument("--files", type=int, default=6000, help="workload size when recording")
-    ap.add_argument("--repeat", type=int, default=2, help="runs per command; the best is kept")
-    opts = ap.parse_args()
-    if not shutil.which("tshark"):
-        print("bench: tshark is not installed (apt-get install tshark)", file=sys.stderr)
+    inputs = bench_inputs(__doc__, repeat=2)
+    if inputs is None:
         return 2
-    full = opts.capture or workload_capture(opts.files)
-    n = packet_count(full)
-    OUT.mkdir(parents=True, exist_ok=True)
-    half = OUT / (full.stem + "-half.pcap")
-    subprocess.run(["editcap", "-F", "pcap", "-r", str(full), str(half), f"1-{n // 2}"], check=True)
+    opts, full, half, n = inputs
     py = [sys.executable, "-m", "correlate"]
     commands = [("decode --fields", py + ["decode", "--fields", FIELDS]),
                 ("decode --json", py + ["decode", "--json"]),

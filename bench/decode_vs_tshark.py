@@ -64,19 +64,31 @@ def workload_capture(files: int) -> Path:
     return path
 
 
-def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def bench_inputs(description: str, repeat: int):
+    """The options every tshark comparison takes, and its two captures: (opts, full, half,
+    packets of full), or None when tshark is missing (said on stderr)."""
+    ap = argparse.ArgumentParser(description=description,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--capture", type=Path, help="capture to use (default: record the lab workload)")
     ap.add_argument("--files", type=int, default=6000, help="workload size when recording")
-    ap.add_argument("--repeat", type=int, default=3, help="runs per tool; the best is kept")
+    ap.add_argument("--repeat", type=int, default=repeat, help="runs per command; the best is kept")
     opts = ap.parse_args()
     if not shutil.which("tshark"):
         print("bench: tshark is not installed (apt-get install tshark)", file=sys.stderr)
-        return 2
+        return None
     full = opts.capture or workload_capture(opts.files)
     n = packet_count(full)
+    OUT.mkdir(parents=True, exist_ok=True)
     half = OUT / (full.stem + "-half.pcap")
     subprocess.run(["editcap", "-F", "pcap", "-r", str(full), str(half), f"1-{n // 2}"], check=True)
+    return opts, full, half, n
+
+
+def main() -> int:
+    inputs = bench_inputs(__doc__, repeat=3)
+    if inputs is None:
+        return 2
+    opts, full, half, n = inputs
     correlate = [sys.executable, "-m", "correlate", "decode", "--fields",
                  "time_ns,xid,program_num,procedure_num"]
     correlate_json = [sys.executable, "-m", "correlate", "decode", "--json"]
