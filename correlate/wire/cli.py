@@ -35,7 +35,7 @@ def decode(capture, json_out, fields_spec, color, jobs, scheduler):
       correlate decode --fields time_ns,conn,xid,procedure,latency_ns capture.pcap
       correlate decode --fields kind,procedure,args.path,args.atime,op_errno capture.pcap
       correlate decode --jobs 2 --json big-capture.pcap > events.jsonl
-      correlate decode --scheduler tcp://10.0.0.5:8786 /shared/captures/big.pcap
+      correlate decode --scheduler tcp://scheduler-host:8786 /shared/captures/big.pcap
       tcpdump -i any -s 0 -U --immediate-mode -B 262144 -w - 'tcp portrange 24007-24100 or tcp portrange 49152-49251 or icmp' | correlate decode -
     """
     fields = None
