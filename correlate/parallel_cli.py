@@ -54,7 +54,7 @@ def _on_dask(scheduler: str, jobs: int | None, files: list[str]):
         from distributed import Client
     except ImportError:
         raise click.UsageError("--scheduler needs Dask distributed: "
-                               "pip install 'correlate[dask]'") from None
+                               "pip install 'gluster-correlate[dask]'") from None
     try:
         client = Client(scheduler, timeout=10)
     except OSError as exc:
