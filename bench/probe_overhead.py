@@ -1,21 +1,35 @@
-"""What attaching the gfapi probes costs a libgfapi client: the lab's small-file workload
-(create+write, stat, utimens, open+read, unlink per file) timed without and with the bcc
-uprobes in the same run, alternating rounds so drift hits both sides alike.
+"""What attaching probes costs a libgfapi client: the lab's small-file workload (create+write,
+stat, utimens, open+read, unlink per file) in blocks, alternately without and with the bcc
+probes of a group, in one mounted client and one run.
 
-    python bench/probe_overhead.py [--files 500] [--rounds 5]
+    python bench/probe_overhead.py [--group gfapi] [--group all] [--files 100] [--pairs 20]
 
-The client runs in a child process (as a real client would), so the collector polling the
-perf buffer here does not compete with it for the interpreter; the uprobes are attached by
-library path and so fire in the child.
+Why blocks in one client: a single round of a Gluster workload varies by +-15% on its own
+(brick scheduling, the journal, the other core's load), more than what is measured. So the
+client mounts once and runs short blocks on command; the bench compiles the probe program
+once and attaches it before every other block and detaches it after (order ABBA, so drift
+hits both sides alike). Reported per group:
 
-Prints each round, then the slowdown ratio (median with probes / median without); the target
-is <= 1.05. Then the cost of a single probe hit, measured on a cheap libgfapi function in a
-tight loop, which is steadier than the workload ratio on a busy machine. Needs root, bcc and the lab; otherwise it says why and exits 0.
+  * wall: mean with / mean without over all blocks, with a 95% bootstrap interval over the
+    block pairs, and the median of the pairs' own ratios; the target is <= 1.05;
+  * CPU: the client's user+sys time per file with and without. The probes' cost (the uprobe
+    traps and the BPF programs) is spent on the client's own threads, so the difference is
+    the probes' price almost without noise; set against the wall time per file it is the
+    overhead the workload would see on an otherwise idle machine.
+
+Then the cost of single probe hits, measured on cheap libgfapi functions in a tight loop:
+one that sends its event, and a call and return that send nothing, by the probed function's
+first instruction (the kernel emulates `push`, it single-steps `sub` out of line).
+
+Needs root, bcc and the lab; otherwise it says why and exits 0.
 """
 from __future__ import annotations
 
 import argparse
 import os
+import random
+import resource
+import select
 import statistics
 import subprocess
 import sys
@@ -25,59 +39,142 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from correlate.probe import catalog  # noqa: E402
-from correlate.probe.errors import ProbeError  # noqa: E402
+TARGET = 1.05
 
 
-def child(files: int) -> int:
-    """The measured client: mount, warm up, time the workload, print the seconds."""
+def child() -> int:
+    """The measured client: mount, warm up, then one block of N files per line read from
+    stdin; print each block's wall seconds and this process's user and system CPU seconds."""
     from tests.lab import gfapi
     fs = gfapi.Client(log_file="/var/log/correlate-lab/bench-probe-overhead.log").init()
-    gfapi.workload(fs, max(10, files // 10), 4096, "/bench-probe-overhead")
-    t0 = time.perf_counter()
-    gfapi.workload(fs, files, 4096, "/bench-probe-overhead")
-    print(f"{time.perf_counter() - t0:.6f}", flush=True)
+    gfapi.workload(fs, 50, 4096, "/bench-probe-overhead")
+    print("ready", flush=True)
+    for line in sys.stdin:
+        files = int(line)
+        r0, t0 = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
+        gfapi.workload(fs, files, 4096, "/bench-probe-overhead")
+        t1, r1 = time.perf_counter(), resource.getrusage(resource.RUSAGE_SELF)
+        print(f"{t1 - t0:.6f} {r1.ru_utime - r0.ru_utime:.6f} {r1.ru_stime - r0.ru_stime:.6f}",
+              flush=True)
     os._exit(0)   # skip glfs_fini's long wait
 
 
-def run_child(files: int, session=None) -> float:
-    """Run the client in its own process (so the collector never competes with it for the
-    interpreter) while this process drains the probes."""
-    proc = subprocess.Popen([sys.executable, __file__, "--child", "--files", str(files)],
-                            stdout=subprocess.PIPE, text=True, cwd=ROOT)
-    while proc.poll() is None:
-        if session is not None:
-            session.poll(50)
-        else:
-            time.sleep(0.05)
-    out = proc.stdout.read().strip()
-    if proc.returncode != 0 or not out:
-        raise SystemExit(f"probe_overhead: workload child failed (exit {proc.returncode})")
-    return float(out.splitlines()[-1])
+class Client:
+    """The child process, driven block by block."""
+
+    def __init__(self):
+        self.proc = subprocess.Popen([sys.executable, __file__, "--child"], stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, text=True, cwd=ROOT)
+        if self.proc.stdout.readline().strip() != "ready":
+            raise SystemExit(f"probe_overhead: the client did not mount (exit {self.proc.wait()})")
+
+    def block(self, files: int, session=None) -> tuple[float, float]:
+        """Run one block while draining the probes; (wall seconds, CPU seconds)."""
+        self.proc.stdin.write(f"{files}\n")
+        self.proc.stdin.flush()
+        while not select.select([self.proc.stdout], [], [], 0)[0]:
+            if self.proc.poll() is not None:
+                raise SystemExit(f"probe_overhead: the client died (exit {self.proc.returncode})")
+            if session is not None:
+                session.poll(20)
+            else:
+                select.select([self.proc.stdout], [], [], 0.02)
+        line = self.proc.stdout.readline()
+        wall, user, system = map(float, line.split())
+        return wall, user + system
+
+    def close(self) -> None:
+        self.proc.stdin.close()
+        self.proc.wait()
+
+
+def bootstrap_ratio(pairs: list[tuple[float, float]], rounds: int = 4000) -> tuple[float, float]:
+    """95% interval of mean(with) / mean(without), resampling the block pairs."""
+    rng = random.Random(1)
+    ratios = []
+    for _ in range(rounds):
+        sample = [rng.choice(pairs) for _ in pairs]
+        ratios.append(sum(w for _, w in sample) / sum(p for p, _ in sample))
+    ratios.sort()
+    return ratios[int(0.025 * rounds)], ratios[int(0.975 * rounds) - 1]
+
+
+def measure_group(group: str, files: int, pairs: int) -> dict:
+    from correlate.probe_source import select_specs
+    from correlate.probe.session import ProbeSession
+    session = ProbeSession(select_specs([group]), backend="bcc").start()
+    session.collector.detach()
+    client = Client()
+    plain, probed = [], []          # (wall, cpu) per block
+    try:
+        client.block(files)         # settle after the mount
+        for i in range(2 * pairs):
+            with_probes = (i % 4) in (1, 2)       # ABBA ABBA ...
+            if with_probes:
+                session.collector.attach()
+                probed.append(client.block(files, session))
+                session.collector.detach()
+                session.poll(0)
+            else:
+                plain.append(client.block(files))
+    finally:
+        client.close()
+        session.stop()
+    walls = list(zip((p[0] for p in plain), (w[0] for w in probed)))
+    mean_plain = statistics.fmean(p for p, _ in walls)
+    mean_probed = statistics.fmean(w for _, w in walls)
+    cpu_plain = statistics.fmean(c for _, c in plain) / files
+    cpu_probed = statistics.fmean(c for _, c in probed) / files
+    return {
+        "group": group, "probes": session.attached, "events": session.events_seen,
+        "lost": session.lost, "files": files, "pairs": pairs,
+        "wall_ratio": mean_probed / mean_plain, "wall_interval": bootstrap_ratio(walls),
+        "pair_median": statistics.median(w / p for p, w in walls),
+        "wall_per_file": mean_plain / files,
+        "cpu_per_file": (cpu_plain, cpu_probed),
+        "cpu_overhead": (cpu_probed - cpu_plain) / (mean_plain / files),
+    }
+
+
+def report(r: dict) -> None:
+    lo, hi = r["wall_interval"]
+    cpu_plain, cpu_probed = r["cpu_per_file"]
+    verdict = "within" if r["wall_ratio"] <= TARGET else "ABOVE"
+    print(f"--probe {r['group']} ({r['probes']} probe points, {r['events']} events, {r['lost']} lost), "
+          f"{r['pairs']} block pairs of {r['files']} files:")
+    print(f"  wall: {r['wall_ratio']:.3f}x ({(r['wall_ratio'] - 1) * 100:+.1f}%; 95% interval "
+          f"{lo:.3f}-{hi:.3f}; median of pairs {r['pair_median']:.3f}x) {verdict} the {TARGET}x target")
+    print(f"  client CPU per file: {cpu_plain * 1e6:.0f} us without, {cpu_probed * 1e6:.0f} us with "
+          f"({(cpu_probed - cpu_plain) * 1e6:+.1f} us) = {r['cpu_overhead'] * 100:+.1f}% of the "
+          f"{r['wall_per_file'] * 1e6:.0f} us a file takes", flush=True)
 
 
 HIT_CHILD = """
 import ctypes, sys, time
-f = ctypes.CDLL("libgfapi.so.0").glfs_setfsuid
-n = int(sys.argv[1])
+lib = ctypes.CDLL("libgfapi.so.0")
+f, arg, n = getattr(lib, sys.argv[1]), None if sys.argv[2] == "null" else 0, int(sys.argv[3])
 t0 = time.perf_counter()
 for _ in range(n):
-    f(0)
+    f(arg)
 print(time.perf_counter() - t0)
 """
+# Cheap functions that are safe to call in a loop, by their first instruction.
+HIT_FUNCTIONS = {"sub": ("glfs_setfsuid", "0"),       # sub $0x18,%rsp: single-stepped
+                 "push": ("glfs_setfsleaseid", "null")}  # push %rbx: emulated
 
 
-def per_hit_ns(calls: int = 200_000, emit: str = "all") -> tuple[float, int]:
-    """Cost of one probe hit (uprobe trap + BPF program + perf output): a cheap libgfapi
-    function (glfs_setfsuid) called in a loop, timed with and without a probe on it.
-    With emit="failures" the probe is an entry and a return that send nothing (the call
-    succeeds), which is what the fop probes cost on a healthy workload."""
+def per_hit_ns(first: str, emit: str, calls: int = 200_000) -> tuple[float, int]:
+    """Cost of one probe hit: a cheap libgfapi function called in a loop, timed with and
+    without a probe on it. emit="all" is an entry probe that sends its event; "failures" is an
+    entry and a return that send nothing (the call succeeds), what a fop probe costs on a
+    healthy workload."""
     from correlate.probe.catalog import Arg, ProbeSpec
     from correlate.probe.session import ProbeSession
+    function, arg = HIT_FUNCTIONS[first]
 
     def run(session=None) -> float:
-        proc = subprocess.Popen([sys.executable, "-c", HIT_CHILD, str(calls)], stdout=subprocess.PIPE,
-                                text=True)
+        proc = subprocess.Popen([sys.executable, "-c", HIT_CHILD, function, arg, str(calls)],
+                                stdout=subprocess.PIPE, text=True)
         while proc.poll() is None:
             if session is not None:
                 session.poll(20)
@@ -85,8 +182,9 @@ def per_hit_ns(calls: int = 200_000, emit: str = "all") -> tuple[float, int]:
                 time.sleep(0.02)
         return float(proc.stdout.read())
 
-    spec = ProbeSpec("bench.glfs_setfsuid", "bench", "libgfapi.so.0", "glfs_setfsuid",
-                     (Arg("uid", 1, "int"),), retprobe=emit != "all", emit=emit)
+    spec = ProbeSpec(f"bench.{function}", "bench", "libgfapi.so.0", function,
+                     (Arg("arg", 1, "ptr"),), retprobe=emit != "all", emit=emit,
+                     retval="int")
     plain = min(run() for _ in range(3))
     session = ProbeSession([spec], backend="bcc").start()
     probed = min(run(session) for _ in range(3))
@@ -96,60 +194,46 @@ def per_hit_ns(calls: int = 200_000, emit: str = "all") -> tuple[float, int]:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--files", type=int, default=500)
-    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--group", action="append", help="probe group(s) to measure (default: gfapi and all)")
+    ap.add_argument("--files", type=int, default=100, help="files per block")
+    ap.add_argument("--pairs", type=int, default=20, help="block pairs (one without, one with probes)")
+    ap.add_argument("--no-hits", action="store_true", help="skip the single-hit costs")
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     opts = ap.parse_args(argv)
     if opts.child:
-        return child(opts.files)
+        return child()
     if os.geteuid() != 0:
         print("probe_overhead: skipped (needs root for uprobes)")
         return 0
     from correlate.probe.bcc_backend import check_bcc_prerequisites
+    from correlate.probe.errors import ProbeError
     try:
         check_bcc_prerequisites()
     except ProbeError as exc:
         print(f"probe_overhead: skipped ({exc})")
         return 0
-    from correlate.probe.session import ProbeSession
     from tests.lab import lab
 
-    plain, probed = [], []
+    failed = False
     with lab.exclusive():
         lab.up()
-        for r in range(opts.rounds):
-            plain.append(run_child(opts.files))
-            session = ProbeSession(catalog.select("gfapi"), backend="bcc").start()
-            probed.append(run_child(opts.files, session))
-            session.stop()
-            summary = session.summary()
-            print(f"round {r + 1}: without probes {plain[-1]:.3f} s, with probes {probed[-1]:.3f} s "
-                  f"({summary['events']} events, {summary['lost']} lost)", flush=True)
-            # per file: glfs_utimens + glfs_setattr, call and return each; the fops
-            # (creat, write, close, stat, open, read) succeed and so send nothing
-            expected = 4 * (opts.files + max(10, opts.files // 10))
-            if summary["events"] < expected:
-                print(f"probe_overhead: expected at least {expected} events, saw {summary['events']}")
-                return 1
-        hit_ns, hit_lost = per_hit_ns()
-        quiet_ns, _ = per_hit_ns(emit="failures")
-    ratio = statistics.median(probed) / statistics.median(plain)
-    best = min(probed) / min(plain)
-    per_file_us = (statistics.median(probed) - statistics.median(plain)) / opts.files * 1e6
-    print(f"probe overhead: {ratio:.3f}x ({(ratio - 1) * 100:+.1f}%, {per_file_us:+.1f} us per file "
-          f"of 5 fops) over {opts.rounds} rounds of {opts.files} files; best round against best "
-          f"round {best:.3f}x; target <= 1.05x")
-    per_file_ns = statistics.median(plain) / opts.files * 1e9
-    # Per file: glfs_utimens and glfs_setattr send call and return (4 hits); glfs_creat,
-    # glfs_write, glfs_close, glfs_stat, glfs_open, glfs_read, glfs_close succeed and send
-    # nothing (7 calls, each an entry and a return that stay in the kernel).
-    sent, quiet = 4, 7
-    estimate = (sent * hit_ns + quiet * quiet_ns) / per_file_ns * 100
-    print(f"cost of one probe hit that sends its event: {hit_ns:.0f} ns ({hit_lost} events lost); "
-          f"of a call and return that send nothing: {quiet_ns:.0f} ns (glfs_setfsuid loop, best "
-          f"of 3); {sent} x {hit_ns / 1000:.1f} us + {quiet} x {quiet_ns / 1000:.1f} us per file over "
-          f"{per_file_ns / 1000:.0f} us per file = {estimate:.1f}% estimated overhead")
-    return 0
+        for group in opts.group or ["gfapi", "all"]:
+            r = measure_group(group, opts.files, opts.pairs)
+            report(r)
+            # glfs_utimens and the glfs_setattr it calls send call and return per file (emit="all")
+            expected = 4 * opts.files * opts.pairs
+            if r["events"] < expected:
+                print(f"probe_overhead: expected at least {expected} events, saw {r['events']}")
+                failed = True
+        if not opts.no_hits:
+            sent, _ = per_hit_ns("sub", "all")
+            for first in ("push", "sub"):
+                quiet, _ = per_hit_ns(first, "failures")
+                print(f"a call and return that send nothing, first instruction {first}: "
+                      f"{quiet / 1000:.1f} us", flush=True)
+            print(f"a probe hit that sends its event: {sent / 1000:.1f} us (glfs_setfsuid loop, "
+                  f"best of 3)")
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

@@ -60,11 +60,25 @@ struct fd_info_t {
     char path[MAX_STR];
 };
 
+// What a call keeps until its return: the entry time (duration_ns), the library's load
+// address (errno) and the arguments, as register values. A probe that sends only failed
+// calls builds the call's record from this at the return, reading strings and structs
+// through the saved pointers then (the caller's memory outlives the call). Small on purpose:
+// every call of every probed function writes one, and copying a whole event_t (450 bytes)
+// there cost more than the rest of the program.
+struct entry_t {
+    u64 ts;
+    u64 base;
+    u64 ints[4];        // int / long / ptr / fd arguments, in spec order
+    u64 str_ptr;        // the str argument's pointer
+    u64 struct_ptr;     // the struct argument's pointer
+};
+
 BPF_PERF_OUTPUT(events);
 BPF_PERCPU_ARRAY(scratch, struct event_t, 1);
 BPF_PERCPU_ARRAY(fd_scratch, struct fd_info_t, 1);
-// (tid << 32 | probe_id) -> the call's record, until its return
-BPF_TABLE("lru_hash", u64, struct event_t, entries, 4096);
+// (tid << 32 | probe_id) -> the call, until its return
+BPF_TABLE("lru_hash", u64, struct entry_t, entries, 4096);
 BPF_TABLE("lru_hash", struct fd_key_t, struct fd_info_t, fds, 8192);
 
 static __always_inline struct event_t *begin(u32 probe_id, u32 kind) {
@@ -144,9 +158,21 @@ static __always_inline void read_glfs_stat(struct event_t *ev, const void *p) {
     ev->flags |= bad == 0 ? F_STRUCT : F_STRUCT_FAULT;
 }
 
-static __always_inline void remember_entry(struct event_t *ev) {
-    u64 key = ((u64)ev->tid << 32) | ev->probe_id;
-    entries.update(&key, ev);
+static __always_inline u64 entry_key(u32 probe_id) {
+    return ((u64)(u32)bpf_get_current_pid_tgid() << 32) | probe_id;
+}
+
+// The call's record, built at its return from what the entry kept.
+static __always_inline struct event_t *call_record(u32 probe_id, struct entry_t *entry) {
+    struct event_t *ev = begin(probe_id, KIND_CALL);
+    if (!ev)
+        return 0;
+    ev->ts = entry->ts;
+    ev->base = entry->base;
+    #pragma unroll
+    for (int i = 0; i < 4; i++)
+        ev->ints[i] = entry->ints[i];
+    return ev;
 }
 
 // errno is thread-local in glibc: the caller's errno lives at fsbase + TPOFF, where TPOFF
@@ -202,14 +228,15 @@ static __always_inline void fd_path(struct event_t *ev, u64 fd) {
     }
 }
 
-// glfs_open / glfs_creat returned the fd `fd` for the path in the call's record.
-static __always_inline void fd_opened(struct event_t *entry, u64 fd) {
+// glfs_open / glfs_creat returned the fd `fd` for the path the call was given.
+static __always_inline void fd_opened(u32 pid, struct entry_t *entry, u64 fd) {
     struct fd_info_t *fi = fd_blank();
     if (!fi)
         return;
     fi->open_ts = entry->ts;
-    bpf_probe_read_kernel_str(fi->path, sizeof(fi->path), entry->str);
-    struct fd_key_t key = {.pid = entry->pid, .fd = fd};
+    if (bpf_probe_read_user_str(fi->path, sizeof(fi->path), (const void *)entry->str_ptr) <= 0)
+        fi->path[0] = 0;
+    struct fd_key_t key = {.pid = pid, .fd = fd};
     fds.update(&key, fi);
 }
 
@@ -242,22 +269,24 @@ static __always_inline void fd_wrote(u32 pid, u64 fd, s64 n, s64 off, u64 ts) {
     __sync_fetch_and_add(&fi->bytes, n);
 }
 
-// fsync or close returned: report the tally on the return record; a successful fsync
-// makes the writes durable, a close forgets the fd.
-static __always_inline void fd_synced(struct event_t *ev, u64 fd, int failed, int closing) {
-    struct fd_key_t key = {.pid = ev->pid, .fd = fd};
+// fsync or close returned: report the tally on the return record (when one is sent); a
+// successful fsync makes the writes durable, a close forgets the fd.
+static __always_inline void fd_synced(struct event_t *ev, u32 pid, u64 fd, int failed, int closing) {
+    struct fd_key_t key = {.pid = pid, .fd = fd};
     struct fd_info_t *fi = fds.lookup(&key);
     if (!fi)
         return;
-    ev->words[0] = fi->writes;
-    ev->words[1] = fi->bytes;
-    ev->words[2] = fi->first_ts;
-    ev->words[3] = fi->last_ts;
-    ev->words[4] = fi->lo;
-    ev->words[5] = fi->hi;
-    ev->words[6] = fi->open_ts;
-    ev->words[7] = fi->flags;
-    ev->flags |= F_TALLY;
+    if (ev) {
+        ev->words[0] = fi->writes;
+        ev->words[1] = fi->bytes;
+        ev->words[2] = fi->first_ts;
+        ev->words[3] = fi->last_ts;
+        ev->words[4] = fi->lo;
+        ev->words[5] = fi->hi;
+        ev->words[6] = fi->open_ts;
+        ev->words[7] = fi->flags;
+        ev->flags |= F_TALLY;
+    }
     if (closing) {
         fds.delete(&key);
     } else if (!failed) {

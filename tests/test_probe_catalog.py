@@ -330,20 +330,30 @@ def test_program_sends_failed_calls_only_and_follows_fds():
     specs = {s.function: s for s in catalog.select("gfapi")}
     rps = [_fake(specs[f]) for f in ("glfs_open", "glfs_pwrite", "glfs_fsync", "glfs_close", "glfs_init")]
     text = bcc_backend.program_text(rps)
+    # the entry of a failures-only probe keeps registers only: no record, no string read
     call_open = text.split("int call_0(")[1].split("int ret_0(")[0]
-    assert "perf_submit" not in call_open and "remember_entry(ev);" in call_open
+    assert "perf_submit" not in call_open and "begin(" not in call_open and "read_str" not in call_open
+    assert "e.str_ptr = PT_REGS_PARM2(ctx);" in call_open and "entries.update(&key, &e);" in call_open
     ret_open = text.split("int ret_0(")[1].split("int call_1(")[0]
-    assert "int failed = ev->retval == 0;" in ret_open
-    assert "fd_opened(entry, ev->retval);" in ret_open
-    assert "if (failed) {" in ret_open and "perf_submit(ctx, entry" in ret_open
+    assert "int failed = rc == 0;" in ret_open and "int send = failed;" in ret_open
+    assert "fd_opened(pid, entry, rc);" in ret_open
+    # a quiet return leaves before building any record; a failed one sends the call first,
+    # its path read through the pointer the entry kept
+    quiet, sending = ret_open.split("if (!send) {")[1].split("return 0;", 1)
+    assert "begin(" not in quiet and "entries.delete(&key);" in quiet
+    assert sending.index("call_record(0, entry)") < sending.index("begin(0, KIND_RETURN)")
+    assert "read_str(ev, (const void *)entry->str_ptr);" in sending
     call_pwrite = text.split("int call_1(")[1].split("int ret_1(")[0]
-    assert "ev->ints[0] = PT_REGS_PARM1(ctx);\n    fd_path(ev, ev->ints[0]);" in call_pwrite
+    assert "e.ints[0] = PT_REGS_PARM1(ctx);" in call_pwrite and "fd_path" not in call_pwrite
     ret_pwrite = text.split("int ret_1(")[1].split("int call_2(")[0]
-    assert "fd_wrote(ev->pid, entry->ints[0], ev->retval, (s64)entry->ints[2], ev->ts);" in ret_pwrite
-    assert "fd_synced(ev, entry->ints[0], failed, 0);" in text.split("int ret_2(")[1]
-    assert "fd_synced(ev, entry->ints[0], failed, 1);" in text.split("int ret_3(")[1]
+    assert "fd_wrote(pid, entry->ints[0], rc, (s64)entry->ints[2], bpf_ktime_get_ns());" in ret_pwrite
+    assert "fd_path(ev, ev->ints[0]);" in ret_pwrite.split("if (!send) {")[1]
+    ret_fsync = text.split("int ret_2(")[1]
+    assert "fd_synced(0, pid, entry->ints[0], failed, 0);" in ret_fsync
+    assert "fd_synced(ev, pid, entry->ints[0], failed, 0);" in ret_fsync
+    assert "fd_synced(ev, pid, entry->ints[0], failed, 1);" in text.split("int ret_3(")[1]
     ret_init = text.split("int ret_4(")[1]
-    assert "if (failed) {" not in ret_init and "events.perf_submit(ctx, ev, sizeof(*ev));" in ret_init
+    assert "int send = 1;" in ret_init and "events.perf_submit(ctx, ev, sizeof(*ev));" in ret_init
 
 
 def test_decode_failed_pread_with_fd_path_errno_and_tally():

@@ -170,6 +170,17 @@ class BccCollector:
         except Exception as exc:  # bcc raises plain Exception on compile errors
             raise ProbeError(f"bcc could not compile the probe program: {str(exc).splitlines()[0]} "
                              f"(kernel headers at {kernel_headers_dir()})") from None
+        self.attach()
+        # Measure the clock offset after the (slow) compile, right before events flow.
+        self.clock = ClockMap()
+        # The kernel wakes the reader only every WAKEUP_EVENTS events: a wakeup per event
+        # preempts the probed process on a busy machine. poll() consumes the rest itself.
+        self.bpf[b"events"].open_perf_buffer(self._on_event, page_cnt=self.perf_pages,
+                                                 lost_cb=self._on_lost,
+                                                 wakeup_events=WAKEUP_EVENTS)
+
+    def attach(self) -> None:
+        """Attach every probe to the compiled program (start() does; after detach(), again)."""
         pid = -1 if self.pid is None else self.pid
         try:
             for i, rp in enumerate(self.probes):
@@ -179,13 +190,12 @@ class BccCollector:
         except Exception as exc:
             self.stop()
             raise ProbeError(f"attaching {rp.function} at {rp.address:#x} in {rp.path} failed: {exc}") from None
-        # Measure the clock offset after the (slow) compile, right before events flow.
-        self.clock = ClockMap()
-        # The kernel wakes the reader only every WAKEUP_EVENTS events: a wakeup per event
-        # preempts the probed process on a busy machine. poll() consumes the rest itself.
-        self.bpf[b"events"].open_perf_buffer(self._on_event, page_cnt=self.perf_pages,
-                                                 lost_cb=self._on_lost,
-                                                 wakeup_events=WAKEUP_EVENTS)
+
+    def detach(self) -> None:
+        """Take the probes out of the processes but keep the program and its maps: the
+        overhead bench alternates with and without probes without recompiling."""
+        if self.bpf is not None:
+            _detach_uprobes(self.bpf)
 
     def _on_event(self, _cpu, data, _size) -> None:
         rec = ctypes.cast(data, ctypes.POINTER(EventRecord)).contents

@@ -28,47 +28,133 @@ def errno_defines(probes: list[ResolvedProbe]) -> tuple[str, str]:
 
 def _failed(retval: str) -> str:
     """C test of the return register for a failed call."""
-    return {"int": "(s32)ev->retval < 0", "long": "ev->retval < 0", "ptr": "ev->retval == 0"}[retval]
+    return {"int": "(s32)rc < 0", "long": "rc < 0", "ptr": "rc == 0"}[retval]
 
 
-def _return_function(i: int, rp: ResolvedProbe, slot_of: dict[str, int], with_errno: bool) -> str:
-    from .errno_tls import errno_slot
+def _argument_reads(rp: ResolvedProbe, at_return: bool) -> tuple[list[str], dict[str, int]]:
+    """C statements that fill a record's arguments, and the ints[] slot of each word argument.
+    At the entry they read the registers; at the return (a failures-only probe building its
+    call's record) the register values the entry kept."""
+    reads, slot, slot_of = [], 0, {}
+    for arg in rp.arguments:
+        reg = f"PT_REGS_PARM{arg.index}(ctx)"
+        if arg.kind == "str":
+            ptr = "entry->str_ptr" if at_return else reg
+            if arg.deref:
+                hops = "".join(f"\n        p = deref(p, {int(off)});" for off in arg.deref)
+                reads.append(f"{{\n        const void *p = (const void *){ptr};{hops}\n"
+                             f"        read_str(ev, p);\n    }}")
+            else:
+                reads.append(f"read_str(ev, (const void *){ptr});")
+        elif arg.kind in WORD_KINDS:
+            if not at_return:
+                reads.append(f"ev->ints[{slot}] = {reg};")
+            if arg.kind == "fd":
+                reads.append(f"fd_path(ev, ev->ints[{slot}]);")
+                slot_of["fd"] = slot
+            slot_of.setdefault(arg.name, slot)
+            slot += 1
+        elif arg.kind in STRUCT_KINDS:
+            ptr = "entry->struct_ptr" if at_return else reg
+            reads.append(f"read_{arg.kind}(ev, (const void *){ptr});")
+    return reads, slot_of
+
+
+def _keep_entry(i: int, rp: ResolvedProbe, from_record: bool) -> str:
+    """C block that keeps the call (its time, load address and argument registers) until the
+    return: copied from the call's record when one was sent, else read from the registers."""
+    lines = ["struct entry_t e = {};"]
+    lines.append("e.ts = ev->ts;" if from_record else "e.ts = bpf_ktime_get_ns();")
+    # the library's load address: the probe's address minus its ELF address
+    lines.append(f"e.base = (PT_REGS_IP(ctx) - {rp.address:#x}ULL) & ~0xfffULL;")
+    slot = 0
+    for arg in rp.arguments:
+        reg = f"PT_REGS_PARM{arg.index}(ctx)"
+        if arg.kind in WORD_KINDS:
+            lines.append(f"e.ints[{slot}] = {reg};")
+            slot += 1
+        elif arg.kind == "str":
+            lines.append(f"e.str_ptr = {reg};")
+        elif arg.kind in STRUCT_KINDS:
+            lines.append(f"e.struct_ptr = {reg};")
+    lines.append(f"u64 key = entry_key({i});")
+    lines.append("entries.update(&key, &e);")
+    return "\n    ".join(lines)
+
+
+def _entry_function(i: int, rp: ResolvedProbe) -> str:
     spec = rp.spec
-    lines = [f"int failed = {_failed(spec.retval)};"]
-    got = errno_slot(rp.path) if with_errno else None
-    if got is not None:
-        lines.append(f"if (failed && entry)\n        read_errno(ev, entry->base, {got:#x}ULL);")
-    fd = f"entry->ints[{slot_of['fd']}]" if "fd" in slot_of else None
-    if spec.fd_role == "opens":
-        lines.append("if (!failed && entry)\n        fd_opened(entry, ev->retval);")
-    elif spec.fd_role == "writes":
-        off = f"(s64)entry->ints[{slot_of['offset']}]" if "offset" in slot_of else "-1"
-        lines.append(f"if (!failed && entry)\n        fd_wrote(ev->pid, {fd}, ev->retval, {off}, ev->ts);")
-    elif spec.fd_role in ("syncs", "closes"):
-        closing = int(spec.fd_role == "closes")
-        lines.append(f"if (entry)\n        fd_synced(ev, {fd}, failed, {closing});")
-    if spec.emit == "failures":
-        # the call's record goes out first, at its own time, only when the call failed
-        lines.append("if (failed) {\n        if (entry)\n"
-                     "            events.perf_submit(ctx, entry, sizeof(*entry));\n"
-                     "        events.perf_submit(ctx, ev, sizeof(*ev));\n    }")
-    else:
-        lines.append("events.perf_submit(ctx, ev, sizeof(*ev));")
-    body = "\n    ".join(lines)
-    return f"""int ret_{i}(struct pt_regs *ctx) {{
-    struct event_t *ev = begin({i}, KIND_RETURN);
+    if spec.emit != "all":
+        # nothing is sent at the entry: keep the registers, decide at the return
+        return f"""
+// {spec.name}: {rp.function} in {rp.path} ({rp.method})
+int call_{i}(struct pt_regs *ctx) {{
+    {_keep_entry(i, rp, from_record=False)}
+    return 0;
+}}
+"""
+    reads, _ = _argument_reads(rp, at_return=False)
+    reads.append("events.perf_submit(ctx, ev, sizeof(*ev));")
+    if spec.retprobe:
+        reads.append(_keep_entry(i, rp, from_record=True))
+    body = "\n    ".join(reads)
+    return f"""
+// {spec.name}: {rp.function} in {rp.path} ({rp.method})
+int call_{i}(struct pt_regs *ctx) {{
+    struct event_t *ev = begin({i}, KIND_CALL);
     if (!ev)
         return 0;
-    ev->retval = PT_REGS_RC(ctx);
-    u64 key = ((u64)ev->tid << 32) | {i};
-    struct event_t *entry = entries.lookup(&key);
-    if (entry)
-        ev->duration_ns = ev->ts - entry->ts;
-    else
-        ev->flags |= F_NO_ENTRY;   // attached while the call was already running
     {body}
-    if (entry)
-        entries.delete(&key);
+    return 0;
+}}
+"""
+
+
+def _return_function(i: int, rp: ResolvedProbe, with_errno: bool) -> str:
+    """The return: follow fds, then send the return (and, for a failures-only probe, first
+    the call's record) when the spec's emit mode says so. A quiet return is a map lookup and
+    a delete."""
+    from .errno_tls import errno_slot
+    spec = rp.spec
+    reads, slot_of = _argument_reads(rp, at_return=True)
+    fd = f"entry->ints[{slot_of['fd']}]" if "fd" in slot_of else None
+    lines = [f"int failed = {_failed(spec.retval)};"]
+    lines.append("int send = 1;" if spec.emit == "all" else "int send = failed;")
+    if spec.fd_role == "opens":
+        lines.append("if (!failed && entry)\n        fd_opened(pid, entry, rc);")
+    elif spec.fd_role == "writes":
+        off = f"(s64)entry->ints[{slot_of['offset']}]" if "offset" in slot_of else "-1"
+        lines.append(f"if (!failed && entry)\n        fd_wrote(pid, {fd}, rc, {off}, bpf_ktime_get_ns());")
+    syncs = spec.fd_role in ("syncs", "closes")
+    closing = int(spec.fd_role == "closes")
+    if syncs:
+        lines.append(f"if (!send && entry)\n        fd_synced(0, pid, {fd}, failed, {closing});")
+    lines.append("if (!send) {\n        if (entry)\n            entries.delete(&key);\n"
+                 "        return 0;\n    }")
+    if spec.emit != "all":
+        # the call's record goes out first, at its own time
+        body = "\n        ".join(reads)
+        lines.append(f"if (entry) {{\n        struct event_t *ev = call_record({i}, entry);\n"
+                     f"        if (ev) {{\n            {body}\n"
+                     f"            events.perf_submit(ctx, ev, sizeof(*ev));\n        }}\n    }}")
+    lines.append(f"struct event_t *ev = begin({i}, KIND_RETURN);")
+    lines.append("if (ev) {\n        ev->retval = rc;\n        if (entry)\n"
+                 "            ev->duration_ns = ev->ts - entry->ts;\n        else\n"
+                 "            ev->flags |= F_NO_ENTRY;   // attached while the call was already running")
+    got = errno_slot(rp.path) if with_errno else None
+    if got is not None:
+        lines.append(f"    if (failed && entry)\n            read_errno(ev, entry->base, {got:#x}ULL);")
+    if syncs:
+        lines.append(f"    if (entry)\n            fd_synced(ev, pid, {fd}, failed, {closing});")
+    lines.append("    events.perf_submit(ctx, ev, sizeof(*ev));\n    }")
+    lines.append("if (entry)\n        entries.delete(&key);")
+    body = "\n    ".join(lines)
+    return f"""int ret_{i}(struct pt_regs *ctx) {{
+    s64 rc = PT_REGS_RC(ctx);
+    u32 pid = bpf_get_current_pid_tgid() >> 32;
+    u64 key = entry_key({i});
+    struct entry_t *entry = entries.lookup(&key);
+    {body}
     return 0;
 }}
 """
@@ -80,41 +166,7 @@ def program_text(probes: list[ResolvedProbe]) -> str:
     defines, _why = errno_defines(probes)
     parts = [defines + text]
     for i, rp in enumerate(probes):
-        reads, slot, slot_of = [], 0, {}
-        for arg in rp.arguments:
-            reg = f"PT_REGS_PARM{arg.index}(ctx)"
-            if arg.kind == "str" and arg.deref:
-                hops = "".join(f"\n        p = deref(p, {int(off)});" for off in arg.deref)
-                reads.append(f"{{\n        const void *p = (const void *){reg};{hops}\n"
-                             f"        read_str(ev, p);\n    }}")
-            elif arg.kind == "str":
-                reads.append(f"read_str(ev, (const void *){reg});")
-            elif arg.kind in WORD_KINDS:
-                reads.append(f"ev->ints[{slot}] = {reg};")
-                if arg.kind == "fd":
-                    reads.append(f"fd_path(ev, ev->ints[{slot}]);")
-                    slot_of["fd"] = slot
-                slot_of.setdefault(arg.name, slot)
-                slot += 1
-            elif arg.kind in STRUCT_KINDS:
-                reads.append(f"read_{arg.kind}(ev, (const void *){reg});")
+        parts.append(_entry_function(i, rp))
         if rp.spec.retprobe:
-            # the library's load address: the probe's address minus its ELF address
-            reads.append(f"ev->base = (PT_REGS_IP(ctx) - {rp.address:#x}ULL) & ~0xfffULL;")
-            reads.append("remember_entry(ev);")
-        if rp.spec.emit == "all":
-            reads.append("events.perf_submit(ctx, ev, sizeof(*ev));")
-        body = "\n    ".join(reads)
-        parts.append(f"""
-// {rp.spec.name}: {rp.function} in {rp.path} ({rp.method})
-int call_{i}(struct pt_regs *ctx) {{
-    struct event_t *ev = begin({i}, KIND_CALL);
-    if (!ev)
-        return 0;
-    {body}
-    return 0;
-}}
-""")
-        if rp.spec.retprobe:
-            parts.append(_return_function(i, rp, slot_of, bool(defines)))
+            parts.append(_return_function(i, rp, bool(defines)))
     return "".join(parts)
