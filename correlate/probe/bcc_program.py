@@ -1,7 +1,7 @@
 """The BPF C program for a list of resolved probes: probes/uprobe_events.c (the record and
 the readers) plus one generated entry function and, for retprobes, one return function per
-probe. The return function decides what is sent (every return, or only failures with their
-call), follows fds (opens, acknowledged writes, syncs, closes) and reads errno."""
+probe. The return function decides what is sent (every return, only failures with their call,
+or only slow or failed calls with their call), follows fds (opens, acknowledged writes, syncs, closes) and reads errno."""
 from __future__ import annotations
 
 from importlib import resources
@@ -50,6 +50,14 @@ def _return_function(i: int, rp: ResolvedProbe, slot_of: dict[str, int], with_er
     if spec.emit == "failures":
         # the call's record goes out first, at its own time, only when the call failed
         lines.append("if (failed) {\n        if (entry)\n"
+                     "            events.perf_submit(ctx, entry, sizeof(*entry));\n"
+                     "        events.perf_submit(ctx, ev, sizeof(*ev));\n    }")
+    elif spec.emit == "slow":
+        # a call that took slow_ns or more, or failed: its record (at its own time), then the
+        # return. The collector may have sent the record already, while the call ran, and
+        # drops this copy (same tid, probe and entry time).
+        lines.append(f"if (failed || (entry && ev->duration_ns >= {spec.slow_ns}ULL)) {{\n"
+                     "        if (entry)\n"
                      "            events.perf_submit(ctx, entry, sizeof(*entry));\n"
                      "        events.perf_submit(ctx, ev, sizeof(*ev));\n    }")
     else:
