@@ -414,6 +414,18 @@ def _coerce(text, default, where: str):
         raise ValueError(f"{where}: expected {kind.__name__}, got {text!r}") from None
 
 
+def detector_settings(detectors: list) -> dict[str, dict[str, Any]]:
+    """{detector id: {option: value}} as each detector will use them, defaults included
+    (what the correlate_probe_specs hook receives as `options`)."""
+    out: dict[str, dict[str, Any]] = {}
+    for det in detectors:
+        declared = getattr(det, "options", None) or {}
+        det_id = getattr(det, "id", None)
+        if det_id and declared:
+            out[det_id] = {name: det.option(name) for name in declared}
+    return out
+
+
 def configure_detectors(detectors: list, values: dict[str, dict[str, Any]]) -> None:
     """Give each detector the settings the user chose ({detector id: {name: value}}).
 

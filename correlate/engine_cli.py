@@ -148,7 +148,10 @@ def run(pcaps, probe_groups, pid, backend, probe_offsets, logs, duration, window
     probe_stats = {}
     if probe_groups:
         from .probe_source import describe_session, open_probe_session, probe_events
-        session = open_probe_session(probe_groups, pid=pid, backend=backend, offsets=probe_offsets)
+        from .detector import detector_settings
+        # the probes send what the detectors, as configured, will use (e.g. app-latency's threshold)
+        session = open_probe_session(probe_groups, pid=pid, backend=backend, offsets=probe_offsets,
+                                     options=detector_settings(runner.detectors))
         for line in describe_session(session):
             click.echo(f"correlate: {line}", err=True)
         merger.add(f"probes:{session.backend_name}",
@@ -268,7 +271,7 @@ def plugins_cmd(json_out):
     for name, result, exc in call_each(pm, "correlate_outputs"):
         if exc is None:
             by_name[name]["outputs"] = sorted(result or {})
-    for name, result, exc in call_each(pm, "correlate_probe_specs"):
+    for name, result, exc in call_each(pm, "correlate_probe_specs", options={}):
         if exc is None:
             by_name[name]["probe_groups"] = sorted({getattr(s, "group", "?") for s in result or []})
     if json_out:

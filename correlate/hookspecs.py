@@ -38,11 +38,16 @@ def correlate_detectors(config):
 
 
 @hookspec
-def correlate_probe_specs():
+def correlate_probe_specs(options):
     """Return a list of `correlate.probe.catalog.ProbeSpec` to add probe points.
 
     Each spec names a library, a function, the argument layout to read and whether to probe
-    its return; it joins the catalog under its `group` (usable as `--probe GROUP`)."""
+    its return; it joins the catalog under its `group` (usable as `--probe GROUP`).
+
+    `options` maps each detector id to its settings in this run, defaults included
+    (`{"app-latency": {"after_s": 0.1}}`), so a plugin can have its probes send only what its
+    detector will use (`emit="slow"` with the detector's threshold). It is empty where no
+    detector runs (`correlate probes`); an implementation may leave the argument out."""
 
 
 @hookspec

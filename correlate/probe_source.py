@@ -9,18 +9,21 @@ from .errors import CorrelateError
 from .plugin_manager import call_each, get_plugin_manager
 
 
-def plugin_probe_specs() -> list:
+def plugin_probe_specs(options: dict | None = None) -> list:
+    """Every plugin's probe points; `options` are the run's detector settings
+    ({detector id: {option: value}}, see correlate.detector.detector_settings)."""
     specs = []
-    for name, provided, exc in call_each(get_plugin_manager(), "correlate_probe_specs"):
+    for name, provided, exc in call_each(get_plugin_manager(), "correlate_probe_specs",
+                                         options=options or {}):
         if exc is not None:
             raise CorrelateError(f"plugin {name}: correlate_probe_specs failed: {exc}")
         specs.extend(provided or [])
     return specs
 
 
-def select_specs(groups) -> list:
+def select_specs(groups, options: dict | None = None) -> list:
     from .probe import catalog
-    extra = plugin_probe_specs()
+    extra = plugin_probe_specs(options)
     chosen, seen = [], set()
     for group in groups:
         try:
@@ -34,11 +37,12 @@ def select_specs(groups) -> list:
     return chosen
 
 
-def open_probe_session(groups, *, pid=None, backend="auto", offsets=()):
-    """Resolve and attach; raises CorrelateError subclasses with one clear line."""
+def open_probe_session(groups, *, pid=None, backend="auto", offsets=(), options=None):
+    """Resolve and attach; raises CorrelateError subclasses with one clear line. `options`:
+    the detector settings the probes follow (a threshold a probe filters on, say)."""
     from .probe.resolve import parse_offsets
     from .probe.session import ProbeSession
-    session = ProbeSession(select_specs(groups), pid=pid, backend=backend,
+    session = ProbeSession(select_specs(groups, options), pid=pid, backend=backend,
                            offsets=parse_offsets(list(offsets)))
     return session.start()
 

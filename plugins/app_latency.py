@@ -9,6 +9,11 @@ call that took longer than a threshold is split into:
   - client after: from the last reply until the call returned.
 So a finding says "the brick took 200 ms of the 202 ms the application waited".
 
+The io probes send a call and its return only when the call took at least the threshold
+(or failed): a fast call costs the client no perf-buffer send. Their threshold follows
+this detector's `after_s` (-o app-latency.after_s=...), capped at IO_SLOW_MAX_NS so a call
+still running is sent live within the merge's reorder window (see bcc_backend).
+
 RPCs are tied to the process by the pid in their credentials (Gluster puts the caller's
 pid there); if threads of one process overlap in slow calls, each call is given the RPCs sent
 while it ran.
@@ -16,7 +21,7 @@ while it ran.
 from __future__ import annotations
 
 from correlate import hookimpl
-from correlate.detector import Detector, Wants
+from correlate.detector import Detector, Option, Wants
 from correlate.events import with_details
 from correlate.gluster.topology import Topology
 from correlate.outputs.profile_text import duration
@@ -25,6 +30,10 @@ from correlate.probe.catalog import Arg, ProbeSpec
 from .gluster_facts import GLUSTERFS_PROGRAM
 
 DEFAULT_AFTER_NS = 100_000_000
+# The io probes' slow_ns is the threshold, at most this: a slow call in progress is sent after
+# slow_ns plus the collector's scan interval (50 ms), which must stay inside the live merge's
+# reorder window (0.5 s) so the call comes before the RPCs it sent.
+IO_SLOW_MAX_NS = 200_000_000
 MAX_OPEN = 4096           # glfs calls in progress tracked
 MAX_RPCS = 256            # RPCs kept per call in progress
 GFAPI = "libgfapi.so.0"
@@ -69,12 +78,20 @@ class AppLatency(Detector):
     wants = Wants(kinds={"probe.call", "probe.return", "rpc.call", "rpc.reply"},
                   details=Topology.PROCEDURES)
 
+    options = {"after_s": Option(DEFAULT_AFTER_NS / 1e9, "seconds a glfs call must take to be "
+                                                         "split across layers (the io probes "
+                                                         "send only calls this slow, or failed)")}
+
     def __init__(self, after_ns: int = DEFAULT_AFTER_NS):
-        self.after_ns = after_ns
+        self.settings = {"after_s": after_ns / 1e9}
         self.topology = Topology()
         self.open: dict[tuple, dict] = {}        # (host, pid, tid, function) -> call in progress
         self.by_pid: dict[tuple, list[dict]] = {}   # (host, pid) -> calls in progress
         self.rpcs: dict[tuple, dict] = {}        # (source, conn, xid) -> rpc record
+
+    @property
+    def after_ns(self) -> int:
+        return int(self.option("after_s") * 1e9)
 
     def observe(self, ev):
         kind = ev.get("kind")
@@ -166,11 +183,22 @@ class AppLatency(Detector):
             function=fn, total_ns=total, brick_ns=brick_ns)
 
 
+def io_slow_ns(options: dict | None) -> int:
+    """The io probes' threshold: app-latency's, as configured for this run, at most
+    IO_SLOW_MAX_NS (and at least 1 ns: after_s=0 asks for every call)."""
+    after_s = ((options or {}).get(AppLatency.id) or {}).get("after_s")
+    after_ns = DEFAULT_AFTER_NS if after_s is None else int(after_s * 1e9)
+    return max(1, min(after_ns, IO_SLOW_MAX_NS))
+
+
 @hookimpl
-def correlate_probe_specs():
+def correlate_probe_specs(options):
+    slow_ns = io_slow_ns(options)
     return [ProbeSpec(f"io.{fn}", "io", GFAPI, fn, args, retprobe=True,
-                      retval=RETVAL.get(fn, "int"),
-                      description=f"{fn}: with its return, to split a slow call across layers")
+                      retval=RETVAL.get(fn, "int"), emit="slow", slow_ns=slow_ns,
+                      description=f"{fn}: with its return, sent when it took "
+                                  f"{slow_ns / 1e6:g} ms or more or failed, to split a slow "
+                                  "call across layers")
             for fn, args in IO_FUNCTIONS]
 
 

@@ -79,6 +79,9 @@ BPF_PERCPU_ARRAY(scratch, struct event_t, 1);
 BPF_PERCPU_ARRAY(fd_scratch, struct fd_info_t, 1);
 // (tid << 32 | probe_id) -> the call, until its return
 BPF_TABLE("lru_hash", u64, struct entry_t, entries, 4096);
+// emit="slow" probes keep the call's whole record instead: the collector sends it from here
+// while a slow call still runs (bcc_backend.py), so it must hold what the call event says
+BPF_TABLE("lru_hash", u64, struct event_t, slow_calls, 1024);
 BPF_TABLE("lru_hash", struct fd_key_t, struct fd_info_t, fds, 8192);
 
 static __always_inline struct event_t *begin(u32 probe_id, u32 kind) {

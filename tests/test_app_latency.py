@@ -67,3 +67,44 @@ def test_slow_pwrite_is_split_across_layers(lab, tmp_path):
                 probe.wait(60)
     assert result.reproduced, result.summary
     check_split(app_findings(capture, probes), result.details["client"]["pid"])
+
+
+def test_live_io_probes_send_only_slow_calls_and_split_one_longer_than_the_window(lab, tmp_path):
+    """`tcpdump | correlate run --probe io --pcap -` while every WRITE waits 1 s on one brick:
+    longer than the live merge's 0.5 s reorder window, so the pwrite's call must be sent
+    while it runs (a call sent at its return would come after its WRITE and the split would
+    find no RPC). The fast calls of the same client (creat, fsync, close) send nothing."""
+    from tests.test_run_live import LivePipeline, need_probes
+    need_probes()
+    timeline = tmp_path / "t.jsonl"
+    with lab_module.staged("slow-brick", seconds=3, delay_us=1_000_000) as scenario:
+        pipe = LivePipeline(["--probe", "io"], timeline)
+        try:
+            pipe.wait_ready()
+            result = scenario.trigger()
+            hit = pipe.wait_for(lambda ev: ev.get("detector") == "app-latency", timeout=20)
+        finally:
+            code = pipe.stop()
+    assert result.reproduced, result.summary
+    assert hit, "no app-latency finding; stderr:\n" + "".join(pipe.stderr)
+    pid = result.details["client"]["pid"]
+    found = [ev for _, ev in pipe.lines if ev.get("detector") == "app-latency"
+             and ev.get("kind") == "finding"]
+    assert {f["function"] for f in found} == {"glfs_pwrite"}
+    f = found[0]
+    assert 950_000_000 <= f["brick_ns"] <= f["total_ns"], f["explanation"]
+    assert f["total_ns"] - f["brick_ns"] < 50_000_000, f["explanation"]
+    assert "WRITE on 127.0.0.2:" in f["explanation"] and "slowvol/b2" in f["explanation"]
+    assert f"pid {pid}" in f["title"]
+    assert code == 0, "".join(pipe.stderr)
+    saved = [json.loads(line) for line in timeline.read_text().splitlines()]
+    io = [e for e in saved if str(e.get("probe", "")).startswith("io.") and e.get("pid") == pid]
+    calls = [e for e in io if e["kind"] == "probe.call"]
+    rets = [e for e in io if e["kind"] == "probe.return"]
+    # only the slow pwrites, each call sent once and answered by its return
+    assert {e["function"] for e in io} == {"glfs_pwrite"}, sorted({e["function"] for e in io})
+    assert len(calls) == len(rets) == result.details["client"]["calls"] - result.details["client"]["calls"] // 5
+    assert len({(c["tid"], c["time_ns"]) for c in calls}) == len(calls)
+    assert all(r["duration_ns"] >= 950_000_000 for r in rets)
+    for c, r in zip(calls, rets):
+        assert r["time_ns"] - c["time_ns"] == r["duration_ns"]

@@ -265,3 +265,82 @@ def test_bcc_orders_a_batch_read_from_several_cpu_buffers_by_time():
     uids = [e["args"]["uid"] for e in batch if e["kind"] == "probe.call"]
     assert uids == [1, 2]
     assert [e["time_ns"] for e in batch] == sorted(e["time_ns"] for e in batch)
+
+
+SLEEPER = """
+import ctypes, sys
+libc = ctypes.CDLL("libc.so.6")
+class Timespec(ctypes.Structure):
+    _fields_ = [("sec", ctypes.c_long), ("nsec", ctypes.c_long)]
+print("ready", flush=True)
+for line in sys.stdin:
+    ns = int(line)      # a negative one asks for tv_nsec out of range: EINVAL at once
+    req = Timespec(0, 2_000_000_000) if ns < 0 else Timespec(ns // 1_000_000_000, ns % 1_000_000_000)
+    print(libc.nanosleep(ctypes.byref(req), None), flush=True)
+"""
+
+
+def test_bcc_slow_emit_sends_only_slow_or_failed_calls_and_slow_ones_while_they_run():
+    """emit="slow" on libc's nanosleep in a child: 1 ms sleeps send nothing, a failed one
+    (EINVAL) sends its call and return, a 1 s sleep sends its call while it still sleeps
+    (about slow_ns after it began, from the kept record) and, at its return, only the return."""
+    if os.geteuid() != 0:
+        pytest.skip("probes need root")
+    from correlate.probe.bcc_backend import BccCollector, check_bcc_prerequisites
+    try:
+        check_bcc_prerequisites()
+    except ProbeError as exc:
+        pytest.skip(str(exc))
+    slow_ns = 150_000_000
+    spec = ProbeSpec("test.nanosleep", "test", "libc.so.6", "nanosleep", (Arg("req", 1, "ptr"),),
+                     retprobe=True, emit="slow", slow_ns=slow_ns)
+    child = subprocess.Popen([sys.executable, "-c", SLEEPER], stdin=subprocess.PIPE,
+                             stdout=subprocess.PIPE, text=True)
+    assert child.stdout.readline().strip() == "ready"
+    collector = BccCollector([resolve(spec, child.pid)], pid=child.pid)
+    collector.start()
+
+    def sleep(ns: int) -> str:
+        child.stdin.write(f"{ns}\n")
+        child.stdin.flush()
+        return child.stdout.readline().strip()
+
+    events, early = [], []
+    try:
+        for _ in range(5):
+            assert sleep(1_000_000) == "0"
+        events += collector.poll(100)
+        assert events == [], events                      # fast and successful: nothing sent
+        assert sleep(-1) == "-1"
+        events += _poll_until(collector, lambda e: e["kind"] == "probe.return", 5)
+        failed = [e for e in events if e["kind"] == "probe.return"]
+        assert len(failed) == 1 and failed[0]["retval"] == -1
+        assert failed[0].get("errno_name", "EINVAL") == "EINVAL"
+        assert [e["kind"] for e in events] == ["probe.call", "probe.return"]
+        events.clear()
+        child.stdin.write("1000000000\n")                # 1 s: longer than the reorder window
+        child.stdin.flush()
+        sent = time.monotonic()
+        early = _poll_until(collector, lambda e: e["kind"] == "probe.call", 0.8)
+        seen_after = time.monotonic() - sent
+        assert child.stdout.readline().strip() == "0"
+        events += _poll_until(collector, lambda e: e["kind"] == "probe.return", 5)
+        events += collector.poll(100)
+    finally:
+        events += collector.stop()
+        child.stdin.close()
+        child.wait(10)
+    assert [e["kind"] for e in early] == ["probe.call"], early
+    assert seen_after < 0.6                              # slow_ns + a scan, not the 1 s sleep
+    ret = [e for e in events if e["kind"] == "probe.return"]
+    assert [e["kind"] for e in events] == ["probe.return"], events   # the call's copy dropped
+    assert ret[0]["duration_ns"] >= 1_000_000_000
+    assert ret[0]["time_ns"] - early[0]["time_ns"] == ret[0]["duration_ns"]
+
+
+def _poll_until(collector, pred, timeout: float) -> list[dict]:
+    events = []
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and not any(pred(e) for e in events):
+        events += collector.poll(20)
+    return events

@@ -430,3 +430,77 @@ def test_format_shows_errno_and_unsynced_writes():
           "unsynced_writes": {"count": 2, "bytes": 100}}
     line = format_event(ev)
     assert "retval=-1 errno=ENOENT unsynced_writes=2 (100 bytes)" in line
+
+
+# ---- slow calls only: emit="slow" ---------------------------------------------------------
+
+def test_slow_spec_validation():
+    fd = Arg("fd", 1, "ptr")
+    spec = ProbeSpec("x.a", "x", "l", "f", (fd,), retprobe=True, emit="slow", slow_ns=5_000_000)
+    assert spec.slow_ns == 5_000_000
+    with pytest.raises(ValueError, match="set retprobe"):
+        ProbeSpec("x.a", "x", "l", "f", (fd,), emit="slow", slow_ns=5_000_000)
+    for bad in (0, -1, 0.5, None):
+        with pytest.raises(ValueError, match="slow_ns, an int > 0"):
+            ProbeSpec("x.a", "x", "l", "f", (fd,), retprobe=True, emit="slow", slow_ns=bad)
+    with pytest.raises(ValueError, match="only for emit"):
+        ProbeSpec("x.a", "x", "l", "f", (fd,), retprobe=True, emit="failures", slow_ns=5)
+
+
+def test_program_sends_slow_or_failed_calls_only():
+    slow = ProbeSpec("x.pwrite", "x", "l", "glfs_pwrite", (Arg("fd", 1, "ptr"), Arg("n", 3, "long")),
+                     retprobe=True, retval="long", emit="slow", slow_ns=100_000_000)
+    failures = next(s for s in catalog.select("gfapi") if s.function == "glfs_open")
+    text = bcc_backend.program_text([_fake(slow), _fake(failures)])
+    call = text.split("int call_0(")[1].split("int ret_0(")[0]
+    # the whole record is kept, not sent: the collector may send it while the call runs
+    assert "perf_submit" not in call and "slow_calls.update(&key, ev);" in call
+    ret = text.split("int ret_0(")[1].split("int call_1(")[0]
+    assert "struct event_t *entry = slow_calls.lookup(&key);" in ret
+    assert "int failed = rc < 0;" in ret
+    assert "int send = failed || (entry && bpf_ktime_get_ns() - entry->ts >= 100000000ULL);" in ret
+    sending = ret.split("if (!send) {")[1].split("return 0;", 1)[1]
+    assert sending.index("perf_submit(ctx, entry") < sending.index("begin(0, KIND_RETURN)")
+    assert "slow_calls.delete(&key);" in ret and "entries.delete" not in ret
+    # emit="failures" is unchanged
+    ret_open = text.split("int ret_1(")[1]
+    assert "int send = failed;" in ret_open and "duration_ns >=" not in ret_open
+
+
+def test_stap_names_why_slow_probes_are_left_out():
+    slow = ProbeSpec("x.pwrite", "x", "l", "glfs_pwrite", (Arg("fd", 1, "ptr"),),
+                     retprobe=True, emit="slow", slow_ns=100_000_000)
+    rp = _fake(slow)
+    text, skipped = stap_backend.script_text([rp], dwarf={rp.path: False})
+    assert [(r.spec.name, why) for r, why in skipped] == [(
+        "x.pwrite", "glfs_pwrite reports only calls that took 100 ms or more or failed, decided "
+        "in the bcc program at the return; stap here has no returns and would report every call")]
+    assert "glfs_pwrite" not in text
+
+
+def test_io_probes_follow_app_latency_threshold():
+    """The io group's slow_ns comes from app-latency's after_s as this run configures it,
+    through the correlate_probe_specs hook's `options`, capped for the live reorder window."""
+    from correlate.probe_source import select_specs
+    from correlate.plugins.app_latency import IO_SLOW_MAX_NS
+    default = select_specs(["io"])
+    assert default and {(s.emit, s.slow_ns) for s in default} == {("slow", 100_000_000)}
+    assert {s.slow_ns for s in select_specs(["io"], {"app-latency": {"after_s": 0.02}})} == {20_000_000}
+    assert {s.slow_ns for s in select_specs(["io"], {"app-latency": {"after_s": 5.0}})} == {IO_SLOW_MAX_NS}
+    assert {s.slow_ns for s in select_specs(["io"], {"app-latency": {"after_s": 0.0}})} == {1}
+    assert {s.emit for s in select_specs(["gfapi"], {"app-latency": {"after_s": 0.02}})} <= {"all", "failures"}
+
+
+def test_detector_options_reach_the_io_probes(tmp_path):
+    """-o and --config set app-latency's threshold for `run` and `probe`; the io probes get it."""
+    from correlate.probe.cli import _detector_settings
+    from correlate.probe_source import select_specs
+    settings = _detector_settings(("app-latency.after_s=0.05",), None)
+    assert settings["app-latency"] == {"after_s": 0.05}
+    assert {s.slow_ns for s in select_specs(["io"], settings)} == {50_000_000}
+    config = tmp_path / "c.toml"
+    config.write_text("[app-latency]\nafter_s = 0.03\n")
+    assert {s.slow_ns for s in select_specs(["io"], _detector_settings((), str(config)))} == {30_000_000}
+    import click
+    with pytest.raises(click.BadParameter, match="no option 'after_ms'"):
+        _detector_settings(("app-latency.after_ms=5",), None)

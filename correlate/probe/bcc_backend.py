@@ -2,6 +2,14 @@
 
 bcc is imported only inside BccCollector.start(), so importing this module is cheap and works
 on machines without bcc.
+
+Probes with emit="slow" send a call only once it is known to be slow, at its return. That is
+as late as the call was long, and a detector that ties RPCs to the call in progress (app-
+latency) needs the call first. So each poll also looks at the calls in progress (the
+program's `slow_calls` table) and sends the call of every slow probe that has run for slow_ns
+already, from its kept record, at its own time: at most slow_ns plus a scan interval late,
+inside the merge's reorder window. The copy the return sends later is dropped (the same
+tid, probe and entry time).
 """
 from __future__ import annotations
 
@@ -9,6 +17,7 @@ import ctypes
 import os
 import socket
 import time
+from collections import OrderedDict
 
 from ..events import make_event
 from ..gluster.errnos import errno_name
@@ -24,6 +33,8 @@ F_ERRNO, F_TALLY, F_FD_PATH = 32, 64, 128
 FD_OPENED_UNSEEN = 1
 PERF_PAGES = 64      # per CPU; a record is 448 bytes, so ~600 events of slack per CPU
 WAKEUP_EVENTS = 16   # events per reader wakeup; poll() consumes the remainder each tick
+SCAN_EVERY_NS = 50_000_000   # emit="slow": how often the calls in progress are looked at
+SENT_KEYS = 8192     # slow calls sent (tid, probe, entry time) remembered for the return's copy
 
 
 class EventRecord(ctypes.Structure):
@@ -161,6 +172,9 @@ class BccCollector:
         self.bpf = None
         self.clock: ClockMap | None = None
         self._pending: list[dict] = []
+        self._slow = {i: rp.spec.slow_ns for i, rp in enumerate(probes) if rp.spec.emit == "slow"}
+        self._sent: OrderedDict[tuple[int, int, int], None] = OrderedDict()
+        self._last_scan = 0
 
     def start(self) -> None:
         check_bcc_prerequisites()
@@ -201,6 +215,8 @@ class BccCollector:
         rec = ctypes.cast(data, ctypes.POINTER(EventRecord)).contents
         if rec.probe_id >= len(self.probes):
             return
+        if rec.kind == KIND_CALL and rec.probe_id in self._slow and not self._first_send(rec):
+            return
         self._pending.append(record_to_event(self.probes[rec.probe_id], rec, self.clock,
                                              self.source, self.host))
 
@@ -209,12 +225,46 @@ class BccCollector:
         self._pending.append(make_event(time.time_ns(), "probe", "probe.lost", self.source, count=int(count),
                                         total=self.lost, host=self.host))
 
+    def _first_send(self, rec: EventRecord) -> bool:
+        """False when this slow call's record was sent already (scan or return)."""
+        key = (rec.tid, rec.probe_id, rec.ts)
+        if key in self._sent:
+            del self._sent[key]
+            return False
+        self._sent[key] = None
+        if len(self._sent) > SENT_KEYS:
+            self._sent.popitem(last=False)
+        return True
+
+    def _scan_slow_calls(self, force: bool = False) -> None:
+        """Send the calls of emit="slow" probes that have run for their slow_ns already."""
+        now = time.clock_gettime_ns(time.CLOCK_MONOTONIC)   # bpf_ktime_get_ns's clock
+        if not self._slow or (not force and now - self._last_scan < SCAN_EVERY_NS):
+            return
+        self._last_scan = now
+        for key, value in self.bpf[b"slow_calls"].items():   # at most the table's 4096
+            probe_id = key.value & 0xFFFFFFFF
+            slow_ns = self._slow.get(probe_id)
+            if slow_ns is None:
+                continue
+            rec = EventRecord.from_buffer_copy(value)
+            if rec.kind != KIND_CALL or now - rec.ts < slow_ns or rec.probe_id != probe_id:
+                continue
+            if (rec.tid, probe_id, rec.ts) in self._sent:   # its return's copy came first
+                continue
+            self._first_send(rec)
+            self._pending.append(record_to_event(self.probes[probe_id], rec, self.clock,
+                                                 self.source, self.host))
+
     def poll(self, timeout_ms: int = 100) -> list[dict]:
         if self.bpf is None:
             return []
         self.clock.maybe_remeasure()
+        if self._slow:   # wake up often enough to send slow calls in progress in time
+            timeout_ms = min(timeout_ms, SCAN_EVERY_NS // 1_000_000)
         self.bpf.perf_buffer_poll(timeout=timeout_ms)
         self.bpf.perf_buffer_consume()   # events below the wakeup threshold: at most one tick late
+        self._scan_slow_calls()
         return self._take_pending()
 
     def _take_pending(self) -> list[dict]:
@@ -230,6 +280,7 @@ class BccCollector:
         if self.bpf is not None:
             try:
                 self.bpf.perf_buffer_consume()   # drain what the kernel already wrote
+                self._scan_slow_calls(force=True)  # slow calls still running: sent, unreturned
             except Exception:
                 pass
             out = self._take_pending()

@@ -1,7 +1,8 @@
 """The BPF C program for a list of resolved probes: probes/uprobe_events.c (the record and
 the readers) plus one generated entry function and, for retprobes, one return function per
-probe. The return function decides what is sent (every return, or only failures with their
-call), follows fds (opens, acknowledged writes, syncs, closes) and reads errno."""
+probe. The return function decides what is sent (every return, only failures with their call,
+or only slow or failed calls with their call), follows fds (opens, acknowledged writes, syncs,
+closes) and reads errno."""
 from __future__ import annotations
 
 from importlib import resources
@@ -84,7 +85,7 @@ def _keep_entry(i: int, rp: ResolvedProbe, from_record: bool) -> str:
 
 def _entry_function(i: int, rp: ResolvedProbe) -> str:
     spec = rp.spec
-    if spec.emit != "all":
+    if spec.emit == "failures":
         # nothing is sent at the entry: keep the registers, decide at the return
         return f"""
 // {spec.name}: {rp.function} in {rp.path} ({rp.method})
@@ -94,9 +95,14 @@ int call_{i}(struct pt_regs *ctx) {{
 }}
 """
     reads, _ = _argument_reads(rp, at_return=False)
-    reads.append("events.perf_submit(ctx, ev, sizeof(*ev));")
-    if spec.retprobe:
-        reads.append(_keep_entry(i, rp, from_record=True))
+    if spec.emit == "slow":
+        # the whole record waits for the return (or the collector's scan of calls in progress)
+        reads.append(f"ev->base = (PT_REGS_IP(ctx) - {rp.address:#x}ULL) & ~0xfffULL;")
+        reads.append(f"u64 key = entry_key({i});\n    slow_calls.update(&key, ev);")
+    else:
+        reads.append("events.perf_submit(ctx, ev, sizeof(*ev));")
+        if spec.retprobe:
+            reads.append(_keep_entry(i, rp, from_record=True))
     body = "\n    ".join(reads)
     return f"""
 // {spec.name}: {rp.function} in {rp.path} ({rp.method})
@@ -119,7 +125,9 @@ def _return_function(i: int, rp: ResolvedProbe, with_errno: bool) -> str:
     reads, slot_of = _argument_reads(rp, at_return=True)
     fd = f"entry->ints[{slot_of['fd']}]" if "fd" in slot_of else None
     lines = [f"int failed = {_failed(spec.retval)};"]
-    lines.append("int send = 1;" if spec.emit == "all" else "int send = failed;")
+    lines.append({"all": "int send = 1;", "failures": "int send = failed;",
+                  "slow": f"int send = failed || (entry && bpf_ktime_get_ns() - entry->ts >= "
+                          f"{spec.slow_ns}ULL);"}[spec.emit])
     if spec.fd_role == "opens":
         lines.append("if (!failed && entry)\n        fd_opened(pid, entry, rc);")
     elif spec.fd_role == "writes":
@@ -129,9 +137,14 @@ def _return_function(i: int, rp: ResolvedProbe, with_errno: bool) -> str:
     closing = int(spec.fd_role == "closes")
     if syncs:
         lines.append(f"if (!send && entry)\n        fd_synced(0, pid, {fd}, failed, {closing});")
-    lines.append("if (!send) {\n        if (entry)\n            entries.delete(&key);\n"
+    table = "slow_calls" if spec.emit == "slow" else "entries"
+    lines.append(f"if (!send) {{\n        if (entry)\n            {table}.delete(&key);\n"
                  "        return 0;\n    }")
-    if spec.emit != "all":
+    if spec.emit == "slow":
+        # the kept record goes out first, at its own time; the collector drops it when its
+        # scan of calls in progress sent it already
+        lines.append("if (entry)\n        events.perf_submit(ctx, entry, sizeof(*entry));")
+    elif spec.emit == "failures":
         # the call's record goes out first, at its own time
         body = "\n        ".join(reads)
         lines.append(f"if (entry) {{\n        struct event_t *ev = call_record({i}, entry);\n"
@@ -147,13 +160,14 @@ def _return_function(i: int, rp: ResolvedProbe, with_errno: bool) -> str:
     if syncs:
         lines.append(f"    if (entry)\n            fd_synced(ev, pid, {fd}, failed, {closing});")
     lines.append("    events.perf_submit(ctx, ev, sizeof(*ev));\n    }")
-    lines.append("if (entry)\n        entries.delete(&key);")
+    lines.append(f"if (entry)\n        {table}.delete(&key);")
     body = "\n    ".join(lines)
+    kept = "struct event_t" if spec.emit == "slow" else "struct entry_t"
     return f"""int ret_{i}(struct pt_regs *ctx) {{
     s64 rc = PT_REGS_RC(ctx);
     u32 pid = bpf_get_current_pid_tgid() >> 32;
     u64 key = entry_key({i});
-    struct entry_t *entry = entries.lookup(&key);
+    {kept} *entry = {table}.lookup(&key);
     {body}
     return 0;
 }}

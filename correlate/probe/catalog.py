@@ -28,6 +28,12 @@ keeps the call's record until the return and sends call and return only when the
 in the kernel without sending anything: "opens" (the return is a new fd for the call's
 path), "writes" (a successful return adds to the fd's acknowledged, not yet synced writes),
 "syncs" and "closes" (the return carries that tally; a successful fsync clears it).
+A function that is called often but matters only when it is slow uses `emit="slow"` with
+`slow_ns`: the program keeps the call's record the same way and sends call and return only
+when the call took at least `slow_ns` (the return knows its duration from the kept record)
+or when it failed, so a failure is never hidden by a fast return. Live, a call still
+running after `slow_ns` is sent by the collector from the kept record while it runs (so
+detectors see it before the RPCs it causes); the return then sends only itself.
 `function` may name a symbol version, "glfs_pread@GFAPI_3.4.0" (what older programs call);
 a bare name is the default version.
 """
@@ -39,7 +45,7 @@ MAX_STR = 256
 ARG_KINDS = ("str", "int", "long", "ptr", "fd", "timespec2", "smb_file_time", "glfs_stat")
 STRUCT_KINDS = ("timespec2", "smb_file_time", "glfs_stat")
 WORD_KINDS = ("int", "long", "ptr", "fd")       # one 8-byte slot each
-EMITS = ("all", "failures")
+EMITS = ("all", "failures", "slow")
 FD_ROLES = ("", "opens", "writes", "syncs", "closes")
 UTIME_NOW = (1 << 30) - 1
 UTIME_OMIT = (1 << 30) - 2
@@ -80,7 +86,9 @@ class ProbeSpec:
     aliases: tuple[str, ...] = ()           # the same function's name in other versions
     calls: tuple[tuple[str, ...], ...] = ()  # stripped static function: imports it calls
     description: str = ""
-    emit: str = "all"           # "failures": call and return only when the call failed
+    emit: str = "all"           # "failures": call and return only when the call failed;
+                                # "slow": only when it took >= slow_ns or failed
+    slow_ns: int = 0            # emit="slow": the duration from which a call is sent
     fd_role: str = ""           # "", "opens", "writes", "syncs", "closes" (see the module doc)
 
     def __post_init__(self):
@@ -93,6 +101,10 @@ class ProbeSpec:
                              "struct argument")
         if self.emit not in EMITS:
             raise ValueError(f"{self.name}: emit must be one of {', '.join(EMITS)}")
+        if self.emit == "slow" and (type(self.slow_ns) is not int or self.slow_ns <= 0):
+            raise ValueError(f"{self.name}: emit=\"slow\" needs slow_ns, an int > 0 (nanoseconds)")
+        if self.emit != "slow" and self.slow_ns:
+            raise ValueError(f"{self.name}: slow_ns is only for emit=\"slow\"")
         if self.fd_role not in FD_ROLES:
             raise ValueError(f"{self.name}: fd_role must be one of {', '.join(map(repr, FD_ROLES))}")
         if (self.emit != "all" or self.fd_role) and not self.retprobe:

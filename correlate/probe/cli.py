@@ -15,16 +15,27 @@ import click
 from ..errors import CorrelateError
 from ..events import to_json
 from ..outputs.terminal import safe_text
+from ..run_setup import detector_options
 from . import catalog
 from .resolve import parse_offsets, resolve
 
 GROUP_HELP = "gfapi, samba, all, or a plugin's group (repeatable)"
 
 
-def _specs(groups: tuple[str, ...]) -> list:
-    """Catalog specs for the groups, plugin probe points included."""
+def _specs(groups: tuple[str, ...], options: dict | None = None) -> list:
+    """Catalog specs for the groups, plugin probe points included (shaped by the detector
+    settings in `options`, e.g. the io probes' threshold)."""
     from ..probe_source import select_specs
-    return select_specs(groups)
+    return select_specs(groups, options)
+
+
+def _detector_settings(option_specs, config_path) -> dict:
+    """The detector settings -o / --config ask for, as the probes see them in `run`."""
+    if not option_specs and not config_path:
+        return {}
+    from ..detector import detector_settings
+    from ..run_setup import make_runner, parse_detector_options
+    return detector_settings(make_runner({}, parse_detector_options(option_specs, config_path)).detectors)
 
 
 def format_time(time_ns: int) -> str:
@@ -86,7 +97,8 @@ def describe_arg(arg) -> str:
               help="Where FUNC is when it cannot be found (ELF virtual address, as objdump -d "
                    "shows it). Repeatable.")
 @click.option("--duration", type=float, help="Stop after this many seconds (default: Ctrl-C/SIGTERM).")
-def probe(groups, pid, as_json, backend, offsets, duration):
+@detector_options
+def probe(groups, pid, as_json, backend, offsets, duration, option_specs, config_path):
     """Stream libgfapi / Samba vfs_glusterfs calls as they happen (needs root).
 
     Every call is printed with its arguments (paths, signed atime/mtime seconds and
@@ -100,10 +112,15 @@ def probe(groups, pid, as_json, backend, offsets, duration):
       correlate probe --probe all --pid 4242
       correlate probe --probe samba --probe-offset vfs_gluster_fntimes=0x80e0
       correlate probe --backend stap --probe gfapi
+      correlate probe --probe io -o app-latency.after_s=0.05 --json   # io calls of 50 ms or more
+
+    The io group sends only calls that took app-latency's threshold or longer, or failed;
+    -o/--config set it as for `correlate run`, so a recording holds what `analyze` will use.
     """
     from .session import ProbeSession
 
-    session = ProbeSession(_specs(groups), pid=pid, backend=backend, offsets=parse_offsets(offsets))
+    session = ProbeSession(_specs(groups, _detector_settings(option_specs, config_path)), pid=pid,
+                           backend=backend, offsets=parse_offsets(offsets))
     stop = threading.Event()
     previous = signal.signal(signal.SIGTERM, lambda *_: stop.set())
     session.start()
@@ -172,7 +189,9 @@ def probes(groups, pid, offsets, as_json):
         if as_json:
             click.echo(json.dumps(row))
             continue
-        ret = (" +return" + (" (failures only)" if spec.emit == "failures" else "")) if spec.retprobe else ""
+        only = {"failures": " (failures only)",
+                "slow": f" (only {spec.slow_ns / 1e6:g} ms or slower, or failed)"}.get(spec.emit, "")
+        ret = (" +return" + only) if spec.retprobe else ""
         if "error" in row:
             click.echo(f"{spec.name:<28} UNRESOLVED  {row['error']}")
         else:

@@ -134,6 +134,12 @@ def script_text(probes: list[ResolvedProbe], dwarf: dict[str, bool] | None = Non
         if rp.method in ("eh_frame+plt", "offset"):
             skipped.append((rp, f"{rp.function} is located by address ({rp.method}); stap needs a name"))
             continue
+        if rp.spec.emit == "slow":
+            skipped.append((rp, f"{rp.function} reports only calls that took "
+                                f"{rp.spec.slow_ns / 1e6:g} ms or more or failed, decided in the "
+                                "bcc program at the return; stap here has no returns and would "
+                                "report every call"))
+            continue
         if rp.spec.emit != "all" or rp.spec.fd_role:
             skipped.append((rp, f"{rp.function} reports failed calls only, decided in the bcc "
                                 "program on the return value; stap would report every call"))
