@@ -23,13 +23,14 @@ A spec reads at most one `str` or `fd`, four `int`/`long`/`ptr`/`fd` and one str
 `str` may be reached through pointers (`deref`), e.g. Samba's fsp->fsp_name->base_name.
 
 Hot functions (every read and write of every file) use `emit="failures"`: the probe program
-keeps the call's record until the return and sends call and return only when the call failed
-(int/long < 0, ptr NULL), with errno. `fd_role` lets the program follow glfs_fd_t pointers
+keeps the call's argument registers until the return and sends call and return only when the
+call failed (int/long < 0, ptr NULL), with errno; strings and structs are read at the return,
+through the pointers kept. `fd_role` lets the program follow glfs_fd_t pointers
 in the kernel without sending anything: "opens" (the return is a new fd for the call's
 path), "writes" (a successful return adds to the fd's acknowledged, not yet synced writes),
 "syncs" and "closes" (the return carries that tally; a successful fsync clears it).
 A function that is called often but matters only when it is slow uses `emit="slow"` with
-`slow_ns`: the program keeps the call's record the same way and sends call and return only
+`slow_ns`: the program keeps the call's whole record and sends call and return only
 when the call took at least `slow_ns` (the return knows its duration from the kept record)
 or when it failed, so a failure is never hidden by a fast return. Live, a call still
 running after `slow_ns` is sent by the collector from the kept record while it runs (so
