@@ -63,13 +63,22 @@ def child() -> int:
 
 
 class Client:
-    """The child process, driven block by block."""
+    """The child process, driven block by block; `library_dir` makes it load libgfapi.so.0
+    from there (a copy: another file, so probes on the original do not fire in it)."""
 
-    def __init__(self):
+    def __init__(self, library_dir: str | None = None):
+        env = dict(os.environ)
+        if library_dir:
+            env["LD_LIBRARY_PATH"] = library_dir
         self.proc = subprocess.Popen([sys.executable, __file__, "--child"], stdin=subprocess.PIPE,
-                                     stdout=subprocess.PIPE, text=True, cwd=ROOT)
+                                     stdout=subprocess.PIPE, text=True, cwd=ROOT, env=env)
         if self.proc.stdout.readline().strip() != "ready":
             raise SystemExit(f"probe_overhead: the client did not mount (exit {self.proc.wait()})")
+
+    def library(self) -> str:
+        """The libgfapi file this client mapped."""
+        with open(f"/proc/{self.proc.pid}/maps") as maps:
+            return next(line.split()[-1] for line in maps if "libgfapi.so" in line)
 
     def block(self, files: int, session=None) -> tuple[float, float]:
         """Run one block while draining the probes; (wall seconds, CPU seconds)."""
@@ -110,62 +119,92 @@ def bootstrap_ratio(pairs: list[tuple[float, float]], rounds: int = 4000) -> tup
     return ratios[int(0.025 * rounds)], ratios[int(0.975 * rounds) - 1]
 
 
-def measure_group(group: str, files: int, pairs: int, verbose: bool = False) -> dict:
-    """Two identical clients run blocks in turn (ABBA); the probes are attached to one of
-    them only (a pid-filtered uprobe is inserted in that process alone), so nothing is
-    attached or detached between blocks (detaching waits ~0.1 s per probe point). Halfway the
-    probes move to the other client, so a difference between the two processes cancels out.
-    The collector is polled the same way during every block."""
-    from correlate.probe_source import select_specs
+def measure_group(group: str, files: int, pairs: int, verbose: bool = False,
+                  pid_filter: bool = False) -> dict:
+    """Two identical clients run blocks in turn (ABBA); the probes fire in one of them only,
+    so nothing is attached or detached between blocks (detaching waits ~0.1 s per probe
+    point). The second client loads a byte-identical copy of libgfapi, and the probes attach
+    to the library file the way `correlate run` attaches them (every process that maps it);
+    halfway they move to the copy, so a difference between the two processes cancels out.
+    With `pid_filter` they are for the probed client's pid only (as `--pid` asks). The
+    collector is polled the same way during every block."""
+    import dataclasses
+    import shutil
+    import tempfile
+
+    from correlate.probe.bcc_backend import BccCollector
+    from correlate.probe.resolve import find_library
     from correlate.probe.session import ProbeSession
-    # "none": the same alternation with nothing attached, to see what the bench calls noise
-    clients = [Client(), Client()]
-    specs = select_specs(["gfapi"]) if group == "none" else select_specs([group])
-    session = ProbeSession(specs, pid=clients[0].proc.pid, backend="bcc").start()
-    if group == "none":
-        session.collector.detach()
-    plain, probed = [], []           # (wall, cpu) per block
-    steal = {False: 0.0, True: 0.0}  # the machine's stolen CPU seconds, by side
-    try:
-        for client in clients:
-            client.block(files, session)   # settle after the mount
-        last = _machine_times()
-        for i in range(2 * pairs):
-            if i == pairs + pairs % 2 and group != "none":     # halfway: swap the roles
-                session.collector.detach()
-                session.collector.pid = clients[1].proc.pid
-                session.collector.attach()
-                last = _machine_times()
-            probed_client = clients[0] if i < pairs + pairs % 2 else clients[1]
-            with_probes = (i % 4) in (1, 2)       # ABBA ABBA ...
-            client = probed_client if with_probes else clients[clients[0] is probed_client]
-            (probed if with_probes else plain).append(client.block(files, session))
-            now = _machine_times()
-            steal[with_probes] += now[1] - last[1]
-            if verbose:
-                wall, cpu = (probed if with_probes else plain)[-1]
-                print(f"  block {i + 1:3d} {'with   ' if with_probes else 'without'} {wall:.3f} s "
-                      f"wall, {cpu:.3f} s CPU; machine idle {now[0] - last[0]:.2f} s, stolen "
-                      f"{now[1] - last[1]:.2f} s, this process {now[2] - last[2]:.3f} s", flush=True)
-            last = now
-    finally:
-        for client in clients:
-            client.close()
-        session.stop()
+    from correlate.probe_source import select_specs
+    original = os.path.realpath(find_library("libgfapi.so.0"))
+    with tempfile.TemporaryDirectory(prefix="correlate-bench-") as copy_dir:
+        copy = os.path.join(copy_dir, "libgfapi.so.0")
+        shutil.copy2(original, copy)
+        clients = [Client(), Client(copy_dir)]
+        libraries = [os.path.realpath(c.library()) for c in clients]
+        if libraries != [original, copy]:
+            raise SystemExit(f"probe_overhead: the clients mapped {libraries}, not {[original, copy]}")
+        # "none": the same alternation with nothing attached, to see what the bench calls noise
+        specs = select_specs(["gfapi"]) if group == "none" else select_specs([group])
+        session = ProbeSession(specs, pid=clients[0].proc.pid if pid_filter else None,
+                               backend="bcc").start()
+        if group == "none":
+            session.collector.detach()
+        plain, probed = [], []           # (wall, cpu) per block
+        steal = {False: 0.0, True: 0.0}  # the machine's stolen CPU seconds, by side
+        half = pairs + pairs % 2         # blocks before the probes move to the other client
+        stray = 0                        # events during blocks of the unprobed client: none
+        try:
+            for client in clients:
+                client.block(files, session)   # settle after the mount
+            last = _machine_times()
+            for i in range(2 * pairs):
+                if i == half and group != "none":
+                    collector = session.collector
+                    probes = [dataclasses.replace(rp, path=copy)
+                              if os.path.realpath(rp.path) == original else rp
+                              for rp in collector.probes]
+                    if pid_filter:     # the pid is compiled into the program
+                        collector.stop()
+                        session.collector = BccCollector(probes, pid=clients[1].proc.pid)
+                        session.collector.start()
+                    else:
+                        collector.detach()
+                        collector.probes = probes
+                        collector.attach()
+                    last = _machine_times()
+                probed_client = clients[0] if i < half else clients[1]
+                with_probes = (i % 4) in (1, 2)       # ABBA ABBA ...
+                client = probed_client if with_probes else clients[clients[0] is probed_client]
+                seen = session.events_seen
+                (probed if with_probes else plain).append(client.block(files, session))
+                stray += 0 if with_probes else session.events_seen - seen
+                now = _machine_times()
+                steal[with_probes] += now[1] - last[1]
+                if verbose:
+                    wall, cpu = (probed if with_probes else plain)[-1]
+                    print(f"  block {i + 1:3d} {'with   ' if with_probes else 'without'} {wall:.3f} s "
+                          f"wall, {cpu:.3f} s CPU; machine idle {now[0] - last[0]:.2f} s, stolen "
+                          f"{now[1] - last[1]:.2f} s, this process {now[2] - last[2]:.3f} s", flush=True)
+                last = now
+        finally:
+            for client in clients:
+                client.close()
+            session.stop()
     walls = list(zip((p[0] for p in plain), (w[0] for w in probed)))
     mean_plain = statistics.fmean(p for p, _ in walls)
     mean_probed = statistics.fmean(w for _, w in walls)
     cpu_plain = statistics.fmean(c for _, c in plain) / files
     cpu_probed = statistics.fmean(c for _, c in probed) / files
     return {
-        "group": group, "probes": session.attached, "events": session.events_seen,
-        "lost": session.lost, "files": files, "pairs": pairs,
+        "group": group + (" --pid" if pid_filter else ""), "probes": session.attached,
+        "events": session.events_seen, "lost": session.lost, "files": files, "pairs": pairs,
         "wall_ratio": mean_probed / mean_plain, "wall_interval": bootstrap_ratio(walls),
         "pair_median": statistics.median(w / p for p, w in walls),
         "wall_per_file": mean_plain / files,
         "cpu_per_file": (cpu_plain, cpu_probed),
         "cpu_overhead": (cpu_probed - cpu_plain) / (mean_plain / files),
-        "steal": (steal[False] / pairs, steal[True] / pairs),
+        "steal": (steal[False] / pairs, steal[True] / pairs), "stray_events": stray,
     }
 
 
@@ -234,6 +273,8 @@ def main(argv=None) -> int:
     ap.add_argument("--group", action="append", help="probe group(s) to measure (default: gfapi and all)")
     ap.add_argument("--files", type=int, default=100, help="files per block")
     ap.add_argument("--pairs", type=int, default=40, help="block pairs (one without, one with probes)")
+    ap.add_argument("--pid-filter", action="store_true",
+                    help="attach to the probed client's pid (as --pid does) instead of the library")
     ap.add_argument("--verbose", action="store_true", help="print every block")
     ap.add_argument("--no-hits", action="store_true", help="skip the single-hit costs")
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
@@ -256,12 +297,15 @@ def main(argv=None) -> int:
     with lab.exclusive():
         lab.up()
         for group in opts.group or ["gfapi", "all"]:
-            r = measure_group(group, opts.files, opts.pairs, opts.verbose)
+            r = measure_group(group, opts.files, opts.pairs, opts.verbose, opts.pid_filter)
             report(r)
             # glfs_utimens and the glfs_setattr it calls send call and return per file (emit="all")
             expected = 4 * opts.files * opts.pairs if group != "none" else 0
             if r["events"] < expected:
                 print(f"probe_overhead: expected at least {expected} events, saw {r['events']}")
+                failed = True
+            if r["stray_events"]:
+                print(f"probe_overhead: {r['stray_events']} events came while the unprobed client ran")
                 failed = True
         if not opts.no_hits:
             sent, _ = per_hit_ns("sub", "all")

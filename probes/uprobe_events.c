@@ -74,6 +74,17 @@ struct entry_t {
     u64 struct_ptr;     // the struct argument's pointer
 };
 
+// --pid: every probe is attached to the library (all processes) and returns at once in any
+// other process. A uprobe attached per process is a per-task perf event, and the kernel then
+// switches the process's perf events at every one of its context switches: on this VM that
+// slowed a gfapi client by ~20% even for probes it never hit (bench/probe_overhead.py
+// --pid-filter). Filtering here costs the other processes a trap per probed call instead.
+#ifdef FILTER_TGID
+#define PID_GUARD() if ((bpf_get_current_pid_tgid() >> 32) != FILTER_TGID) return 0
+#else
+#define PID_GUARD() do { } while (0)
+#endif
+
 BPF_PERF_OUTPUT(events);
 BPF_PERCPU_ARRAY(scratch, struct event_t, 1);
 BPF_PERCPU_ARRAY(fd_scratch, struct fd_info_t, 1);

@@ -504,3 +504,16 @@ def test_detector_options_reach_the_io_probes(tmp_path):
     import click
     with pytest.raises(click.BadParameter, match="no option 'after_ms'"):
         _detector_settings(("app-latency.after_ms=5",), None)
+
+
+def test_pid_filter_is_in_the_program_not_per_process_uprobes():
+    """--pid compiles the pid into every function (a per-process uprobe is a per-task perf
+    event, which the kernel switches at each of the process's context switches)."""
+    rps = [_fake(s) for s in catalog.select("gfapi")]
+    assert "#define FILTER_TGID" not in bcc_backend.program_text(rps)
+    text = bcc_backend.program_text(rps, pid=4242)
+    assert "#define FILTER_TGID 4242\n" in text
+    for i, rp in enumerate(rps):
+        assert f"int call_{i}(struct pt_regs *ctx) {{\n    PID_GUARD();" in text
+        if rp.spec.retprobe:
+            assert f"int ret_{i}(struct pt_regs *ctx) {{\n    PID_GUARD();" in text

@@ -180,7 +180,7 @@ class BccCollector:
         check_bcc_prerequisites()
         from bcc import BPF
         try:
-            self.bpf = BPF(text=program_text(self.probes).encode())   # bcc wants bytes
+            self.bpf = BPF(text=program_text(self.probes, self.pid).encode())   # bcc wants bytes
         except Exception as exc:  # bcc raises plain Exception on compile errors
             raise ProbeError(f"bcc could not compile the probe program: {str(exc).splitlines()[0]} "
                              f"(kernel headers at {kernel_headers_dir()})") from None
@@ -194,13 +194,15 @@ class BccCollector:
                                                  wakeup_events=WAKEUP_EVENTS)
 
     def attach(self) -> None:
-        """Attach every probe to the compiled program (start() does; after detach(), again)."""
-        pid = -1 if self.pid is None else self.pid
+        """Attach every probe to the compiled program (start() does; after detach(), again).
+        Always to the library file, in every process: the program itself drops other
+        processes' calls when a pid was asked for (per-process uprobes cost the process at
+        every context switch)."""
         try:
             for i, rp in enumerate(self.probes):
-                self.bpf.attach_uprobe(name=rp.path.encode(), addr=rp.address, fn_name=f"call_{i}".encode(), pid=pid)
+                self.bpf.attach_uprobe(name=rp.path.encode(), addr=rp.address, fn_name=f"call_{i}".encode(), pid=-1)
                 if rp.spec.retprobe:
-                    self.bpf.attach_uretprobe(name=rp.path.encode(), addr=rp.address, fn_name=f"ret_{i}".encode(), pid=pid)
+                    self.bpf.attach_uretprobe(name=rp.path.encode(), addr=rp.address, fn_name=f"ret_{i}".encode(), pid=-1)
         except Exception as exc:
             self.stop()
             raise ProbeError(f"attaching {rp.function} at {rp.address:#x} in {rp.path} failed: {exc}") from None

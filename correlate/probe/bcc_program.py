@@ -90,6 +90,7 @@ def _entry_function(i: int, rp: ResolvedProbe) -> str:
         return f"""
 // {spec.name}: {rp.function} in {rp.path} ({rp.method})
 int call_{i}(struct pt_regs *ctx) {{
+    PID_GUARD();
     {_keep_entry(i, rp, from_record=False)}
     return 0;
 }}
@@ -107,6 +108,7 @@ int call_{i}(struct pt_regs *ctx) {{
     return f"""
 // {spec.name}: {rp.function} in {rp.path} ({rp.method})
 int call_{i}(struct pt_regs *ctx) {{
+    PID_GUARD();
     struct event_t *ev = begin({i}, KIND_CALL);
     if (!ev)
         return 0;
@@ -164,6 +166,7 @@ def _return_function(i: int, rp: ResolvedProbe, with_errno: bool) -> str:
     body = "\n    ".join(lines)
     kept = "struct event_t" if spec.emit == "slow" else "struct entry_t"
     return f"""int ret_{i}(struct pt_regs *ctx) {{
+    PID_GUARD();
     s64 rc = PT_REGS_RC(ctx);
     u32 pid = bpf_get_current_pid_tgid() >> 32;
     u64 key = entry_key({i});
@@ -174,10 +177,13 @@ def _return_function(i: int, rp: ResolvedProbe, with_errno: bool) -> str:
 """
 
 
-def program_text(probes: list[ResolvedProbe]) -> str:
-    """The common BPF C plus one entry (and return) function per probe."""
+def program_text(probes: list[ResolvedProbe], pid: int | None = None) -> str:
+    """The common BPF C plus one entry (and return) function per probe; with `pid`, every
+    function returns at once in other processes (see PID_GUARD in uprobe_events.c)."""
     text = resources.files("correlate.probes").joinpath("uprobe_events.c").read_text()
     defines, _why = errno_defines(probes)
+    if pid is not None:
+        defines += f"#define FILTER_TGID {int(pid)}\n"
     parts = [defines + text]
     for i, rp in enumerate(probes):
         parts.append(_entry_function(i, rp))
