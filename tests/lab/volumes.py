@@ -192,6 +192,7 @@ def pause_brick(name: str, index: int) -> int:
     if target.pid is None:
         raise LabError(f"brick {target.path} of {name} is not running")
     os.kill(target.pid, signal.SIGSTOP)
+    _wait_stopped(target.pid, True)
     return target.pid
 
 
@@ -199,7 +200,26 @@ def resume_brick(pid: int) -> None:
     try:
         os.kill(pid, signal.SIGCONT)
     except ProcessLookupError:
-        pass
+        return
+    _wait_stopped(pid, False)
+
+
+def _wait_stopped(pid: int, stopped: bool, timeout: float = 5.0) -> None:
+    """A signal is delivered asynchronously: wait until the process's state says it took
+    effect ('T' = stopped), so callers and captures start from a brick really paused."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with open(f"/proc/{pid}/stat") as stat:
+                state = stat.read().rsplit(")", 1)[1].split()[0]
+        except (FileNotFoundError, ProcessLookupError, IndexError):
+            return
+        if (state == "T") == stopped:
+            return
+        if time.monotonic() > deadline:
+            raise LabError(f"pid {pid} is still in state {state} {timeout:.0f} s after "
+                           f"{'SIGSTOP' if stopped else 'SIGCONT'}")
+        time.sleep(0.01)
 
 
 def start_force(name: str, count: int, gone: list[int] = (), timeout: float = 90) -> list[Brick]:
