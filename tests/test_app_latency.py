@@ -3,7 +3,6 @@ libgfapi) and tcpdump at once; each slow glfs_pwrite is split across the layers.
 import importlib.util
 import json
 import os
-import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -11,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from tests.lab import lab as lab_module
-from tests.lab.capture import Tcpdump
+from tests.lab.capture import record_with_probes
 
 CORRELATE = [sys.executable, "-m", "correlate"]
 CAPTURES = Path(__file__).parent / "captures"
@@ -53,18 +52,7 @@ def test_slow_pwrite_is_split_across_layers(lab, tmp_path):
         pytest.skip("needs root and bcc for the probes")
     capture, probes = tmp_path / "slow.pcap", tmp_path / "probes.jsonl"
     with lab_module.staged("slow-brick", seconds=3) as scenario:
-        with open(probes, "w") as sink:
-            probe = subprocess.Popen(CORRELATE + ["probe", "--probe", "io", "--json"],
-                                     stdout=sink, stderr=subprocess.PIPE, text=True)
-            try:
-                for line in probe.stderr:   # the probe command says when it is attached
-                    if "attached" in line:
-                        break
-                with Tcpdump(capture, lab_module.DEFAULT_FILTER):
-                    result = scenario.trigger()
-            finally:
-                probe.send_signal(signal.SIGINT)
-                probe.wait(60)
+        result = record_with_probes(scenario, "io", capture, probes, lab_module.DEFAULT_FILTER)
     assert result.reproduced, result.summary
     check_split(app_findings(capture, probes), result.details["client"]["pid"])
 

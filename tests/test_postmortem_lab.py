@@ -4,14 +4,13 @@
 import importlib.util
 import json
 import os
-import signal
 import subprocess
 import sys
 
 import pytest
 
 from tests.lab import lab as lab_module
-from tests.lab.capture import Tcpdump
+from tests.lab.capture import record_with_probes
 from tests.test_html import CHROMIUM, chromium
 
 CORRELATE = [sys.executable, "-m", "correlate"]
@@ -25,18 +24,8 @@ def atime_run(lab, tmp_path_factory):
     out = tmp_path_factory.mktemp("postmortem")
     capture, probes = out / "atime.pcap", out / "probes.jsonl"
     with lab_module.staged("atime-minus-one") as scenario:
-        with open(probes, "w") as sink:
-            probe = subprocess.Popen(CORRELATE + ["probe", "--probe", "gfapi", "--json"],
-                                     stdout=sink, stderr=subprocess.PIPE, text=True)
-            try:
-                for line in probe.stderr:   # the probe command says when it is attached
-                    if "attached" in line:
-                        break
-                with Tcpdump(capture, lab_module.DEFAULT_FILTER):
-                    assert scenario.trigger().reproduced
-            finally:
-                probe.send_signal(signal.SIGINT)
-                probe.wait(60)
+        assert record_with_probes(scenario, "gfapi", capture, probes,
+                                  lab_module.DEFAULT_FILTER).reproduced
     return capture, probes, out
 
 

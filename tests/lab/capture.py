@@ -114,3 +114,21 @@ class Probes:
             self.proc.kill()
             self.proc.wait()
         self._fh.close()
+
+
+def record_with_probes(scenario, group: str, capture: Path, probes: Path, capture_filter: str):
+    """Trigger a staged scenario under tcpdump (to `capture`) and `correlate probe --probe
+    GROUP --json` (to `probes`), started once the probes are attached; the scenario's result."""
+    import sys
+    with open(probes, "w") as sink:
+        probe = subprocess.Popen([sys.executable, "-m", "correlate", "probe", "--probe", group, "--json"],
+                                 stdout=sink, stderr=subprocess.PIPE, text=True)
+        try:
+            for line in probe.stderr:   # the probe command says when it is attached
+                if "attached" in line:
+                    break
+            with Tcpdump(capture, capture_filter):
+                return scenario.trigger()
+        finally:
+            probe.send_signal(signal.SIGINT)
+            probe.wait(60)
