@@ -208,8 +208,9 @@ class BccCollector:
             raise ProbeError(f"attaching {rp.function} at {rp.address:#x} in {rp.path} failed: {exc}") from None
 
     def detach(self) -> None:
-        """Take the probes out of the processes but keep the program and its maps: the
-        overhead bench alternates with and without probes without recompiling."""
+        """Take the probes out of the processes but keep the program and its maps, so that
+        attach() can put them back (elsewhere: the overhead bench moves them to a library
+        copy) without recompiling."""
         if self.bpf is not None:
             _detach_uprobes(self.bpf)
 
@@ -244,7 +245,7 @@ class BccCollector:
         if not self._slow or (not force and now - self._last_scan < SCAN_EVERY_NS):
             return
         self._last_scan = now
-        for key, value in self.bpf[b"slow_calls"].items():   # at most the table's 4096
+        for key, value in self.bpf[b"slow_calls"].items():   # at most the table's 1024
             probe_id = key.value & 0xFFFFFFFF
             slow_ns = self._slow.get(probe_id)
             if slow_ns is None:
