@@ -98,15 +98,17 @@ class StaleHandle(OwnVolume):
             steps["a_write_to_unlinked"] = a.call("pwrite", fd=fd, data="to the unlinked file\n", offset=14)
             steps["a_fsync_unlinked"] = a.call("fsync", fd=fd)
             self.restart_brick(0)
-            time.sleep(1)
-            # The client re-opens its fds by gfid after reconnecting: the gfid is gone.
+            # The client retries its brick every 3 s; on reconnecting it re-opens its fds by
+            # gfid, and the gfid is gone (ESTALE). Wait for that rather than guess its time.
+            steps["a_reconnected"] = wait_reconnected(a.log, times=2)
             steps["a_fstat_after_restart"] = a.call("fstat", fd=fd)
             steps["a_lost_write"] = a.call("pwrite", fd=fd, data="acknowledged, then lost\n", offset=0)
             time.sleep(0.5)
             steps["a_fsync_after_restart"] = a.call("fsync", fd=fd)
             steps["a_close"] = a.call("close", fd=fd)
             pids = {"a": a.pid, "b": b.pid}
-        lost = steps["a_lost_write"].get("ok") and not steps["a_fsync_after_restart"].get("ok")
+        lost = steps["a_reconnected"] and steps["a_lost_write"].get("ok") \
+            and not steps["a_fsync_after_restart"].get("ok")
         fsync = steps["a_fsync_after_restart"]
         return Result(self.name, bool(lost),
                       "after B recreated the path and the brick restarted, A's pwrite was "
@@ -119,6 +121,19 @@ class StaleHandle(OwnVolume):
         super().restore()
         with self.session("cleanup") as c:
             c.call("unlink", path=self.path)
+
+
+def wait_reconnected(log: str, times: int, timeout: float = 20.0) -> bool:
+    """True once the gfapi client logging to `log` has connected to its brick `times` times
+    (its re-open of open fds is logged, and sent, before the next line)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        text = open(log, errors="replace").read()
+        if text.count("Connected, attached to remote volume") >= times \
+                and "child_up_reopen_done" in text.split("Connected, attached to remote volume")[times]:
+            return True
+        time.sleep(0.1)
+    return False
 
 
 DATA_SCENARIOS = (SplitBrain, StaleHandle)
