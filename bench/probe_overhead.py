@@ -145,7 +145,7 @@ def measure_group(group: str, files: int, pairs: int, verbose: bool = False,
         if libraries != [original, copy]:
             raise SystemExit(f"probe_overhead: the clients mapped {libraries}, not {[original, copy]}")
         # "none": the same alternation with nothing attached, to see what the bench calls noise
-        specs = select_specs(["gfapi"]) if group == "none" else select_specs([group])
+        specs = select_specs(["gfapi"] if group == "none" else group.split(","))
         session = ProbeSession(specs, pid=clients[0].proc.pid if pid_filter else None,
                                backend="bcc").start()
         if group == "none":
@@ -270,7 +270,7 @@ def per_hit_ns(first: str, emit: str, calls: int = 200_000) -> tuple[float, int]
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--group", action="append", help="probe group(s) to measure (default: gfapi and all)")
+    ap.add_argument("--group", action="append", help="probe group(s) to measure, each a group or comma-separated groups and probe names (default: gfapi and all)")
     ap.add_argument("--files", type=int, default=100, help="files per block")
     ap.add_argument("--pairs", type=int, default=40, help="block pairs (one without, one with probes)")
     ap.add_argument("--pid-filter", action="store_true",

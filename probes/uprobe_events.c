@@ -176,6 +176,18 @@ static __always_inline u64 entry_key(u32 probe_id) {
     return ((u64)(u32)bpf_get_current_pid_tgid() << 32) | probe_id;
 }
 
+// Did a call of probe `probe_id` begin on this thread less than `window` ns ago and not yet
+// return (its entry is kept until then)? A probe whose spec names that function in
+// quiet_within sends nothing meanwhile. Its own entry checks with QUIET_WINDOW_NS: an outer
+// call begun longer ago lost its return (the thread died in it) and counts no more. Its
+// return, which may come much later (a hung brick), checks without a window.
+#define QUIET_WINDOW_NS 1000000000ULL
+static __always_inline int inside(u32 probe_id, u64 window) {
+    u64 key = entry_key(probe_id);
+    struct entry_t *outer = entries.lookup(&key);
+    return outer && bpf_ktime_get_ns() - outer->ts < window;
+}
+
 // The call's record, built at its return from what the entry kept.
 static __always_inline struct event_t *call_record(u32 probe_id, struct entry_t *entry) {
     struct event_t *ev = begin(probe_id, KIND_CALL);

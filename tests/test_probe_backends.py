@@ -344,3 +344,62 @@ def _poll_until(collector, pred, timeout: float) -> list[dict]:
     while time.monotonic() < deadline and not any(pred(e) for e in events):
         events += collector.poll(20)
     return events
+
+
+NESTED_SRC = r"""
+__attribute__((noinline)) int inner(int x) { return x < 0 ? -1 : x; }
+int outer(int x) { return inner(x); }
+"""
+
+NESTED_CHILD = """
+import ctypes, sys
+lib = ctypes.CDLL(sys.argv[1])
+print("ready", flush=True)
+for line in sys.stdin:
+    name, arg = line.split()
+    print(getattr(lib, name)(int(arg)), flush=True)
+"""
+
+
+def test_bcc_calls_emit_and_a_quiet_inner_function(tmp_path):
+    """emit="calls" sends every call and only failed returns; a probe with quiet_within sends
+    nothing while the outer function runs on the thread (glfs_utimens -> glfs_setattr), and
+    everything when called directly. On a library built here: outer(x) calls inner(x)."""
+    if os.geteuid() != 0 or shutil.which("gcc") is None:
+        pytest.skip("needs root and gcc")
+    from correlate.probe.bcc_backend import BccCollector, check_bcc_prerequisites
+    try:
+        check_bcc_prerequisites()
+    except ProbeError as exc:
+        pytest.skip(str(exc))
+    src, lib = tmp_path / "nest.c", tmp_path / "libnest.so"
+    src.write_text(NESTED_SRC)
+    subprocess.run(["gcc", "-O1", "-shared", "-fPIC", "-o", str(lib), str(src)], check=True)
+    specs = [ProbeSpec("t.outer", "t", str(lib), "outer", (Arg("x", 1, "int"),), retprobe=True, emit="calls"),
+             ProbeSpec("t.inner", "t", str(lib), "inner", (Arg("x", 1, "int"),), retprobe=True,
+                       emit="calls", quiet_within=("outer",))]
+    child = subprocess.Popen([sys.executable, "-c", NESTED_CHILD, str(lib)], stdin=subprocess.PIPE,
+                             stdout=subprocess.PIPE, text=True)
+    assert child.stdout.readline().strip() == "ready"
+    collector = BccCollector([resolve(s, child.pid) for s in specs], pid=child.pid)
+    collector.start()
+    seen = []
+    try:
+        for name, arg in (("inner", 5), ("outer", 6), ("outer", -7), ("inner", -8)):
+            child.stdin.write(f"{name} {arg}\n")
+            child.stdin.flush()
+            assert int(child.stdout.readline()) == (arg if arg >= 0 else -1)
+            time.sleep(0.05)
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and len(seen) < 6:
+            seen += collector.poll(50)
+        seen += collector.poll(100)
+    finally:
+        seen += collector.stop()
+        child.stdin.close()
+        child.wait(10)
+    got = [(e["kind"].split(".")[1], e["function"], e.get("args", {}).get("x", e.get("retval"))) for e in seen]
+    assert got == [("call", "inner", 5),                        # direct: the call, no success return
+                   ("call", "outer", 6),                        # inner quiet inside outer
+                   ("call", "outer", -7), ("return", "outer", -1),
+                   ("call", "inner", -8), ("return", "inner", -1)], got

@@ -93,10 +93,24 @@ def test_atime_minus_one_and_healthy_utimens(probe_lab):
     assert good_call["args"]["path"] == "/probe-atime-healthy"
     assert good_call["args"]["atime"] == good_atime and good_call["args"]["atime_nsec"] == 250_000_000
 
-    rets = [e for e in events if e["kind"] == "probe.return" and e["function"] == "glfs_utimens"
-            and e["pid"] == good["pid"]]
-    assert rets and rets[0]["retval"] == 0 and 0 < rets[0]["duration_ns"] < 10_000_000_000
-    assert rets[0]["time_ns"] > good_call["time_ns"]
+    # emit="calls": a successful return sends nothing, and the glfs_setattr that glfs_utimens
+    # calls (quiet_within) neither its call nor its return
+    assert not [e for e in events if e["kind"] == "probe.return" and e["function"] == "glfs_utimens"]
+    assert not [e for e in events if e["function"] == "glfs_setattr"]
+    # a failed one sends its return, with the errno the application got
+    from tests.lab import gfapi
+    missing = gfapi.run(["utimens", "--existing", "--path", "/probe-atime-no-such-file",
+                         "--atime", "1700000000", "--mtime", "1700000000"], timeout=60)
+    assert missing["status"] == "error" and missing["errno"] == errno.ENOENT, missing
+    failed = _collect(session, lambda ev: any(e["kind"] == "probe.return" and e["pid"] == missing["pid"]
+                                              and e["function"] == "glfs_utimens" for e in ev))
+    failed += session.poll(200)
+    call, = _calls(failed, "glfs_utimens", missing["pid"])
+    ret, = [e for e in failed if e["kind"] == "probe.return" and e["pid"] == missing["pid"]
+            and e["function"] == "glfs_utimens"]
+    assert ret["retval"] == -1 and ret["errno_name"] == "ENOENT"
+    assert 0 < ret["duration_ns"] < 10_000_000_000 and ret["time_ns"] > call["time_ns"]
+    assert not [e for e in failed if e["function"] == "glfs_setattr"]
     # glfs_init was probed with its return: a mount that completed has both.
     inits = [e for e in events if e["function"] == "glfs_init" and e["pid"] == good["pid"]]
     assert [e["kind"] for e in inits] == ["probe.call", "probe.return"] and inits[1]["retval"] == 0

@@ -83,14 +83,37 @@ def _keep_entry(i: int, rp: ResolvedProbe, from_record: bool) -> str:
     return "\n    ".join(lines)
 
 
-def _entry_function(i: int, rp: ResolvedProbe) -> str:
+def outer_calls(i: int, probes: list[ResolvedProbe]) -> list[int]:
+    """The probes whose calls make probe i quiet (its spec's quiet_within): in the same
+    library, keeping their call in `entries` until the return."""
+    rp = probes[i]
+    wanted = set(rp.spec.quiet_within)
+    return [j for j, other in enumerate(probes)
+            if j != i and other.path == rp.path and other.function.partition("@")[0] in wanted
+            and other.spec.retprobe and other.spec.emit != "slow"]
+
+
+def _quiet_guard(outer: list[int], at_return: bool) -> str:
+    """C that returns at once while one of the `outer` calls runs on this thread (see
+    inside() in uprobe_events.c). At the return: only when this call kept no entry of its
+    own, i.e. its entry was quiet."""
+    if not outer:
+        return ""
+    window = "~0ULL" if at_return else "QUIET_WINDOW_NS"
+    checks = " || ".join(f"inside({j}, {window})" for j in outer)
+    if at_return:
+        return f"\n    if (!entries.lookup(&key) && ({checks}))\n        return 0;"
+    return f"\n    if ({checks})\n        return 0;"
+
+
+def _entry_function(i: int, rp: ResolvedProbe, quiet: str = "") -> str:
     spec = rp.spec
     if spec.emit == "failures":
         # nothing is sent at the entry: keep the registers, decide at the return
         return f"""
 // {spec.name}: {rp.function} in {rp.path} ({rp.method})
 int call_{i}(struct pt_regs *ctx) {{
-    PID_GUARD();
+    PID_GUARD();{quiet}
     {_keep_entry(i, rp, from_record=False)}
     return 0;
 }}
@@ -108,7 +131,7 @@ int call_{i}(struct pt_regs *ctx) {{
     return f"""
 // {spec.name}: {rp.function} in {rp.path} ({rp.method})
 int call_{i}(struct pt_regs *ctx) {{
-    PID_GUARD();
+    PID_GUARD();{quiet}
     struct event_t *ev = begin({i}, KIND_CALL);
     if (!ev)
         return 0;
@@ -118,7 +141,7 @@ int call_{i}(struct pt_regs *ctx) {{
 """
 
 
-def _return_function(i: int, rp: ResolvedProbe, with_errno: bool) -> str:
+def _return_function(i: int, rp: ResolvedProbe, with_errno: bool, quiet: str = "") -> str:
     """The return: follow fds, then send the return (and, for a failures-only probe, first
     the call's record) when the spec's emit mode says so. A quiet return is a map lookup and
     a delete."""
@@ -127,7 +150,7 @@ def _return_function(i: int, rp: ResolvedProbe, with_errno: bool) -> str:
     reads, slot_of = _argument_reads(rp, at_return=True)
     fd = f"entry->ints[{slot_of['fd']}]" if "fd" in slot_of else None
     lines = [f"int failed = {_failed(spec.retval)};"]
-    lines.append({"all": "int send = 1;", "failures": "int send = failed;",
+    lines.append({"all": "int send = 1;", "calls": "int send = failed;", "failures": "int send = failed;",
                   "slow": f"int send = failed || (entry && bpf_ktime_get_ns() - entry->ts >= "
                           f"{spec.slow_ns}ULL);"}[spec.emit])
     if spec.fd_role == "opens":
@@ -169,7 +192,7 @@ def _return_function(i: int, rp: ResolvedProbe, with_errno: bool) -> str:
     PID_GUARD();
     s64 rc = PT_REGS_RC(ctx);
     u32 pid = bpf_get_current_pid_tgid() >> 32;
-    u64 key = entry_key({i});
+    u64 key = entry_key({i});{quiet}
     {kept} *entry = {table}.lookup(&key);
     {body}
     return 0;
@@ -186,7 +209,8 @@ def program_text(probes: list[ResolvedProbe], pid: int | None = None) -> str:
         defines += f"#define FILTER_TGID {int(pid)}\n"
     parts = [defines + text]
     for i, rp in enumerate(probes):
-        parts.append(_entry_function(i, rp))
+        outer = outer_calls(i, probes)
+        parts.append(_entry_function(i, rp, _quiet_guard(outer, at_return=False)))
         if rp.spec.retprobe:
-            parts.append(_return_function(i, rp, bool(defines)))
+            parts.append(_return_function(i, rp, bool(defines), _quiet_guard(outer, at_return=True)))
     return "".join(parts)

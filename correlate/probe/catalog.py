@@ -35,6 +35,11 @@ when the call took at least `slow_ns` (the return knows its duration from the ke
 or when it failed, so a failure is never hidden by a fast return. Live, a call still
 running after `slow_ns` is sent by the collector from the kept record while it runs (so
 detectors see it before the RPCs it causes); the return then sends only itself.
+Functions whose every call matters but whose success says nothing more (the time setters:
+the call carries the times) use `emit="calls"`: the call is sent at its entry, the return
+only when it failed. `quiet_within` names the functions of the same library that call this
+one for their own work (glfs_utimens calls glfs_setattr): while one of those runs on the
+thread, this probe sends nothing, since the outer call already says what it does.
 `function` may name a symbol version, "glfs_pread@GFAPI_3.4.0" (what older programs call);
 a bare name is the default version.
 """
@@ -46,7 +51,7 @@ MAX_STR = 256
 ARG_KINDS = ("str", "int", "long", "ptr", "fd", "timespec2", "smb_file_time", "glfs_stat")
 STRUCT_KINDS = ("timespec2", "smb_file_time", "glfs_stat")
 WORD_KINDS = ("int", "long", "ptr", "fd")       # one 8-byte slot each
-EMITS = ("all", "failures", "slow")
+EMITS = ("all", "calls", "failures", "slow")
 FD_ROLES = ("", "opens", "writes", "syncs", "closes")
 UTIME_NOW = (1 << 30) - 1
 UTIME_OMIT = (1 << 30) - 2
@@ -87,10 +92,13 @@ class ProbeSpec:
     aliases: tuple[str, ...] = ()           # the same function's name in other versions
     calls: tuple[tuple[str, ...], ...] = ()  # stripped static function: imports it calls
     description: str = ""
-    emit: str = "all"           # "failures": call and return only when the call failed;
+    emit: str = "all"           # "calls": every call, its return only when it failed;
+                                # "failures": call and return only when the call failed;
                                 # "slow": only when it took >= slow_ns or failed
     slow_ns: int = 0            # emit="slow": the duration from which a call is sent
     fd_role: str = ""           # "", "opens", "writes", "syncs", "closes" (see the module doc)
+    quiet_within: tuple[str, ...] = ()   # functions of the same library that call this one:
+                                         # while one of them runs on the thread, send nothing
 
     def __post_init__(self):
         if self.retval not in ("int", "long", "ptr"):
@@ -106,6 +114,8 @@ class ProbeSpec:
             raise ValueError(f"{self.name}: emit=\"slow\" needs slow_ns, an int > 0 (nanoseconds)")
         if self.emit != "slow" and self.slow_ns:
             raise ValueError(f"{self.name}: slow_ns is only for emit=\"slow\"")
+        if isinstance(self.quiet_within, str) or not all(isinstance(f, str) and f for f in self.quiet_within):
+            raise ValueError(f"{self.name}: quiet_within is a tuple of function names")
         if self.fd_role not in FD_ROLES:
             raise ValueError(f"{self.name}: fd_role must be one of {', '.join(map(repr, FD_ROLES))}")
         if (self.emit != "all" or self.fd_role) and not self.retprobe:
@@ -122,23 +132,29 @@ class ProbeSpec:
 
 GFAPI = "libgfapi.so.0"
 SAMBA_GLUSTER = "samba/vfs/glusterfs.so"
+# gfapi 6.0+ implements these with glfs_setattr / glfs_fsetattr
+TIME_SETTERS = ("glfs_utimens", "glfs_lutimens", "glfs_futimens")
 
 BUILTIN: tuple[ProbeSpec, ...] = (
     ProbeSpec("gfapi.glfs_utimens", "gfapi", GFAPI, "glfs_utimens",
-              (Arg("path", 2, "str"), Arg("times", 3, "timespec2")), retprobe=True,
+              (Arg("path", 2, "str"), Arg("times", 3, "timespec2")), retprobe=True, emit="calls",
               description="glfs_utimens(fs, path, times[2]): set atime/mtime by path"),
     ProbeSpec("gfapi.glfs_lutimens", "gfapi", GFAPI, "glfs_lutimens",
-              (Arg("path", 2, "str"), Arg("times", 3, "timespec2")), retprobe=True,
+              (Arg("path", 2, "str"), Arg("times", 3, "timespec2")), retprobe=True, emit="calls",
               description="glfs_lutimens(fs, path, times[2]): as utimens, not following links"),
     ProbeSpec("gfapi.glfs_futimens", "gfapi", GFAPI, "glfs_futimens",
-              (Arg("fd", 1, "ptr"), Arg("times", 2, "timespec2")), retprobe=True,
+              (Arg("fd", 1, "ptr"), Arg("times", 2, "timespec2")), retprobe=True, emit="calls",
               description="glfs_futimens(glfd, times[2]): set atime/mtime by open file"),
     ProbeSpec("gfapi.glfs_setattr", "gfapi", GFAPI, "glfs_setattr",
               (Arg("path", 2, "str"), Arg("stat", 3, "glfs_stat"), Arg("follow", 4, "int")),
-              retprobe=True, description="glfs_setattr(fs, path, glfs_stat, follow) (gfapi 6.0+)"),
+              retprobe=True, emit="calls", quiet_within=TIME_SETTERS,
+              description="glfs_setattr(fs, path, glfs_stat, follow) (gfapi 6.0+); "
+                          "not when glfs_utimens or glfs_lutimens calls it"),
     ProbeSpec("gfapi.glfs_fsetattr", "gfapi", GFAPI, "glfs_fsetattr",
-              (Arg("fd", 1, "ptr"), Arg("stat", 2, "glfs_stat")), retprobe=True,
-              description="glfs_fsetattr(glfd, glfs_stat) (gfapi 6.0+)"),
+              (Arg("fd", 1, "ptr"), Arg("stat", 2, "glfs_stat")), retprobe=True, emit="calls",
+              quiet_within=TIME_SETTERS,
+              description="glfs_fsetattr(glfd, glfs_stat) (gfapi 6.0+); not when glfs_futimens "
+                          "calls it"),
     ProbeSpec("gfapi.glfs_init", "gfapi", GFAPI, "glfs_init", (Arg("fs", 1, "ptr"),),
               retprobe=True,
               description="glfs_init(fs): a call without a return is a mount that hangs"),

@@ -101,9 +101,11 @@ def describe_arg(arg) -> str:
 def probe(groups, pid, as_json, backend, offsets, duration, option_specs, config_path):
     """Stream libgfapi / Samba vfs_glusterfs calls as they happen (needs root).
 
-    Every call is printed with its arguments (paths, signed atime/mtime seconds and
-    nanoseconds); functions with a return probe also print the return value and duration. A
-    glfs_init call without a return is a mount that hangs.
+    Every call of glfs_init, the time setters and Samba's is printed with its arguments
+    (paths, signed atime/mtime seconds and nanoseconds), and its return with the value and
+    duration (for the gfapi time setters only when it failed). A glfs_init call without a
+    return is a mount that hangs. The file operations (open, read, write, fsync, close...)
+    are printed only when they fail.
 
     \b
     Examples:
@@ -189,7 +191,7 @@ def probes(groups, pid, offsets, as_json):
         if as_json:
             click.echo(json.dumps(row))
             continue
-        only = {"failures": " (failures only)",
+        only = {"failures": " (failures only)", "calls": " (when it failed)",
                 "slow": f" (only {spec.slow_ns / 1e6:g} ms or slower, or failed)"}.get(spec.emit, "")
         ret = (" +return" + only) if spec.retprobe else ""
         if "error" in row:

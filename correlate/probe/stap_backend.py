@@ -120,6 +120,12 @@ def _dwarf_reads(rp: ResolvedProbe) -> tuple[list[str], list[str]]:
     return fmts, exprs
 
 
+def _stap_failed(retval: str) -> str:
+    """stap test of $return for a failed call (as bcc_program._failed)."""
+    return {"int": "($return & 0xffffffff) >= 0x80000000", "long": "$return < 0",
+            "ptr": "$return == 0"}[retval]
+
+
 def script_text(probes: list[ResolvedProbe], dwarf: dict[str, bool] | None = None,
                 filter_pid: bool = False, returns: bool = True) -> tuple[str, list[tuple[ResolvedProbe, str]]]:
     """The stap script for `probes` and the probes left out (with why).
@@ -140,7 +146,7 @@ def script_text(probes: list[ResolvedProbe], dwarf: dict[str, bool] | None = Non
                                 "bcc program at the return; stap here has no returns and would "
                                 "report every call"))
             continue
-        if rp.spec.emit != "all" or rp.spec.fd_role:
+        if rp.spec.emit not in ("all", "calls") or rp.spec.fd_role:
             skipped.append((rp, f"{rp.function} reports failed calls only, decided in the bcc "
                                 "program on the return value; stap would report every call"))
             continue
@@ -167,14 +173,18 @@ def script_text(probes: list[ResolvedProbe], dwarf: dict[str, bool] | None = Non
         body = f"{guard}  printf(\"{fmt}\", {args})\n"
         parts.append(f"// {rp.spec.name}{'' if dwarf[rp.path] else ' (no DWARF: arguments not readable)'}\n"
                      f"probe {point} {{\n{body}}}\n")
-        if rp.spec.retprobe and returns:
+        guard_ret = guard
+        # emit="calls": a return only when it failed, which needs $return (DWARF)
+        if rp.spec.retprobe and returns and (rp.spec.emit == "all" or dwarf[rp.path]):
             if dwarf[rp.path]:
                 rfmt = "\\t".join([common.format(kind="return"), "retval=%ld", "comm=%s"]) + "\\n"
                 rargs = f"{fixed}, $return, execname()"
+                if rp.spec.emit == "calls":
+                    guard_ret = guard + f"  if (!({_stap_failed(rp.spec.retval)})) next\n"
             else:
                 rfmt = "\\t".join([common.format(kind="return"), "comm=%s"]) + "\\n"
                 rargs = f"{fixed}, execname()"
-            parts.append(f"probe {point}.return {{\n{guard}  printf(\"{rfmt}\", {rargs})\n}}\n")
+            parts.append(f"probe {point}.return {{\n{guard_ret}  printf(\"{rfmt}\", {rargs})\n}}\n")
     return "\n".join(parts), skipped
 
 

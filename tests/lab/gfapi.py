@@ -235,6 +235,8 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument("--atime-nsec", type=int, help="raw tv_nsec (e.g. UTIME_OMIT 1073741822)")
         p.add_argument("--mtime-nsec", type=int, help="raw tv_nsec")
         p.add_argument("--unlink", action="store_true", help="remove PATH at the end")
+    sub.choices["utimens"].add_argument("--existing", action="store_true",
+                                        help="do not create PATH (a missing one: ENOENT)")
     p = sub.add_parser("workload", parents=[common],
                        help="small files: create+write, stat, utimens, read, unlink each")
     p.add_argument("--files", type=int, default=1000)
@@ -296,12 +298,13 @@ def _operation(fs: Client, opts) -> dict:
                                     opts.stop_after_errors, opts.existing)
     atime = (opts.atime[0], opts.atime[1] if opts.atime_nsec is None else opts.atime_nsec)
     mtime = (opts.mtime[0], opts.mtime[1] if opts.mtime_nsec is None else opts.mtime_nsec)
-    fd = fs.creat(opts.path)
-    try:
-        if opts.op == "futimens":
-            fs.futimens(fd, atime, mtime)
-    finally:
-        fs.close(fd)
+    if not getattr(opts, "existing", False):
+        fd = fs.creat(opts.path)
+        try:
+            if opts.op == "futimens":
+                fs.futimens(fd, atime, mtime)
+        finally:
+            fs.close(fd)
     if opts.op == "utimens":
         fs.utimens(opts.path, atime, mtime)
     result = {"atime": list(atime), "mtime": list(mtime), "stat": asdict(fs.stat(opts.path))}
