@@ -49,6 +49,8 @@ class RpcUnanswered(Detector):
         # Call time order; an OrderedDict pops its oldest in O(1) (a dict rescans the holes
         # its deletions left at the front: quadratic over a million calls).
         self.pending: OrderedDict[tuple, dict] = OrderedDict()
+        # conn -> its keys in pending, so a close forgets its calls without a scan of all
+        self.by_conn: dict[object, set[tuple]] = {}
         self.errors: Counter = Counter()
         self.error_examples: dict[tuple, dict] = {}
         self.dropped = 0        # calls not tracked: MAX_PENDING were waiting already
@@ -61,12 +63,13 @@ class RpcUnanswered(Detector):
         kind = ev.get("kind")
         if kind == "rpc.call" and self._expects_reply(ev) and not is_blocking_lock(ev):
             if len(self.pending) < MAX_PENDING:
-                self.pending[(ev.get("conn"), ev.get("src"), ev.get("xid"))] = {
-                    k: v for k, v in ev.items() if k in KEPT}     # in the event's own order
+                key = (ev.get("conn"), ev.get("src"), ev.get("xid"))
+                self.pending[key] = {k: v for k, v in ev.items() if k in KEPT}   # in the event's own order
+                self.by_conn.setdefault(key[0], set()).add(key)
             else:   # the oldest are kept: they are the ones that show a hang first
                 self.dropped += 1
         elif kind == "rpc.reply":
-            self.pending.pop((ev.get("conn"), ev.get("dst"), ev.get("xid")), None)
+            self._forget((ev.get("conn"), ev.get("dst"), ev.get("xid")))
             if ev.get("op_ret") == -1 and ev.get("procedure") not in EXPLAINED:
                 key = (ev.get("procedure"), ev.get("errno_name"))
                 if key not in BENIGN:
@@ -80,8 +83,15 @@ class RpcUnanswered(Detector):
     def _lost_at_close(self, conn) -> None:
         """A reply can no longer come: the calls still pending were lost with the connection
         (overdue ones were reported above, while the connection lived)."""
-        for key in [k for k in self.pending if k[0] == conn]:
+        for key in self.by_conn.pop(conn, ()):
             del self.pending[key]
+
+    def _forget(self, key: tuple) -> None:
+        if self.pending.pop(key, None) is not None:
+            keys = self.by_conn[key[0]]
+            keys.discard(key)
+            if not keys:
+                del self.by_conn[key[0]]
 
     def due(self) -> int | None:
         """When the oldest call waiting for its reply becomes overdue."""
@@ -108,7 +118,7 @@ class RpcUnanswered(Detector):
             call = pending[key]
             if now - call["time_ns"] <= self.after_ns:
                 break
-            del pending[key]
+            self._forget(key)
             found.append(self._unanswered(call, now))
         return found
 

@@ -88,3 +88,27 @@ def test_analyze_says_what_detectors_dropped(tmp_path):
     assert res.returncode == 0, res.stderr
     assert (f"correlate: detector rpc-unanswered: dropped 5000 x calls not checked for a reply "
             f"({rpc_unanswered.MAX_PENDING:,} were waiting already)") in res.stderr
+
+
+def test_rpc_unanswered_forgets_a_closed_connections_calls_without_scanning_the_others():
+    """20,000 calls wait on one connection while 20,000 others each send a call and close:
+    each close forgets its own call (lost, not hung) and costs nothing per waiting call."""
+    import time
+    det = rpc_unanswered.RpcUnanswered()
+
+    def call(t, conn, xid):
+        return {"time_ns": t, "kind": "rpc.call", "conn": conn, "src": f"c{conn}", "dst": "b",
+                "xid": xid, "program": "GlusterFS", "procedure": "WRITE"}
+
+    for xid in range(rpc_unanswered.MAX_PENDING - 1):
+        det.observe(call(1_000 + xid, "hung", xid))
+    started = time.process_time()
+    for conn in range(20_000):
+        det.observe(call(2_000_000 + conn, conn, 1))
+        det.observe({"time_ns": 2_000_001 + conn, "kind": "tcp.close", "conn": conn})
+    spent = time.process_time() - started
+    assert len(det.pending) == rpc_unanswered.MAX_PENDING - 1 and set(det.by_conn) == {"hung"}
+    assert spent < 2.0, spent        # a scan of the waiting calls per close took minutes
+    det.observe({"time_ns": 3_000_000, "kind": "rpc.reply", "conn": "hung", "dst": "chung", "xid": 5})
+    det.observe({"time_ns": 3_000_001, "kind": "tcp.close", "conn": "hung"})
+    assert not det.pending and not det.by_conn
