@@ -92,6 +92,9 @@ class Wants:
 EVERYTHING = Wants()
 NOTHING = Wants(kinds=(), layers=(), details=())
 MAX_ROUTES = 4096     # (layer, kind, program, procedure) combinations remembered
+# due() may return this: no wake-up during the input, one tick(now) with the input's last
+# event time right before finish() (what a request still waiting at the end is judged by)
+END_OF_INPUT = 1 << 63
 
 
 def wants_of(detector) -> Wants:
@@ -168,7 +171,8 @@ class DetectorRunner:
     the answer is computed once per combination and kept in a table, in detector order.
     A detector that declares `wants` and acts on the passing of time (a reply overdue) says
     when through `due()`; `tick(now)` is then called at the first event at or after that
-    time which it does not want, so it acts exactly when it would have seen every event.
+    time which it does not want, so it acts exactly when it would have seen every event. A
+    due() of END_OF_INPUT asks only for one tick with the last event's time before finish().
     subscriptions=False hands every event to every detector, whatever it declared.
 
     A finding whose (detector, key) was already reported is counted, not re-emitted;
@@ -191,6 +195,7 @@ class DetectorRunner:
                        for d, w in zip(self.detectors, self._wants)]
         self._due: dict[int, int] = {}
         self._next_due: int | None = None
+        self._last_now: int | None = None     # the latest event time seen
         self.disabled: dict[str, str] = {e.get("detector", "?"): e.get("explanation", "")
                                          for e in self._load_errors}
         self._seen: dict[tuple[str, str], dict] = {}
@@ -271,6 +276,8 @@ class DetectorRunner:
         found = self._take_load_errors(event["time_ns"]) if self._load_errors else []
         route = self._route(event)
         now = event.get("time_ns")
+        if type(now) is int and (self._last_now is None or now > self._last_now):
+            self._last_now = now
         if self._next_due is not None and type(now) is int and now >= self._next_due:
             for i in range(len(self.detectors)):   # in detector order, as without filtering
                 if i in route:
@@ -353,6 +360,9 @@ class DetectorRunner:
 
     def finish(self) -> list[dict]:
         found = self._take_load_errors(0)    # no event came at all
+        if self._last_now is not None:
+            for i in [i for i, due in self._due.items() if due == END_OF_INPUT]:
+                self._call(i, "tick", self._last_now, found)
         for det in self.detectors:
             found.extend(self._run(det, "finish"))
             self._collect_drops(det)

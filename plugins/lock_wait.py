@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections import Counter
 
 from correlate import hookimpl
-from correlate.detector import Detector, Wants
+from correlate.detector import END_OF_INPUT, Detector, Wants
 from correlate.gluster.topology import Topology
 
 from .gluster_facts import is_blocking_lock
@@ -107,7 +107,6 @@ class LockWait(Detector):
         self.storms: dict[str, Counter] = {}      # gfid -> Counter(what)
         self.storm_example: dict[str, dict] = {}
         self.last_ns = 0                          # the input's last event: its "now" at the end
-        self.waiting_since = 0                    # no waiting request is older than this
 
     # -- events ------------------------------------------------------------------------
     def observe(self, ev):
@@ -129,11 +128,8 @@ class LockWait(Detector):
         return ()
 
     def due(self) -> int | None:
-        """While a request waits long enough to be reported at the end, every later event
-        moves the end: the next one after the last seen."""
-        if not self.waiting:
-            return None
-        return max(self.last_ns + 1, self.waiting_since + self.after_ns)
+        """While a request waits, the input's last event is its "now" at the end."""
+        return END_OF_INPUT if self.waiting else None
 
     def tick(self, now: int):
         self.last_ns = max(self.last_ns, now)
@@ -145,9 +141,6 @@ class LockWait(Detector):
         if _is_unlock(call):
             self._release(call)
         elif is_blocking_lock(call):
-            if not self.waiting:
-                self.waiting_since = call["time_ns"]
-            self.waiting_since = min(self.waiting_since, call["time_ns"])
             _put(self.waiting, key, {"call": call, "holders": self._conflicting(call)})
 
     def _reply(self, reply: dict):

@@ -251,3 +251,23 @@ def test_route_table_is_per_kind_not_per_event():
         "auth-rejected", "atime-minus-one", "app-latency"}
     assert route("log", "log.line", None, None) == {"auth-rejected"}
     assert route("wire", "tcp.connect", None, None) == {"brick-not-responding"}
+
+
+def test_a_request_waiting_to_the_end_costs_one_tick_not_one_per_event():
+    """lock-wait needs only the input's last time (due() = END_OF_INPUT): one tick before
+    finish, however many events follow the request (it used to be woken at each one)."""
+    from correlate.detector import END_OF_INPUT
+    from plugins.lock_wait import LockWait
+    det = LockWait(after_ns=S)
+    ticks = []
+    real_tick = det.tick
+    det.tick = lambda now: ticks.append(now) or real_tick(now)
+    runner = DetectorRunner([det])
+    stream, last_ns = TIMED_STREAMS["lock-wait"]
+    stream = stream[:1] + _unwanted(*range(2 * S, 3 * S, 1_000_000)) + [_unwanted(last_ns)[0]]
+    for ev in stream:
+        runner.observe(ev)
+    assert det.due() == END_OF_INPUT and ticks == []
+    found = runner.finish()
+    assert ticks == [last_ns]
+    assert [(f["detector"], f["time_ns"]) for f in found if f.get("kind") == "finding"] == [("lock-wait", last_ns)]
