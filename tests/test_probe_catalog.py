@@ -269,6 +269,10 @@ def test_probes_command_lists_resolution():
     rows = [json.loads(line) for line in result.output.splitlines()]
     by = {r["probe"]: r for r in rows}
     assert by["gfapi.glfs_utimens"]["method"] == "dynsym"
+    assert by["gfapi.glfs_utimens"]["emit"] == "calls" and by["gfapi.glfs_open"]["emit"] == "failures"
+    assert by["gfapi.glfs_setattr"]["quiet_within"] == ["glfs_utimens", "glfs_lutimens", "glfs_futimens"]
+    text = CliRunner().invoke(probes, ["--probe", "gfapi.glfs_setattr"]).output
+    assert "+return (when it failed)" in text and "quiet while glfs_utimens or" in text
     if os.path.exists("/usr/lib/x86_64-linux-gnu/samba/vfs/glusterfs.so"):
         assert by["samba.vfs_gluster_fntimes"]["method"] == "eh_frame+plt"
 

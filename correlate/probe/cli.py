@@ -180,7 +180,8 @@ def probes(groups, pid, offsets, as_json):
     offsets_map = parse_offsets(offsets)
     for spec in _specs(groups):
         row = {"probe": spec.name, "group": spec.group, "function": spec.function,
-               "args": [describe_arg(a) for a in spec.args], "retprobe": spec.retprobe}
+               "args": [describe_arg(a) for a in spec.args], "retprobe": spec.retprobe,
+               "emit": spec.emit, "quiet_within": list(spec.quiet_within)}
         try:
             rp = resolve(spec, pid, offsets_map)
             row.update(library=rp.path, resolved_as=rp.function, method=rp.method,
@@ -202,5 +203,7 @@ def probes(groups, pid, offsets, as_json):
             click.echo(f"{spec.name:<28} {row['method']:<13} {row['address']:>9}  {row['library']}"
                        f"{alias}{ret}{extra}")
             click.echo(f"{'':<28} args: {', '.join(row['args']) or '-'}")
+            if spec.quiet_within:
+                click.echo(f"{'':<28} quiet while {' or '.join(spec.quiet_within)} runs on the thread")
             for note in row["notes"]:
                 click.echo(f"{'':<28} note: {note}")
