@@ -403,3 +403,48 @@ def test_bcc_calls_emit_and_a_quiet_inner_function(tmp_path):
                    ("call", "outer", 6),                        # inner quiet inside outer
                    ("call", "outer", -7), ("return", "outer", -1),
                    ("call", "inner", -8), ("return", "inner", -1)], got
+
+
+def test_bcc_a_slow_probe_leaves_failures_to_the_failure_probe_on_the_same_function(tmp_path):
+    """`--probe all` puts app-latency's emit="slow" probe and gfapi's emit="failures" probe on
+    the same functions: a fast failed call is sent once, by the failure probe; alone, the
+    slow probe sends it (a failure is never hidden by being fast)."""
+    if os.geteuid() != 0 or shutil.which("gcc") is None:
+        pytest.skip("needs root and gcc")
+    from correlate.probe.bcc_backend import BccCollector, check_bcc_prerequisites
+    try:
+        check_bcc_prerequisites()
+    except ProbeError as exc:
+        pytest.skip(str(exc))
+    src, lib = tmp_path / "nest.c", tmp_path / "libnest.so"
+    src.write_text(NESTED_SRC)
+    subprocess.run(["gcc", "-O1", "-shared", "-fPIC", "-o", str(lib), str(src)], check=True)
+    failures = ProbeSpec("t.fail", "t", str(lib), "inner", (Arg("x", 1, "int"),), retprobe=True,
+                         emit="failures")
+    slow = ProbeSpec("t.slow", "t", str(lib), "inner", (Arg("x", 1, "int"),), retprobe=True,
+                     emit="slow", slow_ns=10**9)
+    child = subprocess.Popen([sys.executable, "-c", NESTED_CHILD, str(lib)], stdin=subprocess.PIPE,
+                             stdout=subprocess.PIPE, text=True)
+    assert child.stdout.readline().strip() == "ready"
+    got = {}
+    try:
+        for specs in ([failures, slow], [slow]):
+            collector = BccCollector([resolve(s, child.pid) for s in specs], pid=child.pid)
+            collector.start()
+            seen = []
+            try:
+                child.stdin.write("inner -3\n")
+                child.stdin.flush()
+                assert int(child.stdout.readline()) == -1
+                deadline = time.monotonic() + 5
+                while time.monotonic() < deadline and not any(e["kind"] == "probe.return" for e in seen):
+                    seen += collector.poll(50)
+                seen += collector.poll(200)
+            finally:
+                seen += collector.stop()
+            got[len(specs)] = sorted((e["probe"], e["kind"]) for e in seen)
+    finally:
+        child.stdin.close()
+        child.wait(10)
+    assert got[2] == [("t.fail", "probe.call"), ("t.fail", "probe.return")], got
+    assert got[1] == [("t.slow", "probe.call"), ("t.slow", "probe.return")], got

@@ -141,7 +141,18 @@ int call_{i}(struct pt_regs *ctx) {{
 """
 
 
-def _return_function(i: int, rp: ResolvedProbe, with_errno: bool, quiet: str = "") -> str:
+def failures_sent_by_another(i: int, probes: list[ResolvedProbe]) -> bool:
+    """Does another probe on the same function send probe i's failed calls already? Then
+    an emit="slow" probe i sends only slow calls (`--probe all` has app-latency's io probes
+    on the functions whose failures the gfapi probes report: one event each, not two)."""
+    rp = probes[i]
+    return any(j != i and other.path == rp.path and other.address == rp.address
+               and other.spec.retprobe and other.spec.emit != "slow"
+               for j, other in enumerate(probes))
+
+
+def _return_function(i: int, rp: ResolvedProbe, with_errno: bool, quiet: str = "",
+                     failures_elsewhere: bool = False) -> str:
     """The return: follow fds, then send the return (and, for a failures-only probe, first
     the call's record) when the spec's emit mode says so. A quiet return is a map lookup and
     a delete."""
@@ -151,8 +162,8 @@ def _return_function(i: int, rp: ResolvedProbe, with_errno: bool, quiet: str = "
     fd = f"entry->ints[{slot_of['fd']}]" if "fd" in slot_of else None
     lines = [f"int failed = {_failed(spec.retval)};"]
     lines.append({"all": "int send = 1;", "calls": "int send = failed;", "failures": "int send = failed;",
-                  "slow": f"int send = failed || (entry && bpf_ktime_get_ns() - entry->ts >= "
-                          f"{spec.slow_ns}ULL);"}[spec.emit])
+                  "slow": f"int send = {'' if failures_elsewhere else 'failed || '}(entry && "
+                          f"bpf_ktime_get_ns() - entry->ts >= {spec.slow_ns}ULL);"}[spec.emit])
     if spec.fd_role == "opens":
         lines.append("if (!failed && entry)\n        fd_opened(pid, entry, rc);")
     elif spec.fd_role == "writes":
@@ -212,5 +223,6 @@ def program_text(probes: list[ResolvedProbe], pid: int | None = None) -> str:
         outer = outer_calls(i, probes)
         parts.append(_entry_function(i, rp, _quiet_guard(outer, at_return=False)))
         if rp.spec.retprobe:
-            parts.append(_return_function(i, rp, bool(defines), _quiet_guard(outer, at_return=True)))
+            parts.append(_return_function(i, rp, bool(defines), _quiet_guard(outer, at_return=True),
+                                          failures_sent_by_another(i, probes)))
     return "".join(parts)

@@ -32,7 +32,8 @@ path), "writes" (a successful return adds to the fd's acknowledged, not yet sync
 A function that is called often but matters only when it is slow uses `emit="slow"` with
 `slow_ns`: the program keeps the call's whole record and sends call and return only
 when the call took at least `slow_ns` (the return knows its duration from the kept record)
-or when it failed, so a failure is never hidden by a fast return. Live, a call still
+or when it failed, so a failure is never hidden by a fast return (unless another probe on
+the same function sends the failures: then only slow calls). Live, a call still
 running after `slow_ns` is sent by the collector from the kept record while it runs (so
 detectors see it before the RPCs it causes); the return then sends only itself.
 Functions whose every call matters but whose success says nothing more (the time setters:
