@@ -10,7 +10,8 @@ import time
 
 import click
 
-from .detector import DetectorRunner, details_needed
+from .detector import details_needed
+from .detector_runner import DetectorRunner
 from .diagnostics import Diagnostics, report_diagnostics
 from .errors import CorrelateError
 from .merge import DEFAULT_WINDOW_NS, LiveMerger, merge

@@ -5,7 +5,7 @@ import sys
 from collections.abc import Iterable
 from typing import TextIO
 
-from .detector import DetectorRunner
+from .detector_runner import DetectorRunner
 from .events import header_line, to_json
 from .outputs.fields import format_fields
 from .outputs.terminal import colorize, format_event, format_finding, use_color

@@ -8,7 +8,8 @@ import tomllib
 
 import click
 
-from .detector import DetectorRunner, configure_detectors, load_detectors
+from .detector import configure_detectors, load_detectors
+from .detector_runner import DetectorRunner
 from .diagnostics import Diagnostics
 from .plugin_manager import call_each, get_plugin_manager
 from .sources import read_timeline

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from correlate import merge
-from correlate.detector import DetectorRunner
+from correlate.detector_runner import DetectorRunner
 from correlate.diagnostics import Diagnostics
 from correlate.wire import rpc
 from correlate.wire.decode import decode_capture

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from correlate.detector import Detector, DetectorRunner
+from correlate.detector import Detector
+from correlate.detector_runner import DetectorRunner
 from correlate.diagnostics import Diagnostics
 from correlate.logs import parse_timestamp, read_gluster_log
 from correlate.outputs.pcapng_annotate import interface_block, section_header

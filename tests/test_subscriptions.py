@@ -4,8 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from correlate.detector import EVERYTHING, Detector, DetectorRunner, Wants, details_needed, \
-    load_detectors, wants_of
+from correlate.detector import EVERYTHING, Detector, Wants, details_needed, load_detectors, wants_of
+from correlate.detector_runner import DetectorRunner
 from correlate.engine_cli import decoding_options
 from correlate.events import DETAILS_LATER, to_json
 from correlate.merge import merge

@@ -1,0 +1,250 @@
+"""The runtime that feeds detectors their events: routing by subscription (Wants),
+wake-ups by time (due/tick), folding repeated findings, and isolating a detector that fails.
+"""
+from __future__ import annotations
+
+import traceback
+from collections.abc import Iterable
+
+from .detector import END_OF_INPUT, EVERYTHING, NOTHING, wants_of
+from .events import DETAILS_LATER, make_event, with_details
+
+
+MAX_ADDED_EVIDENCE = 50   # evidence a folded finding gathers from its repeats
+
+
+_IDENTITY_KEYS = ("time_ns", "kind", "source", "src", "xid", "pid", "tid")
+
+
+def _event_identity(ev) -> tuple:
+    """Hashable whatever a plugin put in the fields (an object there is compared as text)."""
+    if not isinstance(ev, dict):
+        return ("not an event", repr(ev)[:200])
+    return tuple(map(_hashable, map(ev.get, _IDENTITY_KEYS)))
+
+
+def _count(finding: dict) -> int:
+    n = finding.get("count", 1)
+    return n if type(n) is int and n > 0 else 1
+
+
+def _hashable(v):
+    return v if v is None or type(v) in (int, str, float, bool) else repr(v)[:200]
+
+MAX_ROUTES = 4096     # (layer, kind, program, procedure) combinations remembered
+
+
+class DetectorRunner:
+    """Feeds each event to the detectors that want it; folds repeated findings; isolates
+    failures.
+
+    Which detectors want an event depends only on its (layer, kind, program, procedure):
+    the answer is computed once per combination and kept in a table, in detector order.
+    A detector that declares `wants` and acts on the passing of time (a reply overdue) says
+    when through `due()`; `tick(now)` is then called at the first event at or after that
+    time which it does not want, so it acts exactly when it would have seen every event. A
+    due() of END_OF_INPUT asks only for one tick with the last event's time before finish().
+    subscriptions=False hands every event to every detector, whatever it declared.
+
+    A finding whose (detector, key) was already reported is counted, not re-emitted;
+    `finish()` emits a `finding.update` with the final count for each folded finding. A
+    detector that raises is disabled and reported as a `detector.error` event, by name.
+
+    `load_errors` (plugins that failed before any event, from `load_detectors`) leave with the
+    first event, stamped with its time: an event that no input timed must not stretch the
+    timeline back to 1970."""
+
+    def __init__(self, detectors: list, on_new_finding=None, load_errors: Iterable[dict] = (),
+                 subscriptions: bool = True):
+        self.detectors = list(detectors)
+        self._load_errors = list(load_errors)
+        self._wants = [wants_of(d) if subscriptions else EVERYTHING for d in self.detectors]
+        self._routes: dict[tuple, tuple[int, ...]] = {}
+        # Detectors that are woken by time: their index -> the time they asked for.
+        self._timed = [w is not EVERYTHING and callable(getattr(d, "due", None))
+                       and callable(getattr(d, "tick", None))
+                       for d, w in zip(self.detectors, self._wants)]
+        self._due: dict[int, int] = {}
+        self._next_due: int | None = None
+        self._last_now: int | None = None     # the latest event time seen
+        self.disabled: dict[str, str] = {e.get("detector", "?"): e.get("explanation", "")
+                                         for e in self._load_errors}
+        self._seen: dict[tuple[str, str], dict] = {}
+        self._on_new = on_new_finding
+        self.findings: list[dict] = []
+        self.drops: dict[str, dict[str, int]] = {}    # detector -> reason -> count, after finish
+
+    def _run(self, det, method: str, arg=None) -> list[dict]:
+        name = getattr(det, "id", type(det).__name__)
+        if name in self.disabled:
+            return []
+        try:
+            fn = getattr(det, method)
+            result = fn() if method == "finish" else fn(arg)
+            return list(result or ())
+        except Exception as exc:   # a plugin's bug must not end the run
+            return self._failed(self.detectors.index(det), exc, arg)
+
+    def _failed(self, i: int, exc: Exception, arg) -> list[dict]:
+        """Disable detector i after it raised: it gets no more events; report it by name."""
+        det = self.detectors[i]
+        name = getattr(det, "id", type(det).__name__)
+        self.disabled[name] = f"{type(exc).__name__}: {exc}"
+        self._wants[i] = NOTHING
+        self._routes.clear()
+        self._timed[i] = False
+        self._due.pop(i, None)
+        where = traceback.extract_tb(exc.__traceback__)[-1]
+        t = arg["time_ns"] if isinstance(arg, dict) else arg if isinstance(arg, int) else 0
+        return [make_event(t, "finding", "detector.error", f"detector:{name}",
+                           detector=name, severity="error",
+                           title=f"detector {name} failed and was disabled",
+                           explanation=f"{type(exc).__name__}: {exc} "
+                                       f"({where.filename}:{where.lineno})",
+                           remedy="report it to the plugin's authors; the run went on "
+                                  "without this detector")]
+
+    def _route(self, ev: dict) -> tuple[int, ...]:
+        key = (ev.get("layer"), ev.get("kind"), ev.get("program"), ev.get("procedure"))
+        try:
+            return self._routes[key]
+        except KeyError:
+            pass
+        except TypeError:          # a saved timeline's odd values (a list as kind): no table
+            return tuple(i for i, w in enumerate(self._wants) if w.matches(*key))
+        route = tuple(i for i, w in enumerate(self._wants) if w.matches(*key))
+        if len(self._routes) < MAX_ROUTES:
+            self._routes[key] = route
+        return route
+
+    def _refresh_due(self, i: int) -> None:
+        try:
+            due = self.detectors[i].due()
+        except Exception:          # a broken due() only loses the wake-up
+            due = None
+        if due is None:
+            self._due.pop(i, None)
+        else:
+            self._due[i] = due
+            if self._next_due is None or due < self._next_due:
+                self._next_due = due
+
+    def _call(self, i: int, method: str, arg, found: list[dict]) -> None:
+        """Detector i's observe(event) or tick(now); its findings appended to `found`."""
+        before = len(found)
+        try:
+            result = getattr(self.detectors[i], method)(arg)
+            if result:
+                found.extend(result)
+        except Exception as exc:   # a plugin's bug must not end the run
+            del found[before:]
+            found.extend(self._failed(i, exc, arg))
+            return
+        if self._timed[i]:
+            self._refresh_due(i)
+
+    def observe(self, event: dict) -> list[dict]:
+        found = self._take_load_errors(event["time_ns"]) if self._load_errors else []
+        route = self._route(event)
+        now = event.get("time_ns")
+        if type(now) is int and (self._last_now is None or now > self._last_now):
+            self._last_now = now
+        if self._next_due is not None and type(now) is int and now >= self._next_due:
+            for i in range(len(self.detectors)):   # in detector order, as without filtering
+                if i in route:
+                    self._call(i, "observe", event, found)
+                elif i in self._due and now >= self._due[i]:
+                    self._call(i, "tick", now, found)
+            self._next_due = min(self._due.values(), default=None)
+        else:
+            for i in route:
+                self._call(i, "observe", event, found)
+        return self._fold(found) if found else found
+
+    def _fold(self, found: list[dict]) -> list[dict]:
+        out = []
+        for f in found:
+            if not isinstance(f, dict):
+                continue      # not a finding at all: nothing to show or fold
+            if f.get("kind") != "finding":
+                out.append(f)
+                continue
+            evidence = f.get("evidence")
+            if isinstance(evidence, list) and any(isinstance(e, dict) and DETAILS_LATER in e
+                                                  for e in evidence):
+                f["evidence"] = [with_details(e) if isinstance(e, dict) else e for e in evidence]
+            key = (_hashable(f.get("detector", "")), _hashable(f.get("key", "")))
+            first = self._seen.get(key)
+            if first is None:
+                f["count"] = _count(f)
+                f.setdefault("id", f"{key[0]}#{len(self._seen) + 1}")
+                self._seen[key] = f
+                self.findings.append(f)
+                out.append(f)
+                if self._on_new:
+                    self._on_new(f)
+            else:
+                refines = f.get("count") == 0     # more about it, not another occurrence
+                first["count"] = _count(first) + (0 if refines else _count(f))
+                first["last_time_ns"] = f.get("time_ns")
+                if refines:
+                    first["_refined"] = True
+                    if f.get("explanation") and f["explanation"] != first.get("explanation"):
+                        first["_explanation"] = f["explanation"]
+                evidence = f.get("evidence")
+                self._merge_evidence(first, evidence if isinstance(evidence, list) else [])
+        return out
+
+    @staticmethod
+    def _merge_evidence(first: dict, evidence: list[dict]) -> None:
+        """A repeat may add evidence the first lacked (another brick, another client)."""
+        added = first.setdefault("_added_evidence", [])
+        if len(added) >= MAX_ADDED_EVIDENCE:
+            return      # full: a million repeats must not each rebuild the set below
+        own = first.get("evidence")
+        have = {_event_identity(e) for e in (own if isinstance(own, list) else []) + added}
+        for e in evidence:
+            if len(added) >= MAX_ADDED_EVIDENCE:
+                break
+            if _event_identity(e) not in have:
+                have.add(_event_identity(e))
+                added.append(e)
+
+    def _take_load_errors(self, time_ns: int) -> list[dict]:
+        errors, self._load_errors = self._load_errors, []
+        return [{**e, "time_ns": time_ns} for e in errors]
+
+    def _collect_drops(self, det) -> None:
+        name = getattr(det, "id", type(det).__name__)
+        try:
+            drops = {str(k): n for k, n in (getattr(det, "drops", dict)() or {}).items()
+                     if type(n) is int and n > 0}
+        except Exception as exc:   # a plugin's bug must not end the run
+            drops = {f"(drops() failed: {type(exc).__name__})": 1}
+        if drops:
+            self.drops[name] = drops
+
+    def drop_lines(self) -> list[str]:
+        """One line per kind of thing a detector dropped, for stderr."""
+        return [f"detector {name}: dropped {n} x {reason}"
+                for name, drops in self.drops.items() for reason, n in drops.items()]
+
+    def finish(self) -> list[dict]:
+        found = self._take_load_errors(0)    # no event came at all
+        if self._last_now is not None:
+            for i in [i for i, due in self._due.items() if due == END_OF_INPUT]:
+                self._call(i, "tick", self._last_now, found)
+        for det in self.detectors:
+            found.extend(self._run(det, "finish"))
+            self._collect_drops(det)
+        out = self._fold(found)
+        updates = []
+        for f in self.findings:
+            if _count(f) > 1 or f.pop("_refined", False):
+                last = f.get("last_time_ns")
+                extra = {"explanation": f.pop("_explanation")} if "_explanation" in f else {}
+                updates.append(make_event(last if type(last) is int else 0, "finding", "finding.update",
+                                          f.get("source", ""), detector=f.get("detector"), id=f["id"],
+                                          count=f["count"], title=f.get("title"),
+                                          evidence=f.pop("_added_evidence", []), **extra))
+        return out + sorted(updates, key=lambda u: u["time_ns"])
