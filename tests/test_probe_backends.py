@@ -361,13 +361,11 @@ for line in sys.stdin:
 """
 
 
-def test_bcc_calls_emit_and_a_quiet_inner_function(tmp_path):
-    """emit="calls" sends every call and only failed returns; a probe with quiet_within sends
-    nothing while the outer function runs on the thread (glfs_utimens -> glfs_setattr), and
-    everything when called directly. On a library built here: outer(x) calls inner(x)."""
+def _nested_library(tmp_path):
+    """libnest.so built from NESTED_SRC, or a skip saying what is missing for bcc and gcc."""
     if os.geteuid() != 0 or shutil.which("gcc") is None:
         pytest.skip("needs root and gcc")
-    from correlate.probe.bcc_backend import BccCollector, check_bcc_prerequisites
+    from correlate.probe.bcc_backend import check_bcc_prerequisites
     try:
         check_bcc_prerequisites()
     except ProbeError as exc:
@@ -375,6 +373,15 @@ def test_bcc_calls_emit_and_a_quiet_inner_function(tmp_path):
     src, lib = tmp_path / "nest.c", tmp_path / "libnest.so"
     src.write_text(NESTED_SRC)
     subprocess.run(["gcc", "-O1", "-shared", "-fPIC", "-o", str(lib), str(src)], check=True)
+    return lib
+
+
+def test_bcc_calls_emit_and_a_quiet_inner_function(tmp_path):
+    """emit="calls" sends every call and only failed returns; a probe with quiet_within sends
+    nothing while the outer function runs on the thread (glfs_utimens -> glfs_setattr), and
+    everything when called directly. On a library built here: outer(x) calls inner(x)."""
+    lib = _nested_library(tmp_path)
+    from correlate.probe.bcc_backend import BccCollector
     specs = [ProbeSpec("t.outer", "t", str(lib), "outer", (Arg("x", 1, "int"),), retprobe=True, emit="calls"),
              ProbeSpec("t.inner", "t", str(lib), "inner", (Arg("x", 1, "int"),), retprobe=True,
                        emit="calls", quiet_within=("outer",))]
@@ -409,16 +416,8 @@ def test_bcc_a_slow_probe_leaves_failures_to_the_failure_probe_on_the_same_funct
     """`--probe all` puts app-latency's emit="slow" probe and gfapi's emit="failures" probe on
     the same functions: a fast failed call is sent once, by the failure probe; alone, the
     slow probe sends it (a failure is never hidden by being fast)."""
-    if os.geteuid() != 0 or shutil.which("gcc") is None:
-        pytest.skip("needs root and gcc")
-    from correlate.probe.bcc_backend import BccCollector, check_bcc_prerequisites
-    try:
-        check_bcc_prerequisites()
-    except ProbeError as exc:
-        pytest.skip(str(exc))
-    src, lib = tmp_path / "nest.c", tmp_path / "libnest.so"
-    src.write_text(NESTED_SRC)
-    subprocess.run(["gcc", "-O1", "-shared", "-fPIC", "-o", str(lib), str(src)], check=True)
+    lib = _nested_library(tmp_path)
+    from correlate.probe.bcc_backend import BccCollector
     failures = ProbeSpec("t.fail", "t", str(lib), "inner", (Arg("x", 1, "int"),), retprobe=True,
                          emit="failures")
     slow = ProbeSpec("t.slow", "t", str(lib), "inner", (Arg("x", 1, "int"),), retprobe=True,
