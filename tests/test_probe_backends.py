@@ -203,7 +203,8 @@ def test_stap_reads_arguments_the_dwarf_way(tmp_path):
         pytest.skip("probes need root")
     if shutil.which("stap") is None or shutil.which("gcc") is None:
         pytest.skip("needs stap and gcc")
-    from correlate.probe.stap_backend import StapCollector, has_dwarf
+    from correlate.probe.stap_backend import StapCollector
+    from correlate.probe.stap_script import has_dwarf
     src = tmp_path / "dw.c"
     src.write_text(DWARF_LIB)
     lib = tmp_path / "libdw.so"

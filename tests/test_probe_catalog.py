@@ -9,7 +9,7 @@ import time
 import pytest
 from click.testing import CliRunner
 
-from correlate.probe import bcc_backend, catalog, clock, errors, resolve, stap_backend
+from correlate.probe import bcc_backend, catalog, clock, errors, resolve, stap_backend, stap_script
 from correlate.probe.catalog import Arg, ProbeSpec
 from correlate.outputs.terminal import safe_text
 from correlate.probe.cli import format_event, probes
@@ -212,9 +212,9 @@ def test_return_values_by_c_type():
 def test_stap_script_dwarf_and_plain_forms():
     rps = [_fake(s) for s in catalog.select("gfapi")]
     path = rps[0].path
-    dwarf, _ = stap_backend.script_text(rps, dwarf={path: True})
+    dwarf, _ = stap_script.script_text(rps, dwarf={path: True})
     assert "$times[0]->tv_sec" in dwarf and "user_string_n($path, 255)" in dwarf and "$return" in dwarf
-    plain, _ = stap_backend.script_text(rps, dwarf={path: False})
+    plain, _ = stap_script.script_text(rps, dwarf={path: False})
     assert "$times" not in plain and "$return" not in plain
     assert f'process("{path}").function("glfs_utimens")' in plain
     # glfs_init's return always; glfs_utimens's (emit="calls") only when it failed, which
@@ -223,29 +223,29 @@ def test_stap_script_dwarf_and_plain_forms():
     assert 'function("glfs_utimens").return' not in plain
     ret = dwarf.split('function("glfs_utimens").return {', 1)[1].split("}", 1)[0]
     assert "if (!(($return & 0xffffffff) >= 0x80000000)) next" in ret
-    nort, _ = stap_backend.script_text(rps, dwarf={path: False}, returns=False, filter_pid=True)
+    nort, _ = stap_script.script_text(rps, dwarf={path: False}, returns=False, filter_pid=True)
     assert ".return" not in nort and "if (pid() != target()) next" in nort
 
 
 def test_stap_leaves_out_address_only_probes():
     rp = _fake(catalog.select("samba")[0], method="eh_frame+plt")
-    text, skipped = stap_backend.script_text([rp], dwarf={})
+    text, skipped = stap_script.script_text([rp], dwarf={})
     assert skipped and "stap needs a name" in skipped[0][1] and "vfs_gluster" not in text.split("ready")[1]
 
 
 def test_stap_lines_become_the_same_events():
     rps = [_fake(s) for s in catalog.select("gfapi")]
     entries = {}
-    call = stap_backend.parse_line("CORR\tcall\t0\t1700000000000000001\t7\t8\tpath=/a b\tatime=-1\t"
+    call = stap_script.parse_line("CORR\tcall\t0\t1700000000000000001\t7\t8\tpath=/a b\tatime=-1\t"
                                    "atime_nsec=0\tmtime=5\tmtime_nsec=0\tcomm=smbd", rps, "stap", "h", entries)
     assert call["kind"] == "probe.call" and call["function"] == "glfs_utimens"
     assert call["args"] == {"path": "/a b", "atime": -1, "atime_nsec": 0, "mtime": 5, "mtime_nsec": 0}
     assert call["comm"] == "smbd" and call["pid"] == 7 and call["tid"] == 8
-    ret = stap_backend.parse_line("CORR\treturn\t0\t1700000000000000501\t7\t8\tretval=-1\tcomm=smbd",
+    ret = stap_script.parse_line("CORR\treturn\t0\t1700000000000000501\t7\t8\tretval=-1\tcomm=smbd",
                                   rps, "stap", "h", entries)
     assert ret["retval"] == -1 and ret["duration_ns"] == 500
     for junk in ("", "CORR\tcall\t99\t1\t1\t1", "CORR\tcall\tx", "hello"):
-        assert stap_backend.parse_line(junk, rps, "stap", "h", entries) is None
+        assert stap_script.parse_line(junk, rps, "stap", "h", entries) is None
 
 
 # ---- CLI ----------------------------------------------------------------------------------
@@ -428,7 +428,7 @@ def test_int_arguments_drop_the_undefined_upper_half():
 
 def test_stap_leaves_out_failure_only_probes():
     rps = [_fake(s) for s in catalog.select("gfapi")]
-    _text, skipped = stap_backend.script_text(rps, dwarf={rps[0].path: False})
+    _text, skipped = stap_script.script_text(rps, dwarf={rps[0].path: False})
     left = {rp.spec.function for rp, why in skipped if "failed calls only" in why}
     assert "glfs_pwrite" in left and "glfs_utimens" not in left
 
@@ -501,7 +501,7 @@ def test_stap_names_why_slow_probes_are_left_out():
     slow = ProbeSpec("x.pwrite", "x", "l", "glfs_pwrite", (Arg("fd", 1, "ptr"),),
                      retprobe=True, emit="slow", slow_ns=100_000_000)
     rp = _fake(slow)
-    text, skipped = stap_backend.script_text([rp], dwarf={rp.path: False})
+    text, skipped = stap_script.script_text([rp], dwarf={rp.path: False})
     assert [(r.spec.name, why) for r, why in skipped] == [(
         "x.pwrite", "glfs_pwrite reports only calls that took 100 ms or more or failed, decided "
         "in the bcc program at the return; stap here has no returns and would report every call")]
