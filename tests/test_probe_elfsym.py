@@ -10,7 +10,7 @@ import subprocess
 
 import pytest
 
-from correlate.probe import elfsym
+from correlate.probe import eh_frame, elfsym
 from correlate.probe.elfsym import ElfError, SymbolNotFound, load_elf, parse_elf, resolve_in_file
 
 GFAPI = "/usr/lib/x86_64-linux-gnu/libgfapi.so.0"
@@ -180,12 +180,12 @@ def test_section_header_past_end_is_an_error_not_a_crash():
 
 def test_eh_frame_garbage_and_loops():
     # zero length terminates; a huge length stops; a CIE pointer to nowhere is skipped
-    assert elfsym.parse_eh_frame(b"\0" * 16, 0) == []
-    assert elfsym.parse_eh_frame(struct.pack("<I", 0xFFFFFFF0) + b"\0" * 12, 0) == []
-    assert elfsym.parse_eh_frame(struct.pack("<II", 12, 999) + b"\1" * 8, 0) == []
+    assert eh_frame.parse_eh_frame(b"\0" * 16, 0) == []
+    assert eh_frame.parse_eh_frame(struct.pack("<I", 0xFFFFFFF0) + b"\0" * 12, 0) == []
+    assert eh_frame.parse_eh_frame(struct.pack("<II", 12, 999) + b"\1" * 8, 0) == []
     rng = random.Random(7)
     for _ in range(200):
-        elfsym.parse_eh_frame(bytes(rng.randrange(256) for _ in range(rng.randrange(1, 300))), 0x1000)
+        eh_frame.parse_eh_frame(bytes(rng.randrange(256) for _ in range(rng.randrange(1, 300))), 0x1000)
 
 
 # ---- struct offsets from code (correlate/probe/layout.py) ------------------------------------
