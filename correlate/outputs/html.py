@@ -16,6 +16,7 @@ import json
 import re
 from collections import Counter, deque
 from collections.abc import Iterable
+from importlib import resources
 
 from ..profile import Profile
 from .profile_html import CSS as PROFILE_CSS, profile_section
@@ -254,144 +255,9 @@ def _error_html(e: dict) -> str:
             f'its findings says nothing.</p></section>')
 
 
-_CSS = """
-:root{--wire:#1f77b4;--probe:#9467bd;--log:#b8860b;--finding:#d62728;--bg:#fbfbfd;--fg:#1d1d1f}
-*{box-sizing:border-box}body{font:14px/1.45 system-ui,sans-serif;margin:0;background:var(--bg);color:var(--fg)}
-header{padding:14px 22px;background:#20232a;color:#f4f4f6}header h1{margin:0 0 4px;font-size:20px}
-header .meta{color:#c8c8d0;font-size:13px}main{padding:12px 22px}
-h2{font-size:16px;margin:18px 0 8px;border-bottom:1px solid #ddd;padding-bottom:4px}
-.finding{border-left:6px solid var(--finding);background:#fff;padding:8px 14px;margin:10px 0;
- box-shadow:0 1px 3px rgba(0,0,0,.08)}
-.finding h3{margin:2px 0;font-size:15px}.finding .meta{color:#666;font-size:12px}
-.finding.sev-warning{border-color:#e69500}.finding.sev-info{border-color:#3b82f6}.finding.sev-critical{border-color:#7f0000}
-.sev{display:inline-block;font-size:11px;padding:1px 6px;border-radius:3px;background:var(--finding);color:#fff}
-.sev-warning .sev{background:#e69500}.sev-info .sev{background:#3b82f6}.sev-critical .sev{background:#7f0000}
-.explanation,.remedy{white-space:pre-wrap;word-break:break-word;margin:6px 0}
-ul.evidence{margin:4px 0;padding-left:20px;font:12px ui-monospace,monospace}
-ul.evidence li{word-break:break-all}.note{color:#888;font-style:italic}
-#controls{display:flex;flex-wrap:wrap;gap:14px;align-items:center;margin:8px 0}
-#controls label{user-select:none}#q{width:280px;padding:3px 6px}
-#overview{width:100%;height:70px;border:1px solid #ccc;background:#fff;cursor:crosshair;display:block}
-#range{font-size:12px;color:#555;margin:3px 0 8px}
-table{border-collapse:collapse;width:100%;font:12px ui-monospace,monospace;background:#fff}
-th{position:sticky;top:0;background:#eee;text-align:left;padding:3px 6px;z-index:1}
-td{padding:2px 6px;border-bottom:1px solid #f0f0f0;vertical-align:top}
-td.text{word-break:break-all;white-space:pre-wrap}
-td:nth-child(-n+4){white-space:nowrap}
-td:nth-child(5){max-width:14em;overflow:hidden;text-overflow:ellipsis;white-space:nowrap}
-tr.wire td:first-child{border-left:4px solid var(--wire)}tr.probe td:first-child{border-left:4px solid var(--probe)}
-tr.log td:first-child{border-left:4px solid var(--log)}tr.finding td:first-child{border-left:4px solid var(--finding)}
-tr.finding{background:#fff3f3;font-weight:600}
-.badge{display:inline-block;min-width:52px;text-align:center;border-radius:3px;color:#fff;font-size:11px;padding:0 4px}
-.badge.wire{background:var(--wire)}.badge.probe{background:var(--probe)}.badge.log{background:var(--log)}.badge.finding{background:var(--finding)}
-tr.hl td{background:#fff59d!important}tr.detail td{background:#f7f7fa;white-space:pre-wrap;word-break:break-all}
-.leftout{background:#fff8e1;border:1px solid #f0c36d;padding:6px 10px;margin:8px 0}
-"""
-
-_JS = r"""
-(function(){
-"use strict";
-// Rows are built when first shown and at most `limit` matching rows are in the page at once
-// ("Show more" adds a page), so a 50,000-event report stays responsive.
-var data=JSON.parse(document.getElementById("timeline-data").textContent);
-var rows=data.rows, t0=data.t0, PAGE=2000, limit=PAGE, matching=[];
-var tbody=document.getElementById("rows"), canvas=document.getElementById("overview");
-var q=document.getElementById("q"), hostSel=document.getElementById("host"), more=document.getElementById("more");
-var zoom=null, byId={}, drag=null;
-var COLORS={wire:"#1f77b4",probe:"#9467bd",log:"#b8860b",finding:"#d62728"};
-var LANES=["finding","wire","probe","log"];
-rows.forEach(function(r){r.hay=(r.kind+" "+r.host+" "+r.source+" "+r.text).toLowerCase();byId[r.id]=r;});
-function fmtRel(ns){return "+"+(ns/1e9).toFixed(6)+"s";}
-function cell(tr,text,cls){var td=document.createElement("td");td.textContent=text;if(cls)td.className=cls;tr.appendChild(td);}
-function rowOf(r){
-  if(r.tr)return r.tr;
-  var tr=document.createElement("tr");tr.id=r.id;tr.className=r.layer;
-  cell(tr,r.time);cell(tr,fmtRel(r.t-t0));
-  var td=document.createElement("td"),b=document.createElement("span");b.className="badge "+r.layer;
-  b.textContent=r.layer;td.appendChild(b);tr.appendChild(td);
-  cell(tr,r.kind);cell(tr,r.host||r.source);cell(tr,r.text,"text");
-  tr.addEventListener("click",function(){r.open=!r.open;render();});
-  return r.tr=tr;
-}
-function detailOf(r){
-  if(r.dt)return r.dt;
-  var d=document.createElement("tr"),td=document.createElement("td");d.className="detail";
-  td.colSpan=6;td.textContent=r.detail;d.appendChild(td);return r.dt=d;
-}
-function layersOn(){var on={};document.querySelectorAll("input.layer").forEach(function(c){on[c.value]=c.checked;});return on;}
-function visible(r,on,text,host){
-  if(on[r.layer]===false)return false;
-  if(host&&r.host!==host)return false;
-  if(zoom&&(r.t<zoom[0]||r.t>zoom[1]))return false;
-  if(text&&r.hay.indexOf(text)<0)return false;
-  return true;
-}
-function render(){
-  var frag=document.createDocumentFragment(),n=Math.min(limit,matching.length);
-  for(var i=0;i<n;i++){var r=matching[i];frag.appendChild(rowOf(r));if(r.open)frag.appendChild(detailOf(r));}
-  tbody.textContent="";tbody.appendChild(frag);
-  more.style.display=matching.length>n?"":"none";
-  more.textContent="Show "+Math.min(PAGE,matching.length-n)+" more of "+(matching.length-n)+" not shown";
-  document.getElementById("shown").textContent=matching.length+" of "+rows.length+" events shown"+
-    (matching.length>n?" (first "+n+" in the table)":"");
-}
-function apply(){
-  var on=layersOn(),text=q.value.trim().toLowerCase(),host=hostSel.value;
-  matching=rows.filter(function(r){return visible(r,on,text,host);});
-  limit=PAGE;render();
-  var lo=zoom?zoom[0]:data.t0,hi=zoom?zoom[1]:data.t1;
-  document.getElementById("range").textContent="Range: "+fmtRel(lo-t0)+" .. "+fmtRel(hi-t0)+(zoom?" (zoomed: drag again or Reset)":" (drag over the strip to zoom)");
-  draw();
-}
-function draw(){
-  var w=canvas.clientWidth||800,h=canvas.clientHeight||70;canvas.width=w;canvas.height=h;
-  var ctx=canvas.getContext("2d");ctx.clearRect(0,0,w,h);
-  var lo=zoom?zoom[0]:data.t0,hi=zoom?zoom[1]:data.t1,s=Math.max(1,hi-lo),lh=h/LANES.length;
-  ctx.font="10px sans-serif";
-  LANES.forEach(function(l,i){ctx.fillStyle="#999";ctx.fillText(l,2,i*lh+10);});
-  rows.forEach(function(r){if(r.t<lo||r.t>hi)return;var x=(r.t-lo)/s*(w-50)+48,i=LANES.indexOf(r.layer);if(i<0)i=3;
-    ctx.fillStyle=COLORS[r.layer]||"#555";ctx.fillRect(x,i*lh+2,r.layer==="finding"?3:1.5,lh-4);});
-  if(drag){ctx.fillStyle="rgba(0,0,0,.15)";ctx.fillRect(Math.min(drag[0],drag[1]),0,Math.abs(drag[1]-drag[0]),h);}
-}
-function xToT(x){var lo=zoom?zoom[0]:data.t0,hi=zoom?zoom[1]:data.t1,w=canvas.clientWidth||800;
-  return lo+Math.max(0,Math.min(1,(x-48)/(w-50)))*(hi-lo);}
-canvas.addEventListener("mousedown",function(e){drag=[e.offsetX,e.offsetX];});
-canvas.addEventListener("mousemove",function(e){if(drag){drag[1]=e.offsetX;draw();}});
-window.addEventListener("mouseup",function(){if(!drag)return;var a=Math.min(drag[0],drag[1]),b=Math.max(drag[0],drag[1]);
-  drag=null;if(b-a>3)zoom=[xToT(a),xToT(b)];apply();});
-function resetFilters(){zoom=null;q.value="";hostSel.value="";
-  document.querySelectorAll("input.layer").forEach(function(c){c.checked=true;});}
-document.getElementById("reset").addEventListener("click",function(){resetFilters();apply();});
-document.querySelectorAll("input.layer").forEach(function(c){c.addEventListener("change",apply);});
-q.addEventListener("input",apply);hostSel.addEventListener("change",apply);
-more.addEventListener("click",function(){limit+=PAGE;render();});
-function reveal(id){
-  var r=byId[id];if(!r)return;
-  var i=matching.indexOf(r);
-  if(i<0){resetFilters();apply();i=matching.indexOf(r);}
-  if(i>=limit){limit=i+PAGE;render();}
-  document.querySelectorAll("tr.hl").forEach(function(t){t.classList.remove("hl");});
-  rowOf(r).classList.add("hl");r.tr.scrollIntoView({block:"center"});
-}
-document.querySelectorAll("a.ev").forEach(function(a){a.addEventListener("click",function(e){
-  e.preventDefault();history.replaceState(null,"","#"+a.getAttribute("data-target"));reveal(a.getAttribute("data-target"));});});
-// The view can be given in the address: #e12 shows event 12; #q=TEXT&layers=wire,log&host=H&from=NS&to=NS
-// (ns since the first event) opens a filtered view that can be shared.
-function fromHash(){
-  var h=decodeURIComponent(location.hash.slice(1));
-  if(/^e\d+$/.test(h)){apply();reveal(h);return;}
-  var p={};h.split("&").forEach(function(kv){var i=kv.indexOf("=");if(i>0)p[kv.slice(0,i)]=kv.slice(i+1);});
-  if(p.q!==undefined)q.value=p.q;
-  if(p.host!==undefined)hostSel.value=p.host;
-  if(p.layers!==undefined){var on=p.layers.split(",");document.querySelectorAll("input.layer").forEach(function(c){c.checked=on.indexOf(c.value)>=0;});}
-  if(p.from!==undefined||p.to!==undefined){var a=Number(p.from||data.t0),b=Number(p.to||data.t1);if(!isNaN(a)&&!isNaN(b)&&b>=a)zoom=[a,b];}
-  apply();
-}
-window.addEventListener("hashchange",fromHash);
-window.addEventListener("resize",draw);
-fromHash();
-})();
-"""
+# The page's style and script, kept as files beside this module (package data)
+_CSS = "\n" + resources.files(__package__).joinpath("report.css").read_text()
+_JS = "\n" + resources.files(__package__).joinpath("report.js").read_text()
 
 
 class HtmlReport:
