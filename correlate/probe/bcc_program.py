@@ -96,13 +96,13 @@ def outer_calls(i: int, probes: list[ResolvedProbe]) -> list[int]:
 def _quiet_guard(outer: list[int], at_return: bool) -> str:
     """C that returns at once while one of the `outer` calls runs on this thread (see
     inside() in uprobe_events.c). At the return: only when this call kept no entry of its
-    own, i.e. its entry was quiet."""
+    own (`entry`, looked up just before), i.e. its entry was quiet."""
     if not outer:
         return ""
     window = "~0ULL" if at_return else "QUIET_WINDOW_NS"
     checks = " || ".join(f"inside({j}, {window})" for j in outer)
     if at_return:
-        return f"\n    if (!entries.lookup(&key) && ({checks}))\n        return 0;"
+        return f"\n    if (!entry && ({checks}))\n        return 0;"
     return f"\n    if ({checks})\n        return 0;"
 
 
@@ -203,8 +203,8 @@ def _return_function(i: int, rp: ResolvedProbe, with_errno: bool, quiet: str = "
     PID_GUARD();
     s64 rc = PT_REGS_RC(ctx);
     u32 pid = bpf_get_current_pid_tgid() >> 32;
-    u64 key = entry_key({i});{quiet}
-    {kept} *entry = {table}.lookup(&key);
+    u64 key = entry_key({i});
+    {kept} *entry = {table}.lookup(&key);{quiet}
     {body}
     return 0;
 }}
