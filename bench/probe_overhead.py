@@ -8,9 +8,10 @@ group, in one run.
 Why this shape: one round of a Gluster workload varies by +-15% on its own (brick
 scheduling, the host stealing CPU from this VM), more than what is measured, and detaching
 uprobes waits ~0.1 s per probe point. So two identical clients mount once and run short
-blocks on command, in turn (ABBA, so drift hits both sides alike); the probes stay attached
-to one of them only (a pid-filtered uprobe is inserted in that process alone) and move to
-the other halfway, so a difference between the two processes cancels out. The collector is
+blocks on command, in turn (ABBA, so drift hits both sides alike); the second loads a
+byte-identical copy of libgfapi, so probes attached to one library file fire in one client
+only, and they move to the other file halfway, so a difference between the two processes
+cancels out. `--group` takes groups or comma-separated probe names. The collector is
 polled during every block, as `correlate run` polls it. `--group none` runs the same with
 nothing attached: what the method itself reads into noise (should be 1.00x). Per group:
 
@@ -102,7 +103,8 @@ class Client:
 
 def _machine_times() -> tuple[float, float, float]:
     """Idle and steal seconds of the whole machine (all CPUs), and this process's CPU."""
-    fields = open("/proc/stat").readline().split()[1:]
+    with open("/proc/stat") as stat:
+        fields = stat.readline().split()[1:]
     tick = os.sysconf("SC_CLK_TCK")
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return int(fields[3]) / tick, int(fields[7]) / tick, usage.ru_utime + usage.ru_stime
