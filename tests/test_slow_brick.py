@@ -91,3 +91,33 @@ def test_lab_busy_replicated_workload_is_quiet(lab, tmp_path):
                 t.join()
     assert all(r["status"] == "ok" for r in results), results
     assert warnings(out) == []
+
+
+def _ping_verdict(slow_ping_ns: int, peer_ping_ns: int) -> str:
+    """The slow-brick explanation's network sentence for a brick whose WRITEs take 200 ms
+    against its replica peers' 1 ms, with the given PING round trips (synthetic replies)."""
+    from plugins.slow_brick import CHECK_EVERY_NS, SlowBrick
+    det = SlowBrick()
+    det.topology.peers = lambda server: ([p for p in ("b1", "b2", "b3") if p != server], "replica set x")
+    latency = {"b1": 1_000_000, "b2": 200_000_000, "b3": 1_000_000}
+    ping = {"b1": peer_ping_ns, "b2": slow_ping_ns, "b3": peer_ping_ns}
+    found, t = [], 1
+    for i in range(40):
+        for brick in latency:
+            for proc, ns in (("WRITE", latency[brick]), ("PING", ping[brick])):
+                t += 1_000_000
+                found += det.observe({"time_ns": t, "kind": "rpc.reply", "src": brick, "dst": "c",
+                                      "conn": brick, "xid": i, "procedure": proc, "latency_ns": ns,
+                                      "program_num": 1298437 if proc == "WRITE" else 123451501})
+    found += det.observe({"time_ns": t + CHECK_EVERY_NS + 1, "kind": "rpc.reply", "src": "b1",
+                          "dst": "c", "conn": "b1", "xid": 99, "procedure": "PING", "latency_ns": 1,
+                          "program_num": 123451501})
+    (finding,) = [f for f in found if f.get("kind") == "finding"]
+    assert finding["brick"] == "b2"
+    return finding["explanation"]
+
+
+def test_a_ping_slower_by_the_factor_but_not_by_the_margin_is_a_fast_network():
+    # loopback: 0.6 ms against 0.08 ms is 7x, but nothing next to a 200 ms WRITE
+    assert "the network is fast" in _ping_verdict(600_000, 80_000)
+    assert "PING round trip is slow too" in _ping_verdict(150_000_000, 80_000)
