@@ -88,8 +88,6 @@ struct entry_t {
 BPF_PERF_OUTPUT(events);
 BPF_PERCPU_ARRAY(scratch, struct event_t, 1);
 BPF_PERCPU_ARRAY(fd_scratch, struct fd_info_t, 1);
-// (tid << 32 | probe_id) -> the call, until its return
-BPF_TABLE("lru_hash", u64, struct entry_t, entries, 4096);
 // emit="slow" probes keep the call's whole record instead: the collector sends it from here
 // while a slow call still runs (bcc_backend.py), so it must hold what the call event says
 BPF_TABLE("lru_hash", u64, struct event_t, slow_calls, 1024);
@@ -176,6 +174,58 @@ static __always_inline u64 entry_key(u32 probe_id) {
     return ((u64)(u32)bpf_get_current_pid_tgid() << 32) | probe_id;
 }
 
+// Where a call's entry_t waits for its return. By default in the calling thread's task
+// storage: one slot per probe (PROBES, defined by the collector), found without hashing or
+// locks, freed with the thread; a slot whose ts is 0 is empty. A kernel that does not give
+// uprobe programs task storage gets KEEP_IN_HASH: an LRU hash keyed by (tid, probe), which
+// costs a probed call about 0.7 us more (bench/probe_overhead.py).
+#ifdef KEEP_IN_HASH
+BPF_TABLE("lru_hash", u64, struct entry_t, entries, 4096);
+
+static __always_inline void keep_entry(u32 probe_id, struct entry_t *e) {
+    u64 key = entry_key(probe_id);
+    entries.update(&key, e);
+}
+
+static __always_inline struct entry_t *kept_entry(u32 probe_id) {
+    u64 key = entry_key(probe_id);
+    return entries.lookup(&key);
+}
+
+static __always_inline void forget_entry(u32 probe_id, struct entry_t *e) {
+    u64 key = entry_key(probe_id);
+    entries.delete(&key);
+}
+#else
+struct kept_t {
+    struct entry_t call[PROBES];
+};
+BPF_TASK_STORAGE(kept, struct kept_t);
+
+static __always_inline struct entry_t *entry_slot(u32 probe_id, u64 flags) {
+    struct kept_t *k = kept.task_storage_get(bpf_get_current_task_btf(), 0, flags);
+    if (!k || probe_id >= PROBES)
+        return 0;
+    return &k->call[probe_id];
+}
+
+static __always_inline void keep_entry(u32 probe_id, struct entry_t *e) {
+    struct entry_t *slot = entry_slot(probe_id, BPF_LOCAL_STORAGE_GET_F_CREATE);
+    if (slot)
+        __builtin_memcpy(slot, e, sizeof(*e));
+}
+
+static __always_inline struct entry_t *kept_entry(u32 probe_id) {
+    struct entry_t *slot = entry_slot(probe_id, 0);
+    return slot && slot->ts ? slot : 0;
+}
+
+static __always_inline void forget_entry(u32 probe_id, struct entry_t *e) {
+    if (e)
+        e->ts = 0;
+}
+#endif
+
 // Did a call of probe `probe_id` begin on this thread less than `window` ns ago and not yet
 // return (its entry is kept until then)? A probe whose spec names that function in
 // quiet_within sends nothing meanwhile. Its own entry checks with QUIET_WINDOW_NS: an outer
@@ -183,8 +233,7 @@ static __always_inline u64 entry_key(u32 probe_id) {
 // return, which may come much later (a hung brick), checks without a window.
 #define QUIET_WINDOW_NS 1000000000ULL
 static __always_inline int inside(u32 probe_id, u64 window) {
-    u64 key = entry_key(probe_id);
-    struct entry_t *outer = entries.lookup(&key);
+    struct entry_t *outer = kept_entry(probe_id);
     return outer && bpf_ktime_get_ns() - outer->ts < window;
 }
 

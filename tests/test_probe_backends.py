@@ -377,10 +377,12 @@ def _nested_library(tmp_path):
     return lib
 
 
-def test_bcc_calls_emit_and_a_quiet_inner_function(tmp_path):
+@pytest.mark.parametrize("keep_in", ["task", "hash"])
+def test_bcc_calls_emit_and_a_quiet_inner_function(tmp_path, keep_in):
     """emit="calls" sends every call and only failed returns; a probe with quiet_within sends
     nothing while the outer function runs on the thread (glfs_utimens -> glfs_setattr), and
-    everything when called directly. On a library built here: outer(x) calls inner(x)."""
+    everything when called directly. On a library built here: outer(x) calls inner(x). Both
+    stores of the calls waiting for their return: task storage and the hash."""
     lib = _nested_library(tmp_path)
     from correlate.probe.bcc_backend import BccCollector
     specs = [ProbeSpec("t.outer", "t", str(lib), "outer", (Arg("x", 1, "int"),), retprobe=True, emit="calls"),
@@ -389,8 +391,9 @@ def test_bcc_calls_emit_and_a_quiet_inner_function(tmp_path):
     child = subprocess.Popen([sys.executable, "-c", NESTED_CHILD, str(lib)], stdin=subprocess.PIPE,
                              stdout=subprocess.PIPE, text=True)
     assert child.stdout.readline().strip() == "ready"
-    collector = BccCollector([resolve(s, child.pid) for s in specs], pid=child.pid)
+    collector = BccCollector([resolve(s, child.pid) for s in specs], pid=child.pid, keep_in=keep_in)
     collector.start()
+    assert collector.kept_in == keep_in
     seen = []
     try:
         for name, arg in (("inner", 5), ("outer", 6), ("outer", -7), ("inner", -8)):
@@ -448,3 +451,39 @@ def test_bcc_a_slow_probe_leaves_failures_to_the_failure_probe_on_the_same_funct
         child.wait(10)
     assert got[2] == [("t.fail", "probe.call"), ("t.fail", "probe.return")], got
     assert got[1] == [("t.slow", "probe.call"), ("t.slow", "probe.return")], got
+
+
+def test_bcc_falls_back_to_the_hash_where_the_kernel_refuses_task_storage(tmp_path, monkeypatch):
+    """A kernel whose uprobe programs cannot use task storage refuses that program: the
+    collector loads the hash variant instead and works. The refusal is made here by a
+    program that does not compile; the probe must still report a failed call."""
+    lib = _nested_library(tmp_path)
+    from correlate.probe import bcc_backend
+    real = bcc_backend.program_text
+    tried = []
+
+    def refused_in_task(probes, pid=None, keep_in="task"):
+        tried.append(keep_in)
+        text = real(probes, pid, keep_in)
+        return text + ("\n#error task storage refused\n" if keep_in == "task" else "")
+
+    monkeypatch.setattr(bcc_backend, "program_text", refused_in_task)
+    spec = ProbeSpec("t.fail", "t", str(lib), "inner", (Arg("x", 1, "int"),), retprobe=True,
+                     emit="failures")
+    child = subprocess.Popen([sys.executable, "-c", NESTED_CHILD, str(lib)], stdin=subprocess.PIPE,
+                             stdout=subprocess.PIPE, text=True)
+    assert child.stdout.readline().strip() == "ready"
+    collector = bcc_backend.BccCollector([resolve(spec, child.pid)], pid=child.pid)
+    seen = []
+    try:
+        collector.start()
+        assert tried == ["task", "hash"] and collector.kept_in == "hash"
+        child.stdin.write("inner -3\n")
+        child.stdin.flush()
+        assert int(child.stdout.readline()) == -1
+        seen += _poll_until(collector, lambda e: e["kind"] == "probe.return", 5)
+    finally:
+        seen += collector.stop()
+        child.stdin.close()
+        child.wait(10)
+    assert [(e["kind"], e.get("retval")) for e in seen] == [("probe.call", None), ("probe.return", -1)], seen

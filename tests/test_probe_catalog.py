@@ -145,6 +145,18 @@ def test_program_text_has_one_function_pair_per_probe():
     assert "read_str(ev, (const void *)PT_REGS_PARM2(ctx));" in text
 
 
+def test_program_text_keeps_calls_in_task_storage_or_in_the_hash():
+    rps = [_fake(s) for s in catalog.select("gfapi")]
+    task = bcc_backend.program_text(rps)
+    assert f"#define PROBES {len(rps)}\n" in task and "#define KEEP_IN_HASH" not in task
+    hashed = bcc_backend.program_text(rps, keep_in="hash")
+    assert "#define KEEP_IN_HASH\n" in hashed
+    # the generated functions are the same; only the store behind keep_entry differs
+    assert task.split("per-probe functions")[1] == hashed.split("per-probe functions")[1]
+    with pytest.raises(ValueError, match="keep_in"):
+        bcc_backend.program_text(rps, keep_in="map")
+
+
 def test_program_text_follows_pointer_hops_for_strings():
     from dataclasses import replace
     spec = catalog.select("samba")[0]
@@ -363,14 +375,14 @@ def test_program_sends_failed_calls_only_and_follows_fds():
     # the entry of a failures-only probe keeps registers only: no record, no string read
     call_open = text.split("int call_0(")[1].split("int ret_0(")[0]
     assert "perf_submit" not in call_open and "begin(" not in call_open and "read_str" not in call_open
-    assert "e.str_ptr = PT_REGS_PARM2(ctx);" in call_open and "entries.update(&key, &e);" in call_open
+    assert "e.str_ptr = PT_REGS_PARM2(ctx);" in call_open and "keep_entry(0, &e);" in call_open
     ret_open = text.split("int ret_0(")[1].split("int call_1(")[0]
     assert "int failed = rc == 0;" in ret_open and "int send = failed;" in ret_open
     assert "fd_opened(pid, entry, rc);" in ret_open
     # a quiet return leaves before building any record; a failed one sends the call first,
     # its path read through the pointer the entry kept
     quiet, sending = ret_open.split("if (!send) {")[1].split("return 0;", 1)
-    assert "begin(" not in quiet and "entries.delete(&key);" in quiet
+    assert "begin(" not in quiet and "forget_entry(0, entry);" in quiet
     assert sending.index("call_record(0, entry)") < sending.index("begin(0, KIND_RETURN)")
     assert "read_str(ev, (const void *)entry->str_ptr);" in sending
     call_pwrite = text.split("int call_1(")[1].split("int ret_1(")[0]
@@ -491,7 +503,7 @@ def test_program_sends_slow_or_failed_calls_only():
     assert "int send = failed || (entry && bpf_ktime_get_ns() - entry->ts >= 100000000ULL);" in ret
     sending = ret.split("if (!send) {")[1].split("return 0;", 1)[1]
     assert sending.index("perf_submit(ctx, entry") < sending.index("begin(0, KIND_RETURN)")
-    assert "slow_calls.delete(&key);" in ret and "entries.delete" not in ret
+    assert "slow_calls.delete(&key);" in ret and "forget_entry" not in ret
     # emit="failures" is unchanged
     ret_open = text.split("int ret_1(")[1]
     assert "int send = failed;" in ret_open and "duration_ns >=" not in ret_open

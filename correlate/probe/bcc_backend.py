@@ -21,7 +21,7 @@ from collections import OrderedDict
 
 from ..events import make_event
 from ..gluster.errnos import errno_name
-from .bcc_program import program_text
+from .bcc_program import KEEP_IN, program_text
 from .catalog import MAX_STR, STRUCT_KINDS, WORD_KINDS
 from .clock import ClockMap
 from .errors import BccMissing, KernelHeadersMissing, NotRoot, ProbeError, kernel_headers_dir
@@ -162,8 +162,10 @@ class BccCollector:
     name = "bcc"
 
     def __init__(self, probes: list[ResolvedProbe], pid: int | None = None, source: str = "bcc",
-                 perf_pages: int = PERF_PAGES):
+                 perf_pages: int = PERF_PAGES, keep_in: str | None = None):
         self.probes = probes
+        self.keep_in = keep_in      # "task" or "hash" (program_text); None: task, or hash where task fails
+        self.kept_in: str | None = None   # where the loaded program keeps calls
         self.perf_pages = perf_pages
         self.pid = pid
         self.source = source
@@ -178,13 +180,15 @@ class BccCollector:
 
     def start(self) -> None:
         check_bcc_prerequisites()
-        from bcc import BPF
-        try:
-            self.bpf = BPF(text=program_text(self.probes, self.pid).encode())   # bcc wants bytes
-        except Exception as exc:  # bcc raises plain Exception on compile errors
-            raise ProbeError(f"bcc could not compile the probe program: {str(exc).splitlines()[0]} "
-                             f"(kernel headers at {kernel_headers_dir()})") from None
-        self.attach()
+        # Calls wait for their return in task storage; a kernel whose uprobe programs cannot
+        # use it refuses that program at compile or attach: then the hash.
+        for keep_in in ((self.keep_in,) if self.keep_in else KEEP_IN):
+            try:
+                self._load(keep_in)
+                break
+            except ProbeError:
+                if keep_in == KEEP_IN[-1] or self.keep_in:
+                    raise
         # Measure the clock offset after the (slow) compile, right before events flow.
         self.clock = ClockMap()
         # The kernel wakes the reader only every WAKEUP_EVENTS events: a wakeup per event
@@ -192,6 +196,16 @@ class BccCollector:
         self.bpf[b"events"].open_perf_buffer(self._on_event, page_cnt=self.perf_pages,
                                                  lost_cb=self._on_lost,
                                                  wakeup_events=WAKEUP_EVENTS)
+
+    def _load(self, keep_in: str) -> None:
+        from bcc import BPF
+        try:
+            self.bpf = BPF(text=program_text(self.probes, self.pid, keep_in).encode())   # bcc wants bytes
+        except Exception as exc:  # bcc raises plain Exception on compile errors
+            raise ProbeError(f"bcc could not compile the probe program: {str(exc).splitlines()[0]} "
+                             f"(kernel headers at {kernel_headers_dir()})") from None
+        self.attach()
+        self.kept_in = keep_in
 
     def attach(self) -> None:
         """Attach every probe to the compiled program (start() does; after detach(), again).

@@ -11,6 +11,8 @@ from .catalog import STRUCT_KINDS, WORD_KINDS
 from .errors import ProbeError
 from .resolve import ResolvedProbe
 
+KEEP_IN = ("task", "hash")
+
 
 def errno_defines(probes: list[ResolvedProbe]) -> tuple[str, str]:
     """The #defines read_errno() needs, or ("", why errno cannot be read here)."""
@@ -78,14 +80,13 @@ def _keep_entry(i: int, rp: ResolvedProbe, from_record: bool) -> str:
             lines.append(f"e.str_ptr = {reg};")
         elif arg.kind in STRUCT_KINDS:
             lines.append(f"e.struct_ptr = {reg};")
-    lines.append(f"u64 key = entry_key({i});")
-    lines.append("entries.update(&key, &e);")
+    lines.append(f"keep_entry({i}, &e);")
     return "\n    ".join(lines)
 
 
 def outer_calls(i: int, probes: list[ResolvedProbe]) -> list[int]:
     """The probes whose calls make probe i quiet (its spec's quiet_within): in the same
-    library, keeping their call in `entries` until the return."""
+    library, keeping their call (keep_entry) until the return."""
     rp = probes[i]
     wanted = set(rp.spec.quiet_within)
     return [j for j, other in enumerate(probes)
@@ -154,8 +155,8 @@ def failures_sent_by_another(i: int, probes: list[ResolvedProbe]) -> bool:
 def _return_function(i: int, rp: ResolvedProbe, with_errno: bool, quiet: str = "",
                      failures_elsewhere: bool = False) -> str:
     """The return: follow fds, then send the return (and, for a failures-only probe, first
-    the call's record) when the spec's emit mode says so. A quiet return is a map lookup and
-    a delete."""
+    the call's record) when the spec's emit mode says so. A quiet return looks its entry up
+    and forgets it."""
     from .errno_tls import errno_slot
     spec = rp.spec
     reads, slot_of = _argument_reads(rp, at_return=True)
@@ -173,8 +174,8 @@ def _return_function(i: int, rp: ResolvedProbe, with_errno: bool, quiet: str = "
     closing = int(spec.fd_role == "closes")
     if syncs:
         lines.append(f"if (!send && entry)\n        fd_synced(0, pid, {fd}, failed, {closing});")
-    table = "slow_calls" if spec.emit == "slow" else "entries"
-    lines.append(f"if (!send) {{\n        if (entry)\n            {table}.delete(&key);\n"
+    forget = "slow_calls.delete(&key);" if spec.emit == "slow" else f"forget_entry({i}, entry);"
+    lines.append(f"if (!send) {{\n        if (entry)\n            {forget}\n"
                  "        return 0;\n    }")
     if spec.emit == "slow":
         # the kept record goes out first, at its own time; the collector drops it when its
@@ -196,26 +197,35 @@ def _return_function(i: int, rp: ResolvedProbe, with_errno: bool, quiet: str = "
     if syncs:
         lines.append(f"    if (entry)\n            fd_synced(ev, pid, {fd}, failed, {closing});")
     lines.append("    events.perf_submit(ctx, ev, sizeof(*ev));\n    }")
-    lines.append(f"if (entry)\n        {table}.delete(&key);")
+    lines.append(f"if (entry)\n        {forget}")
     body = "\n    ".join(lines)
-    kept = "struct event_t" if spec.emit == "slow" else "struct entry_t"
+    if spec.emit == "slow":
+        lookup = f"u64 key = entry_key({i});\n    struct event_t *entry = slow_calls.lookup(&key);"
+    else:
+        lookup = f"struct entry_t *entry = kept_entry({i});"
     return f"""int ret_{i}(struct pt_regs *ctx) {{
     PID_GUARD();
     s64 rc = PT_REGS_RC(ctx);
     u32 pid = bpf_get_current_pid_tgid() >> 32;
-    u64 key = entry_key({i});
-    {kept} *entry = {table}.lookup(&key);{quiet}
+    {lookup}{quiet}
     {body}
     return 0;
 }}
 """
 
 
-def program_text(probes: list[ResolvedProbe], pid: int | None = None) -> str:
+def program_text(probes: list[ResolvedProbe], pid: int | None = None, keep_in: str = "task") -> str:
     """The common BPF C plus one entry (and return) function per probe; with `pid`, every
-    function returns at once in other processes (see PID_GUARD in uprobe_events.c)."""
+    function returns at once in other processes (see PID_GUARD in uprobe_events.c). `keep_in`
+    says where a call waits for its return: "task" (task storage) or "hash" (for kernels
+    without task storage in uprobe programs; see keep_entry in uprobe_events.c)."""
+    if keep_in not in KEEP_IN:
+        raise ValueError(f"keep_in must be one of {', '.join(KEEP_IN)}")
     text = resources.files("correlate.probes").joinpath("uprobe_events.c").read_text()
     defines, _why = errno_defines(probes)
+    defines += f"#define PROBES {max(len(probes), 1)}\n"
+    if keep_in == "hash":
+        defines += "#define KEEP_IN_HASH\n"
     if pid is not None:
         defines += f"#define FILTER_TGID {int(pid)}\n"
     parts = [defines + text]
