@@ -69,10 +69,10 @@ def test_quiet_within_finds_outer_probes_in_the_same_library_only():
            for i, s in enumerate(specs)]
     assert outer_calls(1, rps) == [0] and outer_calls(0, rps) == []
     text = program_text(rps)
-    inner = text.split("int call_1(", 1)[1].split("int call_2(", 1)[0]
+    inner = text.split("int enter_1(", 1)[1].split("int enter_2(", 1)[0]
     assert "if (inside(0, QUIET_WINDOW_NS))" in inner
     assert "if (!entry && (inside(0, ~0ULL)))" in inner     # its return, without an entry of its own
-    assert "inside(" not in text.split("int call_2(", 1)[1]
+    assert "inside(" not in text.split("int enter_2(", 1)[1]
 
 
 @needs_gfapi
@@ -135,12 +135,30 @@ def test_clock_map_remeasures_after_interval():
 
 # ---- bcc program and record decoding ------------------------------------------------------
 
-def test_program_text_has_one_function_pair_per_probe():
+def test_program_text_has_one_function_pair_per_probe_and_one_program_per_address():
     rps = [_fake(s) for s in catalog.select("all")]
     text = bcc_backend.program_text(rps)
     for i, rp in enumerate(rps):
-        assert f"int call_{i}(struct pt_regs *ctx)" in text
-        assert (f"int ret_{i}(" in text) == rp.spec.retprobe
+        assert f"static __always_inline int enter_{i}(struct pt_regs *ctx)" in text
+        assert (f"int leave_{i}(" in text) == rp.spec.retprobe
+    # `--probe all` has app-latency's io probe and gfapi's failure probe on glfs_pwrite: one
+    # program (one consumer of the uprobe) runs both; every other function has its own
+    from correlate.probe_source import select_specs
+    specs = select_specs(["all"])
+    address = {f: 0x1000 + 0x100 * n for n, f in enumerate(sorted({s.function for s in specs}))}
+    rps = [ResolvedProbe(s, "/lib/x/" + s.library, s.function, address[s.function],
+                         address[s.function], "dynsym") for s in specs]
+    text = bcc_backend.program_text(rps)
+    groups = bcc_backend.attach_points(rps)
+    assert sorted(i for g in groups for i in g) == list(range(len(rps)))
+    assert all(len({(rps[i].path, rps[i].address) for i in g}) == 1 for g in groups)
+    assert len({(rps[g[0]].path, rps[g[0]].address) for g in groups}) == len(groups)
+    pwrite = [i for i, rp in enumerate(rps) if rp.function == "glfs_pwrite"]
+    assert len(pwrite) == 2 and pwrite in groups
+    first, second = pwrite
+    assert f"int call_{first}(struct pt_regs *ctx) {{\n    enter_{first}(ctx);\n    enter_{second}(ctx);" in text
+    assert f"int ret_{first}(struct pt_regs *ctx) {{\n    leave_{first}(ctx);\n    leave_{second}(ctx);" in text
+    assert f"int call_{second}(" not in text and f"int ret_{second}(" not in text
     assert "read_smb_file_time(ev, (const void *)PT_REGS_PARM3(ctx));" in text
     assert "read_str(ev, (const void *)PT_REGS_PARM2(ctx));" in text
 
@@ -373,10 +391,10 @@ def test_program_sends_failed_calls_only_and_follows_fds():
     rps = [_fake(specs[f]) for f in ("glfs_open", "glfs_pwrite", "glfs_fsync", "glfs_close", "glfs_init")]
     text = bcc_backend.program_text(rps)
     # the entry of a failures-only probe keeps registers only: no record, no string read
-    call_open = text.split("int call_0(")[1].split("int ret_0(")[0]
+    call_open = text.split("int enter_0(")[1].split("int leave_0(")[0]
     assert "perf_submit" not in call_open and "begin(" not in call_open and "read_str" not in call_open
     assert "e.str_ptr = PT_REGS_PARM2(ctx);" in call_open and "keep_entry(0, &e);" in call_open
-    ret_open = text.split("int ret_0(")[1].split("int call_1(")[0]
+    ret_open = text.split("int leave_0(")[1].split("int enter_1(")[0]
     assert "int failed = rc == 0;" in ret_open and "int send = failed;" in ret_open
     assert "fd_opened(pid, entry, rc);" in ret_open
     # a quiet return leaves before building any record; a failed one sends the call first,
@@ -385,16 +403,16 @@ def test_program_sends_failed_calls_only_and_follows_fds():
     assert "begin(" not in quiet and "forget_entry(0, entry);" in quiet
     assert sending.index("call_record(0, entry)") < sending.index("begin(0, KIND_RETURN)")
     assert "read_str(ev, (const void *)entry->str_ptr);" in sending
-    call_pwrite = text.split("int call_1(")[1].split("int ret_1(")[0]
+    call_pwrite = text.split("int enter_1(")[1].split("int leave_1(")[0]
     assert "e.ints[0] = PT_REGS_PARM1(ctx);" in call_pwrite and "fd_path" not in call_pwrite
-    ret_pwrite = text.split("int ret_1(")[1].split("int call_2(")[0]
+    ret_pwrite = text.split("int leave_1(")[1].split("int enter_2(")[0]
     assert "fd_wrote(pid, entry->ints[0], rc, (s64)entry->ints[2], bpf_ktime_get_ns());" in ret_pwrite
     assert "fd_path(ev, ev->ints[0]);" in ret_pwrite.split("if (!send) {")[1]
-    ret_fsync = text.split("int ret_2(")[1]
+    ret_fsync = text.split("int leave_2(")[1]
     assert "fd_synced(0, pid, entry->ints[0], failed, 0);" in ret_fsync
     assert "fd_synced(ev, pid, entry->ints[0], failed, 0);" in ret_fsync
-    assert "fd_synced(ev, pid, entry->ints[0], failed, 1);" in text.split("int ret_3(")[1]
-    ret_init = text.split("int ret_4(")[1]
+    assert "fd_synced(ev, pid, entry->ints[0], failed, 1);" in text.split("int leave_3(")[1]
+    ret_init = text.split("int leave_4(")[1]
     assert "int send = 1;" in ret_init and "events.perf_submit(ctx, ev, sizeof(*ev));" in ret_init
 
 
@@ -494,10 +512,10 @@ def test_program_sends_slow_or_failed_calls_only():
                      retprobe=True, retval="long", emit="slow", slow_ns=100_000_000)
     failures = next(s for s in catalog.select("gfapi") if s.function == "glfs_open")
     text = bcc_backend.program_text([_fake(slow), _fake(failures)])
-    call = text.split("int call_0(")[1].split("int ret_0(")[0]
+    call = text.split("int enter_0(")[1].split("int leave_0(")[0]
     # the whole record is kept, not sent: the collector may send it while the call runs
     assert "perf_submit" not in call and "slow_calls.update(&key, ev);" in call
-    ret = text.split("int ret_0(")[1].split("int call_1(")[0]
+    ret = text.split("int leave_0(")[1].split("int enter_1(")[0]
     assert "struct event_t *entry = slow_calls.lookup(&key);" in ret
     assert "int failed = rc < 0;" in ret
     assert "int send = failed || (entry && bpf_ktime_get_ns() - entry->ts >= 100000000ULL);" in ret
@@ -505,7 +523,7 @@ def test_program_sends_slow_or_failed_calls_only():
     assert sending.index("perf_submit(ctx, entry") < sending.index("begin(0, KIND_RETURN)")
     assert "slow_calls.delete(&key);" in ret and "forget_entry" not in ret
     # emit="failures" is unchanged
-    ret_open = text.split("int ret_1(")[1]
+    ret_open = text.split("int leave_1(")[1]
     assert "int send = failed;" in ret_open and "duration_ns >=" not in ret_open
 
 
@@ -556,6 +574,6 @@ def test_pid_filter_is_in_the_program_not_per_process_uprobes():
     text = bcc_backend.program_text(rps, pid=4242)
     assert "#define FILTER_TGID 4242\n" in text
     for i, rp in enumerate(rps):
-        assert f"int call_{i}(struct pt_regs *ctx) {{\n    PID_GUARD();" in text
+        assert f"int enter_{i}(struct pt_regs *ctx) {{\n    PID_GUARD();" in text
         if rp.spec.retprobe:
-            assert f"int ret_{i}(struct pt_regs *ctx) {{\n    PID_GUARD();" in text
+            assert f"int leave_{i}(struct pt_regs *ctx) {{\n    PID_GUARD();" in text

@@ -21,7 +21,7 @@ from collections import OrderedDict
 
 from ..events import make_event
 from ..gluster.errnos import errno_name
-from .bcc_program import KEEP_IN, program_text
+from .bcc_program import KEEP_IN, attach_points, program_text
 from .catalog import MAX_STR, STRUCT_KINDS, WORD_KINDS
 from .clock import ClockMap
 from .errors import BccMissing, KernelHeadersMissing, NotRoot, ProbeError, kernel_headers_dir
@@ -213,9 +213,11 @@ class BccCollector:
         processes' calls when a pid was asked for (per-process uprobes cost the process at
         every context switch)."""
         try:
-            for i, rp in enumerate(self.probes):
+            for group in attach_points(self.probes):
+                i = group[0]
+                rp = self.probes[i]
                 self.bpf.attach_uprobe(name=rp.path.encode(), addr=rp.address, fn_name=f"call_{i}".encode(), pid=-1)
-                if rp.spec.retprobe:
+                if any(self.probes[j].spec.retprobe for j in group):
                     self.bpf.attach_uretprobe(name=rp.path.encode(), addr=rp.address, fn_name=f"ret_{i}".encode(), pid=-1)
         except Exception as exc:
             self.stop()
