@@ -36,6 +36,8 @@ struct event_t {
     u32 kind;
     u32 flags;
     s32 err;            // returns: errno as the caller sees it (F_ERRNO)
+    u32 caller;         // 1 + the id of the wrapper probe this call came from (wrappers.py)
+    u32 pad;
     char comm[TASK_COMM_LEN];
     char str[MAX_STR];
 };
@@ -72,6 +74,7 @@ struct entry_t {
     u64 ints[4];        // int / long / ptr / fd arguments, in spec order
     u64 str_ptr;        // the str argument's pointer
     u64 struct_ptr;     // the struct argument's pointer
+    u64 caller;         // the call record's caller
 };
 
 // --pid: every probe is attached to the library (all processes) and returns at once in any
@@ -107,6 +110,7 @@ static __always_inline struct event_t *begin(u32 probe_id, u32 kind) {
     for (int i = 0; i < 4; i++)
         ev->ints[i] = 0;
     ev->err = 0;
+    ev->caller = 0;
     #pragma unroll
     for (int i = 0; i < 11; i++)
         ev->words[i] = 0;
@@ -226,17 +230,6 @@ static __always_inline void forget_entry(u32 probe_id, struct entry_t *e) {
 }
 #endif
 
-// Did a call of probe `probe_id` begin on this thread less than `window` ns ago and not yet
-// return (its entry is kept until then)? A probe whose spec names that function in
-// quiet_within sends nothing meanwhile. Its own entry checks with QUIET_WINDOW_NS: an outer
-// call begun longer ago lost its return (the thread died in it) and counts no more. Its
-// return, which may come much later (a hung brick), checks without a window.
-#define QUIET_WINDOW_NS 1000000000ULL
-static __always_inline int inside(u32 probe_id, u64 window) {
-    struct entry_t *outer = kept_entry(probe_id);
-    return outer && bpf_ktime_get_ns() - outer->ts < window;
-}
-
 // The call's record, built at its return from what the entry kept.
 static __always_inline struct event_t *call_record(u32 probe_id, struct entry_t *entry) {
     struct event_t *ev = begin(probe_id, KIND_CALL);
@@ -244,6 +237,7 @@ static __always_inline struct event_t *call_record(u32 probe_id, struct entry_t 
         return 0;
     ev->ts = entry->ts;
     ev->base = entry->base;
+    ev->caller = entry->caller;
     #pragma unroll
     for (int i = 0; i < 4; i++)
         ev->ints[i] = entry->ints[i];

@@ -350,6 +350,9 @@ def _poll_until(collector, pred, timeout: float) -> list[dict]:
 NESTED_SRC = r"""
 __attribute__((noinline)) int inner(int x) { return x < 0 ? -1 : x; }
 int outer(int x) { return inner(x); }
+/* a wrapper that tail-jumps to inner: no return address of its own on inner's stack */
+__asm__(".globl outer_tail\n.type outer_tail, @function\nouter_tail:\n"
+        "\tjmp inner@PLT\n.size outer_tail, .-outer_tail\n");
 """
 
 NESTED_CHILD = """
@@ -373,47 +376,58 @@ def _nested_library(tmp_path):
         pytest.skip(str(exc))
     src, lib = tmp_path / "nest.c", tmp_path / "libnest.so"
     src.write_text(NESTED_SRC)
-    subprocess.run(["gcc", "-O1", "-shared", "-fPIC", "-o", str(lib), str(src)], check=True)
+    # outer must call inner (a tail jump would leave no return address inside outer)
+    subprocess.run(["gcc", "-O1", "-fno-optimize-sibling-calls", "-shared", "-fPIC", "-o", str(lib),
+                    str(src)], check=True)
     return lib
 
 
 @pytest.mark.parametrize("keep_in", ["task", "hash"])
-def test_bcc_calls_emit_and_a_quiet_inner_function(tmp_path, keep_in):
-    """emit="calls" sends every call and only failed returns; a probe with quiet_within sends
-    nothing while the outer function runs on the thread (glfs_utimens -> glfs_setattr), and
-    everything when called directly. On a library built here: outer(x) calls inner(x). Both
-    stores of the calls waiting for their return: task storage and the hash."""
+def test_bcc_calls_emit_and_a_wrapper_seen_in_the_function_it_calls(tmp_path, keep_in):
+    """emit="calls" sends every call and only failed returns. A wrapper whose spec names its
+    implementation (glfs_utimens -> glfs_setattr) has no trap of its own: the implementing
+    probe names the calls that come from it, and sends direct calls under its own name. A
+    wrapper that tail-jumps is probed itself. On a library built here: outer(x) calls
+    inner(x), outer_tail jumps to it. Both stores of the calls waiting for their return."""
     lib = _nested_library(tmp_path)
     from correlate.probe.bcc_backend import BccCollector
-    specs = [ProbeSpec("t.outer", "t", str(lib), "outer", (Arg("x", 1, "int"),), retprobe=True, emit="calls"),
-             ProbeSpec("t.inner", "t", str(lib), "inner", (Arg("x", 1, "int"),), retprobe=True,
-                       emit="calls", quiet_within=("outer",))]
+    x = (Arg("x", 1, "int"),)
+    specs = [ProbeSpec("t.outer", "t", str(lib), "outer", x, retprobe=True, emit="calls",
+                       implemented_by="inner"),
+             ProbeSpec("t.inner", "t", str(lib), "inner", x, retprobe=True, emit="calls"),
+             ProbeSpec("t.outer_tail", "t", str(lib), "outer_tail", x, retprobe=True, emit="calls",
+                       implemented_by="inner")]
     child = subprocess.Popen([sys.executable, "-c", NESTED_CHILD, str(lib)], stdin=subprocess.PIPE,
                              stdout=subprocess.PIPE, text=True)
     assert child.stdout.readline().strip() == "ready"
     collector = BccCollector([resolve(s, child.pid) for s in specs], pid=child.pid, keep_in=keep_in)
+    assert list(collector.folded) == [0] and collector.folded[0].inner == 1
     collector.start()
-    assert collector.kept_in == keep_in
+    assert collector.kept_in == keep_in and collector.attached == 2
     seen = []
+    calls = (("inner", 5), ("outer", 6), ("outer", -7), ("inner", -8), ("outer_tail", 9))
     try:
-        for name, arg in (("inner", 5), ("outer", 6), ("outer", -7), ("inner", -8)):
+        for name, arg in calls:
             child.stdin.write(f"{name} {arg}\n")
             child.stdin.flush()
             assert int(child.stdout.readline()) == (arg if arg >= 0 else -1)
             time.sleep(0.05)
         deadline = time.monotonic() + 5
-        while time.monotonic() < deadline and len(seen) < 6:
+        while time.monotonic() < deadline and len(seen) < 8:
             seen += collector.poll(50)
         seen += collector.poll(100)
     finally:
         seen += collector.stop()
         child.stdin.close()
         child.wait(10)
-    got = [(e["kind"].split(".")[1], e["function"], e.get("args", {}).get("x", e.get("retval"))) for e in seen]
-    assert got == [("call", "inner", 5),                        # direct: the call, no success return
-                   ("call", "outer", 6),                        # inner quiet inside outer
-                   ("call", "outer", -7), ("return", "outer", -1),
-                   ("call", "inner", -8), ("return", "inner", -1)], got
+    got = [(e["kind"].split(".")[1], e["function"], e.get("via"), e.get("args", {}).get("x", e.get("retval")))
+           for e in seen]
+    assert got == [("call", "inner", None, 5),                    # direct: no success return
+                   ("call", "outer", "inner", 6),                 # one trap, in inner
+                   ("call", "outer", "inner", -7), ("return", "outer", "inner", -1),
+                   ("call", "inner", None, -8), ("return", "inner", None, -1),
+                   ("call", "outer_tail", None, 9), ("call", "inner", None, 9)], got
+    assert {e["probe"] for e in seen if e["function"] == "outer"} == {"t.outer"}
 
 
 def test_bcc_a_slow_probe_leaves_failures_to_the_failure_probe_on_the_same_function(tmp_path):
@@ -462,9 +476,9 @@ def test_bcc_falls_back_to_the_hash_where_the_kernel_refuses_task_storage(tmp_pa
     real = bcc_backend.program_text
     tried = []
 
-    def refused_in_task(probes, pid=None, keep_in="task"):
+    def refused_in_task(probes, pid=None, keep_in="task", folded=None):
         tried.append(keep_in)
-        text = real(probes, pid, keep_in)
+        text = real(probes, pid, keep_in, folded)
         return text + ("\n#error task storage refused\n" if keep_in == "task" else "")
 
     monkeypatch.setattr(bcc_backend, "program_text", refused_in_task)

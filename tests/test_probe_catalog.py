@@ -52,27 +52,65 @@ def test_spec_validation():
         ProbeSpec("a", "g", "l", "f", (Arg("a", 1, "str"), Arg("b", 2, "str")))
     with pytest.raises(ValueError, match="retval"):
         ProbeSpec("a", "g", "l", "f", retval="double")
-    with pytest.raises(ValueError, match="quiet_within is a tuple"):
-        ProbeSpec("a", "g", "l", "f", quiet_within="glfs_utimens")
+    with pytest.raises(ValueError, match="implemented_by is the name of another function"):
+        ProbeSpec("a", "g", "l", "f", implemented_by=("glfs_setattr",))
+    with pytest.raises(ValueError, match="implemented_by is the name of another function"):
+        ProbeSpec("a", "g", "l", "f", implemented_by="f")
     with pytest.raises(ValueError, match="set retprobe"):
         ProbeSpec("a", "g", "l", "f", emit="calls")
 
 
-def test_quiet_within_finds_outer_probes_in_the_same_library_only():
-    from correlate.probe.bcc_program import outer_calls, program_text
-    specs = [ProbeSpec("t.outer", "t", "/lib/a.so", "outer", retprobe=True, emit="calls"),
-             ProbeSpec("t.inner", "t", "/lib/a.so", "inner", retprobe=True, emit="calls",
-                       quiet_within=("outer", "absent")),
-             ProbeSpec("t.outer_b", "t", "/lib/b.so", "outer", retprobe=True),
-             ProbeSpec("t.uncounted", "t", "/lib/a.so", "outer@V1")]   # no return: never ends
-    rps = [resolve.ResolvedProbe(s, s.library, s.function, 0x1000 + 0x10 * i, 0x1000 + 0x10 * i, "dynsym")
+def test_a_folded_wrapper_has_no_program_and_its_implementation_names_it():
+    from correlate.probe.bcc_program import attach_points, program_text
+    from correlate.probe.wrappers import Fold
+    specs = [ProbeSpec("t.outer", "t", "/lib/a.so", "outer", retprobe=True, emit="calls",
+                       implemented_by="inner"),
+             ProbeSpec("t.inner", "t", "/lib/a.so", "inner", retprobe=True, emit="calls"),
+             ProbeSpec("t.other", "t", "/lib/a.so", "other", retprobe=True, emit="calls",
+                       implemented_by="inner")]
+    rps = [resolve.ResolvedProbe(s, s.library, s.function, 0x1000 + 0x100 * i, 0x1000 + 0x100 * i, "dynsym")
            for i, s in enumerate(specs)]
-    assert outer_calls(1, rps) == [0] and outer_calls(0, rps) == []
-    text = program_text(rps)
-    inner = text.split("int enter_1(", 1)[1].split("int enter_2(", 1)[0]
-    assert "if (inside(0, QUIET_WINDOW_NS))" in inner
-    assert "if (!entry && (inside(0, ~0ULL)))" in inner     # its return, without an entry of its own
-    assert "inside(" not in text.split("int enter_2(", 1)[1]
+    folded = {0: Fold(1, 0x1000, 0x1040), 2: Fold(1, 0x1200, 0x1210)}
+    text = program_text(rps, folded=folded)
+    assert "int enter_0(" not in text and "int leave_0(" not in text and "int call_0(" not in text
+    assert attach_points(rps, folded) == [[1]]
+    inner = text.split("int enter_1(", 1)[1].split("int leave_1(", 1)[0]
+    assert "bpf_probe_read_user(&ra, sizeof(ra), (void *)PT_REGS_SP(ctx));" in inner
+    assert "if (at >= 0x1000ULL && at < 0x1040ULL)\n            ev->caller = 1;" in inner
+    assert "else if (at >= 0x1200ULL && at < 0x1210ULL)\n            ev->caller = 3;" in inner
+    # the caller is set before the call is sent and kept for the return
+    assert inner.index("ev->caller = 3;") < inner.index("perf_submit") < inner.index("e.caller = ev->caller;")
+    assert "ev->caller = entry->caller;" in text.split("int leave_1(", 1)[1]
+    # unfolded, each has its own program and no caller check
+    plain = program_text(rps)
+    assert attach_points(rps) == [[0], [1], [2]] and "PT_REGS_SP" not in plain
+
+
+def test_wrappers_found_by_their_calls_not_their_tail_jumps():
+    from correlate.probe.elfsym import branches
+    # call rel32 to 0x2000, jmp rel32 to 0x3000, call *slot(%rip) and jmp *slot(%rip) to 0x4000
+    code = (b"\xe8" + (0x2000 - 0x1005).to_bytes(4, "little", signed=True)
+            + b"\xe9" + (0x3000 - 0x100a).to_bytes(4, "little", signed=True)
+            + b"\xff\x15" + (0x4000 - 0x1010).to_bytes(4, "little", signed=True)
+            + b"\xff\x25" + (0x4000 - 0x1016).to_bytes(4, "little", signed=True) + b"\x90\x90")
+    found = set(branches(code, 0x1000))
+    assert {("call", 0x2000, False), ("jump", 0x3000, False), ("call", 0x4000, True),
+            ("jump", 0x4000, True)} <= found
+
+
+@needs_gfapi
+def test_the_gfapi_time_setters_are_seen_in_setattr():
+    from correlate.probe.wrappers import folds
+    rps = [resolve.resolve(s) for s in catalog.select("gfapi")]
+    name = {i: rp.function for i, rp in enumerate(rps)}
+    seen = {name[i]: name[f.inner] for i, f in folds(rps).items()}
+    assert seen == {"glfs_utimens": "glfs_setattr", "glfs_lutimens": "glfs_setattr",
+                    "glfs_futimens": "glfs_fsetattr"}
+    for i, f in folds(rps).items():
+        assert f.start == rps[i].address < f.end <= f.start + 4096
+    # without the implementing probe, a wrapper keeps its own trap
+    alone = [rp for rp in rps if rp.function != "glfs_setattr"]
+    assert {alone[i].function for i in folds(alone)} == {"glfs_futimens"}
 
 
 @needs_gfapi
@@ -186,8 +224,8 @@ def test_program_text_follows_pointer_hops_for_strings():
 
 
 def test_event_record_matches_the_c_layout():
-    # 4 u64 + 4 u64 + 11 s64 + 6 u32 + 16 + 256 (see probes/uprobe_events.c)
-    assert ctypes.sizeof(bcc_backend.EventRecord) == 4 * 8 + 32 + 88 + 24 + 16 + 256
+    # 4 u64 + 4 u64 + 11 s64 + 8 u32 + 16 + 256 (see probes/uprobe_events.c)
+    assert ctypes.sizeof(bcc_backend.EventRecord) == 4 * 8 + 32 + 88 + 32 + 16 + 256
 
 
 def _record(**kw):
@@ -300,9 +338,13 @@ def test_probes_command_lists_resolution():
     by = {r["probe"]: r for r in rows}
     assert by["gfapi.glfs_utimens"]["method"] == "dynsym"
     assert by["gfapi.glfs_utimens"]["emit"] == "calls" and by["gfapi.glfs_open"]["emit"] == "failures"
-    assert by["gfapi.glfs_setattr"]["quiet_within"] == ["glfs_utimens", "glfs_lutimens", "glfs_futimens"]
-    text = CliRunner().invoke(probes, ["--probe", "gfapi.glfs_setattr"]).output
-    assert "+return (when it failed)" in text and "quiet while glfs_utimens or" in text
+    assert by["gfapi.glfs_utimens"]["implemented_by"] == "glfs_setattr"
+    assert by["gfapi.glfs_utimens"]["seen_at"] == "glfs_setattr" and by["gfapi.glfs_setattr"]["seen_at"] is None
+    text = CliRunner().invoke(probes, ["--probe", "gfapi"]).output
+    assert "+return (when it failed)" in text and "bcc: seen in glfs_fsetattr, which it calls" in text
+    # alone, glfs_utimens has its own trap
+    text = CliRunner().invoke(probes, ["--probe", "gfapi.glfs_utimens"]).output
+    assert "gfapi.glfs_utimens" in text and "seen in" not in text
     if os.path.exists("/usr/lib/x86_64-linux-gnu/samba/vfs/glusterfs.so"):
         assert by["samba.vfs_gluster_fntimes"]["method"] == "eh_frame+plt"
 

@@ -26,12 +26,13 @@ from .catalog import MAX_STR, STRUCT_KINDS, WORD_KINDS
 from .clock import ClockMap
 from .errors import BccMissing, KernelHeadersMissing, NotRoot, ProbeError, kernel_headers_dir
 from .resolve import ResolvedProbe
+from .wrappers import folds
 
 KIND_CALL, KIND_RETURN = 0, 1
 F_STR, F_STR_FAULT, F_STRUCT, F_STRUCT_FAULT, F_NO_ENTRY = 1, 2, 4, 8, 16
 F_ERRNO, F_TALLY, F_FD_PATH = 32, 64, 128
 FD_OPENED_UNSEEN = 1
-PERF_PAGES = 64      # per CPU; a record is 448 bytes, so ~600 events of slack per CPU
+PERF_PAGES = 64      # per CPU; a record is 456 bytes, so ~600 events of slack per CPU
 WAKEUP_EVENTS = 16   # events per reader wakeup; poll() consumes the remainder each tick
 SCAN_EVERY_NS = 50_000_000   # emit="slow": how often the calls in progress are looked at
 SENT_KEYS = 8192     # slow calls sent (tid, probe, entry time) remembered for the return's copy
@@ -45,6 +46,7 @@ class EventRecord(ctypes.Structure):
                 ("words", ctypes.c_int64 * 11), ("pid", ctypes.c_uint32),
                 ("tid", ctypes.c_uint32), ("probe_id", ctypes.c_uint32),
                 ("kind", ctypes.c_uint32), ("flags", ctypes.c_uint32), ("err", ctypes.c_int32),
+                ("caller", ctypes.c_uint32), ("pad", ctypes.c_uint32),
                 ("comm", ctypes.c_char * 16), ("str", ctypes.c_char * MAX_STR)]
 
 
@@ -132,12 +134,18 @@ def convert_retval(ctype: str, raw: int):
     return raw
 
 
-def record_to_event(rp: ResolvedProbe, rec: EventRecord, clock: ClockMap, source: str, host: str) -> dict:
-    function, _, version = rp.function.partition("@")
-    common = dict(function=function, library=rp.path, probe=rp.spec.name, pid=rec.pid,
+def record_to_event(rp: ResolvedProbe, rec: EventRecord, clock: ClockMap, source: str, host: str,
+                    caller: ResolvedProbe | None = None) -> dict:
+    """The event of one record of probe `rp`; a call `rp` saw coming from the wrapper
+    `caller` (wrappers.py) is the wrapper's, with `via` naming where it was seen."""
+    named = caller or rp
+    function, _, version = named.function.partition("@")
+    common = dict(function=function, library=named.path, probe=named.spec.name, pid=rec.pid,
                   tid=rec.tid, comm=_text(bytes(rec.comm)), host=host)
     if version:
         common["symbol_version"] = version
+    if caller is not None:
+        common["via"] = rp.function.partition("@")[0]
     time_ns = clock.to_realtime(rec.ts)
     if rec.kind == KIND_RETURN:
         ev = make_event(time_ns, "probe", "probe.return", source, **common,
@@ -165,6 +173,7 @@ class BccCollector:
                  perf_pages: int = PERF_PAGES, keep_in: str | None = None):
         self.probes = probes
         self.keep_in = keep_in      # "task" or "hash" (program_text); None: task, or hash where task fails
+        self.folded = folds(probes)  # wrappers seen at the function they call (wrappers.py)
         self.kept_in: str | None = None   # where the loaded program keeps calls
         self.perf_pages = perf_pages
         self.pid = pid
@@ -200,12 +209,18 @@ class BccCollector:
     def _load(self, keep_in: str) -> None:
         from bcc import BPF
         try:
-            self.bpf = BPF(text=program_text(self.probes, self.pid, keep_in).encode())   # bcc wants bytes
+            self.bpf = BPF(text=program_text(self.probes, self.pid, keep_in, self.folded).encode())
         except Exception as exc:  # bcc raises plain Exception on compile errors
             raise ProbeError(f"bcc could not compile the probe program: {str(exc).splitlines()[0]} "
                              f"(kernel headers at {kernel_headers_dir()})") from None
         self.attach()
         self.kept_in = keep_in
+
+    @property
+    def attached(self) -> int:
+        """Probe points: addresses the program is attached to (a wrapper seen at its
+        implementation has none; probes on one function share one)."""
+        return len(attach_points(self.probes, self.folded))
 
     def attach(self) -> None:
         """Attach every probe to the compiled program (start() does; after detach(), again).
@@ -213,7 +228,7 @@ class BccCollector:
         processes' calls when a pid was asked for (per-process uprobes cost the process at
         every context switch)."""
         try:
-            for group in attach_points(self.probes):
+            for group in attach_points(self.probes, self.folded):
                 i = group[0]
                 rp = self.probes[i]
                 self.bpf.attach_uprobe(name=rp.path.encode(), addr=rp.address, fn_name=f"call_{i}".encode(), pid=-1)
@@ -236,8 +251,9 @@ class BccCollector:
             return
         if rec.kind == KIND_CALL and rec.probe_id in self._slow and not self._first_send(rec):
             return
+        caller = self.probes[rec.caller - 1] if 0 < rec.caller <= len(self.probes) else None
         self._pending.append(record_to_event(self.probes[rec.probe_id], rec, self.clock,
-                                             self.source, self.host))
+                                             self.source, self.host, caller))
 
     def _on_lost(self, count) -> None:
         self.lost += count

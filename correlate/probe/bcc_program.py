@@ -11,6 +11,7 @@ from importlib import resources
 from .catalog import STRUCT_KINDS, WORD_KINDS
 from .errors import ProbeError
 from .resolve import ResolvedProbe
+from .wrappers import Fold
 
 KEEP_IN = ("task", "hash")
 
@@ -68,7 +69,7 @@ def _keep_entry(i: int, rp: ResolvedProbe, from_record: bool) -> str:
     """C block that keeps the call (its time, load address and argument registers) until the
     return: copied from the call's record when one was sent, else read from the registers."""
     lines = ["struct entry_t e = {};"]
-    lines.append("e.ts = ev->ts;" if from_record else "e.ts = bpf_ktime_get_ns();")
+    lines.append("e.ts = ev->ts;\n    e.caller = ev->caller;" if from_record else "e.ts = bpf_ktime_get_ns();")
     # the library's load address: the probe's address minus its ELF address
     lines.append(f"e.base = (PT_REGS_IP(ctx) - {rp.address:#x}ULL) & ~0xfffULL;")
     slot = 0
@@ -85,42 +86,35 @@ def _keep_entry(i: int, rp: ResolvedProbe, from_record: bool) -> str:
     return "\n    ".join(lines)
 
 
-def outer_calls(i: int, probes: list[ResolvedProbe]) -> list[int]:
-    """The probes whose calls make probe i quiet (its spec's quiet_within): in the same
-    library, keeping their call (keep_entry) until the return."""
-    rp = probes[i]
-    wanted = set(rp.spec.quiet_within)
-    return [j for j, other in enumerate(probes)
-            if j != i and other.path == rp.path and other.function.partition("@")[0] in wanted
-            and other.spec.retprobe and other.spec.emit != "slow"]
-
-
-def _quiet_guard(outer: list[int], at_return: bool) -> str:
-    """C that returns at once while one of the `outer` calls runs on this thread (see
-    inside() in uprobe_events.c). At the return: only when this call kept no entry of its
-    own (`entry`, looked up just before), i.e. its entry was quiet."""
-    if not outer:
+def _caller_check(rp: ResolvedProbe, wrapped: list[tuple[int, Fold]]) -> str:
+    """C that names the wrapper a call came from: its return address (the word on top of the
+    stack at the entry) inside a wrapper's code (see wrappers.py)."""
+    if not wrapped:
         return ""
-    window = "~0ULL" if at_return else "QUIET_WINDOW_NS"
-    checks = " || ".join(f"inside({j}, {window})" for j in outer)
-    if at_return:
-        return f"\n    if (!entry && ({checks}))\n        return 0;"
-    return f"\n    if ({checks})\n        return 0;"
+    tests = "\n        else ".join(
+        f"if (at >= {f.start:#x}ULL && at < {f.end:#x}ULL)\n            ev->caller = {i + 1};"
+        for i, f in wrapped)
+    return (f"{{\n        u64 ra = 0, at;\n"
+            f"        bpf_probe_read_user(&ra, sizeof(ra), (void *)PT_REGS_SP(ctx));\n"
+            f"        at = ra - ((PT_REGS_IP(ctx) - {rp.address:#x}ULL) & ~0xfffULL);\n"
+            f"        {tests}\n    }}")
 
 
-def _entry_function(i: int, rp: ResolvedProbe, quiet: str = "") -> str:
+def _entry_function(i: int, rp: ResolvedProbe, caller_check: str = "") -> str:
     spec = rp.spec
     if spec.emit == "failures":
         # nothing is sent at the entry: keep the registers, decide at the return
         return f"""
 // {spec.name}: {rp.function} in {rp.path} ({rp.method})
 static __always_inline int enter_{i}(struct pt_regs *ctx) {{
-    PID_GUARD();{quiet}
+    PID_GUARD();
     {_keep_entry(i, rp, from_record=False)}
     return 0;
 }}
 """
     reads, _ = _argument_reads(rp, at_return=False)
+    if caller_check:
+        reads.append(caller_check)
     if spec.emit == "slow":
         # the whole record waits for the return (or the collector's scan of calls in progress)
         reads.append(f"ev->base = (PT_REGS_IP(ctx) - {rp.address:#x}ULL) & ~0xfffULL;")
@@ -133,7 +127,7 @@ static __always_inline int enter_{i}(struct pt_regs *ctx) {{
     return f"""
 // {spec.name}: {rp.function} in {rp.path} ({rp.method})
 static __always_inline int enter_{i}(struct pt_regs *ctx) {{
-    PID_GUARD();{quiet}
+    PID_GUARD();
     struct event_t *ev = begin({i}, KIND_CALL);
     if (!ev)
         return 0;
@@ -153,11 +147,11 @@ def failures_sent_by_another(i: int, probes: list[ResolvedProbe]) -> bool:
                for j, other in enumerate(probes))
 
 
-def _return_function(i: int, rp: ResolvedProbe, with_errno: bool, quiet: str = "",
+def _return_function(i: int, rp: ResolvedProbe, with_errno: bool,
                      failures_elsewhere: bool = False) -> str:
     """The return: follow fds, then send the return (and, for a failures-only probe, first
-    the call's record) when the spec's emit mode says so. A quiet return looks its entry up
-    and forgets it."""
+    the call's record) when the spec's emit mode says so. A return that sends nothing looks
+    its entry up and forgets it."""
     from .errno_tls import errno_slot
     spec = rp.spec
     reads, slot_of = _argument_reads(rp, at_return=True)
@@ -189,8 +183,9 @@ def _return_function(i: int, rp: ResolvedProbe, with_errno: bool, quiet: str = "
                      f"        if (ev) {{\n            {body}\n"
                      f"            events.perf_submit(ctx, ev, sizeof(*ev));\n        }}\n    }}")
     lines.append(f"struct event_t *ev = begin({i}, KIND_RETURN);")
-    lines.append("if (ev) {\n        ev->retval = rc;\n        if (entry)\n"
-                 "            ev->duration_ns = ev->ts - entry->ts;\n        else\n"
+    caller = "" if spec.emit == "slow" else "\n            ev->caller = entry->caller;"
+    lines.append("if (ev) {\n        ev->retval = rc;\n        if (entry) {\n"
+                 f"            ev->duration_ns = ev->ts - entry->ts;{caller}\n        }} else\n"
                  "            ev->flags |= F_NO_ENTRY;   // attached while the call was already running")
     got = errno_slot(rp.path) if with_errno else None
     if got is not None:
@@ -208,22 +203,24 @@ def _return_function(i: int, rp: ResolvedProbe, with_errno: bool, quiet: str = "
     PID_GUARD();
     s64 rc = PT_REGS_RC(ctx);
     u32 pid = bpf_get_current_pid_tgid() >> 32;
-    {lookup}{quiet}
+    {lookup}
     {body}
     return 0;
 }}
 """
 
 
-def attach_points(probes: list[ResolvedProbe]) -> list[list[int]]:
-    """The probes grouped by the address they trap at, in catalog order: one uprobe program
-    (call_N, and ret_N where any has a return, N the group's first probe) runs every probe of
-    a group. Each program attached to an address is another consumer the kernel runs at
-    every hit: `--probe all` puts app-latency's io probes on the gfapi fop functions, and one
-    program for both cost a call 1.3 us less than two (bench/probe_overhead.py)."""
+def attach_points(probes: list[ResolvedProbe], folded: dict[int, Fold] | None = None) -> list[list[int]]:
+    """The probes grouped by the address they trap at, in catalog order, leaving out the
+    wrappers seen at their implementation (`folded`, from wrappers.folds): one uprobe
+    program (call_N, and ret_N where any has a return, N the group's first probe) runs every
+    probe of a group. Each program attached to an address is another consumer the kernel
+    runs at every hit: `--probe all` puts app-latency's io probes on the gfapi fop functions,
+    and one program for both cost a call 1.3 us less than two (bench/probe_overhead.py)."""
     groups: dict[tuple[str, int], list[int]] = {}
     for i, rp in enumerate(probes):
-        groups.setdefault((rp.path, rp.address), []).append(i)
+        if i not in (folded or {}):
+            groups.setdefault((rp.path, rp.address), []).append(i)
     return list(groups.values())
 
 
@@ -239,11 +236,14 @@ def _attached_functions(group: list[int], probes: list[ResolvedProbe]) -> str:
     return text
 
 
-def program_text(probes: list[ResolvedProbe], pid: int | None = None, keep_in: str = "task") -> str:
+def program_text(probes: list[ResolvedProbe], pid: int | None = None, keep_in: str = "task",
+                 folded: dict[int, Fold] | None = None) -> str:
     """The common BPF C plus one entry (and return) function per probe; with `pid`, every
     function returns at once in other processes (see PID_GUARD in uprobe_events.c). `keep_in`
     says where a call waits for its return: "task" (task storage) or "hash" (for kernels
-    without task storage in uprobe programs; see keep_entry in uprobe_events.c)."""
+    without task storage in uprobe programs; see keep_entry in uprobe_events.c). `folded`
+    wrappers get no functions: their implementing probe names the calls from them."""
+    folded = folded or {}
     if keep_in not in KEEP_IN:
         raise ValueError(f"keep_in must be one of {', '.join(KEEP_IN)}")
     text = resources.files("correlate.probes").joinpath("uprobe_events.c").read_text()
@@ -255,11 +255,12 @@ def program_text(probes: list[ResolvedProbe], pid: int | None = None, keep_in: s
         defines += f"#define FILTER_TGID {int(pid)}\n"
     parts = [defines + text]
     for i, rp in enumerate(probes):
-        outer = outer_calls(i, probes)
-        parts.append(_entry_function(i, rp, _quiet_guard(outer, at_return=False)))
+        if i in folded:
+            continue
+        wrapped = [(w, f) for w, f in folded.items() if f.inner == i]
+        parts.append(_entry_function(i, rp, _caller_check(rp, wrapped)))
         if rp.spec.retprobe:
-            parts.append(_return_function(i, rp, bool(defines), _quiet_guard(outer, at_return=True),
-                                          failures_sent_by_another(i, probes)))
-    for group in attach_points(probes):
+            parts.append(_return_function(i, rp, bool(defines), failures_sent_by_another(i, probes)))
+    for group in attach_points(probes, folded):
         parts.append(_attached_functions(group, probes))
     return "".join(parts)

@@ -38,9 +38,10 @@ running after `slow_ns` is sent by the collector from the kept record while it r
 detectors see it before the RPCs it causes); the return then sends only itself.
 Functions whose every call matters but whose success says nothing more (the time setters:
 the call carries the times) use `emit="calls"`: the call is sent at its entry, the return
-only when it failed. `quiet_within` names the functions of the same library that call this
-one for their own work (glfs_utimens calls glfs_setattr): while one of those runs on the
-thread, this probe sends nothing, since the outer call already says what it does.
+only when it failed. `implemented_by` names a function of the same library that does this
+one's work (in gfapi 6+, glfs_utimens only calls glfs_setattr): where that function is
+probed too and this one's code calls it, bcc traps only there and reports the calls made
+from here under this name (correlate/probe/wrappers.py).
 `function` may name a symbol version, "glfs_pread@GFAPI_3.4.0" (what older programs call);
 a bare name is the default version.
 """
@@ -98,8 +99,8 @@ class ProbeSpec:
                                 # "slow": only when it took >= slow_ns or failed
     slow_ns: int = 0            # emit="slow": the duration from which a call is sent
     fd_role: str = ""           # "", "opens", "writes", "syncs", "closes" (see the module doc)
-    quiet_within: tuple[str, ...] = ()   # functions of the same library that call this one:
-                                         # while one of them runs on the thread, send nothing
+    implemented_by: str = ""    # a function of the same library that does this one's work:
+                                # seen there, when probed (correlate/probe/wrappers.py)
 
     def __post_init__(self):
         if self.retval not in ("int", "long", "ptr"):
@@ -115,8 +116,8 @@ class ProbeSpec:
             raise ValueError(f"{self.name}: emit=\"slow\" needs slow_ns, an int > 0 (nanoseconds)")
         if self.emit != "slow" and self.slow_ns:
             raise ValueError(f"{self.name}: slow_ns is only for emit=\"slow\"")
-        if isinstance(self.quiet_within, str) or not all(isinstance(f, str) and f for f in self.quiet_within):
-            raise ValueError(f"{self.name}: quiet_within is a tuple of function names")
+        if not isinstance(self.implemented_by, str) or self.implemented_by in self.names:
+            raise ValueError(f"{self.name}: implemented_by is the name of another function")
         if self.fd_role not in FD_ROLES:
             raise ValueError(f"{self.name}: fd_role must be one of {', '.join(map(repr, FD_ROLES))}")
         if (self.emit != "all" or self.fd_role) and not self.retprobe:
@@ -133,29 +134,28 @@ class ProbeSpec:
 
 GFAPI = "libgfapi.so.0"
 SAMBA_GLUSTER = "samba/vfs/glusterfs.so"
-# gfapi 6.0+ implements these with glfs_setattr / glfs_fsetattr
-TIME_SETTERS = ("glfs_utimens", "glfs_lutimens", "glfs_futimens")
 
 BUILTIN: tuple[ProbeSpec, ...] = (
+    # gfapi 6.0+ implements the time setters with glfs_setattr / glfs_fsetattr
     ProbeSpec("gfapi.glfs_utimens", "gfapi", GFAPI, "glfs_utimens",
               (Arg("path", 2, "str"), Arg("times", 3, "timespec2")), retprobe=True, emit="calls",
+              implemented_by="glfs_setattr",
               description="glfs_utimens(fs, path, times[2]): set atime/mtime by path"),
     ProbeSpec("gfapi.glfs_lutimens", "gfapi", GFAPI, "glfs_lutimens",
               (Arg("path", 2, "str"), Arg("times", 3, "timespec2")), retprobe=True, emit="calls",
+              implemented_by="glfs_setattr",
               description="glfs_lutimens(fs, path, times[2]): as utimens, not following links"),
     ProbeSpec("gfapi.glfs_futimens", "gfapi", GFAPI, "glfs_futimens",
               (Arg("fd", 1, "ptr"), Arg("times", 2, "timespec2")), retprobe=True, emit="calls",
+              implemented_by="glfs_fsetattr",
               description="glfs_futimens(glfd, times[2]): set atime/mtime by open file"),
     ProbeSpec("gfapi.glfs_setattr", "gfapi", GFAPI, "glfs_setattr",
               (Arg("path", 2, "str"), Arg("stat", 3, "glfs_stat"), Arg("follow", 4, "int")),
-              retprobe=True, emit="calls", quiet_within=TIME_SETTERS,
-              description="glfs_setattr(fs, path, glfs_stat, follow) (gfapi 6.0+); "
-                          "not when glfs_utimens or glfs_lutimens calls it"),
+              retprobe=True, emit="calls",
+              description="glfs_setattr(fs, path, glfs_stat, follow) (gfapi 6.0+)"),
     ProbeSpec("gfapi.glfs_fsetattr", "gfapi", GFAPI, "glfs_fsetattr",
               (Arg("fd", 1, "ptr"), Arg("stat", 2, "glfs_stat")), retprobe=True, emit="calls",
-              quiet_within=TIME_SETTERS,
-              description="glfs_fsetattr(glfd, glfs_stat) (gfapi 6.0+); not when glfs_futimens "
-                          "calls it"),
+              description="glfs_fsetattr(glfd, glfs_stat) (gfapi 6.0+)"),
     ProbeSpec("gfapi.glfs_init", "gfapi", GFAPI, "glfs_init", (Arg("fs", 1, "ptr"),),
               retprobe=True,
               description="glfs_init(fs): a call without a return is a mount that hangs"),

@@ -18,6 +18,7 @@ from ..outputs.terminal import safe_text
 from ..run_setup import detector_options
 from . import catalog
 from .resolve import parse_offsets, resolve
+from .wrappers import folds
 
 GROUP_HELP = "gfapi, samba, all, or a plugin's group (repeatable)"
 
@@ -178,17 +179,24 @@ def probes(groups, pid, offsets, as_json):
       correlate probes --pid $(pgrep -o smbd)
     """
     offsets_map = parse_offsets(offsets)
+    rows, resolved = [], []
     for spec in _specs(groups):
         row = {"probe": spec.name, "group": spec.group, "function": spec.function,
                "args": [describe_arg(a) for a in spec.args], "retprobe": spec.retprobe,
-               "emit": spec.emit, "quiet_within": list(spec.quiet_within)}
+               "emit": spec.emit, "implemented_by": spec.implemented_by or None, "seen_at": None}
         try:
             rp = resolve(spec, pid, offsets_map)
             row.update(library=rp.path, resolved_as=rp.function, method=rp.method,
                        address=f"{rp.address:#x}", detail=rp.detail,
                        args=[describe_arg(a) for a in rp.arguments], notes=list(rp.notes))
+            resolved.append((row, rp))
         except CorrelateError as exc:
             row.update(library=spec.library, error=str(exc))
+        rows.append((spec, row))
+    rps = [rp for _row, rp in resolved]
+    for i, fold in folds(rps).items():    # bcc traps these where they call their implementation
+        resolved[i][0]["seen_at"] = rps[fold.inner].function
+    for spec, row in rows:
         if as_json:
             click.echo(json.dumps(row))
             continue
@@ -203,7 +211,7 @@ def probes(groups, pid, offsets, as_json):
             click.echo(f"{spec.name:<28} {row['method']:<13} {row['address']:>9}  {row['library']}"
                        f"{alias}{ret}{extra}")
             click.echo(f"{'':<28} args: {', '.join(row['args']) or '-'}")
-            if spec.quiet_within:
-                click.echo(f"{'':<28} quiet while {' or '.join(spec.quiet_within)} runs on the thread")
+            if row["seen_at"]:
+                click.echo(f"{'':<28} bcc: seen in {row['seen_at']}, which it calls (no trap of its own)")
             for note in row["notes"]:
                 click.echo(f"{'':<28} note: {note}")

@@ -377,23 +377,29 @@ def functions_calling(elf: ElfFile, callees: tuple[str, ...]) -> list[tuple[int,
     for start, end in elf.fde_ranges():
         if any(lo < end and start < hi for lo, hi in plt):
             continue
-        code = elf.read_vaddr(start, end - start)
         seen: set[str] = set()
-        for i in range(len(code) - 4):
-            op = code[i]
-            if op in (0xE8, 0xE9) and i + 5 <= len(code):
-                target = start + i + 5 + struct.unpack_from("<i", code, i + 1)[0]
-                name = wanted_stub.get(target)
-            elif op == 0xFF and i + 6 <= len(code) and code[i + 1] in (0x15, 0x25):
-                target = start + i + 6 + struct.unpack_from("<i", code, i + 2)[0]
-                name = wanted_slot.get(target)
-            else:
-                continue
+        for _kind, target, through_slot in branches(elf.read_vaddr(start, end - start), start):
+            name = (wanted_slot if through_slot else wanted_stub).get(target)
             if name:
                 seen.add(name)
         if seen >= set(callees):
             found.append((start, end))
     return found
+
+
+def branches(code: bytes, start: int):
+    """("call" or "jump", target, through_slot) for every `call/jmp rel32` (e8, e9) and
+    `call/jmp *slot(%rip)` (ff 15, ff 25; target is the slot) found at any byte of `code`,
+    which starts at virtual address `start`. Byte-wise, so it may see a pattern inside
+    another instruction; callers look for exact targets, which makes that harmless."""
+    for i in range(len(code) - 4):
+        op = code[i]
+        if op in (0xE8, 0xE9) and i + 5 <= len(code):
+            yield ("call" if op == 0xE8 else "jump",
+                   start + i + 5 + struct.unpack_from("<i", code, i + 1)[0], False)
+        elif op == 0xFF and i + 6 <= len(code) and code[i + 1] in (0x15, 0x25):
+            yield ("call" if code[i + 1] == 0x15 else "jump",
+                   start + i + 6 + struct.unpack_from("<i", code, i + 2)[0], True)
 
 
 def resolve_in_file(path: str, function: str, calls: tuple[tuple[str, ...], ...] = ()) -> Resolution:
