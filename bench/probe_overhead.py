@@ -301,7 +301,7 @@ def main(argv=None) -> int:
         for group in opts.group or ["gfapi", "all"]:
             r = measure_group(group, opts.files, opts.pairs, opts.verbose, opts.pid_filter)
             report(r)
-            # glfs_utimens sends its call per file (emit="calls"; the glfs_setattr it calls is quiet)
+            # glfs_utimens sends its call per file (emit="calls"; seen in the glfs_setattr it calls)
             expected = opts.files * opts.pairs if group in ("gfapi", "all") else 0
             if r["events"] < expected:
                 print(f"probe_overhead: expected at least {expected} events, saw {r['events']}")
