@@ -200,6 +200,7 @@ def measure_group(group: str, files: int, pairs: int, verbose: bool = False,
     cpu_probed = statistics.fmean(c for _, c in probed) / files
     return {
         "group": group + (" --pid" if pid_filter else ""), "probes": session.attached,
+        "addresses": session.collector.trap_addresses,
         "events": session.events_seen, "lost": session.lost, "files": files, "pairs": pairs,
         "wall_ratio": mean_probed / mean_plain, "wall_interval": bootstrap_ratio(walls),
         "pair_median": statistics.median(w / p for p, w in walls),
@@ -214,7 +215,8 @@ def report(r: dict) -> None:
     lo, hi = r["wall_interval"]
     cpu_plain, cpu_probed = r["cpu_per_file"]
     verdict = "within" if r["wall_ratio"] <= TARGET else "ABOVE"
-    print(f"--probe {r['group']} ({r['probes']} probe points, {r['events']} events, {r['lost']} lost), "
+    print(f"--probe {r['group']} ({r['probes']} probes at {r['addresses']} addresses, {r['events']} events, "
+          f"{r['lost']} lost), "
           f"{r['pairs']} block pairs of {r['files']} files:")
     print(f"  wall: {r['wall_ratio']:.3f}x ({(r['wall_ratio'] - 1) * 100:+.1f}%; 95% interval "
           f"{lo:.3f}-{hi:.3f}; median of pairs {r['pair_median']:.3f}x) {verdict} the {TARGET}x target")

@@ -403,7 +403,7 @@ def test_bcc_calls_emit_and_a_wrapper_seen_in_the_function_it_calls(tmp_path, ke
     collector = BccCollector([resolve(s, child.pid) for s in specs], pid=child.pid, keep_in=keep_in)
     assert list(collector.folded) == [0] and collector.folded[0].inner == 1
     collector.start()
-    assert collector.kept_in == keep_in and collector.attached == 2
+    assert collector.kept_in == keep_in and collector.trap_addresses == 2
     seen = []
     calls = (("inner", 5), ("outer", 6), ("outer", -7), ("inner", -8), ("outer_tail", 9))
     try:

@@ -217,9 +217,9 @@ class BccCollector:
         self.kept_in = keep_in
 
     @property
-    def attached(self) -> int:
-        """Probe points: addresses the program is attached to (a wrapper seen at its
-        implementation has none; probes on one function share one)."""
+    def trap_addresses(self) -> int:
+        """Addresses the program is attached to: fewer than the probes, since probes on one
+        function share one and a wrapper seen in its implementation has none."""
         return len(attach_points(self.probes, self.folded))
 
     def attach(self) -> None:
