@@ -74,7 +74,8 @@ struct entry_t {
     u64 ints[4];        // int / long / ptr / fd arguments, in spec order
     u64 str_ptr;        // the str argument's pointer
     u64 struct_ptr;     // the struct argument's pointer
-    u64 caller;         // the call record's caller
+    u32 caller;         // the call record's caller
+    u32 pid;            // emit="slow": the collector reads a running call's arguments
 };
 
 // --pid: every probe is attached to the library (all processes) and returns at once in any
@@ -91,9 +92,10 @@ struct entry_t {
 BPF_PERF_OUTPUT(events);
 BPF_PERCPU_ARRAY(scratch, struct event_t, 1);
 BPF_PERCPU_ARRAY(fd_scratch, struct fd_info_t, 1);
-// emit="slow" probes keep the call's whole record instead: the collector sends it from here
-// while a slow call still runs (bcc_backend.py), so it must hold what the call event says
-BPF_TABLE("lru_hash", u64, struct event_t, slow_calls, 1024);
+// emit="slow" probes keep their calls here, where the collector can list them: it sends a
+// call that has run slow_ns already while it still runs, reading its strings and structs
+// from the process (bcc_backend.py, proc_memory.py)
+BPF_TABLE("lru_hash", u64, struct entry_t, slow_calls, 1024);
 BPF_TABLE("lru_hash", struct fd_key_t, struct fd_info_t, fds, 8192);
 
 static __always_inline struct event_t *begin(u32 probe_id, u32 kind) {
@@ -150,29 +152,7 @@ static __always_inline int read_words(struct event_t *ev, const void *p, int off
     return 0;
 }
 
-// struct timespec times[2]: atime, mtime -> words[0..3]
-static __always_inline void read_timespec2(struct event_t *ev, const void *p) {
-    if (!p)
-        return;
-    ev->flags |= read_words(ev, p, 0, 0, 4) == 0 ? F_STRUCT : F_STRUCT_FAULT;
-}
-
-// struct smb_file_time { mtime, atime, ctime, create_time } -> words[0..7]
-static __always_inline void read_smb_file_time(struct event_t *ev, const void *p) {
-    if (!p)
-        return;
-    ev->flags |= read_words(ev, p, 0, 0, 8) == 0 ? F_STRUCT : F_STRUCT_FAULT;
-}
-
-// struct glfs_stat: mask @0 -> words[0], atime @0x18 -> words[1..2], mtime @0x48 -> words[3..4]
-static __always_inline void read_glfs_stat(struct event_t *ev, const void *p) {
-    if (!p)
-        return;
-    int bad = read_words(ev, p, 0, 0, 1);
-    bad |= read_words(ev, p, 0x18, 1, 2);
-    bad |= read_words(ev, p, 0x48, 3, 2);
-    ev->flags |= bad == 0 ? F_STRUCT : F_STRUCT_FAULT;
-}
+// read_timespec2, read_smb_file_time, read_glfs_stat: generated (catalog.STRUCT_WORDS)
 
 static __always_inline u64 entry_key(u32 probe_id) {
     return ((u64)(u32)bpf_get_current_pid_tgid() << 32) | probe_id;

@@ -348,7 +348,10 @@ def _poll_until(collector, pred, timeout: float) -> list[dict]:
 
 
 NESTED_SRC = r"""
+#include <time.h>
 __attribute__((noinline)) int inner(int x) { return x < 0 ? -1 : x; }
+/* sleeps for ts[0]: a slow call with a string and a struct to read while it runs */
+int hold(const char *path, const struct timespec ts[2]) { return nanosleep(&ts[0], 0) + (path ? 0 : 1); }
 int outer(int x) { return inner(x); }
 /* a wrapper that tail-jumps to inner: no return address of its own on inner's stack */
 __asm__(".globl outer_tail\n.type outer_tail, @function\nouter_tail:\n"
@@ -358,10 +361,16 @@ __asm__(".globl outer_tail\n.type outer_tail, @function\nouter_tail:\n"
 NESTED_CHILD = """
 import ctypes, sys
 lib = ctypes.CDLL(sys.argv[1])
+class TS(ctypes.Structure):
+    _fields_ = [("sec", ctypes.c_long), ("nsec", ctypes.c_long)]
 print("ready", flush=True)
 for line in sys.stdin:
     name, arg = line.split()
-    print(getattr(lib, name)(int(arg)), flush=True)
+    if name == "hold":   # hold(path, {ms, (5 s, 6 ns)})
+        ms = int(arg)
+        print(lib.hold(b"/held/path", (TS * 2)(TS(ms // 1000, ms % 1000 * 1000000), TS(5, 6))), flush=True)
+    else:
+        print(getattr(lib, name)(int(arg)), flush=True)
 """
 
 
@@ -501,3 +510,41 @@ def test_bcc_falls_back_to_the_hash_where_the_kernel_refuses_task_storage(tmp_pa
         child.stdin.close()
         child.wait(10)
     assert [(e["kind"], e.get("retval")) for e in seen] == [("probe.call", None), ("probe.return", -1)], seen
+
+
+def test_bcc_a_slow_call_is_sent_while_it_runs_with_its_memory_read_then(tmp_path):
+    """emit="slow" keeps only a call's registers; the collector sends a call that has run
+    slow_ns already while it still runs, reading its string and struct from the process
+    (proc_memory.py): the same values the program reads at the return."""
+    lib = _nested_library(tmp_path)
+    from correlate.probe.bcc_backend import BccCollector
+    spec = ProbeSpec("t.hold", "t", str(lib), "hold", (Arg("path", 1, "str"), Arg("ts", 2, "timespec2")),
+                     retprobe=True, emit="slow", slow_ns=150_000_000)
+    child = subprocess.Popen([sys.executable, "-c", NESTED_CHILD, str(lib)], stdin=subprocess.PIPE,
+                             stdout=subprocess.PIPE, text=True)
+    assert child.stdout.readline().strip() == "ready"
+    collector = BccCollector([resolve(spec, child.pid)], pid=child.pid)
+    collector.start()
+    early, events = [], []
+    try:
+        for ms in (1, 2, 3):
+            child.stdin.write(f"hold {ms}\n")
+            child.stdin.flush()
+            assert child.stdout.readline().strip() == "0"
+        events += collector.poll(100)
+        assert events == []                               # fast: nothing sent
+        child.stdin.write("hold 1000\n")
+        child.stdin.flush()
+        early = _poll_until(collector, lambda e: e["kind"] == "probe.call", 0.8)
+        assert child.stdout.readline().strip() == "0"
+        events += _poll_until(collector, lambda e: e["kind"] == "probe.return", 5)
+    finally:
+        events += collector.stop()
+        child.stdin.close()
+        child.wait(10)
+    call, = early
+    assert call["args"] == {"path": "/held/path", "atime": 1, "atime_nsec": 0, "mtime": 5,
+                            "mtime_nsec": 6}, call
+    assert call["pid"] == child.pid and call["comm"] and "unreadable" not in call
+    assert [e["kind"] for e in events] == ["probe.return"], events   # the call's copy dropped
+    assert events[0]["time_ns"] - call["time_ns"] == events[0]["duration_ns"] >= 1_000_000_000

@@ -201,6 +201,17 @@ def test_program_text_has_one_function_pair_per_probe_and_one_program_per_addres
     assert "read_str(ev, (const void *)PT_REGS_PARM2(ctx));" in text
 
 
+def test_struct_readers_are_generated_from_the_struct_layouts():
+    text = bcc_backend.program_text([_fake(s) for s in catalog.select("gfapi")])
+    stat = text.split("void read_glfs_stat(", 1)[1].split("}", 1)[0]
+    assert ("bad |= read_words(ev, p, 0x0, 0, 1);\n    bad |= read_words(ev, p, 0x18, 1, 2);\n"
+            "    bad |= read_words(ev, p, 0x48, 3, 2);") in stat
+    assert "bad |= read_words(ev, p, 0x0, 0, 8);" in text.split("void read_smb_file_time(", 1)[1]
+    assert set(catalog.STRUCT_WORDS) == set(catalog.STRUCT_KINDS)
+    for runs in catalog.STRUCT_WORDS.values():      # the record holds 11 words
+        assert sum(n for _off, n in runs) <= 11
+
+
 def test_program_text_keeps_calls_in_task_storage_or_in_the_hash():
     rps = [_fake(s) for s in catalog.select("gfapi")]
     task = bcc_backend.program_text(rps)
@@ -555,14 +566,18 @@ def test_program_sends_slow_or_failed_calls_only():
     failures = next(s for s in catalog.select("gfapi") if s.function == "glfs_open")
     text = bcc_backend.program_text([_fake(slow), _fake(failures)])
     call = text.split("int enter_0(")[1].split("int leave_0(")[0]
-    # the whole record is kept, not sent: the collector may send it while the call runs
-    assert "perf_submit" not in call and "slow_calls.update(&key, ev);" in call
+    # only the registers and the pid are kept, nothing is sent or read: the collector lists
+    # slow_calls and may send the call while it runs, reading its memory then
+    assert "perf_submit" not in call and "begin(" not in call and "read_" not in call
+    assert "e.pid = bpf_get_current_pid_tgid() >> 32;" in call and "slow_calls.update(&key, &e);" in call
     ret = text.split("int leave_0(")[1].split("int enter_1(")[0]
-    assert "struct event_t *entry = slow_calls.lookup(&key);" in ret
+    assert "struct entry_t *entry = slow_calls.lookup(&key);" in ret
     assert "int failed = rc < 0;" in ret
     assert "int send = failed || (entry && bpf_ktime_get_ns() - entry->ts >= 100000000ULL);" in ret
     sending = ret.split("if (!send) {")[1].split("return 0;", 1)[1]
-    assert sending.index("perf_submit(ctx, entry") < sending.index("begin(0, KIND_RETURN)")
+    # the call's record is built from the kept registers and sent before the return's
+    assert sending.index("call_record(0, entry)") < sending.index("perf_submit(ctx, ev")
+    assert sending.index("perf_submit(ctx, ev") < sending.index("begin(0, KIND_RETURN)")
     assert "slow_calls.delete(&key);" in ret and "forget_entry" not in ret
     # emit="failures" is unchanged
     ret_open = text.split("int leave_1(")[1]

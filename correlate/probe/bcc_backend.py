@@ -7,9 +7,11 @@ Probes with emit="slow" send a call only once it is known to be slow, at its ret
 as late as the call was long, and a detector that ties RPCs to the call in progress (app-
 latency) needs the call first. So each poll also looks at the calls in progress (the
 program's `slow_calls` table) and sends the call of every slow probe that has run for slow_ns
-already, from its kept record, at its own time: at most slow_ns plus a scan interval late,
-inside the merge's reorder window. The copy the return sends later is dropped (the same
-tid, probe and entry time).
+already, at its own time: at most slow_ns plus a scan interval late, inside the merge's
+reorder window. The table keeps only the call's registers (copying strings at every call of
+a hot function cost more than the rest of the program); the call's strings and structs are
+read from the running process then (proc_memory.py). The copy the return sends later is
+dropped (the same tid, probe and entry time).
 """
 from __future__ import annotations
 
@@ -25,6 +27,7 @@ from .bcc_program import KEEP_IN, attach_points, program_text
 from .catalog import MAX_STR, STRUCT_KINDS, WORD_KINDS
 from .clock import ClockMap
 from .errors import BccMissing, KernelHeadersMissing, NotRoot, ProbeError, kernel_headers_dir
+from .proc_memory import ProcessMemory
 from .resolve import ResolvedProbe
 from .wrappers import folds
 
@@ -48,6 +51,21 @@ class EventRecord(ctypes.Structure):
                 ("kind", ctypes.c_uint32), ("flags", ctypes.c_uint32), ("err", ctypes.c_int32),
                 ("caller", ctypes.c_uint32), ("pad", ctypes.c_uint32),
                 ("comm", ctypes.c_char * 16), ("str", ctypes.c_char * MAX_STR)]
+
+
+class EntryRecord(ctypes.Structure):
+    """Mirror of struct entry_t in probes/uprobe_events.c (what slow_calls keeps)."""
+    _fields_ = [("ts", ctypes.c_uint64), ("base", ctypes.c_uint64), ("ints", ctypes.c_uint64 * 4),
+                ("str_ptr", ctypes.c_uint64), ("struct_ptr", ctypes.c_uint64),
+                ("caller", ctypes.c_uint32), ("pid", ctypes.c_uint32)]
+
+
+def _thread_name(pid: int, tid: int) -> bytes:
+    try:
+        with open(f"/proc/{int(pid)}/task/{int(tid)}/comm", "rb") as fh:
+            return fh.read(15).rstrip(b"\n")
+    except OSError:
+        return b""
 
 
 def check_bcc_prerequisites() -> None:
@@ -278,18 +296,58 @@ class BccCollector:
             return
         self._last_scan = now
         for key, value in self.bpf[b"slow_calls"].items():   # at most the table's 1024
-            probe_id = key.value & 0xFFFFFFFF
+            probe_id, tid = key.value & 0xFFFFFFFF, key.value >> 32
             slow_ns = self._slow.get(probe_id)
             if slow_ns is None:
                 continue
-            rec = EventRecord.from_buffer_copy(value)
-            if rec.kind != KIND_CALL or now - rec.ts < slow_ns or rec.probe_id != probe_id:
-                continue
-            if (rec.tid, probe_id, rec.ts) in self._sent:   # its return's copy came first
-                continue
+            entry = EntryRecord.from_buffer_copy(value)
+            if not entry.ts or now - entry.ts < slow_ns or (tid, probe_id, entry.ts) in self._sent:
+                continue   # not slow yet, or its return's copy came first
+            rec = self._running_call(probe_id, tid, entry)
             self._first_send(rec)
             self._pending.append(record_to_event(self.probes[probe_id], rec, self.clock,
                                                  self.source, self.host))
+
+    def _running_call(self, probe_id: int, tid: int, entry: "EntryRecord") -> EventRecord:
+        """The call record the program would have built, from a running call's kept
+        registers: strings and structs read from its process now (proc_memory.py), the
+        path of an fd from the program's fd table."""
+        rp = self.probes[probe_id]
+        rec = EventRecord(ts=entry.ts, base=entry.base, pid=entry.pid, tid=tid, probe_id=probe_id,
+                          kind=KIND_CALL, caller=entry.caller)
+        rec.ints[:] = list(entry.ints)
+        rec.comm = _thread_name(entry.pid, tid)
+        slot = 0
+        with ProcessMemory(entry.pid) as memory:
+            for arg in rp.arguments:
+                if arg.kind == "str":
+                    text = memory.string(entry.str_ptr, tuple(arg.deref)) if entry.str_ptr else None
+                    if text is not None:
+                        rec.str, rec.flags = text, rec.flags | F_STR
+                    elif entry.str_ptr:
+                        rec.flags |= F_STR_FAULT
+                elif arg.kind in STRUCT_KINDS and entry.struct_ptr:
+                    words = memory.struct_words(arg.kind, entry.struct_ptr)
+                    if words is None:
+                        rec.flags |= F_STRUCT_FAULT
+                    else:
+                        rec.words[:len(words)] = words
+                        rec.flags |= F_STRUCT
+                elif arg.kind in WORD_KINDS:
+                    if arg.kind == "fd":
+                        path = self._fd_path(entry.pid, entry.ints[slot])
+                        if path:
+                            rec.str, rec.flags = path, rec.flags | F_STR | F_FD_PATH
+                    slot += 1
+        return rec
+
+    def _fd_path(self, pid: int, fd: int) -> bytes | None:
+        table = self.bpf[b"fds"]
+        try:
+            info = table[table.Key(pid, 0, fd)]
+        except (KeyError, TypeError):
+            return None
+        return bytes(info.path).split(b"\0", 1)[0] or None
 
     def poll(self, timeout_ms: int = 100) -> list[dict]:
         if self.bpf is None:

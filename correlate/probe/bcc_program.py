@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from importlib import resources
 
-from .catalog import STRUCT_KINDS, WORD_KINDS
+from .catalog import STRUCT_KINDS, STRUCT_WORDS, WORD_KINDS
 from .errors import ProbeError
 from .resolve import ResolvedProbe
 from .wrappers import Fold
@@ -67,7 +67,8 @@ def _argument_reads(rp: ResolvedProbe, at_return: bool) -> tuple[list[str], dict
 
 def _keep_entry(i: int, rp: ResolvedProbe, from_record: bool) -> str:
     """C block that keeps the call (its time, load address and argument registers) until the
-    return: copied from the call's record when one was sent, else read from the registers."""
+    return: copied from the call's record when one was sent, else read from the registers.
+    An emit="slow" call waits in slow_calls, where the collector can list it, with its pid."""
     lines = ["struct entry_t e = {};"]
     lines.append("e.ts = ev->ts;\n    e.caller = ev->caller;" if from_record else "e.ts = bpf_ktime_get_ns();")
     # the library's load address: the probe's address minus its ELF address
@@ -82,7 +83,11 @@ def _keep_entry(i: int, rp: ResolvedProbe, from_record: bool) -> str:
             lines.append(f"e.str_ptr = {reg};")
         elif arg.kind in STRUCT_KINDS:
             lines.append(f"e.struct_ptr = {reg};")
-    lines.append(f"keep_entry({i}, &e);")
+    if rp.spec.emit == "slow":
+        lines.append(f"e.pid = bpf_get_current_pid_tgid() >> 32;\n    u64 key = entry_key({i});\n"
+                     "    slow_calls.update(&key, &e);")
+    else:
+        lines.append(f"keep_entry({i}, &e);")
     return "\n    ".join(lines)
 
 
@@ -102,7 +107,7 @@ def _caller_check(rp: ResolvedProbe, wrapped: list[tuple[int, Fold]]) -> str:
 
 def _entry_function(i: int, rp: ResolvedProbe, caller_check: str = "") -> str:
     spec = rp.spec
-    if spec.emit == "failures":
+    if spec.emit in ("failures", "slow"):
         # nothing is sent at the entry: keep the registers, decide at the return
         return f"""
 // {spec.name}: {rp.function} in {rp.path} ({rp.method})
@@ -115,14 +120,9 @@ static __always_inline int enter_{i}(struct pt_regs *ctx) {{
     reads, _ = _argument_reads(rp, at_return=False)
     if caller_check:
         reads.append(caller_check)
-    if spec.emit == "slow":
-        # the whole record waits for the return (or the collector's scan of calls in progress)
-        reads.append(f"ev->base = (PT_REGS_IP(ctx) - {rp.address:#x}ULL) & ~0xfffULL;")
-        reads.append(f"u64 key = entry_key({i});\n    slow_calls.update(&key, ev);")
-    else:
-        reads.append("events.perf_submit(ctx, ev, sizeof(*ev));")
-        if spec.retprobe:
-            reads.append(_keep_entry(i, rp, from_record=True))
+    reads.append("events.perf_submit(ctx, ev, sizeof(*ev));")
+    if spec.retprobe:
+        reads.append(_keep_entry(i, rp, from_record=True))
     body = "\n    ".join(reads)
     return f"""
 // {spec.name}: {rp.function} in {rp.path} ({rp.method})
@@ -172,20 +172,17 @@ def _return_function(i: int, rp: ResolvedProbe, with_errno: bool,
     forget = "slow_calls.delete(&key);" if spec.emit == "slow" else f"forget_entry({i}, entry);"
     lines.append(f"if (!send) {{\n        if (entry)\n            {forget}\n"
                  "        return 0;\n    }")
-    if spec.emit == "slow":
-        # the kept record goes out first, at its own time; the collector drops it when its
-        # scan of calls in progress sent it already
-        lines.append("if (entry)\n        events.perf_submit(ctx, entry, sizeof(*entry));")
-    elif spec.emit == "failures":
-        # the call's record goes out first, at its own time
+    if spec.emit in ("failures", "slow"):
+        # the call's record goes out first, at its own time (for a slow call the collector
+        # drops it when its scan of calls in progress sent the call already)
         body = "\n        ".join(reads)
         lines.append(f"if (entry) {{\n        struct event_t *ev = call_record({i}, entry);\n"
                      f"        if (ev) {{\n            {body}\n"
                      f"            events.perf_submit(ctx, ev, sizeof(*ev));\n        }}\n    }}")
     lines.append(f"struct event_t *ev = begin({i}, KIND_RETURN);")
-    caller = "" if spec.emit == "slow" else "\n            ev->caller = entry->caller;"
     lines.append("if (ev) {\n        ev->retval = rc;\n        if (entry) {\n"
-                 f"            ev->duration_ns = ev->ts - entry->ts;{caller}\n        }} else\n"
+                 "            ev->duration_ns = ev->ts - entry->ts;\n"
+                 "            ev->caller = entry->caller;\n        } else\n"
                  "            ev->flags |= F_NO_ENTRY;   // attached while the call was already running")
     got = errno_slot(rp.path) if with_errno else None
     if got is not None:
@@ -196,7 +193,7 @@ def _return_function(i: int, rp: ResolvedProbe, with_errno: bool,
     lines.append(f"if (entry)\n        {forget}")
     body = "\n    ".join(lines)
     if spec.emit == "slow":
-        lookup = f"u64 key = entry_key({i});\n    struct event_t *entry = slow_calls.lookup(&key);"
+        lookup = f"u64 key = entry_key({i});\n    struct entry_t *entry = slow_calls.lookup(&key);"
     else:
         lookup = f"struct entry_t *entry = kept_entry({i});"
     return f"""static __always_inline int leave_{i}(struct pt_regs *ctx) {{
@@ -236,6 +233,27 @@ def _attached_functions(group: list[int], probes: list[ResolvedProbe]) -> str:
     return text
 
 
+def struct_readers() -> str:
+    """read_<kind>(ev, p) for every struct kind, from catalog.STRUCT_WORDS."""
+    out = []
+    for kind, runs in STRUCT_WORDS.items():
+        reads, at = [], 0
+        for offset, words in runs:
+            reads.append(f"bad |= read_words(ev, p, {offset:#x}, {at}, {words});")
+            at += words
+        body = "\n    ".join(reads)
+        out.append(f"""
+static __always_inline void read_{kind}(struct event_t *ev, const void *p) {{
+    if (!p)
+        return;
+    int bad = 0;
+    {body}
+    ev->flags |= bad == 0 ? F_STRUCT : F_STRUCT_FAULT;
+}}
+""")
+    return "".join(out)
+
+
 def program_text(probes: list[ResolvedProbe], pid: int | None = None, keep_in: str = "task",
                  folded: dict[int, Fold] | None = None) -> str:
     """The common BPF C plus one entry (and return) function per probe; with `pid`, every
@@ -253,7 +271,7 @@ def program_text(probes: list[ResolvedProbe], pid: int | None = None, keep_in: s
         defines += "#define KEEP_IN_HASH\n"
     if pid is not None:
         defines += f"#define FILTER_TGID {int(pid)}\n"
-    parts = [defines + text]
+    parts = [defines + text, struct_readers()]
     for i, rp in enumerate(probes):
         if i in folded:
             continue

@@ -52,6 +52,14 @@ from dataclasses import dataclass
 MAX_STR = 256
 ARG_KINDS = ("str", "int", "long", "ptr", "fd", "timespec2", "smb_file_time", "glfs_stat")
 STRUCT_KINDS = ("timespec2", "smb_file_time", "glfs_stat")
+# What each struct kind reads: (byte offset, 8-byte words) runs, stored one after another in
+# the record's words. The BPF readers are generated from this (bcc_program.py), and the
+# collector reads a running slow call's struct with it (proc_memory.py).
+STRUCT_WORDS = {
+    "timespec2": ((0, 4),),             # times[2]: atime sec, nsec, mtime sec, nsec
+    "smb_file_time": ((0, 8),),         # mtime, atime, ctime, create_time
+    "glfs_stat": ((0, 1), (0x18, 2), (0x48, 2)),   # mask, atime, mtime
+}
 WORD_KINDS = ("int", "long", "ptr", "fd")       # one 8-byte slot each
 EMITS = ("all", "calls", "failures", "slow")
 FD_ROLES = ("", "opens", "writes", "syncs", "closes")
