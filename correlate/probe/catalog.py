@@ -30,12 +30,13 @@ in the kernel without sending anything: "opens" (the return is a new fd for the 
 path), "writes" (a successful return adds to the fd's acknowledged, not yet synced writes),
 "syncs" and "closes" (the return carries that tally; a successful fsync clears it).
 A function that is called often but matters only when it is slow uses `emit="slow"` with
-`slow_ns`: the program keeps the call's whole record and sends call and return only
-when the call took at least `slow_ns` (the return knows its duration from the kept record)
+`slow_ns`: the program keeps the call's registers (as for "failures", in a table the
+collector can list) and sends call and return only when the call took at least `slow_ns`
 or when it failed, so a failure is never hidden by a fast return (unless another probe on
 the same function sends the failures: then only slow calls). Live, a call still
-running after `slow_ns` is sent by the collector from the kept record while it runs (so
-detectors see it before the RPCs it causes); the return then sends only itself.
+running after `slow_ns` is sent by the collector while it runs, its strings and structs
+read from the process then (so detectors see it before the RPCs it causes); the return
+then sends only itself.
 Functions whose every call matters but whose success says nothing more (the time setters:
 the call carries the times) use `emit="calls"`: the call is sent at its entry, the return
 only when it failed. `implemented_by` names a function of the same library that does this
