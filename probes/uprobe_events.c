@@ -210,6 +210,23 @@ static __always_inline void forget_entry(u32 probe_id, struct entry_t *e) {
 }
 #endif
 
+// emit="slow" calls wait in slow_calls instead (listed by the collector), with their pid.
+static __always_inline void keep_slow_call(u32 probe_id, struct entry_t *e) {
+    u64 key = entry_key(probe_id);
+    e->pid = bpf_get_current_pid_tgid() >> 32;
+    slow_calls.update(&key, e);
+}
+
+static __always_inline struct entry_t *kept_slow_call(u32 probe_id) {
+    u64 key = entry_key(probe_id);
+    return slow_calls.lookup(&key);
+}
+
+static __always_inline void forget_slow_call(u32 probe_id, struct entry_t *e) {
+    u64 key = entry_key(probe_id);
+    slow_calls.delete(&key);
+}
+
 // The call's record, built at its return from what the entry kept.
 static __always_inline struct event_t *call_record(u32 probe_id, struct entry_t *entry) {
     struct event_t *ev = begin(probe_id, KIND_CALL);

@@ -569,16 +569,20 @@ def test_program_sends_slow_or_failed_calls_only():
     # only the registers and the pid are kept, nothing is sent or read: the collector lists
     # slow_calls and may send the call while it runs, reading its memory then
     assert "perf_submit" not in call and "begin(" not in call and "read_" not in call
-    assert "e.pid = bpf_get_current_pid_tgid() >> 32;" in call and "slow_calls.update(&key, &e);" in call
+    assert "keep_slow_call(0, &e);" in call and "keep_entry" not in call
+    keep = text.split("void keep_slow_call(", 1)[1].split("}", 1)[0]
+    assert "e->pid = bpf_get_current_pid_tgid() >> 32;" in keep and "slow_calls.update(&key, e);" in keep
     ret = text.split("int leave_0(")[1].split("int enter_1(")[0]
-    assert "struct entry_t *entry = slow_calls.lookup(&key);" in ret
+    assert "struct entry_t *entry = kept_slow_call(0);" in ret
+    assert "return slow_calls.lookup(&key);" in text.split("kept_slow_call(u32 probe_id)", 1)[1].split("}", 1)[0]
     assert "int failed = rc < 0;" in ret
     assert "int send = failed || (entry && bpf_ktime_get_ns() - entry->ts >= 100000000ULL);" in ret
     sending = ret.split("if (!send) {")[1].split("return 0;", 1)[1]
     # the call's record is built from the kept registers and sent before the return's
     assert sending.index("call_record(0, entry)") < sending.index("perf_submit(ctx, ev")
     assert sending.index("perf_submit(ctx, ev") < sending.index("begin(0, KIND_RETURN)")
-    assert "slow_calls.delete(&key);" in ret and "forget_entry" not in ret
+    assert "forget_slow_call(0, entry);" in ret and "forget_entry" not in ret
+    assert "slow_calls.delete(&key);" in text.split("forget_slow_call(u32 probe_id", 1)[1].split("}", 1)[0]
     # emit="failures" is unchanged
     ret_open = text.split("int leave_1(")[1]
     assert "int send = failed;" in ret_open and "duration_ns >=" not in ret_open

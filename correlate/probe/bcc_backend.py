@@ -27,7 +27,7 @@ from .bcc_program import KEEP_IN, attach_points, program_text
 from .catalog import MAX_STR, STRUCT_KINDS, WORD_KINDS
 from .clock import ClockMap
 from .errors import BccMissing, KernelHeadersMissing, NotRoot, ProbeError, kernel_headers_dir
-from .proc_memory import ProcessMemory
+from .proc_memory import ProcessMemory, thread_name
 from .resolve import ResolvedProbe
 from .wrappers import folds
 
@@ -58,14 +58,6 @@ class EntryRecord(ctypes.Structure):
     _fields_ = [("ts", ctypes.c_uint64), ("base", ctypes.c_uint64), ("ints", ctypes.c_uint64 * 4),
                 ("str_ptr", ctypes.c_uint64), ("struct_ptr", ctypes.c_uint64),
                 ("caller", ctypes.c_uint32), ("pid", ctypes.c_uint32)]
-
-
-def _thread_name(pid: int, tid: int) -> bytes:
-    try:
-        with open(f"/proc/{int(pid)}/task/{int(tid)}/comm", "rb") as fh:
-            return fh.read(15).rstrip(b"\n")
-    except OSError:
-        return b""
 
 
 def check_bcc_prerequisites() -> None:
@@ -316,7 +308,7 @@ class BccCollector:
         rec = EventRecord(ts=entry.ts, base=entry.base, pid=entry.pid, tid=tid, probe_id=probe_id,
                           kind=KIND_CALL, caller=entry.caller)
         rec.ints[:] = list(entry.ints)
-        rec.comm = _thread_name(entry.pid, tid)
+        rec.comm = thread_name(entry.pid, tid).encode()[:15]
         slot = 0
         with ProcessMemory(entry.pid) as memory:
             for arg in rp.arguments:
@@ -345,7 +337,7 @@ class BccCollector:
         table = self.bpf[b"fds"]
         try:
             info = table[table.Key(pid, 0, fd)]
-        except (KeyError, TypeError):
+        except KeyError:
             return None
         return bytes(info.path).split(b"\0", 1)[0] or None
 

@@ -67,8 +67,7 @@ def _argument_reads(rp: ResolvedProbe, at_return: bool) -> tuple[list[str], dict
 
 def _keep_entry(i: int, rp: ResolvedProbe, from_record: bool) -> str:
     """C block that keeps the call (its time, load address and argument registers) until the
-    return: copied from the call's record when one was sent, else read from the registers.
-    An emit="slow" call waits in slow_calls, where the collector can list it, with its pid."""
+    return: copied from the call's record when one was sent, else read from the registers."""
     lines = ["struct entry_t e = {};"]
     lines.append("e.ts = ev->ts;\n    e.caller = ev->caller;" if from_record else "e.ts = bpf_ktime_get_ns();")
     # the library's load address: the probe's address minus its ELF address
@@ -83,12 +82,14 @@ def _keep_entry(i: int, rp: ResolvedProbe, from_record: bool) -> str:
             lines.append(f"e.str_ptr = {reg};")
         elif arg.kind in STRUCT_KINDS:
             lines.append(f"e.struct_ptr = {reg};")
-    if rp.spec.emit == "slow":
-        lines.append(f"e.pid = bpf_get_current_pid_tgid() >> 32;\n    u64 key = entry_key({i});\n"
-                     "    slow_calls.update(&key, &e);")
-    else:
-        lines.append(f"keep_entry({i}, &e);")
+    lines.append(f"keep_{_store(rp)}({i}, &e);")
     return "\n    ".join(lines)
+
+
+def _store(rp: ResolvedProbe) -> str:
+    """Where the probe's calls wait for their return: keep_/kept_/forget_ + this, in
+    uprobe_events.c (emit="slow" calls where the collector can list them)."""
+    return "slow_call" if rp.spec.emit == "slow" else "entry"
 
 
 def _caller_check(rp: ResolvedProbe, wrapped: list[tuple[int, Fold]]) -> str:
@@ -169,7 +170,7 @@ def _return_function(i: int, rp: ResolvedProbe, with_errno: bool,
     closing = int(spec.fd_role == "closes")
     if syncs:
         lines.append(f"if (!send && entry)\n        fd_synced(0, pid, {fd}, failed, {closing});")
-    forget = "slow_calls.delete(&key);" if spec.emit == "slow" else f"forget_entry({i}, entry);"
+    forget = f"forget_{_store(rp)}({i}, entry);"
     lines.append(f"if (!send) {{\n        if (entry)\n            {forget}\n"
                  "        return 0;\n    }")
     if spec.emit in ("failures", "slow"):
@@ -192,15 +193,11 @@ def _return_function(i: int, rp: ResolvedProbe, with_errno: bool,
     lines.append("    events.perf_submit(ctx, ev, sizeof(*ev));\n    }")
     lines.append(f"if (entry)\n        {forget}")
     body = "\n    ".join(lines)
-    if spec.emit == "slow":
-        lookup = f"u64 key = entry_key({i});\n    struct entry_t *entry = slow_calls.lookup(&key);"
-    else:
-        lookup = f"struct entry_t *entry = kept_entry({i});"
     return f"""static __always_inline int leave_{i}(struct pt_regs *ctx) {{
     PID_GUARD();
     s64 rc = PT_REGS_RC(ctx);
     u32 pid = bpf_get_current_pid_tgid() >> 32;
-    {lookup}
+    struct entry_t *entry = kept_{_store(rp)}({i});
     {body}
     return 0;
 }}

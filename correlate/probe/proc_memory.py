@@ -17,6 +17,15 @@ PAGE = 4096
 MAX_HOPS = 4
 
 
+def thread_name(pid: int, tid: int) -> str:
+    """The thread's comm, or "" once it is gone."""
+    try:
+        with open(f"/proc/{int(pid)}/task/{int(tid)}/comm") as fh:
+            return fh.read().strip()
+    except OSError:
+        return ""
+
+
 class ProcessMemory:
     """Reads from one process; every method returns None where the memory is unreadable."""
 

@@ -15,6 +15,7 @@ from importlib import resources
 from ..events import make_event
 from .catalog import MAX_STR
 from .elfsym import ElfError, debug_files, load_elf
+from .proc_memory import thread_name
 from .resolve import ResolvedProbe
 
 COMM_RE = re.compile(r"^CORR\tcomm\t(\d+)\t(.*)$")
@@ -156,7 +157,7 @@ def parse_line(line: str, probes: list[ResolvedProbe], source: str, host: str,
         return None
     rp = probes[idx]
     fields: dict[str, str] = {}
-    comm = entries.get(("comm", tid)) or _proc_comm(pid, tid)
+    comm = entries.get(("comm", tid)) or thread_name(pid, tid)
     for item in rest.split("\t") if rest else []:
         key, sep, value = item.partition("=")
         if not sep:
@@ -187,14 +188,6 @@ def parse_line(line: str, probes: list[ResolvedProbe], source: str, host: str,
         else:
             args[key] = _int(value)
     return make_event(t, "probe", "probe.call", source, **common, args=args)
-
-
-def _proc_comm(pid: int, tid: int) -> str:
-    try:
-        with open(f"/proc/{pid}/task/{tid}/comm") as fh:
-            return fh.read().strip()
-    except OSError:
-        return ""
 
 
 def _int(value: str):
