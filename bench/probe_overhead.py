@@ -240,7 +240,10 @@ print(time.perf_counter() - t0)
 """
 # Cheap functions that are safe to call in a loop, by their first instruction.
 HIT_FUNCTIONS = {"sub": ("glfs_setfsuid", "0"),       # sub $0x18,%rsp: single-stepped
-                 "push": ("glfs_setfsleaseid", "null")}  # push %rbx: emulated
+                 "push": ("glfs_setfsleaseid", "null"),  # push %rbx: emulated
+                 # sub first too, but its probe traps at its NULL check's je and its stack
+                 # check's jne (trap_sites.py): NULL fails with EBADF at once
+                 "branches": ("glfs_read", "null")}
 
 
 def per_hit_ns(first: str, emit: str, calls: int = 200_000) -> tuple[float, int]:
@@ -262,9 +265,10 @@ def per_hit_ns(first: str, emit: str, calls: int = 200_000) -> tuple[float, int]
                 time.sleep(0.02)
         return float(proc.stdout.read())
 
+    # glfs_read(NULL) returns -1: read as a pointer that is not a failure, so nothing is sent
     spec = ProbeSpec(f"bench.{function}", "bench", "libgfapi.so.0", function,
                      (Arg("arg", 1, "ptr"),), retprobe=emit != "all", emit=emit,
-                     retval="int")
+                     retval="ptr" if first == "branches" else "int")
     plain = min(run() for _ in range(3))
     session = ProbeSession([spec], backend="bcc").start()
     probed = min(run(session) for _ in range(3))
@@ -281,6 +285,9 @@ def main(argv=None) -> int:
                     help="attach to the probed client's pid (as --pid does) instead of the library")
     ap.add_argument("--verbose", action="store_true", help="print every block")
     ap.add_argument("--no-hits", action="store_true", help="skip the single-hit costs")
+    ap.add_argument("--at-entry", action="store_true",
+                    help="measure each group a second time with every trap at its function's "
+                         "entry (CORRELATE_TRAP_AT_ENTRY=1), to see what trap_sites.py saves")
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     opts = ap.parse_args(argv)
     if opts.child:
@@ -300,8 +307,15 @@ def main(argv=None) -> int:
     failed = False
     with lab.exclusive():
         lab.up()
-        for group in opts.group or ["gfapi", "all"]:
+        runs = [(g, False) for g in opts.group or ["gfapi", "all"]]
+        if opts.at_entry:
+            runs = [(g, at) for g, _ in runs for at in (False, True)]
+        for group, at_entry in runs:
+            if at_entry:
+                os.environ["CORRELATE_TRAP_AT_ENTRY"] = "1"
+                print("(every trap at its function's entry)")
             r = measure_group(group, opts.files, opts.pairs, opts.verbose, opts.pid_filter)
+            os.environ.pop("CORRELATE_TRAP_AT_ENTRY", None)
             report(r)
             # glfs_utimens sends its call per file (emit="calls"; seen in the glfs_setattr it calls)
             expected = opts.files * opts.pairs if group in ("gfapi", "all") else 0
@@ -313,9 +327,10 @@ def main(argv=None) -> int:
                 failed = True
         if not opts.no_hits:
             sent, _ = per_hit_ns("sub", "all")
-            for first in ("push", "sub"):
+            for first in ("push", "sub", "branches"):
                 quiet, _ = per_hit_ns(first, "failures")
-                print(f"a call and return that send nothing, first instruction {first}: "
+                how = {"branches": "sub, trapping at two emulated branches"}.get(first, first)
+                print(f"a call and return that send nothing, first instruction {how}: "
                       f"{quiet / 1000:.1f} us", flush=True)
             print(f"a probe hit that sends its event: {sent / 1000:.1f} us (glfs_setfsuid loop, "
                   f"best of 3)")

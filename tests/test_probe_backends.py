@@ -485,9 +485,9 @@ def test_bcc_falls_back_to_the_hash_where_the_kernel_refuses_task_storage(tmp_pa
     real = bcc_backend.program_text
     tried = []
 
-    def refused_in_task(probes, pid=None, keep_in="task", folded=None):
+    def refused_in_task(probes, pid=None, keep_in="task", folded=None, plan=None):
         tried.append(keep_in)
-        text = real(probes, pid, keep_in, folded)
+        text = real(probes, pid, keep_in, folded, plan)
         return text + ("\n#error task storage refused\n" if keep_in == "task" else "")
 
     monkeypatch.setattr(bcc_backend, "program_text", refused_in_task)

@@ -23,7 +23,7 @@ from collections import OrderedDict
 
 from ..events import make_event
 from ..gluster.errnos import errno_name
-from .bcc_program import KEEP_IN, attach_points, program_text
+from .bcc_program import KEEP_IN, attach_points, program_text, trap_plan
 from .catalog import MAX_STR, STRUCT_KINDS, WORD_KINDS
 from .clock import ClockMap
 from .errors import BccMissing, KernelHeadersMissing, NotRoot, ProbeError, kernel_headers_dir
@@ -184,6 +184,7 @@ class BccCollector:
         self.probes = probes
         self.keep_in = keep_in      # "task" or "hash" (program_text); None: task, or hash where task fails
         self.folded = folds(probes)  # wrappers seen at the function they call (wrappers.py)
+        self.plan = trap_plan(probes, self.folded)  # where each attach point traps (trap_sites.py)
         self.kept_in: str | None = None   # where the loaded program keeps calls
         self.perf_pages = perf_pages
         self.pid = pid
@@ -219,7 +220,7 @@ class BccCollector:
     def _load(self, keep_in: str) -> None:
         from bcc import BPF
         try:
-            self.bpf = BPF(text=program_text(self.probes, self.pid, keep_in, self.folded).encode())
+            self.bpf = BPF(text=program_text(self.probes, self.pid, keep_in, self.folded, self.plan).encode())
         except Exception as exc:  # bcc raises plain Exception on compile errors
             raise ProbeError(f"bcc could not compile the probe program: {str(exc).splitlines()[0]} "
                              f"(kernel headers at {kernel_headers_dir()})") from None
@@ -229,8 +230,9 @@ class BccCollector:
     @property
     def trap_addresses(self) -> int:
         """Addresses the program is attached to: fewer than the probes, since probes on one
-        function share one and a wrapper seen in its implementation has none."""
-        return len(attach_points(self.probes, self.folded))
+        function share one and a wrapper seen in its implementation has none; a function
+        whose call and return trap apart (trap_sites.py) has two."""
+        return sum(len(sites.addresses) for sites in self.plan.values())
 
     def attach(self) -> None:
         """Attach every probe to the compiled program (start() does; after detach(), again).
@@ -240,10 +242,12 @@ class BccCollector:
         try:
             for group in attach_points(self.probes, self.folded):
                 i = group[0]
-                rp = self.probes[i]
-                self.bpf.attach_uprobe(name=rp.path.encode(), addr=rp.address, fn_name=f"call_{i}".encode(), pid=-1)
-                if any(self.probes[j].spec.retprobe for j in group):
-                    self.bpf.attach_uretprobe(name=rp.path.encode(), addr=rp.address, fn_name=f"ret_{i}".encode(), pid=-1)
+                rp, sites = self.probes[i], self.plan[i]
+                path = rp.path.encode()
+                self.bpf.attach_uprobe(name=path, addr=sites.call, fn_name=f"call_{i}".encode(), pid=-1)
+                if sites.ret is not None:
+                    attach = self.bpf.attach_uprobe if sites.ret_reads_rax else self.bpf.attach_uretprobe
+                    attach(name=path, addr=sites.ret, fn_name=f"ret_{i}".encode(), pid=-1)
         except Exception as exc:
             self.stop()
             raise ProbeError(f"attaching {rp.function} at {rp.address:#x} in {rp.path} failed: {exc}") from None

@@ -6,11 +6,13 @@ calls with their call), follows fds (opens, acknowledged writes, syncs, closes) 
 errno."""
 from __future__ import annotations
 
+import os
 from importlib import resources
 
 from .catalog import STRUCT_KINDS, STRUCT_WORDS, WORD_KINDS
 from .errors import ProbeError
 from .resolve import ResolvedProbe
+from .trap_sites import Sites, at_entry, trap_sites
 from .wrappers import Fold
 
 KEEP_IN = ("task", "hash")
@@ -65,13 +67,14 @@ def _argument_reads(rp: ResolvedProbe, at_return: bool) -> tuple[list[str], dict
     return reads, slot_of
 
 
-def _keep_entry(i: int, rp: ResolvedProbe, from_record: bool) -> str:
+def _keep_entry(i: int, rp: ResolvedProbe, from_record: bool, trap: int) -> str:
     """C block that keeps the call (its time, load address and argument registers) until the
-    return: copied from the call's record when one was sent, else read from the registers."""
+    return: copied from the call's record when one was sent, else read from the registers.
+    `trap`: the ELF address the call's program runs at (trap_sites.py)."""
     lines = ["struct entry_t e = {};"]
     lines.append("e.ts = ev->ts;\n    e.caller = ev->caller;" if from_record else "e.ts = bpf_ktime_get_ns();")
-    # the library's load address: the probe's address minus its ELF address
-    lines.append(f"e.base = (PT_REGS_IP(ctx) - {rp.address:#x}ULL) & ~0xfffULL;")
+    # the library's load address: where the program runs minus that ELF address
+    lines.append(f"e.base = (PT_REGS_IP(ctx) - {trap:#x}ULL) & ~0xfffULL;")
     slot = 0
     for arg in rp.arguments:
         reg = f"PT_REGS_PARM{arg.index}(ctx)"
@@ -106,15 +109,16 @@ def _caller_check(rp: ResolvedProbe, wrapped: list[tuple[int, Fold]]) -> str:
             f"        {tests}\n    }}")
 
 
-def _entry_function(i: int, rp: ResolvedProbe, caller_check: str = "") -> str:
+def _entry_function(i: int, rp: ResolvedProbe, caller_check: str = "", trap: int | None = None) -> str:
     spec = rp.spec
+    trap = rp.address if trap is None else trap
     if spec.emit in ("failures", "slow"):
         # nothing is sent at the entry: keep the registers, decide at the return
         return f"""
 // {spec.name}: {rp.function} in {rp.path} ({rp.method})
 static __always_inline int enter_{i}(struct pt_regs *ctx) {{
     PID_GUARD();
-    {_keep_entry(i, rp, from_record=False)}
+    {_keep_entry(i, rp, from_record=False, trap=trap)}
     return 0;
 }}
 """
@@ -123,7 +127,7 @@ static __always_inline int enter_{i}(struct pt_regs *ctx) {{
         reads.append(caller_check)
     reads.append("events.perf_submit(ctx, ev, sizeof(*ev));")
     if spec.retprobe:
-        reads.append(_keep_entry(i, rp, from_record=True))
+        reads.append(_keep_entry(i, rp, from_record=True, trap=trap))
     body = "\n    ".join(reads)
     return f"""
 // {spec.name}: {rp.function} in {rp.path} ({rp.method})
@@ -218,6 +222,26 @@ def attach_points(probes: list[ResolvedProbe], folded: dict[int, Fold] | None = 
     return list(groups.values())
 
 
+def trap_plan(probes: list[ResolvedProbe], folded: dict[int, Fold] | None = None) -> dict[int, Sites]:
+    """Group's first probe -> where its programs trap (trap_sites.py): one analysis per
+    attach point, for the argument registers any of its probes reads. CORRELATE_TRAP_AT_ENTRY=1
+    in the environment keeps every trap at the function's entry."""
+    folded = folded or {}
+    plan = {}
+    at_entry_only = os.environ.get("CORRELATE_TRAP_AT_ENTRY", "") not in ("", "0")
+    for group in attach_points(probes, folded):
+        members = [probes[i] for i in group]
+        needs_return = any(rp.spec.retprobe for rp in members)
+        if at_entry_only:
+            plan[group[0]] = at_entry(members[0].address, needs_return)
+            continue
+        plan[group[0]] = trap_sites(
+            members[0].path, members[0].address,
+            {a.index for rp in members for a in rp.arguments}, needs_return,
+            reads_stack_top=any(f.inner in group for f in folded.values()))
+    return plan
+
+
 def _attached_functions(group: list[int], probes: list[ResolvedProbe]) -> str:
     """call_N (and ret_N) for one attach point: each probe's entry (and return) in turn."""
     first = group[0]
@@ -252,13 +276,16 @@ static __always_inline void read_{kind}(struct event_t *ev, const void *p) {{
 
 
 def program_text(probes: list[ResolvedProbe], pid: int | None = None, keep_in: str = "task",
-                 folded: dict[int, Fold] | None = None) -> str:
+                 folded: dict[int, Fold] | None = None, plan: dict[int, Sites] | None = None) -> str:
     """The common BPF C plus one entry (and return) function per probe; with `pid`, every
     function returns at once in other processes (see PID_GUARD in uprobe_events.c). `keep_in`
     says where a call waits for its return: "task" (task storage) or "hash" (for kernels
     without task storage in uprobe programs; see keep_entry in uprobe_events.c). `folded`
-    wrappers get no functions: their implementing probe names the calls from them."""
+    wrappers get no functions: their implementing probe names the calls from them. `plan`:
+    where each attach point traps (trap_plan)."""
     folded = folded or {}
+    plan = trap_plan(probes, folded) if plan is None else plan
+    trap_of = {i: plan[group[0]].call for group in attach_points(probes, folded) for i in group}
     if keep_in not in KEEP_IN:
         raise ValueError(f"keep_in must be one of {', '.join(KEEP_IN)}")
     text = resources.files("correlate.probes").joinpath("uprobe_events.c").read_text()
@@ -273,7 +300,7 @@ def program_text(probes: list[ResolvedProbe], pid: int | None = None, keep_in: s
         if i in folded:
             continue
         wrapped = [(w, f) for w, f in folded.items() if f.inner == i]
-        parts.append(_entry_function(i, rp, _caller_check(rp, wrapped)))
+        parts.append(_entry_function(i, rp, _caller_check(rp, wrapped), trap_of.get(i)))
         if rp.spec.retprobe:
             parts.append(_return_function(i, rp, bool(defines), failures_sent_by_another(i, probes)))
     for group in attach_points(probes, folded):

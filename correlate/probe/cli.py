@@ -18,6 +18,7 @@ from ..outputs.terminal import safe_text
 from ..run_setup import detector_options
 from . import catalog
 from .resolve import parse_offsets, resolve
+from .bcc_program import attach_points, trap_plan
 from .wrappers import folds
 
 GROUP_HELP = "gfapi, samba, all, or a plugin's group (repeatable)"
@@ -183,7 +184,8 @@ def probes(groups, pid, offsets, as_json):
     for spec in _specs(groups):
         row = {"probe": spec.name, "group": spec.group, "function": spec.function,
                "args": [describe_arg(a) for a in spec.args], "retprobe": spec.retprobe,
-               "emit": spec.emit, "implemented_by": spec.implemented_by or None, "seen_at": None}
+               "emit": spec.emit, "implemented_by": spec.implemented_by or None, "seen_at": None,
+               "traps": None}
         try:
             rp = resolve(spec, pid, offsets_map)
             row.update(library=rp.path, resolved_as=rp.function, method=rp.method,
@@ -194,8 +196,19 @@ def probes(groups, pid, offsets, as_json):
             row.update(library=spec.library, error=str(exc))
         rows.append((spec, row))
     rps = [rp for _row, rp in resolved]
-    for i, fold in folds(rps).items():    # bcc traps these where they call their implementation
+    folded = folds(rps)
+    for i, fold in folded.items():    # bcc traps these where they call their implementation
         resolved[i][0]["seen_at"] = rps[fold.inner].function
+    plan = trap_plan(rps, folded)
+    for group in attach_points(rps, folded):   # off the entry where it would be single-stepped
+        sites = plan[group[0]]
+        if sites.why:
+            for i in group:
+                resolved[i][0]["traps"] = {
+                    "call": f"{sites.call:#x}", "why": sites.why,
+                    "return": None if sites.ret is None else f"{sites.ret:#x}",
+                    "return_by": None if sites.ret is None else
+                    ("uprobe reading %rax" if sites.ret_reads_rax else "uretprobe")}
     for spec, row in rows:
         if as_json:
             click.echo(json.dumps(row))
@@ -213,5 +226,7 @@ def probes(groups, pid, offsets, as_json):
             click.echo(f"{'':<28} args: {', '.join(row['args']) or '-'}")
             if row["seen_at"]:
                 click.echo(f"{'':<28} bcc: seen in {row['seen_at']}, which it calls (no trap of its own)")
+            if row["traps"]:
+                click.echo(f"{'':<28} bcc: {safe_text(row['traps']['why'])}")
             for note in row["notes"]:
                 click.echo(f"{'':<28} note: {note}")

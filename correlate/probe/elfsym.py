@@ -387,6 +387,22 @@ def functions_calling(elf: ElfFile, callees: tuple[str, ...]) -> list[tuple[int,
     return found
 
 
+def function_span(elf: ElfFile, address: int, limit: int) -> tuple[int, int] | None:
+    """[start, end) of the function at `address`: its symbol's size, else its FDE; None
+    when neither says or it is larger than `limit` bytes."""
+    try:
+        for table in (SHT_DYNSYM, SHT_SYMTAB):
+            for sym in elf.symbols(table):
+                if sym.value == address and 0 < sym.size <= limit:
+                    return address, address + sym.size
+        for start, end in elf.fde_ranges():
+            if start == address and 0 < end - start <= limit:
+                return start, end
+    except ElfError:
+        return None
+    return None
+
+
 def branches(code: bytes, start: int):
     """("call" or "jump", target, through_slot) for every `call/jmp rel32` (e8, e9) and
     `call/jmp *slot(%rip)` (ff 15, ff 25; target is the slot) found at any byte of `code`,

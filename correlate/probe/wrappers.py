@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .elfsym import SHT_DYNSYM, SHT_SYMTAB, ElfError, ElfFile, branches, load_elf
+from .elfsym import ElfError, ElfFile, branches, function_span, load_elf
 from .resolve import ResolvedProbe
 
 MAX_WRAPPER_BYTES = 4096   # a wrapper is a few instructions; bounds the scan
@@ -46,7 +46,7 @@ def folds(probes: list[ResolvedProbe]) -> dict[int, Fold]:
             except (ElfError, OSError):
                 elves[rp.path] = None
         elf = elves[rp.path]
-        span = _function_span(elf, rp.address) if elf else None
+        span = function_span(elf, rp.address, MAX_WRAPPER_BYTES) if elf else None
         if span and _calls_without_tail_jump(elf, span, name, probes[inner].address):
             out[i] = Fold(inner, *span)
     return out
@@ -59,21 +59,6 @@ def _implementing_probe(probes: list[ResolvedProbe], wrapper: ResolvedProbe, nam
         if rp.path == wrapper.path and rp.function == name and rp.spec.emit in ("all", "calls") \
                 and rp.spec.retprobe == wrapper.spec.retprobe and not rp.spec.implemented_by:
             return j
-    return None
-
-
-def _function_span(elf: ElfFile, address: int) -> tuple[int, int] | None:
-    """[start, end) of the function at `address`: its symbol's size, else its FDE."""
-    try:
-        for table in (SHT_DYNSYM, SHT_SYMTAB):
-            for sym in elf.symbols(table):
-                if sym.value == address and 0 < sym.size <= MAX_WRAPPER_BYTES:
-                    return address, address + sym.size
-        for start, end in elf.fde_ranges():
-            if start == address and 0 < end - start <= MAX_WRAPPER_BYTES:
-                return start, end
-    except ElfError:
-        return None
     return None
 
 
