@@ -154,6 +154,14 @@ static __always_inline int read_words(struct event_t *ev, const void *p, int off
 
 // read_timespec2, read_smb_file_time, read_glfs_stat: generated (catalog.STRUCT_WORDS)
 
+// An argument the probed function copied to its stack before the point the program runs at
+// (correlate/probe/trap_sites.py): the word at %rsp + off, 0 when unreadable.
+static __always_inline u64 stack_word(struct pt_regs *ctx, long off) {
+    u64 v = 0;
+    bpf_probe_read_user(&v, sizeof(v), (const char *)PT_REGS_SP(ctx) + off);
+    return v;
+}
+
 static __always_inline u64 entry_key(u32 probe_id) {
     return ((u64)(u32)bpf_get_current_pid_tgid() << 32) | probe_id;
 }

@@ -41,6 +41,24 @@ END(stacked)
 FN(cleared)
 "\txor %ecx,%ecx\n\tjmp inner@PLT\n"
 END(cleared)
+/* long copied(long n, long x): like glfs_pread, saves x on its stack and reuses %rsi before
+   its call (the push of an immediate is single-stepped too): the call traps at the call and
+   reads x from its copy, 0x10 above %rsp there; the return at the jne. */
+FN(copied)
+"\tsub $0x18,%rsp\n\tmovq $0,(%rsp)\n\tmov %rsi,8(%rsp)\n\tmov $1,%esi\n\tpush $0\n"
+"\tcall inner@PLT\n\tpop %rdx\n\tcltq\n\tcmpq $0,(%rsp)\n\tjne 1f\n\tadd $0x18,%rsp\n\tret\n"
+"1:\tcall abort@PLT\n"
+END(copied)
+/* as copied, but the copy is overwritten before the call: stays at the entry */
+FN(overwritten)
+"\tsub $0x18,%rsp\n\tmov %rsi,8(%rsp)\n\tmovl $5,12(%rsp)\n\tmov $1,%esi\n\tcall inner@PLT\n"
+"\tcmpq $0,(%rsp)\n\tjne 1f\n\tadd $0x18,%rsp\n\tret\n1:\tcall abort@PLT\n"
+END(overwritten)
+/* as copied, but only 4 bytes of %rsi are saved: stays at the entry */
+FN(half_copied)
+"\tsub $0x18,%rsp\n\tmov %esi,8(%rsp)\n\tmov $1,%esi\n\tcall inner@PLT\n"
+"\tcmpq $0,(%rsp)\n\tjne 1f\n\tadd $0x18,%rsp\n\tret\n1:\tcall abort@PLT\n"
+END(half_copied)
 /* writes its first argument before any branch: stays at the entry */
 FN(clobbers)
 "\tsub $8,%rsp\n\tmov $1,%edi\n\ttest %rsi,%rsi\n\tje 1f\n1:\tcall inner@PLT\n\tadd $8,%rsp\n\tret\n"
@@ -120,7 +138,16 @@ def test_a_tail_jump_after_a_cleared_register_keeps_its_uretprobe_on_the_jump(sh
     assert _sites(shapes, "cleared", (1, 4))[1] == trap_sites.at_entry(at, True)
 
 
+def test_an_argument_saved_on_the_stack_is_read_from_its_copy(shapes):
+    at, sites = _sites(shapes, "copied", (1, 2))
+    assert sites.call == at + _offset_of(shapes, "copied", "call")
+    assert sites.ret == at + _offset_of(shapes, "copied", "jne") and sites.ret_reads_rax
+    assert sites.stack_args == ((2, 0x10),) and "argument 2 read from its copy at 0x10(%rsp)" in sites.why
+
+
 @pytest.mark.parametrize("name,why", [
+    ("overwritten", "the stack copy of the argument is overwritten before the branch"),
+    ("half_copied", "only 4 bytes of the argument register were saved"),
     ("clobbers", "writes an argument register the probe reads before any branch"),
     ("pushes", "starts with push, which the kernel emulates"),
     ("loops", "the only branch between the call site and the ret is in a loop"),
@@ -168,10 +195,12 @@ def _gfapi() -> str:
         pytest.skip(str(exc))
 
 
-def test_on_the_real_libgfapi_read_and_write_move_and_pread_cannot():
+def test_on_the_real_libgfapi_the_sub_first_fops_move():
     """glfs_read and glfs_write start with `sub $0x28,%rsp`: their probes (fd and count)
-    trap at the NULL check's je and the stack-protector check's jne. glfs_pread moves its
-    count out of %rdx before any branch: it stays. glfs_posix_lock clears %ecx and
+    trap at the NULL check's je and the stack-protector check's jne. glfs_pread and
+    glfs_pwrite (both versions) save their count on the stack and reuse %rdx before their
+    first branch, a call: they trap there and read the count from the copy. glfs_setfsuid
+    saves only 4 bytes of its argument: it stays. glfs_posix_lock clears %ecx and
     tail-jumps. Push-first functions stay at the entry."""
     lib = _gfapi()
     elf = load_elf(lib)
@@ -182,8 +211,13 @@ def test_on_the_real_libgfapi_read_and_write_move_and_pread_cannot():
         assert code[addr[name]].startswith("sub rsp")
         assert code[sites.call].startswith("je") and code[sites.ret].startswith("jne"), name
         assert sites.ret_reads_rax and sites.call < sites.ret
-    assert trap_sites.trap_sites(lib, addr["glfs_pread"], {1, 3, 4}, True) == \
-        trap_sites.at_entry(addr["glfs_pread"], True)
+    for name in ("glfs_pread", "glfs_pwrite"):
+        sites = trap_sites.trap_sites(lib, addr[name], {1, 3, 4}, True)
+        code = {i.address: i.text for i in trap_sites.decode_function(lib, addr[name])}
+        assert code[sites.call].startswith("call") and code[sites.ret].startswith("jne"), name
+        assert [i for i, _off in sites.stack_args] == [3], sites
+    assert trap_sites.trap_sites(lib, addr["glfs_setfsuid"], {1}, True) == \
+        trap_sites.at_entry(addr["glfs_setfsuid"], True)
     lock = trap_sites.trap_sites(lib, addr["glfs_posix_lock"], {1, 2}, True)
     assert lock.call == lock.ret != addr["glfs_posix_lock"] and not lock.ret_reads_rax
     for name in ("glfs_open", "glfs_close", "glfs_setattr"):
@@ -193,7 +227,7 @@ def test_on_the_real_libgfapi_read_and_write_move_and_pread_cannot():
 DRIVER = """
 import ctypes, sys
 lib = ctypes.CDLL(sys.argv[1])
-lib.stacked.restype = ctypes.c_long
+lib.stacked.restype = lib.copied.restype = ctypes.c_long
 print("ready", flush=True)
 for line in sys.stdin:
     name, *args = line.split()
@@ -205,7 +239,8 @@ def test_bcc_probes_at_the_moved_sites_see_the_arguments_the_return_and_errno(sh
     """Real uprobes on the library built here: a failures probe on `stacked` (call at its
     je, return at its jne, read from %rax) reports its failed calls with their arguments,
     return value, errno and duration, and nothing for a success; an every-call probe on
-    `cleared` (both on its tail jump) reports the call and inner's return."""
+    `cleared` (both on its tail jump) reports the call and inner's return; one on `copied`
+    reads its second argument from the stack copy."""
     if os.geteuid() != 0:
         pytest.skip("bcc probes need root")
     from correlate.probe.bcc_backend import BccCollector, check_bcc_prerequisites
@@ -216,26 +251,29 @@ def test_bcc_probes_at_the_moved_sites_see_the_arguments_the_return_and_errno(sh
     specs = [ProbeSpec("t.stacked", "t", shapes, "stacked", (Arg("x", 1, "long"), Arg("n", 2, "long")),
                        retprobe=True, retval="long", emit="failures"),
              ProbeSpec("t.cleared", "t", shapes, "cleared", (Arg("x", 1, "int"),), retprobe=True,
-                       emit="all")]
+                       emit="all"),
+             ProbeSpec("t.copied", "t", shapes, "copied", (Arg("n", 1, "long"), Arg("x", 2, "long")),
+                       retprobe=True, retval="long", emit="all")]
     child = subprocess.Popen([sys.executable, "-c", DRIVER, shapes], stdin=subprocess.PIPE,
                              stdout=subprocess.PIPE, text=True)
     assert child.stdout.readline().strip() == "ready"
     collector = BccCollector([resolve(s, child.pid) for s in specs], pid=child.pid)
-    stacked, cleared = (collector.plan[0], collector.plan[1])
+    stacked, cleared, copied = (collector.plan[0], collector.plan[1], collector.plan[2])
+    assert copied.stack_args == ((2, 0x10),)
     assert stacked.ret_reads_rax and stacked.call != _address(shapes, "stacked")
     assert cleared.call == cleared.ret != _address(shapes, "cleared")
     collector.start()
-    assert collector.trap_addresses == 3
+    assert collector.trap_addresses == 5
     seen = []
     calls = (("stacked 1 6", 6), ("stacked 0 5", -1), ("stacked 1 -4", -1), ("cleared 7", 7),
-             ("cleared -2", -1))
+             ("cleared -2", -1), ("copied 6 77", 6))
     try:
         for line, expect in calls:
             child.stdin.write(line + "\n")
             child.stdin.flush()
             assert int(child.stdout.readline()) == expect
         deadline = time.monotonic() + 5
-        while time.monotonic() < deadline and len(seen) < 8:
+        while time.monotonic() < deadline and len(seen) < 10:
             seen += collector.poll(50)
         seen += collector.poll(100)
     finally:
@@ -246,6 +284,7 @@ def test_bcc_probes_at_the_moved_sites_see_the_arguments_the_return_and_errno(sh
     assert got == [("call", "stacked", {"x": 0, "n": 5}, None), ("return", "stacked", None, -1),
                    ("call", "stacked", {"x": 1, "n": -4}, None), ("return", "stacked", None, -1),
                    ("call", "cleared", {"x": 7}, None), ("return", "cleared", None, 7),
-                   ("call", "cleared", {"x": -2}, None), ("return", "cleared", None, -1)], got
+                   ("call", "cleared", {"x": -2}, None), ("return", "cleared", None, -1),
+                   ("call", "copied", {"n": 6, "x": 77}, None), ("return", "copied", None, 6)], got
     assert seen[1].get("errno_name") == "EBADF"    # set by stacked before its jmp to the guard
     assert all(0 < e["duration_ns"] < 10**9 for e in seen if e["kind"] == "probe.return")

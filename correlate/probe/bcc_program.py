@@ -38,13 +38,22 @@ def _failed(retval: str) -> str:
     return {"int": "(s32)rc < 0", "long": "rc < 0", "ptr": "rc == 0"}[retval]
 
 
-def _argument_reads(rp: ResolvedProbe, at_return: bool) -> tuple[list[str], dict[str, int]]:
+def _register(index: int, sites: Sites | None) -> str:
+    """C for argument `index`'s register value where the call's program runs: the register,
+    or the copy the function stored on its stack before that point (trap_sites.py)."""
+    on_stack = dict(sites.stack_args) if sites else {}
+    if index in on_stack:
+        return f"stack_word(ctx, {on_stack[index]:#x})"
+    return f"PT_REGS_PARM{index}(ctx)"
+
+
+def _argument_reads(rp: ResolvedProbe, at_return: bool, sites: Sites | None = None) -> tuple[list[str], dict[str, int]]:
     """C statements that fill a record's arguments, and the ints[] slot of each word argument.
-    At the entry they read the registers; at the return (a failures-only probe building its
-    call's record) the register values the entry kept."""
+    At the entry they read the registers (`sites`: where the call's program runs); at the
+    return (a failures-only probe building its call's record) the values the entry kept."""
     reads, slot, slot_of = [], 0, {}
     for arg in rp.arguments:
-        reg = f"PT_REGS_PARM{arg.index}(ctx)"
+        reg = _register(arg.index, sites)
         if arg.kind == "str":
             ptr = "entry->str_ptr" if at_return else reg
             if arg.deref:
@@ -67,17 +76,17 @@ def _argument_reads(rp: ResolvedProbe, at_return: bool) -> tuple[list[str], dict
     return reads, slot_of
 
 
-def _keep_entry(i: int, rp: ResolvedProbe, from_record: bool, trap: int) -> str:
+def _keep_entry(i: int, rp: ResolvedProbe, from_record: bool, sites: Sites) -> str:
     """C block that keeps the call (its time, load address and argument registers) until the
     return: copied from the call's record when one was sent, else read from the registers.
-    `trap`: the ELF address the call's program runs at (trap_sites.py)."""
+    `sites`: where the call's program runs (trap_sites.py)."""
     lines = ["struct entry_t e = {};"]
     lines.append("e.ts = ev->ts;\n    e.caller = ev->caller;" if from_record else "e.ts = bpf_ktime_get_ns();")
     # the library's load address: where the program runs minus that ELF address
-    lines.append(f"e.base = (PT_REGS_IP(ctx) - {trap:#x}ULL) & ~0xfffULL;")
+    lines.append(f"e.base = (PT_REGS_IP(ctx) - {sites.call:#x}ULL) & ~0xfffULL;")
     slot = 0
     for arg in rp.arguments:
-        reg = f"PT_REGS_PARM{arg.index}(ctx)"
+        reg = _register(arg.index, sites)
         if arg.kind in WORD_KINDS:
             lines.append(f"e.ints[{slot}] = {reg};")
             slot += 1
@@ -109,25 +118,25 @@ def _caller_check(rp: ResolvedProbe, wrapped: list[tuple[int, Fold]]) -> str:
             f"        {tests}\n    }}")
 
 
-def _entry_function(i: int, rp: ResolvedProbe, caller_check: str = "", trap: int | None = None) -> str:
+def _entry_function(i: int, rp: ResolvedProbe, caller_check: str = "", sites: Sites | None = None) -> str:
     spec = rp.spec
-    trap = rp.address if trap is None else trap
+    sites = sites or at_entry(rp.address, spec.retprobe)
     if spec.emit in ("failures", "slow"):
         # nothing is sent at the entry: keep the registers, decide at the return
         return f"""
 // {spec.name}: {rp.function} in {rp.path} ({rp.method})
 static __always_inline int enter_{i}(struct pt_regs *ctx) {{
     PID_GUARD();
-    {_keep_entry(i, rp, from_record=False, trap=trap)}
+    {_keep_entry(i, rp, from_record=False, sites=sites)}
     return 0;
 }}
 """
-    reads, _ = _argument_reads(rp, at_return=False)
+    reads, _ = _argument_reads(rp, at_return=False, sites=sites)
     if caller_check:
         reads.append(caller_check)
     reads.append("events.perf_submit(ctx, ev, sizeof(*ev));")
     if spec.retprobe:
-        reads.append(_keep_entry(i, rp, from_record=True, trap=trap))
+        reads.append(_keep_entry(i, rp, from_record=True, sites=sites))
     body = "\n    ".join(reads)
     return f"""
 // {spec.name}: {rp.function} in {rp.path} ({rp.method})
@@ -285,7 +294,7 @@ def program_text(probes: list[ResolvedProbe], pid: int | None = None, keep_in: s
     where each attach point traps (trap_plan)."""
     folded = folded or {}
     plan = trap_plan(probes, folded) if plan is None else plan
-    trap_of = {i: plan[group[0]].call for group in attach_points(probes, folded) for i in group}
+    sites_of = {i: plan[group[0]] for group in attach_points(probes, folded) for i in group}
     if keep_in not in KEEP_IN:
         raise ValueError(f"keep_in must be one of {', '.join(KEEP_IN)}")
     text = resources.files("correlate.probes").joinpath("uprobe_events.c").read_text()
@@ -300,7 +309,7 @@ def program_text(probes: list[ResolvedProbe], pid: int | None = None, keep_in: s
         if i in folded:
             continue
         wrapped = [(w, f) for w, f in folded.items() if f.inner == i]
-        parts.append(_entry_function(i, rp, _caller_check(rp, wrapped), trap_of.get(i)))
+        parts.append(_entry_function(i, rp, _caller_check(rp, wrapped), sites_of.get(i)))
         if rp.spec.retprobe:
             parts.append(_return_function(i, rp, bool(defines), failures_sent_by_another(i, probes)))
     for group in attach_points(probes, folded):

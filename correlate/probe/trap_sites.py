@@ -12,8 +12,9 @@ For such a function the probe traps elsewhere, where its code (read with capston
 it sees the same thing:
 
 * the call: at the first emulated branch of the straight-line code the function starts
-  with, when nothing before it writes an argument register the probe reads or memory
-  outside the function's own stack frame;
+  with, when every argument the probe reads is still in its register there or in a copy
+  the function stored on its stack (glfs_pread stores its count and reuses %rdx), and
+  nothing before it writes memory outside the function's own stack frame;
 * the return: if nothing before that branch moved the stack pointer, the return address is
   still on top of the stack and a uretprobe goes on the branch, as it would on the entry.
   Otherwise a plain uprobe on an emulated branch that every path from the call site to a
@@ -49,11 +50,14 @@ FAMILY = {alias: wide for wide, names in _FAMILIES.items() for alias in (wide, *
 class Sites:
     """Where one attach point's programs go: the call's program at `call`; the return's at
     `ret` (None: no return program), as a uretprobe or, when `ret_reads_rax`, as a plain
-    uprobe that reads the return value from %rax. `why` says why they moved."""
+    uprobe that reads the return value from %rax. `stack_args`: (argument index, offset from
+    %rsp at `call`) of arguments read from the function's stack copy instead of their
+    register. `why` says why they moved."""
     call: int
     ret: int | None
     ret_reads_rax: bool = False
     why: str = ""
+    stack_args: tuple[tuple[int, int], ...] = ()
 
     @property
     def addresses(self) -> tuple[int, ...]:
@@ -71,6 +75,9 @@ class Insn:
     writes_far: bool       # writes memory through anything but %rsp
     emulated: bool         # the kernel emulates it at a uprobe (no single-step)
     text: str
+    stack_delta: int | None = 0        # what it adds to %rsp (None: a change not followed)
+    stack_writes: tuple | None = ()    # [lo, hi) it writes relative to %rsp before it (None: unknown)
+    store: tuple[str, int] | None = None   # `mov qword [rsp+d], reg`: (reg, d)
 
 
 def at_entry(address: int, needs_return: bool) -> Sites:
@@ -88,33 +95,49 @@ def trap_sites(path: str, address: int, arg_indexes: set[int], needs_return: boo
     code = decode_function(path, address)
     if not code or code[0].emulated or _jumped_into(path, code):
         return entry
-    needed = {ARG_REGISTERS[i - 1] for i in arg_indexes}
-    moved_stack = False
+    in_register = set(arg_indexes)
+    copies: dict[int, int] = {}    # argument index -> its stack copy, relative to the entry's %rsp
+    delta = 0                      # %rsp relative to the entry's
     for ins in code:
         if ins.emulated:
             break
-        if ins.kind != "other" or ins.writes & needed or ins.writes_far:
+        if ins.kind != "other" or ins.writes_far or ins.stack_delta is None or ins.stack_writes is None:
             return entry
-        moved_stack |= "rsp" in ins.writes
+        for lo, hi in ins.stack_writes:     # a write over a saved copy loses it
+            copies = {i: at for i, at in copies.items() if not (at < delta + hi and delta + lo < at + 8)}
+        if ins.store is not None:
+            reg, disp = ins.store
+            copies.update({i: delta + disp for i in in_register if ARG_REGISTERS[i - 1] == reg})
+        in_register -= {i for i in in_register if ARG_REGISTERS[i - 1] in ins.writes}
+        delta += ins.stack_delta
     else:
         return entry
+    if in_register | set(copies) != set(arg_indexes):
+        return entry    # an argument the probe reads is gone by then
+    stack_args = tuple(sorted((i, copies[i] - delta) for i in set(arg_indexes) - in_register))
+    moved_stack = delta != 0
     call = ins
     first = f"{code[0].text} at the entry is single-stepped"
     if not moved_stack:
         return Sites(call.address, call.address if needs_return else None, False,
                      f"{first}; traps at +{call.address - address:#x} ({call.text}) with the "
-                     "return address still on top of the stack")
+                     "return address still on top of the stack" + _copied(stack_args), stack_args)
     if reads_stack_top:
         return entry
     if not needs_return:
         return Sites(call.address, None, False, f"{first}; traps at +{call.address - address:#x} "
-                     f"({call.text})")
+                     f"({call.text})" + _copied(stack_args), stack_args)
     ret = _return_site(code, call)
     if ret is None:
         return entry
     return Sites(call.address, ret.address, True,
                  f"{first}; the call traps at +{call.address - address:#x} ({call.text}), the "
-                 f"return at +{ret.address - address:#x} ({ret.text}) with its value in %rax")
+                 f"return at +{ret.address - address:#x} ({ret.text}) with its value in %rax"
+                 + _copied(stack_args), stack_args)
+
+
+def _copied(stack_args: tuple[tuple[int, int], ...]) -> str:
+    return "".join(f"; argument {i} read from its copy at {off:#x}(%rsp)" for i, off in stack_args)
 
 
 class _Unknown(Exception):
@@ -251,8 +274,37 @@ def _insn(md, ins, capstone) -> Insn:
     writes_far |= ins.id in (x86.X86_INS_STOSB, x86.X86_INS_STOSW, x86.X86_INS_STOSD,
                              x86.X86_INS_STOSQ, x86.X86_INS_MOVSB, x86.X86_INS_MOVSW,
                              x86.X86_INS_MOVSQ) or (ins.id == x86.X86_INS_MOVSD and not ins.operands)
+    delta, stack_writes, store = _stack_effects(md, ins, capstone, writes)
     return Insn(ins.address, ins.address + ins.size, kind, target, frozenset(writes), writes_far,
-                kernel_emulates(raw), f"{ins.mnemonic} {ins.op_str}".strip())
+                kernel_emulates(raw), f"{ins.mnemonic} {ins.op_str}".strip(), delta, stack_writes,
+                store)
+
+
+def _stack_effects(md, ins, capstone, writes: set) -> tuple[int | None, tuple | None, tuple | None]:
+    """What the instruction adds to %rsp, the [lo, hi) it writes relative to %rsp before it,
+    and, for `mov qword ptr [rsp + d], reg`, (reg, d)."""
+    x86 = capstone.x86
+    ops = ins.operands
+    spans, store = [], None
+    for op in ops:
+        if op.type == x86.X86_OP_MEM and op.access & capstone.CS_AC_WRITE \
+                and FAMILY.get(md.reg_name(op.mem.base) if op.mem.base else "") == "rsp":
+            if op.mem.index:
+                return 0, None, None
+            spans.append((op.mem.disp, op.mem.disp + op.size))
+    if ins.id == x86.X86_INS_MOV and len(ops) == 2 and spans and ops[1].type == x86.X86_OP_REG \
+            and ops[0].size == 8:
+        store = (FAMILY.get(md.reg_name(ops[1].reg), ""), ops[0].mem.disp)
+    if "rsp" not in writes:
+        return 0, tuple(spans), store
+    if ins.id == x86.X86_INS_PUSH:
+        return -8, ((-8, 0),), None
+    if ins.id == x86.X86_INS_POP:
+        return 8, tuple(spans), None
+    if ins.id in (x86.X86_INS_SUB, x86.X86_INS_ADD) and len(ops) == 2 and ops[0].type == x86.X86_OP_REG \
+            and FAMILY.get(md.reg_name(ops[0].reg)) == "rsp" and ops[1].type == x86.X86_OP_IMM:
+        return (-ops[1].imm if ins.id == x86.X86_INS_SUB else ops[1].imm), tuple(spans), None
+    return None, tuple(spans), None
 
 
 def kernel_emulates(raw: bytes) -> bool:
