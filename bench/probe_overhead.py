@@ -3,7 +3,7 @@ stat, utimens, open+read, unlink per file) in blocks, with and without the bcc p
 group, in one run.
 
     python bench/probe_overhead.py [--group gfapi] [--group all] [--group none]
-                                   [--files 100] [--pairs 40] [--verbose] [--no-hits]
+                                   [--files 100] [--pairs 40] [--verbose] [--no-hits] [--at-entry]
 
 Why this shape: one round of a Gluster workload varies by +-15% on its own (brick
 scheduling, the host stealing CPU from this VM), more than what is measured, and detaching
@@ -20,10 +20,15 @@ nothing attached: what the method itself reads into noise (should be 1.00x). Per
   * the client's user+sys CPU per file with and without, and the CPU the host stole per
     block on each side.
 
+`--at-entry` measures each group a second time with every trap at its function's entry
+(CORRELATE_TRAP_AT_ENTRY=1): what moving traps off single-stepped instructions saves
+(correlate/probe/trap_sites.py).
+
 Then the cost of single probe hits on cheap libgfapi functions in a tight loop: one that
 sends its event, and a call and return that send nothing, by the probed function's first
-instruction (the kernel emulates `push`, it single-steps `sub` out of line). Inside the
-workload a probe costs several times what the loop says (see docs/probes.md, Overhead).
+instruction (the kernel emulates `push`, it single-steps `sub` out of line), and for a
+`sub`-first function whose traps moved to two emulated branches. Inside the workload a
+probe costs several times what the loop says (see docs/probes.md, Overhead).
 
 Needs root, bcc and the lab; otherwise it says why and exits 0.
 """
