@@ -331,13 +331,13 @@ def main(argv=None) -> int:
                 print(f"probe_overhead: {r['stray_events']} events came while the unprobed client ran")
                 failed = True
         if not opts.no_hits:
-            sent, _ = per_hit_ns("sub", "all")
+            sent, _ = per_hit_ns("push", "all")
             for first in ("push", "sub", "branches"):
                 quiet, _ = per_hit_ns(first, "failures")
                 how = {"branches": "sub, trapping at two emulated branches"}.get(first, first)
                 print(f"a call and return that send nothing, first instruction {how}: "
                       f"{quiet / 1000:.1f} us", flush=True)
-            print(f"a probe hit that sends its event: {sent / 1000:.1f} us (glfs_setfsuid loop, "
+            print(f"a probe hit that sends its event: {sent / 1000:.1f} us (glfs_setfsleaseid loop, "
                   f"best of 3)")
     return 1 if failed else 0
 

@@ -13,6 +13,7 @@ import pytest
 from correlate.probe.catalog import Arg, ProbeSpec
 from correlate.probe.errors import ProbeError
 from correlate.probe.resolve import resolve
+from tests.probe_child import call_and_collect, skip_unless_bcc
 
 pytestmark = pytest.mark.bpf
 
@@ -285,13 +286,8 @@ def test_bcc_slow_emit_sends_only_slow_or_failed_calls_and_slow_ones_while_they_
     """emit="slow" on libc's nanosleep in a child: 1 ms sleeps send nothing, a failed one
     (EINVAL) sends its call and return, a 1 s sleep sends its call while it still sleeps
     (about slow_ns after it began, from the kept record) and, at its return, only the return."""
-    if os.geteuid() != 0:
-        pytest.skip("probes need root")
-    from correlate.probe.bcc_backend import BccCollector, check_bcc_prerequisites
-    try:
-        check_bcc_prerequisites()
-    except ProbeError as exc:
-        pytest.skip(str(exc))
+    skip_unless_bcc()
+    from correlate.probe.bcc_backend import BccCollector
     slow_ns = 150_000_000
     spec = ProbeSpec("test.nanosleep", "test", "libc.so.6", "nanosleep", (Arg("req", 1, "ptr"),),
                      retprobe=True, emit="slow", slow_ns=slow_ns)
@@ -376,13 +372,9 @@ for line in sys.stdin:
 
 def _nested_library(tmp_path):
     """libnest.so built from NESTED_SRC, or a skip saying what is missing for bcc and gcc."""
-    if os.geteuid() != 0 or shutil.which("gcc") is None:
-        pytest.skip("needs root and gcc")
-    from correlate.probe.bcc_backend import check_bcc_prerequisites
-    try:
-        check_bcc_prerequisites()
-    except ProbeError as exc:
-        pytest.skip(str(exc))
+    if shutil.which("gcc") is None:
+        pytest.skip("needs gcc")
+    skip_unless_bcc()
     src, lib = tmp_path / "nest.c", tmp_path / "libnest.so"
     src.write_text(NESTED_SRC)
     # outer must call inner (a tail jump would leave no return address inside outer)
@@ -413,22 +405,9 @@ def test_bcc_calls_emit_and_a_wrapper_seen_in_the_function_it_calls(tmp_path, ke
     assert list(collector.folded) == [0] and collector.folded[0].inner == 1
     collector.start()
     assert collector.kept_in == keep_in and collector.trap_addresses == 2
-    seen = []
     calls = (("inner", 5), ("outer", 6), ("outer", -7), ("inner", -8), ("outer_tail", 9))
-    try:
-        for name, arg in calls:
-            child.stdin.write(f"{name} {arg}\n")
-            child.stdin.flush()
-            assert int(child.stdout.readline()) == (arg if arg >= 0 else -1)
-            time.sleep(0.05)
-        deadline = time.monotonic() + 5
-        while time.monotonic() < deadline and len(seen) < 8:
-            seen += collector.poll(50)
-        seen += collector.poll(100)
-    finally:
-        seen += collector.stop()
-        child.stdin.close()
-        child.wait(10)
+    seen = call_and_collect(child, collector, [(f"{name} {arg}", arg if arg >= 0 else -1)
+                                               for name, arg in calls], want=8, pause=0.05)
     got = [(e["kind"].split(".")[1], e["function"], e.get("via"), e.get("args", {}).get("x", e.get("retval")))
            for e in seen]
     assert got == [("call", "inner", None, 5),                    # direct: no success return

@@ -83,7 +83,7 @@ def test_a_folded_wrapper_has_no_program_and_its_implementation_names_it():
     assert "ev->caller = entry->caller;" in text.split("int leave_1(", 1)[1]
     # unfolded, each has its own program and no caller check
     plain = program_text(rps)
-    assert attach_points(rps) == [[0], [1], [2]] and "PT_REGS_SP" not in plain
+    assert attach_points(rps) == [[0], [1], [2]] and "u64 ra = 0" not in plain
 
 
 def test_wrappers_found_by_their_calls_not_their_tail_jumps():
@@ -638,3 +638,22 @@ def test_pid_filter_is_in_the_program_not_per_process_uprobes():
         assert f"int enter_{i}(struct pt_regs *ctx) {{\n    PID_GUARD();" in text
         if rp.spec.retprobe:
             assert f"int leave_{i}(struct pt_regs *ctx) {{\n    PID_GUARD();" in text
+
+
+def test_a_probe_moved_off_its_entry_reads_its_base_there_and_an_argument_from_its_stack_copy():
+    """trap_sites.py moved the call's program to a branch inside the function: the library's
+    load address is computed from that branch's address, and an argument the function saved
+    on its stack is read from the copy there; the return is read where it is attached."""
+    from correlate.probe.bcc_program import program_text
+    from correlate.probe.trap_sites import Sites
+    spec = ProbeSpec("t.f", "t", "/lib/a.so", "f", (Arg("fd", 1, "ptr"), Arg("count", 3, "long")),
+                     retprobe=True, emit="failures")
+    rp = resolve.ResolvedProbe(spec, spec.library, spec.function, 0x1000, 0x1000, "dynsym")
+    text = program_text([rp], plan={0: Sites(0x101f, 0x104c, True, "moved", ((3, 0x8),))})
+    enter = text.split("int enter_0(", 1)[1].split("\n}\n", 1)[0]
+    assert "e.base = (PT_REGS_IP(ctx) - 0x101fULL) & ~0xfffULL;" in enter
+    assert "e.ints[0] = PT_REGS_PARM1(ctx);" in enter and "e.ints[1] = stack_word(ctx, 0x8);" in enter
+    assert "PT_REGS_PARM3" not in enter
+    assert "s64 rc = PT_REGS_RC(ctx);" in text.split("int leave_0(", 1)[1]
+    entry = program_text([rp])
+    assert "e.base = (PT_REGS_IP(ctx) - 0x1000ULL)" in entry and "e.ints[1] = PT_REGS_PARM3(ctx);" in entry

@@ -4,12 +4,9 @@ same arguments and return value. Shapes built here with gcc from assembly, the r
 libgfapi, and bcc on a library built here."""
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 import sys
-import time
-
 import pytest
 
 from correlate.probe import trap_sites
@@ -17,6 +14,7 @@ from correlate.probe.catalog import Arg, ProbeSpec
 from correlate.probe.elfsym import SHT_DYNSYM, load_elf
 from correlate.probe.errors import ProbeError
 from correlate.probe.resolve import find_library, resolve
+from tests.probe_child import call_and_collect, skip_unless_bcc
 
 pytest.importorskip("capstone")
 
@@ -241,13 +239,8 @@ def test_bcc_probes_at_the_moved_sites_see_the_arguments_the_return_and_errno(sh
     return value, errno and duration, and nothing for a success; an every-call probe on
     `cleared` (both on its tail jump) reports the call and inner's return; one on `copied`
     reads its second argument from the stack copy."""
-    if os.geteuid() != 0:
-        pytest.skip("bcc probes need root")
-    from correlate.probe.bcc_backend import BccCollector, check_bcc_prerequisites
-    try:
-        check_bcc_prerequisites()
-    except ProbeError as exc:
-        pytest.skip(str(exc))
+    skip_unless_bcc()
+    from correlate.probe.bcc_backend import BccCollector
     specs = [ProbeSpec("t.stacked", "t", shapes, "stacked", (Arg("x", 1, "long"), Arg("n", 2, "long")),
                        retprobe=True, retval="long", emit="failures"),
              ProbeSpec("t.cleared", "t", shapes, "cleared", (Arg("x", 1, "int"),), retprobe=True,
@@ -264,22 +257,9 @@ def test_bcc_probes_at_the_moved_sites_see_the_arguments_the_return_and_errno(sh
     assert cleared.call == cleared.ret != _address(shapes, "cleared")
     collector.start()
     assert collector.trap_addresses == 5
-    seen = []
     calls = (("stacked 1 6", 6), ("stacked 0 5", -1), ("stacked 1 -4", -1), ("cleared 7", 7),
              ("cleared -2", -1), ("copied 6 77", 6))
-    try:
-        for line, expect in calls:
-            child.stdin.write(line + "\n")
-            child.stdin.flush()
-            assert int(child.stdout.readline()) == expect
-        deadline = time.monotonic() + 5
-        while time.monotonic() < deadline and len(seen) < 10:
-            seen += collector.poll(50)
-        seen += collector.poll(100)
-    finally:
-        seen += collector.stop()
-        child.stdin.close()
-        child.wait(10)
+    seen = call_and_collect(child, collector, calls, want=10)
     got = [(e["kind"].split(".")[1], e["function"], e.get("args"), e.get("retval")) for e in seen]
     assert got == [("call", "stacked", {"x": 0, "n": 5}, None), ("return", "stacked", None, -1),
                    ("call", "stacked", {"x": 1, "n": -4}, None), ("return", "stacked", None, -1),
