@@ -353,6 +353,11 @@ def test_probes_command_lists_resolution():
     assert by["gfapi.glfs_utimens"]["seen_at"] == "glfs_setattr" and by["gfapi.glfs_setattr"]["seen_at"] is None
     text = CliRunner().invoke(probes, ["--probe", "gfapi"]).output
     assert "+return (when it failed)" in text and "bcc: seen in glfs_fsetattr, which it calls" in text
+    # sub-first glfs_read traps at two branches inside it (trap_sites.py); push-first open does not
+    read = by["gfapi.glfs_read"]["traps"]
+    assert read["return_by"] == "uprobe reading %rax" and int(read["call"], 16) > int(by["gfapi.glfs_read"]["address"], 16)
+    assert by["gfapi.glfs_open"]["traps"] is None
+    assert "bcc: sub rsp, 0x28 at the entry is single-stepped; the call traps at +0x" in text
     # alone, glfs_utimens has its own trap
     text = CliRunner().invoke(probes, ["--probe", "gfapi.glfs_utimens"]).output
     assert "gfapi.glfs_utimens" in text and "seen in" not in text
