@@ -178,6 +178,20 @@ def test_an_argument_on_the_stack_or_no_capstone_keeps_the_entry(shapes, monkeyp
         trap_sites.decode_function.cache_clear()
 
 
+def test_a_library_too_large_to_search_for_jumps_into_the_function_keeps_the_entry(shapes, monkeypatch):
+    """The search for jumps into a function reads all the library's code: bounded, and past
+    the bound nothing is proved."""
+    monkeypatch.setattr(trap_sites, "MAX_LIBRARY_BYTES", 64)
+    trap_sites._inbound.cache_clear()
+    try:
+        at, sites = _sites(shapes, "stacked", (1,))
+        assert sites == trap_sites.at_entry(at, True)
+    finally:
+        monkeypatch.undo()
+        trap_sites._inbound.cache_clear()
+    assert _sites(shapes, "stacked", (1,))[1].ret_reads_rax
+
+
 def test_kernel_emulates_branches_and_push_but_not_sub_or_prefixed_encodings():
     yes = [b"\xe8\0\0\0\0", b"\xe9\0\0\0\0", b"\xeb\0", b"\x74\x32", b"\x0f\x85\0\0\0\0",
            b"\x53", b"\x41\x57"]

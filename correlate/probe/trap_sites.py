@@ -34,6 +34,7 @@ from functools import lru_cache
 from .elfsym import SHT_DYNSYM, SHT_SYMTAB, STT_FUNC, ElfError, function_span, load_elf
 
 MAX_FUNCTION_BYTES = 64 * 1024    # bounds the decoding of one function
+MAX_LIBRARY_BYTES = 32 << 20      # bounds the search for jumps into it (libc: 2 MB, 0.5 s)
 ARG_REGISTERS = ("rdi", "rsi", "rdx", "rcx", "r8", "r9")
 CALLER_SAVED = frozenset({"rax", "rcx", "rdx", "rsi", "rdi", "r8", "r9", "r10", "r11", "rsp"})
 
@@ -234,11 +235,14 @@ def decode_function(path: str, address: int) -> tuple[Insn, ...]:
     md = capstone.Cs(capstone.CS_ARCH_X86, capstone.CS_MODE_64)
     md.detail = True
     out, at = [], span[0]
-    for ins in md.disasm(code, span[0]):
-        if ins.address != at:
-            return ()
-        out.append(_insn(md, ins, capstone))
-        at = ins.address + ins.size
+    try:
+        for ins in md.disasm(code, span[0]):
+            if ins.address != at:
+                return ()
+            out.append(_insn(md, ins, capstone))
+            at = ins.address + ins.size
+    except capstone.CsError:
+        return ()
     return tuple(out) if at == span[1] else ()
 
 
@@ -322,9 +326,10 @@ def kernel_emulates(raw: bytes) -> bool:
 
 
 @lru_cache(maxsize=8)
-def _inbound(path: str) -> tuple[tuple[int, int], ...]:
+def _inbound(path: str) -> tuple[tuple[int, int], ...] | None:
     """(target, source) of every direct jump or call in the library's functions: those its
-    FDEs describe and those its symbols do (hand-written code may have no FDE)."""
+    FDEs describe and those its symbols do (hand-written code may have no FDE). None when
+    the library has more code than MAX_LIBRARY_BYTES."""
     try:
         import capstone
         elf = load_elf(path)
@@ -334,6 +339,9 @@ def _inbound(path: str) -> tuple[tuple[int, int], ...]:
                        if s.type == STT_FUNC and s.value and s.size}
     except (ImportError, ElfError, OSError):
         return ()
+    if sum(end - start for start, end in ranges if 0 < end - start <= MAX_FUNCTION_BYTES) \
+            > MAX_LIBRARY_BYTES:
+        return None
     md = capstone.Cs(capstone.CS_ARCH_X86, capstone.CS_MODE_64)
     out = []
     for start, end in sorted(ranges):
@@ -356,5 +364,6 @@ def _jumped_into(path: str, code: tuple[Insn, ...]) -> bool:
     """Does code outside the function jump into it anywhere but its start (a .cold part
     going back, another function sharing a tail)? Then a site inside may be bypassed."""
     start, end = code[0].address, code[-1].next
-    return any(start < target < end and not start <= source < end
-               for target, source in _inbound(path))
+    inbound = _inbound(path)
+    return inbound is None or any(start < target < end and not start <= source < end
+                                  for target, source in inbound)
