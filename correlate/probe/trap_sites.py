@@ -4,7 +4,8 @@ single-step it there.
 A uprobe puts an int3 on an instruction. At the trap the kernel emulates a few
 instructions itself (relative jumps, conditional jumps and calls, and `push`); any other
 one it copies out of line and single-steps, which is a second exception. On the lab's VM a
-single-stepped call costs 24 us, an emulated one 0.6 us (bench/probe_overhead.py). gcc
+call and return cost 26-32 us single-stepped, 1.1 us trapped at two emulated branches
+(bench/probe_overhead.py). gcc
 starts many small gfapi functions with `sub $N,%rsp` (glfs_read, glfs_write, glfs_pread,
 glfs_pwrite) or with a register cleared before a tail jump (glfs_posix_lock).
 
