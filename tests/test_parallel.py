@@ -86,6 +86,29 @@ class _Done:
         return None
 
 
+class _EndsWhenAsked(_Done):
+    """A task that writes its whole spool file and ends right when it is first asked whether
+    it is done: between the reader's two looks on a loaded machine."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def done(self):
+        if not self.path.exists():
+            with open(self.path, "wb") as out:
+                parallel._write_batch(out, [((0, 1), parallel._EVENT, {"kind": "x"})])
+        return True
+
+
+def test_a_task_that_writes_its_file_and_ends_between_two_looks_is_still_read(tmp_path):
+    """Under load a small shard can write everything and end between the reader's look for
+    its spool file and its question whether the task is done: its events must still come
+    (CI once lost every connection of one shard this way)."""
+    spool = tmp_path / "s.spool"
+    items = list(parallel._follow(str(spool), _EndsWhenAsked(spool), 3))
+    assert items == [((0, 1), 3, parallel._EVENT, {"kind": "x"})]
+
+
 def test_default_jobs_gain_only_on_large_inputs(tmp_path):
     assert parallel.default_jobs([str(p) for p in CAPTURES]) == 1
     big = tmp_path / "big.pcap"

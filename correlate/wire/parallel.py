@@ -167,8 +167,11 @@ def _write_batch(out, batch: list) -> None:
 def _follow(path: str, future: Future, shard: int) -> Iterator[tuple]:
     """(place, shard, kind, item) for each item of a spool file as its task writes it (one
     batch in memory); ends when the task has ended and everything it wrote is read."""
-    while not os.path.exists(path):
-        if future.done():
+    while True:
+        done = future.done()                # asked before looking: a task that wrote its file
+        if os.path.exists(path):            # and ended between the two is still read
+            break
+        if done:
             future.result()                 # the task failed before writing: raise its error
             return
         time.sleep(POLL_S)
