@@ -5,9 +5,9 @@ A uprobe puts an int3 on an instruction. At the trap the kernel emulates a few
 instructions itself (relative jumps, conditional jumps and calls, and `push`); any other
 one it copies out of line and single-steps, which is a second exception. On the lab's VM a
 call and return cost 26-32 us single-stepped, 1.1 us trapped at two emulated branches
-(bench/probe_overhead.py). gcc
-starts many small gfapi functions with `sub $N,%rsp` (glfs_read, glfs_write, glfs_pread,
-glfs_pwrite) or with a register cleared before a tail jump (glfs_posix_lock).
+(bench/probe_overhead.py). gcc starts many small gfapi functions with `sub $N,%rsp`
+(glfs_read, glfs_write, glfs_pread, glfs_pwrite) or with a register cleared before a tail
+jump (glfs_posix_lock).
 
 For such a function the probe traps elsewhere, where its code (read with capstone) proves
 it sees the same thing:
@@ -25,7 +25,7 @@ it sees the same thing:
 Whatever the analysis cannot prove keeps the entry trap and its uretprobe: an indirect or
 outward jump before the return, a loop through a site, a jump into the function from
 elsewhere in the library (gcc's .cold parts), a probe that reads the stack at the entry
-(wrappers.py), or no capstone.
+(wrappers.py), a library too large to search, or no capstone.
 """
 from __future__ import annotations
 
