@@ -251,6 +251,12 @@ def trap_plan(probes: list[ResolvedProbe], folded: dict[int, Fold] | None = None
     return plan
 
 
+def sites_by_probe(probes: list[ResolvedProbe], folded: dict[int, Fold],
+                   plan: dict[int, Sites]) -> dict[int, Sites]:
+    """Each attached probe -> the sites of its attach point (plan is by the group's first)."""
+    return {i: plan[group[0]] for group in attach_points(probes, folded) for i in group}
+
+
 def _attached_functions(group: list[int], probes: list[ResolvedProbe]) -> str:
     """call_N (and ret_N) for one attach point: each probe's entry (and return) in turn."""
     first = group[0]
@@ -294,7 +300,7 @@ def program_text(probes: list[ResolvedProbe], pid: int | None = None, keep_in: s
     where each attach point traps (trap_plan)."""
     folded = folded or {}
     plan = trap_plan(probes, folded) if plan is None else plan
-    sites_of = {i: plan[group[0]] for group in attach_points(probes, folded) for i in group}
+    sites_of = sites_by_probe(probes, folded, plan)
     if keep_in not in KEEP_IN:
         raise ValueError(f"keep_in must be one of {', '.join(KEEP_IN)}")
     text = resources.files("correlate.probes").joinpath("uprobe_events.c").read_text()

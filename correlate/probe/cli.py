@@ -17,8 +17,8 @@ from ..events import to_json
 from ..outputs.terminal import safe_text
 from ..run_setup import detector_options
 from . import catalog
+from .bcc_program import sites_by_probe, trap_plan
 from .resolve import parse_offsets, resolve
-from .bcc_program import attach_points, trap_plan
 from .wrappers import folds
 
 GROUP_HELP = "gfapi, samba, all, or a plugin's group (repeatable)"
@@ -199,16 +199,14 @@ def probes(groups, pid, offsets, as_json):
     folded = folds(rps)
     for i, fold in folded.items():    # bcc traps these where they call their implementation
         resolved[i][0]["seen_at"] = rps[fold.inner].function
-    plan = trap_plan(rps, folded)
-    for group in attach_points(rps, folded):   # off the entry where it would be single-stepped
-        sites = plan[group[0]]
+    # off the entry where it would be single-stepped (trap_sites.py)
+    for i, sites in sites_by_probe(rps, folded, trap_plan(rps, folded)).items():
         if sites.why:
-            for i in group:
-                resolved[i][0]["traps"] = {
-                    "call": f"{sites.call:#x}", "why": sites.why,
-                    "return": None if sites.ret is None else f"{sites.ret:#x}",
-                    "return_by": None if sites.ret is None else
-                    ("uprobe reading %rax" if sites.ret_reads_rax else "uretprobe")}
+            resolved[i][0]["traps"] = {
+                "call": f"{sites.call:#x}", "why": sites.why,
+                "return": None if sites.ret is None else f"{sites.ret:#x}",
+                "return_by": None if sites.ret is None else
+                ("uprobe reading %rax" if sites.ret_reads_rax else "uretprobe")}
     for spec, row in rows:
         if as_json:
             click.echo(json.dumps(row))
