@@ -27,8 +27,9 @@ nothing attached: what the method itself reads into noise (should be 1.00x). Per
 Then the cost of single probe hits on cheap libgfapi functions in a tight loop: one that
 sends its event, and a call and return that send nothing, by the probed function's first
 instruction (the kernel emulates `push`, it single-steps `sub` out of line), and for a
-`sub`-first function whose traps moved to two emulated branches. Inside the workload a
-probe costs several times what the loop says (see docs/probes.md, Overhead).
+`sub`-first function whose traps moved to two emulated branches, alone and with an
+emit="slow" probe beside it (as `--probe all` has). Inside the workload a probe costs
+several times what the loop says (see docs/probes.md, Overhead).
 
 Needs root, bcc and the lab; otherwise it says why and exits 0.
 """
@@ -255,7 +256,8 @@ def per_hit_ns(first: str, emit: str, calls: int = 200_000) -> tuple[float, int]
     """Cost of one probe hit: a cheap libgfapi function called in a loop, timed with and
     without a probe on it. emit="all" is an entry probe that sends its event; "failures" is an
     entry and a return that send nothing (the call succeeds), what a fop probe costs on a
-    healthy workload."""
+    healthy workload; "failures+slow" adds an emit="slow" probe on the same function, as
+    `--probe all` puts app-latency's io probes beside the gfapi ones."""
     from correlate.probe.catalog import Arg, ProbeSpec
     from correlate.probe.session import ProbeSession
     function, arg = HIT_FUNCTIONS[first]
@@ -271,11 +273,16 @@ def per_hit_ns(first: str, emit: str, calls: int = 200_000) -> tuple[float, int]
         return float(proc.stdout.read())
 
     # glfs_read(NULL) returns -1: read as a pointer that is not a failure, so nothing is sent
-    spec = ProbeSpec(f"bench.{function}", "bench", "libgfapi.so.0", function,
-                     (Arg("arg", 1, "ptr"),), retprobe=emit != "all", emit=emit,
-                     retval="ptr" if first == "branches" else "int")
+    retval = "ptr" if first == "branches" else "int"
+    specs = [ProbeSpec(f"bench.{function}", "bench", "libgfapi.so.0", function,
+                       (Arg("arg", 1, "ptr"),), retprobe=emit != "all", emit=emit.split("+")[0],
+                       retval=retval)]
+    if emit.endswith("+slow"):
+        specs.append(ProbeSpec(f"bench.slow.{function}", "bench", "libgfapi.so.0", function,
+                               (Arg("arg", 1, "ptr"),), retprobe=True, emit="slow",
+                               slow_ns=100_000_000, retval=retval))
     plain = min(run() for _ in range(3))
-    session = ProbeSession([spec], backend="bcc").start()
+    session = ProbeSession(specs, backend="bcc").start()
     probed = min(run(session) for _ in range(3))
     session.stop()
     return (probed - plain) / calls * 1e9, session.lost
@@ -339,6 +346,9 @@ def main(argv=None) -> int:
                       f"{quiet / 1000:.1f} us", flush=True)
             print(f"a probe hit that sends its event: {sent / 1000:.1f} us (glfs_setfsleaseid loop, "
                   f"best of 3)")
+            both, _ = per_hit_ns("branches", "failures+slow")
+            print(f"the same glfs_read call and return with an emit=\"slow\" probe beside the "
+                  f"failures one (--probe all): {both / 1000:.1f} us", flush=True)
     return 1 if failed else 0
 
 

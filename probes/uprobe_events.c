@@ -75,7 +75,7 @@ struct entry_t {
     u64 str_ptr;        // the str argument's pointer
     u64 struct_ptr;     // the struct argument's pointer
     u32 caller;         // the call record's caller
-    u32 pid;            // emit="slow": the collector reads a running call's arguments
+    u32 pid;            // KEEP_IN_HASH: the process, for the collector's list of running calls
 };
 
 // --pid: every probe is attached to the library (all processes) and returns at once in any
@@ -92,10 +92,6 @@ struct entry_t {
 BPF_PERF_OUTPUT(events);
 BPF_PERCPU_ARRAY(scratch, struct event_t, 1);
 BPF_PERCPU_ARRAY(fd_scratch, struct fd_info_t, 1);
-// emit="slow" probes keep their calls here, where the collector can list them: it sends a
-// call that has run slow_ns already while it still runs, reading its strings and structs
-// from the process (bcc_backend.py, proc_memory.py)
-BPF_TABLE("lru_hash", u64, struct entry_t, slow_calls, 1024);
 BPF_TABLE("lru_hash", struct fd_key_t, struct fd_info_t, fds, 8192);
 
 static __always_inline struct event_t *begin(u32 probe_id, u32 kind) {
@@ -176,6 +172,7 @@ BPF_TABLE("lru_hash", u64, struct entry_t, entries, 4096);
 
 static __always_inline void keep_entry(u32 probe_id, struct entry_t *e) {
     u64 key = entry_key(probe_id);
+    e->pid = bpf_get_current_pid_tgid() >> 32;
     entries.update(&key, e);
 }
 
@@ -216,24 +213,59 @@ static __always_inline void forget_entry(u32 probe_id, struct entry_t *e) {
     if (e)
         e->ts = 0;
 }
+
+#ifdef SLOW_PROBES
+// emit="slow" probes send a call that has run slow_ns already while it still runs
+// (bcc_backend.py): the collector reads this task iterator, which lists those calls from
+// every thread's task storage; its strings and structs are read from the process then
+// (proc_memory.py). Listing them here, and not from a hash the calls would also be kept in,
+// spares every call of those hot functions a hash update and delete. The iterator's context,
+// declared here for want of the kernel's headers (struct bpf_iter__task):
+struct seq_file;
+struct bpf_iter_meta {
+    struct seq_file *seq;
+    u64 session_id;
+    u64 seq_num;
+};
+struct bpf_iter__task {
+    struct bpf_iter_meta *meta;
+    struct task_struct *task;
+};
+struct running_t {
+    u32 tid;
+    u32 pid;
+    u32 probe_id;
+    u32 pad;
+    struct entry_t call;
+};
+
+// probe i's call in progress, when it has run slow_ns already: one record to the reader
+static __always_inline void list_running(struct seq_file *seq, struct running_t *r, struct kept_t *k,
+                                         u32 i, u64 slow_ns, u64 now) {
+    if (i >= PROBES || !k->call[i].ts || now - k->call[i].ts < slow_ns)
+        return;
+    r->probe_id = i;
+    __builtin_memcpy(&r->call, &k->call[i], sizeof(r->call));
+    bpf_seq_write(seq, r, sizeof(*r));
+}
+
+BPF_ITER(task) {
+    struct task_struct *task = ctx->task;
+    if (!task)
+        return 0;
+    struct kept_t *k = kept.task_storage_get(task, 0, 0);
+    if (!k)
+        return 0;
+    struct running_t r = {};
+    // TASK_PID_OFF, TASK_TGID_OFF: task_struct's pid and tgid, from the kernel's BTF
+    bpf_probe_read_kernel(&r.tid, sizeof(r.tid), (char *)task + TASK_PID_OFF);
+    bpf_probe_read_kernel(&r.pid, sizeof(r.pid), (char *)task + TASK_TGID_OFF);
+    u64 now = bpf_ktime_get_ns();
+    SLOW_PROBES(ctx->meta->seq, &r, k, now)
+    return 0;
+}
 #endif
-
-// emit="slow" calls wait in slow_calls instead (listed by the collector), with their pid.
-static __always_inline void keep_slow_call(u32 probe_id, struct entry_t *e) {
-    u64 key = entry_key(probe_id);
-    e->pid = bpf_get_current_pid_tgid() >> 32;
-    slow_calls.update(&key, e);
-}
-
-static __always_inline struct entry_t *kept_slow_call(u32 probe_id) {
-    u64 key = entry_key(probe_id);
-    return slow_calls.lookup(&key);
-}
-
-static __always_inline void forget_slow_call(u32 probe_id, struct entry_t *e) {
-    u64 key = entry_key(probe_id);
-    slow_calls.delete(&key);
-}
+#endif
 
 // The call's record, built at its return from what the entry kept.
 static __always_inline struct event_t *call_record(u32 probe_id, struct entry_t *entry) {

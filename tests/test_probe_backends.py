@@ -491,10 +491,13 @@ def test_bcc_falls_back_to_the_hash_where_the_kernel_refuses_task_storage(tmp_pa
     assert [(e["kind"], e.get("retval")) for e in seen] == [("probe.call", None), ("probe.return", -1)], seen
 
 
-def test_bcc_a_slow_call_is_sent_while_it_runs_with_its_memory_read_then(tmp_path):
+@pytest.mark.parametrize("keep_in,for_pid", [("task", True), ("task", False), ("hash", True)])
+def test_bcc_a_slow_call_is_sent_while_it_runs_with_its_memory_read_then(tmp_path, keep_in, for_pid):
     """emit="slow" keeps only a call's registers; the collector sends a call that has run
     slow_ns already while it still runs, reading its string and struct from the process
-    (proc_memory.py): the same values the program reads at the return."""
+    (proc_memory.py): the same values the program reads at the return. The calls in
+    progress are listed by the program's task iterator (for one process with --pid, else
+    every thread of the machine) or, without task storage, from the hash."""
     lib = _nested_library(tmp_path)
     from correlate.probe.bcc_backend import BccCollector
     spec = ProbeSpec("t.hold", "t", str(lib), "hold", (Arg("path", 1, "str"), Arg("ts", 2, "timespec2")),
@@ -502,8 +505,10 @@ def test_bcc_a_slow_call_is_sent_while_it_runs_with_its_memory_read_then(tmp_pat
     child = subprocess.Popen([sys.executable, "-c", NESTED_CHILD, str(lib)], stdin=subprocess.PIPE,
                              stdout=subprocess.PIPE, text=True)
     assert child.stdout.readline().strip() == "ready"
-    collector = BccCollector([resolve(spec, child.pid)], pid=child.pid)
+    collector = BccCollector([resolve(spec, child.pid)], pid=child.pid if for_pid else None,
+                             keep_in=keep_in)
     collector.start()
+    assert collector.kept_in == keep_in
     early, events = [], []
     try:
         for ms in (1, 2, 3):

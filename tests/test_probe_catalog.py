@@ -9,7 +9,7 @@ import time
 import pytest
 from click.testing import CliRunner
 
-from correlate.probe import bcc_backend, catalog, clock, errors, resolve, stap_backend, stap_script
+from correlate.probe import bcc_backend, btf, catalog, clock, errors, resolve, stap_backend, stap_script
 from correlate.probe.catalog import Arg, ProbeSpec
 from correlate.outputs.terminal import safe_text
 from correlate.probe.cli import format_event, probes
@@ -571,23 +571,29 @@ def test_program_sends_slow_or_failed_calls_only():
     failures = next(s for s in catalog.select("gfapi") if s.function == "glfs_open")
     text = bcc_backend.program_text([_fake(slow), _fake(failures)])
     call = text.split("int enter_0(")[1].split("int leave_0(")[0]
-    # only the registers and the pid are kept, nothing is sent or read: the collector lists
-    # slow_calls and may send the call while it runs, reading its memory then
+    # only the registers are kept, where every call waits, nothing is sent or read: the
+    # collector lists slow calls in progress and may send the call while it runs
     assert "perf_submit" not in call and "begin(" not in call and "read_" not in call
-    assert "keep_slow_call(0, &e);" in call and "keep_entry" not in call
-    keep = text.split("void keep_slow_call(", 1)[1].split("}", 1)[0]
-    assert "e->pid = bpf_get_current_pid_tgid() >> 32;" in keep and "slow_calls.update(&key, e);" in keep
+    assert "keep_entry(0, &e);" in call
     ret = text.split("int leave_0(")[1].split("int enter_1(")[0]
-    assert "struct entry_t *entry = kept_slow_call(0);" in ret
-    assert "return slow_calls.lookup(&key);" in text.split("kept_slow_call(u32 probe_id)", 1)[1].split("}", 1)[0]
+    assert "struct entry_t *entry = kept_entry(0);" in ret
+    # the task iterator lists probe 0's calls that have run 100 ms, not probe 1's
+    assert "#define SLOW_PROBES(seq, r, k, now) list_running(seq, r, k, 0, 100000000ULL, now);\n" in text
+    assert "BPF_ITER(task)" in text and "slow_calls" not in text
+    pid_off = btf.member_offset("task_struct", "pid")
+    assert f"#define TASK_PID_OFF {pid_off}\n" in text
+    assert f"#define TASK_TGID_OFF {btf.member_offset('task_struct', 'tgid')}\n" in text
+    # without task storage the calls wait in the hash, which the collector lists whole
+    hashed = bcc_backend.program_text([_fake(slow), _fake(failures)], keep_in="hash")
+    assert "SLOW_PROBES" not in hashed.split("// Uprobe/uretprobe events", 1)[0]
+    assert "e->pid = bpf_get_current_pid_tgid() >> 32;" in hashed.split("void keep_entry(", 1)[1].split("}", 1)[0]
     assert "int failed = rc < 0;" in ret
     assert "int send = failed || (entry && bpf_ktime_get_ns() - entry->ts >= 100000000ULL);" in ret
     sending = ret.split("if (!send) {")[1].split("return 0;", 1)[1]
     # the call's record is built from the kept registers and sent before the return's
     assert sending.index("call_record(0, entry)") < sending.index("perf_submit(ctx, ev")
     assert sending.index("perf_submit(ctx, ev") < sending.index("begin(0, KIND_RETURN)")
-    assert "forget_slow_call(0, entry);" in ret and "forget_entry" not in ret
-    assert "slow_calls.delete(&key);" in text.split("forget_slow_call(u32 probe_id", 1)[1].split("}", 1)[0]
+    assert "forget_entry(0, entry);" in ret
     # emit="failures" is unchanged
     ret_open = text.split("int leave_1(")[1]
     assert "int send = failed;" in ret_open and "duration_ns >=" not in ret_open

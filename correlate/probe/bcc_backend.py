@@ -5,13 +5,14 @@ on machines without bcc.
 
 Probes with emit="slow" send a call only once it is known to be slow, at its return. That is
 as late as the call was long, and a detector that ties RPCs to the call in progress (app-
-latency) needs the call first. So each poll also looks at the calls in progress (the
-program's `slow_calls` table) and sends the call of every slow probe that has run for slow_ns
-already, at its own time: at most slow_ns plus a scan interval late, inside the merge's
-reorder window. The table keeps only the call's registers (copying strings at every call of
-a hot function cost more than the rest of the program); the call's strings and structs are
-read from the running process then (proc_memory.py). The copy the return sends later is
-dropped (the same tid, probe and entry time).
+latency) needs the call first. So each poll also looks at the calls in progress, kept until
+their return in each thread's task storage (listed by the program's task iterator) or, on a
+kernel without it, in a hash (listed whole), and sends the call of every slow probe that has
+run for slow_ns already, at its own time: at most slow_ns plus a scan interval late, inside the merge's
+reorder window. A call keeps only its registers (copying strings at every call of a hot
+function cost more than the rest of the program); the call's strings and structs are read
+from the running process then (proc_memory.py). The copy the return sends later is dropped
+(the same tid, probe and entry time).
 """
 from __future__ import annotations
 
@@ -54,10 +55,16 @@ class EventRecord(ctypes.Structure):
 
 
 class EntryRecord(ctypes.Structure):
-    """Mirror of struct entry_t in probes/uprobe_events.c (what slow_calls keeps)."""
+    """Mirror of struct entry_t in probes/uprobe_events.c (what a call keeps)."""
     _fields_ = [("ts", ctypes.c_uint64), ("base", ctypes.c_uint64), ("ints", ctypes.c_uint64 * 4),
                 ("str_ptr", ctypes.c_uint64), ("struct_ptr", ctypes.c_uint64),
                 ("caller", ctypes.c_uint32), ("pid", ctypes.c_uint32)]
+
+
+class RunningRecord(ctypes.Structure):
+    """Mirror of struct running_t: a call in progress, as the task iterator lists it."""
+    _fields_ = [("tid", ctypes.c_uint32), ("pid", ctypes.c_uint32), ("probe_id", ctypes.c_uint32),
+                ("pad", ctypes.c_uint32), ("call", EntryRecord)]
 
 
 def check_bcc_prerequisites() -> None:
@@ -197,6 +204,7 @@ class BccCollector:
         self._slow = {i: rp.spec.slow_ns for i, rp in enumerate(probes) if rp.spec.emit == "slow"}
         self._sent: OrderedDict[tuple[int, int, int], None] = OrderedDict()
         self._last_scan = 0
+        self._running_link: int | None = None   # the task iterator's link (task storage)
 
     def start(self) -> None:
         check_bcc_prerequisites()
@@ -224,6 +232,8 @@ class BccCollector:
         except Exception as exc:  # bcc raises plain Exception on compile errors
             raise ProbeError(f"bcc could not compile the probe program: {str(exc).splitlines()[0]} "
                              f"(kernel headers at {kernel_headers_dir()})") from None
+        if keep_in == "task" and self._slow:
+            self._running_link = _iterator_link(self.bpf, self.pid)
         self.attach()
         self.kept_in = keep_in
 
@@ -291,18 +301,27 @@ class BccCollector:
         if not self._slow or (not force and now - self._last_scan < SCAN_EVERY_NS):
             return
         self._last_scan = now
-        for key, value in self.bpf[b"slow_calls"].items():   # at most the table's 1024
-            probe_id, tid = key.value & 0xFFFFFFFF, key.value >> 32
+        for tid, probe_id, entry in self._running_calls():
             slow_ns = self._slow.get(probe_id)
             if slow_ns is None:
                 continue
-            entry = EntryRecord.from_buffer_copy(value)
             if not entry.ts or now - entry.ts < slow_ns or (tid, probe_id, entry.ts) in self._sent:
                 continue   # not slow yet, or its return's copy came first
             rec = self._running_call(probe_id, tid, entry)
             self._first_send(rec)
             self._pending.append(record_to_event(self.probes[probe_id], rec, self.clock,
                                                  self.source, self.host))
+
+    def _running_calls(self):
+        """(tid, probe id, EntryRecord with its pid) of the calls in progress: from the task
+        iterator (only slow probes' calls that have run slow_ns), or the whole hash."""
+        if self._running_link is None:
+            for key, value in self.bpf[b"entries"].items():
+                yield key.value >> 32, key.value & 0xFFFFFFFF, EntryRecord.from_buffer_copy(value)
+            return
+        for r in _read_iterator(self._running_link, RunningRecord):
+            r.call.pid = r.pid
+            yield r.tid, r.probe_id, r.call
 
     def _running_call(self, probe_id: int, tid: int, entry: "EntryRecord") -> EventRecord:
         """The call record the program would have built, from a running call's kept
@@ -374,9 +393,57 @@ class BccCollector:
                 pass
             out = self._take_pending()
             _detach_uprobes(self.bpf)
+            if self._running_link is not None:
+                os.close(self._running_link)
+                self._running_link = None
             self.bpf.cleanup()
             self.bpf = None
         return out
+
+
+ITER_READ_BYTES = 1 << 20   # bounds one listing of calls in progress (~10,000 calls)
+
+
+def _iterator_link(bpf, pid: int | None) -> int:
+    """Load and link the program's task iterator (bpf_iter__task); with a pid, it visits
+    only that process's threads (union bpf_iter_link_info's task.pid, Linux 6.1+)."""
+    from bcc import BPF, lib
+    lib.bcc_iter_attach.restype = ctypes.c_int
+    lib.bcc_iter_attach.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_uint32]
+    lib.bcc_iter_create.restype = ctypes.c_int
+    lib.bcc_iter_create.argtypes = [ctypes.c_int]
+    try:
+        fn = bpf.load_func(b"bpf_iter__task", BPF.TRACING)
+    except Exception as exc:   # bcc raises plain Exception when the kernel refuses it
+        raise ProbeError(f"the kernel refused the task iterator: {str(exc).splitlines()[0]}") from None
+    info = (ctypes.c_uint32 * 4)(0, int(pid or 0), 0, 0)   # task: tid, pid, pid_fd
+    link = lib.bcc_iter_attach(fn.fd, ctypes.byref(info) if pid else None, ctypes.sizeof(info) if pid else 0)
+    if link < 0:
+        raise ProbeError(f"linking the task iterator failed: {os.strerror(-link)}")
+    return link
+
+
+def _read_iterator(link: int, record: type[ctypes.Structure]):
+    """The records one run of the iterator writes, at most ITER_READ_BYTES of them."""
+    from bcc import lib
+    fd = lib.bcc_iter_create(link)
+    if fd < 0:
+        return
+    data = bytearray()
+    try:
+        while len(data) < ITER_READ_BYTES:
+            try:
+                chunk = os.read(fd, 65536)
+            except OSError:
+                break
+            if not chunk:
+                break
+            data += chunk
+    finally:
+        os.close(fd)
+    size = ctypes.sizeof(record)
+    for at in range(0, len(data) - size + 1, size):
+        yield record.from_buffer_copy(data, at)
 
 
 def _time_of(event: dict) -> int:

@@ -94,14 +94,8 @@ def _keep_entry(i: int, rp: ResolvedProbe, from_record: bool, sites: Sites) -> s
             lines.append(f"e.str_ptr = {reg};")
         elif arg.kind in STRUCT_KINDS:
             lines.append(f"e.struct_ptr = {reg};")
-    lines.append(f"keep_{_store(rp)}({i}, &e);")
+    lines.append(f"keep_entry({i}, &e);")
     return "\n    ".join(lines)
-
-
-def _store(rp: ResolvedProbe) -> str:
-    """Where the probe's calls wait for their return: keep_/kept_/forget_ + this, in
-    uprobe_events.c (emit="slow" calls where the collector can list them)."""
-    return "slow_call" if rp.spec.emit == "slow" else "entry"
 
 
 def _caller_check(rp: ResolvedProbe, wrapped: list[tuple[int, Fold]]) -> str:
@@ -183,7 +177,7 @@ def _return_function(i: int, rp: ResolvedProbe, with_errno: bool,
     closing = int(spec.fd_role == "closes")
     if syncs:
         lines.append(f"if (!send && entry)\n        fd_synced(0, pid, {fd}, failed, {closing});")
-    forget = f"forget_{_store(rp)}({i}, entry);"
+    forget = f"forget_entry({i}, entry);"
     lines.append(f"if (!send) {{\n        if (entry)\n            {forget}\n"
                  "        return 0;\n    }")
     if spec.emit in ("failures", "slow"):
@@ -210,7 +204,7 @@ def _return_function(i: int, rp: ResolvedProbe, with_errno: bool,
     PID_GUARD();
     s64 rc = PT_REGS_RC(ctx);
     u32 pid = bpf_get_current_pid_tgid() >> 32;
-    struct entry_t *entry = kept_{_store(rp)}({i});
+    struct entry_t *entry = kept_entry({i});
     {body}
     return 0;
 }}
@@ -290,6 +284,23 @@ static __always_inline void read_{kind}(struct event_t *ev, const void *p) {{
     return "".join(out)
 
 
+def running_calls_defines(probes: list[ResolvedProbe]) -> str:
+    """SLOW_PROBES for the task iterator that lists emit="slow" calls in progress (in
+    uprobe_events.c; the collector reads it): one check per slow probe, with its slow_ns.
+    Nothing without slow probes. With KEEP_IN_HASH the collector lists the hash instead."""
+    slow = [(i, rp.spec.slow_ns) for i, rp in enumerate(probes) if rp.spec.emit == "slow"]
+    if not slow:
+        return ""
+    from .btf import BtfError, member_offset
+    try:
+        pid_off, tgid_off = member_offset("task_struct", "pid"), member_offset("task_struct", "tgid")
+    except BtfError as exc:
+        raise ProbeError(f"the kernel's BTF does not give task_struct's pid and tgid: {exc}") from None
+    checks = " ".join(f"list_running(seq, r, k, {i}, {ns}ULL, now);" for i, ns in slow)
+    return (f"#define TASK_PID_OFF {pid_off}\n#define TASK_TGID_OFF {tgid_off}\n"
+            f"#define SLOW_PROBES(seq, r, k, now) {checks}\n")
+
+
 def program_text(probes: list[ResolvedProbe], pid: int | None = None, keep_in: str = "task",
                  folded: dict[int, Fold] | None = None, plan: dict[int, Sites] | None = None) -> str:
     """The common BPF C plus one entry (and return) function per probe; with `pid`, every
@@ -308,6 +319,8 @@ def program_text(probes: list[ResolvedProbe], pid: int | None = None, keep_in: s
     defines += f"#define PROBES {max(len(probes), 1)}\n"
     if keep_in == "hash":
         defines += "#define KEEP_IN_HASH\n"
+    else:
+        defines += running_calls_defines(probes)
     if pid is not None:
         defines += f"#define FILTER_TGID {int(pid)}\n"
     parts = [defines + text, struct_readers()]
