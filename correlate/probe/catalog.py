@@ -30,8 +30,8 @@ in the kernel without sending anything: "opens" (the return is a new fd for the 
 path), "writes" (a successful return adds to the fd's acknowledged, not yet synced writes),
 "syncs" and "closes" (the return carries that tally; a successful fsync clears it).
 A function that is called often but matters only when it is slow uses `emit="slow"` with
-`slow_ns`: the program keeps the call's registers (as for "failures", in a table the
-collector can list) and sends call and return only when the call took at least `slow_ns`
+`slow_ns`: the program keeps the call's registers (as for "failures"; the collector can
+list the calls in progress) and sends call and return only when the call took at least `slow_ns`
 or when it failed, so a failure is never hidden by a fast return (unless another probe on
 the same function sends the failures: then only slow calls). Live, a call still
 running after `slow_ns` is sent by the collector while it runs, its strings and structs

@@ -1,8 +1,8 @@
 """A running call's arguments, read from its process's memory by the collector.
 
-An emit="slow" probe keeps only the call's registers (slow_calls in probes/uprobe_events.c):
-copying strings and structs into the table at every call of a hot function cost more than
-the rest of its program. When the collector finds a call that has run slow_ns already, it
+An emit="slow" probe keeps only the call's registers (struct entry_t in
+probes/uprobe_events.c): copying strings and structs at every call of a hot function cost
+more than the rest of its program. When the collector finds a call that has run slow_ns already, it
 sends it while it still runs, and reads what the pointers point to here, through
 /proc/PID/mem (root), the way the BPF readers would: the same bounds, the same struct
 layouts (catalog.STRUCT_WORDS), a flag instead of an error when memory is unreadable.
