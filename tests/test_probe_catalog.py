@@ -9,7 +9,7 @@ import time
 import pytest
 from click.testing import CliRunner
 
-from correlate.probe import bcc_backend, btf, catalog, clock, errors, resolve, stap_backend, stap_script
+from correlate.probe import bcc_backend, bcc_records, btf, catalog, clock, errors, resolve, stap_backend, stap_script
 from correlate.probe.catalog import Arg, ProbeSpec
 from correlate.outputs.terminal import safe_text
 from correlate.probe.cli import format_event, probes
@@ -236,11 +236,11 @@ def test_program_text_follows_pointer_hops_for_strings():
 
 def test_event_record_matches_the_c_layout():
     # 4 u64 + 4 u64 + 11 s64 + 8 u32 + 16 + 256 (see probes/uprobe_events.c)
-    assert ctypes.sizeof(bcc_backend.EventRecord) == 4 * 8 + 32 + 88 + 32 + 16 + 256
+    assert ctypes.sizeof(bcc_records.EventRecord) == 4 * 8 + 32 + 88 + 32 + 16 + 256
 
 
 def _record(**kw):
-    rec = bcc_backend.EventRecord()
+    rec = bcc_records.EventRecord()
     for k, v in kw.items():
         if k == "words":
             for i, w in enumerate(v):
@@ -255,10 +255,10 @@ def _record(**kw):
 
 def test_decode_utimens_call_with_negative_atime():
     spec = catalog.select("gfapi")[0]
-    rec = _record(ts=1000, pid=5, tid=6, probe_id=0, kind=0, flags=bcc_backend.F_STR | bcc_backend.F_STRUCT,
+    rec = _record(ts=1000, pid=5, tid=6, probe_id=0, kind=0, flags=bcc_records.F_STR | bcc_records.F_STRUCT,
                   comm=b"python", str=b"/f\x1b[31m", words=[-1, 0, 1700000000, 0])
     cm = clock.ClockMap(samples=5)
-    ev = bcc_backend.record_to_event(_fake(spec), rec, cm, "bcc", "h")
+    ev = bcc_records.record_to_event(_fake(spec), rec, cm, "bcc", "h")
     assert ev["kind"] == "probe.call" and ev["time_ns"] == 1000 + cm.current.offset_ns
     assert ev["args"] == {"path": "/f\x1b[31m", "atime": -1, "atime_nsec": 0,
                           "mtime": 1700000000, "mtime_nsec": 0}
@@ -268,22 +268,22 @@ def test_decode_utimens_call_with_negative_atime():
 
 def test_decode_samba_file_time_order_and_faults():
     spec = catalog.select("samba")[0]
-    rec = _record(kind=0, flags=bcc_backend.F_STRUCT, ints=[0xABC],
+    rec = _record(kind=0, flags=bcc_records.F_STRUCT, ints=[0xABC],
                   words=[11, 12, 21, catalog.UTIME_OMIT, 31, 32, 41, 42])
-    args, faults = bcc_backend.decode_args(_fake(spec), rec)
+    args, faults = bcc_records.decode_args(_fake(spec), rec)
     assert args["fsp"] == "0xabc"
     assert (args["mtime"], args["mtime_nsec"], args["atime"], args["atime_nsec"]) == (11, 12, 21, catalog.UTIME_OMIT)
     assert (args["create_time"], args["create_time_nsec"]) == (41, 42) and not faults
-    rec = _record(kind=0, flags=bcc_backend.F_STRUCT_FAULT)
-    args, faults = bcc_backend.decode_args(_fake(spec), rec)
+    rec = _record(kind=0, flags=bcc_records.F_STRUCT_FAULT)
+    args, faults = bcc_records.decode_args(_fake(spec), rec)
     assert faults == ["ft"] and "atime" not in args
 
 
 def test_return_values_by_c_type():
-    assert bcc_backend.convert_retval("int", 0xFFFFFFFF) == -1
-    assert bcc_backend.convert_retval("int", 0x12345678_00000000) == 0
-    assert bcc_backend.convert_retval("long", -5) == -5
-    assert bcc_backend.convert_retval("ptr", 4096) == "0x1000"
+    assert bcc_records.convert_retval("int", 0xFFFFFFFF) == -1
+    assert bcc_records.convert_retval("int", 0x12345678_00000000) == 0
+    assert bcc_records.convert_retval("long", -5) == -5
+    assert bcc_records.convert_retval("ptr", 4096) == "0x1000"
 
 
 # ---- stap ---------------------------------------------------------------------------------
@@ -477,40 +477,40 @@ def test_program_sends_failed_calls_only_and_follows_fds():
 def test_decode_failed_pread_with_fd_path_errno_and_tally():
     specs = {s.function: s for s in catalog.select("gfapi")}
     rp = _fake(specs["glfs_pread"])
-    rec = _record(kind=0, flags=bcc_backend.F_STR | bcc_backend.F_FD_PATH, ints=[0xF00, 4096, 8192],
+    rec = _record(kind=0, flags=bcc_records.F_STR | bcc_records.F_FD_PATH, ints=[0xF00, 4096, 8192],
                   str=b"/dir/file")
-    args, _ = bcc_backend.decode_args(rp, rec)
+    args, _ = bcc_records.decode_args(rp, rec)
     assert args == {"fd": "0xf00", "count": 4096, "offset": 8192, "path": "/dir/file"}
     rec = _record(kind=0, ints=[0xF00, 4096, 8192])        # opened before the probes: no path
-    assert "path" not in bcc_backend.decode_args(rp, rec)[0]
+    assert "path" not in bcc_records.decode_args(rp, rec)[0]
     cm = clock.ClockMap(samples=5)
-    rec = _record(kind=1, retval=-1, flags=bcc_backend.F_ERRNO, err=5)
-    ev = bcc_backend.record_to_event(rp, rec, cm, "bcc", "h")
+    rec = _record(kind=1, retval=-1, flags=bcc_records.F_ERRNO, err=5)
+    ev = bcc_records.record_to_event(rp, rec, cm, "bcc", "h")
     assert (ev["retval"], ev["errno"], ev["errno_name"]) == (-1, 5, "EIO")
     rec = _record(kind=1, retval=-1)                        # errno not readable: left out
-    assert "errno" not in bcc_backend.record_to_event(rp, rec, cm, "bcc", "h")
+    assert "errno" not in bcc_records.record_to_event(rp, rec, cm, "bcc", "h")
     close = _fake(specs["glfs_fsync"])
-    rec = _record(kind=1, retval=-1, flags=bcc_backend.F_TALLY, words=[3, 300, 10, 20, 0, 300, 5, 0])
-    ev = bcc_backend.record_to_event(close, rec, cm, "bcc", "h")
+    rec = _record(kind=1, retval=-1, flags=bcc_records.F_TALLY, words=[3, 300, 10, 20, 0, 300, 5, 0])
+    ev = bcc_records.record_to_event(close, rec, cm, "bcc", "h")
     assert ev["unsynced_writes"] == {"count": 3, "bytes": 300, "first_time_ns": 10 + cm.current.offset_ns,
                                      "last_time_ns": 20 + cm.current.offset_ns,
                                      "offset_lo": 0, "offset_hi": 300}
-    rec = _record(kind=1, retval=-1, flags=bcc_backend.F_TALLY,
-                  words=[1, 1, 10, 10, -1, -1, 0, bcc_backend.FD_OPENED_UNSEEN])
-    ev = bcc_backend.record_to_event(close, rec, cm, "bcc", "h")
+    rec = _record(kind=1, retval=-1, flags=bcc_records.F_TALLY,
+                  words=[1, 1, 10, 10, -1, -1, 0, bcc_records.FD_OPENED_UNSEEN])
+    ev = bcc_records.record_to_event(close, rec, cm, "bcc", "h")
     assert ev["unsynced_writes"]["opened_before_probes"] and "offset_lo" not in ev["unsynced_writes"]
 
 
 def test_versioned_symbol_keeps_the_plain_function_name():
     spec = next(s for s in catalog.select("gfapi") if s.function == "glfs_pwrite@GFAPI_3.4.0")
-    ev = bcc_backend.record_to_event(_fake(spec), _record(kind=1, retval=-1), clock.ClockMap(samples=5),
+    ev = bcc_records.record_to_event(_fake(spec), _record(kind=1, retval=-1), clock.ClockMap(samples=5),
                                      "bcc", "h")
     assert ev["function"] == "glfs_pwrite" and ev["symbol_version"] == "GFAPI_3.4.0"
 
 
 def test_int_arguments_drop_the_undefined_upper_half():
     spec = next(s for s in catalog.select("gfapi") if s.function == "glfs_open")
-    args, _ = bcc_backend.decode_args(_fake(spec), _record(kind=0, ints=[0xDEAD_0000_0042]))
+    args, _ = bcc_records.decode_args(_fake(spec), _record(kind=0, ints=[0xDEAD_0000_0042]))
     assert args["flags"] == 0x42
 
 
