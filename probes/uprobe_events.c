@@ -239,7 +239,9 @@ struct running_t {
     struct entry_t call;
 };
 
-// probe i's call in progress, when it has run slow_ns already: one record to the reader
+// probe i's call in progress, when it has run slow_ns already: one record to the reader.
+// The thread may be writing the slot meanwhile; a slot being written holds a new call,
+// whose ts (the first word) is too recent to be listed.
 static __always_inline void list_running(struct seq_file *seq, struct running_t *r, struct kept_t *k,
                                          u32 i, u64 slow_ns, u64 now) {
     if (i >= PROBES || !k->call[i].ts || now - k->call[i].ts < slow_ns)
