@@ -28,8 +28,11 @@ Then the cost of single probe hits on cheap libgfapi functions in a tight loop: 
 sends its event, and a call and return that send nothing, by the probed function's first
 instruction (the kernel emulates `push`, it single-steps `sub` out of line), and for a
 `sub`-first function whose traps moved to two emulated branches, alone and with an
-emit="slow" probe beside it (as `--probe all` has). Inside the workload a probe costs
-several times what the loop says (see docs/probes.md, Overhead).
+emit="slow" probe beside it (as `--probe all` has), and with a program that does nothing
+at the same sites, in a loop that keeps the caches warm and in one that reads 32 MB between
+calls. The plain and probed loops take turns, the plain one on a copy of libgfapi. Inside
+the workload a probe costs several times what the warm loop says (see docs/probes.md,
+Overhead).
 
 Needs root, bcc and the lab; otherwise it says why and exits 0.
 """
@@ -239,11 +242,15 @@ HIT_CHILD = """
 import ctypes, sys, time
 lib = ctypes.CDLL("libgfapi.so.0")
 f, arg, n = getattr(lib, sys.argv[1]), None if sys.argv[2] == "null" else 0, int(sys.argv[3])
+pages = bytearray(int(sys.argv[4]) * 4096)   # one byte of each read between calls: cold caches
 t0 = time.perf_counter()
-for _ in range(n):
+for i in range(n):
+    if pages:
+        pages[i % 64 * 64::4096]
     f(arg)
 print(time.perf_counter() - t0)
 """
+COLD_PAGES = 8192   # 32 MB: the TLB and the caches lose what the trap path had in them
 # Cheap functions that are safe to call in a loop, by their first instruction.
 HIT_FUNCTIONS = {"sub": ("glfs_setfsuid", "0"),       # sub $0x18,%rsp: single-stepped
                  "push": ("glfs_setfsleaseid", "null"),  # push %rbx: emulated
@@ -252,24 +259,60 @@ HIT_FUNCTIONS = {"sub": ("glfs_setfsuid", "0"),       # sub $0x18,%rsp: single-s
                  "branches": ("glfs_read", "null")}
 
 
-def per_hit_ns(first: str, emit: str, calls: int = 200_000) -> tuple[float, int]:
+class EmptyPrograms:
+    """A program that returns at once, attached where the probes of `specs` would trap
+    (trap_sites.py): what the trap costs without any probe work. Polled and stopped like a
+    ProbeSession."""
+
+    def __init__(self, specs, backend: str = "bcc"):
+        from correlate.probe.bcc_backend import BccCollector
+        from correlate.probe.resolve import resolve
+        self.collector = BccCollector([resolve(spec) for spec in specs])
+        self.bpf, self.lost = None, 0
+
+    def start(self) -> "EmptyPrograms":
+        from bcc import BPF
+        self.bpf = BPF(text=b"#include <uapi/linux/ptrace.h>\nint nothing(struct pt_regs *ctx) { return 0; }\n")
+        for sites, rp in ((self.collector.plan[i], self.collector.probes[i]) for i in self.collector.plan):
+            self.bpf.attach_uprobe(name=rp.path.encode(), addr=sites.call, fn_name=b"nothing", pid=-1)
+            if sites.ret is not None:
+                attach = self.bpf.attach_uprobe if sites.ret_reads_rax else self.bpf.attach_uretprobe
+                attach(name=rp.path.encode(), addr=sites.ret, fn_name=b"nothing", pid=-1)
+        return self
+
+    def poll(self, timeout_ms: int) -> list:
+        time.sleep(timeout_ms / 1000)
+        return []
+
+    def stop(self) -> None:
+        from correlate.probe.bcc_backend import _detach_uprobes
+        _detach_uprobes(self.bpf)
+
+
+def per_hit_ns(first: str, emit: str, calls: int = 200_000, cold: bool = False,
+               empty: bool = False) -> tuple[float, int]:
     """Cost of one probe hit: a cheap libgfapi function called in a loop, timed with and
     without a probe on it. emit="all" is an entry probe that sends its event; "failures" is an
     entry and a return that send nothing (the call succeeds), what a fop probe costs on a
     healthy workload; "failures+slow" adds an emit="slow" probe on the same function, as
-    `--probe all` puts app-latency's io probes beside the gfapi ones."""
+    `--probe all` puts app-latency's io probes beside the gfapi ones. `cold`: the loop reads
+    a byte of each of 32 MB between calls, as a workload's own work evicts what the trap path
+    keeps in the caches and TLB. `empty`: a program that does nothing at the probe's sites,
+    to tell the trap's cost from the program's."""
     from correlate.probe.catalog import Arg, ProbeSpec
     from correlate.probe.session import ProbeSession
     function, arg = HIT_FUNCTIONS[first]
+    rounds = 3
+    if cold:   # each call waits behind ~0.1 ms of reads: fewer calls, more rounds
+        calls, rounds = min(calls, 20_000), 5
 
-    def run(session=None) -> float:
-        proc = subprocess.Popen([sys.executable, "-c", HIT_CHILD, function, arg, str(calls)],
-                                stdout=subprocess.PIPE, text=True)
+    def run(session, library_dir: str | None = None) -> float:
+        env = dict(os.environ, **({"LD_LIBRARY_PATH": library_dir} if library_dir else {}))
+        proc = subprocess.Popen([sys.executable, "-c", HIT_CHILD, function, arg, str(calls),
+                                 str(COLD_PAGES if cold else 0)],
+                                stdout=subprocess.PIPE, text=True, env=env)
         while proc.poll() is None:
-            if session is not None:
-                session.poll(100)   # as the engine polls (ProbeSession.__iter__)
-            else:
-                time.sleep(0.02)
+            session.poll(100)   # as the engine polls (ProbeSession.__iter__)
         return float(proc.stdout.read())
 
     # glfs_read(NULL) returns -1: read as a pointer that is not a failure, so nothing is sent
@@ -281,11 +324,20 @@ def per_hit_ns(first: str, emit: str, calls: int = 200_000) -> tuple[float, int]
         specs.append(ProbeSpec(f"bench.slow.{function}", "bench", "libgfapi.so.0", function,
                                (Arg("arg", 1, "ptr"),), retprobe=True, emit="slow",
                                slow_ns=100_000_000, retval=retval))
-    plain = min(run() for _ in range(3))
-    session = ProbeSession(specs, backend="bcc").start()
-    probed = min(run(session) for _ in range(3))
+    # in turn, the plain loop on a copy of libgfapi (another file: the probes do not fire
+    # there), so that the machine's drift hits both alike; the best round of each
+    import shutil
+    import tempfile
+    from correlate.probe.resolve import find_library
+    session = (EmptyPrograms if empty else ProbeSession)(specs, backend="bcc").start()
+    with tempfile.TemporaryDirectory(prefix="correlate-bench-") as copy_dir:
+        shutil.copy2(os.path.realpath(find_library("libgfapi.so.0")), os.path.join(copy_dir, "libgfapi.so.0"))
+        plain, probed = [], []
+        for _ in range(rounds):
+            plain.append(run(session, copy_dir))
+            probed.append(run(session))
     session.stop()
-    return (probed - plain) / calls * 1e9, session.lost
+    return (min(probed) - min(plain)) / calls * 1e9, session.lost
 
 
 def main(argv=None) -> int:
@@ -349,6 +401,12 @@ def main(argv=None) -> int:
             both, _ = per_hit_ns("branches", "failures+slow")
             print(f"the same glfs_read call and return with an emit=\"slow\" probe beside the "
                   f"failures one (--probe all): {both / 1000:.1f} us", flush=True)
+            for empty in (False, True):
+                hot, _ = per_hit_ns("branches", "failures", empty=empty)
+                cold, _ = per_hit_ns("branches", "failures", cold=True, empty=empty)
+                print(f"the same glfs_read call and return, {'a program that does nothing' if empty else 'the probe'}"
+                      f": {hot / 1000:.1f} us; with 32 MB read between calls (cold caches and TLB): "
+                      f"{cold / 1000:.1f} us", flush=True)
     return 1 if failed else 0
 
 
