@@ -491,15 +491,23 @@ def test_bcc_falls_back_to_the_hash_where_the_kernel_refuses_task_storage(tmp_pa
     assert [(e["kind"], e.get("retval")) for e in seen] == [("probe.call", None), ("probe.return", -1)], seen
 
 
-@pytest.mark.parametrize("keep_in,for_pid", [("task", True), ("task", False), ("hash", True)])
-def test_bcc_a_slow_call_is_sent_while_it_runs_with_its_memory_read_then(tmp_path, keep_in, for_pid):
+@pytest.mark.parametrize("keep_in,for_pid,refused", [("task", True, False), ("task", False, False),
+                                                     ("hash", True, False), (None, True, True)])
+def test_bcc_a_slow_call_is_sent_while_it_runs_with_its_memory_read_then(tmp_path, monkeypatch,
+                                                                        keep_in, for_pid, refused):
     """emit="slow" keeps only a call's registers; the collector sends a call that has run
     slow_ns already while it still runs, reading its string and struct from the process
     (proc_memory.py): the same values the program reads at the return. The calls in
     progress are listed by the program's task iterator (for one process with --pid, else
-    every thread of the machine) or, without task storage, from the hash."""
+    every thread of the machine) or, without task storage, from the hash; a kernel that
+    refuses the iterator gets the hash."""
     lib = _nested_library(tmp_path)
+    from correlate.probe import bcc_backend
     from correlate.probe.bcc_backend import BccCollector
+    if refused:
+        def refuse(bpf, pid):
+            raise ProbeError("the kernel refused the task iterator: (test)")
+        monkeypatch.setattr(bcc_backend, "_iterator_link", refuse)
     spec = ProbeSpec("t.hold", "t", str(lib), "hold", (Arg("path", 1, "str"), Arg("ts", 2, "timespec2")),
                      retprobe=True, emit="slow", slow_ns=150_000_000)
     child = subprocess.Popen([sys.executable, "-c", NESTED_CHILD, str(lib)], stdin=subprocess.PIPE,
@@ -508,7 +516,7 @@ def test_bcc_a_slow_call_is_sent_while_it_runs_with_its_memory_read_then(tmp_pat
     collector = BccCollector([resolve(spec, child.pid)], pid=child.pid if for_pid else None,
                              keep_in=keep_in)
     collector.start()
-    assert collector.kept_in == keep_in
+    assert collector.kept_in == (keep_in or "hash")
     early, events = [], []
     try:
         for ms in (1, 2, 3):

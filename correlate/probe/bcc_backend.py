@@ -8,8 +8,8 @@ as late as the call was long, and a detector that ties RPCs to the call in progr
 latency) needs the call first. So each poll also looks at the calls in progress, kept until
 their return in each thread's task storage (listed by the program's task iterator) or, on a
 kernel without it, in a hash (listed whole), and sends the call of every slow probe that has
-run for slow_ns already, at its own time: at most slow_ns plus a scan interval late, inside the merge's
-reorder window. A call keeps only its registers (copying strings at every call of a hot
+run for slow_ns already, at its own time: at most slow_ns plus a scan interval late, inside
+the merge's reorder window. A call keeps only its registers (copying strings at every call of a hot
 function cost more than the rest of the program); the call's strings and structs are read
 from the running process then (proc_memory.py). The copy the return sends later is dropped
 (the same tid, probe and entry time).
@@ -106,7 +106,11 @@ class BccCollector:
             raise ProbeError(f"bcc could not compile the probe program: {str(exc).splitlines()[0]} "
                              f"(kernel headers at {kernel_headers_dir()})") from None
         if keep_in == "task" and self._slow:
-            self._running_link = _iterator_link(self.bpf, self.pid)
+            try:
+                self._running_link = _iterator_link(self.bpf, self.pid)
+            except ProbeError:
+                self.stop()   # the caller may load the hash variant instead
+                raise
         self.attach()
         self.kept_in = keep_in
 
@@ -274,7 +278,9 @@ class BccCollector:
         return out
 
 
-ITER_READ_BYTES = 1 << 20   # bounds one listing of calls in progress (~10,000 calls)
+# bounds one listing of calls in progress (~10,000 calls); a slow call left out of it is
+# still sent at its return, only later
+ITER_READ_BYTES = 1 << 20
 
 
 def _iterator_link(bpf, pid: int | None) -> int:
@@ -291,8 +297,8 @@ def _iterator_link(bpf, pid: int | None) -> int:
         raise ProbeError(f"the kernel refused the task iterator: {str(exc).splitlines()[0]}") from None
     info = (ctypes.c_uint32 * 4)(0, int(pid or 0), 0, 0)   # task: tid, pid, pid_fd
     link = lib.bcc_iter_attach(fn.fd, ctypes.byref(info) if pid else None, ctypes.sizeof(info) if pid else 0)
-    if link < 0:
-        raise ProbeError(f"linking the task iterator failed: {os.strerror(-link)}")
+    if link < 0:   # libbpf: -errno, or -1
+        raise ProbeError(f"linking the task iterator failed: {os.strerror(-link) if link < -1 else 'refused'}")
     return link
 
 
