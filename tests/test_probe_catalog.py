@@ -87,7 +87,7 @@ def test_a_folded_wrapper_has_no_program_and_its_implementation_names_it():
 
 
 def test_wrappers_found_by_their_calls_not_their_tail_jumps():
-    from correlate.probe.elfsym import branches
+    from correlate.probe.elf_functions import branches
     # call rel32 to 0x2000, jmp rel32 to 0x3000, call *slot(%rip) and jmp *slot(%rip) to 0x4000
     code = (b"\xe8" + (0x2000 - 0x1005).to_bytes(4, "little", signed=True)
             + b"\xe9" + (0x3000 - 0x100a).to_bytes(4, "little", signed=True)

@@ -10,8 +10,9 @@ import subprocess
 
 import pytest
 
-from correlate.probe import eh_frame, elfsym
-from correlate.probe.elfsym import ElfError, SymbolNotFound, load_elf, parse_elf, resolve_in_file
+from correlate.probe import eh_frame, elf_functions, elfsym
+from correlate.probe.elf_functions import SymbolNotFound, resolve_in_file
+from correlate.probe.elfsym import ElfError, load_elf, parse_elf
 
 GFAPI = "/usr/lib/x86_64-linux-gnu/libgfapi.so.0"
 SAMBA_GLUSTER = "/usr/lib/x86_64-linux-gnu/samba/vfs/glusterfs.so"
@@ -74,7 +75,7 @@ def test_stripped_static_function_found_by_eh_frame_and_plt():
 @needs_samba
 def test_only_the_plt_fde_calls_every_stub_so_it_is_excluded():
     elf = load_elf(SAMBA_GLUSTER)
-    hits = elfsym.functions_calling(elf, ("glfs_futimens", "glfs_utimens"))
+    hits = elf_functions.functions_calling(elf, ("glfs_futimens", "glfs_utimens"))
     plt = elf.section(".plt")
     assert len(hits) == 1 and not (plt.addr <= hits[0][0] < plt.addr + plt.size)
 
@@ -114,7 +115,7 @@ def test_debuginfo_method_by_build_id(tmp_path, monkeypatch):
     dbg.parent.mkdir(parents=True)
     subprocess.run(["objcopy", "--only-keep-debug", so, dbg], check=True)
     subprocess.run(["objcopy", "--strip-all", so], check=True)
-    monkeypatch.setattr(elfsym, "DEBUG_ROOT", debug_root)
+    monkeypatch.setattr(elf_functions, "DEBUG_ROOT", debug_root)
     res = resolve_in_file(str(so), "hidden")
     assert res.method == "debuginfo" and res.detail == str(dbg)
     dsyms = {s.name: s.value for s in load_elf(dbg).symbols(elfsym.SHT_SYMTAB)}
@@ -138,7 +139,7 @@ def test_truncated_real_file_never_crashes():
             elf.symbols(elfsym.SHT_DYNSYM)
             elf.plt_stubs()
             elf.fde_ranges()
-            elfsym.functions_calling(elf, ("glfs_futimens", "glfs_utimens"))
+            elf_functions.functions_calling(elf, ("glfs_futimens", "glfs_utimens"))
         except ElfError as exc:
             assert "cut" in str(exc)
 
@@ -155,7 +156,7 @@ def test_random_corruption_is_bounded():
             elf = parse_elf(bytes(bad), "fuzz")
             elf.symbols(elfsym.SHT_DYNSYM)
             elf.build_id()
-            elfsym.functions_calling(elf, ("glfs_futimens", "glfs_utimens"))
+            elf_functions.functions_calling(elf, ("glfs_futimens", "glfs_utimens"))
         except ElfError:
             pass
 

@@ -1,6 +1,6 @@
 """The function ranges an .eh_frame section describes: one (start, end) per FDE, read from
 untrusted bytes (every length bounded by the buffer and MAX_FDES; a damaged record ends the
-walk, never raises). elfsym.py uses them to bound the static functions of a stripped file.
+walk, never raises). elf_functions.py uses them to bound the static functions of a stripped file.
 """
 from __future__ import annotations
 

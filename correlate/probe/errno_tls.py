@@ -24,7 +24,8 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 from .btf import BtfError, member_offset
-from .elfsym import ElfError, SHT_DYNSYM, _find_symbol, load_elf
+from .elf_functions import find_symbol
+from .elfsym import ElfError, SHT_DYNSYM, load_elf
 
 LIBC = "libc.so.6"
 ENDBR64 = b"\xf3\x0f\x1e\xfa"
@@ -56,7 +57,7 @@ def libc_errno(libc_path: str) -> tuple[LibcErrno | None, str]:
     """(constants, "") or (None, why errno cannot be read)."""
     try:
         elf = load_elf(libc_path)
-        sym = _find_symbol(elf.symbols(SHT_DYNSYM), "__errno_location")
+        sym = find_symbol(elf.symbols(SHT_DYNSYM), "__errno_location")
         if sym is None:
             return None, f"{libc_path} exports no __errno_location"
         code = elf.read_vaddr(sym.value, 32)

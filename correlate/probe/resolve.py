@@ -9,7 +9,8 @@ from dataclasses import dataclass
 from dataclasses import replace
 
 from .catalog import Arg, ProbeSpec
-from .elfsym import ElfError, Resolution, SymbolNotFound, load_elf, resolve_in_file
+from .elf_functions import Resolution, SymbolNotFound, resolve_in_file
+from .elfsym import ElfError, load_elf
 from .layout import resolve_offsets
 from .errors import LibraryNotFound, ProbeError, SymbolNotResolvable
 

@@ -14,7 +14,8 @@ from importlib import resources
 
 from ..events import make_event
 from .catalog import MAX_STR
-from .elfsym import ElfError, debug_files, load_elf
+from .elf_functions import debug_files
+from .elfsym import ElfError, load_elf
 from .proc_memory import thread_name
 from .resolve import ResolvedProbe
 

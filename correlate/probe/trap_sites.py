@@ -32,7 +32,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import lru_cache
 
-from .elfsym import SHT_DYNSYM, SHT_SYMTAB, STT_FUNC, ElfError, function_span, load_elf
+from .elf_functions import function_span
+from .elfsym import SHT_DYNSYM, SHT_SYMTAB, STT_FUNC, ElfError, load_elf
 
 MAX_FUNCTION_BYTES = 64 * 1024    # bounds the decoding of one function
 MAX_LIBRARY_BYTES = 32 << 20      # bounds the search for jumps into it (libc: 2 MB, 0.5 s)

@@ -17,7 +17,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .elfsym import ElfError, ElfFile, branches, function_span, load_elf
+from .elf_functions import branches, function_span
+from .elfsym import ElfError, ElfFile, load_elf
 from .resolve import ResolvedProbe
 
 MAX_WRAPPER_BYTES = 4096   # a wrapper is a few instructions; bounds the scan
