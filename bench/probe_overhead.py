@@ -260,24 +260,24 @@ HIT_FUNCTIONS = {"sub": ("glfs_setfsuid", "0"),       # sub $0x18,%rsp: single-s
 
 
 class EmptyPrograms:
-    """A program that returns at once, attached where the probes of `specs` would trap
-    (trap_sites.py): what the trap costs without any probe work. Polled and stopped like a
-    ProbeSession."""
+    """Programs that return at once, attached by the collector's own attach() where the
+    probes of `specs` would trap (trap_sites.py): what the trap costs without any probe
+    work. Polled and stopped like a ProbeSession."""
 
     def __init__(self, specs, backend: str = "bcc"):
         from correlate.probe.bcc_backend import BccCollector
         from correlate.probe.resolve import resolve
         self.collector = BccCollector([resolve(spec) for spec in specs])
-        self.bpf, self.lost = None, 0
+        self.lost = 0
 
     def start(self) -> "EmptyPrograms":
         from bcc import BPF
-        self.bpf = BPF(text=b"#include <uapi/linux/ptrace.h>\nint nothing(struct pt_regs *ctx) { return 0; }\n")
-        for sites, rp in ((self.collector.plan[i], self.collector.probes[i]) for i in self.collector.plan):
-            self.bpf.attach_uprobe(name=rp.path.encode(), addr=sites.call, fn_name=b"nothing", pid=-1)
-            if sites.ret is not None:
-                attach = self.bpf.attach_uprobe if sites.ret_reads_rax else self.bpf.attach_uretprobe
-                attach(name=rp.path.encode(), addr=sites.ret, fn_name=b"nothing", pid=-1)
+        from correlate.probe.bcc_program import attach_points
+        names = [f"call_{g[0]}" for g in attach_points(self.collector.probes, self.collector.folded)]
+        names += [f"ret_{i}" for i, sites in self.collector.plan.items() if sites.ret is not None]
+        self.collector.bpf = BPF(text=("#include <uapi/linux/ptrace.h>\n" + "".join(
+            f"int {name}(struct pt_regs *ctx) {{ return 0; }}\n" for name in names)).encode())
+        self.collector.attach()
         return self
 
     def poll(self, timeout_ms: int) -> list:
@@ -286,7 +286,7 @@ class EmptyPrograms:
 
     def stop(self) -> None:
         from correlate.probe.bcc_backend import _detach_uprobes
-        _detach_uprobes(self.bpf)
+        _detach_uprobes(self.collector.bpf)
 
 
 def per_hit_ns(first: str, emit: str, calls: int = 200_000, cold: bool = False,
