@@ -80,6 +80,9 @@ def _serve(volume: str, log: str) -> None:
 
 
 def _do(fs: Client, fds: dict, op: str, a: dict) -> dict:
+    if "fd" in a and a["fd"] not in fds:
+        # A caller whose open failed passes no fd: answer EBADF, as the library would.
+        raise GfapiError(9, f"{op}: no open fd {a['fd']!r}")
     if op in ("creat", "open"):
         flags = a.get("flags", os.O_RDWR)
         fd = fs.creat(a["path"], flags=flags | os.O_CREAT) if op == "creat" else fs.open(a["path"], flags)
