@@ -4,6 +4,7 @@ group, in one run.
 
     python bench/probe_overhead.py [--group gfapi] [--group all] [--group none]
                                    [--files 100] [--pairs 40] [--verbose] [--no-hits] [--at-entry]
+                                   [--attach-with links|perf|both]
 
 Why this shape: one round of a Gluster workload varies by +-15% on its own (brick
 scheduling, the host stealing CPU from this VM), more than what is measured, and detaching
@@ -20,7 +21,9 @@ nothing attached: what the method itself reads into noise (should be 1.00x). Per
   * the client's user+sys CPU per file with and without, and the CPU the host stole per
     block on each side.
 
-`--at-entry` measures each group a second time with every trap at its function's entry
+`--attach-with both` measures each group attached through perf-event uprobes and through
+uprobe_multi links (the default where the kernel has them; correlate/probe/uprobe_links.py),
+in turn. `--at-entry` measures each group a second time with every trap at its function's entry
 (CORRELATE_TRAP_AT_ENTRY=1): what moving traps off single-stepped instructions saves
 (correlate/probe/trap_sites.py).
 
@@ -209,6 +212,7 @@ def measure_group(group: str, files: int, pairs: int, verbose: bool = False,
     cpu_probed = statistics.fmean(c for _, c in probed) / files
     return {
         "group": group + (" --pid" if pid_filter else ""), "probes": session.attached,
+        "attach_with": None if group == "none" else session.collector.attach_with,
         "addresses": session.collector.trap_addresses,
         "events": session.events_seen, "lost": session.lost, "files": files, "pairs": pairs,
         "wall_ratio": mean_probed / mean_plain, "wall_interval": bootstrap_ratio(walls),
@@ -224,7 +228,8 @@ def report(r: dict) -> None:
     lo, hi = r["wall_interval"]
     cpu_plain, cpu_probed = r["cpu_per_file"]
     verdict = "within" if r["wall_ratio"] <= TARGET else "ABOVE"
-    print(f"--probe {r['group']} ({r['probes']} probes at {r['addresses']} addresses, {r['events']} events, "
+    print(f"--probe {r['group']} ({r['probes']} probes at {r['addresses']} addresses, attached "
+          f"through {r['attach_with'] or 'nothing'}, {r['events']} events, "
           f"{r['lost']} lost), "
           f"{r['pairs']} block pairs of {r['files']} files:")
     print(f"  wall: {r['wall_ratio']:.3f}x ({(r['wall_ratio'] - 1) * 100:+.1f}%; 95% interval "
@@ -272,11 +277,13 @@ class EmptyPrograms:
 
     def start(self) -> "EmptyPrograms":
         from bcc import BPF
+        from correlate.probe.bcc_backend import attach_kinds
         from correlate.probe.bcc_program import attach_points
         names = [f"call_{g[0]}" for g in attach_points(self.collector.probes, self.collector.folded)]
         names += [f"ret_{i}" for i, sites in self.collector.plan.items() if sites.ret is not None]
         self.collector.bpf = BPF(text=("#include <uapi/linux/ptrace.h>\n" + "".join(
             f"int {name}(struct pt_regs *ctx) {{ return 0; }}\n" for name in names)).encode())
+        self.collector.attach_with = attach_kinds()[0]
         self.collector.attach()
         return self
 
@@ -285,8 +292,7 @@ class EmptyPrograms:
         return []
 
     def stop(self) -> None:
-        from correlate.probe.bcc_backend import _detach_uprobes
-        _detach_uprobes(self.collector.bpf)
+        self.collector.detach()
 
 
 def per_hit_ns(first: str, emit: str, calls: int = 200_000, cold: bool = False,
@@ -352,6 +358,9 @@ def main(argv=None) -> int:
     ap.add_argument("--at-entry", action="store_true",
                     help="measure each group a second time with every trap at its function's "
                          "entry (CORRELATE_TRAP_AT_ENTRY=1), to see what trap_sites.py saves")
+    ap.add_argument("--attach-with", choices=("links", "perf", "both"), default="links",
+                    help="attach through uprobe_multi links (default), perf-event uprobes, or "
+                         "measure each group both ways in turn")
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     opts = ap.parse_args(argv)
     if opts.child:
@@ -371,13 +380,15 @@ def main(argv=None) -> int:
     failed = False
     with lab.exclusive():
         lab.up()
-        runs = [(g, False) for g in opts.group or ["gfapi", "all"]]
+        kinds = ("perf", "links") if opts.attach_with == "both" else (opts.attach_with,)
+        runs = [(g, False, kind) for g in opts.group or ["gfapi", "all"] for kind in kinds]
         if opts.at_entry:
-            runs = [(g, at) for g, _ in runs for at in (False, True)]
-        for group, at_entry in runs:
+            runs = [(g, at, kind) for g, _, kind in runs for at in (False, True)]
+        for group, at_entry, kind in runs:
             if at_entry:
                 os.environ["CORRELATE_TRAP_AT_ENTRY"] = "1"
                 print("(every trap at its function's entry)")
+            os.environ["CORRELATE_UPROBE_LINKS"] = "1" if kind == "links" else "0"
             r = measure_group(group, opts.files, opts.pairs, opts.verbose, opts.pid_filter)
             os.environ.pop("CORRELATE_TRAP_AT_ENTRY", None)
             report(r)

@@ -31,12 +31,22 @@ from .clock import ClockMap
 from .errors import BccMissing, KernelHeadersMissing, NotRoot, ProbeError, kernel_headers_dir
 from .proc_memory import ProcessMemory, thread_name
 from .resolve import ResolvedProbe
+from .uprobe_links import LinksRefused, attach_links, close_links
 from .wrappers import folds
 
 PERF_PAGES = 64      # per CPU; a record is 456 bytes, so ~600 events of slack per CPU
 WAKEUP_EVENTS = 16   # events per reader wakeup; poll() consumes the remainder each tick
 SCAN_EVERY_NS = 50_000_000   # emit="slow": how often the calls in progress are looked at
 SENT_KEYS = 8192     # slow calls sent (tid, probe, entry time) remembered for the return's copy
+# How programs are attached: uprobe_multi links where the kernel gives them (6.6+), else perf
+# events. CORRELATE_UPROBE_LINKS=0 in the environment asks for perf events.
+ATTACH_WITH = ("links", "perf")
+
+
+def attach_kinds() -> tuple[str, ...]:
+    """The ways to attach to try, in order (ATTACH_WITH, or perf events alone when the
+    environment says CORRELATE_UPROBE_LINKS=0)."""
+    return ("perf",) if os.environ.get("CORRELATE_UPROBE_LINKS", "") == "0" else ATTACH_WITH
 
 
 def check_bcc_prerequisites() -> None:
@@ -78,6 +88,9 @@ class BccCollector:
         self._sent: OrderedDict[tuple[int, int, int], None] = OrderedDict()
         self._last_scan = 0
         self._running_link: int | None = None   # the task iterator's link (task storage)
+        self.attach_with: str | None = None   # "links" or "perf" (ATTACH_WITH)
+        self.links_refused = ""               # why links were not used, when they were not
+        self._links: list[int] = []
 
     def start(self) -> None:
         check_bcc_prerequisites()
@@ -99,6 +112,18 @@ class BccCollector:
                                                  wakeup_events=WAKEUP_EVENTS)
 
     def _load(self, keep_in: str) -> None:
+        for attach_with in attach_kinds():
+            self._compile(keep_in)
+            self.attach_with = attach_with
+            try:
+                self.attach()
+            except LinksRefused as exc:   # attach() stopped the program: compile it again
+                self.links_refused = str(exc)
+                continue
+            self.kept_in = keep_in
+            return
+
+    def _compile(self, keep_in: str) -> None:
         from bcc import BPF
         try:
             self.bpf = BPF(text=program_text(self.probes, self.pid, keep_in, self.folded, self.plan).encode())
@@ -111,8 +136,6 @@ class BccCollector:
             except ProbeError:
                 self.stop()   # the caller may load the hash variant instead
                 raise
-        self.attach()
-        self.kept_in = keep_in
 
     @property
     def trap_addresses(self) -> int:
@@ -123,9 +146,25 @@ class BccCollector:
 
     def attach(self) -> None:
         """Attach every probe to the compiled program (start() does; after detach(), again).
-        Always to the library file, in every process: the program itself drops other
-        processes' calls when a pid was asked for (per-process uprobes cost the process at
-        every context switch)."""
+        Perf events go to the library file, in every process: the program itself drops
+        other processes' calls when a pid was asked for (per-process perf events cost the
+        process at every context switch); a link goes to that process alone. With uprobe_multi links the kernel runs a program straight from
+        the trap; a perf-event uprobe goes through the perf and trace layers first, which cost
+        the lab workload about 2% more (bench/probe_overhead.py --attach-with)."""
+        if self.attach_with == "links":
+            sites = []
+            for group in attach_points(self.probes, self.folded):
+                i = group[0]
+                rp, at = self.probes[i], self.plan[i]
+                sites.append((f"call_{i}", rp.path, at.call, False))
+                if at.ret is not None:
+                    sites.append((f"ret_{i}", rp.path, at.ret, not at.ret_reads_rax))
+            try:
+                self._links = attach_links(self.bpf, sites, self.pid or 0)
+            except LinksRefused:
+                self.stop()
+                raise
+            return
         try:
             for group in attach_points(self.probes, self.folded):
                 i = group[0]
@@ -145,6 +184,7 @@ class BccCollector:
         copy) without recompiling."""
         if self.bpf is not None:
             _detach_uprobes(self.bpf)
+            close_links(self._links)
 
     def _on_event(self, _cpu, data, _size) -> None:
         rec = ctypes.cast(data, ctypes.POINTER(EventRecord)).contents
@@ -270,6 +310,7 @@ class BccCollector:
                 pass
             out = self._take_pending()
             _detach_uprobes(self.bpf)
+            close_links(self._links)
             if self._running_link is not None:
                 os.close(self._running_link)
                 self._running_link = None

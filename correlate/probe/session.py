@@ -117,6 +117,10 @@ class ProbeSession:
                "probes": [{"probe": r.spec.name, "function": r.function, "library": r.path,
                            "address": f"{r.address:#x}", "method": r.method} for r in self.resolved],
                "unresolved": [{"probe": s.name, "reason": why} for s, why in self.unresolved]}
+        if getattr(self.collector, "attach_with", None):
+            out["attach_with"] = self.collector.attach_with
+            if self.collector.links_refused:
+                out["links_refused"] = self.collector.links_refused
         clock = getattr(self.collector, "clock", None)
         if clock is not None:
             out["clock"] = {"offset_ns": clock.current.offset_ns, "error_ns": clock.error_ns,
