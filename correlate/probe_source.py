@@ -50,8 +50,12 @@ def open_probe_session(groups, *, pid=None, backend="auto", offsets=(), options=
 def describe_session(session) -> list[str]:
     """What a user should know once probes run: what attached, what did not, clock error."""
     summary = session.summary()
+    how = {"links": ", through uprobe_multi links", "perf": ", through perf events"}.get(
+        summary.get("attach_with"), "")
     lines = [f"probes attached ({summary['backend']}: {session.attached} of "
-             f"{len(session.specs)} points)"]
+             f"{len(session.specs)} points{how})"]
+    if summary.get("links_refused"):
+        lines.append(f"probes attached through perf events: {summary['links_refused']}")
     clock = summary.get("clock")
     if clock:
         lines.append(f"probe clock: CLOCK_MONOTONIC -> CLOCK_REALTIME offset measured to "

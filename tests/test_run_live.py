@@ -81,6 +81,11 @@ class LivePipeline:
         return code
 
 
+def _kernel() -> tuple[int, int]:
+    major, minor = os.uname().release.split(".")[:2]
+    return int(major), int("".join(c for c in minor if c.isdigit()) or 0)
+
+
 def test_live_atime_finding_holds_probe_and_wire_evidence(lab, tmp_path):
     need_probes()
     timeline = tmp_path / "timeline.jsonl"
@@ -88,6 +93,10 @@ def test_live_atime_finding_holds_probe_and_wire_evidence(lab, tmp_path):
         pipe = LivePipeline(["--probe", "gfapi"], timeline)
         try:
             pipe.wait_ready()
+            # Linux 6.6+ gives uprobe_multi links: the cheaper attach is the one used there;
+            # before, perf events, and the run says why
+            said = "through uprobe_multi links" if _kernel() >= (6, 6) else "through perf events: "
+            assert any(said in line for line in pipe.stderr), pipe.stderr
             result = scenario.trigger()
             assert result.reproduced, result.summary
             hit = pipe.wait_for(lambda ev: ev.get("detector") == "atime-minus-one", timeout=20)

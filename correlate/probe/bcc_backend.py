@@ -1,7 +1,9 @@
 """The bcc collector: uprobes/uretprobes from the catalog, events as contract dicts.
 
 bcc is imported only inside BccCollector.start(), so importing this module is cheap and works
-on machines without bcc.
+on machines without bcc. bcc compiles and loads the program; it is attached through
+uprobe_multi links where the kernel gives them (uprobe_links.py), else through bcc's
+perf-event uprobes.
 
 Probes with emit="slow" send a call only once it is known to be slow, at its return. That is
 as late as the call was long, and a detector that ties RPCs to the call in progress (app-
@@ -146,9 +148,9 @@ class BccCollector:
 
     def attach(self) -> None:
         """Attach every probe to the compiled program (start() does; after detach(), again).
-        Perf events go to the library file, in every process: the program itself drops
-        other processes' calls when a pid was asked for (per-process perf events cost the
-        process at every context switch); a link goes to that process alone. With uprobe_multi links the kernel runs a program straight from
+        Always to the library file, in every process: the program itself drops other
+        processes' calls when a pid was asked for (per-process uprobes cost the process at
+        every context switch). With uprobe_multi links the kernel runs a program straight from
         the trap; a perf-event uprobe goes through the perf and trace layers first, which cost
         the lab workload about 2% more (bench/probe_overhead.py --attach-with)."""
         if self.attach_with == "links":
@@ -160,7 +162,7 @@ class BccCollector:
                 if at.ret is not None:
                     sites.append((f"ret_{i}", rp.path, at.ret, not at.ret_reads_rax))
             try:
-                self._links = attach_links(self.bpf, sites, self.pid or 0)
+                self._links = attach_links(self.bpf, sites)
             except LinksRefused:
                 self.stop()
                 raise
