@@ -470,6 +470,18 @@ def test_bcc_falls_back_to_the_hash_where_the_kernel_refuses_task_storage(tmp_pa
         return text + ("\n#error task storage refused\n" if keep_in == "task" else "")
 
     monkeypatch.setattr(bcc_backend, "program_text", refused_in_task)
+
+    def check(collector):
+        assert tried == ["task", "hash"] and collector.kept_in == "hash"
+
+    seen = _one_failed_call(lib, check)
+    assert [(e["kind"], e.get("retval")) for e in seen] == [("probe.call", None), ("probe.return", -1)], seen
+
+
+def _one_failed_call(lib, check) -> list[dict]:
+    """Start a failures probe on inner() of `lib` in a child, `check(collector)` once it is
+    started, and return what a call of inner(-3) sent."""
+    from correlate.probe import bcc_backend
     spec = ProbeSpec("t.fail", "t", str(lib), "inner", (Arg("x", 1, "int"),), retprobe=True,
                      emit="failures")
     child = subprocess.Popen([sys.executable, "-c", NESTED_CHILD, str(lib)], stdin=subprocess.PIPE,
@@ -479,7 +491,7 @@ def test_bcc_falls_back_to_the_hash_where_the_kernel_refuses_task_storage(tmp_pa
     seen = []
     try:
         collector.start()
-        assert tried == ["task", "hash"] and collector.kept_in == "hash"
+        check(collector)
         child.stdin.write("inner -3\n")
         child.stdin.flush()
         assert int(child.stdout.readline()) == -1
@@ -488,7 +500,8 @@ def test_bcc_falls_back_to_the_hash_where_the_kernel_refuses_task_storage(tmp_pa
         seen += collector.stop()
         child.stdin.close()
         child.wait(10)
-    assert [(e["kind"], e.get("retval")) for e in seen] == [("probe.call", None), ("probe.return", -1)], seen
+    assert collector._links == []
+    return seen
 
 
 @pytest.mark.parametrize("how", ["links", "perf", "links refused"])
@@ -498,7 +511,7 @@ def test_bcc_attaches_through_links_or_perf_events_and_falls_back(tmp_path, monk
     program is compiled again for perf events, says why, and a failed call is still reported
     with its return."""
     lib = _nested_library(tmp_path)
-    from correlate.probe import bcc_backend, uprobe_links
+    from correlate.probe import uprobe_links
     if how == "perf":
         monkeypatch.setenv("CORRELATE_UPROBE_LINKS", "0")
     else:
@@ -507,30 +520,16 @@ def test_bcc_attaches_through_links_or_perf_events_and_falls_back(tmp_path, monk
         def refuse(prog_fd, path, vaddr, *how):
             raise ProbeError(f"refused at {vaddr:#x} (test)")
         monkeypatch.setattr(uprobe_links, "link_uprobe", refuse)
-    spec = ProbeSpec("t.fail", "t", str(lib), "inner", (Arg("x", 1, "int"),), retprobe=True,
-                     emit="failures")
-    child = subprocess.Popen([sys.executable, "-c", NESTED_CHILD, str(lib)], stdin=subprocess.PIPE,
-                             stdout=subprocess.PIPE, text=True)
-    assert child.stdout.readline().strip() == "ready"
-    collector = bcc_backend.BccCollector([resolve(spec, child.pid)], pid=child.pid)
-    seen = []
-    try:
-        collector.start()
+
+    def check(collector):
         assert collector.attach_with == ("links" if how == "links" else "perf")
         assert ("(test)" in collector.links_refused) == (how == "links refused")
         assert bool(collector._links) == (how == "links")
         assert bool(collector.bpf.uprobe_fds) == (how != "links")
-        child.stdin.write("inner -3\n")
-        child.stdin.flush()
-        assert int(child.stdout.readline()) == -1
-        seen += _poll_until(collector, lambda e: e["kind"] == "probe.return", 5)
-    finally:
-        seen += collector.stop()
-        child.stdin.close()
-        child.wait(10)
+
+    seen = _one_failed_call(lib, check)
     assert [(e["kind"], e.get("args", {}).get("x"), e.get("retval")) for e in seen] == \
         [("probe.call", -3, None), ("probe.return", None, -1)], seen
-    assert collector._links == []
 
 
 @pytest.mark.parametrize("keep_in,for_pid,refused", [("task", True, False), ("task", False, False),
