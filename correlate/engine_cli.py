@@ -154,7 +154,7 @@ def run(pcaps, probe_groups, pid, backend, probe_offsets, logs, duration, window
         session = open_probe_session(probe_groups, pid=pid, backend=backend, offsets=probe_offsets,
                                      options=detector_settings(runner.detectors))
         for line in describe_session(session):
-            click.echo(f"correlate: {line}", err=True)
+            click.echo(f"correlate: {safe_text(line, 500)}", err=True)
         merger.add(f"probes:{session.backend_name}",
                    lambda: probe_events(session, merger.stopping, probe_stats), finite=False)
 

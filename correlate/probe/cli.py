@@ -137,7 +137,7 @@ def probe(groups, pid, as_json, backend, offsets, duration, option_specs, config
         click.echo(f"correlate: {session.backend_name}: {rp.spec.name}: {why}", err=True)
     refused = getattr(session.collector, "links_refused", "")
     if refused:
-        click.echo(f"correlate: {session.backend_name}: attached through perf events: {refused}", err=True)
+        click.echo(f"correlate: {session.backend_name}: attached through perf events: {safe_text(refused, 500)}", err=True)
     click.echo(f"correlate: {session.attached} probes attached with {session.backend_name}; "
                "Ctrl-C to stop", err=True)
 
