@@ -278,9 +278,7 @@ class EmptyPrograms:
     def start(self) -> "EmptyPrograms":
         from bcc import BPF
         from correlate.probe.bcc_backend import attach_kinds
-        from correlate.probe.bcc_program import attach_points
-        names = [f"call_{g[0]}" for g in attach_points(self.collector.probes, self.collector.folded)]
-        names += [f"ret_{i}" for i, sites in self.collector.plan.items() if sites.ret is not None]
+        names = [name for name, *_ in self.collector.attach_sites()]
         self.collector.bpf = BPF(text=("#include <uapi/linux/ptrace.h>\n" + "".join(
             f"int {name}(struct pt_regs *ctx) {{ return 0; }}\n" for name in names)).encode())
         self.collector.attach_with = attach_kinds()[0]

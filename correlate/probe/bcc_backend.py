@@ -153,14 +153,8 @@ class BccCollector:
         every context switch). With uprobe_multi links the kernel runs a program straight from
         the trap; a perf-event uprobe goes through the perf and trace layers first, which cost
         the lab workload about 2% more (bench/probe_overhead.py --attach-with)."""
+        sites = self.attach_sites()
         if self.attach_with == "links":
-            sites = []
-            for group in attach_points(self.probes, self.folded):
-                i = group[0]
-                rp, at = self.probes[i], self.plan[i]
-                sites.append((f"call_{i}", rp.path, at.call, False))
-                if at.ret is not None:
-                    sites.append((f"ret_{i}", rp.path, at.ret, not at.ret_reads_rax))
             try:
                 self._links = attach_links(self.bpf, sites)
             except LinksRefused:
@@ -168,17 +162,25 @@ class BccCollector:
                 raise
             return
         try:
-            for group in attach_points(self.probes, self.folded):
-                i = group[0]
-                rp, sites = self.probes[i], self.plan[i]
-                path = rp.path.encode()
-                self.bpf.attach_uprobe(name=path, addr=sites.call, fn_name=f"call_{i}".encode(), pid=-1)
-                if sites.ret is not None:
-                    attach = self.bpf.attach_uprobe if sites.ret_reads_rax else self.bpf.attach_uretprobe
-                    attach(name=path, addr=sites.ret, fn_name=f"ret_{i}".encode(), pid=-1)
+            for name, path, address, retprobe in sites:
+                attach = self.bpf.attach_uretprobe if retprobe else self.bpf.attach_uprobe
+                attach(name=path.encode(), addr=address, fn_name=name.encode(), pid=-1)
         except Exception as exc:
             self.stop()
-            raise ProbeError(f"attaching {rp.function} at {rp.address:#x} in {rp.path} failed: {exc}") from None
+            raise ProbeError(f"attaching {name} at {address:#x} in {path} failed: {exc}") from None
+
+    def attach_sites(self) -> list[tuple[str, str, int, bool]]:
+        """(program, library, address, as a uretprobe) for every program of every attach
+        point: call_N at the call's site; ret_N at the return's, a plain uprobe where the
+        return value is read at a branch inside the function (trap_sites.py)."""
+        sites = []
+        for group in attach_points(self.probes, self.folded):
+            i = group[0]
+            rp, at = self.probes[i], self.plan[i]
+            sites.append((f"call_{i}", rp.path, at.call, False))
+            if at.ret is not None:
+                sites.append((f"ret_{i}", rp.path, at.ret, not at.ret_reads_rax))
+        return sites
 
     def detach(self) -> None:
         """Take the probes out of the processes but keep the program and its maps, so that

@@ -12,6 +12,7 @@ from __future__ import annotations
 import ctypes
 import os
 import struct
+from functools import lru_cache
 
 from .elfsym import ElfError, load_elf
 from .errors import ProbeError
@@ -26,10 +27,15 @@ _libc = ctypes.CDLL(None, use_errno=True)
 _libc.syscall.restype = ctypes.c_long
 
 
+@lru_cache(maxsize=8)
+def _elf(path: str):
+    return load_elf(path)     # read once for all the sites of a library
+
+
 def file_offset(path: str, vaddr: int) -> int:
     """uprobe_multi takes file offsets; the plan has ELF virtual addresses."""
     try:
-        offset = load_elf(path).vaddr_to_offset(vaddr)
+        offset = _elf(path).vaddr_to_offset(vaddr)
     except (ElfError, OSError) as exc:
         raise ProbeError(f"{path}: {exc}") from None
     if offset is None:
