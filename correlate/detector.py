@@ -82,8 +82,10 @@ def wants_of(detector) -> Wants:
 
 
 def details_needed(detectors) -> frozenset[str] | None:
-    """The procedures whose details some detector reads; None: all of them."""
-    needed: set[str] = set()
+    """The procedures whose details some detector, or the shared state they read, reads;
+    None: all of them."""
+    from .state import GlusterState
+    needed: set[str] = set(GlusterState.DETAILS)
     for det in detectors:
         details = wants_of(det).details
         if details is None:
@@ -142,12 +144,15 @@ class Detector:
                           count=0 if refines else 1, **extra)
 
 
-def load_detectors(pm, config: dict | None = None) -> tuple[list, list[dict]]:
-    """Every detector from every plugin (built-ins included), through the hook.
+def load_detectors(pm, config: dict | None = None, state=None) -> tuple[list, list[dict]]:
+    """Every detector from every plugin (built-ins included), through the hook, all given
+    one shared Gluster state (`state`, else a new `correlate.state.GlusterState`).
 
     A plugin that failed to import, or whose hook raises, is reported by name (a
     `detector.error` event in the second list) and the others still load."""
     from .plugin_manager import call_each, failed_plugins
+    from .state import GlusterState
+    state = GlusterState() if state is None else state
     detectors, errors = [], []
     for f in failed_plugins(pm):
         errors.append(make_event(0, "finding", "detector.error", f"plugin:{f['name']}",
@@ -156,7 +161,7 @@ def load_detectors(pm, config: dict | None = None) -> tuple[list, list[dict]]:
                                  explanation=f["error"],
                                  remedy=f"install what {f['distribution']} needs, or report it "
                                         "to the plugin's authors"))
-    for name, result, exc in call_each(pm, "correlate_detectors", config=config or {}):
+    for name, result, exc in call_each(pm, "correlate_detectors", config=config or {}, state=state):
         if exc is None:
             detectors.extend(result or [])
             continue

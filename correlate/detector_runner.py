@@ -8,6 +8,7 @@ from collections.abc import Iterable
 
 from .detector import END_OF_INPUT, EVERYTHING, NOTHING, wants_of
 from .events import DETAILS_LATER, make_event, with_details
+from .state import GlusterState
 
 
 MAX_ADDED_EVIDENCE = 50   # evidence a folded finding gathers from its repeats
@@ -55,8 +56,12 @@ class DetectorRunner:
     timeline back to 1970."""
 
     def __init__(self, detectors: list, on_new_finding=None, load_errors: Iterable[dict] = (),
-                 subscriptions: bool = True):
+                 subscriptions: bool = True, state=None):
         self.detectors = list(detectors)
+        # The shared Gluster state, fed every event before any detector: the one given, else
+        # the one(s) the detectors were built with (`detector.state`).
+        states = [state] if state is not None else [getattr(d, "state", None) for d in self.detectors]
+        self._states = list({id(s): s for s in states if isinstance(s, GlusterState)}.values())
         self._load_errors = list(load_errors)
         self._wants = [wants_of(d) if subscriptions else EVERYTHING for d in self.detectors]
         self._routes: dict[tuple, tuple[int, ...]] = {}
@@ -144,6 +149,8 @@ class DetectorRunner:
             self._refresh_due(i)
 
     def observe(self, event: dict) -> list[dict]:
+        for state in self._states:
+            state.observe(event)
         found = self._take_load_errors(event["time_ns"]) if self._load_errors else []
         route = self._route(event)
         now = event.get("time_ns")

@@ -10,6 +10,7 @@ import click
 
 from .detector import configure_detectors, load_detectors
 from .detector_runner import DetectorRunner
+from .state import GlusterState
 from .diagnostics import Diagnostics
 from .plugin_manager import call_each, get_plugin_manager
 from .sources import read_timeline
@@ -53,7 +54,8 @@ def parse_detector_options(specs, config_path: str | None) -> dict[str, dict]:
 def make_runner(config: dict, options: dict[str, dict]) -> DetectorRunner:
     """Every plugin's detectors, configured, with new findings passed to correlate_finding."""
     pm = get_plugin_manager()
-    detectors, errors = load_detectors(pm, config)
+    state = GlusterState()
+    detectors, errors = load_detectors(pm, config, state)
     try:
         configure_detectors(detectors, options)
     except ValueError as exc:
@@ -64,7 +66,7 @@ def make_runner(config: dict, options: dict[str, dict]) -> DetectorRunner:
             if exc is not None:   # a notifier's bug is reported, the run goes on
                 click.echo(f"correlate: plugin {name}: correlate_finding failed: {exc}", err=True)
 
-    return DetectorRunner(detectors, on_new_finding=notify, load_errors=errors)
+    return DetectorRunner(detectors, on_new_finding=notify, load_errors=errors, state=state)
 
 
 def output_writers(outputs) -> list[tuple[str, callable, str]]:

@@ -273,7 +273,10 @@ def test_gap_is_declared_once_the_peer_acknowledges_past_it():
     assert sink.calls == []                     # could still be reordering
     events = tracker.feed(t.s(0, b"ok", ack=10))
     assert sink.calls[:2] == [("gap", 1, True, 5), ("data", 1, True, b"56789")]
-    assert [e["kind"] for e in events][:2] == ["sink.gap", "sink.data"]
+    assert [e["kind"] for e in events][:3] == ["tcp.gap", "sink.gap", "sink.data"]
+    gap = events[0]     # the loss as an event, for detectors and outputs: which way, how much
+    assert (gap["direction"], gap["missing"], gap["src"], gap["dst"]) == \
+        ("to_server", 5, "10.0.0.1:40000", "10.0.0.2:24007")
     assert diag.counts["TCP gaps (bytes missing from the capture)"] == 1
     tracker.feed(t.c(0, b"01234"))             # the lost bytes show up late: not delivered twice
     assert sink.stream(1) == b"?????56789"
@@ -304,7 +307,8 @@ def test_tail_gap_at_fin_and_at_end_of_input():
                               t.s(0, b"", flags=FIN | ACK, ack=11)]
     events, sink, _ = run(frames, finish=False)
     assert sink.stream(1) == b"ab????gh??"
-    assert kinds(events) == ["tcp.connect", "tcp.close"]
+    assert kinds(events) == ["tcp.connect", "tcp.close", "tcp.gap", "tcp.gap"]
+    assert [e["missing"] for e in events if e["kind"] == "tcp.gap"] == [4, 2]
     t2 = Talk()
     _, sink2, _ = run(t2.handshake() + [t2.c(0, b"ab"), t2.c(4, b"ef")])
     assert sink2.calls == [("data", 1, True, b"ab"), ("gap", 1, True, 2), ("data", 1, True, b"ef"),

@@ -45,7 +45,7 @@ def _label(ev: dict) -> str:
         return conn + _result(ev)
     if kind.startswith("tcp."):
         return conn + {"tcp.connect": "SYN", "tcp.refused": "SYN refused", "tcp.timeout": "SYN unanswered",
-                "tcp.close": "close"}.get(kind, kind)
+                "tcp.close": "close", "tcp.gap": "bytes not captured"}.get(kind, kind)
     return kind
 
 

@@ -95,7 +95,8 @@ def format_event(ev: dict) -> str:
         body = _rpc_line(ev)
     elif kind.startswith("tcp."):
         detail = " ".join(f"{k}={safe_text(ev[k], 60)}" for k in
-                          ("reason", "icmp_type", "icmp_code", "attempts", "by") if k in ev)
+                          ("reason", "icmp_type", "icmp_code", "attempts", "by", "direction",
+                           "missing") if k in ev)
         waited = f" waited={ev['waited_ns'] / 1e9:.1f}s" if type(ev.get("waited_ns")) is int else ""
         body = f"c{ev.get('conn', '?')} {ev.get('src')} -> {ev.get('dst')} {detail}{waited}".rstrip()
     elif layer == "probe":

@@ -17,8 +17,9 @@ What becomes an event (all with src = client, dst = server, conn, frame):
   tcp.close    the first FIN (reason "fin", half: the other side may still send;
                unacked_bytes: what the closing side sent that the peer had not yet ACKed)
                or an RST on an open connection (reason "rst"), by client or server
-Capture loss is handed to the sink as on_gap() once it is certain: the receiver acknowledged
-bytes the capture never showed, the out-of-order buffer is full, or the connection ends.
+  tcp.gap      bytes of a stream the capture never showed (missing, direction "to_server" or
+               "to_client"), once that is certain: the receiver acknowledged them, the
+               out-of-order buffer is full, or the connection ends. The sink hears on_gap().
 """
 from __future__ import annotations
 
@@ -359,6 +360,8 @@ class TcpTracker:
             missing = hole_end - d.nxt
             st.opened = True
             self.diag.skip("TCP gaps (bytes missing from the capture)", f"conn {st.conn.number}")
+            events.append(self._event("tcp.gap", st, time_ns, st.last_frame, missing=missing,
+                                      direction="to_server" if from_client else "to_client"))
             out = self.sink.on_gap(st.conn, from_client, time_ns, missing)
             if out:
                 events.extend(out)
