@@ -9,12 +9,13 @@ capture. Max and the sum are kept exactly.
 """
 from __future__ import annotations
 
-from collections import Counter
+from collections import Counter, OrderedDict
 
 from ddsketch import LogCollapsingLowestDenseDDSketch
 
 from .gluster.programs import lookup
 from .gluster.topology import Topology
+from .state.clients import UNKNOWN, Clients, special_actor
 
 RELATIVE_ACCURACY = 0.01       # 1%: a 200 ms p50 is reported within 198-202 ms
 BIN_LIMIT = 2048               # buckets per sketch: 1 us .. hours at 1% stay uncollapsed
@@ -94,6 +95,8 @@ class Profile:
     def __init__(self, per_client: bool = False, topology: Topology | None = None):
         self.per_client = per_client
         self.topology = topology or Topology()
+        self.clients = Clients()
+        self._labels: OrderedDict[tuple, str] = OrderedDict()   # connection -> client name
         self.stats: dict[tuple[str, str, str], ProcedureStats] = {}
         self.pending: dict[tuple, Counter] = {}    # (source, conn) -> procedure -> calls out
         self.first_ns: int | None = None
@@ -118,6 +121,8 @@ class Profile:
             self.last_ns = t if self.last_ns is None else max(self.last_ns, t)
         if kind == "rpc.call":
             self.topology.observe(ev)
+            if ev.get("procedure") == "SETVOLUME":
+                self.clients.observe_setvolume(ev)
             if not _expects_reply(ev):
                 return
             row = self._row(ev.get("dst") or "?", self._client(ev), _proc_name(ev))
@@ -154,7 +159,27 @@ class Profile:
                 row.in_flight = max(0, row.in_flight - n)
 
     def _client(self, ev: dict) -> str:
-        return self.topology.client_of(ev) if self.per_client else ""
+        """The client process of a call or reply's connection, named by role (`the self-heal
+        daemon`, `gfapi qemu-img pid 7 on host`); without its SETVOLUME, a call's special
+        credential pid names Gluster's daemons, and the connection keeps the name for its
+        replies."""
+        if not self.per_client:
+            return ""
+        key = (ev.get("source"), ev.get("conn"))
+        if key in self._labels:
+            return self._labels[key]
+        process = self.clients.process(ev)
+        actor = process.actor() if process is not None else None
+        if actor is not None and actor.role != UNKNOWN:
+            return actor.name
+        # no SETVOLUME, or one without a process-name (Gluster's auxiliary FUSE mounts)
+        special = special_actor((ev.get("cred") or {}).get("pid")) if ev.get("kind") == "rpc.call" else None
+        if special is None:
+            return actor.name if actor else self.topology.client_of(ev)
+        self._labels[key] = special.name
+        if len(self._labels) > MAX_KEYS:
+            self._labels.popitem(last=False)
+        return special.name
 
     def snapshot(self) -> dict:
         """The profile as JSON-able data: glusterd, then bricks by path, each with its

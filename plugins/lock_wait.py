@@ -17,6 +17,7 @@ from collections import Counter
 from correlate import hookimpl
 from correlate.detector import END_OF_INPUT, Detector, Wants
 from correlate.gluster.topology import Topology
+from correlate.state import GlusterState
 
 from .gluster_facts import is_blocking_lock
 
@@ -96,7 +97,9 @@ class LockWait(Detector):
                   procedures=LOCK_PROCEDURES | CONTENTION | Topology.PROCEDURES,
                   details=LOCK_PROCEDURES | CONTENTION | Topology.PROCEDURES)
 
-    def __init__(self, after_ns: int = DEFAULT_AFTER_NS, storm_min: int = STORM_MIN):
+    def __init__(self, after_ns: int = DEFAULT_AFTER_NS, storm_min: int = STORM_MIN,
+                 state: GlusterState | None = None):
+        self.state = state if state is not None else GlusterState()
         self.after_ns = after_ns
         self.storm_min = storm_min
         self.topology = Topology()
@@ -272,6 +275,8 @@ class LockWait(Detector):
     def finish(self):
         found = []
         for w in self.waiting.values():
+            if self.state.loss.reply_may_be_lost(w["call"]):
+                continue        # the grant may lie in a capture gap: see capture-loss
             if self.last_ns - w["call"]["time_ns"] >= self.after_ns:
                 found.append(self._waited(w, None, self.last_ns))
         for gfid, counts in self.storms.items():
@@ -299,5 +304,5 @@ def _clock(time_ns: int) -> str:
 
 
 @hookimpl
-def correlate_detectors(config):
-    return [LockWait(after_ns=int(config.get("lock_wait_after_ns", DEFAULT_AFTER_NS)))]
+def correlate_detectors(config, state):
+    return [LockWait(after_ns=int(config.get("lock_wait_after_ns", DEFAULT_AFTER_NS)), state=state)]

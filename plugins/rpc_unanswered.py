@@ -6,7 +6,9 @@ agree. Calls still in flight when the input ends younger than the threshold are 
 Calls pending when their connection closes (client exit, brick killed, a client giving up
 on a hung brick: brick-not-responding tells that story) can never be answered: they are
 lost, not hung. Blocking lock requests wait by design until the lock is free; the lock-wait
-detector judges them.
+detector judges them. A call whose reply the capture may have lost (bytes toward the caller
+missing on its connection after the call: the shared state's capture loss) is not a hang:
+it is counted, and said once at the end.
 """
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ from correlate import hookimpl
 from correlate.detector import Detector, Option, Wants
 from correlate.events import DETAILS_LATER
 from correlate.gluster.programs import lookup
+from correlate.state import GlusterState
 
 from .gluster_facts import host_of, is_blocking_lock
 
@@ -44,7 +47,8 @@ class RpcUnanswered(Detector):
     wants = Wants(kinds={"rpc.call", "rpc.reply", "tcp.close"},
                   details={"LK", "INODELK", "FINODELK", "ENTRYLK", "FENTRYLK"})
 
-    def __init__(self, after_ns: int = DEFAULT_AFTER_NS):
+    def __init__(self, after_ns: int = DEFAULT_AFTER_NS, state: GlusterState | None = None):
+        self.state = state if state is not None else GlusterState()
         self.settings = {"after_s": after_ns / 1e9}
         # Call time order; an OrderedDict pops its oldest in O(1) (a dict rescans the holes
         # its deletions left at the front: quadratic over a million calls).
@@ -54,6 +58,8 @@ class RpcUnanswered(Detector):
         self.errors: Counter = Counter()
         self.error_examples: dict[tuple, dict] = {}
         self.dropped = 0        # calls not tracked: MAX_PENDING were waiting already
+        self.maybe_lost: list[dict] = []    # overdue calls whose reply may lie in a capture gap
+        self.maybe_lost_count = 0
 
     @property
     def after_ns(self) -> int:
@@ -119,6 +125,11 @@ class RpcUnanswered(Detector):
             if now - call["time_ns"] <= self.after_ns:
                 break
             self._forget(key)
+            if self.state.loss.reply_may_be_lost(call):
+                self.maybe_lost_count += 1
+                if len(self.maybe_lost) < 10:
+                    self.maybe_lost.append(call)
+                continue
             found.append(self._unanswered(call, now))
         return found
 
@@ -135,6 +146,19 @@ class RpcUnanswered(Detector):
                     "may name the cause."),
             evidence=[call], key=f"unanswered:{what}:{host_of(call.get('dst'))}")
 
+    def _reply_maybe_lost(self, last_time: int) -> dict:
+        n = self.maybe_lost_count
+        return self.finding(
+            last_time, severity="info",
+            title=f"{n} call{'s' if n != 1 else ''} without a reply the capture saw, on "
+                  "connections where it lost bytes",
+            explanation=(f"{n} call{'s' if n != 1 else ''} got no reply in the capture within "
+                         f"{self.option('after_s'):g} s, but on each one's connection bytes "
+                         "toward the caller went missing from the capture after the call: the "
+                         "reply may be among them. These are not reported as hangs."),
+            remedy="See the capture-loss finding: capture again without drops to be sure.",
+            evidence=self.maybe_lost, key="reply-maybe-lost")
+
     def drops(self) -> dict[str, int]:
         return {f"calls not checked for a reply ({MAX_PENDING:,} were waiting already)": self.dropped}
 
@@ -143,6 +167,8 @@ class RpcUnanswered(Detector):
         if self.pending:
             last = max(c["time_ns"] for c in self.pending.values())
             found = self._overdue(last)
+        if self.maybe_lost_count:
+            found.append(self._reply_maybe_lost(last_time=self.maybe_lost[-1]["time_ns"]))
         if self.errors:
             parts = [f"{proc} {err or '?'} x{n}" for (proc, err), n in self.errors.most_common(10)]
             first = min(e["time_ns"] for e in self.error_examples.values())
@@ -156,5 +182,6 @@ class RpcUnanswered(Detector):
 
 
 @hookimpl
-def correlate_detectors(config):
-    return [RpcUnanswered(after_ns=int(config.get("unanswered_after_ns", DEFAULT_AFTER_NS)))]
+def correlate_detectors(config, state):
+    return [RpcUnanswered(after_ns=int(config.get("unanswered_after_ns", DEFAULT_AFTER_NS)),
+                          state=state)]

@@ -7,12 +7,18 @@ the unlinked inode; once the brick restarts, the client re-opens by gfid and get
 and every later fd operation fails (ENOENT on anonymous-fd WRITEs, EBADFD in glfs_fstat).
 ENOENT alone is common (a LOOKUP of a new name), so it counts here only on fd or handle
 operations of a gfid some other client removed; ESTALE on them always does.
+
+Gluster's own daemons are not applications: the self-heal daemon, heal info, rebalance,
+quota and geo-replication crawl by gfid and meet files that clients removed meanwhile (after
+a brick restart, the heal crawl GETXATTRs every gfid the brick's index holds). Their ESTALE
+and ENOENT are normal, never a finding; the shared state tells who made a call.
 """
 from __future__ import annotations
 
 from correlate import hookimpl
 from correlate.detector import Detector, Wants
 from correlate.events import with_details
+from correlate.state import DAEMON, GlusterState
 
 from .gluster_files import DETAILS as FILES_DETAILS, Files
 
@@ -35,34 +41,29 @@ class StaleHandle(Detector):
                   procedures=HANDLE_OPS | REMOVING | FILES_DETAILS,
                   details=REMOVING | FILES_DETAILS)
 
-    def __init__(self):
+    def __init__(self, state: GlusterState | None = None):
+        self.state = state if state is not None else GlusterState()
         self.files = Files(keep_calls=HANDLE_OPS | REMOVING)
         self.removed: dict[str, tuple[dict, dict]] = {}   # gfid -> (call, reply) that removed it
-        self.reconnected: dict[str, dict] = {}            # client translator -> SETVOLUME reply
-        self.gone_conns: set = set()
+        # (parent gfid, name) -> (call, reply) that removed it: for a name whose gfid the
+        # capture never learned (looked up before it began)
+        self.removed_names: dict[tuple, tuple[dict, dict]] = {}
         self.app: dict[int, list[dict]] = {}              # pid -> failing probe events
         self.last_call: dict[tuple, dict] = {}
+        self.daemon_errors = 0                            # Gluster's own crawls: not findings
 
     def observe(self, ev):
         self.files.observe(ev)
         kind = ev.get("kind")
-        if kind == "tcp.close":
-            if self.files.client(ev.get("conn")):
-                self.gone_conns.add(ev.get("conn"))
-        elif kind == "rpc.reply" and ev.get("procedure") == "SETVOLUME" and ev.get("op_ret") == 0:
-            client = self.files.client(ev.get("conn"))
-            if client and any(self.files.client(c) and self.files.client(c).translator == client.translator
-                              for c in self.gone_conns):
-                self.reconnected[client.translator] = ev
-        elif kind == "rpc.reply" and ev.get("procedure") in REMOVING and ev.get("op_ret") == 0:
+        if kind == "rpc.reply" and ev.get("procedure") in REMOVING and ev.get("op_ret") == 0:
             call = self.files.call_of(ev)
             args = (call or {}).get("args") or {}
-            gfid = self.files.gfid_of(args.get("pargfid") or args.get("oldgfid"),
-                                      args.get("bname") or args.get("oldbname"))
+            name = (args.get("pargfid") or args.get("oldgfid"), args.get("bname") or args.get("oldbname"))
+            gfid = self.files.gfid_of(*name)
             if gfid:
-                self.removed[gfid] = (call, ev)
-                if len(self.removed) > MAX_TRACKED:
-                    self.removed.pop(next(iter(self.removed)))
+                _remember(self.removed, gfid, (call, ev))
+            if all(name):
+                _remember(self.removed_names, name, (call, ev))
         elif kind == "probe.call":
             self.last_call[(ev.get("pid"), ev.get("tid"))] = ev
         elif kind == "probe.return" and ev.get("errno") in (ESTALE, ENOENT, EBADFD):
@@ -79,12 +80,14 @@ class StaleHandle(Detector):
         gfid = (call.get("args") or {}).get("gfid")
         if not gfid:
             return []
-        client = self.files.client(reply.get("conn"))
-        removed = self.removed.get(gfid)
-        remover_pid = self.files.pid_of(removed[0]) if removed else None
-        owner_pid = self.files.pid_of(call)
-        by_other = removed is not None and remover_pid != owner_pid
-        restarted = self.reconnected.get(client.translator) if client else None
+        actor = self.state.actor(call)
+        if actor.role == DAEMON:
+            self.daemon_errors += 1
+            return []
+        removed = self.removed.get(gfid) or self.removed_names.get(self.files.names.get(gfid))
+        remover = self.state.actor(removed[0]) if removed else None
+        by_other = removed is not None and remover.pid != actor.pid
+        reconnect = self.state.clients.reconnect(reply)
         # ENOENT is the brick's everyday answer for a gfid it does not have; it tells of a
         # stale handle only when another client removed that gfid.
         if reply.get("errno_name") == "ENOENT" and not by_other:
@@ -92,28 +95,33 @@ class StaleHandle(Detector):
         path = self.files.path(gfid)
         if path.startswith("gfid:") and removed:
             args = removed[0].get("args") or {}
-            path = self.files.name_path(args.get("pargfid"), args.get("bname"))
-        owner = f"pid {owner_pid}" if owner_pid else "a client"
+            path = self.files.name_path(args.get("pargfid") or args.get("oldgfid"),
+                                        args.get("bname") or args.get("oldbname"))
+        owner = actor.name
         causes, evidence = [], []
         if removed:
             rcall, rreply = removed
-            remover = self.files.client(rcall.get("conn"))
-            who = f"pid {remover_pid}" if remover_pid else "another client"
-            causes.append(f"{who}{' on ' + remover.host if remover and remover.host else ''} "
-                          f"{rcall.get('procedure').lower()}ed {path} (a {rcall.get('procedure')} "
-                          f"from {rcall.get('src')})")
+            causes.append(f"{remover.name} {rcall.get('procedure').lower()}ed {path} (a "
+                          f"{rcall.get('procedure')} from {rcall.get('src')})")
             evidence += [rcall, rreply]
-        if restarted:
-            causes.append(f"the brick {client.brick} restarted and the client reconnected "
-                          f"(SETVOLUME from {restarted.get('dst')}), so its open fds had to be "
-                          "re-opened by gfid")
-            evidence.append(restarted)
-        evidence += [call, reply] + self.app.get(owner_pid, [])[-6:]
-        app_seen = [e for e in self.app.get(owner_pid, []) if e.get("kind") == "probe.return"]
+        if reconnect:
+            closed, setvolume = reconnect
+            process = self.state.clients.process(reply)
+            brick = process.brick if process and process.brick else reply.get("src")
+            causes.append(f"the brick {brick} closed the client's connection (it stopped or "
+                          f"restarted) and the client reconnected (SETVOLUME from "
+                          f"{setvolume.get('src')}), so its open fds had to be re-opened by gfid")
+            evidence += [closed, setvolume]
+        evidence += [call, reply] + self.app.get(actor.pid, [])[-6:]
+        app_seen = [e for e in self.app.get(actor.pid, []) if e.get("kind") == "probe.return"]
         app = ""
         if app_seen:
             app = " The application got " + ", ".join(
                 f"{e.get('errno_name')} from {e.get('function')}" for e in app_seen[-3:]) + "."
+        if actor.role == "client":
+            app += (" The call was the client process's own (re-opening the files its "
+                    "applications had open after a reconnect): the applications holding "
+                    f"{path} open get the error on their next use of it.")
         return [self.finding(
             reply["time_ns"], severity="error",
             title=f"stale handle: {path} was removed under {owner}'s open file",
@@ -126,9 +134,22 @@ class StaleHandle(Detector):
                     "application must close it and open the path again (and re-write what it "
                     "wrote since its last successful fsync). Coordinate the clients that "
                     "replace the file (a lock, or write a new file and rename it into place)."),
-            evidence=evidence, key=f"stale-handle:{gfid}", gfid=gfid, path=path)]
+            evidence=evidence, key=f"stale-handle:{gfid}", gfid=gfid, path=path,
+            client=owner, brick=(self.state.clients.process(reply) or None) and
+            self.state.clients.process(reply).brick)]
+
+    def drops(self) -> dict[str, int]:
+        return {"ESTALE/ENOENT replies to Gluster's own daemons (heal, rebalance, quota "
+                "crawls: normal, not findings)": self.daemon_errors}
+
+
+def _remember(table: dict, key, value) -> None:
+    table.pop(key, None)
+    table[key] = value
+    if len(table) > MAX_TRACKED:
+        table.pop(next(iter(table)))
 
 
 @hookimpl
-def correlate_detectors(config):
-    return [StaleHandle()]
+def correlate_detectors(state):
+    return [StaleHandle(state)]

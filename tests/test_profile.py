@@ -72,7 +72,19 @@ def test_errors_by_errno_and_per_client():
                  if p["procedure"] == "SETVOLUME"]
     assert len(setvolume) == 2 and all(p["errors"] == {"EACCES": 1} for p in setvolume)
     clients = {c["client"] for b in snap["bricks"] for c in b["clients"]}
-    assert any(c.startswith("pid ") for c in clients), clients
+    # named by what SETVOLUME says it is: qemu-img through libgfapi, with its pid
+    assert any(c.startswith("qemu-img pid ") for c in clients), clients
+
+
+def test_gluster_daemons_named_by_role_per_client():
+    """Gluster's own clients are named by role, from SETVOLUME's process-name or their
+    special credential pid, not as 'pid -6'."""
+    snap = json.loads(run("profile", "--json", "--per-client", CAPTURES / "busy-healthy.pcap.gz"))
+    clients = {c["client"] for b in snap["bricks"] for c in b["clients"]}
+    for role in ("the self-heal daemon", "glfsheal (gluster volume heal info)", "the quota daemon",
+                 "the quota mount", "the quota crawl (quota enable)"):
+        assert role in clients, clients
+    assert not any("pid -" in c for c in clients), clients
 
 
 def test_terminal_table_shape():

@@ -32,6 +32,8 @@ class GlusterState:
             self.loss.observe_gap(ev)
         elif kind == "rpc.call" and ev.get("procedure") == "SETVOLUME":
             self.clients.observe_setvolume(ev)
+        elif kind == "tcp.close":
+            self.clients.observe_close(ev)
 
     def actor(self, call: dict) -> Actor:
         """Who made a call (see clients.Clients.actor)."""

@@ -60,6 +60,8 @@ GFAPI_PROGRAMS = {
 _PID = re.compile(r"-PID:(-?\d+)")
 _HOST = re.compile(r"-HOST:(.*?)-PC_NAME:")
 _TRANSLATOR = re.compile(r"PC_NAME:(.+?)-RECON_NO")
+_CONTEXT = re.compile(r"CTX_ID:([0-9a-fA-F-]+?)-GRAPH_ID")
+_RECONNECTS = re.compile(r"RECON_NO:-?(\d+)")
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,6 +88,14 @@ class ClientProcess:
     translator: str     # VOL-client-N: the client side of one brick
     brick: str          # remote-host:remote-subvolume
     volume: str
+    context: str = ""   # CTX_ID: one client process's graph, the same across its reconnects
+    reconnects: int = 0  # RECON_NO: how often this translator reconnected before
+
+    @property
+    def identity(self) -> tuple[str, str]:
+        """One client translator of one process: what a reconnect has in common with the
+        connection it replaces."""
+        return (self.context, self.translator)
 
     def actor(self) -> Actor:
         where = f" on {self.host}" if self.host else ""
@@ -114,13 +124,27 @@ def parse_setvolume(options: dict) -> ClientProcess | None:
     remote = options.get("remote-subvolume")
     rhost = options.get("remote-host")
     volume = options.get("volfile-key")
+    context = _CONTEXT.search(uuid)
+    reconnects = _RECONNECTS.search(uuid)
     return ClientProcess(
         pid=int(pid.group(1)) if pid else None,
         host=host.group(1) if host else "",
         process_name=name if isinstance(name, str) else "",
         translator=xl.group(1) if xl else "",
         brick=f"{rhost if isinstance(rhost, str) else ''}:{remote}" if isinstance(remote, str) else "",
-        volume=volume.lstrip("/") if isinstance(volume, str) else "")
+        volume=volume.lstrip("/") if isinstance(volume, str) else "",
+        context=context.group(1) if context else "",
+        reconnects=int(reconnects.group(1)) if reconnects else 0)
+
+
+def _bounded_put(table: OrderedDict, key, value) -> bool:
+    """Put, newest last; True when the oldest entry had to go."""
+    table.pop(key, None)
+    table[key] = value
+    if len(table) > MAX_CONNECTIONS:
+        table.popitem(last=False)
+        return True
+    return False
 
 
 def special_actor(pid) -> Actor | None:
@@ -139,7 +163,23 @@ class Clients:
 
     def __init__(self):
         self._by_conn: OrderedDict[tuple, ClientProcess] = OrderedDict()
+        # a client translator whose connection the server side closed -> that tcp.close
+        self._cut: OrderedDict[tuple, dict] = OrderedDict()
+        # (source, conn) of a reconnect -> (the close of the connection it replaces, SETVOLUME)
+        self._reconnects: OrderedDict[tuple, tuple[dict, dict]] = OrderedDict()
         self.dropped = 0
+
+    def observe_close(self, ev: dict) -> None:
+        """A brick connection closed; by the server side (brick killed or restarted, or a
+        brick that gave up on the client), the client will reconnect."""
+        process = self.process(ev)
+        if process is not None and ev.get("by") == "server" and process.translator:
+            _bounded_put(self._cut, process.identity, ev)
+
+    def reconnect(self, ev: dict) -> tuple[dict, dict] | None:
+        """For an event on a connection that replaced one the server side closed: (that
+        tcp.close, this connection's SETVOLUME call); else None."""
+        return self._reconnects.get((ev.get("source"), ev.get("conn")))
 
     def observe_setvolume(self, call: dict) -> None:
         options = (call.get("args") or {}).get("dict")
@@ -149,11 +189,11 @@ class Clients:
         if process is None:
             return
         key = (call.get("source"), call.get("conn"))
-        self._by_conn.pop(key, None)
-        self._by_conn[key] = process
-        if len(self._by_conn) > MAX_CONNECTIONS:
-            self._by_conn.popitem(last=False)
+        if _bounded_put(self._by_conn, key, process):
             self.dropped += 1
+        cut = self._cut.pop(process.identity, None)
+        if cut is not None:
+            _bounded_put(self._reconnects, key, (cut, call))
 
     def process(self, ev: dict) -> ClientProcess | None:
         """The client process on the connection of an event (call, reply or TCP event)."""
@@ -168,11 +208,15 @@ class Clients:
             return special
         process = self.process(call)
         if process is not None:
-            if pid == 0 or (pid is not None and pid == process.pid and process.process_name == "fuse"):
-                # the client by itself: RELEASE, PING, or FUSE re-opening fds after a reconnect
-                return Actor(CLIENT, process.actor().kind or "client",
-                             f"the Gluster client process itself ({process.actor().name})", process.pid)
             actor = process.actor()
+            if process.process_name == "fuse" and pid in (0, process.pid):
+                # the mount process by itself (RELEASE, PING, re-opening fds after a
+                # reconnect), not one of the applications it serves
+                where = f" on {process.host}" if process.host else ""
+                return Actor(CLIENT, "fuse", f"the FUSE client process (pid {process.pid}{where})",
+                             process.pid)
+            if pid == 0:        # a gfapi program's client stack, on its own: the same process
+                return actor
             if pid is not None and pid != process.pid and actor.role == APPLICATION:
                 # a FUSE mount's calls carry the requesting thread's id, not the mount's pid
                 return Actor(APPLICATION, actor.kind, f"pid {pid} through {actor.name}", pid)
