@@ -23,6 +23,7 @@ from collections import OrderedDict
 from correlate import hookimpl
 from correlate.detector import Detector, Wants
 from correlate.gluster.topology import Topology
+from correlate.state import GlusterState
 
 from .gluster_facts import BRICK_PORTS, LOCK_PROCEDURES, find_key, host_of, is_blocking_lock, port_of
 
@@ -60,7 +61,8 @@ class BrickNotResponding(Detector):
     wants = Wants(kinds={"rpc.call", "rpc.reply", "tcp.close", "tcp.connect", "probe.return"},
                   details=Topology.PROCEDURES | LOCK_PROCEDURES)
 
-    def __init__(self):
+    def __init__(self, state: GlusterState | None = None):
+        self.state = state if state is not None else GlusterState()
         self.conns: OrderedDict[int, _Conn] = OrderedDict()
         self.topology = Topology()      # brick paths, volumes, client pids, replica sets
         self.hung: OrderedDict[tuple[str, int], _Conn] = OrderedDict()  # reported, not recovered
@@ -177,6 +179,8 @@ class BrickNotResponding(Detector):
                 continue
             if now - st.ping["time_ns"] > self._overdue_after_ns(st):
                 self.pinged.pop(conn, None)
+                if self.state.loss.reply_may_be_lost(st.ping):
+                    continue    # the PING's reply may lie in a capture gap: see capture-loss
                 found.append(self._report(st, now, None))
         return found
 
@@ -305,5 +309,5 @@ def _clock(time_ns: int) -> str:
 
 
 @hookimpl
-def correlate_detectors(config):
-    return [BrickNotResponding()]
+def correlate_detectors(state):
+    return [BrickNotResponding(state)]
