@@ -19,13 +19,13 @@ class Tcpdump:
     snaplen, packet-buffered) into `out`; `packets` holds tcpdump's own count afterwards."""
 
     def __init__(self, out: Path, bpf_filter: str, interface: str = "any",
-                 start_timeout: float = 15):
+                 start_timeout: float = 15, buffer_kib: int = 65536):
         self.out = Path(out)
         # No --immediate-mode: per-packet wakeups made tcpdump drop packets under the
         # workload. The kernel hands packets over in blocks instead, at the latest after
         # tcpdump's 1 s buffer timeout, so stop() waits that long before SIGINT.
         self.cmd = ["tcpdump", "-i", interface, "-n", "-s", "0", "-U",
-                    "-B", "65536",  # KiB: the workload must not overrun the ring
+                    "-B", str(buffer_kib),  # KiB: the workload must not overrun the ring
                     "-Z", "root",  # keep the output owned by root like the rest of the tree
                     "-w", str(self.out),
                     bpf_filter]
@@ -33,6 +33,7 @@ class Tcpdump:
         self.proc: subprocess.Popen | None = None
         self.stderr = ""
         self.packets: int | None = None
+        self.dropped: int | None = None   # tcpdump's "dropped by kernel": the ring overran
 
     def start(self) -> None:
         self.out.parent.mkdir(parents=True, exist_ok=True)
@@ -67,6 +68,8 @@ class Tcpdump:
         self.stderr += rest or ""
         match = re.search(r"(\d+) packets? captured", self.stderr)
         self.packets = int(match.group(1)) if match else None
+        match = re.search(r"(\d+) packets? dropped by kernel", self.stderr)
+        self.dropped = int(match.group(1)) if match else None
         self.proc = None
 
     def __enter__(self) -> "Tcpdump":

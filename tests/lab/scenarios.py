@@ -69,6 +69,7 @@ class BrickLogs:
 class Scenario:
     name = ""
     timeout = 12.0  # seconds a client may take before it counts as hung
+    capture_buffer_kib = 65536  # tcpdump -B: busier scenarios ask for more
 
     def __init__(self, **params):
         self.params = params
@@ -270,9 +271,11 @@ def run(name: str, capture_to: Path | None = None, capture_filter: str | None = 
         with contextlib.ExitStack() as stack:
             if probes_to is not None:
                 stack.enter_context(Probes(probes_to, probe_group))
-            dump = stack.enter_context(Tcpdump(capture_to, capture_filter or lab.DEFAULT_FILTER))
+            dump = stack.enter_context(Tcpdump(capture_to, capture_filter or lab.DEFAULT_FILTER,
+                                               buffer_kib=scenario.capture_buffer_kib))
             result = scenario.trigger()
         result.capture, result.packets = str(capture_to), dump.packets
+        result.details["dropped_by_kernel"] = dump.dropped
         return result
 
 
@@ -289,3 +292,8 @@ REGISTRY.update({cls.name: cls for cls in DATA_SCENARIOS})
 from .latency_scenarios import LATENCY_SCENARIOS  # noqa: E402
 
 REGISTRY.update({cls.name: cls for cls in LATENCY_SCENARIOS})
+
+# Production's healthy day: several clients, heal, rebalance, quota (its own volumes).
+from .production_scenario import PRODUCTION_SCENARIOS  # noqa: E402
+
+REGISTRY.update({cls.name: cls for cls in PRODUCTION_SCENARIOS})
