@@ -42,7 +42,9 @@ def test_reorder_holds_a_dense_burst_only_up_to_its_bound():
 def test_decoder_waiting_calls_are_bounded_over_all_connections(tmp_path, monkeypatch):
     cap = tmp_path / "calls.pcap"
     shapes.unanswered_calls(cap, n=6_000, conns=60)       # 100 calls waiting per connection
-    monkeypatch.setattr(rpc, "MAX_PENDING_TOTAL", 1_000)
+    cost = rpc.PENDING_COST + len(shapes._dump_call(1)) - 4     # a lean call holds its record
+    budget = 1_000 * cost
+    monkeypatch.setattr(rpc, "MAX_PENDING_BYTES", budget)
     diag = Diagnostics("calls.pcap")
     sinks = []
     real_sink = rpc.RpcSink
@@ -52,11 +54,17 @@ def test_decoder_waiting_calls_are_bounded_over_all_connections(tmp_path, monkey
         return sinks[-1]
 
     monkeypatch.setattr("correlate.wire.decode.RpcSink", keep)
-    calls = sum(1 for e in decode_capture(str(cap), diag=diag) if e["kind"] == "rpc.call")
+    calls, waiting = 0, []
+    for ev in decode_capture(str(cap), diag=diag, details=False, details_later=True):
+        calls += ev["kind"] == "rpc.call"
+        if calls == 6_000 and not waiting:      # the last call, before the end closes all
+            waiting = [c for st in sinks[0]._conns.values() for c in st.pending.values()]
     assert calls == 6_000
     (sink,) = sinks
-    waiting = sum(len(st.pending) for st in sink._conns.values())
-    assert waiting == sink._pending_total <= 1_000
+    assert sink._pending_bytes == 0            # every connection closed at the end
+    assert {c.cost for c in waiting} == {cost}
+    assert sum(c.cost for c in waiting) <= budget
+    assert len(waiting) == 1_000      # the table stays at its limit
     assert diag.counts["rpc: unanswered call forgotten (pending table full)"] == 5_000
 
 

@@ -25,7 +25,12 @@ from .rpc_cred import decode_cred
 from .rpc_header import CallHeader, ReplyHeader, parse_header
 
 MAX_PENDING = 4096              # unanswered calls remembered per connection
-MAX_PENDING_TOTAL = 65536       # ... and over all connections (about 250 bytes each)
+# ... and over all connections, in bytes as estimated below: a call costs its bookkeeping,
+# plus its decoded context (credential, identifying args) or the record it holds to decode
+# that later. 16 MiB keeps about 10,000 detailed calls or 40,000 small lean ones.
+MAX_PENDING_BYTES = 16 << 20
+PENDING_COST = 320              # _Pending, its key and its table entry
+CONTEXT_COST = 1200             # a decoded credential and identifying args (dicts, strings)
 MAX_CONNS = 65536               # connections with state at once
 LATER_MAX = 4096                # a record held to decode its details later is at most this
 
@@ -50,12 +55,12 @@ class RpcSink:
         self.max_pending = max_pending
         self.framer = RecordFramer(diag, max_record)
         self._conns: OrderedDict[Conn, _ConnState] = OrderedDict()
-        self._pending_total = 0        # calls waiting in all connections' tables
+        self._pending_bytes = 0        # estimated cost of the calls waiting in all tables
 
     # -- StreamSink -------------------------------------------------------------------------
     def on_data(self, conn: Conn, from_client: bool, time_ns: int, data: bytes) -> list[dict]:
         st = self._state(conn)
-        d = st.dirs[from_client]
+        d = st.dirs.get(from_client) or st.direction(from_client)
         try:
             records = self.framer.feed(conn, st.pending, from_client, d, time_ns, data)
         except Exception as exc:   # a bug must not end the whole run: report it, resync
@@ -65,7 +70,7 @@ class RpcSink:
 
     def on_gap(self, conn: Conn, from_client: bool, time_ns: int, missing: int) -> list[dict]:
         st = self._state(conn)
-        d = st.dirs[from_client]
+        d = st.dirs.get(from_client) or st.direction(from_client)
         try:
             records = self.framer.gap(conn, from_client, d, missing)
         except Exception as exc:
@@ -76,7 +81,7 @@ class RpcSink:
     def on_close(self, conn: Conn, time_ns: int) -> list[dict]:
         st = self._conns.pop(conn, None)
         if st is not None:
-            self._pending_total -= len(st.pending)
+            self._pending_bytes -= st.pending_bytes
             self.framer.close(conn, st.dirs)
         return []
 
@@ -123,20 +128,31 @@ class RpcSink:
             return ev
         pending = st.pending
         key = (from_client, hdr.xid)
-        if pending.pop(key, None) is None:
-            self._pending_total += 1
-        pending[key] = _Pending(hdr.prog, hdr.vers, hdr.proc, info, rec.time_ns, _context(ev),
-                                ev.get(DETAILS_LATER))
-        if len(pending) > self.max_pending or self._pending_total > MAX_PENDING_TOTAL:
-            pending.popitem(last=False)    # the connection adding calls gives up its oldest
-            self._pending_total -= 1
+        old = pending.pop(key, None)
+        if old is not None:
+            self._forgotten(st, old)
+        context, later = _context(ev), ev.get(DETAILS_LATER)
+        call = pending[key] = _Pending(hdr.prog, hdr.vers, hdr.proc, info, rec.time_ns, context,
+                                       later, PENDING_COST + (CONTEXT_COST if context is not None
+                                       else len(rec.data) if later is not None else 0))
+        st.pending_bytes += call.cost
+        self._pending_bytes += call.cost
+        # Over a bound, the connection adding calls gives up its oldest: the calls waiting
+        # longest elsewhere are kept (their replies are the likeliest still to come).
+        while len(pending) > self.max_pending or (self._pending_bytes > MAX_PENDING_BYTES
+                                                  and pending):
+            self._forgotten(st, pending.popitem(last=False)[1])
             self.diag.skip("rpc: unanswered call forgotten (pending table full)", f"conn {conn.number}")
         return ev
+
+    def _forgotten(self, st: "_ConnState", call: "_Pending") -> None:
+        st.pending_bytes -= call.cost
+        self._pending_bytes -= call.cost
 
     def _reply_event(self, conn, st, from_client, rec, hdr: ReplyHeader, src, dst) -> dict:
         call = st.pending.pop((not from_client, hdr.xid), None)
         if call is not None:
-            self._pending_total -= 1
+            self._forgotten(st, call)
         if call is None or self._wants_details(call.info.procedure, rec):
             return _reply_dict(self.source, rec, hdr, call, src, dst, conn.number, True)
         ev = _reply_dict(self.source, rec, hdr, call, src, dst, conn.number, False)
@@ -157,7 +173,7 @@ class RpcSink:
         else:
             st = self._conns[conn] = _ConnState()
             if len(self._conns) > MAX_CONNS:
-                self._pending_total -= len(self._conns.popitem(last=False)[1].pending)
+                self._pending_bytes -= self._conns.popitem(last=False)[1].pending_bytes
                 self.diag.skip("rpc: connection state dropped (too many connections)")
         return st
 
@@ -170,6 +186,7 @@ class _Pending:
     time_ns: int
     context: dict | None = None      # what the reply carries of its call (cred, identifying args)
     later: object = None             # a lean call's DETAILS_LATER: its context, when a reply needs it
+    cost: int = 0                    # its estimated bytes in the pending table
 
     def call_context(self) -> dict | None:
         if self.context is None and self.later is not None:
@@ -193,12 +210,19 @@ def _context(ev: dict) -> dict | None:
 
 
 class _ConnState:
-    __slots__ = ("dirs", "pending")
+    __slots__ = ("dirs", "pending", "pending_bytes")
 
     def __init__(self):
-        self.dirs = {True: Direction(), False: Direction()}
+        # sent by client? -> framing state, made when that side first sends (many
+        # connections of a flood never hear back)
+        self.dirs: dict[bool, Direction] = {}
         # (sent by client?, xid) -> the call, oldest first
         self.pending: OrderedDict[tuple[bool, int], _Pending] = OrderedDict()
+        self.pending_bytes = 0
+
+    def direction(self, from_client: bool) -> Direction:
+        d = self.dirs[from_client] = Direction()
+        return d
 
 
 def _call_dict(source: str, rec: Record, hdr: CallHeader, info, src, dst, conn: int,
