@@ -25,11 +25,17 @@ def spec(u: Unpacker) -> dict:
     if raw.endswith(b"\0"):
         raw = raw[:-1]
     out = {"spec_size": len(raw), "spec_prefix": dicts.render(raw[:SPEC_PREFIX])}
-    sets = volfile.brick_sets(raw.decode("utf-8", "replace"))
+    blocks = volfile.blocks(raw.decode("utf-8", "replace"))
+    sets = volfile.sets_of(blocks)
     if sets:
         out["brick_sets"] = [{"name": s.name, "type": s.kind,
                               "bricks": [[host, path] for host, path in s.bricks]}
                              for s in sets]
+    bricks, ping_timeout = volfile.clients_of(blocks)
+    if bricks:
+        out["bricks"] = [[host, path] for host, path in bricks]
+    if ping_timeout is not None:
+        out["ping_timeout"] = ping_timeout
     return out
 
 

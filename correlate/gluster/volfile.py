@@ -31,8 +31,8 @@ class BrickSet:
     bricks: tuple[tuple[str, str], ...]    # (remote-host, remote-subvolume)
 
 
-def brick_sets(text: str) -> list[BrickSet]:
-    """The replicate and disperse sets of a volfile, in file order."""
+def blocks(text: str) -> dict[str, dict]:
+    """The translator blocks: name -> {type, options, subvolumes}."""
     blocks: dict[str, dict] = {}
     current = None
     for line in text.splitlines():
@@ -51,6 +51,20 @@ def brick_sets(text: str) -> list[BrickSet]:
             current["options"][words[1]] = words[2]
         elif words[0] == "subvolumes":
             current["subvolumes"] = words[1:1 + MAX_MEMBERS]
+    return blocks
+
+
+def _brick_of(block: dict) -> tuple[str, str]:
+    opts = block["options"]
+    return (opts.get("remote-host", ""), opts.get("remote-subvolume", ""))
+
+
+def brick_sets(text: str) -> list[BrickSet]:
+    """The replicate and disperse sets of a volfile, in file order."""
+    return sets_of(blocks(text))
+
+
+def sets_of(blocks: dict[str, dict]) -> list[BrickSet]:
     sets = []
     for name, block in blocks.items():
         kind = SET_TYPES.get(block["type"])
@@ -60,7 +74,18 @@ def brick_sets(text: str) -> list[BrickSet]:
         for sub in block["subvolumes"]:
             client = blocks.get(sub)
             if client and client["type"] == "protocol/client":
-                opts = client["options"]
-                members.append((opts.get("remote-host", ""), opts.get("remote-subvolume", "")))
+                members.append(_brick_of(client))
         sets.append(BrickSet(name, kind, tuple(members)))
     return sets
+
+
+def clients_of(blocks: dict[str, dict]) -> tuple[list[tuple[str, str]], str | None]:
+    """Every brick a client volfile connects to (its protocol/client blocks: a brick in no
+    set is the only copy of its files), and their `ping-timeout` when the volfile sets it
+    (glusterd writes it only when network.ping-timeout was changed from 42)."""
+    bricks, timeout = [], None
+    for block in blocks.values():
+        if block["type"] == "protocol/client":
+            bricks.append(_brick_of(block))
+            timeout = timeout or block["options"].get("ping-timeout")
+    return bricks[:MAX_BLOCKS], timeout
