@@ -16,7 +16,8 @@ COMMANDS = {
     "probes": "correlate.probe.cli:probes",
     "run": "correlate.engine_cli:run",
     "analyze": "correlate.engine_cli:analyze",
-    "plugins": "correlate.engine_cli:plugins_cmd",
+    "plugins": "correlate.plugins_cli:plugins_cmd",
+    "detectors": "correlate.plugins_cli:detectors_cmd",
     "timeline": "correlate.timeline_cli:timeline",
     "profile": "correlate.profile_cli:profile",
 }

@@ -111,6 +111,9 @@ class Detector:
 
     id = "unnamed"
     wants = EVERYTHING
+    # Layers without which it finds nothing ({"probe"}: it reads the wire too, but only
+    # beside probe events); `correlate detectors` tells users. Empty: any layer it reads.
+    needs: frozenset[str] = frozenset()
     options: dict[str, Option] = {}
     settings: dict[str, Any] = {}
 
@@ -144,9 +147,11 @@ class Detector:
                           count=0 if refines else 1, **extra)
 
 
-def load_detectors(pm, config: dict | None = None, state=None) -> tuple[list, list[dict]]:
+def load_detectors(pm, config: dict | None = None, state=None, *,
+                   origins: dict[str, str] | None = None) -> tuple[list, list[dict]]:
     """Every detector from every plugin (built-ins included), through the hook, all given
     one shared Gluster state (`state`, else a new `correlate.state.GlusterState`).
+    `origins`, when given, is filled with {detector id: plugin name}.
 
     A plugin that failed to import, or whose hook raises, is reported by name (a
     `detector.error` event in the second list) and the others still load."""
@@ -164,6 +169,8 @@ def load_detectors(pm, config: dict | None = None, state=None) -> tuple[list, li
     for name, result, exc in call_each(pm, "correlate_detectors", config=config or {}, state=state):
         if exc is None:
             detectors.extend(result or [])
+            if origins is not None:
+                origins.update((getattr(d, "id", type(d).__name__), name) for d in result or [])
             continue
         errors.append(make_event(0, "finding", "detector.error", f"plugin:{name}",
                                  detector=name, severity="error",

@@ -53,7 +53,12 @@ class DetectorRunner:
 
     `load_errors` (plugins that failed before any event, from `load_detectors`) leave with the
     first event, stamped with its time: an event that no input timed must not stretch the
-    timeline back to 1970."""
+    timeline back to 1970.
+
+    `policy` (a correlate.finding_policy.FindingPolicy, set by whoever builds the runner)
+    suppresses findings the user silenced: they are counted there, not shown or folded."""
+
+    policy = None
 
     def __init__(self, detectors: list, on_new_finding=None, load_errors: Iterable[dict] = (),
                  subscriptions: bool = True, state=None):
@@ -182,6 +187,8 @@ class DetectorRunner:
                 f["evidence"] = [with_details(e) if isinstance(e, dict) else e for e in evidence]
             key = (_hashable(f.get("detector", "")), _hashable(f.get("key", "")))
             first = self._seen.get(key)
+            if first is None and self.policy is not None and self.policy.suppress(key, f):
+                continue      # silenced by the user: counted by the policy, never notified
             if first is None:
                 f["count"] = _count(f)
                 f.setdefault("id", f"{key[0]}#{len(self._seen) + 1}")
@@ -254,4 +261,5 @@ class DetectorRunner:
                                           f.get("source", ""), detector=f.get("detector"), id=f["id"],
                                           count=f["count"], title=f.get("title"),
                                           evidence=f.pop("_added_evidence", []), **extra))
-        return out + sorted(updates, key=lambda u: u["time_ns"])
+        summary = self.policy.summary_event(self._last_now or 0) if self.policy else None
+        return out + sorted(updates, key=lambda u: u["time_ns"]) + ([summary] if summary else [])

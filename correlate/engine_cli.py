@@ -1,7 +1,6 @@
-"""`correlate run` (live), `correlate analyze` (offline) and `correlate plugins`."""
+"""`correlate run` (live) and `correlate analyze` (offline)."""
 from __future__ import annotations
 
-import json
 import os
 import signal
 import sys
@@ -13,20 +12,20 @@ import click
 from .detector import details_needed
 from .detector_runner import DetectorRunner
 from .diagnostics import Diagnostics, report_diagnostics
-from .errors import CorrelateError
 from .merge import DEFAULT_WINDOW_NS, LiveMerger, merge
 from .outputs.terminal import Progress, color_option, safe_text, use_color
 from .parallel_cli import parallel_for, parallel_options
 from .pipeline import Reporter, TimelineWriter, run_pipeline
-from .plugin_manager import get_plugin_manager, plugin_info
 from .run_setup import (detector_options, make_runner, output_writers, parse_detector_options,
-                        timeline_path, write_outputs)
+                        parse_policy, selection_options, timeline_path, write_outputs)
 from .sources import open_input
 
 
-def _detectors(unanswered_after: float, option_specs, config_path) -> DetectorRunner:
+def _detectors(unanswered_after: float, option_specs, config_path, only_detectors=(),
+               skip_detectors=(), suppress_specs=()) -> DetectorRunner:
     options = parse_detector_options(option_specs, config_path)
-    return make_runner({"unanswered_after_ns": int(unanswered_after * 1e9)}, options)
+    policy = parse_policy(config_path, only_detectors, skip_detectors, suppress_specs)
+    return make_runner({"unanswered_after_ns": int(unanswered_after * 1e9)}, options, policy)
 
 
 def decoding_options(runner: DetectorRunner, every_event: bool) -> dict:
@@ -57,6 +56,8 @@ def _finish(reporter, runner, diags, timeline, temporary, writers, failed=False)
     fatal = report_diagnostics(diags)
     for line in runner.drop_lines():
         click.echo(f"correlate: {safe_text(line, 500)}", err=True)
+    if runner.policy is not None and runner.policy.summary():
+        click.echo(f"correlate: {safe_text(runner.policy.summary(), 2000)}", err=True)
     n = reporter.counts
     msg = f"correlate: {n['events']} events, {n['findings']} findings"
     if runner.disabled:   # plugin names and exception text: escaped like any input text
@@ -85,7 +86,7 @@ common_options = [
 def with_common(f):
     for opt in reversed(common_options):
         f = opt(f)
-    return detector_options(color_option(f))
+    return selection_options(detector_options(color_option(f)))
 
 
 @click.command()
@@ -108,7 +109,8 @@ def with_common(f):
               help="Print the volume profile (as `correlate profile`) this often, and at the end.")
 @with_common
 def run(pcaps, probe_groups, pid, backend, probe_offsets, logs, duration, window_ms, profile_every,
-        json_out, events, timeline, unanswered_after, outputs, color, option_specs, config_path):
+        json_out, events, timeline, unanswered_after, outputs, color, option_specs, config_path,
+        only_detectors, skip_detectors, suppress_specs):
     """Live: merge probes and captures on one timeline and print findings as they happen.
 
     Stops at the end of the captures, after --duration, or on Ctrl-C / SIGTERM, with every
@@ -122,13 +124,16 @@ def run(pcaps, probe_groups, pid, backend, probe_offsets, logs, duration, window
       correlate run --probe samba --pid 4242 --json
       correlate run --pcap old.pcap --pcap other-host.pcapng
       correlate run --pcap - -o rpc-unanswered.after_s=30 --config detectors.toml
+      correlate run --probe all --pcap - --no-detector app-latency    # and no io probes
+      correlate run --pcap - --suppress rpc-unanswered:client=127.0.0.1:*
       tcpdump -i any -s 0 -U -w - 'tcp portrange 24007-24100 or tcp portrange 49152-49251 or icmp' | correlate run --pcap - --profile-every 10
     """
     if not pcaps and not probe_groups and not logs:
         raise click.UsageError("nothing to run: give --pcap and/or --probe (see --help)")
     writers = output_writers(outputs)
     timeline, temporary = timeline_path(timeline, writers)
-    runner = _detectors(unanswered_after, option_specs, config_path)
+    runner = _detectors(unanswered_after, option_specs, config_path, only_detectors,
+                        skip_detectors, suppress_specs)
     decoding = decoding_options(runner, bool(json_out or events or timeline))
     merger = LiveMerger(window_ns=window_ms * 1_000_000)
     diags: list[Diagnostics] = []
@@ -151,8 +156,10 @@ def run(pcaps, probe_groups, pid, backend, probe_offsets, logs, duration, window
         from .probe_source import describe_session, open_probe_session, probe_events
         from .detector import detector_settings
         # the probes send what the detectors, as configured, will use (e.g. app-latency's threshold)
+        # ... and no probe points of a plugin whose every detector is off
         session = open_probe_session(probe_groups, pid=pid, backend=backend, offsets=probe_offsets,
-                                     options=detector_settings(runner.detectors))
+                                     options=detector_settings(runner.detectors),
+                                     skip_plugins=runner.policy.idle_plugins())
         for line in describe_session(session):
             click.echo(f"correlate: {safe_text(line, 500)}", err=True)
         merger.add(f"probes:{session.backend_name}",
@@ -204,7 +211,8 @@ def _opened_later(path: str, diags: list[Diagnostics], decoding: dict):
 @with_common
 @parallel_options
 def analyze(inputs, hosts, json_out, events, timeline, unanswered_after, outputs, color,
-            option_specs, config_path, jobs, scheduler):
+            option_specs, config_path, only_detectors, skip_detectors, suppress_specs, jobs,
+            scheduler):
     """Offline: run the detectors over captures, saved timelines and Gluster logs.
 
     Inputs are recognised by content (pcap, pcapng, gzip'd, JSON Lines timeline, Gluster
@@ -217,11 +225,16 @@ def analyze(inputs, hosts, json_out, events, timeline, unanswered_after, outputs
       correlate analyze --json saved-timeline.jsonl | jq -r 'select(.kind == "finding") | .title'
       NO_COLOR=1 correlate analyze capture.pcap      # or --color never
       correlate analyze capture.pcap -o rpc-unanswered.after_s=2
+      correlate analyze tests/captures/brick-hang.pcap --no-detector rpc-unanswered
+      correlate analyze capture.pcap --detector stale-handle --detector lost-write
+      correlate analyze capture.pcap --suppress stale-handle:brick=127.0.0.2:/srv/b1
+      correlate analyze capture.pcap --suppress 'slow-brick:procedure=MKDIR' --suppress no-space
       correlate analyze --jobs 2 big-capture.pcap other-host.pcap
       correlate analyze --scheduler tcp://scheduler-host:8786 /shared/captures/*.pcap
     """
     host_of = dict(h.split("=", 1) for h in hosts if "=" in h)
-    runner = _detectors(unanswered_after, option_specs, config_path)
+    runner = _detectors(unanswered_after, option_specs, config_path, only_detectors,
+                        skip_detectors, suppress_specs)
     writers = output_writers(outputs)
     decoding = decoding_options(runner, bool(json_out or events or timeline or writers))
     with parallel_for(inputs, jobs, scheduler) as parallel:
@@ -236,61 +249,3 @@ def analyze(inputs, hosts, json_out, events, timeline, unanswered_after, outputs
             progress.done()
             reporter.close()
     sys.exit(_finish(reporter, runner, [i.diag for i in opened], timeline, temporary, writers))
-
-
-@click.command("plugins")
-@click.option("--json", "json_out", is_flag=True, help="Print as JSON.")
-def plugins_cmd(json_out):
-    """List loaded plugins (built-in detectors included): version, hooks, detectors with their
-    options, output formats and probe groups; plugins that failed to load, with the reason.
-
-    Set CORRELATE_TRACE_HOOKS=1 to see every hook call of a run on stderr.
-
-    \b
-    Examples:
-      correlate plugins
-      correlate plugins --json | jq '.[] | {name, options}'
-      CORRELATE_TRACE_HOOKS=1 correlate analyze capture.pcap
-    """
-    from .plugin_manager import call_each
-    pm = get_plugin_manager()
-    rows = plugin_info(pm)
-    by_name = {r["name"]: r for r in rows}
-    for r in rows:
-        r.setdefault("detectors", [])
-        r["options"], r["outputs"], r["probe_groups"] = {}, [], []
-    errors = []
-    for name, result, exc in call_each(pm, "correlate_detectors", config={}):
-        if exc is not None:
-            errors.append(f"plugin {name} failed to load its detectors: {type(exc).__name__}: {exc}")
-            continue
-        for d in result or []:
-            det_id = getattr(d, "id", type(d).__name__)
-            by_name[name]["detectors"].append(det_id)
-            for opt, spec in (getattr(d, "options", None) or {}).items():
-                by_name[name]["options"][f"{det_id}.{opt}"] = {"default": spec.default, "help": spec.help}
-    for name, result, exc in call_each(pm, "correlate_outputs"):
-        if exc is None:
-            by_name[name]["outputs"] = sorted(result or {})
-    for name, result, exc in call_each(pm, "correlate_probe_specs", options={}):
-        if exc is None:
-            by_name[name]["probe_groups"] = sorted({getattr(s, "group", "?") for s in result or []})
-    if json_out:
-        click.echo(json.dumps(rows, indent=2, default=str))
-    else:
-        for r in rows:
-            dist = f"{r['distribution']} {r['version']}" if r["distribution"] else "(not from a package)"
-            if r["status"] == "failed":
-                click.echo(f"{r['name']:<20} {dist:<26} FAILED: {r['error']}")
-                continue
-            click.echo(f"{r['name']:<20} {dist:<26} hooks: {', '.join(r['hooks'])}")
-            for label, key in (("detectors", "detectors"), ("output formats", "outputs"),
-                               ("probe groups", "probe_groups")):
-                if r[key]:
-                    click.echo(f"    {label}: {', '.join(r[key])}")
-            for opt, spec in r["options"].items():
-                click.echo(f"    -o {opt}={spec['default']!r}  {spec['help']}")
-    for e in errors:
-        click.echo(f"correlate: {e}", err=True)
-    if not rows:
-        raise CorrelateError("no plugins loaded: is gluster-correlate installed (pip install -e .)?")

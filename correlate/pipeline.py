@@ -80,7 +80,8 @@ class Reporter:
             self.counts["findings"] += 1
         if self.timeline:
             self.timeline.write(f)
-        if self.show_findings:
+        # In text the suppressed count is said on stderr; JSON keeps it as an event.
+        if self.show_findings and (self.json_out or f.get("kind") != "finding.suppressed"):
             if self.progress is not None:
                 self.progress.clear()
             self._write_held()

@@ -9,26 +9,32 @@ from .errors import CorrelateError
 from .plugin_manager import call_each, get_plugin_manager
 
 
-def plugin_probe_specs(options: dict | None = None) -> list:
-    """Every plugin's probe points; `options` are the run's detector settings
-    ({detector id: {option: value}}, see correlate.detector.detector_settings)."""
+def plugin_probe_specs(options: dict | None = None, skip_plugins=()) -> list:
+    """Every plugin's probe points but those of `skip_plugins`; `options` are the run's
+    detector settings ({detector id: {option: value}}, see correlate.detector.detector_settings)."""
     specs = []
     for name, provided, exc in call_each(get_plugin_manager(), "correlate_probe_specs",
                                          options=options or {}):
+        if name in skip_plugins:
+            continue
         if exc is not None:
             raise CorrelateError(f"plugin {name}: correlate_probe_specs failed: {exc}")
         specs.extend(provided or [])
     return specs
 
 
-def select_specs(groups, options: dict | None = None) -> list:
+def select_specs(groups, options: dict | None = None, skip_plugins=()) -> list:
     from .probe import catalog
-    extra = plugin_probe_specs(options)
+    extra = plugin_probe_specs(options, skip_plugins)
     chosen, seen = [], set()
     for group in groups:
         try:
             specs = catalog.select(group, extra)
         except ValueError as exc:
+            if skip_plugins and group in {s.group for s in plugin_probe_specs(options)}:
+                raise CorrelateError(f"probe group {group!r} belongs to a plugin whose detectors "
+                                     f"are all disabled ({', '.join(sorted(skip_plugins))}): "
+                                     "enable one, or do not ask for its probes") from None
             raise CorrelateError(str(exc)) from None
         for spec in specs:
             if spec.name not in seen:
@@ -37,12 +43,14 @@ def select_specs(groups, options: dict | None = None) -> list:
     return chosen
 
 
-def open_probe_session(groups, *, pid=None, backend="auto", offsets=(), options=None):
+def open_probe_session(groups, *, pid=None, backend="auto", offsets=(), options=None,
+                       skip_plugins=()):
     """Resolve and attach; raises CorrelateError subclasses with one clear line. `options`:
-    the detector settings the probes follow (a threshold a probe filters on, say)."""
+    the detector settings the probes follow (a threshold a probe filters on, say);
+    `skip_plugins`: plugins whose probe points are not wanted (their detectors are off)."""
     from .probe.resolve import parse_offsets
     from .probe.session import ProbeSession
-    session = ProbeSession(select_specs(groups, options), pid=pid, backend=backend,
+    session = ProbeSession(select_specs(groups, options, skip_plugins), pid=pid, backend=backend,
                            offsets=parse_offsets(list(offsets)))
     return session.start()
 

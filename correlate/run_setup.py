@@ -1,5 +1,6 @@
-"""What `run`, `analyze` and `timeline` share: detectors with the user's options and the
-correlate_finding hook, and the output formats plugins add (`--output FORMAT=PATH`)."""
+"""What `run`, `analyze` and `timeline` share: detectors with the user's options and policy
+(which run, which findings are suppressed), the correlate_finding hook, and the output
+formats plugins add (`--output FORMAT=PATH`)."""
 from __future__ import annotations
 
 import os
@@ -8,65 +9,133 @@ import tomllib
 
 import click
 
-from .detector import configure_detectors, load_detectors
+from .detector import _coerce, configure_detectors, load_detectors
 from .detector_runner import DetectorRunner
 from .state import GlusterState
 from .diagnostics import Diagnostics
+from .finding_policy import POLICY_TABLES, SPEC_FORM, FindingPolicy, from_config, parse_rule
 from .plugin_manager import call_each, get_plugin_manager
 from .sources import read_timeline
+
+
+class DetectorUsageError(click.BadParameter):
+    """A bad detector name, option, config file or suppression rule: one line, exit 2."""
+
+    def format_message(self) -> str:
+        return f"{self.param_hint}: {self.message}" if self.param_hint else self.message
+
+    def show(self, file=None) -> None:
+        from .outputs.terminal import safe_text     # a config file's text: escaped
+        click.echo(f"correlate: {safe_text(self.format_message(), 2000)}", err=True)
 
 
 def detector_options(f):
     """-o DETECTOR.KEY=VALUE and --config FILE, the same on every command that detects."""
     f = click.option("--config", "config_path", type=click.Path(exists=True, dir_okay=False),
                      help="TOML file of detector options: a table per detector, e.g. "
-                          "[rpc-unanswered] after_s = 30 (see `correlate plugins`).")(f)
+                          "[rpc-unanswered] after_s = 30 (see `correlate detectors`); "
+                          "[detectors] enable/disable lists; [[suppress]] rules.")(f)
     return click.option("-o", "--option", "option_specs", multiple=True,
                         metavar="DETECTOR.KEY=VALUE",
                         help="Set a detector option (listed by `correlate plugins`); "
                              "overrides --config. Repeatable.")(f)
 
 
+def selection_options(f):
+    """--detector, --no-detector and --suppress: which detectors run, which findings show."""
+    f = click.option("--suppress", "suppress_specs", multiple=True, metavar="SPEC",
+                     help=f"Do not show findings matching SPEC, {SPEC_FORM} (e.g. "
+                          "stale-handle:brick=127.0.0.2:/srv/b1); they are counted on stderr. "
+                          "Repeatable.")(f)
+    f = click.option("--no-detector", "skip_detectors", multiple=True, metavar="NAME",
+                     help="Do not run detector NAME nor request its probes (as -o "
+                          "NAME.enabled=false). Repeatable.")(f)
+    return click.option("--detector", "only_detectors", multiple=True, metavar="NAME",
+                        help="Run only detector NAME (repeatable); `correlate detectors` "
+                             "lists them.")(f)
+
+
+def _read_config(config_path: str) -> dict:
+    try:
+        with open(config_path, "rb") as f:
+            return tomllib.load(f)
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise DetectorUsageError(f"{config_path}: {exc}", param_hint="--config") from None
+
+
 def parse_detector_options(specs, config_path: str | None) -> dict[str, dict]:
     """{detector id: {option: value}} from a --config file, then -o values over it."""
     values: dict[str, dict] = {}
     if config_path:
-        try:
-            with open(config_path, "rb") as f:
-                table = tomllib.load(f)
-        except (OSError, tomllib.TOMLDecodeError) as exc:
-            raise click.BadParameter(f"{config_path}: {exc}", param_hint="--config") from None
-        for det_id, opts in table.items():
+        for det_id, opts in _read_config(config_path).items():
+            if det_id in POLICY_TABLES:
+                continue        # [detectors] and [[suppress]]: parse_policy reads them
             if not isinstance(opts, dict):
-                raise click.BadParameter(f"{config_path}: {det_id!r} must be a table "
+                raise DetectorUsageError(f"{config_path}: {det_id!r} must be a table "
                                          f"([{det_id}] then KEY = VALUE lines)", param_hint="--config")
             values.setdefault(det_id, {}).update(opts)
     for spec in specs:
         target, sep, value = spec.partition("=")
         det_id, dot, key = target.rpartition(".")
         if not sep or not dot or not det_id or not key:
-            raise click.BadParameter(f"{spec!r}: expected DETECTOR.KEY=VALUE "
+            raise DetectorUsageError(f"{spec!r}: expected DETECTOR.KEY=VALUE "
                                      "(e.g. rpc-unanswered.after_s=30)", param_hint="-o")
         values.setdefault(det_id, {})[key] = value
     return values
 
 
-def make_runner(config: dict, options: dict[str, dict]) -> DetectorRunner:
-    """Every plugin's detectors, configured, with new findings passed to correlate_finding."""
+def parse_policy(config_path: str | None, only=(), skip=(), suppress=()) -> FindingPolicy:
+    """The --config file's [detectors] and [[suppress]], then the command line's: --detector
+    replaces the file's `enable`, --no-detector and --suppress add to the file's."""
+    enable, disable, rules = None, [], []
+    if config_path:
+        try:
+            enable, disable, rules = from_config(_read_config(config_path), config_path)
+        except ValueError as exc:
+            raise DetectorUsageError(str(exc), param_hint="--config") from None
+    try:
+        rules += [parse_rule(spec) for spec in suppress]
+    except ValueError as exc:
+        raise DetectorUsageError(str(exc), param_hint="--suppress") from None
+    return FindingPolicy(only=list(only) if only else enable, disabled=[*disable, *skip], rules=rules)
+
+
+def _take_enabled(options: dict[str, dict]) -> tuple[dict[str, dict], set[str]]:
+    """Every detector's implicit option `enabled`, out of the options: (the rest, ids off)."""
+    rest, off = {}, set()
+    for det_id, chosen in options.items():
+        chosen = dict(chosen)
+        if "enabled" in chosen and not _coerce(chosen.pop("enabled"), True, f"{det_id}.enabled"):
+            off.add(det_id)
+        rest[det_id] = chosen
+    return rest, off
+
+
+def make_runner(config: dict, options: dict[str, dict],
+                policy: FindingPolicy | None = None) -> DetectorRunner:
+    """The detectors the policy lets run, configured, with new findings passed to
+    correlate_finding; `runner.policy` suppresses the findings it names."""
     pm = get_plugin_manager()
     state = GlusterState()
-    detectors, errors = load_detectors(pm, config, state)
+    origins: dict[str, str] = {}
+    detectors, errors = load_detectors(pm, config, state, origins=origins)
     try:
+        options, off = _take_enabled(options)
+        policy = (policy or FindingPolicy()).disabling(off)
+        policy.bind(origins)
         configure_detectors(detectors, options)
     except ValueError as exc:
-        raise click.BadParameter(str(exc), param_hint="-o/--config") from None
+        raise DetectorUsageError(str(exc)) from None
 
     def notify(finding):
         for name, _result, exc in call_each(pm, "correlate_finding", finding=finding):
             if exc is not None:   # a notifier's bug is reported, the run goes on
                 click.echo(f"correlate: plugin {name}: correlate_finding failed: {exc}", err=True)
 
-    return DetectorRunner(detectors, on_new_finding=notify, load_errors=errors, state=state)
+    runner = DetectorRunner(policy.select(detectors), on_new_finding=notify, load_errors=errors,
+                            state=state)
+    runner.policy = policy
+    return runner
 
 
 def output_writers(outputs) -> list[tuple[str, callable, str]]:

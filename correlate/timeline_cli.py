@@ -17,7 +17,8 @@ from .errors import CorrelateError
 from .events import header_line, to_json
 from .merge import DEFAULT_WINDOW_NS, merge, shift_clock
 from .outputs.terminal import color_option
-from .run_setup import detector_options, output_writers, parse_detector_options
+from .run_setup import (detector_options, output_writers, parse_detector_options, parse_policy,
+                        selection_options)
 from .parallel_cli import parallel_for, parallel_options
 from .timeline_filter import EventFilter, parse_time
 
@@ -198,14 +199,14 @@ class _PluginOutputsSink:
             os.unlink(self.tmp)
 
 
-def _with_findings(events: Iterable[dict], detect: bool, options: dict) -> Iterator[dict]:
+def _with_findings(events: Iterable[dict], detect: bool, options: dict, policy) -> Iterator[dict]:
     """Run the detectors (plugins included, each new finding passed to correlate_finding) and
     put each finding after the event completing it."""
     if not detect:
         yield from events
         return
     from .run_setup import make_runner
-    runner = make_runner({}, options)
+    runner = make_runner({}, options, policy)
     for ev in events:
         if ev.get("layer") == "finding":
             continue        # a saved timeline's findings: the detectors derive them again
@@ -213,8 +214,9 @@ def _with_findings(events: Iterable[dict], detect: bool, options: dict) -> Itera
         yield from runner.observe(ev)
     yield from runner.finish()
     from .outputs.terminal import safe_text
-    for line in runner.drop_lines():
-        click.echo(f"correlate: {safe_text(line, 500)}", err=True)
+    for line in [*runner.drop_lines(), runner.policy.summary()]:
+        if line:
+            click.echo(f"correlate: {safe_text(line, 2000)}", err=True)
 
 
 @click.command()
@@ -248,10 +250,12 @@ def _with_findings(events: Iterable[dict], detect: bool, options: dict) -> Itera
                    "hook; see `correlate plugins`). Repeatable.")
 @color_option
 @detector_options
+@selection_options
 @parallel_options
 def timeline(inputs, hosts, since, until, conn, host_filter, gfid, path, pid, layers, ladder,
              html_path, perfetto_path, pcapng_path, json_out, sync_clocks, detect, window_ms, outputs,
-             color, option_specs, config_path, jobs, scheduler):
+             color, option_specs, config_path, only_detectors, skip_detectors, suppress_specs,
+             jobs, scheduler):
     """Merge captures, saved timelines and Gluster logs into one timeline; filter; render.
 
     \b
@@ -265,6 +269,7 @@ def timeline(inputs, hosts, since, until, conn, host_filter, gfid, path, pid, la
       correlate timeline capture.pcap --conn 127.0.0.2:49152 --json | jq .procedure
       correlate timeline capture.pcap --output perfetto=trace.json -o rpc-unanswered.after_s=2
       correlate timeline --jobs 2 --json client.pcap server.pcap > merged.jsonl
+      correlate timeline capture.pcap --html r.html --no-detector slow-brick --suppress lock-wait
     """
     from .sources import open_input
 
@@ -277,6 +282,7 @@ def timeline(inputs, hosts, since, until, conn, host_filter, gfid, path, pid, la
     if not specs:
         raise click.UsageError("no INPUT given")
     options = parse_detector_options(option_specs, config_path)
+    policy = parse_policy(config_path, only_detectors, skip_detectors, suppress_specs)
     writers = output_writers(outputs)
     since_t = parse_time(since) if since else None
     until_t = parse_time(until) if until else None
@@ -307,7 +313,7 @@ def timeline(inputs, hosts, since, until, conn, host_filter, gfid, path, pid, la
         if any(i.kind == "timeline" for i in opened) and any(i.kind == "capture" for i in opened):
             dedup = CaptureDeduplicator({i.name for i in opened if i.kind == "capture"})
             merged = dedup(merged)
-        events = _with_findings(merged, detect, options)
+        events = _with_findings(merged, detect, options, policy)
         keep = EventFilter(since=since_t, until=until_t, conn=conn, host=host_filter, gfid=gfid, path=path,
                            pid=pid, layers=layers)
 
