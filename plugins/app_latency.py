@@ -72,6 +72,7 @@ def _union(intervals: list[tuple[int, int]]) -> int:
 
 class AppLatency(Detector):
     id = "app-latency"
+    needs = frozenset({"probe"})   # the slow glfs call it splits is a probe event
     # The io probes, and the RPCs a process sends while one of its calls runs. A GlusterFS
     # call's credentials (its pid) are read only while some glfs call is in progress:
     # decoded then (with_details), so a run without probes decodes none of them.

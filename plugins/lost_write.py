@@ -22,6 +22,7 @@ MARGIN_NS = 1_000_000_000   # a WRITE can leave the client just before the probe
 
 class LostWrite(Detector):
     id = "lost-write"
+    needs = frozenset({"probe"})   # the application's fsync/close returns say the data was lost
     # Details: what Files learns names and clients from. A WRITE's call (gfid, pid) is read
     # only when its reply failed: decoded then (with_details), not for every WRITE.
     wants = Wants(kinds={"rpc.call", "rpc.reply", "probe.call", "probe.return"},
