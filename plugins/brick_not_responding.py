@@ -30,7 +30,7 @@ from .gluster_facts import BRICK_PORTS, LOCK_PROCEDURES, find_key, host_of, is_b
 DEFAULT_PING_TIMEOUT_S = 42      # Gluster's network.ping-timeout default
 GIVE_UP_MIN_NS = 1_000_000_000   # a PING pending this long at the client's close: it gave up
 MAX_CONNS = 4096
-MAX_PENDING_PER_CONN = 256
+MAX_PENDING_PER_CONN = 64       # whole call events (1-2 KB each): the newest are kept
 MAX_SHOWN = 8
 ENOTCONN = 107
 STALL_NS = 1_000_000_000
@@ -67,8 +67,13 @@ class BrickNotResponding(Detector):
         self.topology = Topology()      # brick paths, volumes, client pids, replica sets
         self.hung: OrderedDict[tuple[str, int], _Conn] = OrderedDict()  # reported, not recovered
         self.pinged: OrderedDict[int, _Conn] = OrderedDict()   # conns with a PING pending
+        self.forgotten = 0              # pending calls dropped to stay bounded (drops())
 
     # ---- bookkeeping ---------------------------------------------------------------------
+
+    def drops(self) -> dict[str, int]:
+        return {f"calls forgotten on a busy connection ({MAX_PENDING_PER_CONN} per connection "
+                "were kept)": self.forgotten}
 
     @staticmethod
     def _bounded_put(table: OrderedDict, key, value, limit: int) -> None:
@@ -122,6 +127,7 @@ class BrickNotResponding(Detector):
         if len(st.pending) >= MAX_PENDING_PER_CONN:
             st.pending.popitem(last=False)
             st.dropped += 1
+            self.forgotten += 1
         st.pending[ev.get("xid")] = ev
         if ev.get("procedure") == "PING" and st.ping is None:
             st.ping = ev

@@ -7,8 +7,10 @@
 - `path(gfid)`: the file's path from the LOOKUP, CREATE, MKDIR, MKNOD or SYMLINK that named it
   (parent gfid + basename, walked up to the root), or "gfid:<gfid>" when the capture never saw
   its name (it started after the lookup);
-- `call_of(reply)`: the call a reply answers, for procedures whose call arguments matter.
-Every table is bounded: the oldest entries go first.
+- `call_of(reply)`: the call a reply answers, for the procedures a detector asked to keep.
+A reply carries its call's credential and identifying arguments (the decoder joins them), so
+naming needs no call kept: a flood of unanswered LOOKUPs holds nothing here.
+Every table is bounded: the oldest entries go first, counted in `dropped` (drops()).
 """
 from __future__ import annotations
 
@@ -17,7 +19,8 @@ from collections import OrderedDict
 from dataclasses import dataclass
 
 ROOT_GFID = "00000000-0000-0000-0000-000000000001"
-MAX_ENTRIES = 50_000
+MAX_ENTRIES = 50_000          # names and entries (about 300 bytes a file)
+MAX_CALLS = 4096              # calls waiting for their reply (whole events, 1-2 KB each)
 NAMING = {"LOOKUP", "CREATE", "MKDIR", "MKNOD", "SYMLINK", "LINK"}
 # What Files.observe reads the args or results of: a detector using it routes these events
 # (calls and replies) and lists them in its `wants.details`.
@@ -44,11 +47,19 @@ class Client:
 
 
 class Bounded(OrderedDict):
+    """At most `limit` entries, the oldest dropped first and counted in `dropped`."""
+
+    def __init__(self, limit: int | None = None):
+        super().__init__()
+        self.limit = limit
+        self.dropped = 0
+
     def __setitem__(self, key, value):
         super().__setitem__(key, value)
         self.move_to_end(key)
-        if len(self) > MAX_ENTRIES:
+        if len(self) > (self.limit or MAX_ENTRIES):
             self.popitem(last=False)
+            self.dropped += 1
 
 
 def parse_process_uuid(text: str) -> tuple[int | None, str, str]:
@@ -79,8 +90,8 @@ class Files:
         self.clients: Bounded = Bounded()   # conn -> Client
         self.names: Bounded = Bounded()     # gfid -> (parent gfid, basename)
         self.entries: Bounded = Bounded()   # (parent gfid, basename) -> gfid
-        self.calls: Bounded = Bounded()     # (conn, xid) -> call
-        self.keep = set(keep_calls) | NAMING | {"SETVOLUME"}
+        self.calls: Bounded = Bounded(MAX_CALLS)    # (conn, xid) -> call, until its reply
+        self.keep = frozenset(keep_calls)
         self._answered: tuple = (None, None)
 
     def observe(self, ev: dict) -> None:
@@ -89,8 +100,9 @@ class Files:
             # a call is kept only until its reply: the reply being handled can still ask for it
             key = (ev.get("conn"), ev.get("xid"))
             self._answered = (key, self.calls.pop(key, None))
-        if kind == "rpc.call" and ev.get("procedure") in self.keep:
-            self.calls[(ev.get("conn"), ev.get("xid"))] = ev
+        if kind == "rpc.call":
+            if ev.get("procedure") in self.keep:
+                self.calls[(ev.get("conn"), ev.get("xid"))] = ev
             if ev.get("procedure") == "SETVOLUME":
                 opts = (ev.get("args") or {}).get("dict") or {}
                 pid, host, xl = parse_process_uuid(str(opts.get("process-uuid", "")))
@@ -98,8 +110,7 @@ class Files:
                     brick = f"{opts.get('remote-host', '')}:{opts.get('remote-subvolume', '')}"
                     self.clients[ev.get("conn")] = Client(pid, host, xl, brick, ev.get("conn"))
         elif kind == "rpc.reply" and ev.get("procedure") in NAMING and ev.get("op_ret", -1) >= 0:
-            call = self.call_of(ev)
-            args = (call or {}).get("args") or {}
+            args = ev.get("args") or (self.call_of(ev) or {}).get("args") or {}
             gfid = stat_of(ev).get("ia_gfid")
             if gfid and args.get("bname") and args.get("pargfid"):
                 self.names[gfid] = (args["pargfid"], args["bname"])
@@ -110,6 +121,13 @@ class Files:
         if self._answered[0] == key:
             return self._answered[1]
         return self.calls.get(key)
+
+    def drops(self) -> dict[str, int]:
+        """What the tables forgot to stay bounded (a detector using Files reports these)."""
+        return {f"calls forgotten before their reply ({MAX_CALLS:,} were kept)": self.calls.dropped,
+                f"file names forgotten ({MAX_ENTRIES:,} were kept)":
+                    max(self.names.dropped, self.entries.dropped),
+                "connections' clients forgotten (table full)": self.clients.dropped}
 
     def client(self, conn) -> Client | None:
         return self.clients.get(conn)

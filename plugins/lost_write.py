@@ -33,6 +33,9 @@ class LostWrite(Detector):
         self.failed_writes: list[tuple[dict, dict]] = []   # (call, reply), oldest first
         self.last_call: dict[tuple, dict] = {}
 
+    def drops(self) -> dict[str, int]:
+        return self.files.drops()
+
     def observe(self, ev):
         self.files.observe(ev)
         kind = ev.get("kind")

@@ -104,6 +104,9 @@ class SplitBrain(Detector):
         self.reported: set[str] = set()
         self.last_call: dict[tuple, dict] = {}           # (pid, tid) -> probe.call
 
+    def drops(self) -> dict[str, int]:
+        return self.files.drops()
+
     def observe(self, ev):
         self.files.observe(ev)
         kind = ev.get("kind")

@@ -140,7 +140,7 @@ class StaleHandle(Detector):
 
     def drops(self) -> dict[str, int]:
         return {"ESTALE/ENOENT replies to Gluster's own daemons (heal, rebalance, quota "
-                "crawls: normal, not findings)": self.daemon_errors}
+                "crawls: normal, not findings)": self.daemon_errors, **self.files.drops()}
 
 
 def _remember(table: dict, key, value) -> None:

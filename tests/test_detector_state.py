@@ -16,7 +16,7 @@ from correlate.detector_runner import DetectorRunner
 from correlate.diagnostics import Diagnostics
 from correlate.wire import rpc
 from correlate.wire.decode import decode_capture
-from plugins import rpc_unanswered
+from plugins import brick_not_responding, gluster_files, lost_write, rpc_unanswered
 
 ROOT = Path(__file__).resolve().parents[1]
 _spec = importlib.util.spec_from_file_location("detector_state", ROOT / "bench" / "detector_state.py")
@@ -120,3 +120,42 @@ def test_rpc_unanswered_forgets_a_closed_connections_calls_without_scanning_the_
     det.observe({"time_ns": 3_000_000, "kind": "rpc.reply", "conn": "hung", "dst": "chung", "xid": 5})
     det.observe({"time_ns": 3_000_001, "kind": "tcp.close", "conn": "hung"})
     assert not det.pending and not det.by_conn
+
+
+def _lookup(t, conn, xid, bname="f"):
+    return {"time_ns": t, "kind": "rpc.call", "conn": conn, "src": f"c{conn}", "dst": "127.0.0.2:49152",
+            "xid": xid, "program": "GlusterFS", "program_num": 1298437, "version": 400,
+            "procedure": "LOOKUP", "procedure_num": 27, "cred": {"pid": 7},
+            "args": {"pargfid": gluster_files.ROOT_GFID, "bname": bname}}
+
+
+def test_files_names_from_the_reply_and_keeps_no_naming_call():
+    files = gluster_files.Files()
+    files.observe(_lookup(1, 1, 5, "a"))
+    assert not files.calls                      # a flood of LOOKUPs holds nothing
+    reply = {"time_ns": 2, "kind": "rpc.reply", "conn": 1, "xid": 5, "procedure": "LOOKUP",
+             "op_ret": 0, "args": {"pargfid": gluster_files.ROOT_GFID, "bname": "a"},
+             "result": {"prestat": {"ia_gfid": "g-a"}}}
+    files.observe(reply)
+    assert files.path("g-a") == "/a"
+
+
+def test_files_calls_stay_at_their_limit_and_the_rest_is_reported(monkeypatch):
+    monkeypatch.setattr(gluster_files, "MAX_CALLS", 100)
+    det = lost_write.LostWrite()
+    for xid in range(250):
+        det.observe({**_lookup(xid, 1, xid), "procedure": "WRITE", "procedure_num": 13})
+    assert len(det.files.calls) == 100 and det.files.calls.dropped == 150
+    runner = DetectorRunner([det])
+    runner.finish()
+    assert runner.drops == {"lost-write": {"calls forgotten before their reply (100 were kept)": 150}}
+
+
+def test_brick_connection_keeps_its_newest_calls_and_counts_the_rest():
+    det = brick_not_responding.BrickNotResponding()
+    limit = brick_not_responding.MAX_PENDING_PER_CONN
+    for xid in range(limit + 30):
+        det.observe(_lookup(1_000 + xid, 1, xid))
+    (st,) = det.conns.values()
+    assert len(st.pending) == limit and next(iter(st.pending)) == 30
+    assert det.drops() == {f"calls forgotten on a busy connection ({limit} per connection were kept)": 30}
