@@ -136,6 +136,9 @@ class RpcUnanswered(Detector):
     def _unanswered(self, call: dict, now: int) -> dict:
         waited = (now - call["time_ns"]) / 1e9
         what = f"{call.get('program')} {call.get('procedure')}"
+        # the brick, volume and client it concerns: what users match in --suppress
+        process = self.state.clients.process(call)
+        where = {"brick": process.brick, "volume": process.volume} if process else {}
         return self.finding(
             now, severity="warning", title=f"{what} unanswered after {waited:.0f} s",
             explanation=(f"{call.get('src')} called {what} (xid {call.get('xid')}) on "
@@ -144,7 +147,9 @@ class RpcUnanswered(Detector):
             remedy=(f"Check the server process at {call.get('dst')} (`gluster volume status`, "
                     "its brick log) and the network between; the other findings of this run "
                     "may name the cause."),
-            evidence=[call], key=f"unanswered:{what}:{host_of(call.get('dst'))}")
+            evidence=[call], key=f"unanswered:{what}:{host_of(call.get('dst'))}",
+            server=call.get("dst"), procedure=call.get("procedure"),
+            client=self.state.actor(call).name, **where)
 
     def _reply_maybe_lost(self, last_time: int) -> dict:
         n = self.maybe_lost_count

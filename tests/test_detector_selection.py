@@ -277,3 +277,15 @@ def test_probes_of_a_disabled_plugin_are_not_requested():
     assert select_specs(["gfapi"], skip_plugins={"app_latency"}) == select_specs(["gfapi"])
     with pytest.raises(CorrelateError, match="detectors are all disabled"):
         select_specs(["io"], skip_plugins={"app_latency"})
+
+
+def test_suppress_unanswered_calls_by_volume():
+    """rpc-unanswered names the brick, volume and client of the call (from its SETVOLUME)."""
+    short = ("-o", "rpc-unanswered.after_s=1")
+    base, _, _ = findings(HANG, *short)
+    hung = [f for f in base if f["detector"] == "rpc-unanswered" and f.get("severity") == "warning"]
+    assert hung and {f["volume"] for f in hung} == {"hangvol"}
+    assert all(f["brick"].endswith("/hangvol/b2") and f["client"] for f in hung)
+    left, summary, _ = findings(HANG, *short, "--suppress", "rpc-unanswered:volume=hangvol")
+    assert [f["title"] for f in left] == [f["title"] for f in base if f not in hung]
+    assert "brick-not-responding" in detectors_of(left) and summary[0]["count"] == len(hung)
