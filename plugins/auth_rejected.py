@@ -95,9 +95,21 @@ class AuthRejected(Detector):
                                title=f"SETVOLUME rejected: {error}", explanation=explanation,
                                remedy=remedy, evidence=evidence,
                                key=f"setvolume:{host_of(reply.get('src'))}:{error}",
-                               error_text=error)
+                               error_text=error, server=reply.get("src"), client=client,
+                               **self._where(call))
         self.reported.append(finding)
         return finding
+
+    @staticmethod
+    def _where(call: dict | None) -> dict:
+        """The brick and volume the SETVOLUME asked for (what --suppress matches)."""
+        args = (call or {}).get("args") or {}
+        host, path = find_key(args, "remote-host"), find_key(args, "remote-subvolume")
+        volume = find_key(args, "volfile-key")
+        where = {"brick": f"{host}:{path}"} if isinstance(host, str) and isinstance(path, str) else {}
+        if isinstance(volume, str):
+            where["volume"] = volume.lstrip("/")
+        return where
 
     def _denied(self, reply: dict) -> dict:
         client_port = port_of(reply.get("dst"))
@@ -121,7 +133,8 @@ class AuthRejected(Detector):
         return self.finding(reply["time_ns"], severity="error",
                             title=f"RPC denied by {host_of(reply.get('src'))}: {status or reply.get('reject_status')}",
                             explanation=explanation, remedy=remedy, evidence=[reply],
-                            key=f"denied:{host_of(reply.get('src'))}:{status}")
+                            key=f"denied:{host_of(reply.get('src'))}:{status}",
+                            server=reply.get("src"), client=reply.get("dst"))
 
 
 @hookimpl
