@@ -180,10 +180,10 @@ SHAPES = {   # name: (maker, full size, what it is)
     "conn-lookup": (lookup_per_connection, 100_000, "connections, each with one unanswered LOOKUP"),
     "lookups": (unanswered_lookups, 250_000, "LOOKUPs never answered, 100 connections"),
 }
-# What is run on each shape: decode is the anchor of the time ratios. `--jobs 2`'s peak is
+# What is run on each shape: decode -j1 is the anchor of the time ratios. `--jobs 2`'s peak is
 # that of its largest process (wait4 reports the maximum over the waited-for process tree).
-COMMANDS = {"decode": ["decode"], "analyze -j1": ["analyze", "--jobs", "1"],
-            "analyze -j2": ["analyze", "--jobs", "2"]}
+COMMANDS = {"decode -j1": ["decode", "--jobs", "1"], "decode -j2": ["decode", "--jobs", "2"],
+            "analyze -j1": ["analyze", "--jobs", "1"], "analyze -j2": ["analyze", "--jobs", "2"]}
 
 
 def main() -> int:

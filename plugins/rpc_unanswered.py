@@ -23,7 +23,7 @@ from correlate.state import GlusterState
 from .gluster_facts import host_of, is_blocking_lock
 
 DEFAULT_AFTER_NS = 10_000_000_000
-MAX_PENDING = 5_000           # calls waiting at once (about 2 KB each); more are counted, not kept
+MAX_PENDING = 2_048           # calls waiting at once (2-3 KB each); more are counted, not kept
 # What a waiting call keeps of its event: what the finding shows (not cred, result, ...).
 KEPT = frozenset(("time_ns", "layer", "kind", "source", "host", "src", "dst", "conn", "xid", "frame",
         "program", "program_num", "version", "procedure", "procedure_num", "cred", "args",
