@@ -13,10 +13,18 @@ finding once the brick answers again.
 Without the FIN (a capture that ends first, or a client whose FIN was not captured), a PING
 unanswered for longer than the ping timeout is enough, judged by the events' own clock.
 A brick whose connection the server side closes (brick killed) is not hung: it is gone.
+
+The ping timeout said is the one the capture carries, and the finding says where it came
+from: SETVOLUME's dict, the volfile's `option ping-timeout` (GETSPEC), the client log's "has
+not responded in the last N seconds", or the time measured from the PING to the client's
+FIN; Gluster's default of 42 s only when none of these is there. "Answering again" needs a
+real RPC reply from the brick (the late PING reply, or the first reply on a new connection):
+a stopped brick's kernel still completes TCP handshakes on its listening socket.
 """
 from __future__ import annotations
 
 import math
+import re
 import time
 from collections import OrderedDict
 
@@ -24,6 +32,7 @@ from correlate import hookimpl
 from correlate.detector import Detector, Wants
 from correlate.gluster.topology import Topology
 from correlate.state import GlusterState
+from correlate.state.clients import parse_setvolume
 
 from .gluster_facts import BRICK_PORTS, LOCK_PROCEDURES, find_key, host_of, is_blocking_lock, port_of
 
@@ -34,6 +43,8 @@ MAX_PENDING_PER_CONN = 64       # whole call events (1-2 KB each): the newest ar
 MAX_SHOWN = 8
 ENOTCONN = 107
 STALL_NS = 1_000_000_000
+LOG_NEAR_NS = 3_000_000_000      # a client log line this close to the FIN is about it
+GAVE_UP_LOG = re.compile(r"has not responded in the last (\d{1,6}) seconds")
 
 
 class _Conn:
@@ -58,7 +69,8 @@ class BrickNotResponding(Detector):
     # Every call of a brick connection may be the one left pending. Details: the brick's
     # name (Topology), SETVOLUME's ping-timeout, and a lock call's cmd (a blocking one may
     # wait by design). An overdue PING is reported by time passing: due/tick.
-    wants = Wants(kinds={"rpc.call", "rpc.reply", "tcp.close", "tcp.connect", "probe.return"},
+    wants = Wants(kinds={"rpc.call", "rpc.reply", "tcp.close", "tcp.connect", "probe.return",
+                         "log.message"},
                   details=Topology.PROCEDURES | LOCK_PROCEDURES)
 
     def __init__(self, state: GlusterState | None = None):
@@ -68,6 +80,10 @@ class BrickNotResponding(Detector):
         self.hung: OrderedDict[tuple[str, int], _Conn] = OrderedDict()  # reported, not recovered
         self.pinged: OrderedDict[int, _Conn] = OrderedDict()   # conns with a PING pending
         self.forgotten = 0              # pending calls dropped to stay bounded (drops())
+        self.volfile_timeouts: OrderedDict[tuple[str, str], str] = OrderedDict()  # brick -> s
+        self.translators: OrderedDict[str, str] = OrderedDict()  # VOL-client-N -> server
+        self.gave_up_logs: OrderedDict[str, dict] = OrderedDict()  # server -> client log line
+        self.reconnected: OrderedDict[tuple[str, int], dict] = OrderedDict()  # hung -> connect
 
     # ---- bookkeeping ---------------------------------------------------------------------
 
@@ -105,6 +121,8 @@ class BrickNotResponding(Detector):
             if st is not None:
                 self._call(st, ev)
         elif kind == "rpc.reply":
+            if ev.get("procedure") == "GETSPEC":
+                self._volfile(ev)       # from glusterd, on no brick connection
             st = self._conn(ev, ev.get("dst"), ev.get("src"))
             if st is not None:
                 found += self._reply(st, ev)
@@ -116,12 +134,18 @@ class BrickNotResponding(Detector):
             found += self._reconnect(ev)
         elif kind == "probe.return" and self.hung:
             self._application(ev)
+        elif kind == "log.message":
+            found += self._log(ev)
         found += self._overdue_pings(ev["time_ns"])
         return found
 
     def _call(self, st: _Conn, ev: dict) -> None:
         if ev.get("procedure") == "SETVOLUME":
             st.setvolume = ev           # its ping-timeout
+            options = (ev.get("args") or {}).get("dict")
+            process = parse_setvolume(options) if isinstance(options, dict) else None
+            if process is not None and process.translator:
+                self._bounded_put(self.translators, process.translator, st.server, MAX_CONNS)
         if is_blocking_lock(ev):
             return              # may wait for another client's lock: no sign of a hang
         if len(st.pending) >= MAX_PENDING_PER_CONN:
@@ -133,6 +157,31 @@ class BrickNotResponding(Detector):
             st.ping = ev
             self._bounded_put(self.pinged, ev.get("conn"), st, MAX_CONNS)
 
+    def _volfile(self, ev: dict) -> None:
+        """A client volfile's ping-timeout, for each brick it names."""
+        result = ev.get("result") or {}
+        timeout, bricks = result.get("ping_timeout"), result.get("bricks")
+        if timeout is None or not isinstance(bricks, list):
+            return
+        for b in bricks:
+            if isinstance(b, list) and len(b) == 2:
+                self._bounded_put(self.volfile_timeouts, (str(b[0]), str(b[1])), str(timeout),
+                                  MAX_CONNS)
+
+    def _log(self, ev: dict) -> list[dict]:
+        """The client's own word that it gave up: "has not responded in the last N seconds,
+        disconnecting", by the client translator (VOL-client-N) of that brick connection."""
+        m = GAVE_UP_LOG.search(str(ev.get("message") or ""))
+        server = self.translators.get(str(ev.get("xlator") or "")) if m else None
+        if server is None:
+            return []
+        self._bounded_put(self.gave_up_logs, server, ev, MAX_CONNS)
+        st = self.hung.get((host_of(server), port_of(server)))
+        if st is None or st.gave_up is None or abs(ev["time_ns"] - st.gave_up["time_ns"]) > LOG_NEAR_NS:
+            return []
+        # the line came after the FIN: add it to the finding already made
+        return [self._report(st, st.reported["time_ns"], st.gave_up, refines=True)]
+
     def _reply(self, st: _Conn, ev: dict) -> list[dict]:
         call = st.pending.pop(ev.get("xid"), None)
         st.last_reply = ev
@@ -142,6 +191,11 @@ class BrickNotResponding(Detector):
         if st.reported is not None and st.late is None:
             st.late = ev
             return self._recovered(st, ev, "answered the old call late on the closed connection")
+        old = self.hung.get((host_of(st.server), port_of(st.server)))
+        if st.reported is None and old is not None and old is not st and old.late is None:
+            old.late = ev       # its first real answer, on the client's new connection
+            return self._recovered(old, ev, f"answered the client's new connection "
+                                            f"({ev.get('procedure')} reply)")
         return []
 
     def _close(self, st: _Conn, ev: dict) -> list[dict]:
@@ -201,18 +255,37 @@ class BrickNotResponding(Detector):
                 st.app.append(ev)
 
     def _reconnect(self, ev: dict) -> list[dict]:
-        st = self.hung.get((host_of(ev.get("dst")), port_of(ev.get("dst"))))
-        if st is None or st.late is not None:
-            return []
-        st.late = ev          # no late reply seen: the new connection is the first sign of life
-        return self._recovered(st, ev, "accepted a new connection from the client")
+        """A handshake completed by the kernel is no answer from the brick (a stopped process's
+        listening socket still accepts): only noted, for the recovery's evidence."""
+        key = (host_of(ev.get("dst")), port_of(ev.get("dst")))
+        st = self.hung.get(key)
+        if st is not None and st.late is None and key not in self.reconnected:
+            self._bounded_put(self.reconnected, key, ev, MAX_CONNS)
+        return []
 
     def _ping_timeout(self, st: _Conn) -> float:
-        value = find_key((st.setvolume or {}).get("args") or {}, "ping-timeout")
-        try:
-            return float(value)
-        except (TypeError, ValueError):
-            return DEFAULT_PING_TIMEOUT_S
+        return self._ping_timeout_from(st)[0]
+
+    def _ping_timeout_from(self, st: _Conn, close: dict | None = None) -> tuple[float, str]:
+        """The connection's ping timeout and where the capture (or log) says so."""
+        candidates = [
+            (find_key((st.setvolume or {}).get("args") or {}, "ping-timeout"), "from SETVOLUME"),
+            (self.volfile_timeouts.get((host_of(st.server), self.topology.brick(st.server) or "")),
+             "from the volfile"),
+        ]
+        log = self.gave_up_logs.get(st.server)
+        if log is not None:
+            m = GAVE_UP_LOG.search(str(log.get("message") or ""))
+            candidates.append((m.group(1) if m else None, "from the client log"))
+        for value, how in candidates:
+            try:
+                return float(value), how
+            except (TypeError, ValueError):
+                continue
+        if close is not None and st.ping is not None:
+            measured = (close["time_ns"] - st.ping["time_ns"]) / 1e9
+            return float(round(measured)), "measured from the PING to the client's FIN"
+        return float(DEFAULT_PING_TIMEOUT_S), "Gluster's default: the capture carries none"
 
     # ---- findings ------------------------------------------------------------------------
 
@@ -232,14 +305,14 @@ class BrickNotResponding(Detector):
                 "another replica holds them (the capture shows no replica or disperse set with "
                 "this brick: a distribute volume, or a mount older than the capture).")
 
-    def _report(self, st: _Conn, now: int, close: dict | None) -> dict:
+    def _report(self, st: _Conn, now: int, close: dict | None, refines: bool = False) -> dict:
         brick = self._brick_name(st)
         first = next(iter(st.pending.values()), st.ping)
         since = first["time_ns"] if first else now
         pending = list(st.pending.values())
         names = ", ".join(f"{c.get('procedure')} (xid {c.get('xid')})" for c in pending[:MAX_SHOWN])
         more = f" and {len(pending) - MAX_SHOWN} more" if len(pending) > MAX_SHOWN else ""
-        timeout = self._ping_timeout(st)
+        timeout, timeout_from = self._ping_timeout_from(st, close)
         label = self.topology.client_of(first or st.setvolume or {"kind": "rpc.call", "src": st.client})
         client = f"the client {st.client}" + (f" ({label})" if label.startswith("pid") else "")
         tcp = ""
@@ -253,16 +326,22 @@ class BrickNotResponding(Detector):
                 tcp = (f" {unacked} bytes of the calls were never acknowledged by the brick "
                        "host's TCP: the host or the network to it is down.")
             gave_up = (f" After {(close['time_ns'] - st.ping['time_ns']) / 1e9:.1f} s without an "
-                       f"answer to its PING (ping-timeout {timeout:g} s) the client gave up and "
-                       f"closed the connection ({close.get('reason', 'fin').upper()}).")
+                       f"answer to its PING (ping-timeout {timeout:g} s, {timeout_from}) the "
+                       f"client gave up and closed the connection "
+                       f"({close.get('reason', 'fin').upper()}).")
         else:
             gave_up = (f" The PING has waited {(now - st.ping['time_ns']) / 1e9:.1f} s, longer "
-                       f"than the ping-timeout of {timeout:g} s.")
+                       f"than the ping-timeout of {timeout:g} s ({timeout_from}).")
         last = st.last_reply
         heard = (f" The last reply from it came at {_clock(last['time_ns'])}." if last else "")
+        log = self.gave_up_logs.get(st.server)
+        if log is not None and (close is None or abs(log["time_ns"] - close["time_ns"]) > LOG_NEAR_NS):
+            log = None
+        said = (f" The client log says at {_clock(log['time_ns'])}: "
+                f"\"{str(log.get('message'))[:200]}\"." if log else "")
         explanation = (f"{brick} stopped answering {client}: since {_clock(since)} "
                        f"{len(pending)} call(s) got no reply: {names}{more}.{heard}{gave_up}{tcp}"
-                       + self._copies(st))
+                       + said + self._copies(st))
         volume = self.topology.volume_of.get(st.server, "VOLNAME")
         remedy = (f"Find the brick process (`gluster volume status {volume}`) and look at what "
                   f"it waits for: `gluster volume statedump {volume}` (or `kill -USR1` the "
@@ -277,20 +356,27 @@ class BrickNotResponding(Detector):
             evidence.append(st.ping)
         if close is not None:
             evidence.append(close)
+        if log is not None:
+            evidence.append(log)
         finding = self.finding(
-            now, severity="error", title=f"brick not responding: {brick}",
+            now, severity="error", title=f"brick not responding: {brick}", refines=refines,
             explanation=explanation, remedy=remedy, evidence=evidence,
             key=f"hung:{st.server}", brick=self.topology.brick(st.server),
-            server=st.server, client=st.client, since_ns=since,
+            server=st.server, client=st.client, since_ns=since, ping_timeout_s=timeout,
+            ping_timeout_from=timeout_from,
             tcp_acked=None if close is None or close.get("unacked_bytes") is None
             else close.get("unacked_bytes") == 0)
+        if refines:
+            return finding
         st.reported = finding
         self._bounded_put(self.hung, (host_of(st.server), port_of(st.server)), st, MAX_CONNS)
         return finding
 
     def _recovered(self, st: _Conn, ev: dict, how: str) -> list[dict]:
         since = st.reported["since_ns"]
-        self.hung.pop((host_of(st.server), port_of(st.server)), None)
+        key = (host_of(st.server), port_of(st.server))
+        self.hung.pop(key, None)
+        connect = self.reconnected.pop(key, None)
         brick = self._brick_name(st)
         seen = ""
         if st.app:
@@ -299,6 +385,10 @@ class BrickNotResponding(Detector):
                 + ("failed with ENOTCONN" if a.get("errno_name") == "ENOTCONN" or a.get("errno") == ENOTCONN
                    else f"blocked {(a.get('duration_ns') or 0) / 1e9:.1f} s")
                 for a in st.app) + "."
+        if connect is not None:
+            seen += (f" (The client's new TCP connection was accepted at "
+                     f"{_clock(connect['time_ns'])}, {(ev['time_ns'] - connect['time_ns']) / 1e9:.1f} s "
+                     "earlier, by the kernel alone: no answer from the brick.)")
         return [self.finding(
             ev["time_ns"], severity="info", title=f"brick answering again: {brick}",
             explanation=(f"{brick} {how} at {_clock(ev['time_ns'])}, "
@@ -306,7 +396,8 @@ class BrickNotResponding(Detector):
                          f"the client reconnects (PORTBYBRICK, SETVOLUME) and I/O to it resumes.{seen}"),
             remedy="Nothing to do if it stays healthy; the statedump and disk checks of the "
                    "not-responding finding still tell why it stopped.",
-            evidence=[e for e in (st.gave_up, *st.app, ev) if e], key=f"recovered:{st.server}",
+            evidence=[e for e in (st.gave_up, *st.app, connect, ev) if e],
+            key=f"recovered:{st.server}", answered_ns=ev["time_ns"],
             application=[a.get("function") for a in st.app])]
 
 

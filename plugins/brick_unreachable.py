@@ -4,6 +4,9 @@
 A firewall that REJECTs answers the SYN at once (RST, or ICMP port unreachable): the mount
 fails fast. One that DROPs leaves the SYN unanswered: the client retransmits and the mount
 hangs. Which of the two it is tells the admin which rule to look for.
+
+An RST to a port whose brick had just closed its client connections itself is no firewall:
+that brick died and nothing listens there any more (brick-down tells that story).
 """
 from __future__ import annotations
 
@@ -15,7 +18,7 @@ from .gluster_facts import BRICK_PORTS, GLUSTERD_PORTS, find_key, host_of, port_
 
 class BrickUnreachable(Detector):
     id = "brick-unreachable"
-    wants = Wants(kinds={"rpc.call", "rpc.reply", "tcp.refused", "tcp.timeout"},
+    wants = Wants(kinds={"rpc.call", "rpc.reply", "tcp.refused", "tcp.timeout", "tcp.close"},
                   procedures={"GETSPEC", "PORTBYBRICK"}, details={"PORTBYBRICK"})
 
     def __init__(self):
@@ -23,6 +26,7 @@ class BrickUnreachable(Detector):
         self.bricks: dict[tuple[str, int], tuple] = {}   # (host, port) -> (reply, brick, call)
         self.portmap_calls: dict[tuple, dict] = {}
         self.final_syns: dict[str, dict[str, tuple]] = {}   # key -> dst -> (attempts, span s)
+        self.gone: dict[str, int] = {}      # brick endpoints whose side closed connections
 
     def observe(self, ev):
         kind = ev.get("kind")
@@ -38,7 +42,13 @@ class BrickUnreachable(Detector):
             brick = find_key((call or {}).get("args") or {}, "brick") or "?"
             if isinstance(port, int) and port > 0:
                 self.bricks[(host_of(ev.get("src")), port)] = (ev, str(brick), call)
+        elif kind == "tcp.close" and ev.get("by") == "server" and port_of(ev.get("dst")) in BRICK_PORTS:
+            self.gone[ev.get("dst")] = ev["time_ns"]
+            if len(self.gone) > 4096:
+                self.gone.pop(next(iter(self.gone)))
         elif kind in ("tcp.refused", "tcp.timeout"):
+            if kind == "tcp.refused" and ev.get("reason") != "icmp" and ev.get("dst") in self.gone:
+                return ()       # the brick that closed its connections is gone: brick-down
             return self._connection_failed(ev)
         return ()
 

@@ -87,7 +87,7 @@ def test_builtin_detectors_declare_what_they_read():
                       "LK", "INODELK", "FINODELK", "ENTRYLK", "FENTRYLK",
                       "INODELK_CONTENTION", "ENTRYLK_CONTENTION",
                       "LOOKUP", "CREATE", "MKDIR", "MKNOD", "SYMLINK", "LINK",
-                      "UNLINK", "RENAME", "RMDIR"}
+                      "UNLINK", "RENAME", "RMDIR", "SIGNIN"}
     runner = DetectorRunner(builtin_detectors(1))
     opts = decoding_options(runner, every_event=False)
     assert opts == {"details": needed, "details_later": True}
@@ -248,7 +248,7 @@ def test_route_table_is_per_kind_not_per_event():
     # lock-wait, split-brain, lost-write and brick-unreachable read no SETATTR
     assert route("wire", "rpc.call", "GlusterFS", "SETATTR") == {
         "stale-handle", "slow-brick", "rpc-unanswered", "no-space", "brick-not-responding",
-        "auth-rejected", "atime-minus-one", "app-latency"}
+        "auth-rejected", "atime-minus-one", "app-latency", "brick-down"}
     assert route("log", "log.line", None, None) == {"auth-rejected"}
     assert route("wire", "tcp.connect", None, None) == {"brick-not-responding"}
 

@@ -3,9 +3,12 @@ classic ones in scenarios.REGISTRY: each prepares its volume, triggers the fault
 client and checks it showed; `restore()` leaves the volume healthy (bricks running)."""
 from __future__ import annotations
 
+import contextlib
 import os
+import subprocess
 import threading
 import time
+from pathlib import Path
 
 from . import gfapi, gluster, volumes
 from .scenarios import Result, Scenario, client_log
@@ -69,6 +72,130 @@ class BrickHang(VolumeScenario):
                        "resumed_at": resumed_at})
 
 
+class BrickDown(VolumeScenario):
+    """SIGKILL the brick of a distribute volume that holds a file a gfapi client writes to;
+    `start force` `down` (10) s later. The client's calls to that file fail with ENOTCONN
+    (made in the client: the wire shows the brick's FIN, then PORTBYBRICK answering -1), and
+    go on once the client has reconnected."""
+    name = "brick-down"
+    spec = volumes.VolumeSpec("downvol", "distribute", 2)
+    path = "/down-writes"
+
+    def holder(self) -> int:
+        """Which brick (0-based) holds the file: DHT picks it by the name's hash."""
+        for i, d in enumerate(self.spec.brick_dirs):
+            if (d / self.path.lstrip("/")).exists():
+                return i
+        raise gluster.LabError(f"brick-down: {self.path} is on no brick of {self.spec.name}")
+
+    def writer(self, seconds: float, log) -> tuple[threading.Thread, dict]:
+        box: dict = {}
+        thread = threading.Thread(target=lambda: box.update(gfapi.run(
+            ["write-loop", "--volume", self.spec.name, "--path", self.path, "--seconds",
+             str(seconds), "--size", "1024", "--log", str(log)], timeout=seconds + 60)))
+        return thread, box
+
+    def trigger(self) -> Result:
+        down_s = float(self.params.get("down", 10))
+        log = client_log(self.name)
+        thread, box = self.writer(down_s + 10, log)
+        thread.start()
+        try:
+            time.sleep(2)                   # mounted, the file created and written
+            timings = self.kill_and_restart(down_s)
+        finally:
+            thread.join()
+        return self.result(box.get("errors", []), box.get("status") == "ok", box, log, timings)
+
+    def kill_and_restart(self, down_s: float) -> dict:
+        index = self.holder()
+        target = volumes.brick(self.spec.name, index)
+        brick_log = volumes.brick_log(self.spec.name, index)
+        log_size = brick_log.stat().st_size if brick_log.exists() else 0
+        killed_at = time.time()
+        volumes.kill_brick(self.spec.name, index)       # waits for the pid to vanish
+        time.sleep(down_s)
+        start_at = time.time()
+        back = volumes.start_force(self.spec.name, count=self.spec.count)
+        restarted_at = time.time()
+        new_port = next((b.port for b in back if b.path == target.path), None)
+        return {"brick": target.path, "port": target.port, "new_port": new_port,
+                "brick_pid": target.pid, "brick_log": str(brick_log), "brick_log_from": log_size,
+                "killed_at": killed_at, "start_at": start_at, "restarted_at": restarted_at}
+
+    def result(self, errors: list[dict], finished: bool, client: dict, log, timings: dict) -> Result:
+        enotconn = [e for e in errors if e.get("errno") == 107]
+        after = [e for e in errors if e["time"] > timings["restarted_at"] + 5]
+        return Result(self.name, bool(enotconn) and finished and not after,
+                      f"brick {timings['brick']} (port {timings['port']}) killed for "
+                      f"{timings['start_at'] - timings['killed_at']:.1f} s: {len(enotconn)} "
+                      f"ENOTCONN, {len(errors) - len(enotconn)} other errors, "
+                      f"{len(after)} errors after the restart",
+                      {"client": client, "client_log": str(log), **timings,
+                       "enotconn": len(enotconn), "volume": self.spec.name})
+
+    def restore(self) -> None:
+        super().restore()
+        # its own log: the scenario's client log stays as the run left it
+        gfapi.run(["unlink", "--volume", self.spec.name, "--path", self.path, "--log",
+                   str(client_log(self.name + "-cleanup"))], timeout=self.timeout)
+
+
+class BrickDownFuse(BrickDown):
+    """The same through a FUSE mount: the glusterfs client process fails the writes with
+    ENOTCONN and the application sees it in pwrite or fsync."""
+    name = "brick-down-fuse"
+    mountpoint = Path("/mnt/correlate-lab-downvol")
+
+    def trigger(self) -> Result:
+        down_s = float(self.params.get("down", 10))
+        log = client_log(self.name)
+        self.mountpoint.mkdir(parents=True, exist_ok=True)
+        subprocess.run(["mount", "-t", "glusterfs", "-o", f"log-file={log}",
+                        f"{gluster.HOST}:/{self.spec.name}", str(self.mountpoint)],
+                       check=True, capture_output=True, timeout=30)
+        try:
+            box: dict = {}
+            thread = threading.Thread(target=lambda: box.update(
+                _fuse_write_loop(self.mountpoint / self.path.lstrip("/"), down_s + 10)))
+            thread.start()
+            try:
+                time.sleep(2)
+                timings = self.kill_and_restart(down_s)
+            finally:
+                thread.join()
+        finally:
+            subprocess.run(["umount", "-l", str(self.mountpoint)], capture_output=True, timeout=30)
+        return self.result(box.get("errors", []), "calls" in box, box, log, timings)
+
+
+def _fuse_write_loop(path: Path, seconds: float, interval: float = 0.2) -> dict:
+    """pwrite 1 KiB every `interval` s (fsync every 5th) through the mount, going on after
+    failures (a failed fd is reopened), as workloads.write_loop does through gfapi."""
+    errors, calls, fd = [], 0, None
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        started = time.time()
+        op = "fsync" if calls % 5 == 4 else "pwrite"
+        try:
+            if fd is None:
+                fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+            if op == "fsync":
+                os.fsync(fd)
+            else:
+                os.pwrite(fd, b"w" * 1024, (calls % 64) * 1024)
+        except OSError as exc:
+            errors.append({"op": op, "errno": exc.errno, "time": started})
+            if fd is not None and exc.errno in (107, 77, 9):    # ENOTCONN, EBADFD, EBADF
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+                fd = None
+        calls += 1
+        time.sleep(interval)
+    if fd is not None:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+    return {"calls": calls, "errors": errors}
 
 
 class ReserveFull(VolumeScenario):
@@ -189,4 +316,4 @@ class BusyHealthy(Scenario):
                 self.gfapi("unlink", "--volume", spec.name, "--path", f"{d}/file")
 
 
-FAULT_SCENARIOS = (BrickHang, ReserveFull, BusyHealthy)
+FAULT_SCENARIOS = (BrickHang, BrickDown, BrickDownFuse, ReserveFull, BusyHealthy)
