@@ -27,7 +27,6 @@ Severity, chosen so that deliberate restarts do not shout:
 """
 from __future__ import annotations
 
-import re
 import time
 from collections import OrderedDict, deque
 
@@ -35,8 +34,8 @@ from correlate import hookimpl
 from correlate.detector import Detector, Wants
 from correlate.gluster.topology import Topology
 from correlate.state import GlusterState
-from correlate.state.clients import parse_setvolume
 
+from .brick_logs import BrickLogs, brick_log_name
 from .gluster_facts import BRICK_PORTS, find_key, host_of, port_of
 
 BRIEF_S = 5            # a restart within this, with nothing lost, is not an outage
@@ -48,18 +47,6 @@ MAX_PENDING = 64
 MAX_BRICKS = 1024
 MAX_SHOWN = 6
 LOG_BACK_NS = 2_000_000_000          # log lines this much older than the first mark still count
-# What Gluster's logs say when a brick goes away or comes back (client and brick logs).
-CLIENT_LOG_MARKS = ("disconnected from", "keep trying to connect",
-                    "failed to get the port number", "Connection refused")
-BRICK_LOG_MARKS = ("Started running", "shutting down", "received signum")
-BRICK_NAME = re.compile(r"--brick-name (/\S{1,4096})")
-
-
-def brick_log_name(path: str) -> str:
-    """glusterd names a brick's log after its path: /srv/b1 -> srv-b1.log"""
-    return path.strip("/").replace("/", "-") + ".log"
-
-
 class _Conn:
     __slots__ = ("server", "pending")
 
@@ -109,9 +96,7 @@ class BrickDown(Detector):
         self.only_copy: OrderedDict[tuple[str, str], str] = OrderedDict()  # (host, path) -> volume
         self.in_set: OrderedDict[tuple[str, str], str] = OrderedDict()     # (host, path) -> set
         self.recent_logs: deque[dict] = deque(maxlen=32)
-        # client translator (VOL-client-N, the name its log lines carry) -> (host, brick path)
-        self.translators: OrderedDict[str, tuple[str, str]] = OrderedDict()
-        self.brick_logs: OrderedDict[str, str] = OrderedDict()    # log source -> brick path
+        self.logs = BrickLogs()     # which brick a log line is about
         self.dropped = 0
 
     # ---- bookkeeping ---------------------------------------------------------------------
@@ -175,12 +160,7 @@ class BrickDown(Detector):
             if isinstance(brick, str):
                 self._put(self.mgmt, key, (host_of(ev.get("dst")), brick), MAX_CONNS)
         elif proc == "SETVOLUME":
-            options = (ev.get("args") or {}).get("dict")
-            process = parse_setvolume(options) if isinstance(options, dict) else None
-            if process is not None and process.translator and ":" in process.brick:
-                host, path = process.brick.split(":", 1)
-                self._put(self.translators, process.translator,
-                          (host_of(ev.get("dst")), path), MAX_BRICKS)
+            self.logs.observe_setvolume(ev)
         elif proc == "SIGNIN":
             args = ev.get("args") or {}
             ep = self._open(host_of(ev.get("dst")), args.get("brick"))
@@ -305,25 +285,8 @@ class BrickDown(Detector):
                 if len(ep.app) < MAX_SHOWN:
                     ep.app.append(ev)
 
-    def _log_kind(self, ev: dict, ep: _Down) -> str | None:
-        """'brick' (its own log starting or stopping), 'client' (its client translator lost
-        it), 'enotconn' (a call to it failed in the client), or None: not about this brick."""
-        if not ep.path:
-            return None
-        message = str(ev.get("message") or "")
-        if self.brick_logs.get(str(ev.get("source") or "")) == ep.path \
-                or str(ev.get("source") or "").endswith(brick_log_name(ep.path)):
-            return "brick" if any(m in message for m in BRICK_LOG_MARKS) else None
-        # the client translator of this brick (VOL-client-N), from SETVOLUME's process-uuid
-        if self.translators.get(str(ev.get("xlator") or "")) != (ep.host, ep.path):
-            return None
-        fields = ev.get("fields") if isinstance(ev.get("fields"), dict) else {}
-        if str(fields.get("errno")) == str(ENOTCONN) or "not connected" in message:
-            return "enotconn"
-        return "client" if any(m in message for m in CLIENT_LOG_MARKS) else None
-
     def _add_log(self, ep: _Down, ev: dict) -> None:
-        kind = self._log_kind(ev, ep)
+        kind = self.logs.kind(ev, ep.host, ep.path)
         if kind == "enotconn":
             ep.log_enotconn[0] += 1
             ep.log_enotconn[1] = ep.log_enotconn[1] or ev
@@ -332,14 +295,7 @@ class BrickDown(Detector):
             ep.logs.append(ev)      # each thing said once: the client repeats it every 3 s
 
     def _log(self, ev: dict) -> None:
-        # a brick's log, whatever the file is called: its start line names the brick, and
-        # the brick's io-stats translator is named after its path
-        fields = ev.get("fields") if isinstance(ev.get("fields"), dict) else {}
-        named = BRICK_NAME.search(str(fields.get("cmdlinestr") or ""))
-        xlator = str(ev.get("xlator") or "")
-        path = named.group(1) if named else (xlator if xlator.startswith("/") else None)
-        if path:
-            self._put(self.brick_logs, str(ev.get("source") or ""), path, MAX_BRICKS)
+        self.logs.observe_log(ev)
         self.recent_logs.append(ev)
         for ep in self.down.values():
             if not ep.reported:
