@@ -262,7 +262,9 @@ class BrickDown(Detector):
         if label not in ep.clients and len(ep.clients) < MAX_SHOWN:
             ep.clients.append(label)
         for call in st.pending.values():
-            if call.get("procedure") != "PING" and len(ep.lost) < 4 * MAX_SHOWN:
+            # a reply the capture may have lost was perhaps answered: not a lost call
+            if call.get("procedure") != "PING" and len(ep.lost) < 4 * MAX_SHOWN \
+                    and not self.state.loss.reply_may_be_lost(call):
                 ep.lost.append(call)
 
     def _refused(self, ev: dict) -> None:

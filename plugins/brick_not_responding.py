@@ -185,7 +185,11 @@ class BrickNotResponding(Detector):
     def _reply(self, st: _Conn, ev: dict) -> list[dict]:
         call = st.pending.pop(ev.get("xid"), None)
         st.last_reply = ev
-        if st.ping is not None and call is st.ping:
+        # Any reply after the PING went out resets the client's ping timer as its own reply
+        # would (it counts what it receives): a brick that answers is not hung, even when
+        # the capture lost the PING's reply.
+        if st.ping is not None and (call is st.ping or (
+                st.reported is None and ev.get("time_ns", 0) >= st.ping["time_ns"])):
             st.ping = None
             self.pinged.pop(ev.get("conn"), None)
         if st.reported is not None and st.late is None:
@@ -206,7 +210,8 @@ class BrickNotResponding(Detector):
                 self.pinged.pop(conn, None)
             return []
         ping = st.ping
-        if ping is None or ev["time_ns"] - ping["time_ns"] < GIVE_UP_MIN_NS:
+        if ping is None or ev["time_ns"] - ping["time_ns"] < GIVE_UP_MIN_NS \
+                or self.state.loss.reply_may_be_lost(ping):
             self.conns.pop(conn, None)      # a client leaving, not giving up on the brick
             self.pinged.pop(conn, None)
             return []

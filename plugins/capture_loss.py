@@ -18,7 +18,7 @@ MAX_SHOWN = 5
 
 class CaptureLoss(Detector):
     id = "capture-loss"
-    wants = Wants(kinds={"tcp.gap"})
+    wants = Wants(kinds={"tcp.gap"}, details=())
 
     def __init__(self, state: GlusterState | None = None):
         self.state = state if state is not None else GlusterState()

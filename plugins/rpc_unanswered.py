@@ -9,6 +9,12 @@ lost, not hung. Blocking lock requests wait by design until the lock is free; th
 detector judges them. A call whose reply the capture may have lost (bytes toward the caller
 missing on its connection after the call: the shared state's capture loss) is not a hang:
 it is counted, and said once at the end.
+
+Loss becomes certain only when the caller's side acknowledges past the missing bytes, which
+can come after the call is overdue (a burst of lost packets hides everything, then the next
+segment from the caller reveals the gap). So an overdue call is a suspect until its
+connection shows the caller's side again (a call, a close) or a gap; then, or after another
+`after_s` without either, or at the end of the input, it is judged.
 """
 from __future__ import annotations
 
@@ -16,7 +22,7 @@ from collections import Counter, OrderedDict
 
 from correlate import hookimpl
 from correlate.detector import Detector, Option, Wants
-from correlate.events import DETAILS_LATER
+from correlate.events import DETAILS_LATER, with_details
 from correlate.gluster.programs import lookup
 from correlate.state import GlusterState
 
@@ -44,7 +50,7 @@ class RpcUnanswered(Detector):
     options = {"after_s": Option(DEFAULT_AFTER_NS / 1e9, "seconds without a reply before a call "
                                                          "counts as unanswered (--unanswered-after)")}
     # op_ret/errno_name suffice, but a lock call's args say whether it may block (cmd)
-    wants = Wants(kinds={"rpc.call", "rpc.reply", "tcp.close"},
+    wants = Wants(kinds={"rpc.call", "rpc.reply", "tcp.close", "tcp.gap"},
                   details={"LK", "INODELK", "FINODELK", "ENTRYLK", "FENTRYLK"})
 
     def __init__(self, after_ns: int = DEFAULT_AFTER_NS, state: GlusterState | None = None):
@@ -60,6 +66,9 @@ class RpcUnanswered(Detector):
         self.dropped = 0        # calls not tracked: MAX_PENDING were waiting already
         self.maybe_lost: list[dict] = []    # overdue calls whose reply may lie in a capture gap
         self.maybe_lost_count = 0
+        # overdue calls not judged yet: key -> (call, judge by then at the latest)
+        self.suspects: OrderedDict[tuple, tuple[dict, int]] = OrderedDict()
+        self.suspects_of: dict[object, set[tuple]] = {}    # conn -> its keys in suspects
 
     @property
     def after_ns(self) -> int:
@@ -67,6 +76,7 @@ class RpcUnanswered(Detector):
 
     def observe(self, ev):
         kind = ev.get("kind")
+        found = self._judge_conn(ev) if self.suspects else []
         if kind == "rpc.call" and self._expects_reply(ev) and not is_blocking_lock(ev):
             if len(self.pending) < MAX_PENDING:
                 key = (ev.get("conn"), ev.get("src"), ev.get("xid"))
@@ -81,10 +91,45 @@ class RpcUnanswered(Detector):
                 if key not in BENIGN:
                     self.errors[key] += 1
                     self.error_examples.setdefault(key, ev)
-        found = self._overdue(ev["time_ns"])
+        found += self._overdue(ev["time_ns"])
         if kind == "tcp.close":
             self._lost_at_close(ev.get("conn"))
         return found
+
+    def _judge_conn(self, ev: dict) -> list[dict]:
+        """The caller's side of a suspect's connection spoke again, or a gap opened on it:
+        judge the suspects of that connection."""
+        kind = ev.get("kind")
+        keys = self.suspects_of.get(ev.get("conn"))
+        if not keys:
+            return []
+        if kind in ("tcp.gap", "tcp.close"):
+            keys = list(keys)
+        elif kind == "rpc.call":
+            keys = [k for k in keys if k[1] == ev.get("src")]
+        elif kind == "rpc.reply":    # a late reply: it was unanswered that long all the same
+            key = (ev.get("conn"), ev.get("dst"), ev.get("xid"))
+            keys = [key] if key in keys else []
+        else:
+            keys = []
+        return [f for f in (self._judge(k, ev["time_ns"]) for k in keys) if f]
+
+    def _suspect(self, key: tuple, call: dict, deadline: int) -> None:
+        self.suspects[key] = (call, deadline)
+        self.suspects_of.setdefault(key[0], set()).add(key)
+
+    def _judge(self, key: tuple, now: int) -> dict | None:
+        call, _ = self.suspects.pop(key)
+        keys = self.suspects_of[key[0]]
+        keys.discard(key)
+        if not keys:
+            del self.suspects_of[key[0]]
+        if self.state.loss.reply_may_be_lost(call):
+            self.maybe_lost_count += 1
+            if len(self.maybe_lost) < 10:
+                self.maybe_lost.append(call)
+            return None
+        return self._unanswered(call, now)
 
     def _lost_at_close(self, conn) -> None:
         """A reply can no longer come: the calls still pending were lost with the connection
@@ -100,10 +145,14 @@ class RpcUnanswered(Detector):
                 del self.by_conn[key[0]]
 
     def due(self) -> int | None:
-        """When the oldest call waiting for its reply becomes overdue."""
-        if not self.pending:
-            return None
-        return next(iter(self.pending.values()))["time_ns"] + self.after_ns + 1
+        """When the oldest call waiting for its reply becomes overdue, or the oldest suspect
+        must be judged."""
+        times = []
+        if self.pending:
+            times.append(next(iter(self.pending.values()))["time_ns"] + self.after_ns + 1)
+        if self.suspects:
+            times.append(next(iter(self.suspects.values()))[1])
+        return min(times, default=None)
 
     def tick(self, now: int):
         return self._overdue(now)
@@ -125,13 +174,16 @@ class RpcUnanswered(Detector):
             if now - call["time_ns"] <= self.after_ns:
                 break
             self._forget(key)
-            if self.state.loss.reply_may_be_lost(call):
-                self.maybe_lost_count += 1
-                if len(self.maybe_lost) < 10:
-                    self.maybe_lost.append(call)
-                continue
-            found.append(self._unanswered(call, now))
-        return found
+            if len(self.suspects) < MAX_PENDING:
+                self._suspect(key, call, now + self.after_ns)
+            else:
+                self.dropped += 1
+        while self.suspects:
+            key, (call, deadline) = next(iter(self.suspects.items()))
+            if now < deadline:
+                break
+            found.append(self._judge(key, now))
+        return [f for f in found if f]
 
     def _unanswered(self, call: dict, now: int) -> dict:
         waited = (now - call["time_ns"]) / 1e9
@@ -149,7 +201,7 @@ class RpcUnanswered(Detector):
                     "may name the cause."),
             evidence=[call], key=f"unanswered:{what}:{host_of(call.get('dst'))}",
             server=call.get("dst"), procedure=call.get("procedure"),
-            client=self.state.actor(call).name, **where)
+            client=self.state.actor(with_details(call)).name, **where)   # its cred, if lean
 
     def _reply_maybe_lost(self, last_time: int) -> dict:
         n = self.maybe_lost_count
@@ -172,6 +224,10 @@ class RpcUnanswered(Detector):
         if self.pending:
             last = max(c["time_ns"] for c in self.pending.values())
             found = self._overdue(last)
+        # judged as of when each became a suspect: the input's last event depends on what
+        # this detector was shown, that moment does not
+        found += [f for f in (self._judge(k, deadline - self.after_ns)
+                              for k, (_, deadline) in list(self.suspects.items())) if f]
         if self.maybe_lost_count:
             found.append(self._reply_maybe_lost(last_time=self.maybe_lost[-1]["time_ns"]))
         if self.errors:
