@@ -25,6 +25,9 @@ WAIT_FOR_STATFS_NS = 3_000_000_000
 FULL_FRACTION = 0.01             # under 1% of blocks available: really full
 MAX_BRICKS = 4096
 MAX_EXAMPLES = 6
+# Error replies every volume gives in normal operation: not a sign of fault injection.
+ROUTINE_ERRNOS = frozenset(("ENOENT", "ENODATA", "EEXIST", "EAGAIN", "ESTALE", "ENOTEMPTY",
+                            "ENOTCONN", "ENOSPC", "EDQUOT"))
 
 
 class _Brick:
@@ -51,6 +54,9 @@ class NoSpace(Detector):
         self.statfs: OrderedDict[str, dict] = OrderedDict()   # server -> latest STATFS reply
         self.topology = Topology()                            # brick paths and volumes
         self.waiting: OrderedDict[tuple[str, str], _Brick] = OrderedDict()
+        # server -> {errno: count} of the other, unusual errors it answered (fault injection
+        # gives a brick many kinds at once)
+        self.other_errors: OrderedDict[str, dict[str, int]] = OrderedDict()
 
     @staticmethod
     def _put(table: OrderedDict, key, value) -> None:
@@ -71,6 +77,11 @@ class NoSpace(Detector):
                     found.append(self._report(self.waiting.pop(key), ev["time_ns"]))
             elif ev.get("op_ret") == -1 and ev.get("errno_name") in ("ENOSPC", "EDQUOT"):
                 found += self._error(server, ev)
+            elif ev.get("op_ret") == -1 and isinstance(ev.get("errno_name"), str) \
+                    and ev["errno_name"] not in ROUTINE_ERRNOS:
+                counts = self.other_errors.get(server) or {}
+                counts[ev["errno_name"]] = counts.get(ev["errno_name"], 0) + 1
+                self._put(self.other_errors, server, counts)
         found += self._timed_out(ev["time_ns"])
         return found
 
@@ -127,7 +138,8 @@ class NoSpace(Detector):
         brick = f"{host_of(server)}:{path} (port {port_of(server)})" if path else f"the brick at {server}"
         volume = self.topology.volume_of.get(server, "VOLNAME")
         statfs = self.statfs.get(server) if errno_name == "ENOSPC" else None
-        cause, why, remedy = _diagnose(errno_name, statfs, brick, volume, path)
+        cause, why, remedy = _diagnose(errno_name, statfs, brick, volume, path,
+                                       self.other_errors.get(server) or {})
         procs = ", ".join(f"{p} x{n}" for p, n in sorted(st.procedures.items(), key=lambda i: -i[1]))
         explanation = (f"{brick} answered {st.count} call(s) with {errno_name}: {procs}. {why}")
         evidence = list(st.errors) + ([statfs] if statfs else [])
@@ -138,8 +150,9 @@ class NoSpace(Detector):
 
 
 def _diagnose(errno_name: str, statfs: dict | None, brick: str, volume: str,
-              path: str | None) -> tuple[str, str, str]:
-    """(cause, explanation, remedy) for the errno and the brick's STATFS reply."""
+              path: str | None, others: dict[str, int]) -> tuple[str, str, str]:
+    """(cause, explanation, remedy) for the errno, the brick's STATFS reply and the other
+    unusual errors the same brick answered."""
     where = path or "the brick directory"
     if errno_name == "EDQUOT":
         return ("quota limit reached",
@@ -179,11 +192,25 @@ def _diagnose(errno_name: str, statfs: dict | None, brick: str, volume: str,
                 f"Free space on {where} (`df -h`, `du`), add bricks and rebalance "
                 f"(`gluster volume add-brick {volume} ...`, `gluster volume rebalance {volume} "
                 "start`), or check for a file system grown by only one brick's data.")
+    if others:
+        listed = ", ".join(f"{e} x{n}" for e, n in sorted(others.items(), key=lambda i: -i[1])[:6])
+        return ("ENOSPC with space left, among other errors",
+                f"{shown} The brick still reports space, yet refused the call, and it also "
+                f"answered {listed}: errors of several kinds from one brick with space left are "
+                "what fault injection (`debug.error-gen`) makes; a quota limit or a "
+                "`storage.reserve` given as a size are the other causes that refuse writes "
+                "with space left.",
+                f"`gluster volume get {volume} debug.error-gen` (reset it: `gluster volume "
+                f"reset {volume} debug.error-gen`), `gluster volume quota {volume} list`, "
+                f"`gluster volume get {volume} storage.reserve`, and the brick log around "
+                "these times.")
     return ("ENOSPC with space left",
             f"{shown} The brick still reports space, yet refused the call: a `storage.reserve` "
-            "given as a size, space used up after that STATFS, or a file system limit.",
-            f"`gluster volume get {volume} storage.reserve`, `df -h {where}` and `df -i {where}` "
-            "on the brick host, and the brick log around these times.")
+            "given as a size, a quota limit, space used up after that STATFS, a file system "
+            "limit, or fault injection (`debug.error-gen`).",
+            f"`gluster volume get {volume} storage.reserve`, `gluster volume quota {volume} "
+            f"list`, `gluster volume get {volume} debug.error-gen`, `df -h {where}` and "
+            f"`df -i {where}` on the brick host, and the brick log around these times.")
 
 
 def _clock(time_ns: int) -> str:

@@ -156,6 +156,20 @@ def test_no_space_causes_from_statfs():
         assert f["cause"] == cause, values
 
 
+def test_enospc_with_space_left_beside_other_errors_points_at_fault_injection():
+    """debug.error-gen makes a brick answer errors of several kinds; routine ones (ENOENT,
+    ESTALE...) are no such sign."""
+    other = [reply(S + i, 9, "READ", op_ret=-1, op_errno=9, errno_name=e)
+             for i, e in enumerate(["EBADF", "EIO", "EBADF"])]
+    (f,) = run(builtin("no-space"), [statfs(S), *other, enospc(2 * S)])
+    assert f["cause"] == "ENOSPC with space left, among other errors"
+    assert "EBADF x2, EIO x1" in f["explanation"]
+    assert "debug.error-gen" in f["remedy"] and "quota" in f["remedy"] and "storage.reserve" in f["remedy"]
+    routine = [reply(S + i, 9, "LOOKUP", op_ret=-1, op_errno=2, errno_name="ENOENT") for i in range(3)]
+    (f,) = run(builtin("no-space"), [statfs(S), *routine, enospc(2 * S)])
+    assert f["cause"] == "ENOSPC with space left" and "debug.error-gen" in f["remedy"]
+
+
 def test_quota_needs_no_statfs_and_names_the_limit():
     (f,) = run(builtin("no-space"), [enospc(S, errno_name="EDQUOT")])
     assert f["cause"] == "quota limit reached" and "quota" in f["remedy"]
