@@ -8,7 +8,12 @@ BASELINE_CALLS calls of the procedure against the rest.
 
 Latency is call to reply on the wire, kept in the profile's bounded sketches. The PING round
 trip of the same brick tells a slow network (PING slow too) from a slow brick (PING fast).
-Calls sent on a connection while a slow call was outstanding are named as queued behind it.
+
+A slow call holds a brick thread (io-threads) or the connection, so other calls to the same
+brick, from any client, wait behind it. Each call notes which procedures had calls in flight
+on its brick when it was sent; the finding names the other procedures whose calls sent behind
+the slow ones took longer than on the peers, with their count and delay. Such a procedure is
+not reported as slow itself when its calls sent with nothing else in flight are fast.
 Lock procedures wait for other clients by design: they are not latency evidence (lock-wait
 judges them).
 """
@@ -33,6 +38,8 @@ BASELINE_CALLS = 20
 CHECK_EVERY_NS = 30_000_000_000  # re-judge this often in capture time (live runs)
 MAX_ROWS = 20_000
 MAX_OUTSTANDING = 256           # calls remembered per connection for queueing
+MAX_CONNECTIONS = 4096          # connections whose calls in flight are followed
+MIN_QUEUED = 3                  # calls sent behind a slow procedure before naming them
 
 
 class SlowBrick(Detector):
@@ -48,8 +55,11 @@ class SlowBrick(Detector):
         self.stats: dict[tuple[str, str], ProcedureStats] = {}     # (server, proc)
         self.baseline: dict[tuple[str, str], ProcedureStats] = {}  # first calls only
         self.pings: dict[str, ProcedureStats] = {}
-        self.outstanding: dict[tuple, dict] = {}   # (source, conn) -> xid -> (proc, time)
-        self.queued: dict[tuple[str, str], Counter] = {}   # (server, proc) -> procs behind it
+        # (source, conn) -> xid -> (server, proc, the procedures in flight when it was sent)
+        self.outstanding: dict[tuple, dict] = {}
+        self.in_flight: dict[str, Counter] = {}          # server -> procedure -> calls
+        self.behind: dict[tuple[str, str, str], ProcedureStats] = {}  # (server, ahead, proc)
+        self.alone: dict[tuple[str, str], ProcedureStats] = {}  # sent with nothing else in flight
         self.examples: dict[tuple[str, str], dict] = {}    # slowest reply seen
         self.next_check: int | None = None
 
@@ -57,7 +67,9 @@ class SlowBrick(Detector):
         kind = ev.get("kind")
         if kind not in ("rpc.call", "rpc.reply"):
             if kind == "tcp.close":
-                self.outstanding.pop((ev.get("source"), ev.get("conn")), None)
+                for server, proc, _ahead in self.outstanding.pop(
+                        (ev.get("source"), ev.get("conn")), {}).values():
+                    self._landed(server, proc)
             return ()
         self.topology.observe(ev)
         proc = ev.get("procedure")
@@ -87,21 +99,41 @@ class SlowBrick(Detector):
         return row
 
     def _queue(self, call: dict) -> None:
-        """Note which earlier calls of the same connection were still outstanding."""
-        conn = self.outstanding.setdefault((call.get("source"), call.get("conn")), {})
-        server = call.get("dst")
-        for proc in {proc for proc, _t in conn.values()}:
-            self.queued.setdefault((server, proc), Counter())[call.get("procedure")] += 1
-        if len(conn) < MAX_OUTSTANDING:
-            conn[call.get("xid")] = (call.get("procedure"), call["time_ns"])
+        """Remember the call with the procedures in flight on its brick (any connection)."""
+        key = (call.get("source"), call.get("conn"))
+        conn = self.outstanding.get(key)
+        if conn is None:
+            if len(self.outstanding) >= MAX_CONNECTIONS:
+                return
+            conn = self.outstanding[key] = {}
+        if len(conn) >= MAX_OUTSTANDING or call.get("xid") in conn:
+            return
+        server, proc = call.get("dst"), call.get("procedure")
+        flying = self.in_flight.setdefault(server, Counter())
+        conn[call.get("xid")] = (server, proc, tuple(p for p in flying if p != proc))
+        flying[proc] += 1
+
+    def _landed(self, server, proc) -> None:
+        flying = self.in_flight.get(server)
+        if flying is not None:
+            flying[proc] -= 1
+            if flying[proc] <= 0:
+                del flying[proc]
 
     def _reply(self, reply: dict) -> None:
         conn = self.outstanding.get((reply.get("source"), reply.get("conn")))
-        if conn:
-            conn.pop(reply.get("xid"), None)
+        sent = conn.pop(reply.get("xid"), None) if conn else None
+        if sent is not None:
+            self._landed(sent[0], sent[1])
         if reply.get("latency_ns") is None:
             return
         key = (reply.get("src"), reply.get("procedure"))
+        if sent is not None and sent[:2] == key:
+            if sent[2]:
+                for ahead in sent[2]:
+                    self._row(self.behind, (key[0], ahead, key[1]), reply)
+            else:
+                self._row(self.alone, key, reply)
         base = self.baseline.get(key)
         if base is None or base.replies < BASELINE_CALLS:
             self._row(self.baseline, key, reply)
@@ -113,33 +145,70 @@ class SlowBrick(Detector):
 
     # -- judging -------------------------------------------------------------------------
     def _judge(self, now: int) -> list[dict]:
-        found = []
+        slow = {}       # (server, proc) -> (reference, against, how, peer_rows)
         for (server, proc), row in list(self.stats.items()):
             if row.replies < self.min_calls:
                 continue
-            p50 = row.quantile(0.5)
-            peers, how = self.topology.peers(server)
-            peer_rows = [(p, self.stats.get((p, proc))) for p in peers]
-            peer_rows = [(p, r) for p, r in peer_rows if r is not None and r.replies >= self.min_calls]
-            if peer_rows:
-                reference = statistics.median(r.quantile(0.5) for _p, r in peer_rows)
-                against = "peers"
-            else:
-                base = self.baseline.get((server, proc))
-                if base is None or row.replies < 2 * BASELINE_CALLS:
-                    continue
-                reference, against, how = base.quantile(0.5), "start", ""
-            if self._slower(p50, reference):
-                found.append(self._finding(now, server, proc, row, reference, against, how,
-                                           peer_rows))
+            ref = self._reference(server, proc, self.min_calls)
+            if ref is not None and self._slower(row.quantile(0.5), ref[0]):
+                slow[(server, proc)] = ref
+        queued = {key: self._queued(*key) for key in slow}
+        found = []
+        for (server, proc), ref in slow.items():
+            if not self._only_queued(server, proc, ref[0], slow, queued):
+                found.append(self._finding(now, server, proc, self.stats[(server, proc)], *ref,
+                                           queued[(server, proc)]))
         return found
+
+    def _reference(self, server: str, proc: str, min_calls: int):
+        """What the brick's `proc` latency is compared with: (median, 'peers' or 'start',
+        how the peers are known, the peers' rows), or None when there is nothing to compare."""
+        peers, how = self.topology.peers(server)
+        peer_rows = [(p, self.stats.get((p, proc))) for p in peers]
+        peer_rows = [(p, r) for p, r in peer_rows if r is not None and r.replies >= min_calls]
+        if peer_rows:
+            return statistics.median(r.quantile(0.5) for _p, r in peer_rows), "peers", how, peer_rows
+        row, base = self.stats.get((server, proc)), self.baseline.get((server, proc))
+        if row is None or base is None or row.replies < 2 * BASELINE_CALLS:
+            return None
+        return base.quantile(0.5), "start", "", []
+
+    def _queued(self, server: str, ahead: str) -> list[dict]:
+        """The other procedures whose calls sent while `ahead` calls were in flight on the
+        brick took longer than on its peers (or than its own calls sent alone)."""
+        out = []
+        for (srv, first, proc), row in list(self.behind.items()):
+            if srv != server or first != ahead or row.replies < MIN_QUEUED:
+                continue
+            ref = self._reference(server, proc, MIN_QUEUED)
+            alone = self.alone.get((server, proc))
+            if ref is None and alone is not None and alone.replies >= MIN_QUEUED:
+                ref = (alone.quantile(0.5), "alone")
+            if ref is not None and self._slower(row.quantile(0.5), ref[0]):
+                out.append({"procedure": proc, "calls": row.replies, "p50_ns": row.quantile(0.5),
+                            "max_ns": row.max_ns, "reference_ns": int(ref[0]),
+                            "against": ref[1]})
+        return sorted(out, key=lambda q: -q["calls"])
+
+    def _only_queued(self, server, proc, reference, slow, queued) -> bool:
+        """`proc` is slow only behind a slower procedure's calls: named in that finding
+        instead of its own, unless its calls sent with nothing else in flight are slow too."""
+        alone = self.alone.get((server, proc))
+        if alone is not None and alone.replies >= MIN_QUEUED \
+                and self._slower(alone.quantile(0.5), reference):
+            return False
+        p50 = self.stats[(server, proc)].quantile(0.5)
+        return any(s == server and other != proc and self.stats[(s, other)].quantile(0.5) > p50
+                   and any(q["procedure"] == proc for q in queued[(s, other)])
+                   for s, other in slow)
 
     def _slower(self, value: float, reference: float) -> bool:
         """Slower by the factor and by min_extra_ns: on loopback a PING of 0.5 ms against
         peers' 0.08 ms is the factor but says nothing of a 200 ms WRITE."""
         return value >= self.factor * max(reference, 1) and value - reference >= self.min_extra_ns
 
-    def _finding(self, now, server, proc, row, reference, against, how, peer_rows) -> dict:
+    def _finding(self, now, server, proc, row, reference, against, how, peer_rows,
+                 queued) -> dict:
         p50 = row.quantile(0.5)
         path = self.topology.brick(server)
         brick = f"{server}" + (f" {path}" if path else "")
@@ -165,11 +234,17 @@ class SlowBrick(Detector):
             network = (f"Its PING round trip is {duration(ping.quantile(0.5))}"
                        + (f" (peers {', '.join(duration(v) for v in peer_pings)})" if peer_pings else "")
                        + ": the network is fast, the time is spent in the brick.")
-        queued = self.queued.get((server, proc), Counter())
-        behind = (f" {sum(queued.values())} calls ("
-                  + ", ".join(f"{p} x{n}" for p, n in queued.most_common(5))
-                  + f") were sent on the same connections while a slow {proc} was outstanding: "
-                    "they queued behind it (head-of-line).") if queued else ""
+        behind = ""
+        if queued:
+            named = ", ".join(
+                f"{q['procedure']} x{q['calls']} a median {duration(q['p50_ns'])} (max "
+                f"{duration(q['max_ns'])}; {'peers' if q['against'] == 'peers' else 'own start' if q['against'] == 'start' else 'sent alone'} "
+                f"{duration(q['reference_ns'])})" for q in queued[:5])
+            behind = (f" Calls of other procedures sent to this brick (by any client) while its "
+                      f"slow {proc}s were in flight waited longer than elsewhere: {named}. They "
+                      f"queued behind the {proc}s (the brick's io-threads or the connection): "
+                      "every call to this brick is slowed, not only "
+                      f"{proc}.")
         evidence = [self.examples[(server, proc)]] if (server, proc) in self.examples else []
         return self.finding(
             now, severity="warning",
@@ -182,7 +257,7 @@ class SlowBrick(Detector):
                     "device), its load, debug translators left in its volfile (`gluster volume "
                     "info` for debug.delay-gen), and `gluster volume profile VOL info` on it."),
             evidence=evidence, key=f"{server}:{proc}", brick=brick, procedure=proc,
-            p50_ns=p50, reference_ns=int(reference))
+            p50_ns=p50, reference_ns=int(reference), queued=queued)
 
     def finish(self):
         if not self.stats:

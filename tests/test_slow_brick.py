@@ -1,5 +1,7 @@
 """slow-brick and the profile on a real slow brick (tests/captures/slow-brick.pcap: replica 3,
-debug/delay-gen 200 ms on WRITE of brick b2 only), and silence on healthy and busy traffic."""
+debug/delay-gen 200 ms on WRITE of brick b2 only; slow-brick-queue.pcap.gz: the same with one
+io-thread and a second client's MKDIRs waiting behind the WRITEs), and silence on healthy and
+busy traffic."""
 import json
 import subprocess
 import sys
@@ -44,12 +46,27 @@ def check_slow_brick(path, slow_brick=SLOW_BRICK, delay_ns=DELAY_NS):
     return f
 
 
+def check_queued(finding, procedures=("LOOKUP", "MKDIR", "RMDIR")):
+    """The mkdir client's calls that reached the slow brick behind its WRITEs are named, with
+    their count and a delay far above the peers' (the brick runs one io-thread)."""
+    named = [q for q in finding["queued"] if q["procedure"] in procedures]
+    assert named, finding["explanation"]
+    for q in named:
+        assert q["calls"] >= 3 and q["p50_ns"] >= 20_000_000 and q["reference_ns"] < 5_000_000, q
+        assert f"{q['procedure']} x{q['calls']} a median" in finding["explanation"]
+
+
 def test_committed_slow_brick_capture():
     check_slow_brick(CAPTURES / "slow-brick.pcap")
 
 
+def test_committed_capture_with_calls_queued_behind_the_slow_writes():
+    check_queued(check_slow_brick(CAPTURES / "slow-brick-queue.pcap.gz"))
+
+
 @pytest.mark.parametrize("capture", sorted(p.name for p in CAPTURES.glob("*.pcap*")
                                            if p.name not in ("slow-brick.pcap", "slow-pwrite.pcap",
+                                                             "slow-brick-queue.pcap.gz",
                                                              "lock-wait.pcap")))
 def test_no_slow_brick_or_lock_wait_warning_elsewhere(capture):
     assert warnings(CAPTURES / capture) == []
@@ -60,7 +77,7 @@ def test_lab_slow_brick(lab, tmp_path):
     out = tmp_path / "slow-brick.pcap"
     result = labmod.record("slow-brick", out, brick=3)
     assert result.reproduced, result.summary
-    check_slow_brick(out, "/srv/correlate-lab/slowvol/b3")
+    check_queued(check_slow_brick(out, "/srv/correlate-lab/slowvol/b3"))
 
 
 def test_lab_busy_replicated_workload_is_quiet(lab, tmp_path):
@@ -121,3 +138,59 @@ def test_a_ping_slower_by_the_factor_but_not_by_the_margin_is_a_fast_network():
     # loopback: 0.6 ms against 0.08 ms is 7x, but nothing next to a 200 ms WRITE
     assert "the network is fast" in _ping_verdict(600_000, 80_000)
     assert "PING round trip is slow too" in _ping_verdict(150_000_000, 80_000)
+
+
+def _queue_run(lookup_alone_ns: int = 300_000, same_connection: bool = False) -> list[dict]:
+    """Synthetic replica 3 traffic: a writer whose WRITEs take 200 ms on b2 (0.5 ms on b1, b3)
+    and a second client whose LOOKUPs reach b2 50 ms into each WRITE, waiting for it to end;
+    its other LOOKUPs, sent with nothing in flight, take `lookup_alone_ns` on b2."""
+    from plugins.slow_brick import SlowBrick
+    det = SlowBrick()
+    det.topology.peers = lambda server: ([p for p in ("b1", "b2", "b3") if p != server], "replica set x")
+    events, xid = [], 0
+
+    def rpc(brick, client, proc, sent, took):
+        nonlocal xid
+        xid += 1
+        conn = f"{'w' if same_connection else client}-{brick}"
+        base = {"kind": "rpc.call", "program_num": 1298437, "procedure": proc, "xid": xid,
+                "conn": conn, "source": "t.pcap", "src": client, "dst": brick, "time_ns": sent}
+        events.append(base)
+        events.append({**base, "kind": "rpc.reply", "src": brick, "dst": client,
+                       "time_ns": sent + took, "call_time_ns": sent, "latency_ns": took})
+
+    t = 1_000_000_000
+    for _ in range(30):
+        for brick in ("b1", "b2", "b3"):
+            slow = brick == "b2"
+            rpc(brick, "w", "WRITE", t, 200_000_000 if slow else 500_000)
+            rpc(brick, "m", "LOOKUP", t + 50_000_000, 150_300_000 if slow else 300_000)
+            rpc(brick, "m", "LOOKUP", t + 250_000_000, lookup_alone_ns if slow else 300_000)
+        t += 300_000_000
+    found = []
+    for ev in sorted(events, key=lambda e: e["time_ns"]):
+        found += det.observe(ev)
+    found += det.finish()
+    return [f for f in found if f.get("kind") == "finding"]
+
+
+def test_calls_of_another_client_waiting_behind_slow_writes_are_named_not_blamed():
+    (finding,) = _queue_run()
+    assert finding["procedure"] == "WRITE" and finding["brick"] == "b2"
+    (queued,) = finding["queued"]
+    assert queued["procedure"] == "LOOKUP" and queued["calls"] == 30
+    assert abs(queued["p50_ns"] - 150_300_000) < 0.02 * 150_300_000
+    assert abs(queued["reference_ns"] - 300_000) < 0.02 * 300_000 and queued["against"] == "peers"
+    assert "LOOKUP x30 a median 150" in finding["explanation"]
+    assert "queued behind the WRITEs" in finding["explanation"]
+
+
+def test_calls_behind_slow_writes_on_the_same_connection_are_named():
+    (finding,) = _queue_run(same_connection=True)
+    assert [q["procedure"] for q in finding["queued"]] == ["LOOKUP"]
+
+
+def test_a_procedure_slow_on_its_own_too_keeps_its_own_finding():
+    found = {f["procedure"]: f for f in _queue_run(lookup_alone_ns=100_000_000)}
+    assert set(found) == {"WRITE", "LOOKUP"}
+    assert found["LOOKUP"]["brick"] == "b2"

@@ -80,7 +80,9 @@ class SlowBrick(Scenario):
     `brick` (1-based, default 2) waits `delay_us` (default 200000) more. `volume set` puts the
     delay into every brick's volfile; the peers' copies get `delay-percentage 0` before the
     volume's first start (a later `volume set` would regenerate them). A client then writes
-    1 KiB blocks for `seconds` (default 6), write-behind off."""
+    1 KiB blocks for `seconds` (default 6), write-behind off, while a second client (unless
+    `mkdir_client` is 0) makes and removes a directory every `mkdir_interval` (0.1) s. The
+    bricks run `io_threads` (1) threads, so its calls wait for the thread a slow WRITE holds."""
     name = "slow-brick"
     spec = volumes.VolumeSpec("slowvol", "replica", 3)
 
@@ -96,7 +98,10 @@ class SlowBrick(Scenario):
             "debug.delay-gen": "posix", "delay-gen.delay-duration": str(self.delay_us),
             "delay-gen.enable": "WRITE", "delay-gen.delay-percentage": "100",
             # one WRITE per pwrite, one at a time: each WRITE shows the brick's own delay
-            "performance.write-behind": "off"})
+            "performance.write-behind": "off",
+            # one brick thread, held by each slow WRITE as 16 busy writers would hold the
+            # default 16: other calls wait for it (the queue the finding names)
+            "performance.io-thread-count": str(self.params.get("io_threads", 1))})
         for i, brick_dir in enumerate(self.spec.brick_dirs, start=1):
             if i != self.slow:
                 self._no_delay(brick_dir)
@@ -115,17 +120,41 @@ class SlowBrick(Scenario):
     def trigger(self) -> Result:
         seconds = float(self.params.get("seconds", 6))
         log = client_log(self.name)
-        result = gfapi.run(["write-loop", "--volume", self.spec.name, "--path", "/slow-writes",
-                            "--seconds", str(seconds), "--size", "1024", "--interval", "0.02",
-                            "--log", str(log)], timeout=seconds + 60)
+        if not int(self.params.get("mkdir_client", 1)):
+            return self._result(self._write_loop(seconds, log), {}, log)
+        # A second client makes directories meanwhile: metadata calls that are not delayed
+        # themselves but reach the slow brick while its WRITEs are in flight.
+        mkdirs = subprocess.Popen(
+            [sys.executable, "-m", "tests.lab.mkdir_loop", "--volume", self.spec.name,
+             "--dir", "/slow-mkdirs", "--seconds", str(seconds), "--interval",
+             str(self.params.get("mkdir_interval", 0.1)), "--log", str(client_log(self.name + "-mkdir"))],
+            cwd=gfapi.REPO_ROOT, stdout=subprocess.PIPE, text=True, start_new_session=True)
+        try:
+            result = self._write_loop(seconds, log)
+            meta = _line(mkdirs, 60) or {"status": "no answer"}
+        finally:
+            if mkdirs.poll() is None:
+                mkdirs.kill()
+            mkdirs.wait()
+        return self._result(result, meta, log)
+
+    def _write_loop(self, seconds: float, log) -> dict:
+        return gfapi.run(["write-loop", "--volume", self.spec.name, "--path", "/slow-writes",
+                          "--seconds", str(seconds), "--size", "1024", "--interval", "0.02",
+                          "--log", str(log)], timeout=seconds + 60)
+
+    def _result(self, result: dict, meta: dict, log) -> Result:
         slow = volumes.brick(self.spec.name, self.slow - 1)
-        ok = result.get("status") == "ok" and not result.get("errors")
-        return Result(self.name, ok,
-                      f"brick {slow.path} (port {slow.port}) delays each WRITE by "
-                      f"{self.delay_us / 1000:g} ms; client: {result.get('status')}, "
-                      f"{result.get('calls')} calls",
-                      {"client": result, "client_log": str(log), "slow_brick": slow.path,
-                       "slow_port": slow.port, "delay_us": self.delay_us,
+        ok = (result.get("status") == "ok" and not result.get("errors")
+              and meta.get("status", "ok") == "ok" and not meta.get("errors"))
+        summary = (f"brick {slow.path} (port {slow.port}) delays each WRITE by "
+                   f"{self.delay_us / 1000:g} ms; writer: {result.get('status')}, "
+                   f"{result.get('calls')} calls")
+        if meta:
+            summary += f"; mkdir client: {meta.get('status')}, {meta.get('mkdirs')} mkdirs"
+        return Result(self.name, ok, summary,
+                      {"client": result, "client_log": str(log), "mkdir_client": meta,
+                       "slow_brick": slow.path, "slow_port": slow.port, "delay_us": self.delay_us,
                        "ports": {b.path: b.port for b in self.bricks}})
 
     def restore(self) -> None:
