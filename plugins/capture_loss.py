@@ -44,8 +44,9 @@ class CaptureLoss(Detector):
         return self.finding(
             time_ns, severity="info",
             title="the capture missed packets: absence means less",
-            explanation=(f"On {loss.connections:,} connections receivers acknowledged {loss.missing_bytes:,} bytes that the capture "
-                         f"never showed ({loss.gaps:,} TCP gaps{span}): tcpdump or the kernel "
+            explanation=(f"On {_n(loss.connections, 'connection')} receivers acknowledged "
+                         f"{_n(loss.missing_bytes, 'byte')} that the capture never showed "
+                         f"({_n(loss.gaps, 'TCP gap')}{span}): tcpdump or the kernel "
                          "dropped packets, or the snap length cut them. Calls and replies in "
                          "those bytes are missing from every output. A call whose reply could "
                          "lie in a gap is not reported as unanswered, and findings that rest on "
@@ -56,6 +57,10 @@ class CaptureLoss(Detector):
                     "packets the kernel dropped."),
             evidence=self.examples, key="capture-loss", refines=refines,
             missing_bytes=loss.missing_bytes, gaps=loss.gaps, connections=loss.connections)
+
+
+def _n(count: int, what: str) -> str:
+    return f"{count:,} {what}{'' if count == 1 else 's'}"
 
 
 @hookimpl
