@@ -93,8 +93,6 @@ class BrickDown(Detector):
         self.down: OrderedDict[tuple[str, str], _Down] = OrderedDict()
         self.portmap_calls: OrderedDict[tuple, str] = OrderedDict()   # call -> brick path
         self.mgmt: OrderedDict[tuple, tuple[str, str]] = OrderedDict()  # brick's glusterd conn
-        self.only_copy: OrderedDict[tuple[str, str], str] = OrderedDict()  # (host, path) -> volume
-        self.in_set: OrderedDict[tuple[str, str], str] = OrderedDict()     # (host, path) -> set
         self.recent_logs: deque[dict] = deque(maxlen=32)
         self.logs = BrickLogs()     # which brick a log line is about
         self.dropped = 0
@@ -184,8 +182,6 @@ class BrickDown(Detector):
         proc = ev.get("procedure")
         if proc == "PORTBYBRICK":
             self._portmap(ev, self.portmap_calls.pop((*key, ev.get("xid")), None))
-        elif proc == "GETSPEC" and ev.get("op_ret") != -1:
-            self._volfile(ev)
         if ev.get("errno_name") == "ENOTCONN" or ev.get("op_errno") == ENOTCONN:
             for ep in self._open_episodes():
                 if len(ep.app) < MAX_SHOWN:
@@ -214,26 +210,6 @@ class BrickDown(Detector):
             ep = self._open(host, brick)
             if ep is not None and ep.started is None and ep.marks:
                 ep.started = ev
-
-    def _volfile(self, ev: dict) -> None:
-        result = ev.get("result") or {}
-        bricks = result.get("bricks")
-        if not isinstance(bricks, list):
-            return
-        volume = str((ev.get("args") or {}).get("key") or "").lstrip("/")
-        members = {}
-        for s in result.get("brick_sets") or []:
-            for b in s.get("bricks") or []:
-                if isinstance(b, list) and len(b) == 2:
-                    members[tuple(b)] = str(s.get("name"))
-        for b in bricks:
-            if isinstance(b, list) and len(b) == 2:
-                b = tuple(b)
-                if b in members:
-                    self._put(self.in_set, b, members[b], MAX_BRICKS)
-                    self.only_copy.pop(b, None)
-                else:
-                    self._put(self.only_copy, b, volume, MAX_BRICKS)
 
     def _close(self, ev: dict) -> None:
         key = (ev.get("source"), ev.get("conn"))
@@ -331,10 +307,11 @@ class BrickDown(Detector):
         down_s = (end - ep.since) / 1e9
         brick = f"{ep.host}:{ep.path}" if ep.path else f"the brick at {ep.endpoint}"
         key = (ep.host, ep.path)
-        volume = (self.only_copy.get(key) or self.topology.volume_of.get(ep.endpoint or "")
-                  or _volume_of_set(self.in_set.get(key)) or "VOLNAME")
-        only = key in self.only_copy
-        redundant = key in self.in_set
+        bricks = self.state.bricks      # from the volfiles (GETSPEC)
+        volume = (bricks.volume_of_only_copy(*key) or self.topology.volume_of.get(ep.endpoint or "")
+                  or _volume_of_set(bricks.set_of(*key)) or "VOLNAME")
+        only = bricks.is_only_copy(*key)
+        redundant = bricks.set_of(*key) is not None
         seen = ep.app or ep.log_enotconn[0]
         if ep.app:
             severity = "error"
@@ -361,7 +338,7 @@ class BrickDown(Detector):
                          f"in the client (made there, not on the wire) during the {down_s:.1f} s "
                          "it was down.")
         elif redundant:
-            parts.append(f"It is a member of {self.in_set[key]}: the other bricks kept serving; "
+            parts.append(f"It is a member of {bricks.set_of(*key)}: the other bricks kept serving; "
                          "what was written meanwhile is healed once it is back.")
         else:
             parts.append("The capture holds no volfile: if this brick holds the only copy of "

@@ -8,12 +8,22 @@ and every later fd operation fails (ENOENT on anonymous-fd WRITEs, EBADFD in glf
 ENOENT alone is common (a LOOKUP of a new name), so it counts here only on fd or handle
 operations of a gfid some other client removed; ESTALE on them always does.
 
+Only an operation that used an open file counts: an fd operation (READ, WRITE, FSTAT...),
+the client's re-open of its fds by gfid after a reconnect, or an application the probes saw
+get the error. An operation by gfid from the client's inode cache (OPEN, STAT, INODELK of a
+path the application named) that meets a name another client removed is a race the client
+settles itself (it looks the name up again and the application gets ENOENT, as POSIX
+wants): counted, not a finding. So are the client process's own calls (pid 0) outside a
+re-open.
+
 Gluster's own daemons are not applications: the self-heal daemon, heal info, rebalance,
 quota and geo-replication crawl by gfid and meet files that clients removed meanwhile (after
 a brick restart, the heal crawl GETXATTRs every gfid the brick's index holds). Their ESTALE
 and ENOENT are normal, never a finding; the shared state tells who made a call.
 """
 from __future__ import annotations
+
+from collections import OrderedDict, deque
 
 from correlate import hookimpl
 from correlate.detector import Detector, Wants
@@ -27,9 +37,18 @@ HANDLE_OPS = {"OPEN", "READ", "WRITE", "FSTAT", "FSYNC", "FLUSH", "FTRUNCATE", "
               "DISCARD", "ZEROFILL", "SEEK", "RCHECKSUM", "READDIR", "READDIRP", "STAT",
               "SETATTR", "GETXATTR", "SETXATTR", "TRUNCATE", "ACCESS", "OPENDIR", "XATTROP",
               "INODELK"}
+# Operations on an open fd (the call carries one): the rest of HANDLE_OPS name a gfid.
+FD_OPS = {"READ", "WRITE", "FSTAT", "FSYNC", "FLUSH", "FTRUNCATE", "FSETATTR", "FGETXATTR",
+          "FSETXATTR", "FXATTROP", "FINODELK", "FENTRYLK", "LK", "FALLOCATE", "DISCARD",
+          "ZEROFILL", "SEEK", "RCHECKSUM", "READDIR", "READDIRP"}
+REOPEN_OPS = {"OPEN", "OPENDIR"}
 REMOVING = {"UNLINK", "RENAME", "RMDIR"}
 ESTALE, ENOENT, EBADFD = 116, 2, 77
 MAX_TRACKED = 50_000
+# A replicated client sends each fop to every brick of the set at once: a reply of a peer
+# within this window answers the same call.
+PEER_WINDOW_NS = 1_000_000_000
+MAX_RECENT = 8192          # successful replies kept for that look (calls lean, not decoded)
 
 
 class StaleHandle(Detector):
@@ -51,10 +70,23 @@ class StaleHandle(Detector):
         self.app: dict[int, list[dict]] = {}              # pid -> failing probe events
         self.last_call: dict[tuple, dict] = {}
         self.daemon_errors = 0                            # Gluster's own crawls: not findings
+        self.name_races = 0         # by-gfid calls that met a removed name: not open files
+        # The same call answered by another brick: the restarted brick of a replica set
+        # lacks a file its peers have (heal pending); the client never sees that error.
+        self.recent_ok: deque[tuple[int, dict]] = deque(maxlen=MAX_RECENT)   # (time, call)
+        self.suspects: OrderedDict[tuple, tuple[dict, dict, int]] = OrderedDict()
+        self.peers_served = 0
 
     def observe(self, ev):
         self.files.observe(ev)
         kind = ev.get("kind")
+        found = self.tick(ev["time_ns"]) if self.suspects else []
+        if kind == "rpc.reply" and ev.get("op_ret") == 0 and ev.get("procedure") in HANDLE_OPS:
+            call = self.files.call_of(ev)
+            if call is not None:
+                self.recent_ok.append((ev["time_ns"], call))
+                if self.suspects:
+                    self._served(call)
         if kind == "rpc.reply" and ev.get("procedure") in REMOVING and ev.get("op_ret") == 0:
             call = self.files.call_of(ev)
             args = (call or {}).get("args") or {}
@@ -72,8 +104,8 @@ class StaleHandle(Detector):
             del self.app[ev.get("pid")][:-20]
         elif kind == "rpc.reply" and ev.get("procedure") in HANDLE_OPS \
                 and ev.get("errno_name") in ("ESTALE", "ENOENT"):
-            return self._stale(ev)
-        return ()
+            found += self._stale(ev)
+        return found
 
     def _stale(self, reply: dict) -> list[dict]:
         call = with_details(self.files.call_of(reply) or {})
@@ -91,6 +123,15 @@ class StaleHandle(Detector):
         # ENOENT is the brick's everyday answer for a gfid it does not have; it tells of a
         # stale handle only when another client removed that gfid.
         if reply.get("errno_name") == "ENOENT" and not by_other:
+            return []
+        if not self._used_open_file(call, actor):
+            self.name_races += 1
+            return []
+        if call.get("procedure") in REOPEN_OPS and not self.app.get(actor.pid) \
+                and self._redundant(reply):
+            # the restarted brick of a replica/disperse set lacks the file (removed or made
+            # while it was down): the client keeps the fd on its peers, the heal repairs it
+            self.peers_served += 1
             return []
         path = self.files.path(gfid)
         if path.startswith("gfid:") and removed:
@@ -122,7 +163,7 @@ class StaleHandle(Detector):
             app += (" The call was the client process's own (re-opening the files its "
                     "applications had open after a reconnect): the applications holding "
                     f"{path} open get the error on their next use of it.")
-        return [self.finding(
+        finding = self.finding(
             reply["time_ns"], severity="error",
             title=f"stale handle: {path} was removed under {owner}'s open file",
             explanation=(f"{owner} still used {path} (gfid {gfid}) through an open fd or handle: "
@@ -136,11 +177,89 @@ class StaleHandle(Detector):
                     "replace the file (a lock, or write a new file and rename it into place)."),
             evidence=evidence, key=f"stale-handle:{gfid}", gfid=gfid, path=path,
             client=owner, brick=(self.state.clients.process(reply) or None) and
-            self.state.clients.process(reply).brick)]
+            self.state.clients.process(reply).brick)
+        if app_seen:
+            return [finding]
+        return self._hold(finding, call, reply)
+
+    # ---- answered by a peer: not the client's error -------------------------------------
+
+    def _hold(self, finding: dict, call: dict, reply: dict) -> list[dict]:
+        """Report the finding unless another brick answered the same call (looked for
+        PEER_WINDOW_NS before and after the failure)."""
+        now = reply["time_ns"]
+        if any(now - t <= PEER_WINDOW_NS and _same_call(call, ok) for t, ok in self.recent_ok):
+            self.peers_served += 1
+            return []
+        self.suspects[(reply.get("conn"), reply.get("xid"))] = (finding, call, now + PEER_WINDOW_NS)
+        if len(self.suspects) > MAX_RECENT:      # bounded: the oldest is reported at once
+            return [self.suspects.popitem(last=False)[1][0]]
+        return []
+
+    def _served(self, ok: dict) -> None:
+        for key, (_, call, _) in list(self.suspects.items()):
+            if _same_call(call, ok):
+                del self.suspects[key]
+                self.peers_served += 1
+
+    def _redundant(self, reply: dict) -> bool:
+        process = self.state.clients.process(reply)
+        if process is None or ":" not in process.brick:
+            return False
+        host, path = process.brick.split(":", 1)
+        return self.state.bricks.set_of(host, path) is not None
+
+    def due(self) -> int | None:
+        return next(iter(self.suspects.values()))[2] if self.suspects else None
+
+    def tick(self, now: int) -> list[dict]:
+        found = []
+        while self.suspects:
+            key, (finding, _, deadline) = next(iter(self.suspects.items()))
+            if now < deadline:
+                break
+            del self.suspects[key]
+            found.append(finding)
+        return found
+
+    def finish(self):
+        found = [finding for finding, _, _ in self.suspects.values()]
+        self.suspects.clear()
+        return found
+
+    def _used_open_file(self, call: dict, actor) -> bool:
+        """Whether the failing call used an open file: an fd operation, a re-open (an OPEN
+        that is the client process's own call: pid 0, or the FUSE client's pid), or an
+        application the probes saw fail."""
+        if call.get("procedure") in FD_OPS:
+            return True
+        cred = call.get("cred")
+        pid = cred.get("pid") if isinstance(cred, dict) else None
+        process = self.state.clients.process(call)
+        fuse_own = process is not None and process.process_name == "fuse" and pid == process.pid
+        if call.get("procedure") in REOPEN_OPS and (pid == 0 or fuse_own):
+            return True         # the client re-opening an fd (after a reconnect, or a seen one)
+        return any(e.get("kind") == "probe.return" for e in self.app.get(actor.pid, ()))
 
     def drops(self) -> dict[str, int]:
         return {"ESTALE/ENOENT replies to Gluster's own daemons (heal, rebalance, quota "
-                "crawls: normal, not findings)": self.daemon_errors, **self.files.drops()}
+                "crawls: normal, not findings)": self.daemon_errors,
+                "ESTALE/ENOENT replies to calls by gfid on a name another client removed (a "
+                "race the client settles by looking it up again, no open file)": self.name_races,
+                "ESTALE/ENOENT replies of one brick of a replica/disperse set whose peers "
+                "answered the same call or keep the fd (a restarted brick without a file its "
+                "peers have: heal pending, the client saw no error)": self.peers_served,
+                **self.files.drops()}
+
+
+def _same_call(failed: dict, ok: dict) -> bool:
+    """`ok` (a call answered without error, lean) is the call `failed` (decoded) sent to
+    another brick: same procedure, gfid and credential pid, another connection."""
+    if ok.get("procedure") != failed.get("procedure") or ok.get("conn") == failed.get("conn"):
+        return False
+    ok = with_details(ok)
+    return ((ok.get("args") or {}).get("gfid") == (failed.get("args") or {}).get("gfid")
+            and (ok.get("cred") or {}).get("pid") == (failed.get("cred") or {}).get("pid"))
 
 
 def _remember(table: dict, key, value) -> None:

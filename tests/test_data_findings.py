@@ -38,8 +38,12 @@ def probe_events(name: str) -> list[dict]:
 
 
 def run(detector, events) -> list[dict]:
+    """The detector over the events, its shared state fed first (as the runner does)."""
     found = []
+    state = getattr(detector, "state", None)
     for ev in sorted(events, key=lambda e: e["time_ns"]):
+        if state is not None:
+            state.observe(ev)
         found += list(detector.observe(ev))
     return found + list(detector.finish())
 
@@ -252,3 +256,75 @@ def test_remedy_quotes_a_hostile_file_name():
             e["args"]["bname"] = "x; rm -rf / #"
     (f,) = run(SplitBrain(), events)
     assert "split-brain bigger-file '/x; rm -rf / #'" in f["remedy"]
+
+
+# ---- stale-handle: only what used an open file, and only where the client saw it --------
+
+def _reopen_of(events):
+    return next(e for e in events if e.get("procedure") == "OPEN" and e["kind"] == "rpc.call")
+
+
+def test_an_open_by_the_applications_pid_is_a_name_race_not_a_stale_handle():
+    """The same ESTALE OPEN, made for the application (its pid) from the client's inode
+    cache rather than as the client's own re-open of an fd: the client looks the name up
+    again and the application gets ENOENT, as POSIX wants."""
+    events = copy.deepcopy(events_of("stale-handle.pcap"))
+    app_pid = next(e["cred"]["pid"] for e in events if e.get("procedure") == "CREATE"
+                   and e["kind"] == "rpc.call")
+    reopen = _reopen_of(events)
+    assert reopen["cred"]["pid"] == 0
+    reopen["cred"]["pid"] = app_pid
+    det = StaleHandle()
+    assert not [f for f in run(det, events) if "OPEN to" in f["explanation"]]
+    assert det.name_races == 1
+    # the WRITEs on the fd after it still tell (fd operations of a removed file)
+    assert all("WRITE to" in f["explanation"] for f in run(StaleHandle(), events))
+
+
+def test_a_reopen_failing_on_one_brick_of_a_replica_set_is_not_the_clients_error():
+    """With a volfile that puts the restarted brick in a replica set, its peers keep the fd:
+    the re-open's ESTALE there is the heal's business."""
+    events = copy.deepcopy(events_of("stale-handle.pcap"))
+    reopen = _reopen_of(events)
+    volfile = {"time_ns": events[0]["time_ns"] - 1, "layer": "wire", "kind": "rpc.reply",
+               "source": reopen["source"], "conn": 999, "xid": 1, "src": "127.0.0.2:24007",
+               "dst": "127.0.0.1:1000", "procedure": "GETSPEC", "op_ret": 0,
+               "args": {"key": "stalevol"},
+               "result": {"bricks": [["127.0.0.2", "/srv/correlate-lab/stalevol/b1"],
+                                     ["127.0.0.2", "/srv/other/b2"]],
+                          "brick_sets": [{"name": "stalevol-replicate-0", "bricks": [
+                              ["127.0.0.2", "/srv/correlate-lab/stalevol/b1"],
+                              ["127.0.0.2", "/srv/other/b2"]]}]}}
+    # up to the re-open's reply (the WRITEs after it would go to the peers too)
+    events = [e for e in events if e["time_ns"] <= reopen["time_ns"] + 10_000_000
+              and not (e.get("procedure") == "WRITE" and e["time_ns"] > reopen["time_ns"])]
+    det = StaleHandle()
+    assert run(det, [volfile, *events]) == []
+    assert det.peers_served == 1
+    (f,) = run(StaleHandle(), events)        # without the volfile: the only copy
+    assert "OPEN to" in f["explanation"]
+
+
+def _handle_op(t, conn, xid, procedure, pid, gfid, errno_name=None):
+    base = {"layer": "wire", "source": "t.pcap", "conn": conn, "xid": xid, "procedure": procedure,
+            "program": "GlusterFS", "src": "127.0.0.1:1000", "dst": f"127.0.0.2:{49000 + conn}"}
+    call = {**base, "time_ns": t, "kind": "rpc.call", "cred": {"pid": pid},
+            "args": {"gfid": gfid, "fd": 1}}
+    reply = {**base, "time_ns": t + 100_000, "kind": "rpc.reply", "src": base["dst"],
+             "dst": base["src"], "op_ret": -1 if errno_name else 0, "errno_name": errno_name}
+    return [call, reply]
+
+
+@pytest.mark.parametrize("peer_first", [True, False])
+def test_an_fd_operation_another_brick_answered_is_not_a_finding(peer_first):
+    """AFR sends the WRITE to every brick of the set: an ESTALE from one while a peer
+    answered the same call (before or after it) never reaches the application."""
+    G, S = "11111111-2222-3333-4444-555555555555", 1_000_000_000
+    failed = _handle_op(S, 1, 7, "WRITE", 42, G, "ESTALE")
+    served = _handle_op(S + (-200_000 if peer_first else 300_000), 2, 8, "WRITE", 42, G)
+    det = StaleHandle()
+    assert run(det, sorted(failed + served, key=lambda e: e["time_ns"])) == []
+    assert det.peers_served == 1
+    other_file = _handle_op(S + 300_000, 2, 8, "WRITE", 42, G.replace("1", "9"))
+    (f,) = run(StaleHandle(), sorted(failed + other_file, key=lambda e: e["time_ns"]))
+    assert f["severity"] == "error" and f["gfid"] == G

@@ -7,10 +7,13 @@ and only read it:
 
 - `state.clients`: the client process behind each brick connection and the actor of each
   call (an application, the client by itself, or one of Gluster's own daemons);
-- `state.loss`: capture loss, per connection and overall (`reply_may_be_lost(call)`).
+- `state.loss`: capture loss, per connection and overall (`reply_may_be_lost(call)`);
+- `state.bricks`: from the volfiles, the bricks in a replica/disperse set and those holding
+  the only copy of their files (`set_of(host, path)`, `is_only_copy(host, path)`).
 """
 from __future__ import annotations
 
+from .bricks import Bricks
 from .clients import APPLICATION, CLIENT, DAEMON, UNKNOWN, Actor, Clients, ClientProcess
 from .loss import CaptureLoss
 
@@ -20,11 +23,12 @@ __all__ = ["GlusterState", "Actor", "ClientProcess", "APPLICATION", "CLIENT", "D
 class GlusterState:
     # The procedures whose decoded arguments it reads: a detector that uses the state lists
     # these in its `wants.details` so the decoder keeps them.
-    DETAILS = Clients.PROCEDURES
+    DETAILS = Clients.PROCEDURES | Bricks.PROCEDURES
 
     def __init__(self):
         self.clients = Clients()
         self.loss = CaptureLoss()
+        self.bricks = Bricks()
 
     def observe(self, ev: dict) -> None:
         kind = ev.get("kind")
@@ -34,10 +38,13 @@ class GlusterState:
             self.clients.observe_setvolume(ev)
         elif kind == "tcp.close":
             self.clients.observe_close(ev)
+        elif kind == "rpc.reply" and ev.get("procedure") == "GETSPEC" and ev.get("op_ret") != -1:
+            self.bricks.observe_volfile(ev)
 
     def actor(self, call: dict) -> Actor:
         """Who made a call (see clients.Clients.actor)."""
         return self.clients.actor(call)
 
     def drops(self) -> dict[str, int]:
-        return {"connections whose client was forgotten (table full)": self.clients.dropped}
+        return {"connections whose client was forgotten (table full)": self.clients.dropped,
+                "bricks forgotten (table full)": self.bricks.dropped}
