@@ -27,7 +27,6 @@ Severity, chosen so that deliberate restarts do not shout:
 """
 from __future__ import annotations
 
-import time
 from collections import OrderedDict, deque
 
 from correlate import hookimpl
@@ -36,7 +35,7 @@ from correlate.gluster.topology import Topology
 from correlate.state import GlusterState
 
 from .brick_logs import BrickLogs, brick_log_name
-from .gluster_facts import BRICK_PORTS, find_key, host_of, port_of
+from .gluster_facts import BRICK_PORTS, clock, find_key, host_of, port_of
 
 BRIEF_S = 5            # a restart within this, with nothing lost, is not an outage
 LONG_S = 60            # a redundant brick down this long leaves its set degraded
@@ -323,7 +322,7 @@ class BrickDown(Detector):
             severity = "warning"
         else:
             severity = "info"
-        parts = [f"{brick} (volume {volume}) went down at {_clock(ep.since)}: "
+        parts = [f"{brick} (volume {volume}) went down at {clock(ep.since, ms=True)}: "
                  + "; ".join(self._marks(ep)) + ". The brick process died or was stopped: a "
                  "hung brick keeps its connections and its port (that is brick-not-responding)."]
         if ep.clients:
@@ -351,21 +350,21 @@ class BrickDown(Detector):
                    else "was given a port by glusterd again")
             port = find_key(ep.started.get("args") or {}, "port") or \
                 find_key(ep.started.get("result") or {}, "port")
-            parts.append(f"It was back at {_clock(back)} ({how}, port {port}), "
+            parts.append(f"It was back at {clock(back, ms=True)} ({how}, port {port}), "
                          f"{down_s:.1f} s after it went down"
                          + (f"; the clients reconnected and it answered at "
-                            f"{_clock(ep.answered['time_ns'])}." if ep.answered else
+                            f"{clock(ep.answered['time_ns'], ms=True)}." if ep.answered else
                             "; no client reconnected in the capture."))
         else:
             parts.append(f"It was still down {down_s:.1f} s later, when the capture ended.")
         if ep.log_enotconn[0]:
             first = ep.log_enotconn[1]
             parts.append(f"The client log has {ep.log_enotconn[0]} line(s) of calls to it that "
-                         f"failed with ENOTCONN (first at {_clock(first['time_ns'])}: "
+                         f"failed with ENOTCONN (first at {clock(first['time_ns'], ms=True)}: "
                          f"{str(first.get('function'))[:60]}: {str(first.get('message'))[:100]}).")
         if ep.logs:
             parts.append("Logs: " + " | ".join(
-                f"{_clock(e['time_ns'])} {e.get('source')}: {str(e.get('message'))[:160]}"
+                f"{clock(e['time_ns'], ms=True)} {e.get('source')}: {str(e.get('message'))[:160]}"
                 for e in ep.logs[:MAX_SHOWN]))
         remedy = (f"`gluster volume status {volume}` shows the brick offline (Online N, no "
                   f"pid). Find why it ended in its log (/var/log/glusterfs/bricks/"
@@ -403,7 +402,7 @@ class BrickDown(Detector):
             out.append("its own connection to glusterd closed")
         if ep.portmap:
             out.append(f"glusterd's PORTBYBRICK answered op_ret -1 / port 0 for it "
-                       f"{len(ep.portmap)} time(s) from {_clock(ep.portmap[0]['time_ns'])}")
+                       f"{len(ep.portmap)} time(s) from {clock(ep.portmap[0]['time_ns'], ms=True)}")
         if ep.refused:
             out.append(f"{len(ep.refused)} connect(s) to its port were refused")
         return out or ["it went away"]
@@ -421,12 +420,9 @@ def _volume_of_set(name: str | None) -> str | None:
 
 def _app(ev: dict) -> str:
     if ev.get("layer") == "probe":
-        return f"{ev.get('function')} in pid {ev.get('pid')} at {_clock(ev['time_ns'])}"
-    return f"{ev.get('procedure')} reply from {ev.get('src')} at {_clock(ev['time_ns'])}"
+        return f"{ev.get('function')} in pid {ev.get('pid')} at {clock(ev['time_ns'], ms=True)}"
+    return f"{ev.get('procedure')} reply from {ev.get('src')} at {clock(ev['time_ns'], ms=True)}"
 
-
-def _clock(time_ns: int) -> str:
-    return time.strftime("%H:%M:%S", time.gmtime(time_ns / 1e9)) + f".{time_ns % 10**9 // 10**6:03d}"
 
 
 @hookimpl

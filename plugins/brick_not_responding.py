@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import math
 import re
-import time
 from collections import OrderedDict
 
 from correlate import hookimpl
@@ -34,7 +33,7 @@ from correlate.gluster.topology import Topology
 from correlate.state import GlusterState
 from correlate.state.clients import parse_setvolume
 
-from .gluster_facts import BRICK_PORTS, LOCK_PROCEDURES, find_key, host_of, is_blocking_lock, port_of
+from .gluster_facts import BRICK_PORTS, LOCK_PROCEDURES, clock, find_key, host_of, is_blocking_lock, port_of
 
 DEFAULT_PING_TIMEOUT_S = 42      # Gluster's network.ping-timeout default
 GIVE_UP_MIN_NS = 1_000_000_000   # a PING pending this long at the client's close: it gave up
@@ -338,13 +337,13 @@ class BrickNotResponding(Detector):
             gave_up = (f" The PING has waited {(now - st.ping['time_ns']) / 1e9:.1f} s, longer "
                        f"than the ping-timeout of {timeout:g} s ({timeout_from}).")
         last = st.last_reply
-        heard = (f" The last reply from it came at {_clock(last['time_ns'])}." if last else "")
+        heard = (f" The last reply from it came at {clock(last['time_ns'], ms=True)}." if last else "")
         log = self.gave_up_logs.get(st.server)
         if log is not None and (close is None or abs(log["time_ns"] - close["time_ns"]) > LOG_NEAR_NS):
             log = None
-        said = (f" The client log says at {_clock(log['time_ns'])}: "
+        said = (f" The client log says at {clock(log['time_ns'], ms=True)}: "
                 f"\"{str(log.get('message'))[:200]}\"." if log else "")
-        explanation = (f"{brick} stopped answering {client}: since {_clock(since)} "
+        explanation = (f"{brick} stopped answering {client}: since {clock(since, ms=True)} "
                        f"{len(pending)} call(s) got no reply: {names}{more}.{heard}{gave_up}{tcp}"
                        + said + self._copies(st))
         volume = self.topology.volume_of.get(st.server, "VOLNAME")
@@ -392,11 +391,11 @@ class BrickNotResponding(Detector):
                 for a in st.app) + "."
         if connect is not None:
             seen += (f" (The client's new TCP connection was accepted at "
-                     f"{_clock(connect['time_ns'])}, {(ev['time_ns'] - connect['time_ns']) / 1e9:.1f} s "
+                     f"{clock(connect['time_ns'], ms=True)}, {(ev['time_ns'] - connect['time_ns']) / 1e9:.1f} s "
                      "earlier, by the kernel alone: no answer from the brick.)")
         return [self.finding(
             ev["time_ns"], severity="info", title=f"brick answering again: {brick}",
-            explanation=(f"{brick} {how} at {_clock(ev['time_ns'])}, "
+            explanation=(f"{brick} {how} at {clock(ev['time_ns'], ms=True)}, "
                          f"{(ev['time_ns'] - since) / 1e9:.1f} s after the first unanswered call; "
                          f"the client reconnects (PORTBYBRICK, SETVOLUME) and I/O to it resumes.{seen}"),
             remedy="Nothing to do if it stays healthy; the statedump and disk checks of the "
@@ -405,9 +404,6 @@ class BrickNotResponding(Detector):
             key=f"recovered:{st.server}", answered_ns=ev["time_ns"],
             application=[a.get("function") for a in st.app])]
 
-
-def _clock(time_ns: int) -> str:
-    return time.strftime("%H:%M:%S", time.gmtime(time_ns / 1e9)) + f".{time_ns % 10**9 // 10**6:03d}"
 
 
 @hookimpl

@@ -15,11 +15,12 @@ here (it would mean decoding every call).
 """
 from __future__ import annotations
 
-import time
 
 from correlate import hookimpl
 from correlate.detector import Detector, Wants
 from correlate.state import DAEMON, GlusterState
+
+from .gluster_facts import clock
 
 # Everyday errors of a crawl: the file went away, the xattr is not there, the lock is taken.
 ROUTINE = frozenset(("ENOENT", "ESTALE", "ENODATA", "EAGAIN", "EEXIST", "ENOTEMPTY", "ENXIO",
@@ -112,7 +113,7 @@ class DaemonErrors(Detector):
         volume = t.volume or "VOLNAME"
         errors = ", ".join(f"{w} x{n}" for w, n in sorted(t.errors.items(), key=lambda i: -i[1]))
         bricks = ", ".join(f"{b} ({n})" for b, n in sorted(t.bricks.items(), key=lambda i: -i[1]))
-        span = f" from {_clock(t.first_ns)} to {_clock(t.last_ns)}" if t.last_ns > t.first_ns else ""
+        span = f" from {clock(t.first_ns)} to {clock(t.last_ns)}" if t.last_ns > t.first_ns else ""
         name = t.actor.name
         return self.finding(
             time_ns, severity="warning",
@@ -128,9 +129,6 @@ class DaemonErrors(Detector):
     def drops(self) -> dict[str, int]:
         return {f"daemon errors not followed ({MAX_DAEMONS} daemons and volumes were)": self.dropped}
 
-
-def _clock(time_ns: int) -> str:
-    return time.strftime("%H:%M:%S", time.gmtime(time_ns / 1e9))
 
 
 @hookimpl

@@ -1,4 +1,5 @@
 """Facts about Gluster traffic that the built-in detectors share."""
+import time
 
 GLUSTERFS_PROGRAM = 1298437
 UTIME_NOW = (1 << 30) - 1        # tv_nsec: "set to now", tv_sec ignored
@@ -69,3 +70,9 @@ def is_blocking_lock(call: dict) -> bool:
     if procedure in ("ENTRYLK", "FENTRYLK"):
         return cmd == ENTRYLK_LOCK
     return False
+
+
+def clock(time_ns: int, ms: bool = False) -> str:
+    """A finding's wall-clock time of day (UTC), to the millisecond with `ms`."""
+    text = time.strftime("%H:%M:%S", time.gmtime(time_ns / 1e9))
+    return text + f".{time_ns % 10**9 // 10**6:03d}" if ms else text

@@ -12,14 +12,13 @@ up to WAIT_FOR_STATFS_NS of the events' clock, so live runs speak soon after the
 """
 from __future__ import annotations
 
-import time
 from collections import OrderedDict
 
 from correlate import hookimpl
 from correlate.detector import Detector, Wants
 from correlate.gluster.topology import Topology
 
-from .gluster_facts import find_key, host_of, port_of
+from .gluster_facts import clock, find_key, host_of, port_of
 
 WAIT_FOR_STATFS_NS = 3_000_000_000
 FULL_FRACTION = 0.01             # under 1% of blocks available: really full
@@ -169,7 +168,7 @@ def _diagnose(errno_name: str, statfs: dict | None, brick: str, volume: str,
                 f"`gluster volume get {volume} storage.reserve`. Free space, lower the reserve, "
                 "or add bricks.")
     blocks, bfree, bavail = st.get("blocks") or 0, st.get("bfree"), st.get("bavail")
-    shown = (f"STATFS at {_clock(statfs['time_ns'])} said blocks {blocks}, bfree {bfree}, "
+    shown = (f"STATFS at {clock(statfs['time_ns'])} said blocks {blocks}, bfree {bfree}, "
              f"bavail {bavail}, ffree {st.get('ffree')} (block size {st.get('frsize') or st.get('bsize')}).")
     if st.get("ffree") == 0 and st.get("files"):
         return ("out of inodes",
@@ -212,9 +211,6 @@ def _diagnose(errno_name: str, statfs: dict | None, brick: str, volume: str,
             f"list`, `gluster volume get {volume} debug.error-gen`, `df -h {where}` and "
             f"`df -i {where}` on the brick host, and the brick log around these times.")
 
-
-def _clock(time_ns: int) -> str:
-    return time.strftime("%H:%M:%S", time.gmtime(time_ns / 1e9))
 
 
 @hookimpl
