@@ -8,6 +8,8 @@ with `Detector.finding(...)`.
 """
 from __future__ import annotations
 
+import math
+
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -185,18 +187,31 @@ def _coerce(text, default, where: str):
     kind = type(default)
     if not isinstance(text, str):
         if kind is float and isinstance(text, int) and not isinstance(text, bool):
-            return float(text)
+            return _finite(float(text), where)
         if isinstance(text, kind):
-            return text
+            return _finite(text, where)
         raise ValueError(f"{where}: expected {kind.__name__}, got {text!r}")
     try:
         if kind is bool:
             value = {"true": True, "yes": True, "1": True, "on": True,
                      "false": False, "no": False, "0": False, "off": False}[text.strip().lower()]
             return value
-        return kind(text) if kind in (int, float) else text
+        value = kind(text) if kind in (int, float) else text
     except (KeyError, ValueError):
         raise ValueError(f"{where}: expected {kind.__name__}, got {text!r}") from None
+    return _finite(value, where)
+
+
+MAX_NUMBER = 10 ** 12       # an option's number beyond this is a typo (and overflows ns)
+
+
+def _finite(value, where: str):
+    """A number option's value, refused when NaN, infinite or beyond MAX_NUMBER (a detector
+    would compare against it, or multiply it into nanoseconds, and fail at run time)."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool) \
+            and not (math.isfinite(value) and abs(value) <= MAX_NUMBER):
+        raise ValueError(f"{where}: expected a finite number of at most {MAX_NUMBER:,}, got {value!r}")
+    return value
 
 
 def detector_settings(detectors: list) -> dict[str, dict[str, Any]]:

@@ -9,6 +9,7 @@ import time
 
 import click
 
+from .cli_types import SECONDS
 from .detector import details_needed
 from .detector_runner import DetectorRunner
 from .diagnostics import Diagnostics, report_diagnostics
@@ -75,7 +76,7 @@ common_options = [
     click.option("--events", "-e", is_flag=True, help="Print every event, not only findings."),
     click.option("--timeline", type=click.Path(dir_okay=False, writable=True),
                  help="Write the merged timeline (events and findings) as JSON Lines."),
-    click.option("--unanswered-after", type=float, default=10.0, show_default=True,
+    click.option("--unanswered-after", type=SECONDS, default=10.0, show_default=True,
                  help="Seconds without a reply before a call counts as unanswered."),
     click.option("--output", "outputs", multiple=True, metavar="FORMAT=PATH",
                  help="Also write the merged events in a format a plugin adds "
@@ -102,10 +103,10 @@ def with_common(f):
                    "shows it). Repeatable.")
 @click.option("--log", "logs", multiple=True, type=click.Path(exists=True, dir_okay=False),
               help="Gluster log file to merge in. Repeatable.")
-@click.option("--duration", type=float, help="Stop after this many seconds.")
+@click.option("--duration", type=SECONDS, help="Stop after this many seconds.")
 @click.option("--window-ms", type=int, default=DEFAULT_WINDOW_NS // 1_000_000, show_default=True,
               help="Reorder window: events are held this long so they leave in time order.")
-@click.option("--profile-every", type=float, metavar="SECONDS",
+@click.option("--profile-every", type=SECONDS, metavar="SECONDS",
               help="Print the volume profile (as `correlate profile`) this often, and at the end.")
 @with_common
 def run(pcaps, probe_groups, pid, backend, probe_offsets, logs, duration, window_ms, profile_every,

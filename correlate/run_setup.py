@@ -61,6 +61,9 @@ def _read_config(config_path: str) -> dict:
             return tomllib.load(f)
     except (OSError, tomllib.TOMLDecodeError) as exc:
         raise DetectorUsageError(f"{config_path}: {exc}", param_hint="--config") from None
+    except UnicodeDecodeError as exc:
+        raise DetectorUsageError(f"{config_path}: not UTF-8 text (byte {exc.start}): a TOML "
+                                 "file is UTF-8", param_hint="--config") from None
 
 
 def parse_detector_options(specs, config_path: str | None) -> dict[str, dict]:
