@@ -243,4 +243,5 @@ def _ordered(procs: dict[str, dict]) -> list[dict]:
 
 def _endpoint_order(endpoint: str):
     host, _, port = endpoint.rpartition(":")
-    return (host, int(port) if port.isdigit() else 0, endpoint)
+    # isascii: str.isdigit() accepts "²", which int() refuses
+    return (host, int(port) if port.isascii() and port.isdigit() else 0, endpoint)

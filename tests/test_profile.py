@@ -143,3 +143,21 @@ def test_html_report_has_a_latency_chart_per_brick(tmp_path):
     alone = tmp_path / "profile.html"
     run("profile", CAPTURES / "slow-brick.pcap", "--html", alone)
     assert alone.read_text().count('<svg class="latency"') == 4
+
+
+def test_a_port_of_non_ascii_digits_in_a_saved_timeline(tmp_path):
+    """str.isdigit() accepts "²"; int() does not: profile must not die on it."""
+    out = subprocess.run([sys.executable, "-m", "correlate", "decode", "--json",
+                          str(Path(__file__).parent / "captures" / "healthy.pcap")],
+                         capture_output=True, text=True, timeout=120).stdout
+    events = [json.loads(line) for line in out.splitlines()]
+    for ev in events:
+        for key in ("src", "dst"):
+            if isinstance(ev.get(key), str) and ev[key].endswith(":24007"):
+                ev[key] = ev[key][:-len("24007")] + "24²"
+    saved = tmp_path / "odd.jsonl"
+    saved.write_text("".join(json.dumps(e) + "\n" for e in events))
+    res = subprocess.run([sys.executable, "-m", "correlate", "profile", str(saved)],
+                         capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0 and "Traceback" not in res.stderr, res.stderr
+    assert "24²" in res.stdout
