@@ -14,7 +14,11 @@ Loss becomes certain only when the caller's side acknowledges past the missing b
 can come after the call is overdue (a burst of lost packets hides everything, then the next
 segment from the caller reveals the gap). So an overdue call is a suspect until its
 connection shows the caller's side again (a call, a close) or a gap; then, or after another
-`after_s` without either, or at the end of the input, it is judged.
+`after_s` without either, or at the end of the input, it is judged. A connection that lost
+packets before and then fell silent for good after the call (neither side sent anything
+the capture kept) most likely ended in packets the capture lost too (the reply, the close):
+not a hang either. A hung brick's connection is not silent: the client goes on calling,
+and pinging.
 """
 from __future__ import annotations
 
@@ -69,6 +73,8 @@ class RpcUnanswered(Detector):
         # overdue calls not judged yet: key -> (call, judge by then at the latest)
         self.suspects: OrderedDict[tuple, tuple[dict, int]] = OrderedDict()
         self.suspects_of: dict[object, set[tuple]] = {}    # conn -> its keys in suspects
+        # conn -> when it last showed anything, for connections with calls waiting
+        self.last_heard: dict[object, int] = {}
 
     @property
     def after_ns(self) -> int:
@@ -76,6 +82,9 @@ class RpcUnanswered(Detector):
 
     def observe(self, ev):
         kind = ev.get("kind")
+        conn = ev.get("conn")
+        if conn in self.by_conn or conn in self.suspects_of:
+            self.last_heard[conn] = ev["time_ns"]
         found = self._judge_conn(ev) if self.suspects else []
         if kind == "rpc.call" and self._expects_reply(ev) and not is_blocking_lock(ev):
             if len(self.pending) < MAX_PENDING:
@@ -122,9 +131,11 @@ class RpcUnanswered(Detector):
         call, _ = self.suspects.pop(key)
         keys = self.suspects_of[key[0]]
         keys.discard(key)
+        silent = self.last_heard.get(key[0], call["time_ns"]) <= call["time_ns"]
         if not keys:
             del self.suspects_of[key[0]]
-        if self.state.loss.reply_may_be_lost(call):
+            self._forget_conn(key[0])
+        if self.state.loss.reply_may_be_lost(call) or (silent and self.state.loss.of(call)):
             self.maybe_lost_count += 1
             if len(self.maybe_lost) < 10:
                 self.maybe_lost.append(call)
@@ -136,6 +147,11 @@ class RpcUnanswered(Detector):
         (overdue ones were reported above, while the connection lived)."""
         for key in self.by_conn.pop(conn, ()):
             del self.pending[key]
+        self._forget_conn(conn)
+
+    def _forget_conn(self, conn) -> None:
+        if conn not in self.by_conn and conn not in self.suspects_of:
+            self.last_heard.pop(conn, None)
 
     def _forget(self, key: tuple) -> None:
         if self.pending.pop(key, None) is not None:
@@ -143,6 +159,7 @@ class RpcUnanswered(Detector):
             keys.discard(key)
             if not keys:
                 del self.by_conn[key[0]]
+                self._forget_conn(key[0])
 
     def due(self) -> int | None:
         """When the oldest call waiting for its reply becomes overdue, or the oldest suspect
@@ -173,11 +190,11 @@ class RpcUnanswered(Detector):
             call = pending[key]
             if now - call["time_ns"] <= self.after_ns:
                 break
-            self._forget(key)
-            if len(self.suspects) < MAX_PENDING:
-                self._suspect(key, call, now + self.after_ns)
+            if len(self.suspects) < MAX_PENDING:      # (a suspect first: its connection
+                self._suspect(key, call, now + self.after_ns)   # keeps what it last heard)
             else:
                 self.dropped += 1
+            self._forget(key)
         while self.suspects:
             key, (call, deadline) = next(iter(self.suspects.items()))
             if now < deadline:
