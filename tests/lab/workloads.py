@@ -182,24 +182,42 @@ class MountFS:
 # removed with ENODATA: the removed inode has lost its EC config xattr). Anything else is a
 # failure of the volume.
 RACE_ERRNOS = {errno.ENOENT, errno.ESTALE, errno.ENODATA}
+# A listing's directory fd of a disperse volume, opened while a brick was away, can be
+# refused (EBADFD) by the brick once it is back: the next listing opens it again.
+LISTING_ERRNOS = RACE_ERRNOS | {errno.EBADFD}
 
 
 def churn(fs, directory: str, seconds: float, seed: int, names: int = 16,
-          size: int = 4096, interval: float = 0.1) -> dict:
+          size: int = 4096, interval: float = 0.1, control: str | None = None) -> dict:
     """Random whole-file writes, reads, pwrites with fsync, stats, renames, unlinks and
     listings on `names` shared names for `seconds`; other clients running the same on the
-    same directory race with it. Counts each call and each failure by errno name."""
+    same directory race with it. Counts each call and each failure by errno name.
+
+    `control` is a directory the caller steers it with: while `control/freeze` exists no name
+    is removed or renamed (a name removed and made again while a brick is down gets another
+    gfid than the down brick still holds: a gfid split-brain, EIO until resolved by hand);
+    while `control/hold` exists it only reads (a disperse brick SIGKILLed in the middle of
+    a write transaction can leave the other fragments disagreeing: EIO, and a heal entry
+    that never goes); once `control/stop` exists it ends."""
     rng = random.Random(seed)
     ops = (["write"] * 3 + ["read"] * 3 + ["pwrite"] * 2 + ["stat"] * 2
            + ["rename", "unlink", "listdir"])
+    steady = [op for op in ops if op not in ("rename", "unlink")]
+    reading = [op for op in ops if op in ("read", "stat", "listdir")]
+    freeze = os.path.join(control, "freeze") if control else None
+    hold = os.path.join(control, "hold") if control else None
+    stop = os.path.join(control, "stop") if control else None
     d = directory.rstrip("/")
     fs.mkdir(d, 0o755, True)
     data = bytes([seed & 0xFF]) * size
     done: dict[str, int] = {}
     failed: dict[str, int] = {}
     end = time.monotonic() + seconds
-    while time.monotonic() < end:
-        op, path = rng.choice(ops), f"{d}/f{rng.randrange(names):02d}"
+    while time.monotonic() < end and not (stop and os.path.exists(stop)):
+        frozen = freeze is not None and os.path.exists(freeze)
+        held = hold is not None and os.path.exists(hold)
+        op = rng.choice(reading if held else steady if frozen else ops)
+        path = f"{d}/f{rng.randrange(names):02d}"
         try:
             if op == "write":
                 fs.create(path, data)
@@ -227,7 +245,8 @@ def churn(fs, directory: str, seconds: float, seed: int, names: int = 16,
             failed[key] = failed.get(key, 0) + 1
         time.sleep(interval)
     unexpected = {k: n for k, n in failed.items()
-                  if not any(k.endswith(" " + errno.errorcode[e]) for e in RACE_ERRNOS)}
+                  if not any(k.endswith(" " + errno.errorcode[e])
+                             for e in (LISTING_ERRNOS if k.startswith("listdir ") else RACE_ERRNOS))}
     return {"calls": done, "failed": failed, "unexpected": unexpected}
 
 
@@ -288,6 +307,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=10)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--files", type=int, default=20)
+    parser.add_argument("--control", help="churn: a directory with the files freeze and stop")
     parser.add_argument("--log", default="/var/log/correlate-lab/workloads.log")
     opts = parser.parse_args(argv)
     try:
@@ -297,7 +317,7 @@ def main(argv: list[str] | None = None) -> int:
             from .gfapi import Client
             fs = Client(opts.volume, log_file=opts.log).init()
         if opts.op == "churn":
-            result = churn(fs, opts.dir, opts.seconds, opts.seed)
+            result = churn(fs, opts.dir, opts.seconds, opts.seed, control=opts.control)
         elif opts.op == "populate":
             result = populate(fs, opts.dir, opts.files)
         elif opts.op == "reshape":
