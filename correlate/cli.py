@@ -1,6 +1,7 @@
 """The `correlate` command. Subcommands load lazily so `correlate decode` never imports bcc."""
 from __future__ import annotations
 
+import errno
 import importlib
 import sys
 
@@ -35,8 +36,11 @@ class LazyGroup(click.Group):
         return getattr(importlib.import_module(module), attr)
 
     def invoke(self, ctx):
+        _tolerant_streams()
         try:
-            return super().invoke(ctx)
+            result = super().invoke(ctx)
+            sys.stdout.flush()          # a full device says so here, not at interpreter exit
+            return result
         except CorrelateError as exc:
             from .outputs.terminal import safe_text   # file names and quoted input: escaped
             click.echo(f"correlate: {safe_text(str(exc), 2000)}", err=True)
@@ -45,6 +49,40 @@ class LazyGroup(click.Group):
             # Output piped into `head` and closed: not an error of ours.
             sys.stderr.close()
             ctx.exit(0)
+        except OSError as exc:
+            if exc.filename is not None or exc.errno not in _OUTPUT_ERRNOS:
+                raise
+            # stdout on a full device or a failing disk: one line, and no second try at exit
+            _silence_stdout()
+            click.echo(f"correlate: cannot write the output: {exc.strerror or exc}", err=True)
+            ctx.exit(1)
+
+
+def _tolerant_streams() -> None:
+    """Text from any input can hold characters the terminal's encoding lacks (LANG=C,
+    PYTHONIOENCODING=ascii): write those escaped rather than fail."""
+    for stream in (sys.stdout, sys.stderr):
+        if hasattr(stream, "reconfigure"):
+            try:
+                stream.reconfigure(errors="backslashreplace")
+            except (ValueError, OSError):
+                pass
+
+
+# What a write to a full or failing device gives (files the commands name are handled by
+# them, with the file's name: these have none, so they are stdout's)
+_OUTPUT_ERRNOS = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT, errno.EIO}
+
+
+def _silence_stdout() -> None:
+    """Drop what stdout still buffers (the device refuses it) so exit does not retry."""
+    import os
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):
+        pass
 
 
 def _print_version(ctx, _param, value):

@@ -134,14 +134,21 @@ def annotate_pcapng(capture_path: str, events: Iterable[dict], out_path: str,
     diag = diag or Diagnostics(source)
     comments = comments_by_frame(events, source, also)
     stats = {"packets": 0, "annotated": 0, "comments": 0, "placeholders": 0}
-    tmp = out_path + ".part"
-    try:
-        _copy(capture_path, tmp, comments, stats, diag)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    os.replace(tmp, out_path)
+    # Written beside the real file and renamed over it, so a failed run leaves no half file;
+    # a symlink is followed (its target replaced, the link kept), and what is not a regular
+    # file (a device, a FIFO) is written in place: a rename would replace the node itself.
+    target = os.path.realpath(out_path)
+    if os.path.exists(target) and not os.path.isfile(target):
+        _copy(capture_path, target, comments, stats, diag)
+    else:
+        tmp = target + ".part"
+        try:
+            _copy(capture_path, tmp, comments, stats, diag)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            raise
+        os.replace(tmp, target)
     missing = [n for n in comments if n > stats["packets"] + stats["placeholders"]]
     if missing:
         diag.skip("finding evidence frames beyond the end of the capture", f"packet {min(missing)}")
