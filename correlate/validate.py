@@ -39,11 +39,38 @@ TIME_KEYS = frozenset({"call_time_ns", "first_time_ns", "last_time_ns"})
 DICT_KEYS = frozenset({"args", "result", "cred", "fields", "mismatch"})
 SEVERITIES = ("info", "warning", "error", "critical")
 
+# The nested fields detectors and outputs read, with their types, as the decoder emits them
+# (tests/test_validate_schema.py checks the decoder against this on every capture). A dict
+# is a nested schema (the value must be a dict; keys not named are free), [T] a list whose
+# items are T; a value of another type is dropped and counted by its path.
+_IATT = {"ia_gfid": str, "ia_type": str, "ia_size": int, "ia_nlink": int, "ia_uid": int,
+         "ia_gid": int, "ia_atime": int, "ia_atime_nsec": int, "ia_mtime": int,
+         "ia_mtime_nsec": int, "ia_ctime": int, "ia_ctime_nsec": int, "mode": int}
+_FLOCK = {"type": int, "whence": int, "start": int, "len": int, "pid": int, "lk_owner": str}
+_STATFS = {k: int for k in ("bsize", "frsize", "blocks", "bfree", "bavail", "files", "ffree",
+                            "favail", "fsid", "flag", "namemax")}
+NESTED = {
+    "args": {"gfid": str, "pargfid": str, "oldgfid": str, "newgfid": str, "bname": str,
+             "oldbname": str, "newbname": str, "name": str, "volume": str, "brick": str,
+             "key": str, "cmd": int, "type": int, "valid": int, "port": int, "pid": int,
+             "uid": int, "gid": int, "namelen": int, "fd": int, "flags": int, "atime": int,
+             "atime_nsec": int, "mtime": int, "mtime_nsec": int, "dict": dict, "xdata": dict, "flock": _FLOCK, "valid_flags": [str]},
+    "result": {"port": int, "dict": dict, "xdata": dict, "flock": _FLOCK, "statfs": _STATFS,
+               "bricks": [[str]], "brick_sets": [{"name": str, "type": str, "bricks": [[str]]}],
+               **{k: _IATT for k in ("stat", "prestat", "poststat", "buf", "preparent",
+                                     "postparent", "preoldparent", "postoldparent",
+                                     "prenewparent", "postnewparent")}},
+    "cred": {"pid": int, "uid": int, "gid": int, "lk_owner": str, "groups": [int]},
+}
+
 _SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 class _TooDeep(Exception):
     pass
+
+
+_DROP = object()      # a nested value of the wrong type
 
 
 class _Cleaner:
@@ -98,6 +125,8 @@ class _Cleaner:
             if key in TIME_KEYS and v is not None and not MIN_TIME_NS <= v <= MAX_TIME_NS:
                 self.notes.append("event times outside 1970..2262 (clamped)")
                 v = max(MIN_TIME_NS, min(MAX_TIME_NS, v))
+            if key in NESTED and v is not None:
+                v = self._nested(v, NESTED[key], key)
             if key == "evidence" and v is not None:
                 v = self._evidence(v, depth)
             elif key == "chain" and v is not None:
@@ -107,6 +136,30 @@ class _Cleaner:
             self.notes.append("unknown finding severities (dropped)")
             del out["severity"]
         return out
+
+    def _nested(self, v, spec, path: str):
+        """`v` held to `spec` (see NESTED): what is of another type is dropped, by path."""
+        if isinstance(spec, dict):
+            out = {}
+            for k, x in v.items():
+                if k in spec and x is not None:
+                    x = self._nested_or_drop(x, spec[k], f"{path}.{k}")
+                    if x is _DROP:
+                        continue
+                out[k] = x
+            return out
+        if isinstance(spec, list):
+            kept = [x for x in (self._nested_or_drop(i, spec[0], f"{path}[]") for i in v)
+                    if x is not _DROP]
+            return kept
+        return v
+
+    def _nested_or_drop(self, x, spec, path: str):
+        want = dict if isinstance(spec, dict) else list if isinstance(spec, list) else spec
+        if type(x) is not want:
+            self.notes.append(f"'{path}' of the wrong type (dropped)")
+            return _DROP
+        return self._nested(x, spec, path) if isinstance(spec, (dict, list)) else x
 
     @staticmethod
     def _typed(key: str, v) -> bool:

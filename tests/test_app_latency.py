@@ -51,7 +51,7 @@ def test_slow_pwrite_is_split_across_layers(lab, tmp_path):
     if os.geteuid() != 0 or importlib.util.find_spec("bcc") is None:
         pytest.skip("needs root and bcc for the probes")
     capture, probes = tmp_path / "slow.pcap", tmp_path / "probes.jsonl"
-    with lab_module.staged("slow-brick", seconds=3) as scenario:
+    with lab_module.staged("slow-brick", seconds=3, mkdir_client=0) as scenario:
         result = record_with_probes(scenario, "io", capture, probes, lab_module.DEFAULT_FILTER)
     assert result.reproduced, result.summary
     check_split(app_findings(capture, probes), result.details["client"]["pid"])
@@ -65,7 +65,7 @@ def test_live_io_probes_send_only_slow_calls_and_split_one_longer_than_the_windo
     from tests.test_run_live import LivePipeline, need_probes
     need_probes()
     timeline = tmp_path / "t.jsonl"
-    with lab_module.staged("slow-brick", seconds=3, delay_us=1_000_000) as scenario:
+    with lab_module.staged("slow-brick", seconds=3, delay_us=1_000_000, mkdir_client=0) as scenario:
         pipe = LivePipeline(["--probe", "io"], timeline)
         try:
             pipe.wait_ready()
