@@ -16,6 +16,9 @@ from correlate.detector import Detector, Wants
 from .gluster_facts import BRICK_PORTS, GLUSTERD_PORTS, find_key, host_of, port_of
 
 
+RESTART_WINDOW_NS = 120_000_000_000   # a brick restarted by hand or by `start force`
+
+
 class BrickUnreachable(Detector):
     id = "brick-unreachable"
     wants = Wants(kinds={"rpc.call", "rpc.reply", "tcp.refused", "tcp.timeout", "tcp.close"},
@@ -27,6 +30,9 @@ class BrickUnreachable(Detector):
         self.portmap_calls: dict[tuple, dict] = {}
         self.final_syns: dict[str, dict[str, tuple]] = {}   # key -> dst -> (attempts, span s)
         self.gone: dict[str, int] = {}      # brick endpoints whose side closed connections
+        # (host, brick path) -> when a port of that brick closed its connections: a brick
+        # restarting, for which glusterd may still name a port of an earlier incarnation
+        self.gone_bricks: dict[tuple[str, str], int] = {}
 
     def observe(self, ev):
         kind = ev.get("kind")
@@ -46,11 +52,27 @@ class BrickUnreachable(Detector):
             self.gone[ev.get("dst")] = ev["time_ns"]
             if len(self.gone) > 4096:
                 self.gone.pop(next(iter(self.gone)))
+            learned = self.bricks.get((host_of(ev.get("dst")), port_of(ev.get("dst"))))
+            if learned is not None:
+                self.gone_bricks[(host_of(ev.get("dst")), learned[1])] = ev["time_ns"]
+                if len(self.gone_bricks) > 4096:
+                    self.gone_bricks.pop(next(iter(self.gone_bricks)))
         elif kind in ("tcp.refused", "tcp.timeout"):
-            if kind == "tcp.refused" and ev.get("reason") != "icmp" and ev.get("dst") in self.gone:
+            if kind == "tcp.refused" and ev.get("reason") != "icmp" and (
+                    ev.get("dst") in self.gone or self._restarting(ev)):
                 return ()       # the brick that closed its connections is gone: brick-down
             return self._connection_failed(ev)
         return ()
+
+    def _restarting(self, ev) -> bool:
+        """A port glusterd named for a brick whose process was seen ending shortly before
+        (its connections closed by its side): a stale port of that brick (glusterd keeps
+        the port of a SIGKILLed brick that never signed out), not a firewall."""
+        learned = self.bricks.get((host_of(ev.get("dst")), port_of(ev.get("dst"))))
+        if learned is None:
+            return False
+        since = self.gone_bricks.get((host_of(ev.get("dst")), learned[1]))
+        return since is not None and 0 <= ev["time_ns"] - since <= RESTART_WINDOW_NS
 
     def _connection_failed(self, ev):
         host, port = host_of(ev.get("dst")), port_of(ev.get("dst"))

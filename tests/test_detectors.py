@@ -169,3 +169,24 @@ def test_rpc_unanswered_ignores_one_way_callbacks():
                           src="127.0.0.2:24007", dst="127.0.0.1:49151")
     late = make_event(60 * S, "wire", "tcp.close", "x", conn=9, src="c:1", dst="d:2")
     assert run(builtin("rpc-unanswered"), [callback, late]) == []
+
+
+def _portmap(t, xid, port, brick="/srv/b1"):
+    call = make_event(t, "wire", "rpc.call", "x", conn=1, xid=xid, procedure="PORTBYBRICK",
+                      src="127.0.0.1:1020", dst="127.0.0.2:24007", args={"brick": brick})
+    reply = make_event(t + 1, "wire", "rpc.reply", "x", conn=1, xid=xid, procedure="PORTBYBRICK",
+                       src="127.0.0.2:24007", dst="127.0.0.1:1020", op_ret=0, result={"port": port})
+    return [call, reply]
+
+
+def test_a_stale_port_of_a_brick_just_killed_is_not_a_firewall():
+    """The brick on 49160 was killed (its side closed the clients' connections); glusterd
+    then names 49155, a port that brick had before an earlier SIGKILL and never gave back:
+    RST there is the restart, brick-down's story. The same RST with no brick ending before
+    it is still REJECT."""
+    killed = make_event(2 * S, "wire", "tcp.close", "x", conn=2, src="127.0.0.1:998",
+                        dst="127.0.0.2:49160", by="server", reason="fin")
+    stale = [*_portmap(3 * S, 6, 49155), tcp("tcp.refused", 3 * S + 5, "127.0.0.2:49155", reason="rst")]
+    assert run(builtin("brick-unreachable"), [*_portmap(S, 5, 49160), killed, *stale]) == []
+    (f,) = run(builtin("brick-unreachable"), stale)
+    assert f["action"] == "REJECT"

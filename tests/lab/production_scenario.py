@@ -144,10 +144,12 @@ class BusyProduction(Scenario):
         super().prepare(info)
         _unmount()
         for spec in (self.replica, self.disperse):
-            # Always afresh: what an earlier run left (a crawl unfinished, a disperse file
-            # whose fragments disagree after a kill: EIO on every read, a heal entry that
-            # never goes) would make this run's healthy day a faulty one.
-            volumes.delete(spec.name)
+            # A crawl an earlier run left unfinished would keep this run's heal from reaching
+            # 0: start afresh then. Not every run: glusterd keeps the port of a brick that was
+            # SIGKILLed (it never signed out) and answers PORTBYBRICK with it for the new
+            # volume's brick of the same path, and clients' connects there are refused.
+            if volumes.state(spec.name).started and heal_info(spec.name)[0] != 0:
+                volumes.delete(spec.name)
             volumes.ensure(spec)
         # add-brick of an earlier run left more bricks than the spec: start from one brick
         if len(volumes.state(self.spread.name).bricks) not in (0, self.spread.count):
