@@ -7,7 +7,7 @@ import sys
 
 import click
 
-from . import __version__
+from . import __version__, exit_codes
 from .errors import CorrelateError
 
 # command name -> "module:attribute"; each area of the code owns its commands.
@@ -44,7 +44,12 @@ class LazyGroup(click.Group):
         except CorrelateError as exc:
             from .outputs.terminal import safe_text   # file names and quoted input: escaped
             click.echo(f"correlate: {safe_text(str(exc), 2000)}", err=True)
-            ctx.exit(2)
+            ctx.exit(exc.exit_code)
+        except KeyboardInterrupt:
+            # Ctrl-C: the shell's code for it, not click's "Aborted!" and 1
+            _silence_stdout()
+            click.echo("correlate: interrupted", err=True)
+            ctx.exit(exit_codes.INTERRUPTED)
         except BrokenPipeError:
             # Output piped into `head` and closed: not an error of ours.
             sys.stderr.close()
@@ -55,7 +60,7 @@ class LazyGroup(click.Group):
             # stdout on a full device or a failing disk: one line, and no second try at exit
             _silence_stdout()
             click.echo(f"correlate: cannot write the output: {exc.strerror or exc}", err=True)
-            ctx.exit(1)
+            ctx.exit(exit_codes.OUTPUT)
 
 
 def _tolerant_streams() -> None:
@@ -93,7 +98,8 @@ def _print_version(ctx, _param, value):
     ctx.exit()
 
 
-@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]},
+             epilog=exit_codes.HELP)
 @click.option("--version", is_flag=True, expose_value=False, is_eager=True, callback=_print_version,
               help="Show the version and whether the hot path runs compiled or as pure Python.")
 def main():
@@ -106,4 +112,6 @@ def main():
       tcpdump -i any -s 0 -U --immediate-mode -B 262144 -w - 'tcp portrange 24007-24100 or tcp portrange 49152-49251 or icmp' | correlate run --probe gfapi --pcap -
       correlate analyze capture.pcapng timeline.jsonl
       correlate profile capture.pcap
+      correlate analyze --fail-on error capture.pcap || echo "found a problem"
+
     """

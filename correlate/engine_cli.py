@@ -9,16 +9,18 @@ import time
 
 import click
 
+from . import exit_codes
 from .cli_types import SECONDS
 from .detector import details_needed
 from .detector_runner import DetectorRunner
+from .errors import CorrelateError
 from .diagnostics import Diagnostics, report_diagnostics
 from .merge import DEFAULT_WINDOW_NS, LiveMerger, merge
 from .outputs.terminal import Progress, color_option, safe_text, use_color
 from .parallel_cli import parallel_for, parallel_options
 from .pipeline import Reporter, TimelineWriter, run_pipeline
-from .run_setup import (detector_options, make_runner, output_writers, parse_detector_options,
-                        parse_policy, selection_options, timeline_path, write_outputs)
+from .run_setup import (detector_options, fail_on_option, make_runner, output_writers, parse_detector_options,
+                        parse_policy, reaches, selection_options, timeline_path, write_outputs)
 from .sources import open_input
 
 
@@ -47,11 +49,11 @@ def _reporter(json_out: bool, events: bool, timeline: str | None, command: str, 
                     color=use_color(color, sys.stdout), progress=progress)
 
 
-def _finish(reporter, runner, diags, timeline, temporary, writers, failed=False) -> int:
-    """After a run: plugin outputs, what was skipped, a summary line; the exit code (1 when
-    an input was damaged or a source failed)."""
-    if writers and not write_outputs(writers, timeline):
-        failed = True
+def _finish(reporter, runner, diags, timeline, temporary, writers, fail_on: str,
+            source_errors=()) -> int:
+    """After a run: plugin outputs, what was skipped, a summary line; the exit code
+    (correlate.exit_codes)."""
+    output_failed = bool(writers) and not write_outputs(writers, timeline)
     if temporary:
         os.unlink(temporary)
     fatal = report_diagnostics(diags)
@@ -67,7 +69,13 @@ def _finish(reporter, runner, diags, timeline, temporary, writers, failed=False)
     if timeline and not temporary:
         msg += f"; timeline written to {timeline}"
     click.echo(msg, err=True)
-    return 1 if fatal or failed else 0
+    unreadable = any(isinstance(exc, CorrelateError) for exc in source_errors)
+    return exit_codes.outcome(
+        output_failed=output_failed, input_damaged=fatal or unreadable,
+        part_failed=(any(not isinstance(exc, CorrelateError) for exc in source_errors)
+                     or bool(runner.disabled)
+                     or bool(runner.plugin_failures)),
+        findings=any(reaches(s, fail_on.lower()) for s in reporter.severities))
 
 
 common_options = [
@@ -87,7 +95,7 @@ common_options = [
 def with_common(f):
     for opt in reversed(common_options):
         f = opt(f)
-    return selection_options(detector_options(color_option(f)))
+    return fail_on_option(selection_options(detector_options(color_option(f))))
 
 
 @click.command()
@@ -111,7 +119,7 @@ def with_common(f):
 @with_common
 def run(pcaps, probe_groups, pid, backend, probe_offsets, logs, duration, window_ms, profile_every,
         json_out, events, timeline, unanswered_after, outputs, color, option_specs, config_path,
-        only_detectors, skip_detectors, suppress_specs):
+        only_detectors, skip_detectors, suppress_specs, fail_on):
     """Live: merge probes and captures on one timeline and print findings as they happen.
 
     Stops at the end of the captures, after --duration, or on Ctrl-C / SIGTERM, with every
@@ -139,7 +147,11 @@ def run(pcaps, probe_groups, pid, backend, probe_offsets, logs, duration, window
     merger = LiveMerger(window_ns=window_ms * 1_000_000)
     diags: list[Diagnostics] = []
 
+    interrupted = []
+
     def stop(signum=None, frame=None):
+        if signum == signal.SIGINT:    # Ctrl-C: exit 130 (SIGTERM and --duration end normally)
+            interrupted.append(signum)
         merger.stop()
 
     # Before anything can block (stdin may stay silent): a signal ends the run cleanly.
@@ -152,6 +164,8 @@ def run(pcaps, probe_groups, pid, backend, probe_offsets, logs, duration, window
             inp = open_input(path, **decoding)
             diags.append(inp.diag)
             merger.add(inp.name, lambda it=inp.events: it)
+    # before probes attach: an output that cannot be written stops the run here, in one line
+    reporter = _reporter(json_out, events, timeline, "run", color)
     probe_stats = {}
     if probe_groups:
         from .probe_source import describe_session, open_probe_session, probe_events
@@ -170,7 +184,6 @@ def run(pcaps, probe_groups, pid, backend, probe_offsets, logs, duration, window
         timer = threading.Timer(duration, stop)
         timer.daemon = True
         timer.start()
-    reporter = _reporter(json_out, events, timeline, "run", color)
     stream = merger.events()
     periodic = None
     if profile_every:
@@ -184,10 +197,16 @@ def run(pcaps, probe_groups, pid, backend, probe_offsets, logs, duration, window
     finally:
         reporter.close()
     for name, exc in merger.errors:
-        click.echo(f"correlate: source {name} failed: {exc}", err=True)
+        if isinstance(exc, CorrelateError):     # names its input itself
+            click.echo(f"correlate: {safe_text(str(exc), 2000)}", err=True)
+        else:
+            click.echo(f"correlate: source {name} failed: {safe_text(str(exc), 2000)}", err=True)
     if probe_stats.get("lost"):
         click.echo(f"correlate: probes lost {probe_stats['lost']} events (perf buffer full)", err=True)
-    code = _finish(reporter, runner, diags, timeline, temporary, writers, failed=bool(merger.errors))
+    code = _finish(reporter, runner, diags, timeline, temporary, writers, fail_on,
+                   source_errors=[exc for _name, exc in merger.errors])
+    if interrupted:
+        code = exit_codes.INTERRUPTED
     if merger.blocked_sources():
         # A source thread still blocks in a read (stdin from a tcpdump that runs on): the
         # interpreter cannot finalize with it holding stdin's lock. All output is written.
@@ -212,7 +231,7 @@ def _opened_later(path: str, diags: list[Diagnostics], decoding: dict):
 @with_common
 @parallel_options
 def analyze(inputs, hosts, json_out, events, timeline, unanswered_after, outputs, color,
-            option_specs, config_path, only_detectors, skip_detectors, suppress_specs, jobs,
+            option_specs, config_path, only_detectors, skip_detectors, suppress_specs, fail_on, jobs,
             scheduler):
     """Offline: run the detectors over captures, saved timelines and Gluster logs.
 
@@ -230,6 +249,7 @@ def analyze(inputs, hosts, json_out, events, timeline, unanswered_after, outputs
       correlate analyze capture.pcap --detector stale-handle --detector lost-write
       correlate analyze capture.pcap --suppress stale-handle:brick=127.0.0.2:/srv/b1
       correlate analyze capture.pcap --suppress 'slow-brick:procedure=MKDIR' --suppress no-space
+      correlate analyze --fail-on error nightly.pcap && echo "no error found"
       correlate analyze --jobs 2 big-capture.pcap other-host.pcap
       correlate analyze --scheduler tcp://scheduler-host:8786 /shared/captures/*.pcap
     """
@@ -249,4 +269,4 @@ def analyze(inputs, hosts, json_out, events, timeline, unanswered_after, outputs
         finally:
             progress.done()
             reporter.close()
-    sys.exit(_finish(reporter, runner, [i.diag for i in opened], timeline, temporary, writers))
+    sys.exit(_finish(reporter, runner, [i.diag for i in opened], timeline, temporary, writers, fail_on))

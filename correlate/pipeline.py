@@ -6,6 +6,7 @@ from collections.abc import Iterable
 from typing import TextIO
 
 from .detector_runner import DetectorRunner
+from .errors import open_output
 from .events import header_line, to_json
 from .outputs.fields import format_fields
 from .outputs.terminal import colorize, format_event, format_finding, use_color
@@ -16,7 +17,7 @@ class TimelineWriter:
 
     def __init__(self, path: str, **info):
         self.path = path
-        self._f = open(path, "w", encoding="ascii")
+        self._f = open_output(path, "w", encoding="ascii")
         self._f.write(header_line(**info) + "\n")
 
     def write(self, ev: dict) -> None:
@@ -48,6 +49,7 @@ class Reporter:
         self.color = use_color("auto", self.out) if color is None else color
         self.progress = progress      # a terminal counter to wipe before a line is printed
         self.counts = {"events": 0, "findings": 0}
+        self.severities: set = set()  # of the findings shown (for --fail-on)
         self._held: list[str] | None = None if getattr(self.out, "line_buffering", True) else []
 
     def event(self, ev: dict) -> None:
@@ -76,8 +78,11 @@ class Reporter:
             self._held.clear()
 
     def finding(self, f: dict) -> None:
-        if f.get("kind") == "finding":
+        kind = f.get("kind")
+        if kind == "finding":
             self.counts["findings"] += 1
+        if kind in ("finding", "finding.update"):   # an update may raise the severity
+            self.severities.add(f.get("severity"))
         if self.timeline:
             self.timeline.write(f)
         # In text the suppressed count is said on stderr; JSON keeps it as an event.

@@ -8,6 +8,7 @@ import time
 
 import click
 
+from . import exit_codes
 from .diagnostics import report_diagnostics
 from .outputs.profile_text import format_profile
 from .profile import Profile
@@ -49,12 +50,17 @@ def profile(inputs, per_client, json_out, html_path):
         click.echo(json.dumps(snap, ensure_ascii=True))
     else:
         click.echo(format_profile(snap))
+    output_failed = False
     if html_path:
         from .outputs.profile_html import write_profile_page
-        write_profile_page(snap, html_path, "correlate profile: " + ", ".join(i.name for i in opened))
-        click.echo(f"correlate: profile page written to {html_path}", err=True)
-    if report_diagnostics([i.diag for i in opened if i.diag is not None]):
-        sys.exit(1)
+        try:
+            write_profile_page(snap, html_path, "correlate profile: " + ", ".join(i.name for i in opened))
+            click.echo(f"correlate: profile page written to {html_path}", err=True)
+        except OSError as exc:      # the text profile is out; the page's failure is one line
+            click.echo(f"correlate: cannot write {html_path}: {exc.strerror or exc}", err=True)
+            output_failed = True
+    fatal = report_diagnostics([i.diag for i in opened if i.diag is not None])
+    sys.exit(exit_codes.outcome(output_failed=output_failed, input_damaged=fatal))
 
 
 class PeriodicProfile:

@@ -9,12 +9,12 @@ import tomllib
 
 import click
 
-from .detector import _coerce, configure_detectors, load_detectors
+from .detector import SEVERITIES, _coerce, configure_detectors, load_detectors
 from .detector_runner import DetectorRunner
 from .state import GlusterState
 from .diagnostics import Diagnostics
 from .finding_policy import POLICY_TABLES, SPEC_FORM, FindingPolicy, from_config, parse_rule
-from .plugin_manager import call_each, get_plugin_manager
+from .plugin_manager import call_each, failed_plugins, get_plugin_manager
 from .sources import read_timeline
 
 
@@ -39,6 +39,24 @@ def detector_options(f):
                         metavar="DETECTOR.KEY=VALUE",
                         help="Set a detector option (listed by `correlate plugins`); "
                              "overrides --config. Repeatable.")(f)
+
+
+FAIL_ON_LEVELS = (*SEVERITIES, "never")
+
+
+def reaches(severity, level: str) -> bool:
+    """Whether a finding of `severity` is at or above --fail-on `level`."""
+    if level not in SEVERITIES or severity not in SEVERITIES:
+        return False
+    return SEVERITIES.index(severity) >= SEVERITIES.index(level)
+
+
+def fail_on_option(f):
+    """--fail-on: which findings make the exit code 1 (correlate.exit_codes)."""
+    return click.option("--fail-on", type=click.Choice(FAIL_ON_LEVELS, case_sensitive=False),
+                        default="never", show_default=True, metavar="LEVEL",
+                        help="Exit with 1 when a finding at or above LEVEL was found "
+                             f"({', '.join(FAIL_ON_LEVELS)}): for scripts and CI jobs.")(f)
 
 
 def selection_options(f):
@@ -130,14 +148,19 @@ def make_runner(config: dict, options: dict[str, dict],
     except ValueError as exc:
         raise DetectorUsageError(str(exc)) from None
 
+    # plugins that failed to import, and notifiers that raised: the exit code says so
+    plugin_failures = [f["name"] for f in failed_plugins(pm)]
+
     def notify(finding):
         for name, _result, exc in call_each(pm, "correlate_finding", finding=finding):
             if exc is not None:   # a notifier's bug is reported, the run goes on
                 click.echo(f"correlate: plugin {name}: correlate_finding failed: {exc}", err=True)
+                plugin_failures.append(name)
 
     runner = DetectorRunner(policy.select(detectors), on_new_finding=notify, load_errors=errors,
                             state=state)
     runner.policy = policy
+    runner.plugin_failures = plugin_failures
     return runner
 
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import BinaryIO
 
 from .diagnostics import Diagnostics
-from .errors import InputError
+from .errors import GZIP_DAMAGE, InputError, what_it_starts_with
 from .validate import clean_event
 
 # pcap (microsecond, nanosecond, Kuznetzov's modified pcap; both byte orders) and pcapng:
@@ -70,14 +70,15 @@ def open_input(path: str, *, host: str | None = None, name: str | None = None,
     and `details_later`: which RPC details a capture's decoder decodes (wire.decode);
     `parallel` (a wire.parallel.Parallel): decode a capture file in several processes."""
     name = name or ("stdin" if path == "-" else path.rsplit("/", 1)[-1])
+    shown = "stdin" if path == "-" else path      # in errors: the input as the user named it
     f = _open_binary(path)
     head = _peek(f)
     if head[:2] == GZIP_MAGIC:
         gz = gzip.GzipFile(fileobj=f)
         try:
             inner = gz.peek(64)[:64]
-        except (OSError, EOFError, zlib.error) as exc:
-            raise InputError(name, f"damaged gzip data: {exc}") from None
+        except (OSError, EOFError, zlib.error):
+            raise InputError(shown, GZIP_DAMAGE) from None
         kind, f = sniff(inner), gz
     else:
         kind = sniff(head)
@@ -95,8 +96,8 @@ def open_input(path: str, *, host: str | None = None, name: str | None = None,
     if kind == "log":
         from .logs import read_gluster_log
         return Input(name, kind, _until_damage(read_gluster_log(f, name, host=host, diag=diag), diag), diag)
-    shown = head[:16].hex(" ")
-    raise InputError(name, f"not a capture, a correlate timeline or a Gluster log (starts with {shown})")
+    raise InputError(shown, "not a capture, a correlate timeline or a Gluster log "
+                            f"({what_it_starts_with(head)})")
 
 
 def _until_damage(events: Iterator[dict], diag: Diagnostics) -> Iterator[dict]:
@@ -104,8 +105,10 @@ def _until_damage(events: Iterator[dict], diag: Diagnostics) -> Iterator[dict]:
     the events before it are kept."""
     try:
         yield from events
-    except (EOFError, OSError, zlib.error) as exc:
-        diag.stop(f"input ends early on damage ({type(exc).__name__}: {exc})")
+    except (EOFError, zlib.error, gzip.BadGzipFile):
+        diag.stop(GZIP_DAMAGE)
+    except OSError as exc:
+        diag.stop(f"read error ({exc.strerror or exc})")
 
 
 def read_timeline(f: BinaryIO, source: str, diag: Diagnostics, host: str | None = None) -> Iterator[dict]:

@@ -12,13 +12,14 @@ from collections.abc import Iterable, Iterator
 
 import click
 
+from . import exit_codes
 from .diagnostics import report_diagnostics
 from .errors import CorrelateError
 from .events import header_line, to_json
 from .merge import DEFAULT_WINDOW_NS, merge, shift_clock
 from .outputs.terminal import color_option
-from .run_setup import (detector_options, output_writers, parse_detector_options, parse_policy,
-                        selection_options)
+from .run_setup import (detector_options, fail_on_option, output_writers, parse_detector_options, parse_policy,
+                        reaches, selection_options)
 from .parallel_cli import parallel_for, parallel_options
 from .timeline_filter import EventFilter, parse_time
 
@@ -199,9 +200,11 @@ class _PluginOutputsSink:
             os.unlink(self.tmp)
 
 
-def _with_findings(events: Iterable[dict], detect: bool, options: dict, policy) -> Iterator[dict]:
+def _with_findings(events: Iterable[dict], detect: bool, options: dict, policy,
+                   part_failed: list) -> Iterator[dict]:
     """Run the detectors (plugins included, each new finding passed to correlate_finding) and
-    put each finding after the event completing it."""
+    put each finding after the event completing it; a failed detector or plugin is named in
+    `part_failed` (for the exit code)."""
     if not detect:
         yield from events
         return
@@ -213,6 +216,7 @@ def _with_findings(events: Iterable[dict], detect: bool, options: dict, policy) 
         yield ev
         yield from runner.observe(ev)
     yield from runner.finish()
+    part_failed.extend([*runner.disabled, *runner.plugin_failures])
     from .outputs.terminal import safe_text
     for line in [*runner.drop_lines(), runner.policy.summary()]:
         if line:
@@ -251,11 +255,12 @@ def _with_findings(events: Iterable[dict], detect: bool, options: dict, policy) 
 @color_option
 @detector_options
 @selection_options
+@fail_on_option
 @parallel_options
 def timeline(inputs, hosts, since, until, conn, host_filter, gfid, path, pid, layers, ladder,
              html_path, perfetto_path, pcapng_path, json_out, sync_clocks, detect, window_ms, outputs,
              color, option_specs, config_path, only_detectors, skip_detectors, suppress_specs,
-             jobs, scheduler):
+             fail_on, jobs, scheduler):
     """Merge captures, saved timelines and Gluster logs into one timeline; filter; render.
 
     \b
@@ -313,7 +318,8 @@ def timeline(inputs, hosts, since, until, conn, host_filter, gfid, path, pid, la
         if any(i.kind == "timeline" for i in opened) and any(i.kind == "capture" for i in opened):
             dedup = CaptureDeduplicator({i.name for i in opened if i.kind == "capture"})
             merged = dedup(merged)
-        events = _with_findings(merged, detect, options, policy)
+        part_failed: list[str] = []
+        events = _with_findings(merged, detect, options, policy, part_failed)
         keep = EventFilter(since=since_t, until=until_t, conn=conn, host=host_filter, gfid=gfid, path=path,
                            pid=pid, layers=layers)
 
@@ -352,12 +358,15 @@ def timeline(inputs, hosts, since, until, conn, host_filter, gfid, path, pid, la
         progress = Progress()
         color = use_color(color, out)
         shown = 0
+        severities = set()      # of the findings shown, for --fail-on
         try:
             for ev in events:
                 progress.tick(ev)
                 if not keep(ev):
                     continue
                 shown += 1
+                if ev.get("kind") in ("finding", "finding.update"):
+                    severities.add(ev.get("severity"))
                 for sink in list(sinks):
                     try:
                         sink.add(ev)
@@ -396,5 +405,6 @@ def timeline(inputs, hosts, since, until, conn, host_filter, gfid, path, pid, la
             echo(f"correlate: {shown} events shown")
         else:
             echo(f"correlate: {shown} events passed the filters into the outputs")
-        if fatal or failed:
-            sys.exit(1)
+        sys.exit(exit_codes.outcome(
+            output_failed=failed, input_damaged=fatal, part_failed=bool(part_failed),
+            findings=any(reaches(s, fail_on.lower()) for s in severities)))

@@ -33,15 +33,16 @@ def broken_plugin():
     pm.unregister(name="broken_hook")
 
 
-def invoke(*args):
+def invoke(*args, code=0):
+    """`code` 4 where a plugin failed: reported, and the rest ran (correlate.exit_codes)."""
     res = CliRunner().invoke(main, [*map(str, args)], catch_exceptions=False)
-    assert res.exit_code == 0, (res.stdout, res.stderr)
+    assert res.exit_code == code, (res.stdout, res.stderr)
     return res
 
 
 def test_load_error_takes_the_first_event_time_and_shows_its_reason(broken_plugin, tmp_path):
     html, trace = tmp_path / "r.html", tmp_path / "t.json"
-    res = invoke("timeline", AUTH, "--html", html, "--perfetto", trace)
+    res = invoke("timeline", AUTH, "--html", html, "--perfetto", trace, code=4)
     page = html.read_text()
     years = re.search(r'<div class="meta">(\d{4})-\d\d-\d\d [^&]* &ndash; (\d{4})', page)
     assert years and years.group(1) == years.group(2) != "1970", page[:2000]
@@ -51,11 +52,11 @@ def test_load_error_takes_the_first_event_time_and_shows_its_reason(broken_plugi
     stamps = [e["ts"] for e in events if "ts" in e]
     assert min(stamps) >= 0 and max(stamps) < 60e6, (min(stamps), max(stamps))   # µs
 
-    text = invoke("timeline", AUTH, "--layer", "finding").stdout
+    text = invoke("timeline", AUTH, "--layer", "finding", code=4).stdout
     line = next(line for line in text.splitlines() if "detector.error" in line)
     assert "cannot read my rules file" in line and not line.startswith("00:00:00")
 
-    out = invoke("analyze", "--json", AUTH).stdout
+    out = invoke("analyze", "--json", AUTH, code=4).stdout
     for ev in map(json.loads, out.splitlines()):
         if ev.get("kind") == "detector.error":
             assert ev["time_ns"] > 10**18

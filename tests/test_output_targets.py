@@ -24,7 +24,7 @@ def correlate(*args, stdout=subprocess.PIPE, env=None) -> subprocess.CompletedPr
 def test_stdout_on_a_full_device_is_one_line(command):
     with open("/dev/full", "w") as full:
         res = correlate(*command, CAPTURE, stdout=full)
-    assert res.returncode == 1, res.stderr
+    assert res.returncode == 3, res.stderr
     assert "Traceback" not in res.stderr and "Exception ignored" not in res.stderr, res.stderr
     assert res.stderr.strip().splitlines()[-1] == \
         "correlate: cannot write the output: No space left on device"

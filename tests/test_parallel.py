@@ -48,13 +48,13 @@ def test_timeline_is_the_same_for_any_number_of_jobs(tmp_path):
 
 
 def test_a_damaged_capture_is_reported_the_same(tmp_path):
-    """A capture cut inside a packet: same events before the cut, same message, exit 1."""
+    """A capture cut inside a packet: same events before the cut, same message, exit 2."""
     data = CAPTURES[0].read_bytes()
     cut = tmp_path / "cut.pcap"
     cut.write_bytes(data[:len(data) * 2 // 3])
     one = correlate("decode", "--jobs", "1", "--json", str(cut))
     many = correlate("decode", "--jobs", "2", "--json", str(cut))
-    assert one.returncode == 1 and one.stdout
+    assert one.returncode == 2 and one.stdout
     assert (many.returncode, many.stdout, many.stderr) == (one.returncode, one.stdout, one.stderr)
 
 

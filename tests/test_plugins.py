@@ -56,7 +56,7 @@ def test_third_party_plugin_found_and_raising_plugin_does_not_stop_the_run(third
     capture = HERE / "captures" / "healthy.pcap"
     res = subprocess.run(CORRELATE + ["analyze", "--json", str(capture)], capture_output=True,
                          text=True, timeout=120, env={**os.environ, "CORRELATE_TRACE_HOOKS": "1"})
-    assert res.returncode == 0, res.stderr
+    assert res.returncode == 4, res.stderr     # a plugin failed: said, and the rest ran
     lines = [json.loads(line) for line in res.stdout.splitlines()]
     example = [f for f in lines if f.get("detector") == "example-slow-replies"]
     errors = [f for f in lines if f.get("kind") == "detector.error" and f["detector"] != "broken_import"]
@@ -65,13 +65,13 @@ def test_third_party_plugin_found_and_raising_plugin_does_not_stop_the_run(third
     assert "correlate_detectors" in res.stderr   # the hook trace for plugin authors
 
 
-def test_output_formats_from_the_outputs_hook(tmp_path):
+def test_output_formats_from_the_outputs_hook(tmp_path, third_party_plugins):
     capture = HERE / "captures" / "atime-minus-one.pcap"
     html, trace = tmp_path / "r.html", tmp_path / "t.json"
     res = subprocess.run(CORRELATE + ["analyze", str(capture), "--output", f"html={html}",
                                       "--output", f"perfetto={trace}"],
                          capture_output=True, text=True, timeout=120)
-    assert res.returncode == 0, res.stderr
+    assert res.returncode == 4, res.stderr     # the broken fixture plugins: the outputs still written
     assert "atime-minus-one" in html.read_text()
     events = json.loads(trace.read_text())["traceEvents"]
     assert any(e.get("ph") == "X" for e in events)
@@ -96,7 +96,7 @@ def test_plugin_that_fails_to_import_is_named_and_skipped(third_party_plugins, t
     for args in (["analyze", "--json", str(capture)], ["timeline", "--json", str(capture)],
                  ["probes"]):
         res = subprocess.run(CORRELATE + args, capture_output=True, text=True, timeout=120)
-        assert res.returncode == 0, (args, res.stderr)
+        assert res.returncode == (0 if args == ["probes"] else 4), (args, res.stderr)
         assert "Traceback" not in res.stderr
         named = [line for line in res.stderr.splitlines() if "broken_import" in line and "skipped" in line]
         assert len(named) == 1, res.stderr
@@ -125,7 +125,7 @@ def test_detector_options_are_listed_and_set(third_party_plugins, tmp_path):
     def slow_findings(*args):
         res = subprocess.run(CORRELATE + ["analyze", "--json", str(capture), *args],
                              capture_output=True, text=True, timeout=120)
-        assert res.returncode == 0, res.stderr
+        assert res.returncode == 4, res.stderr     # the broken fixture plugins are installed
         return [f for f in map(json.loads, res.stdout.splitlines())
                 if f.get("detector") == "example-slow-replies" and f["kind"] == "finding"]
 

@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import json
 import signal
+import sys
 import threading
 import time
 from datetime import datetime, timezone
 
 import click
 
+from .. import exit_codes
 from ..errors import CorrelateError
 from ..events import to_json
 from ..outputs.terminal import safe_text
@@ -146,11 +148,12 @@ def probe(groups, pid, as_json, backend, offsets, duration, option_specs, config
             click.echo(to_json(ev) if as_json else format_event(ev))
 
     deadline = None if duration is None else time.monotonic() + duration
+    interrupted = False
     try:
         while not stop.is_set() and (deadline is None or time.monotonic() < deadline):
             emit(session.poll(100))
-    except KeyboardInterrupt:
-        pass
+    except KeyboardInterrupt:      # what was collected is still printed, then exit 130
+        interrupted = True
     finally:
         signal.signal(signal.SIGTERM, previous)
         tail = session.stop()
@@ -159,6 +162,8 @@ def probe(groups, pid, as_json, backend, offsets, duration, option_specs, config
     clock = summary.get("clock")
     clock_note = f", clock offset error <= {clock['error_ns']} ns" if clock else ""
     click.echo(f"correlate: {summary['events']} events, {summary['lost']} lost{clock_note}", err=True)
+    if interrupted:
+        sys.exit(exit_codes.INTERRUPTED)
 
 
 @click.command()

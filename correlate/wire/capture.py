@@ -10,13 +10,14 @@ for a full buffer, so a frame is yielded as soon as its record is complete
 """
 from __future__ import annotations
 
+import gzip
 import struct
 import sys
 import zlib
 from typing import BinaryIO, Callable, Iterator
 
 from ..diagnostics import Diagnostics
-from ..errors import InputError
+from ..errors import GZIP_DAMAGE, InputError, what_it_starts_with
 from ..validate import MAX_TIME_NS
 from .model import Frame
 
@@ -168,7 +169,7 @@ def open_capture_stream(fileobj: BinaryIO, source: str, diag: Diagnostics) -> It
     try:
         inp, frames = _start(_RawInput(_puller(fileobj)), source, diag)
     except (zlib.error, EOFError) as exc:
-        raise InputError(source, f"corrupt gzip data ({exc})") from None
+        raise InputError(source, GZIP_DAMAGE) from None
     except OSError as exc:
         raise InputError(source, f"cannot read: {exc}") from None
     return _guarded(frames, inp, diag)
@@ -181,23 +182,22 @@ def _start(inp: _Input, source: str, diag: Diagnostics) -> tuple[_Input, Iterato
         inp = _Input(_Gunzip(inp))
         head = inp.peek(4)
     if len(head) < 4:
-        what = "empty input" if not head else f"only {len(head)} bytes"
-        raise InputError(source, f"not a pcap or pcapng capture ({what})")
+        raise InputError(source, f"not a pcap or pcapng capture ({what_it_starts_with(head)})")
     (magic,) = struct.unpack("<I", head)
     if magic in _PCAP_MAGICS:
         return inp, _read_pcap(inp, _pcap_header(inp, source), diag)
     if magic == _PCAPNG_SHB:
         _check_pcapng_start(inp, source)
         return inp, _read_pcapng(inp, diag)
-    raise InputError(source, f"not a pcap or pcapng capture (magic {head.hex()})")
+    raise InputError(source, f"not a pcap or pcapng capture ({what_it_starts_with(inp.peek(16))})")
 
 
 def _guarded(frames: Iterator[Frame], inp: _Input, diag: Diagnostics) -> Iterator[Frame]:
     """Damage in compressed data or a failing read ends the input cleanly, with a note."""
     try:
         yield from frames
-    except (zlib.error, EOFError) as exc:
-        diag.stop(f"corrupt gzip data near byte offset {inp.consumed} ({exc})")
+    except (zlib.error, EOFError, gzip.BadGzipFile):
+        diag.stop(f"{GZIP_DAMAGE} (after {inp.consumed} bytes of decompressed data)")
     except OSError as exc:
         diag.stop(f"read error near byte offset {inp.consumed} ({exc})")
 

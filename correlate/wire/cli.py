@@ -5,6 +5,7 @@ import sys
 
 import click
 
+from .. import exit_codes
 from ..diagnostics import Diagnostics, report_diagnostics
 from ..outputs.fields import needs_details, parse_fields
 from ..outputs.terminal import color_option, use_color
@@ -64,5 +65,5 @@ def decode(capture, json_out, fields_spec, color, jobs, scheduler):
         reporter.close()
         report_diagnostics([diag])
     if diag.fatal:
-        sys.exit(1)
+        sys.exit(exit_codes.INPUT)
 
