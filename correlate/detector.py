@@ -141,7 +141,9 @@ class Detector:
         `refines=True` says more about a finding already reported (same key) without counting
         a new occurrence: its evidence is added and its explanation replaces the first one in
         the `finding.update` at the end (a count that grew since, say)."""
-        assert severity in SEVERITIES, severity
+        if severity not in SEVERITIES:     # a plugin author's typo: say what is valid
+            raise ValueError(f"detector {self.id}: severity {severity!r} is not one of "
+                             f"{', '.join(SEVERITIES)}")
         return make_event(time_ns, "finding", "finding", f"detector:{self.id}",
                           detector=self.id, severity=severity, title=title,
                           explanation=explanation, remedy=remedy,
