@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from correlate.testing import run_detector
 from correlate.wire.decode import decode_capture
 
 CAPTURES = Path(__file__).parent / "captures"
@@ -90,10 +91,9 @@ def test_contention_summarized_per_file_on_busy_replicated_traffic():
             gfid = calls[(ev["conn"], ev["xid"])]["args"]["gfid"]
             want[(gfid, f"{ev['procedure']} EAGAIN replies")] += 1
     assert want
-    det = LockWait(storm_min=1)
-    found = [f for ev in decode_capture(path) for f in det.observe(ev)] + list(det.finish())
+    found = run_detector(LockWait(storm_min=1), path)
     storms = [f for f in found if f["key"].startswith("storm:")]
-    assert storms and all(f["severity"] == "info" for f in storms)
+    assert storms and all(f["severity"] == "info" and f["count"] == 1 for f in storms)
     got = Counter()
     for f in storms:
         for part in f["explanation"].split(": ", 1)[1].split(". ")[0].split(", "):
