@@ -35,8 +35,9 @@ def detector_options(f):
                      help="TOML file of detector options: a table per detector, e.g. "
                           "[rpc-unanswered] after_s = 30 (see `correlate detectors`); "
                           "[detectors] enable/disable lists; [[suppress]] rules.")(f)
+    from .completion import complete_detector_option
     return click.option("-o", "--option", "option_specs", multiple=True,
-                        metavar="DETECTOR.KEY=VALUE",
+                        metavar="DETECTOR.KEY=VALUE", shell_complete=complete_detector_option,
                         help="Set a detector option (listed by `correlate plugins`); "
                              "overrides --config. Repeatable.")(f)
 
