@@ -18,7 +18,7 @@ from correlate import hookimpl
 from correlate.detector import END_OF_INPUT, Detector, Wants
 from correlate.gluster.topology import Topology
 from correlate.state import GlusterState
-from correlate.state.files import DETAILS as NAMING_DETAILS, FileNames
+from correlate.state.files import NAMING, FileNames
 
 from .gluster_facts import is_blocking_lock
 
@@ -92,12 +92,12 @@ def _put(table: dict, key, value) -> None:
 class LockWait(Detector):
     id = "lock-wait"
     # Lock calls' args and credentials (owner, pid), the contention callbacks' gfid, the
-    # bricks' and clients' names (Topology), and the replies that name a file or open it
-    # (FileNames: a finding says which file, not only its gfid). A request still waiting at
+    # bricks' and clients' names (Topology), and the replies that name a file (FileNames: a
+    # finding says which file, not only its gfid; every lock call carries the gfid). A request still waiting at
     # the end is judged by the input's last event, of any kind: due/tick follow time.
     wants = Wants(kinds={"rpc.call", "rpc.reply", "tcp.close"},
-                  procedures=LOCK_PROCEDURES | CONTENTION | Topology.PROCEDURES | NAMING_DETAILS,
-                  details=LOCK_PROCEDURES | CONTENTION | Topology.PROCEDURES | NAMING_DETAILS)
+                  procedures=LOCK_PROCEDURES | CONTENTION | Topology.PROCEDURES | NAMING,
+                  details=LOCK_PROCEDURES | CONTENTION | Topology.PROCEDURES | NAMING)
 
     def __init__(self, after_ns: int = DEFAULT_AFTER_NS, storm_min: int = STORM_MIN,
                  state: GlusterState | None = None):
@@ -266,7 +266,7 @@ class LockWait(Detector):
         if reply:
             evidence.append(reply)
         state = "waited" if reply else "is still waiting, at the end of the capture, after"
-        gfid = args.get("gfid") or self.files.gfid_of_fd(call)
+        gfid = args.get("gfid")
         path = self.files.known_path(gfid)
         return self.finding(
             end, severity="warning",
