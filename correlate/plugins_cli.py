@@ -182,6 +182,7 @@ def detectors_cmd(json_out, only_detectors, skip_detectors, suppress_specs, opti
       correlate detectors
       correlate detectors --json | jq -r '.[] | select(.needs != []) | .id'
       correlate detectors --config site.toml          # what that file turns off
+      correlate detectors --no-plugin lock_wait       # without that plugin at all
       correlate analyze capture.pcap --no-detector rpc-unanswered
       correlate analyze capture.pcap --detector stale-handle --detector lost-write
       correlate analyze capture.pcap --suppress stale-handle:brick=127.0.0.2:/srv/b1
