@@ -136,12 +136,17 @@ class Detector:
     def finding(self, time_ns: int, *, severity: str, title: str, explanation: str,
                 remedy: str, evidence: list[dict], key: str = "", refines: bool = False,
                 **extra) -> dict:
-        """A finding dict. `key` names the cause: findings with equal (detector, key) fold.
+        """A finding dict. `severity` is one of SEVERITIES (info, warning, error, critical;
+        anything else raises ValueError). `key` names the cause: findings with equal
+        (detector, key) fold. `extra` fields (brick, volume, client, path, gfid, ...) are
+        top-level keys users filter and suppress on.
 
         `refines=True` says more about a finding already reported (same key) without counting
         a new occurrence: its evidence is added and its explanation replaces the first one in
         the `finding.update` at the end (a count that grew since, say)."""
-        assert severity in SEVERITIES, severity
+        if severity not in SEVERITIES:     # a plugin author's typo: say what is valid
+            raise ValueError(f"detector {self.id}: severity {severity!r} is not one of "
+                             f"{', '.join(SEVERITIES)}")
         return make_event(time_ns, "finding", "finding", f"detector:{self.id}",
                           detector=self.id, severity=severity, title=title,
                           explanation=explanation, remedy=remedy,

@@ -89,13 +89,15 @@ def plugins_cmd(json_out):
     """List loaded plugins (built-in detectors included): version, hooks, detectors with their
     options, output formats and probe groups; plugins that failed to load, with the reason.
 
-    Set CORRELATE_TRACE_HOOKS=1 to see every hook call of a run on stderr.
+    Set CORRELATE_TRACE_HOOKS=1 to see every hook call of a run on stderr, and
+    CORRELATE_DISABLE_PLUGINS=NAME,... to turn plugins off without uninstalling them.
 
     \b
     Examples:
       correlate plugins
       correlate plugins --json | jq '.[] | {name, options}'
       CORRELATE_TRACE_HOOKS=1 correlate analyze capture.pcap
+      CORRELATE_DISABLE_PLUGINS=lock_wait correlate plugins
       correlate detectors             # each detector: what it reads, needs and is set to
     """
     pm = get_plugin_manager()
@@ -124,6 +126,9 @@ def plugins_cmd(json_out):
             dist = f"{r['distribution']} {r['version']}" if r["distribution"] else "(not from a package)"
             if r["status"] == "failed":
                 click.echo(f"{r['name']:<20} {dist:<26} FAILED: {r['error']}")
+                continue
+            if r["status"] == "disabled":
+                click.echo(f"{r['name']:<20} {dist:<26} disabled (CORRELATE_DISABLE_PLUGINS)")
                 continue
             click.echo(f"{r['name']:<20} {dist:<26} hooks: {', '.join(r['hooks'])}")
             for label, key in (("detectors", "detectors"), ("output formats", "outputs"),
@@ -177,6 +182,7 @@ def detectors_cmd(json_out, only_detectors, skip_detectors, suppress_specs, opti
       correlate detectors
       correlate detectors --json | jq -r '.[] | select(.needs != []) | .id'
       correlate detectors --config site.toml          # what that file turns off
+      correlate detectors --no-plugin lock_wait       # without that plugin at all
       correlate analyze capture.pcap --no-detector rpc-unanswered
       correlate analyze capture.pcap --detector stale-handle --detector lost-write
       correlate analyze capture.pcap --suppress stale-handle:brick=127.0.0.2:/srv/b1

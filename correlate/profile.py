@@ -20,19 +20,24 @@ from .state.clients import UNKNOWN, Clients, special_actor
 RELATIVE_ACCURACY = 0.01       # 1%: a 200 ms p50 is reported within 198-202 ms
 BIN_LIMIT = 2048               # buckets per sketch: 1 us .. hours at 1% stay uncollapsed
 QUANTILES = (("p50", 0.50), ("p90", 0.90), ("p99", 0.99))
+# Up to this many latencies a row lists them instead of percentiles: with so few, p90 and p99
+# are the max and p50 is one of them, so the percentiles pretend a distribution that is not
+# there, while the latencies themselves fit in the four columns p50..max would take.
+FEW = 4
 MAX_KEYS = 100_000             # (server, client, procedure) rows; more are counted as dropped
 GLUSTERD_PORTS = ("24007", "24008")
 
 
 class ProcedureStats:
     __slots__ = ("calls", "replies", "errors", "sketch", "max_ns", "total_ns", "bytes_read",
-                 "bytes_written", "in_flight", "max_in_flight")
+                 "bytes_written", "in_flight", "max_in_flight", "few")
 
     def __init__(self):
         self.calls = self.replies = self.max_ns = self.total_ns = 0
         self.bytes_read = self.bytes_written = self.in_flight = self.max_in_flight = 0
         self.errors: Counter = Counter()
         self.sketch = LogCollapsingLowestDenseDDSketch(RELATIVE_ACCURACY, bin_limit=BIN_LIMIT)
+        self.few: list[int] | None = []      # the latencies while there are at most FEW
 
     def call(self) -> None:
         self.calls += 1
@@ -47,6 +52,10 @@ class ProcedureStats:
         latency = ev.get("latency_ns")
         if isinstance(latency, int) and latency >= 0:
             self.sketch.add(latency)
+            if self.few is not None:
+                self.few.append(latency)
+                if len(self.few) > FEW:
+                    self.few = None
             self.total_ns += latency
             if latency > self.max_ns:
                 self.max_ns = latency
@@ -74,6 +83,8 @@ class ProcedureStats:
                "max_in_flight": self.max_in_flight}
         for name, q in QUANTILES:
             out[f"{name}_ns"] = self.quantile(q)
+        if self.few:
+            out["latencies_ns"] = sorted(self.few)
         return out
 
 

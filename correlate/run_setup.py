@@ -14,7 +14,7 @@ from .detector_runner import DetectorRunner
 from .state import GlusterState
 from .diagnostics import Diagnostics
 from .finding_policy import POLICY_TABLES, SPEC_FORM, FindingPolicy, from_config, parse_rule
-from .plugin_manager import call_each, failed_plugins, get_plugin_manager
+from .plugin_manager import NO_PLUGIN_KEY, call_each, failed_plugins, get_plugin_manager, not_loaded
 from .sources import read_timeline
 
 
@@ -35,8 +35,9 @@ def detector_options(f):
                      help="TOML file of detector options: a table per detector, e.g. "
                           "[rpc-unanswered] after_s = 30 (see `correlate detectors`); "
                           "[detectors] enable/disable lists; [[suppress]] rules.")(f)
+    from .completion import complete_detector_option
     return click.option("-o", "--option", "option_specs", multiple=True,
-                        metavar="DETECTOR.KEY=VALUE",
+                        metavar="DETECTOR.KEY=VALUE", shell_complete=complete_detector_option,
                         help="Set a detector option (listed by `correlate plugins`); "
                              "overrides --config. Repeatable.")(f)
 
@@ -59,8 +60,31 @@ def fail_on_option(f):
                              f"({', '.join(FAIL_ON_LEVELS)}): for scripts and CI jobs.")(f)
 
 
+def _no_plugin(ctx, _param, names):
+    """--no-plugin: kept in the context before any plugin loads (the option is eager), then
+    checked against the installed plugins."""
+    if not names:
+        return
+    ctx.find_root().meta[NO_PLUGIN_KEY] = frozenset(names)
+    if ctx.resilient_parsing:       # shell completion: nothing to check or load
+        return
+    pm = get_plugin_manager()
+    unknown = sorted(getattr(pm, "correlate_unknown_disabled", ()))
+    if unknown:
+        from .plugin_manager import plugin_info
+        known = ", ".join(sorted({r["name"] for r in plugin_info(pm)}))
+        raise DetectorUsageError(f"no plugin {unknown[0]!r}; plugins: {known}",
+                                 param_hint="--no-plugin")
+
+
 def selection_options(f):
-    """--detector, --no-detector and --suppress: which detectors run, which findings show."""
+    """--detector, --no-detector, --no-plugin and --suppress: which detectors run, which
+    findings show."""
+    f = click.option("--no-plugin", multiple=True, metavar="NAME", expose_value=False,
+                     is_eager=True, callback=_no_plugin,
+                     help="Do not load plugin NAME at all (its detectors, outputs, probes and "
+                          "hooks); `correlate plugins` lists the names. Repeatable; "
+                          "CORRELATE_DISABLE_PLUGINS=NAME,... does it for every command.")(f)
     f = click.option("--suppress", "suppress_specs", multiple=True, metavar="SPEC",
                      help=f"Do not show findings matching SPEC, {SPEC_FORM} (e.g. "
                           "stale-handle:brick=127.0.0.2:/srv/b1); they are counted on stderr. "
@@ -132,6 +156,28 @@ def _take_enabled(options: dict[str, dict]) -> tuple[dict[str, dict], set[str]]:
     return rest, off
 
 
+def _loaded_only(options: dict[str, dict], detectors: list, pm, errors: list[dict]) -> dict[str, dict]:
+    """The options of detectors that exist. While some plugin is not running (it failed to
+    import or its hook raised, or it is disabled), an unknown detector may well be one of
+    its own: its options are dropped with a warning instead of refusing the whole run.
+    With every plugin running, an unknown name is a typo and configure_detectors says so."""
+    missing = sorted(set(not_loaded(pm)) | {e.get("detector") for e in errors if e.get("detector")})
+    if not missing:
+        return options
+    loaded = {getattr(d, "id", None) for d in detectors}
+    kept = {}
+    for det_id, chosen in options.items():
+        if det_id in loaded:
+            kept[det_id] = chosen
+            continue
+        from .outputs.terminal import safe_text     # the user's text: escaped
+        names = ", ".join(f"{det_id}.{k}" for k in chosen)
+        click.echo(f"correlate: warning: options {safe_text(names, 300)} ignored: no detector "
+                   f"{safe_text(det_id, 100)!r} is loaded (plugins not running: "
+                   f"{', '.join(missing)})", err=True)
+    return kept
+
+
 def make_runner(config: dict, options: dict[str, dict],
                 policy: FindingPolicy | None = None) -> DetectorRunner:
     """The detectors the policy lets run, configured, with new findings passed to
@@ -141,6 +187,7 @@ def make_runner(config: dict, options: dict[str, dict],
     origins: dict[str, str] = {}
     detectors, errors = load_detectors(pm, config, state, origins=origins)
     try:
+        options = _loaded_only(options, detectors, pm, errors)
         options, off = _take_enabled(options)
         policy = (policy or FindingPolicy()).disabling(off)
         policy.bind(origins)

@@ -232,7 +232,9 @@ def _with_findings(events: Iterable[dict], detect: bool, options: dict, policy,
 @click.option("--conn", metavar="N|IP:PORT", help="Only connection N, or traffic of endpoint IP:PORT.")
 @click.option("--host-filter", metavar="NAME", help="Only events of host NAME.")
 @click.option("--gfid", metavar="GFID", help="Only events about this GFID (a prefix is enough).")
-@click.option("--path", metavar="PATH", help="Only events naming PATH (substring).")
+@click.option("--path", metavar="PATH",
+              help="Only events about file PATH: a full path (/dir/f) or a basename (f); calls "
+                   "by the gfid or fd the capture bound to it are followed.")
 @click.option("--pid", type=int, help="Only events of process PID (probes, RPC credentials).")
 @click.option("--layer", "layers", multiple=True, type=click.Choice(["wire", "probe", "log", "finding"]),
               help="Only these layers (repeatable).")
@@ -272,6 +274,7 @@ def timeline(inputs, hosts, since, until, conn, host_filter, gfid, path, pid, la
       correlate timeline atime.pcap --pcapng annotated.pcapng --perfetto trace.json
       correlate timeline incident.jsonl incident.pcap --html report.html --pcapng annotated.pcapng
       correlate timeline capture.pcap --conn 127.0.0.2:49152 --json | jq .procedure
+      correlate timeline tests/captures/lock-wait.pcap --path /lock-wait
       correlate timeline capture.pcap --output perfetto=trace.json -o rpc-unanswered.after_s=2
       correlate timeline --jobs 2 --json client.pcap server.pcap > merged.jsonl
       correlate timeline capture.pcap --html r.html --no-detector slow-brick --suppress lock-wait

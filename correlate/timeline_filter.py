@@ -1,5 +1,9 @@
 """What `correlate timeline` keeps: --since/--until times (absolute or +DURATION from the
-first event) and the content filters (connection, host, gfid, path, pid, layer)."""
+first event) and the content filters (connection, host, gfid, path, pid, layer).
+
+`--path` names a file by its full path (`/dir/f`) or its basename (`f`). The wire names a
+file only when a LOOKUP or CREATE resolves it; every later call uses its gfid (or an fd
+opened on it), so the filter learns the gfid from those replies and follows it."""
 from __future__ import annotations
 
 import calendar
@@ -7,6 +11,8 @@ import datetime as _dt
 import re
 
 import click
+
+from .state.files import FileNames, gfid_arg
 
 _DURATION = re.compile(r"^([+-]?\d+(?:\.\d+)?)(ns|us|ms|s|m|h)?$")
 _UNITS = {"ns": 1, "us": 1_000, "ms": 1_000_000, "s": 1_000_000_000, None: 1_000_000_000,
@@ -47,6 +53,54 @@ def _norm_gfid(value) -> str:
     return str(value).replace("-", "").lower()
 
 
+class PathMatch:
+    """A file named by full path or basename, and the gfids the capture bound to it."""
+
+    def __init__(self, path: str):
+        self.text = path
+        name = path.rstrip("/") or "/"
+        self.full = ("/" + name.lstrip("/")) if "/" in name else None
+        self.base = name.rsplit("/", 1)[-1]
+        self.files = FileNames()
+        self.gfids: set[str] = set()
+
+    def names(self, value) -> bool:
+        """Whether a path as an event gives it (a probe's argument, a finding's `path`) is it."""
+        if not isinstance(value, str) or not value:
+            return False
+        value = "/" + value.strip("/")
+        return value == self.full if self.full else value.rsplit("/", 1)[-1] == self.base
+
+    def _entry(self, args: dict) -> bool:
+        bname = args.get("bname")
+        if not isinstance(bname, str) or not bname:
+            return False
+        if self.full is None:
+            return bname == self.base
+        return self.files.name_path(args.get("pargfid"), bname) == self.full
+
+    def observe(self, ev: dict) -> None:
+        """Every event, in order, whether shown or not: the names and fds it binds."""
+        if ev.get("kind") != "rpc.reply":
+            return
+        gfid = self.files.learn(ev)
+        args = ev.get("args") if isinstance(ev.get("args"), dict) else {}
+        if gfid and (self._entry(args) or (self.full and self.files.path(gfid) == self.full)):
+            self.gfids.add(gfid)
+
+    def about(self, ev: dict) -> bool:
+        args = ev.get("args") if isinstance(ev.get("args"), dict) else {}
+        if any(self.names(v) for v in (args.get("path"), ev.get("path"))):
+            return True
+        if self._entry(args) or (self.full is None and args.get("name") == self.base):
+            return True
+        if self.gfids and (gfid_arg(ev) in self.gfids or ev.get("gfid") in self.gfids
+                           or self.files.gfid_of_fd(ev) in self.gfids):
+            return True
+        message = ev.get("message")      # Gluster logs print paths inside their text
+        return ev.get("layer") == "log" and isinstance(message, str) and self.text in message
+
+
 class EventFilter:
     """The filters of `correlate timeline`. Findings pass when one of their evidence events
     passes the content filters (conn, host, gfid, path, pid)."""
@@ -58,7 +112,7 @@ class EventFilter:
         self.conn = conn
         self.host = host
         self.gfid = _norm_gfid(gfid) if gfid else None
-        self.path = path
+        self.path = PathMatch(path) if path else None
         self.pid = pid
         self.layers = set(layers)
 
@@ -83,10 +137,8 @@ class EventFilter:
             text = _norm_gfid(ev.get("message", "")) if ev.get("layer") == "log" else ""
             if not any(v and _norm_gfid(v).startswith(self.gfid) for v in values) and self.gfid not in text:
                 return False
-        if self.path is not None:
-            values = [args.get("path"), args.get("bname"), args.get("name"), ev.get("path"), ev.get("message")]
-            if not any(isinstance(v, str) and self.path in v for v in values):
-                return False
+        if self.path is not None and not self.path.about(ev):
+            return False
         if self.pid is not None:
             cred = ev.get("cred") if isinstance(ev.get("cred"), dict) else {}
             if self.pid not in (ev.get("pid"), cred.get("pid")):
@@ -94,6 +146,8 @@ class EventFilter:
         return True
 
     def __call__(self, ev: dict) -> bool:
+        if self.path is not None:
+            self.path.observe(ev)
         t = ev.get("time_ns", 0)
         if self.first_ns is None:
             self.first_ns = t
@@ -107,5 +161,6 @@ class EventFilter:
         if ev.get("layer") == "finding":
             evidence = [e for e in ev.get("evidence") or [] if isinstance(e, dict)]
             has_content_filter = any(x is not None for x in (self.conn, self.host, self.gfid, self.path, self.pid))
-            return not has_content_filter or any(self._content(e) for e in evidence)
+            # the finding's own fields (path, gfid) or one of its evidence events
+            return not has_content_filter or any(self._content(e) for e in [ev, *evidence])
         return self._content(ev)

@@ -15,13 +15,12 @@ Every table is bounded: the oldest entries go first, counted in `dropped` (drops
 from __future__ import annotations
 
 import re
-from collections import OrderedDict
 from dataclasses import dataclass
 
-ROOT_GFID = "00000000-0000-0000-0000-000000000001"
-MAX_ENTRIES = 50_000          # names and entries (about 300 bytes a file)
+from correlate.state.files import (MAX_ENTRIES, NAMING, ROOT_GFID, Bounded, FileNames,  # noqa: F401
+                                   stat_of)
+
 MAX_CALLS = 4096              # calls waiting for their reply (whole events, 1-2 KB each)
-NAMING = {"LOOKUP", "CREATE", "MKDIR", "MKNOD", "SYMLINK", "LINK"}
 # What Files.observe reads the args or results of: a detector using it routes these events
 # (calls and replies) and lists them in its `wants.details`.
 DETAILS = frozenset(NAMING | {"SETVOLUME"})
@@ -46,22 +45,6 @@ class Client:
         return f"{who} on {self.host}" if self.host else who
 
 
-class Bounded(OrderedDict):
-    """At most `limit` entries, the oldest dropped first and counted in `dropped`."""
-
-    def __init__(self, limit: int | None = None):
-        super().__init__()
-        self.limit = limit
-        self.dropped = 0
-
-    def __setitem__(self, key, value):
-        super().__setitem__(key, value)
-        self.move_to_end(key)
-        if len(self) > (self.limit or MAX_ENTRIES):
-            self.popitem(last=False)
-            self.dropped += 1
-
-
 def parse_process_uuid(text: str) -> tuple[int | None, str, str]:
     """(pid, host, client translator) from a SETVOLUME process-uuid."""
     pid, host, xl = None, "", ""
@@ -75,21 +58,10 @@ def parse_process_uuid(text: str) -> tuple[int | None, str, str]:
     return pid, host, xl
 
 
-def stat_of(reply: dict) -> dict:
-    """The iatt of the object a reply is about (LOOKUP: `prestat`, CREATE and friends: `stat`)."""
-    result = reply.get("result") or {}
-    for key in ("stat", "prestat"):
-        st = result.get(key)
-        if isinstance(st, dict) and st.get("ia_gfid") not in (None, "00000000-0000-0000-0000-000000000000"):
-            return st
-    return {}
-
-
-class Files:
+class Files(FileNames):
     def __init__(self, keep_calls: set[str] = frozenset()):
+        super().__init__()
         self.clients: Bounded = Bounded()   # conn -> Client
-        self.names: Bounded = Bounded()     # gfid -> (parent gfid, basename)
-        self.entries: Bounded = Bounded()   # (parent gfid, basename) -> gfid
         self.calls: Bounded = Bounded(MAX_CALLS)    # (conn, xid) -> call, until its reply
         self.keep = frozenset(keep_calls)
         self._answered: tuple = (None, None)
@@ -110,11 +82,7 @@ class Files:
                     brick = f"{opts.get('remote-host', '')}:{opts.get('remote-subvolume', '')}"
                     self.clients[ev.get("conn")] = Client(pid, host, xl, brick, ev.get("conn"))
         elif kind == "rpc.reply" and ev.get("procedure") in NAMING and ev.get("op_ret", -1) >= 0:
-            args = ev.get("args") or (self.call_of(ev) or {}).get("args") or {}
-            gfid = stat_of(ev).get("ia_gfid")
-            if gfid and args.get("bname") and args.get("pargfid"):
-                self.names[gfid] = (args["pargfid"], args["bname"])
-                self.entries[(args["pargfid"], args["bname"])] = gfid
+            self.learn(ev, ev.get("args") or (self.call_of(ev) or {}).get("args") or {})
 
     def call_of(self, reply: dict) -> dict | None:
         key = (reply.get("conn"), reply.get("xid"))
@@ -140,27 +108,3 @@ class Files:
             return pid
         c = self.client(ev.get("conn"))
         return c.pid if c else None
-
-    def path(self, gfid: str | None) -> str:
-        if not gfid:
-            return "?"
-        if gfid == ROOT_GFID:
-            return "/"
-        parts, at = [], gfid
-        for _ in range(64):
-            if at == ROOT_GFID:
-                return "/" + "/".join(reversed(parts))
-            if at not in self.names:
-                break
-            at, name = self.names[at]
-            parts.append(name)
-        if not parts:
-            return f"gfid:{gfid}"
-        return f"<gfid:{at}>/" + "/".join(reversed(parts))
-
-    def name_path(self, pargfid: str | None, bname: str | None) -> str:
-        parent = self.path(pargfid)
-        return (parent.rstrip("/") + "/" + (bname or "")) if parent != "?" else (bname or "?")
-
-    def gfid_of(self, pargfid: str | None, bname: str | None) -> str | None:
-        return self.entries.get((pargfid, bname))

@@ -18,6 +18,7 @@ from correlate import hookimpl
 from correlate.detector import END_OF_INPUT, Detector, Wants
 from correlate.gluster.topology import Topology
 from correlate.state import GlusterState
+from correlate.state.files import NAMING, FileNames
 
 from .gluster_facts import is_blocking_lock
 
@@ -90,12 +91,13 @@ def _put(table: dict, key, value) -> None:
 
 class LockWait(Detector):
     id = "lock-wait"
-    # Lock calls' args and credentials (owner, pid), the contention callbacks' gfid, and the
-    # bricks' and clients' names (Topology). A request still waiting at the end is judged
-    # by the input's last event, of any kind: due/tick follow time while one waits.
+    # Lock calls' args and credentials (owner, pid), the contention callbacks' gfid, the
+    # bricks' and clients' names (Topology), and the replies that name a file (FileNames: a
+    # finding says which file, not only its gfid; every lock call carries the gfid). A request still waiting at
+    # the end is judged by the input's last event, of any kind: due/tick follow time.
     wants = Wants(kinds={"rpc.call", "rpc.reply", "tcp.close"},
-                  procedures=LOCK_PROCEDURES | CONTENTION | Topology.PROCEDURES,
-                  details=LOCK_PROCEDURES | CONTENTION | Topology.PROCEDURES)
+                  procedures=LOCK_PROCEDURES | CONTENTION | Topology.PROCEDURES | NAMING,
+                  details=LOCK_PROCEDURES | CONTENTION | Topology.PROCEDURES | NAMING)
 
     def __init__(self, after_ns: int = DEFAULT_AFTER_NS, storm_min: int = STORM_MIN,
                  state: GlusterState | None = None):
@@ -103,6 +105,7 @@ class LockWait(Detector):
         self.after_ns = after_ns
         self.storm_min = storm_min
         self.topology = Topology()
+        self.files = FileNames()
         self.calls: dict[tuple, dict] = {}        # (source, conn, xid) -> lock call
         self.waiting: dict[tuple, dict] = {}      # (source, conn, xid) -> {call, holders}
         self.held: dict[tuple, list[dict]] = {}   # resource -> granted locks not released
@@ -124,6 +127,7 @@ class LockWait(Detector):
                 self._storm((ev.get("args") or {}).get("gfid"), f"{proc} callbacks", ev)
         elif kind == "rpc.reply":
             self.topology.observe(ev)
+            self.files.learn(ev)
             if ev.get("procedure") in LOCK_PROCEDURES:
                 return self._reply(ev)
         elif kind == "tcp.close":
@@ -220,6 +224,11 @@ class LockWait(Detector):
             label += f", caller pid {pid}"
         return f"{label} ({call.get('src')})"
 
+    def _file(self, gfid) -> str:
+        """`/dir/f (gfid G)` where the capture saw the file's name, else `gfid G`."""
+        path = self.files.known_path(gfid)
+        return f"{path} (gfid {gfid})" if path else f"gfid {gfid}"
+
     def _brick(self, call: dict) -> str:
         path = self.topology.brick(call.get("dst") or "")
         return f"{call.get('dst')}" + (f" {path}" if path else "")
@@ -257,12 +266,14 @@ class LockWait(Detector):
         if reply:
             evidence.append(reply)
         state = "waited" if reply else "is still waiting, at the end of the capture, after"
+        gfid = args.get("gfid")
+        path = self.files.known_path(gfid)
         return self.finding(
             end, severity="warning",
-            title=f"lock wait: {call.get('procedure')} on {args.get('gfid')} {state} "
+            title=f"lock wait: {call.get('procedure')} on {path or gfid} {state} "
                   f"{waited / 1e9:.3f} s",
             explanation=(f"{self._who(call)} asked brick {self._brick(call)} for a blocking "
-                         f"{what} on gfid {args.get('gfid')} at {_clock(call['time_ns'])} and "
+                         f"{what} on {self._file(gfid)} at {_clock(call['time_ns'])} and "
                          f"{state} {waited / 1e9:.3f} s for it: the application is blocked on a "
                          f"lock another client holds, not on a hung brick.{holder_text}"),
             remedy=("Find why the holder keeps the lock (a long critical section, a stuck "
@@ -270,7 +281,7 @@ class LockWait(Detector):
                     "per brick); `gluster volume clear-locks` frees a lock whose owner is gone."),
             evidence=evidence, key=f"wait:{res[1]}:{args.get('gfid')}:{res[3]}:{res[4]}",
             waiter=self._who(call), holder=holder, brick=self._brick(call), wait_ns=waited,
-            gfid=args.get("gfid"), still_waiting=reply is None)
+            gfid=gfid, path=path or (f"gfid:{gfid}" if gfid else None), still_waiting=reply is None)
 
     def finish(self):
         found = []
@@ -284,17 +295,19 @@ class LockWait(Detector):
             if total < self.storm_min:
                 continue
             parts = ", ".join(f"{n} {what}" for what, n in counts.most_common())
+            path = self.files.known_path(gfid)
             found.append(self.finding(
                 self.storm_example[gfid]["time_ns"], severity="info",
-                title=f"lock contention on gfid {gfid}: {total} events",
-                explanation=(f"Clients competed for locks on gfid {gfid}: {parts}. Each "
+                title=f"lock contention on {path or f'gfid {gfid}'}: {total} events",
+                explanation=(f"Clients competed for locks on {self._file(gfid)}: {parts}. Each "
                              "contention callback asks a holder to release early; EAGAIN "
                              "means a non-blocking try failed (replication retries it "
                              "blocking). Many writers on one file serialize on it."),
                 remedy=("Spread the writers over more files, or let one writer own the file; "
                         "on replica volumes check `cluster.eager-lock` and "
                         "`performance.write-behind` are on."),
-                evidence=[self.storm_example[gfid]], key=f"storm:{gfid}", gfid=gfid))
+                evidence=[self.storm_example[gfid]], key=f"storm:{gfid}", gfid=gfid,
+                path=path or f"gfid:{gfid}"))
         return found
 
 

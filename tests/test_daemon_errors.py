@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from correlate.detector_runner import DetectorRunner
 from correlate.plugins.daemon_errors import DaemonErrors
 from correlate.state import GlusterState
+from correlate.testing import run_detector
 
 CAPTURES = Path(__file__).parent / "captures"
 S = 1_000_000_000
@@ -32,25 +32,19 @@ def error(t, conn, procedure, errno_name, xid=2):
 
 
 def run(events) -> list[dict]:
-    state = GlusterState()
-    runner = DetectorRunner([DaemonErrors(state)], state=state)
-    found = []
-    for ev in events:
-        found += runner.observe(ev)
-    return [f for f in found + runner.finish() if f.get("kind") in ("finding", "finding.update")]
+    return run_detector(DaemonErrors(GlusterState()), events)
 
 
 def test_a_rebalance_that_cannot_write_to_a_full_brick():
     events = [setvolume(S, 5, "rebalance"), error(2 * S, 5, "CREATE", "ENOSPC"),
               error(3 * S, 5, "WRITE", "ENOSPC", xid=3), error(4 * S, 5, "LOOKUP", "ENOENT", xid=4)]
-    found = run(events)
-    (f,) = [f for f in found if f["kind"] == "finding"]
+    (f,) = run(events)
     assert f["severity"] == "warning" and f["daemon"] == "rebalance" and f["volume"] == "spread"
     assert f["title"] == "the rebalance process failing on volume spread"
     assert "gluster volume rebalance spread status" in f["remedy"]
-    (update,) = [u for u in found if u["kind"] == "finding.update"]
-    assert "CREATE ENOSPC x1, WRITE ENOSPC x1" in update["explanation"]     # the final word
-    assert "127.0.0.2:/srv/b2 (2)" in update["explanation"]
+    assert f["count"] == 1        # the WRITE refined the CREATE's finding, not a second one
+    assert "CREATE ENOSPC x1, WRITE ENOSPC x1" in f["explanation"]     # the final word
+    assert "127.0.0.2:/srv/b2 (2)" in f["explanation"]
 
 
 @pytest.mark.parametrize("errno_name", ["ENOENT", "ESTALE", "ENODATA", "EAGAIN"])

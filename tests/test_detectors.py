@@ -4,6 +4,7 @@ from correlate.detector_runner import DetectorRunner
 from correlate.events import make_event
 from correlate.plugin_manager import get_plugin_manager
 from correlate.plugins.gluster_facts import UTIME_NOW, UTIME_OMIT
+from correlate.testing import run_detector
 
 S = 1_000_000_000
 
@@ -11,15 +12,13 @@ S = 1_000_000_000
 def builtin(detector_id):
     detectors, errors = load_detectors(get_plugin_manager(), {})
     assert not errors
-    return DetectorRunner([d for d in detectors if d.id == detector_id])
+    [detector] = [d for d in detectors if d.id == detector_id]
+    return detector
 
 
-def run(runner, events):
-    out = []
-    for ev in events:
-        out.extend(runner.observe(ev))
-    out.extend(runner.finish())
-    return [f for f in out if f["kind"] == "finding"]
+def run(detector, events):
+    """Its findings as a run ends them (correlate.testing): folded, with their count."""
+    return run_detector(detector, events)
 
 
 def setattr_call(t, atime, atime_nsec=0, valid=0x30, xid=7, pid=4242):
@@ -74,7 +73,7 @@ def test_atime_repeats_fold_into_one_finding_with_count():
     events = []
     for i in range(5):
         events += [setattr_call(i * S, -1, xid=i), setattr_reply(i * S + 1, xid=i)]
-    r = builtin("atime-minus-one")
+    r = DetectorRunner([builtin("atime-minus-one")])
     out = []
     for ev in events:
         out.extend(r.observe(ev))
@@ -82,6 +81,7 @@ def test_atime_repeats_fold_into_one_finding_with_count():
     findings = [f for f in out if f["kind"] == "finding"]
     updates = [f for f in out if f["kind"] == "finding.update"]
     assert len(findings) == 1 and updates[0]["count"] == 5
+    assert [f["count"] for f in run(builtin("atime-minus-one"), events)] == [5]
 
 
 def test_atime_probe_only_finding():
@@ -147,7 +147,7 @@ class Boom(Detector):
 
 
 def test_raising_detector_is_disabled_and_reported_by_name():
-    runner = DetectorRunner([Boom(), *builtin("rpc-unanswered").detectors])
+    runner = DetectorRunner([Boom(), builtin("rpc-unanswered")])
     out = runner.observe(make_event(S, "wire", "tcp.close", "x"))
     out += runner.observe(make_event(2 * S, "wire", "tcp.close", "x"))
     assert [e["kind"] for e in out] == ["detector.error"]

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from correlate.testing import run_detector
 from correlate.wire.decode import decode_capture
 
 CAPTURES = Path(__file__).parent / "captures"
@@ -90,10 +91,9 @@ def test_contention_summarized_per_file_on_busy_replicated_traffic():
             gfid = calls[(ev["conn"], ev["xid"])]["args"]["gfid"]
             want[(gfid, f"{ev['procedure']} EAGAIN replies")] += 1
     assert want
-    det = LockWait(storm_min=1)
-    found = [f for ev in decode_capture(path) for f in det.observe(ev)] + list(det.finish())
+    found = run_detector(LockWait(storm_min=1), path)
     storms = [f for f in found if f["key"].startswith("storm:")]
-    assert storms and all(f["severity"] == "info" for f in storms)
+    assert storms and all(f["severity"] == "info" and f["count"] == 1 for f in storms)
     got = Counter()
     for f in storms:
         for part in f["explanation"].split(": ", 1)[1].split(". ")[0].split(", "):
@@ -117,3 +117,66 @@ def test_a_wait_still_going_at_the_end_of_the_capture(tmp_path):
     assert f"pid {unlock['cred']['pid']}" in f["holder"]
     assert abs(f["wait_ns"] - (unlock["time_ns"] - waiter["time_ns"])) < 1_000_000
     assert findings(cut, "rpc-unanswered") == []
+
+
+# ---- the file by its path: in findings and in `timeline --path` ---------------------------
+
+def _created(path):
+    """(path, gfid) of the file the capture's CREATE made in the volume's root."""
+    from correlate.state.files import ROOT_GFID
+    reply = next(e for e in decode_capture(str(path)) if e["kind"] == "rpc.reply"
+                 and e.get("procedure") == "CREATE" and e["op_ret"] == 0)
+    assert reply["args"]["pargfid"] == ROOT_GFID
+    return "/" + reply["args"]["bname"], reply["result"]["stat"]["ia_gfid"]
+
+
+def test_lock_finding_names_the_file_by_its_path():
+    path, gfid = _created(CAPTURES / "lock-wait.pcap")
+    [f] = findings(CAPTURES / "lock-wait.pcap")
+    assert f["path"] == path == "/lock-wait" and f["gfid"] == gfid
+    assert f"LK on {path} waited" in f["title"]
+    assert f"blocking LK on {path} (gfid {gfid})" in f["explanation"]
+
+
+def timeline(*args):
+    res = subprocess.run([sys.executable, "-m", "correlate", "timeline", "--json",
+                          str(CAPTURES / "lock-wait.pcap"), *args],
+                         capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    return [json.loads(line) for line in res.stdout.splitlines()[1:]]     # after the header
+
+
+def test_timeline_path_follows_the_files_gfid():
+    """By full path or basename: the LOOKUPs and the CREATE that name the file, then every
+    call and reply by its gfid (OPEN, the LKs of both clients, FLUSH), and the finding."""
+    path, gfid = _created(CAPTURES / "lock-wait.pcap")
+    want = [(e["kind"], e["conn"], e["xid"]) for e in decode_capture(str(CAPTURES / "lock-wait.pcap"))
+            if e["kind"].startswith("rpc.") and ((e.get("args") or {}).get("bname") == path[1:]
+                                                 or (e.get("args") or {}).get("gfid") == gfid)]
+    for spec in (path, path[1:], path + "/"):
+        shown = timeline("--path", spec)
+        assert [(e["kind"], e["conn"], e["xid"]) for e in shown if e["layer"] == "wire"] == want
+        assert [e["detector"] for e in shown if e["layer"] == "finding"] == ["lock-wait"]
+    procedures = {e["procedure"] for e in timeline("--path", path) if e["layer"] == "wire"}
+    assert procedures == {"LOOKUP", "CREATE", "OPEN", "LK", "FLUSH"}
+    assert timeline("--path", "/elsewhere" + path) == []
+    assert timeline("--path", "lock") == []           # a name, not a substring
+
+
+def test_path_filter_follows_an_fd_to_its_file():
+    """A call that names only an fd (FINODELK without a gfid) is the file's when that fd
+    came from the OPEN of the file's gfid on the same connection."""
+    from correlate.state.files import ROOT_GFID
+    from correlate.timeline_filter import EventFilter
+    G = "6b222e8d-5cb0-440d-9b7c-58fcc8f7faf7"
+    base = {"layer": "wire", "source": "c.pcap", "conn": 3, "program": "GlusterFS"}
+    lookup = {**base, "time_ns": 1, "kind": "rpc.reply", "xid": 1, "procedure": "LOOKUP", "op_ret": 0,
+              "args": {"pargfid": ROOT_GFID, "bname": "f"}, "result": {"prestat": {"ia_gfid": G}}}
+    opened = {**base, "time_ns": 2, "kind": "rpc.reply", "xid": 2, "procedure": "OPEN", "op_ret": 0,
+              "args": {"gfid": G}, "result": {"fd": 7}}
+    lock = {**base, "time_ns": 3, "kind": "rpc.call", "xid": 3, "procedure": "FINODELK",
+            "args": {"fd": 7, "volume": "v"}}
+    other_conn = {**lock, "conn": 4, "xid": 4}
+    other_fd = {**lock, "xid": 5, "args": {"fd": 8}}
+    keep = EventFilter(path="/f")
+    assert [keep(e) for e in (lookup, opened, lock, other_conn, other_fd)] == [True, True, True, False, False]

@@ -138,3 +138,20 @@ def test_detector_options_are_listed_and_set(third_party_plugins, tmp_path):
     bad = subprocess.run(CORRELATE + ["analyze", str(capture), "-o", "example-slow-replies.limit=3"],
                          capture_output=True, text=True, timeout=60)
     assert bad.returncode == 2 and "its options: threshold_ms" in bad.stderr
+
+
+def test_options_of_a_plugin_that_failed_to_import_are_a_warning(third_party_plugins):
+    """broken_import never loads, so no detector of it exists to take `-o`: the run goes on
+    with one warning naming the plugins not running, instead of refusing to start."""
+    capture = HERE / "captures" / "atime-minus-one.pcap"
+    res = subprocess.run(CORRELATE + ["analyze", "--json", str(capture), "-o", "broken-detector.limit=3",
+                                      "-o", "atime-minus-one.enabled=true"],
+                         capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    [warning] = [line for line in res.stderr.splitlines() if "ignored" in line]
+    assert "broken-detector.limit" in warning and "broken_import" in warning
+    assert any(json.loads(line).get("detector") == "atime-minus-one" for line in res.stdout.splitlines())
+    # an option a loaded detector lacks is still refused
+    bad = subprocess.run(CORRELATE + ["analyze", str(capture), "-o", "atime-minus-one.nosuch=1"],
+                         capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2 and "has no option" in bad.stderr

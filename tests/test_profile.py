@@ -161,3 +161,39 @@ def test_a_port_of_non_ascii_digits_in_a_saved_timeline(tmp_path):
                          capture_output=True, text=True, timeout=120)
     assert res.returncode == 0 and "Traceback" not in res.stderr, res.stderr
     assert "24²" in res.stdout
+
+
+def test_rows_with_few_replies_list_their_latencies_instead_of_percentiles():
+    """lock-wait.pcap: LK on b1 has 4 replies (one waited 11.4 s), LOOKUP 7. With 4 the
+    percentiles would claim a p99 of 0.36 ms beside an 11.4 s max; the row lists the four
+    latencies instead (exact, sorted), while the JSON keeps the percentiles and adds them."""
+    path = CAPTURES / "lock-wait.pcap"
+    exact = exact_latencies(path)
+    snap = json.loads(run("profile", "--json", path))
+    rows = {(b["server"], p["procedure"]): p for b in snap["bricks"] for p in b["procedures"]}
+    for key, p in rows.items():
+        values = exact.get(key, [])
+        if 0 < len(values) <= 4:
+            assert p["latencies_ns"] == values and p["p50_ns"] is not None
+        else:
+            assert "latencies_ns" not in p
+    b1 = "127.0.0.2:49211"
+    assert len(exact[(b1, "LK")]) == 4 and len(exact[(b1, "LOOKUP")]) == 7
+    text = run("profile", path)
+    [lk] = [line for line in text.splitlines() if line.endswith("  LK")]
+    assert "4 replies: 167 us, 169 us, 361 us, 11.4 s" in lk
+    [create] = [line for line in text.splitlines() if line.endswith("  CREATE")]
+    assert "1 reply: 1.23 ms" in create
+    [lookup] = [line for line in text.splitlines() if line.endswith("  LOOKUP") and "replies" not in line]
+    assert "277 us" in lookup        # 7 replies: percentiles as before
+    # the columns after the latencies stay where the header puts them
+    header = next(line for line in text.splitlines() if line.startswith("%-latency"))
+    for line in (lk, create, lookup):
+        assert len(line) - len(line.split("  ")[-1]) == len(header) - len("fop")
+
+
+def test_short_durations_keep_three_digits():
+    from correlate.outputs.profile_text import short_duration
+    assert [short_duration(n) for n in (999, 168_400, 999_499, 1_234_000, 12_340_000, 123_400_000,
+                                        999_400_000, 11_440_251_000, 4_000_000_000_000)] == \
+        ["1 us", "168 us", "999 us", "1.23 ms", "12.3 ms", "123 ms", "999 ms", "11.4 s", "4000 s"]

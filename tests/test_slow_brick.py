@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from correlate.testing import run_detector
+
 CAPTURES = Path(__file__).parent / "captures"
 DELAY_NS = 200_000_000
 SLOW_BRICK = "/srv/correlate-lab/slowvol/b2"
@@ -118,18 +120,18 @@ def _ping_verdict(slow_ping_ns: int, peer_ping_ns: int) -> str:
     det.topology.peers = lambda server: ([p for p in ("b1", "b2", "b3") if p != server], "replica set x")
     latency = {"b1": 1_000_000, "b2": 200_000_000, "b3": 1_000_000}
     ping = {"b1": peer_ping_ns, "b2": slow_ping_ns, "b3": peer_ping_ns}
-    found, t = [], 1
+    events, t = [], 1
     for i in range(40):
         for brick in latency:
             for proc, ns in (("WRITE", latency[brick]), ("PING", ping[brick])):
                 t += 1_000_000
-                found += det.observe({"time_ns": t, "kind": "rpc.reply", "src": brick, "dst": "c",
-                                      "conn": brick, "xid": i, "procedure": proc, "latency_ns": ns,
-                                      "program_num": 1298437 if proc == "WRITE" else 123451501})
-    found += det.observe({"time_ns": t + CHECK_EVERY_NS + 1, "kind": "rpc.reply", "src": "b1",
-                          "dst": "c", "conn": "b1", "xid": 99, "procedure": "PING", "latency_ns": 1,
-                          "program_num": 123451501})
-    (finding,) = [f for f in found if f.get("kind") == "finding"]
+                events.append({"time_ns": t, "kind": "rpc.reply", "src": brick, "dst": "c",
+                               "conn": brick, "xid": i, "procedure": proc, "latency_ns": ns,
+                               "program_num": 1298437 if proc == "WRITE" else 123451501})
+    events.append({"time_ns": t + CHECK_EVERY_NS + 1, "kind": "rpc.reply", "src": "b1",
+                   "dst": "c", "conn": "b1", "xid": 99, "procedure": "PING", "latency_ns": 1,
+                   "program_num": 123451501})
+    (finding,) = run_detector(det, events)
     assert finding["brick"] == "b2"
     return finding["explanation"]
 
@@ -167,11 +169,9 @@ def _queue_run(lookup_alone_ns: int = 300_000, same_connection: bool = False) ->
             rpc(brick, "m", "LOOKUP", t + 50_000_000, 150_300_000 if slow else 300_000)
             rpc(brick, "m", "LOOKUP", t + 250_000_000, lookup_alone_ns if slow else 300_000)
         t += 300_000_000
-    found = []
-    for ev in sorted(events, key=lambda e: e["time_ns"]):
-        found += det.observe(ev)
-    found += det.finish()
-    return [f for f in found if f.get("kind") == "finding"]
+    found = run_detector(det, events)
+    assert all(f["count"] == 1 for f in found)     # as many reports as before folding
+    return found
 
 
 def test_calls_of_another_client_waiting_behind_slow_writes_are_named_not_blamed():

@@ -2,10 +2,12 @@
 `gluster volume profile VOL info`: one block per brick, one row per procedure."""
 from __future__ import annotations
 
+from ..profile import FEW
 from .terminal import format_time, safe_text
 
 HEADER = (f"{'%-latency':>9}  {'p50':>10}  {'p90':>10}  {'p99':>10}  {'max':>10}  "
           f"{'calls':>8}  {'errors':>7}  {'in-flight':>9}  fop")
+LATENCY_WIDTH = 4 * 10 + 3 * 2      # the p50 .. max columns
 
 
 def duration(ns: int | None) -> str:
@@ -17,6 +19,28 @@ def duration(ns: int | None) -> str:
     if ns < 1_000_000_000:
         return f"{ns / 1e6:.2f} ms"
     return f"{ns / 1e9:.2f} s"
+
+
+def short_duration(ns: int) -> str:
+    """Three significant digits, at most 7 characters: 168 us, 1.23 ms, 11.4 s."""
+    if ns < 1_000_000:
+        return f"{ns / 1000:.0f} us"
+    for scale, unit in ((1e6, "ms"), (1e9, "s")):
+        value = ns / scale
+        if value < 999.5 or unit == "s":
+            digits = 2 if value < 9.995 else 1 if value < 99.95 else 0
+            return f"{value:.{digits}f} {unit}"
+    return f"{ns / 1e9:.0f} s"
+
+
+def _latencies(p: dict) -> str:
+    """p50 p90 p99 max, or, for a row with few replies, the latencies themselves."""
+    few = p.get("latencies_ns")
+    if few:
+        noun = "reply" if len(few) == 1 else "replies"
+        return f"{f'{len(few)} {noun}: ' + ', '.join(map(short_duration, few)):<{LATENCY_WIDTH}}"
+    return (f"{duration(p['p50_ns']):>10}  {duration(p['p90_ns']):>10}  "
+            f"{duration(p['p99_ns']):>10}  {duration(p['max_ns']):>10}")
 
 
 def _size(n: int) -> str:
@@ -31,9 +55,7 @@ def _rows(procedures: list[dict], indent: str) -> list[str]:
     lines = [indent + HEADER, indent + "-" * len(HEADER)]
     for p in procedures:
         errors = sum(p["errors"].values())
-        lines.append(indent + f"{p['latency_share']:>9.2f}  {duration(p['p50_ns']):>10}  "
-                     f"{duration(p['p90_ns']):>10}  {duration(p['p99_ns']):>10}  "
-                     f"{duration(p['max_ns']):>10}  {p['calls']:>8}  {errors:>7}  "
+        lines.append(indent + f"{p['latency_share']:>9.2f}  {_latencies(p)}  {p['calls']:>8}  {errors:>7}  "
                      f"{p['max_in_flight']:>9}  {safe_text(p['procedure'], 40)}")
     failed = [f"{safe_text(p['procedure'], 40)} {safe_text(e, 40)} x{n}"
               for p in procedures for e, n in p["errors"].items()]
@@ -51,7 +73,8 @@ def format_profile(snap: dict) -> str:
         span = (f"{format_time(snap['from_ns'])} - {format_time(snap['to_ns'])} UTC, "
                 f"{(snap['to_ns'] - snap['from_ns']) / 1e9:.2f} s")
     lines.append(f"Profile from the wire: {span or 'no traffic'} (latency: call to reply as "
-                 f"captured; percentiles within {snap['relative_accuracy'] * 100:g}%; "
+                 f"captured; percentiles within {snap['relative_accuracy'] * 100:g}%, and "
+                 f"with at most {FEW} replies their latencies instead; "
                  "in-flight: most calls outstanding at once)")
     if not snap["bricks"]:
         lines.append("No RPC calls seen.")

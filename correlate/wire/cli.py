@@ -7,6 +7,7 @@ import click
 
 from .. import exit_codes
 from ..diagnostics import Diagnostics, report_diagnostics
+from ..completion import complete_fields
 from ..outputs.fields import needs_details, parse_fields
 from ..outputs.terminal import color_option, use_color
 from ..parallel_cli import parallel_for, parallel_options
@@ -17,7 +18,7 @@ from .decode import decode_capture, source_name
 @click.command()
 @click.argument("capture", metavar="FILE|-")
 @click.option("--json", "json_out", is_flag=True, help="Print the event stream as JSON lines.")
-@click.option("--fields", "fields_spec", metavar="F1,F2,...",
+@click.option("--fields", "fields_spec", metavar="F1,F2,...", shell_complete=complete_fields,
               help="Print these event fields, tab-separated, one line per event (like tshark "
                    "-T fields). Dotted names reach into args/result/cred. Credentials, args "
                    "and results are only decoded when a field needs them: the fastest output. "
