@@ -25,7 +25,9 @@ function rowOf(r){
 function detailOf(r){
   if(r.dt)return r.dt;
   var d=document.createElement("tr"),td=document.createElement("td");d.className="detail";
-  td.colSpan=6;td.textContent=r.detail;d.appendChild(td);return r.dt=d;
+  // The event's JSON is kept compact in the page; shown indented (a cut one as it is).
+  var text=r.detail;try{text=JSON.stringify(JSON.parse(text),null,1);}catch(e){}
+  td.colSpan=6;td.textContent=text;d.appendChild(td);return r.dt=d;
 }
 function layersOn(){var on={};document.querySelectorAll("input.layer").forEach(function(c){on[c.value]=c.checked;});return on;}
 function visible(r,on,text,host){
@@ -97,6 +99,8 @@ function fromHash(){
   apply();
 }
 window.addEventListener("hashchange",fromHash);
+// A time range selected on a chart (ns since the first event; null: zoomed out).
+window.addEventListener("correlate:zoom",function(e){zoom=e.detail;apply();});
 window.addEventListener("resize",draw);
 fromHash();
 })();
