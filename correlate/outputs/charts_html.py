@@ -17,7 +17,6 @@ from __future__ import annotations
 
 from importlib import resources
 
-from .chart_data import ChartData
 
 
 def _read(name: str) -> str:
@@ -64,4 +63,4 @@ def charts_section(data: dict) -> str:
     return "".join(parts)
 
 
-__all__ = ["CSS", "JS", "ChartData", "charts_section"]
+__all__ = ["CSS", "JS", "charts_section"]
