@@ -192,25 +192,27 @@ class ChartData:
         return out
 
     def _peers(self, findings: list[dict]) -> list[dict]:
-        sets, seen = [], set()
+        groups: dict[str, set] = {}      # how the set is known -> its endpoints with replies
         for server in sorted(self.bricks):
             peers, how = self.topology.peers(server)
-            members = sorted({server, *[p for p in peers if p in self.bricks]})
-            if not how or len(members) < 2 or tuple(members) in seen or len(sets) >= MAX_SETS:
+            if how:   # a restarted brick's old and new ports both join its set
+                groups.setdefault(how, set()).update([server, *[p for p in peers if p in self.bricks]])
+        sets = []
+        for how, group in list(groups.items())[:MAX_SETS]:
+            members = sorted(group)
+            if len(members) < 2:
                 continue
-            seen.add(tuple(members))
             calls: dict[str, int] = {}
             for (s, proc), series in self.procs.items():
-                if s in members:
+                if s in group:
                     calls[proc] = calls.get(proc, 0) + series.calls
             named = [f.get("procedure") for f in findings
                      if f.get("detector") == "slow-brick" and any(self._concerns(f, m) for m in members)]
             procs = [p for p in dict.fromkeys([*named, *sorted(calls, key=lambda p: -calls[p])])
                      if p in calls][:PEER_PROCEDURES]
-            options = {p: self._peer_chart(members, p) for p in procs}
             sets.append({"title": how if how.startswith("volfile") else
                          f"{how} (no volfile in the capture: its bricks, replicas or not)",
-                         "procedures": procs, "charts": options,
+                         "procedures": procs, "charts": {p: self._peer_chart(members, p) for p in procs},
                          "marks": [m for mm in members for m in self._marks(findings, mm, "slow-brick")]})
         return sets
 

@@ -20,6 +20,7 @@ from .terminal import format_event
 
 MAX_EVENTS = 6_000           # timeline rows in one page: first half, last half
 MAX_FINDINGS = 2_000
+MAX_HOSTS = 1_000            # hosts and inputs named in the header and the host selector
 MAX_DETAIL_CHARS = 1_200     # the expandable JSON of one event
 MAX_TEXT_CHARS = 4_000       # explanation / remedy shown for a finding
 MAX_ADDED_ROWS = 200         # evidence rows one finding may bring back past the cap
@@ -141,10 +142,12 @@ class Collector:
         kind = ev.get("kind")
         if layer != "finding":
             self.layers[layer] += 1
-            self.sources.add(cut(ev.get("source", "?"), 200))    # the inputs (detectors are not)
-        if ev.get("host"):
+            if len(self.sources) < MAX_HOSTS:
+                self.sources.add(cut(ev.get("source", "?"), 200))    # the inputs (detectors are not)
+        if ev.get("host") and len(self.hosts) < MAX_HOSTS:
             self.hosts.add(cut(ev["host"], 200))
-        if kind == "finding.update" and ev.get("id"):
+        if kind == "finding.update" and ev.get("id") and (len(self.updates) < MAX_FINDINGS
+                                                          or str(ev["id"]) in self.updates):
             self.updates[str(ev["id"])] = ev
             self.charts.finding(ev)
             self._pin_evidence(ev)
