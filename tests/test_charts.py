@@ -210,3 +210,20 @@ def test_profile_page_has_the_charts(tmp_path):
     assert len(latency) == 4 and all(c["series"] == "5" for c in latency)     # glusterd, 3 bricks
     assert [c["series"] for c in charts if c["kind"] == "peers"] == ["3"]
     assert dom.count('<svg class="latency"') == 4          # the percentile strips stay
+
+
+@needs_chromium
+def test_timeline_zoom_moves_every_chart(tmp_path):
+    """One time axis: a range given to the timeline (here through the address) is the x range
+    of every chart."""
+    page = html_report(tmp_path, "brick-hang.pcap")
+    t0_s = json.loads(re.search(r'id="timeline-data">(.*?)</script>', page.read_text(), re.S)
+                      .group(1))["charts"]["t0_s"]
+    whole, _ = load(page, tmp_path)
+    ranges = {c["x-range"] for c in charts_in(whole) if c["kind"] == "latency"}
+    assert len(ranges) == 1
+    res = subprocess.run([CHROMIUM, *CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'profile'}",
+                          "--dump-dom", page.as_uri() + "#from=2000000000&to=4500000000"],
+                         capture_output=True, text=True, timeout=120)
+    zoomed = {c["x-range"] for c in charts_in(res.stdout) if c["kind"] == "latency"}
+    assert zoomed == {f"{t0_s + 2:.6f}..{t0_s + 4.5:.6f}"} and zoomed != ranges

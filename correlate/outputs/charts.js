@@ -33,18 +33,24 @@ function overlay(box,marks,bands){
   }};
 }
 // A drag selects a time range: every chart zooms to it and the timeline table follows.
-function zoomAll(lo,hi){
+function scaleAll(lo,hi){
   cur=lo===D.x0&&hi===D.x1?null:[lo,hi];
   charts.forEach(function(u){u.setScale("x",{min:lo,max:hi});});
+}
+function zoomAll(lo,hi){
+  scaleAll(lo,hi);
   window.dispatchEvent(new CustomEvent("correlate:zoom",{detail:lo===D.x0&&hi===D.x1?null:
     [Math.max(0,(lo-D.t0_s)*1e9),Math.max(0,(hi-D.t0_s)*1e9)]}));
 }
 function base(box,title,height,series,extra){
   var opts={width:width(),height:height,tzDate:utc,series:[{label:"time (UTC)"}].concat(series),
-    scales:{x:{time:true,auto:false,range:[D.x0,D.x1]}},
+    // every chart spans the page's range (or the current zoom), not its own data's
+    scales:{x:{time:true,range:function(){return cur||[D.x0,D.x1];}}},
     cursor:{sync:{key:sync.key},drag:{x:true,y:false,setScale:false}},
     legend:{live:true},plugins:[],
-    hooks:{setSelect:[function(u){if(u.select.width<4)return;
+    hooks:{setScale:[function(u,key){if(key==="x")u.root.parentNode.setAttribute("data-x-range",
+      u.scales.x.min.toFixed(6)+".."+u.scales.x.max.toFixed(6));}],
+    setSelect:[function(u){if(u.select.width<4)return;
       var lo=u.posToVal(u.select.left,"x"),hi=u.posToVal(u.select.left+u.select.width,"x");
       u.setSelect({left:0,width:0,top:0,height:0},false);zoomAll(lo,hi);}]}};
   for(var k in extra)opts[k]=extra[k];
@@ -136,6 +142,11 @@ function locks(root){
 }
 [["charts-latency",latency],["charts-peers",peers],["charts-locks",locks]].forEach(function(p){
   var root=document.getElementById(p[0]);if(root)p[1](root);});
+// The timeline's own zoom (its strip, the address) moves the charts too: ns since its first event.
+// Queued after the charts' own first commit (uPlot commits in a microtask), which would
+// otherwise reset the range given while the page loads.
+window.addEventListener("correlate:range",function(e){var z=e.detail;queueMicrotask(function(){
+  if(z)scaleAll(D.t0_s+z[0]/1e9,D.t0_s+z[1]/1e9);else if(cur)scaleAll(D.x0,D.x1);});});
 window.addEventListener("resize",function(){charts.forEach(function(u){u.setSize({width:width(),height:u.height});});});
 document.body.setAttribute("data-charts",charts.length);
 })();

@@ -51,6 +51,7 @@ function apply(){
   matching=rows.filter(function(r){return visible(r,on,text,host);});
   limit=PAGE;render();
   var lo=zoom?zoom[0]:data.t0,hi=zoom?zoom[1]:data.t1;
+  window.dispatchEvent(new CustomEvent("correlate:range",{detail:zoom}));   // the charts follow
   document.getElementById("range").textContent="Range: "+fmtRel(lo-t0)+" .. "+fmtRel(hi-t0)+(zoom?" (zoomed: drag again or Reset)":" (drag over the strip to zoom)");
   draw();
 }
