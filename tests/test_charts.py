@@ -227,3 +227,16 @@ def test_timeline_zoom_moves_every_chart(tmp_path):
                          capture_output=True, text=True, timeout=120)
     zoomed = {c["x-range"] for c in charts_in(res.stdout) if c["kind"] == "latency"}
     assert zoomed == {f"{t0_s + 2:.6f}..{t0_s + 4.5:.6f}"} and zoomed != ranges
+
+
+def test_brick_down_band_spans_the_finding(tmp_path):
+    """brick-down: the band runs from the finding's since_ns to its back_ns, on that brick's
+    chart only; the brick's new port after the restart gets the marker, not the band."""
+    events = timeline_events(CAPTURES / "brick-down.pcap")
+    down = next(e for e in events if e["kind"] == "finding" and e["detector"] == "brick-down")
+    page = html_report(tmp_path, "brick-down.pcap").read_text()
+    bricks = json.loads(re.search(r'id="timeline-data">(.*?)</script>', page, re.S).group(1))["charts"]["bricks"]
+    banded = [b for b in bricks if b["bands"]]
+    assert [b["server"] for b in banded] == [down["server"]]
+    assert banded[0]["bands"] == [[round(down["since_ns"] / 1e9, 6), round(down["back_ns"] / 1e9, 6), "brick down"]]
+    assert any(m[2] == down["title"] for m in banded[0]["marks"])

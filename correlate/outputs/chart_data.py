@@ -172,9 +172,12 @@ class ChartData:
             det, server = f.get("detector"), f.get("server")
             if det not in SILENT or not isinstance(server, str) or not isinstance(f.get("time_ns"), int):
                 continue
-            calls = [e for e in [*_list(f.get("evidence")), *_list((updates.get(str(f.get("id"))) or {}).get("evidence"))]
-                     if isinstance(e, dict) and e.get("kind") == "rpc.call" and isinstance(e.get("time_ns"), int)]
-            since = f.get("since_ns") if isinstance(f.get("since_ns"), int) else (calls[0]["time_ns"] if calls else None)
+            repeats = _list((updates.get(str(f.get("id"))) or {}).get("evidence"))
+            calls = [e for e in [*_list(f.get("evidence")), *repeats] if isinstance(e, dict)
+                     and e.get("kind") == "rpc.call" and isinstance(e.get("time_ns"), int)]
+            since = f.get("since_ns")
+            if not isinstance(since, int):
+                since = calls[0]["time_ns"] if calls else None
             if since is None:
                 continue
             until = next((v for v in (f.get("back_ns"), f.get("answered_ns"), recovered.get(server))
