@@ -5,7 +5,7 @@ from pathlib import Path
 
 HERE = Path(__file__).parent
 BENCHES = ["analyze_vs_tshark.py", "decode_vs_tshark.py", "probe_overhead.py", "profile_memory.py",
-           "detector_state.py"]
+           "detector_state.py", "html_report.py"]
 
 status = 0
 for name in BENCHES:

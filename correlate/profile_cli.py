@@ -22,7 +22,8 @@ from .sources import open_input
                    "address and credential pid).")
 @click.option("--json", "json_out", is_flag=True, help="Print the profile as one JSON object.")
 @click.option("--html", "html_path", type=click.Path(dir_okay=False),
-              help="Also write an HTML page with a latency chart per brick.")
+              help="Also write an HTML page: latency per brick and procedure, and charts over "
+                   "time (per brick, replica peers, lock waits and holds).")
 def profile(inputs, per_client, json_out, html_path):
     """Per brick and procedure: calls, errors by errno, latency p50/p90/p99/max, bytes read
     and written, calls in flight at most; like `gluster volume profile VOL info`, but from a
@@ -43,8 +44,14 @@ def profile(inputs, per_client, json_out, html_path):
     prof = Profile(per_client=per_client)
     # Inputs one after the other, not merged by time: the profile does not depend on the
     # order across inputs, and a time merge would hold its reorder window of events.
+    charts = None
+    if html_path:
+        from .outputs.chart_data import ChartData
+        charts = ChartData(prof.topology)     # bounded: buckets, not the latencies
     for ev in itertools.chain.from_iterable(i.events for i in opened):
         prof.observe(ev)
+        if charts is not None:
+            charts.observe(ev)
     snap = prof.snapshot()
     if json_out:
         click.echo(json.dumps(snap, ensure_ascii=True))
@@ -54,7 +61,8 @@ def profile(inputs, per_client, json_out, html_path):
     if html_path:
         from .outputs.profile_html import write_profile_page
         try:
-            write_profile_page(snap, html_path, "correlate profile: " + ", ".join(i.name for i in opened))
+            write_profile_page(snap, html_path, "correlate profile: " + ", ".join(i.name for i in opened),
+                               charts=charts)
             click.echo(f"correlate: profile page written to {html_path}", err=True)
         except OSError as exc:      # the text profile is out; the page's failure is one line
             click.echo(f"correlate: cannot write {html_path}: {exc.strerror or exc}", err=True)

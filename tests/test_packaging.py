@@ -57,7 +57,9 @@ def test_wheel_from_a_fresh_clone(tmp_path):
     assert top == {"correlate"}            # no top-level plugins or probes package
     assert "correlate/plugins/atime_minus_one.py" in names
     assert "correlate/probes/uprobe_events.c" in names
-    assert {"correlate/outputs/report.css", "correlate/outputs/report.js"} <= set(names)
+    assert {"correlate/outputs/report.css", "correlate/outputs/report.js", "correlate/outputs/charts.js",
+            "correlate/outputs/vendor/uPlot.iife.min.js", "correlate/outputs/vendor/uPlot.min.css",
+            "correlate/outputs/vendor/uPlot.LICENSE"} <= set(names)
     target = tmp_path / "site"
     subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target",
                     str(target), str(wheel)], check=True, timeout=300, capture_output=True)
@@ -72,7 +74,7 @@ assert not errors
 print(sorted(d.id for d in detectors))
 print(importlib.resources.files("correlate.probes").joinpath("uprobe_events.c").is_file())
 from correlate.outputs import html      # reads its style and script, package data
-assert "function" in html._JS and ":root" in html._CSS
+assert "function" in html._JS and ":root" in html._CSS and "uPlot" in html._JS
 """
     out = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True,
                          timeout=60, cwd=tmp_path)

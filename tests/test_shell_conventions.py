@@ -135,4 +135,4 @@ def test_large_integers_stay_exact_where_the_docs_say(tmp_path):
     write_html(open_input(str(CAPTURES / "healthy.pcap")).events, str(out))
     data = json.loads(re.search(r'id="timeline-data">(.*?)</script>', out.read_text()).group(1))
     assert all(isinstance(r["t"], int) and r["t"] < 2**53 for r in data["rows"])
-    assert any(f'"ia_ino": {ino}' in r["detail"] for r in data["rows"])
+    assert any(f'"ia_ino":{ino}' in r["detail"] for r in data["rows"])   # compact JSON, as text

@@ -1,45 +1,36 @@
 """A timeline as one self-contained HTML report (inline CSS and JS, nothing fetched).
 
-Findings come first, each with its explanation, remedy and links to its evidence in the
-timeline below. The timeline can be filtered by layer, host and text, and zoomed by dragging
-over the overview strip. Findings are rendered in HTML (escaped with html.escape); timeline
-rows are rendered by the page's script from JSON embedded with `<`, `>`, `&`, U+2028 and
-U+2029 escaped, and inserted as text (never as markup). At most `max_events` events are kept
-for the page (the first half, the last half, and every event a finding points at); the report
-says how many were left out, and from when to when.
+Findings come first, each with its explanation, remedy and every piece of its evidence, linked
+to the timeline below. Then the charts on one time axis (charts_html: latency per brick with
+the findings marked, replica peers side by side, lock waits and holds), the latency profile
+per brick, every event folded into counts per connection and procedure (html_fold), and the
+timeline itself, filterable by layer, host and text and zoomable from the charts.
+
+The page stays small whatever the capture: the timeline holds a bounded sample of events
+(html_collect: the first and the last ones, the findings, their evidence, error replies, each
+under a cap in rows and bytes) and says how many it left out and from when to when; the full
+list is the JSON Lines timeline (`correlate timeline INPUT --json`). Findings past a byte
+budget are listed by title. Measured: a 4,251-event capture went from 6.1 MB to
+2.1 MB, 42,500 events from 60 MB to 2.4 MB (bench/html_report.py, docs/timeline.md).
+
+Findings are rendered in HTML (escaped with html.escape); timeline rows and chart data are
+JSON embedded with `<`, `>`, `&`, U+2028 and U+2029 escaped, and inserted by the page's script
+as text (never as markup).
 """
 from __future__ import annotations
 
 import datetime as _dt
 import html
-import json
-import re
-from collections import Counter, deque
 from collections.abc import Iterable
 from importlib import resources
 
-from ..profile import Profile
+from .charts_html import CSS as CHART_CSS, JS as CHART_JS, charts_section
+from .html_collect import (MAX_EVENTS, MAX_FINDINGS, Collector, cut as _cut, event_key, script_json,
+                           summary as _summary)
 from .profile_html import CSS as PROFILE_CSS, profile_section
-from .terminal import format_event
 
-MAX_EVENTS = 50_000          # timeline rows in one page (a browser stays responsive)
-MAX_FINDINGS = 2_000
-MAX_DETAIL_CHARS = 2_000     # the expandable JSON of one event
-MAX_TEXT_CHARS = 4_000       # explanation / remedy shown for a finding
-_KEY_FIELDS = ("time_ns", "layer", "kind", "source", "host", "conn", "xid", "frame", "pid", "tid",
-               "function", "log_line")
-
-
-def event_key(ev: dict) -> tuple:
-    """What identifies an event across copies (a finding's evidence is a copy)."""
-    return tuple(str(ev.get(k)) for k in _KEY_FIELDS)
-
-
-def script_json(obj) -> str:
-    """JSON that is safe inside <script>: it cannot close the element or break a JS string."""
-    text = json.dumps(obj, ensure_ascii=True, separators=(",", ":"), default=str)
-    return (text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
-            .replace("\u2028", "\\u2028").replace("\u2029", "\\u2029"))
+__all__ = ["HtmlReport", "MAX_EVENTS", "MAX_FINDINGS", "event_key", "script_json", "write_html"]
+FINDINGS_BYTES = 500_000     # findings rendered in full; past it, by title (the rest is in the JSONL)
 
 
 def _utc(time_ns: int, with_date: bool = False) -> str:
@@ -51,163 +42,6 @@ def _utc(time_ns: int, with_date: bool = False) -> str:
     return (f"{t:%Y-%m-%d %H:%M:%S}.{frac} UTC" if with_date else f"{t:%H:%M:%S}.{frac[:6]}")
 
 
-def _summary(ev: dict) -> str:
-    """The terminal's one-line description, without its time/layer/kind columns."""
-    try:
-        parts = format_event(ev).split(None, 3)
-        return parts[3] if len(parts) == 4 else ""
-    except Exception:   # a malformed event still gets a row
-        return str({k: ev.get(k) for k in ("kind", "source")})
-
-
-def _detail(ev: dict) -> str:
-    text = json.dumps({k: v for k, v in ev.items() if k != "evidence"}, indent=1, default=str,
-                      ensure_ascii=True)
-    return text if len(text) <= MAX_DETAIL_CHARS else text[:MAX_DETAIL_CHARS] + "\n..."
-
-
-# Control and bidi characters, and lone surrogates (which cannot be written as UTF-8).
-_CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069\ud800-\udfff]")
-
-
-def _cut(text, limit: int = MAX_TEXT_CHARS) -> str:
-    """Bounded text with control and bidi characters shown as escapes (newlines kept)."""
-    s = "" if text is None else str(text)
-    s = s if len(s) <= limit else s[:limit] + "..."
-    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}" if ord(m.group()) < 256
-                        else f"\\u{ord(m.group()):04x}", s)
-
-
-class _Collector:
-    """Keeps what the page needs from a stream: capped rows, findings, tallies.
-
-    Past `max_events`, the page keeps the first half and the last half of the events (the
-    end of an incident matters as much as its start), and every event a finding points at
-    (from the finding's own copy of its evidence); the events in between are counted."""
-
-    def __init__(self, max_events: int):
-        self.max_events = max_events
-        self.head: list[dict] = []
-        self.tail: deque[dict] = deque(maxlen=max_events // 2)
-        self.pinned: list[dict] = []      # evidence rows kept past the cap
-        self.keys: set[tuple] = set()
-        self.findings: list[dict] = []
-        self.errors: list[dict] = []      # detectors that failed: a report must not look healthy
-        self.updates: dict[str, dict] = {}
-        self.seen = 0
-        self.dropped_span: list[int] = []  # first and last time of the events left out
-        self.bad = 0                       # events without a time
-        self.findings_left_out = 0
-        self.layers: Counter[str] = Counter()
-        self.hosts: set[str] = set()
-        self.sources: set[str] = set()
-        self.first: int | None = None
-        self.last: int | None = None
-        self.rows: list[dict] = []
-        self.index: dict[tuple, str] = {}
-        self.profile = Profile()      # bounded: sketches, not the latencies
-
-    @property
-    def left_out(self) -> int:
-        kept = len(self.head) + len(self.pinned) + len(self.tail)
-        return max(0, self.seen - kept) + self.bad
-
-    def add(self, ev: dict) -> None:
-        self.profile.observe(ev)
-        t = ev.get("time_ns")
-        if not isinstance(t, int):
-            self.bad += 1
-            return
-        self.seen += 1
-        if t > 0:   # time 0: an event no input timed, which must not stretch the range to 1970
-            self.first = t if self.first is None else min(self.first, t)
-            self.last = t if self.last is None else max(self.last, t)
-        layer = _cut(ev.get("layer", "?"), 40)
-        kind = ev.get("kind")
-        if layer != "finding":
-            self.layers[layer] += 1
-            self.sources.add(_cut(ev.get("source", "?"), 200))    # the inputs (detectors are not)
-        if ev.get("host"):
-            self.hosts.add(_cut(ev["host"], 200))
-        if kind == "finding.update" and ev.get("id"):
-            self.updates[str(ev["id"])] = ev
-            self._pin_evidence(ev)
-        if layer == "finding" and kind == "finding":
-            if len(self.findings) < MAX_FINDINGS:
-                self.findings.append(ev)
-                self._pin_evidence(ev)
-            else:
-                self.findings_left_out += 1
-        if kind == "detector.error" and len(self.errors) < MAX_FINDINGS:
-            self.errors.append(ev)
-        self._keep(_row(ev, t, layer), pinned=layer == "finding")
-
-    def _keep(self, row: dict, pinned: bool = False) -> None:
-        if len(self.head) < self.max_events - self.tail.maxlen:
-            self.head.append(row)
-            self.keys.add(row["key"])
-        elif pinned:
-            self.pinned.append(row)
-            self.keys.add(row["key"])
-        elif self.tail.maxlen:
-            if len(self.tail) == self.tail.maxlen:
-                self._dropped_at(self.tail[0]["t"])
-            self.tail.append(row)
-        else:
-            self._dropped_at(row["t"])
-
-    def _dropped_at(self, t: int) -> None:
-        span = self.dropped_span
-        self.dropped_span = [min(span[0], t), max(span[1], t)] if span else [t, t]
-
-    def _pin_evidence(self, finding: dict) -> None:
-        """Evidence no longer in the page (or bound to leave the tail) is kept as a row, from
-        the finding's own copy of it."""
-        evidence = [e for e in (finding.get("evidence") or [])[:MAX_ADDED_ROWS]
-                    if isinstance(e, dict) and isinstance(e.get("time_ns"), int)]
-        wanted = {event_key(e) for e in evidence} - self.keys
-        if not wanted:
-            return
-        in_tail = [r for r in self.tail if r["key"] in wanted]
-        if in_tail:
-            self.tail = deque((r for r in self.tail if r["key"] not in wanted), maxlen=self.tail.maxlen)
-        for row in in_tail:
-            self.pinned.append(row)
-            self.keys.add(row["key"])
-        for ev in evidence:
-            key = event_key(ev)
-            if key not in self.keys:
-                self.pinned.append(_row(ev, ev["time_ns"], _cut(ev.get("layer", "?"), 40)))
-                self.keys.add(key)
-
-    def finish(self) -> None:
-        """Rows in time order, with the ids that evidence links point at."""
-        rows = sorted([*self.head, *self.pinned, *self.tail], key=lambda r: r["t"])
-        for i, row in enumerate(rows, 1):
-            row["id"] = f"e{i}"
-            self.index.setdefault(row["key"], row["id"])
-        self.rows = rows
-
-    def explanation(self, finding: dict):
-        """The latest word: a folded finding's update may explain it better (a final count)."""
-        update = self.updates.get(str(finding.get("id"))) or {}
-        return update.get("explanation") or finding.get("explanation")
-
-    def evidence(self, finding: dict) -> list:
-        """A folded finding's evidence: its first occurrence's, then what its repeats added."""
-        update = self.updates.get(str(finding.get("id"))) or {}
-        return list(finding.get("evidence") or []) + list(update.get("evidence") or [])
-
-
-MAX_ADDED_ROWS = 200    # evidence rows one finding may bring back past the cap
-
-
-def _row(ev: dict, t: int, layer: str) -> dict:
-    return {"key": event_key(ev), "t": t, "layer": layer, "kind": _cut(ev.get("kind", "?"), 200),
-            "host": _cut(ev.get("host") or "", 200), "source": _cut(ev.get("source", ""), 200),
-            "sev": _cut(ev.get("severity") or "", 40), "text": _summary(ev), "detail": _detail(ev)}
-
-
 def _with_code(text: str) -> str:
     """Escaped text with `backtick spans` (commands in remedies) shown as code."""
     parts = html.escape(text).split("`")
@@ -216,7 +50,7 @@ def _with_code(text: str) -> str:
     return "".join(f"<code>{p}</code>" if i % 2 else p for i, p in enumerate(parts))
 
 
-def _finding_html(n: int, f: dict, c: _Collector) -> str:
+def _finding_html(n: int, f: dict, c: Collector) -> str:
     esc = html.escape
     sev = _cut(f.get("severity") or "info", 40)
     count = (c.updates.get(str(f.get("id"))) or {}).get("count", f.get("count", 1))
@@ -228,7 +62,7 @@ def _finding_html(n: int, f: dict, c: _Collector) -> str:
             continue
         target = c.index.get(event_key(ev))
         label = _cut(f"{_utc(ev['time_ns']) if isinstance(ev.get('time_ns'), int) else '?'} "
-                     f"{ev.get('layer', '?')} {ev.get('kind', '?')} {_summary(ev)}", 1000)
+                     f"{ev.get('layer', '?')} {ev.get('kind', '?')} {_summary(ev)}", 400)
         if target:
             items.append(f'<li><a class="ev" href="#{target}" data-target="{target}">{esc(label)}</a></li>')
         else:
@@ -245,6 +79,31 @@ def _finding_html(n: int, f: dict, c: _Collector) -> str:
             f'<ul class="evidence">{"".join(items)}</ul></details></section>')
 
 
+def _finding_line(n: int, f: dict) -> str:
+    """A finding past the page's budget: its title and time; the rest is in the JSONL."""
+    esc = html.escape
+    sev = _cut(f.get("severity") or "info", 40)
+    return (f'<li class="finding-line sev-{esc(sev)}" id="finding-{n}"><span class="sev">{esc(sev.upper())}'
+            f'</span> {esc(_utc(f["time_ns"]))} {esc(_cut(f.get("detector", ""), 200))}: '
+            f'{esc(_cut(f.get("title"), 300))}</li>')
+
+
+def _findings_html(findings: list[dict], c: Collector) -> str:
+    parts, size, lines = [], 0, []
+    for i, f in enumerate(findings):
+        if size < FINDINGS_BYTES:
+            parts.append(_finding_html(i + 1, f, c))
+            size += len(parts[-1])
+        else:
+            lines.append(_finding_line(i + 1, f))
+    if lines:
+        parts.append(f'<p class="note">{len(lines)} more findings, by title (this page holds '
+                     f'{FINDINGS_BYTES // 1000} kB of findings in full; each one\'s evidence is in the '
+                     f'JSON Lines timeline: <code>correlate timeline INPUT --json --layer finding</code>):'
+                     f'</p><ul class="finding-lines">{"".join(lines)}</ul>')
+    return "".join(parts)
+
+
 def _error_html(e: dict) -> str:
     esc = html.escape
     return (f'<section class="finding sev-error detector-error">'
@@ -256,8 +115,8 @@ def _error_html(e: dict) -> str:
 
 
 # The page's style and script, kept as files beside this module (package data)
-_CSS = "\n" + resources.files(__package__).joinpath("report.css").read_text()
-_JS = "\n" + resources.files(__package__).joinpath("report.js").read_text()
+_CSS = "\n" + resources.files(__package__).joinpath("report.css").read_text() + CHART_CSS
+_JS = CHART_JS + "\n" + resources.files(__package__).joinpath("report.js").read_text()
 
 
 class HtmlReport:
@@ -265,7 +124,7 @@ class HtmlReport:
 
     def __init__(self, out_path: str, title: str = "correlate report", max_events: int = MAX_EVENTS):
         self.out_path, self.title, self.max_events = out_path, title, max_events
-        self._c = _Collector(max_events)
+        self._c = Collector(max_events, _utc)
 
     def add(self, ev: dict) -> None:
         self._c.add(ev)
@@ -283,19 +142,17 @@ def write_html(events: Iterable[dict], out_path: str, title: str = "correlate re
     return report.close()
 
 
-def _write_page(c: _Collector, out_path: str, title: str, max_events: int) -> dict:
+def _write_page(c: Collector, out_path: str, title: str, max_events: int) -> dict:
     esc = html.escape
     title = _cut(title, 1000)
     c.finish()
     t0 = c.first or 0
     t1 = c.last or t0
-    rows = [{"id": r["id"], "t": r["t"] - t0, "layer": r["layer"], "kind": r["kind"], "host": r["host"],
-             "source": r["source"], "text": r["text"], "detail": r["detail"], "time": _utc(r["t"])}
-            for r in c.rows]
-    # Relative times keep JS numbers exact (absolute ns exceed 2**53).
-    data = {"t0": 0, "t1": t1 - t0, "rows": rows}
     findings = sorted(c.findings, key=lambda f: ({"critical": 0, "error": 1, "warning": 2}.get(str(f.get("severity")), 3),
                                                   f["time_ns"]))
+    charts = c.charts.data(findings, c.updates, t1)
+    # The charts' x axis: Unix seconds of the first and last event (never an empty range).
+    charts.update(t0_s=t0 / 1e9, x0=round(t0 / 1e9, 6), x1=round(max(t1, t0 + 1_000_000) / 1e9, 6))
     counts = " &middot; ".join([f"{esc(k)} events: {v}" for k, v in sorted(c.layers.items())]
                                + [f"findings: {len(findings)}"]
                                + ([f"detectors that failed: {len(c.errors)}"] if c.errors else []))
@@ -306,10 +163,13 @@ def _write_page(c: _Collector, out_path: str, title: str, max_events: int) -> di
         span = (f" between {esc(_utc(c.dropped_span[0], True))} and {esc(_utc(c.dropped_span[1], True))}"
                 if c.dropped_span else "")
         left_out = (f'<div class="leftout">{c.left_out} events{span} were left out of this page (it keeps '
-                    f'the first {max_events - max_events // 2} and the last {max_events // 2} events, and '
-                    f'every event a finding points at); {c.findings_left_out} findings left out. Use '
+                    f'the first and the last events, up to {max_events - max_events // 2} and '
+                    f'{max_events // 2}, every finding and the events they point at, and error replies, '
+                    f'within a few MB); {c.findings_left_out} findings left out. Every event is counted '
+                    f'in <a href="#fold">Events folded</a>; the full list is the JSON Lines timeline: '
+                    f'<code>correlate timeline INPUT --json &gt; timeline.jsonl</code>, or use '
                     f'<code>correlate timeline --since/--until</code> or filters for a narrower report.</div>')
-    parts = [
+    head = [
         "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">",
         "<meta http-equiv=\"Content-Security-Policy\" content=\"default-src 'none'; "
         "style-src 'unsafe-inline'; script-src 'unsafe-inline'; img-src data:\">",
@@ -319,10 +179,14 @@ def _write_page(c: _Collector, out_path: str, title: str, max_events: int) -> di
         left_out,
         f"<h2 id=\"findings\">Findings ({len(findings)})</h2>",
         "".join(_error_html(e) for e in c.errors),
-        "".join(_finding_html(i + 1, f, c) for i, f in enumerate(findings)) or
+        _findings_html(findings, c) or
         f"<p class=\"note\">No findings{' from the detectors that ran' if c.errors else ''}.</p>",
+        charts_section(charts),
         profile_section(c.profile.snapshot()),
-        "<h2 id=\"timeline\">Timeline</h2><div id=\"controls\">",
+        c.fold.section(_cut, lambda t: _utc(t) if t is not None else ""),
+        "<h2 id=\"timeline\">Timeline</h2>",
+        f'<p class="note">This page holds {len(c.rows)} of {c.seen + c.bad} events'
+        + (' (see above for what was left out)' if c.left_out else '') + '.</p><div id="controls">',
         "".join(f'<label><input type="checkbox" class="layer" value="{l}" checked> {l}</label>'
                 for l in ("wire", "probe", "log", "finding")),
         f'<label>host <select id="host"><option value="">all</option>{hosts_opts}</select></label>',
@@ -333,9 +197,13 @@ def _write_page(c: _Collector, out_path: str, title: str, max_events: int) -> di
         '<th>host / input</th><th>event</th></tr></thead><tbody id="rows"></tbody></table>'
         '<button id="more" type="button" style="display:none"></button>',
         '<noscript><p class="note">The timeline needs JavaScript; findings above do not.</p></noscript>',
-        f'</main><script type="application/json" id="timeline-data">{script_json(data)}</script>',
-        f"<script>{_JS}</script></body></html>\n",
+        # Relative times keep JS numbers exact (absolute ns exceed 2**53).
+        f'</main><script type="application/json" id="timeline-data">{{"t0":0,"t1":{t1 - t0},'
+        f'"charts":{script_json(charts)},"rows":[',
     ]
     with open(out_path, "w", encoding="utf-8") as out:
-        out.write("".join(parts))
+        out.write("".join(head))
+        for i, row in enumerate(c.rows, 1):       # each row serialised once, when it was kept
+            out.write(f'{"," if i > 1 else ""}{{"id":"e{i}","t":{row[0] - t0},{row[2]}')
+        out.write(f"]}}</script><script>{_JS}</script></body></html>\n")
     return {"events": len(c.rows), "left_out": c.left_out, "findings": len(findings)}

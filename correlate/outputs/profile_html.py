@@ -2,7 +2,12 @@
 logarithmic latency axis (so a slow brick stands out beside its peers), drawn as inline SVG.
 
 Each row: a bar from p50 to p99, a thick tick at p50, a thin one at p90, a dot at max, and the
-numbers beside it. Every text from the capture is escaped with html.escape.
+numbers beside it. Every text from the capture is escaped with html.escape. At most MAX_BRICKS
+bricks are drawn (the page says how many more there were).
+
+The standalone page (`profile --html`) also carries the report's charts over time
+(charts_html: latency per brick, replica peers, lock waits and holds), without finding
+markers: `profile` runs no detectors (`timeline --html` does).
 """
 from __future__ import annotations
 
@@ -16,6 +21,7 @@ LABEL_W = 130
 PLOT_W = 520
 TEXT_W = 330
 MAX_ROWS = 40          # procedures drawn per brick (the busiest by total latency)
+MAX_BRICKS = 24        # bricks drawn (glusterd first, then by path): the page stays small
 
 CSS = """
 .profile-brick{background:#fff;padding:6px 12px;margin:10px 0;box-shadow:0 1px 3px rgba(0,0,0,.08)}
@@ -99,21 +105,36 @@ def profile_section(snap: dict) -> str:
     out = ['<h2 id="profile">Latency per brick</h2><p class="note">Call to reply as captured, '
            'one row per procedure, slowest in total first. Bar: p50 to p99; thick tick: p50; '
            'thin tick: p90; red dot: max. Same scale for every brick.</p>']
-    for b in snap["bricks"]:
+    for b in snap["bricks"][:MAX_BRICKS]:
         name = b.get("brick") or "(brick path not in the capture)"
         volume = f" &middot; volume {esc(str(b['volume']))}" if b.get("volume") else ""
         out.append(f'<section class="profile-brick"><h3>{esc(str(b["server"]))} {esc(str(name))}</h3>'
                    f'<div class="meta">read {b["bytes_read"]} bytes &middot; written '
                    f'{b["bytes_written"]} bytes{volume}</div>{_chart(_procedures(b), lo, hi)}</section>')
+    if len(snap["bricks"]) > MAX_BRICKS:
+        out.append(f'<p class="note">{len(snap["bricks"]) - MAX_BRICKS} more servers are not drawn; '
+                   f'<code>correlate profile INPUT</code> lists them all.</p>')
     return "".join(out)
 
 
-def write_profile_page(snap: dict, out_path: str, title: str) -> None:
+def write_profile_page(snap: dict, out_path: str, title: str, charts=None) -> None:
+    """The profile's page; with `charts` (a ChartData fed the same events) the charts over
+    time come first."""
+    from .charts_html import CSS as CHART_CSS, JS as CHART_JS, charts_section
+    from .html_collect import script_json
+    data = None
+    if charts is not None and snap.get("from_ns") is not None:
+        t0, t1 = snap["from_ns"], max(snap["to_ns"], snap["from_ns"] + 1_000_000)
+        data = charts.data([], {}, t1)
+        data.update(t0_s=t0 / 1e9, x0=round(t0 / 1e9, 6), x1=round(t1 / 1e9, 6))
     page = ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
             "<meta http-equiv=\"Content-Security-Policy\" content=\"default-src 'none'; "
-            "style-src 'unsafe-inline'\">"
+            "style-src 'unsafe-inline'; script-src 'unsafe-inline'\">"
             f"<title>{html.escape(title)}</title><style>body{{font:14px system-ui,sans-serif;"
-            f"margin:16px;background:#fbfbfd}}.note{{color:#666}}{CSS}</style></head><body>"
-            f"<h1>{html.escape(title)}</h1>{profile_section(snap)}</body></html>\n")
+            f"margin:16px;background:#fbfbfd}}.note{{color:#666}}h2{{font-size:16px}}{CSS}{CHART_CSS}"
+            f"</style></head><body><h1>{html.escape(title)}</h1><main>"
+            + (charts_section(data) if data else "") + profile_section(snap) + "</main>"
+            + (f'<script type="application/json" id="timeline-data">{{"charts":{script_json(data)}}}'
+               f'</script><script>{CHART_JS}</script>' if data else "") + "</body></html>\n")
     with open(out_path, "w", encoding="utf-8") as f:
         f.write(page)

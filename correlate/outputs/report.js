@@ -22,10 +22,24 @@ function rowOf(r){
   tr.addEventListener("click",function(){r.open=!r.open;render();});
   return r.tr=tr;
 }
+// The event's JSON is compact in the page; shown indented by its text, not parsed: a parse
+// would round integers above 2**53 (inode numbers) and fail on a cut one.
+function indent(json){
+  var out="",depth=0,inStr=false,esc=false,pad=function(){return "\n"+" ".repeat(depth);};
+  for(var i=0;i<json.length;i++){var ch=json[i];
+    if(inStr){out+=ch;if(esc)esc=false;else if(ch==="\\")esc=true;else if(ch==='"')inStr=false;continue;}
+    if(ch==='"'){inStr=true;out+=ch;}
+    else if(ch==="{"||ch==="["){depth++;out+=ch+pad();}
+    else if(ch==="}"||ch==="]"){depth=Math.max(0,depth-1);out+=pad()+ch;}
+    else if(ch===","){out+=ch+pad();}
+    else if(ch===":"){out+=": ";}
+    else out+=ch;}
+  return out;
+}
 function detailOf(r){
   if(r.dt)return r.dt;
   var d=document.createElement("tr"),td=document.createElement("td");d.className="detail";
-  td.colSpan=6;td.textContent=r.detail;d.appendChild(td);return r.dt=d;
+  td.colSpan=6;td.textContent=indent(r.detail);d.appendChild(td);return r.dt=d;
 }
 function layersOn(){var on={};document.querySelectorAll("input.layer").forEach(function(c){on[c.value]=c.checked;});return on;}
 function visible(r,on,text,host){
@@ -49,6 +63,7 @@ function apply(){
   matching=rows.filter(function(r){return visible(r,on,text,host);});
   limit=PAGE;render();
   var lo=zoom?zoom[0]:data.t0,hi=zoom?zoom[1]:data.t1;
+  window.dispatchEvent(new CustomEvent("correlate:range",{detail:zoom}));   // the charts follow
   document.getElementById("range").textContent="Range: "+fmtRel(lo-t0)+" .. "+fmtRel(hi-t0)+(zoom?" (zoomed: drag again or Reset)":" (drag over the strip to zoom)");
   draw();
 }
@@ -97,6 +112,8 @@ function fromHash(){
   apply();
 }
 window.addEventListener("hashchange",fromHash);
+// A time range selected on a chart (ns since the first event; null: zoomed out).
+window.addEventListener("correlate:zoom",function(e){zoom=e.detail;apply();});
 window.addEventListener("resize",draw);
 fromHash();
 })();
