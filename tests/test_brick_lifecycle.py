@@ -11,7 +11,7 @@ import pytest
 
 from correlate.events import make_event
 from correlate.gluster.volfile import blocks, clients_of
-from tests.test_detectors import S, builtin, run
+from tests.test_detectors import S, builtin, run, runner_of
 from tests.test_fault_detectors import CLIENT, BRICK, call, close, reply, setvolume
 
 CAPTURES = Path(__file__).parent / "captures"
@@ -191,11 +191,10 @@ def test_still_down_when_the_input_ends():
 
 
 def test_the_first_brick_down_then_the_next_outage_is_counted():
-    runner = builtin("brick-down")
     first = killed(10, before=[volfile(0, [])])
     later = [dict(e, time_ns=e["time_ns"] + 100 * S) for e in killed(10)[1:]]
-    found = run(runner, first + later)
-    assert len(found) == 1 and runner.findings[0]["count"] == 2
+    found = run(builtin("brick-down"), first + later)
+    assert len(found) == 1 and found[0]["count"] == 2
 
 
 def test_a_refused_connect_to_a_dead_brick_is_not_a_firewall():
@@ -258,7 +257,7 @@ def test_the_client_log_line_is_cited(before_fin):
     events = [setvolume(0, ping_timeout=None), call(S, 9, "PING"), close(7 * S)]
     events.insert(2 if before_fin else 3, log)
     events.sort(key=lambda e: e["time_ns"])
-    runner = builtin("brick-not-responding")
+    runner = runner_of("brick-not-responding")
     out = [f for ev in events for f in runner.observe(ev)] + runner.finish()
     (hung,) = [f for f in out if f["kind"] == "finding"]
     if before_fin:

@@ -4,6 +4,7 @@ from correlate.detector_runner import DetectorRunner
 from correlate.events import make_event
 from correlate.plugin_manager import get_plugin_manager
 from correlate.plugins.gluster_facts import UTIME_NOW, UTIME_OMIT
+from correlate.state import GlusterState
 from correlate.testing import run_detector
 
 S = 1_000_000_000
@@ -14,6 +15,15 @@ def builtin(detector_id):
     assert not errors
     [detector] = [d for d in detectors if d.id == detector_id]
     return detector
+
+
+def runner_of(detector_id):
+    """The runtime around one built-in detector, fed event by event (for what a test watches
+    as it streams: when a finding comes, its finding.update at the end)."""
+    state = GlusterState()
+    detectors, _errors = load_detectors(get_plugin_manager(), {}, state)
+    [detector] = [d for d in detectors if d.id == detector_id]
+    return DetectorRunner([detector], state=state)
 
 
 def run(detector, events):

@@ -3,7 +3,7 @@ captures (`correlate analyze`) and on synthetic event sequences for the corners.
 from pathlib import Path
 
 from correlate.events import make_event
-from tests.test_detectors import S, builtin, run
+from tests.test_detectors import S, builtin, run, runner_of
 from tests.test_findings_on_captures import analyze
 
 CAPTURES = Path(__file__).parent / "captures"
@@ -186,16 +186,15 @@ def test_enospc_without_statfs_says_it_cannot_tell():
     (f,) = run(builtin("no-space"), [enospc(S)])
     assert f["cause"] == "no space" and "cannot tell" in f["explanation"]
     # by the events' clock: other traffic 3 s later makes it speak without the end of input
-    runner = builtin("no-space")
+    runner = runner_of("no-space")
     assert runner.observe(enospc(S)) == []
     assert runner.observe(reply(5 * S, 1, "LOOKUP", conn=7))[0]["cause"] == "no space"
 
 
 def test_repeats_fold_into_one_finding_per_brick_and_errno():
-    runner = builtin("no-space")
     events = [statfs(0, bfree=0, bavail=0)] + [enospc(S + i) for i in range(5)]
-    found = run(runner, events)
-    assert len(found) == 1 and runner.findings[0]["count"] == 5
+    found = run(builtin("no-space"), events)
+    assert len(found) == 1 and found[0]["count"] == 5
 
 
 def test_application_calls_that_stalled_or_failed_meanwhile_join_the_recovery():
