@@ -16,7 +16,7 @@ NEW = {"brick-hang": "brick-not-responding", "slow-brick": "slow-brick",
 def demo(*args, timeout=600):
     res = subprocess.run([sys.executable, "-m", "tests.lab.demo", *args], cwd=ROOT,
                          capture_output=True, text=True, timeout=timeout)
-    print(res.stdout[-6000:], res.stderr[-2000:])
+    print(res.stdout, res.stderr[-4000:])
     return res
 
 

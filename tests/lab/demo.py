@@ -70,9 +70,10 @@ def demo_steps() -> list[Step]:
              captures=("firewall-drop.pcap",), title_has="DROP"),
         Step("samba-atime", "smbclient sets an access time of 1969-12-31 23:59:59 over a "
              "vfs_glusterfs share of a real smbd", ("atime-minus-one",)),
+        # stopped for twice the ping timeout: the client's PING may go out seconds late
         Step("brick-hang", "replica 3, network.ping-timeout 5: one brick "
-             "SIGSTOPped for 8 s while a client writes, then SIGCONT",
-             ("brick-not-responding",), "brick-hang", {"hang": 8}, "demohang",
+             "SIGSTOPped for 10 s while a client writes, then SIGCONT",
+             ("brick-not-responding",), "brick-hang", {}, "demohang",
              captures=("brick-hang.pcap",)),
         Step("slow-brick", "replica 3, debug/delay-gen makes brick 2's WRITEs "
              "200 ms slower; a client writes for 6 s while another makes directories",
