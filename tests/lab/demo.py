@@ -121,10 +121,11 @@ def verdict(step: Step, findings: list[dict]) -> str:
     return "diagnosed" if found >= set(step.expect) else "NOT diagnosed"
 
 
-def summary(outcomes: list[tuple[Step, str]]) -> int:
+def summary(outcomes: list[tuple[Step, str]], seconds: dict[str, float] | None = None) -> int:
     say("\ndemo: summary")
     for step, verdict in outcomes:
-        say(f"   {step.name:<16} {verdict:<14} ({', '.join(step.expect)})")
+        took = f" {seconds[step.name]:5.1f} s" if seconds else ""
+        say(f"   {step.name:<16} {verdict:<14}{took} ({', '.join(step.expect)})")
     missed = [s.name for s, v in outcomes if v == "NOT diagnosed"]
     say(f"demo: {sum(v == 'diagnosed' for _, v in outcomes)} of {len(outcomes)} diagnosed"
         + (f"; no expected finding for: {', '.join(missed)}" if missed else ""))
@@ -230,10 +231,12 @@ def live(steps: list[Step]) -> int:
         say(line.rstrip())
     say(f"demo: volume {info.volume}, bricks on ports {info.brick_ports}; capture and probes "
         "running. Making the problems:")
-    outcomes = []
+    outcomes, seconds = [], {}
     try:
         for step in steps:
+            started = time.monotonic()
             outcomes.append((step, run_step(pipe, step)))
+            seconds[step.name] = time.monotonic() - started
     finally:
         time.sleep(1.0)   # let the last packets reach correlate
         code = pipe.stop()
@@ -245,7 +248,7 @@ def live(steps: list[Step]) -> int:
     say(f"\ndemo: merged timeline (events and findings): {timeline}")
     say(f"demo: reopen it with: correlate analyze {timeline}   or   correlate timeline {timeline} "
         f"--html {out}/report.html")
-    return summary(outcomes) or (1 if code else 0)
+    return summary(outcomes, seconds) or (1 if code else 0)
 
 
 def main(argv: list[str] | None = None) -> int:
