@@ -6,7 +6,8 @@ from __future__ import annotations
 import pytest
 
 from tests.lab import lab as lab_module
-from tests.test_run_live import LivePipeline, need_probes
+from tests.lab.live import LivePipeline
+from tests.test_run_live import need_probes
 
 SERIOUS = ("warning", "error", "critical")
 

@@ -2,7 +2,8 @@
 runs, for brick-not-responding and no-space."""
 
 from tests.lab import lab as lab_module
-from tests.test_run_live import LivePipeline, need_probes
+from tests.lab.live import LivePipeline
+from tests.test_run_live import need_probes
 
 WARNING_OR_WORSE = ("warning", "error", "critical")
 

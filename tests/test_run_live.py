@@ -4,16 +4,13 @@ import json
 import os
 import signal
 import subprocess
-import sys
-import threading
 import time
 from pathlib import Path
 
 import pytest
 
 from tests.lab import lab as lab_module
-
-CORRELATE = [sys.executable, "-m", "correlate"]
+from tests.lab.live import CORRELATE, LivePipeline  # noqa: F401 (other live tests import it here)
 
 
 def need_probes():
@@ -21,64 +18,6 @@ def need_probes():
         pytest.skip("live probes need root")
     if importlib.util.find_spec("bcc") is None:
         pytest.skip("bcc is missing (apt-get install python3-bpfcc)")
-
-
-class LivePipeline:
-    """tcpdump piped into `correlate run`; stdout lines are timestamped on arrival."""
-
-    def __init__(self, args, timeline):
-        self.tcpdump = subprocess.Popen(
-            ["tcpdump", "-i", "any", "-s", "0", "-U", "--immediate-mode", "-B", "262144", "-w", "-",
-             lab_module.DEFAULT_FILTER], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        self.run = subprocess.Popen(CORRELATE + ["run", "--pcap", "-", "--json", "--timeline",
-                                                 str(timeline), *args],
-                                    stdin=self.tcpdump.stdout, stdout=subprocess.PIPE,
-                                    stderr=subprocess.PIPE)
-        self.tcpdump.stdout.close()
-        self.lines: list[tuple[int, dict]] = []
-        self.stderr: list[str] = []
-        self.capturing, self.attached = threading.Event(), threading.Event()
-        self._threads = [threading.Thread(target=f, daemon=True) for f in
-                         (self._read_out, self._read_run_err, self._read_tcpdump_err)]
-        for t in self._threads:
-            t.start()
-
-    def _read_out(self):
-        for raw in iter(self.run.stdout.readline, b""):
-            self.lines.append((time.time_ns(), json.loads(raw)))
-
-    def _read_run_err(self):
-        for raw in iter(self.run.stderr.readline, b""):
-            self.stderr.append(raw.decode(errors="replace"))
-            if b"probes attached" in raw:
-                self.attached.set()
-
-    def _read_tcpdump_err(self):
-        for raw in iter(self.tcpdump.stderr.readline, b""):
-            if b"listening on" in raw:
-                self.capturing.set()
-
-    def wait_ready(self, needs_probes=True):
-        assert self.capturing.wait(30), "tcpdump did not start"
-        if needs_probes:
-            assert self.attached.wait(120), "".join(self.stderr)
-
-    def wait_for(self, predicate, timeout):
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            for arrived, ev in list(self.lines):
-                if predicate(ev):
-                    return arrived, ev
-            time.sleep(0.05)
-        return None
-
-    def stop(self):
-        self.tcpdump.send_signal(signal.SIGINT)
-        self.tcpdump.wait(30)
-        code = self.run.wait(60)
-        for t in self._threads:
-            t.join(5)
-        return code
 
 
 def _kernel() -> tuple[int, int]:

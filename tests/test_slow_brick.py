@@ -194,3 +194,29 @@ def test_a_procedure_slow_on_its_own_too_keeps_its_own_finding():
     found = {f["procedure"]: f for f in _queue_run(lookup_alone_ns=100_000_000)}
     assert set(found) == {"WRITE", "LOOKUP"}
     assert found["LOOKUP"]["brick"] == "b2"
+
+
+def test_check_every_s_sets_how_soon_a_live_run_judges():
+    """Live, the verdict waits for the next check (30 s of capture time by default); the
+    option brings it forward."""
+    from plugins.slow_brick import SlowBrick
+
+    def first_finding_ns(settings):
+        det = SlowBrick()
+        det.settings = settings
+        det.topology.peers = lambda server: ([p for p in ("b1", "b2", "b3") if p != server], "set")
+        t = 1_000_000_000
+        for i in range(400):                      # 40 s of writes, one round every 100 ms
+            for brick, ns in (("b1", 1_000_000), ("b2", 200_000_000), ("b3", 1_000_000)):
+                t += 100_000_000 if brick == "b1" else 0
+                found = [f for f in det.observe({"time_ns": t, "kind": "rpc.reply", "src": brick,
+                                                 "dst": "c", "conn": brick, "xid": i,
+                                                 "procedure": "WRITE", "latency_ns": ns,
+                                                 "program_num": 1298437})
+                         if f.get("kind") == "finding"]
+                if found:
+                    return t - 1_000_000_000
+        return None
+
+    assert 30e9 <= first_finding_ns({}) < 31e9
+    assert 2e9 <= first_finding_ns({"check_every_s": 2.0}) < 3e9

@@ -16,9 +16,9 @@ from .scenarios import Result, Scenario, client_log
 VOLFILE_DIR = Path("/var/lib/glusterd/vols")
 
 
-def _locker(path: str, hold: float, log) -> subprocess.Popen:
+def _locker(path: str, hold: float, log, volume: str = gluster.VOLUME) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "tests.lab.locker", "--path", path,
-                             "--hold", str(hold), "--log", str(log)],
+                             "--hold", str(hold), "--log", str(log), "--volume", volume],
                             cwd=gfapi.REPO_ROOT, stdout=subprocess.PIPE, text=True,
                             start_new_session=True)
 
@@ -39,20 +39,30 @@ def _line(proc: subprocess.Popen, timeout: float) -> dict:
 class LockWait(Scenario):
     """Client A takes a POSIX write lock and holds it `hold` seconds (default 12, longer than
     rpc-unanswered's 10 s); client B asks for the same lock with F_SETLKW and waits: its LK
-    call stays unanswered until A unlocks."""
+    call stays unanswered until A unlocks. On the lab's volume, or with `volume` on a
+    one-brick volume of that name."""
     name = "lock-wait"
     path = "/lock-wait"
 
+    @property
+    def volume(self) -> str:
+        return str(self.params.get("volume") or gluster.VOLUME)
+
+    def prepare(self, info) -> None:
+        super().prepare(info)
+        if self.volume != gluster.VOLUME:
+            volumes.ensure(volumes.VolumeSpec(self.volume, "distribute", 1))
+
     def trigger(self) -> Result:
         hold = float(self.params.get("hold", 12))
-        holder = _locker(self.path, hold, client_log(self.name + "-holder"))
-        details: dict = {"hold_s": hold}
+        holder = _locker(self.path, hold, client_log(self.name + "-holder"), self.volume)
+        details: dict = {"hold_s": hold, "volume": self.volume}
         try:
             locked = _line(holder, 30)
             if locked.get("event") != "locked":
                 return Result(self.name, False, "the holder never got its lock", details)
             time.sleep(0.2)     # the waiter's LK goes out while the lock is surely held
-            waiter = _locker(self.path, 0, client_log(self.name + "-waiter"))
+            waiter = _locker(self.path, 0, client_log(self.name + "-waiter"), self.volume)
             w_locked = _line(waiter, hold + 30)
             w_done = _line(waiter, 30)
             h_done = _line(holder, 30)
@@ -71,8 +81,8 @@ class LockWait(Scenario):
                       f"the lock holder pid {holder.pid} held {hold:g} s", details)
 
     def cleanup(self) -> None:
-        gfapi.run(["unlink", "--path", self.path, "--log", str(client_log(self.name + "-cleanup"))],
-                  timeout=self.timeout)
+        gfapi.run(["unlink", "--path", self.path, "--volume", self.volume,
+                   "--log", str(client_log(self.name + "-cleanup"))], timeout=self.timeout)
 
 
 class SlowBrick(Scenario):

@@ -9,6 +9,7 @@ A scenario has three phases so a capture holds only what matters:
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import subprocess
 import time
@@ -73,6 +74,9 @@ class Scenario:
 
     def __init__(self, **params):
         self.params = params
+        # `volume`: the same layout under another name (the demo runs on its own volumes)
+        if params.get("volume") and getattr(self, "spec", None) is not None:
+            self.spec = dataclasses.replace(self.spec, name=str(params["volume"]))
 
     def prepare(self, info: "lab.LabInfo") -> None:
         self.info = info
