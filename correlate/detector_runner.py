@@ -9,6 +9,8 @@ from collections.abc import Iterable
 from .detector import END_OF_INPUT, EVERYTHING, NOTHING, wants_of
 from .events import DETAILS_LATER, make_event, with_details
 from .state import GlusterState
+from .diagnostics import Diagnostics
+from .validate import clean_event
 
 
 MAX_ADDED_EVIDENCE = 50   # evidence a folded finding gathers from its repeats
@@ -83,6 +85,9 @@ class DetectorRunner:
         self._on_new = on_new_finding
         self.findings: list[dict] = []
         self.drops: dict[str, dict[str, int]] = {}    # detector -> reason -> count, after finish
+        # Findings meet the event schema as every input does: a plugin's finding with a value
+        # of the wrong type loses that value (counted), so no output or notifier trips on it
+        self.finding_diag = Diagnostics("findings")
 
     def _run(self, det, method: str, arg=None) -> list[dict]:
         name = getattr(det, "id", type(det).__name__)
@@ -176,15 +181,20 @@ class DetectorRunner:
     def _fold(self, found: list[dict]) -> list[dict]:
         out = []
         for f in found:
-            if not isinstance(f, dict):
-                continue      # not a finding at all: nothing to show or fold
+            if isinstance(f, dict):
+                evidence = f.get("evidence")
+                if isinstance(evidence, list) and any(isinstance(e, dict) and DETAILS_LATER in e
+                                                      for e in evidence):
+                    f["evidence"] = [with_details(e) if isinstance(e, dict) else e for e in evidence]
+                where = f.get("detector") if type(f.get("detector")) is str else ""
+            else:
+                where = ""
+            f = clean_event(f, self.finding_diag, where)
+            if f is None:
+                continue      # not a finding at all: nothing to show or fold (counted)
             if f.get("kind") != "finding":
                 out.append(f)
                 continue
-            evidence = f.get("evidence")
-            if isinstance(evidence, list) and any(isinstance(e, dict) and DETAILS_LATER in e
-                                                  for e in evidence):
-                f["evidence"] = [with_details(e) if isinstance(e, dict) else e for e in evidence]
             key = (_hashable(f.get("detector", "")), _hashable(f.get("key", "")))
             first = self._seen.get(key)
             if first is None and self.policy is not None and self.policy.suppress(key, f):
@@ -241,7 +251,8 @@ class DetectorRunner:
     def drop_lines(self) -> list[str]:
         """One line per kind of thing a detector dropped, for stderr."""
         return [f"detector {name}: dropped {n} x {reason}"
-                for name, drops in self.drops.items() for reason, n in drops.items()]
+                for name, drops in self.drops.items() for reason, n in drops.items()] + \
+            self.finding_diag.summary_lines()
 
     def finish(self) -> list[dict]:
         found = self._take_load_errors(0)    # no event came at all

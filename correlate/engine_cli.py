@@ -175,6 +175,7 @@ def run(pcaps, probe_groups, pid, backend, probe_offsets, logs, duration, window
         session = open_probe_session(probe_groups, pid=pid, backend=backend, offsets=probe_offsets,
                                      options=detector_settings(runner.detectors),
                                      skip_plugins=runner.policy.idle_plugins())
+        diags.append(session.diag)      # probe records of the wrong type: counted as skips
         for line in describe_session(session):
             click.echo(f"correlate: {safe_text(line, 500)}", err=True)
         merger.add(f"probes:{session.backend_name}",

@@ -33,23 +33,27 @@ STR_KEYS = frozenset({
 INT_KEYS = frozenset({
     "conn", "frame", "xid", "program_num", "version", "procedure_num", "op_ret", "op_errno",
     "latency_ns", "handshake_ns", "icmp_type", "icmp_code", "attempts", "waited_ns", "pid",
-    "tid", "retval", "duration_ns", "msgid", "line", "graph_id", "log_line", "repeated",
+    "tid", "duration_ns", "msgid", "line", "graph_id", "log_line", "repeated",
     "count", "payload_bytes", "continuation_dropped", "clock_offset_ns"})
 TIME_KEYS = frozenset({"call_time_ns", "first_time_ns", "last_time_ns"})
 DICT_KEYS = frozenset({"args", "result", "cred", "fields", "mismatch"})
+# A probe's return value: a number, or a pointer as hex text ("0x16c06c38")
+UNION_KEYS = {"retval": (int, str)}
 SEVERITIES = ("info", "warning", "error", "critical")
 
-# The nested fields detectors and outputs read, with their types, as the decoder emits them
-# (tests/test_validate_schema.py checks the decoder against this on every capture). A dict
+# The nested fields detectors and outputs read, with their types, per layer: as the capture
+# decoder and the probes emit them (tests/test_validate_schema.py checks both against this:
+# every committed capture and probe recording, and the records of every probe kind). A dict
 # is a nested schema (the value must be a dict; keys not named are free), [T] a list whose
-# items are T; a value of another type is dropped and counted by its path.
+# items are T, a tuple of types any of them; a value of another type is dropped and counted
+# by its path.
 _IATT = {"ia_gfid": str, "ia_type": str, "ia_size": int, "ia_nlink": int, "ia_uid": int,
          "ia_gid": int, "ia_atime": int, "ia_atime_nsec": int, "ia_mtime": int,
          "ia_mtime_nsec": int, "ia_ctime": int, "ia_ctime_nsec": int, "mode": int}
 _FLOCK = {"type": int, "whence": int, "start": int, "len": int, "pid": int, "lk_owner": str}
 _STATFS = {k: int for k in ("bsize", "frsize", "blocks", "bfree", "bavail", "files", "ffree",
                             "favail", "fsid", "flag", "namemax")}
-NESTED = {
+WIRE_NESTED = {
     "args": {"gfid": str, "pargfid": str, "oldgfid": str, "newgfid": str, "bname": str,
              "oldbname": str, "newbname": str, "name": str, "volume": str, "brick": str,
              "key": str, "cmd": int, "type": int, "valid": int, "port": int, "pid": int,
@@ -62,6 +66,19 @@ NESTED = {
                                      "prenewparent", "postnewparent")}},
     "cred": {"pid": int, "uid": int, "gid": int, "lk_owner": str, "groups": [int]},
 }
+# A probe's arguments as correlate/probe/bcc_records.py and the stap backend read them:
+# pointers (fd, fsp, fs) as hex text, C integers and the fields of the time structs as ints.
+_TIMES = ("atime", "atime_nsec", "mtime", "mtime_nsec", "ctime", "ctime_nsec", "create_time",
+          "create_time_nsec")
+PROBE_NESTED = {
+    "args": {"fd": str, "fsp": str, "fs": str, "path": str, "path_truncated": bool,
+             "flags": int, "mode": int, "count": int, "offset": int, "cmd": int, "follow": int,
+             "mask": int, **{k: int for k in _TIMES}},
+    "unsynced_writes": {"count": int, "bytes": int, "first_time_ns": int, "last_time_ns": int,
+                        "offset_lo": int, "offset_hi": int, "opened_before_probes": bool},
+    "unreadable": [str],
+}
+NESTED = {"wire": WIRE_NESTED, "probe": PROBE_NESTED}
 
 _SURROGATE = re.compile("[\ud800-\udfff]")
 
@@ -125,8 +142,11 @@ class _Cleaner:
             if key in TIME_KEYS and v is not None and not MIN_TIME_NS <= v <= MAX_TIME_NS:
                 self.notes.append("event times outside 1970..2262 (clamped)")
                 v = max(MIN_TIME_NS, min(MAX_TIME_NS, v))
-            if key in NESTED and v is not None:
-                v = self._nested(v, NESTED[key], key)
+            spec = NESTED.get(ev["layer"], {}).get(key)
+            if spec is not None and v is not None:
+                v = self._nested_or_drop(v, spec, key)
+                if v is _DROP:
+                    continue
             if key == "evidence" and v is not None:
                 v = self._evidence(v, depth)
             elif key == "chain" and v is not None:
@@ -156,7 +176,7 @@ class _Cleaner:
 
     def _nested_or_drop(self, x, spec, path: str):
         want = dict if isinstance(spec, dict) else list if isinstance(spec, list) else spec
-        if type(x) is not want:
+        if type(x) is not want and not (isinstance(want, tuple) and type(x) in want):
             self.notes.append(f"'{path}' of the wrong type (dropped)")
             return _DROP
         return self._nested(x, spec, path) if isinstance(spec, (dict, list)) else x
@@ -169,6 +189,8 @@ class _Cleaner:
             return type(v) is int
         if key in DICT_KEYS:
             return type(v) is dict
+        if key in UNION_KEYS:
+            return type(v) in UNION_KEYS[key]
         if key in ("evidence", "chain"):
             return type(v) is list
         return True

@@ -81,3 +81,38 @@ def test_a_wrong_type_deep_inside_is_dropped_and_counted(capture, mutate, counte
     assert not [f for f in found if f.get("kind") == "detector.error"], stderr
     if survivor:
         assert survivor in {f.get("detector") for f in found if f.get("kind") == "finding"}
+
+
+def test_a_plugins_finding_of_the_wrong_types_is_typed_before_any_output(tmp_path):
+    """A third-party detector's finding goes through the same schema: a title that is a list,
+    an unknown severity, evidence that is not events and a set in an extra field lose those
+    values (counted on stderr), and every output still writes; a non-dict is dropped."""
+    from correlate.detector import Detector
+    from correlate.detector_runner import DetectorRunner
+    from correlate.outputs.html import write_html
+    from correlate.outputs.terminal import format_finding
+
+    class Sloppy(Detector):
+        id = "sloppy"
+
+        def observe(self, event):
+            f = self.finding(event["time_ns"], severity="info", title="t", explanation="e",
+                             remedy="r", evidence=[event], key="k")
+            f.update(title=["not", "text"], severity="loud", brick={1, 2}, count="3")
+            f["evidence"].append("not an event")
+            return [f, "not a finding"]
+
+    runner = DetectorRunner([Sloppy()])
+    events = list(open_input(str(CAPTURES / "auth-rejected.pcap")).events)[:3]
+    found = [f for ev in events for f in runner.observe(ev)] + runner.finish()
+    assert not runner.disabled
+    (first,) = [f for f in found if f["kind"] == "finding"]
+    assert "title" not in first and "severity" not in first and first["brick"] == "{1, 2}"
+    assert all(isinstance(e, dict) for e in first["evidence"])
+    lines = " ".join(runner.drop_lines())
+    for said in ("'title' of the wrong type", "unknown finding severities", "'count' of the wrong type",
+                 "evidence entries that are not events", "not a JSON object"):
+        assert said in lines, lines
+    format_finding(first)
+    write_html(found, str(tmp_path / "r.html"))
+    assert (tmp_path / "r.html").stat().st_size > 1000

@@ -14,6 +14,7 @@ from datetime import datetime, timezone
 import click
 
 from .. import exit_codes
+from ..diagnostics import report_diagnostics
 from ..errors import CorrelateError
 from ..events import to_json
 from ..outputs.terminal import safe_text
@@ -158,6 +159,7 @@ def probe(groups, pid, as_json, backend, offsets, duration, option_specs, config
         signal.signal(signal.SIGTERM, previous)
         tail = session.stop()
     emit(tail)
+    report_diagnostics([session.diag])
     summary = session.summary()
     clock = summary.get("clock")
     clock_note = f", clock offset error <= {clock['error_ns']} ns" if clock else ""
