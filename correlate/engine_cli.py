@@ -54,6 +54,7 @@ def _finish(reporter, runner, diags, timeline, temporary, writers, fail_on: str,
     """After a run: plugin outputs, what was skipped, a summary line; the exit code
     (correlate.exit_codes)."""
     output_failed = bool(writers) and not write_outputs(writers, timeline)
+    output_failed |= bool(reporter.timeline and reporter.timeline.failed)
     if temporary:
         os.unlink(temporary)
     fatal = report_diagnostics(diags)

@@ -15,6 +15,8 @@ import click
 
 from .wire.parallel import Parallel, default_jobs
 
+MAX_JOBS = 256      # processes; more is a typo, not a machine
+
 
 def parallel_options(f):
     f = click.option(
@@ -22,7 +24,7 @@ def parallel_options(f):
         help="Decode on this Dask distributed scheduler (tcp://host:8786); the captures "
              "must be on a path its workers share. Needs the `dask` extra.")(f)
     f = click.option(
-        "--jobs", "-j", type=click.IntRange(min=1), metavar="N",
+        "--jobs", "-j", type=click.IntRange(min=1, max=MAX_JOBS), metavar="N",
         help="Decode capture files in N processes (sharded by TCP connection; several "
              "captures side by side). Default: the machine's cores when the captures are "
              "large enough to gain, else 1. The output is the same for any N.")(f)

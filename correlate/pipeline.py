@@ -9,22 +9,44 @@ from .detector_runner import DetectorRunner
 from .errors import open_output
 from .events import header_line, to_json
 from .outputs.fields import format_fields
-from .outputs.terminal import colorize, format_event, format_finding, use_color
+from .outputs.terminal import colorize, format_event, format_finding, safe_text, use_color
 
 
 class TimelineWriter:
-    """The merged timeline as JSON Lines: a header line, then every event and finding."""
+    """The merged timeline as JSON Lines: a header line, then every event and finding.
+
+    A path that cannot be opened stops the command before it starts (OutputError); a write
+    that fails later (a full disk) is said once on stderr, naming the file, and ends this
+    output only: the run goes on, and `failed` tells the exit code."""
 
     def __init__(self, path: str, **info):
         self.path = path
+        self.failed: str | None = None
         self._f = open_output(path, "w", encoding="ascii")
-        self._f.write(header_line(**info) + "\n")
+        self.write(header_line(**info), raw=True)
 
-    def write(self, ev: dict) -> None:
-        self._f.write(to_json(ev) + "\n")
+    def write(self, ev, raw: bool = False) -> None:
+        if self.failed:
+            return
+        try:
+            self._f.write((ev if raw else to_json(ev)) + "\n")
+        except OSError as exc:
+            self._fail(exc)
 
     def close(self) -> None:
-        self._f.close()
+        try:
+            self._f.close()        # flushes the last buffer: a full disk may say so here
+        except OSError as exc:
+            if not self.failed:
+                self._fail(exc)
+
+    def _fail(self, exc: OSError) -> None:
+        self.failed = f"cannot write {self.path}: {exc.strerror or exc}"
+        print(f"correlate: {safe_text(self.failed, 2000)}", file=sys.stderr)
+        try:
+            self._f.close()
+        except OSError:
+            pass               # what it still buffered cannot be written either
 
 
 HELD_LINES = 256

@@ -239,8 +239,11 @@ def write_outputs(writers, timeline_path: str) -> bool:
         with open(timeline_path, "rb") as f:
             try:
                 write(read_timeline(f, timeline_path, Diagnostics(timeline_path)), path)
-            except Exception as exc:
-                click.echo(f"correlate: output format {name} failed: {exc}", err=True)
+            except Exception as exc:   # a plugin's writer: its path and its words, one line
+                why = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+                from .outputs.terminal import safe_text    # the path and a plugin's words
+                click.echo(f"correlate: {safe_text(f'cannot write {path} ({name} output): {why}', 2000)}",
+                           err=True)
                 ok = False
                 continue
         click.echo(f"correlate: {name} output written to {path}", err=True)

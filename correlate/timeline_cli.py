@@ -14,7 +14,7 @@ import click
 
 from . import exit_codes
 from .diagnostics import report_diagnostics
-from .errors import CorrelateError
+from .errors import CorrelateError, OutputError
 from .events import header_line, to_json
 from .merge import DEFAULT_WINDOW_NS, merge, shift_clock
 from .outputs.terminal import color_option
@@ -195,7 +195,7 @@ class _PluginOutputsSink:
         self.timeline.close()
         try:
             if not write_outputs(self.writers, self.tmp):
-                raise CorrelateError("see above")
+                raise OutputError("see above")
         finally:
             os.unlink(self.tmp)
 
@@ -326,7 +326,7 @@ def timeline(inputs, hosts, since, until, conn, host_filter, gfid, path, pid, la
         keep = EventFilter(since=since_t, until=until_t, conn=conn, host=host_filter, gfid=gfid, path=path,
                            pid=pid, layers=layers)
 
-        failed = False
+        failed = input_failed = False
         sinks = []
         if pcapng_path:
             captures = [(p, i.name) for i, (p, _h) in zip(opened, specs) if i.kind == "capture" and p != "-"]
@@ -399,8 +399,11 @@ def timeline(inputs, hosts, since, until, conn, host_filter, gfid, path, pid, la
                 sink.close(echo)
             except (OSError, CorrelateError) as exc:     # one failing output does not cancel the others
                 echo(f"correlate: {sink.describe()} failed: {exc}")
-                failed = True
-        fatal = report_diagnostics([i.diag for i in opened if i.diag is not None])
+                # the input it re-reads was damaged (the annotated pcapng): an input's fault
+                unreadable = getattr(exc, "exit_code", None) == exit_codes.INPUT
+                input_failed |= unreadable
+                failed |= not unreadable
+        fatal = report_diagnostics([i.diag for i in opened if i.diag is not None]) or input_failed
         if dedup is not None and dedup.dropped:
             echo(f"correlate: {dedup.dropped} wire events were both in a saved timeline and in a "
                  "capture: kept once")

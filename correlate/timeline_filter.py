@@ -30,8 +30,10 @@ def parse_time(text: str) -> tuple[str, int]:
         if not m:
             raise click.BadParameter(f"{text!r}: expected +N with unit ns, us, ms, s, m or h")
         return "rel", int(float(m.group(1)) * _UNITS[m.group(2)])
-    if re.fullmatch(r"\d+(\.\d+)?", t):
+    if re.fullmatch(r"\d+(\.\d+)?", t, re.ASCII):
         sec, _, frac = t.partition(".")
+        if len(sec) > 11:      # 2262 is 10 digits of seconds: more is no time (nor a 4300-digit int)
+            raise click.BadParameter(f"{text[:40]!r}...: Unix seconds beyond the year 2262")
         return "abs", int(sec) * 1_000_000_000 + int((frac or "0").ljust(9, "0")[:9])
     m = re.fullmatch(r"(\d{4}-\d\d-\d\d)[T ](\d\d:\d\d:\d\d)(?:\.(\d{1,9}))?\s*(Z|[+-]\d\d:?\d\d)?", t)
     if not m:

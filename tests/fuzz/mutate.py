@@ -217,8 +217,91 @@ def _json_number(data, a, b, other):
     return b"\n".join(lines)
 
 
+# A value of each JSON type, and for each type the values of other types that replace it
+WRONG_TYPES = {str: (1, -1, 2 ** 64, 1.5, [], ["x"], {}, {"a": 1}, None, True),
+               int: ("1", "x", [1], {}, None, 1e300, True, 0.5),
+               float: ("1.5", [], {}, None),
+               bool: ("true", 1, [], {}),
+               list: ("x", 1, {}, [[[]]], [None], [{"a": []}], None),
+               dict: ("x", 1, [], [{}], None, True)}
+
+
+def _paths(value, prefix: tuple = (), depth: int = 0):
+    """Every (container, key, path) inside a decoded event, depth first (lists by index)."""
+    if depth > 12:
+        return
+    items = value.items() if isinstance(value, dict) else enumerate(value) \
+        if isinstance(value, list) else ()
+    for k, v in items:
+        yield value, k, prefix + (k,)
+        yield from _paths(v, prefix + (k,), depth + 1)
+
+
+def _json_typed_path(data, a, b, other):
+    """The systematic sweep as a mutation: a value anywhere in an event (args.flock.len,
+    result.brick_sets[0].bricks, an evidence event's cred.pid) replaced by one of another
+    JSON type."""
+    lines = _lines(data)
+    i, ev = _event_at(lines, a)
+    if ev is None:
+        return data
+    places = list(_paths(ev))
+    if not places:
+        return data
+    holder, key, _path = _pick(places, b)
+    old = holder[key]
+    holder[key] = _pick(WRONG_TYPES.get(type(old), HOSTILE_VALUES), b >> 12)
+    lines[i] = _dump(ev)
+    return b"\n".join(lines)
+
+
+def _schema_paths(spec, prefix: tuple = ()):
+    """Every path the schema types (correlate/validate.py NESTED): learnt from the schema
+    itself, so a path added there is fuzzed without touching the harness."""
+    if isinstance(spec, dict):
+        for k, sub in spec.items():
+            yield prefix + (k,), sub
+            yield from _schema_paths(sub, prefix + (k,))
+    elif isinstance(spec, list):
+        yield from _schema_paths(spec[0], prefix + (0,))
+
+
+def _json_schema_path(data, a, b, other):
+    """A path the schema names, created in an event of its layer if absent, holding a value
+    of the wrong type (a GETSPEC reply with brick_sets[0].bricks a string)."""
+    from correlate.validate import NESTED
+    lines = _lines(data)
+    i, ev = _event_at(lines, a)
+    if ev is None or ev.get("layer") not in NESTED:
+        return data
+    paths = list(_schema_paths(NESTED[ev["layer"]]))
+    path, spec = _pick(paths, b)
+    node = ev
+    for k, nxt in zip(path[:-1], path[1:]):
+        if isinstance(k, int):
+            if not isinstance(node, list) or not node:
+                return data
+            node = node[0]
+            continue
+        if not isinstance(node, dict):
+            return data
+        node = node.setdefault(k, [] if isinstance(nxt, int) else {})
+        if isinstance(nxt, int) and isinstance(node, list) and not node:
+            node.append({})
+    want = dict if isinstance(spec, dict) else list if isinstance(spec, list) else spec
+    wrong = WRONG_TYPES.get(want if isinstance(want, type) else str, HOSTILE_VALUES)
+    last = path[-1]
+    if isinstance(last, int):
+        if isinstance(node, list):
+            node[:1] = [_pick(wrong, b >> 8)]
+    elif isinstance(node, dict):
+        node[last] = _pick(wrong, b >> 8)
+    lines[i] = _dump(ev)
+    return b"\n".join(lines)
+
+
 TIMELINE_OPS = (_json_value, _json_text, _json_kind, _json_drop, _json_deep, _json_reorder,
-                _json_number)
+                _json_number, _json_typed_path, _json_schema_path)
 
 
 # -- log mutations ----------------------------------------------------------------------------
