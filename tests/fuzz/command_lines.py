@@ -8,8 +8,11 @@ terminal, and leaves a symlink a symlink and a device a device. Anything else is
 """
 from __future__ import annotations
 
+import json
 import os
 import stat
+import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
@@ -103,10 +106,19 @@ OUTPUT_COMMANDS = (
     ["analyze", CAPTURE, "--output", "perfetto=T"],
     ["timeline", CAPTURE, "--output", "html=T"],
 )
-TARGETS = ("missing directory", "a directory", "a symlink", "a device", "a fifo-less path")
+TARGETS = ("missing directory", "a directory", "a symlink", "a device", "a read-only place",
+           "a plain path")
 STDOUT_COMMANDS = (["decode", CAPTURE], ["decode", "--json", CAPTURE], ["analyze", "--events", CAPTURE],
                    ["timeline", CAPTURE], ["timeline", "--ladder", CAPTURE], ["profile", CAPTURE],
-                   ["analyze", "--json", CAPTURE])
+                   ["analyze", "--json", CAPTURE], ["timeline", "NONASCII"],
+                   ["analyze", "--events", "NONASCII"], ["timeline", "--ladder", "NONASCII"])
+# A saved timeline whose text no narrow encoding holds (a log line, a probe's path)
+NONASCII_EVENTS = "".join(json.dumps(ev) + "\n" for ev in (
+    {"time_ns": 1700000000000000000, "layer": "log", "kind": "log.message", "source": "b.log",
+     "level": "E", "message": "Verzeichnis \u00fcberf\u00fcllt \u2713 \u202e\u4e2d\u6587 \U0001F600"},
+    {"time_ns": 1700000000000000001, "layer": "probe", "kind": "probe.call", "source": "bcc",
+     "function": "glfs_open", "pid": 1, "tid": 1, "comm": "caf\u00e9",
+     "args": {"path": "/d\u00e9j\u00e0/\u2603"}}))
 
 
 def _target(kind: str, tmp: Path) -> Path:
@@ -124,6 +136,11 @@ def _target(kind: str, tmp: Path) -> Path:
         dev = tmp / "full"
         os.mknod(dev, stat.S_IFCHR | 0o666, os.makedev(1, 7))
         return dev
+    if kind == "a read-only place":
+        if os.geteuid() == 0:    # root writes through mode bits: /proc takes no new file
+            return Path("/proc/self/correlate-out")
+        (tmp / "ro").mkdir(mode=0o500)
+        return tmp / "ro" / "out"
     return tmp / "plain.out"
 
 
@@ -149,11 +166,34 @@ def check_output_target(command: int, target: int) -> int:
     return 1
 
 
+STDOUTS = ("a full device", "ascii", "latin-1", "a closed pipe")
+
+
 def check_stdout(command: int, how: int) -> int:
-    """stdout on a full device (exit 3, one line) or in ASCII with non-ASCII text to show
-    (escaped, exit 0)."""
-    args = STDOUT_COMMANDS[command % len(STDOUT_COMMANDS)]
-    if how % 2 and os.geteuid() == 0:
+    """stdout on a full device (exit 3, one line), in ASCII or Latin-1 with text they lack
+    (escaped, exit 0), or a pipe its reader closed (`| head`: exit 0, not a word)."""
+    mode = STDOUTS[how % len(STDOUTS)]
+    with tempfile.TemporaryDirectory(prefix="correlate-fuzz-") as d:
+        text = Path(d) / "nonascii.jsonl"
+        text.write_text(NONASCII_EVENTS, encoding="utf-8")
+        args = [str(text) if a == "NONASCII" else a for a in STDOUT_COMMANDS[command % len(STDOUT_COMMANDS)]]
+        _stdout_to(args, mode)
+    return 1
+
+
+def _stdout_to(args: list[str], mode: str) -> None:
+    if mode == "a closed pipe":    # in its own process: the command closes its stderr then
+        read, write = os.pipe()
+        os.close(read)
+        try:
+            res = subprocess.run([sys.executable, "-m", "correlate", *args], stdout=write,
+                                 stderr=subprocess.PIPE, timeout=120)
+        finally:
+            os.close(write)
+        _check_run(args, res.returncode, b"", res.stderr, allowed=(0,))
+        if res.stderr.strip():
+            raise Failure(f"correlate {' '.join(args)} | (closed): said {res.stderr[-500:]!r}")
+    elif mode == "a full device" and os.geteuid() == 0:
         with tempfile.TemporaryDirectory(prefix="correlate-fuzz-") as d:
             dev = _target("a device", Path(d))
             with open(dev, "wb", buffering=0) as full:
@@ -162,6 +202,5 @@ def check_stdout(command: int, how: int) -> int:
         if err.strip().splitlines()[-1:] != [b"correlate: cannot write the output: No space left on device"]:
             raise Failure(f"correlate {' '.join(args)} > full device: {err[-1000:]!r}")
     else:
-        code, out, err = run_command(args, encoding="ascii")
+        code, out, err = run_command(args, encoding="latin-1" if mode == "latin-1" else "ascii")
         _check_run(args, code, out, err, allowed=(0,))
-    return 1
