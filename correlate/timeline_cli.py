@@ -6,7 +6,6 @@ report, a Perfetto trace and an annotated pcapng; several at once from one pass.
 """
 from __future__ import annotations
 
-import os
 import sys
 from collections.abc import Iterable, Iterator
 
@@ -14,7 +13,7 @@ import click
 
 from . import exit_codes
 from .diagnostics import report_diagnostics
-from .errors import CorrelateError, OutputError
+from .errors import CorrelateError
 from .events import header_line, to_json
 from .merge import DEFAULT_WINDOW_NS, merge, shift_clock
 from .outputs.terminal import color_option
@@ -22,6 +21,7 @@ from .run_setup import (detector_options, fail_on_option, output_writers, parse_
                         reaches, selection_options)
 from .parallel_cli import parallel_for, parallel_options
 from .timeline_filter import EventFilter, parse_time
+from .timeline_sinks import HtmlSink, PcapngSink, PerfettoSink, PluginOutputsSink
 
 
 # -- clock synchronisation between hosts ----------------------------------------------------
@@ -106,98 +106,6 @@ class CaptureDeduplicator:
 
 
 # -- outputs --------------------------------------------------------------------------------
-
-class _PcapngSink:
-    """Collects findings; at the end annotates each capture input with them."""
-
-    def __init__(self, out_path: str, captures: list[tuple[str, str]], aliases: dict[str, set[str]]):
-        self.out_path, self.captures, self.aliases = out_path, captures, aliases
-        self.findings: list[dict] = []
-
-    def add(self, ev: dict) -> None:
-        if ev.get("layer") == "finding" and ev.get("kind") in ("finding", "finding.update"):
-            self.findings.append(ev)
-
-    def describe(self) -> str:
-        return f"annotated pcapng {self.out_path}"
-
-    def close(self, echo) -> None:
-        from .outputs.pcapng_annotate import annotate_pcapng
-        for path, source in self.captures:
-            out = self.out_path
-            if len(self.captures) > 1:
-                stem, ext = os.path.splitext(self.out_path)
-                out = f"{stem}-{os.path.splitext(source)[0]}{ext or '.pcapng'}"
-            stats = annotate_pcapng(path, self.findings, out, source=source,
-                                    also=self.aliases.get(source, ()))
-            echo(f"correlate: {out}: {stats['packets']} packets, {stats['annotated']} annotated")
-
-
-class _HtmlSink:
-    def __init__(self, out_path: str, title: str):
-        from .outputs.html import HtmlReport
-        self.out_path, self.report = out_path, HtmlReport(out_path, title=title)
-        self.add = self.report.add
-
-    def describe(self) -> str:
-        return f"HTML report {self.out_path}"
-
-    def close(self, echo) -> None:
-        counts = self.report.close()
-        left = f", {counts['left_out']} left out" if counts["left_out"] else ""
-        echo(f"correlate: HTML report written to {self.out_path} "
-             f"({counts['events']} events, {counts['findings']} findings{left})")
-
-
-class _PerfettoSink:
-    def __init__(self, out_path: str):
-        from .outputs.perfetto import PerfettoWriter
-        self.out_path = out_path
-        self.file = open(out_path, "w", encoding="utf-8")
-        self.writer = PerfettoWriter(self.file)
-        self.add = self.writer.add
-
-    def describe(self) -> str:
-        return f"Perfetto trace {self.out_path}"
-
-    def abort(self) -> None:
-        """The run ended on an error: no half-written trace is left behind."""
-        self.file.close()
-        os.unlink(self.out_path)
-
-    def close(self, echo) -> None:
-        self.writer.close()
-        self.file.close()
-        echo(f"correlate: Perfetto trace written to {self.out_path} ({self.writer.count} trace events)")
-
-
-class _PluginOutputsSink:
-    """--output FORMAT=PATH: the shown events go to a temporary timeline that each plugin
-    writer then reads (as for run and analyze)."""
-
-    def __init__(self, writers):
-        from .pipeline import TimelineWriter
-        from .run_setup import timeline_path
-        self.writers = writers
-        _path, self.tmp = timeline_path(None, writers)
-        self.timeline = TimelineWriter(self.tmp, command="timeline")
-        self.add = self.timeline.write
-
-    def describe(self) -> str:
-        return "--output " + ", ".join(name for name, _w, _p in self.writers)
-
-    def abort(self) -> None:
-        self.timeline.close()
-        os.unlink(self.tmp)
-
-    def close(self, echo) -> None:
-        from .run_setup import write_outputs
-        self.timeline.close()
-        try:
-            if not write_outputs(self.writers, self.tmp):
-                raise OutputError("see above")
-        finally:
-            os.unlink(self.tmp)
 
 
 def _with_findings(events: Iterable[dict], detect: bool, options: dict, policy,
@@ -331,22 +239,22 @@ def timeline(inputs, hosts, since, until, conn, host_filter, gfid, path, pid, la
         if pcapng_path:
             captures = [(p, i.name) for i, (p, _h) in zip(opened, specs) if i.kind == "capture" and p != "-"]
             if captures:
-                sinks.append(_PcapngSink(pcapng_path, captures, dedup.aliases if dedup else {}))
+                sinks.append(PcapngSink(pcapng_path, captures, dedup.aliases if dedup else {}))
             else:    # the other outputs are still written
                 echo("correlate: --pcapng: no capture file among the inputs (a timeline holds events, "
                      "not packets); name the capture as well: correlate timeline incident.jsonl "
                      "incident.pcap --pcapng annotated.pcapng")
                 failed = True
         if html_path:
-            sinks.append(_HtmlSink(html_path, "correlate timeline: " + ", ".join(i.name for i in opened)))
+            sinks.append(HtmlSink(html_path, "correlate timeline: " + ", ".join(i.name for i in opened)))
         if perfetto_path:
             try:
-                sinks.append(_PerfettoSink(perfetto_path))
+                sinks.append(PerfettoSink(perfetto_path))
             except OSError as exc:
                 echo(f"correlate: Perfetto trace {perfetto_path} failed: {exc}")
                 failed = True
         if writers:
-            sinks.append(_PluginOutputsSink(writers))
+            sinks.append(PluginOutputsSink(writers))
 
         out = sys.stdout
         to_terminal = not json_out and not (html_path or perfetto_path or pcapng_path or writers) or ladder

@@ -71,7 +71,7 @@ def test_every_output_target_for_every_output():
 
 def test_harness_fails_an_output_that_replaces_a_symlink(tmp_path, monkeypatch):
     """The harness itself: a writer that replaces its target (write aside, rename) fails."""
-    import correlate.timeline_cli as timeline_cli
+    import correlate.timeline_sinks as timeline_sinks
 
     def replacing_close(self, echo):
         self.writer.close()
@@ -79,7 +79,7 @@ def test_harness_fails_an_output_that_replaces_a_symlink(tmp_path, monkeypatch):
         with open(self.out_path + ".part", "w") as f:
             f.write("{}")
         os.replace(self.out_path + ".part", self.out_path)
-    monkeypatch.setattr(timeline_cli._PerfettoSink, "close", replacing_close)
+    monkeypatch.setattr(timeline_sinks.PerfettoSink, "close", replacing_close)
     assert command_lines.OUTPUT_COMMANDS[3][2] == "--perfetto"
     with pytest.raises(target.Failure, match="replaced the symlink"):
         command_lines.check_output_target(3, command_lines.TARGETS.index("a symlink"))
