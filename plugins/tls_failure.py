@@ -97,7 +97,7 @@ class TlsFailure(Detector):
         elif kind == "tls.connection":
             return self._connection(ev)
         elif kind == "rpc.reply":
-            if ev.get("source_kind") == "tls" and ev.get("op_ret") == -1 \
+            if ev.get("source") == "tls" and ev.get("op_ret") == -1 \
                     and ev.get("op_errno") == 13:
                 return [self._cn_refused(ev, [ev])]
         elif ev.get("layer") == "log":

@@ -6,8 +6,8 @@
 // always stamped before the reply read. At most MAX_COPY bytes per call are copied; the
 // record says how many moved. The socket of an SSL* comes from SSL_set_fd, or, for a
 // connection set up before the probes, from the read/write system call the thread makes
-// inside the SSL_* call. THREAD_FILTER (from the loader) limits copying to threads whose name
-// starts with a prefix: Gluster names its I/O threads glfs_*.
+// inside the SSL_* call. THREAD_FILTER (from the loader) limits copying to the processes of
+// threads whose name starts with a prefix: Gluster names its threads glfs_*.
 #include <uapi/linux/ptrace.h>
 #include <linux/sched.h>
 
@@ -46,9 +46,19 @@ BPF_PERCPU_ARRAY(scratch, struct tls_event_t, 1);
 BPF_HASH(active, u32, struct active_t, 4096);          // tid -> SSL_* call in progress
 BPF_TABLE("lru_hash", u64, s32, ssl_fd, 65536);        // SSL* -> socket fd
 BPF_ARRAY(drops, u64, 1);                              // records the ring buffer refused
+BPF_TABLE("lru_hash", u32, u8, followed, 4096);        // processes whose TLS is copied
 
+// A process is followed once one of its threads named THREAD_FILTER* enters libssl (the
+// handshake runs in Gluster's epoll threads, before any data): from then on every thread of
+// it, since Gluster also writes from the thread that makes a call (a gfapi caller's).
 static __always_inline int wanted_thread(void) {
+    u32 tgid = bpf_get_current_pid_tgid() >> 32;
+#ifdef PID_FILTER
+    return tgid == PID_FILTER;
+#endif
 #ifdef THREAD_FILTER
+    if (followed.lookup(&tgid))
+        return 1;
     char comm[TASK_COMM_LEN] = {};
     bpf_get_current_comm(&comm, sizeof(comm));
     char want[] = THREAD_FILTER;
@@ -56,12 +66,15 @@ static __always_inline int wanted_thread(void) {
     for (int i = 0; i < sizeof(want) - 1; i++)
         if (comm[i] != want[i])
             return 0;
-#endif
-#ifdef PID_FILTER
-    if ((bpf_get_current_pid_tgid() >> 32) != PID_FILTER)
-        return 0;
+    u8 one = 1;
+    followed.update(&tgid, &one);
 #endif
     return 1;
+}
+
+int handshake_enter(struct pt_regs *ctx) {
+    wanted_thread();
+    return 0;
 }
 
 static __always_inline int enter(struct pt_regs *ctx, u32 dir, u64 ex_len) {

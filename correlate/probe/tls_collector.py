@@ -18,7 +18,7 @@ from collections import OrderedDict
 from ..diagnostics import Diagnostics
 from ..wire.model import Conn
 from ..wire.rpc import RpcSink
-from .bcc_backend import check_bcc_prerequisites
+from .bcc_backend import _detach_uprobes, check_bcc_prerequisites
 from .clock import ClockMap
 from .errors import ProbeError
 from .proc_sockets import tcp_tuple
@@ -27,10 +27,11 @@ from .resolve import find_library
 MAX_COPY = 16384
 HOLD_NS = 200_000_000        # events wait this long to be put in time order across CPUs
 RINGBUF_PAGES = 1024         # 4 MiB: about 250 full-size records of slack
-THREAD_PREFIX = "glfs_"      # Gluster's I/O threads (glfs_epoll000, ...)
+THREAD_PREFIX = "glfs_"      # Gluster's threads (glfs_epoll000, ...): their processes are followed
 LIBSSL = "libssl.so.3"
 FUNCTIONS = (("SSL_read", "read_enter"), ("SSL_write", "write_enter"),
              ("SSL_read_ex", "read_ex_enter"), ("SSL_write_ex", "write_ex_enter"))
+HANDSHAKE = ("SSL_connect", "SSL_accept", "SSL_do_handshake")   # where a process is first seen
 MAX_STREAMS = 16384
 KIND_DATA, KIND_SETFD = 0, 1
 DIR_READ, DIR_WRITE = 0, 1
@@ -101,6 +102,9 @@ class TlsCollector:
                 continue       # the _ex forms exist from OpenSSL 1.1.1 on
         self.bpf.attach_uprobe(name=self.path, sym="SSL_set_fd", fn_name="set_fd_enter",
                                pid=self.pid or -1)
+        for function in HANDSHAKE:
+            self.bpf.attach_uprobe(name=self.path, sym=function, fn_name="handshake_enter",
+                                   pid=self.pid or -1)
         if not attached:
             raise ProbeError(f"no SSL_read/SSL_write in {self.path}")
         self.clock = ClockMap()
@@ -119,7 +123,8 @@ class TlsCollector:
             return []
         self.bpf.ring_buffer_consume()
         out = self._release(None)
-        self.lost = int(self.bpf["drops"][0].value) if len(self.bpf["drops"]) else 0
+        self.lost = int(self.bpf["drops"][0].value)
+        _detach_uprobes(self.bpf)
         self.bpf.cleanup()
         self.bpf = None
         return out
