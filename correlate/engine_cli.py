@@ -170,7 +170,7 @@ def run(pcaps, probe_groups, pid, backend, probe_offsets, logs, duration, window
     probe_stats = {}
     if "tls" in probe_groups:
         from .probe_source import open_tls_collector, probe_events
-        tls = open_tls_collector(pid=pid)
+        tls = open_tls_collector(pid=pid, decoding=decoding)
         click.echo(f"correlate: probes attached (tls: SSL_read/SSL_write in {tls.path})", err=True)
         merger.add("probes:tls", lambda: probe_events(tls, merger.stopping, {}), finite=False)
         probe_groups = tuple(g for g in probe_groups if g != "tls")

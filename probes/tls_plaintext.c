@@ -77,6 +77,23 @@ int handshake_enter(struct pt_regs *ctx) {
     return 0;
 }
 
+// The reader drains on its own clock; a wakeup per record preempted the probed process
+// (one more runnable task per SSL call on a busy host). Every WAKE_EVERY-th record on a CPU
+// wakes it, so a burst cannot fill the ring unseen.
+#define WAKE_EVERY 256
+BPF_PERCPU_ARRAY(since_wakeup, u32, 1);
+
+static __always_inline u64 wakeup_flag(void) {
+    u32 zero = 0;
+    u32 *n = since_wakeup.lookup(&zero);
+    if (!n)
+        return 0;
+    if (++*n < WAKE_EVERY)
+        return BPF_RB_NO_WAKEUP;
+    *n = 0;
+    return BPF_RB_FORCE_WAKEUP;
+}
+
 static __always_inline int enter(struct pt_regs *ctx, u32 dir, u64 ex_len) {
     if (!wanted_thread())
         return 0;
@@ -135,7 +152,7 @@ static __always_inline int leave(struct pt_regs *ctx) {
     u64 size = offsetof(struct tls_event_t, data) + n;
     if (size > sizeof(*e))
         size = sizeof(*e);
-    if (events.ringbuf_output(e, size, 0) != 0) {
+    if (events.ringbuf_output(e, size, wakeup_flag()) != 0) {
         u64 *d = drops.lookup(&zero);
         if (d)
             __sync_fetch_and_add(d, 1);
@@ -170,12 +187,13 @@ int set_fd_enter(struct pt_regs *ctx) {
     e->dir = 0;
     e->len = e->copied = 0;
     bpf_get_current_comm(&e->comm, sizeof(e->comm));
-    events.ringbuf_output(e, offsetof(struct tls_event_t, data), 0);
+    events.ringbuf_output(e, offsetof(struct tls_event_t, data), wakeup_flag());
     return 0;
 }
 
 // The socket behind an SSL* whose SSL_set_fd the probes did not see: the first read or
 // write system call its thread makes inside SSL_read/SSL_write (OpenSSL's socket BIO).
+#ifndef NO_SYSCALL_ROUTE
 TRACEPOINT_PROBE(raw_syscalls, sys_enter) {
     long nr = args->id;
     if (nr != 0 && nr != 1 && nr != 19 && nr != 20 && nr != 44 && nr != 45 && nr != 46
@@ -192,3 +210,4 @@ TRACEPOINT_PROBE(raw_syscalls, sys_enter) {
     ssl_fd.update(&ssl, &fd);
     return 0;
 }
+#endif

@@ -12,6 +12,7 @@ the same bytes.
 from __future__ import annotations
 
 import ctypes
+import os
 import socket
 from collections import OrderedDict
 
@@ -29,8 +30,10 @@ HOLD_NS = 200_000_000        # events wait this long to be put in time order acr
 RINGBUF_PAGES = 1024         # 4 MiB: about 250 full-size records of slack
 THREAD_PREFIX = "glfs_"      # Gluster's threads (glfs_epoll000, ...): their processes are followed
 LIBSSL = "libssl.so.3"
-FUNCTIONS = (("SSL_read", "read_enter"), ("SSL_write", "write_enter"),
-             ("SSL_read_ex", "read_ex_enter"), ("SSL_write_ex", "write_ex_enter"))
+# function, entry program, argument registers it reads
+FUNCTIONS = (("SSL_read", "read_enter", {1, 2}), ("SSL_write", "write_enter", {1, 2}),
+             ("SSL_read_ex", "read_ex_enter", {1, 2, 4}),
+             ("SSL_write_ex", "write_ex_enter", {1, 2, 4}))
 HANDSHAKE = ("SSL_connect", "SSL_accept", "SSL_do_handshake")   # where a process is first seen
 MAX_STREAMS = 16384
 KIND_DATA, KIND_SETFD = 0, 1
@@ -44,6 +47,23 @@ class _Header(ctypes.Structure):
                 ("pad", ctypes.c_uint32), ("comm", ctypes.c_char * 16)]
 
 
+def _symbols(path: str) -> dict[str, int]:
+    from .elfsym import SHT_DYNSYM, load_elf
+    return {sym.name: sym.value for sym in load_elf(path).symbols(SHT_DYNSYM)
+            if sym.default and sym.value}
+
+
+def _sites(path: str, address: int, args: set[int]):
+    """Where to trap: OpenSSL 3's SSL_read/SSL_write start with `sub $N,%rsp`, which the
+    kernel single-steps (over ten times an emulated trap); trap_sites.py moves the call to an
+    emulated branch with the arguments still in registers and the return to the stack
+    protector's branch with the value in %rax. This program reads registers only, so a site
+    that needs a stack copy of an argument stays at the entry."""
+    from .trap_sites import at_entry, trap_sites
+    sites = trap_sites(path, address, args, True)
+    return at_entry(address, True) if sites.stack_args else sites
+
+
 def program_path() -> str:
     from importlib.resources import files
     return str(files("correlate.probes").joinpath("tls_plaintext.c"))
@@ -55,14 +75,17 @@ class TlsCollector:
     name = "tls"
 
     def __init__(self, pid: int | None = None, source: str = "tls", library: str = LIBSSL,
-                 thread_prefix: str | None = THREAD_PREFIX):
+                 thread_prefix: str | None = THREAD_PREFIX, details=True,
+                 details_later: bool = False):
         self.pid = pid
         self.source = source
         self.library = library
         self.thread_prefix = thread_prefix
         self.host = socket.gethostname()
         self.diag = Diagnostics(source)
-        self.sink = RpcSink(source, self.diag)
+        # details: as for a capture, only what the detectors read (the decoding shares the
+        # probed host's CPUs; full decoding of every call cost the workload more than the probes)
+        self.sink = RpcSink(source, self.diag, details=details, details_later=details_later)
         self.bpf = None
         self.clock: ClockMap | None = None
         self.path: str | None = None
@@ -85,6 +108,8 @@ class TlsCollector:
             cflags.append(f'-DTHREAD_FILTER="{self.thread_prefix}"')
         if self.pid:
             cflags.append(f"-DPID_FILTER={int(self.pid)}")
+        if os.environ.get("CORRELATE_TLS_SYSCALL_ROUTE", "1") == "0":
+            cflags.append("-DNO_SYSCALL_ROUTE")
         with open(program_path()) as f:
             text = f.read()
         try:
@@ -92,19 +117,24 @@ class TlsCollector:
         except Exception as exc:
             raise ProbeError(f"the tls probe program did not load: {exc}") from None
         attached = 0
-        for function, entry in FUNCTIONS:
-            try:
-                self.bpf.attach_uprobe(name=self.path, sym=function, fn_name=entry, pid=self.pid or -1)
-                self.bpf.attach_uretprobe(name=self.path, sym=function, fn_name="any_return",
-                                          pid=self.pid or -1)
-                attached += 1
-            except Exception:
+        symbols = _symbols(self.path)
+        self.sites = {}
+        for function, entry, args in FUNCTIONS:
+            if function not in symbols:
                 continue       # the _ex forms exist from OpenSSL 1.1.1 on
-        self.bpf.attach_uprobe(name=self.path, sym="SSL_set_fd", fn_name="set_fd_enter",
-                               pid=self.pid or -1)
-        for function in HANDSHAKE:
-            self.bpf.attach_uprobe(name=self.path, sym=function, fn_name="handshake_enter",
-                                   pid=self.pid or -1)
+            sites = _sites(self.path, symbols[function], args)
+            self.sites[function] = sites
+            # Always on the file, every process: the program filters by pid (a per-process
+            # uprobe costs the process at each context switch, docs/probes.md).
+            self.bpf.attach_uprobe(name=self.path, addr=sites.call, fn_name=entry, pid=-1)
+            attach = self.bpf.attach_uprobe if sites.ret_reads_rax else self.bpf.attach_uretprobe
+            attach(name=self.path, addr=sites.ret, fn_name="any_return", pid=-1)
+            attached += 1
+        for function, program in (("SSL_set_fd", "set_fd_enter"),
+                                  *((h, "handshake_enter") for h in HANDSHAKE)):
+            if function in symbols:
+                self.bpf.attach_uprobe(name=self.path, addr=symbols[function],
+                                       fn_name=program, pid=-1)
         if not attached:
             raise ProbeError(f"no SSL_read/SSL_write in {self.path}")
         self.clock = ClockMap()
@@ -114,7 +144,9 @@ class TlsCollector:
     def poll(self, timeout_ms: int = 100) -> list[dict]:
         if self.bpf is None:
             return []
+        # records do not wake the reader (a quarter-full ring does): wait, then drain
         self.bpf.ring_buffer_poll(timeout_ms)
+        self.bpf.ring_buffer_consume()
         self.clock.maybe_remeasure()
         return self._release(self._newest - HOLD_NS)
 
