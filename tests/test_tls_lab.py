@@ -115,3 +115,43 @@ def test_healthy_tls_mount_gives_no_finding(tls_lab, tmp_path):
     events = events_of(pcap, log)
     assert [e["kind"] for e in events].count("tls.handshake") == 2
     assert run_detector(TlsFailure(), events) == []
+
+
+def test_hung_brick_on_tls_volume_named_through_probe_tls(tls_lab, tmp_path):
+    """SIGSTOP the brick holding the file a client writes: with nothing but --probe tls the
+    unanswered calls and PING are seen inside TLS, and brick-not-responding names the brick."""
+    import time
+    from tests.lab import tls, volumes
+    tls.ensure_volume("tlsvol", {**tls.TLS_OPTIONS, "network.ping-timeout": "5"})
+    run = subprocess.Popen([sys.executable, "-m", "correlate", "run", "--probe", "tls", "--json"],
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    pid = None
+    try:
+        err = ""
+        while "probes attached" not in err and run.poll() is None:
+            err += run.stderr.readline()
+        writer = subprocess.Popen([sys.executable, "-m", "tests.lab.gfapi", "write-loop",
+                                   "--volume", "tlsvol", "--path", "/hang", "--seconds", "20",
+                                   "--size", "1024", "--timeout", "0", "--log",
+                                   str(tmp_path / "hang.log")], stdout=subprocess.PIPE, text=True)
+        time.sleep(3)
+        dirs = volumes.brick_dirs("tlsvol", 2)
+        index = next(i for i in range(2) if (dirs[i] / "hang").exists())
+        pid = volumes.pause_brick("tlsvol", index)
+        time.sleep(10)
+        volumes.resume_brick(pid)
+        pid = None
+        writer.communicate(timeout=60)
+        time.sleep(2)
+    finally:
+        if pid is not None:
+            volumes.resume_brick(pid)
+        run.send_signal(signal.SIGTERM)
+        out, rest = run.communicate(timeout=60)
+        tls.ensure_volume("tlsvol")
+    findings = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+    hung = [f for f in findings if f.get("detector") == "brick-not-responding"
+            and f.get("severity") == "error"]
+    assert hung, err + rest
+    assert f"tlsvol/b{index + 1}" in hung[0]["title"] and "(from SETVOLUME)" in hung[0]["explanation"]
+    assert all(e["source"] == "tls" for e in hung[0]["evidence"] if e.get("layer") == "wire")
