@@ -118,6 +118,7 @@ class TlsCollector:
             raise ProbeError(f"the tls probe program did not load: {exc}") from None
         attached = 0
         symbols = _symbols(self.path)
+        path = self.path.encode()
         self.sites = {}
         for function, entry, args in FUNCTIONS:
             if function not in symbols:
@@ -126,19 +127,19 @@ class TlsCollector:
             self.sites[function] = sites
             # Always on the file, every process: the program filters by pid (a per-process
             # uprobe costs the process at each context switch, docs/probes.md).
-            self.bpf.attach_uprobe(name=self.path, addr=sites.call, fn_name=entry, pid=-1)
+            self.bpf.attach_uprobe(name=path, addr=sites.call, fn_name=entry.encode(), pid=-1)
             attach = self.bpf.attach_uprobe if sites.ret_reads_rax else self.bpf.attach_uretprobe
-            attach(name=self.path, addr=sites.ret, fn_name="any_return", pid=-1)
+            attach(name=path, addr=sites.ret, fn_name=b"any_return", pid=-1)
             attached += 1
         for function, program in (("SSL_set_fd", "set_fd_enter"),
                                   *((h, "handshake_enter") for h in HANDSHAKE)):
             if function in symbols:
-                self.bpf.attach_uprobe(name=self.path, addr=symbols[function],
-                                       fn_name=program, pid=-1)
+                self.bpf.attach_uprobe(name=path, addr=symbols[function],
+                                       fn_name=program.encode(), pid=-1)
         if not attached:
             raise ProbeError(f"no SSL_read/SSL_write in {self.path}")
         self.clock = ClockMap()
-        self.bpf["events"].open_ring_buffer(self._on_event)
+        self.bpf[b"events"].open_ring_buffer(self._on_event)
         return self
 
     def poll(self, timeout_ms: int = 100) -> list[dict]:
@@ -155,7 +156,7 @@ class TlsCollector:
             return []
         self.bpf.ring_buffer_consume()
         out = self._release(None)
-        self.lost = int(self.bpf["drops"][0].value)
+        self.lost = int(self.bpf[b"drops"][0].value)
         _detach_uprobes(self.bpf)
         self.bpf.cleanup()
         self.bpf = None
