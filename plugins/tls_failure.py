@@ -73,7 +73,8 @@ class TlsFailure(Detector):
     id = "tls-failure"
     options = {"log_window_s": Option(WINDOW_NS / 1e9, "seconds around a failed TLS connection "
                                                        "in which log lines join its evidence")}
-    wants = Wants(kinds={"tls.handshake", "tls.certificate", "tls.connection", "rpc.reply"},
+    wants = Wants(kinds={"tls.handshake", "tls.certificate", "tls.connection", "rpc.reply",
+                         "tcp.close"},
                   layers={"log"}, procedures={"SETVOLUME"}, details=())
 
     def __init__(self):
@@ -83,6 +84,9 @@ class TlsFailure(Detector):
         self.wire_failures: deque[int] = deque(maxlen=256)
         self.log_only: list[dict] = []                   # verify failures with no wire behind
         self.encrypted_ok = 0
+        self.resets: deque[dict] = deque(maxlen=64)      # connections a server reset
+        self.plaintext_lines: deque[dict] = deque(maxlen=64)  # bricks' "wrong version number"
+        self.plaintext_resets = 0
 
     # -- events ------------------------------------------------------------------------------
     def observe(self, ev):
@@ -96,6 +100,10 @@ class TlsFailure(Detector):
                 self.certs.popitem(last=False)
         elif kind == "tls.connection":
             return self._connection(ev)
+        elif kind == "tcp.close":
+            if ev.get("reason") == "rst" and ev.get("by") == "server":
+                self.resets.append(ev)
+                return self._reset_after_plaintext(ev)
         elif kind == "rpc.reply":
             if ev.get("source") == "tls" and ev.get("op_ret") == -1 \
                     and ev.get("op_errno") == 13:
@@ -109,6 +117,9 @@ class TlsFailure(Detector):
         if fn == "ssl_setup_connection_params" and "IO path is ENABLED" in msg:
             self.tls_seen_ns = ev["time_ns"]
             return ()
+        if fn == "ssl_dump_error_stack" and "wrong version number" in msg \
+                and str(ev.get("xlator", "")).endswith("-server"):
+            return [self._plaintext_client(ev)]
         if fn == "ssl_dump_error_stack" or "wrong MSG-TYPE" in msg:
             self.logs.append(ev)
             if "certificate verify failed" in msg or "alert unknown ca" in msg:
@@ -194,6 +205,37 @@ class TlsFailure(Detector):
         return self.finding(ev["time_ns"], severity="error", title=TITLES["cn-not-allowed"],
                             explanation=explanation, remedy=REMEDY["cn-not-allowed"],
                             evidence=evidence, key="cn-not-allowed", cause="cn-not-allowed")
+
+    def _reset_after_plaintext(self, ev):
+        """The brick logs before its RST reaches the capture: the reset joins the finding."""
+        window = self.option("log_window_s") * 1e9
+        if not any(0 <= ev["time_ns"] - l["time_ns"] <= window for l in self.plaintext_lines):
+            return ()
+        self.plaintext_resets += 1
+        return [self.finding(ev["time_ns"], severity="error", title=TITLES["client-plaintext"],
+                             explanation=self._plaintext_text(self.plaintext_lines[-1]),
+                             remedy=REMEDY["client-plaintext"], evidence=[ev],
+                             key="client-plaintext", refines=True, cause="client-plaintext")]
+
+    def _plaintext_text(self, line) -> str:
+        wire = (f" The capture shows {self.plaintext_resets} connection(s) to bricks reset by "
+                "the server right after the client's first RPC." if self.plaintext_resets else "")
+        return (f"{line.get('xlator')}: OpenSSL on the brick read a record that is not TLS "
+                "('wrong version number'): the client sent plaintext RPC to a brick with "
+                "server.ssl on." + wire)
+
+    def _plaintext_client(self, line):
+        """A TLS brick read something that is not TLS ("wrong version number"): on the wire the
+        client's RPC (DUMP, PING) to the brick, which resets the connection unanswered (those
+        resets join by _reset_after_plaintext)."""
+        window = self.option("log_window_s") * 1e9
+        self.plaintext_lines.append(line)
+        resets = [e for e in self.resets if 0 <= line["time_ns"] - e["time_ns"] <= window]
+        self.plaintext_resets += len(resets)
+        return self.finding(line["time_ns"], severity="error", title=TITLES["client-plaintext"],
+                            explanation=self._plaintext_text(line),
+                            remedy=REMEDY["client-plaintext"], evidence=[line, *resets],
+                            key="client-plaintext", cause="client-plaintext")
 
     def finish(self):
         # verify failures from logs alone (no capture of that moment)

@@ -79,3 +79,14 @@ def test_client_tls_against_plaintext_brick():
                     "tls-client-only.brick.log")
     assert f["cause"] == "server-plaintext" and "wrong MSG-TYPE" in f["explanation"]
     assert "server.ssl on" in f["remedy"] and "secure-access" in f["remedy"]
+
+
+def test_plaintext_client_against_tls_brick():
+    # no TLS byte crosses: the brick resets the client's DUMP; its log says why
+    found = findings("tls-server-only.pcap", "tls-server-only.client.log",
+                     "tls-server-only.brick.log")
+    assert causes(found) == ["client-plaintext"]
+    (f,) = found
+    assert f["count"] == 2 and "reset by the server" in f["explanation"]
+    assert "client.ssl on" in f["remedy"]
+    assert findings("tls-server-only.pcap") == []      # the wire alone does not say TLS
