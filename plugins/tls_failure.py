@@ -87,6 +87,8 @@ class TlsFailure(Detector):
         self.resets: deque[dict] = deque(maxlen=64)      # connections a server reset
         self.plaintext_lines: deque[dict] = deque(maxlen=64)  # bricks' "wrong version number"
         self.plaintext_resets = 0
+        self.first_encrypted: dict | None = None         # a tls.connection that came up
+        self.inside_seen = False                         # RPC decoded from --probe tls
 
     # -- events ------------------------------------------------------------------------------
     def observe(self, ev):
@@ -105,6 +107,7 @@ class TlsFailure(Detector):
                 self.resets.append(ev)
                 return self._reset_after_plaintext(ev)
         elif kind == "rpc.reply":
+            self.inside_seen = self.inside_seen or ev.get("source") == "tls"
             if ev.get("source") == "tls" and ev.get("op_ret") == -1 \
                     and ev.get("op_errno") == 13:
                 return [self._cn_refused(ev, [ev])]
@@ -141,6 +144,7 @@ class TlsFailure(Detector):
         certs = self.certs.pop((ev.get("source"), ev.get("conn")), [])
         if ev.get("stage") == "encrypted data" and not ev.get("plaintext_side"):
             self.encrypted_ok += 1
+            self.first_encrypted = self.first_encrypted or ev
             return ()
         self.wire_failures.append(ev["time_ns"])
         nearby = [e for e in self.logs
@@ -238,9 +242,21 @@ class TlsFailure(Detector):
                             key="client-plaintext", cause="client-plaintext")
 
     def finish(self):
+        out = []
+        if self.first_encrypted is not None and not self.inside_seen:
+            # not a problem, but what the run could not see: said once, as info
+            ev = self.first_encrypted
+            out.append(self.finding(ev["time_ns"], severity="info",
+                                    title="encrypted Gluster connections: RPC not visible",
+                                    explanation=f"{self.encrypted_ok} TLS connection(s) to Gluster "
+                                                f"ports ({ev.get('tls_version')}) carried data the "
+                                                "capture cannot decode; findings that need their "
+                                                "RPC (latency, errors, hangs) cannot see them.",
+                                    remedy="Run `correlate run --probe tls` on the client or "
+                                           "server host to decode the RPC inside (docs/probes.md).",
+                                    evidence=[ev], key="encrypted", cause="encrypted"))
         # verify failures from logs alone (no capture of that moment)
         window = self.option("log_window_s") * 1e9
-        out = []
         for e in self.log_only:
             if any(abs(t - e["time_ns"]) <= window for t in self.wire_failures):
                 continue

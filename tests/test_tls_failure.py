@@ -23,8 +23,10 @@ def causes(found: list[dict]) -> list[str]:
 
 @pytest.mark.parametrize("names", [("tls-healthy.pcap", "tls-healthy.client.log"),
                                    ("tls-healthy12.pcap", "tls-healthy12.client.log")])
-def test_healthy_tls_gives_nothing(names):
-    assert findings(*names) == []
+def test_healthy_tls_gives_only_the_note_that_rpc_is_hidden(names):
+    (f,) = findings(*names)
+    assert f["severity"] == "info" and f["cause"] == "encrypted" and f["count"] == 1
+    assert "--probe tls" in f["remedy"] and "2 TLS connection(s)" in f["explanation"]
 
 
 @pytest.mark.parametrize("capture", ["tls-ca-mismatch.pcap", "tls-ca-mismatch12.pcap"])
@@ -45,8 +47,9 @@ def test_ca_mismatch_from_the_client_log_alone():
 
 
 def test_cn_not_allowed_over_tls():
-    (f,) = findings("tls-cn-not-allowed.pcap", "tls-cn-not-allowed.client.log",
-                    "tls-cn-not-allowed.brick.log")
+    (f, note) = findings("tls-cn-not-allowed.pcap", "tls-cn-not-allowed.client.log",
+                         "tls-cn-not-allowed.brick.log")
+    assert note["cause"] == "encrypted"
     assert f["cause"] == "cn-not-allowed" and "auth.ssl-allow" in f["remedy"]
     assert f["count"] >= 2
 
