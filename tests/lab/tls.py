@@ -2,12 +2,13 @@
 other certificates than the node's (CA mismatch, CN not allowed, expired).
 
     from tests.lab import tls
-    with tls.installed() as pki:              # /usr/lib/ssl/glusterfs.{pem,key,ca}, restored after
-        tls.ensure_volume("tlsvol")           # client.ssl, server.ssl, auth.ssl-allow
-        tls.gfapi(["workload", "--volume", "tlsvol", "--files", "5"])
-        tls.gfapi([...], identity=pki.intruder)    # a client presenting CN "intruder"
+    pki = tls.up()                        # /usr/lib/ssl/glusterfs.{pem,key,ca}; down() restores
+    tls.ensure_volume("tlsvol")           # client.ssl, server.ssl, auth.ssl-allow
+    tls.gfapi(["workload", "--volume", "tlsvol", "--files", "5"])
+    tls.gfapi([...], identity=pki.intruder)    # a client presenting CN "intruder"
+    tls.gfapi([...], tls12=True)               # capped at TLS 1.2: certificates in clear
 
-    python -m tests.lab.tls up|down       # install certificates + tlsvol / remove both
+    python -m tests.lab.tls up|down       # install certificates + tlsvol / remove them all
 
 Gluster 10.3 on Debian reads its certificates from /usr/lib/ssl/glusterfs.* in every
 process that has ssl on (client and brick alike), so a client that must present other
@@ -17,7 +18,6 @@ without ssl never open the files.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import shutil
@@ -145,15 +145,6 @@ def up() -> Pki:
     return pki
 
 
-@contextlib.contextmanager
-def installed():
-    pki = up()
-    try:
-        yield pki
-    finally:
-        pass        # left installed for the next test; `down` removes it
-
-
 TLS_OPTIONS = {"client.ssl": "on", "server.ssl": "on", "auth.ssl-allow": NODE_CN}
 
 
@@ -207,7 +198,7 @@ def _env(tls12: bool) -> dict[str, str]:
     return env
 
 
-def down(names: tuple[str, ...] = ("tlsvol", "tlsvol2")) -> None:
+def down(names: tuple[str, ...] = ("tlsvol", "tlsvol2", "tlsvolplain")) -> None:
     for name in names:
         volumes.delete(name)
     uninstall()
