@@ -103,7 +103,8 @@ def with_common(f):
 @click.option("--pcap", "pcaps", multiple=True, metavar="FILE|-",
               help="Capture to read; `-` is stdin (tcpdump -U -w -). Repeatable.")
 @click.option("--probe", "probe_groups", multiple=True, metavar="GROUP",
-              help="Attach process probes: gfapi, samba, all, or a plugin's group. Repeatable.")
+              help="Attach process probes: gfapi, samba, tls (the plaintext of TLS volumes, "
+                   "decoded as RPC), all, or a plugin's group. Repeatable.")
 @click.option("--pid", type=int, help="Probe only this process.")
 @click.option("--backend", type=click.Choice(["auto", "bcc", "stap"]), default="auto",
               show_default=True, help="Probe backend.")
@@ -168,6 +169,12 @@ def run(pcaps, probe_groups, pid, backend, probe_offsets, logs, duration, window
     # before probes attach: an output that cannot be written stops the run here, in one line
     reporter = _reporter(json_out, events, timeline, "run", color)
     probe_stats = {}
+    if "tls" in probe_groups:
+        from .probe_source import open_tls_collector, probe_events
+        tls = open_tls_collector(pid=pid, decoding=decoding)
+        click.echo(f"correlate: probes attached (tls: SSL_read/SSL_write in {tls.path})", err=True)
+        merger.add("probes:tls", lambda: probe_events(tls, merger.stopping, {}), finite=False)
+        probe_groups = tuple(g for g in probe_groups if g != "tls")
     if probe_groups:
         from .probe_source import describe_session, open_probe_session, probe_events
         from .detector import detector_settings

@@ -55,6 +55,14 @@ def open_probe_session(groups, *, pid=None, backend="auto", offsets=(), options=
     return session.start()
 
 
+def open_tls_collector(pid=None, decoding: dict | None = None):
+    """`--probe tls`: its own collector (it copies buffers, not arguments): started, or a
+    CorrelateError subclass with one clear line. `decoding`: what the RPC decoder decodes,
+    as for captures (engine_cli.decoding_options)."""
+    from .probe.tls_collector import TlsCollector
+    return TlsCollector(pid=pid, **(decoding or {})).start()
+
+
 def describe_session(session) -> list[str]:
     """What a user should know once probes run: what attached, what did not, clock error."""
     summary = session.summary()

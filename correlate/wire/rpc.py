@@ -23,6 +23,7 @@ from .model import Conn
 from .record_marking import MAX_RECORD, Direction, Record, RecordFramer
 from .rpc_cred import decode_cred
 from .rpc_header import CallHeader, ReplyHeader, parse_header
+from .tls import TlsConn, starts_tls
 
 MAX_PENDING = 4096              # unanswered calls remembered per connection
 # ... and over all connections, in bytes as estimated below: a call costs its bookkeeping,
@@ -61,7 +62,22 @@ class RpcSink:
     # -- StreamSink -------------------------------------------------------------------------
     def on_data(self, conn: Conn, from_client: bool, time_ns: int, data: bytes) -> list[dict]:
         st = self._state(conn)
-        d = st.dirs.get(from_client) or st.direction(from_client)
+        d = st.dirs.get(from_client)
+        if d is None:
+            # A direction is TLS or RPC from its first bytes on (the other direction may
+            # still speak RPC: the one side plaintext failure)
+            d = st.direction(from_client)
+            if starts_tls(data):
+                if st.tls is None:
+                    st.tls = TlsConn(self.source)
+                    if (not from_client) in st.dirs:
+                        st.tls.plain.add(not from_client)
+                return st.tls.feed(conn, from_client, time_ns, data)
+            if st.tls is not None:
+                st.tls.plain.add(from_client)
+        elif st.tls is not None and from_client not in st.tls.plain \
+                and st.tls.sides[from_client].bytes:
+            return st.tls.feed(conn, from_client, time_ns, data)
         try:
             records = self.framer.feed(conn, st.pending, from_client, d, time_ns, data)
         except Exception as exc:   # a bug must not end the whole run: report it, resync
@@ -71,6 +87,9 @@ class RpcSink:
 
     def on_gap(self, conn: Conn, from_client: bool, time_ns: int, missing: int) -> list[dict]:
         st = self._state(conn)
+        if st.tls is not None and st.tls.sides[from_client].bytes:
+            st.tls.gap(from_client)
+            return []
         d = st.dirs.get(from_client) or st.direction(from_client)
         try:
             records = self.framer.gap(conn, from_client, d, missing)
@@ -84,6 +103,8 @@ class RpcSink:
         if st is not None:
             self._pending_bytes -= st.pending_bytes
             self.framer.close(conn, st.dirs)
+            if st.tls is not None:
+                return [st.tls.close(conn, time_ns)]
         return []
 
     # -- events ----------------------------------------------------------------------------
@@ -211,7 +232,7 @@ def _context(ev: dict) -> dict | None:
 
 
 class _ConnState:
-    __slots__ = ("dirs", "pending", "pending_bytes")
+    __slots__ = ("dirs", "pending", "pending_bytes", "tls")
 
     def __init__(self):
         # sent by client? -> framing state, made when that side first sends (many
@@ -220,6 +241,7 @@ class _ConnState:
         # (sent by client?, xid) -> the call, oldest first
         self.pending: OrderedDict[tuple[bool, int], _Pending] = OrderedDict()
         self.pending_bytes = 0
+        self.tls: TlsConn | None = None      # set when the connection's first bytes are TLS
 
     def direction(self, from_client: bool) -> Direction:
         d = self.dirs[from_client] = Direction()

@@ -1,0 +1,224 @@
+"""`--probe tls`: the plaintext of Gluster's TLS connections, decoded as a capture would be.
+
+probes/tls_plaintext.c copies what SSL_read returned and what SSL_write sent in libssl (per
+call at most MAX_COPY bytes; the rest is a gap the RPC framer is told about, counted in
+`truncated_bytes`). Each SSL* is tied to its socket (SSL_set_fd, or the thread's read/write
+system call inside the SSL_* call), the socket to its TCP 4-tuple through /proc, and each
+direction's bytes go, in time order, into the same RpcSink a capture feeds: rpc.call and
+rpc.reply events with `source` "tls". When both ends of a connection are probed (client and
+brick on one host), the first process seen moving its bytes speaks for it: the two copies are
+the same bytes.
+"""
+from __future__ import annotations
+
+import ctypes
+import os
+import socket
+from collections import OrderedDict
+
+from ..diagnostics import Diagnostics
+from ..wire.model import Conn
+from ..wire.rpc import RpcSink
+from .bcc_backend import _detach_uprobes, check_bcc_prerequisites
+from .clock import ClockMap
+from .errors import ProbeError
+from .proc_sockets import tcp_tuple
+from .resolve import find_library
+
+MAX_COPY = 16384
+HOLD_NS = 200_000_000        # events wait this long to be put in time order across CPUs
+RINGBUF_PAGES = 1024         # 4 MiB: about 250 full-size records of slack
+THREAD_PREFIX = "glfs_"      # Gluster's threads (glfs_epoll000, ...): their processes are followed
+LIBSSL = "libssl.so.3"
+# function, entry program, argument registers it reads
+FUNCTIONS = (("SSL_read", "read_enter", {1, 2}), ("SSL_write", "write_enter", {1, 2}),
+             ("SSL_read_ex", "read_ex_enter", {1, 2, 4}),
+             ("SSL_write_ex", "write_ex_enter", {1, 2, 4}))
+HANDSHAKE = ("SSL_connect", "SSL_accept", "SSL_do_handshake")   # where a process is first seen
+MAX_STREAMS = 16384
+KIND_DATA, KIND_SETFD = 0, 1
+DIR_READ, DIR_WRITE = 0, 1
+
+
+class _Header(ctypes.Structure):
+    _fields_ = [("ts", ctypes.c_uint64), ("ssl", ctypes.c_uint64), ("pid", ctypes.c_uint32),
+                ("tid", ctypes.c_uint32), ("fd", ctypes.c_int32), ("kind", ctypes.c_uint32),
+                ("dir", ctypes.c_uint32), ("len", ctypes.c_uint32), ("copied", ctypes.c_uint32),
+                ("pad", ctypes.c_uint32), ("comm", ctypes.c_char * 16)]
+
+
+def _symbols(path: str) -> dict[str, int]:
+    from .elfsym import SHT_DYNSYM, load_elf
+    return {sym.name: sym.value for sym in load_elf(path).symbols(SHT_DYNSYM)
+            if sym.default and sym.value}
+
+
+def _sites(path: str, address: int, args: set[int]):
+    """Where to trap: OpenSSL 3's SSL_read/SSL_write start with `sub $N,%rsp`, which the
+    kernel single-steps (over ten times an emulated trap); trap_sites.py moves the call to an
+    emulated branch with the arguments still in registers and the return to the stack
+    protector's branch with the value in %rax. This program reads registers only, so a site
+    that needs a stack copy of an argument stays at the entry."""
+    from .trap_sites import at_entry, trap_sites
+    sites = trap_sites(path, address, args, True)
+    return at_entry(address, True) if sites.stack_args else sites
+
+
+def program_path() -> str:
+    from importlib.resources import files
+    return str(files("correlate.probes").joinpath("tls_plaintext.c"))
+
+
+class TlsCollector:
+    """Attach, poll, stop, as the other collectors; poll() returns wire events."""
+
+    name = "tls"
+
+    def __init__(self, pid: int | None = None, source: str = "tls", library: str = LIBSSL,
+                 thread_prefix: str | None = THREAD_PREFIX, details=True,
+                 details_later: bool = False):
+        self.pid = pid
+        self.source = source
+        self.library = library
+        self.thread_prefix = thread_prefix
+        self.host = socket.gethostname()
+        self.diag = Diagnostics(source)
+        # details: as for a capture, only what the detectors read (the decoding shares the
+        # probed host's CPUs; full decoding of every call cost the workload more than the probes)
+        self.sink = RpcSink(source, self.diag, details=details, details_later=details_later)
+        self.bpf = None
+        self.clock: ClockMap | None = None
+        self.path: str | None = None
+        self._held: list[tuple[int, int, bool, int, bytes, int]] = []
+        self._newest = 0
+        self._conns: dict[tuple[str, str], tuple[Conn, int]] = {}   # 4-tuple -> (conn, owner pid)
+        # (pid, SSL*) -> (client, server, this process is the client?)
+        self._streams: OrderedDict[tuple[int, int], tuple[str, str, bool] | None] = OrderedDict()
+        self._fds: dict[tuple[int, int], int] = {}                  # (pid, ssl) -> fd
+        self.records = self.bytes = self.truncated_bytes = self.unattributed_bytes = 0
+        self.lost = 0
+
+    # -- lifecycle -----------------------------------------------------------------------------
+    def start(self) -> "TlsCollector":
+        check_bcc_prerequisites()
+        from bcc import BPF
+        self.path = find_library(self.library, self.pid)
+        cflags = [f"-DRINGBUF_PAGES={RINGBUF_PAGES}"]
+        if self.thread_prefix:
+            cflags.append(f'-DTHREAD_FILTER="{self.thread_prefix}"')
+        if self.pid:
+            cflags.append(f"-DPID_FILTER={int(self.pid)}")
+        if os.environ.get("CORRELATE_TLS_SYSCALL_ROUTE", "1") == "0":
+            cflags.append("-DNO_SYSCALL_ROUTE")
+        with open(program_path()) as f:
+            text = f.read()
+        try:
+            self.bpf = BPF(text=text.encode(), cflags=cflags)
+        except Exception as exc:
+            raise ProbeError(f"the tls probe program did not load: {exc}") from None
+        attached = 0
+        symbols = _symbols(self.path)
+        path = self.path.encode()
+        self.sites = {}
+        for function, entry, args in FUNCTIONS:
+            if function not in symbols:
+                continue       # the _ex forms exist from OpenSSL 1.1.1 on
+            sites = _sites(self.path, symbols[function], args)
+            self.sites[function] = sites
+            # Always on the file, every process: the program filters by pid (a per-process
+            # uprobe costs the process at each context switch, docs/probes.md).
+            self.bpf.attach_uprobe(name=path, addr=sites.call, fn_name=entry.encode(), pid=-1)
+            attach = self.bpf.attach_uprobe if sites.ret_reads_rax else self.bpf.attach_uretprobe
+            attach(name=path, addr=sites.ret, fn_name=b"any_return", pid=-1)
+            attached += 1
+        for function, program in (("SSL_set_fd", "set_fd_enter"),
+                                  *((h, "handshake_enter") for h in HANDSHAKE)):
+            if function in symbols:
+                self.bpf.attach_uprobe(name=path, addr=symbols[function],
+                                       fn_name=program.encode(), pid=-1)
+        if not attached:
+            raise ProbeError(f"no SSL_read/SSL_write in {self.path}")
+        self.clock = ClockMap()
+        self.bpf[b"events"].open_ring_buffer(self._on_event)
+        return self
+
+    def poll(self, timeout_ms: int = 100) -> list[dict]:
+        if self.bpf is None:
+            return []
+        # records do not wake the reader (a quarter-full ring does): wait, then drain
+        self.bpf.ring_buffer_poll(timeout_ms)
+        self.bpf.ring_buffer_consume()
+        self.clock.maybe_remeasure()
+        return self._release(self._newest - HOLD_NS)
+
+    def stop(self) -> list[dict]:
+        if self.bpf is None:
+            return []
+        self.bpf.ring_buffer_consume()
+        out = self._release(None)
+        self.lost = int(self.bpf[b"drops"][0].value)
+        _detach_uprobes(self.bpf)
+        self.bpf.cleanup()
+        self.bpf = None
+        return out
+
+    def summary(self) -> dict:
+        return {"backend": "bcc", "library": self.path, "records": self.records,
+                "bytes": self.bytes, "truncated_bytes": self.truncated_bytes,
+                "unattributed_bytes": self.unattributed_bytes, "lost": self.lost,
+                "connections": len(self._conns), "skipped": self.diag.summary_lines()}
+
+    # -- records -------------------------------------------------------------------------------
+    def _on_event(self, ctx, data, size) -> None:
+        h = _Header.from_address(data)
+        if h.kind == KIND_SETFD:
+            # a new binding: what was resolved for this SSL* or this fd number is stale
+            self._fds[(h.pid, h.ssl)] = h.fd
+            self._streams.pop((h.pid, h.ssl), None)
+            return
+        self.records += 1
+        self.bytes += h.len
+        key = (h.pid, h.ssl)
+        if h.fd >= 0:
+            self._fds.setdefault(key, h.fd)
+        if key not in self._streams:
+            fd = self._fds.get(key, -1)
+            # resolved at once: a short connection is gone from /proc by the time it is fed
+            self._streams[key] = tcp_tuple(h.pid, fd) if fd >= 0 else None
+            if len(self._streams) > MAX_STREAMS:
+                self._streams.popitem(last=False)
+        payload = ctypes.string_at(data + ctypes.sizeof(_Header), min(h.copied, MAX_COPY))
+        time_ns = self.clock.to_realtime(h.ts)
+        self._newest = max(self._newest, time_ns)
+        self._held.append((time_ns, h.pid, h.dir == DIR_WRITE, h.ssl, payload, h.len))
+
+    def _release(self, upto: int | None) -> list[dict]:
+        if upto is None:
+            ready, self._held = self._held, []
+        else:
+            ready = [r for r in self._held if r[0] <= upto]
+            self._held = [r for r in self._held if r[0] > upto]
+        ready.sort(key=lambda r: r[0])
+        out: list[dict] = []
+        for time_ns, pid, wrote, ssl, payload, moved in ready:
+            ends = self._streams.get((pid, ssl))
+            if ends is None:
+                self.unattributed_bytes += moved
+                continue
+            conn, owner = self._conn(ends[:2], pid)
+            if owner != pid:
+                continue            # the other end's copy of the same bytes
+            from_client = wrote == ends[2]
+            out.extend(self.sink.on_data(conn, from_client, time_ns, payload))
+            if moved > len(payload):
+                self.truncated_bytes += moved - len(payload)
+                out.extend(self.sink.on_gap(conn, from_client, time_ns, moved - len(payload)))
+        for ev in out:
+            ev["host"] = self.host
+        return out
+
+    def _conn(self, ends: tuple[str, str], pid: int) -> tuple[Conn, int]:
+        got = self._conns.get(ends)
+        if got is None:
+            got = self._conns[ends] = (Conn(ends[0], ends[1], len(self._conns) + 1), pid)
+        return got

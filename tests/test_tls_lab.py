@@ -1,0 +1,189 @@
+"""TLS volumes on the real lab (tests/lab/tls.py): `--probe tls` decodes a TLS volume's traffic
+as a capture decodes a plaintext one, and the TLS failures reproduced live get their names.
+Needs root, bcc and the lab; skips saying why."""
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import uuid
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from correlate.plugins.tls_failure import TlsFailure
+from correlate.testing import events_of, run_detector
+from correlate.wire.decode import decode_capture
+
+pytestmark = [pytest.mark.bpf, pytest.mark.lab]
+BRICK_PORT_MIN = 49152
+
+
+@pytest.fixture
+def tls_lab(lab, tmp_path):
+    from tests.lab import lab as lab_module
+    from tests.lab import tls
+    with lab_module.exclusive():
+        pki = tls.up()
+        tls.ensure_volume("tlsvol")
+        tls.ensure_volume("tlsvolplain", {})
+        yield pki
+
+
+def _brick_calls(events) -> Counter:
+    return Counter(e["procedure"] for e in events if e["kind"] == "rpc.call"
+                   and int(e["dst"].rsplit(":", 1)[1]) >= BRICK_PORT_MIN)
+
+
+def _workload(volume: str, directory: str, log: Path) -> None:
+    subprocess.run([sys.executable, "-m", "tests.lab.gfapi", "workload", "--files", "20",
+                    "--size", "4096", "--dir", directory, "--timeout", "0", "--log", str(log),
+                    "--volume", volume], check=True, capture_output=True, timeout=120)
+
+
+def test_probe_tls_counts_equal_the_plaintext_capture(tls_lab, tmp_path):
+    from correlate.probe.bcc_backend import check_bcc_prerequisites
+    from correlate.probe.errors import ProbeError
+    from tests.lab import lab as lab_module
+    from tests.lab.capture import Tcpdump
+    try:
+        check_bcc_prerequisites()
+    except ProbeError as exc:
+        pytest.skip(str(exc))
+    directory = f"/tlscmp-{uuid.uuid4().hex[:8]}"
+    log = tmp_path / "client.log"
+    for volume in ("tlsvolplain", "tlsvol"):    # the first use of a directory fixes layouts
+        _workload(volume, directory, log)
+    pcap = tmp_path / "plain.pcap"
+    with Tcpdump(pcap, lab_module.DEFAULT_FILTER):
+        _workload("tlsvolplain", directory, log)
+    plain = _brick_calls(decode_capture(str(pcap)))
+
+    run = subprocess.Popen([sys.executable, "-m", "correlate", "run", "--probe", "tls", "--json",
+                            "--events"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        err = ""
+        while "probes attached" not in err and run.poll() is None:
+            err += run.stderr.readline()
+        assert run.poll() is None, err
+        _workload("tlsvol", directory, log)
+    finally:
+        run.send_signal(signal.SIGTERM)
+        out, rest = run.communicate(timeout=60)
+    assert run.returncode == 0, err + rest
+    events = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+    wire = [e for e in events if e.get("layer") == "wire"]
+    assert wire and all(e["source"] == "tls" for e in wire)
+    through_tls = _brick_calls(wire)
+    assert through_tls["WRITE"] == 20 and through_tls["SETVOLUME"] == 2
+    assert through_tls == plain
+    replies = [e for e in wire if e["kind"] == "rpc.reply" and e["procedure"] == "WRITE"]
+    assert len(replies) == 20 and all(e["op_ret"] == 4096 for e in replies)
+    assert not [e for e in events if e.get("kind") == "finding" and e["severity"] != "info"]
+
+
+def _record(tmp_path: Path, name: str, identity, volume: str = "tlsvol"):
+    from tests.lab import lab as lab_module
+    from tests.lab import tls
+    from tests.lab.capture import Tcpdump
+    pcap, log = tmp_path / f"{name}.pcap", tmp_path / f"{name}.client.log"
+    with Tcpdump(pcap, lab_module.DEFAULT_FILTER):
+        result = tls.gfapi(["init", "--volume", volume, "--log", str(log)], identity=identity,
+                           timeout=15)
+    return result, pcap, log
+
+
+def test_ca_mismatch_reproduced_and_named(tls_lab, tmp_path):
+    result, pcap, log = _record(tmp_path, "ca", tls_lab.foreign)
+    assert result["status"] == "error" and result["errno"] == 5          # glfs_init: EIO
+    (f,) = run_detector(TlsFailure(), events_of(pcap, log))
+    assert f["cause"] == "ca-mismatch" and "unknown_ca" in f["explanation"]
+
+
+def test_cn_not_allowed_reproduced_and_named(tls_lab, tmp_path):
+    result, pcap, log = _record(tmp_path, "cn", tls_lab.intruder)
+    assert result["status"] == "hung"                # SETVOLUME refused: glfs_init waits
+    found = run_detector(TlsFailure(), events_of(pcap, log))
+    assert [f["cause"] for f in found if f["severity"] != "info"] == ["cn-not-allowed"]
+
+
+def test_healthy_tls_mount_gives_no_finding(tls_lab, tmp_path):
+    result, pcap, log = _record(tmp_path, "ok", None)
+    assert result["status"] == "ok"
+    events = events_of(pcap, log)
+    assert [e["kind"] for e in events].count("tls.handshake") == 2
+    assert [f["severity"] for f in run_detector(TlsFailure(), events)] == ["info"]
+
+
+def test_hung_brick_on_tls_volume_named_through_probe_tls(tls_lab, tmp_path):
+    """SIGSTOP the brick holding the file a client writes: with nothing but --probe tls the
+    unanswered calls and PING are seen inside TLS, and brick-not-responding names the brick."""
+    import time
+    from tests.lab import tls, volumes
+    tls.ensure_volume("tlsvol", {**tls.TLS_OPTIONS, "network.ping-timeout": "5"})
+    run = subprocess.Popen([sys.executable, "-m", "correlate", "run", "--probe", "tls", "--json"],
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    pid = None
+    try:
+        err = ""
+        while "probes attached" not in err and run.poll() is None:
+            err += run.stderr.readline()
+        writer = subprocess.Popen([sys.executable, "-m", "tests.lab.gfapi", "write-loop",
+                                   "--volume", "tlsvol", "--path", "/hang", "--seconds", "20",
+                                   "--size", "1024", "--timeout", "0", "--log",
+                                   str(tmp_path / "hang.log")], stdout=subprocess.PIPE, text=True)
+        time.sleep(3)
+        dirs = volumes.brick_dirs("tlsvol", 2)
+        index = next(i for i in range(2) if (dirs[i] / "hang").exists())
+        pid = volumes.pause_brick("tlsvol", index)
+        time.sleep(10)
+        volumes.resume_brick(pid)
+        pid = None
+        writer.communicate(timeout=60)
+        time.sleep(2)
+    finally:
+        if pid is not None:
+            volumes.resume_brick(pid)
+        run.send_signal(signal.SIGTERM)
+        out, rest = run.communicate(timeout=60)
+        tls.ensure_volume("tlsvol")
+    findings = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+    hung = [f for f in findings if f.get("detector") == "brick-not-responding"
+            and f.get("severity") == "error"]
+    assert hung, err + rest
+    assert f"tlsvol/b{index + 1}" in hung[0]["title"] and "(from SETVOLUME)" in hung[0]["explanation"]
+    assert all(e["source"] == "tls" for e in hung[0]["evidence"] if e.get("layer") == "wire")
+
+
+def test_cn_refusal_seen_inside_tls_through_the_probe(tls_lab):
+    """The SETVOLUME reply that refuses a CN is encrypted on the wire; --probe tls shows it,
+    and tls-failure names the cause from it alone."""
+    from correlate.probe.bcc_backend import check_bcc_prerequisites
+    from correlate.probe.errors import ProbeError
+    from correlate.probe.tls_collector import TlsCollector
+    from tests.lab import tls
+    try:
+        check_bcc_prerequisites()
+    except ProbeError as exc:
+        pytest.skip(str(exc))
+    import threading
+    collector = TlsCollector().start()
+    done: dict = {}
+    client = threading.Thread(target=lambda: done.update(tls.gfapi(
+        ["init", "--volume", "tlsvol", "--log", "/dev/null"], identity=tls_lab.intruder,
+        timeout=8)))
+    events: list[dict] = []
+    try:
+        client.start()
+        while client.is_alive():        # polled as a run polls: sockets are read while open
+            events += collector.poll(100)
+    finally:
+        events += collector.stop()
+    result = done
+    assert result["status"] == "hung"
+    refused = [e for e in events if e["kind"] == "rpc.reply" and e["procedure"] == "SETVOLUME"]
+    assert refused and all(e["op_errno"] == 13 and e["source"] == "tls" for e in refused)
+    found = run_detector(TlsFailure(), events)
+    assert [f["cause"] for f in found] == ["cn-not-allowed"]
