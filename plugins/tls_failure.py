@@ -17,12 +17,15 @@ from collections import OrderedDict, deque
 
 from correlate import hookimpl
 from correlate.detector import Detector, Option, Wants
+from correlate.state import GlusterState
 
 from .gluster_facts import host_of
 
 WINDOW_NS = 5_000_000_000
 TLS_CONTEXT_NS = 300_000_000_000     # a TLS handshake this recent makes a SETVOLUME refusal a CN one
 MAX_CONNS = 4096
+HOLD_NS = 10_000_000_000     # a loss shows within seconds (ACKs of what the capture missed)
+MAX_HELD = 256
 SSL = "/usr/lib/ssl"                 # where Debian's Gluster 10.3 reads glusterfs.{pem,key,ca}
 
 CA_ALERTS = {"unknown_ca", "bad_certificate", "certificate_unknown"}
@@ -77,7 +80,8 @@ class TlsFailure(Detector):
                          "tcp.close"},
                   layers={"log"}, procedures={"SETVOLUME"}, details=())
 
-    def __init__(self):
+    def __init__(self, state=None):
+        self.state = state if state is not None else GlusterState()
         self.certs: OrderedDict[tuple, list[dict]] = OrderedDict()    # (source, conn) -> certs
         self.logs: deque[dict] = deque(maxlen=256)       # TLS-related log lines, recent first out
         self.tls_seen_ns: int | None = None              # last sign of TLS (handshake, ssl log)
@@ -89,6 +93,8 @@ class TlsFailure(Detector):
         self.plaintext_resets = 0
         self.first_encrypted: dict | None = None         # a tls.connection that came up
         self.inside_seen = False                         # RPC decoded from --probe tls
+        self.held: deque[tuple[int, dict]] = deque()     # (judge at, finding), MAX_HELD
+        self.closed: OrderedDict[tuple, None] = OrderedDict()   # connections seen ending
 
     # -- events ------------------------------------------------------------------------------
     def observe(self, ev):
@@ -103,6 +109,9 @@ class TlsFailure(Detector):
         elif kind == "tls.connection":
             return self._connection(ev)
         elif kind == "tcp.close":
+            self.closed[(ev.get("source"), ev.get("conn"))] = None
+            if len(self.closed) > MAX_CONNS:
+                self.closed.popitem(last=False)
             if ev.get("reason") == "rst" and ev.get("by") == "server":
                 self.resets.append(ev)
                 return self._reset_after_plaintext(ev)
@@ -154,10 +163,43 @@ class TlsFailure(Detector):
         explanation = (f"The TLS connection from {ev.get('src')} to {server} "
                        f"({ev.get('tls_version') or 'no version agreed'}) ended at stage "
                        f"'{ev.get('stage')}': {why}")
-        return [self.finding(ev["time_ns"], severity="error", title=TITLES[cause],
-                             explanation=explanation, remedy=REMEDY[cause],
-                             evidence=[ev, *certs, *nearby], key=f"{cause}:{host_of(server)}",
-                             cause=cause, server=server, client=ev.get("src"))]
+        finding = self.finding(ev["time_ns"], severity="error", title=TITLES[cause],
+                               explanation=explanation, remedy=REMEDY[cause],
+                               evidence=[ev, *certs, *nearby], key=f"{cause}:{host_of(server)}",
+                               cause=cause, server=server, client=ev.get("src"))
+        named = any(a.get("description") for a in ev.get("alerts") or ()) or nearby or \
+            any(c.get("valid_at_capture") is False for c in certs)
+        if named:
+            return [finding]
+        if self.closed.pop((ev.get("source"), ev.get("conn")), False) is False \
+                or ev.get("stage") == "no ClientHello":
+            # no FIN or RST: the capture ended (or was cut) mid-handshake; no ClientHello:
+            # the capture began (or lost) past the start of the connection
+            return ()
+        # Told from what the capture did not show (no ServerHello, a side that looked like
+        # plaintext, no alert): a packet the capture lost does the same, and the loss may
+        # show only later (a receiver's ACK), so judged once HOLD_NS of capture time passed
+        self.held.append((ev["time_ns"] + HOLD_NS, finding))
+        if len(self.held) > MAX_HELD:      # bounded: the oldest is judged now
+            return [self._judged(self.held.popleft()[1])]
+        return ()
+
+    def _judged(self, finding: dict) -> dict:
+        if self.state.loss:
+            finding["severity"] = "info"
+            finding["explanation"] += (" The capture lost packets (see capture-loss): what it "
+                                       "did not show may be among them, so this is no evidence "
+                                       "of a failure.")
+        return finding
+
+    def due(self) -> int | None:
+        return self.held[0][0] if self.held else None
+
+    def tick(self, now: int) -> list[dict]:
+        out = []
+        while self.held and self.held[0][0] <= now:
+            out.append(self._judged(self.held.popleft()[1]))
+        return out
 
     def _classify(self, ev, certs, nearby) -> tuple[str, str]:
         alerts = [a for a in ev.get("alerts") or () if a.get("description")]
@@ -242,7 +284,8 @@ class TlsFailure(Detector):
                             key="client-plaintext", cause="client-plaintext")
 
     def finish(self):
-        out = []
+        out = [self._judged(finding) for _at, finding in self.held]
+        self.held.clear()
         if self.first_encrypted is not None and not self.inside_seen:
             # not a problem, but what the run could not see: said once, as info
             ev = self.first_encrypted
@@ -295,5 +338,5 @@ def _dates(certs: list[dict], side: str) -> str:
 
 
 @hookimpl
-def correlate_detectors(config):
-    return [TlsFailure()]
+def correlate_detectors(config, state):
+    return [TlsFailure(state)]
