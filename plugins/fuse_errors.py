@@ -22,7 +22,12 @@ from correlate import hookimpl
 from correlate.detector import Detector, Option, Wants
 from correlate.state import GlusterState
 
-ERRNOS = {107: "ENOTCONN", 5: "EIO", 116: "ESTALE"}
+ERRNOS = {107: "ENOTCONN", 5: "EIO", 116: "ESTALE", 77: "EBADFD"}
+# On an open file, ENOENT is no "no such name": the file went away under the fd
+FD_OPS = frozenset({"READ", "WRITE", "FSYNC", "FLUSH", "FALLOCATE", "LSEEK", "SETLK", "SETLKW",
+                    "GETLK", "COPY_FILE_RANGE"})
+STALE = frozenset({"ESTALE", "ENOENT", "EBADFD"})
+REOPEN = frozenset({"OPEN", "OPENDIR"})
 # FUSE operation -> the system calls that send it (what the application called)
 SYSCALLS = {"LOOKUP": "a path lookup (open, stat, access, ...)", "CREATE": "open(O_CREAT)/creat",
             "OPEN": "open", "READ": "read", "WRITE": "write", "FLUSH": "close",
@@ -68,6 +73,8 @@ class FuseErrors(Detector):
         if ev.get("kind") == "fuse.pending":
             return self._hung(ev)
         name = ERRNOS.get(ev.get("errno"))
+        if ev.get("errno_name") == "ENOENT" and ev.get("opcode") in FD_OPS:
+            name = "ENOENT"
         if name is None:
             return []
         join = self.state.fuse.join(ev)
@@ -80,8 +87,9 @@ class FuseErrors(Detector):
             explanation=f"{join.program} on {ev.get('mount') or 'a FUSE mount'}: {op_text(op)} "
                         f"on {path} failed with {name} after {_ms(ev.get('latency_ns'))}. "
                         + cause + _uncertain(join),
-            remedy=REMEDY[name], evidence=[ev, *evidence],
-            key=f"{name}:{ev.get('comm')}:{op}:{path}", path=path, program=ev.get("comm"),
+            remedy=REMEDY["ESTALE" if name in STALE else name], evidence=[ev, *evidence],
+            # one cause, many files: an application failing op after op folds into one
+            key=f"{name}:{ev.get('pid')}:{ev.get('comm')}:{op}", path=path, program=ev.get("comm"),
             pid=ev.get("pid"), errno_name=name, fuse_op=op)]
 
     def _cause(self, name: str, join) -> tuple[str, list[dict]]:
@@ -95,6 +103,16 @@ class FuseErrors(Detector):
             return (f"On the wire, brick {brick} answered {r.get('procedure')} with {name} "
                     f"({len(same)} of {len(join.replies)} replies to this thread)" + extra + ".",
                     [*calls, r])
+        if name in STALE:
+            reopen = self.state.fuse.recent_failed(REOPEN, STALE, join.request["time_ns"])
+            if reopen:
+                r = reopen[-1]
+                return (f"The file went away under the open fd: after the brick reconnected, the "
+                        f"client's re-open of its fds got {r.get('errno_name')} from "
+                        f"{self.state.fuse.brick_of(r) or r.get('src')} (the file was removed or "
+                        "replaced by another client while this one held it; see stale-handle). "
+                        "Which re-open was this file's is not on the wire by node id: the "
+                        "latest is shown.", [r])
         down = list(join.down_bricks)
         if name == "ENOTCONN" and down:
             bricks = sorted({_brick_of_mark(self.state, m) for m in down})
@@ -105,12 +123,16 @@ class FuseErrors(Detector):
             c = join.unanswered[0]
             return (f"Its {c.get('procedure')} to {self.state.fuse.brick_of(c) or c.get('dst')} "
                     "was never answered.", [c])
-        if not join.calls:
-            where = {"ENOTCONN": "a brick the client had already lost (its loss came before "
-                                 "the capture began)",
+        if not join.calls or (name == "ENOTCONN" and not join.failed_replies):
+            where = {"ENOTCONN": "a brick the client had already lost (no mark of it in the "
+                                 "capture: it went down before the capture began)",
                      "EIO": "split-brain (see split-brain) or an earlier write that failed",
-                     "ESTALE": "a handle the client already knew to be stale"}[name]
-            return f"No RPC crossed the wire for it: the client made {name} itself: {where}.", []
+                     "ESTALE": "a handle the client already knew to be stale",
+                     "ENOENT": "a file it already knew to be gone under the open fd",
+                     "EBADFD": "an fd it had marked bad (its re-open after a reconnect "
+                               "failed)"}[name]
+            what = "No RPC crossed the wire for it" if not join.calls else "No reply carried it"
+            return f"{what}: the client made {name} itself: {where}.", list(join.calls[:3])
         failed = join.failed_replies
         if failed:
             r = failed[0]

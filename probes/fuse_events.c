@@ -111,7 +111,13 @@ static __always_inline int read_name(const void *args, u32 op, char *dst) {
     const void *value = (const void *)rd64(arg + IN_ARG_VALUE);
     if (!value || size == 0)
         return -1;
-    return bpf_probe_read_kernel_str(dst, NAME_LEN, value);
+    /* LOOKUP's name is a slice of the caller's path, not NUL-terminated: read `size` bytes */
+    u32 n = size < NAME_LEN - 1 ? size : NAME_LEN - 1;
+    n &= NAME_LEN - 1;
+    if (n == 0 || bpf_probe_read_kernel(dst, n, value) < 0)
+        return -1;
+    dst[n] = 0;
+    return n;
 }
 
 RAW_TRACEPOINT_PROBE(fuse_request_send) {

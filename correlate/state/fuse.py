@@ -69,7 +69,9 @@ class FuseJoin:
 
     @property
     def failed_replies(self) -> tuple[dict, ...]:
-        return tuple(r for r in self.replies if isinstance(r.get("op_ret"), int) and r["op_ret"] < 0)
+        """Replies that failed, bar a LOOKUP's ENOENT (a name not there yet: everyday)."""
+        return tuple(r for r in self.replies if isinstance(r.get("op_ret"), int) and r["op_ret"] < 0
+                     and not (r.get("procedure") == "LOOKUP" and r.get("errno_name") == "ENOENT"))
 
 
 class FuseRequests:
@@ -152,10 +154,20 @@ class FuseRequests:
                              "the client made the error itself")
         if len({c.get("procedure") for c in calls if c.get("procedure") == "LOOKUP"}) and \
                 sum(c.get("procedure") == "LOOKUP" for c in calls) > 1:
-            uncertain.append("one FUSE request fans out to several wire LOOKUPs (one per "
-                             "brick and per DHT step): all are listed")
+            uncertain.append("the client looks a name up on several bricks (DHT): all its "
+                             "LOOKUPs are listed")
         down = tuple(ev for ev in self._down.values() if 0 <= end - ev.get("time_ns", 0) <= DOWN_MARK_NS)
         return FuseJoin(req, tuple(calls), tuple(replies), tuple(unanswered), down, tuple(uncertain))
+
+    def recent_failed(self, procedures: frozenset, errnos: frozenset, before_ns: int,
+                      within_ns: int = 60_000_000_000) -> tuple[dict, ...]:
+        """Failed replies of any caller (the client re-opens fds with its own pid, not the
+        application's) to `procedures` with an errno in `errnos`, in the `within_ns` before
+        `before_ns`, as far back as the kept events reach."""
+        return tuple(ev for ev in self._recent
+                     if ev.get("kind") == "rpc.reply" and ev.get("procedure") in procedures
+                     and ev.get("errno_name") in errnos
+                     and 0 <= before_ns - ev.get("time_ns", 0) <= within_ns)
 
     def down_marks(self) -> tuple[dict, ...]:
         return tuple(self._down.values())
