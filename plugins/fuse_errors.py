@@ -51,7 +51,6 @@ REMEDY = {
     "ESTALE": "Another client removed or replaced the file while this one held it: reopen it "
               "by path; coordinate writers (locks, or rename-into-place on one client).",
 }
-ESTALE_WIRE = "ESTALE"
 
 
 def op_text(op: str) -> str:
@@ -98,8 +97,8 @@ class FuseErrors(Detector):
             r = same[0]
             brick = self.state.fuse.brick_of(r) or r.get("src")
             calls = [c for c in join.calls if c.get("xid") == r.get("xid")][:1]
-            extra = " (the file was removed or replaced by another client; see stale-handle)" \
-                if name == ESTALE_WIRE else ""
+            extra = (" (the file was removed or replaced by another client while this one held "
+                     "it open; see stale-handle)") if name in STALE else ""
             return (f"On the wire, brick {brick} answered {r.get('procedure')} with {name} "
                     f"({len(same)} of {len(join.replies)} replies to this thread)" + extra + ".",
                     [*calls, r])
