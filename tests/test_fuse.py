@@ -141,3 +141,27 @@ def test_threshold_follows_the_detector_option():
     assert slow_ns_from({"fuse-errors": {"slow_s": 0.25}}) == 250_000_000
     assert slow_ns_from({"fuse-errors": {"slow_s": -1}}) == 1_000_000_000
     assert slow_ns_from({"fuse-errors": {"slow_s": True}}) == 1_000_000_000
+
+
+def test_sessions_poll_and_stop_as_one_source():
+    from correlate.probe.fuse_session import Sessions
+
+    class Part:
+        def __init__(self, name, times):
+            self.backend_name, self.lost, self.times = name, 1, times
+
+        def poll(self, timeout_ms):
+            out, self.times = [{"time_ns": t} for t in self.times], []
+            return out
+
+        def stop(self):
+            return [{"time_ns": 99}]
+
+        def summary(self):
+            return {"backend": self.backend_name}
+
+    s = Sessions([Part("bcc", [5, 1]), Part("bcc-fuse", [3])])
+    assert [e["time_ns"] for e in s.poll(100)] == [1, 3, 5]
+    assert s.backend_name == "bcc+bcc-fuse" and s.lost == 2
+    assert [e["time_ns"] for e in s.stop()] == [99, 99]
+    assert [p["backend"] for p in s.summary()["parts"]] == ["bcc", "bcc-fuse"]

@@ -160,7 +160,7 @@ def test_stale_file_under_open_fd(pipeline):
     assert f["errno_name"] in {_errno_name(e) for e in failed.values()}
 
 
-def test_healthy_fuse_workload_gives_no_warning(pipeline):
+def test_healthy_fuse_workload_gives_no_warning(pipeline, tmp_path):
     directory = _fresh_dir("healthy")
     pipe = pipeline()
     script = (f"set -e; cp -r /usr/share/doc/bash {directory}/a; cp -r {directory}/a {directory}/b; "
@@ -172,3 +172,8 @@ def test_healthy_fuse_workload_gives_no_warning(pipeline):
     assert pipe.stop() == 0
     serious = [f for f in pipe.findings() if f.get("severity") in SERIOUS]
     assert not serious, [f["title"] for f in serious]
+    # the kernel kept the everyday answers (the missing name's LOOKUP ENOENT, the xattr
+    # lookups' ENODATA) to itself: nothing left it for this workload
+    timeline = [json.loads(line) for line in (tmp_path / "timeline.jsonl").read_text().splitlines()]
+    sent = [e for e in timeline if e.get("kind", "").startswith("fuse.")]
+    assert not [e for e in sent if e.get("errno_name") in ("ENOENT", "ENODATA")], sent
