@@ -11,8 +11,10 @@ bricks' state on the wire. The wire cause, by errno:
   the brick's connection closed by the brick or glusterd's PORTBYBRICK answering -1;
 - EIO: a reply carrying it, else made in the client (split-brain: the split-brain detector
   names the copies that blame each other; a failed write reported at fsync or close);
-- ESTALE: the brick answered ESTALE (the file was removed or replaced by another client
-  while this one held it; the stale-handle detector names the remover).
+- ESTALE, and ENOENT or EBADFD on an open file (what a FUSE application gets when another
+  client replaced the file under its fd: ENOENT at fsync, EBADFD at fstat): the brick's
+  reply, or the client's failed re-open of its fds after a reconnect (the stale-handle
+  detector names the remover).
 A request still unanswered after `slow_s` is a hung system call: named with the RPCs its
 thread waits on and their bricks.
 """
