@@ -139,8 +139,10 @@ class FuseErrors(Detector):
             r = failed[0]
             return (f"On the wire, {r.get('procedure')} got {r.get('errno_name')}: the client "
                     f"turned that into {name}.", [r])
+        why = {"EIO": " (on a replicated volume: split-brain, the copies blame each other; "
+                      "see split-brain and `gluster volume heal VOL info split-brain`)"}.get(name, "")
         return (f"Its {len(join.calls)} RPCs were answered without error: the client made "
-                f"{name} itself.", list(join.calls[:3]))
+                f"{name} itself{why}.", list(join.calls[:3]))
 
     def _hung(self, ev):
         join = self.state.fuse.join(ev)

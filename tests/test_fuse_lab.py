@@ -45,8 +45,8 @@ def mounted(lab):
         pytest.skip(reason)
     fuse.ensure()
     yield fuse.MOUNT
-    fuse.umount(fuse.MOUNT_B)
-    fuse.umount(fuse.MOUNT)
+    for where in (fuse.MOUNT_B, fuse.SB_MOUNT, fuse.MOUNT):
+        fuse.umount(where)
 
 
 @pytest.fixture
@@ -177,3 +177,17 @@ def test_healthy_fuse_workload_gives_no_warning(pipeline, tmp_path):
     timeline = [json.loads(line) for line in (tmp_path / "timeline.jsonl").read_text().splitlines()]
     sent = [e for e in timeline if e.get("kind", "").startswith("fuse.")]
     assert not [e for e in sent if e.get("errno_name") in ("ENOENT", "ENODATA")], sent
+
+
+def test_split_brain_eio_names_reader_and_file(pipeline):
+    with lab.exclusive():
+        path = fuse.make_split_brain(f"sb-{os.getpid()}-{time.monotonic_ns()}")
+    pipe = pipeline()
+    time.sleep(1.5)          # the kernel's entry for the file expires: the read looks it up
+    res = subprocess.run(["cat", str(path)], capture_output=True, text=True, timeout=60)
+    assert res.returncode != 0 and "Input/output error" in res.stderr, res
+    f = _fuse_finding(pipe, lambda ev: ev.get("errno_name") == "EIO")
+    print(f["title"], f["explanation"], sep="\n")
+    assert f["program"] == "cat" and f["path"] == str(path) and f["fuse_op"] in ("READ", "OPEN", "LOOKUP")
+    assert "made EIO itself" in f["explanation"] or "turned that into EIO" in f["explanation"]
+    assert "split-brain" in f["explanation"]

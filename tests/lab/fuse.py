@@ -28,10 +28,10 @@ def mounted(where: Path) -> bool:
     return subprocess.run(["mountpoint", "-q", str(where)]).returncode == 0
 
 
-def mount(where: Path = MOUNT) -> Path:
+def mount(where: Path = MOUNT, volume: str = SPEC.name) -> Path:
     where.mkdir(parents=True, exist_ok=True)
     if not mounted(where):
-        subprocess.run(["mount", "-t", "glusterfs", f"{lab.HOST}:/{SPEC.name}", str(where)],
+        subprocess.run(["mount", "-t", "glusterfs", f"{lab.HOST}:/{volume}", str(where)],
                        check=True, timeout=60)
     return where
 
@@ -45,6 +45,37 @@ def ensure() -> None:
     """The volume with both bricks up, mounted once (a second mount only where asked)."""
     volumes.ensure(SPEC)
     mount(MOUNT)
+
+
+SB_SPEC = volumes.VolumeSpec("fusesb", "replica", 2)
+SB_MOUNT = Path("/mnt/fusesb")
+# replica 2 that lets each brick take writes alone and never heals: the split-brain recipe
+SB_OPTIONS = {"cluster.quorum-type": "none", "cluster.self-heal-daemon": "off",
+              "cluster.entry-self-heal": "off", "cluster.data-self-heal": "off",
+              "cluster.metadata-self-heal": "off"}
+
+
+def make_split_brain(name: str) -> Path:
+    """A file of fusesb whose two copies were written apart: brick 1 down for one write,
+    brick 2 down for the next. Reading it through the mount gives EIO."""
+    volumes.ensure(SB_SPEC, SB_OPTIONS)
+    mount(SB_MOUNT, SB_SPEC.name)
+    for attempt in range(3):
+        path = SB_MOUNT / f"{name}-{attempt}"
+        path.write_text("base\n")
+        for down, text in ((0, "AAAA\n"), (1, "BBBB\n")):
+            gone = volumes.kill_brick(SB_SPEC.name, down).pid
+            path.write_text(text)
+            volumes.start_force(SB_SPEC.name, SB_SPEC.count, gone=[gone])
+            time.sleep(8)    # the mount reconnects (it retries every 3 s)
+        # each brick holds its own write (read from the bricks: the mount's page cache
+        # would answer a read through it)
+        copies = [(d / path.name).read_text() for d in SB_SPEC.brick_dirs]
+        if sorted(copies) == ["AAAA\n", "BBBB\n"]:
+            return path
+        # the mount had not reconnected to the first brick before the second went down:
+        # both writes reached one copy; again with a new file
+    raise lab.LabError(f"no split-brain on {SB_SPEC.name} after 3 attempts")
 
 
 def run_app(mode: str, *args: str, stdin=None) -> subprocess.Popen:
