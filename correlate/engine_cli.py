@@ -103,8 +103,8 @@ def with_common(f):
 @click.option("--pcap", "pcaps", multiple=True, metavar="FILE|-",
               help="Capture to read; `-` is stdin (tcpdump -U -w -). Repeatable.")
 @click.option("--probe", "probe_groups", multiple=True, metavar="GROUP",
-              help="Attach process probes: gfapi, samba, tls (the plaintext of TLS volumes, "
-                   "decoded as RPC), all, or a plugin's group. Repeatable.")
+              help="Attach process probes: gfapi, samba, fuse (kernel FUSE requests), tls (the "
+                   "plaintext of TLS volumes, decoded as RPC), all, or a plugin's group. Repeatable.")
 @click.option("--pid", type=int, help="Probe only this process.")
 @click.option("--backend", type=click.Choice(["auto", "bcc", "stap"]), default="auto",
               show_default=True, help="Probe backend.")
@@ -133,6 +133,7 @@ def run(pcaps, probe_groups, pid, backend, probe_offsets, logs, duration, window
           | correlate run --probe gfapi --pcap -
       correlate run --probe all --timeline /tmp/incident.jsonl --duration 60
       correlate run --probe samba --pid 4242 --json
+      correlate run --probe fuse --pcap -      # applications on a FUSE mount, with the wire
       correlate run --pcap old.pcap --pcap other-host.pcapng
       correlate run --pcap - -o rpc-unanswered.after_s=30 --config detectors.toml
       correlate run --probe all --pcap - --no-detector app-latency    # and no io probes

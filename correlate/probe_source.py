@@ -25,9 +25,12 @@ def plugin_probe_specs(options: dict | None = None, skip_plugins=()) -> list:
 
 def select_specs(groups, options: dict | None = None, skip_plugins=()) -> list:
     from .probe import catalog
+    from .probe.fuse_session import GROUP as FUSE
     extra = plugin_probe_specs(options, skip_plugins)
     chosen, seen = [], set()
     for group in groups:
+        if group == FUSE:   # kernel tracepoints, not catalog specs (probe/fuse_session.py)
+            continue
         try:
             specs = catalog.select(group, extra)
         except ValueError as exc:
@@ -48,11 +51,23 @@ def open_probe_session(groups, *, pid=None, backend="auto", offsets=(), options=
     """Resolve and attach; raises CorrelateError subclasses with one clear line. `options`:
     the detector settings the probes follow (a threshold a probe filters on, say);
     `skip_plugins`: plugins whose probe points are not wanted (their detectors are off)."""
+    from .probe.fuse_backend import slow_ns_from
+    from .probe.fuse_session import GROUP as FUSE, FuseSession, Sessions
     from .probe.resolve import parse_offsets
     from .probe.session import ProbeSession
-    session = ProbeSession(select_specs(groups, options, skip_plugins), pid=pid, backend=backend,
-                           offsets=parse_offsets(list(offsets)))
-    return session.start()
+    parts = []
+    uprobe_groups = [g for g in groups if g != FUSE]
+    try:
+        if uprobe_groups:
+            parts.append(ProbeSession(select_specs(uprobe_groups, options, skip_plugins), pid=pid,
+                                      backend=backend, offsets=parse_offsets(list(offsets))).start())
+        if FUSE in groups:   # its threshold follows the fuse-errors detector's slow_s
+            parts.append(FuseSession(slow_ns_from(options), pid=pid).start())
+    except BaseException:
+        for started in parts:
+            started.stop()
+        raise
+    return parts[0] if len(parts) == 1 else Sessions(parts)
 
 
 def open_tls_collector(pid=None, decoding: dict | None = None):
@@ -65,6 +80,8 @@ def open_tls_collector(pid=None, decoding: dict | None = None):
 
 def describe_session(session) -> list[str]:
     """What a user should know once probes run: what attached, what did not, clock error."""
+    if hasattr(session, "parts"):
+        return [line for part in session.parts for line in describe_session(part)]
     summary = session.summary()
     how = {"links": ", through uprobe_multi links", "perf": ", through perf events"}.get(
         summary.get("attach_with"), "")
@@ -78,6 +95,8 @@ def describe_session(session) -> list[str]:
                      f"+-{clock['error_ns']} ns")
     for rp in session.resolved:
         lines.extend(f"probe {rp.spec.name}: {note}" for note in getattr(rp, "notes", ()))
+    if hasattr(session, "notes"):
+        lines.extend(session.notes())
     lines.extend(f"probe {u['probe']} not attached: {u['reason']}" for u in summary["unresolved"])
     return lines
 

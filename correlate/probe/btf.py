@@ -106,3 +106,20 @@ def member_offset(struct_name: str, *members: str, path: str = VMLINUX) -> int:
         return total
     except struct.error as exc:
         raise BtfError(f"damaged BTF in {path}: {exc}") from None
+
+
+@lru_cache(maxsize=8)
+def struct_size(struct_name: str, path: str = VMLINUX) -> int:
+    """sizeof(struct struct_name) in the running kernel (to index an array of them)."""
+    try:
+        with open(path, "rb") as fh:
+            data = fh.read(MAX_BYTES + 1)
+    except OSError as exc:
+        raise BtfError(f"cannot read {path}: {exc.strerror}") from None
+    try:
+        by_name, _by_id, types, _strings = _parse(data[:MAX_BYTES])
+        if not by_name.get(struct_name):
+            raise BtfError(f"no struct {struct_name} in {path}")
+        return struct.unpack_from("<I", types, by_name[struct_name][0] + 8)[0]
+    except struct.error as exc:
+        raise BtfError(f"damaged BTF in {path}: {exc}") from None

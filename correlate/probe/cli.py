@@ -21,6 +21,7 @@ from ..outputs.terminal import safe_text
 from ..run_setup import detector_options
 from . import catalog
 from .bcc_program import sites_by_probe, trap_plan
+from .fuse_session import GROUP as FUSE
 from .resolve import parse_offsets, resolve
 from .wrappers import folds
 
@@ -56,9 +57,24 @@ def _note_nsec(key: str, value) -> str:
     return str(value)
 
 
+def format_fuse(ev: dict) -> str:
+    """One line for a FUSE request the fuse probes sent."""
+    parts = [format_time(ev["time_ns"]), ev["kind"], safe_text(str(ev.get("opcode", "?")), 30),
+             f"pid={ev.get('pid')}", f"tid={ev.get('tid')}", f"comm={safe_text(ev.get('comm') or '', 40)}",
+             f"path={json.dumps(ev.get('path') or ev.get('nodeid'), ensure_ascii=True)}"]
+    if ev.get("errno_name"):
+        parts.append(f"errno={safe_text(ev['errno_name'], 20)}")
+    took = ev.get("latency_ns", ev.get("waited_ns"))
+    if isinstance(took, int):
+        parts.append(f"{'latency' if 'latency_ns' in ev else 'waited'}={took / 1e6:.3f}ms")
+    return " ".join(parts)
+
+
 def format_event(ev: dict) -> str:
     """One readable line per event."""
     kind = ev.get("kind", "")
+    if kind.startswith("fuse."):
+        return format_fuse(ev)
     head = f"{format_time(ev['time_ns'])} {kind.removeprefix('probe.'):<6}"
     if kind == "probe.lost":
         return f"{head} {ev.get('count')} events lost (perf buffer full; total {ev.get('total')})"
@@ -126,23 +142,31 @@ def probe(groups, pid, as_json, backend, offsets, duration, option_specs, config
     """
     from .session import ProbeSession
 
-    session = ProbeSession(_specs(groups, _detector_settings(option_specs, config_path)), pid=pid,
-                           backend=backend, offsets=parse_offsets(offsets))
     stop = threading.Event()
     previous = signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    session.start()
-    for spec, why in session.unresolved:
-        click.echo(f"correlate: skipping {spec.name}: {why}", err=True)
-    for rp in session.resolved:
-        for note in rp.notes:
-            click.echo(f"correlate: {rp.spec.name}: {note}", err=True)
-    for rp, why in getattr(session.collector, "skipped", []):
-        click.echo(f"correlate: {session.backend_name}: {rp.spec.name}: {why}", err=True)
-    refused = getattr(session.collector, "links_refused", "")
-    if refused:
-        click.echo(f"correlate: {session.backend_name}: attached through perf events: {safe_text(refused, 500)}", err=True)
-    click.echo(f"correlate: {session.attached} probes attached with {session.backend_name}; "
-               "Ctrl-C to stop", err=True)
+    if FUSE in groups:   # kernel tracepoints beside (or instead of) the uprobe groups
+        from ..probe_source import describe_session, open_probe_session
+        session = open_probe_session(groups, pid=pid, backend=backend, offsets=offsets,
+                                     options=_detector_settings(option_specs, config_path))
+        for line in describe_session(session):
+            click.echo(f"correlate: {safe_text(line, 500)}", err=True)
+        click.echo("correlate: probes attached; Ctrl-C to stop", err=True)
+    else:
+        session = ProbeSession(_specs(groups, _detector_settings(option_specs, config_path)), pid=pid,
+                               backend=backend, offsets=parse_offsets(offsets))
+        session.start()
+        for spec, why in session.unresolved:
+            click.echo(f"correlate: skipping {spec.name}: {why}", err=True)
+        for rp in session.resolved:
+            for note in rp.notes:
+                click.echo(f"correlate: {rp.spec.name}: {note}", err=True)
+        for rp, why in getattr(session.collector, "skipped", []):
+            click.echo(f"correlate: {session.backend_name}: {rp.spec.name}: {why}", err=True)
+        refused = getattr(session.collector, "links_refused", "")
+        if refused:
+            click.echo(f"correlate: {session.backend_name}: attached through perf events: {safe_text(refused, 500)}", err=True)
+        click.echo(f"correlate: {session.attached} probes attached with {session.backend_name}; "
+                   "Ctrl-C to stop", err=True)
 
     def emit(events):
         for ev in events:

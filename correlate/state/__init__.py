@@ -9,15 +9,18 @@ and only read it:
   call (an application, the client by itself, or one of Gluster's own daemons);
 - `state.loss`: capture loss, per connection and overall (`reply_may_be_lost(call)`);
 - `state.bricks`: from the volfiles, the bricks in a replica/disperse set and those holding
-  the only copy of their files (`set_of(host, path)`, `is_only_copy(host, path)`).
+  the only copy of their files (`set_of(host, path)`, `is_only_copy(host, path)`);
+- `state.fuse`: a FUSE request the `fuse` probes saw, joined to its RPCs and the bricks'
+  state (`join(event)`, see state/fuse.py).
 """
 from __future__ import annotations
 
 from .bricks import Bricks
+from .fuse import FuseJoin, FuseRequests
 from .clients import APPLICATION, CLIENT, DAEMON, UNKNOWN, Actor, Clients, ClientProcess
 from .loss import CaptureLoss
 
-__all__ = ["GlusterState", "Actor", "ClientProcess", "APPLICATION", "CLIENT", "DAEMON", "UNKNOWN"]
+__all__ = ["GlusterState", "FuseJoin", "Actor", "ClientProcess", "APPLICATION", "CLIENT", "DAEMON", "UNKNOWN"]
 
 
 class GlusterState:
@@ -29,6 +32,7 @@ class GlusterState:
         self.clients = Clients()
         self.loss = CaptureLoss()
         self.bricks = Bricks()
+        self.fuse = FuseRequests(self.clients)
 
     def observe(self, ev: dict) -> None:
         kind = ev.get("kind")
@@ -40,6 +44,7 @@ class GlusterState:
             self.clients.observe_close(ev)
         elif kind == "rpc.reply" and ev.get("procedure") == "GETSPEC" and ev.get("op_ret") != -1:
             self.bricks.observe_volfile(ev)
+        self.fuse.observe(ev)
 
     def actor(self, call: dict) -> Actor:
         """Who made a call (see clients.Clients.actor)."""

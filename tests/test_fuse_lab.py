@@ -1,0 +1,193 @@
+"""`correlate run --probe fuse --pcap -` on a real FUSE mount of the lab (tcpdump piped in):
+an application's ENOTCONN (dead brick), a hung system call (bricks stopped), a stale file
+under an open fd (replaced by a second client, brick restarted), and a healthy workload
+without warnings. Needs root, bcc, the kernel's fuse tracepoints and the lab; skips saying
+which is missing."""
+from __future__ import annotations
+
+import errno
+import json
+import os
+import re
+import shutil
+import subprocess
+import time
+
+import pytest
+
+from tests.lab import fuse, lab, volumes
+from tests.lab.live import SERIOUS, LivePipeline
+
+pytestmark = [pytest.mark.bpf, pytest.mark.lab]
+
+
+def _missing() -> str | None:
+    if os.geteuid() != 0:
+        return "the fuse probes need root"
+    from correlate.probe.bcc_backend import check_bcc_prerequisites
+    from correlate.probe.errors import ProbeError
+    from correlate.probe.fuse_backend import kernel_defines
+    try:
+        check_bcc_prerequisites()
+        kernel_defines()
+    except ProbeError as exc:
+        return str(exc)
+    if not shutil.which("mount.glusterfs"):
+        return "no mount.glusterfs (glusterfs-client)"
+    return None
+
+
+@pytest.fixture(scope="module")
+def mounted(lab):
+    reason = _missing()
+    if reason:
+        print(f"\nskipping FUSE lab tests: {reason}")
+        pytest.skip(reason)
+    fuse.ensure()
+    yield fuse.MOUNT
+    for where in (fuse.MOUNT_B, fuse.SB_MOUNT, fuse.MOUNT):
+        fuse.umount(where)
+
+
+@pytest.fixture
+def pipeline(mounted, tmp_path):
+    pipes = []
+
+    def start(*args):
+        pipe = LivePipeline(["--probe", "fuse", *args], tmp_path / "timeline.jsonl")
+        pipes.append(pipe)
+        try:
+            pipe.wait_ready()
+        except AssertionError:
+            pipe.kill()
+            raise
+        return pipe
+    yield start
+    for pipe in pipes:
+        if pipe.run.poll() is None:
+            pipe.stop()
+
+
+def _fuse_finding(pipe, predicate, timeout=30):
+    hit = pipe.wait_for(lambda ev: ev.get("kind") == "finding" and ev.get("detector") == "fuse-errors"
+                        and predicate(ev), timeout)
+    assert hit, "no fuse-errors finding; findings: " + json.dumps(
+        [f.get("title") for f in pipe.findings()]) + "".join(pipe.stderr)[-2000:]
+    return hit[1]
+
+
+def _errno_name(number: int) -> str:
+    return errno.errorcode[number]
+
+
+def _fresh_dir(name: str):
+    """A new directory on the mount, once the mount has reconnected to every brick (a
+    previous test restarted one: the client retries every 3 s)."""
+    d = fuse.MOUNT / f"{name}-{os.getpid()}-{time.monotonic_ns()}"
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            d.mkdir()
+            return d
+        except OSError as exc:
+            if exc.errno != errno.ENOTCONN or time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
+
+
+def test_enotconn_names_program_path_and_dead_brick(pipeline):
+    directory = _fresh_dir("enotconn")
+    pipe = pipeline()
+    with lab.exclusive():
+        volumes.kill_brick(fuse.SPEC.name, 0)
+        try:
+            time.sleep(4)     # the client's retry: PORTBYBRICK answered -1 on the wire
+            proc = fuse.run_app("create", str(directory), "12")
+            out = json.loads(proc.communicate(timeout=120)[0].splitlines()[-1])
+            failed = [p for p, e in out["results"].items() if e == 107]
+            assert failed, f"no create hashed to the dead brick: {out}"
+            f = _fuse_finding(pipe, lambda ev: ev.get("errno_name") == "ENOTCONN")
+        finally:
+            volumes.start_force(fuse.SPEC.name, fuse.SPEC.count)
+    assert f["pid"] == out["pid"] and f["program"] == out["comm"]
+    assert f["path"] == failed[0] and f["fuse_op"] == "CREATE"
+    assert f"thread {out['tid']}" in f["title"]
+    assert f"{lab.HOST}:/srv/correlate-lab/fusevol/b1 is down" in f["explanation"]
+
+
+def test_hung_call_names_the_rpc_it_waits_on(pipeline):
+    directory = _fresh_dir("hung")
+    pipe = pipeline("-o", "fuse-errors.slow_s=1")
+    with lab.exclusive():
+        pids = [volumes.pause_brick(fuse.SPEC.name, i) for i in range(fuse.SPEC.count)]
+        try:
+            proc = fuse.run_app("stat", str(directory / "not-yet"))
+            app_pid = json.loads(proc.stdout.readline())["pid"]
+            # the path walk's first request to the mount hangs: a GETATTR revalidating a
+            # directory (the entries time out after 1 s) or the LOOKUP of the new name
+            f = _fuse_finding(pipe, lambda ev: ev.get("pid") == app_pid)
+        finally:
+            for pid in pids:
+                volumes.resume_brick(pid)
+        out = json.loads(proc.communicate(timeout=60)[0].splitlines()[-1])
+    print(f["title"], f["explanation"], sep="\n")
+    assert f["severity"] == "warning" and f["fuse_op"] in ("GETATTR", "LOOKUP")
+    assert f"hangs in FUSE {f['fuse_op']}" in f["title"]
+    assert str(directory / "not-yet").startswith(f["path"]) or f["path"] == str(directory / "not-yet")
+    assert re.search(r"It waits for (LOOKUP|STAT) to 127\.0\.0\.2:\d+", f["explanation"])
+    assert "unanswered" in f["explanation"]
+    assert out["errno"] in (0, 2)     # answered once the bricks run again
+
+
+def test_stale_file_under_open_fd(pipeline):
+    fuse.mount(fuse.MOUNT_B)
+    name = f"stale-{os.getpid()}-{time.monotonic_ns()}"
+    pipe = pipeline()
+    with lab.exclusive():
+        proc = fuse.run_app("stale", str(fuse.MOUNT / name), str(fuse.MOUNT_B / name),
+                            stdin=subprocess.PIPE)
+        assert json.loads(proc.stdout.readline()) == {"replaced": True}
+        gone = [volumes.kill_brick(fuse.SPEC.name, i).pid for i in range(fuse.SPEC.count)]
+        volumes.start_force(fuse.SPEC.name, fuse.SPEC.count, gone=gone)
+        time.sleep(4)        # the client reconnects (and re-opens its fds) within 3 s
+        out = json.loads(proc.communicate("go\n", timeout=60)[0].splitlines()[-1])
+    failed = {call: e for call, e in out["results"].items() if e}
+    assert failed, f"the fd kept working: {out}"
+    f = _fuse_finding(pipe, lambda ev: ev.get("errno_name") in ("ENOENT", "EBADFD", "ESTALE"))
+    assert f["pid"] == out["pid"] and f["path"] == str(fuse.MOUNT / name)
+    print(f["title"], f["explanation"], sep="\n")
+    assert "removed or replaced by another client" in f["explanation"]
+    assert f["errno_name"] in {_errno_name(e) for e in failed.values()}
+
+
+def test_healthy_fuse_workload_gives_no_warning(pipeline, tmp_path):
+    directory = _fresh_dir("healthy")
+    pipe = pipeline()
+    script = (f"set -e; cp -r /usr/share/doc/bash {directory}/a; cp -r {directory}/a {directory}/b; "
+              f"ls -lR {directory} > /dev/null; dd if=/dev/zero of={directory}/big bs=1M count=16 "
+              f"status=none; cat {directory}/big > /dev/null; ls {directory}/missing 2>/dev/null || true; "
+              f"mv {directory}/b {directory}/c; rm -r {directory}")
+    subprocess.run(["sh", "-c", script], check=True, timeout=300)
+    time.sleep(1)
+    assert pipe.stop() == 0
+    serious = [f for f in pipe.findings() if f.get("severity") in SERIOUS]
+    assert not serious, [f["title"] for f in serious]
+    # the kernel kept the everyday answers (the missing name's LOOKUP ENOENT, the xattr
+    # lookups' ENODATA) to itself: nothing left it for this workload
+    timeline = [json.loads(line) for line in (tmp_path / "timeline.jsonl").read_text().splitlines()]
+    sent = [e for e in timeline if e.get("kind", "").startswith("fuse.")]
+    assert not [e for e in sent if e.get("errno_name") in ("ENOENT", "ENODATA")], sent
+
+
+def test_split_brain_eio_names_reader_and_file(pipeline):
+    with lab.exclusive():
+        path = fuse.make_split_brain(f"sb-{os.getpid()}-{time.monotonic_ns()}")
+    pipe = pipeline()
+    time.sleep(1.5)          # the kernel's entry for the file expires: the read looks it up
+    res = subprocess.run(["cat", str(path)], capture_output=True, text=True, timeout=60)
+    assert res.returncode != 0 and "Input/output error" in res.stderr, res
+    f = _fuse_finding(pipe, lambda ev: ev.get("errno_name") == "EIO")
+    print(f["title"], f["explanation"], sep="\n")
+    assert f["program"] == "cat" and f["path"] == str(path) and f["fuse_op"] in ("READ", "OPEN", "LOOKUP")
+    assert "made EIO itself" in f["explanation"] or "turned that into EIO" in f["explanation"]
+    assert "split-brain" in f["explanation"]
