@@ -83,6 +83,7 @@ class DetectorRunner:
         self._on_new = on_new_finding
         self.findings: list[dict] = []
         self.drops: dict[str, dict[str, int]] = {}    # detector -> reason -> count, after finish
+        self.state_drops: dict[str, int] = {}         # the shared state's: reason -> count
 
     def _run(self, det, method: str, arg=None) -> list[dict]:
         name = getattr(det, "id", type(det).__name__)
@@ -239,9 +240,11 @@ class DetectorRunner:
             self.drops[name] = drops
 
     def drop_lines(self) -> list[str]:
-        """One line per kind of thing a detector dropped, for stderr."""
+        """One line per kind of thing a detector, or the shared state, dropped, for stderr."""
         return [f"detector {name}: dropped {n} x {reason}"
-                for name, drops in self.drops.items() for reason, n in drops.items()]
+                for name, drops in self.drops.items() for reason, n in drops.items()] + \
+            [f"shared state: dropped {n} x {reason}"
+             for reason, n in self.state_drops.items()]
 
     def finish(self) -> list[dict]:
         found = self._take_load_errors(0)    # no event came at all
@@ -251,6 +254,10 @@ class DetectorRunner:
         for det in self.detectors:
             found.extend(self._run(det, "finish"))
             self._collect_drops(det)
+        for state in self._states:
+            for reason, n in state.drops().items():
+                if n:
+                    self.state_drops[reason] = self.state_drops.get(reason, 0) + n
         out = self._fold(found)
         updates = []
         for f in self.findings:

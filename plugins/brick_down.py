@@ -31,7 +31,6 @@ from collections import OrderedDict, deque
 
 from correlate import hookimpl
 from correlate.detector import Detector, Wants
-from correlate.gluster.topology import Topology
 from correlate.state import GlusterState
 
 from .brick_logs import BrickLogs, brick_log_name
@@ -83,14 +82,12 @@ class BrickDown(Detector):
     id = "brick-down"
     wants = Wants(kinds={"rpc.call", "rpc.reply", "tcp.close", "tcp.refused", "probe.return",
                          "log.message"},
-                  details=Topology.PROCEDURES | GlusterState.DETAILS | {"SIGNIN", "GETSPEC"})
+                  details=GlusterState.DETAILS | {"SIGNIN", "GETSPEC"})
 
     def __init__(self, state: GlusterState | None = None):
         self.state = state if state is not None else GlusterState()
-        self.topology = Topology()
         self.conns: OrderedDict[tuple, _Conn] = OrderedDict()
         self.down: OrderedDict[tuple[str, str], _Down] = OrderedDict()
-        self.portmap_calls: OrderedDict[tuple, str] = OrderedDict()   # call -> brick path
         self.mgmt: OrderedDict[tuple, tuple[str, str]] = OrderedDict()  # brick's glusterd conn
         self.recent_logs: deque[dict] = deque(maxlen=32)
         self.logs = BrickLogs()     # which brick a log line is about
@@ -127,7 +124,6 @@ class BrickDown(Detector):
 
     def observe(self, ev):
         kind = ev.get("kind")
-        self.topology.observe(ev)
         found: list[dict] = []
         if kind == "rpc.call":
             self._call(ev)
@@ -146,11 +142,7 @@ class BrickDown(Detector):
 
     def _call(self, ev: dict) -> None:
         proc, key = ev.get("procedure"), (ev.get("source"), ev.get("conn"))
-        if proc == "PORTBYBRICK":
-            brick = (ev.get("args") or {}).get("brick")
-            if isinstance(brick, str):
-                self._put(self.portmap_calls, (*key, ev.get("xid")), brick, MAX_CONNS)
-        elif proc == "GETSPEC":
+        if proc == "GETSPEC":
             # a brick process fetching its own volfile: this connection is its lifeline to
             # glusterd, and it closes when the process ends
             brick = find_key((ev.get("args") or {}).get("xdata") or {}, "brick_name")
@@ -164,7 +156,7 @@ class BrickDown(Detector):
             if ep is not None and ep.started is None:
                 ep.started = ev
         server = ev.get("dst")
-        if port_of(server) in BRICK_PORTS or self.topology.brick(server):
+        if port_of(server) in BRICK_PORTS or self.state.topology.brick(server):
             st = self.conns.get(key)
             if st is None or st.server != server:
                 st = _Conn(server)
@@ -180,12 +172,13 @@ class BrickDown(Detector):
             st.pending.pop(ev.get("xid"), None)
         proc = ev.get("procedure")
         if proc == "PORTBYBRICK":
-            self._portmap(ev, self.portmap_calls.pop((*key, ev.get("xid")), None))
+            brick = ((self.state.calls.call_of(ev) or {}).get("args") or {}).get("brick")
+            self._portmap(ev, brick if isinstance(brick, str) else None)
         if ev.get("errno_name") == "ENOTCONN" or ev.get("op_errno") == ENOTCONN:
             for ep in self._open_episodes():
                 if len(ep.app) < MAX_SHOWN:
                     ep.app.append(ev)
-        path = self.topology.brick(ev.get("src"))
+        path = self.state.topology.brick(ev.get("src"))
         ep = self._open(host_of(ev.get("src")), path)
         if ep is not None and ep.started is not None and ep.answered is None \
                 and key not in ep.cut_conns:
@@ -222,7 +215,7 @@ class BrickDown(Detector):
         if st is None or ev.get("by") != "server":
             return
         server = st.server
-        path = self.topology.brick(server)
+        path = self.state.topology.brick(server)
         ep = self._open(host_of(server), path) if path else \
             self.down.get(self._brick_key(host_of(server), None, server))
         if ep is None or ep.reported:
@@ -244,7 +237,7 @@ class BrickDown(Detector):
 
     def _refused(self, ev: dict) -> None:
         dst = ev.get("dst")
-        path = self.topology.brick(dst)
+        path = self.state.topology.brick(dst)
         ep = self._open(host_of(dst), path) if path else None
         if ep is None:
             return     # a port nobody saw a brick on: brick-unreachable's case
@@ -307,7 +300,7 @@ class BrickDown(Detector):
         brick = f"{ep.host}:{ep.path}" if ep.path else f"the brick at {ep.endpoint}"
         key = (ep.host, ep.path)
         bricks = self.state.bricks      # from the volfiles (GETSPEC)
-        volume = (bricks.volume_of_only_copy(*key) or self.topology.volume_of.get(ep.endpoint or "")
+        volume = (bricks.volume_of_only_copy(*key) or self.state.topology.volume_of.get(ep.endpoint or "")
                   or _volume_of_set(bricks.set_of(*key)) or "VOLNAME")
         only = bricks.is_only_copy(*key)
         redundant = bricks.set_of(*key) is not None

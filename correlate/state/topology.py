@@ -1,12 +1,17 @@
-"""Who is who on the wire, learned as events pass: the brick path behind a server endpoint,
-the client process behind a connection, and which bricks are replica or disperse peers.
+"""Brick identity: the brick path and volume behind a server endpoint (`host:port`), the client
+process behind a connection, and which bricks are replica or disperse peers.
 
+Learned as events pass:
 - PORTBYBRICK (call `brick`, reply `port`) and SETVOLUME (`remote-subvolume`) name the brick
   at `host:port`; SETVOLUME's `volfile-key` names its volume.
 - SETVOLUME's `process-uuid` (`...-PID:30452-HOST:vm-PC_NAME:vol-client-0-...`) names the
   client process of that connection.
 - The GETSPEC reply's volfile lists the replicate/disperse sets (`brick_sets`). Without it
   (capture started after the mount), the bricks of one volume count as peers of each other.
+
+or given before the first event (`seed`, from `gluster volume info/status --xml`: see
+volume_xml), for captures that start after the clients connected. What the capture shows
+later overrides the seed for the same brick (a brick restarted since has a new port).
 
 Memory is bounded: each table keeps at most MAX_ENTRIES entries, oldest dropped first.
 """
@@ -15,6 +20,7 @@ from __future__ import annotations
 import re
 
 MAX_ENTRIES = 65536
+MAX_VOLUMES = 4096             # seeded volumes whose sets are kept
 _PID = re.compile(r"-PID:(\d+)")
 _HOST = re.compile(r"-HOST:(.*?)-PC_NAME:")
 
@@ -39,9 +45,13 @@ def client_label(process_uuid: str) -> str | None:
     return f"pid {pid.group(1)}" + (f" on {host.group(1)}" if host and host.group(1) else "")
 
 
+def _members(brick_set: dict) -> list[tuple[str, str]]:
+    return [tuple(b) for b in brick_set.get("bricks", []) if isinstance(b, list) and len(b) == 2]
+
+
 class Topology:
-    # The procedures it learns from, all through their decoded args or results: a detector
-    # that feeds it events routes these and lists them in its `wants.details`.
+    # The procedures it learns from, all through their decoded args or results: whoever feeds
+    # it events lists these in its `details` (GlusterState.DETAILS does).
     PROCEDURES = frozenset({"PORTBYBRICK", "SETVOLUME", "GETSPEC"})
 
     def __init__(self):
@@ -50,7 +60,19 @@ class Topology:
         self.endpoint_of: dict[tuple[str, str], str] = {}   # (host, path) -> "host:port"
         self.client: dict[tuple, str] = {}          # (source, conn) -> client label
         self.sets: list[dict] = []                  # GETSPEC brick_sets, latest volfile
+        self.seeded_sets: dict[str, list[dict]] = {}   # volume -> sets, from `seed`
         self._portbybrick: dict[tuple, str] = {}    # (source, conn, xid) -> brick path asked
+
+    def seed(self, volumes) -> None:
+        """Take what `gluster volume info/status --xml` said (volume_xml.Volume records)."""
+        for vol in volumes:
+            for (host, path), port in vol.ports.items():
+                endpoint = f"{host}:{port}"
+                self._name(endpoint, path)
+                _put(self.volume_of, endpoint, vol.name)
+            if vol.sets and (vol.name in self.seeded_sets or len(self.seeded_sets) < MAX_VOLUMES):
+                self.seeded_sets[vol.name] = [{"name": name, "bricks": [list(b) for b in members]}
+                                              for name, members in vol.sets]
 
     def observe(self, ev: dict) -> None:
         proc = ev.get("procedure")
@@ -90,7 +112,12 @@ class Topology:
         _put(self.endpoint_of, (_host(endpoint), path), endpoint)
 
     def brick(self, endpoint: str) -> str | None:
+        """The brick path served at `host:port`, None when unknown."""
         return self.brick_path.get(endpoint)
+
+    def volume(self, endpoint: str) -> str | None:
+        """The volume of the brick at `host:port`, None when unknown."""
+        return self.volume_of.get(endpoint)
 
     def client_of(self, ev: dict) -> str:
         """The client process of a call (its connection's SETVOLUME), else its address and
@@ -108,9 +135,8 @@ class Topology:
         path = self.brick_path.get(endpoint)
         host = _host(endpoint)
         if path is not None:
-            for s in self.sets:
-                members = [tuple(b) for b in s.get("bricks", [])
-                           if isinstance(b, list) and len(b) == 2]
+            for s in [*self.sets, *(s for sets in self.seeded_sets.values() for s in sets)]:
+                members = _members(s)
                 if (host, path) in members:
                     found = [self.endpoint_of.get(m) for m in members if m != (host, path)]
                     return [e for e in found if e], f"volfile {s.get('name')}"
