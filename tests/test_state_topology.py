@@ -183,3 +183,20 @@ def test_no_builtin_detector_keeps_its_own_topology_files_or_calls():
             if isinstance(value, GlusterState):
                 assert value is state, f"{det.id}.{name} is not the shared state"
             assert not isinstance(value, shared), f"{det.id}.{name} is a private {type(value).__name__}"
+
+
+def test_the_documented_shared_state_example_names_brick_volume_and_file():
+    """docs/plugins.md's third-party example, run as written on a real capture."""
+    from correlate.testing import run_detector
+    doc = (ROOT.parent / "docs" / "plugins.md").read_text()
+    section = doc[doc.index("A third-party detector that names the brick"):]
+    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    namespace: dict = {}
+    exec(compile(code, "docs/plugins.md", "exec"), namespace)
+    state = GlusterState()
+    (det,) = namespace["correlate_detectors"](state=state)
+    found = run_detector(det, ROOT / "captures" / "reserve-full.pcap")
+    (f,) = found
+    assert f["title"].startswith("WRITE to /existing failed on /srv/correlate-lab/reservevol/")
+    assert "ENOSPC" in f["title"] and "volume reservevol" in f["explanation"]
+    assert "offset 0" in f["explanation"] and f["evidence"][0]["kind"] == "rpc.call"
