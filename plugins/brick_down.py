@@ -41,16 +41,14 @@ LONG_S = 60            # a redundant brick down this long leaves its set degrade
 RECONNECT_WAIT_NS = 10_000_000_000   # after the restart, how long to wait for a client's reply
 ENOTCONN = 107
 MAX_CONNS = 4096
-MAX_PENDING = 64
 MAX_BRICKS = 1024
 MAX_SHOWN = 6
 LOG_BACK_NS = 2_000_000_000          # log lines this much older than the first mark still count
 class _Conn:
-    __slots__ = ("server", "pending")
+    __slots__ = ("server",)     # its calls in flight are the shared state's (state.calls)
 
     def __init__(self, server: str):
         self.server = server
-        self.pending: OrderedDict[int, dict] = OrderedDict()
 
 
 class _Down:
@@ -161,15 +159,9 @@ class BrickDown(Detector):
             if st is None or st.server != server:
                 st = _Conn(server)
                 self._put(self.conns, key, st, MAX_CONNS)
-            if len(st.pending) >= MAX_PENDING:
-                st.pending.popitem(last=False)
-            st.pending[ev.get("xid")] = ev
 
     def _reply(self, ev: dict) -> list[dict]:
         key = (ev.get("source"), ev.get("conn"))
-        st = self.conns.get(key)
-        if st is not None:
-            st.pending.pop(ev.get("xid"), None)
         proc = ev.get("procedure")
         if proc == "PORTBYBRICK":
             brick = ((self.state.calls.call_of(ev) or {}).get("args") or {}).get("brick")
@@ -229,7 +221,7 @@ class BrickDown(Detector):
                  else f"the client at {ev.get('src', '?')}")
         if label not in ep.clients and len(ep.clients) < MAX_SHOWN:
             ep.clients.append(label)
-        for call in st.pending.values():
+        for call in self.state.calls.pending(ev):
             # a reply the capture may have lost was perhaps answered: not a lost call
             if call.get("procedure") != "PING" and len(ep.lost) < 4 * MAX_SHOWN \
                     and not self.state.loss.reply_may_be_lost(call):

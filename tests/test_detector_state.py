@@ -151,9 +151,14 @@ def test_state_calls_stay_at_their_limit_and_a_close_forgets_its_own(monkeypatch
                        "procedure_num": 13})
     assert len(state.calls) == 100 and state.calls.dropped == 150
     assert [c["xid"] for c in state.calls.pending({"source": "s", "conn": 1})][:2] == [151, 153]
-    state.observe({"time_ns": 300, "kind": "tcp.close", "source": "s", "conn": 1})
-    assert len(state.calls) == 50 and not state.calls.pending({"source": "s", "conn": 1})
+    close = {"time_ns": 300, "kind": "tcp.close", "source": "s", "conn": 1}
+    state.observe(close)
+    assert len(state.calls) == 50
     assert state.calls._by_conn.keys() == {("s", 0)}     # the index forgets the closed one
+    # while the close is handled, what it left unanswered, in the order sent
+    assert [c["xid"] for c in state.calls.pending(close)] == list(range(151, 250, 2))
+    state.observe({**_lookup(301, 0, 999), "source": "s"})
+    assert not state.calls.pending(close)
     runner = DetectorRunner([lost_write.LostWrite(state)])
     runner.finish()
     assert "shared state: dropped 150 x calls forgotten before their reply (table full)" \
