@@ -20,7 +20,6 @@ from __future__ import annotations
 import re
 
 MAX_ENTRIES = 65536
-MAX_VOLUMES = 4096             # seeded volumes whose sets are kept
 _PID = re.compile(r"-PID:(\d+)")
 _HOST = re.compile(r"-HOST:(.*?)-PC_NAME:")
 
@@ -60,7 +59,8 @@ class Topology:
         self.endpoint_of: dict[tuple[str, str], str] = {}   # (host, path) -> "host:port"
         self.client: dict[tuple, str] = {}          # (source, conn) -> client label
         self.sets: list[dict] = []                  # GETSPEC brick_sets, latest volfile
-        self.seeded_sets: dict[str, list[dict]] = {}   # volume -> sets, from `seed`
+        # (host, path) -> (set name, its members), from `seed`: one lookup, however many volumes
+        self.seeded_sets: dict[tuple[str, str], tuple[str, list]] = {}
         self._portbybrick: dict[tuple, str] = {}    # (source, conn, xid) -> brick path asked
 
     def seed(self, volumes) -> None:
@@ -70,9 +70,10 @@ class Topology:
                 endpoint = f"{host}:{port}"
                 self._name(endpoint, path)
                 _put(self.volume_of, endpoint, vol.name)
-            if vol.sets and (vol.name in self.seeded_sets or len(self.seeded_sets) < MAX_VOLUMES):
-                self.seeded_sets[vol.name] = [{"name": name, "bricks": [list(b) for b in members]}
-                                              for name, members in vol.sets]
+            for name, members in vol.sets:
+                for brick in members:
+                    if len(self.seeded_sets) < MAX_ENTRIES:
+                        self.seeded_sets[brick] = (name, members)
 
     def observe(self, ev: dict) -> None:
         proc = ev.get("procedure")
@@ -135,11 +136,15 @@ class Topology:
         path = self.brick_path.get(endpoint)
         host = _host(endpoint)
         if path is not None:
-            for s in [*self.sets, *(s for sets in self.seeded_sets.values() for s in sets)]:
+            for s in self.sets:
                 members = _members(s)
                 if (host, path) in members:
                     found = [self.endpoint_of.get(m) for m in members if m != (host, path)]
                     return [e for e in found if e], f"volfile {s.get('name')}"
+            seeded = self.seeded_sets.get((host, path))
+            if seeded is not None:
+                found = [self.endpoint_of.get(m) for m in seeded[1] if m != (host, path)]
+                return [e for e in found if e], f"volfile {seeded[0]}"
         volume = self.volume_of.get(endpoint)
         if volume is None:
             return [], ""

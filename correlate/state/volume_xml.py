@@ -14,9 +14,10 @@ import subprocess
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 
-MAX_BYTES = 16 << 20
+MAX_BYTES = 8 << 20         # a 100-volume cluster's info and status are about 1 MiB
 MAX_VOLUMES = 4096
 MAX_BRICKS = 4096           # per volume
+MAX_TOTAL_BRICKS = 65536    # over all volumes (the Topology's table size)
 LIVE_TIMEOUT_S = 5          # glusterd answers in well under a second when it is up
 LIVE = "live"
 _DOCUMENT = re.compile(r"<cliOutput\b.*?</cliOutput\s*>", re.S)
@@ -82,6 +83,8 @@ def parse(text: str, where: str = "topology") -> list[Volume]:
                             "`gluster volume info --xml` or `gluster volume status --xml`")
     volumes: dict[str, Volume] = {}
     for doc in docs:
+        if sum(len(v.bricks) + len(v.ports) for v in volumes.values()) > MAX_TOTAL_BRICKS:
+            raise TopologyError(f"{where}: more than {MAX_TOTAL_BRICKS} bricks: not one cluster")
         try:
             root = ET.fromstring(doc)
         except ET.ParseError as exc:
