@@ -200,3 +200,14 @@ def test_the_documented_shared_state_example_names_brick_volume_and_file():
     assert f["title"].startswith("WRITE to /existing failed on /srv/correlate-lab/reservevol/")
     assert "ENOSPC" in f["title"] and "volume reservevol" in f["explanation"]
     assert "offset 0" in f["explanation"] and f["evidence"][0]["kind"] == "rpc.call"
+
+
+@pytest.mark.parametrize("command", [["run", "--json", "--pcap"], ["timeline", "--json"]])
+def test_run_and_timeline_take_the_topology_too(command):
+    def bricks(*args):
+        res = cli(*command, LATE, *args)
+        assert res.returncode == 0, res.stderr
+        return [e.get("brick") for e in map(json.loads, res.stdout.splitlines())
+                if e.get("kind") == "finding" and e.get("detector") == "brick-not-responding"]
+    assert bricks() == [None, None]
+    assert bricks("--topology", XML) == [f"{B}2", None]
