@@ -34,8 +34,8 @@ __all__ = ["GlusterState", "Actor", "ClientProcess", "APPLICATION", "CLIENT", "D
 
 
 class GlusterState:
-    # The procedures whose decoded arguments it reads: a detector that uses the state lists
-    # these in its `wants.details` so the decoder keeps them.
+    # The procedures whose decoded arguments it reads: the runtime always asks the decoder
+    # for these (detector.details_needed), whatever the detectors list.
     DETAILS = Clients.PROCEDURES | Bricks.PROCEDURES | Topology.PROCEDURES | NAMING
 
     def __init__(self):

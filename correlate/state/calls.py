@@ -12,7 +12,9 @@ from __future__ import annotations
 
 from collections import OrderedDict
 
-MAX_CALLS = 8192      # Gluster keeps far fewer in flight; a flood of unanswered calls stops here
+# Gluster keeps far fewer in flight (64 per connection by default); a flood of unanswered
+# calls stops here. A lean call holds its record (at most 4 KiB) to decode later.
+MAX_CALLS = 4096
 
 
 class Calls:
