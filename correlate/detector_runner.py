@@ -88,6 +88,7 @@ class DetectorRunner:
         # Findings meet the event schema as every input does: a plugin's finding with a value
         # of the wrong type loses that value (counted), so no output or notifier trips on it
         self.finding_diag = Diagnostics("findings")
+        self.state_drops: dict[str, int] = {}         # the shared state's: reason -> count
 
     def _run(self, det, method: str, arg=None) -> list[dict]:
         name = getattr(det, "id", type(det).__name__)
@@ -249,10 +250,12 @@ class DetectorRunner:
             self.drops[name] = drops
 
     def drop_lines(self) -> list[str]:
-        """One line per kind of thing a detector dropped, for stderr."""
+        """One line per kind of thing a detector, or the shared state, dropped, for stderr."""
         return [f"detector {name}: dropped {n} x {reason}"
                 for name, drops in self.drops.items() for reason, n in drops.items()] + \
-            self.finding_diag.summary_lines()
+            self.finding_diag.summary_lines() + \
+            [f"shared state: dropped {n} x {reason}"
+             for reason, n in self.state_drops.items()]
 
     def finish(self) -> list[dict]:
         found = self._take_load_errors(0)    # no event came at all
@@ -262,6 +265,10 @@ class DetectorRunner:
         for det in self.detectors:
             found.extend(self._run(det, "finish"))
             self._collect_drops(det)
+        for state in self._states:
+            for reason, n in state.drops().items():
+                if n:
+                    self.state_drops[reason] = self.state_drops.get(reason, 0) + n
         out = self._fold(found)
         updates = []
         for f in self.findings:

@@ -20,15 +20,17 @@ from .outputs.terminal import Progress, color_option, safe_text, use_color
 from .parallel_cli import parallel_for, parallel_options
 from .pipeline import Reporter, TimelineWriter, run_pipeline
 from .run_setup import (detector_options, fail_on_option, make_runner, output_writers, parse_detector_options,
-                        parse_policy, reaches, selection_options, timeline_path, write_outputs)
+                        parse_policy, reaches, selection_options, timeline_path, topology_option,
+                        write_outputs)
 from .sources import open_input
 
 
 def _detectors(unanswered_after: float, option_specs, config_path, only_detectors=(),
-               skip_detectors=(), suppress_specs=()) -> DetectorRunner:
+               skip_detectors=(), suppress_specs=(), topology=()) -> DetectorRunner:
     options = parse_detector_options(option_specs, config_path)
     policy = parse_policy(config_path, only_detectors, skip_detectors, suppress_specs)
-    return make_runner({"unanswered_after_ns": int(unanswered_after * 1e9)}, options, policy)
+    return make_runner({"unanswered_after_ns": int(unanswered_after * 1e9)}, options, policy,
+                       topology)
 
 
 def decoding_options(runner: DetectorRunner, every_event: bool) -> dict:
@@ -96,7 +98,7 @@ common_options = [
 def with_common(f):
     for opt in reversed(common_options):
         f = opt(f)
-    return fail_on_option(selection_options(detector_options(color_option(f))))
+    return topology_option(fail_on_option(selection_options(detector_options(color_option(f)))))
 
 
 @click.command()
@@ -121,7 +123,7 @@ def with_common(f):
 @with_common
 def run(pcaps, probe_groups, pid, backend, probe_offsets, logs, duration, window_ms, profile_every,
         json_out, events, timeline, unanswered_after, outputs, color, option_specs, config_path,
-        only_detectors, skip_detectors, suppress_specs, fail_on):
+        only_detectors, skip_detectors, suppress_specs, fail_on, topology):
     """Live: merge probes and captures on one timeline and print findings as they happen.
 
     Stops at the end of the captures, after --duration, or on Ctrl-C / SIGTERM, with every
@@ -138,6 +140,7 @@ def run(pcaps, probe_groups, pid, backend, probe_offsets, logs, duration, window
       correlate run --pcap - -o rpc-unanswered.after_s=30 --config detectors.toml
       correlate run --probe all --pcap - --no-detector app-latency    # and no io probes
       correlate run --pcap - --suppress rpc-unanswered:client=127.0.0.1:*
+      correlate run --pcap - --topology live       # bricks named though the clients connected earlier
       tcpdump -i any -s 0 -U -w - 'tcp portrange 24007-24100 or tcp portrange 49152-49251 or icmp' | correlate run --pcap - --profile-every 10
     """
     if not pcaps and not probe_groups and not logs:
@@ -145,7 +148,7 @@ def run(pcaps, probe_groups, pid, backend, probe_offsets, logs, duration, window
     writers = output_writers(outputs)
     timeline, temporary = timeline_path(timeline, writers)
     runner = _detectors(unanswered_after, option_specs, config_path, only_detectors,
-                        skip_detectors, suppress_specs)
+                        skip_detectors, suppress_specs, topology)
     decoding = decoding_options(runner, bool(json_out or events or timeline))
     merger = LiveMerger(window_ns=window_ms * 1_000_000)
     diags: list[Diagnostics] = []
@@ -198,7 +201,7 @@ def run(pcaps, probe_groups, pid, backend, probe_offsets, logs, duration, window
     periodic = None
     if profile_every:
         from .profile_cli import PeriodicProfile
-        periodic = PeriodicProfile(profile_every, json_out)
+        periodic = PeriodicProfile(profile_every, json_out, topology=topology)
         stream = periodic.events(stream)
     try:
         run_pipeline(stream, runner, reporter)
@@ -241,8 +244,8 @@ def _opened_later(path: str, diags: list[Diagnostics], decoding: dict):
 @with_common
 @parallel_options
 def analyze(inputs, hosts, json_out, events, timeline, unanswered_after, outputs, color,
-            option_specs, config_path, only_detectors, skip_detectors, suppress_specs, fail_on, jobs,
-            scheduler):
+            option_specs, config_path, only_detectors, skip_detectors, suppress_specs, fail_on, topology,
+            jobs, scheduler):
     """Offline: run the detectors over captures, saved timelines and Gluster logs.
 
     Inputs are recognised by content (pcap, pcapng, gzip'd, JSON Lines timeline, Gluster
@@ -260,12 +263,13 @@ def analyze(inputs, hosts, json_out, events, timeline, unanswered_after, outputs
       correlate analyze capture.pcap --suppress stale-handle:brick=127.0.0.2:/srv/b1
       correlate analyze capture.pcap --suppress 'slow-brick:procedure=MKDIR' --suppress no-space
       correlate analyze --fail-on error nightly.pcap && echo "no error found"
+      correlate analyze late-start.pcap --topology volinfo.xml --topology volstatus.xml
       correlate analyze --jobs 2 big-capture.pcap other-host.pcap
       correlate analyze --scheduler tcp://scheduler-host:8786 /shared/captures/*.pcap
     """
     host_of = dict(h.split("=", 1) for h in hosts if "=" in h)
     runner = _detectors(unanswered_after, option_specs, config_path, only_detectors,
-                        skip_detectors, suppress_specs)
+                        skip_detectors, suppress_specs, topology)
     writers = output_writers(outputs)
     decoding = decoding_options(runner, bool(json_out or events or timeline or writers))
     with parallel_for(inputs, jobs, scheduler) as parallel:

@@ -21,8 +21,11 @@ def correlate_detectors(config, state):
 
     `state` is the shared Gluster state (`correlate.state.GlusterState`), fed every event
     before any detector sees it: who made a call (`state.actor(call)`: an application or one
-    of Gluster's own daemons), capture loss (`state.loss.reply_may_be_lost(call)`) and the
-    volfiles' replica/disperse sets (`state.bricks`). Keep it and read it; never change it.
+    of Gluster's own daemons), capture loss (`state.loss.reply_may_be_lost(call)`), the
+    volfiles' replica/disperse sets (`state.bricks`), brick identity (`state.topology.brick(
+    "host:port")`, `.volume(...)`, `.peers(...)`), file names by gfid (`state.files.path(gfid)`)
+    and the call a reply answers (`state.calls.call_of(reply)`). Keep it and read it; never
+    change it (docs/plugins.md, "The shared state").
 
     `config` is a dict of run options (e.g. `unanswered_after_ns`); a detector's own settings
     are its `options` (see `correlate.detector.Option`), set by users with -o / --config and

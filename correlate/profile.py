@@ -14,7 +14,7 @@ from collections import Counter, OrderedDict
 from ddsketch import LogCollapsingLowestDenseDDSketch
 
 from .gluster.programs import lookup
-from .gluster.topology import Topology
+from .state.topology import Topology
 from .state.clients import UNKNOWN, Clients, special_actor
 
 RELATIVE_ACCURACY = 0.01       # 1%: a 200 ms p50 is reported within 198-202 ms

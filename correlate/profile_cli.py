@@ -12,7 +12,17 @@ from . import exit_codes
 from .diagnostics import report_diagnostics
 from .outputs.profile_text import format_profile
 from .profile import Profile
+from .run_setup import topology_option
+from .state.topology import Topology
 from .sources import open_input
+
+
+
+def seeded(volumes) -> Topology:
+    """A Topology that knows the volumes --topology gave before any event."""
+    topology = Topology()
+    topology.seed(volumes)
+    return topology
 
 
 @click.command()
@@ -24,7 +34,8 @@ from .sources import open_input
 @click.option("--html", "html_path", type=click.Path(dir_okay=False),
               help="Also write an HTML page: latency per brick and procedure, and charts over "
                    "time (per brick, replica peers, lock waits and holds).")
-def profile(inputs, per_client, json_out, html_path):
+@topology_option
+def profile(inputs, per_client, json_out, html_path, topology):
     """Per brick and procedure: calls, errors by errno, latency p50/p90/p99/max, bytes read
     and written, calls in flight at most; like `gluster volume profile VOL info`, but from a
     capture, without access to the servers and without starting anything beforehand.
@@ -39,9 +50,10 @@ def profile(inputs, per_client, json_out, html_path):
       correlate profile --per-client client1.pcap client2.pcap
       correlate profile --json capture.pcapng | jq '.bricks[] | {server, brick}'
       correlate profile saved-timeline.jsonl --html profile.html
+      correlate profile late-start.pcap --topology volinfo-and-status.xml
     """
     opened = [open_input(path) for path in inputs]
-    prof = Profile(per_client=per_client)
+    prof = Profile(per_client=per_client, topology=seeded(topology))
     # Inputs one after the other, not merged by time: the profile does not depend on the
     # order across inputs, and a time merge would hold its reorder window of events.
     charts = None
@@ -75,8 +87,8 @@ class PeriodicProfile:
     """For `run --profile-every`: feeds a Profile and prints it every `every_s` seconds of
     wall time (checked as events pass), and once more at the end."""
 
-    def __init__(self, every_s: float, json_out: bool, out=None):
-        self.profile = Profile()
+    def __init__(self, every_s: float, json_out: bool, out=None, topology=()):
+        self.profile = Profile(topology=seeded(topology))
         self.every_s = every_s
         self.json_out = json_out
         self.out = out or sys.stdout

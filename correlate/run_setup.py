@@ -11,7 +11,7 @@ import click
 
 from .detector import SEVERITIES, _coerce, configure_detectors, load_detectors
 from .detector_runner import DetectorRunner
-from .state import GlusterState
+from .state import GlusterState, volume_xml
 from .diagnostics import Diagnostics
 from .finding_policy import POLICY_TABLES, SPEC_FORM, FindingPolicy, from_config, parse_rule
 from .plugin_manager import NO_PLUGIN_KEY, call_each, failed_plugins, get_plugin_manager, not_loaded
@@ -40,6 +40,27 @@ def detector_options(f):
                         metavar="DETECTOR.KEY=VALUE", shell_complete=complete_detector_option,
                         help="Set a detector option (listed by `correlate plugins`); "
                              "overrides --config. Repeatable.")(f)
+
+
+def _read_topology(ctx, param, specs):
+    if not specs:
+        return []
+    try:
+        return volume_xml.read(specs)
+    except volume_xml.TopologyError as exc:
+        raise click.BadParameter(str(exc), param_hint="--topology") from None
+
+
+def topology_option(f):
+    """--topology FILE|live: bricks, ports and replica sets for captures that start after the
+    clients connected (no GETSPEC, PORTBYBRICK or SETVOLUME in them)."""
+    return click.option("--topology", "topology", multiple=True, metavar="FILE|live",
+                        callback=_read_topology,
+                        help="Brick names, volumes and replica/disperse sets from `gluster "
+                             "volume info --xml` and/or `gluster volume status --xml` saved "
+                             "in FILE (both outputs in one file, or two --topology); `live` "
+                             f"asks this host's glusterd ({volume_xml.LIVE_TIMEOUT_S} s at "
+                             "most). Repeatable. What the capture shows wins.")(f)
 
 
 FAIL_ON_LEVELS = (*SEVERITIES, "never")
@@ -179,11 +200,13 @@ def _loaded_only(options: dict[str, dict], detectors: list, pm, errors: list[dic
 
 
 def make_runner(config: dict, options: dict[str, dict],
-                policy: FindingPolicy | None = None) -> DetectorRunner:
+                policy: FindingPolicy | None = None, topology=()) -> DetectorRunner:
     """The detectors the policy lets run, configured, with new findings passed to
-    correlate_finding; `runner.policy` suppresses the findings it names."""
+    correlate_finding; `runner.policy` suppresses the findings it names. `topology`: the
+    volumes --topology gave (volume_xml.Volume), seeded into the shared state."""
     pm = get_plugin_manager()
     state = GlusterState()
+    state.seed_topology(topology)
     origins: dict[str, str] = {}
     detectors, errors = load_detectors(pm, config, state, origins=origins)
     try:

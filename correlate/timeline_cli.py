@@ -18,7 +18,7 @@ from .events import header_line, to_json
 from .merge import DEFAULT_WINDOW_NS, merge, shift_clock
 from .outputs.terminal import color_option
 from .run_setup import (detector_options, fail_on_option, output_writers, parse_detector_options, parse_policy,
-                        reaches, selection_options)
+                        reaches, selection_options, topology_option)
 from .parallel_cli import parallel_for, parallel_options
 from .timeline_filter import EventFilter, parse_time
 from .timeline_sinks import HtmlSink, PcapngSink, PerfettoSink, PluginOutputsSink
@@ -109,7 +109,7 @@ class CaptureDeduplicator:
 
 
 def _with_findings(events: Iterable[dict], detect: bool, options: dict, policy,
-                   part_failed: list) -> Iterator[dict]:
+                   part_failed: list, topology=()) -> Iterator[dict]:
     """Run the detectors (plugins included, each new finding passed to correlate_finding) and
     put each finding after the event completing it; a failed detector or plugin is named in
     `part_failed` (for the exit code)."""
@@ -117,7 +117,7 @@ def _with_findings(events: Iterable[dict], detect: bool, options: dict, policy,
         yield from events
         return
     from .run_setup import make_runner
-    runner = make_runner({}, options, policy)
+    runner = make_runner({}, options, policy, topology)
     for ev in events:
         if ev.get("layer") == "finding":
             continue        # a saved timeline's findings: the detectors derive them again
@@ -166,11 +166,12 @@ def _with_findings(events: Iterable[dict], detect: bool, options: dict, policy,
 @detector_options
 @selection_options
 @fail_on_option
+@topology_option
 @parallel_options
 def timeline(inputs, hosts, since, until, conn, host_filter, gfid, path, pid, layers, ladder,
              html_path, perfetto_path, pcapng_path, json_out, sync_clocks, detect, window_ms, outputs,
              color, option_specs, config_path, only_detectors, skip_detectors, suppress_specs,
-             fail_on, jobs, scheduler):
+             fail_on, topology, jobs, scheduler):
     """Merge captures, saved timelines and Gluster logs into one timeline; filter; render.
 
     \b
@@ -230,7 +231,7 @@ def timeline(inputs, hosts, since, until, conn, host_filter, gfid, path, pid, la
             dedup = CaptureDeduplicator({i.name for i in opened if i.kind == "capture"})
             merged = dedup(merged)
         part_failed: list[str] = []
-        events = _with_findings(merged, detect, options, policy, part_failed)
+        events = _with_findings(merged, detect, options, policy, part_failed, topology)
         keep = EventFilter(since=since_t, until=until_t, conn=conn, host=host_filter, gfid=gfid, path=path,
                            pid=pid, layers=layers)
 

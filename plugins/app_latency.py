@@ -23,9 +23,9 @@ from __future__ import annotations
 from correlate import hookimpl
 from correlate.detector import Detector, Option, Wants
 from correlate.events import with_details
-from correlate.gluster.topology import Topology
 from correlate.outputs.profile_text import duration
 from correlate.probe.catalog import Arg, ProbeSpec
+from correlate.state import GlusterState
 
 from .gluster_facts import GLUSTERFS_PROGRAM
 
@@ -77,15 +77,15 @@ class AppLatency(Detector):
     # call's credentials (its pid) are read only while some glfs call is in progress:
     # decoded then (with_details), so a run without probes decodes none of them.
     wants = Wants(kinds={"probe.call", "probe.return", "rpc.call", "rpc.reply"},
-                  details=Topology.PROCEDURES)
+                  details=frozenset())
 
     options = {"after_s": Option(DEFAULT_AFTER_NS / 1e9, "seconds a glfs call must take to be "
                                                          "split across layers (the io probes "
                                                          "send only calls this slow, or failed)")}
 
-    def __init__(self, after_ns: int = DEFAULT_AFTER_NS):
+    def __init__(self, after_ns: int = DEFAULT_AFTER_NS, state: GlusterState | None = None):
         self.settings = {"after_s": after_ns / 1e9}
-        self.topology = Topology()
+        self.state = state if state is not None else GlusterState()   # brick names
         self.open: dict[tuple, dict] = {}        # (host, pid, tid, function) -> call in progress
         self.by_pid: dict[tuple, list[dict]] = {}   # (host, pid) -> calls in progress
         self.rpcs: dict[tuple, dict] = {}        # (source, conn, xid) -> rpc record
@@ -101,11 +101,9 @@ class AppLatency(Detector):
         elif kind == "probe.return" and str(ev.get("probe") or "").startswith("io."):
             return self._end(ev)
         elif kind == "rpc.call":
-            self.topology.observe(ev)
             if ev.get("program_num") == GLUSTERFS_PROGRAM:
                 self._rpc_call(ev)
         elif kind == "rpc.reply":
-            self.topology.observe(ev)
             rec = self.rpcs.pop((ev.get("source"), ev.get("conn"), ev.get("xid")), None)
             if rec is not None:
                 rec["reply_ns"] = ev["time_ns"]
@@ -165,7 +163,7 @@ class AppLatency(Detector):
             between = max(0, total - before - after - brick_ns)
             slowest = max(answered, key=lambda r: r["reply_ns"] - r["call_ns"])
             s_call = slowest["call"]
-            path = self.topology.brick(s_call.get("dst") or "")
+            path = self.state.topology.brick(s_call.get("dst") or "")
             parts = (f"the wire and the bricks took {duration(brick_ns)} of the {duration(total)} "
                      f"({100 * brick_ns / total:.0f}%) over {len(answered)} RPCs, the slowest "
                      f"{s_call.get('procedure')} on {s_call.get('dst')}{' ' + path if path else ''} "
@@ -204,5 +202,5 @@ def correlate_probe_specs(options):
 
 
 @hookimpl
-def correlate_detectors(config):
-    return [AppLatency(after_ns=int(config.get("app_latency_after_ns", DEFAULT_AFTER_NS)))]
+def correlate_detectors(config, state):
+    return [AppLatency(after_ns=int(config.get("app_latency_after_ns", DEFAULT_AFTER_NS)), state=state)]

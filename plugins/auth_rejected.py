@@ -12,6 +12,7 @@ from collections import deque
 
 from correlate import hookimpl
 from correlate.detector import Detector, Option, Wants
+from correlate.state import GlusterState
 
 from .gluster_facts import find_key, host_of, port_of
 
@@ -23,12 +24,13 @@ class AuthRejected(Detector):
     options = {"log_window_s": Option(LOG_WINDOW_NS / 1e9, "seconds around a SETVOLUME failure "
                                                            "in which client log lines and glfs_init "
                                                            "calls join its evidence")}
-    # Every reply: a denial may answer any procedure (or a call that was not captured).
-    wants = Wants(kinds={"probe.call", "probe.return", "rpc.call", "rpc.reply"},
+    # Every reply: a denial may answer any procedure (or a call that was not captured). The
+    # SETVOLUME call a failed reply answers is the shared state's (state.calls).
+    wants = Wants(kinds={"probe.call", "probe.return", "rpc.reply"},
                   layers={"log"}, details={"SETVOLUME"})
 
-    def __init__(self):
-        self.setvolume_calls: dict[tuple, dict] = {}
+    def __init__(self, state: GlusterState | None = None):
+        self.state = state if state is not None else GlusterState()
         self.context: deque[dict] = deque(maxlen=256)   # glfs_init calls, client log lines
         self.init_returned: set[tuple] = set()
         self.reported: deque[dict] = deque(maxlen=64)     # SETVOLUME findings, for log lines after
@@ -42,10 +44,6 @@ class AuthRejected(Detector):
         elif ev.get("layer") == "log" and "SETVOLUME" in str(ev.get("message", "")):
             self.context.append(ev)
             return self._log_after_reply(ev)
-        elif kind == "rpc.call" and ev.get("procedure") == "SETVOLUME":
-            self.setvolume_calls[(ev.get("conn"), ev.get("xid"))] = ev
-            if len(self.setvolume_calls) > 4096:
-                self.setvolume_calls.pop(next(iter(self.setvolume_calls)))
         elif kind == "rpc.reply" and ev.get("procedure") == "SETVOLUME" and ev.get("op_ret") == -1:
             return [self._setvolume_failed(ev)]
         elif kind == "rpc.reply" and ev.get("reply_status") == "denied":
@@ -70,7 +68,7 @@ class AuthRejected(Detector):
         return out
 
     def _setvolume_failed(self, reply: dict) -> dict:
-        call = self.setvolume_calls.pop((reply.get("conn"), reply.get("xid")), None)
+        call = self.state.calls.call_of(reply)
         error = find_key(reply.get("result") or {}, "ERROR") or reply.get("errno_name") or "?"
         volume = find_key((call or {}).get("args") or {}, "remote-subvolume") or "?"
         client = reply.get("dst")
@@ -138,5 +136,5 @@ class AuthRejected(Detector):
 
 
 @hookimpl
-def correlate_detectors(config):
-    return [AuthRejected()]
+def correlate_detectors(state):
+    return [AuthRejected(state)]

@@ -31,7 +31,6 @@ from collections import OrderedDict, deque
 
 from correlate import hookimpl
 from correlate.detector import Detector, Wants
-from correlate.gluster.topology import Topology
 from correlate.state import GlusterState
 
 from .brick_logs import BrickLogs, brick_log_name
@@ -42,16 +41,14 @@ LONG_S = 60            # a redundant brick down this long leaves its set degrade
 RECONNECT_WAIT_NS = 10_000_000_000   # after the restart, how long to wait for a client's reply
 ENOTCONN = 107
 MAX_CONNS = 4096
-MAX_PENDING = 64
 MAX_BRICKS = 1024
 MAX_SHOWN = 6
 LOG_BACK_NS = 2_000_000_000          # log lines this much older than the first mark still count
 class _Conn:
-    __slots__ = ("server", "pending")
+    __slots__ = ("server",)     # its calls in flight are the shared state's (state.calls)
 
     def __init__(self, server: str):
         self.server = server
-        self.pending: OrderedDict[int, dict] = OrderedDict()
 
 
 class _Down:
@@ -83,14 +80,12 @@ class BrickDown(Detector):
     id = "brick-down"
     wants = Wants(kinds={"rpc.call", "rpc.reply", "tcp.close", "tcp.refused", "probe.return",
                          "log.message"},
-                  details=Topology.PROCEDURES | GlusterState.DETAILS | {"SIGNIN", "GETSPEC"})
+                  details=GlusterState.DETAILS | {"SIGNIN", "GETSPEC"})
 
     def __init__(self, state: GlusterState | None = None):
         self.state = state if state is not None else GlusterState()
-        self.topology = Topology()
         self.conns: OrderedDict[tuple, _Conn] = OrderedDict()
         self.down: OrderedDict[tuple[str, str], _Down] = OrderedDict()
-        self.portmap_calls: OrderedDict[tuple, str] = OrderedDict()   # call -> brick path
         self.mgmt: OrderedDict[tuple, tuple[str, str]] = OrderedDict()  # brick's glusterd conn
         self.recent_logs: deque[dict] = deque(maxlen=32)
         self.logs = BrickLogs()     # which brick a log line is about
@@ -127,7 +122,6 @@ class BrickDown(Detector):
 
     def observe(self, ev):
         kind = ev.get("kind")
-        self.topology.observe(ev)
         found: list[dict] = []
         if kind == "rpc.call":
             self._call(ev)
@@ -146,11 +140,7 @@ class BrickDown(Detector):
 
     def _call(self, ev: dict) -> None:
         proc, key = ev.get("procedure"), (ev.get("source"), ev.get("conn"))
-        if proc == "PORTBYBRICK":
-            brick = (ev.get("args") or {}).get("brick")
-            if isinstance(brick, str):
-                self._put(self.portmap_calls, (*key, ev.get("xid")), brick, MAX_CONNS)
-        elif proc == "GETSPEC":
+        if proc == "GETSPEC":
             # a brick process fetching its own volfile: this connection is its lifeline to
             # glusterd, and it closes when the process ends
             brick = find_key((ev.get("args") or {}).get("xdata") or {}, "brick_name")
@@ -164,28 +154,23 @@ class BrickDown(Detector):
             if ep is not None and ep.started is None:
                 ep.started = ev
         server = ev.get("dst")
-        if port_of(server) in BRICK_PORTS or self.topology.brick(server):
+        if port_of(server) in BRICK_PORTS or self.state.topology.brick(server):
             st = self.conns.get(key)
             if st is None or st.server != server:
                 st = _Conn(server)
                 self._put(self.conns, key, st, MAX_CONNS)
-            if len(st.pending) >= MAX_PENDING:
-                st.pending.popitem(last=False)
-            st.pending[ev.get("xid")] = ev
 
     def _reply(self, ev: dict) -> list[dict]:
         key = (ev.get("source"), ev.get("conn"))
-        st = self.conns.get(key)
-        if st is not None:
-            st.pending.pop(ev.get("xid"), None)
         proc = ev.get("procedure")
         if proc == "PORTBYBRICK":
-            self._portmap(ev, self.portmap_calls.pop((*key, ev.get("xid")), None))
+            brick = ((self.state.calls.call_of(ev) or {}).get("args") or {}).get("brick")
+            self._portmap(ev, brick if isinstance(brick, str) else None)
         if ev.get("errno_name") == "ENOTCONN" or ev.get("op_errno") == ENOTCONN:
             for ep in self._open_episodes():
                 if len(ep.app) < MAX_SHOWN:
                     ep.app.append(ev)
-        path = self.topology.brick(ev.get("src"))
+        path = self.state.topology.brick(ev.get("src"))
         ep = self._open(host_of(ev.get("src")), path)
         if ep is not None and ep.started is not None and ep.answered is None \
                 and key not in ep.cut_conns:
@@ -222,7 +207,7 @@ class BrickDown(Detector):
         if st is None or ev.get("by") != "server":
             return
         server = st.server
-        path = self.topology.brick(server)
+        path = self.state.topology.brick(server)
         ep = self._open(host_of(server), path) if path else \
             self.down.get(self._brick_key(host_of(server), None, server))
         if ep is None or ep.reported:
@@ -236,7 +221,7 @@ class BrickDown(Detector):
                  else f"the client at {ev.get('src', '?')}")
         if label not in ep.clients and len(ep.clients) < MAX_SHOWN:
             ep.clients.append(label)
-        for call in st.pending.values():
+        for call in self.state.calls.pending(ev):
             # a reply the capture may have lost was perhaps answered: not a lost call
             if call.get("procedure") != "PING" and len(ep.lost) < 4 * MAX_SHOWN \
                     and not self.state.loss.reply_may_be_lost(call):
@@ -244,7 +229,7 @@ class BrickDown(Detector):
 
     def _refused(self, ev: dict) -> None:
         dst = ev.get("dst")
-        path = self.topology.brick(dst)
+        path = self.state.topology.brick(dst)
         ep = self._open(host_of(dst), path) if path else None
         if ep is None:
             return     # a port nobody saw a brick on: brick-unreachable's case
@@ -307,7 +292,7 @@ class BrickDown(Detector):
         brick = f"{ep.host}:{ep.path}" if ep.path else f"the brick at {ep.endpoint}"
         key = (ep.host, ep.path)
         bricks = self.state.bricks      # from the volfiles (GETSPEC)
-        volume = (bricks.volume_of_only_copy(*key) or self.topology.volume_of.get(ep.endpoint or "")
+        volume = (bricks.volume_of_only_copy(*key) or self.state.topology.volume_of.get(ep.endpoint or "")
                   or _volume_of_set(bricks.set_of(*key)) or "VOLNAME")
         only = bricks.is_only_copy(*key)
         redundant = bricks.set_of(*key) is not None

@@ -29,7 +29,6 @@ from collections import OrderedDict
 
 from correlate import hookimpl
 from correlate.detector import Detector, Wants
-from correlate.gluster.topology import Topology
 from correlate.state import GlusterState
 from correlate.state.clients import parse_setvolume
 
@@ -65,17 +64,16 @@ class _Conn:
 
 class BrickNotResponding(Detector):
     id = "brick-not-responding"
-    # Every call of a brick connection may be the one left pending. Details: the brick's
-    # name (Topology), SETVOLUME's ping-timeout, and a lock call's cmd (a blocking one may
+    # Every call of a brick connection may be the one left pending. Details: SETVOLUME's
+    # ping-timeout (brick names are the shared state's), and a lock call's cmd (a blocking one may
     # wait by design). An overdue PING is reported by time passing: due/tick.
     wants = Wants(kinds={"rpc.call", "rpc.reply", "tcp.close", "tcp.connect", "probe.return",
                          "log.message"},
-                  details=Topology.PROCEDURES | LOCK_PROCEDURES)
+                  details=GlusterState.DETAILS | LOCK_PROCEDURES)
 
     def __init__(self, state: GlusterState | None = None):
         self.state = state if state is not None else GlusterState()
         self.conns: OrderedDict[int, _Conn] = OrderedDict()
-        self.topology = Topology()      # brick paths, volumes, client pids, replica sets
         self.hung: OrderedDict[tuple[str, int], _Conn] = OrderedDict()  # reported, not recovered
         self.pinged: OrderedDict[int, _Conn] = OrderedDict()   # conns with a PING pending
         self.forgotten = 0              # pending calls dropped to stay bounded (drops())
@@ -103,7 +101,7 @@ class BrickNotResponding(Detector):
             return None
         st = self.conns.get(conn)
         if st is None or (st.client, st.server) != (client, server):
-            if port_of(server) not in BRICK_PORTS and self.topology.brick(server) is None:
+            if port_of(server) not in BRICK_PORTS and self.state.topology.brick(server) is None:
                 return None
             st = _Conn(client, server)
             self._bounded_put(self.conns, conn, st, MAX_CONNS)
@@ -114,7 +112,6 @@ class BrickNotResponding(Detector):
     def observe(self, ev):
         kind = ev.get("kind")
         found = []
-        self.topology.observe(ev)
         if kind == "rpc.call":
             st = self._conn(ev, ev.get("src"), ev.get("dst"))
             if st is not None:
@@ -274,7 +271,7 @@ class BrickNotResponding(Detector):
         """The connection's ping timeout and where the capture (or log) says so."""
         candidates = [
             (find_key((st.setvolume or {}).get("args") or {}, "ping-timeout"), "from SETVOLUME"),
-            (self.volfile_timeouts.get((host_of(st.server), self.topology.brick(st.server) or "")),
+            (self.volfile_timeouts.get((host_of(st.server), self.state.topology.brick(st.server) or "")),
              "from the volfile"),
         ]
         log = self.gave_up_logs.get(st.server)
@@ -295,12 +292,12 @@ class BrickNotResponding(Detector):
 
     def _brick_name(self, st: _Conn) -> str:
         host, port = host_of(st.server), port_of(st.server)
-        path = self.topology.brick(st.server)
+        path = self.state.topology.brick(st.server)
         return f"{host}:{path} (port {port})" if path else f"the brick at {st.server}"
 
     def _copies(self, st: _Conn) -> str:
         """What the hang means for the files on that brick, from its replica/disperse set."""
-        peers, how = self.topology.peers(st.server)
+        peers, how = self.state.topology.peers(st.server)
         if how.startswith("volfile") and peers:
             return (f" It is one of {len(peers) + 1} bricks of {how[len('volfile '):]}: the "
                     f"others keep serving, so I/O stalled for the ping timeout and then went on "
@@ -317,7 +314,7 @@ class BrickNotResponding(Detector):
         names = ", ".join(f"{c.get('procedure')} (xid {c.get('xid')})" for c in pending[:MAX_SHOWN])
         more = f" and {len(pending) - MAX_SHOWN} more" if len(pending) > MAX_SHOWN else ""
         timeout, timeout_from = self._ping_timeout_from(st, close)
-        label = self.topology.client_of(first or st.setvolume or {"kind": "rpc.call", "src": st.client})
+        label = self.state.topology.client_of(first or st.setvolume or {"kind": "rpc.call", "src": st.client})
         client = f"the client {st.client}" + (f" ({label})" if label.startswith("pid") else "")
         tcp = ""
         if close is not None:
@@ -346,7 +343,7 @@ class BrickNotResponding(Detector):
         explanation = (f"{brick} stopped answering {client}: since {clock(since, ms=True)} "
                        f"{len(pending)} call(s) got no reply: {names}{more}.{heard}{gave_up}{tcp}"
                        + said + self._copies(st))
-        volume = self.topology.volume_of.get(st.server, "VOLNAME")
+        volume = self.state.topology.volume_of.get(st.server, "VOLNAME")
         remedy = (f"Find the brick process (`gluster volume status {volume}`) and look at what "
                   f"it waits for: `gluster volume statedump {volume}` (or `kill -USR1` the "
                   "brick pid; dumps land in /var/run/gluster), its state and kernel stack "
@@ -365,7 +362,7 @@ class BrickNotResponding(Detector):
         finding = self.finding(
             now, severity="error", title=f"brick not responding: {brick}", refines=refines,
             explanation=explanation, remedy=remedy, evidence=evidence,
-            key=f"hung:{st.server}", brick=self.topology.brick(st.server),
+            key=f"hung:{st.server}", brick=self.state.topology.brick(st.server),
             server=st.server, client=st.client, since_ns=since, ping_timeout_s=timeout,
             ping_timeout_from=timeout_from,
             tcp_acked=None if close is None or close.get("unacked_bytes") is None

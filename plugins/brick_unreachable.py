@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from correlate import hookimpl
 from correlate.detector import Detector, Wants
+from correlate.state import GlusterState
 
 from .gluster_facts import BRICK_PORTS, GLUSTERD_PORTS, find_key, host_of, port_of
 
@@ -21,13 +22,14 @@ RESTART_WINDOW_NS = 120_000_000_000   # a brick restarted by hand or by `start f
 
 class BrickUnreachable(Detector):
     id = "brick-unreachable"
-    wants = Wants(kinds={"rpc.call", "rpc.reply", "tcp.refused", "tcp.timeout", "tcp.close"},
+    # The PORTBYBRICK call a reply answers (the brick path asked) is the shared state's.
+    wants = Wants(kinds={"rpc.reply", "tcp.refused", "tcp.timeout", "tcp.close"},
                   procedures={"GETSPEC", "PORTBYBRICK"}, details={"PORTBYBRICK"})
 
-    def __init__(self):
+    def __init__(self, state: GlusterState | None = None):
+        self.state = state if state is not None else GlusterState()
         self.volfiles: dict[str, dict] = {}               # glusterd host -> GETSPEC reply
         self.bricks: dict[tuple[str, int], tuple] = {}   # (host, port) -> (reply, brick, call)
-        self.portmap_calls: dict[tuple, dict] = {}
         self.final_syns: dict[str, dict[str, tuple]] = {}   # key -> dst -> (attempts, span s)
         self.gone: dict[str, int] = {}      # brick endpoints whose side closed connections
         # (host, brick path) -> when a port of that brick closed its connections: a brick
@@ -38,12 +40,8 @@ class BrickUnreachable(Detector):
         kind = ev.get("kind")
         if kind == "rpc.reply" and ev.get("procedure") == "GETSPEC" and ev.get("op_ret", 0) != -1:
             self.volfiles[host_of(ev.get("src"))] = ev
-        elif kind == "rpc.call" and ev.get("procedure") == "PORTBYBRICK":
-            self.portmap_calls[(ev.get("conn"), ev.get("xid"))] = ev
-            if len(self.portmap_calls) > 4096:
-                self.portmap_calls.pop(next(iter(self.portmap_calls)))
         elif kind == "rpc.reply" and ev.get("procedure") == "PORTBYBRICK":
-            call = self.portmap_calls.pop((ev.get("conn"), ev.get("xid")), None)
+            call = self.state.calls.call_of(ev)
             port = find_key(ev.get("result") or {}, "port")
             brick = find_key((call or {}).get("args") or {}, "brick") or "?"
             if isinstance(port, int) and port > 0:
@@ -144,5 +142,5 @@ class BrickUnreachable(Detector):
 
 
 @hookimpl
-def correlate_detectors(config):
-    return [BrickUnreachable()]
+def correlate_detectors(state):
+    return [BrickUnreachable(state)]

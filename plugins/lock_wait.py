@@ -16,9 +16,7 @@ from collections import Counter
 
 from correlate import hookimpl
 from correlate.detector import END_OF_INPUT, Detector, Wants
-from correlate.gluster.topology import Topology
 from correlate.state import GlusterState
-from correlate.state.files import NAMING, FileNames
 
 from .gluster_facts import is_blocking_lock
 
@@ -91,21 +89,19 @@ def _put(table: dict, key, value) -> None:
 
 class LockWait(Detector):
     id = "lock-wait"
-    # Lock calls' args and credentials (owner, pid), the contention callbacks' gfid, the
-    # bricks' and clients' names (Topology), and the replies that name a file (FileNames: a
-    # finding says which file, not only its gfid; every lock call carries the gfid). A request still waiting at
-    # the end is judged by the input's last event, of any kind: due/tick follow time.
+    # Lock calls' args and credentials (owner, pid) and the contention callbacks' gfid; the
+    # bricks', clients' and files' names are the shared state's (a finding says which file,
+    # not only its gfid). A request still waiting at the end is judged by the input's last
+    # event, of any kind: due/tick follow time.
     wants = Wants(kinds={"rpc.call", "rpc.reply", "tcp.close"},
-                  procedures=LOCK_PROCEDURES | CONTENTION | Topology.PROCEDURES | NAMING,
-                  details=LOCK_PROCEDURES | CONTENTION | Topology.PROCEDURES | NAMING)
+                  procedures=LOCK_PROCEDURES | CONTENTION,
+                  details=LOCK_PROCEDURES | CONTENTION)
 
     def __init__(self, after_ns: int = DEFAULT_AFTER_NS, storm_min: int = STORM_MIN,
                  state: GlusterState | None = None):
         self.state = state if state is not None else GlusterState()
         self.after_ns = after_ns
         self.storm_min = storm_min
-        self.topology = Topology()
-        self.files = FileNames()
         self.calls: dict[tuple, dict] = {}        # (source, conn, xid) -> lock call
         self.waiting: dict[tuple, dict] = {}      # (source, conn, xid) -> {call, holders}
         self.held: dict[tuple, list[dict]] = {}   # resource -> granted locks not released
@@ -119,15 +115,12 @@ class LockWait(Detector):
         kind = ev.get("kind")
         self.last_ns = max(self.last_ns, ev.get("time_ns") or 0)
         if kind == "rpc.call":
-            self.topology.observe(ev)
             proc = ev.get("procedure")
             if proc in LOCK_PROCEDURES:
                 self._call(ev)
             elif proc in CONTENTION:
                 self._storm((ev.get("args") or {}).get("gfid"), f"{proc} callbacks", ev)
         elif kind == "rpc.reply":
-            self.topology.observe(ev)
-            self.files.learn(ev)
             if ev.get("procedure") in LOCK_PROCEDURES:
                 return self._reply(ev)
         elif kind == "tcp.close":
@@ -218,7 +211,7 @@ class LockWait(Detector):
 
     # -- findings ----------------------------------------------------------------------
     def _who(self, call: dict) -> str:
-        label = self.topology.client_of(call)
+        label = self.state.topology.client_of(call)
         pid = (call.get("cred") or {}).get("pid")
         if pid and f"pid {pid}" not in label:
             label += f", caller pid {pid}"
@@ -226,11 +219,11 @@ class LockWait(Detector):
 
     def _file(self, gfid) -> str:
         """`/dir/f (gfid G)` where the capture saw the file's name, else `gfid G`."""
-        path = self.files.known_path(gfid)
+        path = self.state.files.known_path(gfid)
         return f"{path} (gfid {gfid})" if path else f"gfid {gfid}"
 
     def _brick(self, call: dict) -> str:
-        path = self.topology.brick(call.get("dst") or "")
+        path = self.state.topology.brick(call.get("dst") or "")
         return f"{call.get('dst')}" + (f" {path}" if path else "")
 
     def _waited(self, wait: dict, reply: dict | None, now: int | None = None) -> dict:
@@ -267,7 +260,7 @@ class LockWait(Detector):
             evidence.append(reply)
         state = "waited" if reply else "is still waiting, at the end of the capture, after"
         gfid = args.get("gfid")
-        path = self.files.known_path(gfid)
+        path = self.state.files.known_path(gfid)
         return self.finding(
             end, severity="warning",
             title=f"lock wait: {call.get('procedure')} on {path or gfid} {state} "
@@ -295,7 +288,7 @@ class LockWait(Detector):
             if total < self.storm_min:
                 continue
             parts = ", ".join(f"{n} {what}" for what, n in counts.most_common())
-            path = self.files.known_path(gfid)
+            path = self.state.files.known_path(gfid)
             found.append(self.finding(
                 self.storm_example[gfid]["time_ns"], severity="info",
                 title=f"lock contention on {path or f'gfid {gfid}'}: {total} events",

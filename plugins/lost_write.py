@@ -12,8 +12,7 @@ from __future__ import annotations
 from correlate import hookimpl
 from correlate.detector import Detector, Wants
 from correlate.events import with_details
-
-from .gluster_files import DETAILS as FILES_DETAILS, Files
+from correlate.state import GlusterState
 
 SYNC_FUNCTIONS = {"glfs_fsync", "glfs_fdatasync", "glfs_close"}
 MAX_FAILED_WRITES = 1000
@@ -23,24 +22,21 @@ MARGIN_NS = 1_000_000_000   # a WRITE can leave the client just before the probe
 class LostWrite(Detector):
     id = "lost-write"
     needs = frozenset({"probe"})   # the application's fsync/close returns say the data was lost
-    # Details: what Files learns names and clients from. A WRITE's call (gfid, pid) is read
-    # only when its reply failed: decoded then (with_details), not for every WRITE.
-    wants = Wants(kinds={"rpc.call", "rpc.reply", "probe.call", "probe.return"},
-                  procedures=FILES_DETAILS | {"WRITE"}, details=FILES_DETAILS)
+    # File names, clients and the WRITE calls come from the shared state. A WRITE's call
+    # (gfid, pid) is read only when its reply failed: decoded then (with_details), not for
+    # every WRITE.
+    wants = Wants(kinds={"rpc.reply", "probe.call", "probe.return"},
+                  procedures={"WRITE"}, details=frozenset())
 
-    def __init__(self):
-        self.files = Files(keep_calls={"WRITE"})
+    def __init__(self, state: GlusterState | None = None):
+        self.state = state if state is not None else GlusterState()
         self.failed_writes: list[tuple[dict, dict]] = []   # (call, reply), oldest first
         self.last_call: dict[tuple, dict] = {}
 
-    def drops(self) -> dict[str, int]:
-        return self.files.drops()
-
     def observe(self, ev):
-        self.files.observe(ev)
         kind = ev.get("kind")
         if kind == "rpc.reply" and ev.get("procedure") == "WRITE" and ev.get("op_ret") == -1:
-            self.failed_writes.append((with_details(self.files.call_of(ev) or {}), with_details(ev)))
+            self.failed_writes.append((with_details(self.state.calls.call_of(ev) or {}), with_details(ev)))
             del self.failed_writes[:-MAX_FAILED_WRITES]
         elif kind == "probe.call":
             self.last_call[(ev.get("pid"), ev.get("tid"))] = ev
@@ -50,6 +46,15 @@ class LostWrite(Detector):
             return [self._lost(ev)]
         return ()
 
+    def _pid_of(self, ev: dict) -> int | None:
+        """The client process behind a call: its credentials, else its connection's SETVOLUME
+        (calls the client makes by itself, such as re-opening fds, carry pid 0)."""
+        pid = (ev.get("cred") or {}).get("pid")
+        if pid:
+            return pid
+        process = self.state.clients.process(ev)
+        return process.pid if process is not None and process.translator else None
+
     def _lost(self, ret: dict) -> dict:
         tally = ret["unsynced_writes"]
         call = self.last_call.get((ret.get("pid"), ret.get("tid"))) or {}
@@ -57,9 +62,9 @@ class LostWrite(Detector):
         pid = ret.get("pid")
         since = tally.get("first_time_ns", ret["time_ns"]) - MARGIN_NS
         wire = [(c, r) for c, r in self.failed_writes
-                if since <= r["time_ns"] <= ret["time_ns"] and self.files.pid_of(c or r) in (pid, None)
-                and (path is None or self.files.path((c.get("args") or {}).get("gfid")) in (path, "?")
-                     or self.files.path((c.get("args") or {}).get("gfid")).startswith("gfid:"))]
+                if since <= r["time_ns"] <= ret["time_ns"] and self._pid_of(c or r) in (pid, None)
+                and (path is None or self.state.files.path((c.get("args") or {}).get("gfid")) in (path, "?")
+                     or self.state.files.path((c.get("args") or {}).get("gfid")).startswith("gfid:"))]
         name = path or "a file opened before the probes started"
         where = ""
         if tally.get("offset_lo") is not None:
@@ -103,5 +108,5 @@ def _cause(wire: list[tuple[dict, dict]]) -> str:
 
 
 @hookimpl
-def correlate_detectors(config):
-    return [LostWrite()]
+def correlate_detectors(state):
+    return [LostWrite(state)]

@@ -16,7 +16,7 @@ from collections import OrderedDict
 
 from correlate import hookimpl
 from correlate.detector import Detector, Wants
-from correlate.gluster.topology import Topology
+from correlate.state import GlusterState
 
 from .gluster_facts import clock, find_key, host_of, port_of
 
@@ -44,14 +44,14 @@ class _Brick:
 
 class NoSpace(Detector):
     id = "no-space"
-    # An error reply of any procedure; details: STATFS's counts and the brick's name
-    # (Topology). A brick still without a STATFS is reported by time passing: due/tick.
-    wants = Wants(kinds={"rpc.call", "rpc.reply"}, details=Topology.PROCEDURES | {"STATFS"})
+    # An error reply of any procedure; details: STATFS's counts (the brick's name is the
+    # shared state's). A brick still without a STATFS is reported by time passing: due/tick.
+    wants = Wants(kinds={"rpc.call", "rpc.reply"}, details={"STATFS"})
 
-    def __init__(self):
+    def __init__(self, state: GlusterState | None = None):
+        self.state = state if state is not None else GlusterState()    # brick paths, volumes
         self.bricks: OrderedDict[tuple[str, str], _Brick] = OrderedDict()  # (server, errno) -> state
         self.statfs: OrderedDict[str, dict] = OrderedDict()   # server -> latest STATFS reply
-        self.topology = Topology()                            # brick paths and volumes
         self.waiting: OrderedDict[tuple[str, str], _Brick] = OrderedDict()
         # server -> {errno: count} of the other, unusual errors it answered (fault injection
         # gives a brick many kinds at once)
@@ -67,7 +67,6 @@ class NoSpace(Detector):
     def observe(self, ev):
         kind = ev.get("kind")
         found = []
-        self.topology.observe(ev)
         if kind == "rpc.reply":
             server = ev.get("src")
             if ev.get("procedure") == "STATFS" and ev.get("op_ret") == 0:
@@ -133,9 +132,9 @@ class NoSpace(Detector):
         st.reported = True
         errno_name = st.errors[0]["errno_name"]
         server = st.server
-        path = self.topology.brick(server)
+        path = self.state.topology.brick(server)
         brick = f"{host_of(server)}:{path} (port {port_of(server)})" if path else f"the brick at {server}"
-        volume = self.topology.volume_of.get(server, "VOLNAME")
+        volume = self.state.topology.volume_of.get(server, "VOLNAME")
         statfs = self.statfs.get(server) if errno_name == "ENOSPC" else None
         cause, why, remedy = _diagnose(errno_name, statfs, brick, volume, path,
                                        self.other_errors.get(server) or {})
@@ -214,5 +213,5 @@ def _diagnose(errno_name: str, statfs: dict | None, brick: str, volume: str,
 
 
 @hookimpl
-def correlate_detectors(config):
-    return [NoSpace()]
+def correlate_detectors(state):
+    return [NoSpace(state)]

@@ -24,9 +24,9 @@ from collections import Counter
 
 from correlate import hookimpl
 from correlate.detector import Detector, Option, Wants
-from correlate.gluster.topology import Topology
 from correlate.outputs.profile_text import duration
 from correlate.profile import ProcedureStats
+from correlate.state import GlusterState
 
 from .gluster_facts import GLUSTERFS_PROGRAM
 
@@ -45,16 +45,16 @@ MIN_QUEUED = 3                  # calls sent behind a slow procedure before nami
 class SlowBrick(Detector):
     id = "slow-brick"
     # Latency, procedure and op_ret are there without details; the bricks' names and
-    # replica sets (Topology) need them.
-    wants = Wants(kinds={"rpc.call", "rpc.reply", "tcp.close"}, details=Topology.PROCEDURES)
+    # replica sets come from the shared state (state.topology).
+    wants = Wants(kinds={"rpc.call", "rpc.reply", "tcp.close"}, details=frozenset())
     # A live run judges on this cadence; a short incident (or a demo) may want it sooner.
     options = {"check_every_s": Option(CHECK_EVERY_NS / 1e9, "seconds of capture time between "
                                                              "two judgements in a live run")}
 
     def __init__(self, factor: float = FACTOR, min_extra_ns: int = MIN_EXTRA_NS,
-                 min_calls: int = MIN_CALLS):
+                 min_calls: int = MIN_CALLS, state: GlusterState | None = None):
         self.factor, self.min_extra_ns, self.min_calls = factor, min_extra_ns, min_calls
-        self.topology = Topology()
+        self.state = state if state is not None else GlusterState()
         self.stats: dict[tuple[str, str], ProcedureStats] = {}     # (server, proc)
         self.baseline: dict[tuple[str, str], ProcedureStats] = {}  # first calls only
         self.pings: dict[str, ProcedureStats] = {}
@@ -78,7 +78,6 @@ class SlowBrick(Detector):
                         (ev.get("source"), ev.get("conn")), {}).values():
                     self._landed(server, proc)
             return ()
-        self.topology.observe(ev)
         proc = ev.get("procedure")
         if kind == "rpc.call":
             if ev.get("program_num") == GLUSTERFS_PROGRAM and proc not in LOCK_PROCEDURES:
@@ -170,7 +169,7 @@ class SlowBrick(Detector):
     def _reference(self, server: str, proc: str, min_calls: int):
         """What the brick's `proc` latency is compared with: (median, 'peers' or 'start',
         how the peers are known, the peers' rows), or None when there is nothing to compare."""
-        peers, how = self.topology.peers(server)
+        peers, how = self.state.topology.peers(server)
         peer_rows = [(p, self.stats.get((p, proc))) for p in peers]
         peer_rows = [(p, r) for p, r in peer_rows if r is not None and r.replies >= min_calls]
         if peer_rows:
@@ -217,7 +216,7 @@ class SlowBrick(Detector):
     def _finding(self, now, server, proc, row, reference, against, how, peer_rows,
                  queued) -> dict:
         p50 = row.quantile(0.5)
-        path = self.topology.brick(server)
+        path = self.state.topology.brick(server)
         brick = f"{server}" + (f" {path}" if path else "")
         base = self.baseline.get((server, proc))
         if against == "peers":
@@ -273,5 +272,5 @@ class SlowBrick(Detector):
 
 
 @hookimpl
-def correlate_detectors(config):
-    return [SlowBrick()]
+def correlate_detectors(state):
+    return [SlowBrick(state=state)]

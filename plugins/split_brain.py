@@ -16,8 +16,9 @@ import shlex
 
 from correlate import hookimpl
 from correlate.detector import Detector, Wants
+from correlate.state import GlusterState
 
-from .gluster_files import DETAILS as FILES_DETAILS, Files, stat_of
+from .gluster_files import DETAILS as FILES_DETAILS, stat_of
 
 KINDS = ("data", "metadata", "entry")
 PENDING_KEY = re.compile(r"^trusted\.afr\.(?P<vol>.+)-client-(?P<index>\d+)$")
@@ -90,13 +91,13 @@ def infer_index(pending: dict[int, tuple], known: set[int]) -> int | None:
 
 class SplitBrain(Detector):
     id = "split-brain"
-    # LOOKUP replies' AFR xattrs, what Files learns names and clients from, and the
+    # LOOKUP replies' AFR xattrs (names and clients are the shared state's), and the
     # application's EIO (probes). A finding waits for that EIO until time passes: due/tick.
     wants = Wants(kinds={"rpc.call", "rpc.reply", "probe.call", "probe.return"},
                   procedures=FILES_DETAILS, details=FILES_DETAILS)
 
-    def __init__(self):
-        self.files = Files()
+    def __init__(self, state: GlusterState | None = None):
+        self.state = state if state is not None else GlusterState()
         self.copies: dict[str, dict[int, dict]] = {}     # gfid -> replica index -> copy
         self.volume: dict[str, str] = {}
         self.unplaced: dict[str, dict] = {}              # gfid -> brick address -> reply
@@ -104,11 +105,7 @@ class SplitBrain(Detector):
         self.reported: set[str] = set()
         self.last_call: dict[tuple, dict] = {}           # (pid, tid) -> probe.call
 
-    def drops(self) -> dict[str, int]:
-        return self.files.drops()
-
     def observe(self, ev):
-        self.files.observe(ev)
         kind = ev.get("kind")
         found = []
         if kind == "rpc.reply" and ev.get("procedure") == "LOOKUP" and ev.get("op_ret", -1) >= 0:
@@ -131,8 +128,9 @@ class SplitBrain(Detector):
             oldest = next(iter(self.copies))
             del self.copies[oldest]
             self.unplaced.pop(oldest, None)
+        client = self.state.clients.process(ev)
+        client = client if client is not None and client.translator else None
         ev = slim(ev)
-        client = self.files.client(ev.get("conn"))
         index = client.index if client else None
         # Without the SETVOLUME, replies wait (one per brick address) until the keys seen
         # for this file tell which replica each one is.
@@ -164,7 +162,7 @@ class SplitBrain(Detector):
         call = self.last_call.get((ret.get("pid"), ret.get("tid")))
         path = ((call or {}).get("args") or {}).get("path")
         for gfid, w in self.waiting.items():
-            if path is None or path == self.files.path(gfid):
+            if path is None or path == self.state.files.path(gfid):
                 w["eio"] = (call, ret)
                 return [self._finding(gfid, ret["time_ns"])]
         return []
@@ -190,7 +188,7 @@ class SplitBrain(Detector):
         self.reported.add(gfid)
         copies = self.copies.get(gfid, {})
         volume = self.volume.get(gfid, "VOLUME")
-        path = self.files.path(gfid)
+        path = self.state.files.path(gfid)
         kinds = w["kinds"]
         order = sorted(copies)
         blames = []
@@ -249,5 +247,5 @@ class SplitBrain(Detector):
 
 
 @hookimpl
-def correlate_detectors(config):
-    return [SplitBrain()]
+def correlate_detectors(state):
+    return [SplitBrain(state)]

@@ -30,7 +30,7 @@ from correlate.detector import Detector, Wants
 from correlate.events import with_details
 from correlate.state import DAEMON, GlusterState
 
-from .gluster_files import DETAILS as FILES_DETAILS, Files
+from .gluster_files import DETAILS as FILES_DETAILS
 
 HANDLE_OPS = {"OPEN", "READ", "WRITE", "FSTAT", "FSYNC", "FLUSH", "FTRUNCATE", "FSETATTR",
               "FGETXATTR", "FSETXATTR", "FXATTROP", "FINODELK", "FENTRYLK", "LK", "FALLOCATE",
@@ -53,16 +53,16 @@ MAX_RECENT = 8192          # successful replies kept for that look (calls lean, 
 
 class StaleHandle(Detector):
     id = "stale-handle"
-    # Details: the removing calls' names, what Files learns from. A handle operation's call
+    # Details: the removing calls' names (file names, clients and the calls a reply answers
+    # are the shared state's; the naming replies still wake it as before). A handle operation's call
     # (its gfid and pid) is read only when its reply failed: decoded then (with_details), so
     # the everyday READs and WRITEs are not decoded for it.
     wants = Wants(kinds={"rpc.call", "rpc.reply", "tcp.close", "probe.call", "probe.return"},
                   procedures=HANDLE_OPS | REMOVING | FILES_DETAILS,
-                  details=REMOVING | FILES_DETAILS)
+                  details=REMOVING)
 
     def __init__(self, state: GlusterState | None = None):
         self.state = state if state is not None else GlusterState()
-        self.files = Files(keep_calls=HANDLE_OPS | REMOVING)
         self.removed: dict[str, tuple[dict, dict]] = {}   # gfid -> (call, reply) that removed it
         # (parent gfid, name) -> (call, reply) that removed it: for a name whose gfid the
         # capture never learned (looked up before it began)
@@ -78,20 +78,19 @@ class StaleHandle(Detector):
         self.peers_served = 0
 
     def observe(self, ev):
-        self.files.observe(ev)
         kind = ev.get("kind")
         found = self.tick(ev["time_ns"]) if self.suspects else []
         if kind == "rpc.reply" and ev.get("op_ret") == 0 and ev.get("procedure") in HANDLE_OPS:
-            call = self.files.call_of(ev)
+            call = self.state.calls.call_of(ev)
             if call is not None:
                 self.recent_ok.append((ev["time_ns"], call))
                 if self.suspects:
                     self._served(call)
         if kind == "rpc.reply" and ev.get("procedure") in REMOVING and ev.get("op_ret") == 0:
-            call = self.files.call_of(ev)
+            call = self.state.calls.call_of(ev)
             args = (call or {}).get("args") or {}
             name = (args.get("pargfid") or args.get("oldgfid"), args.get("bname") or args.get("oldbname"))
-            gfid = self.files.gfid_of(*name)
+            gfid = self.state.files.gfid_of(*name)
             if gfid:
                 _remember(self.removed, gfid, (call, ev))
             if all(name):
@@ -108,7 +107,7 @@ class StaleHandle(Detector):
         return found
 
     def _stale(self, reply: dict) -> list[dict]:
-        call = with_details(self.files.call_of(reply) or {})
+        call = with_details(self.state.calls.call_of(reply) or {})
         gfid = (call.get("args") or {}).get("gfid")
         if not gfid:
             return []
@@ -116,7 +115,7 @@ class StaleHandle(Detector):
         if actor.role == DAEMON:
             self.daemon_errors += 1
             return []
-        removed = self.removed.get(gfid) or self.removed_names.get(self.files.names.get(gfid))
+        removed = self.removed.get(gfid) or self.removed_names.get(self.state.files.names.get(gfid))
         remover = self.state.actor(removed[0]) if removed else None
         by_other = removed is not None and remover.pid != actor.pid
         reconnect = self.state.clients.reconnect(reply)
@@ -133,10 +132,10 @@ class StaleHandle(Detector):
             # while it was down): the client keeps the fd on its peers, the heal repairs it
             self.peers_served += 1
             return []
-        path = self.files.path(gfid)
+        path = self.state.files.path(gfid)
         if path.startswith("gfid:") and removed:
             args = removed[0].get("args") or {}
-            path = self.files.name_path(args.get("pargfid") or args.get("oldgfid"),
+            path = self.state.files.name_path(args.get("pargfid") or args.get("oldgfid"),
                                         args.get("bname") or args.get("oldbname"))
         owner = actor.name
         causes, evidence = [], []
@@ -248,8 +247,7 @@ class StaleHandle(Detector):
                 "race the client settles by looking it up again, no open file)": self.name_races,
                 "ESTALE/ENOENT replies of one brick of a replica/disperse set whose peers "
                 "answered the same call or keep the fd (a restarted brick without a file its "
-                "peers have: heal pending, the client saw no error)": self.peers_served,
-                **self.files.drops()}
+                "peers have: heal pending, the client saw no error)": self.peers_served}
 
 
 def _same_call(failed: dict, ok: dict) -> bool:

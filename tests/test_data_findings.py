@@ -10,10 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from correlate.plugins.gluster_files import Files, parse_process_uuid
 from correlate.plugins.lost_write import LostWrite
 from correlate.plugins.split_brain import SplitBrain, infer_index, parse_pending, split_kinds
 from correlate.plugins.stale_handle import StaleHandle
+from correlate.state.clients import parse_setvolume
+from correlate.state.files import FileNames
 from correlate.testing import run_detector
 
 CAPTURES = Path(__file__).parent / "captures"
@@ -158,9 +159,10 @@ def test_replier_inferred_only_when_one_index_is_missing():
 
 
 def test_process_uuid_fields():
-    assert parse_process_uuid("CTX_ID:x-GRAPH_ID:0-PID:6059-HOST:vm-PC_NAME:vol-client-3-RECON_NO:-1") \
-        == (6059, "vm", "vol-client-3")
-    assert parse_process_uuid("garbage") == (None, "", "")
+    p = parse_setvolume({"process-uuid": "CTX_ID:x-GRAPH_ID:0-PID:6059-HOST:vm-PC_NAME:vol-client-3-RECON_NO:-1"})
+    assert (p.pid, p.host, p.translator, p.index) == (6059, "vm", "vol-client-3", 3)
+    p = parse_setvolume({"process-uuid": "garbage"})
+    assert (p.pid, p.host, p.translator, p.index) == (None, "", "", None)
 
 
 def test_capture_starting_mid_incident_without_setvolume_or_names():
@@ -224,7 +226,7 @@ def test_lost_write_of_a_file_opened_before_the_probes():
 
 
 def test_file_paths_walk_up_to_the_root_and_stay_bounded():
-    files = Files()
+    files = FileNames()
     root = "00000000-0000-0000-0000-000000000001"
     files.names["d"] = (root, "dir")
     files.names["f"] = ("d", "file")

@@ -16,6 +16,7 @@ from correlate.detector_runner import DetectorRunner
 from correlate.diagnostics import Diagnostics
 from correlate.wire import rpc
 from correlate.wire.decode import decode_capture
+from correlate.state import GlusterState
 from plugins import brick_not_responding, gluster_files, lost_write, rpc_unanswered
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -129,26 +130,39 @@ def _lookup(t, conn, xid, bname="f"):
             "args": {"pargfid": gluster_files.ROOT_GFID, "bname": bname}}
 
 
-def test_files_names_from_the_reply_and_keeps_no_naming_call():
-    files = gluster_files.Files()
-    files.observe(_lookup(1, 1, 5, "a"))
-    assert not files.calls                      # a flood of LOOKUPs holds nothing
-    reply = {"time_ns": 2, "kind": "rpc.reply", "conn": 1, "xid": 5, "procedure": "LOOKUP",
-             "op_ret": 0, "args": {"pargfid": gluster_files.ROOT_GFID, "bname": "a"},
+def test_state_names_files_from_the_reply_and_forgets_the_answered_call():
+    state = GlusterState()
+    state.observe({**_lookup(1, 1, 5, "a"), "source": "s"})
+    assert len(state.calls) == 1
+    reply = {"time_ns": 2, "kind": "rpc.reply", "source": "s", "conn": 1, "xid": 5,
+             "procedure": "LOOKUP", "op_ret": 0,
+             "args": {"pargfid": gluster_files.ROOT_GFID, "bname": "a"},
              "result": {"prestat": {"ia_gfid": "g-a"}}}
-    files.observe(reply)
-    assert files.path("g-a") == "/a"
+    state.observe(reply)
+    assert state.files.path("g-a") == "/a"
+    assert not len(state.calls) and state.calls.call_of(reply)["xid"] == 5   # while handled
 
 
-def test_files_calls_stay_at_their_limit_and_the_rest_is_reported(monkeypatch):
-    monkeypatch.setattr(gluster_files, "MAX_CALLS", 100)
-    det = lost_write.LostWrite()
+def test_state_calls_stay_at_their_limit_and_a_close_forgets_its_own(monkeypatch):
+    state = GlusterState()
+    state.calls.limit = 100
     for xid in range(250):
-        det.observe({**_lookup(xid, 1, xid), "procedure": "WRITE", "procedure_num": 13})
-    assert len(det.files.calls) == 100 and det.files.calls.dropped == 150
-    runner = DetectorRunner([det])
+        state.observe({**_lookup(xid, xid % 2, xid), "source": "s", "procedure": "WRITE",
+                       "procedure_num": 13})
+    assert len(state.calls) == 100 and state.calls.dropped == 150
+    assert [c["xid"] for c in state.calls.pending({"source": "s", "conn": 1})][:2] == [151, 153]
+    close = {"time_ns": 300, "kind": "tcp.close", "source": "s", "conn": 1}
+    state.observe(close)
+    assert len(state.calls) == 50
+    assert state.calls._by_conn.keys() == {("s", 0)}     # the index forgets the closed one
+    # while the close is handled, what it left unanswered, in the order sent
+    assert [c["xid"] for c in state.calls.pending(close)] == list(range(151, 250, 2))
+    state.observe({**_lookup(301, 0, 999), "source": "s"})
+    assert not state.calls.pending(close)
+    runner = DetectorRunner([lost_write.LostWrite(state)])
     runner.finish()
-    assert runner.drops == {"lost-write": {"calls forgotten before their reply (100 were kept)": 150}}
+    assert "shared state: dropped 150 x calls forgotten before their reply (table full)" \
+        in runner.drop_lines()
 
 
 def test_brick_connection_keeps_its_newest_calls_and_counts_the_rest():

@@ -117,7 +117,7 @@ def _ping_verdict(slow_ping_ns: int, peer_ping_ns: int) -> str:
     against its replica peers' 1 ms, with the given PING round trips (synthetic replies)."""
     from plugins.slow_brick import CHECK_EVERY_NS, SlowBrick
     det = SlowBrick()
-    det.topology.peers = lambda server: ([p for p in ("b1", "b2", "b3") if p != server], "replica set x")
+    det.state.topology.peers = lambda server: ([p for p in ("b1", "b2", "b3") if p != server], "replica set x")
     latency = {"b1": 1_000_000, "b2": 200_000_000, "b3": 1_000_000}
     ping = {"b1": peer_ping_ns, "b2": slow_ping_ns, "b3": peer_ping_ns}
     events, t = [], 1
@@ -148,7 +148,7 @@ def _queue_run(lookup_alone_ns: int = 300_000, same_connection: bool = False) ->
     its other LOOKUPs, sent with nothing in flight, take `lookup_alone_ns` on b2."""
     from plugins.slow_brick import SlowBrick
     det = SlowBrick()
-    det.topology.peers = lambda server: ([p for p in ("b1", "b2", "b3") if p != server], "replica set x")
+    det.state.topology.peers = lambda server: ([p for p in ("b1", "b2", "b3") if p != server], "replica set x")
     events, xid = [], 0
 
     def rpc(brick, client, proc, sent, took):
@@ -204,7 +204,7 @@ def test_check_every_s_sets_how_soon_a_live_run_judges():
     def first_finding_ns(settings):
         det = SlowBrick()
         det.settings = settings
-        det.topology.peers = lambda server: ([p for p in ("b1", "b2", "b3") if p != server], "set")
+        det.state.topology.peers = lambda server: ([p for p in ("b1", "b2", "b3") if p != server], "set")
         t = 1_000_000_000
         for i in range(400):                      # 40 s of writes, one round every 100 ms
             for brick, ns in (("b1", 1_000_000), ("b2", 200_000_000), ("b3", 1_000_000)):

@@ -1,5 +1,5 @@
 """Replica/disperse sets from a client volfile (GETSPEC), and the peers they give."""
-from correlate.gluster.topology import Topology, client_label
+from correlate.state.topology import Topology, client_label
 from correlate.gluster.volfile import MAX_MEMBERS, brick_sets
 
 VOLFILE = """volume v-client-0

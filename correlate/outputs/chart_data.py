@@ -15,7 +15,7 @@ Times in the output are Unix seconds (floats, microsecond precision): the charts
 """
 from __future__ import annotations
 
-from ..gluster.topology import Topology
+from ..state.topology import Topology
 from .chart_locks import LOCK_PROCEDURES, LockSpans
 from .chart_series import Clock, Series
 

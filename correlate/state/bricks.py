@@ -42,6 +42,16 @@ class Bricks:
                 else:
                     self._put(self.only_copy, b, volume)
 
+    def seed(self, volumes) -> None:
+        """The sets `gluster volume info --xml` describes (volume_xml.Volume records)."""
+        for vol in volumes:
+            members = {b: name for name, bricks in vol.sets for b in bricks}
+            for b in vol.bricks:
+                if b in members:
+                    self._put(self.in_set, b, members[b])
+                else:
+                    self._put(self.only_copy, b, vol.name)
+
     def _put(self, table: OrderedDict, key, value) -> None:
         table.pop(key, None)
         table[key] = value

@@ -62,6 +62,7 @@ _HOST = re.compile(r"-HOST:(.*?)-PC_NAME:")
 _TRANSLATOR = re.compile(r"PC_NAME:(.+?)-RECON_NO")
 _CONTEXT = re.compile(r"CTX_ID:([0-9a-fA-F-]+?)-GRAPH_ID")
 _RECONNECTS = re.compile(r"RECON_NO:-?(\d+)")
+_INDEX = re.compile(r"-client-(\d+)$")
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,6 +91,12 @@ class ClientProcess:
     volume: str
     context: str = ""   # CTX_ID: one client process's graph, the same across its reconnects
     reconnects: int = 0  # RECON_NO: how often this translator reconnected before
+
+    @property
+    def index(self) -> int | None:
+        """N of the client translator VOL-client-N: which brick of its volume (replica index)."""
+        m = _INDEX.search(self.translator)
+        return int(m.group(1)) if m else None
 
     @property
     def identity(self) -> tuple[str, str]:

@@ -1,12 +1,17 @@
-"""Who is who on the wire, learned as events pass: the brick path behind a server endpoint,
-the client process behind a connection, and which bricks are replica or disperse peers.
+"""Brick identity: the brick path and volume behind a server endpoint (`host:port`), the client
+process behind a connection, and which bricks are replica or disperse peers.
 
+Learned as events pass:
 - PORTBYBRICK (call `brick`, reply `port`) and SETVOLUME (`remote-subvolume`) name the brick
   at `host:port`; SETVOLUME's `volfile-key` names its volume.
 - SETVOLUME's `process-uuid` (`...-PID:30452-HOST:vm-PC_NAME:vol-client-0-...`) names the
   client process of that connection.
 - The GETSPEC reply's volfile lists the replicate/disperse sets (`brick_sets`). Without it
   (capture started after the mount), the bricks of one volume count as peers of each other.
+
+or given before the first event (`seed`, from `gluster volume info/status --xml`: see
+volume_xml), for captures that start after the clients connected. What the capture shows
+later overrides the seed for the same brick (a brick restarted since has a new port).
 
 Memory is bounded: each table keeps at most MAX_ENTRIES entries, oldest dropped first.
 """
@@ -39,9 +44,13 @@ def client_label(process_uuid: str) -> str | None:
     return f"pid {pid.group(1)}" + (f" on {host.group(1)}" if host and host.group(1) else "")
 
 
+def _members(brick_set: dict) -> list[tuple[str, str]]:
+    return [tuple(b) for b in brick_set.get("bricks", []) if isinstance(b, list) and len(b) == 2]
+
+
 class Topology:
-    # The procedures it learns from, all through their decoded args or results: a detector
-    # that feeds it events routes these and lists them in its `wants.details`.
+    # The procedures it learns from, all through their decoded args or results: whoever feeds
+    # it events lists these in its `details` (GlusterState.DETAILS does).
     PROCEDURES = frozenset({"PORTBYBRICK", "SETVOLUME", "GETSPEC"})
 
     def __init__(self):
@@ -50,7 +59,21 @@ class Topology:
         self.endpoint_of: dict[tuple[str, str], str] = {}   # (host, path) -> "host:port"
         self.client: dict[tuple, str] = {}          # (source, conn) -> client label
         self.sets: list[dict] = []                  # GETSPEC brick_sets, latest volfile
+        # (host, path) -> (set name, its members), from `seed`: one lookup, however many volumes
+        self.seeded_sets: dict[tuple[str, str], tuple[str, list]] = {}
         self._portbybrick: dict[tuple, str] = {}    # (source, conn, xid) -> brick path asked
+
+    def seed(self, volumes) -> None:
+        """Take what `gluster volume info/status --xml` said (volume_xml.Volume records)."""
+        for vol in volumes:
+            for (host, path), port in vol.ports.items():
+                endpoint = f"{host}:{port}"
+                self._name(endpoint, path)
+                _put(self.volume_of, endpoint, vol.name)
+            for name, members in vol.sets:
+                for brick in members:
+                    if len(self.seeded_sets) < MAX_ENTRIES:
+                        self.seeded_sets[brick] = (name, members)
 
     def observe(self, ev: dict) -> None:
         proc = ev.get("procedure")
@@ -90,7 +113,12 @@ class Topology:
         _put(self.endpoint_of, (_host(endpoint), path), endpoint)
 
     def brick(self, endpoint: str) -> str | None:
+        """The brick path served at `host:port`, None when unknown."""
         return self.brick_path.get(endpoint)
+
+    def volume(self, endpoint: str) -> str | None:
+        """The volume of the brick at `host:port`, None when unknown."""
+        return self.volume_of.get(endpoint)
 
     def client_of(self, ev: dict) -> str:
         """The client process of a call (its connection's SETVOLUME), else its address and
@@ -109,11 +137,14 @@ class Topology:
         host = _host(endpoint)
         if path is not None:
             for s in self.sets:
-                members = [tuple(b) for b in s.get("bricks", [])
-                           if isinstance(b, list) and len(b) == 2]
+                members = _members(s)
                 if (host, path) in members:
                     found = [self.endpoint_of.get(m) for m in members if m != (host, path)]
                     return [e for e in found if e], f"volfile {s.get('name')}"
+            seeded = self.seeded_sets.get((host, path))
+            if seeded is not None:
+                found = [self.endpoint_of.get(m) for m in seeded[1] if m != (host, path)]
+                return [e for e in found if e], f"volfile {seeded[0]}"
         volume = self.volume_of.get(endpoint)
         if volume is None:
             return [], ""
