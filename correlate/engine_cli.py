@@ -187,11 +187,13 @@ def run(pcaps, probe_groups, pid, backend, probe_offsets, logs, duration, window
         session = open_probe_session(probe_groups, pid=pid, backend=backend, offsets=probe_offsets,
                                      options=detector_settings(runner.detectors),
                                      skip_plugins=runner.policy.idle_plugins())
-        diags.append(session.diag)      # probe records of the wrong type: counted as skips
+        probe_diag = Diagnostics("probes")     # records of the wrong type: counted as skips
+        diags.append(probe_diag)
         for line in describe_session(session):
             click.echo(f"correlate: {safe_text(line, 500)}", err=True)
         merger.add(f"probes:{session.backend_name}",
-                   lambda: probe_events(session, merger.stopping, probe_stats), finite=False)
+                   lambda: probe_events(session, merger.stopping, probe_stats, probe_diag),
+                   finite=False)
 
     if duration:
         timer = threading.Timer(duration, stop)

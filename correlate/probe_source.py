@@ -5,8 +5,10 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterator
 
+from .diagnostics import Diagnostics
 from .errors import CorrelateError
 from .plugin_manager import call_each, get_plugin_manager
+from .validate import clean_events
 
 
 def plugin_probe_specs(options: dict | None = None, skip_plugins=()) -> list:
@@ -101,10 +103,14 @@ def describe_session(session) -> list[str]:
     return lines
 
 
-def probe_events(session, stopping: threading.Event, stats: dict) -> Iterator[dict]:
-    """Poll until the run stops, then drain what the kernel still buffers."""
+def probe_events(session, stopping: threading.Event, stats: dict,
+                 diag: Diagnostics | None = None) -> Iterator[dict]:
+    """Poll until the run stops, then drain what the kernel still buffers. Records meet the
+    event schema as saved timelines do (a plugin's probe spec or a backend's bug cannot hand
+    detectors a value of the wrong type): with `diag`, drops are counted there."""
+    diag = diag if diag is not None else Diagnostics("probes")
     while not stopping.is_set():
-        yield from session.poll(100)
-    yield from session.stop()
+        yield from clean_events(session.poll(100), diag)
+    yield from clean_events(session.stop(), diag)
     stats["lost"] = session.lost
     stats["summary"] = session.summary()

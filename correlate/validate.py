@@ -209,6 +209,18 @@ class _Cleaner:
         return kept
 
 
+def clean_events(events, diag: Diagnostics, where_key: str = "probe") -> list[dict]:
+    """`clean_event` over a batch a producer handed over (a probe session's poll): the events
+    that hold, each named in `diag` by its `where_key` value when one is dropped."""
+    kept = []
+    for ev in events:
+        where = str(ev.get(where_key, "")) if isinstance(ev, dict) else ""
+        ev = clean_event(ev, diag, where)
+        if ev is not None:
+            kept.append(ev)
+    return kept
+
+
 def clean_event(ev, diag: Diagnostics, where: str = "") -> dict | None:
     """The event made trustworthy, or None (counted in `diag`) when it cannot be."""
     if type(ev) is not dict:

@@ -63,7 +63,7 @@ def op_text(op: str) -> str:
 class FuseErrors(Detector):
     id = "fuse-errors"
     needs = frozenset({"probe"})
-    wants = Wants(kinds={"fuse.reply", "fuse.pending"})
+    wants = Wants(kinds={"fuse.reply", "fuse.pending"}, details=())   # the join decodes its calls
     options = {"slow_s": Option(1.0, "the fuse probes send requests slower than this "
                                      "(seconds); one unanswered this long is a hung call")}
 
@@ -71,8 +71,11 @@ class FuseErrors(Detector):
         self.state = state if state is not None else GlusterState()
 
     def observe(self, ev):
-        if ev.get("kind") == "fuse.pending":
+        kind = ev.get("kind")
+        if kind == "fuse.pending":
             return self._hung(ev)
+        if kind != "fuse.reply":       # a runtime without subscriptions hands it everything
+            return []
         name = ERRNOS.get(ev.get("errno"))
         if ev.get("errno_name") == "ENOENT" and ev.get("opcode") in FD_OPS:
             name = "ENOENT"

@@ -17,7 +17,6 @@ from collections import OrderedDict, deque
 
 from correlate import hookimpl
 from correlate.detector import Detector, Option, Wants
-from correlate.state import GlusterState
 
 from .gluster_facts import host_of
 
@@ -77,11 +76,10 @@ class TlsFailure(Detector):
     options = {"log_window_s": Option(WINDOW_NS / 1e9, "seconds around a failed TLS connection "
                                                        "in which log lines join its evidence")}
     wants = Wants(kinds={"tls.handshake", "tls.certificate", "tls.connection", "rpc.reply",
-                         "tcp.close"},
+                         "tcp.close", "tcp.gap"},
                   layers={"log"}, procedures={"SETVOLUME"}, details=())
 
-    def __init__(self, state=None):
-        self.state = state if state is not None else GlusterState()
+    def __init__(self):
         self.certs: OrderedDict[tuple, list[dict]] = OrderedDict()    # (source, conn) -> certs
         self.logs: deque[dict] = deque(maxlen=256)       # TLS-related log lines, recent first out
         self.tls_seen_ns: int | None = None              # last sign of TLS (handshake, ssl log)
@@ -95,9 +93,17 @@ class TlsFailure(Detector):
         self.inside_seen = False                         # RPC decoded from --probe tls
         self.held: deque[tuple[int, dict]] = deque()     # (judge at, finding), MAX_HELD
         self.closed: OrderedDict[tuple, None] = OrderedDict()   # connections seen ending
+        self.first_gap: dict = {}        # capture (source) -> when it first lost packets
 
     # -- events ------------------------------------------------------------------------------
     def observe(self, ev):
+        # held findings leave at the first event past their time, as a tick would send them
+        # (a runtime without subscriptions never ticks)
+        released = self.tick(ev["time_ns"]) if self.held else []
+        found = self._observe(ev)
+        return [*released, *found] if released else found
+
+    def _observe(self, ev):
         kind = ev.get("kind")
         if kind == "tls.handshake":
             self.tls_seen_ns = ev["time_ns"]
@@ -108,6 +114,9 @@ class TlsFailure(Detector):
                 self.certs.popitem(last=False)
         elif kind == "tls.connection":
             return self._connection(ev)
+        elif kind == "tcp.gap":
+            if len(self.first_gap) < MAX_CONNS:
+                self.first_gap.setdefault(ev.get("source"), ev["time_ns"])
         elif kind == "tcp.close":
             self.closed[(ev.get("source"), ev.get("conn"))] = None
             if len(self.closed) > MAX_CONNS:
@@ -181,11 +190,14 @@ class TlsFailure(Detector):
         # show only later (a receiver's ACK), so judged once HOLD_NS of capture time passed
         self.held.append((ev["time_ns"] + HOLD_NS, finding))
         if len(self.held) > MAX_HELD:      # bounded: the oldest is judged now
-            return [self._judged(self.held.popleft()[1])]
+            return [self._judged(*self.held.popleft())]
         return ()
 
-    def _judged(self, finding: dict) -> dict:
-        if self.state.loss:
+    def _judged(self, at: int, finding: dict) -> dict:
+        """Info when its capture had lost packets by `at` (the same verdict whether a tick or
+        the end of input judges it)."""
+        first = self.first_gap.get(finding["evidence"][0].get("source"))
+        if first is not None and first <= at:
             finding["severity"] = "info"
             finding["explanation"] += (" The capture lost packets (see capture-loss): what it "
                                        "did not show may be among them, so this is no evidence "
@@ -198,7 +210,7 @@ class TlsFailure(Detector):
     def tick(self, now: int) -> list[dict]:
         out = []
         while self.held and self.held[0][0] <= now:
-            out.append(self._judged(self.held.popleft()[1]))
+            out.append(self._judged(*self.held.popleft()))
         return out
 
     def _classify(self, ev, certs, nearby) -> tuple[str, str]:
@@ -284,7 +296,7 @@ class TlsFailure(Detector):
                             key="client-plaintext", cause="client-plaintext")
 
     def finish(self):
-        out = [self._judged(finding) for _at, finding in self.held]
+        out = [self._judged(at, finding) for at, finding in self.held]
         self.held.clear()
         if self.first_encrypted is not None and not self.inside_seen:
             # not a problem, but what the run could not see: said once, as info
@@ -338,5 +350,5 @@ def _dates(certs: list[dict], side: str) -> str:
 
 
 @hookimpl
-def correlate_detectors(config, state):
-    return [TlsFailure(state)]
+def correlate_detectors(config):
+    return [TlsFailure()]

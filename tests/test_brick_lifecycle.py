@@ -96,7 +96,8 @@ def test_a_quick_restart_of_the_only_copy_with_nothing_lost_is_info():
     assert f["down_ns"] < 5 * S
 
 
-BRICK_DIES = ("brick-down.pcap", "busy-healthy.pcap.gz", "stale-handle.pcap")   # tested above
+BRICK_DIES = ("brick-down.pcap", "busy-healthy.pcap.gz", "stale-handle.pcap",   # tested above
+              "fuse-enotconn.pcap")        # a brick killed under a FUSE mount (test_fuse.py)
 
 
 @pytest.mark.parametrize("capture", sorted(p.name for p in CAPTURES.glob("*.pcap*")

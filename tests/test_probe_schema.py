@@ -5,6 +5,7 @@ backend bug) is dropped and counted by the session, never handed to a detector."
 from __future__ import annotations
 
 import ctypes
+import threading
 from pathlib import Path
 
 import pytest
@@ -17,6 +18,7 @@ from correlate.probe.bcc_records import (F_ERRNO, F_FD_PATH, F_STR, F_STRUCT, F_
 from correlate.probe.clock import ClockMap
 from correlate.probe.resolve import ResolvedProbe
 from correlate.probe.session import ProbeSession
+from correlate.probe_source import probe_events
 from correlate.sources import open_input
 from correlate.validate import clean_event
 
@@ -67,19 +69,22 @@ class _Collector:
         return out
 
     def stop(self):
-        return []
+        return self.poll(0)
 
 
 def test_a_record_of_the_wrong_type_is_dropped_and_counted():
+    """As `run` takes a session's records (probe_source.probe_events): any session kind."""
     good = {"time_ns": 10**18, "layer": "probe", "kind": "probe.call", "source": "bcc",
             "function": "glfs_utimens", "probe": "gfapi.glfs_utimens", "pid": 7, "tid": 7,
             "args": {"path": "/f", "atime": -1, "atime_nsec": 0, "mtime": 5, "mtime_nsec": 0}}
     bad = dict(good, time_ns=10**18 + 1, args=dict(good["args"], atime="-1", path=["/f"]))
     session = ProbeSession([], backend="bcc")
     session.collector = _Collector([good, bad, "not an event", dict(good, time_ns="soon")])
-    events = session.poll(0)
+    stopping, diag = threading.Event(), Diagnostics("probes")
+    stopping.set()          # one drain: stop() hands over what the collector held
+    events = list(probe_events(session, stopping, {}, diag))
     assert [e["args"] for e in events] == [good["args"], {"atime_nsec": 0, "mtime": 5, "mtime_nsec": 0}]
-    lines = " ".join(session.diag.summary_lines())
+    lines = " ".join(diag.summary_lines())
     assert "'args.atime' of the wrong type" in lines and "'args.path' of the wrong type" in lines
     assert "not a JSON object" in lines and "without time_ns" in lines
     # what remains is safe for every detector: none fails on it

@@ -252,7 +252,7 @@ def test_route_table_is_per_kind_not_per_event():
     assert route("wire", "rpc.call", "GlusterFS", "SETATTR") == {
         "stale-handle", "slow-brick", "rpc-unanswered", "no-space", "brick-not-responding",
         "atime-minus-one", "app-latency", "brick-down"}
-    assert route("log", "log.line", None, None) == {"auth-rejected"}
+    assert route("log", "log.line", None, None) == {"auth-rejected", "tls-failure"}
     assert route("wire", "tcp.connect", None, None) == {"brick-not-responding"}
 
 

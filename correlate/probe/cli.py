@@ -14,9 +14,10 @@ from datetime import datetime, timezone
 import click
 
 from .. import exit_codes
-from ..diagnostics import report_diagnostics
+from ..diagnostics import Diagnostics, report_diagnostics
 from ..errors import CorrelateError
 from ..events import to_json
+from ..validate import clean_events
 from ..outputs.terminal import safe_text
 from ..run_setup import detector_options
 from . import catalog
@@ -168,8 +169,10 @@ def probe(groups, pid, as_json, backend, offsets, duration, option_specs, config
         click.echo(f"correlate: {session.attached} probes attached with {session.backend_name}; "
                    "Ctrl-C to stop", err=True)
 
+    diag = Diagnostics("probes")     # records of the wrong type: dropped and counted
+
     def emit(events):
-        for ev in events:
+        for ev in clean_events(events, diag):
             click.echo(to_json(ev) if as_json else format_event(ev))
 
     deadline = None if duration is None else time.monotonic() + duration
@@ -183,7 +186,7 @@ def probe(groups, pid, as_json, backend, offsets, duration, option_specs, config
         signal.signal(signal.SIGTERM, previous)
         tail = session.stop()
     emit(tail)
-    report_diagnostics([session.diag])
+    report_diagnostics([diag])
     summary = session.summary()
     clock = summary.get("clock")
     clock_note = f", clock offset error <= {clock['error_ns']} ns" if clock else ""

@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import shutil
 
-from ..diagnostics import Diagnostics
-from ..validate import clean_event
 from .catalog import ProbeSpec
 from .errors import BackendUnavailable, ProbeError
 from .resolve import ResolvedProbe, resolve
@@ -35,9 +33,6 @@ class ProbeSession:
         self.unresolved: list[tuple[ProbeSpec, str]] = []   # skipped, with the reason
         self.collector = None
         self.events_seen = 0
-        # Probe records meet the event schema as saved timelines do (a plugin's probe spec or a
-        # backend bug cannot hand detectors a value of the wrong type): drops counted here
-        self.diag = Diagnostics("probes")
 
     # ---- lifecycle ------------------------------------------------------------------------
     def resolve(self) -> list[ResolvedProbe]:
@@ -83,7 +78,7 @@ class ProbeSession:
             return []
         out = self.collector.poll(timeout_ms)
         self.events_seen += len(out)
-        return self._typed(out)
+        return out
 
     def __iter__(self):
         while self.collector is not None:
@@ -94,16 +89,7 @@ class ProbeSession:
             return []
         out = self.collector.stop()
         self.events_seen += len(out)
-        return self._typed(out)
-
-    def _typed(self, events: list) -> list[dict]:
-        typed = []
-        for ev in events:
-            where = str(ev.get("probe", "")) if isinstance(ev, dict) else ""
-            ev = clean_event(ev, self.diag, where)
-            if ev is not None:
-                typed.append(ev)
-        return typed
+        return out
 
     def __enter__(self) -> "ProbeSession":
         return self.start()
