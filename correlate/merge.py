@@ -19,6 +19,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 
 DEFAULT_WINDOW_NS = 500_000_000   # 0.5 s: covers perf-buffer and pipe batching on loopback
+MAX_QUEUED = 65536              # events waiting between live sources and the merge
 # Events one stream's reorder buffer holds at most, however dense the stream: a burst of
 # 200,000 connections in half a second must not be held whole (memory stays bounded).
 MAX_HELD = 10_000
@@ -81,7 +82,10 @@ class LiveMerger:
         self.window_ns = window_ns
         self.tick_s = tick_s
         self.clock = clock
-        self._queue: queue.Queue = queue.Queue()
+        # Bounded: a consumer that falls behind holds back the readers (memory stays flat);
+        # a live capture's lag then shows at `watch` (correlate.lag.LagWatch), if given.
+        self._queue: queue.Queue = queue.Queue(maxsize=MAX_QUEUED)
+        self.watch = None
         self._sources: list[str] = []
         self._threads: list[threading.Thread] = []
         self._stopping = threading.Event()
@@ -122,6 +126,7 @@ class LiveMerger:
         live = set(range(len(self._sources)))
         heap: list[tuple[int, int, int, dict]] = []
         seq = itertools.count()
+        watch = self.watch
         while live and not self._stopping.is_set() and (live & self._finite or not self._finite):
             deadline = time.monotonic() + self.tick_s
             while True:   # drain what has arrived within this tick
@@ -132,6 +137,8 @@ class LiveMerger:
                 if ev is self._END:
                     live.discard(index)
                 else:
+                    if watch is not None and ev["layer"] == "wire":
+                        watch.observe(ev["time_ns"])
                     heapq.heappush(heap, (ev["time_ns"], index, next(seq), ev))
             watermark = self.clock() - self.window_ns
             while heap and heap[0][0] <= watermark:
