@@ -7,8 +7,9 @@ shows the watch the time of every wire event it takes in:
 
 - past `warn_s` of lag, one line on stderr (once per episode of falling behind);
 - past `skip_s`, the capture reader skips packets (counted, and the TCP tracker reports the
-  holes as capture gaps) until what it reads is back within `warn_s` of the wall clock: a
-  loss that is known and counted instead of the kernel's.
+  holes as capture gaps) until the merge has worked off what was queued and what the reader
+  reads is back within `warn_s` of the wall clock: a loss that is known and counted instead
+  of the kernel's.
 
 Lag is measured against the smallest delay seen so far, not against zero: clocks of the
 capturing host and this one may differ, and a saved capture piped in (`cat old.pcap |`)
@@ -37,6 +38,7 @@ class LagWatch:
         self.episodes = 0                         # times it fell behind past warn_s
         self.skipping = False                     # set here, cleared by the reader
         self.skipped = 0                          # packets the reader skipped
+        self._backlog = False                     # events queued that the merge has not taken
 
     def _lag(self, time_ns: int) -> int:
         delay = self.clock() - time_ns
@@ -46,6 +48,7 @@ class LagWatch:
 
     def observe(self, time_ns: int) -> None:
         """The merger took in an event with this time (the consumer's side)."""
+        self._backlog = True
         lag = self.lag_ns = self._lag(time_ns)
         if lag > self.max_lag_ns:
             self.max_lag_ns = lag
@@ -64,12 +67,16 @@ class LagWatch:
 
     _behind = False
 
+    def drained(self) -> None:
+        """The merge found its queue empty: it has taken every event the reader let in."""
+        self._backlog = False
+
     def skip(self, time_ns: int) -> bool:
         """Should the reader skip this packet? (the reader's side, per packet)"""
         if not self.skipping:
             return False
-        if self._lag(time_ns) <= self.warn_ns:    # what is read now is recent: stop skipping
-            self.skipping = False
+        if not self._backlog and self._lag(time_ns) <= self.warn_ns:
+            self.skipping = False                 # nothing queued, and this packet is recent
             return False
         self.skipped += 1
         return True

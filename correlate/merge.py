@@ -133,6 +133,8 @@ class LiveMerger:
                 try:
                     index, ev = self._queue.get(timeout=max(0.0, deadline - time.monotonic()))
                 except queue.Empty:
+                    if watch is not None:
+                        watch.drained()
                     break
                 if ev is self._END:
                     live.discard(index)

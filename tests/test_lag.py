@@ -29,8 +29,9 @@ def _records(data: bytes):
         pos += 16 + caplen
 
 
-def _replay_now(fd: int, copies: int = 1) -> threading.Thread:
-    """Write the capture to fd, each packet stamped with the wall clock as it is written."""
+def _replay_now(fd: int, copies: int = 1, pace_every: int = 0) -> threading.Thread:
+    """Write the capture to fd, each packet stamped with the wall clock as it is written
+    (pace_every: a 1 ms pause after that many packets, as packets arrive over time)."""
     data = gzip.decompress(CAPTURE.read_bytes())
     assert data[:4] == b"\xd4\xc3\xb2\xa1"          # little-endian, microseconds
 
@@ -39,7 +40,9 @@ def _replay_now(fd: int, copies: int = 1) -> threading.Thread:
             try:
                 out.write(data[:24])
                 for _ in range(copies):
-                    for lengths, pkt in _records(data):
+                    for n, (lengths, pkt) in enumerate(_records(data)):
+                        if pace_every and n % pace_every == 0:
+                            time.sleep(0.001)
                         now_us = time.time_ns() // 1000
                         out.write(struct.pack("<II", now_us // 1_000_000, now_us % 1_000_000)
                                   + lengths + pkt)
@@ -70,8 +73,11 @@ def test_warns_once_per_episode_and_skips_until_caught_up():
     watch.observe(clock.now - 4_000_000_000)        # past skip_s
     assert watch.skipping and len(said) == 1
     assert watch.skip(clock.now - 5_000_000_000)    # the reader is still far behind: skip
-    assert not watch.skip(clock.now - 10_000)       # what it reads now is recent: stop
-    assert not watch.skipping and watch.skipped == 1
+    assert watch.skip(clock.now - 10_000)           # recent, but the merge has a backlog: skip
+    watch.drained()                                 # the merge took all that was queued
+    assert watch.skip(clock.now - 5_000_000_000)    # this packet is still old: skip
+    assert not watch.skip(clock.now - 10_000)       # recent, nothing queued: caught up
+    assert not watch.skipping and watch.skipped == 3
     watch.observe(clock.now - 10_000)               # caught up ...
     watch.observe(clock.now - 1_500_000_000)        # ... and behind again: a second line
     assert len(said) == 2 and watch.summary()["fell_behind"] == 2
@@ -90,7 +96,7 @@ def test_a_saved_capture_piped_in_is_never_behind():
 
 def test_a_slow_consumer_on_a_real_pipe_warns_and_skips_counted():
     r, w = os.pipe()
-    writer = _replay_now(w, copies=2)
+    writer = _replay_now(w, copies=3, pace_every=10)
     said = []
     watch = LagWatch(warn_s=0.05, skip_s=0.2, say=said.append)
     diag = Diagnostics("stdin")
