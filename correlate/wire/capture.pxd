@@ -3,6 +3,9 @@
 # C calls.
 cimport cython
 
+cdef class Frame:
+    cdef public object time_ns, linktype, data, number, orig_len
+
 cdef class _Input:
     cdef public object _pull
     cdef public bytes _buf

@@ -19,7 +19,6 @@ from typing import BinaryIO, Callable, Iterator
 from ..diagnostics import Diagnostics
 from ..errors import GZIP_DAMAGE, InputError, what_it_starts_with
 from ..validate import MAX_TIME_NS
-from .model import Frame
 
 MAX_CAPLEN = 256 * 1024            # bytes of one packet; more is a corrupt length field
 MAX_BLOCK_LEN = 16 * 1024 * 1024   # one pcapng block
@@ -42,6 +41,21 @@ _BOM = 0x1A2B3C4D
 # pcapng block types
 _IDB, _PB, _SPB, _EPB = 0x00000001, 0x00000002, 0x00000003, 0x00000006
 _OPT_TSRESOL, _OPT_TSOFFSET = 9, 14
+
+
+class Frame:
+    """One captured packet, before any decoding (a C struct in the compiled build)."""
+    __slots__ = ("time_ns", "linktype", "data", "number", "orig_len")
+
+    def __init__(self, time_ns: int, linktype: int, data: bytes, number: int, orig_len: int = 0):
+        self.time_ns = time_ns      # CLOCK_REALTIME ns (pcap timestamps, resolution respected)
+        self.linktype = linktype    # DLT/LINKTYPE number of its interface
+        self.data = data
+        self.number = number        # 1-based packet number in its input (for messages)
+        self.orig_len = orig_len    # length on the wire (more than len(data) when cut by snaplen)
+
+    def __repr__(self) -> str:
+        return f"Frame(#{self.number} time_ns={self.time_ns} linktype={self.linktype} len={len(self.data)})"
 
 
 class _Input:
