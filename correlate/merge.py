@@ -83,9 +83,11 @@ class LiveMerger:
         self.tick_s = tick_s
         self.clock = clock
         # Bounded: a consumer that falls behind holds back the readers (memory stays flat);
-        # a live capture's lag then shows at `watch` (correlate.lag.LagWatch), if given.
+        # a live capture's lag then shows at `watch` (correlate.lag.LagWatch), if given,
+        # which sees the wire events of the source named `watched` only.
         self._queue: queue.Queue = queue.Queue(maxsize=MAX_QUEUED)
         self.watch = None
+        self.watched = "stdin"
         self._sources: list[str] = []
         self._threads: list[threading.Thread] = []
         self._stopping = threading.Event()
@@ -127,6 +129,7 @@ class LiveMerger:
         heap: list[tuple[int, int, int, dict]] = []
         seq = itertools.count()
         watch = self.watch
+        watched = self._sources.index(self.watched) if self.watched in self._sources else -1
         while live and not self._stopping.is_set() and (live & self._finite or not self._finite):
             deadline = time.monotonic() + self.tick_s
             while True:   # drain what has arrived within this tick
@@ -139,7 +142,7 @@ class LiveMerger:
                 if ev is self._END:
                     live.discard(index)
                 else:
-                    if watch is not None and ev["layer"] == "wire":
+                    if watch is not None and index == watched and ev["layer"] == "wire":
                         watch.observe(ev["time_ns"])
                     heapq.heappush(heap, (ev["time_ns"], index, next(seq), ev))
             watermark = self.clock() - self.window_ns

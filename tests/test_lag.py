@@ -157,3 +157,29 @@ def test_run_of_a_saved_capture_through_a_pipe_is_not_behind():
     assert "falling behind" not in res.stderr
     diag = _diagnostics_line(res.stdout)
     assert diag["lag"]["fell_behind"] == 0 and diag["lag"]["skipped_packets"] == 0
+
+
+def test_only_the_live_source_is_watched():
+    """A saved capture merged in beside the live one (`--pcap old.pcap --pcap -`) has old
+    times: they are not the live capture falling behind."""
+    said = []
+    watch = LagWatch(warn_s=0.05, skip_s=0, say=said.append)
+    merger = LiveMerger(window_ns=0)
+    merger.watch = watch
+    live_done = threading.Event()
+
+    def saved():            # after the live events, so a watch of every source would warn
+        live_done.wait(10)
+        for i in range(100):
+            yield {"time_ns": 1_500_000_000_000_000_000 + i, "layer": "wire", "kind": "x",
+                   "source": "old.pcap"}
+
+    def live():
+        for i in range(100):
+            yield {"time_ns": time.time_ns(), "layer": "wire", "kind": "x", "source": "stdin"}
+        live_done.set()
+
+    merger.add("old.pcap", saved)
+    merger.add("stdin", live)
+    assert len(list(merger.events())) == 200
+    assert not said and watch.max_lag_ns < 1_000_000_000
