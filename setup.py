@@ -13,8 +13,12 @@ from setuptools.command.build_ext import build_ext
 
 HERE = Path(__file__).resolve().parent
 
-# The modules a profile of decode/analyze names: capture reading, link/IP/TCP, reassembly,
-# record marking, RPC headers and matching, XDR and the Gluster layouts.
+# What is compiled, and why: only the per-packet core, the code that runs for every packet
+# or every RPC record (capture records, link/IP/TCP headers, reassembly, record marking, RPC
+# headers and the call/reply matching, XDR and the loop that reads Gluster structs). Everything
+# else runs once per event or less and gains little from compiling, while each module adds
+# 15-30 s of C compiling to a source build; leaving them out keeps `pip install` from source
+# well under a minute. Binary wheels (pyproject.toml [tool.cibuildwheel]) skip compiling.
 HOT_MODULES = [
     "correlate/xdr.py",
     "correlate/wire/capture.py",
@@ -22,16 +26,10 @@ HOT_MODULES = [
     "correlate/wire/tcp.py",
     "correlate/wire/record_marking.py",
     "correlate/wire/rpc_header.py",
-    "correlate/wire/rpc_cred.py",
     "correlate/wire/rpc.py",
-    "correlate/wire/decode.py",
-    "correlate/gluster/dicts.py",
-    "correlate/gluster/fops.py",
-    "correlate/gluster/layout.py",
-    "correlate/gluster/handshake.py",
-    "correlate/gluster/programs.py",
-    "correlate/gluster/programs_base.py",
+    "correlate/gluster/layout_read.py",
 ]
+REQUIRED = bool(os.environ.get("CORRELATE_REQUIRE_EXTENSIONS"))   # binary wheels: no fallback
 MANIFEST = "_compiled.json"      # module -> sha256 of the source it was compiled from
 
 
@@ -54,19 +52,36 @@ class OptionalBuildExt(build_ext):
 
     def run(self):
         self.built = []
+        self._remove_stale()
         try:
             super().run()
         except Exception as exc:     # no compiler at all: distutils raises from run()
+            if REQUIRED:
+                raise
             self._say(f"not compiling the hot path ({exc}); plain Python it is")
         self._write_manifest()
 
     def build_extension(self, ext):
+        self._say(f"compiling {ext.name} (the per-packet core; see HOT_MODULES)")
         try:
             super().build_extension(ext)
         except Exception as exc:
+            if REQUIRED:
+                raise
             self._say(f"could not compile {ext.name} ({exc}); it stays plain Python")
             return
         self.built.append(ext.name)
+
+    def _remove_stale(self):
+        """An editable install keeps extensions beside the source: one left from a build that
+        compiled more modules would be imported instead of its .py (hotpath.py ignores it
+        too; this keeps the tree clean)."""
+        wanted = {_module_name(p) for p in HOT_MODULES}
+        for so in (HERE / "correlate").rglob("*.so"):
+            rel = so.relative_to(HERE).as_posix()
+            if rel.split(".", 1)[0].replace("/", ".") not in wanted:
+                so.unlink()
+                self._say(f"removed {rel}: that module is no longer compiled")
 
     def _write_manifest(self):
         target = Path(self.get_ext_fullpath("correlate.xdr")).parent / MANIFEST
@@ -84,6 +99,8 @@ def extensions():
     try:
         from Cython.Build import cythonize
     except ImportError:
+        if REQUIRED:
+            raise
         print("correlate: Cython is not installed; the hot path stays plain Python", file=sys.stderr)
         return []
     modules = cythonize(

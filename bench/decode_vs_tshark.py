@@ -71,7 +71,7 @@ def bench_inputs(description: str, repeat: int):
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--capture", type=Path, help="capture to use (default: record the lab workload)")
     ap.add_argument("--files", type=int, default=6000, help="workload size when recording")
-    ap.add_argument("--repeat", type=int, default=repeat, help="runs per command; the best is kept")
+    ap.add_argument("--repeat", type=int, default=repeat, help="runs per command; the median is kept")
     opts = ap.parse_args()
     if not shutil.which("tshark"):
         print("bench: tshark is not installed (apt-get install tshark)", file=sys.stderr)

@@ -9,11 +9,12 @@ import time
 
 import click
 
-from . import exit_codes
-from .cli_types import SECONDS
+from . import exit_codes, lag
+from .cli_types import SECONDS, Seconds
 from .detector import details_needed
 from .detector_runner import DetectorRunner
 from .errors import CorrelateError
+from .events import make_event, to_json
 from .diagnostics import Diagnostics, report_diagnostics
 from .merge import DEFAULT_WINDOW_NS, LiveMerger, merge
 from .outputs.terminal import Progress, color_option, safe_text, use_color
@@ -120,8 +121,14 @@ def with_common(f):
               help="Reorder window: events are held this long so they leave in time order.")
 @click.option("--profile-every", type=SECONDS, metavar="SECONDS",
               help="Print the volume profile (as `correlate profile`) this often, and at the end.")
+@click.option("--max-lag", type=SECONDS, default=lag.WARN_S, show_default=True, metavar="SECONDS",
+              help="Warn when reading `--pcap -` falls this far behind the packets' times.")
+@click.option("--skip-behind", type=Seconds(zero_ok=True), default=lag.SKIP_S, show_default=True,
+              metavar="SECONDS", help="This far behind, skip packets (counted) to catch up "
+                                      "before the kernel drops them uncounted; 0: never.")
 @with_common
 def run(pcaps, probe_groups, pid, backend, probe_offsets, logs, duration, window_ms, profile_every,
+        max_lag, skip_behind,
         json_out, events, timeline, unanswered_after, outputs, color, option_specs, config_path,
         only_detectors, skip_detectors, suppress_specs, fail_on, topology):
     """Live: merge probes and captures on one timeline and print findings as they happen.
@@ -151,6 +158,7 @@ def run(pcaps, probe_groups, pid, backend, probe_offsets, logs, duration, window
                         skip_detectors, suppress_specs, topology)
     decoding = decoding_options(runner, bool(json_out or events or timeline))
     merger = LiveMerger(window_ns=window_ms * 1_000_000)
+    watch = merger.watch = lag.LagWatch(max_lag, skip_behind) if "-" in pcaps else None
     diags: list[Diagnostics] = []
 
     interrupted = []
@@ -165,7 +173,7 @@ def run(pcaps, probe_groups, pid, backend, probe_offsets, logs, duration, window
     signal.signal(signal.SIGTERM, stop)
     for path in (*pcaps, *logs):
         if path == "-":   # stdin is opened in its source thread: reading its header may block
-            merger.add("stdin", _opened_later(path, diags, decoding))
+            merger.add("stdin", _opened_later(path, diags, dict(decoding, skip=watch.skip)))
         else:             # files: header errors are reported now, before anything starts
             inp = open_input(path, **decoding)
             diags.append(inp.diag)
@@ -209,8 +217,14 @@ def run(pcaps, probe_groups, pid, backend, probe_offsets, logs, duration, window
         run_pipeline(stream, runner, reporter)
         if periodic:
             periodic.print()
+        if watch is not None and json_out:
+            reporter.out.write(to_json(make_event(
+                time.time_ns(), "wire", "capture.diagnostics", "stdin", lag=watch.summary(),
+                skipped=dict(next((d.counts for d in diags if d.source == "stdin"), {})))) + "\n")
     finally:
         reporter.close()
+    if watch is not None and watch.closing_line():
+        click.echo(watch.closing_line(), err=True)
     for name, exc in merger.errors:
         if isinstance(exc, CorrelateError):     # names its input itself
             click.echo(f"correlate: {safe_text(str(exc), 2000)}", err=True)

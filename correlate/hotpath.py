@@ -52,12 +52,26 @@ class _SourceFinder:
         return importlib.util.spec_from_file_location(name, source) if source.is_file() else None
 
 
+def _unlisted_extensions(manifest: dict[str, str]) -> set[str]:
+    """Extension files the manifest does not list: left by an older build that compiled
+    more modules; their .py is newer."""
+    names = set()
+    for ext in importlib.machinery.EXTENSION_SUFFIXES:
+        for path in _PACKAGE_DIR.rglob(f"*{ext}"):
+            rel = path.relative_to(_PACKAGE_DIR).as_posix()[:-len(ext)]
+            name = "correlate." + rel.replace("/", ".")
+            if name not in manifest and path.with_name(path.name[:-len(ext)] + ".py").is_file():
+                names.add(name)
+    return names
+
+
 def _plain_modules(manifest: dict[str, str]) -> tuple[set[str], str | None]:
     """The compiled modules to import from source instead, and why (None: none)."""
+    stale = _unlisted_extensions(manifest)
     if os.environ.get(ENV_VAR):
-        return set(manifest), f"{ENV_VAR} is set"
+        return set(manifest) | stale, f"{ENV_VAR} is set"
     changed = {name for name, digest in manifest.items() if _hash(_source_of(name)) != digest}
-    return changed, "source changed since the build" if changed else None
+    return changed | stale, "source changed since the build" if changed else None
 
 
 _MANIFEST = _manifest()

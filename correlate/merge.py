@@ -19,6 +19,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 
 DEFAULT_WINDOW_NS = 500_000_000   # 0.5 s: covers perf-buffer and pipe batching on loopback
+MAX_QUEUED = 65536              # events waiting between live sources and the merge
 # Events one stream's reorder buffer holds at most, however dense the stream: a burst of
 # 200,000 connections in half a second must not be held whole (memory stays bounded).
 MAX_HELD = 10_000
@@ -81,7 +82,12 @@ class LiveMerger:
         self.window_ns = window_ns
         self.tick_s = tick_s
         self.clock = clock
-        self._queue: queue.Queue = queue.Queue()
+        # Bounded: a consumer that falls behind holds back the readers (memory stays flat);
+        # a live capture's lag then shows at `watch` (correlate.lag.LagWatch), if given,
+        # which sees the wire events of the source named `watched` only.
+        self._queue: queue.Queue = queue.Queue(maxsize=MAX_QUEUED)
+        self.watch = None
+        self.watched = "stdin"
         self._sources: list[str] = []
         self._threads: list[threading.Thread] = []
         self._stopping = threading.Event()
@@ -122,16 +128,22 @@ class LiveMerger:
         live = set(range(len(self._sources)))
         heap: list[tuple[int, int, int, dict]] = []
         seq = itertools.count()
+        watch = self.watch
+        watched = self._sources.index(self.watched) if self.watched in self._sources else -1
         while live and not self._stopping.is_set() and (live & self._finite or not self._finite):
             deadline = time.monotonic() + self.tick_s
             while True:   # drain what has arrived within this tick
                 try:
                     index, ev = self._queue.get(timeout=max(0.0, deadline - time.monotonic()))
                 except queue.Empty:
+                    if watch is not None:
+                        watch.drained()
                     break
                 if ev is self._END:
                     live.discard(index)
                 else:
+                    if watch is not None and index == watched and ev["layer"] == "wire":
+                        watch.observe(ev["time_ns"])
                     heapq.heappush(heap, (ev["time_ns"], index, next(seq), ev))
             watermark = self.clock() - self.window_ns
             while heap and heap[0][0] <= watermark:

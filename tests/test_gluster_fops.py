@@ -228,3 +228,15 @@ def test_compiled_layout_reads_like_field_by_field(lay):
         for cut in range(0, end, 3):
             slow, fast = _read_both(lay, data[:cut])
             assert slow == fast, cut
+
+
+
+def test_layout_readers_are_planned_not_generated():
+    """Every struct reader of the programs is the one (compiled) loop over a plan: no code
+    made at import, which the compiled build could not compile."""
+    from correlate.gluster import fops, layout
+    from correlate.gluster.layout_read import StructReader
+    assert layout._compiled, "no struct readers were made"
+    for _lay, reader in layout._compiled.values():
+        assert type(reader) is StructReader
+    assert fops.FOP_PROGRAM.versions

@@ -5,6 +5,7 @@ The damaged copies are derived deterministically from the committed captures (tr
 bit flips, replayed chunks, splices of two captures), so a difference found once is found
 again. Each build runs in its own process: CORRELATE_NO_EXTENSIONS=1 picks the plain one.
 """
+import importlib.machinery
 import json
 import os
 import random
@@ -126,12 +127,24 @@ def test_a_source_changed_since_the_build_runs_as_plain_python(monkeypatch):
     """An editable install whose .py was edited after the build must run the edit."""
     monkeypatch.delenv(hotpath.ENV_VAR, raising=False)
     source = Path(hotpath.__file__).parent / "xdr.py"
-    built_from = {"correlate.xdr": hotpath._hash(source)}
+    built_from = {name: hotpath._hash(hotpath._source_of(name)) for name in hotpath._MANIFEST}
+    built_from["correlate.xdr"] = hotpath._hash(source)          # as if built from today's sources
     assert hotpath._plain_modules(built_from) == (set(), None)
-    edited = {"correlate.xdr": "0" * 64}
+    edited = dict(built_from, **{"correlate.xdr": "0" * 64})
     assert hotpath._plain_modules(edited) == ({"correlate.xdr"}, "source changed since the build")
     monkeypatch.setenv(hotpath.ENV_VAR, "1")
-    assert hotpath._plain_modules(built_from)[0] == {"correlate.xdr"}
+    assert hotpath._plain_modules(built_from)[0] == set(built_from)
+
+
+def test_an_extension_left_by_an_older_build_is_not_imported(monkeypatch, tmp_path):
+    """A module compiled by an earlier build but no longer (not in the manifest) runs its .py."""
+    suffix = importlib.machinery.EXTENSION_SUFFIXES[0]
+    (tmp_path / "wire").mkdir()
+    for name in ("old", "kept"):
+        (tmp_path / "wire" / f"{name}.py").write_text("")
+        (tmp_path / "wire" / f"{name}{suffix}").write_bytes(b"")
+    monkeypatch.setattr(hotpath, "_PACKAGE_DIR", tmp_path)
+    assert hotpath._unlisted_extensions({"correlate.wire.kept": "x"}) == {"correlate.wire.old"}
 
 
 @pytest.mark.parametrize("plain", [False, True])
@@ -158,7 +171,9 @@ def _pxd_attributes(pxd: Path) -> dict[str, set[str]]:
     for line in pxd.read_text().splitlines():
         words = line.split("#")[0].replace(",", " ").split()
         if words[:2] == ["cdef", "class"]:
-            current = classes.setdefault(words[2].split("(")[0].rstrip(":"), set())
+            name, _, base = words[2].rstrip(":").partition("(")
+            current = classes.setdefault(name, set())
+            current.update(classes.get(base.rstrip(")"), ()))    # a subclass has its base's
         elif current is not None and line.startswith("    cdef ") and "(" not in line:
             names = words[1:]
             names = names[1:] if names[0] in ("public", "readonly") else names

@@ -32,15 +32,17 @@ MAX_DIR_NAMES = 32        # directory entry names kept in a READDIR(P) result
 
 def _dir_listing(entry: Layout):
     """READDIR/READDIRP reply lists: the number of entries and the first names."""
+    entry_reader = struct(entry)       # made at import, so layout_readers.py holds it
     def read(u: Unpacker) -> dict:
-        entries = u.linked_list(struct(entry), "dirlist", max_count=1 << 20)
+        entries = u.linked_list(entry_reader, "dirlist", max_count=1 << 20)
         return {"entries": len(entries), "names": [e["name"] for e in entries[:MAX_DIR_NAMES]]}
     return read
 
 
 def _lock_list(flock_layout: Layout):
+    flock_reader = struct(flock_layout)
     def read(u: Unpacker) -> int:
-        return len(u.linked_list(struct(flock_layout), "locklist"))
+        return len(u.linked_list(flock_reader, "locklist"))
     return read
 
 

@@ -5,8 +5,9 @@ reader takes an Unpacker and returns a value; a reader that returns a dict whose
 with "*" is merged into the parent (used to flatten e.g. the SETATTR stbuf). Names starting
 with "_" are read but left out of the result.
 
-`decode` interprets a layout field by field; `struct` compiles it once into a reader that
-unpacks each run of fixed-size fields with one precompiled Struct. Both give the same dict;
+`decode` interprets a layout field by field; `struct` turns it once into a plan that
+unpacks each run of fixed-size fields with one precompiled Struct, read by one loop
+(layout_read.py, compiled with the per-packet core: no code is generated per layout). Both give the same dict;
 when the compiled reader meets anything wrong it re-reads with `decode`, so errors (and their
 messages) are exactly those of the field-by-field reading.
 """
@@ -17,6 +18,7 @@ from typing import Any, Callable
 
 from ..errors import DecodeError
 from ..xdr import Unpacker
+from .layout_read import FIELD, MERGE, RUN, StructReader
 
 Reader = Callable[[Unpacker], Any]
 Layout = list[tuple[str, Reader]]
@@ -80,9 +82,9 @@ _compiled: dict[int, tuple[Layout, Reader]] = {}     # id -> (layout kept alive,
 
 
 def struct(layout: Layout) -> Reader:
-    """A reader for a struct, compiled from its layout: one Struct per run of fixed-size
-    fields, the other readers called in between, the result built as one dict display.
-    A layout shared by several procedures is compiled once."""
+    """A reader for a struct, planned from its layout: one Struct per run of fixed-size
+    fields, the other readers called in between. A layout shared by several procedures is
+    planned once."""
     known = _compiled.get(id(layout))
     if known is not None and known[0] is layout:
         return known[1]
@@ -104,27 +106,15 @@ def status(layout: Layout | None) -> Reader | None:
 
 
 def _compile(layout: Layout) -> Reader:
-    env: dict[str, Any] = {"DecodeError": DecodeError, "unpack_run": Unpacker.unpack_run,
-                           "slow": lambda u: decode(u, layout)}
-    body: list[str] = []
-    items: list[str] = []           # the entries of the result's dict display, in wire order
+    steps: list[tuple] = []
     run: list[tuple[str, str, Callable | None]] = []
 
     def flush_run() -> None:
-        if not run:
-            return
-        n = len(env)
-        env[f"S{n}"] = Struct(">" + "".join(fmt for _, fmt, _ in run))
-        names = [f"v{n}_{j}" for j in range(len(run))]
-        body.append(f"{', '.join(names)}, = unpack_run(u, S{n})")
-        for var, (fname, _, conv) in zip(names, run):
-            if fname.startswith("_"):
-                continue
-            if conv is not None:
-                env[f"C{var}"] = conv
-                var = f"C{var}({var})"
-            items.append(f"{fname!r}: {var}")
-        run.clear()
+        if run:
+            steps.append((RUN, Struct(">" + "".join(fmt for _, fmt, _ in run)),
+                          tuple(None if n.startswith("_") else n for n, _, _ in run),
+                          tuple(conv for _, _, conv in run)))
+            run.clear()
 
     for fname, reader in layout:
         fixed = FIXED.get(reader)
@@ -132,22 +122,12 @@ def _compile(layout: Layout) -> Reader:
             run.append((fname, *fixed))
             continue
         flush_run()
-        n = len(env)
-        env[f"R{n}"] = reader
-        body.append(f"r{n} = R{n}(u)")
         if fname.startswith("*"):
-            items.append(f"**r{n}")
-        elif not fname.startswith("_"):
-            items.append(f"{fname!r}: r{n}")
+            steps.append((MERGE, reader, None, None))
+        else:
+            steps.append((FIELD, reader, None if fname.startswith("_") else fname, None))
     flush_run()
-    src = "\n".join(["def read(u):", "    start = u.pos", "    try:",
-                      *(f"        {line}" for line in body or ["pass"]),
-                      "    except DecodeError:",
-                      "        u.pos = start",
-                      "        return slow(u)      # again field by field, for the exact error",
-                      f"    return {{{', '.join(items)}}}"])
-    exec(compile(src, f"<layout {', '.join(n for n, _ in layout[:3])}...>", "exec"), env)
-    return env["read"]
+    return StructReader(tuple(steps), lambda u: decode(u, layout))
 
 
 def string(u: Unpacker) -> str:

@@ -19,12 +19,12 @@ from typing import BinaryIO, Callable, Iterator
 from ..diagnostics import Diagnostics
 from ..errors import GZIP_DAMAGE, InputError, what_it_starts_with
 from ..validate import MAX_TIME_NS
-from .model import Frame
 
 MAX_CAPLEN = 256 * 1024            # bytes of one packet; more is a corrupt length field
 MAX_BLOCK_LEN = 16 * 1024 * 1024   # one pcapng block
 READ_CHUNK = 256 * 1024
 GZIP_OUT_CHUNK = 1024 * 1024       # decompressed bytes per step (no bomb-sized allocation)
+GZIP_IN_STEP = 4096                # compressed bytes per step
 
 # pcap magic as read little-endian -> (record header byte order, ns per timestamp fraction unit,
 # record header length)
@@ -42,6 +42,21 @@ _BOM = 0x1A2B3C4D
 # pcapng block types
 _IDB, _PB, _SPB, _EPB = 0x00000001, 0x00000002, 0x00000003, 0x00000006
 _OPT_TSRESOL, _OPT_TSOFFSET = 9, 14
+
+
+class Frame:
+    """One captured packet, before any decoding (a C struct in the compiled build)."""
+    __slots__ = ("time_ns", "linktype", "data", "number", "orig_len")
+
+    def __init__(self, time_ns: int, linktype: int, data: bytes, number: int, orig_len: int = 0):
+        self.time_ns = time_ns      # CLOCK_REALTIME ns (pcap timestamps, resolution respected)
+        self.linktype = linktype    # DLT/LINKTYPE number of its interface
+        self.data = data
+        self.number = number        # 1-based packet number in its input (for messages)
+        self.orig_len = orig_len    # length on the wire (more than len(data) when cut by snaplen)
+
+    def __repr__(self) -> str:
+        return f"Frame(#{self.number} time_ns={self.time_ns} linktype={self.linktype} len={len(self.data)})"
 
 
 class _Input:
@@ -99,12 +114,20 @@ class _Gunzip:
         self._member = zlib.decompressobj(16 + zlib.MAX_WBITS)
         self._fed = False          # the current member has started
         self._tail = b""           # bytes after a member's end: the next member
+        self._pending = memoryview(b"")     # compressed bytes read, not yet given to zlib
 
     def __call__(self, _n: int) -> bytes:
         while True:
             member = self._member
-            data = member.unconsumed_tail or self._tail or self._raw.read1_for_gzip()
-            self._tail = b""
+            data = member.unconsumed_tail
+            if not data:
+                # zlib drops a step's output when it meets damage: small steps keep what
+                # came before it (a capture damaged after its header still reads up to there)
+                if not self._pending:
+                    self._pending = memoryview(self._tail or self._raw.read1_for_gzip())
+                    self._tail = b""
+                data = self._pending[:GZIP_IN_STEP]
+                self._pending = self._pending[GZIP_IN_STEP:]
             if not data:
                 if self._fed:
                     raise zlib.error("compressed data ends before the end of its gzip member")
@@ -115,7 +138,8 @@ class _Gunzip:
                 self._member = zlib.decompressobj(16 + zlib.MAX_WBITS)
                 self._fed = False
                 # zero padding after the last member is tolerated, as gzip(1) does
-                rest = member.unused_data
+                rest = member.unused_data + bytes(self._pending)
+                self._pending = memoryview(b"")
                 self._tail = rest if rest.strip(b"\0") else b""
             if out:
                 return out

@@ -8,15 +8,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
-
-@dataclass(slots=True)
-class Frame:
-    """One captured packet, before any decoding."""
-    time_ns: int        # CLOCK_REALTIME ns (pcap timestamps, resolution respected)
-    linktype: int       # DLT/LINKTYPE number of its interface
-    data: bytes
-    number: int         # 1-based packet number in its input (for messages)
-    orig_len: int = 0   # length on the wire (more than len(data) when the snaplen cut it)
+# Frame, one per packet, is defined beside the reader that makes it so that it is compiled
+# with it (a dataclass's __init__ would run interpreted for every packet).
+from .capture import Frame  # noqa: F401
 
 
 def endpoint(ip: str, port: int) -> str:

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Container
-from dataclasses import dataclass, field
 
 from ..diagnostics import Diagnostics
 from ..gluster import programs
@@ -37,28 +36,37 @@ _REPLY_TAG = b"\0\0\0\x01\0\0\0"          # msg_type REPLY, reply_stat 0 or 1 fo
 HUNT, MARK, BODY = "hunt", "mark", "body"
 
 
-@dataclass(slots=True)
 class Record:
-    data: bytes             # the record, or its first KEEP_RECORD bytes
-    length: int             # its length on the wire
-    time_ns: int            # when its first byte arrived
-    lost: int = 0           # bytes of it missing from the capture (gap inside)
+    """One RPC record, as cut from a stream."""
+    __slots__ = ("data", "length", "time_ns", "lost")
+
+    def __init__(self, data: bytes, length: int, time_ns: int, lost: int = 0):
+        self.data = data            # the record, or its first KEEP_RECORD bytes
+        self.length = length        # its length on the wire
+        self.time_ns = time_ns      # when its first byte arrived
+        self.lost = lost            # bytes of it missing from the capture (gap inside)
+
+    def __repr__(self) -> str:
+        return f"Record(length={self.length}, time_ns={self.time_ns}, lost={self.lost})"
 
 
-@dataclass
 class Direction:
-    """Framing state of one direction of one connection."""
-    state: str = HUNT
-    buf: bytearray = field(default_factory=bytearray)
-    record: bytearray = field(default_factory=bytearray)
-    record_len: int = 0         # bytes of the current record so far (kept or not)
-    record_time: int = 0
-    record_lost: int = 0
-    frag_left: int = 0
-    last_frag: bool = False
-    fresh: bool = True          # nothing consumed yet and no gap: a record may start at byte 0
-    buf_time: int = 0           # when the oldest byte in buf arrived
-    consumed: int = 0           # stream offset of buf[0] (for messages)
+    """Framing state of one direction of one connection (a C struct in the compiled build)."""
+    __slots__ = ("state", "buf", "record", "record_len", "record_time", "record_lost",
+                 "frag_left", "last_frag", "fresh", "buf_time", "consumed")
+
+    def __init__(self):
+        self.state = HUNT
+        self.buf = bytearray()
+        self.record = bytearray()
+        self.record_len = 0         # bytes of the current record so far (kept or not)
+        self.record_time = 0
+        self.record_lost = 0
+        self.frag_left = 0
+        self.last_frag = False
+        self.fresh = True           # nothing consumed yet and no gap: a record may start at byte 0
+        self.buf_time = 0           # when the oldest byte in buf arrived
+        self.consumed = 0           # stream offset of buf[0] (for messages)
 
 
 class RecordFramer:
