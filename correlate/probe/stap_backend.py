@@ -24,7 +24,7 @@ from .errors import NotRoot, ProbeError
 from .resolve import ResolvedProbe
 from .stap_script import COMM_RE, parse_line, script_text
 
-UPROBE_EVENTS = ("/sys/kernel/debug/tracing/uprobe_events", "/sys/kernel/tracing/uprobe_events")
+STAPBPF_UPROBE_EVENTS = "/sys/kernel/debug/tracing/uprobe_events"    # the one path stapbpf opens
 START_TIMEOUT_S = 180.0       # stap compiles (passes 1-4) before it prints "ready"
 
 
@@ -98,9 +98,10 @@ class StapCollector:
             if shim:
                 env["LD_PRELOAD"] = shim + (" " + env["LD_PRELOAD"] if env.get("LD_PRELOAD") else "")
                 self.adaptations.append("RLIMIT_MEMLOCK cannot be raised: preloading " + shim)
-            if not any(os.path.exists(p) for p in UPROBE_EVENTS) and shutil.which("unshare"):
-                # stapbpf creates uprobes through tracefs; mount it in a private mount
-                # namespace so the host's mounts stay as they are.
+            if not os.path.exists(STAPBPF_UPROBE_EVENTS) and shutil.which("unshare"):
+                # stapbpf creates uprobes through tracefs under debugfs (that path only, even
+                # where tracefs is mounted at /sys/kernel/tracing); mount it in a private
+                # mount namespace so the host's mounts stay as they are.
                 cmd = ["unshare", "--mount", "--propagation", "private", "sh", "-c",
                        "mount -t debugfs nodev /sys/kernel/debug 2>/dev/null; "
                        "mount -t tracefs nodev /sys/kernel/tracing 2>/dev/null; exec \"$@\"",
