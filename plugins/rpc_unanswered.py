@@ -19,6 +19,11 @@ packets before and then fell silent for good after the call (neither side sent a
 the capture kept) most likely ended in packets the capture lost too (the reply, the close):
 not a hang either. A hung brick's connection is not silent: the client goes on calling,
 and pinging.
+
+A connection that fell silent right after the call shows a lost reply only when TCP speaks
+again: Gluster's sockets send keepalives after 20 s idle (on the lab the brick's came 20-22 s
+after the last packet), and the acknowledgement in that exchange reveals bytes the capture
+missed. So no call is judged sooner than REVEAL_NS after it was made.
 """
 from __future__ import annotations
 
@@ -33,6 +38,7 @@ from correlate.state import GlusterState
 from .gluster_facts import host_of, is_blocking_lock
 
 DEFAULT_AFTER_NS = 10_000_000_000
+REVEAL_NS = 30_000_000_000    # Gluster's TCP keepalive (20 s idle) with room for timer slack
 MAX_PENDING = 2_048           # calls waiting at once (2-3 KB each); more are counted, not kept
 # What a waiting call keeps of its event: what the finding shows (not cred, result, ...).
 KEPT = frozenset(("time_ns", "layer", "kind", "source", "host", "src", "dst", "conn", "xid", "frame",
@@ -70,8 +76,8 @@ class RpcUnanswered(Detector):
         self.dropped = 0        # calls not tracked: MAX_PENDING were waiting already
         self.maybe_lost: list[dict] = []    # overdue calls whose reply may lie in a capture gap
         self.maybe_lost_count = 0
-        # overdue calls not judged yet: key -> (call, judge by then at the latest)
-        self.suspects: OrderedDict[tuple, tuple[dict, int]] = OrderedDict()
+        # overdue calls not judged yet: key -> (call, judge by then at the latest, overdue since)
+        self.suspects: OrderedDict[tuple, tuple[dict, int, int]] = OrderedDict()
         self.suspects_of: dict[object, set[tuple]] = {}    # conn -> its keys in suspects
         # conn -> when it last showed anything, for connections with calls waiting
         self.last_heard: dict[object, int] = {}
@@ -123,12 +129,14 @@ class RpcUnanswered(Detector):
             keys = []
         return [f for f in (self._judge(k, ev["time_ns"]) for k in keys) if f]
 
-    def _suspect(self, key: tuple, call: dict, deadline: int) -> None:
-        self.suspects[key] = (call, deadline)
+    def _suspect(self, key: tuple, call: dict, now: int) -> None:
+        # deadlines grow in insertion order (calls leave pending oldest first, now only grows)
+        deadline = max(now + self.after_ns, call["time_ns"] + REVEAL_NS)
+        self.suspects[key] = (call, deadline, now)
         self.suspects_of.setdefault(key[0], set()).add(key)
 
     def _judge(self, key: tuple, now: int) -> dict | None:
-        call, _ = self.suspects.pop(key)
+        call, _, _ = self.suspects.pop(key)
         keys = self.suspects_of[key[0]]
         keys.discard(key)
         silent = self.last_heard.get(key[0], call["time_ns"]) <= call["time_ns"]
@@ -191,12 +199,12 @@ class RpcUnanswered(Detector):
             if now - call["time_ns"] <= self.after_ns:
                 break
             if len(self.suspects) < MAX_PENDING:      # (a suspect first: its connection
-                self._suspect(key, call, now + self.after_ns)   # keeps what it last heard)
+                self._suspect(key, call, now)   # keeps what it last heard)
             else:
                 self.dropped += 1
             self._forget(key)
         while self.suspects:
-            key, (call, deadline) = next(iter(self.suspects.items()))
+            key, (call, deadline, _) = next(iter(self.suspects.items()))
             if now < deadline:
                 break
             found.append(self._judge(key, now))
@@ -243,8 +251,8 @@ class RpcUnanswered(Detector):
             found = self._overdue(last)
         # judged as of when each became a suspect: the input's last event depends on what
         # this detector was shown, that moment does not
-        found += [f for f in (self._judge(k, deadline - self.after_ns)
-                              for k, (_, deadline) in list(self.suspects.items())) if f]
+        found += [f for f in (self._judge(k, since)
+                              for k, (_, _, since) in list(self.suspects.items())) if f]
         if self.maybe_lost_count:
             found.append(self._reply_maybe_lost(last_time=self.maybe_lost[-1]["time_ns"]))
         if self.errors:

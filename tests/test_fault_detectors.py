@@ -256,3 +256,20 @@ def test_a_lossy_connection_gone_silent_after_a_call_is_not_a_hang():
     clean = [call(S, 1, "FXATTROP")]
     found = run(builtin("rpc-unanswered"), sorted(clean + elsewhere, key=lambda e: e["time_ns"]))
     assert [f for f in found if f["severity"] == "warning" and "FXATTROP" in f["title"]]
+
+
+def test_a_reply_lost_on_a_quiet_connection_shows_at_the_keepalive():
+    """Seen on the lab's busy-production day at 5 % drops: a STATFS reply and the caller's
+    ACK of it both dropped, then nothing on that connection until the brick's TCP keepalive
+    21.75 s after the call, whose ACK shows the missing bytes. That is a lost reply, not a
+    hang; the same call on a connection whose keepalive shows no gap is one."""
+    elsewhere = [call(t * S, 100 + t, "LOOKUP", conn=9) for t in range(2, 60)]
+    statfs = call(S, 8, "STATFS")
+    revealed = [statfs, _gap(S + 21_750_000_000, direction="to_client", missing=136)]
+    found = run(builtin("rpc-unanswered"), sorted(revealed + elsewhere, key=lambda e: e["time_ns"]))
+    assert not [f for f in found if f["severity"] == "warning" and "STATFS" in f["title"]]
+    assert [f for f in found if f["key"] == "reply-maybe-lost"]
+    (hang,) = [f for f in run(builtin("rpc-unanswered"),
+                              sorted([statfs] + elsewhere, key=lambda e: e["time_ns"]))
+               if f["severity"] == "warning" and "STATFS" in f["title"]]
+    assert hang["title"] == "GlusterFS STATFS unanswered after 30 s"
