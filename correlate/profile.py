@@ -30,7 +30,7 @@ GLUSTERD_PORTS = ("24007", "24008")
 
 class ProcedureStats:
     __slots__ = ("calls", "replies", "errors", "sketch", "max_ns", "total_ns", "bytes_read",
-                 "bytes_written", "in_flight", "max_in_flight", "few")
+                 "bytes_written", "in_flight", "max_in_flight", "few", "_quantiles")
 
     def __init__(self):
         self.calls = self.replies = self.max_ns = self.total_ns = 0
@@ -38,6 +38,9 @@ class ProcedureStats:
         self.errors: Counter = Counter()
         self.sketch = LogCollapsingLowestDenseDDSketch(RELATIVE_ACCURACY, bin_limit=BIN_LIMIT)
         self.few: list[int] | None = []      # the latencies while there are at most FEW
+        # q -> value until the next latency: a sketch's quantile walks its buckets, and
+        # detectors ask the same rows again and again between two replies
+        self._quantiles: dict[float, int | None] = {}
 
     def call(self) -> None:
         self.calls += 1
@@ -52,6 +55,8 @@ class ProcedureStats:
         latency = ev.get("latency_ns")
         if isinstance(latency, int) and latency >= 0:
             self.sketch.add(latency)
+            if self._quantiles:
+                self._quantiles = {}
             if self.few is not None:
                 self.few.append(latency)
                 if len(self.few) > FEW:
@@ -71,10 +76,14 @@ class ProcedureStats:
                 self.bytes_written += op_ret
 
     def quantile(self, q: float) -> int | None:
-        if self.sketch.count == 0:
-            return None
-        value = self.sketch.get_quantile_value(q)
-        return None if value is None else min(int(round(value)), self.max_ns)
+        try:
+            return self._quantiles[q]
+        except KeyError:
+            pass
+        value = self.sketch.get_quantile_value(q) if self.sketch.count else None
+        value = None if value is None else min(int(round(value)), self.max_ns)
+        self._quantiles[q] = value
+        return value
 
     def summary(self) -> dict:
         out = {"calls": self.calls, "replies": self.replies, "errors": dict(self.errors.most_common()),
