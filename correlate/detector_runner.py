@@ -78,6 +78,9 @@ class DetectorRunner:
                        for d, w in zip(self.detectors, self._wants)]
         self._due: dict[int, int] = {}
         self._next_due: int | None = None
+        # looked up once, called per event (one without observe fails when first called)
+        self._observers = [getattr(d, "observe", None) or (lambda ev, d=d: d.observe(ev))
+                           for d in self.detectors]
         self._last_now: int | None = None     # the latest event time seen
         self.disabled: dict[str, str] = {e.get("detector", "?"): e.get("explanation", "")
                                          for e in self._load_errors}
@@ -149,7 +152,7 @@ class DetectorRunner:
         """Detector i's observe(event) or tick(now); its findings appended to `found`."""
         before = len(found)
         try:
-            result = getattr(self.detectors[i], method)(arg)
+            result = (self._observers[i] if method == "observe" else self.detectors[i].tick)(arg)
             if result:
                 found.extend(result)
         except Exception as exc:   # a plugin's bug must not end the run

@@ -135,7 +135,8 @@ class BrickDown(Detector):
             self._probe(ev)
         elif kind == "log.message":
             self._log(ev)
-        found += self.tick(ev["time_ns"])
+        if self.down:       # (nothing to wake otherwise: most events)
+            found += self.tick(ev["time_ns"])
         return found
 
     def _call(self, ev: dict) -> None:
