@@ -2,23 +2,20 @@
 shows and more (calls, errors by errno, latency percentiles, bytes, calls in flight), and per
 client on request.
 
-Latencies go into DDSketch sketches (the `ddsketch` package, DataDog's reference Python
-implementation): every quantile is within RELATIVE_ACCURACY of the true value, and a sketch
-holds at most BIN_LIMIT buckets however many calls it sees, so memory does not grow with the
-capture. Max and the sum are kept exactly.
+Latencies go into DDSketch sketches (correlate.sketch, on the `ddsketch` package's mapping):
+every quantile is within RELATIVE_ACCURACY of the true value, and a sketch holds at most
+BIN_LIMIT buckets however many calls it sees, so memory does not grow with the capture. Max
+and the sum are kept exactly.
 """
 from __future__ import annotations
 
 from collections import Counter, OrderedDict
 
-from ddsketch import LogCollapsingLowestDenseDDSketch
-
 from .gluster.programs import lookup
+from .sketch import RELATIVE_ACCURACY, LatencySketch
 from .state.topology import Topology
 from .state.clients import UNKNOWN, Clients, special_actor
 
-RELATIVE_ACCURACY = 0.01       # 1%: a 200 ms p50 is reported within 198-202 ms
-BIN_LIMIT = 2048               # buckets per sketch: 1 us .. hours at 1% stay uncollapsed
 QUANTILES = (("p50", 0.50), ("p90", 0.90), ("p99", 0.99))
 # Up to this many latencies a row lists them instead of percentiles: with so few, p90 and p99
 # are the max and p50 is one of them, so the percentiles pretend a distribution that is not
@@ -36,7 +33,7 @@ class ProcedureStats:
         self.calls = self.replies = self.max_ns = self.total_ns = 0
         self.bytes_read = self.bytes_written = self.in_flight = self.max_in_flight = 0
         self.errors: Counter = Counter()
-        self.sketch = LogCollapsingLowestDenseDDSketch(RELATIVE_ACCURACY, bin_limit=BIN_LIMIT)
+        self.sketch = LatencySketch()
         self.few: list[int] | None = []      # the latencies while there are at most FEW
         # q -> value until the next latency: a sketch's quantile walks its buckets, and
         # detectors ask the same rows again and again between two replies
@@ -80,7 +77,7 @@ class ProcedureStats:
             return self._quantiles[q]
         except KeyError:
             pass
-        value = self.sketch.get_quantile_value(q) if self.sketch.count else None
+        value = self.sketch.quantile(q)
         value = None if value is None else min(int(round(value)), self.max_ns)
         self._quantiles[q] = value
         return value

@@ -1,0 +1,73 @@
+"""A latency sketch as small as the latencies it holds: DDSketch's logarithmic buckets (the
+`ddsketch` package's own mapping, so keys, quantiles and the 1% relative accuracy are the
+package's), counted in one dense array of machine integers instead of the package's list of
+Python floats. A profile or detector keeps thousands of these (one per brick and procedure):
+with 50 latencies the package's sketch takes about 4.8 KB, this one about 1 KB.
+"""
+from __future__ import annotations
+
+from array import array
+
+from ddsketch.mapping import LogarithmicMapping
+
+RELATIVE_ACCURACY = 0.01       # 1%: a 200 ms p50 is reported within 198-202 ms
+BIN_LIMIT = 2048               # buckets per sketch: 1 ns .. hours at 1% stay uncollapsed
+MAPPING = LogarithmicMapping(RELATIVE_ACCURACY)
+
+
+class LatencySketch:
+    """add(value >= 0); quantile(q) as DDSketch's get_quantile_value with a lowest-collapsing
+    store of BIN_LIMIT buckets."""
+    __slots__ = ("count", "zeros", "offset", "bins")
+
+    def __init__(self):
+        self.count = self.zeros = self.offset = 0
+        self.bins = array("I")      # bins[i] counts key offset + i ("Q" past 2**32 - 1)
+
+    def add(self, value: float) -> None:
+        self.count += 1
+        if value <= MAPPING.min_possible:
+            self.zeros += 1
+            return
+        key = MAPPING.key(value)
+        bins = self.bins
+        if not bins:
+            self.offset = key
+            bins.append(1)
+            return
+        index = key - self.offset
+        if index < 0:
+            self.bins = bins = array(bins.typecode, bytes(bins.itemsize * -index)) + bins
+            self.offset = key
+            index = 0
+        elif index >= len(bins):
+            bins.extend(array(bins.typecode, bytes(bins.itemsize * (index - len(bins) + 1))))
+        try:
+            bins[index] += 1
+        except OverflowError:       # 4 billion latencies in one bucket: wider counters
+            self.bins = bins = array("Q", bins)
+            bins[index] += 1
+        if len(bins) > BIN_LIMIT:       # fold the lowest buckets into the lowest one kept
+            excess = len(bins) - BIN_LIMIT
+            folded = sum(bins[:excess + 1])
+            del bins[:excess]
+            try:
+                bins[0] = folded
+            except OverflowError:
+                self.bins = bins = array("Q", bins)
+                bins[0] = folded
+            self.offset += excess
+
+    def quantile(self, q: float) -> float | None:
+        if self.count == 0 or not 0 <= q <= 1:
+            return None
+        rank = q * (self.count - 1)
+        if rank < self.zeros:
+            return 0.0
+        rank -= self.zeros
+        running = 0
+        for i, n in enumerate(self.bins):
+            running += n
+            if running > rank:
+                return MAPPING.value(i + self.offset)
+        return MAPPING.value(len(self.bins) - 1 + self.offset)
