@@ -149,7 +149,7 @@ def measure_group(group: str, files: int, pairs: int, verbose: bool = False,
     from correlate.probe.bcc_backend import BccCollector
     from correlate.probe.resolve import find_library
     from correlate.probe.session import ProbeSession
-    from correlate.probe_source import select_specs
+    from correlate.sources.probes import select_specs
     original = os.path.realpath(find_library("libgfapi.so.0"))
     with tempfile.TemporaryDirectory(prefix="correlate-bench-") as copy_dir:
         copy = os.path.join(copy_dir, "libgfapi.so.0")

@@ -1,5 +1,5 @@
 """Detectors: what a plugin subclasses and declares (Detector, Wants, Option), and loading
-and configuring them. The runtime that feeds them events is correlate/detector_runner.py.
+and configuring them. The runtime that feeds them events is correlate/engine/detector_runner.py.
 
 A detector is any object with an `id`, `observe(event) -> iterable of findings` and
 `finish() -> iterable of findings`, and optionally `wants` (a `Wants`: the events it needs).

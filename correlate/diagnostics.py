@@ -35,7 +35,7 @@ class Diagnostics:
 
 def report_diagnostics(diags) -> bool:
     """Print every input's skips on stderr; True when some input ended early on damage."""
-    from .outputs.terminal import safe_text     # reasons may quote the input: escape them
+    from .text import safe_text     # reasons may quote the input: escape them
     for d in diags:
         for line in d.summary_lines():
             print(f"correlate: {safe_text(line, 2000)}", file=sys.stderr)

@@ -46,7 +46,7 @@ def _plugin_manager(disabled: frozenset[str]) -> pluggy.PluginManager:
         print(f"correlate: plugin {f['name']} failed to load and is skipped: {f['error']}",
               file=sys.stderr)
     if pm.correlate_unknown_disabled and os.environ.get(DISABLE_ENV):
-        from .outputs.terminal import safe_text     # the user's text: escaped
+        from .text import safe_text     # the user's text: escaped
         print(f"correlate: {DISABLE_ENV}: no plugin named "
               f"{safe_text(', '.join(sorted(pm.correlate_unknown_disabled)), 200)}; "
               f"plugins: {', '.join(sorted(found))}", file=sys.stderr)

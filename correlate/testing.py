@@ -5,7 +5,7 @@
     findings = run_detector(SlowReplies(), "tests/captures/brick-hang.pcap")
     findings = run_detector(SlowReplies(), [call, reply], options={"threshold_ms": 5})
 
-`run_detector` feeds the events through the real runtime (correlate.detector_runner): the
+`run_detector` feeds the events through the real runtime (correlate.engine.detector_runner): the
 shared Gluster state sees every event first, the detector gets only the events its `wants`
 lets through, `due()`/`tick()` wake it as in a run, repeated findings fold (their `count`
 grows), and a capture is decoded with only the details the detector declared, so a missing
@@ -18,7 +18,7 @@ import os
 from collections.abc import Iterable
 
 from .detector import configure_detectors, details_needed
-from .detector_runner import DetectorRunner
+from .engine.detector_runner import DetectorRunner
 from .state import GlusterState
 
 __all__ = ["run_detector", "events_of"]
@@ -35,7 +35,7 @@ def events_of(*paths: str | os.PathLike, details=True) -> list[dict]:
     """The events of captures, saved timelines or Gluster logs, merged in time order as
     `analyze` merges them. `details` is what the decoder decodes (True: everything; a set of
     procedure names: only theirs, the rest completed on demand as in a run)."""
-    from .merge import merge
+    from .engine.merge import merge
     from .sources import open_input
     later = details is not True
     opened = [open_input(os.fspath(p), details=details, details_later=later) for p in paths]

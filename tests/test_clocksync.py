@@ -16,7 +16,7 @@ import uuid
 
 import pytest
 
-from correlate.clocksync import OffsetEstimate, estimate_offset
+from correlate.sources.clocksync import OffsetEstimate, estimate_offset
 
 # ---------------------------------------------------------------------------------------
 # A small ONC RPC peer speaking the Gluster DUMP program (rpc-common-xdr.x: gf_dump_req,
@@ -320,7 +320,7 @@ def test_shift_between_two_real_captures_is_recovered(namespaces, tmp_path, deco
 
 
 def test_one_index_against_several_captures():
-    from correlate.clocksync import RpcTimes
+    from correlate.sources.clocksync import RpcTimes
     a, b = two_ends(42_000_000, TRIPS)
     index = RpcTimes(b)
     first, second = estimate_offset(a, index), estimate_offset(iter(a), index)

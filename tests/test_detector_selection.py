@@ -1,4 +1,4 @@
-"""Choosing detectors and suppressing findings (correlate/finding_policy.py), on the lab's real
+"""Choosing detectors and suppressing findings (correlate/engine/finding_policy.py), on the lab's real
 captures: what is left out is exactly what was asked, and it is counted, never lost."""
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from correlate import hookimpl
 from correlate.cli import main
 from correlate.detector import load_detectors
 from correlate.errors import CorrelateError
-from correlate.finding_policy import FindingPolicy, Rule, from_config, parse_rule
+from correlate.engine.finding_policy import FindingPolicy, Rule, from_config, parse_rule
 from correlate.plugin_manager import get_plugin_manager
 
 CAPTURES = Path(__file__).parent / "captures"
@@ -271,7 +271,7 @@ def test_plugins_still_lists_detectors_and_options():
 # -- probes of a disabled detector -------------------------------------------------------------
 
 def test_probes_of_a_disabled_plugin_are_not_requested():
-    from correlate.probe_source import select_specs
+    from correlate.sources.probes import select_specs
     assert any(s.group == "io" for s in select_specs(["all"]))
     assert not any(s.group == "io" for s in select_specs(["all"], skip_plugins={"app_latency"}))
     assert select_specs(["gfapi"], skip_plugins={"app_latency"}) == select_specs(["gfapi"])

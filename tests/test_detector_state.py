@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from correlate import merge
-from correlate.detector_runner import DetectorRunner
+from correlate.engine import merge
+from correlate.engine.detector_runner import DetectorRunner
 from correlate.diagnostics import Diagnostics
 from correlate.wire import rpc
 from correlate.wire.decode import decode_capture

@@ -1,6 +1,6 @@
 """Detector logic on synthetic event sequences (the lab tests run them on real traffic)."""
 from correlate.detector import Detector, load_detectors
-from correlate.detector_runner import DetectorRunner
+from correlate.engine.detector_runner import DetectorRunner
 from correlate.events import make_event
 from correlate.plugin_manager import get_plugin_manager
 from correlate.plugins.gluster_facts import UTIME_NOW, UTIME_OMIT

@@ -71,7 +71,7 @@ def test_every_output_target_for_every_output():
 
 def test_harness_fails_an_output_that_replaces_a_symlink(tmp_path, monkeypatch):
     """The harness itself: a writer that replaces its target (write aside, rename) fails."""
-    import correlate.timeline_sinks as timeline_sinks
+    import correlate.cli.timeline_sinks as timeline_sinks
 
     def replacing_close(self, echo):
         self.writer.close()

@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 
 from correlate.detector import Detector
-from correlate.detector_runner import DetectorRunner
+from correlate.engine.detector_runner import DetectorRunner
 from correlate.diagnostics import Diagnostics
-from correlate.logs import parse_timestamp, read_gluster_log
+from correlate.sources.logs import parse_timestamp, read_gluster_log
 from correlate.outputs.pcapng_annotate import interface_block, section_header
 from correlate.sources import open_input
 from correlate.validate import MAX_TIME_NS, clean_event

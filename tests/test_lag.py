@@ -13,8 +13,8 @@ import time
 from pathlib import Path
 
 from correlate.diagnostics import Diagnostics
-from correlate.lag import LagWatch
-from correlate.merge import LiveMerger
+from correlate.sources.lag import LagWatch
+from correlate.engine.merge import LiveMerger
 from correlate.wire.decode import decode_capture
 
 CAPTURE = Path(__file__).parent / "captures" / "busy-healthy.pcap.gz"

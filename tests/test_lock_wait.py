@@ -167,7 +167,7 @@ def test_path_filter_follows_an_fd_to_its_file():
     """A call that names only an fd (FINODELK without a gfid) is the file's when that fd
     came from the OPEN of the file's gfid on the same connection."""
     from correlate.state.files import ROOT_GFID
-    from correlate.timeline_filter import EventFilter
+    from correlate.cli.timeline_filter import EventFilter
     G = "6b222e8d-5cb0-440d-9b7c-58fcc8f7faf7"
     base = {"layer": "wire", "source": "c.pcap", "conn": 3, "program": "GlusterFS"}
     lookup = {**base, "time_ns": 1, "kind": "rpc.reply", "xid": 1, "procedure": "LOOKUP", "op_ret": 0,

@@ -9,7 +9,7 @@ import os
 import pytest
 
 from correlate.diagnostics import Diagnostics
-from correlate.logs import (MAX_CONTINUATION_LINES, MAX_LINE_BYTES, looks_like_gluster_log,
+from correlate.sources.logs import (MAX_CONTINUATION_LINES, MAX_LINE_BYTES, looks_like_gluster_log,
                             parse_timestamp, read_gluster_log)
 
 SETVOLUME = (

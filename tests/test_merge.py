@@ -2,7 +2,7 @@ import random
 import threading
 import time
 
-from correlate.merge import LiveMerger, merge, reorder, shift_clock
+from correlate.engine.merge import LiveMerger, merge, reorder, shift_clock
 
 
 def ev(t, src="a", n=0):

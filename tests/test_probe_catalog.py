@@ -12,7 +12,7 @@ from click.testing import CliRunner
 from correlate.probe import bcc_backend, bcc_records, btf, catalog, clock, errors, resolve, stap_backend, stap_script
 from correlate.probe.catalog import Arg, ProbeSpec
 from correlate.outputs.terminal import safe_text
-from correlate.probe.cli import format_event, probes
+from correlate.cli.probe import format_event, probes
 from correlate.probe.resolve import ResolvedProbe
 
 GFAPI_PRESENT = os.path.exists("/usr/lib/x86_64-linux-gnu/libgfapi.so.0")
@@ -181,7 +181,7 @@ def test_program_text_has_one_function_pair_per_probe_and_one_program_per_addres
         assert (f"int leave_{i}(" in text) == rp.spec.retprobe
     # `--probe all` has app-latency's io probe and gfapi's failure probe on glfs_pwrite: one
     # program (one consumer of the uprobe) runs both; every other function has its own
-    from correlate.probe_source import select_specs
+    from correlate.sources.probes import select_specs
     specs = select_specs(["all"])
     address = {f: 0x1000 + 0x100 * n for n, f in enumerate(sorted({s.function for s in specs}))}
     rps = [ResolvedProbe(s, "/lib/x/" + s.library, s.function, address[s.function],
@@ -613,7 +613,7 @@ def test_stap_names_why_slow_probes_are_left_out():
 def test_io_probes_follow_app_latency_threshold():
     """The io group's slow_ns comes from app-latency's after_s as this run configures it,
     through the correlate_probe_specs hook's `options`, capped for the live reorder window."""
-    from correlate.probe_source import select_specs
+    from correlate.sources.probes import select_specs
     from correlate.plugins.app_latency import IO_SLOW_MAX_NS
     default = select_specs(["io"])
     assert default and {(s.emit, s.slow_ns) for s in default} == {("slow", 100_000_000)}
@@ -625,8 +625,8 @@ def test_io_probes_follow_app_latency_threshold():
 
 def test_detector_options_reach_the_io_probes(tmp_path):
     """-o and --config set app-latency's threshold for `run` and `probe`; the io probes get it."""
-    from correlate.probe.cli import _detector_settings
-    from correlate.probe_source import select_specs
+    from correlate.cli.probe import _detector_settings
+    from correlate.sources.probes import select_specs
     settings = _detector_settings(("app-latency.after_s=0.05",), None)
     assert settings["app-latency"] == {"after_s": 0.05}
     assert {s.slow_ns for s in select_specs(["io"], settings)} == {50_000_000}

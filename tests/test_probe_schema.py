@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from correlate.detector_runner import DetectorRunner
+from correlate.engine.detector_runner import DetectorRunner
 from correlate.diagnostics import Diagnostics
 from correlate.probe import catalog
 from correlate.probe.bcc_records import (F_ERRNO, F_FD_PATH, F_STR, F_STRUCT, F_TALLY,
@@ -18,7 +18,7 @@ from correlate.probe.bcc_records import (F_ERRNO, F_FD_PATH, F_STR, F_STRUCT, F_
 from correlate.probe.clock import ClockMap
 from correlate.probe.resolve import ResolvedProbe
 from correlate.probe.session import ProbeSession
-from correlate.probe_source import probe_events
+from correlate.sources.probes import probe_events
 from correlate.sources import open_input
 from correlate.validate import clean_event
 
@@ -73,7 +73,7 @@ class _Collector:
 
 
 def test_a_record_of_the_wrong_type_is_dropped_and_counted():
-    """As `run` takes a session's records (probe_source.probe_events): any session kind."""
+    """As `run` takes a session's records (correlate.sources.probes.probe_events): any session kind."""
     good = {"time_ns": 10**18, "layer": "probe", "kind": "probe.call", "source": "bcc",
             "function": "glfs_utimens", "probe": "gfapi.glfs_utimens", "pid": 7, "tid": 7,
             "args": {"path": "/f", "atime": -1, "atime_nsec": 0, "mtime": 5, "mtime_nsec": 0}}
@@ -88,7 +88,7 @@ def test_a_record_of_the_wrong_type_is_dropped_and_counted():
     assert "'args.atime' of the wrong type" in lines and "'args.path' of the wrong type" in lines
     assert "not a JSON object" in lines and "without time_ns" in lines
     # what remains is safe for every detector: none fails on it
-    from correlate.run_setup import make_runner
+    from correlate.cli.run_setup import make_runner
     runner: DetectorRunner = make_runner({}, {})
     for ev in events:
         runner.observe(ev)

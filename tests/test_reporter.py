@@ -2,7 +2,7 @@
 follows them, and none is lost at close; a line-buffered (live) output gets each at once."""
 import io
 
-from correlate.pipeline import HELD_LINES, Reporter
+from correlate.engine.pipeline import HELD_LINES, Reporter
 
 
 def _event(i: int) -> dict:

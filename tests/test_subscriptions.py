@@ -5,10 +5,10 @@ from pathlib import Path
 import pytest
 
 from correlate.detector import EVERYTHING, Detector, Wants, details_needed, load_detectors, wants_of
-from correlate.detector_runner import DetectorRunner
-from correlate.engine_cli import decoding_options
+from correlate.engine.detector_runner import DetectorRunner
+from correlate.cli.engine import decoding_options
 from correlate.events import DETAILS_LATER, to_json
-from correlate.merge import merge
+from correlate.engine.merge import merge
 from correlate.plugin_manager import get_plugin_manager
 from correlate.sources import open_input
 

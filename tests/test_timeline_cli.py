@@ -14,7 +14,7 @@ import pytest
 from click.testing import CliRunner
 
 from correlate.cli import main
-from correlate.timeline_filter import EventFilter, parse_time
+from correlate.cli.timeline_filter import EventFilter, parse_time
 
 from .test_clocksync import (ADDR_B, NEEDS_NETNS, PORT, namespaces, rpc_exchange,  # noqa: F401
                              start_tcpdump, stop_tcpdump)

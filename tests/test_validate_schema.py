@@ -88,7 +88,7 @@ def test_a_plugins_finding_of_the_wrong_types_is_typed_before_any_output(tmp_pat
     an unknown severity, evidence that is not events and a set in an extra field lose those
     values (counted on stderr), and every output still writes; a non-dict is dropped."""
     from correlate.detector import Detector
-    from correlate.detector_runner import DetectorRunner
+    from correlate.engine.detector_runner import DetectorRunner
     from correlate.outputs.html import write_html
     from correlate.outputs.terminal import format_finding
 

@@ -1,43 +1,23 @@
 """One readable line per event, and findings as short blocks, for a terminal.
 
-Every string that came from the wire, a log or a process is passed through `safe_text`:
-control characters (escape sequences included) are shown as \\xNN, never interpreted.
+Every string that came from the wire, a log or a process is passed through `safe_text`
+(correlate.text): control characters (escape sequences included) are shown as \\xNN, never
+interpreted.
 """
 from __future__ import annotations
 
 import datetime as _dt
 import os
-import re
 import sys
 import time
 
-# Control characters, line and bidi overrides, and lone surrogates (which no terminal encoding
-# can write).
-_CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069\ud800-\udfff]")
+from ..text import safe_line, safe_text  # noqa: F401  (outputs import them from here too)
 
 COLORS = {"wire": "36", "probe": "35", "log": "33", "finding": "1;31"}
 SEVERITY_COLORS = {"info": "34", "warning": "33", "error": "31", "critical": "1;31"}
 SHOWN_ARGS = ("path", "bname", "name", "gfid", "pargfid", "valid_flags", "atime", "atime_nsec",
               "mtime", "mtime_nsec", "fd", "offset", "size", "flags", "mode", "brick", "key",
               "volfile-key", "remote-subvolume", "process-uuid")
-
-
-def _escape(m: re.Match) -> str:
-    c = ord(m.group())
-    return f"\\x{c:02x}" if c < 256 else f"\\u{c:04x}"
-
-
-def safe_text(value, limit: int = 300) -> str:
-    """Printable, single-line, bounded text from anything (wire bytes included)."""
-    s = value if isinstance(value, str) else str(value)
-    if len(s) > limit:
-        s = s[:limit] + "..."
-    return _CONTROL.sub(_escape, s).replace("\n", "\\n")
-
-
-def safe_line(line: str) -> str:
-    """A whole composed line made printable (a last guard: fields are escaped already)."""
-    return _CONTROL.sub(_escape, line).replace("\n", "\\n")
 
 
 def format_time(time_ns) -> str:

@@ -27,7 +27,7 @@ def decode_capture(path: str, source: str | None = None, *, host: str | None = N
 
     Every event carries `frame` (the packet that completed it) so renderings can point back
     into the capture. Damage is counted in `diag`, never raised past the header check.
-    skip(time_ns) -> True leaves a packet out, counted (a live capture catching up: lag.py)."""
+    skip(time_ns) -> True leaves a packet out, counted (a live capture catching up: correlate/sources/lag.py)."""
     source = source or source_name(path)
     diag = diag or Diagnostics(source)
     frames = open_capture_stream(fileobj, source, diag) if fileobj is not None else open_capture(path, diag)

@@ -23,7 +23,7 @@ import click
 
 from correlate.cli import main
 from correlate.detector import Detector
-from correlate.detector_runner import DetectorRunner
+from correlate.engine.detector_runner import DetectorRunner
 from correlate.errors import CorrelateError
 from correlate.outputs.html import write_html
 from correlate.outputs.terminal import format_finding

@@ -24,9 +24,9 @@ import re
 from collections.abc import Iterator
 from typing import BinaryIO
 
-from .diagnostics import Diagnostics
-from .events import make_event
-from .validate import MAX_TIME_NS, MIN_TIME_NS, clean_event
+from ..diagnostics import Diagnostics
+from ..events import make_event
+from ..validate import MAX_TIME_NS, MIN_TIME_NS, clean_event
 
 MAX_LINE_BYTES = 64 * 1024            # a longer line is cut here (and counted)
 MAX_CONTINUATION_LINES = 400          # a volfile dump of a big volume fits; the rest is counted

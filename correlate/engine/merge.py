@@ -83,7 +83,7 @@ class LiveMerger:
         self.tick_s = tick_s
         self.clock = clock
         # Bounded: a consumer that falls behind holds back the readers (memory stays flat);
-        # a live capture's lag then shows at `watch` (correlate.lag.LagWatch), if given,
+        # a live capture's lag then shows at `watch` (correlate.sources.lag.LagWatch), if given,
         # which sees the wire events of the source named `watched` only.
         self._queue: queue.Queue = queue.Queue(maxsize=MAX_QUEUED)
         self.watch = None

@@ -12,9 +12,9 @@ from collections.abc import Collection, Iterator
 from dataclasses import dataclass, field
 from typing import BinaryIO
 
-from .diagnostics import Diagnostics
-from .errors import GZIP_DAMAGE, InputError, what_it_starts_with
-from .validate import clean_event
+from ..diagnostics import Diagnostics
+from ..errors import GZIP_DAMAGE, InputError, what_it_starts_with
+from ..validate import clean_event
 
 # pcap (microsecond, nanosecond, Kuznetzov's modified pcap; both byte orders) and pcapng:
 # every format wire/capture.py reads.
@@ -89,7 +89,7 @@ def open_input(path: str, *, host: str | None = None, name: str | None = None,
         return Input(name, kind, parallel.decode(path, name, diag, host=host, details=details,
                                                  details_later=details_later), diag)
     if kind == "capture":
-        from .wire.decode import decode_capture
+        from ..wire.decode import decode_capture
         return Input(name, kind, decode_capture(path, name, host=host, diag=diag, fileobj=f,
                                                    details=details, details_later=details_later,
                                                    skip=skip), diag)

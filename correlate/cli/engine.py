@@ -9,21 +9,22 @@ import time
 
 import click
 
-from . import exit_codes, lag
-from .cli_types import SECONDS, Seconds
-from .detector import details_needed
-from .detector_runner import DetectorRunner
-from .errors import CorrelateError
-from .events import make_event, to_json
-from .diagnostics import Diagnostics, report_diagnostics
-from .merge import DEFAULT_WINDOW_NS, LiveMerger, merge
-from .outputs.terminal import Progress, color_option, safe_text, use_color
-from .parallel_cli import parallel_for, parallel_options
-from .pipeline import Reporter, TimelineWriter, run_pipeline
+from .. import exit_codes
+from ..sources import lag
+from .types import SECONDS, Seconds
+from ..detector import details_needed
+from ..engine.detector_runner import DetectorRunner
+from ..errors import CorrelateError
+from ..events import make_event, to_json
+from ..diagnostics import Diagnostics, report_diagnostics
+from ..engine.merge import DEFAULT_WINDOW_NS, LiveMerger, merge
+from ..outputs.terminal import Progress, color_option, safe_text, use_color
+from .parallel import parallel_for, parallel_options
+from ..engine.pipeline import Reporter, TimelineWriter, run_pipeline
 from .run_setup import (detector_options, fail_on_option, make_runner, output_writers, parse_detector_options,
                         parse_policy, reaches, selection_options, timeline_path, topology_option,
                         write_outputs)
-from .sources import open_input
+from ..sources import open_input
 
 
 def _detectors(unanswered_after: float, option_specs, config_path, only_detectors=(),
@@ -182,14 +183,14 @@ def run(pcaps, probe_groups, pid, backend, probe_offsets, logs, duration, window
     reporter = _reporter(json_out, events, timeline, "run", color)
     probe_stats = {}
     if "tls" in probe_groups:
-        from .probe_source import open_tls_collector, probe_events
+        from ..sources.probes import open_tls_collector, probe_events
         tls = open_tls_collector(pid=pid, decoding=decoding)
         click.echo(f"correlate: probes attached (tls: SSL_read/SSL_write in {tls.path})", err=True)
         merger.add("probes:tls", lambda: probe_events(tls, merger.stopping, {}), finite=False)
         probe_groups = tuple(g for g in probe_groups if g != "tls")
     if probe_groups:
-        from .probe_source import describe_session, open_probe_session, probe_events
-        from .detector import detector_settings
+        from ..sources.probes import describe_session, open_probe_session, probe_events
+        from ..detector import detector_settings
         # the probes send what the detectors, as configured, will use (e.g. app-latency's threshold)
         # ... and no probe points of a plugin whose every detector is off
         session = open_probe_session(probe_groups, pid=pid, backend=backend, offsets=probe_offsets,
@@ -210,7 +211,7 @@ def run(pcaps, probe_groups, pid, backend, probe_offsets, logs, duration, window
     stream = merger.events()
     periodic = None
     if profile_every:
-        from .profile_cli import PeriodicProfile
+        from .profile import PeriodicProfile
         periodic = PeriodicProfile(profile_every, json_out, topology=topology)
         stream = periodic.events(stream)
     try:

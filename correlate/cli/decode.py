@@ -7,12 +7,12 @@ import click
 
 from .. import exit_codes
 from ..diagnostics import Diagnostics, report_diagnostics
-from ..completion import complete_fields
+from .completion import complete_fields
 from ..outputs.fields import needs_details, parse_fields
 from ..outputs.terminal import color_option, use_color
-from ..parallel_cli import parallel_for, parallel_options
-from ..pipeline import Reporter, run_pipeline
-from .decode import decode_capture, source_name
+from .parallel import parallel_for, parallel_options
+from ..engine.pipeline import Reporter, run_pipeline
+from ..wire.decode import decode_capture, source_name
 
 
 @click.command()

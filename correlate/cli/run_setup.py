@@ -9,13 +9,13 @@ import tomllib
 
 import click
 
-from .detector import SEVERITIES, _coerce, configure_detectors, load_detectors
-from .detector_runner import DetectorRunner
-from .state import GlusterState, volume_xml
-from .diagnostics import Diagnostics
-from .finding_policy import POLICY_TABLES, SPEC_FORM, FindingPolicy, from_config, parse_rule
-from .plugin_manager import NO_PLUGIN_KEY, call_each, failed_plugins, get_plugin_manager, not_loaded
-from .sources import read_timeline
+from ..detector import SEVERITIES, _coerce, configure_detectors, load_detectors
+from ..engine.detector_runner import DetectorRunner
+from ..state import GlusterState, volume_xml
+from ..diagnostics import Diagnostics
+from ..engine.finding_policy import POLICY_TABLES, SPEC_FORM, FindingPolicy, from_config, parse_rule
+from ..plugin_manager import NO_PLUGIN_KEY, call_each, failed_plugins, get_plugin_manager, not_loaded
+from ..sources import read_timeline
 
 
 class DetectorUsageError(click.BadParameter):
@@ -25,7 +25,7 @@ class DetectorUsageError(click.BadParameter):
         return f"{self.param_hint}: {self.message}" if self.param_hint else self.message
 
     def show(self, file=None) -> None:
-        from .outputs.terminal import safe_text     # a config file's text: escaped
+        from ..outputs.terminal import safe_text     # a config file's text: escaped
         click.echo(f"correlate: {safe_text(self.format_message(), 2000)}", err=True)
 
 
@@ -92,7 +92,7 @@ def _no_plugin(ctx, _param, names):
     pm = get_plugin_manager()
     unknown = sorted(getattr(pm, "correlate_unknown_disabled", ()))
     if unknown:
-        from .plugin_manager import plugin_info
+        from ..plugin_manager import plugin_info
         known = ", ".join(sorted({r["name"] for r in plugin_info(pm)}))
         raise DetectorUsageError(f"no plugin {unknown[0]!r}; plugins: {known}",
                                  param_hint="--no-plugin")
@@ -191,7 +191,7 @@ def _loaded_only(options: dict[str, dict], detectors: list, pm, errors: list[dic
         if det_id in loaded:
             kept[det_id] = chosen
             continue
-        from .outputs.terminal import safe_text     # the user's text: escaped
+        from ..outputs.terminal import safe_text     # the user's text: escaped
         names = ", ".join(f"{det_id}.{k}" for k in chosen)
         click.echo(f"correlate: warning: options {safe_text(names, 300)} ignored: no detector "
                    f"{safe_text(det_id, 100)!r} is loaded (plugins not running: "
@@ -264,7 +264,7 @@ def write_outputs(writers, timeline_path: str) -> bool:
                 write(read_timeline(f, timeline_path, Diagnostics(timeline_path)), path)
             except Exception as exc:   # a plugin's writer: its path and its words, one line
                 why = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
-                from .outputs.terminal import safe_text    # the path and a plugin's words
+                from ..outputs.terminal import safe_text    # the path and a plugin's words
                 click.echo(f"correlate: {safe_text(f'cannot write {path} ({name} output): {why}', 2000)}",
                            err=True)
                 ok = False

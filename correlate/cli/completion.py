@@ -14,8 +14,8 @@ BOOL_VALUES = ("true", "false")
 def _detector_options(ctx) -> dict[str, tuple[object, str]]:
     """{"DETECTOR.OPTION": (default, help)} of every loaded detector, `enabled` included
     (with the context current, so the line's --no-plugin counts)."""
-    from .detector import load_detectors
-    from .plugin_manager import get_plugin_manager
+    from ..detector import load_detectors
+    from ..plugin_manager import get_plugin_manager
     # a plugin that fails to load says so on stderr: not in the middle of the user's line
     with contextlib.redirect_stderr(io.StringIO()), ctx.scope(cleanup=False):
         detectors, _errors = load_detectors(get_plugin_manager(), {})
@@ -45,7 +45,7 @@ def complete_detector_option(ctx, param, incomplete: str) -> list[CompletionItem
 
 def complete_fields(ctx, param, incomplete: str) -> list[CompletionItem]:
     """`--fields xid,proc` -> `xid,procedure`; `args.` offers the common argument names."""
-    from .outputs.fields import COMMON_NESTED, EVENT_KEYS, NESTED
+    from ..outputs.fields import COMMON_NESTED, EVENT_KEYS, NESTED
     head, _, last = incomplete.rpartition(",")
     head = f"{head}," if head or incomplete.startswith(",") else ""
     names = sorted(EVENT_KEYS - set(NESTED)) + [f"{n}." for n in NESTED]

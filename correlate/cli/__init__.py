@@ -7,20 +7,20 @@ import sys
 
 import click
 
-from . import __version__, exit_codes
-from .errors import CorrelateError
+from .. import __version__, exit_codes
+from ..errors import CorrelateError
 
 # command name -> "module:attribute"; each area of the code owns its commands.
 COMMANDS = {
-    "decode": "correlate.wire.cli:decode",
-    "probe": "correlate.probe.cli:probe",
-    "probes": "correlate.probe.cli:probes",
-    "run": "correlate.engine_cli:run",
-    "analyze": "correlate.engine_cli:analyze",
-    "plugins": "correlate.plugins_cli:plugins_cmd",
-    "detectors": "correlate.plugins_cli:detectors_cmd",
-    "timeline": "correlate.timeline_cli:timeline",
-    "profile": "correlate.profile_cli:profile",
+    "decode": "correlate.cli.decode:decode",
+    "probe": "correlate.cli.probe:probe",
+    "probes": "correlate.cli.probe:probes",
+    "run": "correlate.cli.engine:run",
+    "analyze": "correlate.cli.engine:analyze",
+    "plugins": "correlate.cli.plugins:plugins_cmd",
+    "detectors": "correlate.cli.plugins:detectors_cmd",
+    "timeline": "correlate.cli.timeline:timeline",
+    "profile": "correlate.cli.profile:profile",
 }
 
 
@@ -42,7 +42,7 @@ class LazyGroup(click.Group):
             sys.stdout.flush()          # a full device says so here, not at interpreter exit
             return result
         except CorrelateError as exc:
-            from .outputs.terminal import safe_text   # file names and quoted input: escaped
+            from ..outputs.terminal import safe_text   # file names and quoted input: escaped
             click.echo(f"correlate: {safe_text(str(exc), 2000)}", err=True)
             ctx.exit(exc.exit_code)
         except KeyboardInterrupt:
@@ -93,7 +93,7 @@ def _silence_stdout() -> None:
 def _print_version(ctx, _param, value):
     if not value or ctx.resilient_parsing:
         return
-    from .hotpath import describe
+    from ..hotpath import describe
     click.echo(f"correlate, version {__version__}\n{describe()}")
     ctx.exit()
 

@@ -19,12 +19,12 @@ from ..errors import CorrelateError
 from ..events import to_json
 from ..validate import clean_events
 from ..outputs.terminal import safe_text
-from ..run_setup import detector_options
-from . import catalog
-from .bcc_program import sites_by_probe, trap_plan
-from .fuse_session import GROUP as FUSE
-from .resolve import parse_offsets, resolve
-from .wrappers import folds
+from .run_setup import detector_options
+from ..probe import catalog
+from ..probe.bcc_program import sites_by_probe, trap_plan
+from ..probe.fuse_session import GROUP as FUSE
+from ..probe.resolve import parse_offsets, resolve
+from ..probe.wrappers import folds
 
 GROUP_HELP = "gfapi, samba, all, or a plugin's group (repeatable)"
 
@@ -32,7 +32,7 @@ GROUP_HELP = "gfapi, samba, all, or a plugin's group (repeatable)"
 def _specs(groups: tuple[str, ...], options: dict | None = None) -> list:
     """Catalog specs for the groups, plugin probe points included (shaped by the detector
     settings in `options`, e.g. the io probes' threshold)."""
-    from ..probe_source import select_specs
+    from ..sources.probes import select_specs
     return select_specs(groups, options)
 
 
@@ -41,7 +41,7 @@ def _detector_settings(option_specs, config_path) -> dict:
     if not option_specs and not config_path:
         return {}
     from ..detector import detector_settings
-    from ..run_setup import make_runner, parse_detector_options
+    from .run_setup import make_runner, parse_detector_options
     return detector_settings(make_runner({}, parse_detector_options(option_specs, config_path)).detectors)
 
 
@@ -141,12 +141,12 @@ def probe(groups, pid, as_json, backend, offsets, duration, option_specs, config
     The io group sends only calls that took app-latency's threshold or longer, or failed;
     -o/--config set it as for `correlate run`, so a recording holds what `analyze` will use.
     """
-    from .session import ProbeSession
+    from ..probe.session import ProbeSession
 
     stop = threading.Event()
     previous = signal.signal(signal.SIGTERM, lambda *_: stop.set())
     if FUSE in groups:   # kernel tracepoints beside (or instead of) the uprobe groups
-        from ..probe_source import describe_session, open_probe_session
+        from ..sources.probes import describe_session, open_probe_session
         session = open_probe_session(groups, pid=pid, backend=backend, offsets=offsets,
                                      options=_detector_settings(option_specs, config_path))
         for line in describe_session(session):

@@ -6,10 +6,10 @@ from collections.abc import Iterable
 from typing import TextIO
 
 from .detector_runner import DetectorRunner
-from .errors import open_output
-from .events import header_line, to_json
-from .outputs.fields import format_fields
-from .outputs.terminal import colorize, format_event, format_finding, safe_text, use_color
+from ..errors import open_output
+from ..events import header_line, to_json
+from ..outputs.fields import format_fields
+from ..outputs.terminal import colorize, format_event, format_finding, safe_text, use_color
 
 
 class TimelineWriter:

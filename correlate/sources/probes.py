@@ -5,10 +5,10 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterator
 
-from .diagnostics import Diagnostics
-from .errors import CorrelateError
-from .plugin_manager import call_each, get_plugin_manager
-from .validate import clean_events
+from ..diagnostics import Diagnostics
+from ..errors import CorrelateError
+from ..plugin_manager import call_each, get_plugin_manager
+from ..validate import clean_events
 
 
 def plugin_probe_specs(options: dict | None = None, skip_plugins=()) -> list:
@@ -26,8 +26,8 @@ def plugin_probe_specs(options: dict | None = None, skip_plugins=()) -> list:
 
 
 def select_specs(groups, options: dict | None = None, skip_plugins=()) -> list:
-    from .probe import catalog
-    from .probe.fuse_session import GROUP as FUSE
+    from ..probe import catalog
+    from ..probe.fuse_session import GROUP as FUSE
     extra = plugin_probe_specs(options, skip_plugins)
     chosen, seen = [], set()
     for group in groups:
@@ -53,10 +53,10 @@ def open_probe_session(groups, *, pid=None, backend="auto", offsets=(), options=
     """Resolve and attach; raises CorrelateError subclasses with one clear line. `options`:
     the detector settings the probes follow (a threshold a probe filters on, say);
     `skip_plugins`: plugins whose probe points are not wanted (their detectors are off)."""
-    from .probe.fuse_backend import slow_ns_from
-    from .probe.fuse_session import GROUP as FUSE, FuseSession, Sessions
-    from .probe.resolve import parse_offsets
-    from .probe.session import ProbeSession
+    from ..probe.fuse_backend import slow_ns_from
+    from ..probe.fuse_session import GROUP as FUSE, FuseSession, Sessions
+    from ..probe.resolve import parse_offsets
+    from ..probe.session import ProbeSession
     parts = []
     uprobe_groups = [g for g in groups if g != FUSE]
     try:
@@ -76,7 +76,7 @@ def open_tls_collector(pid=None, decoding: dict | None = None):
     """`--probe tls`: its own collector (it copies buffers, not arguments): started, or a
     CorrelateError subclass with one clear line. `decoding`: what the RPC decoder decodes,
     as for captures (engine_cli.decoding_options)."""
-    from .probe.tls_collector import TlsCollector
+    from ..probe.tls_collector import TlsCollector
     return TlsCollector(pid=pid, **(decoding or {})).start()
 
 

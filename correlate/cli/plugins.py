@@ -7,9 +7,9 @@ import sys
 
 import click
 
-from .detector import wants_of
-from .errors import CorrelateError
-from .plugin_manager import call_each, failed_plugins, get_plugin_manager, plugin_info
+from ..detector import wants_of
+from ..errors import CorrelateError
+from ..plugin_manager import call_each, failed_plugins, get_plugin_manager, plugin_info
 from .run_setup import (detector_options, make_runner, parse_detector_options, parse_policy,
                         selection_options)
 
@@ -53,7 +53,7 @@ def description(det) -> str:
 
 def detector_rows(pm, policy=None) -> tuple[list[dict], list[str]]:
     """One row per loaded detector, and the plugins whose correlate_detectors hook failed."""
-    from .detector import load_detectors
+    from ..detector import load_detectors
     origins: dict[str, str] = {}
     detectors, errors = load_detectors(pm, {}, origins=origins)
     dists = getattr(pm, "correlate_dists", {})
@@ -144,7 +144,7 @@ def plugins_cmd(json_out):
 
 
 def _text(d: dict) -> list[str]:
-    from .outputs.terminal import safe_text     # a third-party plugin's text: escaped
+    from ..outputs.terminal import safe_text     # a third-party plugin's text: escaped
     state = "" if d.get("enabled", True) else "  [disabled]"
     dist = f"{d['distribution']} {d['version']}" if d["distribution"] else "not from a package"
     lines = [f"{safe_text(d['id'])}{state}  (plugin {safe_text(d['plugin'])}, {safe_text(dist)})",
@@ -198,7 +198,7 @@ def detectors_cmd(json_out, only_detectors, skip_detectors, suppress_specs, opti
         for d in rows:
             click.echo("\n".join(_text(d)))
     for e in errors:
-        from .outputs.terminal import safe_text
+        from ..outputs.terminal import safe_text
         click.echo(f"correlate: {safe_text(e, 500)}", err=True)
     if not rows:
         raise CorrelateError("no detectors loaded: is gluster-correlate installed (pip install -e .)?")

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import os
 
-from .errors import OutputError
+from ..errors import OutputError
 
 
 class PcapngSink:
@@ -25,7 +25,7 @@ class PcapngSink:
         return f"annotated pcapng {self.out_path}"
 
     def close(self, echo) -> None:
-        from .outputs.pcapng_annotate import annotate_pcapng
+        from ..outputs.pcapng_annotate import annotate_pcapng
         for path, source in self.captures:
             out = self.out_path
             if len(self.captures) > 1:
@@ -38,7 +38,7 @@ class PcapngSink:
 
 class HtmlSink:
     def __init__(self, out_path: str, title: str):
-        from .outputs.html import HtmlReport
+        from ..outputs.html import HtmlReport
         self.out_path, self.report = out_path, HtmlReport(out_path, title=title)
         self.add = self.report.add
 
@@ -54,7 +54,7 @@ class HtmlSink:
 
 class PerfettoSink:
     def __init__(self, out_path: str):
-        from .outputs.perfetto import PerfettoWriter
+        from ..outputs.perfetto import PerfettoWriter
         self.out_path = out_path
         self.file = open(out_path, "w", encoding="utf-8")
         self.writer = PerfettoWriter(self.file)
@@ -79,7 +79,7 @@ class PluginOutputsSink:
     writer then reads (as for run and analyze)."""
 
     def __init__(self, writers):
-        from .pipeline import TimelineWriter
+        from ..engine.pipeline import TimelineWriter
         from .run_setup import timeline_path
         self.writers = writers
         _path, self.tmp = timeline_path(None, writers)

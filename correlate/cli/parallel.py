@@ -13,7 +13,7 @@ from contextlib import contextmanager
 
 import click
 
-from .wire.parallel import Parallel, default_jobs
+from ..wire.parallel import Parallel, default_jobs
 
 MAX_JOBS = 256      # processes; more is a typo, not a machine
 

@@ -13,7 +13,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
 
-from .events import make_event
+from ..events import make_event
 
 ANY = "*"                                   # --suppress '*:brick=...': every detector
 POLICY_TABLES = ("detectors", "suppress")   # config tables that are not a detector's options

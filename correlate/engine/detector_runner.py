@@ -6,11 +6,11 @@ from __future__ import annotations
 import traceback
 from collections.abc import Iterable
 
-from .detector import END_OF_INPUT, EVERYTHING, NOTHING, wants_of
-from .events import DETAILS_LATER, make_event, with_details
-from .state import GlusterState
-from .diagnostics import Diagnostics
-from .validate import clean_event
+from ..detector import END_OF_INPUT, EVERYTHING, NOTHING, wants_of
+from ..events import DETAILS_LATER, make_event, with_details
+from ..state import GlusterState
+from ..diagnostics import Diagnostics
+from ..validate import clean_event
 
 
 MAX_ADDED_EVIDENCE = 50   # evidence a folded finding gathers from its repeats
@@ -57,7 +57,7 @@ class DetectorRunner:
     first event, stamped with its time: an event that no input timed must not stretch the
     timeline back to 1970.
 
-    `policy` (a correlate.finding_policy.FindingPolicy, set by whoever builds the runner)
+    `policy` (a correlate.engine.finding_policy.FindingPolicy, set by whoever builds the runner)
     suppresses findings the user silenced: they are counted there, not shown or folded."""
 
     policy = None

@@ -11,15 +11,15 @@ from collections.abc import Iterable, Iterator
 
 import click
 
-from . import exit_codes
-from .diagnostics import report_diagnostics
-from .errors import CorrelateError
-from .events import header_line, to_json
-from .merge import DEFAULT_WINDOW_NS, merge, shift_clock
-from .outputs.terminal import color_option
+from .. import exit_codes
+from ..diagnostics import report_diagnostics
+from ..errors import CorrelateError
+from ..events import header_line, to_json
+from ..engine.merge import DEFAULT_WINDOW_NS, merge, shift_clock
+from ..outputs.terminal import color_option
 from .run_setup import (detector_options, fail_on_option, output_writers, parse_detector_options, parse_policy,
                         reaches, selection_options, topology_option)
-from .parallel_cli import parallel_for, parallel_options
+from .parallel import parallel_for, parallel_options
 from .timeline_filter import EventFilter, parse_time
 from .timeline_sinks import HtmlSink, PcapngSink, PerfettoSink, PluginOutputsSink
 
@@ -28,8 +28,8 @@ from .timeline_sinks import HtmlSink, PcapngSink, PerfettoSink, PluginOutputsSin
 
 def estimate_host_offsets(host_inputs: dict[str, list[str]], reference: str, echo) -> dict[str, int]:
     """Offset to add to each host's times to put it on the reference host's clock."""
-    from .clocksync import RpcTimes, estimate_offset
-    from .sources import open_input
+    from ..sources.clocksync import RpcTimes, estimate_offset
+    from ..sources import open_input
 
     def wire_events(paths: list[str], host: str) -> Iterator[dict]:
         for path in paths:
@@ -125,7 +125,7 @@ def _with_findings(events: Iterable[dict], detect: bool, options: dict, policy,
         yield from runner.observe(ev)
     yield from runner.finish()
     part_failed.extend([*runner.disabled, *runner.plugin_failures])
-    from .outputs.terminal import safe_text
+    from ..outputs.terminal import safe_text
     for line in [*runner.drop_lines(), runner.policy.summary()]:
         if line:
             click.echo(f"correlate: {safe_text(line, 2000)}", err=True)
@@ -188,7 +188,7 @@ def timeline(inputs, hosts, since, until, conn, host_filter, gfid, path, pid, la
       correlate timeline --jobs 2 --json client.pcap server.pcap > merged.jsonl
       correlate timeline capture.pcap --html r.html --no-detector slow-brick --suppress lock-wait
     """
-    from .sources import open_input
+    from ..sources import open_input
 
     specs: list[tuple[str, str | None]] = [(p, None) for p in inputs]
     for h in hosts:
@@ -263,10 +263,10 @@ def timeline(inputs, hosts, since, until, conn, host_filter, gfid, path, pid, la
             out.write(header_line(command="timeline", inputs=[i.name for i in opened]) + "\n")
         ladder_view = None
         if ladder and not json_out:
-            from .outputs.ladder import Ladder
+            from ..outputs.ladder import Ladder
             ladder_view = Ladder()
-        from .outputs.terminal import format_event, format_finding
-        from .outputs.terminal import Progress, colorize, use_color
+        from ..outputs.terminal import format_event, format_finding
+        from ..outputs.terminal import Progress, colorize, use_color
         progress = Progress()
         color = use_color(color, out)
         shown = 0

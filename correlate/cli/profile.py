@@ -8,13 +8,13 @@ import time
 
 import click
 
-from . import exit_codes
-from .diagnostics import report_diagnostics
-from .outputs.profile_text import format_profile
-from .profile import Profile
+from .. import exit_codes
+from ..diagnostics import report_diagnostics
+from ..outputs.profile_text import format_profile
+from ..profile import Profile
 from .run_setup import topology_option
-from .state.topology import Topology
-from .sources import open_input
+from ..state.topology import Topology
+from ..sources import open_input
 
 
 
@@ -58,7 +58,7 @@ def profile(inputs, per_client, json_out, html_path, topology):
     # order across inputs, and a time merge would hold its reorder window of events.
     charts = None
     if html_path:
-        from .outputs.chart_data import ChartData
+        from ..outputs.chart_data import ChartData
         charts = ChartData(prof.topology)     # bounded: buckets, not the latencies
     for ev in itertools.chain.from_iterable(i.events for i in opened):
         prof.observe(ev)
@@ -71,7 +71,7 @@ def profile(inputs, per_client, json_out, html_path, topology):
         click.echo(format_profile(snap))
     output_failed = False
     if html_path:
-        from .outputs.profile_html import write_profile_page
+        from ..outputs.profile_html import write_profile_page
         try:
             write_profile_page(snap, html_path, "correlate profile: " + ", ".join(i.name for i in opened),
                                charts=charts)

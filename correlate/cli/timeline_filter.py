@@ -12,7 +12,7 @@ import re
 
 import click
 
-from .state.files import FileNames, gfid_arg
+from ..state.files import FileNames, gfid_arg
 
 _DURATION = re.compile(r"^([+-]?\d+(?:\.\d+)?)(ns|us|ms|s|m|h)?$")
 _UNITS = {"ns": 1, "us": 1_000, "ms": 1_000_000, "s": 1_000_000_000, None: 1_000_000_000,
