@@ -56,6 +56,10 @@ def test_wheel_from_a_fresh_clone(tmp_path):
     top = {n.split("/")[0] for n in names if not n.startswith("gluster_correlate-")}
     assert top == {"correlate"}            # no top-level plugins or probes package
     assert "correlate/plugins/atime_minus_one.py" in names
+    # every package of the source tree (a new stage folder must not be left out)
+    source = Path(__file__).resolve().parent.parent / "correlate"
+    packages = {f"correlate/{p.parent.name}/__init__.py" for p in source.glob("*/__init__.py")}
+    assert packages <= set(names), packages - set(names)
     assert "correlate/probes/uprobe_events.c" in names
     assert {"correlate/outputs/report.css", "correlate/outputs/report.js", "correlate/outputs/charts.js",
             "correlate/outputs/vendor/uPlot.iife.min.js", "correlate/outputs/vendor/uPlot.min.css",
@@ -73,6 +77,8 @@ detectors, errors = load_detectors(get_plugin_manager(), {{}})
 assert not errors
 print(sorted(d.id for d in detectors))
 print(importlib.resources.files("correlate.probes").joinpath("uprobe_events.c").is_file())
+from correlate.cli import main
+from correlate.cli.engine import analyze    # each command imports from where it is installed
 from correlate.outputs import html      # reads its style and script, package data
 assert "function" in html._JS and ":root" in html._CSS and "uPlot" in html._JS
 """
