@@ -203,9 +203,14 @@ class StaleHandle(Detector):
 
     def _redundant(self, reply: dict) -> bool:
         process = self.state.clients.process(reply)
-        if process is None or ":" not in process.brick:
-            return False
-        host, path = process.brick.split(":", 1)
+        if process is not None and ":" in process.brick:
+            host, path = process.brick.split(":", 1)
+        else:   # the connection's SETVOLUME is not in the capture (lost, or before it began):
+            endpoint = reply.get("src")     # the brick served at that port, as others saw it
+            path = self.state.topology.brick(endpoint) if isinstance(endpoint, str) else None
+            if path is None:
+                return False
+            host = endpoint.rpartition(":")[0]
         return self.state.bricks.set_of(host, path) is not None
 
     def due(self) -> int | None:

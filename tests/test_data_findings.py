@@ -307,6 +307,42 @@ def test_a_reopen_failing_on_one_brick_of_a_replica_set_is_not_the_clients_error
     assert "OPEN to" in f["explanation"]
 
 
+def test_a_reopen_whose_setvolume_the_capture_lost_is_known_by_its_brick_port():
+    """Seen at 5 % drops on the lab's busy-production day: the reconnect's SETVOLUME was
+    lost, so the connection named no brick, and the re-opens' ESTALE on a restarted brick of
+    a replica set came out as errors. Another connection to the same port names the brick."""
+    events = copy.deepcopy(events_of("stale-handle.pcap"))
+    reopen = _reopen_of(events)
+    events = [e for e in events if e["time_ns"] <= reopen["time_ns"] + 10_000_000
+              and not (e.get("procedure") == "WRITE" and e["time_ns"] > reopen["time_ns"])]
+    volfile = {"time_ns": events[0]["time_ns"] - 1, "layer": "wire", "kind": "rpc.reply",
+               "source": reopen["source"], "conn": 999, "xid": 1, "src": "127.0.0.2:24007",
+               "dst": "127.0.0.1:1000", "procedure": "GETSPEC", "op_ret": 0,
+               "args": {"key": "stalevol"},
+               "result": {"bricks": [["127.0.0.2", "/srv/correlate-lab/stalevol/b1"],
+                                     ["127.0.0.2", "/srv/other/b2"]],
+                          "brick_sets": [{"name": "stalevol-replicate-0", "bricks": [
+                              ["127.0.0.2", "/srv/correlate-lab/stalevol/b1"],
+                              ["127.0.0.2", "/srv/other/b2"]]}]}}
+    setvolume = [e for e in events if e.get("procedure") == "SETVOLUME" and e["conn"] == reopen["conn"]]
+    assert len(setvolume) == 2
+    lost = [e for e in events if e not in setvolume]
+    det = StaleHandle()        # the client's PORTBYBRICK named the brick's port
+    assert run(det, [volfile, *lost]) == []
+    assert det.peers_served == 1
+    port = reopen["dst"]
+    unnamed = [e for e in lost if e.get("procedure") != "PORTBYBRICK" and not (
+        e.get("procedure") == "SETVOLUME" and port in (e.get("src"), e.get("dst")))]
+    (f,) = run(StaleHandle(), [volfile, *unnamed])      # the port known by nobody: no set
+    assert "OPEN to" in f["explanation"]
+    # another client's connection to the same brick port, seen whole, names it too
+    other = [{**copy.deepcopy(e), "conn": 998, "time_ns": events[0]["time_ns"] - 1}
+             for e in setvolume]
+    det = StaleHandle()
+    assert run(det, [volfile, *other, *unnamed]) == []
+    assert det.peers_served == 1
+
+
 def _handle_op(t, conn, xid, procedure, pid, gfid, errno_name=None):
     base = {"layer": "wire", "source": "t.pcap", "conn": conn, "xid": xid, "procedure": procedure,
             "program": "GlusterFS", "src": "127.0.0.1:1000", "dst": f"127.0.0.2:{49000 + conn}"}
