@@ -260,6 +260,16 @@ def test_remedy_quotes_a_hostile_file_name():
 
 # ---- stale-handle: only what used an open file, and only where the client saw it --------
 
+def _replica_volfile(t: int, source: str) -> dict:
+    """A GETSPEC reply putting stale-handle.pcap's brick in a replica set with another."""
+    b1, b2 = ["127.0.0.2", "/srv/correlate-lab/stalevol/b1"], ["127.0.0.2", "/srv/other/b2"]
+    return {"time_ns": t, "layer": "wire", "kind": "rpc.reply", "source": source, "conn": 999,
+            "xid": 1, "src": "127.0.0.2:24007", "dst": "127.0.0.1:1000", "procedure": "GETSPEC",
+            "op_ret": 0, "args": {"key": "stalevol"},
+            "result": {"bricks": [b1, b2],
+                       "brick_sets": [{"name": "stalevol-replicate-0", "bricks": [b1, b2]}]}}
+
+
 def _reopen_of(events):
     return next(e for e in events if e.get("procedure") == "OPEN" and e["kind"] == "rpc.call")
 
@@ -288,15 +298,7 @@ def test_a_reopen_failing_on_one_brick_of_a_replica_set_is_not_the_clients_error
     the re-open's ESTALE there is the heal's business."""
     events = copy.deepcopy(events_of("stale-handle.pcap"))
     reopen = _reopen_of(events)
-    volfile = {"time_ns": events[0]["time_ns"] - 1, "layer": "wire", "kind": "rpc.reply",
-               "source": reopen["source"], "conn": 999, "xid": 1, "src": "127.0.0.2:24007",
-               "dst": "127.0.0.1:1000", "procedure": "GETSPEC", "op_ret": 0,
-               "args": {"key": "stalevol"},
-               "result": {"bricks": [["127.0.0.2", "/srv/correlate-lab/stalevol/b1"],
-                                     ["127.0.0.2", "/srv/other/b2"]],
-                          "brick_sets": [{"name": "stalevol-replicate-0", "bricks": [
-                              ["127.0.0.2", "/srv/correlate-lab/stalevol/b1"],
-                              ["127.0.0.2", "/srv/other/b2"]]}]}}
+    volfile = _replica_volfile(events[0]["time_ns"] - 1, reopen["source"])
     # up to the re-open's reply (the WRITEs after it would go to the peers too)
     events = [e for e in events if e["time_ns"] <= reopen["time_ns"] + 10_000_000
               and not (e.get("procedure") == "WRITE" and e["time_ns"] > reopen["time_ns"])]
@@ -315,15 +317,7 @@ def test_a_reopen_whose_setvolume_the_capture_lost_is_known_by_its_brick_port():
     reopen = _reopen_of(events)
     events = [e for e in events if e["time_ns"] <= reopen["time_ns"] + 10_000_000
               and not (e.get("procedure") == "WRITE" and e["time_ns"] > reopen["time_ns"])]
-    volfile = {"time_ns": events[0]["time_ns"] - 1, "layer": "wire", "kind": "rpc.reply",
-               "source": reopen["source"], "conn": 999, "xid": 1, "src": "127.0.0.2:24007",
-               "dst": "127.0.0.1:1000", "procedure": "GETSPEC", "op_ret": 0,
-               "args": {"key": "stalevol"},
-               "result": {"bricks": [["127.0.0.2", "/srv/correlate-lab/stalevol/b1"],
-                                     ["127.0.0.2", "/srv/other/b2"]],
-                          "brick_sets": [{"name": "stalevol-replicate-0", "bricks": [
-                              ["127.0.0.2", "/srv/correlate-lab/stalevol/b1"],
-                              ["127.0.0.2", "/srv/other/b2"]]}]}}
+    volfile = _replica_volfile(events[0]["time_ns"] - 1, reopen["source"])
     setvolume = [e for e in events if e.get("procedure") == "SETVOLUME" and e["conn"] == reopen["conn"]]
     assert len(setvolume) == 2
     lost = [e for e in events if e not in setvolume]
