@@ -6,9 +6,7 @@ and the detectors run once, here, over the merged stream (wire/parallel.py).
 """
 from __future__ import annotations
 
-import multiprocessing
 from collections.abc import Iterator
-from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
 
 import click
@@ -46,6 +44,8 @@ def parallel_for(paths, jobs: int | None, scheduler: str | None) -> Iterator[Par
     if n <= 1 or not files:
         yield None
         return
+    import multiprocessing          # here: one process (the usual case) never pays for it
+    from concurrent.futures import ProcessPoolExecutor
     # fork: the workers start at once with everything imported (plugins included)
     with ProcessPoolExecutor(n, mp_context=multiprocessing.get_context("fork")) as executor:
         yield Parallel(executor, max(1, n // len(files)))

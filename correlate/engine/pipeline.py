@@ -3,13 +3,15 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Iterable
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
-from .detector_runner import DetectorRunner
 from ..errors import open_output
 from ..events import header_line, to_json
 from ..outputs.fields import format_fields
 from ..outputs.terminal import colorize, format_event, format_finding, safe_text, use_color
+
+if TYPE_CHECKING:       # `decode` runs no detectors: it need not import their runtime
+    from .detector_runner import DetectorRunner
 
 
 class TimelineWriter:
