@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections import Counter, OrderedDict
 
 from .gluster.programs import lookup
-from .sketch import RELATIVE_ACCURACY, LatencySketch
+from .sketch import RELATIVE_ACCURACY, LatencyRow
 from .state.topology import Topology
 from .state.clients import UNKNOWN, Clients, special_actor
 
@@ -25,19 +25,18 @@ MAX_KEYS = 100_000             # (server, client, procedure) rows; more are coun
 GLUSTERD_PORTS = ("24007", "24008")
 
 
-class ProcedureStats:
-    __slots__ = ("calls", "replies", "errors", "sketch", "max_ns", "total_ns", "bytes_read",
-                 "bytes_written", "in_flight", "max_in_flight", "few", "_quantiles")
+class ProcedureStats(LatencyRow):
+    """A profile row: calls, replies by outcome, bytes, calls in flight, and the latencies
+    (LatencyRow)."""
+    __slots__ = ("calls", "errors", "total_ns", "bytes_read", "bytes_written", "in_flight",
+                 "max_in_flight", "few")
 
     def __init__(self):
-        self.calls = self.replies = self.max_ns = self.total_ns = 0
+        super().__init__()
+        self.calls = self.total_ns = 0
         self.bytes_read = self.bytes_written = self.in_flight = self.max_in_flight = 0
         self.errors: Counter = Counter()
-        self.sketch = LatencySketch()
         self.few: list[int] | None = []      # the latencies while there are at most FEW
-        # q -> value until the next latency: a sketch's quantile walks its buckets, and
-        # detectors ask the same rows again and again between two replies
-        self._quantiles: dict[float, int | None] = {}
 
     def call(self) -> None:
         self.calls += 1
@@ -46,21 +45,15 @@ class ProcedureStats:
             self.max_in_flight = self.in_flight
 
     def reply(self, ev: dict, matched: bool) -> None:
-        self.replies += 1
         if matched and self.in_flight > 0:
             self.in_flight -= 1
         latency = ev.get("latency_ns")
-        if isinstance(latency, int) and latency >= 0:
-            self.sketch.add(latency)
-            if self._quantiles:
-                self._quantiles = {}
+        if self.add(latency):
             if self.few is not None:
                 self.few.append(latency)
                 if len(self.few) > FEW:
                     self.few = None
             self.total_ns += latency
-            if latency > self.max_ns:
-                self.max_ns = latency
         error = reply_error(ev)
         if error:
             self.errors[error] += 1
@@ -71,16 +64,6 @@ class ProcedureStats:
                 self.bytes_read += op_ret
             elif ev.get("procedure") == "WRITE":
                 self.bytes_written += op_ret
-
-    def quantile(self, q: float) -> int | None:
-        try:
-            return self._quantiles[q]
-        except KeyError:
-            pass
-        value = self.sketch.quantile(q)
-        value = None if value is None else min(int(round(value)), self.max_ns)
-        self._quantiles[q] = value
-        return value
 
     def summary(self) -> dict:
         out = {"calls": self.calls, "replies": self.replies, "errors": dict(self.errors.most_common()),

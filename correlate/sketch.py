@@ -71,3 +71,38 @@ class LatencySketch:
             if running > rank:
                 return MAPPING.value(i + self.offset)
         return MAPPING.value(len(self.bins) - 1 + self.offset)
+
+
+class LatencyRow:
+    """Replies counted, their latencies in a sketch, the max kept exactly; quantiles cached
+    until the next latency (a sketch's quantile walks its buckets, and detectors ask the same
+    rows again and again between two replies)."""
+    __slots__ = ("replies", "max_ns", "sketch", "_quantiles")
+
+    def __init__(self):
+        self.replies = self.max_ns = 0
+        self.sketch = LatencySketch()
+        self._quantiles: dict[float, int | None] = {}
+
+    def add(self, latency) -> bool:
+        """One reply; its latency when it has one (an int >= 0). True when it had."""
+        self.replies += 1
+        if not (isinstance(latency, int) and latency >= 0):
+            return False
+        self.sketch.add(latency)
+        if self._quantiles:
+            self._quantiles = {}
+        if latency > self.max_ns:
+            self.max_ns = latency
+        return True
+
+    def quantile(self, q: float) -> int | None:
+        """The q-quantile in whole ns (never above the max), None without latencies."""
+        try:
+            return self._quantiles[q]
+        except KeyError:
+            pass
+        value = self.sketch.quantile(q)
+        value = None if value is None else min(int(round(value)), self.max_ns)
+        self._quantiles[q] = value
+        return value

@@ -6,7 +6,7 @@ without it (capture started after the mount) the bricks of the same volume (SETV
 volfile-key) are compared. Without peers, the brick is compared with its own start: its first
 BASELINE_CALLS calls of the procedure against the rest.
 
-Latency is call to reply on the wire, kept in the profile's bounded sketches. The PING round
+Latency is call to reply on the wire, kept in bounded sketches (correlate.sketch). The PING round
 trip of the same brick tells a slow network (PING slow too) from a slow brick (PING fast).
 
 A slow call holds a brick thread (io-threads) or the connection, so other calls to the same
@@ -25,7 +25,7 @@ from collections import Counter
 from correlate import hookimpl
 from correlate.detector import Detector, Option, Wants
 from correlate.outputs.profile_text import duration
-from correlate.profile import ProcedureStats
+from correlate.sketch import LatencyRow
 from correlate.state import GlusterState
 
 from .gluster_facts import GLUSTERFS_PROGRAM
@@ -55,14 +55,14 @@ class SlowBrick(Detector):
                  min_calls: int = MIN_CALLS, state: GlusterState | None = None):
         self.factor, self.min_extra_ns, self.min_calls = factor, min_extra_ns, min_calls
         self.state = state if state is not None else GlusterState()
-        self.stats: dict[tuple[str, str], ProcedureStats] = {}     # (server, proc)
-        self.baseline: dict[tuple[str, str], ProcedureStats] = {}  # first calls only
-        self.pings: dict[str, ProcedureStats] = {}
+        self.stats: dict[tuple[str, str], LatencyRow] = {}     # (server, proc)
+        self.baseline: dict[tuple[str, str], LatencyRow] = {}  # first calls only
+        self.pings: dict[str, LatencyRow] = {}
         # (source, conn) -> xid -> (server, proc, the procedures in flight when it was sent)
         self.outstanding: dict[tuple, dict] = {}
         self.in_flight: dict[str, Counter] = {}          # server -> procedure -> calls
-        self.behind: dict[tuple[str, str, str], ProcedureStats] = {}  # (server, ahead, proc)
-        self.alone: dict[tuple[str, str], ProcedureStats] = {}  # sent with nothing else in flight
+        self.behind: dict[tuple[str, str, str], LatencyRow] = {}  # (server, ahead, proc)
+        self.alone: dict[tuple[str, str], LatencyRow] = {}  # sent with nothing else in flight
         self.examples: dict[tuple[str, str], dict] = {}    # slowest reply seen
         self.next_check: int | None = None
 
@@ -95,13 +95,13 @@ class SlowBrick(Detector):
             return self._judge(t)
         return ()
 
-    def _row(self, table: dict, key, ev: dict) -> ProcedureStats | None:
+    def _row(self, table: dict, key, ev: dict) -> LatencyRow | None:
         row = table.get(key)
         if row is None:
             if len(table) >= MAX_ROWS:
                 return None
-            row = table[key] = ProcedureStats()
-        row.reply(ev, matched=False)
+            row = table[key] = LatencyRow()
+        row.add(ev.get("latency_ns"))
         return row
 
     def _queue(self, call: dict) -> None:

@@ -6,7 +6,7 @@ from array import array
 from ddsketch import LogCollapsingLowestDenseDDSketch
 from hypothesis import given, settings, strategies as st
 
-from correlate.sketch import BIN_LIMIT, LatencySketch
+from correlate.sketch import BIN_LIMIT, LatencyRow, LatencySketch
 
 QS = (0.0, 0.01, 0.25, 0.5, 0.9, 0.99, 1.0)
 latencies = st.lists(st.one_of(st.just(0), st.integers(1, 10**13),
@@ -59,3 +59,16 @@ def test_a_full_bucket_widens_its_counters():
     s.add(10**9)            # and it still grows after the change
     assert s.quantile(1.0) > 9.8e8
     assert isinstance(s.bins, array)
+
+
+def test_a_row_counts_replies_and_forgets_a_cached_quantile_on_the_next_latency():
+    row = LatencyRow()
+    assert row.add(None) is False and row.replies == 1 and row.quantile(0.5) is None
+    for v in (100_000, 200_000, 300_000):
+        row.add(v)
+    first = row.quantile(0.5)
+    assert abs(first - 200_000) <= 2_000 and row.quantile(0.5) is first    # cached
+    row.add(10**9)
+    row.add(10**9)
+    assert row.quantile(0.5) > first and row.quantile(1.0) == row.max_ns == 10**9
+    assert row.replies == 6
