@@ -90,7 +90,9 @@ common_options = [
     click.option("--timeline", type=click.Path(dir_okay=False, writable=True),
                  help="Write the merged timeline (events and findings) as JSON Lines."),
     click.option("--unanswered-after", type=SECONDS, default=10.0, show_default=True,
-                 help="Seconds without a reply before a call counts as unanswered."),
+                 help="Seconds without a reply before a call counts as unanswered (on a "
+                      "connection silent since the call, judged 30 s after it at the soonest: "
+                      "Gluster's TCP keepalive first shows a reply the capture lost)."),
     click.option("--output", "outputs", multiple=True, metavar="FORMAT=PATH",
                  help="Also write the merged events in a format a plugin adds "
                       "(correlate_outputs hook). Repeatable."),
