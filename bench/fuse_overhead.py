@@ -19,7 +19,7 @@ program, from BPF_OBJ_GET_INFO_BY_FD) and prints the probes' time per file again
 file's time without them: the cost the probes add, without the noise.
 
 Needs root, bcc, the kernel's fuse tracepoints and a mounted Gluster volume (by default
-the FUSE tests' /mnt/fusevol: `python -m tests.lab.fuse` helpers mount it); otherwise it
+the FUSE tests' /mnt/fz2vol: `python -m tests.lab.fuse` helpers mount it); otherwise it
 says why and exits 0.
 """
 from __future__ import annotations
@@ -99,7 +99,7 @@ def main() -> int:
     ap.add_argument("--files", type=int, default=200)
     ap.add_argument("--pairs", type=int, default=20)
     ap.add_argument("--slow-s", type=float, default=1.0)
-    ap.add_argument("--mount", default="/mnt/fusevol")
+    ap.add_argument("--mount", default="/mnt/fz2vol")
     a = ap.parse_args()
     if os.geteuid() != 0:
         print("fuse_overhead: needs root (bcc)")

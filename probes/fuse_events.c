@@ -9,6 +9,8 @@
  * more. Successful LOOKUP/CREATE/MKDIR/MKNOD replies name their node in the `names` map
  * (node id -> parent node id + name), which the collector reads for the few requests it
  * sends.
+ *
+ * The application's system calls (fuse_syscalls.c) are spliced in after the helpers.
  */
 #include <uapi/linux/ptrace.h>
 
@@ -49,6 +51,8 @@ struct fuse_event_t {
     u32 end_tid;
     u32 dev;
     u32 pending;        /* 1: still unanswered (sent by the collector's scan, not here) */
+    u32 sys_nr;         /* the requester's system call (NR_UNKNOWN: none known) */
+    u32 pad;
     char comm[16];      /* the sending thread's */
     char name[NAME_LEN];
 };
@@ -87,6 +91,8 @@ static __always_inline u32 req_dev(const void *req) {
     const void *fc = fm ? (const void *)rd64(fm + FM_FC) : 0;
     return fc ? rd32(fc + FC_DEV) : 0;
 }
+
+/* fuse_syscalls.c */
 
 /* Negative lookups, absent extended attributes, unimplemented opcodes: everyday answers. */
 static __always_inline int expected_error(u32 op, s32 err) {
@@ -132,6 +138,8 @@ RAW_TRACEPOINT_PROBE(fuse_request_send) {
     v.hpid = rd32(req + REQ_IN_H + H_PID);
     bpf_get_current_comm(&v.comm, sizeof(v.comm));
     inflight.update(&key, &v);
+    if (v.hpid == v.tid)     /* synchronous: sent inside the requester's system call */
+        note_send(v.tgid, v.tid, key.unique, v.opcode, key.dev, v.ts);
     return 0;
 }
 
@@ -188,6 +196,8 @@ RAW_TRACEPOINT_PROBE(fuse_request_end) {
     ev->pending = 0;
     ev->send_tgid = sent ? sent->tgid : 0;
     ev->send_tid = sent ? sent->tid : 0;
+    ev->sys_nr = sent && sent->tid == sent->hpid ?
+        note_end(sent->tid, key.unique, op, key.dev, failed ? err : 0) : NR_UNKNOWN;
     __builtin_memset(ev->comm, 0, sizeof(ev->comm));
     if (sent)
         bpf_probe_read_kernel(ev->comm, sizeof(ev->comm), sent->comm);

@@ -112,7 +112,10 @@ def test_enotconn_names_program_path_and_dead_brick(pipeline):
     assert f["pid"] == out["pid"] and f["program"] == out["comm"]
     assert f["path"] == failed[0] and f["fuse_op"] == "CREATE"
     assert f"thread {out['tid']}" in f["title"]
-    assert f"{lab.HOST}:/srv/correlate-lab/fusevol/b1 is down" in f["explanation"]
+    # the application's own call, traced: openat, and the errno it returned to the program
+    assert f["syscall"] == "openat" and f["syscall_errno_name"] == "ENOTCONN"
+    assert "openat(" in f["title"] and "(FUSE CREATE)" in f["title"]
+    assert f"{lab.HOST}:{fuse.SPEC.brick_dirs[0]} is down" in f["explanation"]
 
 
 def test_hung_call_names_the_rpc_it_waits_on(pipeline):
@@ -132,7 +135,10 @@ def test_hung_call_names_the_rpc_it_waits_on(pipeline):
         out = json.loads(proc.communicate(timeout=60)[0].splitlines()[-1])
     print(f["title"], f["explanation"], sep="\n")
     assert f["severity"] == "warning" and f["fuse_op"] in ("GETATTR", "LOOKUP")
-    assert f"hangs in FUSE {f['fuse_op']}" in f["title"]
+    # the system call it hangs in: read from the blocked thread (its process was not yet
+    # watched when the call began)
+    assert f["syscall"] in ("newfstatat", "stat", "statx", "lstat")
+    assert f"hangs in {f['syscall']}() (FUSE {f['fuse_op']})" in f["title"]
     assert str(directory / "not-yet").startswith(f["path"]) or f["path"] == str(directory / "not-yet")
     assert re.search(r"It waits for (LOOKUP|STAT) to 127\.0\.0\.2:\d+", f["explanation"])
     assert "unanswered" in f["explanation"]
@@ -158,6 +164,9 @@ def test_stale_file_under_open_fd(pipeline):
     print(f["title"], f["explanation"], sep="\n")
     assert "removed or replaced by another client" in f["explanation"]
     assert f["errno_name"] in {_errno_name(e) for e in failed.values()}
+    calls = {"pwrite": "pwrite64", "fsync": "fsync", "fstat": "fstat", "close": "close"}
+    assert f["syscall"] in {calls[c] for c in failed}
+    assert f["syscall_errno_name"] == _errno_name(failed[next(c for c in failed if calls[c] == f["syscall"])])
 
 
 def test_healthy_fuse_workload_gives_no_warning(pipeline, tmp_path):
@@ -189,5 +198,6 @@ def test_split_brain_eio_names_reader_and_file(pipeline):
     f = _fuse_finding(pipe, lambda ev: ev.get("errno_name") == "EIO")
     print(f["title"], f["explanation"], sep="\n")
     assert f["program"] == "cat" and f["path"] == str(path) and f["fuse_op"] in ("READ", "OPEN", "LOOKUP")
+    assert f["syscall"] in ("read", "openat") and f["syscall_errno_name"] == "EIO"
     assert "made EIO itself" in f["explanation"] or "turned that into EIO" in f["explanation"]
     assert "split-brain" in f["explanation"]

@@ -26,6 +26,7 @@ from .bcc_backend import check_bcc_prerequisites
 from .btf import BtfError, member_offset, struct_size
 from .clock import ClockMap
 from .errors import ProbeError
+from . import fuse_syscalls as sysc
 
 DEFAULT_SLOW_NS = 1_000_000_000
 SCAN_EVERY_NS = 200_000_000
@@ -34,6 +35,7 @@ MAX_DEPTH = 32                # path components walked up from a node
 NAME_LEN = 128
 ROOT_NODE = 1                 # FUSE_ROOT_ID
 TRACEPOINTS = ("fuse_request_send", "fuse_request_end")
+SYS_TRACEPOINTS = ("sys_enter", "sys_exit")
 FORMAT = "/sys/kernel/tracing/events/fuse/fuse_request_send/format"
 # include/uapi/linux/fuse.h (a stable ABI); the tracepoint's format, when readable, wins
 OPCODES = {1: "LOOKUP", 2: "FORGET", 3: "GETATTR", 4: "SETATTR", 5: "READLINK", 6: "SYMLINK",
@@ -70,6 +72,7 @@ class FuseEvent(ctypes.Structure):
                 ("hpid", ctypes.c_uint32), ("send_tgid", ctypes.c_uint32),
                 ("send_tid", ctypes.c_uint32), ("end_tid", ctypes.c_uint32),
                 ("dev", ctypes.c_uint32), ("pending", ctypes.c_uint32),
+                ("sys_nr", ctypes.c_uint32), ("pad", ctypes.c_uint32),
                 ("comm", ctypes.c_char * 16), ("name", ctypes.c_char * NAME_LEN)]
 
 
@@ -140,7 +143,7 @@ class FuseCollector:
     name = "bcc-fuse"
 
     def __init__(self, slow_ns: int = DEFAULT_SLOW_NS, pid: int | None = None,
-                 source: str = "bcc-fuse", perf_pages: int = 64):
+                 source: str = "bcc-fuse", perf_pages: int = 64, syscalls: bool | None = None):
         if type(slow_ns) is not int or slow_ns <= 0:
             raise ProbeError("the fuse probes' threshold must be an int > 0 (nanoseconds)")
         self.slow_ns = slow_ns
@@ -156,10 +159,28 @@ class FuseCollector:
         self._pending: list[dict] = []
         self._last_scan = 0
         self._reported: OrderedDict[tuple[int, int, int], None] = OrderedDict()
+        # the applications' system calls: off with CORRELATE_FUSE_SYSCALLS=0 (or syscalls=False)
+        if syscalls is None:
+            syscalls = os.environ.get("CORRELATE_FUSE_SYSCALLS", "1") != "0"
+        self.sysnames = sysc.syscall_table() if syscalls else {}
+        self.syscalls_off = "" if self.sysnames else (
+            "off (CORRELATE_FUSE_SYSCALLS=0)" if not syscalls else
+            "off: no system call table for this architecture")
+        self.watched_at_start = 0
 
     def program_text(self) -> str:
-        text = resources.files("correlate.probes").joinpath("fuse_events.c").read_text()
-        return kernel_defines() + f"#define SLOW_NS {self.slow_ns}ULL\n" + text
+        probes = resources.files("correlate.probes")
+        text = probes.joinpath("fuse_events.c").read_text()
+        defines = kernel_defines() + f"#define SLOW_NS {self.slow_ns}ULL\n"
+        defines += f"#define SYSCALLS {1 if self.sysnames else 0}\n#define FILTER_PID {self.pid or 0}\n"
+        if self.sysnames:
+            try:
+                defines += "".join(f"#define {d} {member_offset('pt_regs', m)}\n" for d, m in sysc.REGS)
+            except BtfError as exc:
+                self.sysnames, self.syscalls_off = {}, f"off: {exc}"
+                return self.program_text()
+        calls = probes.joinpath("fuse_syscalls.c").read_text()
+        return defines + text.replace("/* fuse_syscalls.c */", calls, 1)
 
     def start(self) -> None:
         check_bcc_prerequisites()
@@ -175,10 +196,34 @@ class FuseCollector:
         self.mounts = fuse_mounts()
         self.bpf[b"events"].open_perf_buffer(self._on_event, page_cnt=self.perf_pages,
                                              lost_cb=self._on_lost)
+        if self.sysnames:
+            self._start_syscalls()
+
+    def _start_syscalls(self) -> None:
+        """Which calls the kernel keeps, and the processes that have a mount open now."""
+        info = self.bpf[b"sysinfo"]
+        for nr, flags in sysc.sysinfo_flags(self.sysnames).items():
+            info[info.Key(nr)] = info.Leaf(flags)
+        watched = self.bpf[b"watched"]
+        pids = [self.pid] if self.pid else sysc.processes_using(self.mounts.values())
+        for pid in pids:
+            watched[watched.Key(pid)] = watched.Leaf(1)
+        self.watched_at_start = len(pids)
+        self.bpf[b"sysevents"].open_perf_buffer(self._on_sys_event, page_cnt=self.perf_pages,
+                                                lost_cb=self._on_lost)
+
+    def _on_sys_event(self, _cpu, data, _size) -> None:
+        rec = ctypes.cast(data, ctypes.POINTER(sysc.SysEvent)).contents
+        if rec.dev and rec.dev not in self.mounts:
+            self.mounts = fuse_mounts()
+        self._pending.append(sysc.event_of(rec, self.sysnames, self.opcodes, self.clock,
+                                           self.source, self.host, self.mounts))
 
     @property
     def attached(self) -> int:
-        return len(TRACEPOINTS) if self.bpf is not None else 0
+        if self.bpf is None:
+            return 0
+        return len(TRACEPOINTS) + (len(SYS_TRACEPOINTS) if self.sysnames else 0)
 
     def _on_lost(self, count) -> None:
         self.lost += count
@@ -218,6 +263,7 @@ class FuseCollector:
         if path:
             fields["path"] = path
         if rec.pending:
+            self._add_syscall(fields, int(rec.sys_nr))
             now = self.clock.to_realtime(rec.ts_end)
             return make_event(now, "probe", "fuse.pending", self.source,
                               call_time_ns=self.clock.to_realtime(rec.ts_send),
@@ -225,6 +271,7 @@ class FuseCollector:
         if rec.out_nodeid:
             fields["out_nodeid"] = int(rec.out_nodeid)
         fields.update(error=int(rec.error), reply_tid=int(rec.end_tid))
+        self._add_syscall(fields, int(rec.sys_nr))
         if rec.error < 0:
             fields.update(errno=-int(rec.error), errno_name=errno_name(-int(rec.error)))
         if rec.ts_send:
@@ -232,6 +279,26 @@ class FuseCollector:
                           latency_ns=int(rec.ts_end - rec.ts_send))
         return make_event(self.clock.to_realtime(rec.ts_end), "probe", "fuse.reply",
                           self.source, **fields)
+
+    def _add_syscall(self, fields: dict, nr: int) -> None:
+        """The requester's system call, when traced (named when sys_enter was seen)."""
+        if nr == sysc.NR_UNKNOWN:
+            return
+        fields["in_syscall"] = True          # its fuse.syscall follows when the call ends
+        if nr in self.sysnames:
+            fields["syscall"] = self.sysnames[nr]
+
+    def _syscall_of(self, tid: int) -> int:
+        """The system call a thread is in now (for a request still waiting)."""
+        if not self.sysnames or not tid:
+            return sysc.NR_UNKNOWN
+        table = self.bpf[b"sysc"]
+        try:
+            nr = int(table[table.Key(tid)].nr)
+        except KeyError:
+            return sysc.NR_UNKNOWN
+        # entered before its process was watched: the blocked thread's call, from the kernel
+        return sysc.blocked_in(tid) if nr == sysc.NR_UNKNOWN else nr
 
     def path_of(self, nodeid: int, mount: str | None) -> str | None:
         """The node's path from the names the program learned, walked up to the root."""
@@ -273,7 +340,9 @@ class FuseCollector:
                 self._reported.popitem(last=False)
             rec = FuseEvent(ts_send=value.ts, ts_end=now, unique=key.unique, nodeid=value.nodeid,
                             opcode=value.opcode, hpid=value.hpid, send_tgid=value.tgid,
-                            send_tid=value.tid, dev=key.dev, pending=1, comm=bytes(value.comm))
+                            send_tid=value.tid, dev=key.dev, pending=1, comm=bytes(value.comm),
+                            sys_nr=self._syscall_of(value.tid) if value.tid == value.hpid
+                            else sysc.NR_UNKNOWN)
             ev = self.event_of(rec)
             if ev is not None:
                 self._pending.append(ev)

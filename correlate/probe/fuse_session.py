@@ -3,13 +3,12 @@
 with uprobe groups (gfapi, io, ...)."""
 from __future__ import annotations
 
-from .fuse_backend import TRACEPOINTS, FuseCollector
+from .fuse_backend import SYS_TRACEPOINTS, TRACEPOINTS, FuseCollector
 
 GROUP = "fuse"
 
 
 class FuseSession:
-    specs = TRACEPOINTS          # what describe_session counts: the two tracepoints
     resolved = ()
 
     def __init__(self, slow_ns: int, pid: int | None = None):
@@ -23,6 +22,11 @@ class FuseSession:
         return self
 
     backend_name = FuseCollector.name
+
+    @property
+    def specs(self) -> tuple[str, ...]:
+        """What describe_session counts: the FUSE tracepoints, and the system call ones."""
+        return TRACEPOINTS + (SYS_TRACEPOINTS if self.collector.sysnames else ())
 
     @property
     def attached(self) -> int:
@@ -44,17 +48,24 @@ class FuseSession:
 
     def summary(self) -> dict:
         c = self.collector
+        probes = [{"probe": f"fuse:{tp}", "method": "raw tracepoint"} for tp in TRACEPOINTS]
+        if c.sysnames:
+            probes += [{"probe": f"raw_syscalls:{tp}", "method": "raw tracepoint"}
+                       for tp in SYS_TRACEPOINTS]
         out = {"backend": self.backend_name, "events": self.events_seen, "lost": c.lost,
-               "probes": [{"probe": f"fuse:{tp}", "method": "raw tracepoint"} for tp in TRACEPOINTS],
-               "unresolved": [], "slow_ns": c.slow_ns}
+               "probes": probes, "unresolved": [], "slow_ns": c.slow_ns}
         if c.clock is not None:
             out["clock"] = {"offset_ns": c.clock.current.offset_ns, "error_ns": c.clock.error_ns,
                             "drift_ns": c.clock.drift_ns, "measurements": len(c.clock.history)}
         return out
 
     def notes(self) -> list[str]:
-        return [f"fuse probes: requests that fail or take {self.collector.slow_ns / 1e6:g} ms "
-                "or more (-o fuse-errors.slow_s=...)"]
+        c = self.collector
+        calls = (f"the system calls behind them, of {c.watched_at_start} processes using a "
+                 "FUSE mount now and any that sends a FUSE request later" if c.sysnames
+                 else f"their system calls {c.syscalls_off}")
+        return [f"fuse probes: requests that fail or take {c.slow_ns / 1e6:g} ms "
+                "or more (-o fuse-errors.slow_s=...), and " + calls]
 
 
 class Sessions:

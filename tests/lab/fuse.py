@@ -2,9 +2,9 @@
 
     python -m tests.lab.fuse record DIR      # the committed fuse-enotconn recording
 
-The volume `fusevol` (distribute over 2 bricks: a file lives on one brick only, so a dead
-brick fails the application) is mounted at /mnt/fusevol and, for a second client, at
-/mnt/fusevol-b. The application (`app`) is a Python program whose worker thread does the
+The volume `fz2vol` (distribute over 2 bricks: a file lives on one brick only, so a dead
+brick fails the application) is mounted at /mnt/fz2vol and, for a second client, at
+/mnt/fz2vol-b. The application (`app`) is a Python program whose worker thread does the
 system calls, so the FUSE requests carry a thread id that is not the process id.
 """
 from __future__ import annotations
@@ -19,9 +19,9 @@ from pathlib import Path
 
 from . import lab, volumes
 
-SPEC = volumes.VolumeSpec("fusevol", "distribute", 2)
-MOUNT = Path("/mnt/fusevol")
-MOUNT_B = Path("/mnt/fusevol-b")
+SPEC = volumes.VolumeSpec("fz2vol", "distribute", 2)
+MOUNT = Path("/mnt/fz2vol")
+MOUNT_B = Path("/mnt/fz2vol-b")
 
 
 def mounted(where: Path) -> bool:
@@ -47,8 +47,8 @@ def ensure() -> None:
     mount(MOUNT)
 
 
-SB_SPEC = volumes.VolumeSpec("fusesb", "replica", 2)
-SB_MOUNT = Path("/mnt/fusesb")
+SB_SPEC = volumes.VolumeSpec("fz2sb", "replica", 2)
+SB_MOUNT = Path("/mnt/fz2sb")
 # replica 2 that lets each brick take writes alone and never heals: the split-brain recipe
 SB_OPTIONS = {"cluster.quorum-type": "none", "cluster.self-heal-daemon": "off",
               "cluster.entry-self-heal": "off", "cluster.data-self-heal": "off",
@@ -56,7 +56,7 @@ SB_OPTIONS = {"cluster.quorum-type": "none", "cluster.self-heal-daemon": "off",
 
 
 def make_split_brain(name: str) -> Path:
-    """A file of fusesb whose two copies were written apart: brick 1 down for one write,
+    """A file of fz2sb whose two copies were written apart: brick 1 down for one write,
     brick 2 down for the next. Reading it through the mount gives EIO."""
     volumes.ensure(SB_SPEC, SB_OPTIONS)
     mount(SB_MOUNT, SB_SPEC.name)
@@ -163,7 +163,7 @@ def app_main(argv: list[str]) -> int:
 # ---- the committed recording -----------------------------------------------------------------
 
 class EnotconnScenario:
-    """Brick 1 of fusevol killed, then an application creates files: those that hash to
+    """Brick 1 of fz2vol killed, then an application creates files: those that hash to
     the dead brick fail with ENOTCONN (made in the client: PORTBYBRICK answers -1)."""
 
     def __init__(self, directory: str):
