@@ -1,8 +1,10 @@
 """What the `fuse` probes cost an application on a FUSE mount: a small-file workload
 (create+write 4 KiB, stat, read, unlink per file, plus a directory listing) in blocks, with
-the two raw tracepoints attached and detached in turn (ABBA), in one run.
+the group's raw tracepoints (the two FUSE ones and, unless CORRELATE_FUSE_SYSCALLS=0,
+raw_syscalls sys_enter/sys_exit) attached and detached in turn (ABBA), in one run.
 
     python bench/fuse_overhead.py [--files 200] [--pairs 20] [--slow-s 1.0] [--mount DIR]
+                                  [--other-calls 200000]
 
 The tracepoints fire for every FUSE request of every mount, so the probed and the plain
 side cannot be two mounts at once (as bench/probe_overhead.py does with two library
@@ -16,7 +18,10 @@ The wall ratio of a FUSE workload on a shared VM moves by +-20% on its own, far 
 the probes cost, so the bench also reads the kernel's own account of the programs
 (kernel.bpf_stats_enabled, switched on for the run: run_cnt and run_time_ns of each
 program, from BPF_OBJ_GET_INFO_BY_FD) and prints the probes' time per file against the
-file's time without them: the cost the probes add, without the noise.
+file's time without them: the cost the probes add, without the noise. sys_enter/sys_exit run
+for every system call of the machine (other processes' too), so their count is printed
+apart, and a second phase times an unrelated process's system calls (stat of a file off the
+mount, not watched) with them attached and detached: what every other program pays.
 
 Needs root, bcc, the kernel's fuse tracepoints and a mounted Gluster volume (by default
 the FUSE tests' /mnt/fz2vol: `python -m tests.lab.fuse` helpers mount it); otherwise it
@@ -38,7 +43,6 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 TARGET = 1.05
-TRACEPOINTS = ("fuse_request_send", "fuse_request_end")
 
 WORKER = r"""
 import os, sys, time
@@ -61,6 +65,17 @@ for line in sys.stdin:
     for i in range(files):
         os.unlink(f"{d}/f{i}")
     os.rmdir(d)
+    print(time.perf_counter() - start, flush=True)
+"""
+
+# an unrelated program: stat of a file off the mount, timed per block
+OTHER = r"""
+import os, sys, time
+path, calls = sys.argv[1], int(sys.argv[2])
+for line in sys.stdin:
+    start = time.perf_counter()
+    for _ in range(calls):
+        os.stat(path)
     print(time.perf_counter() - start, flush=True)
 """
 
@@ -100,6 +115,8 @@ def main() -> int:
     ap.add_argument("--pairs", type=int, default=20)
     ap.add_argument("--slow-s", type=float, default=1.0)
     ap.add_argument("--mount", default="/mnt/fz2vol")
+    ap.add_argument("--other-calls", type=int, default=200_000,
+                    help="system calls per block of the unrelated program (0: skip that phase)")
     a = ap.parse_args()
     if os.geteuid() != 0:
         print("fuse_overhead: needs root (bcc)")
@@ -122,32 +139,32 @@ def main() -> int:
     base.mkdir()
     worker = subprocess.Popen([sys.executable, "-c", WORKER, str(base), str(a.files)],
                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-    attached, events = True, 0
+    from correlate.probe.fuse_backend import SYS_TRACEPOINTS, TRACEPOINTS
+    points = TRACEPOINTS + (SYS_TRACEPOINTS if collector.sysnames else ())
+    attached, events = set(points), 0
 
-    def attach(on: bool) -> None:
-        nonlocal attached
-        if on == attached:
-            return
-        for tp in TRACEPOINTS:
-            if on:
+    def attach(on: bool, which=points) -> None:
+        for tp in which:
+            if on and tp not in attached:
                 collector.bpf.attach_raw_tracepoint(tp=tp.encode(), fn_name=f"raw_tracepoint__{tp}".encode())
-            else:
+                attached.add(tp)
+            elif not on and tp in attached:
                 collector.bpf.detach_raw_tracepoint(tp=tp.encode())
-        attached = on
+                attached.discard(tp)
 
-    def block(on: bool) -> float:
+    def block(on: bool, proc=worker, which=points) -> float:
         nonlocal events
-        attach(on)
-        worker.stdin.write("go\n")
-        worker.stdin.flush()
+        attach(on, which)
+        proc.stdin.write("go\n")
+        proc.stdin.flush()
         line = ""
-        os.set_blocking(worker.stdout.fileno(), False)
+        os.set_blocking(proc.stdout.fileno(), False)
         while not line:
             events += len(collector.poll(50))
-            line = worker.stdout.readline()
+            line = proc.stdout.readline()
         return float(line)
 
-    fds = [collector.bpf.funcs[f"raw_tracepoint__{tp}".encode()].fd for tp in TRACEPOINTS]
+    fds = {tp: collector.bpf.funcs[f"raw_tracepoint__{tp}".encode()].fd for tp in points}
     try:
         block(False)          # warm the caches and the mount
         with_, without = [], []
@@ -155,7 +172,8 @@ def main() -> int:
             order = (True, False) if pair % 2 == 0 else (False, True)
             for on in order:
                 (with_ if on else without).append(block(on))
-        runs = [prog_stats(fd) for fd in fds]
+        runs = {tp: prog_stats(fd) for tp, fd in fds.items()}
+        other = (other_calls(a, block) if a.other_calls and collector.sysnames else None)
     finally:
         if stats_before is not None:
             STATS_SYSCTL.write_text(stats_before)
@@ -172,13 +190,43 @@ def main() -> int:
           f"median of pairs {pairs:.3f}x), {a.pairs} pairs of {a.files} files, "
           f"{per_file:.0f} us per file without probes, {events} events sent; target <= {TARGET}")
     files = a.pairs * a.files
-    count, spent = sum(r[0] for r in runs), sum(r[1] for r in runs)
+    fuse = [runs[tp] for tp in TRACEPOINTS]
+    count, spent = sum(r[0] for r in fuse), sum(r[1] for r in fuse)
     if count:
         probe_us = spent / files / 1e3
-        print(f"  in the kernel: {count} program runs ({count / files:.1f} per file), "
-              f"{spent / count:.0f} ns each, {probe_us:.2f} us per file = "
+        print(f"  in the kernel, FUSE tracepoints: {count} program runs ({count / files:.1f} per "
+              f"file), {spent / count:.0f} ns each, {probe_us:.2f} us per file = "
               f"{probe_us / per_file * 100:.3f}% of a file's {per_file:.0f} us")
+    sys_runs = [runs[tp] for tp in SYS_TRACEPOINTS if tp in runs]
+    scount, sspent = sum(r[0] for r in sys_runs), sum(r[1] for r in sys_runs)
+    if scount:
+        print(f"  in the kernel, sys_enter/sys_exit: {scount} program runs (every process's "
+              f"calls while attached), {sspent / scount:.0f} ns each, {sspent / files / 1e3:.2f} us "
+              f"per file = {sspent / files / 1e3 / per_file * 100:.3f}% of a file's {per_file:.0f} us")
+    if other:
+        ratio, lo, hi, ns = other
+        print(f"  an unrelated program's stat() calls (not watched): {ratio:.3f}x wall (95% "
+              f"{lo:.3f}..{hi:.3f}), {ns:.0f} ns per call without the probes")
     return 0
+
+
+def other_calls(a, block) -> tuple[float, float, float, float]:
+    """The unrelated program's blocks with sys_enter/sys_exit attached and detached."""
+    from correlate.probe.fuse_backend import SYS_TRACEPOINTS
+    proc = subprocess.Popen([sys.executable, "-c", OTHER, "/etc/hostname", str(a.other_calls)],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        block(False, proc, SYS_TRACEPOINTS)
+        with_, without = [], []
+        for pair in range(a.pairs):
+            for on in ((True, False) if pair % 2 == 0 else (False, True)):
+                (with_ if on else without).append(block(on, proc, SYS_TRACEPOINTS))
+    finally:
+        proc.stdin.close()
+        proc.wait(60)
+    lo, hi = bootstrap(with_, without)
+    return (statistics.fmean(with_) / statistics.fmean(without), lo, hi,
+            statistics.fmean(without) / a.other_calls * 1e9)
 
 
 if __name__ == "__main__":

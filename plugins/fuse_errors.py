@@ -154,11 +154,12 @@ class FuseErrors(Detector):
                 said = f" Its {syscall}() returned {call.get('ret')}: the program saw no error."
             elif got != name:
                 said = f" The program's {syscall}() returned {got}."
+        on = "" if f'"{path}"' in what else f" on {path}"    # the call's own path says it
         return [self.finding(
             ev["time_ns"], severity=severity,
-            title=f"{join.program} got {got} from {what} on {path}",
-            explanation=f"{join.program} on {ev.get('mount') or 'a FUSE mount'}: {what} on "
-                        f"{path} failed with {name} after {_ms(ev.get('latency_ns'))}." + said
+            title=f"{join.program} got {got} from {what}{on}",
+            explanation=f"{join.program} on {ev.get('mount') or 'a FUSE mount'}: {what}{on} "
+                        f"failed with {name} after {_ms(ev.get('latency_ns'))}." + said
                         + " " + cause + _uncertain(join),
             remedy=REMEDY["ESTALE" if name in STALE else name],
             evidence=[ev, *([call] if call else []), *evidence],

@@ -160,17 +160,41 @@ def app_main(argv: list[str]) -> int:
     return 0
 
 
+# ---- make run's FUSE step ------------------------------------------------------------------
+
+DEMO_SPEC = volumes.VolumeSpec("fz2demo", "distribute", 2)
+DEMO_MOUNT = Path("/mnt/fz2demo")
+
+
+def demo_enotconn() -> tuple[bool, str]:
+    """`make run`: an application creating files on a FUSE mount while one brick is dead.
+    (reproduced, what happened); the mount is gone afterwards (the demo deletes the volume)."""
+    volumes.ensure(DEMO_SPEC)
+    mount(DEMO_MOUNT, DEMO_SPEC.name)
+    try:
+        directory = DEMO_MOUNT / f"app-{os.getpid()}-{time.monotonic_ns()}"
+        directory.mkdir()
+        out = EnotconnScenario(str(directory), DEMO_SPEC).trigger()
+    finally:
+        umount(DEMO_MOUNT)
+    failed = sorted(p for p, e in out["results"].items() if e)
+    return bool(failed), (f"brick 1 of {DEMO_SPEC.name} killed; {out['comm']} (pid {out['pid']}) "
+                          f"created {len(out['results'])} files on {DEMO_MOUNT}: {len(failed)} "
+                          "failed with ENOTCONN (those the volume places on the dead brick)")
+
+
 # ---- the committed recording -----------------------------------------------------------------
 
 class EnotconnScenario:
     """Brick 1 of fz2vol killed, then an application creates files: those that hash to
     the dead brick fail with ENOTCONN (made in the client: PORTBYBRICK answers -1)."""
 
-    def __init__(self, directory: str):
+    def __init__(self, directory: str, spec: volumes.VolumeSpec = SPEC):
         self.directory = directory
+        self.spec = spec
 
     def trigger(self) -> dict:
-        volumes.kill_brick(SPEC.name, 0)
+        volumes.kill_brick(self.spec.name, 0)
         # the client retries the dead brick every 3 s (PORTBYBRICK answered -1): the wire's
         # mark of a dead brick whose connections went quiet before the capture
         time.sleep(4)
@@ -179,7 +203,7 @@ class EnotconnScenario:
             out, _ = proc.communicate(timeout=120)
             return json.loads(out.splitlines()[-1])
         finally:
-            volumes.start_force(SPEC.name, SPEC.count)
+            volumes.start_force(self.spec.name, self.spec.count)
 
 
 def record(out_dir: Path) -> dict:
