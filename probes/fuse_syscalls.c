@@ -13,6 +13,7 @@
  * SYSCALLS 0 leaves only the hooks' stubs (the group without system calls).
  */
 #define PATH_LEN 256
+#define WATCH_WORDS 65536
 #define NR_UNKNOWN 0xffffffff    /* no system call of the requester is traced */
 #define SYS_TRACKED 0x80        /* sysinfo: a call kept at sys_enter */
 #define SYS_FD0 0x10            /* sysinfo: its first argument is an fd */
@@ -53,19 +54,27 @@ struct sys_event_t {
 
 #if SYSCALLS
 BPF_TABLE("lru_hash", u32, struct sysc_t, sysc, 16384);
-BPF_TABLE("lru_hash", u32, u8, watched, 4096);
+/* one bit per process id up to PID_MAX_LIMIT (4,194,304 on 64-bit): an array lookup the
+ * verifier inlines, the only work sys_enter/sys_exit do for a process not watched */
+BPF_ARRAY(watched, u64, WATCH_WORDS);
 BPF_ARRAY(sysinfo, u8, 512);
 BPF_PERCPU_ARRAY(sys_scratch, struct sys_event_t, 1);
 BPF_PERF_OUTPUT(sysevents);
+
+static __always_inline int is_watched(u32 tgid) {
+    u32 idx = tgid >> 6;
+    u64 *w = watched.lookup(&idx);
+    return w && ((*w >> (tgid & 63)) & 1);
+}
 
 /* A FUSE request sent from its requester's own thread: inside a system call of it. */
 static __always_inline void note_send(u32 tgid, u32 tid, u64 unique, u32 op, u32 dev, u64 now) {
     if (FILTER_PID && tgid != FILTER_PID)
         return;
-    if (!watched.lookup(&tgid)) {
-        u8 one = 1;
-        watched.update(&tgid, &one);
-    }
+    u32 idx = tgid >> 6;
+    u64 *w = watched.lookup(&idx);
+    if (w && !((*w >> (tgid & 63)) & 1))
+        __sync_fetch_and_or(w, 1ULL << (tgid & 63));
     struct sysc_t *s = sysc.lookup(&tid);
     if (!s) {   /* entered before the process was watched: its number is read at exit */
         struct sysc_t fresh = {.ts = now, .nr = NR_UNKNOWN};
@@ -101,8 +110,7 @@ static __always_inline u32 note_end(u32 tid, u64 unique, u32 op, u32 dev, s32 er
 
 RAW_TRACEPOINT_PROBE(sys_enter) {
     u64 id = bpf_get_current_pid_tgid();
-    u32 tgid = id >> 32;
-    if (!watched.lookup(&tgid))
+    if (!is_watched(id >> 32))
         return 0;
     int nr = (int)ctx->args[1];
     if (nr < 0 || nr >= 512)
@@ -120,7 +128,10 @@ RAW_TRACEPOINT_PROBE(sys_enter) {
 }
 
 RAW_TRACEPOINT_PROBE(sys_exit) {
-    u32 tid = (u32)bpf_get_current_pid_tgid();
+    u64 pid_tgid = bpf_get_current_pid_tgid();
+    if (!is_watched(pid_tgid >> 32))
+        return 0;
+    u32 tid = (u32)pid_tgid;
     struct sysc_t *s = sysc.lookup(&tid);
     if (!s)
         return 0;

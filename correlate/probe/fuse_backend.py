@@ -207,7 +207,8 @@ class FuseCollector:
         watched = self.bpf[b"watched"]
         pids = [self.pid] if self.pid else sysc.processes_using(self.mounts.values())
         for pid in pids:
-            watched[watched.Key(pid)] = watched.Leaf(1)
+            word = watched.Key(pid >> 6)
+            watched[word] = watched.Leaf(watched[word].value | 1 << (pid & 63))
         self.watched_at_start = len(pids)
         self.bpf[b"sysevents"].open_perf_buffer(self._on_sys_event, page_cnt=self.perf_pages,
                                                 lost_cb=self._on_lost)
