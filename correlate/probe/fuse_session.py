@@ -1,31 +1,66 @@
 """Sessions for `--probe fuse`: the kernel FUSE collector behind the ProbeSession interface
 (start, poll, stop, summary), and several sessions polled as one when `--probe fuse` comes
-with uprobe groups (gfapi, io, ...)."""
+with uprobe groups (gfapi, io, ...).
+
+The collector is the tracepoints' where they load; otherwise (a kernel before 6.12, or
+CORRELATE_FUSE_BACKEND=uprobes) the fallback on the glusterfs client's readv/writev of
+/dev/fuse, with the reason said. CORRELATE_FUSE_BACKEND=tracepoints refuses the fallback."""
 from __future__ import annotations
 
+import os
+
+from .errors import BccMissing, KernelHeadersMissing, NotRoot, ProbeError
 from .fuse_backend import SYS_TRACEPOINTS, TRACEPOINTS, FuseCollector
 
 GROUP = "fuse"
+BACKENDS = ("auto", "tracepoints", "uprobes")
 
 
 class FuseSession:
     resolved = ()
 
-    def __init__(self, slow_ns: int, pid: int | None = None):
+    def __init__(self, slow_ns: int, pid: int | None = None, backend: str | None = None):
         self.collector = FuseCollector(slow_ns=slow_ns, pid=pid)
+        self.backend = backend or os.environ.get("CORRELATE_FUSE_BACKEND", "auto")
+        if self.backend not in BACKENDS:
+            raise ProbeError(f"CORRELATE_FUSE_BACKEND must be one of {', '.join(BACKENDS)}, "
+                             f"not {self.backend[:40]!r}")
+        self.fallback_reason = ""
         self.events_seen = 0
         self.started = False
 
     def start(self) -> "FuseSession":
-        self.collector.start()
+        if self.backend == "uprobes":
+            self._fall_back("CORRELATE_FUSE_BACKEND=uprobes")
+        else:
+            try:
+                self.collector.start()
+            except ProbeError as exc:
+                # what the fallback needs as well (root, bcc, headers) is no reason to fall back
+                if self.backend == "tracepoints" or isinstance(exc, (NotRoot, BccMissing,
+                                                                      KernelHeadersMissing)):
+                    raise
+                self._fall_back(str(exc))
         self.started = True
         return self
 
-    backend_name = FuseCollector.name
+    def _fall_back(self, reason: str) -> None:
+        from .fuse_uprobes import FuseUprobeCollector
+        c = self.collector
+        self.collector = FuseUprobeCollector(slow_ns=c.slow_ns, pid=c.pid)
+        self.collector.start()
+        self.fallback_reason = reason
+
+    @property
+    def backend_name(self) -> str:
+        return self.collector.name
 
     @property
     def specs(self) -> tuple[str, ...]:
-        """What describe_session counts: the FUSE tracepoints, and the system call ones."""
+        """What describe_session counts: the tracepoints (and the system call ones), or the
+        fallback's uprobes."""
+        if self.fallback_reason:
+            return ("uprobes",) * max(1, self.collector.attached)
         return TRACEPOINTS + (SYS_TRACEPOINTS if self.collector.sysnames else ())
 
     @property
@@ -49,7 +84,10 @@ class FuseSession:
     def summary(self) -> dict:
         c = self.collector
         probes = [{"probe": f"fuse:{tp}", "method": "raw tracepoint"} for tp in TRACEPOINTS]
-        if c.sysnames:
+        if self.fallback_reason:
+            probes = [{"probe": f"{libc}:{fn} (pid {pid})", "method": "uprobe"}
+                      for pid, (_fd, _dev, libc) in c.clients.items() for fn in ("readv", "writev")]
+        elif c.sysnames:
             probes += [{"probe": f"raw_syscalls:{tp}", "method": "raw tracepoint"}
                        for tp in SYS_TRACEPOINTS]
         out = {"backend": self.backend_name, "events": self.events_seen, "lost": c.lost,
@@ -61,6 +99,12 @@ class FuseSession:
 
     def notes(self) -> list[str]:
         c = self.collector
+        if self.fallback_reason:
+            return [f"fuse probes: the fuse tracepoints are not used ({self.fallback_reason}): "
+                    f"following the FUSE client's readv/writev of /dev/fuse instead ("
+                    f"{len(c.clients)} client processes now, later ones within 2 s); requests "
+                    f"that fail or take {c.slow_ns / 1e6:g} ms or more; their system calls "
+                    f"{c.syscalls_off}"]
         calls = (f"the system calls behind them, of {c.watched_at_start} processes using a "
                  "FUSE mount now and any that sends a FUSE request later" if c.sysnames
                  else f"their system calls {c.syscalls_off}")

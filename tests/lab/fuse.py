@@ -100,8 +100,9 @@ def _in_thread(fn) -> dict:
     return out
 
 
-def _create(directory: str, count: int) -> dict:
-    """Create `count` files in `directory`: {name: errno or 0}."""
+def _create(directory: str, count: int, wait: bool = False) -> dict:
+    """Create `count` files in `directory`: {name: errno or 0}. With `wait`, the thread
+    prints them and lives on until a line comes on stdin (so it is nameable in /proc)."""
     results = {}
     for i in range(count):
         name = f"{directory}/file-{i}"
@@ -111,6 +112,10 @@ def _create(directory: str, count: int) -> dict:
             results[name] = 0
         except OSError as exc:
             results[name] = exc.errno
+    if wait:
+        print(json.dumps({"pid": os.getpid(), "tid": threading.get_native_id(),
+                          "results": results}), flush=True)
+        sys.stdin.readline()
     return {"results": results}
 
 
@@ -148,7 +153,7 @@ def _stale(a: str, b: str) -> dict:
 def app_main(argv: list[str]) -> int:
     mode = argv[0]
     if mode == "create":
-        out = _in_thread(lambda: _create(argv[1], int(argv[2])))
+        out = _in_thread(lambda: _create(argv[1], int(argv[2]), argv[3:4] == ["wait"]))
     elif mode == "stat":
         print(json.dumps({"pid": os.getpid()}), flush=True)
         out = _in_thread(lambda: _stat(argv[1]))
