@@ -1,10 +1,13 @@
 """What the `fuse` probes cost an application on a FUSE mount: a small-file workload
 (create+write 4 KiB, stat, read, unlink per file, plus a directory listing) in blocks, with
-the group's raw tracepoints (the two FUSE ones and, unless CORRELATE_FUSE_SYSCALLS=0,
+the group's raw tracepoints (the two FUSE ones and, with CORRELATE_FUSE_SYSCALLS=exit,
 raw_syscalls sys_enter/sys_exit) attached and detached in turn (ABBA), in one run.
 
     python bench/fuse_overhead.py [--files 200] [--pairs 20] [--slow-s 1.0] [--mount DIR]
-                                  [--other-calls 200000]
+                                  [--other-calls 200000] [--backend tracepoints|uprobes]
+
+`--backend uprobes` measures the fallback instead (uprobes on the FUSE client's readv/writev
+of /dev/fuse, attached and detached per block the same way).
 
 The tracepoints fire for every FUSE request of every mount, so the probed and the plain
 side cannot be two mounts at once (as bench/probe_overhead.py does with two library
@@ -117,6 +120,7 @@ def main() -> int:
     ap.add_argument("--mount", default="/mnt/fz2vol")
     ap.add_argument("--other-calls", type=int, default=200_000,
                     help="system calls per block of the unrelated program (0: skip that phase)")
+    ap.add_argument("--backend", choices=("tracepoints", "uprobes"), default="tracepoints")
     a = ap.parse_args()
     if os.geteuid() != 0:
         print("fuse_overhead: needs root (bcc)")
@@ -126,7 +130,9 @@ def main() -> int:
         return 0
     from correlate.probe.errors import ProbeError
     from correlate.probe.fuse_backend import FuseCollector
-    collector = FuseCollector(slow_ns=int(a.slow_s * 1e9))
+    from correlate.probe.fuse_uprobes import FUNCS, FuseUprobeCollector
+    cls = FuseUprobeCollector if a.backend == "uprobes" else FuseCollector
+    collector = cls(slow_ns=int(a.slow_s * 1e9))
     try:
         collector.start()
     except ProbeError as exc:
@@ -140,17 +146,34 @@ def main() -> int:
     worker = subprocess.Popen([sys.executable, "-c", WORKER, str(base), str(a.files)],
                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     from correlate.probe.fuse_backend import SYS_TRACEPOINTS, TRACEPOINTS
-    points = TRACEPOINTS + (SYS_TRACEPOINTS if collector.sysnames else ())
+    if a.backend == "uprobes":    # (function, pid): each client's three uprobes
+        points = tuple((fn, pid) for pid in collector.clients for _sym, fn, _ret in FUNCS)
+    else:
+        points = TRACEPOINTS + (SYS_TRACEPOINTS if collector.sys_exit else ())
     attached, events = set(points), 0
 
+    def toggle(point, on: bool) -> None:
+        bpf = collector.bpf
+        if isinstance(point, str):
+            if on:
+                bpf.attach_raw_tracepoint(tp=point.encode(), fn_name=f"raw_tracepoint__{point}".encode())
+            else:
+                bpf.detach_raw_tracepoint(tp=point.encode())
+            return
+        fn, pid = point
+        sym, ret = next((s, r) for s, f, r in FUNCS if f == fn)
+        libc = collector.clients[pid][2].encode()
+        if on:
+            (bpf.attach_uretprobe if ret else bpf.attach_uprobe)(name=libc, sym=sym.encode(),
+                                                                 fn_name=fn.encode(), pid=pid)
+        else:
+            (bpf.detach_uretprobe if ret else bpf.detach_uprobe)(name=libc, sym=sym.encode(), pid=pid)
+
     def attach(on: bool, which=points) -> None:
-        for tp in which:
-            if on and tp not in attached:
-                collector.bpf.attach_raw_tracepoint(tp=tp.encode(), fn_name=f"raw_tracepoint__{tp}".encode())
-                attached.add(tp)
-            elif not on and tp in attached:
-                collector.bpf.detach_raw_tracepoint(tp=tp.encode())
-                attached.discard(tp)
+        for point in which:
+            if on != (point in attached):
+                toggle(point, on)
+                (attached.add if on else attached.discard)(point)
 
     def block(on: bool, proc=worker, which=points) -> float:
         nonlocal events
@@ -160,11 +183,14 @@ def main() -> int:
         line = ""
         os.set_blocking(proc.stdout.fileno(), False)
         while not line:
-            events += len(collector.poll(50))
+            # fuse.pending here is the bench's own doing: a request read while attached and
+            # answered while detached stays in the kernel's table
+            events += sum(e["kind"] == "fuse.reply" for e in collector.poll(50))
             line = proc.stdout.readline()
         return float(line)
 
-    fds = {tp: collector.bpf.funcs[f"raw_tracepoint__{tp}".encode()].fd for tp in points}
+    fds = {p: collector.bpf.funcs[(p[0] if isinstance(p, tuple) else f"raw_tracepoint__{p}").encode()].fd
+           for p in points}
     try:
         block(False)          # warm the caches and the mount
         with_, without = [], []
@@ -173,14 +199,14 @@ def main() -> int:
             for on in order:
                 (with_ if on else without).append(block(on))
         runs = {tp: prog_stats(fd) for tp, fd in fds.items()}
-        other = (other_calls(a, block) if a.other_calls and collector.sysnames else None)
+        other = (other_calls(a, block) if a.other_calls and collector.sys_exit else None)
     finally:
         if stats_before is not None:
             STATS_SYSCTL.write_text(stats_before)
         worker.stdin.close()
         worker.wait(60)
         attach(True)
-        events += len(collector.stop())
+        events += sum(e["kind"] == "fuse.reply" for e in collector.stop())
         base.rmdir()
     ratio = statistics.fmean(with_) / statistics.fmean(without)
     lo, hi = bootstrap(with_, without)
@@ -188,13 +214,15 @@ def main() -> int:
     pairs = statistics.median(w / wo for w, wo in zip(with_, without))
     print(f"fuse probes (slow {a.slow_s:g} s): {ratio:.3f}x wall (95% {lo:.3f}..{hi:.3f}, "
           f"median of pairs {pairs:.3f}x), {a.pairs} pairs of {a.files} files, "
-          f"{per_file:.0f} us per file without probes, {events} events sent; target <= {TARGET}")
+          f"{per_file:.0f} us per file without probes, {events} fuse.reply events sent; target <= {TARGET}")
     files = a.pairs * a.files
-    fuse = [runs[tp] for tp in TRACEPOINTS]
+    fuse = [r for p, r in runs.items() if p not in SYS_TRACEPOINTS]
+    if a.backend == "uprobes":    # one program serves every client: count it once
+        fuse = list({fds[p]: r for p, r in runs.items()}.values())
     count, spent = sum(r[0] for r in fuse), sum(r[1] for r in fuse)
     if count:
         probe_us = spent / files / 1e3
-        print(f"  in the kernel, FUSE tracepoints: {count} program runs ({count / files:.1f} per "
+        print(f"  in the kernel, FUSE {a.backend}: {count} program runs ({count / files:.1f} per "
               f"file), {spent / count:.0f} ns each, {probe_us:.2f} us per file = "
               f"{probe_us / per_file * 100:.3f}% of a file's {per_file:.0f} us")
     sys_runs = [runs[tp] for tp in SYS_TRACEPOINTS if tp in runs]

@@ -141,14 +141,14 @@ class FuseErrors(Detector):
         cause, evidence = self._cause(name, join)
         got, what, severity = name, op_text(op), "error"
         syscall = (call or {}).get("syscall") or ev.get("syscall")
-        if syscall:
-            what = f"{syscall}() (FUSE {op})"
+        if syscall:     # the traced call's path, else the fd it was called on
+            src = call if call is not None and ("path" in call or "fd" in call) else ev
+            arg = f'"{src["path"]}"' if src is call and src.get("path") else \
+                (f"fd {src['fd']}" if isinstance(src.get("fd"), int) else "")
+            what = f"{syscall}({arg}) (FUSE {op})"
         said = ""
         if call is not None:
             got = call.get("errno_name") or name
-            where = call.get("path")
-            arg = f'"{where}"' if where else (f"fd {call['fd']}" if "fd" in call else "")
-            what = f"{syscall}({arg}) (FUSE {op})" if arg else what
             if not call.get("errno_name"):   # the kernel or client hid it: nothing failed the program
                 severity, got = "warning", f"{name} inside"
                 said = f" Its {syscall}() returned {call.get('ret')}: the program saw no error."

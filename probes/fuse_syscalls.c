@@ -14,7 +14,6 @@
  */
 #define PATH_LEN 256
 #define WATCH_WORDS 65536
-#define NR_UNKNOWN 0xffffffff    /* no system call of the requester is traced */
 #define SYS_TRACKED 0x80        /* sysinfo: a call kept at sys_enter */
 #define SYS_FD0 0x10            /* sysinfo: its first argument is an fd */
 #define SYS_PATH_MASK 0x07      /* sysinfo: 1 + the index of its path argument, 0: none */

@@ -81,7 +81,10 @@ struct fuse_event_t {
     u32 dev;
     u32 pending;
     u32 sys_nr;
+    u32 in_syscall;
     u32 pad;
+    u32 pad2;
+    u64 sys_arg0;
     char comm[16];
     char name[NAME_LEN];
 };
@@ -252,6 +255,8 @@ int writev_enter(struct pt_regs *ctx) {
     ev->end_tid = (u32)bpf_get_current_pid_tgid();
     ev->pending = 0;
     ev->sys_nr = NR_UNKNOWN;
+    ev->in_syscall = 0;
+    ev->sys_arg0 = 0;
     __builtin_memset(ev->comm, 0, sizeof(ev->comm));
     bpf_probe_read_kernel(ev->name, sizeof(ev->name), sent->name);
     inflight.delete(&key);

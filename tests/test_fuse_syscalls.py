@@ -130,3 +130,11 @@ def test_error_the_program_never_saw_is_a_warning():
     [f] = run_detector(FuseErrors(), [_reply(1_000_000, 30, in_syscall=True),
                                       _call(1_050_000, 30, errno_name=None)])
     assert f["severity"] == "warning" and "the program saw no error" in f["explanation"]
+
+
+def test_call_named_where_its_request_was_sent():
+    """Without the exit traced (the default): the call and its fd from the send side."""
+    [f] = run_detector(FuseErrors(), [_reply(1_000_000, 30, opcode="FSYNC", syscall="fsync", fd=3,
+                                             errno=5)])
+    assert f["title"].startswith("app (pid 10, thread 11) got EIO from fsync(fd 3) (FUSE FSYNC)")
+    assert f["syscall"] == "fsync" and "syscall_errno_name" not in f

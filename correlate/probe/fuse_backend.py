@@ -72,7 +72,8 @@ class FuseEvent(ctypes.Structure):
                 ("hpid", ctypes.c_uint32), ("send_tgid", ctypes.c_uint32),
                 ("send_tid", ctypes.c_uint32), ("end_tid", ctypes.c_uint32),
                 ("dev", ctypes.c_uint32), ("pending", ctypes.c_uint32),
-                ("sys_nr", ctypes.c_uint32), ("pad", ctypes.c_uint32),
+                ("sys_nr", ctypes.c_uint32), ("in_syscall", ctypes.c_uint32),
+                ("pad", ctypes.c_uint32), ("pad2", ctypes.c_uint32), ("sys_arg0", ctypes.c_uint64),
                 ("comm", ctypes.c_char * 16), ("name", ctypes.c_char * NAME_LEN)]
 
 
@@ -159,12 +160,17 @@ class FuseCollector:
         self._pending: list[dict] = []
         self._last_scan = 0
         self._reported: OrderedDict[tuple[int, int, int], None] = OrderedDict()
-        # the applications' system calls: off with CORRELATE_FUSE_SYSCALLS=0 (or syscalls=False)
-        if syscalls is None:
-            syscalls = os.environ.get("CORRELATE_FUSE_SYSCALLS", "1") != "0"
-        self.sysnames = sysc.syscall_table() if syscalls else {}
+        # the applications' system calls (sysc.MODES): named where each FUSE request is
+        # sent by default; "exit" adds raw_syscalls for the errno the program got and the
+        # path argument; "0" (or syscalls=False) neither
+        mode = os.environ.get("CORRELATE_FUSE_SYSCALLS", "send") if syscalls is None else \
+            ("send" if syscalls else "0")
+        if mode not in sysc.MODES:
+            raise ProbeError(f"CORRELATE_FUSE_SYSCALLS must be one of {', '.join(sysc.MODES)}")
+        self.sysnames = sysc.syscall_table() if mode != "0" else {}
+        self.sys_exit = mode == "exit" and bool(self.sysnames)
         self.syscalls_off = "" if self.sysnames else (
-            "off (CORRELATE_FUSE_SYSCALLS=0)" if not syscalls else
+            "off (CORRELATE_FUSE_SYSCALLS=0)" if mode == "0" else
             "off: no system call table for this architecture")
         self.watched_at_start = 0
 
@@ -172,12 +178,13 @@ class FuseCollector:
         probes = resources.files("correlate.probes")
         text = probes.joinpath("fuse_events.c").read_text()
         defines = kernel_defines() + f"#define SLOW_NS {self.slow_ns}ULL\n"
-        defines += f"#define SYSCALLS {1 if self.sysnames else 0}\n#define FILTER_PID {self.pid or 0}\n"
+        defines += (f"#define SYS_SEND {1 if self.sysnames else 0}\n#define SYSCALLS "
+                    f"{1 if self.sys_exit else 0}\n#define FILTER_PID {self.pid or 0}\n")
         if self.sysnames:
             try:
                 defines += "".join(f"#define {d} {member_offset('pt_regs', m)}\n" for d, m in sysc.REGS)
             except BtfError as exc:
-                self.sysnames, self.syscalls_off = {}, f"off: {exc}"
+                self.sysnames, self.sys_exit, self.syscalls_off = {}, False, f"off: {exc}"
                 return self.program_text()
         calls = probes.joinpath("fuse_syscalls.c").read_text()
         return defines + text.replace("/* fuse_syscalls.c */", calls, 1)
@@ -196,7 +203,7 @@ class FuseCollector:
         self.mounts = fuse_mounts()
         self.bpf[b"events"].open_perf_buffer(self._on_event, page_cnt=self.perf_pages,
                                              lost_cb=self._on_lost)
-        if self.sysnames:
+        if self.sys_exit:
             self._start_syscalls()
 
     def _start_syscalls(self) -> None:
@@ -224,7 +231,7 @@ class FuseCollector:
     def attached(self) -> int:
         if self.bpf is None:
             return 0
-        return len(TRACEPOINTS) + (len(SYS_TRACEPOINTS) if self.sysnames else 0)
+        return len(TRACEPOINTS) + (len(SYS_TRACEPOINTS) if self.sys_exit else 0)
 
     def _on_lost(self, count) -> None:
         self.lost += count
@@ -264,7 +271,7 @@ class FuseCollector:
         if path:
             fields["path"] = path
         if rec.pending:
-            self._add_syscall(fields, int(rec.sys_nr))
+            self._add_syscall(fields, rec, pid)
             now = self.clock.to_realtime(rec.ts_end)
             return make_event(now, "probe", "fuse.pending", self.source,
                               call_time_ns=self.clock.to_realtime(rec.ts_send),
@@ -272,7 +279,7 @@ class FuseCollector:
         if rec.out_nodeid:
             fields["out_nodeid"] = int(rec.out_nodeid)
         fields.update(error=int(rec.error), reply_tid=int(rec.end_tid))
-        self._add_syscall(fields, int(rec.sys_nr))
+        self._add_syscall(fields, rec, pid)
         if rec.error < 0:
             fields.update(errno=-int(rec.error), errno_name=errno_name(-int(rec.error)))
         if rec.ts_send:
@@ -281,25 +288,21 @@ class FuseCollector:
         return make_event(self.clock.to_realtime(rec.ts_end), "probe", "fuse.reply",
                           self.source, **fields)
 
-    def _add_syscall(self, fields: dict, nr: int) -> None:
-        """The requester's system call, when traced (named when sys_enter was seen)."""
-        if nr == sysc.NR_UNKNOWN:
+    def _add_syscall(self, fields: dict, rec, pid: int | None) -> None:
+        """The requester's system call the request was sent from, and its fd."""
+        if rec.in_syscall:
+            fields["in_syscall"] = True      # its fuse.syscall follows when the call ends
+        name = self.sysnames.get(int(rec.sys_nr))
+        if name is None:
             return
-        fields["in_syscall"] = True          # its fuse.syscall follows when the call ends
-        if nr in self.sysnames:
-            fields["syscall"] = self.sysnames[nr]
-
-    def _syscall_of(self, tid: int) -> int:
-        """The system call a thread is in now (for a request still waiting)."""
-        if not self.sysnames or not tid:
-            return sysc.NR_UNKNOWN
-        table = self.bpf[b"sysc"]
-        try:
-            nr = int(table[table.Key(tid)].nr)
-        except KeyError:
-            return sysc.NR_UNKNOWN
-        # entered before its process was watched: the blocked thread's call, from the kernel
-        return sysc.blocked_in(tid) if nr == sysc.NR_UNKNOWN else nr
+        fields["syscall"] = name
+        if name in sysc.FD0:
+            fd = ctypes.c_int32(rec.sys_arg0 & 0xFFFFFFFF).value
+            fields["fd"] = fd
+            if "path" not in fields and pid:
+                where = sysc.fd_path(pid, fd)
+                if where:
+                    fields["path"] = where
 
     def path_of(self, nodeid: int, mount: str | None) -> str | None:
         """The node's path from the names the program learned, walked up to the root."""
@@ -342,8 +345,8 @@ class FuseCollector:
             rec = FuseEvent(ts_send=value.ts, ts_end=now, unique=key.unique, nodeid=value.nodeid,
                             opcode=value.opcode, hpid=value.hpid, send_tgid=value.tgid,
                             send_tid=value.tid, dev=key.dev, pending=1, comm=bytes(value.comm),
-                            sys_nr=self._syscall_of(value.tid) if value.tid == value.hpid
-                            else sysc.NR_UNKNOWN)
+                            sys_nr=getattr(value, "sys_nr", sysc.NR_UNKNOWN),
+                            sys_arg0=getattr(value, "sys_arg0", 0))
             ev = self.event_of(rec)
             if ev is not None:
                 self._pending.append(ev)

@@ -61,7 +61,7 @@ class FuseSession:
         fallback's uprobes."""
         if self.fallback_reason:
             return ("uprobes",) * max(1, self.collector.attached)
-        return TRACEPOINTS + (SYS_TRACEPOINTS if self.collector.sysnames else ())
+        return TRACEPOINTS + (SYS_TRACEPOINTS if self.collector.sys_exit else ())
 
     @property
     def attached(self) -> int:
@@ -87,7 +87,7 @@ class FuseSession:
         if self.fallback_reason:
             probes = [{"probe": f"{libc}:{fn} (pid {pid})", "method": "uprobe"}
                       for pid, (_fd, _dev, libc) in c.clients.items() for fn in ("readv", "writev")]
-        elif c.sysnames:
+        elif c.sys_exit:
             probes += [{"probe": f"raw_syscalls:{tp}", "method": "raw tracepoint"}
                        for tp in SYS_TRACEPOINTS]
         out = {"backend": self.backend_name, "events": self.events_seen, "lost": c.lost,
@@ -105,9 +105,11 @@ class FuseSession:
                     f"{len(c.clients)} client processes now, later ones within 2 s); requests "
                     f"that fail or take {c.slow_ns / 1e6:g} ms or more; their system calls "
                     f"{c.syscalls_off}"]
-        calls = (f"the system calls behind them, of {c.watched_at_start} processes using a "
-                 "FUSE mount now and any that sends a FUSE request later" if c.sysnames
-                 else f"their system calls {c.syscalls_off}")
+        calls = (f"their system calls with the errno the program got (raw_syscalls), of "
+                 f"{c.watched_at_start} processes using a FUSE mount now and any that sends a "
+                 "FUSE request later" if c.sys_exit else
+                 "the system call each is sent from (CORRELATE_FUSE_SYSCALLS=exit adds the "
+                 "errno the program got)" if c.sysnames else f"their system calls {c.syscalls_off}")
         return [f"fuse probes: requests that fail or take {c.slow_ns / 1e6:g} ms "
                 "or more (-o fuse-errors.slow_s=...), and " + calls]
 

@@ -18,6 +18,7 @@ NR_UNKNOWN = 0xFFFFFFFF
 SYS_TRACKED, SYS_FD0 = 0x80, 0x10
 MAX_NR = 512
 AT_FDCWD = -100
+MODES = ("send", "exit", "0")     # CORRELATE_FUSE_SYSCALLS
 MAX_SEED = 4096              # processes watched from the start, at most
 # pt_regs members the program reads (x86_64 names: the syscall ABI's first two arguments
 # and the number); other architectures get the group without system calls
@@ -109,16 +110,6 @@ def fd_path(pid: int, fd: int | str) -> str | None:
         return os.readlink(f"/proc/{pid}/cwd" if fd == "cwd" else f"/proc/{pid}/fd/{fd}")
     except (OSError, ValueError):
         return None
-
-
-def blocked_in(tid: int) -> int:
-    """The system call a blocked thread is in (/proc/TID/syscall's first field)."""
-    try:
-        with open(f"/proc/{tid}/syscall", encoding="ascii", errors="replace") as fh:
-            first = fh.read(256).split(" ", 1)[0]
-        return int(first) if first.isdigit() else NR_UNKNOWN - 1
-    except OSError:
-        return NR_UNKNOWN - 1
 
 
 def event_of(rec: SysEvent, names: dict[int, str], opcodes: dict[int, str], clock, source: str,
