@@ -129,7 +129,7 @@ def test_enotconn_names_program_path_and_dead_brick(pipeline, monkeypatch, calls
     assert f"{lab.HOST}:{fuse.SPEC.brick_dirs[0]} is down" in f["explanation"]
 
 
-def test_hung_call_names_the_rpc_it_waits_on(pipeline):
+def test_hung_call_names_the_rpc_it_waits_on(pipeline, tmp_path):
     directory = _fresh_dir("hung")
     pipe = pipeline("-o", "fuse-errors.slow_s=1")
     with lab.exclusive():
@@ -153,6 +153,18 @@ def test_hung_call_names_the_rpc_it_waits_on(pipeline):
     assert re.search(r"It waits for (LOOKUP|STAT) to 127\.0\.0\.2:\d+", f["explanation"])
     assert "unanswered" in f["explanation"]
     assert out["errno"] in (0, 2)     # answered once the bricks run again
+    assert pipe.stop() == 0
+    # the requests that waited and then succeeded are split across layers by app-latency:
+    # the wait was the bricks' (their RPCs answered after SIGCONT)
+    timeline = [json.loads(line) for line in (tmp_path / "timeline.jsonl").read_text().splitlines()]
+    waited = [e for e in timeline if e.get("kind") == "fuse.reply" and e.get("pid") == app_pid
+              and not e.get("errno") and e.get("latency_ns", 0) >= 1_000_000_000]
+    split = [e for e in timeline if e.get("kind") == "finding" and e.get("detector") == "app-latency"
+             and f"pid {app_pid}" in e.get("title", "")]
+    print([e["title"] + ": " + e["explanation"] for e in split])
+    assert len(split) >= (1 if waited else 0)
+    for e in split:
+        assert "(FUSE " in e["title"] and "the wire and the bricks took" in e["explanation"]
 
 
 def test_stale_file_under_open_fd(pipeline):

@@ -138,3 +138,28 @@ def test_call_named_where_its_request_was_sent():
                                              errno=5)])
     assert f["title"].startswith("app (pid 10, thread 11) got EIO from fsync(fd 3) (FUSE FSYNC)")
     assert f["syscall"] == "fsync" and "syscall_errno_name" not in f
+
+
+def test_slow_fuse_request_is_split_across_layers():
+    """app-latency splits a slow FUSE request with the RPCs its thread sent: kernel and FUSE
+    client before, between and after them, the wire and the bricks during them."""
+    from correlate.plugins.app_latency import AppLatency
+    ms = 1_000_000
+    call = {"time_ns": 110 * ms, "layer": "wire", "kind": "rpc.call", "source": "t",
+            "program": "GlusterFS", "program_num": 1298437, "procedure": "LOOKUP", "xid": 7,
+            "conn": 1, "src": "127.0.0.1:1000", "dst": "127.0.0.2:49200", "cred": {"pid": 11},
+            "args": {"bname": "f"}}
+    reply = dict(call, time_ns=390 * ms, kind="rpc.reply", op_ret=0, src=call["dst"], dst=call["src"])
+    other = dict(call, xid=8, cred={"pid": 99}, time_ns=120 * ms)      # another thread's
+    slow = {"time_ns": 400 * ms, "layer": "probe", "kind": "fuse.reply", "source": "t",
+            "opcode": "LOOKUP", "unique": 4, "connection": 40, "tid": 11, "pid": 10, "comm": "ls",
+            "path": "/mnt/v/f", "syscall": "newfstatat", "error": 0, "call_time_ns": 100 * ms,
+            "latency_ns": 300 * ms}
+    [f] = run_detector(AppLatency(), [call, other, reply, slow])
+    assert f["title"] == "newfstatat() (FUSE LOOKUP) on /mnt/v/f took 300.00 ms in ls (pid 10, thread 11)"
+    assert "the wire and the bricks took 280.00 ms of the 300.00 ms (93%) over 1 RPCs" in f["explanation"]
+    assert "the kernel and the FUSE client took 10.00 ms before the first RPC" in f["explanation"]
+    assert f["brick_ns"] == 280 * ms and f["total_ns"] == 300 * ms
+    # a failed request is fuse-errors' to report; a fast one is no finding
+    assert not run_detector(AppLatency(), [dict(slow, errno=107, errno_name="ENOTCONN")])
+    assert not run_detector(AppLatency(), [dict(slow, latency_ns=5 * ms)])
