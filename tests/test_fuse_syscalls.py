@@ -163,3 +163,26 @@ def test_slow_fuse_request_is_split_across_layers():
     # a failed request is fuse-errors' to report; a fast one is no finding
     assert not run_detector(AppLatency(), [dict(slow, errno=107, errno_name="ENOTCONN")])
     assert not run_detector(AppLatency(), [dict(slow, latency_ns=5 * ms)])
+
+
+def test_hung_brick_recovery_names_the_fuse_applications_that_waited():
+    """brick-not-responding lists FUSE callers that waited or got ENOTCONN meanwhile, with
+    their system call, beside libgfapi callers (the committed hung-brick capture, with a
+    FUSE request still waiting and one that failed while the brick was reported hung)."""
+    from pathlib import Path
+
+    from correlate.plugins.brick_not_responding import BrickNotResponding
+    from correlate.testing import events_of
+    events = events_of(Path(__file__).parent / "captures" / "brick-hang.pcap")
+    reported = 1796160686961825000          # the not-responding finding's time
+    waiting = {"time_ns": reported + 500_000_000, "layer": "probe", "kind": "fuse.pending",
+               "source": "t", "opcode": "GETATTR", "tid": 11, "pid": 10, "comm": "ls",
+               "syscall": "newfstatat", "call_time_ns": reported - 2_500_000_000,
+               "waited_ns": 3_000_000_000}
+    failed = _reply(reported + 600_000_000, 31, pid=12, comm="cp", opcode="OPEN", syscall="openat")
+    found = run_detector(BrickNotResponding(), [*events, waiting, failed])
+    [back] = [f for f in found if f["title"].startswith("brick answering again")]
+    assert ("Meanwhile the application saw: newfstatat() (FUSE GETATTR) in ls pid 10 blocked "
+            "3.0 s and still waited; openat() (FUSE OPEN) in cp pid 12 failed with ENOTCONN"
+            in back["explanation"])
+    assert back["application"] == ["newfstatat() (FUSE GETATTR)", "openat() (FUSE OPEN)"]
