@@ -11,6 +11,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 import time
 
 import pytest
@@ -103,7 +104,7 @@ def _fresh_dir(name: str):
 
 
 @pytest.mark.parametrize("calls", ["send", "exit"])
-def test_enotconn_names_program_path_and_dead_brick(pipeline, monkeypatch, calls):
+def test_enotconn_names_program_path_and_dead_brick(pipeline, monkeypatch, calls, tmp_path):
     """By default the system call is named where its FUSE request is sent; with
     CORRELATE_FUSE_SYSCALLS=exit its end is traced too: the errno the program got."""
     monkeypatch.setenv("CORRELATE_FUSE_SYSCALLS", calls)
@@ -127,6 +128,15 @@ def test_enotconn_names_program_path_and_dead_brick(pipeline, monkeypatch, calls
     assert f["syscall"] == "openat" and "openat(" in f["title"] and "(FUSE CREATE)" in f["title"]
     assert f.get("syscall_errno_name") == ("ENOTCONN" if calls == "exit" else None)
     assert f"{lab.HOST}:{fuse.SPEC.brick_dirs[0]} is down" in f["explanation"]
+    # the same analysis offline, from the saved timeline
+    assert pipe.stop() == 0
+    res = subprocess.run([sys.executable, "-m", "correlate", "analyze", "--json",
+                          str(tmp_path / "timeline.jsonl")], capture_output=True, text=True,
+                         timeout=120)
+    assert res.returncode == 0, res.stderr
+    again = [e for e in map(json.loads, res.stdout.splitlines()) if e.get("kind") == "finding"
+             and e.get("detector") == "fuse-errors" and e.get("errno_name") == "ENOTCONN"]
+    assert [(e["title"], e.get("syscall")) for e in again][:1] == [(f["title"], f["syscall"])]
 
 
 def test_hung_call_names_the_rpc_it_waits_on(pipeline, tmp_path):
