@@ -29,13 +29,16 @@ STR_KEYS = frozenset({
     "reject_status", "auth_status", "errno_name", "decode_error", "reason", "by", "icmp_from",
     "function", "library", "comm", "level", "level_name", "file", "domain", "xlator", "message",
     "strerror", "callstack", "continuation", "detector", "id", "severity", "title",
-    "explanation", "remedy", "key", "opcode", "mount"})
+    "explanation", "remedy", "key", "opcode", "mount", "syscall", "fuse_errno_name",
+    "syscall_errno_name"})
 INT_KEYS = frozenset({
     "conn", "frame", "xid", "program_num", "version", "procedure_num", "op_ret", "op_errno",
     "latency_ns", "handshake_ns", "icmp_type", "icmp_code", "attempts", "waited_ns", "pid",
     "tid", "duration_ns", "msgid", "line", "graph_id", "log_line", "repeated",
     "count", "payload_bytes", "continuation_dropped", "clock_offset_ns", "errno",
-    "opcode_num", "unique", "nodeid", "out_nodeid", "connection", "reply_tid"})
+    "opcode_num", "unique", "nodeid", "out_nodeid", "connection", "reply_tid", "syscall_nr",
+    "ret", "fd", "fuse_requests"})
+BOOL_KEYS = frozenset({"in_syscall"})
 TIME_KEYS = frozenset({"call_time_ns", "first_time_ns", "last_time_ns"})
 DICT_KEYS = frozenset({"args", "result", "cred", "fields", "mismatch"})
 # A probe's return value: a number, or a pointer as hex text ("0x16c06c38")
@@ -190,6 +193,8 @@ class _Cleaner:
             return type(v) is int
         if key in DICT_KEYS:
             return type(v) is dict
+        if key in BOOL_KEYS:
+            return type(v) is bool
         if key in UNION_KEYS:
             return type(v) in UNION_KEYS[key]
         if key in ("evidence", "chain"):

@@ -17,6 +17,12 @@ still running is sent live within the merge's reorder window (see bcc_backend).
 RPCs are tied to the process by the pid in their credentials (Gluster puts the caller's
 pid there); if threads of one process overlap in slow calls, each call is given the RPCs sent
 while it ran.
+
+FUSE callers (`--probe fuse`): a slow FUSE request the probes sent (`fuse.reply`, one that
+took fuse-errors.slow_s or more) is split the same way, with the RPCs the shared state joins
+to it (state.fuse: the FUSE client puts the requesting thread's id in the credentials): the
+kernel and the FUSE client before the first RPC, between RPCs and after the last reply, and
+the wire and the bricks. A failed request is fuse-errors' to report.
 """
 from __future__ import annotations
 
@@ -76,7 +82,7 @@ class AppLatency(Detector):
     # The io probes, and the RPCs a process sends while one of its calls runs. A GlusterFS
     # call's credentials (its pid) are read only while some glfs call is in progress:
     # decoded then (with_details), so a run without probes decodes none of them.
-    wants = Wants(kinds={"probe.call", "probe.return", "rpc.call", "rpc.reply"},
+    wants = Wants(kinds={"probe.call", "probe.return", "rpc.call", "rpc.reply", "fuse.reply"},
                   details=frozenset())
 
     options = {"after_s": Option(DEFAULT_AFTER_NS / 1e9, "seconds a glfs call must take to be "
@@ -107,7 +113,24 @@ class AppLatency(Detector):
             rec = self.rpcs.pop((ev.get("source"), ev.get("conn"), ev.get("xid")), None)
             if rec is not None:
                 rec["reply_ns"] = ev["time_ns"]
+        elif kind == "fuse.reply" and not ev.get("errno") and isinstance(ev.get("latency_ns"), int) \
+                and ev["latency_ns"] >= self.after_ns and isinstance(ev.get("call_time_ns"), int):
+            return [self._split_fuse(ev)]
         return ()
+
+    def _split_fuse(self, ev: dict) -> dict:
+        """A slow FUSE request, split with the RPCs its thread sent while it ran."""
+        join = self.state.fuse.join(ev)
+        replies = {(r.get("source"), r.get("conn"), r.get("xid")): r["time_ns"] for r in join.replies}
+        rpcs = [{"call": c, "call_ns": c["time_ns"],
+                 "reply_ns": replies.get((c.get("source"), c.get("conn"), c.get("xid")))}
+                for c in join.calls]
+        what = (f"{ev['syscall']}() (FUSE {ev.get('opcode')})" if ev.get("syscall")
+                else f"FUSE {ev.get('opcode')}")
+        call = {"event": ev, "start_ns": ev["call_time_ns"], "rpcs": rpcs}
+        return self._split(call, dict(ev, function=what), ev["latency_ns"],
+                           where=f" on {join.path}" if join.path else "", who=join.program,
+                           client="the kernel and the FUSE client")
 
     def _start(self, ev: dict) -> None:
         if len(self.open) >= MAX_OPEN:
@@ -148,12 +171,13 @@ class AppLatency(Detector):
             return ()
         return [self._split(call, ret, total)]
 
-    def _split(self, call: dict, ret: dict, total: int) -> dict:
+    def _split(self, call: dict, ret: dict, total: int, where: str = "", who: str = "",
+               client: str = "the client") -> dict:
         answered = [r for r in call["rpcs"] if r["reply_ns"] is not None and r["reply_ns"] <= ret["time_ns"]]
         fn = ret.get("function")
-        who = f"{ret.get('comm')} pid {ret.get('pid')}"
+        who = who or f"{ret.get('comm')} pid {ret.get('pid')}"
         if not answered:
-            parts = "no RPC of this process was answered while it ran: the time was spent in the client"
+            parts = f"no RPC of this process was answered while it ran: the time was spent in {client}"
             evidence, brick_ns, slowest = [call["event"], ret], 0, None
         else:
             first = min(r["call_ns"] for r in answered)
@@ -167,14 +191,14 @@ class AppLatency(Detector):
             parts = (f"the wire and the bricks took {duration(brick_ns)} of the {duration(total)} "
                      f"({100 * brick_ns / total:.0f}%) over {len(answered)} RPCs, the slowest "
                      f"{s_call.get('procedure')} on {s_call.get('dst')}{' ' + path if path else ''} "
-                     f"({duration(slowest['reply_ns'] - slowest['call_ns'])}); the client took "
+                     f"({duration(slowest['reply_ns'] - slowest['call_ns'])}); {client} took "
                      f"{duration(before)} before the first RPC, {duration(between)} between RPCs "
                      f"and {duration(after)} after the last reply")
             evidence = [call["event"], s_call, ret]
         return self.finding(
             ret["time_ns"], severity="info",
-            title=f"{fn} took {duration(total)} in {who}",
-            explanation=f"{fn} in {who} took {duration(total)}: {parts}.",
+            title=f"{fn}{where} took {duration(total)} in {who}",
+            explanation=f"{fn}{where} in {who} took {duration(total)}: {parts}.",
             remedy=("If the bricks took the time, see the slow-brick finding or `correlate "
                     "profile` for which brick and procedure; if the client did, look at its "
                     "translators (write-behind, caches) and its CPU."),

@@ -68,7 +68,7 @@ class BrickNotResponding(Detector):
     # ping-timeout (brick names are the shared state's), and a lock call's cmd (a blocking one may
     # wait by design). An overdue PING is reported by time passing: due/tick.
     wants = Wants(kinds={"rpc.call", "rpc.reply", "tcp.close", "tcp.connect", "probe.return",
-                         "log.message"},
+                         "log.message", "fuse.reply", "fuse.pending"},
                   details=GlusterState.DETAILS | LOCK_PROCEDURES)
 
     def __init__(self, state: GlusterState | None = None):
@@ -128,7 +128,7 @@ class BrickNotResponding(Detector):
                 found += self._close(st, ev)
         elif kind == "tcp.connect":
             found += self._reconnect(ev)
-        elif kind == "probe.return" and self.hung:
+        elif kind in ("probe.return", "fuse.reply", "fuse.pending") and self.hung:
             self._application(ev)
         elif kind == "log.message":
             found += self._log(ev)
@@ -246,10 +246,11 @@ class BrickNotResponding(Detector):
         return found
 
     def _application(self, ev: dict) -> None:
-        """With probes: a libgfapi call that failed with ENOTCONN or took over a second while
-        a brick hung is what the application saw of it."""
+        """With probes: a libgfapi call, or a FUSE request of an application on a mount, that
+        failed with ENOTCONN or took (or still waits) over a second while a brick hung is what
+        the application saw of it."""
         failed = ev.get("errno_name") == "ENOTCONN" or ev.get("errno") == ENOTCONN
-        if not failed and (ev.get("duration_ns") or 0) < STALL_NS:
+        if not failed and _took(ev) < STALL_NS:
             return
         for st in self.hung.values():
             if len(st.app) < MAX_SHOWN:
@@ -382,9 +383,11 @@ class BrickNotResponding(Detector):
         seen = ""
         if st.app:
             seen = " Meanwhile the application saw: " + "; ".join(
-                f"{a.get('function')} in pid {a.get('pid')} "
+                f"{_call_name(a)} in {a.get('comm') + ' ' if a.get('kind', '').startswith('fuse.') and a.get('comm') else ''}"
+                f"pid {a.get('pid')} "
                 + ("failed with ENOTCONN" if a.get("errno_name") == "ENOTCONN" or a.get("errno") == ENOTCONN
-                   else f"blocked {(a.get('duration_ns') or 0) / 1e9:.1f} s")
+                   else f"blocked {_took(a) / 1e9:.1f} s"
+                   + (" and still waited" if a.get("kind") == "fuse.pending" else ""))
                 for a in st.app) + "."
         if connect is not None:
             seen += (f" (The client's new TCP connection was accepted at "
@@ -399,7 +402,22 @@ class BrickNotResponding(Detector):
                    "not-responding finding still tell why it stopped.",
             evidence=[e for e in (st.gave_up, *st.app, connect, ev) if e],
             key=f"recovered:{st.server}", answered_ns=ev["time_ns"],
-            application=[a.get("function") for a in st.app])]
+            application=[_call_name(a) for a in st.app])]
+
+
+def _took(ev: dict) -> int:
+    """How long an application's call took (a FUSE request: its latency, or its wait so far)."""
+    for key in ("duration_ns", "latency_ns", "waited_ns"):
+        if isinstance(ev.get(key), int):
+            return ev[key]
+    return 0
+
+
+def _call_name(ev: dict) -> str:
+    if not ev.get("kind", "").startswith("fuse."):
+        return str(ev.get("function"))
+    op = f"FUSE {ev.get('opcode')}"
+    return f"{ev['syscall']}() ({op})" if ev.get("syscall") else op
 
 
 

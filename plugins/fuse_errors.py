@@ -17,13 +17,23 @@ bricks' state on the wire. The wire cause, by errno:
   detector names the remover).
 A request still unanswered after `slow_s` is a hung system call: named with the RPCs its
 thread waits on and their bricks.
+
+The system call: where the probes trace the requester's system calls, a failed request
+that a call of the application sent (`in_syscall`) is held until that call's `fuse.syscall`
+event (its name, path or fd, and the errno the program got; it ends microseconds after the
+reply) or for SYSCALL_WAIT_NS; the two meet by (connection, unique). Without it (an older
+recording, a kernel request) the call is named from the FUSE operation.
 """
 from __future__ import annotations
+
+from collections import OrderedDict
 
 from correlate import hookimpl
 from correlate.detector import Detector, Option, Wants
 from correlate.state import GlusterState
 
+SYSCALL_WAIT_NS = 1_000_000_000   # a failed request waits this long for its system call
+MAX_HELD = 1024                   # requests (and early system calls) held, oldest out
 ERRNOS = {107: "ENOTCONN", 5: "EIO", 116: "ESTALE", 77: "EBADFD"}
 # On an open file, ENOENT is no "no such name": the file went away under the fd
 FD_OPS = frozenset({"READ", "WRITE", "FSYNC", "FLUSH", "FALLOCATE", "LSEEK", "SETLK", "SETLKW",
@@ -63,17 +73,21 @@ def op_text(op: str) -> str:
 class FuseErrors(Detector):
     id = "fuse-errors"
     needs = frozenset({"probe"})
-    wants = Wants(kinds={"fuse.reply", "fuse.pending"}, details=())   # the join decodes its calls
+    wants = Wants(kinds={"fuse.reply", "fuse.pending", "fuse.syscall"}, details=())   # the join decodes its calls
     options = {"slow_s": Option(1.0, "the fuse probes send requests slower than this "
                                      "(seconds); one unanswered this long is a hung call")}
 
     def __init__(self, state: GlusterState | None = None):
         self.state = state if state is not None else GlusterState()
+        self.held: OrderedDict[tuple, tuple[dict, str]] = OrderedDict()   # awaiting their call
+        self.early: OrderedDict[tuple, dict] = OrderedDict()   # calls ahead of their request
 
     def observe(self, ev):
         kind = ev.get("kind")
         if kind == "fuse.pending":
             return self._hung(ev)
+        if kind == "fuse.syscall":
+            return self._syscall(ev)
         if kind != "fuse.reply":       # a runtime without subscriptions hands it everything
             return []
         name = ERRNOS.get(ev.get("errno"))
@@ -81,20 +95,79 @@ class FuseErrors(Detector):
             name = "ENOENT"
         if name is None:
             return []
+        if not ev.get("in_syscall"):
+            return self._failed(ev, name, None)
+        key = (ev.get("connection"), ev.get("unique"))
+        call = self.early.pop(key, None)
+        if call is not None:
+            return self._failed(ev, name, call)
+        _bounded_put(self.held, key, (ev, name))
+        return []
+
+    def _syscall(self, call):
+        key = (call.get("connection"), call.get("unique"))
+        held = self.held.pop(key, None)
+        if held is None:
+            _bounded_put(self.early, key, call)
+            return []
+        return self._failed(held[0], held[1], call)
+
+    def due(self):
+        return next(iter(self.held.values()))[0]["time_ns"] + SYSCALL_WAIT_NS if self.held else None
+
+    def tick(self, now):
+        found = []
+        while self.held:
+            key, (ev, name) = next(iter(self.held.items()))
+            if ev["time_ns"] + SYSCALL_WAIT_NS > now:
+                break
+            del self.held[key]
+            found.extend(self._failed(ev, name, None))
+        self.early = OrderedDict((k, c) for k, c in self.early.items()
+                                 if c["time_ns"] + SYSCALL_WAIT_NS > now)
+        return found
+
+    def finish(self):
+        found = [f for ev, name in self.held.values() for f in self._failed(ev, name, None)]
+        self.held.clear()
+        self.early.clear()
+        return found
+
+    def _failed(self, ev, name, call):
+        """The finding for a failed request; `call` is its system call's event when traced."""
         join = self.state.fuse.join(ev)
         op = ev.get("opcode") or "?"
-        path = join.path or f"node {ev.get('nodeid')}"
+        path = join.path or (call or {}).get("path") or f"node {ev.get('nodeid')}"
         cause, evidence = self._cause(name, join)
+        got, what, severity = name, op_text(op), "error"
+        syscall = (call or {}).get("syscall") or ev.get("syscall")
+        if syscall:     # the traced call's path, else the fd it was called on
+            src = call if call is not None and ("path" in call or "fd" in call) else ev
+            arg = f'"{src["path"]}"' if src is call and src.get("path") else \
+                (f"fd {src['fd']}" if isinstance(src.get("fd"), int) else "")
+            what = f"{syscall}({arg}) (FUSE {op})"
+        said = ""
+        if call is not None:
+            got = call.get("errno_name") or name
+            if not call.get("errno_name"):   # the kernel or client hid it: nothing failed the program
+                severity, got = "warning", f"{name} inside"
+                said = f" Its {syscall}() returned {call.get('ret')}: the program saw no error."
+            elif got != name:
+                said = f" The program's {syscall}() returned {got}."
+        on = "" if f'"{path}"' in what else f" on {path}"    # the call's own path says it
         return [self.finding(
-            ev["time_ns"], severity="error",
-            title=f"{join.program} got {name} from {op_text(op)} on {path}",
-            explanation=f"{join.program} on {ev.get('mount') or 'a FUSE mount'}: {op_text(op)} "
-                        f"on {path} failed with {name} after {_ms(ev.get('latency_ns'))}. "
-                        + cause + _uncertain(join),
-            remedy=REMEDY["ESTALE" if name in STALE else name], evidence=[ev, *evidence],
+            ev["time_ns"], severity=severity,
+            title=f"{join.program} got {got} from {what}{on}",
+            explanation=f"{join.program} on {ev.get('mount') or 'a FUSE mount'}: {what}{on} "
+                        f"failed with {name} after {_ms(ev.get('latency_ns'))}." + said
+                        + " " + cause + _uncertain(join),
+            remedy=REMEDY["ESTALE" if name in STALE else name],
+            evidence=[ev, *([call] if call else []), *evidence],
             # one cause, many files: an application failing op after op folds into one
             key=f"{name}:{ev.get('pid')}:{ev.get('comm')}:{op}", path=path, program=ev.get("comm"),
-            pid=ev.get("pid"), errno_name=name, fuse_op=op)]
+            pid=ev.get("pid"), errno_name=name, fuse_op=op,
+            **({"syscall": syscall} if syscall else {}),
+            **({"syscall_errno_name": call.get("errno_name")} if call and call.get("errno_name") else {}))]
 
     def _cause(self, name: str, join) -> tuple[str, list[dict]]:
         same = [r for r in join.failed_replies if r.get("errno_name") == name]
@@ -150,20 +223,27 @@ class FuseErrors(Detector):
     def _hung(self, ev):
         join = self.state.fuse.join(ev)
         op, path = ev.get("opcode") or "?", join.path or f"node {ev.get('nodeid')}"
+        what = f"{ev['syscall']}() (FUSE {op})" if ev.get("syscall") else op_text(op)
         waits = "; ".join(f"{c.get('procedure')} to {self.state.fuse.brick_of(c) or c.get('dst')}"
                           for c in join.unanswered[:3])
         cause = f"It waits for {waits}, unanswered." if waits else \
             "No RPC of its thread is outstanding on the wire: it waits inside the client."
         return [self.finding(
             ev["time_ns"], severity="warning",
-            title=f"{join.program} hangs in {op_text(op)} on {path}",
-            explanation=f"{join.program}'s {op_text(op)} on {path} has waited "
+            title=f"{join.program} hangs in {what} on {path}",
+            explanation=f"{join.program}'s {what} on {path} has waited "
                         f"{_ms(ev.get('waited_ns'))} for the FUSE client. " + cause + _uncertain(join),
             remedy="Find the brick that does not answer (brick-not-responding, rpc-unanswered); "
                    "a brick that stopped answering is disconnected after network.ping-timeout.",
             evidence=[ev, *join.unanswered[:3]],
             key=f"hung:{ev.get('comm')}:{op}:{path}", path=path, program=ev.get("comm"),
-            pid=ev.get("pid"), fuse_op=op)]
+            pid=ev.get("pid"), fuse_op=op, **({"syscall": ev["syscall"]} if ev.get("syscall") else {}))]
+
+
+def _bounded_put(table: OrderedDict, key, value) -> None:
+    table[key] = value
+    if len(table) > MAX_HELD:
+        table.popitem(last=False)
 
 
 def _ms(ns) -> str:

@@ -9,10 +9,13 @@
  * more. Successful LOOKUP/CREATE/MKDIR/MKNOD replies name their node in the `names` map
  * (node id -> parent node id + name), which the collector reads for the few requests it
  * sends.
+ *
+ * The application's system calls (fuse_syscalls.c) are spliced in after the helpers.
  */
 #include <uapi/linux/ptrace.h>
 
 #define NAME_LEN 128
+#define NR_UNKNOWN 0xffffffff    /* no system call known */
 #define OP_LOOKUP 1
 #define OP_GETATTR 3
 #define OP_MKNOD 8
@@ -31,6 +34,9 @@ struct inflight_t {
     u32 tgid;           /* the sending thread: the requester for a synchronous request */
     u32 tid;
     char comm[16];
+    u32 sys_nr;         /* the system call it is sent from (NR_UNKNOWN: none, or not asked) */
+    u32 pad;
+    u64 sys_arg0;       /* that call's first argument (an fd, or an *at call's dirfd) */
 };
 
 struct fuse_event_t {
@@ -49,6 +55,11 @@ struct fuse_event_t {
     u32 end_tid;
     u32 dev;
     u32 pending;        /* 1: still unanswered (sent by the collector's scan, not here) */
+    u32 sys_nr;         /* the requester's system call (NR_UNKNOWN: none known) */
+    u32 in_syscall;     /* 1: its system call's exit is traced (a sys event follows) */
+    u32 pad;
+    u32 pad2;
+    u64 sys_arg0;
     char comm[16];      /* the sending thread's */
     char name[NAME_LEN];
 };
@@ -87,6 +98,8 @@ static __always_inline u32 req_dev(const void *req) {
     const void *fc = fm ? (const void *)rd64(fm + FM_FC) : 0;
     return fc ? rd32(fc + FC_DEV) : 0;
 }
+
+/* fuse_syscalls.c */
 
 /* Negative lookups, absent extended attributes, unimplemented opcodes: everyday answers. */
 static __always_inline int expected_error(u32 op, s32 err) {
@@ -131,7 +144,20 @@ RAW_TRACEPOINT_PROBE(fuse_request_send) {
     v.opcode = rd32(req + REQ_IN_H + H_OPCODE);
     v.hpid = rd32(req + REQ_IN_H + H_PID);
     bpf_get_current_comm(&v.comm, sizeof(v.comm));
+    v.sys_nr = NR_UNKNOWN;
+#if SYS_SEND
+    /* synchronous: the requester's own system call, from its saved user registers (orig_ax
+     * is -1 outside a system call: a page fault's request) */
+    if (v.hpid == v.tid) {
+        const void *regs = (const void *)bpf_task_pt_regs(
+            (struct task_struct *)bpf_get_current_task_btf());
+        v.sys_nr = (u32)rd64(regs + REGS_NR);
+        v.sys_arg0 = rd64(regs + REGS_ARG0);
+    }
+#endif
     inflight.update(&key, &v);
+    if (v.hpid == v.tid)     /* synchronous: sent inside the requester's system call */
+        note_send(v.tgid, v.tid, key.unique, v.opcode, key.dev, v.ts);
     return 0;
 }
 
@@ -188,6 +214,10 @@ RAW_TRACEPOINT_PROBE(fuse_request_end) {
     ev->pending = 0;
     ev->send_tgid = sent ? sent->tgid : 0;
     ev->send_tid = sent ? sent->tid : 0;
+    ev->sys_nr = sent ? sent->sys_nr : NR_UNKNOWN;
+    ev->sys_arg0 = sent ? sent->sys_arg0 : 0;
+    ev->in_syscall = sent && sent->tid == sent->hpid &&
+        note_end(sent->tid, key.unique, op, key.dev, failed ? err : 0) != NR_UNKNOWN;
     __builtin_memset(ev->comm, 0, sizeof(ev->comm));
     if (sent)
         bpf_probe_read_kernel(ev->comm, sizeof(ev->comm), sent->comm);

@@ -31,7 +31,7 @@ def test_offline_demo_diagnoses_every_shipped_problem():
     assert res.returncode == 0
     got = verdicts(res.stdout)
     assert set(got) >= set(NEW) | {"atime-minus-one", "auth-rejected", "firewall-reject",
-                                   "firewall-drop", "reserve-full"}
+                                   "firewall-drop", "reserve-full", "fuse-enotconn"}
     assert set(got.values()) == {"diagnosed"}
 
 
@@ -63,3 +63,25 @@ def test_live_demo_diagnoses_hang_slow_lock_and_split_brain(lab):
         assert about, f"no {detector} finding about volume {steps[step].volume}"
     for step in NEW:
         assert not volumes.state(steps[step].volume).exists
+
+
+def test_live_demo_shows_an_application_enotconn_on_a_fuse_mount(lab):
+    """The FUSE step: live through --probe fuse, the finding names the program, its system
+    call, the path, the errno and the dead brick of the demo's own volume (fz2demo), which
+    is unmounted and deleted after."""
+    from tests.lab import demo as demo_module
+    from tests.lab import fuse, volumes
+    missing = demo_module.missing_capabilities()
+    reason = demo_module.fuse_missing()
+    if missing or reason:
+        print(f"\nskipping: the live FUSE demo needs {', '.join(missing) or reason}")
+        pytest.skip(f"the live FUSE demo needs {', '.join(missing) or reason}")
+    res = demo("--only", "fuse-enotconn")
+    assert "capture and probes running" in res.stdout
+    assert verdicts(res.stdout) == {"fuse-enotconn": "diagnosed"} and res.returncode == 0
+    shown = res.stdout.split("demo: -> fuse-enotconn", 1)[1]
+    head = re.search(r"\[ERROR\] fuse-errors: (.*) got ENOTCONN from openat\((\"/mnt/fz2demo/app-\S+"
+                     r"/file-\d+\")?\) \(FUSE CREATE\)", shown)
+    assert head and head[1].startswith("python (pid "), shown
+    assert "/srv/correlate-lab/fz2demo/b1 is down" in shown.replace("\n      ", " ")
+    assert not fuse.mounted(fuse.DEMO_MOUNT) and not volumes.state("fz2demo").exists

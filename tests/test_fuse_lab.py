@@ -11,6 +11,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 import time
 
 import pytest
@@ -82,20 +83,31 @@ def _errno_name(number: int) -> str:
 
 def _fresh_dir(name: str):
     """A new directory on the mount, once the mount has reconnected to every brick (a
-    previous test restarted one: the client retries every 3 s)."""
-    d = fuse.MOUNT / f"{name}-{os.getpid()}-{time.monotonic_ns()}"
-    deadline = time.monotonic() + 30
+    previous test restarted one: the client retries every 3 s). A directory made while a
+    brick was still away exists on the others only, and DHT then places every file there:
+    it is made again until every brick has it."""
+    deadline = time.monotonic() + 60
     while True:
+        d = fuse.MOUNT / f"{name}-{os.getpid()}-{time.monotonic_ns()}"
         try:
             d.mkdir()
-            return d
         except OSError as exc:
             if exc.errno != errno.ENOTCONN or time.monotonic() > deadline:
                 raise
             time.sleep(0.5)
+            continue
+        if all((b / d.name).is_dir() for b in fuse.SPEC.brick_dirs):
+            return d
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{d} is not on every brick of {fuse.SPEC.name}")
+        time.sleep(1)
 
 
-def test_enotconn_names_program_path_and_dead_brick(pipeline):
+@pytest.mark.parametrize("calls", ["send", "exit"])
+def test_enotconn_names_program_path_and_dead_brick(pipeline, monkeypatch, calls, tmp_path):
+    """By default the system call is named where its FUSE request is sent; with
+    CORRELATE_FUSE_SYSCALLS=exit its end is traced too: the errno the program got."""
+    monkeypatch.setenv("CORRELATE_FUSE_SYSCALLS", calls)
     directory = _fresh_dir("enotconn")
     pipe = pipeline()
     with lab.exclusive():
@@ -112,10 +124,22 @@ def test_enotconn_names_program_path_and_dead_brick(pipeline):
     assert f["pid"] == out["pid"] and f["program"] == out["comm"]
     assert f["path"] == failed[0] and f["fuse_op"] == "CREATE"
     assert f"thread {out['tid']}" in f["title"]
-    assert f"{lab.HOST}:/srv/correlate-lab/fusevol/b1 is down" in f["explanation"]
+    # the application's own call: openat (and, its end traced, the errno it returned)
+    assert f["syscall"] == "openat" and "openat(" in f["title"] and "(FUSE CREATE)" in f["title"]
+    assert f.get("syscall_errno_name") == ("ENOTCONN" if calls == "exit" else None)
+    assert f"{lab.HOST}:{fuse.SPEC.brick_dirs[0]} is down" in f["explanation"]
+    # the same analysis offline, from the saved timeline
+    assert pipe.stop() == 0
+    res = subprocess.run([sys.executable, "-m", "correlate", "analyze", "--json",
+                          str(tmp_path / "timeline.jsonl")], capture_output=True, text=True,
+                         timeout=120)
+    assert res.returncode == 0, res.stderr
+    again = [e for e in map(json.loads, res.stdout.splitlines()) if e.get("kind") == "finding"
+             and e.get("detector") == "fuse-errors" and e.get("errno_name") == "ENOTCONN"]
+    assert [(e["title"], e.get("syscall")) for e in again][:1] == [(f["title"], f["syscall"])]
 
 
-def test_hung_call_names_the_rpc_it_waits_on(pipeline):
+def test_hung_call_names_the_rpc_it_waits_on(pipeline, tmp_path):
     directory = _fresh_dir("hung")
     pipe = pipeline("-o", "fuse-errors.slow_s=1")
     with lab.exclusive():
@@ -132,11 +156,25 @@ def test_hung_call_names_the_rpc_it_waits_on(pipeline):
         out = json.loads(proc.communicate(timeout=60)[0].splitlines()[-1])
     print(f["title"], f["explanation"], sep="\n")
     assert f["severity"] == "warning" and f["fuse_op"] in ("GETATTR", "LOOKUP")
-    assert f"hangs in FUSE {f['fuse_op']}" in f["title"]
+    # the system call it hangs in, from the thread's registers when the request was sent
+    assert f["syscall"] in ("newfstatat", "stat", "statx", "lstat")
+    assert f"hangs in {f['syscall']}() (FUSE {f['fuse_op']})" in f["title"]
     assert str(directory / "not-yet").startswith(f["path"]) or f["path"] == str(directory / "not-yet")
     assert re.search(r"It waits for (LOOKUP|STAT) to 127\.0\.0\.2:\d+", f["explanation"])
     assert "unanswered" in f["explanation"]
     assert out["errno"] in (0, 2)     # answered once the bricks run again
+    assert pipe.stop() == 0
+    # the requests that waited and then succeeded are split across layers by app-latency:
+    # the wait was the bricks' (their RPCs answered after SIGCONT)
+    timeline = [json.loads(line) for line in (tmp_path / "timeline.jsonl").read_text().splitlines()]
+    waited = [e for e in timeline if e.get("kind") == "fuse.reply" and e.get("pid") == app_pid
+              and not e.get("errno") and e.get("latency_ns", 0) >= 1_000_000_000]
+    split = [e for e in timeline if e.get("kind") == "finding" and e.get("detector") == "app-latency"
+             and f"pid {app_pid}" in e.get("title", "")]
+    print([e["title"] + ": " + e["explanation"] for e in split])
+    assert len(split) >= (1 if waited else 0)
+    for e in split:
+        assert "(FUSE " in e["title"] and "the wire and the bricks took" in e["explanation"]
 
 
 def test_stale_file_under_open_fd(pipeline):
@@ -158,6 +196,9 @@ def test_stale_file_under_open_fd(pipeline):
     print(f["title"], f["explanation"], sep="\n")
     assert "removed or replaced by another client" in f["explanation"]
     assert f["errno_name"] in {_errno_name(e) for e in failed.values()}
+    calls = {"pwrite": "pwrite64", "fsync": "fsync", "fstat": "fstat", "close": "close"}
+    assert f["syscall"] in {calls[c] for c in failed}
+    assert re.search(rf"{f['syscall']}\(fd \d+\) \(FUSE {f['fuse_op']}\)", f["title"])
 
 
 def test_healthy_fuse_workload_gives_no_warning(pipeline, tmp_path):
@@ -189,5 +230,6 @@ def test_split_brain_eio_names_reader_and_file(pipeline):
     f = _fuse_finding(pipe, lambda ev: ev.get("errno_name") == "EIO")
     print(f["title"], f["explanation"], sep="\n")
     assert f["program"] == "cat" and f["path"] == str(path) and f["fuse_op"] in ("READ", "OPEN", "LOOKUP")
+    assert f["syscall"] in ("read", "openat")
     assert "made EIO itself" in f["explanation"] or "turned that into EIO" in f["explanation"]
     assert "split-brain" in f["explanation"]

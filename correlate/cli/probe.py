@@ -60,7 +60,10 @@ def _note_nsec(key: str, value) -> str:
 
 def format_fuse(ev: dict) -> str:
     """One line for a FUSE request the fuse probes sent."""
-    parts = [format_time(ev["time_ns"]), ev["kind"], safe_text(str(ev.get("opcode", "?")), 30),
+    what = str(ev.get("opcode", "?"))
+    if ev.get("syscall"):
+        what = f"{ev['syscall']}/{what}" if ev["kind"] == "fuse.syscall" else f"{what}/{ev['syscall']}"
+    parts = [format_time(ev["time_ns"]), ev["kind"], safe_text(what, 60),
              f"pid={ev.get('pid')}", f"tid={ev.get('tid')}", f"comm={safe_text(ev.get('comm') or '', 40)}",
              f"path={json.dumps(ev.get('path') or ev.get('nodeid'), ensure_ascii=True)}"]
     if ev.get("errno_name"):

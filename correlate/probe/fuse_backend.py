@@ -9,6 +9,10 @@ requests that took `slow_ns` or more. A request still unanswered after `slow_ns`
 the collector's scan of the requests in flight (`fuse.pending`), so a hung system call is
 seen while it hangs. Node ids are named from the LOOKUP/CREATE/MKDIR/MKNOD replies the
 program keeps in a kernel map; the collector walks that map for the requests it sends.
+
+The requester's system call is named where the request is sent (its saved registers), and
+with CORRELATE_FUSE_SYSCALLS=exit followed to its end (fuse_syscalls.py); a kernel that
+refuses that part gets the group without it, said in the notes.
 """
 from __future__ import annotations
 
@@ -26,6 +30,7 @@ from .bcc_backend import check_bcc_prerequisites
 from .btf import BtfError, member_offset, struct_size
 from .clock import ClockMap
 from .errors import ProbeError
+from . import fuse_syscalls as sysc
 
 DEFAULT_SLOW_NS = 1_000_000_000
 SCAN_EVERY_NS = 200_000_000
@@ -34,6 +39,7 @@ MAX_DEPTH = 32                # path components walked up from a node
 NAME_LEN = 128
 ROOT_NODE = 1                 # FUSE_ROOT_ID
 TRACEPOINTS = ("fuse_request_send", "fuse_request_end")
+SYS_TRACEPOINTS = ("sys_enter", "sys_exit")
 FORMAT = "/sys/kernel/tracing/events/fuse/fuse_request_send/format"
 # include/uapi/linux/fuse.h (a stable ABI); the tracepoint's format, when readable, wins
 OPCODES = {1: "LOOKUP", 2: "FORGET", 3: "GETATTR", 4: "SETATTR", 5: "READLINK", 6: "SYMLINK",
@@ -70,6 +76,8 @@ class FuseEvent(ctypes.Structure):
                 ("hpid", ctypes.c_uint32), ("send_tgid", ctypes.c_uint32),
                 ("send_tid", ctypes.c_uint32), ("end_tid", ctypes.c_uint32),
                 ("dev", ctypes.c_uint32), ("pending", ctypes.c_uint32),
+                ("sys_nr", ctypes.c_uint32), ("in_syscall", ctypes.c_uint32),
+                ("pad", ctypes.c_uint32), ("pad2", ctypes.c_uint32), ("sys_arg0", ctypes.c_uint64),
                 ("comm", ctypes.c_char * 16), ("name", ctypes.c_char * NAME_LEN)]
 
 
@@ -140,7 +148,7 @@ class FuseCollector:
     name = "bcc-fuse"
 
     def __init__(self, slow_ns: int = DEFAULT_SLOW_NS, pid: int | None = None,
-                 source: str = "bcc-fuse", perf_pages: int = 64):
+                 source: str = "bcc-fuse", perf_pages: int = 64, syscalls: bool | None = None):
         if type(slow_ns) is not int or slow_ns <= 0:
             raise ProbeError("the fuse probes' threshold must be an int > 0 (nanoseconds)")
         self.slow_ns = slow_ns
@@ -156,29 +164,82 @@ class FuseCollector:
         self._pending: list[dict] = []
         self._last_scan = 0
         self._reported: OrderedDict[tuple[int, int, int], None] = OrderedDict()
+        # the applications' system calls (sysc.MODES): named where each FUSE request is
+        # sent by default; "exit" adds raw_syscalls for the errno the program got and the
+        # path argument; "0" (or syscalls=False) neither
+        mode = os.environ.get("CORRELATE_FUSE_SYSCALLS", "send") if syscalls is None else \
+            ("send" if syscalls else "0")
+        if mode not in sysc.MODES:
+            raise ProbeError(f"CORRELATE_FUSE_SYSCALLS must be one of {', '.join(sysc.MODES)}")
+        self.sysnames = sysc.syscall_table() if mode != "0" else {}
+        self.sys_exit = mode == "exit" and bool(self.sysnames)
+        self.syscalls_off = "" if self.sysnames else (
+            "off (CORRELATE_FUSE_SYSCALLS=0)" if mode == "0" else
+            "off: no system call table for this architecture")
+        self.watched_at_start = 0
 
     def program_text(self) -> str:
-        text = resources.files("correlate.probes").joinpath("fuse_events.c").read_text()
-        return kernel_defines() + f"#define SLOW_NS {self.slow_ns}ULL\n" + text
+        probes = resources.files("correlate.probes")
+        text = probes.joinpath("fuse_events.c").read_text()
+        defines = kernel_defines() + f"#define SLOW_NS {self.slow_ns}ULL\n"
+        defines += (f"#define SYS_SEND {1 if self.sysnames else 0}\n#define SYSCALLS "
+                    f"{1 if self.sys_exit else 0}\n#define FILTER_PID {self.pid or 0}\n")
+        if self.sysnames:
+            try:
+                defines += "".join(f"#define {d} {member_offset('pt_regs', m)}\n" for d, m in sysc.REGS)
+            except BtfError as exc:
+                self.sysnames, self.sys_exit, self.syscalls_off = {}, False, f"off: {exc}"
+                return self.program_text()
+        calls = probes.joinpath("fuse_syscalls.c").read_text()
+        return defines + text.replace("/* fuse_syscalls.c */", calls, 1)
 
     def start(self) -> None:
         check_bcc_prerequisites()
         from bcc import BPF
-        text = self.program_text()
         try:
-            self.bpf = BPF(text=text.encode())
+            self.bpf = BPF(text=self.program_text().encode())
         except Exception as exc:   # bcc raises plain Exception for compile and attach errors
             first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            if self.sysnames:      # the system call part refused (bpf_task_pt_regs: 5.15+)
+                self.sysnames, self.sys_exit = {}, False
+                self.start()
+                self.syscalls_off = f"off: the program with them did not load ({first[:200]})"
+                return
             raise ProbeError(f"the fuse probes could not load: {first} (the tracepoints "
                              f"fuse:{' and fuse:'.join(TRACEPOINTS)} exist since Linux 6.12)") from None
         self.clock = ClockMap()
         self.mounts = fuse_mounts()
         self.bpf[b"events"].open_perf_buffer(self._on_event, page_cnt=self.perf_pages,
                                              lost_cb=self._on_lost)
+        if self.sys_exit:
+            self._start_syscalls()
+
+    def _start_syscalls(self) -> None:
+        """Which calls the kernel keeps, and the processes that have a mount open now."""
+        info = self.bpf[b"sysinfo"]
+        for nr, flags in sysc.sysinfo_flags(self.sysnames).items():
+            info[info.Key(nr)] = info.Leaf(flags)
+        watched = self.bpf[b"watched"]
+        pids = [self.pid] if self.pid else sysc.processes_using(self.mounts.values())
+        for pid in pids:
+            word = watched.Key(pid >> 6)
+            watched[word] = watched.Leaf(watched[word].value | 1 << (pid & 63))
+        self.watched_at_start = len(pids)
+        self.bpf[b"sysevents"].open_perf_buffer(self._on_sys_event, page_cnt=self.perf_pages,
+                                                lost_cb=self._on_lost)
+
+    def _on_sys_event(self, _cpu, data, _size) -> None:
+        rec = ctypes.cast(data, ctypes.POINTER(sysc.SysEvent)).contents
+        if rec.dev and rec.dev not in self.mounts:
+            self.mounts = fuse_mounts()
+        self._pending.append(sysc.event_of(rec, self.sysnames, self.opcodes, self.clock,
+                                           self.source, self.host, self.mounts))
 
     @property
     def attached(self) -> int:
-        return len(TRACEPOINTS) if self.bpf is not None else 0
+        if self.bpf is None:
+            return 0
+        return len(TRACEPOINTS) + (len(SYS_TRACEPOINTS) if self.sys_exit else 0)
 
     def _on_lost(self, count) -> None:
         self.lost += count
@@ -218,6 +279,7 @@ class FuseCollector:
         if path:
             fields["path"] = path
         if rec.pending:
+            self._add_syscall(fields, rec, pid)
             now = self.clock.to_realtime(rec.ts_end)
             return make_event(now, "probe", "fuse.pending", self.source,
                               call_time_ns=self.clock.to_realtime(rec.ts_send),
@@ -225,6 +287,7 @@ class FuseCollector:
         if rec.out_nodeid:
             fields["out_nodeid"] = int(rec.out_nodeid)
         fields.update(error=int(rec.error), reply_tid=int(rec.end_tid))
+        self._add_syscall(fields, rec, pid)
         if rec.error < 0:
             fields.update(errno=-int(rec.error), errno_name=errno_name(-int(rec.error)))
         if rec.ts_send:
@@ -232,6 +295,22 @@ class FuseCollector:
                           latency_ns=int(rec.ts_end - rec.ts_send))
         return make_event(self.clock.to_realtime(rec.ts_end), "probe", "fuse.reply",
                           self.source, **fields)
+
+    def _add_syscall(self, fields: dict, rec, pid: int | None) -> None:
+        """The requester's system call the request was sent from, and its fd."""
+        if rec.in_syscall:
+            fields["in_syscall"] = True      # its fuse.syscall follows when the call ends
+        name = self.sysnames.get(int(rec.sys_nr))
+        if name is None:
+            return
+        fields["syscall"] = name
+        if name in sysc.FD0:
+            fd = ctypes.c_int32(rec.sys_arg0 & 0xFFFFFFFF).value
+            fields["fd"] = fd
+            if "path" not in fields and pid:
+                where = sysc.fd_path(pid, fd)
+                if where:
+                    fields["path"] = where
 
     def path_of(self, nodeid: int, mount: str | None) -> str | None:
         """The node's path from the names the program learned, walked up to the root."""
@@ -273,7 +352,9 @@ class FuseCollector:
                 self._reported.popitem(last=False)
             rec = FuseEvent(ts_send=value.ts, ts_end=now, unique=key.unique, nodeid=value.nodeid,
                             opcode=value.opcode, hpid=value.hpid, send_tgid=value.tgid,
-                            send_tid=value.tid, dev=key.dev, pending=1, comm=bytes(value.comm))
+                            send_tid=value.tid, dev=key.dev, pending=1, comm=bytes(value.comm),
+                            sys_nr=getattr(value, "sys_nr", sysc.NR_UNKNOWN),
+                            sys_arg0=getattr(value, "sys_arg0", 0))
             ev = self.event_of(rec)
             if ev is not None:
                 self._pending.append(ev)

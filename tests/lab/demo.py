@@ -4,8 +4,10 @@ Brings up the loopback lab, starts `tcpdump ... -w - | correlate run --probe all
 and makes one problem after another with the lab's own scenarios (tests/lab/scenarios.py):
 the talk's three (an atime of -1 from a libgfapi application and through a real smbd with
 vfs_glusterfs, the SETVOLUME authentication failure of qemu-img over gluster://, the
-firewall REJECT and DROP), then a hung brick, a slow brick, a lock wait and a split-brain,
-each on a volume of its own (demohang, demoslow, demolock, demosb; deleted at the end).
+firewall REJECT and DROP), then a hung brick, a slow brick, a lock wait, a split-brain and
+an application on a FUSE mount getting ENOTCONN from a dead brick (named with its system
+call, path and errno through `--probe fuse`, where the kernel has the FUSE tracepoints), each
+on a volume of its own (demohang, demoslow, demolock, demosb, fz2demo; deleted at the end).
 For each it prints what it does and the findings correlate printed meanwhile, and ends with
 which problems were diagnosed: the exit status is 1 when an expected finding did not come.
 
@@ -87,6 +89,9 @@ def demo_steps() -> list[Step]:
              "while the other was down; a fresh client reads the file", ("split-brain",),
              "split-brain", {}, "demosb",
              captures=("split-brain.pcap", "split-brain.probes.jsonl")),
+        Step("fuse-enotconn", "an application creates files on a FUSE mount while one of its "
+             "2 distribute bricks is dead", ("fuse-errors",), "fuse-enotconn", {}, "fz2demo",
+             captures=("fuse-enotconn.pcap", "fuse-enotconn.probes.jsonl"), title_has="ENOTCONN"),
         Step("reserve-full", "storage.reserve 99 on a mostly empty brick: "
              "writes, creates and mkdirs get ENOSPC", ("no-space",),
              captures=("reserve-full.pcap",), live=False),
@@ -175,6 +180,12 @@ def trigger(step: Step) -> tuple[bool | None, str]:
     from tests.lab import lab
     if step.scenario is None:
         return samba_atime()
+    if step.scenario == "fuse-enotconn":
+        reason = fuse_missing()
+        if reason:
+            return None, f"skipped: {reason}"
+        from tests.lab import fuse
+        return fuse.demo_enotconn()
     params = {**step.params, **({"volume": step.volume} if step.volume else {})}
     result = lab.scenario(step.scenario, **params)
     return result.reproduced, result.summary
@@ -191,6 +202,22 @@ def samba_atime() -> tuple[bool | None, str]:
         time.sleep(1.0)
         smbd.client("del samba-demo.txt")
     return result.returncode == 0, f"smbclient utimes exit {result.returncode}"
+
+
+def fuse_missing() -> str | None:
+    """Why `--probe fuse` cannot run here (None: it can)."""
+    from correlate.probe.errors import ProbeError
+    from correlate.probe.fuse_backend import kernel_defines
+    if not shutil.which("mount.glusterfs"):
+        return "no mount.glusterfs (apt-get install glusterfs-client)"
+    if os.path.isdir("/sys/kernel/tracing/events") and \
+            not os.path.exists("/sys/kernel/tracing/events/fuse/fuse_request_send"):
+        return "the kernel has no fuse tracepoints (Linux 6.12+)"
+    try:      # tracefs may be unmounted: the program's needs, from BTF
+        kernel_defines()
+    except ProbeError as exc:
+        return str(exc)
+    return None
 
 
 def run_step(pipe, step: Step) -> str:
@@ -224,7 +251,9 @@ def live(steps: list[Step]) -> int:
     out = ROOT / "out" / time.strftime("demo-%Y%m%d-%H%M%S")
     out.mkdir(parents=True, exist_ok=True)
     timeline = out / "timeline.jsonl"
-    pipe = LivePipeline(LIVE_OPTIONS, timeline)
+    fuse_step = any(s.scenario == "fuse-enotconn" for s in steps)
+    pipe = LivePipeline(LIVE_OPTIONS + (["--probe", "fuse"] if fuse_step and not fuse_missing()
+                                        else []), timeline)
     try:
         pipe.wait_ready()
     except AssertionError:

@@ -2,9 +2,9 @@
 
     python -m tests.lab.fuse record DIR      # the committed fuse-enotconn recording
 
-The volume `fusevol` (distribute over 2 bricks: a file lives on one brick only, so a dead
-brick fails the application) is mounted at /mnt/fusevol and, for a second client, at
-/mnt/fusevol-b. The application (`app`) is a Python program whose worker thread does the
+The volume `fz2vol` (distribute over 2 bricks: a file lives on one brick only, so a dead
+brick fails the application) is mounted at /mnt/fz2vol and, for a second client, at
+/mnt/fz2vol-b. The application (`app`) is a Python program whose worker thread does the
 system calls, so the FUSE requests carry a thread id that is not the process id.
 """
 from __future__ import annotations
@@ -19,9 +19,9 @@ from pathlib import Path
 
 from . import lab, volumes
 
-SPEC = volumes.VolumeSpec("fusevol", "distribute", 2)
-MOUNT = Path("/mnt/fusevol")
-MOUNT_B = Path("/mnt/fusevol-b")
+SPEC = volumes.VolumeSpec("fz2vol", "distribute", 2)
+MOUNT = Path("/mnt/fz2vol")
+MOUNT_B = Path("/mnt/fz2vol-b")
 
 
 def mounted(where: Path) -> bool:
@@ -47,8 +47,8 @@ def ensure() -> None:
     mount(MOUNT)
 
 
-SB_SPEC = volumes.VolumeSpec("fusesb", "replica", 2)
-SB_MOUNT = Path("/mnt/fusesb")
+SB_SPEC = volumes.VolumeSpec("fz2sb", "replica", 2)
+SB_MOUNT = Path("/mnt/fz2sb")
 # replica 2 that lets each brick take writes alone and never heals: the split-brain recipe
 SB_OPTIONS = {"cluster.quorum-type": "none", "cluster.self-heal-daemon": "off",
               "cluster.entry-self-heal": "off", "cluster.data-self-heal": "off",
@@ -56,7 +56,7 @@ SB_OPTIONS = {"cluster.quorum-type": "none", "cluster.self-heal-daemon": "off",
 
 
 def make_split_brain(name: str) -> Path:
-    """A file of fusesb whose two copies were written apart: brick 1 down for one write,
+    """A file of fz2sb whose two copies were written apart: brick 1 down for one write,
     brick 2 down for the next. Reading it through the mount gives EIO."""
     volumes.ensure(SB_SPEC, SB_OPTIONS)
     mount(SB_MOUNT, SB_SPEC.name)
@@ -100,8 +100,9 @@ def _in_thread(fn) -> dict:
     return out
 
 
-def _create(directory: str, count: int) -> dict:
-    """Create `count` files in `directory`: {name: errno or 0}."""
+def _create(directory: str, count: int, wait: bool = False) -> dict:
+    """Create `count` files in `directory`: {name: errno or 0}. With `wait`, the thread
+    prints them and lives on until a line comes on stdin (so it is nameable in /proc)."""
     results = {}
     for i in range(count):
         name = f"{directory}/file-{i}"
@@ -111,6 +112,10 @@ def _create(directory: str, count: int) -> dict:
             results[name] = 0
         except OSError as exc:
             results[name] = exc.errno
+    if wait:
+        print(json.dumps({"pid": os.getpid(), "tid": threading.get_native_id(),
+                          "results": results}), flush=True)
+        sys.stdin.readline()
     return {"results": results}
 
 
@@ -148,7 +153,7 @@ def _stale(a: str, b: str) -> dict:
 def app_main(argv: list[str]) -> int:
     mode = argv[0]
     if mode == "create":
-        out = _in_thread(lambda: _create(argv[1], int(argv[2])))
+        out = _in_thread(lambda: _create(argv[1], int(argv[2]), argv[3:4] == ["wait"]))
     elif mode == "stat":
         print(json.dumps({"pid": os.getpid()}), flush=True)
         out = _in_thread(lambda: _stat(argv[1]))
@@ -160,17 +165,41 @@ def app_main(argv: list[str]) -> int:
     return 0
 
 
+# ---- make run's FUSE step ------------------------------------------------------------------
+
+DEMO_SPEC = volumes.VolumeSpec("fz2demo", "distribute", 2)
+DEMO_MOUNT = Path("/mnt/fz2demo")
+
+
+def demo_enotconn() -> tuple[bool, str]:
+    """`make run`: an application creating files on a FUSE mount while one brick is dead.
+    (reproduced, what happened); the mount is gone afterwards (the demo deletes the volume)."""
+    volumes.ensure(DEMO_SPEC)
+    mount(DEMO_MOUNT, DEMO_SPEC.name)
+    try:
+        directory = DEMO_MOUNT / f"app-{os.getpid()}-{time.monotonic_ns()}"
+        directory.mkdir()
+        out = EnotconnScenario(str(directory), DEMO_SPEC).trigger()
+    finally:
+        umount(DEMO_MOUNT)
+    failed = sorted(p for p, e in out["results"].items() if e)
+    return bool(failed), (f"brick 1 of {DEMO_SPEC.name} killed; {out['comm']} (pid {out['pid']}) "
+                          f"created {len(out['results'])} files on {DEMO_MOUNT}: {len(failed)} "
+                          "failed with ENOTCONN (those the volume places on the dead brick)")
+
+
 # ---- the committed recording -----------------------------------------------------------------
 
 class EnotconnScenario:
-    """Brick 1 of fusevol killed, then an application creates files: those that hash to
+    """Brick 1 of fz2vol killed, then an application creates files: those that hash to
     the dead brick fail with ENOTCONN (made in the client: PORTBYBRICK answers -1)."""
 
-    def __init__(self, directory: str):
+    def __init__(self, directory: str, spec: volumes.VolumeSpec = SPEC):
         self.directory = directory
+        self.spec = spec
 
     def trigger(self) -> dict:
-        volumes.kill_brick(SPEC.name, 0)
+        volumes.kill_brick(self.spec.name, 0)
         # the client retries the dead brick every 3 s (PORTBYBRICK answered -1): the wire's
         # mark of a dead brick whose connections went quiet before the capture
         time.sleep(4)
@@ -179,7 +208,7 @@ class EnotconnScenario:
             out, _ = proc.communicate(timeout=120)
             return json.loads(out.splitlines()[-1])
         finally:
-            volumes.start_force(SPEC.name, SPEC.count)
+            volumes.start_force(self.spec.name, self.spec.count)
 
 
 def record(out_dir: Path) -> dict:
