@@ -27,7 +27,7 @@ struct tls_event_t {
     u32 dir;
     u32 len;            // bytes the call moved
     u32 copied;         // bytes of them in data[]
-    u32 pad;
+    u32 lost_before;    // bytes of this SSL* and direction whose records the ring refused
     char comm[TASK_COMM_LEN];
     u8 data[MAX_COPY];
 };
@@ -46,6 +46,14 @@ BPF_PERCPU_ARRAY(scratch, struct tls_event_t, 1);
 BPF_HASH(active, u32, struct active_t, 4096);          // tid -> SSL_* call in progress
 BPF_TABLE("lru_hash", u64, s32, ssl_fd, 65536);        // SSL* -> socket fd
 BPF_ARRAY(drops, u64, 1);                              // records the ring buffer refused
+struct stream_t {
+    u64 ssl;
+    u32 pid;
+    u32 dir;
+};
+// Bytes refused per stream, told in its next record: the reader turns them into a gap the
+// RPC framer resynchronises after, instead of splicing the bytes around the hole.
+BPF_TABLE("lru_hash", struct stream_t, u64, lost_bytes, 4096);
 BPF_TABLE("lru_hash", u32, u8, followed, 4096);        // processes whose TLS is copied
 
 // A process is followed once one of its threads named THREAD_FILTER* enters libssl (the
@@ -149,6 +157,9 @@ static __always_inline int leave(struct pt_regs *ctx) {
     if (bpf_probe_read_user(e->data, n, (void *)a->buf) != 0)
         n = 0;
     e->copied = n;
+    struct stream_t key = {.ssl = a->ssl, .pid = e->pid, .dir = a->dir};
+    u64 *before = lost_bytes.lookup(&key);
+    e->lost_before = before ? (*before > 0xffffffff ? 0xffffffff : *before) : 0;
     u64 size = offsetof(struct tls_event_t, data) + n;
     if (size > sizeof(*e))
         size = sizeof(*e);
@@ -156,6 +167,10 @@ static __always_inline int leave(struct pt_regs *ctx) {
         u64 *d = drops.lookup(&zero);
         if (d)
             __sync_fetch_and_add(d, 1);
+        u64 lost = (before ? *before : 0) + moved;
+        lost_bytes.update(&key, &lost);
+    } else if (before) {
+        lost_bytes.delete(&key);
     }
     active.delete(&tid);
     return 0;
@@ -185,7 +200,7 @@ int set_fd_enter(struct pt_regs *ctx) {
     e->fd = fd;
     e->kind = KIND_SETFD;
     e->dir = 0;
-    e->len = e->copied = 0;
+    e->len = e->copied = e->lost_before = 0;
     bpf_get_current_comm(&e->comm, sizeof(e->comm));
     events.ringbuf_output(e, offsetof(struct tls_event_t, data), wakeup_flag());
     return 0;

@@ -11,10 +11,13 @@ the same bytes.
 """
 from __future__ import annotations
 
-import ctypes
 import os
 import socket
+import struct
+import threading
+from bisect import bisect_right
 from collections import OrderedDict
+from operator import itemgetter
 
 from ..diagnostics import Diagnostics
 from ..wire.model import Conn
@@ -24,10 +27,13 @@ from .clock import ClockMap
 from .errors import ProbeError
 from .proc_sockets import tcp_tuple
 from .resolve import find_library
+from .ringbuf import RingReader
 
 MAX_COPY = 16384
 HOLD_NS = 200_000_000        # events wait this long to be put in time order across CPUs
-RINGBUF_PAGES = 1024         # 4 MiB: about 250 full-size records of slack
+# 16 MiB: about 1,000 full-size records, 2-3 s of a busy client's small-file traffic, for a
+# reader that waits its turn for a CPU (READER_POLICY)
+RINGBUF_PAGES = 4096
 THREAD_PREFIX = "glfs_"      # Gluster's threads (glfs_epoll000, ...): their processes are followed
 LIBSSL = "libssl.so.3"
 # function, entry program, argument registers it reads
@@ -37,14 +43,12 @@ FUNCTIONS = (("SSL_read", "read_enter", {1, 2}), ("SSL_write", "write_enter", {1
 HANDSHAKE = ("SSL_connect", "SSL_accept", "SSL_do_handshake")   # where a process is first seen
 MAX_STREAMS = 16384
 KIND_DATA, KIND_SETFD = 0, 1
+_TIME = itemgetter(0)
 DIR_READ, DIR_WRITE = 0, 1
 
 
-class _Header(ctypes.Structure):
-    _fields_ = [("ts", ctypes.c_uint64), ("ssl", ctypes.c_uint64), ("pid", ctypes.c_uint32),
-                ("tid", ctypes.c_uint32), ("fd", ctypes.c_int32), ("kind", ctypes.c_uint32),
-                ("dir", ctypes.c_uint32), ("len", ctypes.c_uint32), ("copied", ctypes.c_uint32),
-                ("pad", ctypes.c_uint32), ("comm", ctypes.c_char * 16)]
+# struct tls_event_t up to data[]: ts ssl pid tid fd kind dir len copied lost_before comm
+_HEADER = struct.Struct("<QQIIiIIIII16s")
 
 
 def _symbols(path: str) -> dict[str, int]:
@@ -96,7 +100,10 @@ class TlsCollector:
         self._streams: OrderedDict[tuple[int, int], tuple[str, str, bool] | None] = OrderedDict()
         self._fds: dict[tuple[int, int], int] = {}                  # (pid, ssl) -> fd
         self.records = self.bytes = self.truncated_bytes = self.unattributed_bytes = 0
+        self.lost_bytes = 0
         self.lost = 0
+        self.ring = None
+        self._niced = False
 
     # -- lifecycle -----------------------------------------------------------------------------
     def start(self) -> "TlsCollector":
@@ -139,24 +146,28 @@ class TlsCollector:
         if not attached:
             raise ProbeError(f"no SSL_read/SSL_write in {self.path}")
         self.clock = ClockMap()
-        self.bpf[b"events"].open_ring_buffer(self._on_event)
+        self.ring = RingReader(self.bpf[b"events"].map_fd, RINGBUF_PAGES * 4096)
         return self
 
     def poll(self, timeout_ms: int = 100) -> list[dict]:
         if self.bpf is None:
             return []
-        # records do not wake the reader (a quarter-full ring does): wait, then drain
-        self.bpf.ring_buffer_poll(timeout_ms)
-        self.bpf.ring_buffer_consume()
+        if not self._niced:     # the thread that polls is the one that decodes
+            self._niced = True
+            _yield_to_probed()
+        # records seldom wake the reader (every WAKE_EVERY-th does): wait, then drain
+        self.ring.wait(timeout_ms)
+        self._drain()
         self.clock.maybe_remeasure()
         return self._release(self._newest - HOLD_NS)
 
     def stop(self) -> list[dict]:
         if self.bpf is None:
             return []
-        self.bpf.ring_buffer_consume()
+        self._drain()
         out = self._release(None)
         self.lost = int(self.bpf[b"drops"][0].value)
+        self.ring.close()
         _detach_uprobes(self.bpf)
         self.bpf.cleanup()
         self.bpf = None
@@ -166,41 +177,51 @@ class TlsCollector:
         return {"backend": "bcc", "library": self.path, "records": self.records,
                 "bytes": self.bytes, "truncated_bytes": self.truncated_bytes,
                 "unattributed_bytes": self.unattributed_bytes, "lost": self.lost,
+                "lost_bytes": self.lost_bytes,
                 "connections": len(self._conns), "skipped": self.diag.summary_lines()}
 
     # -- records -------------------------------------------------------------------------------
-    def _on_event(self, ctx, data, size) -> None:
-        h = _Header.from_address(data)
-        if h.kind == KIND_SETFD:
+    def _drain(self) -> None:
+        for record in self.ring.records():
+            self._on_record(record)
+
+    def _on_record(self, record: memoryview) -> None:
+        ts, ssl, pid, _tid, fd, kind, direction, moved, copied, lost, _comm = \
+            _HEADER.unpack_from(record)
+        if kind == KIND_SETFD:
             # a new binding: what was resolved for this SSL* or this fd number is stale
-            self._fds[(h.pid, h.ssl)] = h.fd
-            self._streams.pop((h.pid, h.ssl), None)
+            self._fds[(pid, ssl)] = fd
+            self._streams.pop((pid, ssl), None)
             return
         self.records += 1
-        self.bytes += h.len
-        key = (h.pid, h.ssl)
-        if h.fd >= 0:
-            self._fds.setdefault(key, h.fd)
+        self.bytes += moved
+        key = (pid, ssl)
+        if fd >= 0:
+            self._fds.setdefault(key, fd)
         if key not in self._streams:
             fd = self._fds.get(key, -1)
             # resolved at once: a short connection is gone from /proc by the time it is fed
-            self._streams[key] = tcp_tuple(h.pid, fd) if fd >= 0 else None
+            self._streams[key] = tcp_tuple(pid, fd) if fd >= 0 else None
             if len(self._streams) > MAX_STREAMS:
                 self._streams.popitem(last=False)
-        payload = ctypes.string_at(data + ctypes.sizeof(_Header), min(h.copied, MAX_COPY))
-        time_ns = self.clock.to_realtime(h.ts)
-        self._newest = max(self._newest, time_ns)
-        self._held.append((time_ns, h.pid, h.dir == DIR_WRITE, h.ssl, payload, h.len))
+        start = _HEADER.size
+        payload = bytes(record[start:start + min(copied, MAX_COPY)])
+        time_ns = self.clock.to_realtime(ts)
+        if time_ns > self._newest:
+            self._newest = time_ns
+        if lost:    # the ring refused earlier records of this stream: a gap before these bytes
+            self.lost_bytes += lost
+            self._held.append((time_ns, pid, direction == DIR_WRITE, ssl, b"", lost))
+        self._held.append((time_ns, pid, direction == DIR_WRITE, ssl, payload, moved))
 
     def _release(self, upto: int | None) -> list[dict]:
-        if upto is None:
-            ready, self._held = self._held, []
-        else:
-            ready = [r for r in self._held if r[0] <= upto]
-            self._held = [r for r in self._held if r[0] > upto]
-        ready.sort(key=lambda r: r[0])
+        # each CPU's records come in order, so the sort mostly merges runs; one cut at `upto`
+        held = self._held
+        held.sort(key=_TIME)
+        cut = len(held) if upto is None else bisect_right(held, upto, key=_TIME)
+        ready, self._held = held[:cut], held[cut:]
         out: list[dict] = []
-        for time_ns, pid, wrote, ssl, payload, moved in ready:
+        for time_ns, pid, wrote, ssl, payload, moved in _runs(ready):
             ends = self._streams.get((pid, ssl))
             if ends is None:
                 self.unattributed_bytes += moved
@@ -209,9 +230,11 @@ class TlsCollector:
             if owner != pid:
                 continue            # the other end's copy of the same bytes
             from_client = wrote == ends[2]
-            out.extend(self.sink.on_data(conn, from_client, time_ns, payload))
+            if payload:
+                out.extend(self.sink.on_data(conn, from_client, time_ns, payload))
             if moved > len(payload):
-                self.truncated_bytes += moved - len(payload)
+                if payload:     # an empty payload stands for records the ring refused
+                    self.truncated_bytes += moved - len(payload)
                 out.extend(self.sink.on_gap(conn, from_client, time_ns, moved - len(payload)))
         for ev in out:
             ev["host"] = self.host
@@ -222,3 +245,44 @@ class TlsCollector:
         if got is None:
             got = self._conns[ends] = (Conn(ends[0], ends[1], len(self._conns) + 1), pid)
         return got
+
+
+def _runs(ready: list[tuple]):
+    """Consecutive records of one SSL* and direction as one (Gluster reads a reply in
+    pieces: the record mark, the header, the payload): the decoder is called once per run
+    instead of once per piece. A run ends at a truncated record (its gap follows it) and
+    before a refused one (an empty payload standing for the bytes lost). A read
+    run takes its last piece's time (when all its bytes were in), a write run its first's;
+    no other record lies between, so the order holds."""
+    run = None
+    for rec in ready:
+        if (run is not None and rec[1] == run[1] and rec[2] == run[2] and rec[3] == run[3]
+                and run[5] == len(run[4][-1]) and rec[4]):
+            run[4].append(rec[4])
+            run[5] = rec[5]
+            run[6] += rec[5]
+            if not rec[2]:
+                run[0] = rec[0]
+            continue
+        if run is not None:
+            yield _joined(run)
+        run = [rec[0], rec[1], rec[2], rec[3], [rec[4]], rec[5], rec[5]]
+    if run is not None:
+        yield _joined(run)
+
+
+def _joined(run: list):
+    pieces = run[4]
+    payload = pieces[0] if len(pieces) == 1 else b"".join(pieces)
+    # moved: the whole run's bytes; only the last piece can be short of its own
+    return run[0], run[1], run[2], run[3], payload, run[6]
+
+
+def _yield_to_probed() -> None:
+    """The polling thread (it decodes) runs as SCHED_BATCH: it keeps its fair share of CPU,
+    so the ring is drained on a busy host (a nice of 10 lost records there), but its wakeups
+    no longer preempt the probed processes it shares the CPUs with."""
+    try:
+        os.sched_setscheduler(threading.get_native_id(), os.SCHED_BATCH, os.sched_param(0))
+    except OSError:
+        pass
