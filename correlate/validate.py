@@ -29,13 +29,14 @@ STR_KEYS = frozenset({
     "reject_status", "auth_status", "errno_name", "decode_error", "reason", "by", "icmp_from",
     "function", "library", "comm", "level", "level_name", "file", "domain", "xlator", "message",
     "strerror", "callstack", "continuation", "detector", "id", "severity", "title",
-    "explanation", "remedy", "key", "opcode", "mount"})
+    "explanation", "remedy", "key", "opcode", "mount", "ssl_function", "verify_error"})
 INT_KEYS = frozenset({
     "conn", "frame", "xid", "program_num", "version", "procedure_num", "op_ret", "op_errno",
     "latency_ns", "handshake_ns", "icmp_type", "icmp_code", "attempts", "waited_ns", "pid",
     "tid", "duration_ns", "msgid", "line", "graph_id", "log_line", "repeated",
     "count", "payload_bytes", "continuation_dropped", "clock_offset_ns", "errno",
-    "opcode_num", "unique", "nodeid", "out_nodeid", "connection", "reply_tid"})
+    "opcode_num", "unique", "nodeid", "out_nodeid", "connection", "reply_tid", "ssl_lib",
+    "ssl_reason", "verify_result"})
 TIME_KEYS = frozenset({"call_time_ns", "first_time_ns", "last_time_ns"})
 DICT_KEYS = frozenset({"args", "result", "cred", "fields", "mismatch"})
 # A probe's return value: a number, or a pointer as hex text ("0x16c06c38")

@@ -92,3 +92,26 @@ def test_records_the_ring_refused_are_a_gap_the_framer_resynchronises_after():
     events = c._release(None)
     assert [(e["kind"], e["time_ns"]) for e in events] == [("rpc.call", 300)]
     assert c.lost_bytes == len(CALL) - 4 and c.truncated_bytes == 0
+
+
+def test_a_failed_handshake_record_is_a_typed_tls_error():
+    """The BPF program's KIND_HANDSHAKE record (struct hs_t after the header) becomes a
+    tls.error with OpenSSL's texts; a hostile function name read from the process is made
+    printable; the event holds to the schema."""
+    from correlate.diagnostics import Diagnostics
+    from correlate.probe.tls_collector import _HEADER, _HS, KIND_HANDSHAKE
+    from correlate.validate import clean_events
+    c = _collector()
+    c.clock = type("Clock", (), {"to_realtime": staticmethod(lambda ts: ts)})()
+    c.path = "/usr/lib/x86_64-linux-gnu/libssl.so.3"
+    hs = _HS.pack(20, 134, 20, -1, 2, (24007).to_bytes(2, "big"), bytes([127, 0, 0, 2]) + bytes(12),
+                  b"tls_post_process_server_certificate\x1b[31m\0")
+    head = _HEADER.pack(7, 0xA, 10, 11, -1, KIND_HANDSHAKE, 0, 0, _HS.size, 0, b"glfs_epoll000")
+    c._on_record(memoryview(head + hs))
+    (ev,) = c._release(None)
+    assert ev["kind"] == "tls.error" and ev["function"] == "SSL_connect"
+    assert ev["dst"] == "127.0.0.2:24007" and ev["reason"] == "certificate verify failed"
+    assert ev["verify_error"] == "unable to get local issuer certificate"
+    assert ev["ssl_function"] == "tls_post_process_server_certificate?[31m"
+    diag = Diagnostics("probes")
+    assert clean_events([ev], diag) == [ev] and not diag.counts

@@ -11,6 +11,7 @@ the same bytes.
 """
 from __future__ import annotations
 
+import ipaddress
 import os
 import socket
 import struct
@@ -24,6 +25,7 @@ from ..wire.model import Conn
 from ..wire.rpc import RpcSink
 from .bcc_backend import _detach_uprobes, check_bcc_prerequisites
 from .clock import ClockMap
+from . import openssl_errors
 from .errors import ProbeError
 from .proc_sockets import tcp_tuple
 from .resolve import find_library
@@ -41,9 +43,17 @@ FUNCTIONS = (("SSL_read", "read_enter", {1, 2}), ("SSL_write", "write_enter", {1
              ("SSL_read_ex", "read_ex_enter", {1, 2, 4}),
              ("SSL_write_ex", "write_ex_enter", {1, 2, 4}))
 HANDSHAKE = ("SSL_connect", "SSL_accept", "SSL_do_handshake")   # where a process is first seen
+# a failed handshake's reason: the first error OpenSSL raised in it (probe, program, return?)
+LIBCRYPTO = "libcrypto.so.3"
+ERROR_PROBES = (("ERR_set_debug", "err_debug", False), ("ERR_set_error", "err_set", False),
+                ("ERR_vset_error", "err_set", False),
+                ("X509_STORE_CTX_get_error", "verify_result", True))
 MAX_STREAMS = 16384
-KIND_DATA, KIND_SETFD = 0, 1
+KIND_DATA, KIND_SETFD, KIND_HANDSHAKE = 0, 1, 2
+# struct hs_t: lib reason verify ret family port(network order) addr func
+_HS = struct.Struct("<IIiiH2s16s48s")
 _TIME = itemgetter(0)
+_EVENT_TIME = itemgetter("time_ns")
 DIR_READ, DIR_WRITE = 0, 1
 
 
@@ -104,6 +114,7 @@ class TlsCollector:
         self.lost = 0
         self.ring = None
         self._niced = False
+        self._errors: list[dict] = []       # tls.error events, released in time order
 
     # -- lifecycle -----------------------------------------------------------------------------
     def start(self) -> "TlsCollector":
@@ -138,16 +149,37 @@ class TlsCollector:
             attach = self.bpf.attach_uprobe if sites.ret_reads_rax else self.bpf.attach_uretprobe
             attach(name=path, addr=sites.ret, fn_name=b"any_return", pid=-1)
             attached += 1
-        for function, program in (("SSL_set_fd", "set_fd_enter"),
-                                  *((h, "handshake_enter") for h in HANDSHAKE)):
+        for function, program in (("SSL_set_fd", "set_fd_enter"), ("SSL_connect", "connect_enter"),
+                                  ("SSL_accept", "accept_enter"),
+                                  ("SSL_do_handshake", "handshake_enter")):
             if function in symbols:
                 self.bpf.attach_uprobe(name=path, addr=symbols[function],
                                        fn_name=program.encode(), pid=-1)
+        for function in ("SSL_connect", "SSL_accept"):     # rare: a uretprobe's cost is no matter
+            if function in symbols:
+                self.bpf.attach_uretprobe(name=path, addr=symbols[function],
+                                          fn_name=b"hs_return", pid=-1)
+        self._attach_errors()
         if not attached:
             raise ProbeError(f"no SSL_read/SSL_write in {self.path}")
         self.clock = ClockMap()
         self.ring = RingReader(self.bpf[b"events"].map_fd, RINGBUF_PAGES * 4096)
         return self
+
+    def _attach_errors(self) -> None:
+        """OpenSSL's error calls in libcrypto; without them a failed handshake is still
+        reported, without its reason."""
+        try:
+            crypto = find_library(LIBCRYPTO, self.pid)
+            symbols = _symbols(crypto)
+        except (ProbeError, OSError) as exc:
+            self.diag.skip(f"no OpenSSL error reasons ({exc})")
+            return
+        for function, program, at_return in ERROR_PROBES:
+            if function in symbols:
+                attach = self.bpf.attach_uretprobe if at_return else self.bpf.attach_uprobe
+                attach(name=crypto.encode(), addr=symbols[function], fn_name=program.encode(),
+                       pid=-1)
 
     def poll(self, timeout_ms: int = 100) -> list[dict]:
         if self.bpf is None:
@@ -188,6 +220,9 @@ class TlsCollector:
     def _on_record(self, record: memoryview) -> None:
         ts, ssl, pid, _tid, fd, kind, direction, moved, copied, lost, _comm = \
             _HEADER.unpack_from(record)
+        if kind == KIND_HANDSHAKE:
+            self._handshake_failed(record, ts, ssl, pid, _tid, fd, direction, _comm)
+            return
         if kind == KIND_SETFD:
             # a new binding: what was resolved for this SSL* or this fd number is stale
             self._fds[(pid, ssl)] = fd
@@ -214,6 +249,28 @@ class TlsCollector:
             self._held.append((time_ns, pid, direction == DIR_WRITE, ssl, b"", lost))
         self._held.append((time_ns, pid, direction == DIR_WRITE, ssl, payload, moved))
 
+    def _handshake_failed(self, record, ts, ssl, pid, tid, fd, accept, comm) -> None:
+        lib, reason, verify, ret, family, port, addr, func = _HS.unpack_from(record, _HEADER.size)
+        ends = self._streams.get((pid, ssl)) or (tcp_tuple(pid, fd) if fd >= 0 else None)
+        ev = {"time_ns": self.clock.to_realtime(ts), "layer": "probe", "kind": "tls.error",
+              "source": self.source, "function": "SSL_accept" if accept else "SSL_connect",
+              "library": self.path, "pid": pid, "tid": tid, "comm": _text(comm), "retval": ret}
+        if ends is not None:
+            ev["src"], ev["dst"] = ends[0], ends[1]
+        elif family in (2, 10) and not accept:    # the peer connect() named
+            ip = ipaddress.ip_address(addr[:4] if family == 2 else addr)
+            ev["dst"] = f"{ip}:{int.from_bytes(port, 'big')}"
+        if lib:
+            ev["ssl_lib"], ev["ssl_reason"] = lib, reason
+            ev["reason"] = openssl_errors.reason_text(lib, reason)
+            ev["ssl_function"] = _text(func)
+        else:
+            ev["reason"] = "the peer closed the connection"
+        if verify:
+            ev["verify_result"] = verify
+            ev["verify_error"] = openssl_errors.verify_text(verify)
+        self._errors.append(ev)
+
     def _release(self, upto: int | None) -> list[dict]:
         # each CPU's records come in order, so the sort mostly merges runs; one cut at `upto`
         held = self._held
@@ -236,6 +293,12 @@ class TlsCollector:
                 if payload:     # an empty payload stands for records the ring refused
                     self.truncated_bytes += moved - len(payload)
                 out.extend(self.sink.on_gap(conn, from_client, time_ns, moved - len(payload)))
+        if self._errors:
+            cut = len(self._errors) if upto is None else \
+                sum(1 for e in self._errors if e["time_ns"] <= upto)
+            out.extend(self._errors[:cut])
+            del self._errors[:cut]
+            out.sort(key=_EVENT_TIME)
         for ev in out:
             ev["host"] = self.host
         return out
@@ -286,3 +349,9 @@ def _yield_to_probed() -> None:
         os.sched_setscheduler(threading.get_native_id(), os.SCHED_BATCH, os.sched_param(0))
     except OSError:
         pass
+
+
+def _text(raw: bytes) -> str:
+    """A C string read from a process: up to its NUL, printable ASCII only (names)."""
+    raw = raw.split(b"\0", 1)[0]
+    return "".join(c if c.isascii() and c.isprintable() else "?" for c in raw.decode("latin-1"))
