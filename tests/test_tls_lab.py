@@ -194,7 +194,7 @@ def test_cn_refusal_seen_inside_tls_through_the_probe(tls_lab):
     assert [f["cause"] for f in found] == ["cn-not-allowed"]
 
 
-def _probed_init(identity, volume: str = "tlsvol") -> tuple[dict, list[dict]]:
+def _probed_init(identity, volume: str = "tlsvol", **gfapi_options) -> tuple[dict, list[dict]]:
     """glfs_init as `identity` while --probe tls's collector runs, polled as a run polls."""
     import threading
     from correlate.probe.bcc_backend import check_bcc_prerequisites
@@ -208,7 +208,8 @@ def _probed_init(identity, volume: str = "tlsvol") -> tuple[dict, list[dict]]:
     collector = TlsCollector().start()
     done: dict = {}
     client = threading.Thread(target=lambda: done.update(tls.gfapi(
-        ["init", "--volume", volume, "--log", "/dev/null"], identity=identity, timeout=8)))
+        ["init", "--volume", volume, "--log", "/dev/null"], identity=identity, timeout=8,
+        **gfapi_options)))
     events: list[dict] = []
     try:
         client.start()
@@ -249,3 +250,22 @@ def test_healthy_handshakes_raise_no_tls_error(tls_lab):
     result, events = _probed_init(None)
     assert result["status"] == "ok"
     assert not [e for e in events if e["kind"] == "tls.error"]
+
+
+def test_management_encryption_on_the_client_only(tls_lab, tmp_path):
+    """secure-access on the client alone (its own mount namespace; the lab's glusterd stays
+    plaintext): its ClientHello to glusterd:24007 is closed unanswered. The capture alone and
+    the probe alone (SSL_connect: 'unexpected eof while reading') each name it, with the
+    secure-access remedy; the client cannot fetch its volfile."""
+    from tests.lab import lab as lab_module
+    from tests.lab.capture import Tcpdump
+    pcap = tmp_path / "mgmt.pcap"
+    with Tcpdump(pcap, lab_module.DEFAULT_FILTER):
+        result, probed = _probed_init(None, "tlsvolplain", secure_access=True)
+    assert result["status"] == "error" and result["errno"] == 107       # ENOTCONN
+    errors = [e for e in probed if e["kind"] == "tls.error"]
+    assert errors and all(e["dst"] == "127.0.0.2:24007" for e in errors)
+    for events in (probed, events_of(pcap)):
+        found = [f for f in run_detector(TlsFailure(), events) if f["severity"] != "info"]
+        assert {f["cause"] for f in found} == {"management-plaintext"}, found
+        assert "secure-access" in found[0]["remedy"] and "24007" in found[0]["explanation"]
