@@ -4,8 +4,9 @@ Brings up the loopback lab, starts `tcpdump ... -w - | correlate run --probe all
 and makes one problem after another with the lab's own scenarios (tests/lab/scenarios.py):
 the talk's three (an atime of -1 from a libgfapi application and through a real smbd with
 vfs_glusterfs, the SETVOLUME authentication failure of qemu-img over gluster://, the
-firewall REJECT and DROP), then a hung brick, a slow brick, a lock wait and a split-brain,
-each on a volume of its own (demohang, demoslow, demolock, demosb; deleted at the end).
+firewall REJECT and DROP), then a hung brick, a slow brick, a lock wait, a split-brain and
+a TLS volume a client cannot mount (its CA file holds another CA), each on a volume of its
+own (demohang, demoslow, demolock, demosb, demotls; deleted at the end).
 For each it prints what it does and the findings correlate printed meanwhile, and ends with
 which problems were diagnosed: the exit status is 1 when an expected finding did not come.
 
@@ -49,6 +50,7 @@ class Step:
     captures: tuple[str, ...] = ()             # offline: the shipped inputs that show it
     live: bool = True                          # made on the lab by `make run`
     title_has: str = ""                        # ... in the expected finding's title
+    make: Callable[["Step"], tuple[bool | None, str]] | None = None   # instead of a scenario
 
     def diagnosed_by(self, f: dict) -> bool:
         # a warning or worse: "brick answering again" (info) alone does not diagnose a hang
@@ -87,6 +89,9 @@ def demo_steps() -> list[Step]:
              "while the other was down; a fresh client reads the file", ("split-brain",),
              "split-brain", {}, "demosb",
              captures=("split-brain.pcap", "split-brain.probes.jsonl")),
+        Step("tls-ca", "a TLS volume (client.ssl/server.ssl on, lab CA); a libgfapi client "
+             "whose glusterfs.ca holds another CA mounts it", ("tls-failure",), volume="demotls",
+             captures=("tls-ca-mismatch.pcap",), title_has="trusted CA", make=tls_ca_mismatch),
         Step("reserve-full", "storage.reserve 99 on a mostly empty brick: "
              "writes, creates and mkdirs get ENOSPC", ("no-space",),
              captures=("reserve-full.pcap",), live=False),
@@ -173,6 +178,8 @@ def missing_capabilities() -> list[str]:
 def trigger(step: Step) -> tuple[bool | None, str]:
     """Make the step's problem; (reproduced, what happened). None: skipped."""
     from tests.lab import lab
+    if step.make is not None:
+        return step.make(step)
     if step.scenario is None:
         return samba_atime()
     params = {**step.params, **({"volume": step.volume} if step.volume else {})}
@@ -191,6 +198,19 @@ def samba_atime() -> tuple[bool | None, str]:
         time.sleep(1.0)
         smbd.client("del samba-demo.txt")
     return result.returncode == 0, f"smbclient utimes exit {result.returncode}"
+
+
+def tls_ca_mismatch(step: Step) -> tuple[bool | None, str]:
+    """The lab's TLS certificates (tests/lab/tls.py) on a volume of the demo's own; the client
+    presents and trusts another CA's (bound over /usr/lib/ssl/glusterfs.* in its own mount
+    namespace), so it rejects the bricks' certificate with an unknown_ca alert, in clear."""
+    from tests.lab import tls
+    pki = tls.up()
+    tls.ensure_volume(step.volume)
+    result = tls.gfapi(["init", "--volume", step.volume, "--log", "/dev/null"],
+                       identity=pki.foreign, timeout=15)
+    return result.get("status") == "error", ("glfs_init as a client of another CA: "
+                                             f"{result.get('error') or result.get('status')}")
 
 
 def run_step(pipe, step: Step) -> str:
