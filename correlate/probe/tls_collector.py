@@ -233,12 +233,17 @@ class TlsCollector:
         key = (pid, ssl)
         if fd >= 0:
             self._fds.setdefault(key, fd)
-        if key not in self._streams:
+        ends = self._streams.get(key, False)
+        if ends is False:
             fd = self._fds.get(key, -1)
             # resolved at once: a short connection is gone from /proc by the time it is fed
-            self._streams[key] = tcp_tuple(pid, fd) if fd >= 0 else None
+            ends = self._streams[key] = tcp_tuple(pid, fd) if fd >= 0 else None
             if len(self._streams) > MAX_STREAMS:
                 self._streams.popitem(last=False)
+        if ends is not None and not lost:
+            owner = self._conns.get(ends[:2])
+            if owner is not None and owner[1] != pid:
+                return      # the other end's copy of bytes its owner already sends
         start = _HEADER.size
         payload = bytes(record[start:start + min(copied, MAX_COPY)])
         time_ns = self.clock.to_realtime(ts)
