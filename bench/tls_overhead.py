@@ -42,9 +42,12 @@ def child(volume: str) -> int:
     print("ready", flush=True)
     for line in sys.stdin:
         files = int(line)
-        t0 = time.perf_counter()
+        r0, t0 = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
         gfapi.workload(fs, files, 4096, "/bench-tls-overhead")
-        print(f"{time.perf_counter() - t0:.6f}", flush=True)
+        t1, r1 = time.perf_counter(), resource.getrusage(resource.RUSAGE_SELF)
+        # the client's own CPU: the uprobes' traps and copies are charged to it as system time
+        cpu = (r1.ru_utime - r0.ru_utime) + (r1.ru_stime - r0.ru_stime)
+        print(f"{t1 - t0:.6f} {cpu:.6f}", flush=True)
     os._exit(0)
 
 
@@ -58,6 +61,7 @@ class Client:
                                      cwd=ROOT, env=env)
         if self.proc.stdout.readline().strip() != "ready":
             raise SystemExit(f"tls_overhead: the client did not mount (exit {self.proc.wait()})")
+        self.poll_cpu = 0.0     # this thread's CPU inside collector.poll during the blocks
 
     def libssl(self) -> str:
         with open(f"/proc/{self.proc.pid}/maps") as maps:
@@ -70,8 +74,11 @@ class Client:
         while not select.select([self.proc.stdout], [], [], 0)[0]:
             if self.proc.poll() is not None:
                 raise SystemExit(f"tls_overhead: the client died (exit {self.proc.returncode})")
+            cpu = time.thread_time()
             events += len(collector.poll(50))
-        return float(self.proc.stdout.readline()), events
+            self.poll_cpu += time.thread_time() - cpu
+        wall, cpu = map(float, self.proc.stdout.readline().split())
+        return wall, cpu, events
 
     def close(self) -> None:
         self.proc.stdin.close()
@@ -107,6 +114,7 @@ def measure(volume: str, files: int, pairs: int, verbose: bool, pid_filter: bool
         try:
             for c in clients:
                 c.block(files, collector)
+            cpus: dict[bool, list[float]] = {True: [], False: []}
             for i in range(2 * pairs):
                 if i == half:
                     events += len(collector.stop())
@@ -115,8 +123,9 @@ def measure(volume: str, files: int, pairs: int, verbose: bool, pid_filter: bool
                 probed_client = clients[0] if i < half else clients[1]
                 with_probes = (i % 4) in (1, 2)
                 client = probed_client if with_probes else clients[clients[0] is probed_client]
-                wall, n = client.block(files, collector)
+                wall, cpu, n = client.block(files, collector)
                 (probed if with_probes else plain).append(wall)
+                cpus[with_probes].append(cpu)
                 events += n
                 stray += 0 if with_probes else n
                 if verbose:
@@ -133,6 +142,8 @@ def measure(volume: str, files: int, pairs: int, verbose: bool, pid_filter: bool
             "wall_per_file": statistics.fmean(plain) / files, "events": events, "stray": stray,
             "lost": collector.lost, "truncated": collector.truncated_bytes,
             "reader_cpu": (cpu1.ru_utime + cpu1.ru_stime) - (cpu0.ru_utime + cpu0.ru_stime),
+            "poll_cpu": sum(c.poll_cpu for c in clients),
+            "client_cpu": (statistics.fmean(cpus[False]) / files, statistics.fmean(cpus[True]) / files),
             "files": files, "pairs": pairs}
 
 
@@ -169,7 +180,12 @@ def main(argv=None) -> int:
     print(f"  wall: {r['wall_ratio']:.3f}x (95% interval {lo:.3f}-{hi:.3f}; median of pairs "
           f"{r['pair_median']:.3f}x) {verdict} the {TARGET}x target; "
           f"{r['wall_per_file'] * 1e6:.0f} us per file without")
-    print(f"  the reader (poll + RPC decoding): {r['reader_cpu']:.2f} s CPU for the run")
+    plain_cpu, probed_cpu = r["client_cpu"]
+    print(f"  the client's CPU per file: {plain_cpu * 1e6:.0f} us without, {probed_cpu * 1e6:.0f} us "
+          f"with ({probed_cpu / plain_cpu:.3f}x: the probes' own cost, charged to it)")
+    print(f"  the reader (poll + RPC decoding): {r['reader_cpu']:.2f} s CPU for the run (BPF "
+          f"compilation included), {r['poll_cpu']:.2f} s of it polling during the blocks "
+          f"({r['poll_cpu'] / (r['pairs'] * r['files']) * 1e6:.0f} us per probed file)")
     # events held for ordering (HOLD_NS) may leave during the next, unprobed block; without
     # --pid-filter the bricks on this host map the probed libssl too and copy the unprobed
     # client's traffic in the first half: expected, not a leak

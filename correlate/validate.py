@@ -30,14 +30,14 @@ STR_KEYS = frozenset({
     "function", "library", "comm", "level", "level_name", "file", "domain", "xlator", "message",
     "strerror", "callstack", "continuation", "detector", "id", "severity", "title",
     "explanation", "remedy", "key", "opcode", "mount", "syscall", "fuse_errno_name",
-    "syscall_errno_name"})
+    "syscall_errno_name", "ssl_function", "verify_error"})
 INT_KEYS = frozenset({
     "conn", "frame", "xid", "program_num", "version", "procedure_num", "op_ret", "op_errno",
     "latency_ns", "handshake_ns", "icmp_type", "icmp_code", "attempts", "waited_ns", "pid",
     "tid", "duration_ns", "msgid", "line", "graph_id", "log_line", "repeated",
     "count", "payload_bytes", "continuation_dropped", "clock_offset_ns", "errno",
     "opcode_num", "unique", "nodeid", "out_nodeid", "connection", "reply_tid", "syscall_nr",
-    "ret", "fd", "fuse_requests"})
+    "ret", "fd", "fuse_requests", "ssl_lib", "ssl_reason", "verify_result"})
 BOOL_KEYS = frozenset({"in_syscall"})
 TIME_KEYS = frozenset({"call_time_ns", "first_time_ns", "last_time_ns"})
 DICT_KEYS = frozenset({"args", "result", "cred", "fields", "mismatch"})

@@ -7,9 +7,11 @@ a certificate read from a TLS 1.2 handshake whose validity does not cover the ca
 the connection got (a ClientHello the server never answered: it does not speak TLS; RPC sent
 to a side that answers in TLS), and the Gluster log lines of the moment (`ssl_dump_error_stack`
 with OpenSSL's reason, "wrong MSG-TYPE" on a plaintext brick, "SETVOLUME on remote-host failed"
-over TLS: a CN that auth.ssl-allow does not name). Classes, each with its remedy: CA mismatch,
-expired or not yet valid certificate, CN not allowed, one side plaintext, other handshake
-failure.
+over TLS: a CN that auth.ssl-allow does not name), and with `--probe tls` the failed
+SSL_connect/SSL_accept's own OpenSSL reason (`tls.error`, read by tls_reasons.py). Classes,
+each with its remedy: CA mismatch, expired or not yet valid certificate, CN not allowed, one
+side plaintext (on glusterd's port 24007: management encryption on one side only), other
+handshake failure.
 """
 from __future__ import annotations
 
@@ -18,6 +20,7 @@ from collections import OrderedDict, deque
 from correlate import hookimpl
 from correlate.detector import Detector, Option, Wants
 
+from . import tls_reasons
 from .gluster_facts import host_of
 
 WINDOW_NS = 5_000_000_000
@@ -57,6 +60,12 @@ REMEDY = {
         "/var/lib/glusterd/secure-access on this server only). Turn TLS on for the client "
         "(`gluster volume set VOLUME client.ssl on`, secure-access on the client host) and "
         "remount."),
+    "management-plaintext": (
+        "Management encryption is on where /var/lib/glusterd/secure-access exists: this client "
+        "has it, the glusterd it asks (port 24007) does not. Either create the file on every "
+        "server and client (`touch /var/lib/glusterd/secure-access`, each with its "
+        f"glusterfs.pem/.key/.ca in {SSL}) and restart glusterd on every server, or remove it "
+        "on this client; then remount."),
     "handshake-failed": (
         "TLS 1.3 encrypts the reason. Read the `ssl_dump_error_stack` lines in the brick log "
         "(/var/log/glusterfs/bricks/) and the client log, or test by hand: `openssl s_client "
@@ -68,6 +77,7 @@ TITLES = {"ca-mismatch": "TLS: certificate not signed by a trusted CA",
           "cn-not-allowed": "TLS: client certificate CN not in auth.ssl-allow",
           "server-plaintext": "TLS: client speaks TLS, server plaintext",
           "client-plaintext": "TLS: client speaks plaintext, server TLS",
+          "management-plaintext": "TLS: management encryption on the client, not on glusterd",
           "handshake-failed": "TLS: handshake failed"}
 
 
@@ -76,7 +86,7 @@ class TlsFailure(Detector):
     options = {"log_window_s": Option(WINDOW_NS / 1e9, "seconds around a failed TLS connection "
                                                        "in which log lines join its evidence")}
     wants = Wants(kinds={"tls.handshake", "tls.certificate", "tls.connection", "rpc.reply",
-                         "tcp.close", "tcp.gap"},
+                         "tcp.close", "tcp.gap", "tls.error"},
                   layers={"log"}, procedures={"SETVOLUME"}, details=())
 
     def __init__(self):
@@ -114,6 +124,8 @@ class TlsFailure(Detector):
                 self.certs.popitem(last=False)
         elif kind == "tls.connection":
             return self._connection(ev)
+        elif kind == "tls.error":
+            return [self._process_error(ev)]
         elif kind == "tcp.gap":
             if len(self.first_gap) < MAX_CONNS:
                 self.first_gap.setdefault(ev.get("source"), ev["time_ns"])
@@ -169,6 +181,7 @@ class TlsFailure(Detector):
                   if abs(e["time_ns"] - ev["time_ns"]) <= self.option("log_window_s") * 1e9]
         cause, why = self._classify(ev, certs, nearby)
         server = ev.get("dst")
+        cause = _management(cause, server)
         explanation = (f"The TLS connection from {ev.get('src')} to {server} "
                        f"({ev.get('tls_version') or 'no version agreed'}) ended at stage "
                        f"'{ev.get('stage')}': {why}")
@@ -254,6 +267,17 @@ class TlsFailure(Detector):
         return "handshake-failed", ("no clear alert and no log line tell why (TLS 1.3 "
                                     "encrypts the alert).")
 
+    def _process_error(self, ev):
+        """A handshake the process itself saw fail (--probe tls): OpenSSL's own reason."""
+        cause, why = tls_reasons.classify(ev)
+        cause = _management(cause, ev.get("dst"))
+        self.wire_failures.append(ev["time_ns"])    # the log's verify failure is this one
+        where = f" to {ev['dst']}" if ev.get("dst") else ""
+        return self.finding(ev["time_ns"], severity="error", title=TITLES[cause],
+                            explanation=f"A TLS handshake{where} failed: {why}",
+                            remedy=REMEDY[cause], evidence=[ev],
+                            key=tls_reasons.key(ev, cause), cause=cause, server=ev.get("dst"))
+
     def _cn_refused(self, ev, evidence):
         where = ev.get("xlator") or ev.get("src") or "the brick"
         explanation = (f"{where}: the brick refused SETVOLUME with 'Authentication failed' "
@@ -327,6 +351,14 @@ class TlsFailure(Detector):
                                     else REMEDY["ca-mismatch"] + " " + REMEDY["expired"],
                                     evidence=[e], key=f"{cause}:log", cause=cause))
         return out
+
+
+def _management(cause: str, server) -> str:
+    """A server that answers TLS with plaintext on glusterd's port: management encryption
+    (secure-access) on one side only."""
+    if cause == "server-plaintext" and str(server or "").endswith(f":{tls_reasons.GLUSTERD_PORT}"):
+        return "management-plaintext"
+    return cause
 
 
 def _side_of_log(e: dict) -> str:

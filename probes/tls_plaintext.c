@@ -16,6 +16,8 @@
 #define DIR_WRITE 1
 #define KIND_DATA 0
 #define KIND_SETFD 1
+#define KIND_HANDSHAKE 2    // a failed SSL_connect/SSL_accept: data[] holds a struct hs_t
+#define ERR_LIB_SSL 20
 
 struct tls_event_t {
     u64 ts;
@@ -27,7 +29,7 @@ struct tls_event_t {
     u32 dir;
     u32 len;            // bytes the call moved
     u32 copied;         // bytes of them in data[]
-    u32 pad;
+    u32 lost_before;    // bytes of this SSL* and direction whose records the ring refused
     char comm[TASK_COMM_LEN];
     u8 data[MAX_COPY];
 };
@@ -46,6 +48,14 @@ BPF_PERCPU_ARRAY(scratch, struct tls_event_t, 1);
 BPF_HASH(active, u32, struct active_t, 4096);          // tid -> SSL_* call in progress
 BPF_TABLE("lru_hash", u64, s32, ssl_fd, 65536);        // SSL* -> socket fd
 BPF_ARRAY(drops, u64, 1);                              // records the ring buffer refused
+struct stream_t {
+    u64 ssl;
+    u32 pid;
+    u32 dir;
+};
+// Bytes refused per stream, told in its next record: the reader turns them into a gap the
+// RPC framer resynchronises after, instead of splicing the bytes around the hole.
+BPF_TABLE("lru_hash", struct stream_t, u64, lost_bytes, 4096);
 BPF_TABLE("lru_hash", u32, u8, followed, 4096);        // processes whose TLS is copied
 
 // A process is followed once one of its threads named THREAD_FILTER* enters libssl (the
@@ -74,6 +84,128 @@ static __always_inline int wanted_thread(void) {
 
 int handshake_enter(struct pt_regs *ctx) {
     wanted_thread();
+    return 0;
+}
+
+// A handshake in progress on a thread (Gluster calls SSL_connect/SSL_accept again and again
+// on a non-blocking socket until it completes), and the first OpenSSL error raised in it:
+// ERR_new, ERR_set_debug(file, line, func), ERR_set_error(lib, reason, fmt, ...) or
+// ERR_vset_error in that order (OpenSSL 3's ERR_raise and SSLfatal), and the certificate check's X509_V_ERR_* as libssl reads it
+// with X509_STORE_CTX_get_error.
+struct hs_t {
+    u32 lib;            // ERR_LIB_*; 0: no error raised in this call
+    u32 reason;
+    s32 verify;         // X509_V_ERR_*, 0 when the certificate check passed or did not run
+    s32 ret;
+    u16 family;         // the peer connect() named for this socket (0: not seen)
+    u16 port;
+    u8 addr[16];
+    char func[48];      // the OpenSSL function that raised it
+};
+
+struct hs_active_t {
+    u64 ssl;
+    u32 accept;
+    u32 pad;
+    struct hs_t hs;
+};
+
+BPF_HASH(handshakes, u32, struct hs_active_t, 1024);   // tid -> handshake call in progress
+struct peer_t {
+    u16 family;
+    u16 port;
+    u8 addr[16];
+};
+BPF_TABLE("lru_hash", u64, struct peer_t, peers, 4096);   // pid << 32 | fd -> connect()'s peer
+
+static __always_inline int hs_enter(struct pt_regs *ctx, u32 accept) {
+    if (!wanted_thread())
+        return 0;
+    u32 tid = bpf_get_current_pid_tgid();
+    struct hs_active_t a = {};
+    a.ssl = PT_REGS_PARM1(ctx);
+    a.accept = accept;
+    handshakes.update(&tid, &a);
+    return 0;
+}
+
+int connect_enter(struct pt_regs *ctx) { return hs_enter(ctx, 0); }
+int accept_enter(struct pt_regs *ctx) { return hs_enter(ctx, 1); }
+
+int err_debug(struct pt_regs *ctx) {
+    u32 tid = bpf_get_current_pid_tgid();
+    struct hs_active_t *a = handshakes.lookup(&tid);
+    if (a && a->hs.lib != ERR_LIB_SSL)
+        bpf_probe_read_user_str(a->hs.func, sizeof(a->hs.func), (void *)PT_REGS_PARM3(ctx));
+    return 0;
+}
+
+int err_set(struct pt_regs *ctx) {
+    u32 tid = bpf_get_current_pid_tgid();
+    struct hs_active_t *a = handshakes.lookup(&tid);
+    // The first error of libssl's own is the cause (later ones are consequences); before
+    // one, the latest of any library (libcrypto raises and pops errors while it tries
+    // decoders: "unsupported algorithm" from pkey_set_type on every handshake)
+    if (a && a->hs.lib != ERR_LIB_SSL) {
+        a->hs.lib = PT_REGS_PARM1(ctx);
+        a->hs.reason = PT_REGS_PARM2(ctx);
+    }
+    return 0;
+}
+
+int verify_result(struct pt_regs *ctx) {
+    u32 tid = bpf_get_current_pid_tgid();
+    struct hs_active_t *a = handshakes.lookup(&tid);
+    if (a)
+        a->hs.verify = PT_REGS_RC(ctx);
+    return 0;
+}
+
+// At the return: a failure is sent when the call raised an error of libssl's or returned 0
+// (the peer closed); -1 without one is "call again" (SSL_ERROR_WANT_READ/WRITE) on a
+// non-blocking socket, whatever libcrypto raised and popped on the way.
+int hs_return(struct pt_regs *ctx) {
+    u64 id = bpf_get_current_pid_tgid();
+    u32 tid = id;
+    struct hs_active_t *a = handshakes.lookup(&tid);
+    if (!a)
+        return 0;
+    int ret = PT_REGS_RC(ctx);
+    if (ret == 1 || (ret < 0 && a->hs.lib != ERR_LIB_SSL)) {
+        handshakes.delete(&tid);
+        return 0;
+    }
+    u32 zero = 0;
+    struct tls_event_t *e = scratch.lookup(&zero);
+    if (!e) {
+        handshakes.delete(&tid);
+        return 0;
+    }
+    e->ts = bpf_ktime_get_ns();
+    e->ssl = a->ssl;
+    e->pid = id >> 32;
+    e->tid = tid;
+    s32 *fd = ssl_fd.lookup(&a->ssl);
+    e->fd = fd ? *fd : -1;
+    e->kind = KIND_HANDSHAKE;
+    e->dir = a->accept;
+    e->len = e->lost_before = 0;
+    e->copied = sizeof(struct hs_t);
+    bpf_get_current_comm(&e->comm, sizeof(e->comm));
+    a->hs.ret = ret;
+    if (fd) {
+        u64 key = (id & 0xffffffff00000000ULL) | (u32)*fd;
+        struct peer_t *p = peers.lookup(&key);
+        if (p) {
+            a->hs.family = p->family;
+            a->hs.port = p->port;
+            __builtin_memcpy(a->hs.addr, p->addr, sizeof(a->hs.addr));
+        }
+    }
+    bpf_probe_read_kernel(e->data, sizeof(struct hs_t), &a->hs);
+    events.ringbuf_output(e, offsetof(struct tls_event_t, data) + sizeof(struct hs_t),
+                          BPF_RB_FORCE_WAKEUP);
+    handshakes.delete(&tid);
     return 0;
 }
 
@@ -149,6 +281,9 @@ static __always_inline int leave(struct pt_regs *ctx) {
     if (bpf_probe_read_user(e->data, n, (void *)a->buf) != 0)
         n = 0;
     e->copied = n;
+    struct stream_t key = {.ssl = a->ssl, .pid = e->pid, .dir = a->dir};
+    u64 *before = lost_bytes.lookup(&key);
+    e->lost_before = before ? (*before > 0xffffffff ? 0xffffffff : *before) : 0;
     u64 size = offsetof(struct tls_event_t, data) + n;
     if (size > sizeof(*e))
         size = sizeof(*e);
@@ -156,6 +291,10 @@ static __always_inline int leave(struct pt_regs *ctx) {
         u64 *d = drops.lookup(&zero);
         if (d)
             __sync_fetch_and_add(d, 1);
+        u64 lost = (before ? *before : 0) + moved;
+        lost_bytes.update(&key, &lost);
+    } else if (before) {
+        lost_bytes.delete(&key);
     }
     active.delete(&tid);
     return 0;
@@ -185,7 +324,7 @@ int set_fd_enter(struct pt_regs *ctx) {
     e->fd = fd;
     e->kind = KIND_SETFD;
     e->dir = 0;
-    e->len = e->copied = 0;
+    e->len = e->copied = e->lost_before = 0;
     bpf_get_current_comm(&e->comm, sizeof(e->comm));
     events.ringbuf_output(e, offsetof(struct tls_event_t, data), wakeup_flag());
     return 0;
@@ -196,14 +335,45 @@ int set_fd_enter(struct pt_regs *ctx) {
 #ifndef NO_SYSCALL_ROUTE
 TRACEPOINT_PROBE(raw_syscalls, sys_enter) {
     long nr = args->id;
+    if (nr == 42) {     // connect(fd, addr, len): the peer a failed handshake names
+        // any process: Gluster connects from the caller's thread, before a glfs_* thread
+        // has entered libssl (an AF_UNIX connect costs a two-byte read and nothing more)
+#ifdef PID_FILTER
+        if ((bpf_get_current_pid_tgid() >> 32) != PID_FILTER)
+            return 0;
+#endif
+        struct peer_t p = {};
+        u16 family = 0;
+        void *sa = (void *)args->args[1];
+        bpf_probe_read_user(&family, sizeof(family), sa);
+        if (family == 2) {              // AF_INET: port, then the address at +4
+            bpf_probe_read_user(&p.port, 2, sa + 2);
+            bpf_probe_read_user(p.addr, 4, sa + 4);
+        } else if (family == 10) {      // AF_INET6: port, flowinfo, address at +8
+            bpf_probe_read_user(&p.port, 2, sa + 2);
+            bpf_probe_read_user(p.addr, 16, sa + 8);
+        } else {
+            return 0;
+        }
+        p.family = family;
+        u64 key = (bpf_get_current_pid_tgid() & 0xffffffff00000000ULL) | (u32)args->args[0];
+        peers.update(&key, &p);
+        return 0;
+    }
     if (nr != 0 && nr != 1 && nr != 19 && nr != 20 && nr != 44 && nr != 45 && nr != 46
             && nr != 47)    // read write readv writev sendto recvfrom sendmsg recvmsg
         return 0;
     u32 tid = bpf_get_current_pid_tgid();
     struct active_t *a = active.lookup(&tid);
-    if (!a)
-        return 0;
-    u64 ssl = a->ssl;
+    u64 ssl;
+    if (a) {
+        ssl = a->ssl;
+    } else {    // a handshake's own reads and writes (Gluster sets the socket BIO itself)
+        struct hs_active_t *h = handshakes.lookup(&tid);
+        if (!h)
+            return 0;
+        ssl = h->ssl;
+    }
     if (ssl_fd.lookup(&ssl))
         return 0;
     s32 fd = args->args[0];

@@ -93,3 +93,33 @@ def test_plaintext_client_against_tls_brick():
     assert f["count"] == 2 and "reset by the server" in f["explanation"]
     assert "client.ssl on" in f["remedy"]
     assert findings("tls-server-only.pcap") == []      # the wire alone does not say TLS
+
+
+def _tls_error(**fields):
+    ev = {"time_ns": 1_000, "layer": "probe", "kind": "tls.error", "source": "tls",
+          "function": "SSL_connect", "pid": 42, "tid": 43, "comm": "glfs_epoll000", "retval": -1,
+          "host": "client1"}
+    ev.update(fields)
+    return ev
+
+
+def test_a_process_error_names_each_cause():
+    from correlate.plugins.tls_failure import TlsFailure
+    from correlate.testing import run_detector
+    cases = [
+        (_tls_error(reason="certificate verify failed", verify_result=10,
+                    verify_error="certificate has expired", dst="10.0.0.5:49152"), "expired"),
+        (_tls_error(reason="certificate verify failed", verify_result=20,
+                    verify_error="unable to get local issuer certificate"), "ca-mismatch"),
+        (_tls_error(function="SSL_accept", reason="tlsv1 alert unknown ca"), "ca-mismatch"),
+        (_tls_error(function="SSL_accept", reason="wrong version number"), "client-plaintext"),
+        (_tls_error(reason="the peer closed the connection", retval=0, dst="10.0.0.5:49152"),
+         "server-plaintext"),
+        (_tls_error(reason="unexpected eof while reading", dst="10.0.0.5:24007"),
+         "management-plaintext"),
+    ]
+    for ev, cause in cases:
+        (f,) = run_detector(TlsFailure(), [ev])
+        assert f["cause"] == cause and f["severity"] == "error", (ev, f)
+    (f,) = run_detector(TlsFailure(), [cases[-1][0]])
+    assert "secure-access" in f["remedy"] and "10.0.0.5" in f["explanation"]

@@ -192,3 +192,80 @@ def test_cn_refusal_seen_inside_tls_through_the_probe(tls_lab):
     assert refused and all(e["op_errno"] == 13 and e["source"] == "tls" for e in refused)
     found = run_detector(TlsFailure(), events)
     assert [f["cause"] for f in found] == ["cn-not-allowed"]
+
+
+def _probed_init(identity, volume: str = "tlsvol", **gfapi_options) -> tuple[dict, list[dict]]:
+    """glfs_init as `identity` while --probe tls's collector runs, polled as a run polls."""
+    import threading
+    from correlate.probe.bcc_backend import check_bcc_prerequisites
+    from correlate.probe.errors import ProbeError
+    from correlate.probe.tls_collector import TlsCollector
+    from tests.lab import tls
+    try:
+        check_bcc_prerequisites()
+    except ProbeError as exc:
+        pytest.skip(str(exc))
+    collector = TlsCollector().start()
+    done: dict = {}
+    client = threading.Thread(target=lambda: done.update(tls.gfapi(
+        ["init", "--volume", volume, "--log", "/dev/null"], identity=identity, timeout=8,
+        **gfapi_options)))
+    events: list[dict] = []
+    try:
+        client.start()
+        while client.is_alive():
+            events += collector.poll(100)
+    finally:
+        events += collector.stop()
+    return done, events
+
+
+def test_failed_handshakes_named_from_openssl_in_the_processes(tls_lab):
+    """No capture, no log: the failed SSL_connect/SSL_accept's own OpenSSL error names the
+    cause. A foreign CA: the client's 'certificate verify failed' with X509's reason; an
+    expired client certificate: the bricks' SSL_accept says 'certificate has expired'."""
+    result, events = _probed_init(tls_lab.foreign)
+    assert result["status"] == "error"
+    errors = [e for e in events if e["kind"] == "tls.error"]
+    connect = [e for e in errors if e["function"] == "SSL_connect"]
+    assert connect and all(e["reason"] == "certificate verify failed" and e["verify_result"]
+                           in (19, 20) and e["dst"].startswith("127.0.0.2:") for e in connect)
+    found = [f for f in run_detector(TlsFailure(), events) if f["severity"] != "info"]
+    assert found and {f["cause"] for f in found} == {"ca-mismatch"}
+    assert "certificate verify failed" in " ".join(f["explanation"] for f in found)
+
+    result, events = _probed_init(tls_lab.expired)
+    assert result["status"] == "error"
+    accept = [e for e in events if e["kind"] == "tls.error" and e["function"] == "SSL_accept"]
+    assert accept and all(e["verify_result"] == 10 and e["comm"].startswith("glfs_")
+                          for e in accept)
+    found = run_detector(TlsFailure(), events)
+    assert {f["cause"] for f in found} == {"expired"}
+    assert "certificate has expired" in found[0]["explanation"]
+
+
+def test_healthy_handshakes_raise_no_tls_error(tls_lab):
+    """libcrypto raises and pops errors on every handshake (decoders tried in turn): they
+    must not read as failures."""
+    result, events = _probed_init(None)
+    assert result["status"] == "ok"
+    assert not [e for e in events if e["kind"] == "tls.error"]
+
+
+def test_management_encryption_on_the_client_only(tls_lab, tmp_path):
+    """secure-access on the client alone (its own mount namespace; the lab's glusterd stays
+    plaintext): its ClientHello to glusterd:24007 is closed unanswered. The capture alone and
+    the probe alone (SSL_connect: 'unexpected eof while reading') each name it, with the
+    secure-access remedy; the client cannot fetch its volfile."""
+    from tests.lab import lab as lab_module
+    from tests.lab.capture import Tcpdump
+    pcap = tmp_path / "mgmt.pcap"
+    with Tcpdump(pcap, lab_module.DEFAULT_FILTER):
+        result, probed = _probed_init(None, "tlsvolplain", secure_access=True)
+    assert result["status"] == "error" and result["errno"] == 107       # ENOTCONN
+    errors = [e for e in probed if e["kind"] == "tls.error"]
+    assert errors and all(e["dst"] == "127.0.0.2:24007" for e in errors)
+    for events in (probed, events_of(pcap)):
+        found = [f for f in run_detector(TlsFailure(), events) if f["severity"] != "info"]
+        assert {f["cause"] for f in found} == {"management-plaintext"}, found
+        assert "secure-access" in found[0]["remedy"] and "24007" in found[0]["explanation"]

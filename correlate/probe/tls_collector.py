@@ -11,23 +11,31 @@ the same bytes.
 """
 from __future__ import annotations
 
-import ctypes
+import ipaddress
 import os
 import socket
+import struct
+import threading
+from bisect import bisect_right
 from collections import OrderedDict
+from operator import itemgetter
 
 from ..diagnostics import Diagnostics
 from ..wire.model import Conn
 from ..wire.rpc import RpcSink
 from .bcc_backend import _detach_uprobes, check_bcc_prerequisites
 from .clock import ClockMap
+from . import openssl_errors
 from .errors import ProbeError
 from .proc_sockets import tcp_tuple
 from .resolve import find_library
+from .ringbuf import RingReader
 
 MAX_COPY = 16384
 HOLD_NS = 200_000_000        # events wait this long to be put in time order across CPUs
-RINGBUF_PAGES = 1024         # 4 MiB: about 250 full-size records of slack
+# 16 MiB: about 1,000 full-size records, 2-3 s of a busy client's small-file traffic, for a
+# reader that waits its turn for a CPU (READER_POLICY)
+RINGBUF_PAGES = 4096
 THREAD_PREFIX = "glfs_"      # Gluster's threads (glfs_epoll000, ...): their processes are followed
 LIBSSL = "libssl.so.3"
 # function, entry program, argument registers it reads
@@ -35,16 +43,22 @@ FUNCTIONS = (("SSL_read", "read_enter", {1, 2}), ("SSL_write", "write_enter", {1
              ("SSL_read_ex", "read_ex_enter", {1, 2, 4}),
              ("SSL_write_ex", "write_ex_enter", {1, 2, 4}))
 HANDSHAKE = ("SSL_connect", "SSL_accept", "SSL_do_handshake")   # where a process is first seen
+# a failed handshake's reason: the first error OpenSSL raised in it (probe, program, return?)
+LIBCRYPTO = "libcrypto.so.3"
+ERROR_PROBES = (("ERR_set_debug", "err_debug", False), ("ERR_set_error", "err_set", False),
+                ("ERR_vset_error", "err_set", False),
+                ("X509_STORE_CTX_get_error", "verify_result", True))
 MAX_STREAMS = 16384
-KIND_DATA, KIND_SETFD = 0, 1
+KIND_DATA, KIND_SETFD, KIND_HANDSHAKE = 0, 1, 2
+# struct hs_t: lib reason verify ret family port(network order) addr func
+_HS = struct.Struct("<IIiiH2s16s48s")
+_TIME = itemgetter(0)
+_EVENT_TIME = itemgetter("time_ns")
 DIR_READ, DIR_WRITE = 0, 1
 
 
-class _Header(ctypes.Structure):
-    _fields_ = [("ts", ctypes.c_uint64), ("ssl", ctypes.c_uint64), ("pid", ctypes.c_uint32),
-                ("tid", ctypes.c_uint32), ("fd", ctypes.c_int32), ("kind", ctypes.c_uint32),
-                ("dir", ctypes.c_uint32), ("len", ctypes.c_uint32), ("copied", ctypes.c_uint32),
-                ("pad", ctypes.c_uint32), ("comm", ctypes.c_char * 16)]
+# struct tls_event_t up to data[]: ts ssl pid tid fd kind dir len copied lost_before comm
+_HEADER = struct.Struct("<QQIIiIIIII16s")
 
 
 def _symbols(path: str) -> dict[str, int]:
@@ -96,7 +110,11 @@ class TlsCollector:
         self._streams: OrderedDict[tuple[int, int], tuple[str, str, bool] | None] = OrderedDict()
         self._fds: dict[tuple[int, int], int] = {}                  # (pid, ssl) -> fd
         self.records = self.bytes = self.truncated_bytes = self.unattributed_bytes = 0
+        self.lost_bytes = 0
         self.lost = 0
+        self.ring = None
+        self._niced = False
+        self._errors: list[dict] = []       # tls.error events, released in time order
 
     # -- lifecycle -----------------------------------------------------------------------------
     def start(self) -> "TlsCollector":
@@ -131,32 +149,57 @@ class TlsCollector:
             attach = self.bpf.attach_uprobe if sites.ret_reads_rax else self.bpf.attach_uretprobe
             attach(name=path, addr=sites.ret, fn_name=b"any_return", pid=-1)
             attached += 1
-        for function, program in (("SSL_set_fd", "set_fd_enter"),
-                                  *((h, "handshake_enter") for h in HANDSHAKE)):
+        for function, program in (("SSL_set_fd", "set_fd_enter"), ("SSL_connect", "connect_enter"),
+                                  ("SSL_accept", "accept_enter"),
+                                  ("SSL_do_handshake", "handshake_enter")):
             if function in symbols:
                 self.bpf.attach_uprobe(name=path, addr=symbols[function],
                                        fn_name=program.encode(), pid=-1)
+        for function in ("SSL_connect", "SSL_accept"):     # rare: a uretprobe's cost is no matter
+            if function in symbols:
+                self.bpf.attach_uretprobe(name=path, addr=symbols[function],
+                                          fn_name=b"hs_return", pid=-1)
+        self._attach_errors()
         if not attached:
             raise ProbeError(f"no SSL_read/SSL_write in {self.path}")
         self.clock = ClockMap()
-        self.bpf[b"events"].open_ring_buffer(self._on_event)
+        self.ring = RingReader(self.bpf[b"events"].map_fd, RINGBUF_PAGES * 4096)
         return self
+
+    def _attach_errors(self) -> None:
+        """OpenSSL's error calls in libcrypto; without them a failed handshake is still
+        reported, without its reason."""
+        try:
+            crypto = find_library(LIBCRYPTO, self.pid)
+            symbols = _symbols(crypto)
+        except (ProbeError, OSError) as exc:
+            self.diag.skip(f"no OpenSSL error reasons ({exc})")
+            return
+        for function, program, at_return in ERROR_PROBES:
+            if function in symbols:
+                attach = self.bpf.attach_uretprobe if at_return else self.bpf.attach_uprobe
+                attach(name=crypto.encode(), addr=symbols[function], fn_name=program.encode(),
+                       pid=-1)
 
     def poll(self, timeout_ms: int = 100) -> list[dict]:
         if self.bpf is None:
             return []
-        # records do not wake the reader (a quarter-full ring does): wait, then drain
-        self.bpf.ring_buffer_poll(timeout_ms)
-        self.bpf.ring_buffer_consume()
+        if not self._niced:     # the thread that polls is the one that decodes
+            self._niced = True
+            _yield_to_probed()
+        # records seldom wake the reader (every WAKE_EVERY-th does): wait, then drain
+        self.ring.wait(timeout_ms)
+        self._drain()
         self.clock.maybe_remeasure()
         return self._release(self._newest - HOLD_NS)
 
     def stop(self) -> list[dict]:
         if self.bpf is None:
             return []
-        self.bpf.ring_buffer_consume()
+        self._drain()
         out = self._release(None)
         self.lost = int(self.bpf[b"drops"][0].value)
+        self.ring.close()
         _detach_uprobes(self.bpf)
         self.bpf.cleanup()
         self.bpf = None
@@ -166,41 +209,81 @@ class TlsCollector:
         return {"backend": "bcc", "library": self.path, "records": self.records,
                 "bytes": self.bytes, "truncated_bytes": self.truncated_bytes,
                 "unattributed_bytes": self.unattributed_bytes, "lost": self.lost,
+                "lost_bytes": self.lost_bytes,
                 "connections": len(self._conns), "skipped": self.diag.summary_lines()}
 
     # -- records -------------------------------------------------------------------------------
-    def _on_event(self, ctx, data, size) -> None:
-        h = _Header.from_address(data)
-        if h.kind == KIND_SETFD:
+    def _drain(self) -> None:
+        for record in self.ring.records():
+            self._on_record(record)
+
+    def _on_record(self, record: memoryview) -> None:
+        ts, ssl, pid, _tid, fd, kind, direction, moved, copied, lost, _comm = \
+            _HEADER.unpack_from(record)
+        if kind == KIND_HANDSHAKE:
+            self._handshake_failed(record, ts, ssl, pid, _tid, fd, direction, _comm)
+            return
+        if kind == KIND_SETFD:
             # a new binding: what was resolved for this SSL* or this fd number is stale
-            self._fds[(h.pid, h.ssl)] = h.fd
-            self._streams.pop((h.pid, h.ssl), None)
+            self._fds[(pid, ssl)] = fd
+            self._streams.pop((pid, ssl), None)
             return
         self.records += 1
-        self.bytes += h.len
-        key = (h.pid, h.ssl)
-        if h.fd >= 0:
-            self._fds.setdefault(key, h.fd)
-        if key not in self._streams:
+        self.bytes += moved
+        key = (pid, ssl)
+        if fd >= 0:
+            self._fds.setdefault(key, fd)
+        ends = self._streams.get(key, False)
+        if ends is False:
             fd = self._fds.get(key, -1)
             # resolved at once: a short connection is gone from /proc by the time it is fed
-            self._streams[key] = tcp_tuple(h.pid, fd) if fd >= 0 else None
+            ends = self._streams[key] = tcp_tuple(pid, fd) if fd >= 0 else None
             if len(self._streams) > MAX_STREAMS:
                 self._streams.popitem(last=False)
-        payload = ctypes.string_at(data + ctypes.sizeof(_Header), min(h.copied, MAX_COPY))
-        time_ns = self.clock.to_realtime(h.ts)
-        self._newest = max(self._newest, time_ns)
-        self._held.append((time_ns, h.pid, h.dir == DIR_WRITE, h.ssl, payload, h.len))
+        if ends is not None and not lost:
+            owner = self._conns.get(ends[:2])
+            if owner is not None and owner[1] != pid:
+                return      # the other end's copy of bytes its owner already sends
+        start = _HEADER.size
+        payload = bytes(record[start:start + min(copied, MAX_COPY)])
+        time_ns = self.clock.to_realtime(ts)
+        if time_ns > self._newest:
+            self._newest = time_ns
+        if lost:    # the ring refused earlier records of this stream: a gap before these bytes
+            self.lost_bytes += lost
+            self._held.append((time_ns, pid, direction == DIR_WRITE, ssl, b"", lost))
+        self._held.append((time_ns, pid, direction == DIR_WRITE, ssl, payload, moved))
+
+    def _handshake_failed(self, record, ts, ssl, pid, tid, fd, accept, comm) -> None:
+        lib, reason, verify, ret, family, port, addr, func = _HS.unpack_from(record, _HEADER.size)
+        ends = self._streams.get((pid, ssl)) or (tcp_tuple(pid, fd) if fd >= 0 else None)
+        ev = {"time_ns": self.clock.to_realtime(ts), "layer": "probe", "kind": "tls.error",
+              "source": self.source, "function": "SSL_accept" if accept else "SSL_connect",
+              "library": self.path, "pid": pid, "tid": tid, "comm": _text(comm), "retval": ret}
+        if ends is not None:
+            ev["src"], ev["dst"] = ends[0], ends[1]
+        elif family in (2, 10) and not accept:    # the peer connect() named
+            ip = ipaddress.ip_address(addr[:4] if family == 2 else addr)
+            ev["dst"] = f"{ip}:{int.from_bytes(port, 'big')}"
+        if lib:
+            ev["ssl_lib"], ev["ssl_reason"] = lib, reason
+            ev["reason"] = openssl_errors.reason_text(lib, reason)
+            ev["ssl_function"] = _text(func)
+        else:
+            ev["reason"] = "the peer closed the connection"
+        if verify:
+            ev["verify_result"] = verify
+            ev["verify_error"] = openssl_errors.verify_text(verify)
+        self._errors.append(ev)
 
     def _release(self, upto: int | None) -> list[dict]:
-        if upto is None:
-            ready, self._held = self._held, []
-        else:
-            ready = [r for r in self._held if r[0] <= upto]
-            self._held = [r for r in self._held if r[0] > upto]
-        ready.sort(key=lambda r: r[0])
+        # each CPU's records come in order, so the sort mostly merges runs; one cut at `upto`
+        held = self._held
+        held.sort(key=_TIME)
+        cut = len(held) if upto is None else bisect_right(held, upto, key=_TIME)
+        ready, self._held = held[:cut], held[cut:]
         out: list[dict] = []
-        for time_ns, pid, wrote, ssl, payload, moved in ready:
+        for time_ns, pid, wrote, ssl, payload, moved in _runs(ready):
             ends = self._streams.get((pid, ssl))
             if ends is None:
                 self.unattributed_bytes += moved
@@ -209,10 +292,18 @@ class TlsCollector:
             if owner != pid:
                 continue            # the other end's copy of the same bytes
             from_client = wrote == ends[2]
-            out.extend(self.sink.on_data(conn, from_client, time_ns, payload))
+            if payload:
+                out.extend(self.sink.on_data(conn, from_client, time_ns, payload))
             if moved > len(payload):
-                self.truncated_bytes += moved - len(payload)
+                if payload:     # an empty payload stands for records the ring refused
+                    self.truncated_bytes += moved - len(payload)
                 out.extend(self.sink.on_gap(conn, from_client, time_ns, moved - len(payload)))
+        if self._errors:
+            cut = len(self._errors) if upto is None else \
+                sum(1 for e in self._errors if e["time_ns"] <= upto)
+            out.extend(self._errors[:cut])
+            del self._errors[:cut]
+            out.sort(key=_EVENT_TIME)
         for ev in out:
             ev["host"] = self.host
         return out
@@ -222,3 +313,50 @@ class TlsCollector:
         if got is None:
             got = self._conns[ends] = (Conn(ends[0], ends[1], len(self._conns) + 1), pid)
         return got
+
+
+def _runs(ready: list[tuple]):
+    """Consecutive records of one SSL* and direction as one (Gluster reads a reply in
+    pieces: the record mark, the header, the payload): the decoder is called once per run
+    instead of once per piece. A run ends at a truncated record (its gap follows it) and
+    before a refused one (an empty payload standing for the bytes lost). A read
+    run takes its last piece's time (when all its bytes were in), a write run its first's;
+    no other record lies between, so the order holds."""
+    run = None
+    for rec in ready:
+        if (run is not None and rec[1] == run[1] and rec[2] == run[2] and rec[3] == run[3]
+                and run[5] == len(run[4][-1]) and rec[4]):
+            run[4].append(rec[4])
+            run[5] = rec[5]
+            run[6] += rec[5]
+            if not rec[2]:
+                run[0] = rec[0]
+            continue
+        if run is not None:
+            yield _joined(run)
+        run = [rec[0], rec[1], rec[2], rec[3], [rec[4]], rec[5], rec[5]]
+    if run is not None:
+        yield _joined(run)
+
+
+def _joined(run: list):
+    pieces = run[4]
+    payload = pieces[0] if len(pieces) == 1 else b"".join(pieces)
+    # moved: the whole run's bytes; only the last piece can be short of its own
+    return run[0], run[1], run[2], run[3], payload, run[6]
+
+
+def _yield_to_probed() -> None:
+    """The polling thread (it decodes) runs as SCHED_BATCH: it keeps its fair share of CPU,
+    so the ring is drained on a busy host (a nice of 10 lost records there), but its wakeups
+    no longer preempt the probed processes it shares the CPUs with."""
+    try:
+        os.sched_setscheduler(threading.get_native_id(), os.SCHED_BATCH, os.sched_param(0))
+    except OSError:
+        pass
+
+
+def _text(raw: bytes) -> str:
+    """A C string read from a process: up to its NUL, printable ASCII only (names)."""
+    raw = raw.split(b"\0", 1)[0]
+    return "".join(c if c.isascii() and c.isprintable() else "?" for c in raw.decode("latin-1"))

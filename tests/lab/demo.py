@@ -6,8 +6,9 @@ the talk's three (an atime of -1 from a libgfapi application and through a real 
 vfs_glusterfs, the SETVOLUME authentication failure of qemu-img over gluster://, the
 firewall REJECT and DROP), then a hung brick, a slow brick, a lock wait, a split-brain and
 an application on a FUSE mount getting ENOTCONN from a dead brick (named with its system
-call, path and errno through `--probe fuse`, where the kernel has the FUSE tracepoints), each
-on a volume of its own (demohang, demoslow, demolock, demosb, fz2demo; deleted at the end).
+call, path and errno through `--probe fuse`, where the kernel has the FUSE tracepoints) and
+a TLS volume a client cannot mount (its CA file holds another CA), each on a volume of its
+own (demohang, demoslow, demolock, demosb, fz2demo, demotls; deleted at the end).
 For each it prints what it does and the findings correlate printed meanwhile, and ends with
 which problems were diagnosed: the exit status is 1 when an expected finding did not come.
 
@@ -51,6 +52,7 @@ class Step:
     captures: tuple[str, ...] = ()             # offline: the shipped inputs that show it
     live: bool = True                          # made on the lab by `make run`
     title_has: str = ""                        # ... in the expected finding's title
+    make: Callable[["Step"], tuple[bool | None, str]] | None = None   # instead of a scenario
 
     def diagnosed_by(self, f: dict) -> bool:
         # a warning or worse: "brick answering again" (info) alone does not diagnose a hang
@@ -92,6 +94,9 @@ def demo_steps() -> list[Step]:
         Step("fuse-enotconn", "an application creates files on a FUSE mount while one of its "
              "2 distribute bricks is dead", ("fuse-errors",), "fuse-enotconn", {}, "fz2demo",
              captures=("fuse-enotconn.pcap", "fuse-enotconn.probes.jsonl"), title_has="ENOTCONN"),
+        Step("tls-ca", "a TLS volume (client.ssl/server.ssl on, lab CA); a libgfapi client "
+             "whose glusterfs.ca holds another CA mounts it", ("tls-failure",), volume="demotls",
+             captures=("tls-ca-mismatch.pcap",), title_has="trusted CA", make=tls_ca_mismatch),
         Step("reserve-full", "storage.reserve 99 on a mostly empty brick: "
              "writes, creates and mkdirs get ENOSPC", ("no-space",),
              captures=("reserve-full.pcap",), live=False),
@@ -178,6 +183,8 @@ def missing_capabilities() -> list[str]:
 def trigger(step: Step) -> tuple[bool | None, str]:
     """Make the step's problem; (reproduced, what happened). None: skipped."""
     from tests.lab import lab
+    if step.make is not None:
+        return step.make(step)
     if step.scenario is None:
         return samba_atime()
     if step.scenario == "fuse-enotconn":
@@ -218,6 +225,17 @@ def fuse_missing() -> str | None:
     except ProbeError as exc:
         return str(exc)
     return None
+def tls_ca_mismatch(step: Step) -> tuple[bool | None, str]:
+    """The lab's TLS certificates (tests/lab/tls.py) on a volume of the demo's own; the client
+    presents and trusts another CA's (bound over /usr/lib/ssl/glusterfs.* in its own mount
+    namespace), so it rejects the bricks' certificate with an unknown_ca alert, in clear."""
+    from tests.lab import tls
+    pki = tls.up()
+    tls.ensure_volume(step.volume)
+    result = tls.gfapi(["init", "--volume", step.volume, "--log", "/dev/null"],
+                       identity=pki.foreign, timeout=15)
+    return result.get("status") == "error", ("glfs_init as a client of another CA: "
+                                             f"{result.get('error') or result.get('status')}")
 
 
 def run_step(pipe, step: Step) -> str:

@@ -35,6 +35,7 @@ NAMES = ("glusterfs.pem", "glusterfs.key", "glusterfs.ca")
 NODE_CN = "correlate-lab-node"
 STATE_DIR = Path("/var/lib/correlate-lab/tls")      # the installed lab PKI, for `down`
 PYTHON = sys.executable
+SECURE_ACCESS = Path("/var/lib/glusterd/secure-access")    # management encryption's switch
 
 
 @dataclass(frozen=True)
@@ -156,17 +157,27 @@ def ensure_volume(name: str = "tlsvol", options: dict[str, str] | None = None,
 
 
 def gfapi(args: list[str], identity: Identity | None = None, timeout: float = 60,
-          tls12: bool = False) -> dict:
+          tls12: bool = False, secure_access: bool = False) -> dict:
     """Run `python -m tests.lab.gfapi ARGS` (in-process: --timeout 0) and return its JSON,
     with `identity` bound over /usr/lib/ssl/glusterfs.* in a private mount namespace;
     {"status": "hung"} when it outlives `timeout`. tls12 caps the client at TLS 1.2 through
-    OpenSSL's configuration (Gluster has no option for it): certificates then cross in clear."""
+    OpenSSL's configuration (Gluster has no option for it): certificates then cross in clear.
+    secure_access: this client alone has management encryption on (libgfapi checks for
+    /var/lib/glusterd/secure-access): a directory holding only that file is bound over
+    /var/lib/glusterd in its namespace; the shared glusterd stays plaintext."""
     cmd = [PYTHON, "-m", "tests.lab.gfapi", *args, "--timeout", "0"]
+    binds = []
     if identity is not None:
-        binds = " && ".join(f"mount --bind {src} {SSL_DIR / name}" for name, src in
-                            zip(NAMES, (identity.pem, identity.key, identity.ca)))
+        binds += [f"mount --bind {src} {SSL_DIR / name}" for name, src in
+                  zip(NAMES, (identity.pem, identity.key, identity.ca))]
+    if secure_access:
+        fake = STATE_DIR / "secure-access-client"
+        fake.mkdir(parents=True, exist_ok=True)
+        (fake / "secure-access").write_text("")
+        binds.append(f"mount --bind {fake} {SECURE_ACCESS.parent}")
+    if binds:
         cmd = ["unshare", "-m", "--propagation", "private", "sh", "-c",
-               f'{binds} && exec "$@"', "sh", *cmd]
+               f'{" && ".join(binds)} && exec "$@"', "sh", *cmd]
     try:
         done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
                               cwd=gfapi_mod.REPO_ROOT, env=_env(tls12))
