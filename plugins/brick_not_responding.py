@@ -32,6 +32,7 @@ from correlate.detector import Detector, Wants
 from correlate.state import GlusterState
 from correlate.state.clients import parse_setvolume
 
+from .app_waits import call_name, enotconn, took, what_they_saw
 from .gluster_facts import BRICK_PORTS, LOCK_PROCEDURES, clock, find_key, host_of, is_blocking_lock, port_of
 
 DEFAULT_PING_TIMEOUT_S = 42      # Gluster's network.ping-timeout default
@@ -39,7 +40,6 @@ GIVE_UP_MIN_NS = 1_000_000_000   # a PING pending this long at the client's clos
 MAX_CONNS = 4096
 MAX_PENDING_PER_CONN = 64       # whole call events (1-2 KB each): the newest are kept
 MAX_SHOWN = 8
-ENOTCONN = 107
 STALL_NS = 1_000_000_000
 LOG_NEAR_NS = 3_000_000_000      # a client log line this close to the FIN is about it
 GAVE_UP_LOG = re.compile(r"has not responded in the last (\d{1,6}) seconds")
@@ -249,8 +249,7 @@ class BrickNotResponding(Detector):
         """With probes: a libgfapi call, or a FUSE request of an application on a mount, that
         failed with ENOTCONN or took (or still waits) over a second while a brick hung is what
         the application saw of it."""
-        failed = ev.get("errno_name") == "ENOTCONN" or ev.get("errno") == ENOTCONN
-        if not failed and _took(ev) < STALL_NS:
+        if not enotconn(ev) and took(ev) < STALL_NS:
             return
         for st in self.hung.values():
             if len(st.app) < MAX_SHOWN:
@@ -380,15 +379,7 @@ class BrickNotResponding(Detector):
         self.hung.pop(key, None)
         connect = self.reconnected.pop(key, None)
         brick = self._brick_name(st)
-        seen = ""
-        if st.app:
-            seen = " Meanwhile the application saw: " + "; ".join(
-                f"{_call_name(a)} in {a.get('comm') + ' ' if a.get('kind', '').startswith('fuse.') and a.get('comm') else ''}"
-                f"pid {a.get('pid')} "
-                + ("failed with ENOTCONN" if a.get("errno_name") == "ENOTCONN" or a.get("errno") == ENOTCONN
-                   else f"blocked {_took(a) / 1e9:.1f} s"
-                   + (" and still waited" if a.get("kind") == "fuse.pending" else ""))
-                for a in st.app) + "."
+        seen = f" Meanwhile the application saw: {what_they_saw(st.app)}." if st.app else ""
         if connect is not None:
             seen += (f" (The client's new TCP connection was accepted at "
                      f"{clock(connect['time_ns'], ms=True)}, {(ev['time_ns'] - connect['time_ns']) / 1e9:.1f} s "
@@ -402,23 +393,7 @@ class BrickNotResponding(Detector):
                    "not-responding finding still tell why it stopped.",
             evidence=[e for e in (st.gave_up, *st.app, connect, ev) if e],
             key=f"recovered:{st.server}", answered_ns=ev["time_ns"],
-            application=[_call_name(a) for a in st.app])]
-
-
-def _took(ev: dict) -> int:
-    """How long an application's call took (a FUSE request: its latency, or its wait so far)."""
-    for key in ("duration_ns", "latency_ns", "waited_ns"):
-        if isinstance(ev.get(key), int):
-            return ev[key]
-    return 0
-
-
-def _call_name(ev: dict) -> str:
-    if not ev.get("kind", "").startswith("fuse."):
-        return str(ev.get("function"))
-    op = f"FUSE {ev.get('opcode')}"
-    return f"{ev['syscall']}() ({op})" if ev.get("syscall") else op
-
+            application=[call_name(a) for a in st.app])]
 
 
 @hookimpl
