@@ -115,3 +115,18 @@ def test_a_failed_handshake_record_is_a_typed_tls_error():
     assert ev["ssl_function"] == "tls_post_process_server_certificate?[31m"
     diag = Diagnostics("probes")
     assert clean_events([ev], diag) == [ev] and not diag.counts
+
+
+def test_the_polling_threads_scheduling_is_given_back_at_stop():
+    """SCHED_BATCH while it decodes; the thread's own policy again once the collector stops
+    (in a test run or an embedding program, that thread goes on with other work)."""
+    import os
+    import threading
+
+    from correlate.probe.tls_collector import _restore_policy, _yield_to_probed
+    tid = threading.get_native_id()
+    policy = os.sched_getscheduler(tid)
+    before = _yield_to_probed()
+    assert before is not None and os.sched_getscheduler(tid) == os.SCHED_BATCH
+    _restore_policy(before)
+    assert os.sched_getscheduler(tid) == policy

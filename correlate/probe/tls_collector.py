@@ -185,8 +185,7 @@ class TlsCollector:
         if self.bpf is None:
             return []
         if not self._niced:     # the thread that polls is the one that decodes
-            self._niced = True
-            _yield_to_probed()
+            self._niced = _yield_to_probed() or True
         # records seldom wake the reader (every WAKE_EVERY-th does): wait, then drain
         self.ring.wait(timeout_ms)
         self._drain()
@@ -196,6 +195,7 @@ class TlsCollector:
     def stop(self) -> list[dict]:
         if self.bpf is None:
             return []
+        _restore_policy(self._niced)      # the thread may go on with other work (a test run)
         self._drain()
         out = self._release(None)
         self.lost = int(self.bpf[b"drops"][0].value)
@@ -346,12 +346,26 @@ def _joined(run: list):
     return run[0], run[1], run[2], run[3], payload, run[6]
 
 
-def _yield_to_probed() -> None:
+def _yield_to_probed() -> tuple | None:
     """The polling thread (it decodes) runs as SCHED_BATCH: it keeps its fair share of CPU,
     so the ring is drained on a busy host (a nice of 10 lost records there), but its wakeups
-    no longer preempt the probed processes it shares the CPUs with."""
+    no longer preempt the probed processes it shares the CPUs with. Returns (thread, policy,
+    priority) as they were, for _restore_policy."""
+    tid = threading.get_native_id()
     try:
-        os.sched_setscheduler(threading.get_native_id(), os.SCHED_BATCH, os.sched_param(0))
+        before = (tid, os.sched_getscheduler(tid), os.sched_getparam(tid))
+        os.sched_setscheduler(tid, os.SCHED_BATCH, os.sched_param(0))
+        return before
+    except OSError:
+        return None
+
+
+def _restore_policy(before) -> None:
+    """The polling thread's scheduling as it was, when it is the thread stopping."""
+    if not isinstance(before, tuple) or before[0] != threading.get_native_id():
+        return
+    try:
+        os.sched_setscheduler(*before)
     except OSError:
         pass
 
