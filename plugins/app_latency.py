@@ -180,9 +180,12 @@ class AppLatency(Detector):
             parts = f"no RPC of this process was answered while it ran: the time was spent in {client}"
             evidence, brick_ns, slowest = [call["event"], ret], 0, None
         else:
-            first = min(r["call_ns"] for r in answered)
+            # an RPC seen up to the join's slack before the call began (two clocks: the
+            # capture's and the probes') counts from the call's start, never before it
+            spans = [(max(r["call_ns"], call["start_ns"]), r["reply_ns"]) for r in answered]
+            first = min(start for start, _ in spans)
             last = max(r["reply_ns"] for r in answered)
-            brick_ns = _union([(r["call_ns"], r["reply_ns"]) for r in answered])
+            brick_ns = _union(spans)
             before, after = first - call["start_ns"], ret["time_ns"] - last
             between = max(0, total - before - after - brick_ns)
             slowest = max(answered, key=lambda r: r["reply_ns"] - r["call_ns"])

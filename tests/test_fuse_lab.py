@@ -1,8 +1,8 @@
 """`correlate run --probe fuse --pcap -` on a real FUSE mount of the lab (tcpdump piped in):
 an application's ENOTCONN (dead brick), a hung system call (bricks stopped), a stale file
-under an open fd (replaced by a second client, brick restarted), and a healthy workload
-without warnings. Needs root, bcc, the kernel's fuse tracepoints and the lab; skips saying
-which is missing."""
+under an open fd (replaced by a second client, brick restarted), a split-brain read, a slow
+brick under the application's writes, and a healthy workload without warnings. Needs root,
+bcc, the kernel's fuse tracepoints and the lab; skips saying which is missing."""
 from __future__ import annotations
 
 import errno
@@ -233,3 +233,51 @@ def test_split_brain_eio_names_reader_and_file(pipeline):
     assert f["syscall"] in ("read", "openat")
     assert "made EIO itself" in f["explanation"] or "turned that into EIO" in f["explanation"]
     assert "split-brain" in f["explanation"]
+
+
+WRITER = """import os, sys, time
+fd = os.open(sys.argv[1], os.O_CREAT | os.O_WRONLY, 0o644)
+for _ in range(int(sys.argv[2])):
+    os.write(fd, b"x" * 1024)
+    time.sleep(0.05)
+os.close(fd)
+"""
+
+
+def test_slow_brick_under_the_mount(pipeline, tmp_path):
+    """The lab's slow-brick volume (replica 3, the third brick's WRITEs delayed 300 ms,
+    write-behind off) on a FUSE mount, an application writing: slow-brick names that brick
+    against its peers, and app-latency splits the application's slow FUSE WRITEs, each
+    almost all wire and bricks."""
+    from tests.lab.scenarios import REGISTRY
+    scenario = REGISTRY["slow-brick"](volume="fz2slow", delay_us=300_000, brick=3)
+    where = fuse.MOUNT.parent / "fz2slow"
+    with lab.exclusive():
+        scenario.prepare(lab.up())
+        try:
+            fuse.mount(where, volume="fz2slow")
+            # mounted before the capture began: the bricks' names from glusterd
+            pipe = pipeline("-o", "fuse-errors.slow_s=0.2", "--topology", "live")
+            subprocess.run([sys.executable, "-c", WRITER, str(where / f"slow-{os.getpid()}"), "25"],
+                           check=True, timeout=120)
+            assert pipe.stop() == 0
+        finally:
+            fuse.umount(where)
+            scenario.restore()
+    timeline = [json.loads(line) for line in (tmp_path / "timeline.jsonl").read_text().splitlines()]
+    findings = [e for e in timeline if e.get("kind") == "finding"]
+    print(*(f"{f['severity']} {f['detector']}: {f['title']}" for f in findings), sep="\n")
+    (slow,) = [f for f in findings if f["detector"] == "slow-brick" and f["severity"] == "warning"]
+    assert slow["procedure"] == "WRITE" and "/srv/correlate-lab/fz2slow/b3" in slow["title"]
+    port = slow["brick"].split()[0].rsplit(":", 1)[1]
+    split = [f for f in findings if f["detector"] == "app-latency" and "(FUSE WRITE)" in f["title"]]
+    assert split, [f["title"] for f in findings]
+    for f in split:
+        assert "the wire and the bricks took" in f["explanation"]
+        assert f"the slowest WRITE on 127.0.0.2:{port} /srv/correlate-lab/fz2slow/b3" in f["explanation"]
+        assert not re.search(r"took -", f["explanation"])
+    # past the 0.2 s asked for, the application's write waits on that brick's WRITE
+    waits = [f for f in findings if f["detector"] == "fuse-errors"]
+    assert all(f"WRITE to 127.0.0.2:{port}" in f["explanation"] for f in waits)
+    assert not [f for f in findings if f["severity"] in SERIOUS and f["detector"] not in
+                ("slow-brick", "app-latency", "fuse-errors")]
