@@ -245,7 +245,7 @@ def timeline(inputs, hosts, since, until, conn, host_filter, gfid, path, pid, la
                 echo("correlate: --pcapng: no capture file among the inputs (a timeline holds events, "
                      "not packets); name the capture as well: correlate timeline incident.jsonl "
                      "incident.pcap --pcapng annotated.pcapng")
-                failed = True
+                input_failed = True     # the inputs cannot give it: a usage error (2), not a write error
         if html_path:
             sinks.append(HtmlSink(html_path, "correlate timeline: " + ", ".join(i.name for i in opened)))
         if perfetto_path:
