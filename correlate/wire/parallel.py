@@ -35,7 +35,7 @@ from .packet import parse_frame
 from .rpc import RpcSink, portable_later
 from .tcp import TcpTracker
 
-BATCH = 2048                 # events per pickled batch in a spool file
+BATCH = 512                 # events per pickled batch in a spool file
 END = float("inf")           # the place of the events made at the end of input
 MIN_BYTES_PER_JOB = 4 << 20  # smaller captures are decoded in one process: no gain
 POLL_S = 0.005               # how often a spool file that has no new batch yet is looked at
