@@ -39,41 +39,7 @@ struct inflight_t {
     u64 sys_arg0;       /* that call's first argument (an fd, or an *at call's dirfd) */
 };
 
-struct fuse_event_t {
-    u64 ts_send;        /* 0: sent before the probes started */
-    u64 ts_end;
-    u64 unique;
-    u64 nodeid;
-    u64 out_nodeid;     /* LOOKUP/CREATE/MKDIR/MKNOD: the node the reply names */
-    u32 opcode;
-    s32 error;
-    u32 uid;
-    u32 gid;
-    u32 hpid;           /* the request header's pid: the requesting thread */
-    u32 send_tgid;
-    u32 send_tid;
-    u32 end_tid;
-    u32 dev;
-    u32 pending;        /* 1: still unanswered (sent by the collector's scan, not here) */
-    u32 sys_nr;         /* the requester's system call (NR_UNKNOWN: none known) */
-    u32 in_syscall;     /* 1: its system call's exit is traced (a sys event follows) */
-    u32 pad;
-    u32 pad2;
-    u64 sys_arg0;
-    char comm[16];      /* the sending thread's */
-    char name[NAME_LEN];
-};
-
-struct name_t {
-    u64 parent;
-    char name[NAME_LEN];
-};
-
-struct key_t {
-    u64 unique;
-    u32 dev;
-    u32 pad;
-};
+#include "fuse_records.h"
 
 BPF_HASH(inflight, struct key_t, struct inflight_t, 16384);
 BPF_TABLE("lru_hash", u64, struct name_t, names, 32768);

@@ -63,42 +63,7 @@ struct inflight_t {
     char name[NAME_LEN];
 };
 
-/* mirror of fuse_events.c's struct fuse_event_t (one Python mirror reads both) */
-struct fuse_event_t {
-    u64 ts_send;
-    u64 ts_end;
-    u64 unique;
-    u64 nodeid;
-    u64 out_nodeid;
-    u32 opcode;
-    s32 error;
-    u32 uid;
-    u32 gid;
-    u32 hpid;
-    u32 send_tgid;
-    u32 send_tid;
-    u32 end_tid;
-    u32 dev;
-    u32 pending;
-    u32 sys_nr;
-    u32 in_syscall;
-    u32 pad;
-    u32 pad2;
-    u64 sys_arg0;
-    char comm[16];
-    char name[NAME_LEN];
-};
-
-struct name_t {
-    u64 parent;
-    char name[NAME_LEN];
-};
-
-struct key_t {
-    u64 unique;
-    u32 dev;
-    u32 pad;
-};
+#include "fuse_records.h"
 
 struct reading_t {
     u64 iov;

@@ -165,28 +165,7 @@ def test_hung_brick_on_tls_volume_named_through_probe_tls(tls_lab, tmp_path):
 def test_cn_refusal_seen_inside_tls_through_the_probe(tls_lab):
     """The SETVOLUME reply that refuses a CN is encrypted on the wire; --probe tls shows it,
     and tls-failure names the cause from it alone."""
-    from correlate.probe.bcc_backend import check_bcc_prerequisites
-    from correlate.probe.errors import ProbeError
-    from correlate.probe.tls_collector import TlsCollector
-    from tests.lab import tls
-    try:
-        check_bcc_prerequisites()
-    except ProbeError as exc:
-        pytest.skip(str(exc))
-    import threading
-    collector = TlsCollector().start()
-    done: dict = {}
-    client = threading.Thread(target=lambda: done.update(tls.gfapi(
-        ["init", "--volume", "tlsvol", "--log", "/dev/null"], identity=tls_lab.intruder,
-        timeout=8)))
-    events: list[dict] = []
-    try:
-        client.start()
-        while client.is_alive():        # polled as a run polls: sockets are read while open
-            events += collector.poll(100)
-    finally:
-        events += collector.stop()
-    result = done
+    result, events = _probed_init(tls_lab.intruder)
     assert result["status"] == "hung"
     refused = [e for e in events if e["kind"] == "rpc.reply" and e["procedure"] == "SETVOLUME"]
     assert refused and all(e["op_errno"] == 13 and e["source"] == "tls" for e in refused)

@@ -67,6 +67,14 @@ OFFSETS = (
 )
 
 
+
+def fuse_program(name: str) -> str:
+    """A FUSE program's C text with the records both programs send (probes/fuse_records.h,
+    which one Python mirror reads) where it says #include "fuse_records.h"."""
+    probes = resources.files("correlate.probes")
+    records = probes.joinpath("fuse_records.h").read_text()
+    return probes.joinpath(name).read_text().replace('#include "fuse_records.h"', records, 1)
+
 class FuseEvent(ctypes.Structure):
     """Mirror of struct fuse_event_t in probes/fuse_events.c."""
     _fields_ = [("ts_send", ctypes.c_uint64), ("ts_end", ctypes.c_uint64),
@@ -180,7 +188,7 @@ class FuseCollector:
 
     def program_text(self) -> str:
         probes = resources.files("correlate.probes")
-        text = probes.joinpath("fuse_events.c").read_text()
+        text = fuse_program("fuse_events.c")
         defines = kernel_defines() + f"#define SLOW_NS {self.slow_ns}ULL\n"
         defines += (f"#define SYS_SEND {1 if self.sysnames else 0}\n#define SYSCALLS "
                     f"{1 if self.sys_exit else 0}\n#define FILTER_PID {self.pid or 0}\n")

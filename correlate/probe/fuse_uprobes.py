@@ -13,12 +13,11 @@ from __future__ import annotations
 
 import os
 import time
-from importlib import resources
 
 from .bcc_backend import check_bcc_prerequisites
 from .clock import ClockMap
 from .errors import ProbeError
-from .fuse_backend import FuseCollector, fuse_mounts
+from .fuse_backend import FuseCollector, fuse_mounts, fuse_program
 
 RESCAN_NS = 2_000_000_000
 FUNCS = (("readv", "readv_enter", False), ("readv", "readv_return", True),
@@ -68,8 +67,7 @@ class FuseUprobeCollector(FuseCollector):
         self._last_rescan = 0
 
     def program_text(self) -> str:
-        text = resources.files("correlate.probes").joinpath("fuse_uprobes.c").read_text()
-        return f"#define SLOW_NS {self.slow_ns}ULL\n" + text
+        return f"#define SLOW_NS {self.slow_ns}ULL\n" + fuse_program("fuse_uprobes.c")
 
     def start(self) -> None:
         check_bcc_prerequisites()
