@@ -163,7 +163,7 @@ def test_usage_errors(tmp_path):
     log = tmp_path / "x.log"
     log.write_text("[2024-01-01 10:00:00.000001 +0000] I [a.c:1:f] 0-x: hello\n")
     result = run(log, "--pcapng", tmp_path / "o.pcapng", ok=False)   # the other outputs go on
-    assert result.exit_code == 3 and "capture" in result.stderr
+    assert result.exit_code == 2 and "capture" in result.stderr   # a usage error
     result = run("--host", f"a={log}", "--sync-clocks", ok=False)
     assert result.exit_code == 2 and "two hosts" in result.stderr
     result = run(tmp_path / "missing.pcap", ok=False)
