@@ -67,18 +67,6 @@ static __always_inline u32 req_dev(const void *req) {
 
 /* fuse_syscalls.c */
 
-/* Negative lookups, absent extended attributes, unimplemented opcodes: everyday answers. */
-static __always_inline int expected_error(u32 op, s32 err) {
-    if (op == OP_LOOKUP && err == -2)
-        return 1;
-    if ((op == OP_GETXATTR || op == OP_LISTXATTR || op == OP_REMOVEXATTR) &&
-        (err == -61 || err == -95 || err == -34))
-        return 1;
-    if (op == OP_INTERRUPT || err == -38)
-        return 1;
-    return 0;
-}
-
 /* The name a naming request carries: LOOKUP's first non-empty input (newer kernels put an
  * empty argument first), the second input of CREATE/MKDIR/MKNOD (after their fixed part). */
 static __always_inline int read_name(const void *args, u32 op, char *dst) {

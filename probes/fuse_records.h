@@ -1,7 +1,7 @@
 /* The records both FUSE programs send and the maps the collector reads: fuse_events.c (the
  * kernel's fuse tracepoints) and fuse_uprobes.c (the fallback on the FUSE client's
  * readv/writev). One Python mirror reads both; the loader puts this file where a program
- * says #include "fuse_records.h" (NAME_LEN is the program's). */
+ * says #include "fuse_records.h" (NAME_LEN and the OP_ numbers are the program's). */
 
 struct fuse_event_t {
     u64 ts_send;        /* 0: sent before the probes started */
@@ -38,3 +38,15 @@ struct key_t {
     u32 dev;
     u32 pad;
 };
+
+/* Negative lookups, absent extended attributes, unimplemented opcodes: everyday answers. */
+static __always_inline int expected_error(u32 op, s32 err) {
+    if (op == OP_LOOKUP && err == -2)
+        return 1;
+    if ((op == OP_GETXATTR || op == OP_LISTXATTR || op == OP_REMOVEXATTR) &&
+        (err == -61 || err == -95 || err == -34))
+        return 1;
+    if (op == OP_INTERRUPT || err == -38)
+        return 1;
+    return 0;
+}

@@ -80,17 +80,6 @@ BPF_PERCPU_ARRAY(in_scratch, struct inflight_t, 1);
 BPF_PERCPU_ARRAY(name_scratch, struct name_t, 1);
 BPF_PERF_OUTPUT(events);
 
-static __always_inline int expected_error(u32 op, s32 err) {
-    if (op == OP_LOOKUP && err == -2)
-        return 1;
-    if ((op == OP_GETXATTR || op == OP_LISTXATTR || op == OP_REMOVEXATTR) &&
-        (err == -61 || err == -95 || err == -34))
-        return 1;
-    if (op == OP_INTERRUPT || err == -38)
-        return 1;
-    return 0;
-}
-
 static __always_inline u32 *fuse_fd(u64 fd) {
     u64 key = (bpf_get_current_pid_tgid() & 0xffffffff00000000ULL) | (u32)fd;
     return fuse_fds.lookup(&key);
