@@ -85,14 +85,16 @@ def _fresh_dir(name: str):
     """A new directory on the mount, once the mount has reconnected to every brick (a
     previous test restarted one: the client retries every 3 s). A directory made while a
     brick was still away exists on the others only, and DHT then places every file there:
-    it is made again until every brick has it."""
+    it is made again until every brick has it (a mkdir meanwhile may fail with ENOTCONN or
+    EIO: tried again)."""
     deadline = time.monotonic() + 60
     while True:
         d = fuse.MOUNT / f"{name}-{os.getpid()}-{time.monotonic_ns()}"
         try:
             d.mkdir()
         except OSError as exc:
-            if exc.errno != errno.ENOTCONN or time.monotonic() > deadline:
+            # ENOTCONN, or EIO from DHT while the restarted brick's layout is not back yet
+            if exc.errno not in (errno.ENOTCONN, errno.EIO) or time.monotonic() > deadline:
                 raise
             time.sleep(0.5)
             continue
