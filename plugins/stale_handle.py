@@ -20,6 +20,11 @@ Gluster's own daemons are not applications: the self-heal daemon, heal info, reb
 quota and geo-replication crawl by gfid and meet files that clients removed meanwhile (after
 a brick restart, the heal crawl GETXATTRs every gfid the brick's index holds). Their ESTALE
 and ENOENT are normal, never a finding; the shared state tells who made a call.
+
+On a brick of a replica or disperse set, one brick's error reaches the application only
+when its peers fail the same call too (or a probe saw the application get it): the error of
+a restarted brick alone is the heal's business. A capture that lost the peers' replies tells
+neither way, so such an error is reported only once a peer's failure of the same call is seen.
 """
 from __future__ import annotations
 
@@ -74,8 +79,11 @@ class StaleHandle(Detector):
         # The same call answered by another brick: the restarted brick of a replica set
         # lacks a file its peers have (heal pending); the client never sees that error.
         self.recent_ok: deque[tuple[int, dict]] = deque(maxlen=MAX_RECENT)   # (time, call)
-        self.suspects: OrderedDict[tuple, tuple[dict, dict, int]] = OrderedDict()
+        self.recent_failed: deque[tuple[int, dict]] = deque(maxlen=MAX_RECENT)
+        # (conn, xid) -> (finding, call, deadline, whether a peer must be seen failing it)
+        self.suspects: OrderedDict[tuple, tuple[dict, dict, int, bool]] = OrderedDict()
         self.peers_served = 0
+        self.peers_unseen = 0      # one brick of a set failed; its peers' answers not seen
 
     def observe(self, ev):
         kind = ev.get("kind")
@@ -103,6 +111,9 @@ class StaleHandle(Detector):
             del self.app[ev.get("pid")][:-20]
         elif kind == "rpc.reply" and ev.get("procedure") in HANDLE_OPS \
                 and ev.get("errno_name") in ("ESTALE", "ENOENT"):
+            call = self.state.calls.call_of(ev)
+            if call is not None:
+                self.recent_failed.append((ev["time_ns"], call))
             found += self._stale(ev)
         return found
 
@@ -179,24 +190,35 @@ class StaleHandle(Detector):
             self.state.clients.process(reply).brick)
         if app_seen:
             return [finding]
-        return self._hold(finding, call, reply)
+        return self._hold(finding, call, reply, self._redundant(reply))
 
     # ---- answered by a peer: not the client's error -------------------------------------
 
-    def _hold(self, finding: dict, call: dict, reply: dict) -> list[dict]:
+    def _hold(self, finding: dict, call: dict, reply: dict, in_set: bool) -> list[dict]:
         """Report the finding unless another brick answered the same call (looked for
-        PEER_WINDOW_NS before and after the failure)."""
+        PEER_WINDOW_NS before and after the failure); on a brick of a replica/disperse set,
+        only once a peer is seen failing the same call."""
         now = reply["time_ns"]
         if any(now - t <= PEER_WINDOW_NS and _same_call(call, ok) for t, ok in self.recent_ok):
             self.peers_served += 1
             return []
-        self.suspects[(reply.get("conn"), reply.get("xid"))] = (finding, call, now + PEER_WINDOW_NS)
-        if len(self.suspects) > MAX_RECENT:      # bounded: the oldest is reported at once
-            return [self.suspects.popitem(last=False)[1][0]]
+        key = (reply.get("conn"), reply.get("xid"))
+        self.suspects[key] = (finding, call, now + PEER_WINDOW_NS, in_set)
+        if len(self.suspects) > MAX_RECENT:      # bounded: the oldest is judged at once
+            return self._judge(*self.suspects.popitem(last=False)[1])
         return []
 
+    def _judge(self, finding: dict, call: dict, deadline: int, in_set: bool) -> list[dict]:
+        """A held finding whose peers did not answer the call: reported, unless its brick
+        is one of a set and no peer was seen failing the call either."""
+        if in_set and not any(deadline - t <= 2 * PEER_WINDOW_NS and _same_call(call, failed)
+                              for t, failed in self.recent_failed):
+            self.peers_unseen += 1
+            return []
+        return [finding]
+
     def _served(self, ok: dict) -> None:
-        for key, (_, call, _) in list(self.suspects.items()):
+        for key, (_, call, _, _) in list(self.suspects.items()):
             if _same_call(call, ok):
                 del self.suspects[key]
                 self.peers_served += 1
@@ -219,15 +241,15 @@ class StaleHandle(Detector):
     def tick(self, now: int) -> list[dict]:
         found = []
         while self.suspects:
-            key, (finding, _, deadline) = next(iter(self.suspects.items()))
-            if now < deadline:
+            key, held = next(iter(self.suspects.items()))
+            if now < held[2]:
                 break
             del self.suspects[key]
-            found.append(finding)
+            found += self._judge(*held)
         return found
 
     def finish(self):
-        found = [finding for finding, _, _ in self.suspects.values()]
+        found = [f for held in self.suspects.values() for f in self._judge(*held)]
         self.suspects.clear()
         return found
 
@@ -252,7 +274,10 @@ class StaleHandle(Detector):
                 "race the client settles by looking it up again, no open file)": self.name_races,
                 "ESTALE/ENOENT replies of one brick of a replica/disperse set whose peers "
                 "answered the same call or keep the fd (a restarted brick without a file its "
-                "peers have: heal pending, the client saw no error)": self.peers_served}
+                "peers have: heal pending, the client saw no error)": self.peers_served,
+                "ESTALE/ENOENT replies of one brick of a replica/disperse set whose peers' "
+                "answers to the same call the capture did not show (the client saw an error "
+                "only if they failed too)": self.peers_unseen}
 
 
 def _same_call(failed: dict, ok: dict) -> bool:

@@ -337,6 +337,27 @@ def test_a_reopen_whose_setvolume_the_capture_lost_is_known_by_its_brick_port():
     assert det.peers_served == 1
 
 
+def test_an_fd_operation_failing_on_one_brick_of_a_set_needs_a_peer_failing_too():
+    """Seen at 5 % drops on the lab's busy-production day: a FXATTROP's ENOENT on the
+    restarted brick of a disperse set, its peers' answers lost with the packets, came out
+    as an error. One brick of a set failing reaches the client only if the peers fail too."""
+    events = copy.deepcopy(events_of("stale-handle.pcap"))
+    volfile = _replica_volfile(events[0]["time_ns"] - 1, _reopen_of(events)["source"])
+    writes = [e for e in events if e.get("procedure") == "WRITE"]
+    failed = [e for e in writes if e["kind"] == "rpc.reply" and e.get("errno_name")]
+    assert failed
+    det = StaleHandle()           # the WRITEs' ENOENT on one brick, no peer seen: not told
+    assert [f for f in run(det, [volfile, *events], folds=True) if "WRITE to" in f["explanation"]] == []
+    assert det.peers_unseen == len(failed)
+    # the same WRITEs failing on a peer's connection (the set's other brick) too: told
+    calls = {(e["conn"], e["xid"]) for e in failed}
+    peer = [{**copy.deepcopy(e), "conn": 997, "time_ns": e["time_ns"] + 50_000} for e in writes
+            if (e["conn"], e["xid"]) in calls]
+    both = sorted([volfile, *events, *peer], key=lambda e: e["time_ns"])
+    found = [f for f in run(StaleHandle(), both, folds=True) if "WRITE to" in f["explanation"]]
+    assert found and found[0]["severity"] == "error"
+
+
 def _handle_op(t, conn, xid, procedure, pid, gfid, errno_name=None):
     base = {"layer": "wire", "source": "t.pcap", "conn": conn, "xid": xid, "procedure": procedure,
             "program": "GlusterFS", "src": "127.0.0.1:1000", "dst": f"127.0.0.2:{49000 + conn}"}

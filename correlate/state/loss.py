@@ -12,6 +12,10 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 
 MAX_CONNECTIONS = 65536
+# Bytes that arrive behind a hole wait in reassembly until the hole is known lost (the
+# receiver's ACK passes it, an RTT or a delayed ACK later); a call among them is stamped then,
+# so a gap toward the caller that opened this long before the call's stamp may hold its reply.
+HELD_SLACK_NS = 1_000_000_000
 
 
 @dataclass(slots=True)
@@ -62,13 +66,14 @@ class CaptureLoss:
 
     def reply_may_be_lost(self, call: dict) -> bool:
         """Could the capture have lost this call's reply? True when bytes toward the caller
-        went missing on its connection after the call."""
+        went missing on its connection after the call (or just before its stamp: see
+        HELD_SLACK_NS)."""
         loss = self._conns.get((call.get("source"), call.get("conn")))
         if loss is None:
             return False
         last = loss.last_ns.get(call.get("src"))     # the reply travels toward the caller
         t = call.get("time_ns")
-        return last is not None and (type(t) is not int or last >= t)
+        return last is not None and (type(t) is not int or last >= t - HELD_SLACK_NS)
 
     def __bool__(self) -> bool:
         return self.gaps > 0
