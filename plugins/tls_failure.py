@@ -273,10 +273,14 @@ class TlsFailure(Detector):
         cause = _management(cause, ev.get("dst"))
         self.wire_failures.append(ev["time_ns"])    # the log's verify failure is this one
         where = f" to {ev['dst']}" if ev.get("dst") else ""
+        client = ev.get("src") if ev.get("function") == "SSL_accept" else None
+        if client:      # the server's side: the socket named the client that failed
+            where = f" from the client {client}{where} (the server's SSL_accept)"
         return self.finding(ev["time_ns"], severity="error", title=TITLES[cause],
                             explanation=f"A TLS handshake{where} failed: {why}",
                             remedy=REMEDY[cause], evidence=[ev],
-                            key=tls_reasons.key(ev, cause), cause=cause, server=ev.get("dst"))
+                            key=tls_reasons.key(ev, cause), cause=cause, server=ev.get("dst"),
+                            **({"client": client} if client else {}))
 
     def _cn_refused(self, ev, evidence):
         where = ev.get("xlator") or ev.get("src") or "the brick"

@@ -60,4 +60,6 @@ def key(ev: dict, cause: str) -> str:
     """Folded with the capture's finding for the same server where the process knew it."""
     if ev.get("dst") and ev.get("function") == "SSL_connect":
         return f"{cause}:{host_of(ev['dst'])}"
+    if ev.get("src") and ev.get("function") == "SSL_accept":     # one per refused client host
+        return f"{cause}:client:{host_of(ev['src'])}"
     return f"{cause}:{ev.get('host')}:{ev.get('comm')}"

@@ -97,10 +97,13 @@ struct hs_t {
     u32 reason;
     s32 verify;         // X509_V_ERR_*, 0 when the certificate check passed or did not run
     s32 ret;
-    u16 family;         // the peer connect() named for this socket (0: not seen)
+    u16 family;         // the peer: from the socket itself, else what connect() named (0: none)
     u16 port;
     u8 addr[16];
     char func[48];      // the OpenSSL function that raised it
+    u16 local_family;   // this end, from the socket (0: not read)
+    u16 local_port;     // network order, as port
+    u8 local_addr[16];
 };
 
 struct hs_active_t {
@@ -117,6 +120,43 @@ struct peer_t {
     u8 addr[16];
 };
 BPF_TABLE("lru_hash", u64, struct peer_t, peers, 4096);   // pid << 32 | fd -> connect()'s peer
+
+// Both ends of the socket behind fd, read from the kernel's own structures at offsets from
+// the running kernel's BTF (SOCK_OFFSETS, from the loader): a server's failed SSL_accept
+// names its client, and no /proc race (Gluster closes the socket right after). The file is
+// taken for a socket only when the socket's back pointer names it.
+#ifdef SOCK_OFFSETS
+static __always_inline void socket_ends(s32 fd, struct hs_t *hs) {
+    struct task_struct *task = (struct task_struct *)bpf_get_current_task();
+    void *files = 0, *fdt = 0, *fds = 0, *file = 0, *sock = 0, *back = 0, *sk = 0;
+    u32 max_fds = 0;
+    if (fd < 0 || bpf_probe_read_kernel(&files, sizeof(files), (void *)task + OFF_TASK_FILES)
+            || !files || bpf_probe_read_kernel(&fdt, sizeof(fdt), files + OFF_FILES_FDT) || !fdt
+            || bpf_probe_read_kernel(&max_fds, sizeof(max_fds), fdt + OFF_FDT_MAX_FDS)
+            || (u32)fd >= max_fds
+            || bpf_probe_read_kernel(&fds, sizeof(fds), fdt + OFF_FDT_FD) || !fds
+            || bpf_probe_read_kernel(&file, sizeof(file), fds + (u64)(u32)fd * 8) || !file
+            || bpf_probe_read_kernel(&sock, sizeof(sock), file + OFF_FILE_PRIVATE) || !sock
+            || bpf_probe_read_kernel(&back, sizeof(back), sock + OFF_SOCKET_FILE) || back != file
+            || bpf_probe_read_kernel(&sk, sizeof(sk), sock + OFF_SOCKET_SK) || !sk)
+        return;
+    u16 family = 0, num = 0;
+    bpf_probe_read_kernel(&family, sizeof(family), sk + OFF_SKC_FAMILY);
+    if (family == 2) {
+        bpf_probe_read_kernel(hs->addr, 4, sk + OFF_SKC_DADDR);
+        bpf_probe_read_kernel(hs->local_addr, 4, sk + OFF_SKC_RCV_SADDR);
+    } else if (family == 10) {
+        bpf_probe_read_kernel(hs->addr, 16, sk + OFF_SKC_V6_DADDR);
+        bpf_probe_read_kernel(hs->local_addr, 16, sk + OFF_SKC_V6_RCV_SADDR);
+    } else {
+        return;
+    }
+    bpf_probe_read_kernel(&hs->port, 2, sk + OFF_SKC_DPORT);
+    bpf_probe_read_kernel(&num, 2, sk + OFF_SKC_NUM);         // host order
+    hs->local_port = (num >> 8) | (num << 8);
+    hs->family = hs->local_family = family;
+}
+#endif
 
 static __always_inline int hs_enter(struct pt_regs *ctx, u32 accept) {
     if (!wanted_thread())
@@ -193,7 +233,11 @@ int hs_return(struct pt_regs *ctx) {
     e->copied = sizeof(struct hs_t);
     bpf_get_current_comm(&e->comm, sizeof(e->comm));
     a->hs.ret = ret;
-    if (fd) {
+#ifdef SOCK_OFFSETS
+    if (fd)
+        socket_ends(*fd, &a->hs);
+#endif
+    if (fd && !a->hs.family) {
         u64 key = (id & 0xffffffff00000000ULL) | (u32)*fd;
         struct peer_t *p = peers.lookup(&key);
         if (p) {

@@ -65,3 +65,24 @@ def test_running_kernel_has_the_thread_pointer():
     thread = member_offset("task_struct", "thread")
     fsbase = member_offset("task_struct", "thread", "fsbase")
     assert 0 < thread < fsbase < thread + 512
+
+
+def test_members_of_anonymous_structs_and_unions_are_found(tmp_path):
+    """sock_common's skc_daddr lies in an anonymous struct inside an anonymous union."""
+    union = struct.pack("<III", 0, (5 << 24) | 1, 16) + struct.pack("<III", 0, 3, 0)  # type 4
+    anon = _struct(0, 16, [(19, 1, 64)])                                      # type 3: leaf at 8
+    outer = _struct(1, 64, [(13, 1, 0), (0, 4, 128)])                         # type 5: union at 16
+    path = tmp_path / "anon"
+    path.write_bytes(_btf(INT + _struct(7, 8, []) + anon + union + outer, STRINGS))  # inner: type 2
+    assert member_offset("outer", "leaf", path=str(path)) == 24
+    with pytest.raises(BtfError, match="no member nope"):
+        member_offset("outer", "nope", path=str(path))
+
+
+@pytest.mark.skipif(not os.path.exists(VMLINUX), reason=f"{VMLINUX} absent (kernel without BTF)")
+def test_running_kernel_socket_addresses():
+    """The ends of a socket as the tls probe reads them: the IPv4 address pair, then the
+    port pair, then the family (include/net/sock.h)."""
+    daddr, saddr = member_offset("sock_common", "skc_daddr"), member_offset("sock_common", "skc_rcv_saddr")
+    dport, num = member_offset("sock_common", "skc_dport"), member_offset("sock_common", "skc_num")
+    assert saddr == daddr + 4 and num == dport + 2 < member_offset("sock_common", "skc_family")

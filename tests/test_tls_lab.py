@@ -218,9 +218,13 @@ def test_failed_handshakes_named_from_openssl_in_the_processes(tls_lab):
     accept = [e for e in events if e["kind"] == "tls.error" and e["function"] == "SSL_accept"]
     assert accept and all(e["verify_result"] == 10 and e["comm"].startswith("glfs_")
                           for e in accept)
+    # the client's address, read from the brick's socket at the failure
+    assert all(e["src"].startswith("127.0.0.1:") and e["dst"].startswith("127.0.0.2:")
+               for e in accept), accept
     found = run_detector(TlsFailure(), events)
     assert {f["cause"] for f in found} == {"expired"}
     assert "certificate has expired" in found[0]["explanation"]
+    assert "from the client 127.0.0.1:" in found[0]["explanation"] and found[0]["client"]
 
 
 def test_healthy_handshakes_raise_no_tls_error(tls_lab):

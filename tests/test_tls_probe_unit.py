@@ -105,7 +105,7 @@ def test_a_failed_handshake_record_is_a_typed_tls_error():
     c.clock = type("Clock", (), {"to_realtime": staticmethod(lambda ts: ts)})()
     c.path = "/usr/lib/x86_64-linux-gnu/libssl.so.3"
     hs = _HS.pack(20, 134, 20, -1, 2, (24007).to_bytes(2, "big"), bytes([127, 0, 0, 2]) + bytes(12),
-                  b"tls_post_process_server_certificate\x1b[31m\0")
+                  b"tls_post_process_server_certificate\x1b[31m\0", 0, bytes(2), bytes(16))
     head = _HEADER.pack(7, 0xA, 10, 11, -1, KIND_HANDSHAKE, 0, 0, _HS.size, 0, b"glfs_epoll000")
     c._on_record(memoryview(head + hs))
     (ev,) = c._release(None)
@@ -115,6 +115,25 @@ def test_a_failed_handshake_record_is_a_typed_tls_error():
     assert ev["ssl_function"] == "tls_post_process_server_certificate?[31m"
     diag = Diagnostics("probes")
     assert clean_events([ev], diag) == [ev] and not diag.counts
+
+
+def test_a_failed_accept_names_its_client_from_the_socket():
+    """A server's SSL_accept: both ends read from the socket in the kernel at the failure
+    (the client is src, as on the wire), IPv4 and IPv6."""
+    from correlate.probe.tls_collector import _HEADER, _HS, KIND_HANDSHAKE
+    for family, peer, local, want in (
+            (2, bytes([127, 0, 0, 1]) + bytes(12), bytes([127, 0, 0, 2]) + bytes(12),
+             ("127.0.0.1:49150", "127.0.0.2:49152")),
+            (10, bytes(15) + b"\1", bytes(15) + b"\1", ("[::1]:49150", "[::1]:49152"))):
+        c = _collector()
+        c.clock = type("Clock", (), {"to_realtime": staticmethod(lambda ts: ts)})()
+        c.path = "/usr/lib/x86_64-linux-gnu/libssl.so.3"
+        hs = _HS.pack(20, 134, 10, -1, family, (49150).to_bytes(2, "big"), peer, b"x\0",
+                      family, (49152).to_bytes(2, "big"), local)
+        head = _HEADER.pack(7, 0xA, 10, 11, 9, KIND_HANDSHAKE, 1, 0, _HS.size, 0, b"glfs_epoll001")
+        c._on_record(memoryview(head + hs))
+        (ev,) = c._release(None)
+        assert ev["function"] == "SSL_accept" and (ev["src"], ev["dst"]) == want
 
 
 def test_the_polling_threads_scheduling_is_given_back_at_stop():

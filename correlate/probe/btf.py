@@ -22,6 +22,7 @@ KIND_STRUCT, KIND_UNION = 4, 5
 _FIXED = {1: 4, 3: 12, 14: 4, 17: 4}
 _PER_ENTRY = {4: 12, 5: 12, 6: 8, 13: 8, 15: 12, 19: 12}
 MAX_KIND = 19
+MAX_ANONYMOUS_DEPTH = 8      # nested anonymous structs/unions looked into
 
 
 class BtfError(Exception):
@@ -61,8 +62,10 @@ def _string(strings: bytes, off: int) -> str:
     return strings[off:end if end >= 0 else off].decode("ascii", "replace")
 
 
-def _member(types: bytes, strings: bytes, pos: int, name: str) -> tuple[int, int] | None:
-    """(byte offset, member type id) of `name` in the struct record at `pos`."""
+def _member(types: bytes, strings: bytes, by_id: dict[int, int], pos: int, name: str,
+            depth: int = 0) -> tuple[int, int] | None:
+    """(byte offset, member type id) of `name` in the struct record at `pos`, looking into
+    its anonymous struct and union members too (sock_common's skc_daddr lies in two)."""
     info = struct.unpack_from("<I", types, pos + 4)[0]
     kind_flag, vlen = info >> 31, info & 0xFFFF
     for i in range(vlen):
@@ -71,8 +74,15 @@ def _member(types: bytes, strings: bytes, pos: int, name: str) -> tuple[int, int
             break
         name_off, type_id, offset = struct.unpack_from("<III", types, at)
         bits = offset & 0xFFFFFF if kind_flag else offset
-        if _string(strings, name_off) == name and bits % 8 == 0:
+        if bits % 8:
+            continue
+        member = _string(strings, name_off)
+        if member == name:
             return bits // 8, type_id
+        if not member and type_id in by_id and depth < MAX_ANONYMOUS_DEPTH:
+            inner = _member(types, strings, by_id, by_id[type_id], name, depth + 1)
+            if inner is not None:
+                return bits // 8 + inner[0], inner[1]
     return None
 
 
@@ -80,6 +90,11 @@ def _member(types: bytes, strings: bytes, pos: int, name: str) -> tuple[int, int
 def member_offset(struct_name: str, *members: str, path: str = VMLINUX) -> int:
     """Byte offset of struct_name.m1.m2... (each inner member a struct), e.g.
     member_offset("task_struct", "thread", "fsbase")."""
+    return member_offsets([(struct_name, *members)], path=path)[0]
+
+
+def member_offsets(queries: list[tuple[str, ...]], path: str = VMLINUX) -> list[int]:
+    """member_offset of each (struct_name, m1, m2...), the BTF read and indexed once."""
     try:
         with open(path, "rb") as fh:
             data = fh.read(MAX_BYTES + 1)
@@ -88,24 +103,29 @@ def member_offset(struct_name: str, *members: str, path: str = VMLINUX) -> int:
     if len(data) > MAX_BYTES:
         raise BtfError(f"{path} is larger than {MAX_BYTES} bytes")
     try:
-        by_name, by_id, types, strings = _parse(data)
-        candidates = by_name.get(struct_name, [])
-        if not candidates:
-            raise BtfError(f"no struct {struct_name} in {path}")
-        total, pos = 0, candidates[0]
-        for i, name in enumerate(members):
-            found = _member(types, strings, pos, name)
-            if found is None:
-                raise BtfError(f"no member {'.'.join(members[:i + 1])} in struct {struct_name} ({path})")
-            off, type_id = found
-            total += off
-            if i + 1 < len(members):
-                if type_id not in by_id:
-                    raise BtfError(f"{'.'.join(members[:i + 1])} is not a struct in {path}")
-                pos = by_id[type_id]
-        return total
+        parsed = _parse(data)
+        return [_offset(parsed, query[0], query[1:], path) for query in queries]
     except struct.error as exc:
         raise BtfError(f"damaged BTF in {path}: {exc}") from None
+
+
+def _offset(parsed, struct_name: str, members: tuple[str, ...], path: str) -> int:
+    by_name, by_id, types, strings = parsed
+    candidates = by_name.get(struct_name, [])
+    if not candidates:
+        raise BtfError(f"no struct {struct_name} in {path}")
+    total, pos = 0, candidates[0]
+    for i, name in enumerate(members):
+        found = _member(types, strings, by_id, pos, name)
+        if found is None:
+            raise BtfError(f"no member {'.'.join(members[:i + 1])} in struct {struct_name} ({path})")
+        off, type_id = found
+        total += off
+        if i + 1 < len(members):
+            if type_id not in by_id:
+                raise BtfError(f"{'.'.join(members[:i + 1])} is not a struct in {path}")
+            pos = by_id[type_id]
+    return total
 
 
 @lru_cache(maxsize=8)

@@ -21,9 +21,10 @@ from collections import OrderedDict
 from operator import itemgetter
 
 from ..diagnostics import Diagnostics
-from ..wire.model import Conn
+from ..wire.model import Conn, endpoint
 from ..wire.rpc import RpcSink
 from .bcc_backend import _detach_uprobes, check_bcc_prerequisites
+from .btf import BtfError, member_offsets
 from .clock import ClockMap
 from . import openssl_errors
 from .errors import ProbeError
@@ -50,8 +51,20 @@ ERROR_PROBES = (("ERR_set_debug", "err_debug", False), ("ERR_set_error", "err_se
                 ("X509_STORE_CTX_get_error", "verify_result", True))
 MAX_STREAMS = 16384
 KIND_DATA, KIND_SETFD, KIND_HANDSHAKE = 0, 1, 2
-# struct hs_t: lib reason verify ret family port(network order) addr func
-_HS = struct.Struct("<IIiiH2s16s48s")
+# struct hs_t: lib reason verify ret family port(network order) addr func, then this end's
+# family port addr (read from the socket)
+_HS = struct.Struct("<IIiiH2s16s48sH2s16s")
+# The kernel's socket structures the program reads a failed handshake's ends from (BTF):
+# define, struct, member
+SOCK_OFFSETS = (("OFF_TASK_FILES", "task_struct", "files"), ("OFF_FILES_FDT", "files_struct", "fdt"),
+                ("OFF_FDT_MAX_FDS", "fdtable", "max_fds"), ("OFF_FDT_FD", "fdtable", "fd"),
+                ("OFF_FILE_PRIVATE", "file", "private_data"), ("OFF_SOCKET_FILE", "socket", "file"),
+                ("OFF_SOCKET_SK", "socket", "sk"), ("OFF_SKC_FAMILY", "sock_common", "skc_family"),
+                ("OFF_SKC_DADDR", "sock_common", "skc_daddr"),
+                ("OFF_SKC_RCV_SADDR", "sock_common", "skc_rcv_saddr"),
+                ("OFF_SKC_V6_DADDR", "sock_common", "skc_v6_daddr"),
+                ("OFF_SKC_V6_RCV_SADDR", "sock_common", "skc_v6_rcv_saddr"),
+                ("OFF_SKC_DPORT", "sock_common", "skc_dport"), ("OFF_SKC_NUM", "sock_common", "skc_num"))
 _TIME = itemgetter(0)
 _EVENT_TIME = itemgetter("time_ns")
 DIR_READ, DIR_WRITE = 0, 1
@@ -126,6 +139,7 @@ class TlsCollector:
             cflags.append(f'-DTHREAD_FILTER="{self.thread_prefix}"')
         if self.pid:
             cflags.append(f"-DPID_FILTER={int(self.pid)}")
+        cflags += self._sock_offsets()
         if os.environ.get("CORRELATE_TLS_SYSCALL_ROUTE", "1") == "0":
             cflags.append("-DNO_SYSCALL_ROUTE")
         with open(program_path()) as f:
@@ -165,6 +179,17 @@ class TlsCollector:
         self.clock = ClockMap()
         self.ring = RingReader(self.bpf[b"events"].map_fd, RINGBUF_PAGES * 4096)
         return self
+
+    def _sock_offsets(self) -> list[str]:
+        """The kernel's socket layout for a failed handshake's ends; without BTF, the ends
+        come from connect() and /proc as before."""
+        try:
+            offsets = member_offsets([(struct_name, member) for _, struct_name, member in SOCK_OFFSETS])
+        except BtfError as exc:
+            self.diag.skip(f"a failed handshake's ends from /proc only ({exc})")
+            return []
+        return ["-DSOCK_OFFSETS"] + [f"-D{define}={offset}" for (define, _, _), offset
+                                     in zip(SOCK_OFFSETS, offsets)]
 
     def _attach_errors(self) -> None:
         """OpenSSL's error calls in libcrypto; without them a failed handshake is still
@@ -255,16 +280,20 @@ class TlsCollector:
         self._held.append((time_ns, pid, direction == DIR_WRITE, ssl, payload, moved))
 
     def _handshake_failed(self, record, ts, ssl, pid, tid, fd, accept, comm) -> None:
-        lib, reason, verify, ret, family, port, addr, func = _HS.unpack_from(record, _HEADER.size)
-        ends = self._streams.get((pid, ssl)) or (tcp_tuple(pid, fd) if fd >= 0 else None)
+        (lib, reason, verify, ret, family, port, addr, func,
+         local_family, local_port, local_addr) = _HS.unpack_from(record, _HEADER.size)
         ev = {"time_ns": self.clock.to_realtime(ts), "layer": "probe", "kind": "tls.error",
               "source": self.source, "function": "SSL_accept" if accept else "SSL_connect",
               "library": self.path, "pid": pid, "tid": tid, "comm": _text(comm), "retval": ret}
-        if ends is not None:
-            ev["src"], ev["dst"] = ends[0], ends[1]
-        elif family in (2, 10) and not accept:    # the peer connect() named
-            ip = ipaddress.ip_address(addr[:4] if family == 2 else addr)
-            ev["dst"] = f"{ip}:{int.from_bytes(port, 'big')}"
+        peer, local = _endpoint(family, port, addr), _endpoint(local_family, local_port, local_addr)
+        if peer and local:          # read from the socket at the failure: src is the client
+            ev["src"], ev["dst"] = (peer, local) if accept else (local, peer)
+        else:
+            ends = self._streams.get((pid, ssl)) or (tcp_tuple(pid, fd) if fd >= 0 else None)
+            if ends is not None:
+                ev["src"], ev["dst"] = ends[0], ends[1]
+            elif peer and not accept:     # the peer connect() named
+                ev["dst"] = peer
         if lib:
             ev["ssl_lib"], ev["ssl_reason"] = lib, reason
             ev["reason"] = openssl_errors.reason_text(lib, reason)
@@ -368,6 +397,14 @@ def _restore_policy(before) -> None:
         os.sched_setscheduler(*before)
     except OSError:
         pass
+
+
+def _endpoint(family: int, port: bytes, addr: bytes) -> str | None:
+    """"ip:port" of an address the program read (family AF_INET or AF_INET6), else None."""
+    if family not in (2, 10):
+        return None
+    return endpoint(str(ipaddress.ip_address(addr[:4] if family == 2 else addr)),
+                    int.from_bytes(port, "big"))
 
 
 def _text(raw: bytes) -> str:
