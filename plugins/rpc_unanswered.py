@@ -20,6 +20,10 @@ the capture kept) most likely ended in packets the capture lost too (the reply, 
 not a hang either. A hung brick's connection is not silent: the client goes on calling,
 and pinging.
 
+A client process that closes its other connections after the call has gone away (a program
+that ended): when the capture lost packets, a connection of that process silent since the
+call most likely lost its reply and its close (an RST) with them. Not a hang either.
+
 A connection that fell silent right after the call shows a lost reply only when TCP speaks
 again: Gluster's sockets send keepalives after 20 s idle (on the lab the brick's came 20-22 s
 after the last packet), and the acknowledgement in that exchange reveals bytes the capture
@@ -81,6 +85,8 @@ class RpcUnanswered(Detector):
         self.suspects_of: dict[object, set[tuple]] = {}    # conn -> its keys in suspects
         # conn -> when it last showed anything, for connections with calls waiting
         self.last_heard: dict[object, int] = {}
+        # (source, client process context) -> when that process last closed a connection
+        self.client_closed: OrderedDict[tuple, int] = OrderedDict()
 
     @property
     def after_ns(self) -> int:
@@ -109,7 +115,26 @@ class RpcUnanswered(Detector):
         found += self._overdue(ev["time_ns"])
         if kind == "tcp.close":
             self._lost_at_close(ev.get("conn"))
+            if ev.get("by") == "client":
+                self._client_closed(ev)
         return found
+
+    def _client_closed(self, ev: dict) -> None:
+        process = self.state.clients.process(ev)
+        if process is not None and process.context:
+            key = (ev.get("source"), process.context)
+            self.client_closed.pop(key, None)
+            self.client_closed[key] = ev["time_ns"]
+            if len(self.client_closed) > MAX_PENDING:
+                self.client_closed.popitem(last=False)
+
+    def _client_left(self, call: dict) -> bool:
+        """The call's client process closed another of its connections after the call."""
+        process = self.state.clients.process(call)
+        if process is None or not process.context:
+            return False
+        closed = self.client_closed.get((call.get("source"), process.context))
+        return closed is not None and closed >= call["time_ns"]
 
     def _judge_conn(self, ev: dict) -> list[dict]:
         """The caller's side of a suspect's connection spoke again, or a gap opened on it:
@@ -143,7 +168,8 @@ class RpcUnanswered(Detector):
         if not keys:
             del self.suspects_of[key[0]]
             self._forget_conn(key[0])
-        if self.state.loss.reply_may_be_lost(call) or (silent and self.state.loss.of(call)):
+        if self.state.loss.reply_may_be_lost(call) or (silent and self.state.loss.of(call)) or \
+                (silent and self.state.loss and self._client_left(call)):
             self.maybe_lost_count += 1
             if len(self.maybe_lost) < 10:
                 self.maybe_lost.append(call)

@@ -294,3 +294,26 @@ def test_a_call_held_behind_a_hole_may_have_lost_its_reply_before_its_stamp():
     events = sorted(held + later + replies + elsewhere, key=lambda e: e["time_ns"])
     assert [f for f in run(builtin("rpc-unanswered"), events)
             if f["severity"] == "warning" and "GETXATTR" in f["title"]]
+
+
+def test_a_call_of_a_client_that_went_away_in_a_lossy_capture_is_not_a_hang():
+    """Seen at 1 % drops on the lab's busy-production day: a program's RELEASEDIR, then it
+    exited; the capture lost the reply and the RST of that connection, kept the FINs of its
+    two others, and ended 10.5 s later. The same silence in a capture that lost nothing, or
+    from a client that stayed, is a hang."""
+    sv = [setvolume(S // 2, conn=c) for c in (6, 7, 8)]
+    for e in sv:        # one process: its graph's context in each connection's SETVOLUME
+        e["args"]["dict"]["process-uuid"] = e["args"]["dict"]["process-uuid"].replace(
+            "CTX_ID:x", "CTX_ID:6b0b8ab9-1d5f-4a0e-9d9d-1c3c2b3a4f5e")
+    sv += [reply(S // 2 + 1000, 1, "SETVOLUME", conn=c) for c in (6, 7, 8)]
+    releasedir = call(S, 31, "RELEASEDIR")
+    gone = [close(S + 1_600_000, conn=7), close(S + 1_700_000, conn=8)]
+    elsewhere = [call(S + t * S // 2, 100 + t, "LOOKUP", conn=9) for t in range(1, 22)]
+    loss = [_gap(S // 4, conn=9, direction="to_server")]
+
+    def warned(events):
+        found = run(builtin("rpc-unanswered"), sorted(events, key=lambda e: e["time_ns"]))
+        return [f for f in found if f["severity"] == "warning" and "RELEASEDIR" in f["title"]]
+    assert not warned(sv + [releasedir] + gone + elsewhere + loss)
+    assert warned(sv + [releasedir] + gone + elsewhere)          # nothing lost: a hang
+    assert warned(sv + [releasedir] + elsewhere + loss)          # the client stayed

@@ -282,6 +282,23 @@ def test_gap_is_declared_once_the_peer_acknowledges_past_it():
     assert sink.stream(1) == b"?????56789"
 
 
+def test_a_reply_lost_with_the_syn_ack_is_a_gap_when_the_client_acknowledges_it():
+    """Seen at 5 % drops (a GETSPEC to glusterd): the capture lost the SYN/ACK and the
+    reply, saw the server's bare ACK of the call and the client's ACK of the reply. The
+    server's stream starts where the client's first ACK says: the reply is a gap at once,
+    not bytes the tracker never knew of (the call looked unanswered for a minute)."""
+    for first_from_client in (True, False):
+        t = Talk()
+        syn, _syn_ack, ack = t.handshake()
+        frames = [syn, ack, t.c(0, b"call")] if first_from_client else \
+            [syn, t.s(0, b"", flags=ACK), t.c(0, b"call")]      # the server's first: a bare ACK
+        frames.append(t.c(4, b"", flags=ACK, ack=7))        # acknowledges a 7-byte reply
+        events, sink, _ = run(frames, finish=False)
+        gaps = [e for e in events if e["kind"] == "tcp.gap"]
+        assert [(g["direction"], g["missing"]) for g in gaps] == [("to_client", 7)], first_from_client
+        assert ("gap", 1, False, 7) in sink.calls
+
+
 def test_gap_when_the_buffer_limit_is_hit():
     t = Talk()
     frames = t.handshake() + [t.c(100 + 10 * i, b"x" * 10) for i in range(5)]

@@ -201,6 +201,14 @@ class TcpTracker:
             self._pending.pop(st, None)
             st.phase = OPEN
             st.opened = True
+            if st.dirs[1].nxt is None:
+                # The server's stream starts where the client acknowledges it (or where the
+                # server's first segment is): a reply lost with the SYN/ACK is then a gap
+                # when the client acknowledges it, not bytes the capture never knew of.
+                if not from_client:
+                    st.dirs[1].nxt = seg.seq
+                elif flags & ACK:
+                    st.dirs[1].nxt = seg.ack
         if flags & ACK:
             # First what this segment acknowledges: a reply follows the call it answers.
             other = st.dirs[from_client]
