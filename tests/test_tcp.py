@@ -299,6 +299,24 @@ def test_a_reply_lost_with_the_syn_ack_is_a_gap_when_the_client_acknowledges_it(
         assert ("gap", 1, False, 7) in sink.calls
 
 
+def test_a_reply_lost_on_a_connection_joined_mid_stream_is_a_gap():
+    """Seen at 1 % drops on busy-healthy.pcap: the capture joined a connection mid-stream,
+    saw the brick's bare ACK of a call, lost the reply, and saw the client acknowledge it.
+    The bare segment places the brick's stream, so the reply is a gap (the call looked
+    unanswered). A keepalive probe placing it (seq one below) makes no gap."""
+    t = Talk()
+    frames = [t.c(0, b"call"), t.s(0, b"", flags=ACK, ack=4), t.c(4, b"", flags=ACK, ack=7)]
+    events, sink, _ = run(frames, finish=False)
+    assert [(e["direction"], e["missing"]) for e in events if e["kind"] == "tcp.gap"] == \
+        [("to_client", 7)]
+    t = Talk()
+    keepalive = t.frame(False, ACK, t.sisn + 1 + 99, t.cisn + 1 + 4)     # seq = next byte - 1
+    frames = [t.c(0, b"call"), keepalive, t.c(4, b"", flags=ACK, ack=100), t.s(100, b"reply")]
+    events, sink, _ = run(frames, finish=False)
+    assert not [e for e in events if e["kind"] == "tcp.gap"]
+    assert sink.stream(1, from_client=False) == b"reply"
+
+
 def test_gap_when_the_buffer_limit_is_hit():
     t = Talk()
     frames = t.handshake() + [t.c(100 + 10 * i, b"x" * 10) for i in range(5)]

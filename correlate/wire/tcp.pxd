@@ -12,6 +12,7 @@ cdef class _Direction:
     cdef public object ahead_bytes
     cdef public object fin
     cdef public object acked
+    cdef public bint placed_bare
 
 cdef class _State:
     cdef public object conn

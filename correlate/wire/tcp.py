@@ -57,10 +57,11 @@ def sender_is_server(sport: int, dport: int) -> bool:
 
 class _Direction:
     """One direction of a stream: the next byte to deliver and what arrived ahead of it."""
-    __slots__ = ("nxt", "ahead", "starts", "ahead_bytes", "fin", "acked")
+    __slots__ = ("nxt", "ahead", "starts", "ahead_bytes", "fin", "acked", "placed_bare")
 
     def __init__(self, nxt: int | None = None):
         self.nxt = nxt                      # stream position of the next byte to deliver
+        self.placed_bare = False            # nxt from a bare segment's seq, no byte seen yet
         self.ahead: dict[int, bytes] = {}   # position -> bytes that arrived out of order
         self.starts: list[int] = []         # heap of the keys of `ahead`
         self.ahead_bytes = 0                # buffered bytes plus SEGMENT_COST per segment
@@ -228,6 +229,13 @@ class TcpTracker:
                     events.extend(out)
             else:
                 self._data(st, from_client, seg, events, seg.seq)
+        elif st.dirs[not from_client].nxt is None and not flags & FIN:
+            # A bare segment says where its sender's stream is: what the peer acknowledges
+            # past it and the capture never shows is then a gap (a reply lost on a
+            # connection the capture joined mid-stream), not bytes it never knew of.
+            d = st.dirs[not from_client]
+            d.nxt = seg.seq
+            d.placed_bare = True
         if flags & FIN:
             self._fin(st, from_client, seg, events)
 
@@ -381,6 +389,11 @@ class TcpTracker:
         upto = d.position(seg.ack)
         if d.fin is not None and upto == d.fin + 1:
             upto = d.fin                           # the FIN's sequence slot is not a byte
+        if d.placed_bare:
+            d.placed_bare = False
+            if upto == d.nxt + 1 and not d.ahead:
+                d.nxt = upto        # the bare segment was a keepalive probe (seq one below)
+                return
         if upto > d.nxt:
             self._skip_to(st, from_client, d, upto, seg.time_ns, events)
 
