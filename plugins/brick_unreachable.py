@@ -7,6 +7,10 @@ hangs. Which of the two it is tells the admin which rule to look for.
 
 An RST to a port whose brick had just closed its client connections itself is no firewall:
 that brick died and nothing listens there any more (brick-down tells that story).
+
+A SYN that a DROP swallows is sent again: the kernel retransmits it after 1 s, 3 s, 7 s.
+A timeout with one SYN in seconds of capture is a SYN/ACK the capture lost (the connection
+then goes on: a burst of drops), or a client that gave up at once: neither is a DROP.
 """
 from __future__ import annotations
 
@@ -31,6 +35,7 @@ class BrickUnreachable(Detector):
         self.volfiles: dict[str, dict] = {}               # glusterd host -> GETSPEC reply
         self.bricks: dict[tuple[str, int], tuple] = {}   # (host, port) -> (reply, brick, call)
         self.final_syns: dict[str, dict[str, tuple]] = {}   # key -> dst -> (attempts, span s)
+        self.single_syns = 0                # timeouts with one SYN: not a DROP (counted)
         self.gone: dict[str, int] = {}      # brick endpoints whose side closed connections
         # (host, brick path) -> when a port of that brick closed its connections: a brick
         # restarting, for which glusterd may still name a port of an earlier incarnation
@@ -56,11 +61,19 @@ class BrickUnreachable(Detector):
                 if len(self.gone_bricks) > 4096:
                     self.gone_bricks.pop(next(iter(self.gone_bricks)))
         elif kind in ("tcp.refused", "tcp.timeout"):
+            if kind == "tcp.timeout" and ev.get("attempts") == 1:
+                self.single_syns += 1
+                return ()
             if kind == "tcp.refused" and ev.get("reason") != "icmp" and (
                     ev.get("dst") in self.gone or self._restarting(ev)):
                 return ()       # the brick that closed its connections is gone: brick-down
             return self._connection_failed(ev)
         return ()
+
+    def drops(self) -> dict[str, int]:
+        return {"SYN timeouts with a single SYN (never retransmitted: its SYN/ACK lost from "
+                "the capture, or the client gave up at once; a DROP makes the client send it "
+                "again)": self.single_syns}
 
     def _restarting(self, ev) -> bool:
         """A port glusterd named for a brick whose process was seen ending shortly before

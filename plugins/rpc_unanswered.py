@@ -24,6 +24,12 @@ A client process that closes its other connections after the call has gone away 
 that ended): when the capture lost packets, a connection of that process silent since the
 call most likely lost its reply and its close (an RST) with them. Not a hang either.
 
+A connection silent since the call while the capture lost packets on others after it (a
+burst of drops takes every busy connection's packets at once, the reply and the close with
+them; the gaps show when those connections next acknowledge, maybe much later) is not
+judged a hang either: a hung brick is told by the client's PING and its giving up
+(brick-not-responding).
+
 A connection that fell silent right after the call shows a lost reply only when TCP speaks
 again: Gluster's sockets send keepalives after 20 s idle (on the lab the brick's came 20-22 s
 after the last packet), and the acknowledgement in that exchange reveals bytes the capture
@@ -38,6 +44,7 @@ from correlate.detector import Detector, Option, Wants
 from correlate.events import DETAILS_LATER, with_details
 from correlate.gluster.programs import lookup
 from correlate.state import GlusterState
+from correlate.state.loss import HELD_SLACK_NS
 
 from .gluster_facts import host_of, is_blocking_lock
 
@@ -164,12 +171,16 @@ class RpcUnanswered(Detector):
         call, _, _ = self.suspects.pop(key)
         keys = self.suspects_of[key[0]]
         keys.discard(key)
-        silent = self.last_heard.get(key[0], call["time_ns"]) <= call["time_ns"]
+        # nothing on the connection after the call's own moment (the caller's next call
+        # sent with it, before any reply could come, is part of that moment)
+        silent = self.last_heard.get(key[0], call["time_ns"]) <= call["time_ns"] + HELD_SLACK_NS
         if not keys:
             del self.suspects_of[key[0]]
             self._forget_conn(key[0])
-        if self.state.loss.reply_may_be_lost(call) or (silent and self.state.loss.of(call)) or \
-                (silent and self.state.loss and self._client_left(call)):
+        loss = self.state.loss
+        if loss.reply_may_be_lost(call) or (silent and (
+                loss.of(call) or (loss and self._client_left(call))
+                or loss.since(call["time_ns"] - HELD_SLACK_NS))):
             self.maybe_lost_count += 1
             if len(self.maybe_lost) < 10:
                 self.maybe_lost.append(call)

@@ -119,6 +119,18 @@ def test_brick_unreachable_distinguishes_reject_and_drop():
     assert found[0]["evidence"][-1]["kind"] == "tcp.refused"
 
 
+def test_a_syn_never_sent_again_is_no_drop():
+    """Seen with a burst of 100 packets cut from brick-down.pcap: the SYN/ACK to glusterd
+    lost, the connection went on. A DROP makes the kernel send the SYN again (1 s, 3 s...):
+    one SYN in 3.9 s is no firewall."""
+    runner = builtin("brick-unreachable")
+    assert run(runner, [tcp("tcp.timeout", 4 * S, "127.0.0.2:24007", attempts=1,
+                            waited_ns=3_900_000_000)]) == []
+    (f,) = run(builtin("brick-unreachable"), [tcp("tcp.timeout", 4 * S, "127.0.0.2:24007",
+                                                  attempts=3, waited_ns=3_100_000_000)])
+    assert f["action"] == "DROP"
+
+
 def test_brick_unreachable_ignores_unrelated_ports():
     assert run(builtin("brick-unreachable"), [tcp("tcp.refused", S, "127.0.0.1:8080", reason="rst")]) == []
 

@@ -306,10 +306,10 @@ def test_a_call_of_a_client_that_went_away_in_a_lossy_capture_is_not_a_hang():
         e["args"]["dict"]["process-uuid"] = e["args"]["dict"]["process-uuid"].replace(
             "CTX_ID:x", "CTX_ID:6b0b8ab9-1d5f-4a0e-9d9d-1c3c2b3a4f5e")
     sv += [reply(S // 2 + 1000, 1, "SETVOLUME", conn=c) for c in (6, 7, 8)]
-    releasedir = call(S, 31, "RELEASEDIR")
-    gone = [close(S + 1_600_000, conn=7), close(S + 1_700_000, conn=8)]
-    elsewhere = [call(S + t * S // 2, 100 + t, "LOOKUP", conn=9) for t in range(1, 22)]
-    loss = [_gap(S // 4, conn=9, direction="to_server")]
+    releasedir = call(3 * S, 31, "RELEASEDIR")
+    gone = [close(3 * S + 1_600_000, conn=7), close(3 * S + 1_700_000, conn=8)]
+    elsewhere = [call(3 * S + t * S // 2, 100 + t, "LOOKUP", conn=9) for t in range(1, 22)]
+    loss = [_gap(S // 4, conn=9, direction="to_server")]     # well before the call
 
     def warned(events):
         found = run(builtin("rpc-unanswered"), sorted(events, key=lambda e: e["time_ns"]))
@@ -317,3 +317,19 @@ def test_a_call_of_a_client_that_went_away_in_a_lossy_capture_is_not_a_hang():
     assert not warned(sv + [releasedir] + gone + elsewhere + loss)
     assert warned(sv + [releasedir] + gone + elsewhere)          # nothing lost: a hang
     assert warned(sv + [releasedir] + elsewhere + loss)          # the client stayed
+
+
+def test_a_silent_connection_after_a_burst_of_drops_is_not_a_hang():
+    """Seen with a burst of 100 packets cut from brick-down.pcap: a DUMP and a PING, then
+    their connection showed nothing more (the burst took the replies and the rest of it),
+    and other connections' gaps showed 20 s later, when they next acknowledged. Loss after
+    the call: not a hang. Loss only long before it tells nothing of this call."""
+    elsewhere = [e for t in range(1, 14) for e in (call(t * S, 100 + t, "LOOKUP", conn=9),
+                                                    reply(t * S + 1000, 100 + t, "LOOKUP", conn=9))]
+    dump = [call(3 * S, 5, "DUMP"), call(3 * S + 50_000, 6, "PING")]
+
+    def warned(events):
+        found = run(builtin("rpc-unanswered"), sorted(events, key=lambda e: e["time_ns"]))
+        return [f["title"] for f in found if f["severity"] == "warning"]
+    assert not warned(dump + elsewhere + [_gap(13 * S, conn=9, direction="to_client")])
+    assert warned(dump + elsewhere + [_gap(S, conn=9, direction="to_client")])

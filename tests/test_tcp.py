@@ -317,6 +317,23 @@ def test_a_reply_lost_on_a_connection_joined_mid_stream_is_a_gap():
     assert sink.stream(1, from_client=False) == b"reply"
 
 
+def test_bytes_an_rst_shows_were_sent_are_a_gap():
+    """Seen at 5 % drops on tls-ca-mismatch12.pcap: the client's TLS alert was lost, its
+    RST after it (seq past the alert) was kept: the 7 bytes are a gap, so the handshake
+    failure without an alert is judged as loss, not as an unexplained failure. An RST
+    right after the sender's FIN (seq one past it) is no gap."""
+    t = Talk()
+    frames = t.handshake() + [t.c(0, b"hello"), t.frame(True, RST | ACK, t.cisn + 1 + 12, t.sisn + 1)]
+    events, sink, _ = run(frames, finish=False)
+    assert [(e["direction"], e["missing"]) for e in events if e["kind"] == "tcp.gap"] == \
+        [("to_server", 7)]
+    t = Talk()
+    frames = t.handshake() + [t.c(0, b"hello", flags=ACK | PSH | FIN),
+                              t.frame(True, RST | ACK, t.cisn + 1 + 6, t.sisn + 1)]
+    events, sink, _ = run(frames, finish=False)
+    assert not [e for e in events if e["kind"] == "tcp.gap"]
+
+
 def test_gap_when_the_buffer_limit_is_hit():
     t = Talk()
     frames = t.handshake() + [t.c(100 + 10 * i, b"x" * 10) for i in range(5)]

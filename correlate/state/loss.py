@@ -75,6 +75,11 @@ class CaptureLoss:
         t = call.get("time_ns")
         return last is not None and (type(t) is not int or last >= t - HELD_SLACK_NS)
 
+    def since(self, start: int) -> bool:
+        """Whether any connection showed a gap at or after `start` (a burst of lost packets
+        touches every connection that was busy then)."""
+        return self.last_ns is not None and self.last_ns >= start
+
     def __bool__(self) -> bool:
         return self.gaps > 0
 

@@ -38,6 +38,7 @@ MAX_BUFFERED_TOTAL = 64 * 1024 * 1024
 SEGMENT_COST = 256      # bookkeeping charged per buffered segment: floods of tiny ones are bounded too
 MAX_CONNECTIONS = 10_000
 MAX_RECENTLY_CLOSED = 4096
+MAX_RST_SKIP = 1 << 20   # an RST further ahead than this is not this stream's next byte
 
 SYN_SENT, OPEN = 0, 1
 
@@ -291,6 +292,15 @@ class TcpTracker:
                                           reason="rst", attempts=st.attempts))
             self._forget(st)
             return
+        d = st.dirs[not from_client]
+        if d.nxt is not None:
+            # An RST carries its sender's next sequence number: bytes before it that the
+            # capture never showed (a TLS alert sent just before the reset) are a gap.
+            upto = d.position(seg.seq)
+            if d.fin is not None and upto == d.fin + 1:
+                upto = d.fin                       # past its own FIN: not a byte
+            if d.nxt < upto <= d.nxt + MAX_RST_SKIP:
+                self._skip_to(st, from_client, d, upto, seg.time_ns, events)
         self._flush(st, seg.time_ns, events)
         events.append(self._event("tcp.close", st, seg.time_ns, seg.number,
                                   by="client" if from_client else "server", reason="rst"))
