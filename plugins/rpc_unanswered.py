@@ -33,7 +33,9 @@ judged a hang either: a hung brick is told by the client's PING and its giving u
 A connection that fell silent right after the call shows a lost reply only when TCP speaks
 again: Gluster's sockets send keepalives after 20 s idle (on the lab the brick's came 20-22 s
 after the last packet), and the acknowledgement in that exchange reveals bytes the capture
-missed. So no call is judged sooner than REVEAL_NS after it was made.
+missed. So no call is judged sooner than REVEAL_NS after it was made. The keepalive itself
+(`tcp.keepalive`) says the connection lives: one silent past REVEAL_NS, not even a keepalive
+in it, while the capture went on, is gone (closed in packets the capture lost), not hung.
 """
 from __future__ import annotations
 
@@ -71,7 +73,7 @@ class RpcUnanswered(Detector):
     options = {"after_s": Option(DEFAULT_AFTER_NS / 1e9, "seconds without a reply before a call "
                                                          "counts as unanswered (--unanswered-after)")}
     # op_ret/errno_name suffice, but a lock call's args say whether it may block (cmd)
-    wants = Wants(kinds={"rpc.call", "rpc.reply", "tcp.close", "tcp.gap"},
+    wants = Wants(kinds={"rpc.call", "rpc.reply", "tcp.close", "tcp.gap", "tcp.keepalive"},
                   details={"LK", "INODELK", "FINODELK", "ENTRYLK", "FENTRYLK"})
 
     def __init__(self, after_ns: int = DEFAULT_AFTER_NS, state: GlusterState | None = None):
@@ -178,7 +180,10 @@ class RpcUnanswered(Detector):
             del self.suspects_of[key[0]]
             self._forget_conn(key[0])
         loss = self.state.loss
-        if loss.reply_may_be_lost(call) or (silent and (
+        # Silent past REVEAL_NS while the input went on: not even a keepalive, so the
+        # connection is gone (its close among packets the capture lost), not hung.
+        gone = silent and now >= call["time_ns"] + REVEAL_NS
+        if loss.reply_may_be_lost(call) or gone or (silent and (
                 loss.of(call) or (loss and self._client_left(call))
                 or loss.since(call["time_ns"] - HELD_SLACK_NS))):
             self.maybe_lost_count += 1

@@ -21,6 +21,11 @@ def reply(t, xid, procedure, conn=6, src=BRICK, dst=CLIENT, op_ret=0, **fields):
                       program="GlusterFS", src=src, dst=dst, op_ret=op_ret, **fields)
 
 
+def keepalive(t, conn=6, by="client"):
+    """A TCP keepalive probe: the connection lives though idle (Gluster's after 20 s)."""
+    return make_event(t, "wire", "tcp.keepalive", "x", conn=conn, src=CLIENT, dst=BRICK, by=by)
+
+
 def close(t, by="client", conn=6, reason="fin", unacked=0):
     return make_event(t, "wire", "tcp.close", "x", conn=conn, src=CLIENT, dst=BRICK, by=by,
                       reason=reason, half=reason == "fin", unacked_bytes=unacked)
@@ -121,7 +126,7 @@ def test_blocking_locks_are_left_to_the_lock_wait_detector():
     late = reply(60 * S, 1, "LOOKUP", conn=7)
     assert run(builtin("rpc-unanswered"), [*blocking, late]) == []
     non_blocking = [call(S, 1, "LK", args={"cmd": 1}), call(S, 4, "ENTRYLK", args={"cmd": 2})]
-    assert len(run(builtin("rpc-unanswered"), [*non_blocking, late])) == 2
+    assert len(run(builtin("rpc-unanswered"), [*non_blocking, keepalive(21 * S), late])) == 2
 
 
 # ---- no-space -----------------------------------------------------------------------------------
@@ -252,8 +257,8 @@ def test_a_lossy_connection_gone_silent_after_a_call_is_not_a_hang():
     runner = builtin("rpc-unanswered")
     found = run(runner, sorted(lossy + elsewhere, key=lambda e: e["time_ns"]))
     assert not [f for f in found if f["severity"] == "warning" and "FXATTROP" in f["title"]]
-    # the same silence on a connection that never lost anything is a hang
-    clean = [call(S, 1, "FXATTROP")]
+    # the same call on a connection that never lost anything and lives (its keepalive) is a hang
+    clean = [call(S, 1, "FXATTROP"), keepalive(21 * S)]
     found = run(builtin("rpc-unanswered"), sorted(clean + elsewhere, key=lambda e: e["time_ns"]))
     assert [f for f in found if f["severity"] == "warning" and "FXATTROP" in f["title"]]
 
@@ -269,8 +274,9 @@ def test_a_reply_lost_on_a_quiet_connection_shows_at_the_keepalive():
     found = run(builtin("rpc-unanswered"), sorted(revealed + elsewhere, key=lambda e: e["time_ns"]))
     assert not [f for f in found if f["severity"] == "warning" and "STATFS" in f["title"]]
     assert [f for f in found if f["key"] == "reply-maybe-lost"]
+    alive = keepalive(S + 21_750_000_000, by="server")     # the same keepalive, no gap
     (hang,) = [f for f in run(builtin("rpc-unanswered"),
-                              sorted([statfs] + elsewhere, key=lambda e: e["time_ns"]))
+                              sorted([statfs, alive] + elsewhere, key=lambda e: e["time_ns"]))
                if f["severity"] == "warning" and "STATFS" in f["title"]]
     assert hang["title"] == "GlusterFS STATFS unanswered after 30 s"
 
@@ -333,3 +339,19 @@ def test_a_silent_connection_after_a_burst_of_drops_is_not_a_hang():
         return [f["title"] for f in found if f["severity"] == "warning"]
     assert not warned(dump + elsewhere + [_gap(13 * S, conn=9, direction="to_client")])
     assert warned(dump + elsewhere + [_gap(S, conn=9, direction="to_client")])
+
+
+def test_a_connection_without_even_a_keepalive_is_gone_not_hung():
+    """Seen with a burst of 100 packets cut from busy-healthy.pcap: an OPENDIR, then the burst
+    took its reply and the rest of its connection, and no other connection lost anything
+    visible. A live connection idle 20 s sends a keepalive; silent 30 s while the capture
+    went on, it was closed in the packets lost. With a keepalive it lives: a hang."""
+    elsewhere = [e for t in range(2, 40) for e in (call(t * S, 100 + t, "LOOKUP", conn=9),
+                                                    reply(t * S + 1000, 100 + t, "LOOKUP", conn=9))]
+    opendir = call(S, 62, "OPENDIR")
+
+    def warned(events):
+        found = run(builtin("rpc-unanswered"), sorted(events, key=lambda e: e["time_ns"]))
+        return [f["title"] for f in found if f["severity"] == "warning"]
+    assert warned([opendir] + elsewhere) == []
+    assert warned([opendir, keepalive(21 * S)] + elsewhere) == ["GlusterFS OPENDIR unanswered after 30 s"]

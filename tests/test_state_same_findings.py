@@ -9,7 +9,9 @@ The references under tests/fixtures/same_findings/ were written by that code:
 
 Run it again only when a change means to alter findings, and say why in the commit (so
 far: the probe layer's typed schema keeps probes' fd pointers, which the single schema had
-dropped and counted; captures added since, TLS and FUSE, got their first reference).
+dropped and counted; captures added since, TLS and FUSE, got their first reference; the
+TCP keepalive probes became `tcp.keepalive` events, which changed only the event count line
+of the captures that hold some).
 """
 import subprocess
 import sys

@@ -334,6 +334,19 @@ def test_bytes_an_rst_shows_were_sent_are_a_gap():
     assert not [e for e in events if e["kind"] == "tcp.gap"]
 
 
+def test_a_keepalive_probe_is_an_event_and_no_gap():
+    """A bare segment one below the sender's next byte is a keepalive probe: the connection
+    lives. Its answer (a bare ACK of the next byte) is nothing; no gap either way."""
+    t = Talk()
+    frames = t.handshake() + [t.c(0, b"call"), t.s(0, b"reply", ack=4),
+                              t.frame(True, ACK, t.cisn + 1 + 3, t.sisn + 1 + 5, dt=20_000 * MS),
+                              t.frame(False, ACK, t.sisn + 1 + 5, t.cisn + 1 + 4)]
+    events, _, _ = run(frames, finish=False)
+    assert kinds(events) == ["tcp.connect", "tcp.keepalive"]
+    (ka,) = [e for e in events if e["kind"] == "tcp.keepalive"]
+    assert ka["by"] == "client" and ka["src"] == "10.0.0.1:40000"
+
+
 def test_gap_when_the_buffer_limit_is_hit():
     t = Talk()
     frames = t.handshake() + [t.c(100 + 10 * i, b"x" * 10) for i in range(5)]

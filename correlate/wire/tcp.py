@@ -17,6 +17,8 @@ What becomes an event (all with src = client, dst = server, conn, frame):
   tcp.close    the first FIN (reason "fin", half: the other side may still send;
                unacked_bytes: what the closing side sent that the peer had not yet ACKed)
                or an RST on an open connection (reason "rst"), by client or server
+  tcp.keepalive  a TCP keepalive probe (no data, seq one below the next byte) by client or
+               server: an idle connection that still lives
   tcp.gap      bytes of a stream the capture never showed (missing, direction "to_server" or
                "to_client"), once that is certain: the receiver acknowledged them, the
                out-of-order buffer is full, or the connection ends. The sink hears on_gap().
@@ -230,13 +232,19 @@ class TcpTracker:
                     events.extend(out)
             else:
                 self._data(st, from_client, seg, events, seg.seq)
-        elif st.dirs[not from_client].nxt is None and not flags & FIN:
-            # A bare segment says where its sender's stream is: what the peer acknowledges
-            # past it and the capture never shows is then a gap (a reply lost on a
-            # connection the capture joined mid-stream), not bytes it never knew of.
+        elif not flags & FIN:
             d = st.dirs[not from_client]
-            d.nxt = seg.seq
-            d.placed_bare = True
+            if d.nxt is None:
+                # A bare segment says where its sender's stream is: what the peer
+                # acknowledges past it and the capture never shows is then a gap (a reply
+                # lost on a connection the capture joined mid-stream), not unknown bytes.
+                d.nxt = seg.seq
+                d.placed_bare = True
+            elif not (seg.seq + 1 - d.nxt) & MASK and not d.ahead:
+                # A keepalive probe (seq one below the next byte, no data): the connection
+                # lives though idle. Gluster's sockets send one after 20 s idle.
+                events.append(self._event("tcp.keepalive", st, seg.time_ns, seg.number,
+                                          by="client" if from_client else "server"))
         if flags & FIN:
             self._fin(st, from_client, seg, events)
 
