@@ -90,6 +90,7 @@ class BrickDown(Detector):
         self.recent_logs: deque[dict] = deque(maxlen=32)
         self.logs = BrickLogs()     # which brick a log line is about
         self.dropped = 0
+        self.wake_ns: int | None = None   # when tick() may next have work (a restart waited out)
 
     # ---- bookkeeping ---------------------------------------------------------------------
 
@@ -135,9 +136,16 @@ class BrickDown(Detector):
             self._probe(ev)
         elif kind == "log.message":
             self._log(ev)
-        if self.down:       # (nothing to wake otherwise: most events)
+        if self.wake_ns is not None and ev["time_ns"] >= self.wake_ns:
             found += self.tick(ev["time_ns"])
+            self.wake_ns = self.due()
         return found
+
+    def _restarted(self, ep: _Down, ev: dict) -> None:
+        """The brick of an open episode is back (SIGNIN, or a port from glusterd)."""
+        ep.started = ev
+        at = ev["time_ns"] + RECONNECT_WAIT_NS
+        self.wake_ns = at if self.wake_ns is None else min(self.wake_ns, at)
 
     def _call(self, ev: dict) -> None:
         proc, key = ev.get("procedure"), (ev.get("source"), ev.get("conn"))
@@ -153,7 +161,7 @@ class BrickDown(Detector):
             args = ev.get("args") or {}
             ep = self._open(host_of(ev.get("dst")), args.get("brick"))
             if ep is not None and ep.started is None:
-                ep.started = ev
+                self._restarted(ep, ev)
         server = ev.get("dst")
         if port_of(server) in BRICK_PORTS or self.state.topology.brick(server):
             st = self.conns.get(key)
@@ -194,7 +202,7 @@ class BrickDown(Detector):
         elif isinstance(port, int) and port > 0:
             ep = self._open(host, brick)
             if ep is not None and ep.started is None and ep.marks:
-                ep.started = ev
+                self._restarted(ep, ev)
 
     def _close(self, ev: dict) -> None:
         key = (ev.get("source"), ev.get("conn"))

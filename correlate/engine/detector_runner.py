@@ -37,6 +37,19 @@ def _hashable(v):
 MAX_ROUTES = 4096     # (layer, kind, program, procedure) combinations remembered
 
 
+class _Route:
+    """The detectors one kind of event goes to: `calls` (index, observe, timed) in detector
+    order, `members` for the ticking path, `absent_timed` the timed detectors it skips (whose
+    next wake-up must be known before such an event)."""
+
+    __slots__ = ("calls", "members", "absent_timed")
+
+    def __init__(self, calls: tuple, members: frozenset, absent_timed: tuple):
+        self.calls = calls
+        self.members = members
+        self.absent_timed = absent_timed
+
+
 class DetectorRunner:
     """Feeds each event to the detectors that want it; folds repeated findings; isolates
     failures.
@@ -47,6 +60,11 @@ class DetectorRunner:
     when through `due()`; `tick(now)` is then called at the first event at or after that
     time which it does not want, so it acts exactly when it would have seen every event. A
     due() of END_OF_INPUT asks only for one tick with the last event's time before finish().
+    due() is asked only when its answer matters: after the detector was called, once an
+    event it does not want comes (before the shared state learns that event, so it sees what
+    it would have seen right after the call); a detector that wants nearly everything is
+    asked rarely instead of after every event. due() must depend only on what the detector
+    and the shared state hold, never on the clock.
     subscriptions=False hands every event to every detector, whatever it declared.
 
     A finding whose (detector, key) was already reported is counted, not re-emitted;
@@ -78,6 +96,7 @@ class DetectorRunner:
                        for d, w in zip(self.detectors, self._wants)]
         self._due: dict[int, int] = {}
         self._next_due: int | None = None
+        self._stale: set[int] = set()     # timed detectors called since due() was last asked
         # looked up once, called per event (one without observe fails when first called)
         self._observers = [getattr(d, "observe", None) or (lambda ev, d=d: d.observe(ev))
                            for d in self.detectors]
@@ -113,6 +132,7 @@ class DetectorRunner:
         self._routes.clear()
         self._timed[i] = False
         self._due.pop(i, None)
+        self._stale.discard(i)
         where = traceback.extract_tb(exc.__traceback__)[-1]
         t = arg["time_ns"] if isinstance(arg, dict) else arg if isinstance(arg, int) else 0
         return [make_event(t, "finding", "detector.error", f"detector:{name}",
@@ -123,18 +143,24 @@ class DetectorRunner:
                            remedy="report it to the plugin's authors; the run went on "
                                   "without this detector")]
 
-    def _route(self, ev: dict) -> tuple[int, ...]:
+    def _route(self, ev: dict) -> _Route:
         key = (ev.get("layer"), ev.get("kind"), ev.get("program"), ev.get("procedure"))
         try:
             return self._routes[key]
         except KeyError:
             pass
         except TypeError:          # a saved timeline's odd values (a list as kind): no table
-            return tuple(i for i, w in enumerate(self._wants) if w.matches(*key))
-        route = tuple(i for i, w in enumerate(self._wants) if w.matches(*key))
+            return self._make_route(key)
+        route = self._make_route(key)
         if len(self._routes) < MAX_ROUTES:
             self._routes[key] = route
         return route
+
+    def _make_route(self, key: tuple) -> _Route:
+        members = [i for i, w in enumerate(self._wants) if w.matches(*key)]
+        return _Route(tuple((i, self._observers[i], self._timed[i]) for i in members),
+                      frozenset(members),
+                      tuple(i for i, timed in enumerate(self._timed) if timed and i not in members))
 
     def _refresh_due(self, i: int) -> None:
         try:
@@ -150,36 +176,59 @@ class DetectorRunner:
 
     def _call(self, i: int, method: str, arg, found: list[dict]) -> None:
         """Detector i's observe(event) or tick(now); its findings appended to `found`."""
-        before = len(found)
         try:
             result = (self._observers[i] if method == "observe" else self.detectors[i].tick)(arg)
-            if result:
-                found.extend(result)
+            if result and type(result) is not list:
+                result = list(result)         # a generator that raises fails here, whole
         except Exception as exc:   # a plugin's bug must not end the run
-            del found[before:]
             found.extend(self._failed(i, exc, arg))
             return
+        if result:
+            found.extend(result)
         if self._timed[i]:
-            self._refresh_due(i)
+            self._stale.add(i)
+
+    def _refresh_stale(self, indices) -> None:
+        """Ask due() of the stale detectors among `indices`."""
+        stale = self._stale
+        for i in indices:
+            if i in stale:
+                stale.discard(i)
+                self._refresh_due(i)
 
     def observe(self, event: dict) -> list[dict]:
+        route = self._route(event)
+        if self._stale and route.absent_timed:
+            self._refresh_stale(route.absent_timed)   # before the state moves on
         for state in self._states:
             state.observe(event)
         found = self._take_load_errors(event["time_ns"]) if self._load_errors else []
-        route = self._route(event)
         now = event.get("time_ns")
         if type(now) is int and (self._last_now is None or now > self._last_now):
             self._last_now = now
         if self._next_due is not None and type(now) is int and now >= self._next_due:
+            members, due = route.members, self._due
             for i in range(len(self.detectors)):   # in detector order, as without filtering
-                if i in route:
+                if i in members:
                     self._call(i, "observe", event, found)
-                elif i in self._due and now >= self._due[i]:
+                elif i in due and i not in self._stale and now >= due[i]:
                     self._call(i, "tick", now, found)
-            self._next_due = min(self._due.values(), default=None)
-        else:
-            for i in route:
-                self._call(i, "observe", event, found)
+            stale = self._stale          # their old due() answers no longer hold
+            self._next_due = min((t for i, t in due.items() if i not in stale), default=None)
+            return self._fold(found) if found else found
+        stale = self._stale
+        for i, observe, timed in route.calls:
+            try:
+                result = observe(event)
+                if result and type(result) is not list:
+                    result = list(result)
+            except Exception as exc:   # a plugin's bug must not end the run
+                found.extend(self._failed(i, exc, event))
+                continue
+            if result:
+                found.extend(result)
+            if timed:
+                stale.add(i)
         return self._fold(found) if found else found
 
     def _fold(self, found: list[dict]) -> list[dict]:
@@ -262,6 +311,7 @@ class DetectorRunner:
 
     def finish(self) -> list[dict]:
         found = self._take_load_errors(0)    # no event came at all
+        self._refresh_stale(list(self._stale))
         if self._last_now is not None:
             for i in [i for i, due in self._due.items() if due == END_OF_INPUT]:
                 self._call(i, "tick", self._last_now, found)
