@@ -27,6 +27,9 @@ from .run_setup import (detector_options, fail_on_option, make_runner, output_wr
 from ..sources import open_input
 
 
+WITHOUT_PROBES = ("capture", "log")    # input kinds that never carry probe events
+
+
 def _detectors(unanswered_after: float, option_specs, config_path, only_detectors=(),
                skip_detectors=(), suppress_specs=(), topology=()) -> DetectorRunner:
     options = parse_detector_options(option_specs, config_path)
@@ -174,13 +177,17 @@ def run(pcaps, probe_groups, pid, backend, probe_offsets, logs, duration, window
     # Before anything can block (stdin may stay silent): a signal ends the run cleanly.
     signal.signal(signal.SIGINT, stop)
     signal.signal(signal.SIGTERM, stop)
+    kinds = []
     for path in (*pcaps, *logs):
         if path == "-":   # stdin is opened in its source thread: reading its header may block
-            merger.add("stdin", _opened_later(path, diags, dict(decoding, skip=watch.skip)))
+            merger.add("stdin", _opened_later(path, diags, dict(decoding, skip=watch.skip),
+                                              runner))
         else:             # files: header errors are reported now, before anything starts
             inp = open_input(path, **decoding)
             diags.append(inp.diag)
+            kinds.append(inp.kind)
             merger.add(inp.name, lambda it=inp.events: it)
+    runner.expect_probes(bool(probe_groups) or any(k not in WITHOUT_PROBES for k in kinds))
     # before probes attach: an output that cannot be written stops the run here, in one line
     reporter = _reporter(json_out, events, timeline, "run", color)
     probe_stats = {}
@@ -248,10 +255,12 @@ def run(pcaps, probe_groups, pid, backend, probe_offsets, logs, duration, window
     sys.exit(code)
 
 
-def _opened_later(path: str, diags: list[Diagnostics], decoding: dict):
+def _opened_later(path: str, diags: list[Diagnostics], decoding: dict, runner: DetectorRunner):
     def produce():
         inp = open_input(path, **decoding)
         diags.append(inp.diag)
+        if inp.kind not in WITHOUT_PROBES:    # a timeline given as --pcap -: it may hold some
+            runner.expect_probes(True)
         yield from inp.events
     return produce
 
@@ -294,6 +303,7 @@ def analyze(inputs, hosts, json_out, events, timeline, unanswered_after, outputs
     with parallel_for(inputs, jobs, scheduler) as parallel:
         opened = [open_input(path, host=host_of.get(path), parallel=parallel, **decoding)
                   for path in inputs]
+        runner.expect_probes(any(i.kind not in WITHOUT_PROBES for i in opened))
         timeline, temporary = timeline_path(timeline, writers)
         progress = Progress()
         reporter = _reporter(json_out, events, timeline, "analyze", color, progress)

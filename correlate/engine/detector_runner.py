@@ -112,6 +112,11 @@ class DetectorRunner:
         self.finding_diag = Diagnostics("findings")
         self.state_drops: dict[str, int] = {}         # the shared state's: reason -> count
 
+    def expect_probes(self, expected: bool) -> None:
+        """Whether any input can carry probe events (GlusterState.expect_probes)."""
+        for state in self._states:
+            state.expect_probes(expected)
+
     def _run(self, det, method: str, arg=None) -> list[dict]:
         name = getattr(det, "id", type(det).__name__)
         if name in self.disabled:

@@ -82,6 +82,11 @@ class GlusterState:
             self.calls.observe_close(ev)
         self.fuse.observe(ev)
 
+    def expect_probes(self, expected: bool) -> None:
+        """Said before the first event when no input can carry probe events (False): what
+        is kept only to join them (the FUSE requests' RPCs) is not kept."""
+        self.fuse.expect_requests(expected)
+
     def actor(self, call: dict) -> Actor:
         """Who made a call (see clients.Clients.actor)."""
         return self.clients.actor(call)

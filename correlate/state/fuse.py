@@ -83,6 +83,12 @@ class FuseRequests:
         self._down: OrderedDict[str, dict] = OrderedDict()   # brick -> last down mark
         self.requests = 0                   # FUSE requests joined
 
+    def expect_requests(self, expected: bool) -> None:
+        """Whether an input can bring FUSE requests; when none can (captures and logs only)
+        no RPC is kept for joins (on a busy capture the 8,192 kept were the largest thing
+        held, 13 MiB, and the collector walked them all along)."""
+        self._recent = deque(self._recent, maxlen=MAX_RECENT if expected else 0)
+
     def observe(self, ev: dict) -> None:
         kind = ev.get("kind")
         if kind in ("rpc.call", "rpc.reply"):
