@@ -33,10 +33,10 @@ def cases() -> dict[str, list[str]]:
                         if p.suffix in (".jsonl", ".log"))
         out[f"analyze-{stem}"] = ["analyze", "--json", str(capture), *beside]
         out[f"profile-{stem}"] = ["profile", "--json", str(capture)]
-    # the three busiest, also decoded in two processes
+    # the three busiest, also decoded in two processes (--jobs 3: this one runs the detectors)
     for stem in ("busy-healthy", "slow-brick-queue", "brick-hang"):
         capture = next(CAPTURES.glob(f"{stem}.pcap*"))
-        out[f"analyze-jobs2-{stem}"] = ["analyze", "--json", "--jobs", "2", str(capture)]
+        out[f"analyze-jobs3-{stem}"] = ["analyze", "--json", "--jobs", "3", str(capture)]
     return out
 
 

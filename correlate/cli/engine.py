@@ -300,7 +300,7 @@ def analyze(inputs, hosts, json_out, events, timeline, unanswered_after, outputs
                         skip_detectors, suppress_specs, topology)
     writers = output_writers(outputs)
     decoding = decoding_options(runner, bool(json_out or events or timeline or writers))
-    with parallel_for(inputs, jobs, scheduler) as parallel:
+    with parallel_for(inputs, jobs, scheduler, detecting=True) as parallel:
         opened = [open_input(path, host=host_of.get(path), parallel=parallel, **decoding)
                   for path in inputs]
         runner.expect_probes(any(i.kind not in WITHOUT_PROBES for i in opened))

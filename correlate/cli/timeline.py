@@ -219,7 +219,7 @@ def timeline(inputs, hosts, since, until, conn, host_filter, gfid, path, pid, la
             raise click.UsageError("--sync-clocks needs inputs from two hosts or more (--host NAME=INPUT)")
         offsets = estimate_host_offsets(host_inputs, next(iter(host_inputs)), echo)
 
-    with parallel_for([p for p, _h in specs], jobs, scheduler) as parallel:
+    with parallel_for([p for p, _h in specs], jobs, scheduler, detecting=detect is not False) as parallel:
         opened = [open_input(p, host=h, parallel=parallel) for p, h in specs]
         if detect is None:
             detect = not any(i.kind == "timeline" for i in opened)

@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterable, Iterator
 
 DEFAULT_WINDOW_NS = 500_000_000   # 0.5 s: covers perf-buffer and pipe batching on loopback
 MAX_QUEUED = 65536              # events waiting between live sources and the merge
+HOLD_BACK_S = 0.002             # how long a reader waits while the merge is that far behind
 # Events one stream's reorder buffer holds at most, however dense the stream: a burst of
 # 200,000 connections in half a second must not be held whole (memory stays bounded).
 MAX_HELD = 10_000
@@ -84,8 +85,10 @@ class LiveMerger:
         self.clock = clock
         # Bounded: a consumer that falls behind holds back the readers (memory stays flat);
         # a live capture's lag then shows at `watch` (correlate.sources.lag.LagWatch), if given,
-        # which sees the wire events of the source named `watched` only.
-        self._queue: queue.Queue = queue.Queue(maxsize=MAX_QUEUED)
+        # which sees the wire events of the source named `watched` only. A SimpleQueue (C,
+        # no Python-level locking: a queue.Queue cost 5 us per event between two threads),
+        # bounded by the readers looking at its size.
+        self._queue: queue.SimpleQueue = queue.SimpleQueue()
         self.watch = None
         self.watched = "stdin"
         self._sources: list[str] = []
@@ -103,9 +106,12 @@ class LiveMerger:
             self._finite.add(index)
 
         def pump():
+            q, stopping = self._queue, self._stopping
             try:
                 for ev in produce():
-                    self._queue.put((index, ev))
+                    while q.qsize() >= MAX_QUEUED and not stopping.is_set():
+                        time.sleep(HOLD_BACK_S)
+                    q.put((index, ev))
                     if finite and self._stopping.is_set():
                         break   # endless sources end themselves, after draining
             except BaseException as exc:   # reported by the caller, never lost silently
@@ -130,15 +136,19 @@ class LiveMerger:
         seq = itertools.count()
         watch = self.watch
         watched = self._sources.index(self.watched) if self.watched in self._sources else -1
+        get, get_now = self._queue.get, self._queue.get_nowait
         while live and not self._stopping.is_set() and (live & self._finite or not self._finite):
             deadline = time.monotonic() + self.tick_s
             while True:   # drain what has arrived within this tick
                 try:
-                    index, ev = self._queue.get(timeout=max(0.0, deadline - time.monotonic()))
+                    index, ev = get_now()
                 except queue.Empty:
-                    if watch is not None:
-                        watch.drained()
-                    break
+                    try:
+                        index, ev = get(timeout=max(0.0, deadline - time.monotonic()))
+                    except queue.Empty:
+                        if watch is not None:
+                            watch.drained()
+                        break
                 if ev is self._END:
                     live.discard(index)
                 else:
