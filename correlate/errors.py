@@ -20,6 +20,16 @@ class InputError(CorrelateError):
         place = f" at {where}" if where else ""
         super().__init__(f"{source}{place}: {message}")
 
+    def __reduce__(self):     # whole across processes (a decoding process reports it)
+        return _input_error, (self.source, str(self), self.where)
+
+
+def _input_error(source: str, text: str, where: str | None) -> InputError:
+    err = InputError.__new__(InputError)
+    Exception.__init__(err, text)
+    err.source, err.where = source, where
+    return err
+
 
 def what_it_starts_with(head: bytes) -> str:
     """The same words in every command for an input of the wrong kind."""

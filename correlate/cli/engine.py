@@ -25,6 +25,7 @@ from .run_setup import (detector_options, fail_on_option, make_runner, output_wr
                         parse_policy, reaches, selection_options, timeline_path, topology_option,
                         write_outputs)
 from ..sources import open_input
+from ..sources.decoder_process import DecoderProcess
 
 
 WITHOUT_PROBES = ("capture", "log")    # input kinds that never carry probe events
@@ -178,8 +179,16 @@ def run(pcaps, probe_groups, pid, backend, probe_offsets, logs, duration, window
     signal.signal(signal.SIGINT, stop)
     signal.signal(signal.SIGTERM, stop)
     kinds = []
+    decoder = None
     for path in (*pcaps, *logs):
-        if path == "-":   # stdin is opened in its source thread: reading its header may block
+        if path == "-" and _decoder_process():
+            # decoded in a process of its own (forked now, before any thread), which opens it
+            watch.share()
+            decoder = DecoderProcess(dict(decoding, skip=watch.skip),
+                                     on_kind=lambda kind: _stdin_kind(kind, runner))
+            diags.append(decoder.diag)
+            merger.add("stdin", decoder.events)
+        elif path == "-":   # stdin is opened in its source thread: reading its header may block
             merger.add("stdin", _opened_later(path, diags, dict(decoding, skip=watch.skip),
                                               runner))
         else:             # files: header errors are reported now, before anything starts
@@ -233,6 +242,8 @@ def run(pcaps, probe_groups, pid, backend, probe_offsets, logs, duration, window
                 skipped=dict(next((d.counts for d in diags if d.source == "stdin"), {})))) + "\n")
     finally:
         reporter.close()
+        if decoder is not None:
+            decoder.stop()           # still reading a stdin that goes on (Ctrl-C, --duration)
     if watch is not None and watch.closing_line():
         click.echo(watch.closing_line(), err=True)
     for name, exc in merger.errors:
@@ -255,12 +266,25 @@ def run(pcaps, probe_groups, pid, backend, probe_offsets, logs, duration, window
     sys.exit(code)
 
 
+def _decoder_process() -> bool:
+    """Decode stdin in a process of its own: where there are two cores or more to run it
+    beside this one (CORRELATE_STDIN_DECODER=thread|process decides, for tests)."""
+    how = os.environ.get("CORRELATE_STDIN_DECODER")
+    if how in ("thread", "process"):
+        return how == "process"
+    return len(os.sched_getaffinity(0)) > 1
+
+
+def _stdin_kind(kind: str, runner: DetectorRunner) -> None:
+    if kind not in WITHOUT_PROBES:    # a timeline given as --pcap -: it may hold some
+        runner.expect_probes(True)
+
+
 def _opened_later(path: str, diags: list[Diagnostics], decoding: dict, runner: DetectorRunner):
     def produce():
         inp = open_input(path, **decoding)
         diags.append(inp.diag)
-        if inp.kind not in WITHOUT_PROBES:    # a timeline given as --pcap -: it may hold some
-            runner.expect_probes(True)
+        _stdin_kind(inp.kind, runner)
         yield from inp.events
     return produce
 

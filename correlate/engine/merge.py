@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 
 DEFAULT_WINDOW_NS = 500_000_000   # 0.5 s: covers perf-buffer and pipe batching on loopback
-MAX_QUEUED = 65536              # events waiting between live sources and the merge
+MAX_QUEUED = 2048               # events waiting between live sources and the merge
 HOLD_BACK_S = 0.002             # how long a reader waits while the merge is that far behind
 # Events one stream's reorder buffer holds at most, however dense the stream: a burst of
 # 200,000 connections in half a second must not be held whole (memory stays bounded).

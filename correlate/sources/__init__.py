@@ -65,14 +65,15 @@ def sniff(head: bytes) -> str:
 
 def open_input(path: str, *, host: str | None = None, name: str | None = None,
                details: bool | Collection[str] = True, details_later: bool = False,
-               parallel=None, skip=None) -> Input:
+               parallel=None, skip=None, fileobj: BinaryIO | None = None) -> Input:
     """Open a capture, timeline or Gluster log (plain or gzip'd; `-` is stdin). `details`
     and `details_later`: which RPC details a capture's decoder decodes (wire.decode);
     `parallel` (a wire.parallel.Parallel): decode a capture file in several processes;
-    `skip`: a live capture's packets to leave out (wire.decode, lag.LagWatch.skip)."""
+    `skip`: a live capture's packets to leave out (wire.decode, lag.LagWatch.skip);
+    `fileobj`: `path` already open (stdin as a decoding process reads it)."""
     name = name or ("stdin" if path == "-" else path.rsplit("/", 1)[-1])
     shown = "stdin" if path == "-" else path      # in errors: the input as the user named it
-    f = _open_binary(path)
+    f = fileobj if fileobj is not None else _open_binary(path)
     head = _peek(f)
     if head[:2] == GZIP_MAGIC:
         gz = gzip.GzipFile(fileobj=f)

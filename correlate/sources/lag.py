@@ -14,6 +14,9 @@ shows the watch the time of every wire event it takes in:
 Lag is measured against the smallest delay seen so far, not against zero: clocks of the
 capturing host and this one may differ, and a saved capture piped in (`cat old.pcap |`)
 has old times but is read faster than it was recorded, so it is never "behind".
+
+The reader may be another process (sources/decoder_process.py): what both sides read and
+write (skipping, backlog, the base delay, the count skipped) is then in shared memory.
 """
 from __future__ import annotations
 
@@ -23,6 +26,8 @@ from typing import Callable
 
 WARN_S = 2.0
 SKIP_S = 10.0
+# the slots of what the merge and the reader share
+_SKIPPING, _BACKLOG, _HAS_BASE, _BASE, _SKIPPED = range(5)
 
 
 class LagWatch:
@@ -32,23 +37,36 @@ class LagWatch:
         self.skip_ns = int(skip_s * 1e9)          # 0: never skip
         self.clock = clock
         self.say = say or (lambda line: print(line, file=sys.stderr, flush=True))
-        self.base_ns: int | None = None           # the smallest wall - packet time seen
         self.lag_ns = 0
         self.max_lag_ns = 0
         self.episodes = 0                         # times it fell behind past warn_s
-        self.skipping = False                     # set here, cleared by the reader
-        self.skipped = 0                          # packets the reader skipped
-        self._backlog = False                     # events queued that the merge has not taken
+        # skipping (set here, cleared by the reader), events queued that the merge has not
+        # taken, the smallest wall - packet time seen (and whether one was), packets skipped
+        self._shared = [0, 0, 0, 0, 0]
+
+    def share(self) -> None:
+        """Before a reader process is forked: keep what it reads and writes in shared memory."""
+        from multiprocessing import RawArray
+        self._shared = RawArray("q", self._shared)
+
+    @property
+    def skipping(self) -> bool:
+        return bool(self._shared[_SKIPPING])
+
+    @property
+    def skipped(self) -> int:
+        return self._shared[_SKIPPED]
 
     def _lag(self, time_ns: int) -> int:
         delay = self.clock() - time_ns
-        if self.base_ns is None or delay < self.base_ns:
-            self.base_ns = delay
-        return delay - self.base_ns
+        shared = self._shared
+        if not shared[_HAS_BASE] or delay < shared[_BASE]:
+            shared[_BASE], shared[_HAS_BASE] = delay, 1
+        return delay - shared[_BASE]
 
     def observe(self, time_ns: int) -> None:
         """The merger took in an event with this time (the consumer's side)."""
-        self._backlog = True
+        self._shared[_BACKLOG] = 1
         lag = self.lag_ns = self._lag(time_ns)
         if lag > self.max_lag_ns:
             self.max_lag_ns = lag
@@ -61,7 +79,7 @@ class LagWatch:
                 self.say(f"correlate: falling behind the live capture: {lag / 1e9:.1f} s behind "
                          f"the packets (warning at {self.warn_ns / 1e9:g} s){then}")
             if self.skip_ns and lag > self.skip_ns:
-                self.skipping = True
+                self._shared[_SKIPPING] = 1
         elif lag < self.warn_ns // 2:
             self._behind = False
 
@@ -69,16 +87,17 @@ class LagWatch:
 
     def drained(self) -> None:
         """The merge found its queue empty: it has taken every event the reader let in."""
-        self._backlog = False
+        self._shared[_BACKLOG] = 0
 
     def skip(self, time_ns: int) -> bool:
         """Should the reader skip this packet? (the reader's side, per packet)"""
-        if not self.skipping:
+        shared = self._shared
+        if not shared[_SKIPPING]:
             return False
-        if not self._backlog and self._lag(time_ns) <= self.warn_ns:
-            self.skipping = False                 # nothing queued, and this packet is recent
+        if not shared[_BACKLOG] and self._lag(time_ns) <= self.warn_ns:
+            shared[_SKIPPING] = 0                 # nothing queued, and this packet is recent
             return False
-        self.skipped += 1
+        shared[_SKIPPED] += 1
         return True
 
     def summary(self) -> dict:

@@ -1,0 +1,115 @@
+"""`run --pcap -` decodes stdin in a process of its own (sources/decoder_process.py): the same
+events, findings, skips and errors as decoding it in a thread, events delivered while the
+capture goes quiet, and no decoding process left behind."""
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+CAPTURES = Path(__file__).parent / "captures"
+BUSY = gzip.decompress((CAPTURES / "busy-healthy.pcap.gz").read_bytes())
+CORRELATE = [sys.executable, "-m", "correlate", "run", "--pcap", "-"]
+
+
+def run(data: bytes, how: str, *args: str) -> subprocess.CompletedProcess:
+    env = dict(os.environ, CORRELATE_STDIN_DECODER=how)
+    return subprocess.run(CORRELATE + list(args), input=data, capture_output=True, env=env,
+                          timeout=300)
+
+
+def comparable(res: subprocess.CompletedProcess) -> tuple:
+    """Exit code, stdout with the lag figures of the diagnostics line left out (timing), and
+    stderr."""
+    lines = []
+    for line in res.stdout.decode().splitlines():
+        if '"capture.diagnostics"' in line:
+            ev = json.loads(line)
+            ev.pop("time_ns")
+            ev["lag"] = {k: v for k, v in ev["lag"].items() if k not in ("max_lag_s", "lag_s")}
+            line = json.dumps(ev, sort_keys=True)
+        lines.append(line)
+    return res.returncode, lines, res.stderr.decode()
+
+
+@pytest.mark.parametrize("args", [("--json", "--events"), ()])
+def test_the_same_output_as_decoding_in_a_thread(args):
+    thread, process = (comparable(run(BUSY, how, *args)) for how in ("thread", "process"))
+    assert process == thread
+    assert len(process[1]) > 1000 if args else "findings" in process[2]
+
+
+def test_gzip_on_stdin_is_decoded_too():
+    data = (CAPTURES / "busy-healthy.pcap.gz").read_bytes()
+    thread, process = (comparable(run(data, how, "--json", "--events")) for how in ("thread", "process"))
+    assert process == thread and len(process[1]) > 1000
+
+
+def test_a_cut_capture_and_a_non_capture_say_the_same():
+    cut = BUSY[: len(BUSY) // 2 + 7]
+    for data in (cut, b"hello, this is no capture\n" * 10, b""):
+        thread, process = (comparable(run(data, how, "--json")) for how in ("thread", "process"))
+        assert process == thread, data[:30]
+        assert process[0] != 0 or "skipped" in process[2], process
+
+
+def test_a_timeline_on_stdin_is_read_in_the_process():
+    """A saved timeline piped to --pcap -: its kind reaches the merging process."""
+    timeline = run(BUSY, "thread", "--json", "--events").stdout
+    thread, process = (comparable(run(timeline, how, "--json")) for how in ("thread", "process"))
+    assert process == thread and process[0] == 0
+
+
+def _first_packets(pcap: bytes, n: int) -> bytes:
+    """The pcap header and its first n packets."""
+    at = 24
+    for _ in range(n):
+        at += 16 + int.from_bytes(pcap[at + 8:at + 12], "little")
+    return pcap[:at]
+
+
+def _children(pid: int) -> set[int]:
+    out = set()
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        out |= {int(c) for c in (task / "children").read_text().split()}
+    return out
+
+
+def test_events_come_while_the_capture_is_quiet_and_ctrl_c_leaves_no_process():
+    """150 packets, then silence with stdin open (tcpdump waiting for traffic): their events
+    (fewer than a batch) are printed without waiting for more; Ctrl-C ends both processes."""
+    env = dict(os.environ, CORRELATE_STDIN_DECODER="process")
+    proc = subprocess.Popen(CORRELATE + ["--json", "--events", "--window-ms", "0"],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, env=env)
+    try:
+        proc.stdin.write(_first_packets(BUSY, 150))
+        proc.stdin.flush()
+        seen = 0
+        deadline = time.monotonic() + 60
+        os.set_blocking(proc.stdout.fileno(), False)
+        while time.monotonic() < deadline and seen < 40:
+            chunk = proc.stdout.read()
+            seen += chunk.count(b'"layer":"wire"') if chunk else 0
+            time.sleep(0.1)
+        assert seen >= 40, seen       # fewer than a batch: sent as the decoder waits for more
+        children = _children(proc.pid)
+        assert children, "no decoding process"
+        proc.send_signal(signal.SIGINT)
+        while proc.poll() is None and time.monotonic() < deadline + 30:
+            proc.stdout.read()               # stdin stays open: Ctrl-C alone ends it
+            time.sleep(0.1)
+        assert proc.returncode == 130
+        time.sleep(0.5)
+        alive = [c for c in children if Path(f"/proc/{c}").exists()
+                 and "zombie" not in Path(f"/proc/{c}/status").read_text()]
+        assert alive == []
+    finally:
+        proc.kill()
