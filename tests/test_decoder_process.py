@@ -113,3 +113,21 @@ def test_events_come_while_the_capture_is_quiet_and_ctrl_c_leaves_no_process():
         assert alive == []
     finally:
         proc.kill()
+
+
+def test_the_decoding_process_skips_when_the_merge_falls_behind():
+    """The lag is measured where the events are merged, the packets are skipped where they
+    are read: both sides share the decision and the count."""
+    from tests.test_lag import SKIP_REASON, _replay_now
+    r, w = os.pipe()
+    writer = _replay_now(w, copies=6, burst=True)
+    env = dict(os.environ, CORRELATE_STDIN_DECODER="process")
+    with os.fdopen(r, "rb") as stdin:
+        res = subprocess.run(CORRELATE + ["--json", "--max-lag", "0.01", "--skip-behind", "0.02"],
+                             stdin=stdin, capture_output=True, text=True, timeout=300, env=env)
+    writer.join(10)
+    assert res.returncode in (0, 1), res.stderr
+    (diag,) = [json.loads(line) for line in res.stdout.splitlines()
+               if '"capture.diagnostics"' in line]
+    assert diag["lag"]["skipped_packets"] > 0, diag
+    assert diag["skipped"][SKIP_REASON] == diag["lag"]["skipped_packets"]
