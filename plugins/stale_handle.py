@@ -91,7 +91,7 @@ class StaleHandle(Detector):
         if kind == "rpc.reply" and ev.get("op_ret") == 0 and ev.get("procedure") in HANDLE_OPS:
             call = self.state.calls.call_of(ev)
             if call is not None:
-                self.recent_ok.append((ev["time_ns"], call))
+                _keep_recent(self.recent_ok, ev["time_ns"], call)
                 if self.suspects:
                     self._served(call)
         if kind == "rpc.reply" and ev.get("procedure") in REMOVING and ev.get("op_ret") == 0:
@@ -113,7 +113,7 @@ class StaleHandle(Detector):
                 and ev.get("errno_name") in ("ESTALE", "ENOENT"):
             call = self.state.calls.call_of(ev)
             if call is not None:
-                self.recent_failed.append((ev["time_ns"], call))
+                _keep_recent(self.recent_failed, ev["time_ns"], call)
             found += self._stale(ev)
         return found
 
@@ -288,6 +288,15 @@ def _same_call(failed: dict, ok: dict) -> bool:
     ok = with_details(ok)
     return ((ok.get("args") or {}).get("gfid") == (failed.get("args") or {}).get("gfid")
             and (ok.get("cred") or {}).get("pid") == (failed.get("cred") or {}).get("pid"))
+
+
+def _keep_recent(recent: deque, now: int, call: dict) -> None:
+    """Only the last 2 s are ever looked at (a reply's peers within PEER_WINDOW_NS, or by
+    a suspect judged PEER_WINDOW_NS later): older calls are let go, not held to MAX_RECENT
+    (on a busy capture 8,192 calls with their records were the largest thing held)."""
+    while recent and recent[0][0] < now - 2 * PEER_WINDOW_NS:
+        recent.popleft()
+    recent.append((now, call))
 
 
 def _remember(table: dict, key, value) -> None:
