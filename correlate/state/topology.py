@@ -62,9 +62,13 @@ class Topology:
         # (host, path) -> (set name, its members), from `seed`: one lookup, however many volumes
         self.seeded_sets: dict[tuple[str, str], tuple[str, list]] = {}
         self._portbybrick: dict[tuple, str] = {}    # (source, conn, xid) -> brick path asked
+        # endpoint -> peers(endpoint), until the topology learns something (rarely): asked
+        # for every brick and procedure at each slow-brick judgement, it scans every set
+        self._peers: dict[str, tuple[tuple[str, ...], str]] = {}
 
     def seed(self, volumes) -> None:
         """Take what `gluster volume info/status --xml` said (volume_xml.Volume records)."""
+        self._peers.clear()
         for vol in volumes:
             for (host, path), port in vol.ports.items():
                 endpoint = f"{host}:{port}"
@@ -77,6 +81,7 @@ class Topology:
 
     def observe(self, ev: dict) -> None:
         proc = ev.get("procedure")
+        self._peers.clear()
         if proc not in self.PROCEDURES:
             return
         kind = ev.get("kind")
@@ -133,6 +138,15 @@ class Topology:
     def peers(self, endpoint: str) -> tuple[list[str], str]:
         """The endpoints of the bricks in the same replica/disperse set, and how that is
         known: 'volfile <set name>', 'volume <name>' (no volfile seen), or '' (unknown)."""
+        known = self._peers.get(endpoint)
+        if known is None:
+            if len(self._peers) >= MAX_ENTRIES:
+                self._peers.clear()
+            found, how = self._find_peers(endpoint)
+            known = self._peers[endpoint] = (tuple(found), how)
+        return list(known[0]), known[1]
+
+    def _find_peers(self, endpoint: str) -> tuple[list[str], str]:
         path = self.brick_path.get(endpoint)
         host = _host(endpoint)
         if path is not None:
