@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections import Counter, OrderedDict
 
+from .events import with_details
 from .gluster.programs import lookup
 from .sketch import RELATIVE_ACCURACY, LatencyRow
 from .state.topology import Topology
@@ -90,7 +91,12 @@ def reply_error(ev: dict) -> str | None:
 
 
 class Profile:
-    """Feed it every event (`observe`); `snapshot()` is the profile so far as plain data."""
+    """Feed it every event (`observe`); `snapshot()` is the profile so far as plain data.
+
+    It reads the decoded arguments of DETAILS only (and a call's credential, decoded when
+    its connection names no client): a capture decoded for it leaves the rest for later."""
+
+    DETAILS = Topology.PROCEDURES | Clients.PROCEDURES
 
     def __init__(self, per_client: bool = False, topology: Topology | None = None):
         self.per_client = per_client
@@ -173,6 +179,8 @@ class Profile:
         if actor is not None and actor.role != UNKNOWN:
             return actor.name
         # no SETVOLUME, or one without a process-name (Gluster's auxiliary FUSE mounts)
+        if actor is None or ev.get("kind") == "rpc.call":
+            ev = with_details(ev)       # the credential's pid names it
         special = special_actor((ev.get("cred") or {}).get("pid")) if ev.get("kind") == "rpc.call" else None
         if special is None:
             return actor.name if actor else self.topology.client_of(ev)

@@ -33,6 +33,10 @@ def cases() -> dict[str, list[str]]:
                         if p.suffix in (".jsonl", ".log"))
         out[f"analyze-{stem}"] = ["analyze", "--json", str(capture), *beside]
         out[f"profile-{stem}"] = ["profile", "--json", str(capture)]
+    # per client, where the client is named from a call's credential (decoded only then)
+    for stem in ("brick-hang-late", "busy-healthy", "fuse-enotconn", "tls-expired12", "healthy"):
+        capture = next(CAPTURES.glob(f"{stem}.pcap*"))
+        out[f"profile-per-client-{stem}"] = ["profile", "--per-client", "--json", str(capture)]
     # the three busiest, also decoded in two processes (--jobs 3: this one runs the detectors)
     for stem in ("busy-healthy", "slow-brick-queue", "brick-hang"):
         capture = next(CAPTURES.glob(f"{stem}.pcap*"))

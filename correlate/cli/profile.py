@@ -52,7 +52,9 @@ def profile(inputs, per_client, json_out, html_path, topology):
       correlate profile saved-timeline.jsonl --html profile.html
       correlate profile late-start.pcap --topology volinfo-and-status.xml
     """
-    opened = [open_input(path) for path in inputs]
+    # the lock lanes of the charts read the lock calls' arguments: decode them all then
+    decoding = {} if html_path else {"details": Profile.DETAILS, "details_later": True}
+    opened = [open_input(path, **decoding) for path in inputs]
     prof = Profile(per_client=per_client, topology=seeded(topology))
     # Inputs one after the other, not merged by time: the profile does not depend on the
     # order across inputs, and a time merge would hold its reorder window of events.
