@@ -131,3 +131,21 @@ def test_the_decoding_process_skips_when_the_merge_falls_behind():
                if '"capture.diagnostics"' in line]
     assert diag["lag"]["skipped_packets"] > 0, diag
     assert diag["skipped"][SKIP_REASON] == diag["lag"]["skipped_packets"]
+
+
+@pytest.mark.parametrize("what", ["capture", "gzip", "timeline", "cut", "no capture"])
+def test_analyze_from_a_pipe_the_same_in_a_process(what):
+    """`... | correlate analyze -`: stdin decoded beside the detectors gives what one process
+    gives, and an input that cannot be read is said at once, the same way."""
+    data = {"capture": BUSY, "gzip": (CAPTURES / "busy-healthy.pcap.gz").read_bytes(),
+            "timeline": run(BUSY, "thread", "--json", "--events").stdout,
+            "cut": BUSY[: len(BUSY) // 3 + 11], "no capture": b"GET / HTTP/1.0\r\n\r\n"}[what]
+    out = []
+    for how in ("thread", "process"):
+        env = dict(os.environ, CORRELATE_STDIN_DECODER=how)
+        res = subprocess.run([sys.executable, "-m", "correlate", "analyze", "--json", "-",
+                              str(CAPTURES / "healthy.pcap")],
+                             input=data, capture_output=True, env=env, timeout=300)
+        out.append((res.returncode, res.stdout, res.stderr))
+    assert out[0] == out[1]
+    assert out[0][0] == (2 if what in ("cut", "no capture") else 0), out[0][2]

@@ -24,7 +24,7 @@ from ..engine.pipeline import Reporter, TimelineWriter, run_pipeline
 from .run_setup import (detector_options, fail_on_option, make_runner, output_writers, parse_detector_options,
                         parse_policy, reaches, selection_options, timeline_path, topology_option,
                         write_outputs)
-from ..sources import open_input
+from ..sources import Input, open_input
 from ..sources.decoder_process import DecoderProcess
 
 
@@ -275,6 +275,13 @@ def _decoder_process() -> bool:
     return len(os.sched_getaffinity(0)) > 1
 
 
+def _stdin_in_process(decoding: dict) -> Input:
+    """stdin decoded in a process beside this one (a pipe into `analyze -`), opened as
+    open_input would: an input that is no capture is said now, in one line."""
+    decoder = DecoderProcess(decoding)
+    return Input("stdin", decoder.opened(), decoder.events(), decoder.diag)
+
+
 def _stdin_kind(kind: str, runner: DetectorRunner) -> None:
     if kind not in WITHOUT_PROBES:    # a timeline given as --pcap -: it may hold some
         runner.expect_probes(True)
@@ -325,7 +332,9 @@ def analyze(inputs, hosts, json_out, events, timeline, unanswered_after, outputs
     writers = output_writers(outputs)
     decoding = decoding_options(runner, bool(json_out or events or timeline or writers))
     with parallel_for(inputs, jobs, scheduler, detecting=True) as parallel:
-        opened = [open_input(path, host=host_of.get(path), parallel=parallel, **decoding)
+        opened = [_stdin_in_process(dict(decoding, host=host_of.get(path)))
+                  if path == "-" and jobs != 1 and _decoder_process() else
+                  open_input(path, host=host_of.get(path), parallel=parallel, **decoding)
                   for path in inputs]
         runner.expect_probes(any(i.kind not in WITHOUT_PROBES for i in opened))
         timeline, temporary = timeline_path(timeline, writers)

@@ -25,8 +25,9 @@ def parallel_options(f):
         "--jobs", "-j", type=click.IntRange(min=1, max=MAX_JOBS), metavar="N",
         help="Use N processes: capture files are decoded in N of them (sharded by TCP "
              "connection; several captures side by side), or in N-1 where this one runs "
-             "the detectors (analyze, timeline). Default: the machine's cores when the "
-             "captures are large enough to gain, else 1. The output is the same for any N.")(f)
+             "the detectors (analyze, timeline); analyze decodes stdin (`-`) in a process "
+             "of its own unless N is 1. Default: the machine's cores when the captures are "
+             "large enough to gain, else 1. The output is the same for any N.")(f)
     return f
 
 

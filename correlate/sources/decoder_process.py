@@ -109,7 +109,9 @@ def _decode(stdin_fd: int, out: int, decoding: dict) -> None:
 class DecoderProcess:
     """Start with `DecoderProcess(decoding)` before any thread; `events()` (in the source's
     thread) yields what it decodes; `diag` holds its skips once `events()` has ended;
-    `on_kind(kind)` is called with the input's kind before its first event."""
+    `on_kind(kind)` is called with the input's kind before its first event. `opened()`
+    waits until the input's kind is known, or raises why it could not be read (InputError:
+    not a capture, empty), as opening a file here would."""
 
     def __init__(self, decoding: dict, on_kind: Callable[[str], None] | None = None):
         import multiprocessing
@@ -130,6 +132,19 @@ class DecoderProcess:
         os.close(w)
         os.close(stdin)
         self._in = os.fdopen(r, "rb")
+        self._messages_left = self._messages()
+        self.kind: str | None = None
+
+    def opened(self) -> str:
+        for tag, payload in self._messages_left:
+            if tag == "kind":
+                self.kind = payload
+                return payload
+            if tag == "error":
+                self._in.close()
+                raise payload
+            break
+        raise InputError("stdin", "the decoding process ended before reading it")
 
     def _messages(self) -> Iterator[tuple[str, object]]:
         read = self._in.read
@@ -142,11 +157,13 @@ class DecoderProcess:
 
     def events(self) -> Iterator[dict]:
         try:
-            for tag, payload in self._messages():
+            for tag, payload in self._messages_left:
                 if tag == "events":
                     yield from payload
-                elif tag == "kind" and self.on_kind is not None:
-                    self.on_kind(payload)
+                elif tag == "kind":
+                    self.kind = payload
+                    if self.on_kind is not None:
+                        self.on_kind(payload)
                 elif tag == "error":
                     raise payload
                 elif tag == "end":
