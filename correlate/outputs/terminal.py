@@ -178,6 +178,11 @@ class Progress:
             self.next_at = time.monotonic() + 1.0
 
     def wrap(self, events):
+        if not self.enabled:
+            return events          # not a terminal: no layer for every event to pass
+        return self._counted(events)
+
+    def _counted(self, events):
         for ev in events:
             self.tick(ev)
             yield ev
