@@ -376,9 +376,19 @@ int set_fd_enter(struct pt_regs *ctx) {
 
 // The socket behind an SSL* whose SSL_set_fd the probes did not see: the first read or
 // write system call its thread makes inside SSL_read/SSL_write (OpenSSL's socket BIO).
+// A raw tracepoint: it needs no tracefs (a plain one's argument struct is built from
+// tracefs's format file) and reads the call's registers at the offsets BTF gave.
 #ifndef NO_SYSCALL_ROUTE
-TRACEPOINT_PROBE(raw_syscalls, sys_enter) {
-    long nr = args->id;
+static __always_inline u64 regs_arg(const void *regs, int offset) {
+    u64 v = 0;
+    bpf_probe_read_kernel(&v, sizeof(v), regs + offset);
+    return v;
+}
+
+RAW_TRACEPOINT_PROBE(sys_enter) {
+    long nr = (long)ctx->args[1];
+    const void *regs = (const void *)ctx->args[0];
+    u64 arg0 = regs_arg(regs, REGS_ARG0);
     if (nr == 42) {     // connect(fd, addr, len): the peer a failed handshake names
         // any process: Gluster connects from the caller's thread, before a glfs_* thread
         // has entered libssl (an AF_UNIX connect costs a two-byte read and nothing more)
@@ -388,7 +398,7 @@ TRACEPOINT_PROBE(raw_syscalls, sys_enter) {
 #endif
         struct peer_t p = {};
         u16 family = 0;
-        void *sa = (void *)args->args[1];
+        void *sa = (void *)regs_arg(regs, REGS_ARG1);
         bpf_probe_read_user(&family, sizeof(family), sa);
         if (family == 2) {              // AF_INET: port, then the address at +4
             bpf_probe_read_user(&p.port, 2, sa + 2);
@@ -400,7 +410,7 @@ TRACEPOINT_PROBE(raw_syscalls, sys_enter) {
             return 0;
         }
         p.family = family;
-        u64 key = (bpf_get_current_pid_tgid() & 0xffffffff00000000ULL) | (u32)args->args[0];
+        u64 key = (bpf_get_current_pid_tgid() & 0xffffffff00000000ULL) | (u32)arg0;
         peers.update(&key, &p);
         return 0;
     }
@@ -420,7 +430,7 @@ TRACEPOINT_PROBE(raw_syscalls, sys_enter) {
     }
     if (ssl_fd.lookup(&ssl))
         return 0;
-    s32 fd = args->args[0];
+    s32 fd = arg0;
     ssl_fd.update(&ssl, &fd);
     return 0;
 }

@@ -187,7 +187,7 @@ class BccCollector:
         attach() can put them back (elsewhere: the overhead bench moves them to a library
         copy) without recompiling."""
         if self.bpf is not None:
-            _detach_uprobes(self.bpf)
+            detach_uprobes(self.bpf)
             close_links(self._links)
 
     def _on_event(self, _cpu, data, _size) -> None:
@@ -313,7 +313,7 @@ class BccCollector:
             except Exception:
                 pass
             out = self._take_pending()
-            _detach_uprobes(self.bpf)
+            detach_uprobes(self.bpf)
             close_links(self._links)
             if self._running_link is not None:
                 os.close(self._running_link)
@@ -374,7 +374,7 @@ def _time_of(event: dict) -> int:
     return event["time_ns"]
 
 
-def _detach_uprobes(bpf) -> None:
+def detach_uprobes(bpf) -> None:
     """Close the uprobe perf events ourselves.
 
     bcc attaches through the uprobe PMU (perf_event_open) when tracefs has no uprobe_events

@@ -26,7 +26,7 @@ from importlib import resources
 
 from ..events import make_event
 from ..gluster.errnos import errno_name
-from .bcc_backend import check_bcc_prerequisites
+from .bcc_backend import detach_uprobes, check_bcc_prerequisites
 from .btf import BtfError, member_offset, struct_size
 from .clock import ClockMap
 from .errors import ProbeError
@@ -387,6 +387,7 @@ class FuseCollector:
                 pass
             out, self._pending = self._pending, []
             out.sort(key=lambda e: e["time_ns"])
+            detach_uprobes(self.bpf)    # the fallback's; bcc's cleanup needs tracefs for them
             self.bpf.cleanup()
             self.bpf = None
         return out

@@ -23,7 +23,7 @@ from operator import itemgetter
 from ..diagnostics import Diagnostics
 from ..wire.model import Conn, endpoint
 from ..wire.rpc import RpcSink
-from .bcc_backend import _detach_uprobes, check_bcc_prerequisites
+from .bcc_backend import detach_uprobes, check_bcc_prerequisites
 from .btf import BtfError, member_offsets
 from .clock import ClockMap
 from . import openssl_errors
@@ -140,8 +140,7 @@ class TlsCollector:
         if self.pid:
             cflags.append(f"-DPID_FILTER={int(self.pid)}")
         cflags += self._sock_offsets()
-        if os.environ.get("CORRELATE_TLS_SYSCALL_ROUTE", "1") == "0":
-            cflags.append("-DNO_SYSCALL_ROUTE")
+        cflags += self._syscall_route()
         with open(program_path()) as f:
             text = f.read()
         try:
@@ -191,6 +190,19 @@ class TlsCollector:
         return ["-DSOCK_OFFSETS"] + [f"-D{define}={offset}" for (define, _, _), offset
                                      in zip(SOCK_OFFSETS, offsets)]
 
+    def _syscall_route(self) -> list[str]:
+        """The raw sys_enter tracepoint's registers (x86_64's first two arguments), from BTF;
+        without them, or with CORRELATE_TLS_SYSCALL_ROUTE=0, a socket is known from
+        SSL_set_fd alone."""
+        if os.environ.get("CORRELATE_TLS_SYSCALL_ROUTE", "1") == "0":
+            return ["-DNO_SYSCALL_ROUTE"]
+        try:
+            arg0, arg1 = member_offsets([("pt_regs", "di"), ("pt_regs", "si")])
+        except BtfError as exc:
+            self.diag.skip(f"sockets from SSL_set_fd only, not from system calls ({exc})")
+            return ["-DNO_SYSCALL_ROUTE"]
+        return [f"-DREGS_ARG0={arg0}", f"-DREGS_ARG1={arg1}"]
+
     def _attach_errors(self) -> None:
         """OpenSSL's error calls in libcrypto; without them a failed handshake is still
         reported, without its reason."""
@@ -225,7 +237,7 @@ class TlsCollector:
         out = self._release(None)
         self.lost = int(self.bpf[b"drops"][0].value)
         self.ring.close()
-        _detach_uprobes(self.bpf)
+        detach_uprobes(self.bpf)
         self.bpf.cleanup()
         self.bpf = None
         return out
