@@ -65,12 +65,14 @@ def sniff(head: bytes) -> str:
 
 def open_input(path: str, *, host: str | None = None, name: str | None = None,
                details: bool | Collection[str] = True, details_later: bool = False,
-               parallel=None, skip=None, fileobj: BinaryIO | None = None) -> Input:
+               parallel=None, skip=None, fileobj: BinaryIO | None = None,
+               keylog=None) -> Input:
     """Open a capture, timeline or Gluster log (plain or gzip'd; `-` is stdin). `details`
     and `details_later`: which RPC details a capture's decoder decodes (wire.decode);
     `parallel` (a wire.parallel.Parallel): decode a capture file in several processes;
     `skip`: a live capture's packets to leave out (wire.decode, lag.LagWatch.skip);
-    `fileobj`: `path` already open (stdin as a decoding process reads it)."""
+    `fileobj`: `path` already open (stdin as a decoding process reads it);
+    `keylog` (wire.tls_keys.KeyLog): TLS connections of a capture to decrypt."""
     name = name or ("stdin" if path == "-" else path.rsplit("/", 1)[-1])
     shown = "stdin" if path == "-" else path      # in errors: the input as the user named it
     f = fileobj if fileobj is not None else _open_binary(path)
@@ -88,12 +90,12 @@ def open_input(path: str, *, host: str | None = None, name: str | None = None,
     if kind == "capture" and parallel is not None and path != "-":
         f.close()
         return Input(name, kind, parallel.decode(path, name, diag, host=host, details=details,
-                                                 details_later=details_later), diag)
+                                                 details_later=details_later, keylog=keylog), diag)
     if kind == "capture":
         from ..wire.decode import decode_capture
         return Input(name, kind, decode_capture(path, name, host=host, diag=diag, fileobj=f,
                                                    details=details, details_later=details_later,
-                                                   skip=skip), diag)
+                                                   skip=skip, keylog=keylog), diag)
     if kind == "timeline":
         return Input(name, kind, _until_damage(read_timeline(f, name, diag, host), diag), diag)
     if kind == "log":

@@ -53,6 +53,7 @@ class ShardTask:
     host: str | None = None
     details: bool | Collection[str] = True
     details_later: bool = False
+    keylog: object = None           # tls_keys.KeyLog: TLS connections to decrypt
 
 
 @dataclass
@@ -107,7 +108,8 @@ def decode_shard(task: ShardTask) -> ShardResult:
     diag = Diagnostics(task.source)
     scratch = Diagnostics(task.source)      # what the other shards count already
     first = task.shard == 0                 # counts reading and packet damage, for all
-    sink = RpcSink(task.source, diag, details=task.details, details_later=task.details_later)
+    sink = RpcSink(task.source, diag, details=task.details, details_later=task.details_later,
+                   keylog=task.keylog)
     tracker = _ShardTracker(task.source, sink, diag)
     shards = _Shards(task.shards)
     seq = 0
@@ -229,9 +231,9 @@ def add_diagnostics(results: list[ShardResult], diag: Diagnostics) -> None:
 
 
 def shard_tasks(path: str, source: str, shards: int, spool_dir: str, *, host=None,
-                details=True, details_later=False) -> list[ShardTask]:
+                details=True, details_later=False, keylog=None) -> list[ShardTask]:
     return [ShardTask(path, source, k, shards, os.path.join(spool_dir, f"{source}.{k}.spool"),
-                      host, details, details_later) for k in range(shards)]
+                      host, details, details_later, keylog) for k in range(shards)]
 
 
 def decode_parallel(tasks: list[ShardTask], executor: Executor, diag: Diagnostics,
@@ -270,11 +272,11 @@ class Parallel:
         self.spool_beside = spool_beside
 
     def decode(self, path: str, source: str, diag: Diagnostics, *, host=None, details=True,
-               details_later=False) -> Iterator[dict]:
+               details_later=False, keylog=None) -> Iterator[dict]:
         near = os.path.dirname(os.path.abspath(path)) if self.spool_beside else None
         spool = make_spool_dir(near)
         tasks = shard_tasks(path, source, self.shards, spool, host=host, details=details,
-                            details_later=details_later)
+                            details_later=details_later, keylog=keylog)
         return decode_parallel(tasks, self.executor, diag, spool)
 
 

@@ -42,18 +42,20 @@ class RpcSink:
 
     def __init__(self, source: str, diag: Diagnostics, *, max_pending: int = MAX_PENDING,
                  max_record: int = MAX_RECORD, details: bool | Collection[str] = True,
-                 details_later: bool = False):
+                 details_later: bool = False, keylog=None):
         """details: True decodes credentials, args and results of every RPC; False of none
         (a reply still gets op_ret/op_errno); a collection names the procedures to decode.
         details_later: an event left without them carries `DETAILS_LATER`, a function that
         returns the event as full decoding would have made it (events.with_details); it holds
-        the record, so records longer than LATER_MAX are decoded at once instead."""
+        the record, so records longer than LATER_MAX are decoded at once instead.
+        keylog (tls_keys.KeyLog): TLS connections whose keys it has are decrypted and decoded."""
         self.source = source
         self.diag = diag
         self.details = details
         self._details_for = (frozenset(details) if not isinstance(details, bool)
                              else None if details else frozenset())
         self.details_later = details_later
+        self.keylog = keylog
         self.max_pending = max_pending
         self.framer = RecordFramer(diag, max_record)
         self._conns: OrderedDict[Conn, _ConnState] = OrderedDict()
@@ -69,7 +71,9 @@ class RpcSink:
             d = st.direction(from_client)
             if starts_tls(data):
                 if st.tls is None:
-                    st.tls = TlsConn(self.source)
+                    st.tls = TlsConn(self.source, self.keylog,
+                                     lambda sent_by_client, t, plain, conn=conn, st=st:
+                                     self._plaintext(conn, st, sent_by_client, t, plain))
                     if (not from_client) in st.dirs:
                         st.tls.plain.add(not from_client)
                 return st.tls.feed(conn, from_client, time_ns, data)
@@ -81,6 +85,17 @@ class RpcSink:
         try:
             records = self.framer.feed(conn, st.pending, from_client, d, time_ns, data)
         except Exception as exc:   # a bug must not end the whole run: report it, resync
+            self.framer.reset(conn, d, exc)
+            return []
+        return self._records_to_events(conn, st, from_client, records)
+
+    def _plaintext(self, conn: Conn, st: "_ConnState", from_client: bool, time_ns: int,
+                   data: bytes) -> list[dict]:
+        """A TLS connection's decrypted bytes: framed and decoded as a plaintext one's."""
+        d = st.dirs.get(from_client) or st.direction(from_client)
+        try:
+            records = self.framer.feed(conn, st.pending, from_client, d, time_ns, data)
+        except Exception as exc:
             self.framer.reset(conn, d, exc)
             return []
         return self._records_to_events(conn, st, from_client, records)

@@ -8,11 +8,15 @@ reads only what crosses in clear: the hellos (version, cipher, SNI), the certifi
 TLS 1.2 handshake (TLS 1.3 encrypts them), alerts sent before encryption starts, and counts
 the encrypted records. Record bodies of encrypted records are skipped without buffering; a
 clear record is at most MAX_TLS_RECORD bytes, the handshake kept at most MAX_HANDSHAKE.
+Given a key log (tls_keys.KeyLog), encrypted records are read whole and decrypted
+(tls_decrypt.Decryption); their application data goes to `on_plain`, the same RPC framing a
+plaintext connection has, and an alert inside them is named.
 """
 from __future__ import annotations
 
 from .der import certificate_summary
 from .model import Conn
+from .tls_decrypt import Decryption
 
 MAX_TLS_RECORD = (1 << 14) + 2048       # RFC 5246 6.2.3: the largest ciphertext allowed
 MAX_HANDSHAKE = 128 << 10               # clear handshake bytes kept per direction
@@ -23,7 +27,9 @@ ALERT_TLS13_LEN = 19                    # an encrypted alert: 2 bytes + type + 1
 # for one), is Certificate, CertificateVerify, Finished: three records before any data.
 TLS13_CLIENT_FLIGHT = 3
 CCS, ALERT, HANDSHAKE, APPDATA = 20, 21, 22, 23
-NOTE = "encrypted Gluster connection: use `--probe tls` to see inside"
+NOTE = ("encrypted Gluster connection: use `--probe tls` to see inside, or `--tls-keylog` "
+        "with the keys `--probe tls-keys` logs")
+DECRYPTED = "encrypted Gluster connection, decrypted with the key log"
 HIDDEN_CERTS = "TLS 1.3 encrypts the certificates: subject and validity are not in the capture"
 
 VERSIONS = {0x0300: "SSL 3.0", 0x0301: "TLS 1.0", 0x0302: "TLS 1.1", 0x0303: "TLS 1.2",
@@ -74,8 +80,13 @@ class _Side:
 class TlsConn:
     """What the capture shows of one TLS connection; feed() returns the events it makes."""
 
-    def __init__(self, source: str):
+    def __init__(self, source: str, keylog=None, on_plain=None):
+        """on_plain(sent by client?, time_ns, data) -> events: decrypted application data."""
         self.source = source
+        self.decryption = Decryption(keylog) if keylog is not None else None
+        self.on_plain = on_plain
+        self.client_random: bytes | None = None
+        self.server_random: bytes | None = None
         self.sides = {True: _Side(), False: _Side()}
         self.version: int | None = None
         self.cipher: int | None = None
@@ -115,9 +126,16 @@ class TlsConn:
                 if ctype == APPDATA:
                     s.data_records += 1
                     s.data_bytes += length
+                whole = 5 + length
+                if self.decryption is not None and self.decryption.reason is None:
+                    if len(buf) < whole:
+                        break                       # whole records only: they are decrypted
+                    record = bytes(buf[:whole])
+                    del buf[:whole]
+                    out.extend(self._decrypt(conn, from_client, time_ns, record))
+                    continue
                 if ctype == ALERT:
                     out.append(self._alert(conn, from_client, time_ns, None, None))
-                whole = 5 + length
                 if len(buf) >= whole:
                     del buf[:whole]
                 else:
@@ -136,6 +154,16 @@ class TlsConn:
                     out.append(self._alert(conn, from_client, time_ns, body[0], body[1]))
             elif ctype == HANDSHAKE:
                 out.extend(self._handshake(conn, from_client, s, time_ns, body))
+        return out
+
+    def _decrypt(self, conn: Conn, from_client: bool, time_ns: int, record: bytes) -> list[dict]:
+        out = []
+        for sent_by_client, t, ctype, content in self.decryption.record(self, from_client,
+                                                                         time_ns, record):
+            if ctype == APPDATA and content and self.on_plain is not None:
+                out.extend(self.on_plain(sent_by_client, t, content))
+            elif ctype == ALERT and len(content) == 2:
+                out.append(self._alert(conn, sent_by_client, t, content[0], content[1]))
         return out
 
     def gap(self, from_client: bool) -> None:
@@ -165,6 +193,7 @@ class TlsConn:
             del s.hs[:4 + mlen]
             try:
                 if mtype == 1 and from_client:
+                    self.client_random = msg[2:34] if len(msg) >= 34 else None
                     self._client_hello(msg)
                     s.hello = True
                 elif mtype == 2 and not from_client:
@@ -194,6 +223,7 @@ class TlsConn:
     def _server_hello(self, conn: Conn, time_ns: int, m: bytes) -> list[dict]:
         version = int.from_bytes(m[0:2], "big")
         self.hrr = m[2:34] == _HRR
+        self.server_random = m[2:34]
         pos = 34
         pos += 1 + m[pos]
         self.cipher = int.from_bytes(m[pos:pos + 2], "big")
@@ -263,14 +293,24 @@ class TlsConn:
                          client_records=c.records, server_records=s.records,
                          client_data_records=c.data_records, server_data_records=s.data_records,
                          alerts=list(self.alerts), note=NOTE)
+        dec = self.decryption
+        if dec is not None:
+            dec.close()
+            ev.update(decrypted_records=dec.records, handshake_records_passed=dec.skipped())
+            if dec.dirs is not None:
+                ev["note"] = DECRYPTED
+            if dec.reason:
+                ev["not_decrypted"] = dec.reason
         # TLS 1.3 hides alerts in application-data records; one of exactly this size as the
-        # last thing a side sent is very likely one.
+        # last thing a side sent is very likely one (where the records were not opened).
         for name, side in (("client", c), ("server", s)):
             if self.version == 0x0304 and side.last_type == APPDATA \
-                    and side.last_len == ALERT_TLS13_LEN:
+                    and side.last_len == ALERT_TLS13_LEN and (dec is None or dec.dirs is None):
                 ev[f"{name}_last_record_alert_sized"] = True
             if side.broken:
                 ev[f"{name}_unreadable"] = side.broken
+            if dec is not None and (name == "client") in dec.broken:
+                ev[f"{name}_undecrypted"] = dec.broken[name == "client"]
         if self.start_ns is not None:
             ev["start_ns"] = self.start_ns
         if self.plain:
