@@ -74,7 +74,7 @@ DIR_READ, DIR_WRITE = 0, 1
 _HEADER = struct.Struct("<QQIIiIIIII16s")
 
 
-def _symbols(path: str) -> dict[str, int]:
+def exported_symbols(path: str) -> dict[str, int]:
     from .elfsym import SHT_DYNSYM, load_elf
     return {sym.name: sym.value for sym in load_elf(path).symbols(SHT_DYNSYM)
             if sym.default and sym.value}
@@ -148,7 +148,7 @@ class TlsCollector:
         except Exception as exc:
             raise ProbeError(f"the tls probe program did not load: {exc}") from None
         attached = 0
-        symbols = _symbols(self.path)
+        symbols = exported_symbols(self.path)
         path = self.path.encode()
         self.sites = {}
         for function, entry, args in FUNCTIONS:
@@ -208,7 +208,7 @@ class TlsCollector:
         reported, without its reason."""
         try:
             crypto = find_library(LIBCRYPTO, self.pid)
-            symbols = _symbols(crypto)
+            symbols = exported_symbols(crypto)
         except (ProbeError, OSError) as exc:
             self.diag.skip(f"no OpenSSL error reasons ({exc})")
             return
