@@ -1,8 +1,10 @@
 """What `--probe tls` costs a libgfapi client on a TLS volume: the small-file workload in
-blocks, with and without the plaintext copy, in one run.
+blocks, with and without the plaintext copy, in one run. `--keys`: what `--probe tls-keys`
+costs instead, each block then a fresh client (glfs_init, its TLS handshakes to glusterd's
+bricks, the workload, glfs_fini), since that probe traps only in handshakes.
 
     python bench/tls_overhead.py [--files 100] [--pairs 20] [--volume tlsvol] [--pid-filter]
-                                 [--verbose]
+                                 [--keys] [--verbose]
 
 The method of probe_overhead.py (read its docstring): two identical clients mounted once run
 blocks in turn (ABBA); the second loads a byte-identical copy of libssl.so.3 (its directory in
@@ -35,15 +37,22 @@ sys.path.insert(0, str(ROOT))
 from bench.probe_overhead import TARGET, bootstrap_ratio  # noqa: E402
 
 
-def child(volume: str) -> int:
+def child(volume: str, reconnect: bool) -> int:
     from tests.lab import gfapi
-    fs = gfapi.Client(volume=volume, log_file="/var/log/correlate-lab/bench-tls-overhead.log").init()
+    log = "/var/log/correlate-lab/bench-tls-overhead.log"
+    fs = gfapi.Client(volume=volume, log_file=log).init()
     gfapi.workload(fs, 50, 4096, "/bench-tls-overhead")
+    if reconnect:
+        fs.fini()
     print("ready", flush=True)
     for line in sys.stdin:
         files = int(line)
         r0, t0 = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
+        if reconnect:         # a program that connects, works and leaves (qemu-img, smbd's)
+            fs = gfapi.Client(volume=volume, log_file=log).init()
         gfapi.workload(fs, files, 4096, "/bench-tls-overhead")
+        if reconnect:
+            fs.fini()
         t1, r1 = time.perf_counter(), resource.getrusage(resource.RUSAGE_SELF)
         # the client's own CPU: the uprobes' traps and copies are charged to it as system time
         cpu = (r1.ru_utime - r0.ru_utime) + (r1.ru_stime - r0.ru_stime)
@@ -52,11 +61,12 @@ def child(volume: str) -> int:
 
 
 class Client:
-    def __init__(self, volume: str, library_dir: str | None = None):
+    def __init__(self, volume: str, library_dir: str | None = None, reconnect: bool = False):
         env = dict(os.environ)
         if library_dir:
             env["LD_LIBRARY_PATH"] = library_dir
-        self.proc = subprocess.Popen([sys.executable, __file__, "--child", "--volume", volume],
+        self.proc = subprocess.Popen([sys.executable, __file__, "--child", "--volume", volume,
+                                      *(["--reconnect"] if reconnect else [])],
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
                                      cwd=ROOT, env=env)
         if self.proc.stdout.readline().strip() != "ready":
@@ -65,7 +75,7 @@ class Client:
 
     def libssl(self) -> str:
         with open(f"/proc/{self.proc.pid}/maps") as maps:
-            return next(line.split()[-1] for line in maps if "libssl.so" in line)
+            return next((line.split()[-1] for line in maps if "libssl.so" in line), "")
 
     def block(self, files: int, collector) -> tuple[float, int]:
         self.proc.stdin.write(f"{files}\n")
@@ -94,20 +104,31 @@ def run_decoding() -> dict:
     return {"details": True} if needed is None else {"details": needed, "details_later": True}
 
 
-def measure(volume: str, files: int, pairs: int, verbose: bool, pid_filter: bool) -> dict:
-    from correlate.probe.resolve import find_library
+def collector_for(keys: str | None, library: str, pid: int | None):
+    """--probe tls's collector, or with `keys` (a key log path) --probe tls-keys'."""
+    if keys:
+        from correlate.probe.tls_keys import TlsKeyCollector
+        return TlsKeyCollector(keys, library=library, pid=pid).start()
     from correlate.probe.tls_collector import TlsCollector
-    decoding = run_decoding()
+    return TlsCollector(library=library, pid=pid, **run_decoding()).start()
+
+
+def measure(volume: str, files: int, pairs: int, verbose: bool, pid_filter: bool,
+            keys: bool = False) -> dict:
+    from correlate.probe.resolve import find_library
     original = os.path.realpath(find_library("libssl.so.3"))
     with tempfile.TemporaryDirectory(prefix="correlate-bench-") as copy_dir:
         copy = os.path.join(copy_dir, "libssl.so.3")
+        keylog = os.path.join(copy_dir, "keys.log") if keys else None
         shutil.copy2(original, copy)
-        clients = [Client(volume), Client(volume, copy_dir)]
-        mapped = [os.path.realpath(c.libssl()) for c in clients]
-        if mapped != [original, copy]:
-            raise SystemExit(f"tls_overhead: the clients mapped {mapped}, not {[original, copy]}")
+        clients = [Client(volume, reconnect=keys), Client(volume, copy_dir, reconnect=keys)]
+        if not keys:         # a reconnecting client maps libssl again at each block
+            mapped = [os.path.realpath(c.libssl()) for c in clients]
+            if mapped != [original, copy]:
+                raise SystemExit(f"tls_overhead: the clients mapped {mapped}, not {[original, copy]}")
         pid = clients[0].proc.pid if pid_filter else None
-        collector = TlsCollector(library=original, pid=pid, **decoding).start()
+        collector = collector_for(keylog, original, pid)
+        logged = 0
         plain, probed, events, stray = [], [], 0, 0
         half = pairs + pairs % 2
         cpu0 = resource.getrusage(resource.RUSAGE_SELF)
@@ -118,8 +139,9 @@ def measure(volume: str, files: int, pairs: int, verbose: bool, pid_filter: bool
             for i in range(2 * pairs):
                 if i == half:
                     events += len(collector.stop())
+                    logged += getattr(collector, "logged", 0)
                     pid = clients[1].proc.pid if pid_filter else None
-                    collector = TlsCollector(library=copy, pid=pid, **decoding).start()
+                    collector = collector_for(keylog, copy, pid)
                 probed_client = clients[0] if i < half else clients[1]
                 with_probes = (i % 4) in (1, 2)
                 client = probed_client if with_probes else clients[clients[0] is probed_client]
@@ -135,12 +157,14 @@ def measure(volume: str, files: int, pairs: int, verbose: bool, pid_filter: bool
             for c in clients:
                 c.close()
             events += len(collector.stop())
+            logged += getattr(collector, "logged", 0)
         cpu1 = resource.getrusage(resource.RUSAGE_SELF)
     walls = list(zip(plain, probed))
     return {"wall_ratio": statistics.fmean(probed) / statistics.fmean(plain),
             "interval": bootstrap_ratio(walls), "pair_median": statistics.median(w / p for p, w in walls),
             "wall_per_file": statistics.fmean(plain) / files, "events": events, "stray": stray,
-            "lost": collector.lost, "truncated": collector.truncated_bytes,
+            "lost": collector.lost, "truncated": getattr(collector, "truncated_bytes", 0),
+            "keys_logged": logged,
             "reader_cpu": (cpu1.ru_utime + cpu1.ru_stime) - (cpu0.ru_utime + cpu0.ru_stime),
             "poll_cpu": sum(c.poll_cpu for c in clients),
             "client_cpu": (statistics.fmean(cpus[False]) / files, statistics.fmean(cpus[True]) / files),
@@ -156,10 +180,13 @@ def main(argv=None) -> int:
     ap.add_argument("--pid-filter", action="store_true",
                     help="probe the measured client's pid only (as `--pid` does): without it the "
                          "bricks on this host are probed too, copying the same bytes again")
+    ap.add_argument("--keys", action="store_true",
+                    help="measure --probe tls-keys (a fresh client, so its handshakes, per block)")
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--reconnect", action="store_true", help=argparse.SUPPRESS)
     opts = ap.parse_args(argv)
     if opts.child:
-        return child(opts.volume)
+        return child(opts.volume, opts.reconnect)
     if os.geteuid() != 0:
         print("tls_overhead: skipped (needs root for uprobes)")
         return 0
@@ -172,11 +199,16 @@ def main(argv=None) -> int:
         return 0
     from tests.lab import lab
     with lab.exclusive():
-        r = measure(opts.volume, opts.files, opts.pairs, opts.verbose, opts.pid_filter)
+        r = measure(opts.volume, opts.files, opts.pairs, opts.verbose, opts.pid_filter, opts.keys)
     lo, hi = r["interval"]
     verdict = "within" if r["wall_ratio"] <= TARGET else "ABOVE"
-    print(f"--probe tls{' --pid' if opts.pid_filter else ''} on {opts.volume}, {r['pairs']} block pairs of {r['files']} files "
-          f"({r['events']} events, {r['lost']} records lost, {r['truncated']} bytes truncated):")
+    if opts.keys:
+        print(f"--probe tls-keys{' --pid' if opts.pid_filter else ''} on {opts.volume}, "
+              f"{r['pairs']} block pairs of a fresh client and {r['files']} files "
+              f"({r['keys_logged']} connections' keys logged, {r['lost']} records lost):")
+    else:
+        print(f"--probe tls{' --pid' if opts.pid_filter else ''} on {opts.volume}, {r['pairs']} block pairs of {r['files']} files "
+              f"({r['events']} events, {r['lost']} records lost, {r['truncated']} bytes truncated):")
     print(f"  wall: {r['wall_ratio']:.3f}x (95% interval {lo:.3f}-{hi:.3f}; median of pairs "
           f"{r['pair_median']:.3f}x) {verdict} the {TARGET}x target; "
           f"{r['wall_per_file'] * 1e6:.0f} us per file without")
@@ -189,7 +221,12 @@ def main(argv=None) -> int:
     # events held for ordering (HOLD_NS) may leave during the next, unprobed block; without
     # --pid-filter the bricks on this host map the probed libssl too and copy the unprobed
     # client's traffic in the first half: expected, not a leak
-    if not opts.pid_filter:
+    if opts.keys:
+        if r["keys_logged"] < r["pairs"]:        # each probed block's handshakes at least
+            print(f"tls_overhead: only {r['keys_logged']} connections' keys for {r['pairs']} "
+                  "probed blocks")
+            return 1
+    elif not opts.pid_filter:
         print(f"  {r['stray']} events while the unprobed client ran (the bricks' copies)")
     elif r["stray"] > r["events"] // 100:
         print(f"tls_overhead: {r['stray']} events came while the unprobed client ran")

@@ -173,6 +173,8 @@ class TlsFailure(Detector):
     def _connection(self, ev):
         certs = self.certs.pop((ev.get("source"), ev.get("conn")), [])
         if ev.get("stage") == "encrypted data" and not ev.get("plaintext_side"):
+            if ev.get("decrypted_records"):     # a key log opened it: its RPC was decoded
+                return ()
             self.encrypted_ok += 1
             self.first_encrypted = self.first_encrypted or ev
             return ()
@@ -336,7 +338,9 @@ class TlsFailure(Detector):
                                                 "capture cannot decode; findings that need their "
                                                 "RPC (latency, errors, hangs) cannot see them.",
                                     remedy="Run `correlate run --probe tls` on the client or "
-                                           "server host to decode the RPC inside (docs/probes.md).",
+                                           "server host to decode the RPC inside, or capture "
+                                           "with `--probe tls-keys` and give the key log to "
+                                           "--tls-keylog (docs/probes.md).",
                                     evidence=[ev], key="encrypted", cause="encrypted"))
         # verify failures from logs alone (no capture of that moment)
         window = self.option("log_window_s") * 1e9

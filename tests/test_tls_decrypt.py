@@ -182,3 +182,50 @@ def test_hkdf_expand_label_matches_rfc8448():
     secret = bytes.fromhex("b67b7d690cc16c4e75e54213cb2d37b4e9c912bcded9105d42befd59d391ad38")
     assert hkdf_expand_label("sha256", secret, b"key", 16).hex() == "3fce516009c21727d0f2e4e86ee403bc"
     assert hkdf_expand_label("sha256", secret, b"iv", 12).hex() == "5d313eb2671276ee13000b30"
+
+
+def test_any_segmentation_gives_the_same_calls(cert, tmp_path):
+    """TCP cuts the records anywhere after a direction's first segment (its hello, which
+    tells TLS from RPC): fed a byte at a time up to whole flights, the same calls."""
+    import random
+    keys = tmp_path / "keys.log"
+    sent = tls_session(cert, keys)
+    rng = random.Random(7)
+    pieces = []
+    for k, (from_client, data) in enumerate(sent):
+        if k < 2:
+            pieces.append((from_client, data))
+            continue
+        pos = 0
+        while pos < len(data):
+            n = rng.choice((1, 2, 5, 17, 300, len(data)))
+            pieces.append((from_client, data[pos:pos + n]))
+            pos += n
+    whole = [e["kind"] for e in feed(sent, KeyLog(str(keys))) if e["kind"].startswith("rpc.")]
+    cut = [e["kind"] for e in feed(pieces, KeyLog(str(keys))) if e["kind"].startswith("rpc.")]
+    assert cut == whole == ["rpc.call", "rpc.reply"] * 3
+
+
+def test_mutated_sessions_never_raise(cert, tmp_path):
+    """Hostile input: flipped, dropped and repeated bytes in a real session with its keys."""
+    import random
+    keys = tmp_path / "keys.log"
+    sent = tls_session(cert, keys, exchanges=2)
+    keylog = KeyLog(str(keys))
+    rng = random.Random(11)
+    for _ in range(200):
+        mutated = []
+        for from_client, data in sent:
+            data = bytearray(data)
+            for _ in range(rng.randrange(3)):
+                op, at = rng.randrange(3), rng.randrange(len(data))
+                if op == 0:
+                    data[at] ^= 1 << rng.randrange(8)
+                elif op == 1:
+                    del data[at:at + rng.randrange(1, 40)]
+                else:
+                    data[at:at] = data[at:at + rng.randrange(1, 40)]
+            mutated.append((from_client, bytes(data)))
+        diag = Diagnostics("t")
+        events = feed(mutated, keylog, diag)
+        assert [e for e in events if e["kind"] == "tls.connection"]

@@ -10,6 +10,7 @@ from ..diagnostics import Diagnostics, report_diagnostics
 from .completion import complete_fields
 from ..outputs.fields import needs_details, parse_fields
 from ..outputs.terminal import color_option, use_color
+from .keylog import keylog_option, open_keylog
 from .parallel import parallel_for, parallel_options
 from ..engine.pipeline import Reporter, run_pipeline
 from ..wire.decode import decode_capture, source_name
@@ -25,7 +26,8 @@ from ..wire.decode import decode_capture, source_name
                    "An unknown name is refused, with the list of valid ones.")
 @color_option
 @parallel_options
-def decode(capture, json_out, fields_spec, color, jobs, scheduler):
+@keylog_option
+def decode(capture, json_out, fields_spec, color, jobs, scheduler, tls_keylog):
     """Decode GlusterFS RPC and TCP events from a pcap/pcapng file or stdin (`-`).
 
     Gzip'd captures are read directly. From a pipe, events are printed as packets arrive.
@@ -38,6 +40,7 @@ def decode(capture, json_out, fields_spec, color, jobs, scheduler):
       correlate decode --fields kind,procedure,args.path,args.atime,op_errno capture.pcap
       correlate decode --jobs 2 --json big-capture.pcap > events.jsonl
       correlate decode --scheduler tcp://scheduler-host:8786 /shared/captures/big.pcap
+      correlate decode --tls-keylog keys.log tls-volume.pcap
       tcpdump -i any -s 0 -U --immediate-mode -B 262144 -w - 'tcp portrange 24007-24100 or tcp portrange 49152-49251 or icmp' | correlate decode -
     """
     fields = None
@@ -55,12 +58,14 @@ def decode(capture, json_out, fields_spec, color, jobs, scheduler):
     reporter = Reporter(json_out=json_out, show_events=True, show_findings=False,
                         out=sys.stdout, fields=fields, color=use_color(color, sys.stdout))
     details = fields is None or needs_details(fields)
+    keylog = open_keylog(tls_keylog)
     try:
         with parallel_for([capture], jobs, scheduler) as parallel:
             if parallel is None or capture == "-":
-                events = decode_capture(capture, diag=diag, details=details)
+                events = decode_capture(capture, diag=diag, details=details, keylog=keylog)
             else:
-                events = parallel.decode(capture, diag.source, diag, details=details)
+                events = parallel.decode(capture, diag.source, diag, details=details,
+                                         keylog=keylog)
             run_pipeline(events, None, reporter)
     finally:
         reporter.close()

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import signal
+import shutil
 import sys
 import threading
 import time
@@ -25,6 +26,7 @@ from .run_setup import (detector_options, fail_on_option, make_runner, output_wr
                         parse_policy, reaches, selection_options, timeline_path, topology_option,
                         write_outputs)
 from ..sources import Input, open_input
+from .keylog import keylog_option, keylog_to_write, open_keylog
 from ..sources.decoder_process import DecoderProcess
 
 
@@ -114,7 +116,9 @@ def with_common(f):
               help="Capture to read; `-` is stdin (tcpdump -U -w -). Repeatable.")
 @click.option("--probe", "probe_groups", multiple=True, metavar="GROUP",
               help="Attach process probes: gfapi, samba, fuse (kernel FUSE requests), tls (the "
-                   "plaintext of TLS volumes, decoded as RPC), all, or a plugin's group. Repeatable.")
+                   "plaintext of TLS volumes, decoded as RPC), tls-keys (TLS volumes' session "
+                   "keys, to decrypt --pcap; a trap per handshake only), all, or a plugin's "
+                   "group. Repeatable.")
 @click.option("--pid", type=int, help="Probe only this process.")
 @click.option("--backend", type=click.Choice(["auto", "bcc", "stap"]), default="auto",
               show_default=True, help="Probe backend.")
@@ -133,9 +137,10 @@ def with_common(f):
 @click.option("--skip-behind", type=Seconds(zero_ok=True), default=lag.SKIP_S, show_default=True,
               metavar="SECONDS", help="This far behind, skip packets (counted) to catch up "
                                       "before the kernel drops them uncounted; 0: never.")
+@keylog_option
 @with_common
 def run(pcaps, probe_groups, pid, backend, probe_offsets, logs, duration, window_ms, profile_every,
-        max_lag, skip_behind,
+        max_lag, skip_behind, tls_keylog,
         json_out, events, timeline, unanswered_after, outputs, color, option_specs, config_path,
         only_detectors, skip_detectors, suppress_specs, fail_on, topology):
     """Live: merge probes and captures on one timeline and print findings as they happen.
@@ -150,6 +155,7 @@ def run(pcaps, probe_groups, pid, backend, probe_offsets, logs, duration, window
       correlate run --probe all --timeline /tmp/incident.jsonl --duration 60
       correlate run --probe samba --pid 4242 --json
       correlate run --probe fuse --pcap -      # applications on a FUSE mount, with the wire
+      tcpdump -i any -s 0 -U -w - 'tcp portrange 49152-49251' | correlate run --probe tls-keys --pcap -
       correlate run --pcap old.pcap --pcap other-host.pcapng
       correlate run --pcap - -o rpc-unanswered.after_s=30 --config detectors.toml
       correlate run --probe all --pcap - --no-detector app-latency    # and no io probes
@@ -164,6 +170,13 @@ def run(pcaps, probe_groups, pid, backend, probe_offsets, logs, duration, window
     runner = _detectors(unanswered_after, option_specs, config_path, only_detectors,
                         skip_detectors, suppress_specs, topology)
     decoding = decoding_options(runner, bool(json_out or events or timeline))
+    keys_dir = None
+    if "tls-keys" in probe_groups:
+        if not pcaps and tls_keylog is None:
+            raise click.UsageError("--probe tls-keys gives the keys to decrypt a capture: give "
+                                   "--pcap, or --tls-keylog FILE to keep them for later")
+        tls_keylog, keys_dir = keylog_to_write(tls_keylog)
+    keylog = open_keylog(tls_keylog, follow="-" in pcaps or "tls-keys" in probe_groups)
     merger = LiveMerger(window_ns=window_ms * 1_000_000)
     watch = merger.watch = lag.LagWatch(max_lag, skip_behind) if "-" in pcaps else None
     diags: list[Diagnostics] = []
@@ -184,15 +197,15 @@ def run(pcaps, probe_groups, pid, backend, probe_offsets, logs, duration, window
         if path == "-" and _decoder_process():
             # decoded in a process of its own (forked now, before any thread), which opens it
             watch.share()
-            decoder = DecoderProcess(dict(decoding, skip=watch.skip),
+            decoder = DecoderProcess(dict(decoding, skip=watch.skip, keylog=keylog),
                                      on_kind=lambda kind: _stdin_kind(kind, runner))
             diags.append(decoder.diag)
             merger.add("stdin", decoder.events)
         elif path == "-":   # stdin is opened in its source thread: reading its header may block
-            merger.add("stdin", _opened_later(path, diags, dict(decoding, skip=watch.skip),
-                                              runner))
+            merger.add("stdin", _opened_later(path, diags, dict(decoding, skip=watch.skip,
+                                                                keylog=keylog), runner))
         else:             # files: header errors are reported now, before anything starts
-            inp = open_input(path, **decoding)
+            inp = open_input(path, keylog=keylog, **decoding)
             diags.append(inp.diag)
             kinds.append(inp.kind)
             merger.add(inp.name, lambda it=inp.events: it)
@@ -206,6 +219,13 @@ def run(pcaps, probe_groups, pid, backend, probe_offsets, logs, duration, window
         click.echo(f"correlate: probes attached (tls: SSL_read/SSL_write in {tls.path})", err=True)
         merger.add("probes:tls", lambda: probe_events(tls, merger.stopping, {}), finite=False)
         probe_groups = tuple(g for g in probe_groups if g != "tls")
+    if "tls-keys" in probe_groups:
+        from ..sources.probes import open_tls_key_collector, probe_events
+        keys = open_tls_key_collector(tls_keylog, pid=pid)
+        click.echo(f"correlate: probes attached (tls-keys: handshakes in {keys.path}; "
+                   f"keys to {tls_keylog})", err=True)
+        merger.add("probes:tls-keys", lambda: probe_events(keys, merger.stopping, {}), finite=False)
+        probe_groups = tuple(g for g in probe_groups if g != "tls-keys")
     if probe_groups:
         from ..sources.probes import describe_session, open_probe_session, probe_events
         from ..detector import detector_settings
@@ -244,6 +264,8 @@ def run(pcaps, probe_groups, pid, backend, probe_offsets, logs, duration, window
         reporter.close()
         if decoder is not None:
             decoder.stop()           # still reading a stdin that goes on (Ctrl-C, --duration)
+        if keys_dir is not None:     # the keys a run kept to itself go with it
+            shutil.rmtree(keys_dir, ignore_errors=True)
     if watch is not None and watch.closing_line():
         click.echo(watch.closing_line(), err=True)
     for name, exc in merger.errors:
@@ -302,9 +324,10 @@ def _opened_later(path: str, diags: list[Diagnostics], decoding: dict, runner: D
               help="Name the host an input was recorded on.")
 @with_common
 @parallel_options
+@keylog_option
 def analyze(inputs, hosts, json_out, events, timeline, unanswered_after, outputs, color,
             option_specs, config_path, only_detectors, skip_detectors, suppress_specs, fail_on, topology,
-            jobs, scheduler):
+            jobs, scheduler, tls_keylog):
     """Offline: run the detectors over captures, saved timelines and Gluster logs.
 
     Inputs are recognised by content (pcap, pcapng, gzip'd, JSON Lines timeline, Gluster
@@ -324,6 +347,7 @@ def analyze(inputs, hosts, json_out, events, timeline, unanswered_after, outputs
       correlate analyze --fail-on error nightly.pcap && echo "no error found"
       correlate analyze late-start.pcap --topology volinfo.xml --topology volstatus.xml
       correlate analyze --jobs 2 big-capture.pcap other-host.pcap
+      correlate analyze --tls-keylog keys.log tls-volume.pcap   # keys from run --probe tls-keys
       correlate analyze --scheduler tcp://scheduler-host:8786 /shared/captures/*.pcap
     """
     host_of = dict(h.split("=", 1) for h in hosts if "=" in h)
@@ -331,6 +355,9 @@ def analyze(inputs, hosts, json_out, events, timeline, unanswered_after, outputs
                         skip_detectors, suppress_specs, topology)
     writers = output_writers(outputs)
     decoding = decoding_options(runner, bool(json_out or events or timeline or writers))
+    keylog = open_keylog(tls_keylog)
+    if keylog is not None:
+        decoding["keylog"] = keylog
     with parallel_for(inputs, jobs, scheduler, detecting=True) as parallel:
         opened = [_stdin_in_process(dict(decoding, host=host_of.get(path)))
                   if path == "-" and jobs != 1 and _decoder_process() else

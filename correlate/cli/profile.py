@@ -12,6 +12,7 @@ from .. import exit_codes
 from ..diagnostics import report_diagnostics
 from ..outputs.profile_text import format_profile
 from ..profile import Profile
+from .keylog import keylog_option, open_keylog
 from .run_setup import topology_option
 from ..state.topology import Topology
 from ..sources import open_input
@@ -35,7 +36,8 @@ def seeded(volumes) -> Topology:
               help="Also write an HTML page: latency per brick and procedure, and charts over "
                    "time (per brick, replica peers, lock waits and holds).")
 @topology_option
-def profile(inputs, per_client, json_out, html_path, topology):
+@keylog_option
+def profile(inputs, per_client, json_out, html_path, topology, tls_keylog):
     """Per brick and procedure: calls, errors by errno, latency p50/p90/p99/max, bytes read
     and written, calls in flight at most; like `gluster volume profile VOL info`, but from a
     capture, without access to the servers and without starting anything beforehand.
@@ -51,10 +53,12 @@ def profile(inputs, per_client, json_out, html_path, topology):
       correlate profile --json capture.pcapng | jq '.bricks[] | {server, brick}'
       correlate profile saved-timeline.jsonl --html profile.html
       correlate profile late-start.pcap --topology volinfo-and-status.xml
+      correlate profile --tls-keylog keys.log tls-volume.pcap
     """
     # the lock lanes of the charts read the lock calls' arguments: decode them all then
     decoding = {} if html_path else {"details": Profile.DETAILS, "details_later": True}
-    opened = [open_input(path, **decoding) for path in inputs]
+    keylog = open_keylog(tls_keylog)
+    opened = [open_input(path, keylog=keylog, **decoding) for path in inputs]
     prof = Profile(per_client=per_client, topology=seeded(topology))
     # Inputs one after the other, not merged by time: the profile does not depend on the
     # order across inputs, and a time merge would hold its reorder window of events.

@@ -19,6 +19,7 @@ from ..engine.merge import DEFAULT_WINDOW_NS, merge, shift_clock
 from ..outputs.terminal import color_option
 from .run_setup import (detector_options, fail_on_option, output_writers, parse_detector_options, parse_policy,
                         reaches, selection_options, topology_option)
+from .keylog import keylog_option, open_keylog
 from .parallel import parallel_for, parallel_options
 from .timeline_filter import EventFilter, parse_time
 from .timeline_sinks import HtmlSink, PcapngSink, PerfettoSink, PluginOutputsSink
@@ -168,10 +169,11 @@ def _with_findings(events: Iterable[dict], detect: bool, options: dict, policy,
 @fail_on_option
 @topology_option
 @parallel_options
+@keylog_option
 def timeline(inputs, hosts, since, until, conn, host_filter, gfid, path, pid, layers, ladder,
              html_path, perfetto_path, pcapng_path, json_out, sync_clocks, detect, window_ms, outputs,
              color, option_specs, config_path, only_detectors, skip_detectors, suppress_specs,
-             fail_on, topology, jobs, scheduler):
+             fail_on, topology, jobs, scheduler, tls_keylog):
     """Merge captures, saved timelines and Gluster logs into one timeline; filter; render.
 
     \b
@@ -220,7 +222,8 @@ def timeline(inputs, hosts, since, until, conn, host_filter, gfid, path, pid, la
         offsets = estimate_host_offsets(host_inputs, next(iter(host_inputs)), echo)
 
     with parallel_for([p for p, _h in specs], jobs, scheduler, detecting=detect is not False) as parallel:
-        opened = [open_input(p, host=h, parallel=parallel) for p, h in specs]
+        keylog = open_keylog(tls_keylog)
+        opened = [open_input(p, host=h, parallel=parallel, keylog=keylog) for p, h in specs]
         if detect is None:
             detect = not any(i.kind == "timeline" for i in opened)
         streams = [shift_clock(i.events, offsets.get(h, 0)) if h else i.events

@@ -80,6 +80,13 @@ def open_tls_collector(pid=None, decoding: dict | None = None):
     return TlsCollector(pid=pid, **(decoding or {})).start()
 
 
+def open_tls_key_collector(keylog_path: str, pid=None):
+    """`--probe tls-keys`: started, writing to `keylog_path`, or a CorrelateError subclass
+    with one clear line."""
+    from ..probe.tls_keys import TlsKeyCollector
+    return TlsKeyCollector(keylog_path, pid=pid).start()
+
+
 def describe_session(session) -> list[str]:
     """What a user should know once probes run: what attached, what did not, clock error."""
     if hasattr(session, "parts"):
