@@ -155,7 +155,7 @@ def run(pcaps, probe_groups, pid, backend, probe_offsets, logs, duration, window
       correlate run --probe all --timeline /tmp/incident.jsonl --duration 60
       correlate run --probe samba --pid 4242 --json
       correlate run --probe fuse --pcap -      # applications on a FUSE mount, with the wire
-      tcpdump -i any -s 0 -U -w - 'tcp portrange 49152-49251' | correlate run --probe tls-keys --pcap -
+      tcpdump -i any -s 0 -U -w - 'tcp portrange 24007-24100 or tcp portrange 49152-49251 or icmp' | correlate run --probe tls-keys --pcap -
       correlate run --pcap old.pcap --pcap other-host.pcapng
       correlate run --pcap - -o rpc-unanswered.after_s=30 --config detectors.toml
       correlate run --probe all --pcap - --no-detector app-latency    # and no io probes
