@@ -9,7 +9,7 @@ The references under tests/fixtures/same_findings/ were written by that code:
 
 Run it again only when a change means to alter findings, and say why in the commit (so
 far: the probe layer's typed schema keeps probes' fd pointers, which the single schema had
-dropped and counted; captures added since, TLS and FUSE, got their first reference; the
+dropped and counted; captures added since, TLS and FUSE (and TLS with a key log), got their first reference; the
 TCP keepalive probes became `tcp.keepalive` events, which changed only the event count line
 of the captures that hold some).
 """
@@ -31,8 +31,10 @@ def cases() -> dict[str, list[str]]:
         stem = capture.name.split(".pcap")[0]
         beside = sorted(str(p) for p in CAPTURES.glob(f"{stem}.*")
                         if p.suffix in (".jsonl", ".log"))
-        out[f"analyze-{stem}"] = ["analyze", "--json", str(capture), *beside]
-        out[f"profile-{stem}"] = ["profile", "--json", str(capture)]
+        keys = CAPTURES / f"{stem}.keys"      # a TLS capture's key log: decrypted
+        keylog = ["--tls-keylog", str(keys)] if keys.exists() else []
+        out[f"analyze-{stem}"] = ["analyze", "--json", *keylog, str(capture), *beside]
+        out[f"profile-{stem}"] = ["profile", "--json", *keylog, str(capture)]
     # per client, where the client is named from a call's credential (decoded only then)
     for stem in ("brick-hang-late", "busy-healthy", "fuse-enotconn", "tls-expired12", "healthy"):
         capture = next(CAPTURES.glob(f"{stem}.pcap*"))

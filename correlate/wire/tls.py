@@ -296,7 +296,8 @@ class TlsConn:
         dec = self.decryption
         if dec is not None:
             dec.close()
-            ev.update(decrypted_records=dec.records, handshake_records_passed=dec.skipped())
+            ev.update(decrypted_records=dec.records, decrypted_bytes=dec.bytes,
+                      handshake_records_passed=dec.skipped())
             if dec.dirs is not None:
                 ev["note"] = DECRYPTED
             if dec.reason:

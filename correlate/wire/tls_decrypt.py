@@ -185,7 +185,7 @@ class Decryption:
         self.dirs: dict[bool, object] | None = None
         self.reason: str | None = None
         self.broken: dict[bool, str] = {}
-        self.records = 0
+        self.records = self.bytes = 0
         self._waiting: list[tuple[bool, int, bytes]] = []
         self._waiting_bytes = 0
 
@@ -213,6 +213,7 @@ class Decryption:
                 continue
             if opened is not None:
                 self.records += 1
+                self.bytes += len(opened[1])
                 out.append((sent_by_client, t, *opened))
         return out
 
