@@ -277,3 +277,26 @@ def test_tls12_decryption_matches_tshark():
     sizes = [int(n) for n in re.findall(r"Decrypted TLS \((\d+) bytes\)", out)]
     assert len(sizes) == sum(c["decrypted_records"] for c in conns)
     assert sum(sizes) == sum(c["decrypted_bytes"] for c in conns)
+
+
+def test_command_line_key_log_errors_are_one_line(tmp_path):
+    import sys
+    missing = tmp_path / "missing.keys"
+    done = subprocess.run([sys.executable, "-m", "correlate", "analyze", "--tls-keylog", str(missing),
+                           str(CAPTURES / "tls-keys-healthy.pcap")], capture_output=True, text=True)
+    assert done.returncode == 2 and "--tls-keylog" in done.stderr and "No such file" in done.stderr
+    assert "Traceback" not in done.stderr
+    done = subprocess.run([sys.executable, "-m", "correlate", "run", "--probe", "tls-keys"],
+                          capture_output=True, text=True)
+    assert done.returncode == 2 and "--probe tls-keys" in done.stderr and "--pcap" in done.stderr
+
+
+@pytest.mark.parametrize("command", [["decode"], ["analyze", "--json", "--events"], ["profile", "--json"],
+                                     ["timeline", "--json"]])
+def test_every_capture_command_decrypts_with_the_key_log(command):
+    import sys
+    args = [*command, "--tls-keylog", str(CAPTURES / "tls-keys-healthy.keys"),
+            str(CAPTURES / "tls-keys-healthy.pcap")]
+    done = subprocess.run([sys.executable, "-m", "correlate", *args], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert "CREATE" in done.stdout and "WRITE" in done.stdout
