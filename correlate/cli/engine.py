@@ -221,7 +221,12 @@ def run(pcaps, probe_groups, pid, backend, probe_offsets, logs, duration, window
         probe_groups = tuple(g for g in probe_groups if g != "tls")
     if "tls-keys" in probe_groups:
         from ..sources.probes import open_tls_key_collector, probe_events
-        keys = open_tls_key_collector(tls_keylog, pid=pid)
+        try:
+            keys = open_tls_key_collector(tls_keylog, pid=pid)
+        except BaseException:
+            if keys_dir is not None:
+                shutil.rmtree(keys_dir, ignore_errors=True)
+            raise
         click.echo(f"correlate: probes attached (tls-keys: handshakes in {keys.path}; "
                    f"keys to {tls_keylog})", err=True)
         merger.add("probes:tls-keys", lambda: probe_events(keys, merger.stopping, {}), finite=False)

@@ -40,12 +40,21 @@ def unsupported(suite: int | None) -> str | None:
     return None
 
 
-def _aead(cipher: str, key: bytes):
+def load_ciphers():
+    """The AEAD classes, imported when a key log is opened, before any packet: importing
+    them takes 0.2 s, long enough for a live capture's kernel buffer to overflow if it
+    happened at the first encrypted record."""
     try:
         from cryptography.hazmat.primitives.ciphers.aead import AESGCM, ChaCha20Poly1305
+        from cryptography.exceptions import InvalidTag  # noqa: F401
     except ImportError:         # a dependency; said plainly where it is missing
         raise DecryptError("decrypting TLS needs the Python package `cryptography`") from None
-    return AESGCM(key) if cipher == "aes-gcm" else ChaCha20Poly1305(key)
+    return AESGCM, ChaCha20Poly1305
+
+
+def _aead(cipher: str, key: bytes):
+    aes_gcm, chacha = load_ciphers()
+    return aes_gcm(key) if cipher == "aes-gcm" else chacha(key)
 
 
 def hkdf_expand(hash_name: str, prk: bytes, info: bytes, length: int) -> bytes:

@@ -44,6 +44,11 @@ class KeyLog:
                 pass
         except OSError as exc:
             raise KeyLogError(f"TLS key log {path}: {exc.strerror or exc}") from None
+        from .tls_decrypt import DecryptError, load_ciphers
+        try:
+            load_ciphers()
+        except DecryptError as exc:
+            raise KeyLogError(str(exc)) from None
         self.refresh(force=True)
 
     def lookup(self, client_random: bytes, wait: bool = True) -> dict[str, bytes] | None:
