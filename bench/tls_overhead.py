@@ -1,7 +1,7 @@
 """What `--probe tls` costs a libgfapi client on a TLS volume: the small-file workload in
 blocks, with and without the plaintext copy, in one run. `--keys`: what `--probe tls-keys`
-costs instead, each block then a fresh client (glfs_init, its TLS handshakes to glusterd's
-bricks, the workload, glfs_fini), since that probe traps only in handshakes.
+costs instead, each block then a fresh client process (glfs_init, its TLS handshakes to the
+bricks, the workload, exit), since that probe traps only in handshakes.
 
     python bench/tls_overhead.py [--files 100] [--pairs 20] [--volume tlsvol] [--pid-filter]
                                  [--keys] [--verbose]
@@ -40,10 +40,9 @@ from bench.probe_overhead import TARGET, bootstrap_ratio  # noqa: E402
 def child(volume: str, reconnect: bool) -> int:
     from tests.lab import gfapi
     log = "/var/log/correlate-lab/bench-tls-overhead.log"
-    fs = gfapi.Client(volume=volume, log_file=log).init()
-    gfapi.workload(fs, 50, 4096, "/bench-tls-overhead")
-    if reconnect:
-        fs.fini()
+    if not reconnect:
+        fs = gfapi.Client(volume=volume, log_file=log).init()
+        gfapi.workload(fs, 50, 4096, "/bench-tls-overhead")
     print("ready", flush=True)
     for line in sys.stdin:
         files = int(line)
@@ -51,27 +50,34 @@ def child(volume: str, reconnect: bool) -> int:
         if reconnect:         # a program that connects, works and leaves (qemu-img, smbd's)
             fs = gfapi.Client(volume=volume, log_file=log).init()
         gfapi.workload(fs, files, 4096, "/bench-tls-overhead")
-        if reconnect:
-            fs.fini()
         t1, r1 = time.perf_counter(), resource.getrusage(resource.RUSAGE_SELF)
         # the client's own CPU: the uprobes' traps and copies are charged to it as system time
         cpu = (r1.ru_utime - r0.ru_utime) + (r1.ru_stime - r0.ru_stime)
         print(f"{t1 - t0:.6f} {cpu:.6f}", flush=True)
+        if reconnect:         # it leaves as such a program does (glfs_fini would wait 10 s)
+            break
     os._exit(0)
 
 
 class Client:
+    """The measured client: one process for every block, or with `reconnect` a fresh one
+    started (untimed) before each block, which connects inside the block and then exits."""
+
     def __init__(self, volume: str, library_dir: str | None = None, reconnect: bool = False):
-        env = dict(os.environ)
+        self.env = dict(os.environ)
         if library_dir:
-            env["LD_LIBRARY_PATH"] = library_dir
-        self.proc = subprocess.Popen([sys.executable, __file__, "--child", "--volume", volume,
-                                      *(["--reconnect"] if reconnect else [])],
-                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-                                     cwd=ROOT, env=env)
+            self.env["LD_LIBRARY_PATH"] = library_dir
+        self.args = [sys.executable, __file__, "--child", "--volume", volume,
+                     *(["--reconnect"] if reconnect else [])]
+        self.reconnect = reconnect
+        self._start()
+        self.poll_cpu = 0.0     # this thread's CPU inside collector.poll during the blocks
+
+    def _start(self) -> None:
+        self.proc = subprocess.Popen(self.args, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     text=True, cwd=ROOT, env=self.env)
         if self.proc.stdout.readline().strip() != "ready":
             raise SystemExit(f"tls_overhead: the client did not mount (exit {self.proc.wait()})")
-        self.poll_cpu = 0.0     # this thread's CPU inside collector.poll during the blocks
 
     def libssl(self) -> str:
         with open(f"/proc/{self.proc.pid}/maps") as maps:
@@ -88,6 +94,9 @@ class Client:
             events += len(collector.poll(50))
             self.poll_cpu += time.thread_time() - cpu
         wall, cpu = map(float, self.proc.stdout.readline().split())
+        if self.reconnect:
+            self.proc.wait()
+            self._start()
         return wall, cpu, events
 
     def close(self) -> None:
