@@ -4,14 +4,15 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).parent
-BENCHES = ["analyze_vs_tshark.py", "decode_vs_tshark.py", "probe_overhead.py", "profile_memory.py",
-           "detector_state.py", "html_report.py"]
+BENCHES = [["analyze_vs_tshark.py"], ["decode_vs_tshark.py"], ["probe_overhead.py"],
+           ["tls_overhead.py", "--keys"], ["tls_overhead.py"], ["profile_memory.py"],
+           ["detector_state.py"], ["html_report.py"]]
 
 status = 0
-for name in BENCHES:
+for name, *args in BENCHES:
     script = HERE / name
     if not script.exists():
         continue
-    print(f"\n== {name}", flush=True)
-    status |= subprocess.call([sys.executable, str(script)])
+    print(f"\n== {' '.join([name, *args])}", flush=True)
+    status |= subprocess.call([sys.executable, str(script), *args])
 sys.exit(status)
