@@ -44,6 +44,18 @@ def lab():
 
 
 @pytest.fixture
+def tls_lab(lab):
+    """The lab's TLS setup (PKI, `tlsvol` with TLS, `tlsvolplain` without), held for one test."""
+    from tests.lab import lab as lab_module
+    from tests.lab import tls
+    with lab_module.exclusive():
+        pki = tls.up()
+        tls.ensure_volume("tlsvol")
+        tls.ensure_volume("tlsvolplain", {})
+        yield pki
+
+
+@pytest.fixture
 def captures_dir() -> Path:
     """tests/captures: the real captures recorded on the lab (see its README.md)."""
     return CAPTURES

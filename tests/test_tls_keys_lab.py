@@ -19,17 +19,6 @@ BRICK_PORT_MIN = 49152
 
 
 @pytest.fixture
-def tls_lab(lab):
-    from tests.lab import lab as lab_module
-    from tests.lab import tls
-    with lab_module.exclusive():
-        pki = tls.up()
-        tls.ensure_volume("tlsvol")
-        tls.ensure_volume("tlsvolplain", {})
-        yield pki
-
-
-@pytest.fixture
 def bcc():
     from correlate.probe.bcc_backend import check_bcc_prerequisites
     from correlate.probe.errors import ProbeError
@@ -44,12 +33,6 @@ def _calls_to(volume: str, events) -> Counter:
     ports = {b.port for b in volumes.bricks(volume)}
     return Counter(e["procedure"] for e in events if e["kind"] == "rpc.call"
                    and int(e["dst"].rsplit(":", 1)[1]) in ports)
-
-
-def _workload(volume: str, directory: str, log) -> None:
-    subprocess.run([sys.executable, "-m", "tests.lab.gfapi", "workload", "--files", "20",
-                    "--size", "4096", "--dir", directory, "--timeout", "0", "--log", str(log),
-                    "--volume", volume], check=True, capture_output=True, timeout=120)
 
 
 def _events(path) -> list[dict]:
@@ -80,23 +63,24 @@ def test_live_capture_decrypted_with_probed_keys_counts_as_plaintext(tls_lab, bc
     """The same workload on a plaintext volume (captured) and on the TLS volume (captured and
     decrypted live with the keys --probe tls-keys reads): the same calls to its bricks."""
     from tests.lab import lab as lab_module
+    from tests.lab import tls
     from tests.lab.capture import Tcpdump
     from tests.lab.live import LivePipeline
     from correlate.wire.decode import decode_capture
     directory = f"/tlskeys-{uuid.uuid4().hex[:8]}"
     log = tmp_path / "client.log"
     for volume in ("tlsvolplain", "tlsvol"):    # the first use of a directory fixes layouts
-        _workload(volume, directory, log)
+        tls.workload(volume, directory, log)
     pcap = tmp_path / "plain.pcap"
     with Tcpdump(pcap, lab_module.DEFAULT_FILTER):
-        _workload("tlsvolplain", directory, log)
+        tls.workload("tlsvolplain", directory, log)
     plain = _calls_to("tlsvolplain", decode_capture(str(pcap)))
 
     keys, timeline = tmp_path / "keys.log", tmp_path / "timeline.jsonl"
     pipe = LivePipeline(["--probe", "tls-keys", "--tls-keylog", str(keys), "--events"], timeline)
     try:
         pipe.wait_ready()
-        _workload("tlsvol", directory, log)
+        tls.workload("tlsvol", directory, log)
         time.sleep(1)
     finally:
         code = pipe.stop()
@@ -126,36 +110,22 @@ def test_hung_brick_on_tls_volume_named_from_the_decrypted_capture(tls_lab, bcc,
     the unanswered calls, and brick-not-responding names the brick; the saved capture and
     key log give the same finding afterwards."""
     from tests.lab import lab as lab_module
-    from tests.lab import tls, volumes
+    from tests.lab import tls
     from tests.lab.capture import Tcpdump
     tls.ensure_volume("tlsvol", {**tls.TLS_OPTIONS, "network.ping-timeout": "5"})
     keys, pcap = tmp_path / "keys.log", tmp_path / "hang.pcap"
     run = subprocess.Popen([sys.executable, "-m", "correlate", "run", "--probe", "tls-keys",
                             "--tls-keylog", str(keys), "--duration", "40"],
                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    pid = None
     try:
         err = ""
         while "probes attached" not in err and run.poll() is None:
             err += run.stderr.readline()
         assert run.poll() is None, err
         with Tcpdump(pcap, lab_module.DEFAULT_FILTER):
-            writer = subprocess.Popen([sys.executable, "-m", "tests.lab.gfapi", "write-loop",
-                                       "--volume", "tlsvol", "--path", "/hang-keys", "--seconds",
-                                       "20", "--size", "1024", "--timeout", "0", "--log",
-                                       str(tmp_path / "hang.log")], stdout=subprocess.PIPE, text=True)
-            time.sleep(3)
-            dirs = volumes.brick_dirs("tlsvol", 2)
-            index = next(i for i in range(2) if (dirs[i] / "hang-keys").exists())
-            pid = volumes.pause_brick("tlsvol", index)
-            time.sleep(10)
-            volumes.resume_brick(pid)
-            pid = None
-            writer.communicate(timeout=60)
+            index = tls.write_through_a_paused_brick("tlsvol", "/hang-keys", tmp_path / "hang.log")
             time.sleep(2)
     finally:
-        if pid is not None:
-            volumes.resume_brick(pid)
         run.terminate()
         run.communicate(timeout=60)
         tls.ensure_volume("tlsvol")

@@ -21,17 +21,6 @@ pytestmark = [pytest.mark.bpf, pytest.mark.lab]
 BRICK_PORT_MIN = 49152
 
 
-@pytest.fixture
-def tls_lab(lab, tmp_path):
-    from tests.lab import lab as lab_module
-    from tests.lab import tls
-    with lab_module.exclusive():
-        pki = tls.up()
-        tls.ensure_volume("tlsvol")
-        tls.ensure_volume("tlsvolplain", {})
-        yield pki
-
-
 def _brick_calls(events, volume: str | None = None) -> Counter:
     """Calls to bricks: to the named volume's only where a capture sees every volume's
     clients (another volume's self-heal daemon reconnecting is no call of the workload)."""
@@ -42,16 +31,11 @@ def _brick_calls(events, volume: str | None = None) -> Counter:
                    and (ports is None or int(e["dst"].rsplit(":", 1)[1]) in ports))
 
 
-def _workload(volume: str, directory: str, log: Path) -> None:
-    subprocess.run([sys.executable, "-m", "tests.lab.gfapi", "workload", "--files", "20",
-                    "--size", "4096", "--dir", directory, "--timeout", "0", "--log", str(log),
-                    "--volume", volume], check=True, capture_output=True, timeout=120)
-
-
 def test_probe_tls_counts_equal_the_plaintext_capture(tls_lab, tmp_path):
     from correlate.probe.bcc_backend import check_bcc_prerequisites
     from correlate.probe.errors import ProbeError
     from tests.lab import lab as lab_module
+    from tests.lab import tls
     from tests.lab.capture import Tcpdump
     try:
         check_bcc_prerequisites()
@@ -60,10 +44,10 @@ def test_probe_tls_counts_equal_the_plaintext_capture(tls_lab, tmp_path):
     directory = f"/tlscmp-{uuid.uuid4().hex[:8]}"
     log = tmp_path / "client.log"
     for volume in ("tlsvolplain", "tlsvol"):    # the first use of a directory fixes layouts
-        _workload(volume, directory, log)
+        tls.workload(volume, directory, log)
     pcap = tmp_path / "plain.pcap"
     with Tcpdump(pcap, lab_module.DEFAULT_FILTER):
-        _workload("tlsvolplain", directory, log)
+        tls.workload("tlsvolplain", directory, log)
     plain = _brick_calls(decode_capture(str(pcap)), "tlsvolplain")
 
     run = subprocess.Popen([sys.executable, "-m", "correlate", "run", "--probe", "tls", "--json",
@@ -73,7 +57,7 @@ def test_probe_tls_counts_equal_the_plaintext_capture(tls_lab, tmp_path):
         while "probes attached" not in err and run.poll() is None:
             err += run.stderr.readline()
         assert run.poll() is None, err
-        _workload("tlsvol", directory, log)
+        tls.workload("tlsvol", directory, log)
     finally:
         run.send_signal(signal.SIGTERM)
         out, rest = run.communicate(timeout=60)
@@ -131,31 +115,17 @@ def test_hung_brick_on_tls_volume_named_through_probe_tls(tls_lab, tmp_path):
     """SIGSTOP the brick holding the file a client writes: with nothing but --probe tls the
     unanswered calls and PING are seen inside TLS, and brick-not-responding names the brick."""
     import time
-    from tests.lab import tls, volumes
+    from tests.lab import tls
     tls.ensure_volume("tlsvol", {**tls.TLS_OPTIONS, "network.ping-timeout": "5"})
     run = subprocess.Popen([sys.executable, "-m", "correlate", "run", "--probe", "tls", "--json"],
                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    pid = None
     try:
         err = ""
         while "probes attached" not in err and run.poll() is None:
             err += run.stderr.readline()
-        writer = subprocess.Popen([sys.executable, "-m", "tests.lab.gfapi", "write-loop",
-                                   "--volume", "tlsvol", "--path", "/hang", "--seconds", "20",
-                                   "--size", "1024", "--timeout", "0", "--log",
-                                   str(tmp_path / "hang.log")], stdout=subprocess.PIPE, text=True)
-        time.sleep(3)
-        dirs = volumes.brick_dirs("tlsvol", 2)
-        index = next(i for i in range(2) if (dirs[i] / "hang").exists())
-        pid = volumes.pause_brick("tlsvol", index)
-        time.sleep(10)
-        volumes.resume_brick(pid)
-        pid = None
-        writer.communicate(timeout=60)
+        index = tls.write_through_a_paused_brick("tlsvol", "/hang", tmp_path / "hang.log")
         time.sleep(2)
     finally:
-        if pid is not None:
-            volumes.resume_brick(pid)
         run.send_signal(signal.SIGTERM)
         out, rest = run.communicate(timeout=60)
         tls.ensure_volume("tlsvol")

@@ -229,3 +229,38 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+def workload(volume: str, directory: str, log, files: int = 20) -> None:
+    """The small-file workload (gfapi, `files` files of 4 KiB in `directory`)."""
+    subprocess.run([PYTHON, "-m", "tests.lab.gfapi", "workload", "--files", str(files),
+                    "--size", "4096", "--dir", directory, "--timeout", "0", "--log", str(log),
+                    "--volume", volume], check=True, capture_output=True, timeout=120,
+                   cwd=gfapi_mod.REPO_ROOT)
+
+
+def write_through_a_paused_brick(volume: str, path: str, log, paused_s: float = 10) -> int:
+    """A client writes `path` for 20 s; the brick holding it is stopped (SIGSTOP) for
+    `paused_s` in the middle. Returns that brick's index."""
+    import time
+    writer = subprocess.Popen([PYTHON, "-m", "tests.lab.gfapi", "write-loop", "--volume", volume,
+                               "--path", path, "--seconds", "20", "--size", "1024", "--timeout",
+                               "0", "--log", str(log)], stdout=subprocess.PIPE, text=True,
+                              cwd=gfapi_mod.REPO_ROOT)
+    pid = None
+    try:
+        time.sleep(3)
+        dirs = volumes.brick_dirs(volume, 2)
+        index = next(i for i in range(2) if (dirs[i] / path.lstrip("/")).exists())
+        pid = volumes.pause_brick(volume, index)
+        time.sleep(paused_s)
+        volumes.resume_brick(pid)
+        pid = None
+        writer.communicate(timeout=60)
+        return index
+    finally:
+        if pid is not None:
+            volumes.resume_brick(pid)
+        if writer.poll() is None:
+            writer.kill()
+            writer.wait()
