@@ -6,8 +6,6 @@ import json
 import subprocess
 import sys
 import time
-import uuid
-from collections import Counter
 
 import pytest
 
@@ -15,7 +13,6 @@ from correlate.probe.tls_keys import keylog_lines
 from correlate.wire.tls_keys import KeyLog
 
 pytestmark = [pytest.mark.bpf, pytest.mark.lab]
-BRICK_PORT_MIN = 49152
 
 
 @pytest.fixture
@@ -26,13 +23,6 @@ def bcc():
         check_bcc_prerequisites()
     except ProbeError as exc:
         pytest.skip(str(exc))
-
-
-def _calls_to(volume: str, events) -> Counter:
-    from tests.lab import volumes
-    ports = {b.port for b in volumes.bricks(volume)}
-    return Counter(e["procedure"] for e in events if e["kind"] == "rpc.call"
-                   and int(e["dst"].rsplit(":", 1)[1]) in ports)
 
 
 def _events(path) -> list[dict]:
@@ -62,19 +52,9 @@ def test_key_log_lines_from_a_record():
 def test_live_capture_decrypted_with_probed_keys_counts_as_plaintext(tls_lab, bcc, tmp_path):
     """The same workload on a plaintext volume (captured) and on the TLS volume (captured and
     decrypted live with the keys --probe tls-keys reads): the same calls to its bricks."""
-    from tests.lab import lab as lab_module
     from tests.lab import tls
-    from tests.lab.capture import Tcpdump
     from tests.lab.live import LivePipeline
-    from correlate.wire.decode import decode_capture
-    directory = f"/tlskeys-{uuid.uuid4().hex[:8]}"
-    log = tmp_path / "client.log"
-    for volume in ("tlsvolplain", "tlsvol"):    # the first use of a directory fixes layouts
-        tls.workload(volume, directory, log)
-    pcap = tmp_path / "plain.pcap"
-    with Tcpdump(pcap, lab_module.DEFAULT_FILTER):
-        tls.workload("tlsvolplain", directory, log)
-    plain = _calls_to("tlsvolplain", decode_capture(str(pcap)))
+    directory, log, plain = tls.plaintext_baseline(tmp_path)
 
     keys, timeline = tmp_path / "keys.log", tmp_path / "timeline.jsonl"
     pipe = LivePipeline(["--probe", "tls-keys", "--tls-keylog", str(keys), "--events"], timeline)
@@ -88,7 +68,7 @@ def test_live_capture_decrypted_with_probed_keys_counts_as_plaintext(tls_lab, bc
     assert oct(keys.stat().st_mode & 0o777) == "0o600"
     assert len(KeyLog(str(keys)).secrets) >= 2            # a connection per brick at least
     events = _events(timeline)
-    decrypted = _calls_to("tlsvol", events)
+    decrypted = tls.calls_to_bricks("tlsvol", events)
     assert decrypted["WRITE"] == 20 and decrypted["SETVOLUME"] == 2, decrypted
     for procedure in ("WRITE", "CREATE", "LOOKUP", "SETVOLUME", "FLUSH", "RELEASE", "OPEN"):
         assert decrypted[procedure] == plain[procedure], (procedure, decrypted, plain)

@@ -7,48 +7,25 @@ import json
 import signal
 import subprocess
 import sys
-import uuid
-from collections import Counter
 from pathlib import Path
 
 import pytest
 
 from correlate.plugins.tls_failure import TlsFailure
 from correlate.testing import events_of, run_detector
-from correlate.wire.decode import decode_capture
 
 pytestmark = [pytest.mark.bpf, pytest.mark.lab]
-BRICK_PORT_MIN = 49152
-
-
-def _brick_calls(events, volume: str | None = None) -> Counter:
-    """Calls to bricks: to the named volume's only where a capture sees every volume's
-    clients (another volume's self-heal daemon reconnecting is no call of the workload)."""
-    from tests.lab import volumes
-    ports = {b.port for b in volumes.bricks(volume)} if volume else None
-    return Counter(e["procedure"] for e in events if e["kind"] == "rpc.call"
-                   and int(e["dst"].rsplit(":", 1)[1]) >= BRICK_PORT_MIN
-                   and (ports is None or int(e["dst"].rsplit(":", 1)[1]) in ports))
 
 
 def test_probe_tls_counts_equal_the_plaintext_capture(tls_lab, tmp_path):
     from correlate.probe.bcc_backend import check_bcc_prerequisites
     from correlate.probe.errors import ProbeError
-    from tests.lab import lab as lab_module
     from tests.lab import tls
-    from tests.lab.capture import Tcpdump
     try:
         check_bcc_prerequisites()
     except ProbeError as exc:
         pytest.skip(str(exc))
-    directory = f"/tlscmp-{uuid.uuid4().hex[:8]}"
-    log = tmp_path / "client.log"
-    for volume in ("tlsvolplain", "tlsvol"):    # the first use of a directory fixes layouts
-        tls.workload(volume, directory, log)
-    pcap = tmp_path / "plain.pcap"
-    with Tcpdump(pcap, lab_module.DEFAULT_FILTER):
-        tls.workload("tlsvolplain", directory, log)
-    plain = _brick_calls(decode_capture(str(pcap)), "tlsvolplain")
+    directory, log, plain = tls.plaintext_baseline(tmp_path)
 
     run = subprocess.Popen([sys.executable, "-m", "correlate", "run", "--probe", "tls", "--json",
                             "--events"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -65,7 +42,7 @@ def test_probe_tls_counts_equal_the_plaintext_capture(tls_lab, tmp_path):
     events = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
     wire = [e for e in events if e.get("layer") == "wire"]
     assert wire and all(e["source"] == "tls" for e in wire)
-    through_tls = _brick_calls(wire, "tlsvol")
+    through_tls = tls.calls_to_bricks("tlsvol", wire)
     assert through_tls["WRITE"] == 20 and through_tls["SETVOLUME"] == 2
     # the workload's own calls, exactly; the client's background calls (a STATFS, a READ
     # that timing brings or not: seen in 1 of 3 full runs) within 2 either way

@@ -264,3 +264,29 @@ def write_through_a_paused_brick(volume: str, path: str, log, paused_s: float = 
         if writer.poll() is None:
             writer.kill()
             writer.wait()
+
+
+def calls_to_bricks(volume: str, events) -> "Counter":
+    """Calls per procedure to `volume`'s bricks (a capture also sees other volumes' clients)."""
+    from collections import Counter
+    ports = {b.port for b in volumes.bricks(volume)}
+    return Counter(e["procedure"] for e in events if e["kind"] == "rpc.call"
+                   and int(e["dst"].rsplit(":", 1)[1]) in ports)
+
+
+def plaintext_baseline(tmp_path: Path) -> tuple[str, Path, "Counter"]:
+    """The workload's calls on the plaintext volume, to compare a TLS run with: a fresh
+    directory used once on both volumes first (its first use fixes the layouts), then the
+    workload on `tlsvolplain` captured. (directory, client log, calls to its bricks)."""
+    import uuid
+    from correlate.wire.decode import decode_capture
+    from .capture import Tcpdump
+    from .lab import DEFAULT_FILTER
+    directory = f"/tlscmp-{uuid.uuid4().hex[:8]}"
+    log = tmp_path / "client.log"
+    for volume in ("tlsvolplain", "tlsvol"):
+        workload(volume, directory, log)
+    pcap = tmp_path / "plain.pcap"
+    with Tcpdump(pcap, DEFAULT_FILTER):
+        workload("tlsvolplain", directory, log)
+    return directory, log, calls_to_bricks("tlsvolplain", decode_capture(str(pcap)))
