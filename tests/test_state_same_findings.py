@@ -11,7 +11,8 @@ Run it again only when a change means to alter findings, and say why in the comm
 far: the probe layer's typed schema keeps probes' fd pointers, which the single schema had
 dropped and counted; captures added since, TLS and FUSE (and TLS with a key log), got their first reference; the
 TCP keepalive probes became `tcp.keepalive` events, which changed only the event count line
-of the captures that hold some).
+of the captures that hold some; the TLS captures' note and tls-failure's remedy came to name
+`--probe tls-keys` and `--tls-keylog`, nothing else in them changed).
 """
 import subprocess
 import sys
