@@ -91,6 +91,12 @@ def _sites(path: str, address: int, args: set[int]):
     return at_entry(address, True) if sites.stack_args else sites
 
 
+def filter_cflags(thread_prefix: str | None, pid: int | None) -> list[str]:
+    """Which processes a TLS program reads: by thread name prefix, and/or one pid."""
+    out = [f'-DTHREAD_FILTER="{thread_prefix}"'] if thread_prefix else []
+    return out + ([f"-DPID_FILTER={int(pid)}"] if pid else [])
+
+
 def program_path() -> str:
     from importlib.resources import files
     return str(files("correlate.probes").joinpath("tls_plaintext.c"))
@@ -134,11 +140,7 @@ class TlsCollector:
         check_bcc_prerequisites()
         from bcc import BPF
         self.path = find_library(self.library, self.pid)
-        cflags = [f"-DRINGBUF_PAGES={RINGBUF_PAGES}"]
-        if self.thread_prefix:
-            cflags.append(f'-DTHREAD_FILTER="{self.thread_prefix}"')
-        if self.pid:
-            cflags.append(f"-DPID_FILTER={int(self.pid)}")
+        cflags = [f"-DRINGBUF_PAGES={RINGBUF_PAGES}", *filter_cflags(self.thread_prefix, self.pid)]
         cflags += self._sock_offsets()
         cflags += self._syscall_route()
         with open(program_path()) as f:

@@ -21,7 +21,7 @@ from ..wire.tls_keys import keylog_line
 from .bcc_backend import check_bcc_prerequisites, detach_uprobes
 from .errors import ProbeError
 from .resolve import find_library
-from .tls_collector import HANDSHAKE, LIBSSL, THREAD_PREFIX, exported_symbols
+from .tls_collector import HANDSHAKE, LIBSSL, THREAD_PREFIX, exported_symbols, filter_cflags
 from .tls_layout import SECRET_LEN, measure
 
 MAX_REMEMBERED = 65536        # client randoms already written (both ends of a connection)
@@ -80,10 +80,7 @@ class TlsKeyCollector:
         self.path = find_library(self.library, self.pid)
         self.layout = measure(self.path)
         cflags = [f"-DOFF_{name.upper()}={offset}" for name, offset in asdict(self.layout).items()]
-        if self.thread_prefix:
-            cflags.append(f'-DTHREAD_FILTER="{self.thread_prefix}"')
-        if self.pid:
-            cflags.append(f"-DPID_FILTER={int(self.pid)}")
+        cflags += filter_cflags(self.thread_prefix, self.pid)
         with open(program_path()) as f:
             text = f.read()
         try:
