@@ -7,6 +7,8 @@ compiled build is installed: `correlate --version` says so; CORRELATE_NO_EXTENSI
 plain Python). Printed: wall seconds, the ratio tshark / correlate (above 1: faster than
 tshark), CPU seconds of all processes, and the peak RSS of the largest process. Last, the
 packets per second `correlate run --pcap -` sustains reading the capture from a pipe.
+correlate starts as an installed package does, its modules byte-compiled once
+(decode_vs_tshark.installed_env).
 
     python bench/analyze_vs_tshark.py [--capture FILE] [--files N] [--repeat N]
 """
@@ -20,7 +22,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from decode_vs_tshark import bench_inputs, packet_count  # noqa: E402
+from decode_vs_tshark import bench_inputs, installed_env, packet_count  # noqa: E402
 
 # (with --jobs 2, in one process)
 TARGETS = {"analyze": (5, 3), "decode --fields": (None, 10), "profile": (None, 5)}
@@ -52,11 +54,12 @@ def best(cmd, env, repeat) -> tuple[float, float, int]:
 
 def builds() -> list[tuple[str, dict]]:
     """("compiled", env) when a compiled build is installed, and ("plain", env) always."""
-    plain = dict(os.environ, CORRELATE_NO_EXTENSIONS="1")
+    env = installed_env()
+    plain = dict(env, CORRELATE_NO_EXTENSIONS="1")
     version = subprocess.run([sys.executable, "-m", "correlate", "--version"],
                              capture_output=True, text=True).stdout.lower()
     compiled = "compiled" in version and "not compiled" not in version
-    return ([("compiled", dict(os.environ))] if compiled else []) + [("plain", plain)]
+    return ([("compiled", env)] if compiled else []) + [("plain", plain)]
 
 
 def help_of(command: str) -> str | None:

@@ -46,19 +46,26 @@ class Wants:
     in `programs` and its procedure in `procedures`. `details` names the procedures whose
     decoded credentials (`cred`), arguments (`args`) and results (`result`) the detector
     reads; for the others the decoder may leave those keys out (op_ret, op_errno and
-    errno_name are always there). A detector without `wants` sees every event, every detail.
+    errno_name are always there). `failures=True` also lets through every failed reply of
+    the programs wanted, whatever its procedure (op_ret -1, or refused by the RPC layer:
+    denied, or accepted with a status other than SUCCESS): a detector of errors subscribes
+    to those instead of to every reply (`procedures=()` for failures alone).
+    A detector without `wants` sees every event, every detail.
     """
     kinds: frozenset[str] | None = None
     layers: frozenset[str] | None = None
     programs: frozenset[str] | None = None
     procedures: frozenset[str] | None = None
     details: frozenset[str] | None = None
+    failures: bool = False
 
     def __post_init__(self):
         for name in ("kinds", "layers", "programs", "procedures", "details"):
             object.__setattr__(self, name, _names(getattr(self, name)))
 
-    def matches(self, layer, kind, program, procedure) -> bool:
+    def matches(self, layer, kind, program, procedure, failed: bool = False) -> bool:
+        """Whether an event of this layer, kind, program and procedure reaches the detector;
+        `failed`: the event is a failed reply."""
         if self.kinds is not None or self.layers is not None:
             if not ((self.kinds is not None and kind in self.kinds)
                     or (self.layers is not None and layer in self.layers)):
@@ -67,7 +74,7 @@ class Wants:
             if self.programs is not None and program not in self.programs:
                 return False
             if self.procedures is not None and procedure not in self.procedures:
-                return False
+                return self.failures and failed
         return True
 
 
@@ -81,6 +88,17 @@ END_OF_INPUT = 1 << 63
 def wants_of(detector) -> Wants:
     wants = getattr(detector, "wants", None)
     return wants if isinstance(wants, Wants) else EVERYTHING
+
+
+def needs_of(detector) -> frozenset[str]:
+    """The layers without which the detector finds nothing (its `needs`)."""
+    needs = getattr(detector, "needs", None)
+    if not needs or isinstance(needs, str):
+        return frozenset()
+    try:
+        return frozenset(map(str, needs))
+    except TypeError:
+        return frozenset()
 
 
 def details_needed(detectors) -> frozenset[str] | None:

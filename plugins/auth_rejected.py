@@ -24,10 +24,10 @@ class AuthRejected(Detector):
     options = {"log_window_s": Option(LOG_WINDOW_NS / 1e9, "seconds around a SETVOLUME failure "
                                                            "in which client log lines and glfs_init "
                                                            "calls join its evidence")}
-    # Every reply: a denial may answer any procedure (or a call that was not captured). The
-    # SETVOLUME call a failed reply answers is the shared state's (state.calls).
+    # Every failed reply: a denial may answer any procedure (or a call that was not
+    # captured). The SETVOLUME call a failed reply answers is the shared state's (state.calls).
     wants = Wants(kinds={"probe.call", "probe.return", "rpc.reply"},
-                  layers={"log"}, details={"SETVOLUME"})
+                  layers={"log"}, procedures=(), failures=True, details={"SETVOLUME"})
 
     def __init__(self, state: GlusterState | None = None):
         self.state = state if state is not None else GlusterState()

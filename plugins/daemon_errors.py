@@ -69,7 +69,7 @@ class _Trouble:
 class DaemonErrors(Detector):
     id = "daemon-errors"
     # error replies only need op_ret/errno_name; the state names the connection's process
-    wants = Wants(kinds={"rpc.reply"}, details=())
+    wants = Wants(kinds={"rpc.reply"}, procedures=(), failures=True, details=())
 
     def __init__(self, state: GlusterState | None = None):
         self.state = state if state is not None else GlusterState()

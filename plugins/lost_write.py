@@ -26,7 +26,7 @@ class LostWrite(Detector):
     # (gfid, pid) is read only when its reply failed: decoded then (with_details), not for
     # every WRITE.
     wants = Wants(kinds={"rpc.reply", "probe.call", "probe.return"},
-                  procedures={"WRITE"}, details=frozenset())
+                  procedures=(), failures=True, details=frozenset())
 
     def __init__(self, state: GlusterState | None = None):
         self.state = state if state is not None else GlusterState()

@@ -46,7 +46,7 @@ class NoSpace(Detector):
     id = "no-space"
     # An error reply of any procedure; details: STATFS's counts (the brick's name is the
     # shared state's). A brick still without a STATFS is reported by time passing: due/tick.
-    wants = Wants(kinds={"rpc.call", "rpc.reply"}, details={"STATFS"})
+    wants = Wants(kinds={"rpc.reply"}, procedures={"STATFS"}, failures=True, details={"STATFS"})
 
     def __init__(self, state: GlusterState | None = None):
         self.state = state if state is not None else GlusterState()    # brick paths, volumes

@@ -29,8 +29,12 @@ def builtin_detectors(after_ns: int):
 
 
 def findings(paths, detectors, *, subscriptions: bool) -> list[str]:
-    """Every finding of a run over the captures, as JSON lines (evidence included)."""
+    """Every finding of a run over the captures, as JSON lines (evidence included). With
+    subscriptions, the runner is told when no input carries probe events, as `analyze`
+    tells it (the detectors that need them are then fed nothing)."""
     runner = DetectorRunner(detectors, subscriptions=subscriptions)
+    if subscriptions:
+        runner.expect_probes(any(p.name.endswith(".probes.jsonl") for p in paths))
     decoding = decoding_options(runner, every_event=not subscriptions)
     out = []
     for ev in merge([open_input(str(p), **decoding).events for p in paths]):
@@ -249,11 +253,59 @@ def test_route_table_is_per_kind_not_per_event():
 
     # lock-wait, split-brain, lost-write and brick-unreachable read no SETATTR; auth-rejected
     # no call at all (the SETVOLUME call a failed reply answers is the shared state's)
-    assert route("wire", "rpc.call", "GlusterFS", "SETATTR") == {
-        "stale-handle", "slow-brick", "rpc-unanswered", "no-space", "brick-not-responding",
+    assert route("wire", "rpc.call", "GlusterFS", "SETATTR", False) == {
+        "stale-handle", "slow-brick", "rpc-unanswered", "brick-not-responding",
         "atime-minus-one", "app-latency", "brick-down"}
-    assert route("log", "log.line", None, None) == {"auth-rejected", "tls-failure"}
-    assert route("wire", "tcp.connect", None, None) == {"brick-not-responding"}
+    # a reply that did not fail reaches none of the detectors of errors
+    assert route("wire", "rpc.reply", "GlusterFS", "SETATTR", False) == {
+        "stale-handle", "slow-brick", "rpc-unanswered", "brick-not-responding",
+        "atime-minus-one", "app-latency", "brick-down"}
+    assert route("log", "log.line", None, None, False) == {"auth-rejected", "tls-failure"}
+    assert route("wire", "tcp.connect", None, None, False) == {"brick-not-responding"}
+
+
+def test_failed_replies_reach_the_detectors_of_errors():
+    runner = DetectorRunner(builtin_detectors(10_000_000_000))
+    ids = [d.id for d in runner.detectors]
+    reply = _stream()[-1]
+    ok = {ids[i] for i, _o, _t in runner._route(reply).calls}
+    failed = {ids[i] for i, _o, _t in runner._route({**reply, "op_ret": -1, "op_errno": 13}).calls}
+    denied = {ids[i] for i, _o, _t in runner._route(
+        {**reply, "reply_status": "denied", "reject_status": "AUTH_ERROR"}).calls}
+    assert failed - ok == {"no-space", "daemon-errors", "auth-rejected", "lost-write"}
+    assert denied == failed
+    # the STATFS a full brick is judged by reaches no-space whatever its outcome
+    statfs = {ids[i] for i, _o, _t in runner._route({**reply, "procedure": "STATFS"}).calls}
+    assert "no-space" in statfs and "daemon-errors" not in statfs
+
+
+def test_wants_failures_lets_failed_replies_of_other_procedures_through():
+    errors = Wants(kinds={"rpc.reply"}, procedures={"STATFS"}, failures=True)
+    assert errors.matches("wire", "rpc.reply", "GlusterFS", "STATFS", False)
+    assert errors.matches("wire", "rpc.reply", "GlusterFS", "WRITE", True)
+    assert not errors.matches("wire", "rpc.reply", "GlusterFS", "WRITE", False)
+    assert not errors.matches("wire", "rpc.call", "GlusterFS", "WRITE", False)
+    assert not Wants(kinds={"rpc.reply"}, procedures={"STATFS"}).matches(
+        "wire", "rpc.reply", "GlusterFS", "WRITE", True)
+
+
+class NeedsProbes(Recorder):
+    id = "needs-probes"
+    needs = frozenset({"probe"})
+    wants = Wants(kinds={"rpc.reply", "probe.return"}, details=())
+
+
+def test_a_detector_that_needs_probes_is_fed_nothing_without_them():
+    capture = str(Path(__file__).parent / "captures" / "healthy.pcap")
+    for expected in (False, True):
+        det, recorder = NeedsProbes(), Recorder()
+        runner = DetectorRunner([det, recorder])
+        runner.expect_probes(expected)
+        for ev in open_input(capture).events:
+            runner.observe(ev)
+        replies = [e for e in recorder.seen if e["kind"] == "rpc.reply"]
+        assert replies
+        assert det.seen == (replies if expected else [])
 
 
 def test_a_request_waiting_to_the_end_costs_one_tick_not_one_per_event():

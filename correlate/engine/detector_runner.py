@@ -6,7 +6,7 @@ from __future__ import annotations
 import traceback
 from collections.abc import Iterable
 
-from ..detector import END_OF_INPUT, EVERYTHING, NOTHING, wants_of
+from ..detector import END_OF_INPUT, EVERYTHING, NOTHING, needs_of, wants_of
 from ..events import DETAILS_LATER, make_event, with_details
 from ..state import GlusterState
 from ..diagnostics import Diagnostics
@@ -34,7 +34,7 @@ def _count(finding: dict) -> int:
 def _hashable(v):
     return v if v is None or type(v) in (int, str, float, bool) else repr(v)[:200]
 
-MAX_ROUTES = 4096     # (layer, kind, program, procedure) combinations remembered
+MAX_ROUTES = 4096     # (layer, kind, program, procedure, failed) combinations remembered
 
 
 class _Route:
@@ -54,8 +54,10 @@ class DetectorRunner:
     """Feeds each event to the detectors that want it; folds repeated findings; isolates
     failures.
 
-    Which detectors want an event depends only on its (layer, kind, program, procedure):
-    the answer is computed once per combination and kept in a table, in detector order.
+    Which detectors want an event depends only on its (layer, kind, program, procedure) and
+    whether it is a failed reply: the answer is computed once per combination and kept in a
+    table, in detector order. A detector that `needs` probe events (it finds nothing
+    without them) is fed nothing when no input can carry them (`expect_probes(False)`).
     A detector that declares `wants` and acts on the passing of time (a reply overdue) says
     when through `due()`; `tick(now)` is then called at the first event at or after that
     time which it does not want, so it acts exactly when it would have seen every event. A
@@ -88,12 +90,8 @@ class DetectorRunner:
         states = [state] if state is not None else [getattr(d, "state", None) for d in self.detectors]
         self._states = list({id(s): s for s in states if isinstance(s, GlusterState)}.values())
         self._load_errors = list(load_errors)
-        self._wants = [wants_of(d) if subscriptions else EVERYTHING for d in self.detectors]
-        self._routes: dict[tuple, tuple[int, ...]] = {}
-        # Detectors that are woken by time: their index -> the time they asked for.
-        self._timed = [w is not EVERYTHING and callable(getattr(d, "due", None))
-                       and callable(getattr(d, "tick", None))
-                       for d, w in zip(self.detectors, self._wants)]
+        self._subscriptions = subscriptions
+        self._set_wants(probes=True)
         self._due: dict[int, int] = {}
         self._next_due: int | None = None
         self._stale: set[int] = set()     # timed detectors called since due() was last asked
@@ -112,10 +110,26 @@ class DetectorRunner:
         self.finding_diag = Diagnostics("findings")
         self.state_drops: dict[str, int] = {}         # the shared state's: reason -> count
 
+    def _set_wants(self, probes: bool) -> None:
+        wants = [wants_of(d) if self._subscriptions else EVERYTHING for d in self.detectors]
+        if not probes and self._subscriptions:
+            wants = [NOTHING if "probe" in needs_of(d) else w for d, w in zip(self.detectors, wants)]
+        disabled = getattr(self, "disabled", {})
+        wants = [NOTHING if getattr(d, "id", type(d).__name__) in disabled else w
+                 for d, w in zip(self.detectors, wants)]
+        self._wants = wants
+        self._routes: dict[tuple, _Route] = {}
+        # Detectors that are woken by time: their index -> the time they asked for.
+        self._timed = [w is not EVERYTHING and w is not NOTHING and callable(getattr(d, "due", None))
+                       and callable(getattr(d, "tick", None))
+                       for d, w in zip(self.detectors, self._wants)]
+
     def expect_probes(self, expected: bool) -> None:
-        """Whether any input can carry probe events (GlusterState.expect_probes)."""
+        """Whether any input can carry probe events (GlusterState.expect_probes); said before
+        the first event."""
         for state in self._states:
             state.expect_probes(expected)
+        self._set_wants(probes=expected)
 
     def _run(self, det, method: str, arg=None) -> list[dict]:
         name = getattr(det, "id", type(det).__name__)
@@ -149,7 +163,9 @@ class DetectorRunner:
                                   "without this detector")]
 
     def _route(self, ev: dict) -> _Route:
-        key = (ev.get("layer"), ev.get("kind"), ev.get("program"), ev.get("procedure"))
+        key = (ev.get("layer"), ev.get("kind"), ev.get("program"), ev.get("procedure"),
+               ev.get("op_ret") == -1 or ev.get("reject_status") is not None
+               or ev.get("accept_status", "SUCCESS") != "SUCCESS")
         try:
             return self._routes[key]
         except KeyError:
