@@ -23,7 +23,7 @@ def is_rpc(ev: dict, kind: str, *procedures: str) -> bool:
     return ev.get("kind") == kind and (not procedures or ev.get("procedure") in procedures)
 
 
-def port_of(endpoint: str | None) -> int | None:
+def _port_of(endpoint: str | None) -> int | None:
     if not endpoint or ":" not in endpoint:
         return None
     try:
@@ -32,8 +32,39 @@ def port_of(endpoint: str | None) -> int | None:
         return None
 
 
-def host_of(endpoint: str | None) -> str:
+def _host_of(endpoint: str | None) -> str:
     return (endpoint or "").rsplit(":", 1)[0].strip("[]")
+
+
+# Asked for the same few endpoints at nearly every event: answered from a bounded memo.
+_PORTS: dict = {}
+_HOSTS: dict = {}
+MAX_MEMO = 4096
+
+
+def _remember(table: dict, fn, endpoint):
+    value = fn(endpoint)
+    try:
+        if len(table) >= MAX_MEMO:
+            table.clear()
+        table[endpoint] = value
+    except TypeError:           # not hashable (an odd saved timeline): not remembered
+        pass
+    return value
+
+
+def port_of(endpoint: str | None) -> int | None:
+    try:
+        return _PORTS[endpoint]
+    except (KeyError, TypeError):
+        return _remember(_PORTS, _port_of, endpoint)
+
+
+def host_of(endpoint: str | None) -> str:
+    try:
+        return _HOSTS[endpoint]
+    except (KeyError, TypeError):
+        return _remember(_HOSTS, _host_of, endpoint)
 
 
 def find_key(obj, key: str):

@@ -24,6 +24,46 @@ def test_reorder_never_drops_late_events():
     assert sorted(out) == [5, 100, 200, 300]
 
 
+def _heap_reorder(events, window_ns, max_held):
+    """The reorder buffer as one heap of everything held: the reference for reorder's FIFO
+    of in-order events beside a heap of the others."""
+    import heapq
+    heap, newest = [], None
+    for seq, e in enumerate(events):
+        heapq.heappush(heap, (e["time_ns"], seq, e))
+        newest = e["time_ns"] if newest is None else max(newest, e["time_ns"])
+        while heap and heap[0][0] <= newest - window_ns:
+            yield heapq.heappop(heap)[2]
+        if len(heap) > max_held:
+            yield heapq.heappop(heap)[2]
+    while heap:
+        yield heapq.heappop(heap)[2]
+
+
+def test_reorder_emits_what_one_heap_of_everything_would_and_when():
+    rnd = random.Random(11)
+    for trial in range(300):
+        n = rnd.randint(0, 400)
+        jitter, window, held = rnd.choice([0, 5, 50, 500]), rnd.choice([0, 10, 100]), rnd.randint(1, 60)
+        events = [ev(max(0, 10 * i + rnd.randint(-jitter, jitter)) if rnd.random() > 0.05
+                     else rnd.randint(0, 10 * n), n=i) for i in range(n)]
+        # what has left after each input event, not only the final order
+        assert _releases(reorder(_marked(events), window_ns=window, max_held=held)) == \
+            _releases(_heap_reorder(_marked(events), window, held)), trial
+
+
+def _marked(events):
+    """The events, each stamped with how many came in before it left (see _releases)."""
+    count = [0]
+    for e in events:
+        count[0] += 1
+        yield dict(e, _in=count)
+
+
+def _releases(out):
+    return [(e["n"], e["_in"][0]) for e in out]
+
+
 def test_merge_is_ordered_and_stable():
     rnd = random.Random(7)
     streams = []

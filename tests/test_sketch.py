@@ -6,7 +6,7 @@ from array import array
 from ddsketch import LogCollapsingLowestDenseDDSketch
 from hypothesis import given, settings, strategies as st
 
-from correlate.sketch import BIN_LIMIT, LatencyRow, LatencySketch
+from correlate.sketch import BIN_LIMIT, MAPPING, LatencyRow, LatencySketch, key_of
 
 QS = (0.0, 0.01, 0.25, 0.5, 0.9, 0.99, 1.0)
 latencies = st.lists(st.one_of(st.just(0), st.integers(1, 10**13),
@@ -23,6 +23,19 @@ def test_quantiles_equal_the_packages(values):
     assert ours.count == theirs.count
     for q in QS:
         assert ours.quantile(q) == theirs.get_quantile_value(q), q
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.one_of(st.integers(1, 10**15), st.floats(1e-9, 1e15, allow_nan=False)))
+def test_keys_are_the_packages(value):
+    assert key_of(value) == MAPPING.key(value)
+
+
+def test_keys_are_the_packages_at_every_bucket_edge():
+    for key in range(MAPPING.key(1), MAPPING.key(10**13)):
+        edge = MAPPING.value(key)
+        for v in (edge, edge * (1 - 1e-12), edge * (1 + 1e-12)):
+            assert key_of(v) == MAPPING.key(v)
 
 
 def test_lognormal_latencies_like_a_brick():

@@ -49,6 +49,7 @@ class GlusterState:
         self.files = FileNames()
         self.calls = Calls()
         self.fuse = FuseRequests(self.clients)
+        self._fuse_observe = self.fuse.observe      # None when no input brings FUSE requests
 
     def seed_topology(self, volumes) -> None:
         """Bricks, ports and sets from `gluster volume info/status --xml`
@@ -80,12 +81,14 @@ class GlusterState:
         elif kind == "tcp.close":
             self.clients.observe_close(ev)
             self.calls.observe_close(ev)
-        self.fuse.observe(ev)
+        if self._fuse_observe is not None:
+            self._fuse_observe(ev)
 
     def expect_probes(self, expected: bool) -> None:
         """Said before the first event when no input can carry probe events (False): what
         is kept only to join them (the FUSE requests' RPCs) is not kept."""
         self.fuse.expect_requests(expected)
+        self._fuse_observe = self.fuse.observe if expected else None
 
     def actor(self, call: dict) -> Actor:
         """Who made a call (see clients.Clients.actor)."""
