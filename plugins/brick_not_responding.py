@@ -132,7 +132,8 @@ class BrickNotResponding(Detector):
             self._application(ev)
         elif kind == "log.message":
             found += self._log(ev)
-        found += self._overdue_pings(ev["time_ns"])
+        if self.pinged:
+            found += self._overdue_pings(ev["time_ns"])
         return found
 
     def _call(self, st: _Conn, ev: dict) -> None:

@@ -92,6 +92,10 @@ class RpcUnanswered(Detector):
         # overdue calls not judged yet: key -> (call, judge by then at the latest, overdue since)
         self.suspects: OrderedDict[tuple, tuple[dict, int, int]] = OrderedDict()
         self.suspects_of: dict[object, set[tuple]] = {}    # conn -> its keys in suspects
+        # No call becomes overdue and no suspect is due before this time: events before it
+        # skip the look (it is never later than the real moment; a reply that took the
+        # oldest call away only makes one look find nothing)
+        self.check_at: int | None = None
         # conn -> when it last showed anything, for connections with calls waiting
         self.last_heard: dict[object, int] = {}
         # (source, client process context) -> when that process last closed a connection
@@ -110,8 +114,11 @@ class RpcUnanswered(Detector):
         if kind == "rpc.call" and self._expects_reply(ev) and not is_blocking_lock(ev):
             if len(self.pending) < MAX_PENDING:
                 key = (ev.get("conn"), ev.get("src"), ev.get("xid"))
-                self.pending[key] = {k: v for k, v in ev.items() if k in KEPT}   # in the event's own order
+                self.pending[key] = ev      # cut to KEPT if it becomes a suspect
                 self.by_conn.setdefault(key[0], set()).add(key)
+                overdue_at = ev["time_ns"] + self.after_ns + 1
+                if self.check_at is None or overdue_at < self.check_at:
+                    self.check_at = overdue_at
             else:   # the oldest are kept: they are the ones that show a hang first
                 self.dropped += 1
         elif kind == "rpc.reply":
@@ -121,7 +128,8 @@ class RpcUnanswered(Detector):
                 if key not in BENIGN:
                     self.errors[key] += 1
                     self.error_examples.setdefault(key, ev)
-        found += self._overdue(ev["time_ns"])
+        if self.check_at is not None and ev["time_ns"] >= self.check_at:
+            found += self._overdue(ev["time_ns"])
         if kind == "tcp.close":
             self._lost_at_close(ev.get("conn"))
             if ev.get("by") == "client":
@@ -166,6 +174,7 @@ class RpcUnanswered(Detector):
     def _suspect(self, key: tuple, call: dict, now: int) -> None:
         # deadlines grow in insertion order (calls leave pending oldest first, now only grows)
         deadline = max(now + self.after_ns, call["time_ns"] + REVEAL_NS)
+        call = {k: v for k, v in call.items() if k in KEPT}    # in the event's own order
         self.suspects[key] = (call, deadline, now)
         self.suspects_of.setdefault(key[0], set()).add(key)
 
@@ -250,6 +259,7 @@ class RpcUnanswered(Detector):
             if now < deadline:
                 break
             found.append(self._judge(key, now))
+        self.check_at = self.due()
         return [f for f in found if f]
 
     def _unanswered(self, call: dict, now: int) -> dict:

@@ -116,7 +116,8 @@ class SlowBrick(Detector):
             return
         server, proc = call.get("dst"), call.get("procedure")
         flying = self.in_flight.setdefault(server, Counter())
-        conn[call.get("xid")] = (server, proc, tuple(p for p in flying if p != proc))
+        conn[call.get("xid")] = (server, proc, tuple([p for p in flying if p != proc])
+                                 if proc in flying else tuple(flying))
         flying[proc] += 1
 
     def _landed(self, server, proc) -> None:
