@@ -101,6 +101,43 @@ def test_live_merger_orders_two_threads_and_flushes_on_end():
     assert out == sorted(out) and len(out) == 10
 
 
+def test_live_merger_takes_batches_in_the_order_of_single_events():
+    """A batched source (lists of events, as the stdin decoding process sends them) leaves
+    in the order the same events leave one by one: by time, then source, then arrival (ties
+    and disorder included), and the lag watch sees every wire event of it."""
+    rnd = random.Random(5)
+    base = time.time_ns()           # held by a window longer than the test: all leave sorted
+    a = [ev(base + 10 * i + rnd.randint(-30, 30), "a", i) for i in range(3000)]
+    b = [ev(base + 10 * i + rnd.randint(-30, 30), "b", i) for i in range(3000)]
+
+    class Watch:
+        def __init__(self):
+            self.seen = []
+
+        def observe(self, t):
+            self.seen.append(t)
+
+        def drained(self):
+            pass
+
+    def merged(batched: bool):
+        m = LiveMerger(window_ns=10**12, tick_s=0.01)
+        m.watch, m.watched = Watch(), "a"
+        if batched:
+            m.add("a", lambda: (a[i:i + 256] for i in range(0, len(a), 256)), batched=True)
+        else:
+            m.add("a", lambda: iter(a))
+        m.add("b", lambda: iter(b))
+        return [(e["source"], e["n"]) for e in m.events()], m.watch.seen
+
+    one_by_one, seen_single = merged(False)
+    in_batches, seen_batched = merged(True)
+    expected = sorted([("a", i) for i in range(3000)] + [("b", i) for i in range(3000)],
+                      key=lambda k: ((a if k[0] == "a" else b)[k[1]]["time_ns"], k))
+    assert in_batches == one_by_one == expected
+    assert seen_batched == seen_single == [e["time_ns"] for e in a]
+
+
 def test_live_merger_latency_bounded_by_window():
     window = 100_000_000
     m = LiveMerger(window_ns=window, tick_s=0.01)

@@ -200,7 +200,7 @@ def run(pcaps, probe_groups, pid, backend, probe_offsets, logs, duration, window
             decoder = DecoderProcess(dict(decoding, skip=watch.skip, keylog=keylog),
                                      on_kind=lambda kind: _stdin_kind(kind, runner))
             diags.append(decoder.diag)
-            merger.add("stdin", decoder.events)
+            merger.add("stdin", decoder.batches, batched=True)
         elif path == "-":   # stdin is opened in its source thread: reading its header may block
             merger.add("stdin", _opened_later(path, diags, dict(decoding, skip=watch.skip,
                                                                 keylog=keylog), runner))

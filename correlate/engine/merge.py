@@ -12,7 +12,6 @@ arrival order within the source.
 from __future__ import annotations
 
 import heapq
-import itertools
 import queue
 import threading
 import time
@@ -21,6 +20,7 @@ from collections.abc import Callable, Iterable, Iterator
 
 DEFAULT_WINDOW_NS = 500_000_000   # 0.5 s: covers perf-buffer and pipe batching on loopback
 MAX_QUEUED = 2048               # events waiting between live sources and the merge
+MAX_QUEUED_BATCHES = 8          # of a batched source's lists (DecoderProcess: 256 events each)
 HOLD_BACK_S = 0.002             # how long a reader waits while the merge is that far behind
 # Events one stream's reorder buffer holds at most, however dense the stream: a burst of
 # 200,000 connections in half a second must not be held whole (memory stays bounded).
@@ -102,6 +102,39 @@ def merge(streams: list[Iterable[dict]], window_ns: int = DEFAULT_WINDOW_NS) -> 
         yield ev
 
 
+class _Held:
+    """Events waiting for the watermark, leaving in (time, source, arrival) order: those
+    that arrive in that order wait in a FIFO, only the others in a heap (a single live
+    capture costs an append and a pop per event, not a heap's log n comparisons)."""
+
+    def __init__(self):
+        self.fifo: deque[tuple[int, int, int, dict]] = deque()
+        self.heap: list[tuple[int, int, int, dict]] = []
+        self.seq = 0
+
+    def put(self, t: int, index: int, ev: dict) -> None:
+        self.seq += 1
+        entry = (t, index, self.seq, ev)
+        fifo = self.fifo
+        if not fifo or (t, index) >= fifo[-1][:2]:
+            fifo.append(entry)
+        else:
+            heapq.heappush(self.heap, entry)
+
+    def take(self, watermark: int | None) -> Iterator[dict]:
+        """What is at or before the watermark (None: everything), oldest first."""
+        fifo, heap = self.fifo, self.heap
+        while fifo or heap:
+            if heap and (not fifo or heap[0] < fifo[0]):
+                if watermark is not None and heap[0][0] > watermark:
+                    return
+                yield heapq.heappop(heap)[3]
+            else:
+                if watermark is not None and fifo[0][0] > watermark:
+                    return
+                yield fifo.popleft()[3]
+
+
 class LiveMerger:
     """Merge live sources that run in their own threads.
 
@@ -128,21 +161,27 @@ class LiveMerger:
         self._threads: list[threading.Thread] = []
         self._stopping = threading.Event()
         self._finite: set[int] = set()
+        self._batched: set[int] = set()
         self.errors: list[tuple[str, BaseException]] = []
 
-    def add(self, name: str, produce: Callable[[], Iterable[dict]], *, finite: bool = True) -> None:
+    def add(self, name: str, produce: Callable[[], Iterable], *, finite: bool = True,
+            batched: bool = False) -> None:
         """Run `produce` in a thread. The merge ends when every finite source has ended (or,
-        with none, on `stop()`); endless sources (live probes) should watch `stopping`."""
+        with none, on `stop()`); endless sources (live probes) should watch `stopping`.
+        batched: `produce` yields lists of events (handed over a list at a time)."""
         index = len(self._sources)
         self._sources.append(name)
         if finite:
             self._finite.add(index)
+        if batched:
+            self._batched.add(index)
+        bound = MAX_QUEUED_BATCHES if batched else MAX_QUEUED
 
         def pump():
             q, stopping = self._queue, self._stopping
             try:
                 for ev in produce():
-                    while q.qsize() >= MAX_QUEUED and not stopping.is_set():
+                    while q.qsize() >= bound and not stopping.is_set():
                         time.sleep(HOLD_BACK_S)
                     q.put((index, ev))
                     if finite and self._stopping.is_set():
@@ -165,32 +204,31 @@ class LiveMerger:
         for t in self._threads:
             t.start()
         live = set(range(len(self._sources)))
-        heap: list[tuple[int, int, int, dict]] = []
-        seq = itertools.count()
+        held = _Held()
         watch = self.watch
         watched = self._sources.index(self.watched) if self.watched in self._sources else -1
+        batched = self._batched
         get, get_now = self._queue.get, self._queue.get_nowait
         while live and not self._stopping.is_set() and (live & self._finite or not self._finite):
             deadline = time.monotonic() + self.tick_s
             while True:   # drain what has arrived within this tick
                 try:
-                    index, ev = get_now()
+                    index, item = get_now()
                 except queue.Empty:
                     try:
-                        index, ev = get(timeout=max(0.0, deadline - time.monotonic()))
+                        index, item = get(timeout=max(0.0, deadline - time.monotonic()))
                     except queue.Empty:
                         if watch is not None:
                             watch.drained()
                         break
-                if ev is self._END:
+                if item is self._END:
                     live.discard(index)
-                else:
+                    continue
+                for ev in (item if index in batched else (item,)):
                     if watch is not None and index == watched and ev["layer"] == "wire":
                         watch.observe(ev["time_ns"])
-                    heapq.heappush(heap, (ev["time_ns"], index, next(seq), ev))
-            watermark = self.clock() - self.window_ns
-            while heap and heap[0][0] <= watermark:
-                yield heapq.heappop(heap)[3]
+                    held.put(ev["time_ns"], index, ev)
+            yield from held.take(self.clock() - self.window_ns)
         # Stopped or all finite sources ended: let the others finish their last events (live
         # probes drain their buffers on stop), then flush everything in order.
         # A finite source still running is blocked in a read (a quiet stdin): not waited for.
@@ -201,13 +239,13 @@ class LiveMerger:
                 t.join(max(0.0, deadline - time.monotonic()))
         while True:
             try:
-                index, ev = self._queue.get_nowait()
+                index, item = self._queue.get_nowait()
             except queue.Empty:
                 break
-            if ev is not self._END:
-                heapq.heappush(heap, (ev["time_ns"], index, next(seq), ev))
-        while heap:
-            yield heapq.heappop(heap)[3]
+            if item is not self._END:
+                for ev in (item if index in batched else (item,)):
+                    held.put(ev["time_ns"], index, ev)
+        yield from held.take(None)
 
     def blocked_sources(self) -> list[str]:
         """Sources whose thread has not ended (blocked in a read) after the merge finished."""

@@ -108,7 +108,7 @@ def _decode(stdin_fd: int, out: int, decoding: dict) -> None:
 
 class DecoderProcess:
     """Start with `DecoderProcess(decoding)` before any thread; `events()` (in the source's
-    thread) yields what it decodes; `diag` holds its skips once `events()` has ended;
+    thread) yields what it decodes (`batches()`: in the lists it came in); `diag` holds its skips once `events()` has ended;
     `on_kind(kind)` is called with the input's kind before its first event. `opened()`
     waits until the input's kind is known, or raises why it could not be read (InputError:
     not a capture, empty), as opening a file here would."""
@@ -156,10 +156,16 @@ class DecoderProcess:
             yield pickle.loads(blob)
 
     def events(self) -> Iterator[dict]:
+        for batch in self.batches():
+            yield from batch
+
+    def batches(self) -> Iterator[list[dict]]:
+        """The events as the decoder sent them, a list at a time (LiveMerger.add(batched=True)
+        takes them so: one hand-over between threads per batch, not per event)."""
         try:
             for tag, payload in self._messages_left:
                 if tag == "events":
-                    yield from payload
+                    yield payload
                 elif tag == "kind":
                     self.kind = payload
                     if self.on_kind is not None:
