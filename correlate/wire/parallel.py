@@ -209,6 +209,13 @@ def _read_exact(f, n: int, future: Future) -> bytes | None:
 
 def merge_shards(streams: list[Iterator[tuple]]) -> Iterator[dict]:
     """The shards' events in one-process order, connections numbered as one tracker would."""
+    if len(streams) == 1:
+        # One shard (`analyze --jobs 2`: one decoding process) is in that order already, its
+        # connections numbered as one tracker numbers them: nothing to merge or renumber.
+        for _place, _shard, kind, item in streams[0]:
+            if kind == _EVENT:
+                yield item
+        return
     numbers: dict[tuple[int, int], int] = {}
     for _place, shard, kind, item in merge(*streams, key=lambda t: t[0]):
         if kind == _NEW_CONN:
