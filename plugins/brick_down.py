@@ -179,6 +179,8 @@ class BrickDown(Detector):
             for ep in self._open_episodes():
                 if len(ep.app) < MAX_SHOWN:
                     ep.app.append(ev)
+        if not self.down:
+            return []       # no episode to end (the usual reply)
         path = self.state.topology.brick(ev.get("src"))
         ep = self._open(host_of(ev.get("src")), path)
         if ep is not None and ep.started is not None and ep.answered is None \

@@ -10,7 +10,6 @@ from __future__ import annotations
 import struct
 from collections import OrderedDict
 from collections.abc import Collection
-from dataclasses import dataclass
 from functools import partial
 
 from ..diagnostics import Diagnostics
@@ -214,16 +213,20 @@ class RpcSink:
                 self.diag.skip("rpc: connection state dropped (too many connections)")
         return st
 
-@dataclass(slots=True)
 class _Pending:
-    prog: int
-    vers: int
-    proc: int
-    info: programs.Lookup
-    time_ns: int
-    context: dict | None = None      # what the reply carries of its call (cred, identifying args)
-    later: object = None             # a lean call's DETAILS_LATER: its context, when a reply needs it
-    cost: int = 0                    # its estimated bytes in the pending table
+    """A call waiting for its reply (a C struct in the compiled build: rpc.pxd)."""
+    __slots__ = ("prog", "vers", "proc", "info", "time_ns", "context", "later", "cost")
+
+    def __init__(self, prog: int, vers: int, proc: int, info: programs.Lookup, time_ns: int,
+                 context: dict | None = None, later=None, cost: int = 0):
+        self.prog = prog
+        self.vers = vers
+        self.proc = proc
+        self.info = info
+        self.time_ns = time_ns
+        self.context = context    # what the reply carries of its call (cred, identifying args)
+        self.later = later        # a lean call's DETAILS_LATER: its context, when a reply needs it
+        self.cost = cost          # its estimated bytes in the pending table
 
     def call_context(self) -> dict | None:
         if self.context is None and self.later is not None:

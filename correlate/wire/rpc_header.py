@@ -3,7 +3,6 @@ of one record, read from untrusted bytes."""
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass
 
 from ..errors import DecodeError
 from ..xdr import Unpacker
@@ -30,28 +29,60 @@ FLAVORS = {AUTH_NULL: "AUTH_NULL", AUTH_UNIX: "AUTH_UNIX", AUTH_SHORT: "AUTH_SHO
 MAX_AUTH_BYTES = 400            # RFC 5531 opaque_auth body limit
 
 # -- headers --------------------------------------------------------------------------------
-@dataclass(slots=True)
+# Plain classes with their own __init__ (a dataclass's is generated code the compiled build
+# cannot compile: it ran interpreted for every record); C structs in the compiled build
+# (rpc_header.pxd).
 class CallHeader:
-    xid: int
-    rpcvers: int
-    prog: int
-    vers: int
-    proc: int
-    cred_flavor: int
-    cred_body: bytes
-    verf_flavor: int
-    body_offset: int
+    __slots__ = ("xid", "rpcvers", "prog", "vers", "proc", "cred_flavor", "cred_body",
+                 "verf_flavor", "body_offset")
+
+    def __init__(self, xid: int, rpcvers: int, prog: int, vers: int, proc: int, cred_flavor: int,
+                 cred_body: bytes, verf_flavor: int, body_offset: int):
+        self.xid = xid
+        self.rpcvers = rpcvers
+        self.prog = prog
+        self.vers = vers
+        self.proc = proc
+        self.cred_flavor = cred_flavor
+        self.cred_body = cred_body
+        self.verf_flavor = verf_flavor
+        self.body_offset = body_offset
+
+    def fields(self) -> tuple:
+        return (self.xid, self.rpcvers, self.prog, self.vers, self.proc, self.cred_flavor,
+                self.cred_body, self.verf_flavor, self.body_offset)
+
+    def __eq__(self, other) -> bool:
+        return type(other) is type(self) and self.fields() == other.fields()
+
+    def __repr__(self) -> str:
+        return "CallHeader" + repr(self.fields())
 
 
-@dataclass(slots=True)
 class ReplyHeader:
-    xid: int
-    reply_status: str                    # "accepted" | "denied"
-    accept_status: str | None = None
-    reject_status: str | None = None
-    auth_status: str | None = None
-    mismatch: dict | None = None         # {"low", "high"} for PROG_MISMATCH / RPC_MISMATCH
-    body_offset: int | None = None       # where the results start (SUCCESS only)
+    __slots__ = ("xid", "reply_status", "accept_status", "reject_status", "auth_status",
+                 "mismatch", "body_offset")
+
+    def __init__(self, xid: int, reply_status: str, accept_status: str | None = None,
+                 reject_status: str | None = None, auth_status: str | None = None,
+                 mismatch: dict | None = None, body_offset: int | None = None):
+        self.xid = xid
+        self.reply_status = reply_status      # "accepted" | "denied"
+        self.accept_status = accept_status
+        self.reject_status = reject_status
+        self.auth_status = auth_status
+        self.mismatch = mismatch              # {"low", "high"} for PROG_MISMATCH / RPC_MISMATCH
+        self.body_offset = body_offset        # where the results start (SUCCESS only)
+
+    def fields(self) -> tuple:
+        return (self.xid, self.reply_status, self.accept_status, self.reject_status,
+                self.auth_status, self.mismatch, self.body_offset)
+
+    def __eq__(self, other) -> bool:
+        return type(other) is type(self) and self.fields() == other.fields()
+
+    def __repr__(self) -> str:
+        return "ReplyHeader" + repr(self.fields())
 
 
 def _opaque_auth(u: Unpacker, what: str) -> tuple[int, bytes]:
