@@ -10,7 +10,7 @@ import socket
 import struct
 
 from ..diagnostics import Diagnostics
-from .model import Frame
+from .capture import Frame
 
 # TCP flags
 FIN, SYN, RST, PSH, ACK = 0x01, 0x02, 0x04, 0x08, 0x10
@@ -22,9 +22,7 @@ _NULL_LOOP = (0, 108)
 _IPV6_EXT = (0, 43, 60, 51)          # hop-by-hop, routing, destination options, AH
 _IPV6_FRAG = 44
 
-_ipv4_hdr = struct.Struct("!BBHHHBBH4s4s").unpack_from
 _ipv6_hdr = struct.Struct("!IHBB16s16s").unpack_from
-_tcp_hdr = struct.Struct("!HHIIBB").unpack_from
 _ports = struct.Struct("!HH").unpack_from
 
 
@@ -92,6 +90,8 @@ def _addr(raw: bytes) -> str:
 def parse_frame(frame: Frame, diag: Diagnostics) -> Segment | IcmpUnreachable | None:
     """Decode a frame down to TCP (or ICMP unreachable); None, counted in diag, otherwise."""
     data = frame.data
+    if type(data) is not bytes:
+        data = bytes(data)
     linktype = frame.linktype
     try:
         if linktype == 1:                                   # Ethernet, maybe VLAN-tagged
@@ -131,7 +131,10 @@ def parse_frame(frame: Frame, diag: Diagnostics) -> Segment | IcmpUnreachable | 
 
 
 def _ipv4(frame: Frame, data: bytes, off: int, diag: Diagnostics):
-    vihl, _tos, total, _id, frag, _ttl, proto, _sum, src, dst = _ipv4_hdr(data, off)
+    # byte by byte, not with a Struct: typed in packet.pxd, these are C reads
+    if len(data) < off + 20:
+        raise IndexError("IPv4 header cut short")
+    vihl = data[off]
     if vihl >> 4 != 4:
         diag.skip("IP packets with a bad version", f"packet {frame.number}")
         return None
@@ -139,16 +142,20 @@ def _ipv4(frame: Frame, data: bytes, off: int, diag: Diagnostics):
     if ihl < 20:
         diag.skip("IPv4 packets with a bad header length", f"packet {frame.number}")
         return None
+    frag = (data[off + 6] << 8) | data[off + 7]
     if frag & 0x3FFF:                     # more-fragments flag or a fragment offset
         diag.skip("IPv4 fragments", f"packet {frame.number}")
         return None
     # total length trims Ethernet padding; 0 is what segmentation offload leaves behind
+    total = (data[off + 2] << 8) | data[off + 3]
     end = off + total if total else len(data)
     start = off + ihl
+    proto = data[off + 9]
     if proto == 6:
-        return _tcp(frame, data, start, end, _addr(src), _addr(dst), diag)
+        return _tcp(frame, data, start, end, _addr(data[off + 12:off + 16]),
+                    _addr(data[off + 16:off + 20]), diag)
     if proto == 1:
-        return _icmp4(frame, data, start, _addr(src), diag)
+        return _icmp4(frame, data, start, _addr(data[off + 12:off + 16]), diag)
     diag.skip("non-TCP packets", f"packet {frame.number}")
     return None
 
@@ -195,8 +202,13 @@ def _ipv6(frame: Frame, data: bytes, off: int, diag: Diagnostics):
 
 def _tcp(frame: Frame, data: bytes, start: int, end: int, src: str, dst: str,
          diag: Diagnostics) -> Segment | None:
-    sport, dport, seq, ack, doff, flags = _tcp_hdr(data, start)
-    hlen = (doff >> 4) * 4
+    if len(data) < start + 14:
+        raise IndexError("TCP header cut short")
+    b0, b1, b2, b3 = data[start + 4], data[start + 5], data[start + 6], data[start + 7]
+    seq = (b0 << 24) | (b1 << 16) | (b2 << 8) | b3
+    b0, b1, b2, b3 = data[start + 8], data[start + 9], data[start + 10], data[start + 11]
+    ack = (b0 << 24) | (b1 << 16) | (b2 << 8) | b3
+    hlen = (data[start + 12] >> 4) * 4
     if hlen < 20:
         diag.skip("TCP segments with a bad header length", f"packet {frame.number}")
         return None
@@ -206,7 +218,8 @@ def _tcp(frame: Frame, data: bytes, start: int, end: int, src: str, dst: str,
         return None
     payload = data[pstart:end]
     truncated = end - pstart - len(payload)      # cut off by the capture's snaplen
-    return Segment(frame.time_ns, frame.number, src, sport, dst, dport, flags, seq, ack,
+    return Segment(frame.time_ns, frame.number, src, (data[start] << 8) | data[start + 1], dst,
+                   (data[start + 2] << 8) | data[start + 3], data[start + 13], seq, ack,
                    payload, truncated)
 
 
