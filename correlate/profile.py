@@ -17,6 +17,8 @@ from .sketch import RELATIVE_ACCURACY, LatencyRow
 from .state.topology import Topology
 from .state.clients import UNKNOWN, Clients, special_actor
 
+TOPOLOGY = Topology.PROCEDURES     # SETVOLUME among them: all the clients table reads
+
 QUANTILES = (("p50", 0.50), ("p90", 0.90), ("p99", 0.99))
 # Up to this many latencies a row lists them instead of percentiles: with so few, p90 and p99
 # are the max and p50 is one of them, so the percentiles pretend a distribution that is not
@@ -126,26 +128,30 @@ class Profile:
             self.first_ns = t if self.first_ns is None else min(self.first_ns, t)
             self.last_ns = t if self.last_ns is None else max(self.last_ns, t)
         if kind == "rpc.call":
-            self.topology.observe(ev)
-            if ev.get("procedure") == "SETVOLUME":
-                self.clients.observe_setvolume(ev)
+            if ev.get("procedure") in TOPOLOGY:
+                self.topology.observe(ev)
+                if ev.get("procedure") == "SETVOLUME":
+                    self.clients.observe_setvolume(ev)
             if not _expects_reply(ev):
                 return
-            row = self._row(ev.get("dst") or "?", self._client(ev), _proc_name(ev))
+            proc = _proc_name(ev)
+            row = self._row(ev.get("dst") or "?", self._client(ev), proc)
             if row is not None:
                 row.call()
                 conn = self.pending.setdefault((ev.get("source"), ev.get("conn")), Counter())
-                conn[_proc_name(ev)] += 1
+                conn[proc] += 1
         elif kind == "rpc.reply":
-            self.topology.observe(ev)
-            row = self._row(ev.get("src") or "?", self._client(ev), _proc_name(ev))
+            if ev.get("procedure") in TOPOLOGY:
+                self.topology.observe(ev)
+            proc = _proc_name(ev)
+            row = self._row(ev.get("src") or "?", self._client(ev), proc)
             if row is None:
                 return
             matched = ev.get("call_time_ns") is not None
             if matched:
                 conn = self.pending.get((ev.get("source"), ev.get("conn")))
-                if conn and conn[_proc_name(ev)] > 0:
-                    conn[_proc_name(ev)] -= 1
+                if conn and conn[proc] > 0:
+                    conn[proc] -= 1
                 else:
                     matched = False
             row.reply(ev, matched)

@@ -81,9 +81,9 @@ class Topology:
 
     def observe(self, ev: dict) -> None:
         proc = ev.get("procedure")
-        self._peers.clear()
         if proc not in self.PROCEDURES:
             return
+        self._peers.clear()         # what it learns may change any brick's peers
         kind = ev.get("kind")
         if proc == "PORTBYBRICK":
             key = (ev.get("source"), ev.get("conn"), ev.get("xid"))
