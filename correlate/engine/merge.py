@@ -73,6 +73,8 @@ def reorder(events: Iterable[dict], window_ns: int = DEFAULT_WINDOW_NS,
         yield _pop_oldest(fifo, heap)
 
 
+# A FIFO of the entries that came in order beside a heap of the others; entries are tuples
+# whose first item is the time and whose last is the event (the items between break ties).
 def _oldest(fifo: deque, heap: list) -> tuple:
     if not heap:
         return fifo[0]
@@ -83,8 +85,8 @@ def _oldest(fifo: deque, heap: list) -> tuple:
 
 def _pop_oldest(fifo: deque, heap: list) -> dict:
     if heap and (not fifo or heap[0] < fifo[0]):
-        return heapq.heappop(heap)[2]
-    return fifo.popleft()[2]
+        return heapq.heappop(heap)[-1]
+    return fifo.popleft()[-1]
 
 
 def merge(streams: list[Iterable[dict]], window_ns: int = DEFAULT_WINDOW_NS) -> Iterator[dict]:
@@ -125,14 +127,9 @@ class _Held:
         """What is at or before the watermark (None: everything), oldest first."""
         fifo, heap = self.fifo, self.heap
         while fifo or heap:
-            if heap and (not fifo or heap[0] < fifo[0]):
-                if watermark is not None and heap[0][0] > watermark:
-                    return
-                yield heapq.heappop(heap)[3]
-            else:
-                if watermark is not None and fifo[0][0] > watermark:
-                    return
-                yield fifo.popleft()[3]
+            if watermark is not None and _oldest(fifo, heap)[0] > watermark:
+                return
+            yield _pop_oldest(fifo, heap)
 
 
 class LiveMerger:
