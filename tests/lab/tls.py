@@ -273,6 +273,20 @@ def calls_to_bricks(volume: str, events) -> "Counter":
                    and int(e["dst"].rsplit(":", 1)[1]) in ports)
 
 
+# One call per file and operation of the workload: the same count on any volume, any run.
+WORKLOAD_CALLS = ("WRITE", "CREATE", "SETVOLUME", "FLUSH", "RELEASE", "OPEN")
+
+
+def assert_same_calls(got: "Counter", plain: "Counter") -> None:
+    """The workload's own calls exactly; the client's background calls within 2 either way:
+    a STATFS, a READ, or a LOOKUP revalidating a cached inode, which the run's timing brings
+    or not (a READ in 1 of 3 full runs; one LOOKUP more once, in a run slowed by the plaintext
+    TLS probes)."""
+    for procedure in WORKLOAD_CALLS:
+        assert got[procedure] == plain[procedure], (procedure, got, plain)
+    assert all(abs(got[p] - plain[p]) <= 2 for p in {*plain, *got}), (got, plain)
+
+
 def plaintext_baseline(tmp_path: Path) -> tuple[str, Path, "Counter"]:
     """The workload's calls on the plaintext volume, to compare a TLS run with: a fresh
     directory used once on both volumes first (its first use fixes the layouts), then the
