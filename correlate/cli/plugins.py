@@ -7,7 +7,7 @@ import sys
 
 import click
 
-from ..detector import wants_of
+from ..detector import needs_of as declared_needs, wants_of
 from ..errors import CorrelateError
 from ..plugin_manager import call_each, failed_plugins, get_plugin_manager, plugin_info
 from .run_setup import (detector_options, make_runner, parse_detector_options, parse_policy,
@@ -34,9 +34,9 @@ def layers_read(det) -> list[str]:
 def needs_of(det) -> list[str]:
     """Layers without which the detector finds nothing: its own `needs`, else those it reads
     when the wire is not among them."""
-    needs = getattr(det, "needs", None)
-    if needs and not isinstance(needs, str):
-        return sorted(map(str, needs))
+    needs = declared_needs(det)
+    if needs:
+        return sorted(needs)
     read = layers_read(det)
     return [] if "wire" in read else read
 

@@ -90,6 +90,8 @@ class DetectorRunner:
         states = [state] if state is not None else [getattr(d, "state", None) for d in self.detectors]
         self._states = list({id(s): s for s in states if isinstance(s, GlusterState)}.values())
         self._load_errors = list(load_errors)
+        self.disabled: dict[str, str] = {e.get("detector", "?"): e.get("explanation", "")
+                                         for e in self._load_errors}
         self._subscriptions = subscriptions
         self._set_wants(probes=True)
         self._due: dict[int, int] = {}
@@ -99,8 +101,6 @@ class DetectorRunner:
         self._observers = [getattr(d, "observe", None) or (lambda ev, d=d: d.observe(ev))
                            for d in self.detectors]
         self._last_now: int | None = None     # the latest event time seen
-        self.disabled: dict[str, str] = {e.get("detector", "?"): e.get("explanation", "")
-                                         for e in self._load_errors}
         self._seen: dict[tuple[str, str], dict] = {}
         self._on_new = on_new_finding
         self.findings: list[dict] = []
@@ -114,8 +114,7 @@ class DetectorRunner:
         wants = [wants_of(d) if self._subscriptions else EVERYTHING for d in self.detectors]
         if not probes and self._subscriptions:
             wants = [NOTHING if "probe" in needs_of(d) else w for d, w in zip(self.detectors, wants)]
-        disabled = getattr(self, "disabled", {})
-        wants = [NOTHING if getattr(d, "id", type(d).__name__) in disabled else w
+        wants = [NOTHING if getattr(d, "id", type(d).__name__) in self.disabled else w
                  for d, w in zip(self.detectors, wants)]
         self._wants = wants
         self._routes: dict[tuple, _Route] = {}
