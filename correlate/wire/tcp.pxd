@@ -3,6 +3,8 @@
 # (tests/test_hotpath.py checks).
 # Stream positions stay Python ints (unbounded by design); the per-connection state becomes
 # C structs, and the per-segment calls C calls.
+cimport cython
+from .capture cimport Frame
 from .packet cimport Segment
 
 cdef class _Direction:
@@ -31,7 +33,10 @@ cdef class TcpTracker:
     cdef public object _lru, _pending, _recently_closed
     cdef public object _buffered_total, _numbers, _now, _expiry_at, _frame
 
-    cpdef list feed(self, frame)
+    cpdef list feed(self, Frame frame)
+    cpdef list tick(self, time_ns)
+    cpdef list feed_parsed(self, Frame frame, pkt)
+    @cython.locals(st=_State, from_client=bint, other=_Direction, d=_Direction)
     cpdef _segment(self, Segment seg, list events)
     cpdef _data(self, _State st, bint from_client, Segment seg, list events, seq)
     cpdef _deliver(self, _State st, bint from_client, time_ns, data, list events)

@@ -30,7 +30,8 @@ from collections import OrderedDict
 
 from ..diagnostics import Diagnostics
 from ..events import make_event
-from .model import Conn, Frame, StreamSink, endpoint
+from .capture import Frame
+from .model import Conn, StreamSink, endpoint
 from .packet import ACK, FIN, RST, SYN, IcmpUnreachable, Segment, parse_frame
 
 MASK = 0xFFFFFFFF
