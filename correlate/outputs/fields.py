@@ -77,5 +77,6 @@ def _text(value) -> str:
 
 
 def format_fields(ev: dict, fields: list[tuple[str, ...]]) -> str:
-    return "\t".join([_text(ev.get(path[0]) if len(path) == 1 else _value(ev, path))
-                      for path in fields])
+    # ints (most fields) are printed without a call to _text: a tenth of decode --fields
+    values = [ev.get(path[0]) if len(path) == 1 else _value(ev, path) for path in fields]
+    return "\t".join([str(v) if type(v) is int else _text(v) for v in values])

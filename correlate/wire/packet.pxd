@@ -12,6 +12,9 @@ cdef class IcmpUnreachable:
     cdef public object src, sport, dst, dport, proto
 
 cdef str _addr(bytes raw)
+@cython.locals(b0=Py_ssize_t, b1=Py_ssize_t, b2=Py_ssize_t, b3=Py_ssize_t)
+cdef Py_ssize_t _word(bytes data, Py_ssize_t at)
+cdef str _addr4(Py_ssize_t packed)
 
 @cython.locals(vihl=Py_ssize_t, ihl=Py_ssize_t, frag=Py_ssize_t, total=Py_ssize_t,
                end=Py_ssize_t, start=Py_ssize_t, proto=Py_ssize_t)

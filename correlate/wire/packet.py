@@ -87,6 +87,25 @@ def _addr(raw: bytes) -> str:
     return text
 
 
+_addr4_cache: dict[int, str] = {}
+
+
+def _word(data: bytes, at: int) -> int:
+    """The big-endian 32-bit word at `at` (an IPv4 address: no slice, no bytes object)."""
+    b0, b1, b2, b3 = data[at], data[at + 1], data[at + 2], data[at + 3]
+    return (b0 << 24) | (b1 << 16) | (b2 << 8) | b3
+
+
+def _addr4(packed: int) -> str:
+    text = _addr4_cache.get(packed)
+    if text is None:
+        if len(_addr4_cache) >= 65536:
+            _addr4_cache.clear()
+        text = f"{packed >> 24}.{(packed >> 16) & 255}.{(packed >> 8) & 255}.{packed & 255}"
+        _addr4_cache[packed] = text
+    return text
+
+
 def parse_frame(frame: Frame, diag: Diagnostics) -> Segment | IcmpUnreachable | None:
     """Decode a frame down to TCP (or ICMP unreachable); None, counted in diag, otherwise."""
     data = frame.data
@@ -152,10 +171,10 @@ def _ipv4(frame: Frame, data: bytes, off: int, diag: Diagnostics):
     start = off + ihl
     proto = data[off + 9]
     if proto == 6:
-        return _tcp(frame, data, start, end, _addr(data[off + 12:off + 16]),
-                    _addr(data[off + 16:off + 20]), diag)
+        return _tcp(frame, data, start, end, _addr4(_word(data, off + 12)),
+                    _addr4(_word(data, off + 16)), diag)
     if proto == 1:
-        return _icmp4(frame, data, start, _addr(data[off + 12:off + 16]), diag)
+        return _icmp4(frame, data, start, _addr4(_word(data, off + 12)), diag)
     diag.skip("non-TCP packets", f"packet {frame.number}")
     return None
 
