@@ -156,8 +156,11 @@ class SlowBrick(Detector):
         for (server, proc), row in list(self.stats.items()):
             if row.replies < self.min_calls:
                 continue
+            p50 = row.quantile(0.5)
+            if p50 is not None and p50 < self.min_extra_ns:
+                continue    # not min_extra_ns above any reference (>= 0): skip the peers' median
             ref = self._reference(server, proc, self.min_calls)
-            if ref is not None and self._slower(row.quantile(0.5), ref[0]):
+            if ref is not None and self._slower(p50, ref[0]):
                 slow[(server, proc)] = ref
         queued = {key: self._queued(*key) for key in slow}
         found = []
