@@ -11,6 +11,9 @@ cdef class IcmpUnreachable:
     cdef public object time_ns, number, icmp_from, icmp_type, icmp_code
     cdef public object src, sport, dst, dport, proto
 
+# the address caches: typed, their lookups are C calls, not a method found by name
+cdef dict _addr_cache, _addr4_cache
+
 cdef str _addr(bytes raw)
 @cython.locals(b0=Py_ssize_t, b1=Py_ssize_t, b2=Py_ssize_t, b3=Py_ssize_t)
 cdef Py_ssize_t _word(bytes data, Py_ssize_t at)
