@@ -20,3 +20,16 @@ cdef class _Input:
 
 cdef class _RawInput(_Input):
     cpdef bytes read1_for_gzip(self)
+
+cdef class _PcapRecords:
+    cdef public _Input inp
+    cdef public object diag
+    cdef public Py_ssize_t linktype, frac_ns, rec_len, number
+    cdef public bint big_endian, done
+
+    @cython.locals(inp=_Input, rec=bytes, data=bytes, big=bint, sec=Py_ssize_t,
+                   frac=Py_ssize_t, caplen=Py_ssize_t, wirelen=Py_ssize_t)
+    cpdef Frame _next_frame(self)
+
+@cython.locals(b0=Py_ssize_t, b1=Py_ssize_t, b2=Py_ssize_t, b3=Py_ssize_t)
+cdef Py_ssize_t _u32(bytes buf, Py_ssize_t at, bint big_endian)

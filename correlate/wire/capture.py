@@ -209,7 +209,7 @@ def _start(inp: _Input, source: str, diag: Diagnostics) -> tuple[_Input, Iterato
         raise InputError(source, f"not a pcap or pcapng capture ({what_it_starts_with(head)})")
     (magic,) = struct.unpack("<I", head)
     if magic in _PCAP_MAGICS:
-        return inp, _read_pcap(inp, _pcap_header(inp, source), diag)
+        return inp, _PcapRecords(inp, _pcap_header(inp, source), diag)
     if magic == _PCAPNG_SHB:
         _check_pcapng_start(inp, source)
         return inp, _read_pcapng(inp, diag)
@@ -233,31 +233,66 @@ def _pcap_header(inp: _Input, source: str) -> bytes:
     return header
 
 
-def _read_pcap(inp: _Input, header: bytes, diag: Diagnostics) -> Iterator[Frame]:
-    order, frac_ns, rec_len = _PCAP_MAGICS[struct.unpack_from("<I", header)[0]]
-    # The top bits of the link type field carry FCS information; the type is the low 16.
-    linktype = struct.unpack_from(order + "I", header, 20)[0] & 0xFFFF
-    unpack_rec = struct.Struct(order + "IIII").unpack_from
-    read = inp.read
-    number = 0
-    while True:
+class _PcapRecords:
+    """The frames of a pcap file after its header, one per record. An iterator object, not
+    a generator: compiled (capture.pxd), its state is a C struct, its reads C calls and the
+    record header C integers read byte by byte."""
+    __slots__ = ("inp", "diag", "linktype", "big_endian", "frac_ns", "rec_len", "number", "done")
+
+    def __init__(self, inp: _Input, header: bytes, diag: Diagnostics):
+        order, self.frac_ns, self.rec_len = _PCAP_MAGICS[struct.unpack_from("<I", header)[0]]
+        self.big_endian = order == ">"
+        # The top bits of the link type field carry FCS information; the type is the low 16.
+        self.linktype = struct.unpack_from(order + "I", header, 20)[0] & 0xFFFF
+        self.inp = inp
+        self.diag = diag
+        self.number = 0
+        self.done = False
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> Frame:
+        frame = self._next_frame()
+        if frame is None:
+            raise StopIteration
+        return frame
+
+    def _next_frame(self) -> Frame | None:
+        if self.done:
+            return None
+        inp = self.inp
         offset = inp.consumed
-        rec = read(rec_len)
-        if len(rec) < rec_len:
+        rec = inp.read(self.rec_len)
+        if len(rec) < self.rec_len:
+            self.done = True
             if rec:
-                diag.stop(f"truncated in packet {number + 1} at byte offset {offset}")
-            return
-        number += 1
-        sec, frac, caplen, wirelen = unpack_rec(rec)
+                self.diag.stop(f"truncated in packet {self.number + 1} at byte offset {offset}")
+            return None
+        self.number += 1
+        big = self.big_endian
+        sec, frac = _u32(rec, 0, big), _u32(rec, 4, big)
+        caplen, wirelen = _u32(rec, 8, big), _u32(rec, 12, big)
         if caplen > MAX_CAPLEN:
-            diag.stop(f"corrupt record header in packet {number} at byte offset {offset} "
-                      f"(captured length {caplen})")
-            return
-        data = read(caplen)
+            self.done = True
+            self.diag.stop(f"corrupt record header in packet {self.number} at byte offset "
+                           f"{offset} (captured length {caplen})")
+            return None
+        data = inp.read(caplen)
         if len(data) < caplen:
-            diag.stop(f"truncated in packet {number} at byte offset {offset}")
-            return
-        yield Frame(sec * 1_000_000_000 + frac * frac_ns, linktype, data, number, wirelen)
+            self.done = True
+            self.diag.stop(f"truncated in packet {self.number} at byte offset {offset}")
+            return None
+        return Frame(sec * 1_000_000_000 + frac * self.frac_ns, self.linktype, data,
+                     self.number, wirelen)
+
+
+def _u32(buf: bytes, at: int, big_endian: bool) -> int:
+    """The unsigned 32-bit integer at `at`, in the file's byte order."""
+    b0, b1, b2, b3 = buf[at], buf[at + 1], buf[at + 2], buf[at + 3]
+    if big_endian:
+        return (b0 << 24) | (b1 << 16) | (b2 << 8) | b3
+    return (b3 << 24) | (b2 << 16) | (b1 << 8) | b0
 
 
 class _Interface:
