@@ -38,6 +38,32 @@ def test_analyze_findings_are_the_same_for_any_number_of_jobs(form):
         assert (many.returncode, many.stdout, many.stderr) == (0, one.stdout, one.stderr)
 
 
+@pytest.mark.parametrize("form", [(), ("--json", "--per-client")])
+def test_profile_is_the_same_for_any_number_of_jobs(form):
+    """Replies carry their calls' details across processes (wire.rpc.portable_later) for
+    the profile's evidence, as in analyze."""
+    paths = [str(p) for p in CAPTURES]
+    one = correlate("profile", "--jobs", "1", *form, *paths)
+    assert one.returncode == 0 and b"LOOKUP" in one.stdout
+    for jobs in ("2", "4"):
+        many = correlate("profile", "--jobs", jobs, *form, *paths)
+        assert (many.returncode, many.stdout, many.stderr) == (0, one.stdout, one.stderr)
+
+
+def test_profile_of_stdin_decoded_in_a_process_of_its_own():
+    import os
+    capture = Path(__file__).parent / "captures" / "busy-healthy.pcap.gz"
+    runs = []
+    for how in ("thread", "process"):
+        with open(capture, "rb") as f:
+            runs.append(subprocess.run([sys.executable, "-m", "correlate", "profile", "--json",
+                                        "-"], stdin=f, capture_output=True, timeout=300,
+                                       env={**os.environ, "CORRELATE_STDIN_DECODER": how}))
+    assert runs[0].returncode == 0 and b'"bricks"' in runs[0].stdout
+    assert (runs[1].returncode, runs[1].stdout, runs[1].stderr) == \
+        (0, runs[0].stdout, runs[0].stderr)
+
+
 def test_timeline_is_the_same_for_any_number_of_jobs(tmp_path):
     paths = [str(p) for p in CAPTURES]
     one = correlate("timeline", "--jobs", "1", "--json", *paths)

@@ -155,6 +155,30 @@ def test_filtered_decoding_skips_details_and_restores_them_for_evidence():
     assert [to_json(with_details(e)) for e in lean] == [to_json(e) for e in full]
 
 
+def test_details_restored_in_another_process_equal_full_decoding():
+    """What a decoding process sends for DETAILS_LATER (--jobs, stdin's decoder: portable_later,
+    pickled) gives the full events there; the sender decodes nothing for it but a rare failed
+    reply (it used to decode every reply and its call, which made --jobs slower than one
+    process)."""
+    import pickle
+    from correlate.events import with_details
+    from correlate.wire.rpc import portable_later
+    replies = []
+    for name in ("busy-healthy.pcap.gz", "insecure-port.pcap"):
+        capture = str(Path(__file__).parent / "captures" / name)
+        lean = list(open_input(capture, details={"LOOKUP", "SETATTR"}, details_later=True).events)
+        full = list(open_input(capture).events)
+        sent = [pickle.loads(pickle.dumps({**e, DETAILS_LATER: portable_later(e[DETAILS_LATER])}
+                                          if DETAILS_LATER in e else e)) for e in lean]
+        assert [to_json(with_details(e)) for e in sent] == [to_json(e) for e in full]
+        replies += [(e, e[DETAILS_LATER]) for e in sent
+                    if e["kind"] == "rpc.reply" and DETAILS_LATER in e]
+    decoded = [e for e, later in replies if later[0] is dict]
+    assert decoded and all(e.get("accept_status") != "SUCCESS" for e in decoded)
+    assert any(later[6] is not None for _, later in replies if later[0] is not dict)  # context
+    assert any(later[7] is not None for _, later in replies if later[0] is not dict)  # lean call
+
+
 def test_wants_rejects_a_bare_string():
     with pytest.raises(TypeError):
         Wants(kinds="rpc.call")

@@ -20,12 +20,12 @@ from ..events import make_event, to_json
 from ..diagnostics import Diagnostics, report_diagnostics
 from ..engine.merge import DEFAULT_WINDOW_NS, LiveMerger, merge
 from ..outputs.terminal import Progress, color_option, safe_text, use_color
-from .parallel import parallel_for, parallel_options
+from .parallel import decode_stdin_apart, parallel_for, parallel_options, stdin_in_process
 from ..engine.pipeline import Reporter, TimelineWriter, run_pipeline
 from .run_setup import (detector_options, fail_on_option, make_runner, output_writers, parse_detector_options,
                         parse_policy, reaches, selection_options, timeline_path, topology_option,
                         write_outputs)
-from ..sources import Input, open_input
+from ..sources import open_input
 from .keylog import keylog_option, keylog_to_write, open_keylog
 from ..sources.decoder_process import DecoderProcess
 
@@ -194,7 +194,7 @@ def run(pcaps, probe_groups, pid, backend, probe_offsets, logs, duration, window
     kinds = []
     decoder = None
     for path in (*pcaps, *logs):
-        if path == "-" and _decoder_process():
+        if path == "-" and decode_stdin_apart():
             # decoded in a process of its own (forked now, before any thread), which opens it
             watch.share()
             decoder = DecoderProcess(dict(decoding, skip=watch.skip, keylog=keylog),
@@ -293,22 +293,6 @@ def run(pcaps, probe_groups, pid, backend, probe_offsets, logs, duration, window
     sys.exit(code)
 
 
-def _decoder_process() -> bool:
-    """Decode stdin in a process of its own: where there are two cores or more to run it
-    beside this one (CORRELATE_STDIN_DECODER=thread|process decides, for tests)."""
-    how = os.environ.get("CORRELATE_STDIN_DECODER")
-    if how in ("thread", "process"):
-        return how == "process"
-    return len(os.sched_getaffinity(0)) > 1
-
-
-def _stdin_in_process(decoding: dict) -> Input:
-    """stdin decoded in a process beside this one (a pipe into `analyze -`), opened as
-    open_input would: an input that is no capture is said now, in one line."""
-    decoder = DecoderProcess(decoding)
-    return Input("stdin", decoder.opened(), decoder.events(), decoder.diag)
-
-
 def _stdin_kind(kind: str, runner: DetectorRunner) -> None:
     if kind not in WITHOUT_PROBES:    # a timeline given as --pcap -: it may hold some
         runner.expect_probes(True)
@@ -364,8 +348,8 @@ def analyze(inputs, hosts, json_out, events, timeline, unanswered_after, outputs
     if keylog is not None:
         decoding["keylog"] = keylog
     with parallel_for(inputs, jobs, scheduler, detecting=True) as parallel:
-        opened = [_stdin_in_process(dict(decoding, host=host_of.get(path)))
-                  if path == "-" and jobs != 1 and _decoder_process() else
+        opened = [stdin_in_process(dict(decoding, host=host_of.get(path)))
+                  if path == "-" and jobs != 1 and decode_stdin_apart() else
                   open_input(path, host=host_of.get(path), parallel=parallel, **decoding)
                   for path in inputs]
         runner.expect_probes(any(i.kind not in WITHOUT_PROBES for i in opened))

@@ -6,6 +6,7 @@ and the detectors run once, here, over the merged stream (wire/parallel.py).
 """
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -25,10 +26,30 @@ def parallel_options(f):
         "--jobs", "-j", type=click.IntRange(min=1, max=MAX_JOBS), metavar="N",
         help="Use N processes: capture files are decoded in N of them (sharded by TCP "
              "connection; several captures side by side), or in N-1 where this one runs "
-             "the detectors (analyze, timeline); analyze decodes stdin (`-`) in a process "
-             "of its own unless N is 1. Default: the machine's cores when the captures are "
-             "large enough to gain, else 1. The output is the same for any N.")(f)
+             "the detectors (analyze, timeline); analyze and profile decode stdin (`-`) in "
+             "a process of its own unless N is 1. Default: the machine's "
+             "cores when the captures are large enough to gain, else 1. The output is the "
+             "same for any N.")(f)
     return f
+
+
+def decode_stdin_apart() -> bool:
+    """Decode stdin in a process of its own: where there are two cores or more to run it
+    beside this one (CORRELATE_STDIN_DECODER=thread|process decides, for tests)."""
+    how = os.environ.get("CORRELATE_STDIN_DECODER")
+    if how in ("thread", "process"):
+        return how == "process"
+    return len(os.sched_getaffinity(0)) > 1
+
+
+def stdin_in_process(decoding: dict):
+    """stdin decoded in a process beside this one (a pipe into `analyze -`), opened as
+    open_input would (a sources.Input): an input that is no capture is said now, in one
+    line."""
+    from ..sources import Input     # here: `decode` starts without the sources
+    from ..sources.decoder_process import DecoderProcess
+    decoder = DecoderProcess(decoding)
+    return Input("stdin", decoder.opened(), decoder.events(), decoder.diag)
 
 
 def _captures(paths) -> list[str]:

@@ -339,19 +339,22 @@ _REPLY_LATER = struct.Struct(">qQQIIIIIq")
 
 def portable_later(later: partial) -> tuple:
     """An event's DETAILS_LATER as (function, plain values...), one bytes blob holding the
-    record: what another process unpickles fast (see events.with_details)."""
+    record: what another process unpickles fast (see events.with_details). Nothing is
+    decoded here: a reply carries its call's context as it is, or, for a lean call, the
+    call's own portable form, to be decoded there if ever."""
     if later.func is _call_dict:
         source, rec, hdr, info, src, dst, conn, _ = later.args
         blob = _CALL_LATER.pack(rec.time_ns, rec.length, rec.lost, hdr.xid, hdr.prog, hdr.vers,
                                 hdr.proc, hdr.cred_flavor, hdr.verf_flavor, hdr.body_offset,
                                 len(hdr.cred_body)) + hdr.cred_body + rec.data
         return _call_from_blob, source, src, dst, conn, blob
-    source, rec, hdr, call, src, dst, conn, _ = later.args        # _reply_dict, SUCCESS
-    if call.call_context() is not None:       # the call's context does not fit the blob
-        return dict, later()
+    source, rec, hdr, call, src, dst, conn, _ = later.args        # _reply_dict
+    if hdr.accept_status != "SUCCESS" or hdr.body_offset is None:
+        return dict, later()      # a rare failed reply (denied, ...): not the blob's shape
     blob = _REPLY_LATER.pack(rec.time_ns, rec.length, rec.lost, hdr.xid, hdr.body_offset,
                              call.prog, call.vers, call.proc, call.time_ns) + rec.data
-    return _reply_from_blob, source, src, dst, conn, blob
+    call_later = portable_later(call.later) if call.later is not None else None
+    return _reply_from_blob, source, src, dst, conn, blob, call.context, call_later
 
 
 def _call_from_blob(source: str, src: str, dst: str, conn: int, blob: bytes) -> dict:
@@ -364,11 +367,14 @@ def _call_from_blob(source: str, src: str, dst: str, conn: int, blob: bytes) -> 
     return _call_dict(source, rec, hdr, programs.lookup(prog, vers, proc), src, dst, conn, True)
 
 
-def _reply_from_blob(source: str, src: str, dst: str, conn: int, blob: bytes) -> dict:
+def _reply_from_blob(source: str, src: str, dst: str, conn: int, blob: bytes,
+                     context: dict | None = None, call_later: tuple | None = None) -> dict:
     time_ns, length, lost, xid, body_offset, prog, vers, proc, call_time = \
         _REPLY_LATER.unpack_from(blob)
     hdr = ReplyHeader(xid, "accepted", accept_status="SUCCESS", body_offset=body_offset)
-    call = _Pending(prog, vers, proc, programs.lookup(prog, vers, proc), call_time)
+    later = partial(call_later[0], *call_later[1:]) if call_later is not None else None
+    call = _Pending(prog, vers, proc, programs.lookup(prog, vers, proc), call_time, context,
+                    later)
     rec = Record(blob[_REPLY_LATER.size:], length, time_ns, lost)
     return _reply_dict(source, rec, hdr, call, src, dst, conn, True)
 
