@@ -127,6 +127,9 @@ def _read_config(config_path: str) -> dict:
     except UnicodeDecodeError as exc:
         raise DetectorUsageError(f"{config_path}: not UTF-8 text (byte {exc.start}): a TOML "
                                  "file is UTF-8", param_hint="--config") from None
+    except RecursionError:     # tomllib recurses per nested array or table: `a = [[[[...`
+        raise DetectorUsageError(f"{config_path}: values nested too deeply to be a detector "
+                                 "configuration", param_hint="--config") from None
 
 
 def parse_detector_options(specs, config_path: str | None) -> dict[str, dict]:
