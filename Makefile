@@ -26,9 +26,12 @@ deps:
 	@if [ "$$(id -u)" = 0 ]; then bash tests/lab/host-setup.sh; fi
 
 # The venv sees the system site packages so that Debian's bcc (python3-bpfcc) imports.
-# The editable install compiles the hot path (gcc, python3-dev); it is rebuilt when setup.py
-# or a .pxd changes (a changed .py runs from source until then: see correlate/hotpath.py).
-$(STAMP): pyproject.toml setup.py $(wildcard correlate/*.pxd correlate/*/*.pxd)
+# The editable install compiles the hot path (gcc, python3-dev); it is rebuilt when setup.py,
+# a .pxd or a compiled module's .py changes (each compiled module has its .pxd beside it).
+# Between builds an edited module runs from its .py (correlate/hotpath.py), and
+# `correlate --version` says which modules do.
+PXDS := $(wildcard correlate/*.pxd correlate/*/*.pxd)
+$(STAMP): pyproject.toml setup.py $(PXDS) $(PXDS:.pxd=.py)
 	test -x $(PY) || /usr/bin/python3 -m venv --system-site-packages $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	@# the distribution was called "correlate" before it became gluster-correlate
