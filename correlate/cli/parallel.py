@@ -43,7 +43,7 @@ def decode_stdin_apart() -> bool:
 
 
 def stdin_in_process(decoding: dict):
-    """stdin decoded in a process beside this one (a pipe into `analyze -`), opened as
+    """stdin decoded in a process beside this one (`analyze -`, `profile -`), opened as
     open_input would (a sources.Input): an input that is no capture is said now, in one
     line."""
     from ..sources import Input     # here: `decode` starts without the sources
