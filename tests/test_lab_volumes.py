@@ -1,7 +1,9 @@
 """The lab's named volumes (tests/lab/volumes.py) on the real glusterd."""
 import os
+import subprocess
+import time
 
-from tests.lab import gfapi, lab as lab_module, volumes
+from tests.lab import gfapi, gluster, lab as lab_module, volumes
 
 SPEC = volumes.VolumeSpec("volstest", "replica", 3)
 
@@ -48,3 +50,25 @@ def test_disperse_volume_and_delete(lab):
     volumes.delete(spec.name)
     assert not volumes.state(spec.name).exists
     assert not (volumes.BRICK_ROOT / spec.name).exists()
+
+
+def test_a_dead_bricks_pid_reused_by_another_process_does_not_keep_it_offline(lab):
+    # glusterd trusts a brick pidfile whose pid is alive; after a brick died and its pid
+    # went to another process, `volume start force` said "already running" and left it
+    # offline (a whole CI run lost busyrep3's first brick that way).
+    with lab_module.exclusive():
+        volumes.ensure(SPEC)
+        killed = volumes.kill_brick(SPEC.name, 2)
+        pidfile = next(gluster.BRICK_PIDFILES.glob(f"{SPEC.name}/*-b3.pid"))
+        impostor = subprocess.Popen(["sleep", "120"])
+        try:
+            pidfile.write_text(f"{impostor.pid}\n")
+            gluster.gluster("volume", "start", SPEC.name, "force")
+            time.sleep(2)
+            assert not volumes.brick(SPEC.name, 2).online  # glusterd was fooled
+            restarted = volumes.ensure(SPEC)
+            assert restarted[2].online and restarted[2].pid not in (killed.pid, impostor.pid)
+            assert impostor.poll() is None                  # nobody else was killed
+        finally:
+            impostor.kill()
+            impostor.wait()
