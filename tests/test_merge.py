@@ -185,3 +185,46 @@ def test_live_merger_ends_with_finite_sources_and_drains_endless_ones():
     m.add("probes", probes, finite=False)
     out = [e["source"] for e in m.events()]
     assert out == ["pcap", "probe-final"]
+
+
+def test_live_merger_sorts_an_old_capture_by_its_own_times_however_it_arrives():
+    """A saved capture piped in has times far behind the wall clock: its disorder (a record
+    stamped with its first segment, given when its last arrives) is sorted within the window
+    by its own times, not released at whatever moment the reader paused (which made two runs
+    of one capture differ)."""
+    rnd = random.Random(7)
+    base = time.time_ns() - 86_400 * 10**9        # recorded a day ago
+    events = [ev(base + 1_000 * i + rnd.randint(-5_000, 5_000), "old", i) for i in range(4000)]
+
+    def paused():
+        for i, e in enumerate(events):
+            if i % 97 == 0:
+                time.sleep(0.002)                 # the reader waits for the pipe now and then
+            yield e
+
+    m = LiveMerger(window_ns=50_000_000, tick_s=0.001)
+    m.add("old", paused)
+    out = [e["time_ns"] for e in m.events()]
+    assert out == sorted(out) and len(out) == len(events)
+
+
+def test_live_merger_holds_at_most_max_held_events():
+    """A source whose clock runs far ahead of this host's is not held without bound."""
+    from correlate.engine import merge as merge_module
+    ahead = time.time_ns() + 3_600 * 10**9
+    gate = threading.Event()
+
+    def source():
+        for i in range(merge_module.MAX_HELD + 500):
+            yield ev(ahead + i, "ahead", i)
+        gate.wait(30)                          # stays alive: nothing ends the merge yet
+
+    m = LiveMerger(window_ns=10**12, tick_s=0.01)
+    m.add("ahead", source)
+    it = m.events()
+    start = time.monotonic()
+    first = [next(it) for _ in range(500)]
+    assert time.monotonic() - start < 10       # left while the source still ran
+    gate.set()
+    rest = list(it)
+    assert [e["n"] for e in first + rest] == list(range(merge_module.MAX_HELD + 500))

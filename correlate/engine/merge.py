@@ -3,8 +3,11 @@
 Offline, every stream is finite: each passes through a bounded reorder buffer (a stream may
 be slightly out of order, e.g. per-CPU perf buffers) and the streams are k-way merged.
 Live, sources push into a queue from their own threads; an event leaves once every source's
-watermark has passed it, where an idle live source's watermark follows the wall clock minus
-the reorder window. So events leave in order, at most `window_ns` (plus a poll tick) late.
+watermark has passed it. A source's watermark is the newest time it gave, minus the reorder
+window, plus the wall-clock time it has been quiet since: a live capture's follows the wall
+clock, and a saved capture piped in (old times, read faster than recorded) is reordered by
+its own times, the same however its events were grouped on the way. So events leave in
+order, at most `window_ns` (plus a poll tick) late.
 
 Ties are broken stably: by time, then by the source's position in the input list, then by
 arrival order within the source.
@@ -123,11 +126,13 @@ class _Held:
         else:
             heapq.heappush(self.heap, entry)
 
-    def take(self, watermark: int | None) -> Iterator[dict]:
-        """What is at or before the watermark (None: everything), oldest first."""
+    def take(self, watermark: int | None, max_held: int = MAX_HELD) -> Iterator[dict]:
+        """What is at or before the watermark (None: everything), oldest first; and the
+        oldest beyond `max_held` (memory stays bounded whatever the clocks say)."""
         fifo, heap = self.fifo, self.heap
         while fifo or heap:
-            if watermark is not None and _oldest(fifo, heap)[0] > watermark:
+            if (watermark is not None and _oldest(fifo, heap)[0] > watermark
+                    and len(fifo) + len(heap) <= max_held):
                 return
             yield _pop_oldest(fifo, heap)
 
@@ -205,6 +210,10 @@ class LiveMerger:
         watch = self.watch
         watched = self._sources.index(self.watched) if self.watched in self._sources else -1
         batched = self._batched
+        clock = self.clock
+        # per source: the newest time it gave, and when (wall clock) it last gave anything
+        newest: list[int | None] = [None] * len(self._sources)
+        heard = [0] * len(self._sources)
         get, get_now = self._queue.get, self._queue.get_nowait
         while live and not self._stopping.is_set() and (live & self._finite or not self._finite):
             deadline = time.monotonic() + self.tick_s
@@ -221,11 +230,17 @@ class LiveMerger:
                 if item is self._END:
                     live.discard(index)
                     continue
+                top = newest[index]
                 for ev in (item if index in batched else (item,)):
+                    t = ev["time_ns"]
                     if watch is not None and index == watched and ev["layer"] == "wire":
-                        watch.observe(ev["time_ns"])
-                    held.put(ev["time_ns"], index, ev)
-            yield from held.take(self.clock() - self.window_ns)
+                        watch.observe(t)
+                    held.put(t, index, ev)
+                    if top is None or t > top:
+                        top = t
+                newest[index] = top
+                heard[index] = clock()
+            yield from held.take(self._watermark(live, newest, heard))
         # Stopped or all finite sources ended: let the others finish their last events (live
         # probes drain their buffers on stop), then flush everything in order.
         # A finite source still running is blocked in a read (a quiet stdin): not waited for.
@@ -243,6 +258,12 @@ class LiveMerger:
                 for ev in (item if index in batched else (item,)):
                     held.put(ev["time_ns"], index, ev)
         yield from held.take(None)
+
+    def _watermark(self, live: set[int], newest: list, heard: list[int]) -> int:
+        """No source still running will give an event older than this (within the window)."""
+        now = self.clock()
+        return min((now if newest[i] is None else newest[i] + now - heard[i])
+                   for i in live) - self.window_ns if live else now - self.window_ns
 
     def blocked_sources(self) -> list[str]:
         """Sources whose thread has not ended (blocked in a read) after the merge finished."""
