@@ -1,7 +1,9 @@
 """The lab's named volumes (tests/lab/volumes.py) on the real glusterd."""
 import os
 import subprocess
+import sys
 import time
+from pathlib import Path
 
 from tests.lab import gfapi, gluster, lab as lab_module, volumes
 
@@ -72,3 +74,39 @@ def test_a_dead_bricks_pid_reused_by_another_process_does_not_keep_it_offline(la
         finally:
             impostor.kill()
             impostor.wait()
+
+
+def test_pidfiles_of_processes_that_are_not_their_daemon_are_cleared(tmp_path):
+    """The rule, on a planted /run/gluster: a brick's pidfile holds its own glusterfsd (-p
+    names it), the self-heal daemon's any glusterfs serving shd/ (one serves every volume)."""
+    def fake(argv0: str, *args: str) -> subprocess.Popen:
+        return subprocess.Popen([argv0, "-c", "import time; time.sleep(60)", *args],
+                                executable=sys.executable)
+
+    def plant(rel: str, pid: int) -> Path:
+        path = tmp_path / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(f"{pid}\n")
+        return path
+
+    brick_pidfile = tmp_path / "vols/v/127.0.0.2-srv-v-b1.pid"
+    brick = fake("glusterfsd", "-p", str(brick_pidfile))
+    shd = fake("glusterfs", "--volfile-id", "shd/v")
+    other = fake("python3")
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    try:
+        keep = [plant("vols/v/127.0.0.2-srv-v-b1.pid", brick.pid),
+                plant("shd/v/v-shd.pid", shd.pid), plant("shd/w/w-shd.pid", shd.pid)]
+        gone = [plant("vols/v/127.0.0.2-srv-v-b2.pid", brick.pid),   # another brick's process
+                plant("vols/w/127.0.0.2-srv-w-b1.pid", other.pid),   # a reused pid
+                plant("shd/x/x-shd.pid", other.pid), plant("shd/y/y-shd.pid", dead.pid),
+                plant("vols/z/127.0.0.2-srv-z-b1.pid", 0)]
+        (tmp_path / "vols/z/127.0.0.2-srv-z-b1.pid").write_text("garbage")
+        removed = gluster.clear_stale_pidfiles(tmp_path)
+        assert sorted(removed) == sorted(gone)
+        assert all(p.exists() for p in keep) and not any(p.exists() for p in gone)
+    finally:
+        for proc in (brick, shd, other):
+            proc.kill()
+            proc.wait()

@@ -19,7 +19,8 @@ HOST = "127.0.0.2"  # glusterd refuses bricks on 127.0.0.1 / localhost
 BRICK_ROOT = Path("/srv/correlate-lab")
 BRICK_DIRS = [BRICK_ROOT / "b1", BRICK_ROOT / "b2"]
 GLUSTERD_PIDFILE = Path("/run/correlate-lab-glusterd.pid")
-BRICK_PIDFILES = Path("/run/gluster/vols")  # <volume>/<host>-<brick path>.pid
+GLUSTER_PIDFILES = Path("/run/gluster")  # vols/<volume>/<host>-<brick path>.pid, shd/<volume>/
+BRICK_PIDFILES = GLUSTER_PIDFILES / "vols"
 # Brick ports stay inside the range the capture filter covers (glusterd's default reaches 60999).
 BRICK_PORT_MIN, BRICK_PORT_MAX = 49152, 49251
 GLUSTERD_ARGS = ["--xlator-option", f"management.base-port={BRICK_PORT_MIN}",
@@ -120,27 +121,37 @@ def stop_pids(pids: list[int], timeout: float = 15) -> None:
                 pass
 
 
-def clear_stale_brick_pidfiles() -> list[Path]:
-    """Remove the brick pidfiles whose pid is not that brick's glusterfsd any more.
+def _pidfile_is_live(pidfile: Path, pid: int | None) -> bool:
+    """Is `pid` the Gluster daemon `pidfile` stands for?"""
+    argv = _cmdline(pid) if pid else []
+    if not argv or not _alive(pid):
+        return False
+    program = os.path.basename(argv[0])
+    if pidfile.parent.parent.name == "shd":
+        # one self-heal daemon serves every volume (its -p names only one of them)
+        return program == "glusterfs" and any(a.startswith("shd/") for a in argv)
+    its_pidfile = next((b for a, b in zip(argv, argv[1:]) if a == "-p"), None)
+    # a brick: its own glusterfsd, started with -p (glusterd writes /var/run/..., a symlink)
+    return (program == "glusterfsd" and its_pidfile is not None
+            and os.path.realpath(its_pidfile) == os.path.realpath(pidfile))
+
+
+def clear_stale_pidfiles(root: Path = GLUSTER_PIDFILES) -> list[Path]:
+    """Remove the brick and self-heal daemon pidfiles whose pid is not that daemon any more.
 
     glusterd believes a pidfile whose pid is alive. Once a killed brick's pid is reused by
     any other process, glusterd says "discovered already-running brick" and never starts
     it again: the brick stays offline and its clients keep knocking on a closed port.
     """
     removed = []
-    for pidfile in BRICK_PIDFILES.glob("*/*.pid"):
+    for pidfile in [*root.glob("vols/*/*.pid"), *root.glob("shd/*/*.pid")]:
         try:
             pid = int(pidfile.read_text().split()[0])
         except (OSError, ValueError, IndexError):
             pid = None
-        argv = _cmdline(pid) if pid else []
-        its_pidfile = next((b for a, b in zip(argv, argv[1:]) if a == "-p"), None)
-        # (glusterd writes /var/run/..., a symlink to /run)
-        if (argv and os.path.basename(argv[0]) == "glusterfsd" and _alive(pid)
-                and its_pidfile and os.path.realpath(its_pidfile) == os.path.realpath(pidfile)):
-            continue
-        pidfile.unlink(missing_ok=True)
-        removed.append(pidfile)
+        if not _pidfile_is_live(pidfile, pid):
+            pidfile.unlink(missing_ok=True)
+            removed.append(pidfile)
     return removed
 
 
@@ -166,7 +177,7 @@ def wait_for_glusterd(timeout: float = 60) -> None:
 def ensure_glusterd() -> int:
     """Start glusterd with the lab's brick port range, unless it already runs that way."""
     pid = glusterd_pid()
-    clear_stale_brick_pidfiles()
+    clear_stale_pidfiles()
     if pid is not None and all(a in _cmdline(pid) for a in GLUSTERD_ARGS):
         wait_for_glusterd()
         return pid

@@ -225,7 +225,7 @@ def _wait_stopped(pid: int, stopped: bool, timeout: float = 5.0) -> None:
 def start_force(name: str, count: int, gone: list[int] = (), timeout: float = 90) -> list[Brick]:
     """`volume start NAME force` (restarts dead bricks) once `gone` pids have vanished."""
     wait_gone(list(gone))
-    gluster.clear_stale_brick_pidfiles()
+    gluster.clear_stale_pidfiles()
     gluster.gluster("volume", "start", name, "force")
     return gluster.wait_bricks_online(timeout, volume=name, count=count)
 
