@@ -283,3 +283,19 @@ def test_slow_brick_under_the_mount(pipeline, tmp_path):
     assert all(f"WRITE to 127.0.0.2:{port}" in f["explanation"] for f in waits)
     assert not [f for f in findings if f["severity"] in SERIOUS and f["detector"] not in
                 ("slow-brick", "app-latency", "fuse-errors")]
+
+
+def test_a_mount_whose_client_was_killed_is_mounted_afresh(mounted):
+    """A run killed between sessions leaves its FUSE mount dead (ENOTCONN on every access,
+    and `mountpoint` cannot tell it is one): the lab mounts it again instead of failing."""
+    from tests.lab import gluster
+    clients = [p for p in gluster.pids_of("glusterfs") if str(fuse.MOUNT) in gluster._cmdline(p)]
+    assert clients
+    for pid in clients:
+        os.kill(pid, 9)
+    volumes.wait_gone(clients)
+    assert fuse.dead(fuse.MOUNT)
+    fuse.ensure()
+    assert not fuse.dead(fuse.MOUNT) and fuse.mounted(fuse.MOUNT)
+    (fuse.MOUNT / "after-remount").write_text("ok\n")
+    assert (fuse.MOUNT / "after-remount").read_text() == "ok\n"

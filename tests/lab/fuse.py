@@ -28,7 +28,21 @@ def mounted(where: Path) -> bool:
     return subprocess.run(["mountpoint", "-q", str(where)]).returncode == 0
 
 
+def dead(where: Path) -> bool:
+    """A mount whose client process is gone: every access fails with ENOTCONN (and
+    `mountpoint` cannot tell it is one)."""
+    try:
+        os.stat(where)
+    except FileNotFoundError:
+        return False
+    except OSError:
+        return True
+    return False
+
+
 def mount(where: Path = MOUNT, volume: str = SPEC.name) -> Path:
+    if dead(where):     # left by a killed run: mount afresh
+        subprocess.run(["umount", "-l", str(where)], check=False, timeout=60)
     where.mkdir(parents=True, exist_ok=True)
     if not mounted(where):
         subprocess.run(["mount", "-t", "glusterfs", f"{lab.HOST}:/{volume}", str(where)],
@@ -39,6 +53,8 @@ def mount(where: Path = MOUNT, volume: str = SPEC.name) -> Path:
 def umount(where: Path) -> None:
     if mounted(where):
         subprocess.run(["umount", str(where)], check=False, timeout=60)
+    elif dead(where):
+        subprocess.run(["umount", "-l", str(where)], check=False, timeout=60)
 
 
 def ensure() -> None:
