@@ -89,3 +89,32 @@ def test_getspec_keeps_the_replica_sets():
     _call, reply = exchange(HNDSK, 2, 2, args, result)
     assert reply["result"]["brick_sets"] == [{"name": "v-replicate-0", "type": "replicate",
                                               "bricks": [["h", "/b1"]]}]
+
+
+def test_a_volfile_seen_again_gives_the_same_result_in_lists_of_its_own():
+    """Every client fetches the same volfile: its parse is reused, and each reply still owns
+    its lists (a consumer changing one changes no other event); the memo stays bounded."""
+    from correlate.gluster import handshake
+    volfile = ("volume v-client-0\n type protocol/client\n option remote-host h\n"
+               " option remote-subvolume /b1\n option ping-timeout 7\nend-volume\n"
+               "volume v-replicate-0\n type cluster/replicate\n subvolumes v-client-0\n"
+               "end-volume\n").encode()
+    args = Packer().uint32(0).string("v").raw(dict3({})).bytes()
+    result = Packer().int32(len(volfile)).int32(0).opaque(volfile).raw(dict3({})).bytes()
+    first = exchange(HNDSK, 2, 2, args, result)[1]["result"]
+    first["brick_sets"][0]["bricks"].append(["changed", "/by a consumer"])
+    first["bricks"].clear()
+    again = exchange(HNDSK, 2, 2, args, result)[1]["result"]
+    assert again["brick_sets"] == [{"name": "v-replicate-0", "type": "replicate",
+                                    "bricks": [["h", "/b1"]]}]
+    assert again["bricks"] == [["h", "/b1"]] and again["ping_timeout"] == "7"
+    assert bytes(volfile) in handshake._PARSED
+    for n in range(handshake.MAX_PARSED + 5):           # many other volfiles
+        other = volfile.replace(b"/b1", f"/b{n}x".encode())
+        res = Packer().int32(len(other)).int32(0).opaque(other).raw(dict3({})).bytes()
+        assert exchange(HNDSK, 2, 2, args, res)[1]["result"]["bricks"] == [["h", f"/b{n}x"]]
+    assert len(handshake._PARSED) <= handshake.MAX_PARSED
+    huge = volfile + b"#" * handshake.MAX_PARSED_SPEC
+    res = Packer().int32(len(huge)).int32(0).opaque(huge).raw(dict3({})).bytes()
+    assert exchange(HNDSK, 2, 2, args, res)[1]["result"]["bricks"] == [["h", "/b1"]]
+    assert huge not in handshake._PARSED

@@ -18,20 +18,39 @@ MAX_SPEC = 64 << 20        # a volfile larger than this is not plausible
 RET = [("op_ret", i32), ("op_errno", i32)]
 
 
+# Every client of a volume fetches the same volfile (each mount, each brick connection's
+# reconnect): its parse is kept by content, a few volumes' worth (at most 4 MiB of keys).
+_PARSED: dict[bytes, tuple] = {}
+MAX_PARSED = 64
+MAX_PARSED_SPEC = 64 << 10      # larger volfiles (hundreds of bricks) are parsed each time
+
+
+def _parsed(raw: bytes) -> tuple:
+    """(prefix, sets, bricks, ping_timeout) of a volfile's text."""
+    found = _PARSED.get(raw)
+    if found is None:
+        blocks = volfile.blocks(raw.decode("utf-8", "replace"))
+        found = (dicts.render(raw[:SPEC_PREFIX]), tuple(volfile.sets_of(blocks)),
+                 *volfile.clients_of(blocks))
+        if len(raw) <= MAX_PARSED_SPEC:
+            if len(_PARSED) >= MAX_PARSED:
+                _PARSED.clear()     # (one step: decoding threads may share it)
+            _PARSED[raw] = found
+    return found
+
+
 def spec(u: Unpacker) -> dict:
     """A volfile: its size, a short prefix, and its replica/disperse sets (which bricks are
     peers), not the whole text."""
     raw = u.opaque("spec", MAX_SPEC)
     if raw.endswith(b"\0"):
         raw = raw[:-1]
-    out = {"spec_size": len(raw), "spec_prefix": dicts.render(raw[:SPEC_PREFIX])}
-    blocks = volfile.blocks(raw.decode("utf-8", "replace"))
-    sets = volfile.sets_of(blocks)
-    if sets:
+    prefix, sets, bricks, ping_timeout = _parsed(raw)
+    out = {"spec_size": len(raw), "spec_prefix": prefix}
+    if sets:     # lists made afresh: each event owns its own
         out["brick_sets"] = [{"name": s.name, "type": s.kind,
                               "bricks": [[host, path] for host, path in s.bricks]}
                              for s in sets]
-    bricks, ping_timeout = volfile.clients_of(blocks)
     if bricks:
         out["bricks"] = [[host, path] for host, path in bricks]
     if ping_timeout is not None:
