@@ -20,7 +20,6 @@ judges them).
 from __future__ import annotations
 
 import statistics
-from collections import Counter
 
 from correlate import hookimpl
 from correlate.detector import Detector, Option, Wants
@@ -60,7 +59,8 @@ class SlowBrick(Detector):
         self.pings: dict[str, LatencyRow] = {}
         # (source, conn) -> xid -> (server, proc, the procedures in flight when it was sent)
         self.outstanding: dict[tuple, dict] = {}
-        self.in_flight: dict[str, Counter] = {}          # server -> procedure -> calls
+        # server -> procedure -> calls (a plain dict: Counter's own methods run as Python)
+        self.in_flight: dict[str, dict[str, int]] = {}
         self.behind: dict[tuple[str, str, str], LatencyRow] = {}  # (server, ahead, proc)
         self.alone: dict[tuple[str, str], LatencyRow] = {}  # sent with nothing else in flight
         self.examples: dict[tuple[str, str], dict] = {}    # slowest reply seen
@@ -115,17 +115,21 @@ class SlowBrick(Detector):
         if len(conn) >= MAX_OUTSTANDING or call.get("xid") in conn:
             return
         server, proc = call.get("dst"), call.get("procedure")
-        flying = self.in_flight.setdefault(server, Counter())
+        flying = self.in_flight.get(server)
+        if flying is None:
+            flying = self.in_flight[server] = {}
         conn[call.get("xid")] = (server, proc, tuple([p for p in flying if p != proc])
                                  if proc in flying else tuple(flying))
-        flying[proc] += 1
+        flying[proc] = flying.get(proc, 0) + 1
 
     def _landed(self, server, proc) -> None:
         flying = self.in_flight.get(server)
         if flying is not None:
-            flying[proc] -= 1
-            if flying[proc] <= 0:
-                del flying[proc]
+            left = flying.get(proc, 0) - 1
+            if left <= 0:
+                flying.pop(proc, None)
+            else:
+                flying[proc] = left
 
     def _reply(self, reply: dict) -> None:
         conn = self.outstanding.get((reply.get("source"), reply.get("conn")))
