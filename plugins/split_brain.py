@@ -114,7 +114,8 @@ class SplitBrain(Detector):
             self.last_call[(ev.get("pid"), ev.get("tid"))] = ev
         elif kind == "probe.return" and ev.get("errno") == EIO and ev.get("function") in READ_FUNCTIONS:
             found += self._application_eio(ev)
-        found += self._waited_enough(ev["time_ns"])
+        if self.waiting:
+            found += self._waited_enough(ev["time_ns"])
         return found
 
     def _lookup_reply(self, ev: dict) -> None:
