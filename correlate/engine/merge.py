@@ -262,8 +262,8 @@ class LiveMerger:
     def _watermark(self, live: set[int], newest: list, heard: list[int]) -> int:
         """No source still running will give an event older than this (within the window)."""
         now = self.clock()
-        return min((now if newest[i] is None else newest[i] + now - heard[i])
-                   for i in live) - self.window_ns if live else now - self.window_ns
+        marks = [now if newest[i] is None else newest[i] + now - heard[i] for i in live]
+        return min(marks, default=now) - self.window_ns
 
     def blocked_sources(self) -> list[str]:
         """Sources whose thread has not ended (blocked in a read) after the merge finished."""

@@ -27,12 +27,13 @@ MAX_PARSED_SPEC = 64 << 10      # larger volfiles (hundreds of bricks) are parse
 
 def _parsed(raw: bytes) -> tuple:
     """(prefix, sets, bricks, ping_timeout) of a volfile's text."""
-    found = _PARSED.get(raw)
+    kept = len(raw) <= MAX_PARSED_SPEC
+    found = _PARSED.get(raw) if kept else None
     if found is None:
         blocks = volfile.blocks(raw.decode("utf-8", "replace"))
         found = (dicts.render(raw[:SPEC_PREFIX]), tuple(volfile.sets_of(blocks)),
                  *volfile.clients_of(blocks))
-        if len(raw) <= MAX_PARSED_SPEC:
+        if kept:
             if len(_PARSED) >= MAX_PARSED:
                 _PARSED.clear()     # (one step: decoding threads may share it)
             _PARSED[raw] = found

@@ -175,7 +175,8 @@ def wait_for_glusterd(timeout: float = 60) -> None:
 
 
 def ensure_glusterd() -> int:
-    """Start glusterd with the lab's brick port range, unless it already runs that way."""
+    """Start glusterd with the lab's brick port range, unless it already runs that way;
+    first let go of the pidfiles a killed lab left (clear_stale_pidfiles)."""
     pid = glusterd_pid()
     clear_stale_pidfiles()
     if pid is not None and all(a in _cmdline(pid) for a in GLUSTERD_ARGS):
