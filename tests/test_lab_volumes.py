@@ -110,3 +110,20 @@ def test_pidfiles_of_processes_that_are_not_their_daemon_are_cleared(tmp_path):
         for proc in (brick, shd, other):
             proc.kill()
             proc.wait()
+
+
+def test_glusterd_is_the_oldest_process_of_that_name(monkeypatch):
+    """A forked copy of glusterd (a quota crawl) listed first in /proc, as after a pid
+    wraparound, is not taken for the daemon (a CI run started a second glusterd so)."""
+    daemon = subprocess.Popen(["glusterd", "-c", "import time; time.sleep(60)"],
+                              executable=sys.executable)
+    time.sleep(0.1)                        # ten clock ticks later: the younger one
+    fork = subprocess.Popen(["glusterd", "-c", "import time; time.sleep(60)"],
+                            executable=sys.executable)
+    try:
+        monkeypatch.setattr(gluster, "pids_of", lambda program: [fork.pid, daemon.pid])
+        assert gluster.glusterd_pid() == daemon.pid
+    finally:
+        for proc in (daemon, fork):
+            proc.kill()
+            proc.wait()

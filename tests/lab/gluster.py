@@ -93,9 +93,20 @@ def pids_of(program: str, marker: str | None = None) -> list[int]:
     return found
 
 
+def _started(pid: int) -> int:
+    """When the process started (clock ticks since boot; /proc/PID/stat field 22)."""
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19])
+    except (OSError, IndexError, ValueError):
+        return 1 << 62      # gone: the last choice
+
+
 def glusterd_pid() -> int | None:
+    """The glusterd daemon: the oldest process of that name. glusterd forks copies of itself
+    (a quota crawl) that live a moment; once pids wrap around (pid_max is 32768 here) one
+    can come first in /proc, vanish, and look like a glusterd to be started again."""
     pids = pids_of("glusterd")
-    return pids[0] if pids else None
+    return min(pids, key=_started) if pids else None
 
 
 def brick_pids() -> list[int]:
